@@ -1,0 +1,29 @@
+# msgspool: the two commands a fresh machine needs are `make run` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.installed
+
+.PHONY: run test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev,fast]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/msgspool serve $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python ../shared/bench/relay_bench.py $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) msgspool-data
