@@ -1,0 +1,1 @@
+"""msgspool: a store-and-forward message spooler."""
