@@ -1,0 +1,322 @@
+"""msgspool - the command line.
+
+SYNOPSIS
+    msgspool serve [--config FILE] [--data DIR] [--smtp HOST:PORT] [--http HOST:PORT]
+                   [--relay HOST:PORT] [--local-domain DOMAIN]... [-v]
+    msgspool sendmail [-t] [-i] [-f SENDER] [-F NAME] [RCPT...]   (message on stdin)
+    msgspool queue list [--json] [--all]
+    msgspool queue show ID [--json]
+    msgspool queue flush [ID...]
+    msgspool queue hold ID... | release ID... | delete ID...
+    msgspool status [--json]
+
+DESCRIPTION
+    Every command finds the spool the same way: --data, else MSGSPOOL_DATA, else ./msgspool-data
+    (and --config FILE, or msgspool.toml inside the data directory). Commands that change the queue
+    go through the running daemon when there is one (control socket) and straight to the spool
+    when there is none, so they work with the daemon down.
+
+EXIT STATUS
+    0 success; 1 an unknown message id or a refused operation; 2 usage or configuration error;
+    sendmail uses sendmail's codes (sysexits.h): 64 usage, 65 bad message, 75 temporary failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from msgspool import config
+from msgspool.config import ConfigError, Settings
+from msgspool.errors import MsgspoolError, NotFound, SpoolError, SubmitError
+from msgspool.spooler import control
+from msgspool.spooler.runtime import DB_NAME, Spooler
+
+EX_USAGE, EX_DATAERR, EX_TEMPFAIL = 64, 65, 75
+
+
+class CLIError(Exception):
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    parser.add_argument("--data", metavar="DIR", help="spool directory (default ./msgspool-data)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="msgspool", description="store-and-forward message spooler")
+    _common(parser)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the daemon")
+    _common(serve)
+    serve.add_argument("--smtp", metavar="HOST:PORT", help="SMTP listener (default 127.0.0.1:2525)")
+    serve.add_argument("--http", metavar="HOST:PORT", help="HTTP API (default 127.0.0.1:8025)")
+    serve.add_argument("--relay", metavar="HOST:PORT", help="smarthost for all non-local mail")
+    serve.add_argument("--local-domain", metavar="DOMAIN", action="append", dest="local_domains")
+    serve.add_argument("-v", "--verbose", action="store_true", help="log every delivery")
+
+    sendmail = sub.add_parser("sendmail", help="submit a message from stdin (sendmail-compatible)")
+    _common(sendmail)
+    sendmail.add_argument("-t", action="store_true", dest="extract", help="recipients from To/Cc/Bcc")
+    sendmail.add_argument("-i", action="store_true", dest="ignore_dots", help="a lone '.' does not end input")
+    sendmail.add_argument("-o", action="append", default=[], metavar="OPTION", help="sendmail option (-oi)")
+    sendmail.add_argument("-f", metavar="SENDER", dest="sender", help="envelope sender")
+    sendmail.add_argument("-F", metavar="NAME", dest="full_name", help="sender's full name for From:")
+    sendmail.add_argument("recipients", nargs="*", metavar="RCPT")
+
+    queue = sub.add_parser("queue", help="look at and change the queue")
+    _common(queue)
+    qsub = queue.add_subparsers(dest="action", required=True)
+    qlist = qsub.add_parser("list", help="messages in the outbox")
+    qlist.add_argument("--json", action="store_true", help="one JSON object per message")
+    qlist.add_argument("--all", action="store_true", help="include finished (sent) messages")
+    qshow = qsub.add_parser("show", help="one message with every recipient")
+    qshow.add_argument("id")
+    qshow.add_argument("--json", action="store_true")
+    qflush = qsub.add_parser("flush", help="retry now: all deferred, or the given messages")
+    qflush.add_argument("ids", nargs="*", metavar="ID")
+    for name, text in (("hold", "never send until released"), ("release", "undo hold"),
+                       ("delete", "remove from the spool")):
+        p = qsub.add_parser(name, help=text)
+        p.add_argument("ids", nargs="+", metavar="ID")
+
+    status = sub.add_parser("status", help="the status table: spooler and transports")
+    _common(status)
+    status.add_argument("--json", action="store_true")
+    return parser
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    if args.command == "serve":
+        overrides = {"smtp_listen": args.smtp, "http_listen": args.http, "relay": args.relay,
+                     "local_domains": args.local_domains}
+    return config.load(args.config, args.data, **overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = settings_from(args)
+        handler: Callable[[argparse.Namespace, Settings], int] = COMMANDS[args.command]
+        return handler(args, settings)
+    except CLIError as err:
+        print(f"msgspool: {err}", file=sys.stderr)
+        return err.code
+    except ConfigError as err:
+        print(f"msgspool: {err}", file=sys.stderr)
+        return 2
+    except (SpoolError, MsgspoolError) as err:
+        print(f"msgspool: {err}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return 0
+
+
+# -- serve ----------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from msgspool.daemon import run
+
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s msgspool[%(process)d]: %(message)s", stream=sys.stderr)
+    logging.getLogger("msgspool").setLevel(logging.INFO)
+    if not args.verbose:
+        logging.getLogger("msgspool.delivery").setLevel(logging.WARNING)
+    run(settings)
+    return 0
+
+
+# -- sendmail -------------------------------------------------------------------------------
+
+
+def read_message(stream: Any, ignore_dots: bool) -> bytes:
+    """Read stdin as sendmail does: a line with a single '.' ends it unless -i; lines get CRLF."""
+    lines = []
+    for raw in stream:
+        line = raw.rstrip(b"\r\n")
+        if not ignore_dots and line == b".":
+            break
+        lines.append(line)
+    return b"".join(line + b"\r\n" for line in lines)
+
+
+def cmd_sendmail(args: argparse.Namespace, settings: Settings) -> int:
+    from msgspool.compose import complete_headers, header_recipients, strip_bcc
+
+    ignore_dots = args.ignore_dots or "i" in args.o
+    content = read_message(sys.stdin.buffer, ignore_dots)
+    sender = args.sender if args.sender is not None else f"{getpass.getuser()}@{settings.local_domains[0]}"
+    recipients = list(args.recipients)
+    if args.extract:
+        recipients += header_recipients(content)
+        content = strip_bcc(content)
+    if not recipients:
+        print("msgspool sendmail: no recipients", file=sys.stderr)
+        return EX_USAGE
+    content = complete_headers(content, sender, args.full_name, settings.host_name)
+    try:
+        message_id = _run(settings, lambda s: s.submit(_submission(sender, recipients, content)), create=True)
+    except SubmitError as err:
+        print(f"msgspool sendmail: {err.reply.line()}", file=sys.stderr)
+        return EX_DATAERR if err.reply.permanent else EX_TEMPFAIL
+    except OSError as err:
+        print(f"msgspool sendmail: cannot write to the spool: {err}", file=sys.stderr)
+        return EX_TEMPFAIL
+    if sys.stdout.isatty():
+        print(message_id)
+    return 0
+
+
+def _submission(sender: str, recipients: list[str], content: bytes) -> Any:
+    from msgspool.spooler.intake import Submission
+
+    return Submission(sender=sender, recipients=recipients, content=content, origin="sendmail")
+
+
+# -- queue ----------------------------------------------------------------------------------
+
+
+def _spool_db(settings: Settings) -> Path:
+    path = settings.spool_path / DB_NAME
+    if not path.exists():
+        raise CLIError(f"no spool at {settings.spool_path} (use --data DIR or MSGSPOOL_DATA)")
+    return path
+
+
+def _run(settings: Settings, operation: Callable[[Spooler], Any], create: bool = False) -> Any:
+    """Run an operation on the spool directly (no daemon involved)."""
+    if not create:
+        _spool_db(settings)
+
+    async def go() -> Any:
+        spooler = Spooler(settings)
+        await spooler.start(deliver=False)
+        try:
+            return await operation(spooler)
+        finally:
+            await spooler.stop()
+
+    return asyncio.run(go())
+
+
+def _operate(settings: Settings, op: str, ids: list[str] | None) -> dict[str, Any]:
+    """Through the daemon when it runs, else on the spool itself."""
+    _spool_db(settings)
+    answer = control.request(settings.spool_path, {"op": op, "ids": ids})
+    if answer is not None:
+        if not answer.get("ok"):
+            if answer.get("kind") == "NotFound":
+                raise CLIError(f"no message {answer.get('error')}")
+            raise CLIError(str(answer.get("error")))
+        return answer
+    try:
+        if op == "flush":
+            return {"ok": True, "flushed": _run(settings, lambda s: s.flush(ids))}
+        return {"ok": True, "ids": _run(settings, lambda s: getattr(s, op)(ids))}
+    except NotFound as err:
+        raise CLIError(f"no message {err}") from err
+
+
+def cmd_queue(args: argparse.Namespace, settings: Settings) -> int:
+    if args.action == "list":
+        return queue_list(settings, args.json, args.all)
+    if args.action == "show":
+        return queue_show(settings, args.id, args.json)
+    if args.action == "flush":
+        answer = _operate(settings, "flush", args.ids or None)
+        print(f"{answer['flushed']} recipients due now")
+        return 0
+    answer = _operate(settings, args.action, args.ids)
+    past = {"hold": "held", "release": "released", "delete": "deleted"}[args.action]
+    for message_id in answer["ids"]:
+        print(f"{message_id}: {past}")
+    return 0
+
+
+def queue_list(settings: Settings, as_json: bool, include_sent: bool) -> int:
+    from msgspool.stores.sqlite import SpoolDB, iter_messages
+    from msgspool.views import message_json, message_line
+
+    db = SpoolDB(_spool_db(settings))
+    folders = ("outbox", "sent") if include_sent else ("outbox",)
+    count = 0
+    out = sys.stdout
+    for info in iter_messages(db.conn, folders, ""):
+        count += 1
+        out.write((json.dumps(message_json(info)) if as_json else message_line(info)) + "\n")
+        if count % 100 == 0:
+            out.flush()
+    if not as_json:
+        out.write("Mail queue is empty\n" if count == 0 else f"-- {count} messages\n")
+    db.close()
+    return 0
+
+
+def queue_show(settings: Settings, message_id: str, as_json: bool) -> int:
+    from msgspool.stores.sqlite import SpoolDB, get_message
+    from msgspool.views import message_json, message_line
+
+    db = SpoolDB(_spool_db(settings))
+    info = get_message(db.conn, message_id)
+    db.close()
+    if info is None:
+        raise CLIError(f"no message {message_id}")
+    if as_json:
+        print(json.dumps(message_json(info), indent=2))
+        return 0
+    print(message_line(info))
+    for r in message_json(info)["recipients"]:
+        print(f"      {r['address']}: transport={r['transport']} destination={r['destination']}"
+              f" attempts={r['attempts']} next={r['next_attempt_at']} relay={r['relay']}")
+    return 0
+
+
+# -- status ---------------------------------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    from msgspool.stores.sqlite import SpoolDB, queue_counts
+
+    db = SpoolDB(_spool_db(settings))
+    counts = queue_counts(db.conn)
+    db.close()
+    answer = control.request(settings.spool_path, {"op": "status"})
+    if answer is not None and answer.get("ok"):
+        table = answer["status"]
+    else:
+        table = Spooler(settings).status()
+        table["spooler"]["status"] = "stopped"
+    table["queue"] = counts
+    if args.json:
+        print(json.dumps(table, indent=2))
+        return 0
+    print(f"spooler    {table['spooler']['status']:<8} active={table['spooler']['active']}  "
+          + " ".join(f"{k}={v}" for k, v in counts.items() if v))
+    for row in table["transports"]:
+        print(f"transport  {row['name']:<10} {row['status']:<8} addrtypes={','.join(row['addrtypes'])}")
+        for dest in row["destinations"]:
+            error = f"  ({dest['last_error']})" if dest["last_error"] else ""
+            print(f"    {dest['name']:<30} {dest['status']:<5} connections={dest['connections']}"
+                  f" queued={dest['queued']} delivered={dest['delivered']}{error}")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
+    "serve": cmd_serve, "sendmail": cmd_sendmail, "queue": cmd_queue, "status": cmd_status,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

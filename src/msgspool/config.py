@@ -1,0 +1,120 @@
+"""Every setting of msgspool, once, with its default and a sentence (Postfix's mail_params habit).
+
+Settings come from, in rising order of precedence: these defaults, a TOML file (``--config FILE``,
+or ``msgspool.toml`` in the data directory when present), the environment (``MSGSPOOL_DATA``), and
+the command line. The README's configuration table is checked against this module by a test.
+
+Extra transports are declared as an array of tables::
+
+    [[transports]]
+    name = "hooks"            # unique; shows up as the recipient's `transport`
+    type = "http"             # an entry point in the `msgspool.transports` group
+    addrtypes = ["HTTP"]      # the address types it takes (MAPI AddressTypes)
+    domains = []              # optional domain routes; empty = any
+    # any other key is passed to the transport as an option
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+DEFAULT_DATA_DIR = "./msgspool-data"
+CONFIG_NAME = "msgspool.toml"
+
+
+def _doc(default: Any, doc: str) -> Any:
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata={"doc": doc})
+    return field(default=default, metadata={"doc": doc})
+
+
+@dataclass
+class Settings:
+    data_dir: str = _doc(DEFAULT_DATA_DIR, "Spool directory: the SQLite store, the lock and control socket.")
+    smtp_listen: str = _doc("127.0.0.1:2525", "SMTP listener HOST:PORT; empty disables it.")
+    http_listen: str = _doc("127.0.0.1:8025", "HTTP API HOST:PORT; empty disables it.")
+    relay: str = _doc("", "Smarthost HOST:PORT for every non-local SMTP recipient; empty = MX lookup.")
+    local_domains: list[str] = _doc(["localhost"], "Domains whose mail is filed into local mailboxes.")
+    mailboxes: list[str] = _doc([], "Local mailboxes that exist; empty = any address in a local domain.")
+    hostname: str = _doc("", "Name used in the greeting, EHLO and Received:; empty = this host's name.")
+    trusted_networks: list[str] = _doc(
+        ["127.0.0.0/8", "::1/128"], "Clients in these networks may relay to non-local domains."
+    )
+    message_size_limit: int = _doc(10_240_000, "Largest message accepted, in bytes (SMTP SIZE).")
+    recipient_limit: int = _doc(1000, "Most recipients accepted in one SMTP transaction.")
+    hopcount_limit: int = _doc(50, "More Received: headers than this is a loop: 554 5.4.6.")
+    smtpd_timeout: float = _doc(300.0, "Seconds an SMTP client may stay silent (RFC 5321 §4.5.3.2.7).")
+    min_backoff: float = _doc(300.0, "First retry delay after a temporary failure, seconds.")
+    max_backoff: float = _doc(4000.0, "Longest retry delay, seconds.")
+    max_lifetime: float = _doc(432000.0, "Seconds before an undelivered recipient expires (5 days).")
+    probe_min: float = _doc(0.5, "First probe of a down destination after this many seconds.")
+    probe_max: float = _doc(3.0, "Longest interval between probes of a down destination, seconds.")
+    destination_concurrency: int = _doc(20, "Parallel connections per destination.")
+    destination_recipient_limit: int = _doc(50, "Most recipients per SMTP transaction.")
+    connection_idle_time: float = _doc(2.0, "Seconds an idle outbound connection is kept for reuse.")
+    connection_reuse_limit: int = _doc(1000, "Transactions per outbound connection before it is closed.")
+    active_limit: int = _doc(20000, "Most recipients the scheduler holds in memory at once.")
+    smtp_connect_timeout: float = _doc(30.0, "Outbound TCP connect timeout, seconds.")
+    smtp_greeting_timeout: float = _doc(300.0, "Outbound wait for the 220 greeting (RFC 5321 §4.5.3.2.1).")
+    smtp_mail_timeout: float = _doc(300.0, "Outbound MAIL reply timeout (§4.5.3.2.2).")
+    smtp_rcpt_timeout: float = _doc(300.0, "Outbound RCPT reply timeout (§4.5.3.2.3).")
+    smtp_data_init_timeout: float = _doc(120.0, "Outbound DATA 354 timeout (§4.5.3.2.4).")
+    smtp_data_block_timeout: float = _doc(180.0, "Outbound timeout per data block sent (§4.5.3.2.5).")
+    smtp_data_done_timeout: float = _doc(600.0, "Outbound wait for the reply after <CRLF>.<CRLF> (§4.5.3.2.6).")
+    commit_batch: int = _doc(512, "Most writes that share one commit (group commit).")
+    transports: list[dict[str, Any]] = _doc([], "Extra transports, in order; see [[transports]].")
+
+    @property
+    def spool_path(self) -> Path:
+        return Path(self.data_dir)
+
+    @property
+    def host_name(self) -> str:
+        return self.hostname or socket.gethostname() or "localhost"
+
+    def merge(self, values: dict[str, Any], source: str) -> None:
+        known = {f.name: f for f in fields(self)}
+        for key, value in values.items():
+            if key not in known:
+                raise ConfigError(f"{source}: unknown setting {key!r}")
+            current = getattr(self, key)
+            if isinstance(current, bool) or not isinstance(value, type(current)):
+                if not (isinstance(current, float) and isinstance(value, int)):
+                    raise ConfigError(f"{source}: {key} must be {type(current).__name__}, not {value!r}")
+                value = float(value)
+            setattr(self, key, value)
+
+
+class ConfigError(Exception):
+    pass
+
+
+def settings_doc() -> list[tuple[str, Any, str]]:
+    """(key, default, sentence) for every setting: the source of the README table."""
+    s = Settings()
+    return [(f.name, getattr(s, f.name), f.metadata["doc"]) for f in fields(Settings)]
+
+
+def load(config_file: str | None = None, data_dir: str | None = None, **overrides: Any) -> Settings:
+    """Defaults, then the TOML file, then MSGSPOOL_DATA, then explicit overrides (the CLI)."""
+    settings = Settings()
+    data = data_dir or os.environ.get("MSGSPOOL_DATA")
+    path = Path(config_file) if config_file else None
+    if path is None:
+        candidate = Path(data or DEFAULT_DATA_DIR) / CONFIG_NAME
+        path = candidate if candidate.exists() else None
+    if path is not None:
+        try:
+            with path.open("rb") as f:
+                settings.merge(tomllib.load(f), str(path))
+        except (OSError, tomllib.TOMLDecodeError) as err:
+            raise ConfigError(f"cannot read config {path}: {err}") from err
+    if data:
+        settings.data_dir = data
+    settings.merge({k: v for k, v in overrides.items() if v is not None}, "command line")
+    return settings

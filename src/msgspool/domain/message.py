@@ -1,0 +1,82 @@
+"""The message and recipient model handed between intake, store and scheduler. Plain data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from msgspool.domain.address import SMTP
+from msgspool.domain.outcome import Reply
+from msgspool.domain.recipient import RecipientType, Status
+
+# Folders every mailbox has (MAPI: Outbox, Sent Items, Inbox).
+OUTBOX, SENT, INBOX = "outbox", "sent", "inbox"
+# The spool's own mailbox: owner of relayed mail that belongs to no local user.
+SPOOL_MAILBOX = ""
+DEFAULT_CLASS = "IPM.Note"
+
+# MAPI PR_PRIORITY
+URGENT, NORMAL, NON_URGENT = 1, 0, -1
+
+
+@dataclass(slots=True)
+class Recipient:
+    address: str
+    addrtype: str = SMTP
+    type: RecipientType = RecipientType.TO
+    transport: str | None = None  # `responsible` once routed
+    nexthop: str | None = None
+    status: Status = Status.QUEUED
+    attempts: int = 0
+    next_attempt_at: float | None = None
+    last_reply: Reply | None = None
+    last_attempt_at: float | None = None
+    index: int = 0  # position within the message; with the message id, the recipient's key
+
+    @property
+    def destination(self) -> str | None:
+        if self.transport is None or self.nexthop is None:
+            return None
+        return f"{self.transport}:{self.nexthop}"
+
+
+@dataclass(slots=True)
+class Message:
+    id: str
+    sender: str  # envelope sender; "" is the null reverse-path
+    content: bytes
+    recipients: list[Recipient]
+    submitted_at: float
+    mailbox: str = SPOOL_MAILBOX
+    folder: str = OUTBOX
+    message_class: str = DEFAULT_CLASS
+    priority: int = NORMAL
+    deliver_after: float | None = None
+    expires_at: float | None = None
+    delete_after_submit: bool = False
+    held: bool = False
+    origin: str = "api"  # smtp | sendmail | api: how it came in, for the history
+    headers_prefix: bytes = b""  # per-copy header lines (Return-Path, Delivered-To) before content
+    meta: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return len(self.headers_prefix) + len(self.content)
+
+    def full_content(self) -> bytes:
+        return self.headers_prefix + self.content if self.headers_prefix else self.content
+
+
+@dataclass(slots=True)
+class Settlement:
+    """The outcome of one attempt (or decision) for one recipient, as the scheduler hands it to the
+    store. The store applies it only if the recipient is still pending."""
+
+    message_id: str
+    index: int
+    address: str
+    status: Status
+    reply: Reply | None = None
+    attempted: bool = True  # counts as an attempt (sets attempts+1 and last_attempt_at)
+    next_attempt_at: float | None = None
+    wait_destination: bool = False  # deferred because its destination is down
+    remote: str | None = None  # the next hop that answered

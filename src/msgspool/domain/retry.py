@@ -1,0 +1,38 @@
+"""Retry policy: when a temporarily failed recipient is tried again, and when it gives up.
+
+Per-message backoff follows Postfix (minimal_backoff_time 300 s, maximal_backoff_time 4000 s,
+maximal_queue_lifetime 5 d), doubling per attempt, with a random spread (Exim's "H" rule, River's
+±10 %) so a queue that failed together does not come back together. Destination health
+(`destinations.py`) brings recipients forward the moment their destination answers again; this
+policy is the safety net for message-level failures and for destinations that stay down.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+_RNG = random.Random()
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    min_backoff: float = 300.0
+    max_backoff: float = 4000.0
+    max_lifetime: float = 5 * 86400.0
+    jitter: float = 0.1  # ± fraction of the delay
+
+    def delay(self, attempts: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait after the ``attempts``-th failed attempt (1-based)."""
+        base = min(self.max_backoff, self.min_backoff * (2.0 ** max(0, attempts - 1)))
+        spread = (rng or _RNG).uniform(-self.jitter, self.jitter)
+        return max(1.0, base * (1.0 + spread))
+
+    def next_attempt(self, now: float, attempts: int, rng: random.Random | None = None) -> float:
+        return now + self.delay(attempts, rng)
+
+    def expired(self, submitted_at: float, now: float, expires_at: float | None = None) -> bool:
+        """Past the message's own expiry time, or past the maximal lifetime."""
+        if expires_at is not None and now >= expires_at:
+            return True
+        return now - submitted_at >= self.max_lifetime

@@ -1,0 +1,76 @@
+"""SMTP listener policy: who may send what through msgspool (the trust boundary, made explicit).
+
+- Mail for local domains is accepted from anyone (RFC 5321 §4.5.1: postmaster always).
+- Mail for other domains is relayed only for clients in `trusted_networks` (default: loopback) or
+  that authenticated; everyone else gets ``554 5.7.1 Relay access denied`` (Postfix's answer).
+- After DATA the message gets its `Received:` trace header (RFC 5321 §4.4) and goes through
+  intake; the ``250`` is sent only once the spool has committed it durably.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+
+from msgspool.domain.ids import new_id
+from msgspool.domain.outcome import Reply
+from msgspool.domain.timefmt import rfc5322
+from msgspool.errors import SubmitError
+from msgspool.smtpd.protocol import Envelope, Session
+from msgspool.spooler.intake import Intake, Submission
+
+log = logging.getLogger("msgspool.smtpd")
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(values: Sequence[str]) -> list[Network]:
+    return [ipaddress.ip_network(v, strict=False) for v in values]
+
+
+class SpoolPolicy:
+    def __init__(self, intake: Intake, submit: Callable[[Submission], Awaitable[str]], *, hostname: str,
+                 trusted_networks: Sequence[str]) -> None:
+        self.intake, self.submit, self.hostname = intake, submit, hostname
+        self.trusted = parse_networks(trusted_networks)
+
+    def connect(self, session: Session) -> Reply | None:
+        try:
+            ip = ipaddress.ip_address(session.peer[0])
+        except ValueError:
+            ip = None
+        session.trusted = ip is not None and any(ip in net for net in self.trusted)
+        return None
+
+    def mail(self, session: Session, envelope: Envelope, sender: str, params: dict[str, str]) -> Reply | None:
+        return None
+
+    def rcpt(self, session: Session, envelope: Envelope, address: str, params: dict[str, str]) -> Reply | None:
+        if not self.intake.router.is_local(address) and not (session.trusted or session.authenticated):
+            return Reply(554, "5.7.1", f"<{address}>: Relay access denied")
+        return self.intake.check_recipient(address)
+
+    async def data(self, session: Session, envelope: Envelope, content: bytes) -> Reply:
+        queue_id = new_id()
+        trace = self._received(session, envelope, queue_id)
+        sub = Submission(sender=envelope.sender or "", recipients=list(envelope.recipients),
+                         content=trace + content, origin="smtp", message_id=queue_id)
+        try:
+            queue_id = await self.submit(sub)
+        except SubmitError as err:
+            return err.reply
+        return Reply(250, "2.0.0", f"Ok: queued as {queue_id}")
+
+    def disconnect(self, session: Session) -> None:
+        return None
+
+    def _received(self, session: Session, envelope: Envelope, queue_id: str) -> bytes:
+        # RFC 5321 §4.4 and RFC 3848 protocol names.
+        with_ = ("UTF8SMTP" if envelope.smtputf8 else "ESMTP" if session.esmtp else "SMTP")
+        if session.esmtp and session.authenticated:
+            with_ += "A"
+        ip = session.peer[0]
+        for_ = f"\r\n\tfor <{envelope.recipients[0]}>" if len(envelope.recipients) == 1 else ""
+        text = (f"Received: from {session.helo or 'unknown'} ([{ip}])\r\n\tby {self.hostname} (msgspool)"
+                f" with {with_} id {queue_id}{for_};\r\n\t{rfc5322()}\r\n")
+        return text.encode("utf-8", "surrogateescape")

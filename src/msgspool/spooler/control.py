@@ -1,0 +1,76 @@
+"""The control socket: how the CLI reaches a running daemon (Postfix's public/qmgr FIFO and
+postqueue's showq socket in one). A unix stream socket `control.sock` in the data directory;
+one JSON request per line, one JSON answer per line.
+
+    {"op": "wakeup"}                            new work was written into the spool
+    {"op": "flush", "ids": [...] | null}        retry now
+    {"op": "hold" | "release" | "delete", "ids": [...]}
+    {"op": "status"}                            the live status table
+
+When no daemon listens, the CLI changes the spool directly; the daemon then finds the change when
+it starts. Either way there is one set of store operations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+SOCKET_NAME = "control.sock"
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+def socket_path(data_dir: Path) -> Path:
+    return data_dir / SOCKET_NAME
+
+
+def request(data_dir: Path, message: dict[str, Any], timeout: float = 30.0) -> dict[str, Any] | None:
+    """Send one request to the daemon; None when no daemon listens on this spool."""
+    path = socket_path(data_dir)
+    if not path.exists():
+        return None
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(str(path))
+        except OSError:
+            return None
+        sock.sendall(json.dumps(message).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return json.loads(data) if data else None
+
+
+def notify(data_dir: Path, message: dict[str, Any]) -> None:
+    """Best effort: tell the daemon, if one runs; never fails."""
+    with contextlib.suppress(OSError, ValueError):
+        request(data_dir, message, timeout=2.0)
+
+
+async def serve(data_dir: Path, handler: Handler) -> asyncio.AbstractServer:
+    path = socket_path(data_dir)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+    async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while line := await reader.readline():
+                try:
+                    answer = await handler(json.loads(line))
+                except Exception as err:  # reported to the client, never fatal to the daemon
+                    answer = {"ok": False, "error": str(err), "kind": type(err).__name__}
+                writer.write(json.dumps(answer).encode() + b"\n")
+                await writer.drain()
+        finally:
+            writer.close()
+
+    return await asyncio.start_unix_server(session, path=str(path))

@@ -1,0 +1,239 @@
+"""Destinations: one per (transport, nexthop). Each owns its queue of jobs, its connections
+(reused, at most `concurrency` at once), and its health.
+
+A job is one message with the recipients it has for this destination (at most
+`recipient_limit` per SMTP transaction). Workers — one per open connection — take jobs until the
+queue stays empty for `idle_time`, then close. When a connection cannot be set up (or is lost),
+the destination is marked down: every job still queued is deferred *without* an attempt and
+flagged as waiting for the destination, and a probe loop (health.py) tries the destination again
+on a short interval. The first good probe brings it up and the scheduler releases the backlog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from msgspool.domain.health import DestinationHealth, ProbePolicy
+from msgspool.domain.message import Message, Recipient, Settlement
+from msgspool.domain.outcome import DESTINATION_DOWN, Reply
+from msgspool.domain.recipient import Status
+from msgspool.domain.retry import RetryPolicy
+from msgspool.errors import DestinationUnavailable
+from msgspool.ports import Connection, Transport
+
+log = logging.getLogger("msgspool.delivery")
+
+
+@dataclass(slots=True)
+class Job:
+    message: Message
+    recipients: list[Recipient]
+
+
+@dataclass(frozen=True, slots=True)
+class DestinationLimits:
+    concurrency: int = 20
+    recipient_limit: int = 50
+    idle_time: float = 2.0
+    reuse_limit: int = 1000
+
+
+Settle = Callable[[list[Settlement]], None]
+
+
+class Destination:
+    def __init__(self, transport: Transport, nexthop: str, limits: DestinationLimits, retry: RetryPolicy,
+                 probe: ProbePolicy, settle: Settle, on_up: Callable[[Destination], Awaitable[None]],
+                 clock: Callable[[], float] = time.time) -> None:
+        self.transport, self.nexthop = transport, nexthop
+        self.name = f"{transport.name}:{nexthop}"
+        self.limits, self.retry, self.settle, self.on_up, self.clock = limits, retry, settle, on_up, clock
+        self.health = DestinationHealth(self.name, probe)
+        self.jobs: deque[Job] = deque()
+        self.workers = 0
+        self.idle_workers = 0
+        self.delivered = 0
+        self._work = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._prober: asyncio.Task[None] | None = None
+
+    # -- queueing ---------------------------------------------------------------------------
+
+    def enqueue(self, message: Message, recipients: Sequence[Recipient]) -> None:
+        limit = self.limits.recipient_limit
+        for start in range(0, len(recipients), limit):
+            self.jobs.append(Job(message, list(recipients[start:start + limit])))
+        if self.health.down:
+            self._defer_queued(DESTINATION_DOWN)
+            return
+        self._work.set()
+        while self.workers < self.limits.concurrency and self.workers - self.idle_workers < len(self.jobs):
+            self.workers += 1  # counted at spawn, not when the task first runs: the loop must see it
+            self._spawn(self._worker())
+
+    def cancel(self, message_ids: set[str]) -> list[Recipient]:
+        """Drop queued jobs of these messages (hold/delete); returns the recipients dropped."""
+        dropped = [r for job in self.jobs if job.message.id in message_ids for r in job.recipients]
+        self.jobs = deque(job for job in self.jobs if job.message.id not in message_ids)
+        return dropped
+
+    def _spawn(self, coro: Awaitable[None]) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- delivery ---------------------------------------------------------------------------
+
+    async def _worker(self) -> None:
+        conn: Connection | None = None
+        sent = 0
+        try:
+            while (job := await self._next_job()) is not None:
+                if conn is None or not conn.usable or sent >= self.limits.reuse_limit:
+                    if conn is not None:
+                        await conn.close()
+                    conn, sent = await self._connect(job), 0
+                    if conn is None:
+                        if self.health.down:
+                            return
+                        continue
+                if not await self._deliver(conn, job):
+                    conn = None
+                    return
+                sent += 1
+        finally:
+            self.workers -= 1
+            if conn is not None:
+                await conn.close()
+
+    async def _next_job(self) -> Job | None:
+        deadline = self.clock() + self.limits.idle_time
+        while not self.jobs:
+            if self.health.down:
+                return None
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                return None
+            self._work.clear()
+            self.idle_workers += 1
+            try:
+                await asyncio.wait_for(self._work.wait(), remaining)
+            except TimeoutError:
+                pass
+            finally:
+                self.idle_workers -= 1
+        return self.jobs.popleft()
+
+    async def _connect(self, job: Job) -> Connection | None:
+        """A new connection; None when it failed (the job is settled: failed on a permanent
+        answer such as a null MX, else deferred while the destination is marked down)."""
+        try:
+            conn = await self.transport.connect(self.nexthop)
+        except DestinationUnavailable as err:
+            if err.reply.permanent:
+                self.settle([Settlement(job.message.id, r.index, r.address, Status.FAILED, err.reply)
+                             for r in job.recipients])
+                return None
+            self.settle([self._deferral(job.message, r, err.reply, attempted=True, wait=True)
+                         for r in job.recipients])
+            self.mark_down(err.reply)
+            return None
+        if self.health.connection_ok():
+            log.info("%s: destination is up again", self.name)
+        return conn
+
+    async def _deliver(self, conn: Connection, job: Job) -> bool:
+        message, recipients = job.message, job.recipients
+        try:
+            replies = await conn.send(message.sender, [r.address for r in recipients], message.full_content())
+        except DestinationUnavailable as err:
+            # The outcome is unknown (the connection died mid-transaction): retry later.
+            self.settle([self._deferral(message, r, err.reply, attempted=True, remote=conn.remote)
+                         for r in recipients])
+            self.mark_down(err.reply)
+            return False
+        now = self.clock()
+        settlements = [self._outcome(message, r, reply, now, conn.remote)
+                       for r, reply in zip(recipients, replies, strict=True)]
+        self.settle(settlements)
+        for s in settlements:
+            _log_outcome(message, s, now)
+        self.delivered += 1
+        return True
+
+    def _outcome(self, message: Message, r: Recipient, reply: Reply, now: float, remote: str) -> Settlement:
+        if reply.ok:
+            return Settlement(message.id, r.index, r.address, Status.DELIVERED, reply, remote=remote)
+        if reply.permanent:
+            return Settlement(message.id, r.index, r.address, Status.FAILED, reply, remote=remote)
+        return self._deferral(message, r, reply, attempted=True, remote=remote)
+
+    def _deferral(self, message: Message, r: Recipient, reply: Reply, *, attempted: bool,
+                  wait: bool = False, remote: str | None = None) -> Settlement:
+        now = self.clock()
+        if self.retry.expired(message.submitted_at, now, message.expires_at):
+            return Settlement(message.id, r.index, r.address, Status.EXPIRED, reply, attempted=attempted,
+                              remote=remote)
+        next_at = self.retry.next_attempt(now, r.attempts + 1)
+        limit = message.expires_at or (message.submitted_at + self.retry.max_lifetime)
+        return Settlement(message.id, r.index, r.address, Status.DEFERRED, reply, attempted=attempted,
+                          next_attempt_at=min(next_at, limit), wait_destination=wait, remote=remote)
+
+    # -- health -----------------------------------------------------------------------------
+
+    def mark_down(self, reply: Reply) -> None:
+        if self.health.connection_failed(self.clock(), reply):
+            log.warning("%s: destination down: %s", self.name, reply.line())
+        self._defer_queued(reply)
+        if self._prober is None or self._prober.done():
+            self._prober = self._spawn(self._probe_loop())
+
+    def _defer_queued(self, reply: Reply) -> None:
+        jobs, self.jobs = self.jobs, deque()
+        settlements = [self._deferral(job.message, r, reply, attempted=False, wait=True)
+                       for job in jobs for r in job.recipients]
+        if settlements:
+            self.settle(settlements)
+
+    async def _probe_loop(self) -> None:
+        while self.health.down:
+            delay = max(0.0, (self.health.probe_at or self.clock()) - self.clock())
+            await asyncio.sleep(delay)
+            try:
+                conn = await self.transport.connect(self.nexthop)
+            except DestinationUnavailable as err:
+                self.health.connection_failed(self.clock(), err.reply)
+                continue
+            await conn.close()
+            self.health.connection_ok()
+            log.info("%s: probe succeeded; releasing the backlog", self.name)
+            await self.on_up(self)
+
+    def probe_now(self) -> None:
+        """Treat the destination as down-with-backlog and probe it at once (after a restart)."""
+        if not self.health.down:
+            self.health.connection_failed(self.clock(), DESTINATION_DOWN)
+            self.health.probe_at = self.clock()
+        if self._prober is None or self._prober.done():
+            self._prober = self._spawn(self._probe_loop())
+
+
+def _log_outcome(message: Message, s: Settlement, now: float) -> None:
+    status = {Status.DELIVERED: "sent", Status.FAILED: "bounced", Status.EXPIRED: "expired"}.get(
+        s.status, "deferred")
+    if log.isEnabledFor(logging.INFO):
+        log.info("%s: to=<%s>, relay=%s, delay=%.2f, dsn=%s, status=%s (%s)", message.id, s.address, s.remote,
+                 now - message.submitted_at, s.reply.dsn if s.reply else "", status,
+                 s.reply.line() if s.reply else "")

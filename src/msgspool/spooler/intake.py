@@ -1,0 +1,138 @@
+"""Intake: the one way into the spool (MAPI IMessage::SubmitMessage).
+
+Every front end — the SMTP listener, `msgspool sendmail`, the Python API — builds a `Submission`
+and calls `Intake.submit`. Intake checks it, routes every recipient (local mailbox, a transport,
+or no route), stamps per-copy headers for local delivery, and hands it to the store in one atomic
+write. Only when that write is committed does `submit` return the queue id: that is the moment a
+front end may acknowledge the message.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from msgspool.domain import address as addr
+from msgspool.domain.ids import new_id
+from msgspool.domain.message import DEFAULT_CLASS, NORMAL, Message, Recipient
+from msgspool.domain.outcome import LOOP_DETECTED, NO_ROUTE, Reply
+from msgspool.domain.recipient import RecipientType, Status
+from msgspool.domain.routing import LOCAL, Router
+from msgspool.errors import SubmitError
+
+_RECEIVED = re.compile(rb"^received:", re.IGNORECASE | re.MULTILINE)
+
+
+@dataclass(slots=True)
+class Submission:
+    sender: str
+    recipients: Sequence[str]
+    content: bytes
+    addrtypes: Sequence[str] | None = None  # parallel to recipients; default SMTP
+    types: Sequence[RecipientType] | None = None  # to/cc/bcc, parallel to recipients
+    mailbox: str = ""
+    message_class: str = DEFAULT_CLASS
+    priority: int = NORMAL
+    deliver_after: float | None = None
+    expires_at: float | None = None
+    delete_after_submit: bool = False
+    origin: str = "api"
+    message_id: str | None = None  # a queue id chosen in advance (the SMTP listener's Received: id)
+    meta: dict[str, str] = field(default_factory=dict)
+
+
+def header_block(content: bytes) -> bytes:
+    """The header section of an RFC 5322 message (up to the first empty line)."""
+    end = content.find(b"\r\n\r\n")
+    if end < 0:
+        end = content.find(b"\n\n")
+    return content if end < 0 else content[: end + 2]
+
+
+def count_hops(content: bytes) -> int:
+    return len(_RECEIVED.findall(header_block(content)))
+
+
+class Intake:
+    def __init__(self, router: Router, *, hopcount_limit: int = 50, mailboxes: Sequence[str] = (),
+                 clock: Callable[[], float] = time.time) -> None:
+        self.router = router
+        self.hopcount_limit = hopcount_limit
+        self.mailboxes = frozenset(addr.mailbox_key(m) for m in mailboxes)
+        self.clock = clock
+
+    def check_recipient(self, address: str, addrtype: str = addr.SMTP) -> Reply | None:
+        """A reply refusing `address` now (SMTP RCPT time), or None when it is acceptable."""
+        if self.router.is_local(address, addrtype):
+            key = addr.mailbox_key(address)
+            if self.mailboxes and key not in self.mailboxes and not key.startswith("postmaster"):
+                return Reply(550, "5.1.1", f"<{address}>: Recipient address rejected: User unknown")
+            return None
+        if self.router.route(address, addrtype) is None:
+            return Reply(550, "5.1.2", f"<{address}>: no transport for this address")
+        return None
+
+    def build(self, sub: Submission, now: float | None = None) -> tuple[Message, list[Message]]:
+        """The outbox message and the local copies of a submission; raises SubmitError."""
+        now = self.clock() if now is None else now
+        if not sub.recipients:
+            raise SubmitError(Reply(554, "5.5.1", "no recipients"))
+        if count_hops(sub.content) > self.hopcount_limit:
+            raise SubmitError(LOOP_DETECTED)
+        message = Message(
+            id=sub.message_id or new_id(now), sender=sub.sender, content=sub.content, recipients=[],
+            submitted_at=now, mailbox=sub.mailbox, message_class=sub.message_class, priority=sub.priority,
+            deliver_after=sub.deliver_after, expires_at=sub.expires_at,
+            delete_after_submit=sub.delete_after_submit, origin=sub.origin, meta=dict(sub.meta))
+        copies: list[Message] = []
+        seen: set[tuple[str, str]] = set()
+        for i, address in enumerate(sub.recipients):
+            addrtype = (sub.addrtypes[i] if sub.addrtypes else addr.SMTP).upper()
+            if (addrtype, address.lower()) in seen:  # MAPI ExpandRecips removes duplicates
+                continue
+            seen.add((addrtype, address.lower()))
+            rtype = sub.types[i] if sub.types else RecipientType.TO
+            recipient = self._route(address, addrtype, rtype, len(message.recipients), now, sub)
+            message.recipients.append(recipient)
+            if recipient.transport == LOCAL:
+                copies.append(self._local_copy(message, recipient, now))
+        return message, copies
+
+    def _route(self, address: str, addrtype: str, rtype: RecipientType, index: int, now: float,
+               sub: Submission) -> Recipient:
+        recipient = Recipient(address=address, addrtype=addrtype, type=rtype, index=index)
+        route = self.router.route(address, addrtype)
+        if route is None:
+            recipient.status, recipient.last_reply = Status.FAILED, NO_ROUTE
+            return recipient
+        recipient.transport, recipient.nexthop = route.transport, route.nexthop
+        if route.transport == LOCAL:
+            recipient.status = Status.DELIVERED
+            recipient.last_reply = Reply(250, "2.0.0", f"delivered to mailbox {route.nexthop}")
+            recipient.last_attempt_at = now
+            recipient.attempts = 1
+        else:
+            recipient.next_attempt_at = max(now, sub.deliver_after or now)
+        return recipient
+
+    def _local_copy(self, message: Message, recipient: Recipient, now: float) -> Message:
+        mailbox = recipient.nexthop or addr.mailbox_key(recipient.address)
+        prefix = f"Return-Path: <{message.sender}>\r\nDelivered-To: {recipient.address}\r\n".encode()
+        return Message(
+            id=new_id(now), sender=message.sender, content=message.content, recipients=[],
+            submitted_at=now, mailbox=mailbox, folder="inbox", message_class=message.message_class,
+            priority=message.priority, origin=message.origin, headers_prefix=prefix)
+
+
+def mark_active(message: Message) -> None:
+    for r in message.recipients:
+        if r.status is Status.QUEUED and (r.next_attempt_at or 0) <= message.submitted_at:
+            r.status = Status.ACTIVE
+
+
+def due_now(message: Message) -> int:
+    return sum(1 for r in message.recipients
+               if r.status is Status.QUEUED and (r.next_attempt_at or 0) <= message.submitted_at)
+

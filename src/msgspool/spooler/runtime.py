@@ -1,0 +1,263 @@
+"""The spooler runtime: one object that owns the store, the transports, intake, the scheduler and
+the event bus, and the operations on them (MAPI: the spooler session and its status object).
+
+`Spooler.start(deliver=True)` runs delivery in this process (the daemon, or an application that
+embeds msgspool). With ``deliver=False`` the spooler only writes into the spool and wakes the
+daemon that delivers, which is how `msgspool sendmail` and client applications submit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import time
+from collections.abc import Sequence
+from email.message import EmailMessage
+from email.policy import SMTP as SMTP_POLICY
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import IO, Any
+
+from msgspool.compose import complete_headers, header_recipients, header_sender, strip_bcc
+from msgspool.config import ConfigError, Settings
+from msgspool.domain.events import Event, EventType
+from msgspool.domain.health import ProbePolicy
+from msgspool.domain.message import NORMAL
+from msgspool.domain.retry import RetryPolicy
+from msgspool.domain.routing import Router, TransportRoute
+from msgspool.errors import NotFound, SpoolError
+from msgspool.ports import Transport
+from msgspool.spooler import control
+from msgspool.spooler.destinations import DestinationLimits
+from msgspool.spooler.events import EventBus, Subscription
+from msgspool.spooler.intake import Intake, Submission, due_now, mark_active
+from msgspool.spooler.scheduler import Scheduler
+from msgspool.stores.sqlite import SQLiteStore
+from msgspool.views import message_json
+
+log = logging.getLogger("msgspool")
+DB_NAME = "spool.db"
+LOCK_NAME = "msgspool.lock"
+SENT_RETENTION = 7 * 86400.0
+EVENT_RETENTION = 86400.0
+HOUSEKEEPING_INTERVAL = 300.0
+
+
+def load_transports(settings: Settings) -> dict[str, Transport]:
+    """The configured transports, in order: the built-in `smtp` one first, then [[transports]]."""
+    factories = {ep.name: ep for ep in entry_points(group="msgspool.transports")}
+    declared: list[dict[str, Any]] = [{"name": "smtp", "type": "smtp"}, *settings.transports]
+    transports: dict[str, Transport] = {}
+    for options in declared:
+        options = dict(options)
+        name, kind = options.pop("name", None), options.pop("type", None)
+        if not name or not kind:
+            raise ConfigError(f"transport {options!r}: needs a name and a type")
+        if kind not in factories:
+            raise ConfigError(f"transport {name}: unknown type {kind!r} (known: {', '.join(sorted(factories))})")
+        transport = factories[kind].load()(name, settings, options)
+        if "addrtypes" in options:
+            transport.addrtypes = frozenset(a.upper() for a in options["addrtypes"])
+        transports[name] = transport
+    return transports
+
+
+def build_router(settings: Settings, transports: dict[str, Transport]) -> Router:
+    routes = [TransportRoute(t.name, t.addrtypes, t.nexthop, t.domains) for t in transports.values()]
+    return Router(settings.local_domains, routes)
+
+
+def take_lock(data_dir: Path) -> IO[str]:
+    """One delivering process per spool directory (an exclusive lock on `msgspool.lock`): two would
+    each take the other's active recipients for orphans of a crash."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    handle = (data_dir / LOCK_NAME).open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        handle.close()
+        raise SpoolError(f"another msgspool process is delivering from {data_dir}") from err
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+class Spooler:
+    def __init__(self, settings: Settings, transports: dict[str, Transport] | None = None) -> None:
+        self.settings = settings
+        self.transports = transports if transports is not None else load_transports(settings)
+        self.router = build_router(settings, self.transports)
+        self.intake = Intake(self.router, hopcount_limit=settings.hopcount_limit, mailboxes=settings.mailboxes)
+        self.store = SQLiteStore(settings.spool_path / DB_NAME, commit_batch=settings.commit_batch)
+        self.bus = EventBus()
+        self.retry = RetryPolicy(settings.min_backoff, settings.max_backoff, settings.max_lifetime)
+        self.scheduler = Scheduler(
+            self.store, self.transports, self.bus.publish, retry=self.retry,
+            probe=ProbePolicy(settings.probe_min, settings.probe_max),
+            limits=DestinationLimits(settings.destination_concurrency, settings.destination_recipient_limit,
+                                     settings.connection_idle_time, settings.connection_reuse_limit),
+            active_limit=settings.active_limit)
+        self.delivering = False
+        self.started_at: float | None = None
+        self._housekeeping: asyncio.Task[None] | None = None
+        self._lock: IO[str] | None = None
+
+    async def start(self, *, deliver: bool = True) -> None:
+        if deliver:
+            self._lock = take_lock(self.settings.spool_path)
+        await self.store.open()
+        self.started_at = time.time()
+        if deliver:
+            await self.scheduler.start()
+            self.delivering = True
+            self._housekeeping = asyncio.create_task(self._housekeeping_loop())
+
+    async def stop(self) -> None:
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._housekeeping
+        if self.delivering:
+            await self.scheduler.stop()
+            self.delivering = False
+        for transport in self.transports.values():
+            await transport.close()
+        await self.store.close()
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    async def __aenter__(self) -> Spooler:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- submission -------------------------------------------------------------------------
+
+    async def submit(self, sub: Submission) -> str:
+        """Commit a message durably and return its queue id (raises SubmitError)."""
+        message, copies = self.intake.build(sub)
+        due = due_now(message)
+        reserved = self.delivering and due > 0 and self.scheduler.reserve(due)
+        if reserved:
+            mark_active(message)
+        try:
+            events = await self.store.submit(message, copies)
+        except BaseException:
+            if reserved:
+                self.scheduler.unreserve(due)
+            raise
+        self.bus.publish(events)
+        if reserved:
+            self.scheduler.dispatch(message)
+        elif any(r.status.pending for r in message.recipients):
+            self.poke()
+        return message.id
+
+    async def send(self, message: EmailMessage | bytes, *, sender: str | None = None,
+                   recipients: Sequence[str] | None = None, mailbox: str = "", priority: int = NORMAL,
+                   deliver_after: float | None = None, expires_at: float | None = None,
+                   delete_after_submit: bool = False) -> str:
+        """Submit an `email.message.EmailMessage` (or RFC 5322 bytes). Without `recipients` they come
+        from To/Cc/Bcc (and Bcc is removed); without `sender`, from the From: address."""
+        content = message.as_bytes(policy=SMTP_POLICY) if isinstance(message, EmailMessage) else message
+        if recipients is None:
+            recipients = header_recipients(content)
+            content = strip_bcc(content)
+        if sender is None:
+            sender = header_sender(content)
+        content = complete_headers(content, sender, None, self.settings.host_name)
+        return await self.submit(Submission(
+            sender=sender, recipients=list(recipients), content=content, mailbox=mailbox, priority=priority,
+            deliver_after=deliver_after, expires_at=expires_at, delete_after_submit=delete_after_submit))
+
+    async def message(self, message_id: str) -> dict[str, Any]:
+        """A message with the status of every recipient (the JSON of `queue show`)."""
+        info = await self.store.get(message_id)
+        if info is None:
+            raise NotFound(message_id)
+        return message_json(info)
+
+    def events(self, *, types: Sequence[EventType] | None = None,
+               mailbox: str | None = None) -> Subscription:
+        """Events as they happen: ``async for event in spooler.events(types=[EventType.NEW_MAIL])``."""
+        return self.bus.subscribe(types=types, mailbox=mailbox)
+
+    def poke(self) -> None:
+        """Tell whoever delivers that there is work: ourselves, or the daemon of this spool."""
+        if self.delivering:
+            self.scheduler.wakeup()
+        else:
+            control.notify(self.settings.spool_path, {"op": "wakeup"})
+
+    # -- operations (MAPI FlushQueues, AbortSubmit; Postfix postqueue/postsuper) --------------
+
+    async def flush(self, ids: Sequence[str] | None = None) -> int:
+        if ids:
+            await self._require(ids)
+        count = await self.store.flush(ids, time.time())
+        for dest in self.scheduler.destinations.values():
+            if dest.health.down:
+                dest.probe_now()
+        self.poke()
+        return count
+
+    async def hold(self, ids: Sequence[str]) -> list[str]:
+        await self._require(ids)
+        found = await self.store.hold(ids, time.time())
+        self.scheduler.cancel(found)
+        return found
+
+    async def release(self, ids: Sequence[str]) -> list[str]:
+        await self._require(ids)
+        found = await self.store.release(ids, time.time())
+        self.poke()
+        return found
+
+    async def delete(self, ids: Sequence[str]) -> list[str]:
+        await self._require(ids)
+        found = await self.store.delete(ids)
+        self.scheduler.cancel(found)
+        return found
+
+    async def _require(self, ids: Sequence[str]) -> None:
+        for message_id in ids:
+            if await self.store.get(message_id) is None:
+                raise NotFound(message_id)
+
+    def status(self) -> dict[str, Any]:
+        """The status table: the spooler's row and one per transport with its destinations."""
+        rows: list[dict[str, Any]] = [{
+            "name": "spooler", "kind": "spooler", "status": "online" if self.delivering else "offline",
+            "started_at": self.started_at, "active": self.scheduler.active,
+            "commits": self.store.commit_stats[0], "committed_writes": self.store.commit_stats[1]}]
+        for transport in self.transports.values():
+            dests = [d for d in self.scheduler.destinations.values() if d.transport is transport]
+            down = [d for d in dests if d.health.down]
+            rows.append({
+                "name": transport.name, "kind": "transport", "addrtypes": sorted(transport.addrtypes),
+                "status": "failure" if down else "online",
+                "destinations": [{
+                    "name": d.nexthop, "status": "down" if d.health.down else "up", "connections": d.workers,
+                    "queued": len(d.jobs), "delivered": d.delivered,
+                    "last_error": d.health.last_reply.line() if d.health.down and d.health.last_reply else None,
+                } for d in dests]})
+        return {"spooler": rows[0], "transports": rows[1:]}
+
+    async def _housekeeping_loop(self) -> None:
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_INTERVAL)
+            now = time.time()
+            try:
+                await self.store.purge(now - SENT_RETENTION, now - EVENT_RETENTION)
+            except Exception:
+                log.exception("housekeeping failed")
+
+    def publish(self, events: Sequence[Event]) -> None:
+        self.bus.publish(events)

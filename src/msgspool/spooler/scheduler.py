@@ -1,0 +1,200 @@
+"""The scheduler: claim -> route to destinations -> send -> settle (MAPI: the spooler's outgoing
+queue loop, SetLockState / SubmitMessage / FinishedMsg).
+
+Work enters the in-memory window two ways: fresh submissions are handed over directly by the
+runtime (no store read), and everything else — retries that fell due, a backlog released by a
+destination that came back, messages written by `msgspool sendmail`, leftovers after a restart —
+is claimed from the store by time, a bounded batch at a time. The window is bounded
+(`active_limit` recipients), so a million queued messages cost disk, not memory.
+
+Outcomes are settled in batches: every outcome produced during one turn of the event loop goes to
+the store in one write (and so into one group commit); the events it records are then published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+from msgspool.domain.events import Event
+from msgspool.domain.health import ProbePolicy
+from msgspool.domain.message import Message, Recipient, Settlement
+from msgspool.domain.outcome import EXPIRED, Reply
+from msgspool.domain.recipient import Status
+from msgspool.domain.retry import RetryPolicy
+from msgspool.ports import Transport
+from msgspool.spooler.destinations import Destination, DestinationLimits
+from msgspool.stores.sqlite import SQLiteStore
+
+log = logging.getLogger("msgspool.scheduler")
+CLAIM_BATCH = 1000
+IDLE_RECHECK = 30.0  # seconds between store checks when nothing is known to be due
+
+
+class Scheduler:
+    def __init__(self, store: SQLiteStore, transports: Mapping[str, Transport],
+                 publish: Callable[[Sequence[Event]], None], *, retry: RetryPolicy, probe: ProbePolicy,
+                 limits: DestinationLimits, active_limit: int, clock: Callable[[], float] = time.time) -> None:
+        self.store, self.transports, self.publish = store, transports, publish
+        self.retry, self.probe, self.limits = retry, probe, limits
+        self.active_limit, self.clock = active_limit, clock
+        self.active = 0  # recipients in memory: dispatched and not yet settled
+        self.destinations: dict[str, Destination] = {}
+        self._wakeup = asyncio.Event()
+        self._pending: list[Settlement] = []
+        self._flush_scheduled = False
+        self._settling: set[asyncio.Task[None]] = set()
+        self._refill: asyncio.Task[None] | None = None
+        self._running = False
+
+    async def start(self) -> None:
+        recovered = await self.store.recover()
+        if recovered:
+            log.info("recovered %d recipients whose outcome was not recorded; retrying them", recovered)
+        self._running = True
+        for transport, nexthop in await self.store.waiting_destinations():
+            if transport in self.transports:
+                self.destination(transport, nexthop).probe_now()
+        self._refill = asyncio.create_task(self._refill_loop(), name="msgspool-refill")
+
+    async def stop(self) -> None:
+        self._running = False
+        self._wakeup.set()
+        if self._refill is not None:
+            self._refill.cancel()
+            await asyncio.gather(self._refill, return_exceptions=True)
+        for dest in self.destinations.values():
+            await dest.close()
+        self._flush_settlements()
+        if self._settling:
+            await asyncio.gather(*self._settling, return_exceptions=True)
+
+    # -- entry points -----------------------------------------------------------------------
+
+    def reserve(self, count: int) -> bool:
+        """Room in the window for a fresh submission? If so it is counted as active already."""
+        if not self._running or self.active + count > self.active_limit:
+            return False
+        self.active += count
+        return True
+
+    def unreserve(self, count: int) -> None:
+        self.active -= count
+
+    def wakeup(self) -> None:
+        self._wakeup.set()
+
+    def dispatch(self, message: Message) -> None:
+        """Hand the message's active recipients to their destinations."""
+        now = self.clock()
+        groups: dict[tuple[str, str], list[Recipient]] = {}
+        expired: list[Settlement] = []
+        for r in message.recipients:
+            if r.status is not Status.ACTIVE:
+                continue
+            if self.retry.expired(message.submitted_at, now, message.expires_at):
+                expired.append(Settlement(message.id, r.index, r.address, Status.EXPIRED,
+                                          EXPIRED, attempted=False))
+            elif r.transport is None or r.transport not in self.transports or r.nexthop is None:
+                expired.append(Settlement(message.id, r.index, r.address, Status.DEFERRED,
+                                          Reply(451, "4.3.5", f"transport {r.transport!r} is not configured"),
+                                          attempted=False, next_attempt_at=self.retry.next_attempt(now, 1)))
+            else:
+                groups.setdefault((r.transport, r.nexthop), []).append(r)
+        if expired:
+            self.settle(expired)
+        for (transport, nexthop), recipients in groups.items():
+            self.destination(transport, nexthop).enqueue(message, recipients)
+
+    def cancel(self, message_ids: Sequence[str]) -> None:
+        """Forget queued work of held or deleted messages; the store already changed their state."""
+        ids = set(message_ids)
+        for dest in self.destinations.values():
+            self.active -= len(dest.cancel(ids))
+        self._wakeup.set()
+
+    def destination(self, transport: str, nexthop: str) -> Destination:
+        key = f"{transport}:{nexthop}"
+        dest = self.destinations.get(key)
+        if dest is None:
+            dest = Destination(self.transports[transport], nexthop, self.limits, self.retry, self.probe,
+                               self.settle, self._destination_up, self.clock)
+            self.destinations[key] = dest
+        return dest
+
+    # -- settling ---------------------------------------------------------------------------
+
+    def settle(self, settlements: list[Settlement]) -> None:
+        self._pending.extend(settlements)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_settlements)
+
+    def _flush_settlements(self) -> None:
+        self._flush_scheduled = False
+        batch, self._pending = self._pending, []
+        if not batch:
+            return
+        task = asyncio.ensure_future(self._write_settlements(batch))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _write_settlements(self, batch: list[Settlement]) -> None:
+        try:
+            events = await self.store.settle(batch, self.clock())
+        except Exception:
+            log.exception("could not record %d outcomes; they will be retried after restart", len(batch))
+            return
+        finally:
+            self.active -= len(batch)
+            self._wakeup.set()
+        self.publish(events)
+
+    async def _destination_up(self, dest: Destination) -> None:
+        released = await self.store.release_destination(dest.transport.name, dest.nexthop, self.clock())
+        log.info("%s: released %d waiting recipients", dest.name, released)
+        self._wakeup.set()
+
+    # -- refill -----------------------------------------------------------------------------
+
+    async def _refill_loop(self) -> None:
+        while self._running:
+            try:
+                full = await self._refill_once()
+            except Exception:
+                log.exception("refill failed")
+                full = False
+            if full:
+                continue
+            await self._sleep_until_due()
+
+    async def _refill_once(self) -> bool:
+        """Claim what is due; True when more may be waiting right now."""
+        room = min(CLAIM_BATCH, self.active_limit - self.active)
+        if room <= 0:
+            return False
+        self.active += room
+        try:
+            messages = await self.store.claim(self.clock(), room)
+        finally:
+            self.active -= room
+        claimed = sum(len(m.recipients) for m in messages)
+        self.active += claimed
+        for message in messages:
+            self.dispatch(message)
+        return claimed >= room
+
+    async def _sleep_until_due(self) -> None:
+        self._wakeup.clear()
+        if self.active >= self.active_limit:
+            timeout = IDLE_RECHECK
+        else:
+            due = await self.store.next_due()
+            timeout = IDLE_RECHECK if due is None else min(IDLE_RECHECK, max(0.0, due - self.clock()))
+        if timeout > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout)
+

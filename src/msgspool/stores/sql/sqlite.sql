@@ -1,0 +1,82 @@
+-- msgspool SQLite spool schema (PRAGMA user_version = 1).
+-- One row per message (any folder of any mailbox), its content stored once in `contents`
+-- (local copies of one submission share it), one row per recipient of an outbound message.
+
+CREATE TABLE IF NOT EXISTS contents (
+    id      INTEGER PRIMARY KEY,
+    data    BLOB NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS messages (
+    id                  TEXT PRIMARY KEY,
+    mailbox             TEXT NOT NULL DEFAULT '',
+    folder              TEXT NOT NULL,
+    sender              TEXT NOT NULL,
+    size                INTEGER NOT NULL,
+    submitted_at        REAL NOT NULL,
+    finished_at         REAL,
+    content_id          INTEGER NOT NULL,
+    headers_prefix      BLOB,
+    message_class       TEXT NOT NULL DEFAULT 'IPM.Note',
+    priority            INTEGER NOT NULL DEFAULT 0,
+    deliver_after       REAL,
+    expires_at          REAL,
+    delete_after_submit INTEGER NOT NULL DEFAULT 0,
+    held                INTEGER NOT NULL DEFAULT 0,
+    origin              TEXT NOT NULL DEFAULT 'api',
+    flags               TEXT NOT NULL DEFAULT '',
+    meta                TEXT
+);
+CREATE INDEX IF NOT EXISTS messages_by_folder ON messages (mailbox, folder, submitted_at);
+CREATE INDEX IF NOT EXISTS messages_finished ON messages (finished_at) WHERE folder = 'sent';
+
+CREATE TABLE IF NOT EXISTS recipients (
+    message_id          TEXT NOT NULL,
+    idx                 INTEGER NOT NULL,
+    address             TEXT NOT NULL,
+    addrtype            TEXT NOT NULL,
+    type                TEXT NOT NULL,
+    transport           TEXT,
+    nexthop             TEXT,
+    status              TEXT NOT NULL,
+    attempts            INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at     REAL,
+    last_attempt_at     REAL,
+    reply_code          INTEGER,
+    reply_enhanced      TEXT,
+    reply_text          TEXT,
+    remote              TEXT,
+    wait_destination    INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (message_id, idx)
+);
+-- The scheduler's refill reads due recipients by time through this index only.
+CREATE INDEX IF NOT EXISTS recipients_due ON recipients (next_attempt_at)
+    WHERE status IN ('queued', 'deferred');
+-- Recipients waiting for a down destination, released together when it answers again.
+CREATE INDEX IF NOT EXISTS recipients_waiting ON recipients (transport, nexthop)
+    WHERE status = 'deferred' AND wait_destination = 1;
+CREATE INDEX IF NOT EXISTS recipients_active ON recipients (status) WHERE status = 'active';
+
+CREATE TABLE IF NOT EXISTS mailboxes (
+    address     TEXT PRIMARY KEY,
+    created_at  REAL NOT NULL
+);
+
+-- MAPI receive folders: the folder an inbound message class is filed into (longest prefix wins).
+CREATE TABLE IF NOT EXISTS receive_folders (
+    mailbox         TEXT NOT NULL,
+    message_class   TEXT NOT NULL,
+    folder          TEXT NOT NULL,
+    PRIMARY KEY (mailbox, message_class)
+);
+
+CREATE TABLE IF NOT EXISTS events (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    time        REAL NOT NULL,
+    type        TEXT NOT NULL,
+    message_id  TEXT,
+    recipient   TEXT,
+    mailbox     TEXT,
+    folder      TEXT,
+    detail      TEXT
+);

@@ -1,0 +1,655 @@
+"""The SQLite message store: the embedded default, one file in the data directory.
+
+Durability: WAL with ``synchronous=FULL`` for every transaction that accepts a message, so a
+message is on disk before anyone is told it was accepted. Speed comes from **group commit**: all
+writes that arrive while the previous commit is in progress share the next one (one fsync for a
+whole batch), run by one writer thread that owns the write connection. Each write runs inside its
+own SAVEPOINT, so one bad write fails alone. Transactions that only record delivery outcomes are
+committed with ``synchronous=NORMAL``: in WAL mode they still survive a crash of the process; only
+a power loss could forget them, and the price of that is a duplicate delivery, never a lost
+message. The next FULL commit flushes them anyway.
+
+Reads for the daemon's API go through a second thread with its own connection; the CLI uses
+`SpoolDB` directly (same statements, its own connection), so it works with the daemon down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+from msgspool.domain.events import Event, EventType
+from msgspool.domain.message import INBOX, OUTBOX, SENT, Message, Recipient, Settlement
+from msgspool.domain.outcome import Reply
+from msgspool.domain.recipient import RecipientType, Status
+
+T = TypeVar("T")
+SCHEMA_VERSION = 1
+_PENDING_SQL = "('queued','active','deferred','held')"
+_STATUS_EVENT = {
+    Status.DELIVERED: EventType.DELIVERED,
+    Status.DEFERRED: EventType.DEFERRED,
+    Status.FAILED: EventType.FAILED,
+    Status.EXPIRED: EventType.EXPIRED,
+    Status.HELD: EventType.HELD,
+}
+
+
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    """A connection with the pragmas every user of the spool needs."""
+    if readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
+                               check_same_thread=False)
+    else:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA busy_timeout = 10000")
+    if not readonly:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+    return conn
+
+
+def create_schema(conn: sqlite3.Connection) -> None:
+    if conn.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+        return
+    sql = resources.files("msgspool.stores").joinpath("sql/sqlite.sql").read_text()
+    conn.executescript(sql)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+# --------------------------------------------------------------------------------------------
+# The statements. Every function takes a connection that is already inside a transaction (the
+# writer thread's batch, or SpoolDB's own) and returns plain data.
+
+
+def _insert_event(conn: sqlite3.Connection, event: Event) -> Event:
+    cur = conn.execute(
+        "INSERT INTO events (time, type, message_id, recipient, mailbox, folder, detail)"
+        " VALUES (?,?,?,?,?,?,?)",
+        (event.time, str(event.type), event.message_id, event.recipient, event.mailbox, event.folder,
+         json.dumps(event.detail) if event.detail else None),
+    )
+    event.id = cur.lastrowid
+    return event
+
+
+def _insert_message(conn: sqlite3.Connection, msg: Message, content_id: int) -> None:
+    conn.execute(
+        "INSERT INTO messages (id, mailbox, folder, sender, size, submitted_at, content_id,"
+        " headers_prefix, message_class, priority, deliver_after, expires_at, delete_after_submit,"
+        " held, origin, meta) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        (msg.id, msg.mailbox, msg.folder, msg.sender, msg.size, msg.submitted_at, content_id,
+         msg.headers_prefix or None, msg.message_class, msg.priority, msg.deliver_after, msg.expires_at,
+         int(msg.delete_after_submit), int(msg.held), msg.origin, json.dumps(msg.meta) if msg.meta else None),
+    )
+
+
+def _recipient_row(message_id: str, r: Recipient) -> tuple[Any, ...]:
+    reply = r.last_reply
+    return (message_id, r.index, r.address, r.addrtype, str(r.type), r.transport, r.nexthop, str(r.status),
+            r.attempts, r.next_attempt_at, r.last_attempt_at,
+            reply.code if reply else None, reply.enhanced if reply else None, reply.text if reply else None)
+
+
+def op_submit(conn: sqlite3.Connection, msg: Message, copies: Sequence[Message]) -> list[Event]:
+    """Store a submission: the outbox message with its recipients, and the local copies filed
+    straight into their mailboxes (tightly coupled delivery) — one atomic step."""
+    content_id = conn.execute("INSERT INTO contents (data) VALUES (?)", (msg.content,)).lastrowid
+    assert content_id is not None
+    _insert_message(conn, msg, content_id)
+    conn.executemany(
+        "INSERT INTO recipients (message_id, idx, address, addrtype, type, transport, nexthop, status,"
+        " attempts, next_attempt_at, last_attempt_at, reply_code, reply_enhanced, reply_text)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        [_recipient_row(msg.id, r) for r in msg.recipients],
+    )
+    events = [_insert_event(conn, Event(EventType.SUBMITTED, msg.id, msg.submitted_at,
+                                        detail={"sender": msg.sender, "size": msg.size}))]
+    for r in msg.recipients:
+        if r.status in _STATUS_EVENT and r.status is not Status.DEFERRED:
+            events.append(_insert_event(conn, _recipient_event(msg.id, r.address, r.status, r.last_reply,
+                                                               msg.submitted_at, r.transport)))
+    for copy in copies:
+        conn.execute("INSERT OR IGNORE INTO mailboxes (address, created_at) VALUES (?,?)",
+                     (copy.mailbox, copy.submitted_at))
+        copy.folder = receive_folder(conn, copy.mailbox, copy.message_class)
+        _insert_message(conn, copy, content_id)
+        events.append(_insert_event(conn, Event(EventType.NEW_MAIL, copy.id, copy.submitted_at,
+                                                mailbox=copy.mailbox, folder=copy.folder,
+                                                detail={"sender": copy.sender,
+                                                        "message_class": copy.message_class})))
+    events += _finish_if_done(conn, msg.id, msg.submitted_at)
+    return events
+
+
+def receive_folder(conn: sqlite3.Connection, mailbox: str, message_class: str) -> str:
+    """MAPI GetReceiveFolder: the folder of the longest matching class prefix; Inbox by default."""
+    rows = conn.execute("SELECT message_class, folder FROM receive_folders WHERE mailbox = ?",
+                        (mailbox,)).fetchall()
+    best, folder = -1, INBOX
+    wanted = message_class.upper()
+    for cls, fld in rows:
+        cls = cls.upper()
+        if (wanted == cls or wanted.startswith(cls + ".") or cls == "") and len(cls) > best:
+            best, folder = len(cls), fld
+    return str(folder)
+
+
+def _recipient_event(message_id: str, address: str, status: Status, reply: Reply | None, now: float,
+                     transport: str | None, remote: str | None = None) -> Event:
+    detail: dict[str, Any] = {"transport": transport}
+    if reply is not None:
+        detail["reply"] = reply.line()
+        detail["dsn"] = reply.dsn
+    if remote:
+        detail["relay"] = remote
+    return Event(_STATUS_EVENT[status], message_id, now, recipient=address, detail=detail)
+
+
+def _finish_if_done(conn: sqlite3.Connection, message_id: str, now: float) -> list[Event]:
+    """MAPI FinishedMsg: once every recipient is final, the message leaves the outbox — to Sent
+    Items, or deleted when the submitter asked for delete-after-submit."""
+    pending = conn.execute(
+        f"SELECT 1 FROM recipients WHERE message_id = ? AND status IN {_PENDING_SQL} LIMIT 1", (message_id,)
+    ).fetchone()
+    if pending:
+        return []
+    row = conn.execute("SELECT delete_after_submit FROM messages WHERE id = ? AND folder = ?",
+                       (message_id, OUTBOX)).fetchone()
+    if row is None:
+        return []
+    if row[0]:
+        _delete_messages(conn, [message_id])
+    else:
+        conn.execute("UPDATE messages SET folder = ?, finished_at = ? WHERE id = ?", (SENT, now, message_id))
+    return []
+
+
+def _delete_messages(conn: sqlite3.Connection, ids: Sequence[str]) -> None:
+    for message_id in ids:
+        row = conn.execute("SELECT content_id FROM messages WHERE id = ?", (message_id,)).fetchone()
+        conn.execute("DELETE FROM recipients WHERE message_id = ?", (message_id,))
+        conn.execute("DELETE FROM messages WHERE id = ?", (message_id,))
+        if row is not None:
+            conn.execute("DELETE FROM contents WHERE id = ? AND NOT EXISTS"
+                         " (SELECT 1 FROM messages WHERE content_id = ?)", (row[0], row[0]))
+
+
+def op_claim(conn: sqlite3.Connection, now: float, limit: int) -> list[Message]:
+    """Claim due recipients (queued or deferred, next_attempt_at passed): mark them active and
+    return their messages with only the claimed recipients. Bounded by `limit` rows."""
+    rows = conn.execute(
+        "UPDATE recipients SET status = 'active' WHERE rowid IN (SELECT rowid FROM recipients"
+        " WHERE status IN ('queued', 'deferred') AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?)"
+        " RETURNING message_id, idx, address, addrtype, type, transport, nexthop, attempts",
+        (now, limit),
+    ).fetchall()
+    by_message: dict[str, list[Recipient]] = {}
+    for mid, idx, address, addrtype, rtype, transport, nexthop, attempts in rows:
+        by_message.setdefault(mid, []).append(Recipient(
+            address=address, addrtype=addrtype, type=RecipientType(rtype), transport=transport,
+            nexthop=nexthop, status=Status.ACTIVE, attempts=attempts, index=idx))
+    return [m for m in (_load_message(conn, mid, rcpts) for mid, rcpts in by_message.items()) if m]
+
+
+def _load_message(conn: sqlite3.Connection, message_id: str, recipients: list[Recipient]) -> Message | None:
+    row = conn.execute(
+        "SELECT m.sender, m.submitted_at, m.mailbox, m.folder, m.message_class, m.priority, m.deliver_after,"
+        " m.expires_at, m.delete_after_submit, m.held, m.origin, m.headers_prefix, c.data"
+        " FROM messages m JOIN contents c ON c.id = m.content_id WHERE m.id = ?", (message_id,)
+    ).fetchone()
+    if row is None:
+        return None
+    (sender, submitted_at, mailbox, folder, cls, priority, deliver_after, expires_at, das, held, origin,
+     prefix, data) = row
+    return Message(id=message_id, sender=sender, content=bytes(data), recipients=recipients,
+                   submitted_at=submitted_at, mailbox=mailbox, folder=folder, message_class=cls,
+                   priority=priority, deliver_after=deliver_after, expires_at=expires_at,
+                   delete_after_submit=bool(das), held=bool(held), origin=origin,
+                   headers_prefix=bytes(prefix or b""))
+
+
+def op_settle(conn: sqlite3.Connection, settlements: Sequence[Settlement], now: float) -> list[Event]:
+    """Record outcomes. A temporary failure of a held message leaves it held; a recipient that is
+    no longer active (deleted, or settled already) is left alone."""
+    events: list[Event] = []
+    touched: dict[str, None] = {}
+    for s in settlements:
+        status = s.status
+        if status is Status.DEFERRED and _is_held(conn, s.message_id):
+            status = Status.HELD
+        reply = s.reply
+        cur = conn.execute(
+            "UPDATE recipients SET status = ?, attempts = attempts + ?, next_attempt_at = ?,"
+            " last_attempt_at = CASE WHEN ? THEN ? ELSE last_attempt_at END,"
+            " reply_code = COALESCE(?, reply_code), reply_enhanced = COALESCE(?, reply_enhanced),"
+            " reply_text = COALESCE(?, reply_text), remote = COALESCE(?, remote), wait_destination = ?"
+            " WHERE message_id = ? AND idx = ? AND status = 'active'",
+            (str(status), int(s.attempted), s.next_attempt_at, int(s.attempted), now,
+             reply.code if reply else None, reply.enhanced if reply else None, reply.text if reply else None,
+             s.remote, int(s.wait_destination), s.message_id, s.index),
+        )
+        if cur.rowcount == 0:
+            continue
+        touched[s.message_id] = None
+        if status in _STATUS_EVENT:
+            transport = conn.execute("SELECT transport FROM recipients WHERE message_id = ? AND idx = ?",
+                                     (s.message_id, s.index)).fetchone()[0]
+            events.append(_insert_event(conn, _recipient_event(s.message_id, s.address, status, reply, now,
+                                                               transport, s.remote)))
+    for message_id in touched:
+        events += _finish_if_done(conn, message_id, now)
+    return events
+
+
+def _is_held(conn: sqlite3.Connection, message_id: str) -> bool:
+    row = conn.execute("SELECT held FROM messages WHERE id = ?", (message_id,)).fetchone()
+    return bool(row and row[0])
+
+
+def op_recover(conn: sqlite3.Connection) -> int:
+    """After a crash or restart: recipients still marked active have no recorded outcome, so they
+    are due again now (at-least-once; Postfix moves `active` back to `incoming` the same way)."""
+    return conn.execute("UPDATE recipients SET status = 'queued' WHERE status = 'active'").rowcount
+
+
+def op_release_destination(conn: sqlite3.Connection, transport: str, nexthop: str, now: float,
+                           chunk: int = 5000) -> int:
+    """A destination answered again: its waiting backlog becomes due now (chunked so that intake
+    commits interleave with a large release)."""
+    return conn.execute(
+        "UPDATE recipients SET next_attempt_at = ?, wait_destination = 0 WHERE rowid IN (SELECT rowid"
+        " FROM recipients WHERE status = 'deferred' AND wait_destination = 1 AND transport = ? AND nexthop = ?"
+        " LIMIT ?)", (now, transport, nexthop, chunk)).rowcount
+
+
+def next_due(conn: sqlite3.Connection) -> float | None:
+    row = conn.execute("SELECT min(next_attempt_at) FROM recipients WHERE status IN ('queued', 'deferred')")
+    value = row.fetchone()[0]
+    return None if value is None else float(value)
+
+
+def waiting_destinations(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+    return [(t, n) for t, n in conn.execute(
+        "SELECT DISTINCT transport, nexthop FROM recipients WHERE status = 'deferred' AND wait_destination = 1")]
+
+
+def _existing(conn: sqlite3.Connection, ids: Iterable[str]) -> list[str]:
+    return [i for i in ids if conn.execute("SELECT 1 FROM messages WHERE id = ?", (i,)).fetchone()]
+
+
+def op_hold(conn: sqlite3.Connection, ids: Sequence[str], now: float) -> list[str]:
+    found = _existing(conn, ids)
+    for message_id in found:
+        conn.execute("UPDATE messages SET held = 1 WHERE id = ?", (message_id,))
+        for (address,) in conn.execute(
+            "UPDATE recipients SET status = 'held' WHERE message_id = ? AND status IN ('queued','deferred')"
+            " RETURNING address", (message_id,)).fetchall():
+            _insert_event(conn, Event(EventType.HELD, message_id, now, recipient=address))
+    return found
+
+
+def op_release(conn: sqlite3.Connection, ids: Sequence[str], now: float) -> list[str]:
+    found = _existing(conn, ids)
+    for message_id in found:
+        conn.execute("UPDATE messages SET held = 0 WHERE id = ?", (message_id,))
+        conn.execute("UPDATE recipients SET status = 'queued', next_attempt_at = ?, wait_destination = 0"
+                     " WHERE message_id = ? AND status = 'held'", (now, message_id))
+    return found
+
+
+def op_flush(conn: sqlite3.Connection, ids: Sequence[str] | None, now: float) -> int:
+    """Make deferred (and not-yet-due queued) recipients due now: all of them, or those of `ids`."""
+    sql = ("UPDATE recipients SET next_attempt_at = ?, wait_destination = 0"
+           " WHERE status IN ('queued', 'deferred') AND next_attempt_at > ?")
+    if ids is None:
+        return conn.execute(sql, (now, now)).rowcount
+    return sum(conn.execute(sql + " AND message_id = ?", (now, now, i)).rowcount for i in ids)
+
+
+def op_delete(conn: sqlite3.Connection, ids: Sequence[str]) -> list[str]:
+    found = _existing(conn, ids)
+    _delete_messages(conn, found)
+    return found
+
+
+def op_purge(conn: sqlite3.Connection, sent_before: float, events_before: float, chunk: int = 2000) -> int:
+    """Housekeeping: drop the spool's own finished messages and old events past their retention."""
+    ids = [r[0] for r in conn.execute(
+        "SELECT id FROM messages WHERE folder = 'sent' AND mailbox = '' AND finished_at < ? LIMIT ?",
+        (sent_before, chunk))]
+    _delete_messages(conn, ids)
+    conn.execute("DELETE FROM events WHERE time < ?", (events_before,))
+    return len(ids)
+
+
+# --------------------------------------------------------------------------------------------
+# Reads, shaped for `queue list/show --json` and the HTTP API.
+
+_RECIPIENT_COLUMNS = ("message_id, idx, address, addrtype, type, transport, nexthop, status, attempts,"
+                      " next_attempt_at, last_attempt_at, reply_code, reply_enhanced, reply_text, remote")
+
+
+@dataclass(slots=True)
+class MessageInfo:
+    id: str
+    mailbox: str
+    folder: str
+    sender: str
+    size: int
+    submitted_at: float
+    finished_at: float | None
+    message_class: str
+    priority: int
+    deliver_after: float | None
+    expires_at: float | None
+    held: bool
+    origin: str
+    recipients: list[dict[str, Any]]
+
+
+def _recipient_dict(row: Sequence[Any]) -> dict[str, Any]:
+    (_mid, idx, address, addrtype, rtype, transport, nexthop, status, attempts, next_at, last_at, code,
+     enhanced, text, remote) = row
+    reply = Reply(code, enhanced or "", text or "").line() if code is not None else None
+    return {"index": idx, "address": address, "addrtype": addrtype, "type": rtype, "transport": transport,
+            "destination": nexthop, "status": status, "attempts": attempts, "next_attempt_at": next_at,
+            "last_attempt_at": last_at, "last_reply": reply, "relay": remote}
+
+
+_MESSAGE_COLUMNS = ("id, mailbox, folder, sender, size, submitted_at, finished_at, message_class, priority,"
+                    " deliver_after, expires_at, held, origin")
+
+
+def _message_info(row: Sequence[Any], recipients: list[dict[str, Any]]) -> MessageInfo:
+    (message_id, mailbox, folder, sender, size, submitted_at, finished_at, message_class, priority, deliver_after,
+     expires_at, held, origin) = row
+    return MessageInfo(message_id, mailbox, folder, sender, size, submitted_at, finished_at, message_class,
+                       priority, deliver_after, expires_at, bool(held), origin, recipients)
+
+
+def iter_messages(conn: sqlite3.Connection, folders: Sequence[str] = (OUTBOX,), mailbox: str | None = None,
+                  page: int = 500) -> Iterator[MessageInfo]:
+    """Stream messages in submission order, a page at a time (a million cost disk, not RAM)."""
+    after: tuple[float, str] = (-1.0, "")
+    marks = ",".join("?" * len(folders))
+    where = f"folder IN ({marks})" + (" AND mailbox = ?" if mailbox is not None else "")
+    params: list[Any] = [*folders] + ([mailbox] if mailbox is not None else [])
+    while True:
+        rows = conn.execute(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE {where} AND (submitted_at, id) > (?, ?)"
+            " ORDER BY submitted_at, id LIMIT ?", (*params, *after, page)).fetchall()
+        if not rows:
+            return
+        recipients: dict[str, list[dict[str, Any]]] = {r[0]: [] for r in rows}
+        marks_ids = ",".join("?" * len(rows))
+        for rrow in conn.execute(f"SELECT {_RECIPIENT_COLUMNS} FROM recipients WHERE message_id IN"
+                                 f" ({marks_ids}) ORDER BY message_id, idx", list(recipients)):
+            recipients[rrow[0]].append(_recipient_dict(rrow))
+        for row in rows:
+            yield _message_info(row, recipients[row[0]])
+        after = (rows[-1][5], rows[-1][0])
+
+
+def get_message(conn: sqlite3.Connection, message_id: str) -> MessageInfo | None:
+    row = conn.execute(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?", (message_id,)).fetchone()
+    if row is None:
+        return None
+    rrows = conn.execute(f"SELECT {_RECIPIENT_COLUMNS} FROM recipients WHERE message_id = ? ORDER BY idx",
+                         (message_id,)).fetchall()
+    return _message_info(row, [_recipient_dict(r) for r in rrows])
+
+
+def get_content(conn: sqlite3.Connection, message_id: str) -> bytes | None:
+    row = conn.execute("SELECT m.headers_prefix, c.data FROM messages m JOIN contents c ON c.id = m.content_id"
+                       " WHERE m.id = ?", (message_id,)).fetchone()
+    return None if row is None else bytes(row[0] or b"") + bytes(row[1])
+
+
+def queue_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    counts = {str(s): 0 for s in Status}
+    for status, n in conn.execute("SELECT status, count(*) FROM recipients r JOIN messages m"
+                                  " ON m.id = r.message_id WHERE m.folder = 'outbox' GROUP BY status"):
+        counts[status] = n
+    counts["messages"] = conn.execute("SELECT count(*) FROM messages WHERE folder = 'outbox'").fetchone()[0]
+    return counts
+
+
+def events_after(conn: sqlite3.Connection, after_id: int, limit: int = 1000) -> list[Event]:
+    rows = conn.execute("SELECT id, time, type, message_id, recipient, mailbox, folder, detail FROM events"
+                        " WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)).fetchall()
+    return [Event(EventType(t), mid, tm, recipient=r, mailbox=mb, folder=f,
+                  detail=json.loads(d) if d else {}, id=i) for i, tm, t, mid, r, mb, f, d in rows]
+
+
+def last_event_id(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT COALESCE(max(id), 0) FROM events").fetchone()[0])
+
+
+def list_mailbox(conn: sqlite3.Connection, mailbox: str, folder: str) -> list[MessageInfo]:
+    return list(iter_messages(conn, (folder,), mailbox))
+
+
+# --------------------------------------------------------------------------------------------
+# The async face the daemon uses: one writer thread doing group commit, one reader thread.
+
+
+class _Job:
+    __slots__ = ("durable", "fn", "future")
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any], durable: bool,
+                 future: asyncio.Future[Any] | None) -> None:
+        self.fn, self.durable, self.future = fn, durable, future
+
+
+_STOP = object()
+
+
+class _DBThread(threading.Thread):
+    """Runs jobs on one connection. With `transactional`, every batch of jobs that queued up while
+    the previous batch committed shares one transaction: group commit."""
+
+    def __init__(self, conn: sqlite3.Connection, loop: asyncio.AbstractEventLoop, *, transactional: bool,
+                 max_batch: int, name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self.conn, self.loop, self.transactional, self.max_batch = conn, loop, transactional, max_batch
+        self.jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.synchronous_full = True
+        self.commits = 0
+        self.committed_jobs = 0
+
+    def submit(self, fn: Callable[[sqlite3.Connection], T], durable: bool = True) -> asyncio.Future[T]:
+        future: asyncio.Future[T] = self.loop.create_future()
+        self.jobs.put(_Job(fn, durable, future))
+        return future
+
+    def stop(self) -> None:
+        self.jobs.put(_STOP)
+        self.join()
+
+    def run(self) -> None:
+        while True:
+            batch = [self.jobs.get()]
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(self.jobs.get_nowait())
+                except queue.Empty:
+                    break
+            stop = any(job is _STOP for job in batch)
+            jobs = [job for job in batch if job is not _STOP]
+            if jobs:
+                results = self._run_transaction(jobs) if self.transactional else self._run_plain(jobs)
+                self.loop.call_soon_threadsafe(_resolve, jobs, results)
+            if stop:
+                self.conn.close()
+                return
+
+    def _run_plain(self, jobs: list[_Job]) -> list[tuple[bool, Any]]:
+        out: list[tuple[bool, Any]] = []
+        for job in jobs:
+            try:
+                out.append((True, job.fn(self.conn)))
+            except Exception as err:  # handed to the awaiting coroutine
+                out.append((False, err))
+        return out
+
+    def _run_transaction(self, jobs: list[_Job]) -> list[tuple[bool, Any]]:
+        durable = any(job.durable for job in jobs)
+        if durable != self.synchronous_full:
+            self.conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+            self.synchronous_full = durable
+        out: list[tuple[bool, Any]] = []
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            for job in jobs:
+                self.conn.execute("SAVEPOINT job")
+                try:
+                    out.append((True, job.fn(self.conn)))
+                    self.conn.execute("RELEASE job")
+                except Exception as err:
+                    self.conn.execute("ROLLBACK TO job")
+                    self.conn.execute("RELEASE job")
+                    out.append((False, err))
+            self.conn.execute("COMMIT")
+        except sqlite3.Error as err:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            return [(False, err)] * len(jobs)
+        self.commits += 1
+        self.committed_jobs += len(jobs)
+        return out
+
+
+def _resolve(jobs: list[_Job], results: list[tuple[bool, Any]]) -> None:
+    for job, (ok, value) in zip(jobs, results, strict=True):
+        future = job.future
+        if future is None or future.done():
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+
+class SQLiteStore:
+    """The daemon's store. All methods are coroutines; writes share commits."""
+
+    def __init__(self, path: Path, *, commit_batch: int = 512) -> None:
+        self.path = path
+        self.commit_batch = commit_batch
+        self._writer: _DBThread | None = None
+        self._reader: _DBThread | None = None
+
+    async def open(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        wconn = connect(self.path)
+        create_schema(wconn)
+        self._writer = _DBThread(wconn, loop, transactional=True, max_batch=self.commit_batch,
+                                 name="msgspool-writer")
+        self._reader = _DBThread(connect(self.path), loop, transactional=False, max_batch=64,
+                                 name="msgspool-reader")
+        self._writer.start()
+        self._reader.start()
+
+    async def close(self) -> None:
+        for thread in (self._writer, self._reader):
+            if thread is not None:
+                await asyncio.to_thread(thread.stop)
+        self._writer = self._reader = None
+
+    def _write(self, fn: Callable[[sqlite3.Connection], T], durable: bool = True) -> asyncio.Future[T]:
+        assert self._writer is not None, "store is not open"
+        return self._writer.submit(fn, durable)
+
+    def read(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        assert self._reader is not None, "store is not open"
+        return self._reader.submit(fn)
+
+    @property
+    def commit_stats(self) -> tuple[int, int]:
+        w = self._writer
+        return (w.commits, w.committed_jobs) if w else (0, 0)
+
+    async def submit(self, msg: Message, copies: Sequence[Message] = ()) -> list[Event]:
+        return await self._write(lambda c: op_submit(c, msg, copies))
+
+    async def claim(self, now: float, limit: int) -> list[Message]:
+        return await self._write(lambda c: op_claim(c, now, limit), durable=False)
+
+    async def settle(self, settlements: Sequence[Settlement], now: float) -> list[Event]:
+        return await self._write(lambda c: op_settle(c, settlements, now), durable=False)
+
+    async def recover(self) -> int:
+        return await self._write(op_recover)
+
+    async def release_destination(self, transport: str, nexthop: str, now: float) -> int:
+        total = 0
+        while True:
+            n = await self._write(lambda c: op_release_destination(c, transport, nexthop, now), durable=False)
+            total += n
+            if n < 5000:
+                return total
+
+    async def next_due(self) -> float | None:
+        return await self.read(next_due)
+
+    async def waiting_destinations(self) -> list[tuple[str, str]]:
+        return await self.read(waiting_destinations)
+
+    async def hold(self, ids: Sequence[str], now: float) -> list[str]:
+        return await self._write(lambda c: op_hold(c, ids, now))
+
+    async def release(self, ids: Sequence[str], now: float) -> list[str]:
+        return await self._write(lambda c: op_release(c, ids, now))
+
+    async def flush(self, ids: Sequence[str] | None, now: float) -> int:
+        return await self._write(lambda c: op_flush(c, ids, now))
+
+    async def delete(self, ids: Sequence[str]) -> list[str]:
+        return await self._write(lambda c: op_delete(c, ids))
+
+    async def purge(self, sent_before: float, events_before: float) -> int:
+        return await self._write(lambda c: op_purge(c, sent_before, events_before), durable=False)
+
+    async def get(self, message_id: str) -> MessageInfo | None:
+        return await self.read(lambda c: get_message(c, message_id))
+
+    async def counts(self) -> dict[str, int]:
+        return await self.read(queue_counts)
+
+    async def events_after(self, after_id: int, limit: int = 1000) -> list[Event]:
+        return await self.read(lambda c: events_after(c, after_id, limit))
+
+
+class SpoolDB:
+    """Synchronous access for the CLI (`sendmail`, `queue ...`): same statements, own connection."""
+
+    def __init__(self, path: Path, *, create: bool = False) -> None:
+        if not create and not path.exists():
+            raise FileNotFoundError(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.conn = connect(path)
+        create_schema(self.conn)
+
+    def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(self.conn)
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+        return result
+
+    def close(self) -> None:
+        self.conn.close()
+

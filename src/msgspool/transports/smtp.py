@@ -1,0 +1,110 @@
+"""The SMTP transport: internet mail to a smarthost (`relay`) or to each domain's MX hosts.
+
+Address type "SMTP". With a relay every recipient's nexthop is the relay, so all of them share its
+connections; without one the nexthop is the recipient's domain and `connect` looks up its MX
+hosts (RFC 5321 §5.1: MX by preference, equal preferences in random order; no MX -> the domain's
+own address; a null MX, RFC 7505, refuses mail permanently).
+
+Options (from a [[transports]] table): relay, helo_name, port (default 25), and the timeouts of
+config.py.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+from msgspool.domain.address import SMTP, domain_of
+from msgspool.domain.outcome import Reply
+from msgspool.errors import DestinationUnavailable
+from msgspool.transports.smtp_client import ClientTimeouts, SMTPClient, SMTPConnectionError
+
+
+def split_hostport(value: str, default_port: int = 25) -> tuple[str, int]:
+    """``host:port``, ``[host]:port``, ``[::1]:25`` or ``host`` -> (host, port)."""
+    value = value.strip()
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") else default_port
+    if value.count(":") == 1:
+        host, port = value.split(":")
+        return host, int(port)
+    return value, default_port
+
+
+class SMTPConnection:
+    """One SMTP session, reused for several messages."""
+
+    def __init__(self, client: SMTPClient) -> None:
+        self.client = client
+        self.remote = client.remote
+
+    @property
+    def usable(self) -> bool:
+        return self.client.usable
+
+    async def send(self, sender: str, recipients: Sequence[str], content: bytes) -> list[Reply]:
+        try:
+            result = await self.client.send(sender, recipients, content)
+        except SMTPConnectionError as err:
+            raise DestinationUnavailable(err.reply) from err
+        return result.outcomes()
+
+    async def close(self) -> None:
+        await self.client.quit()
+
+
+class SMTPTransport:
+    addrtypes = frozenset({SMTP})
+
+    def __init__(self, name: str, settings: Any, options: dict[str, Any]) -> None:
+        self.name = name
+        self.relay: str = options.get("relay", getattr(settings, "relay", "")) or ""
+        self.port = int(options.get("port", 25))
+        self.domains: tuple[str, ...] = tuple(options.get("domains", ()))
+        self.helo_name: str = options.get("helo_name") or settings.host_name
+        self.timeouts = ClientTimeouts(
+            connect=settings.smtp_connect_timeout, greeting=settings.smtp_greeting_timeout,
+            helo=settings.smtp_greeting_timeout, mail=settings.smtp_mail_timeout,
+            rcpt=settings.smtp_rcpt_timeout, data_init=settings.smtp_data_init_timeout,
+            data_block=settings.smtp_data_block_timeout, data_done=settings.smtp_data_done_timeout)
+
+    def nexthop(self, address: str) -> str:
+        return self.relay or domain_of(address)
+
+    async def connect(self, nexthop: str) -> SMTPConnection:
+        hosts = [split_hostport(nexthop, self.port)] if self.relay else await self._mx_hosts(nexthop)
+        last: Reply | None = None
+        for host, port in hosts:
+            try:
+                client = await SMTPClient.connect(host, port, helo_name=self.helo_name, timeouts=self.timeouts)
+            except SMTPConnectionError as err:
+                last = err.reply
+                continue
+            return SMTPConnection(client)
+        raise DestinationUnavailable(last or Reply(451, "4.4.4", f"no host to connect to for {nexthop}"))
+
+    async def _mx_hosts(self, domain: str) -> list[tuple[str, int]]:
+        import dns.asyncresolver
+        import dns.exception
+        import dns.resolver
+
+        if domain.startswith("[") and domain.endswith("]"):  # an address literal: no MX lookup
+            return [(domain[1:-1].removeprefix("IPv6:"), self.port)]
+        try:
+            answer = await dns.asyncresolver.resolve(domain, "MX")
+        except dns.resolver.NXDOMAIN as err:
+            raise DestinationUnavailable(Reply(550, "5.1.2", f"domain {domain} does not exist")) from err
+        except dns.resolver.NoAnswer:
+            return [(domain, self.port)]  # RFC 5321 §5.1: the implicit MX
+        except dns.exception.DNSException as err:
+            raise DestinationUnavailable(Reply(451, "4.4.3", f"MX lookup for {domain} failed: {err}")) from err
+        records = sorted(answer, key=lambda r: (r.preference, random.random()))
+        hosts = [(str(r.exchange).rstrip("."), self.port) for r in records]
+        if len(hosts) == 1 and hosts[0][0] == "":  # RFC 7505 null MX
+            raise DestinationUnavailable(Reply(556, "5.1.10", f"{domain} accepts no mail (null MX)"))
+        return [h for h in hosts if h[0]]
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,362 @@
+"""A lean async SMTP client: the wire half of the SMTP transport.
+
+Owns one SMTP session (RFC 5321) to one next hop: connect, greeting, EHLO (HELO fallback), then any
+number of mail transactions on the same connection, each with several recipients, then QUIT. It
+knows the protocol and nothing of the spool: results are `Reply` objects for the caller to settle.
+
+Why not aiosmtplib: it sends one command per round trip. With PIPELINING (RFC 2920) a transaction
+costs two round trips (MAIL+RCPT...+DATA in one write, then the content), which is what the
+spooler needs to beat Postfix's throughput (~1,000 msg/s relayed). The hot path therefore writes
+each group in a single `write`, stuffs content with `bytes.replace` (no per-line Python work) and
+sends content and terminator in one write.
+
+Extensions used when advertised: PIPELINING (RFC 2920), SIZE (RFC 1870), 8BITMIME (RFC 6152),
+SMTPUTF8 (RFC 6531). Content must already be in canonical CRLF form (intake's job); 8-bit content
+to a server without 8BITMIME is sent as is, as Postfix does by default.
+
+Timeouts follow RFC 5321 §4.5.3.2 (`ClientTimeouts`). Connection-level failures (refused, timed
+out, lost, a 421, a rejected greeting or EHLO) raise `SMTPConnectionError`: they concern the
+destination's health, not a recipient. Per-recipient and per-message 4xx/5xx are returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
+from typing import NoReturn, TypeVar
+
+from msgspool.domain.outcome import CONNECTION_LOST, CONNECTION_REFUSED, CONNECTION_TIMEOUT, Reply
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ClientTimeouts:
+    """Seconds to wait at each stage; defaults are RFC 5321 §4.5.3.2's minimums, or Postfix's."""
+
+    connect: float = 30.0  # Postfix smtp_connect_timeout
+    greeting: float = 300.0  # §4.5.3.2.1 initial 220: 5 min
+    helo: float = 300.0
+    mail: float = 300.0  # §4.5.3.2.2; also used for RSET and NOOP
+    rcpt: float = 300.0  # §4.5.3.2.3
+    data_init: float = 120.0  # §4.5.3.2.4: 2 min
+    data_block: float = 180.0  # §4.5.3.2.5: 3 min without progress while sending content
+    data_done: float = 600.0  # §4.5.3.2.6: 10 min
+    quit: float = 5.0
+
+
+class SMTPConnectionError(Exception):
+    """The session could not be set up or was lost: a connection-level failure (destination health)."""
+
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(reply.line())
+        self.reply = reply
+
+
+class _MalformedReply(ValueError):
+    """A reply line that is not ``ddd[ -]text`` (§4.2); the stream can no longer be trusted."""
+
+
+@dataclass
+class TransactionResult:
+    """The replies of one mail transaction."""
+
+    mail: Reply
+    rcpts: list[Reply]  # one per recipient, in order
+    data: Reply | None  # None when DATA was not reached (no recipient accepted / MAIL rejected)
+
+    def outcomes(self) -> list[Reply]:
+        """Per recipient: MAIL's reply if MAIL failed; else the RCPT reply if not 2xx; else DATA's."""
+        if not self.mail.ok:
+            return [self.mail] * len(self.rcpts)
+        data = self.data or CONNECTION_LOST
+        return [data if rcpt.ok else rcpt for rcpt in self.rcpts]
+
+
+def dot_stuff(content: bytes) -> bytes:
+    """Content as sent after DATA: dot-stuffed (§4.5.2), CRLF-terminated, then the ``.`` line."""
+    stuffed = content.replace(b"\r\n.", b"\r\n..")
+    if stuffed.startswith(b"."):
+        stuffed = b"." + stuffed
+    if not stuffed.endswith(b"\r\n"):
+        stuffed += b"\r\n"
+    return stuffed + b".\r\n"
+
+
+def _command(verb: str, address: str, params: Sequence[str]) -> bytes:
+    line = f"{verb}:<{address}>" + "".join(f" {param}" for param in params)
+    # One pipelined write carries many commands: a line break inside an address would smuggle in more.
+    if "\r" in line or "\n" in line:
+        raise ValueError(f"line break in SMTP command argument: {line!r}")
+    return line.encode() + b"\r\n"
+
+
+def _parse_reply(code: int, texts: list[bytes]) -> Reply:
+    reply = Reply.parse(code, b"\n".join(texts).decode("utf-8", "replace"))
+    if reply.enhanced and len(texts) > 1:  # RFC 2034 §4 repeats the status code on every line
+        reply = Reply(code, reply.enhanced, reply.text.replace(f"\n{reply.enhanced} ", "\n"))
+    return reply
+
+
+class SMTPClient:
+    """One SMTP session; reuse it for several transactions while `usable`."""
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeouts: ClientTimeouts, remote: str
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._closed = False
+        self.timeouts = timeouts
+        self.remote = remote
+        self.extensions: dict[str, str] = {}
+
+    @classmethod
+    async def connect(
+        cls,
+        host: str,
+        port: int,
+        *,
+        helo_name: str,
+        timeouts: ClientTimeouts = ClientTimeouts(),
+        local_address: str | None = None,
+    ) -> SMTPClient:
+        """Open the session: TCP connect, greeting, EHLO (or HELO)."""
+        local = (local_address, 0) if local_address else None
+        try:
+            async with asyncio.timeout(timeouts.connect):
+                reader, writer = await asyncio.open_connection(host, port, local_addr=local)
+        except TimeoutError:
+            raise SMTPConnectionError(CONNECTION_TIMEOUT) from None
+        except ConnectionRefusedError:
+            raise SMTPConnectionError(CONNECTION_REFUSED) from None
+        except OSError as err:
+            raise SMTPConnectionError(Reply(421, "4.4.1", f"connect to {host}:{port}: {err}")) from None
+        peer = writer.get_extra_info("peername")
+        client = cls(reader, writer, timeouts, f"{host}[{peer[0] if peer else '?'}]:{port}")
+        try:
+            await client._open_session(helo_name)
+        except BaseException:
+            client.close()  # never leak the socket, even when cancelled
+            raise
+        return client
+
+    async def _open_session(self, helo_name: str) -> None:
+        greeting = await self._read(self.timeouts.greeting, "receiving the initial server greeting")
+        if not greeting.ok:
+            await self._give_up(greeting)
+        ehlo = await self._exchange(f"EHLO {helo_name}\r\n".encode(), self.timeouts.helo, "EHLO")
+        if ehlo.ok:
+            self.extensions = _parse_extensions(ehlo.text)
+            return
+        if ehlo.temporary:
+            await self._give_up(ehlo)
+        # §3.2: a server that does not know EHLO answers 5xx; an old-style HELO session follows.
+        helo = await self._exchange(f"HELO {helo_name}\r\n".encode(), self.timeouts.helo, "HELO")
+        if not helo.ok:
+            await self._give_up(helo)
+
+    async def _give_up(self, reply: Reply) -> NoReturn:
+        await self.quit()  # §3.1: a server that refused us with 554 still waits for QUIT
+        raise SMTPConnectionError(reply)
+
+    @property
+    def usable(self) -> bool:
+        """False after a connection error or close, or once the peer has closed its side."""
+        return not self._closed and not self._writer.transport.is_closing()
+
+    @property
+    def size_limit(self) -> int:
+        """The server's SIZE limit in octets (RFC 1870); 0 when it announced none."""
+        try:
+            return int(self.extensions.get("SIZE", "").split()[0])
+        except (IndexError, ValueError):
+            return 0
+
+    async def send(
+        self,
+        sender: str,
+        recipients: Sequence[str],
+        content: bytes,
+        *,
+        mail_params: Sequence[str] = (),
+        rcpt_params: Sequence[Sequence[str]] | None = None,
+    ) -> TransactionResult:
+        """One mail transaction: MAIL, a RCPT per recipient, DATA and the content if anyone accepted."""
+        if not recipients:
+            raise ValueError("a transaction needs at least one recipient")
+        if not self.usable:
+            raise SMTPConnectionError(CONNECTION_LOST)
+        refusal = self._refusal(sender, recipients, content)
+        if refusal is not None:
+            return TransactionResult(refusal, [refusal] * len(recipients), None)
+        mail_cmd = _command("MAIL FROM", sender, [*self._mail_params(sender, recipients, content), *mail_params])
+        all_params = rcpt_params if rcpt_params is not None else [()] * len(recipients)
+        rcpt_cmds = [_command("RCPT TO", rcpt, params) for rcpt, params in zip(recipients, all_params, strict=True)]
+        try:
+            return await self._transaction(mail_cmd, rcpt_cmds, content)
+        except BaseException:
+            self.close()  # cut short (lost, or cancelled): the session is in an unknown state
+            raise
+
+    def _refusal(self, sender: str, recipients: Sequence[str], content: bytes) -> Reply | None:
+        """A reason to fail every recipient without talking to the server."""
+        limit = self.size_limit
+        if limit and len(content) > limit:
+            return Reply(552, "5.3.4", f"message too big for the next hop (SIZE {limit})")
+        if not _ascii_envelope(sender, recipients) and "SMTPUTF8" not in self.extensions:
+            return Reply(553, "5.6.7", "next hop does not support SMTPUTF8")
+        return None
+
+    def _mail_params(self, sender: str, recipients: Sequence[str], content: bytes) -> list[str]:
+        params = []
+        if "SIZE" in self.extensions:
+            params.append(f"SIZE={len(content)}")
+        if "8BITMIME" in self.extensions and not content.isascii():
+            params.append("BODY=8BITMIME")
+        if not _ascii_envelope(sender, recipients):
+            params.append("SMTPUTF8")
+        return params
+
+    async def _transaction(self, mail_cmd: bytes, rcpt_cmds: list[bytes], content: bytes) -> TransactionResult:
+        data: Reply | None
+        if "PIPELINING" in self.extensions:
+            mail, rcpts, data = await self._commands_pipelined(mail_cmd, rcpt_cmds)
+        else:
+            mail, rcpts, data = await self._commands_one_by_one(mail_cmd, rcpt_cmds)
+        accepted = mail.ok and any(rcpt.ok for rcpt in rcpts)
+        if data is not None and data.code == 354:
+            if accepted:
+                return TransactionResult(mail, rcpts, await self._send_content(dot_stuff(content)))
+            # RFC 2920 §3.1 warns that some servers accept DATA with no valid recipient: end it empty.
+            await self._send_content(b".\r\n")
+        elif mail.ok:
+            await self._reset_after_failure()
+        return TransactionResult(mail, rcpts, data if accepted else None)
+
+    async def _commands_pipelined(self, mail_cmd: bytes, rcpt_cmds: list[bytes]) -> tuple[Reply, list[Reply], Reply]:
+        # RFC 2920 §3.1: DATA must end a group, so MAIL, every RCPT and DATA go out in one write.
+        await self._write(b"".join([mail_cmd, *rcpt_cmds, b"DATA\r\n"]), self.timeouts.mail, "sending MAIL FROM")
+        mail = await self._read(self.timeouts.mail, "receiving the reply to MAIL FROM")
+        rcpts = [await self._read(self.timeouts.rcpt, "receiving the reply to RCPT TO") for _ in rcpt_cmds]
+        # §3.1: every reply of the group must be read, DATA's even when nobody was accepted.
+        data = await self._read(self.timeouts.data_init, "receiving the reply to DATA")
+        return mail, rcpts, data
+
+    async def _commands_one_by_one(
+        self, mail_cmd: bytes, rcpt_cmds: list[bytes]
+    ) -> tuple[Reply, list[Reply], Reply | None]:
+        mail = await self._exchange(mail_cmd, self.timeouts.mail, "MAIL FROM")
+        if not mail.ok:
+            return mail, [mail] * len(rcpt_cmds), None
+        rcpts = [await self._exchange(cmd, self.timeouts.rcpt, "RCPT TO") for cmd in rcpt_cmds]
+        if not any(rcpt.ok for rcpt in rcpts):
+            return mail, rcpts, None
+        return mail, rcpts, await self._exchange(b"DATA\r\n", self.timeouts.data_init, "DATA")
+
+    async def _send_content(self, wire: bytes) -> Reply:
+        self._writer.write(wire)
+        await self._io(self._drained(), None, "sending message content")
+        return await self._read(self.timeouts.data_done, "receiving the reply to end of DATA")
+
+    async def _drained(self) -> None:
+        # §4.5.3.2.5 bounds each block sent, not the whole message: keep waiting while the peer reads.
+        transport = self._writer.transport
+        while True:
+            pending = transport.get_write_buffer_size()
+            try:
+                async with asyncio.timeout(self.timeouts.data_block):
+                    await self._writer.drain()
+                return
+            except TimeoutError:
+                if transport.get_write_buffer_size() >= pending:
+                    raise
+
+    async def _reset_after_failure(self) -> None:
+        # A half-open transaction must not leak into the next one (§4.1.1.5).
+        if not (await self.reset()).ok:
+            self.close()
+
+    async def reset(self) -> Reply:
+        """RSET: abort the current transaction."""
+        return await self._exchange(b"RSET\r\n", self.timeouts.mail, "RSET")
+
+    async def noop(self) -> Reply:
+        """NOOP: check that the session is still alive (e.g. before reusing it)."""
+        return await self._exchange(b"NOOP\r\n", self.timeouts.mail, "NOOP")
+
+    async def quit(self) -> None:
+        """QUIT with a short timeout, then close; never raises."""
+        try:
+            if self.usable:
+                self._writer.write(b"QUIT\r\n")
+                async with asyncio.timeout(self.timeouts.quit):
+                    await self._read_reply()  # wait for 221 so the server closes first
+        except Exception:  # an abandoned session has nothing left worth reporting
+            pass
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Abort the connection; never raises."""
+        self._closed = True
+        self._writer.transport.abort()
+
+    async def _exchange(self, line: bytes, timeout: float, verb: str) -> Reply:
+        await self._write(line, timeout, f"sending {verb}")
+        return await self._read(timeout, f"receiving the reply to {verb}")
+
+    async def _write(self, data: bytes, timeout: float, stage: str) -> None:
+        self._writer.write(data)
+        await self._io(self._writer.drain(), timeout, stage)
+
+    async def _read(self, timeout: float, stage: str) -> Reply:
+        reply = await self._io(self._read_reply(), timeout, stage)
+        if reply.code == 421:  # §3.8: the server is closing the channel
+            self.close()
+            raise SMTPConnectionError(reply)
+        return reply
+
+    async def _io(self, operation: Awaitable[T], timeout: float | None, stage: str) -> T:
+        """Await one step under its timeout; any failure ends the session."""
+        try:
+            async with asyncio.timeout(timeout):
+                return await operation
+        except TimeoutError:
+            failure = Reply(421, "4.4.2", f"conversation with the next hop timed out while {stage}")
+        except OSError:
+            failure = Reply(421, "4.4.2", f"{CONNECTION_LOST.text} while {stage}")
+        except ValueError:  # _MalformedReply, or a line beyond the reader's 64 KiB limit
+            failure = Reply(421, "4.4.2", "malformed reply")
+        self.close()
+        raise SMTPConnectionError(failure)
+
+    async def _read_reply(self) -> Reply:
+        """One reply, multi-line ones included (§4.2.1): the code comes from the last line."""
+        texts: list[bytes] = []
+        while True:
+            line = await self._reader.readline()
+            if not line.endswith(b"\n"):
+                raise ConnectionResetError("connection closed by the server")
+            line = line.rstrip(b"\r\n")
+            code, separator = line[:3], line[3:4]  # separator b"": a bare code, also valid
+            if not (len(code) == 3 and code.isdigit() and code[0] in b"2345" and separator in b" -"):
+                raise _MalformedReply(line)
+            texts.append(line[4:])
+            if separator != b"-":
+                return _parse_reply(int(code), texts)
+
+
+def _parse_extensions(ehlo_text: str) -> dict[str, str]:
+    """EHLO reply lines after the first (RFC 5321 §4.1.1.1): ``KEYWORD [params]``."""
+    extensions = {}
+    for line in ehlo_text.split("\n")[1:]:
+        keyword, _, params = line.strip().partition(" ")
+        if keyword:
+            extensions[keyword.upper()] = params.strip()
+    return extensions
+
+
+def _ascii_envelope(sender: str, recipients: Sequence[str]) -> bool:
+    return sender.isascii() and all(rcpt.isascii() for rcpt in recipients)

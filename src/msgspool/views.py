@@ -1,0 +1,58 @@
+"""How messages and recipients look to users: the JSON of `queue list/show --json` and of the
+HTTP API (DESIGN.md's contract: id, sender, size, submitted_at, folder, recipients with address,
+addrtype, transport, status, attempts, next_attempt_at, last_reply; times ISO 8601 UTC), and the
+one-line text form of `queue list`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from msgspool.domain.timefmt import iso
+from msgspool.stores.sqlite import MessageInfo
+
+
+def message_json(info: MessageInfo) -> dict[str, Any]:
+    return {
+        "id": info.id,
+        "sender": info.sender,
+        "size": info.size,
+        "submitted_at": iso(info.submitted_at),
+        "finished_at": iso(info.finished_at),
+        "mailbox": info.mailbox,
+        "folder": info.folder,
+        "message_class": info.message_class,
+        "priority": info.priority,
+        "held": info.held,
+        "origin": info.origin,
+        "deliver_after": iso(info.deliver_after),
+        "expires_at": iso(info.expires_at),
+        "recipients": [recipient_json(r) for r in info.recipients],
+    }
+
+
+def recipient_json(r: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "address": r["address"],
+        "addrtype": r["addrtype"],
+        "type": r["type"],
+        "transport": r["transport"],
+        "destination": r["destination"],
+        "status": r["status"],
+        "attempts": r["attempts"],
+        "next_attempt_at": iso(r["next_attempt_at"]) if r["status"] in ("queued", "deferred") else None,
+        "last_attempt_at": iso(r["last_attempt_at"]),
+        "last_reply": r["last_reply"],
+        "relay": r["relay"],
+    }
+
+
+def message_line(info: MessageInfo) -> str:
+    """mailq style: id, size, time, sender; then one indented line per recipient."""
+    flag = "!" if info.held else " "
+    head = f"{info.id}{flag} {info.size:>8} {iso(info.submitted_at)}  <{info.sender}>"
+    lines = [head]
+    for r in info.recipients:
+        reply = f"  ({r['last_reply']})" if r["last_reply"] and r["status"] != "delivered" else ""
+        lines.append(f"    {r['status']:<9} {r['address']}{reply}")
+    return "\n".join(lines)

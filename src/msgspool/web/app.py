@@ -1,0 +1,177 @@
+"""The HTTP API, all under /api/ (aiohttp). Errors are RFC 9457 problem documents.
+
+    GET  /api/status                        the status table
+    GET  /api/queue[?folder=outbox&mailbox=] messages (JSON array), as `queue list --json`
+    GET  /api/queue/{id}                    one message, as `queue show --json`
+    POST /api/queue/flush                   retry all deferred now
+    POST /api/queue/{id}/{flush|hold|release|delete}
+    POST /api/messages                      submit: JSON {sender, recipients, content} -> 201 {id}
+    GET  /api/events                        Server-Sent Events; ?mailbox=ADDR&types=a,b;
+                                            resumes after Last-Event-ID (header or ?last_event_id=)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from msgspool.domain.events import Event, EventType
+from msgspool.errors import NotFound, SubmitError
+from msgspool.spooler.intake import Submission
+from msgspool.spooler.runtime import Spooler
+from msgspool.stores.sqlite import iter_messages
+from msgspool.views import message_json
+
+log = logging.getLogger("msgspool.web")
+SPOOLER: web.AppKey[Spooler] = web.AppKey("spooler", Spooler)
+KEEPALIVE = 15.0
+
+
+def problem(status: int, title: str, detail: str = "") -> web.Response:
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail}
+    return web.Response(status=status, text=json.dumps(body), content_type="application/problem+json")
+
+
+@web.middleware
+async def problems(request: web.Request,
+                   handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as err:
+        if err.status < 400:
+            raise
+        return problem(err.status, err.reason, err.text or "")
+    except NotFound as err:
+        return problem(404, "Not Found", f"no message {err}")
+    except SubmitError as err:
+        return problem(422, "Message refused", err.reply.line())
+
+
+async def status(request: web.Request) -> web.Response:
+    spooler = request.app[SPOOLER]
+    body = spooler.status()
+    body["queue"] = await spooler.store.counts()
+    return web.json_response(body)
+
+
+async def queue_list(request: web.Request) -> web.Response:
+    spooler = request.app[SPOOLER]
+    folders = tuple(request.query.get("folder", "outbox").split(","))
+    mailbox = request.query.get("mailbox")
+    limit = int(request.query.get("limit", "1000"))
+
+    def read(conn: Any) -> list[dict[str, Any]]:
+        out = []
+        for info in iter_messages(conn, folders, mailbox):
+            out.append(message_json(info))
+            if len(out) >= limit:
+                break
+        return out
+
+    return web.json_response(await spooler.store.read(read))
+
+
+async def queue_show(request: web.Request) -> web.Response:
+    info = await request.app[SPOOLER].store.get(request.match_info["id"])
+    if info is None:
+        raise NotFound(request.match_info["id"])
+    return web.json_response(message_json(info))
+
+
+async def queue_action(request: web.Request) -> web.Response:
+    spooler, action = request.app[SPOOLER], request.match_info["action"]
+    message_id = request.match_info.get("id")
+    if action == "flush":
+        count = await spooler.flush([message_id] if message_id else None)
+        return web.json_response({"ok": True, "flushed": count})
+    if message_id is None:
+        raise web.HTTPNotFound()
+    operations = {"hold": spooler.hold, "release": spooler.release, "delete": spooler.delete}
+    if action not in operations:
+        raise web.HTTPNotFound(text=f"unknown action {action}")
+    return web.json_response({"ok": True, action: await operations[action]([message_id])})
+
+
+async def submit(request: web.Request) -> web.Response:
+    try:
+        body = await request.json()
+        sub = Submission(sender=str(body.get("sender", "")), recipients=[str(r) for r in body["recipients"]],
+                         content=str(body["content"]).encode("utf-8"), origin="http",
+                         addrtypes=body.get("addrtypes"))
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        return problem(400, "Bad submission", f"expected JSON {{sender, recipients, content}}: {err}")
+    message_id = await request.app[SPOOLER].submit(sub)
+    return web.json_response({"id": message_id}, status=201)
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    spooler = request.app[SPOOLER]
+    types = _parse_types(request.query.get("types"))
+    mailbox = request.query.get("mailbox")
+    last = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                           "X-Accel-Buffering": "no"})
+    await response.prepare(request)
+    live = spooler.bus.subscribe(types=types, mailbox=mailbox)
+    pending = asyncio.ensure_future(anext(live))  # subscribe before replaying, so nothing falls between
+    sent = 0
+    try:
+        if last is not None and last.isdigit():
+            sent = int(last)
+            for event in await spooler.store.events_after(sent, 10000):
+                if (types is None or event.type in types) and (mailbox is None or event.mailbox == mailbox):
+                    await response.write(_sse(event))
+                sent = max(sent, event.id or 0)
+        while True:
+            done, _ = await asyncio.wait({pending}, timeout=KEEPALIVE)
+            if not done:
+                await response.write(b": keep-alive\n\n")
+                continue
+            event = pending.result()
+            pending = asyncio.ensure_future(anext(live))
+            if (event.id or 0) > sent:
+                await response.write(_sse(event))
+    except (ConnectionResetError, StopAsyncIteration, asyncio.CancelledError):
+        pass
+    finally:
+        pending.cancel()
+        await live.aclose()
+    return response
+
+
+def _parse_types(value: str | None) -> frozenset[EventType] | None:
+    if not value:
+        return None
+    try:
+        return frozenset(EventType(v.strip()) for v in value.split(",") if v.strip())
+    except ValueError as err:
+        raise web.HTTPBadRequest(text=f"unknown event type: {err}") from err
+
+
+def _sse(event: Event) -> bytes:
+    return f"id: {event.id}\nevent: {event.type}\ndata: {json.dumps(event.to_json())}\n\n".encode()
+
+
+def make_app(spooler: Spooler) -> web.Application:
+    app = web.Application(middlewares=[problems])
+    app[SPOOLER] = spooler
+    app.router.add_get("/api/status", status)
+    app.router.add_get("/api/queue", queue_list)
+    app.router.add_post("/api/queue/{action:flush}", queue_action)
+    app.router.add_get("/api/queue/{id}", queue_show)
+    app.router.add_post("/api/queue/{id}/{action}", queue_action)
+    app.router.add_post("/api/messages", submit)
+    app.router.add_get("/api/events", events)
+    return app
+
+
+async def start(spooler: Spooler, host: str, port: int) -> web.AppRunner:
+    runner = web.AppRunner(make_app(spooler), access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner

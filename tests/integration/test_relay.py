@@ -1,0 +1,195 @@
+"""The spooler in-process, relaying through a real SMTP sink on loopback, with a real SQLite spool."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from aiohttp import web
+
+from msgspool.domain.events import EventType
+from msgspool.spooler.intake import Submission
+from tests.conftest import SpoolerFactory
+from tests.support.sink import Sink, free_port
+
+MESSAGE = b"From: a@example.org\r\nTo: b@example.com\r\nSubject: hi\r\n\r\nHello.\r\n.leading dot\r\n"
+
+
+def submission(*recipients: str, content: bytes = MESSAGE, **kw: object) -> Submission:
+    return Submission(sender="a@example.org", recipients=list(recipients), content=content, **kw)  # type: ignore[arg-type]
+
+
+async def wait_status(spooler, message_id: str, wanted: set[str], timeout: float = 10.0) -> dict:  # type: ignore[no-untyped-def]
+    end = time.monotonic() + timeout
+    while True:
+        info = await spooler.message(message_id)
+        if all(r["status"] in wanted for r in info["recipients"]):
+            return info
+        if time.monotonic() > end:
+            raise AssertionError(f"statuses {[r['status'] for r in info['recipients']]} never became {wanted}")
+        await asyncio.sleep(0.02)
+
+
+async def test_message_is_relayed_and_moves_to_sent(spooler_factory: SpoolerFactory, sink: Sink) -> None:
+    async with spooler_factory(relay=sink.address) as spooler:
+        message_id = await spooler.submit(submission("b@example.com", "c@example.net"))
+        info = await wait_status(spooler, message_id, {"delivered"})
+    assert sink.recipients() == ["b@example.com", "c@example.net"]  # one transaction, both recipients
+    assert len(sink.messages) == 1
+    assert sink.messages[0].content == MESSAGE
+    assert info["folder"] == "sent"
+    assert info["recipients"][0]["last_reply"].startswith("250 2.0.0")
+    assert info["recipients"][0]["attempts"] == 1
+
+
+async def test_permanent_failure_of_one_recipient_spares_its_sibling(spooler_factory: SpoolerFactory,
+                                                                     sink: Sink) -> None:
+    async with spooler_factory(relay=sink.address) as spooler:
+        message_id = await spooler.submit(submission("good@example.com", "fail5xx@example.com"))
+        info = await wait_status(spooler, message_id, {"delivered", "failed"})
+    by_address = {r["address"]: r for r in info["recipients"]}
+    assert by_address["good@example.com"]["status"] == "delivered"
+    assert by_address["fail5xx@example.com"]["status"] == "failed"
+    assert by_address["fail5xx@example.com"]["last_reply"] == "550 5.1.1 No such user here"
+    assert sink.recipients() == ["good@example.com"]
+
+
+async def test_temporary_failure_is_deferred_with_backoff(spooler_factory: SpoolerFactory, sink: Sink) -> None:
+    async with spooler_factory(relay=sink.address) as spooler:
+        message_id = await spooler.submit(submission("fail4xx@example.com"))
+        info = await wait_status(spooler, message_id, {"deferred"})
+    r = info["recipients"][0]
+    assert r["last_reply"] == "450 4.2.1 Mailbox busy, try later"
+    assert r["attempts"] == 1 and r["next_attempt_at"] is not None
+    assert info["folder"] == "outbox"
+
+
+async def test_backlog_flows_within_seconds_after_destination_returns(spooler_factory: SpoolerFactory) -> None:
+    sink = Sink()  # not started: the destination is down
+    async with spooler_factory(relay=sink.address, min_backoff=300.0) as spooler:
+        ids = [await spooler.submit(submission(f"r{i}@example.com")) for i in range(30)]
+        await wait_status(spooler, ids[-1], {"deferred"})
+        assert spooler.status()["transports"][0]["destinations"][0]["status"] == "down"
+        sink.start()
+        try:
+            t0 = time.monotonic()
+            await sink.async_wait_for(30, timeout=10)
+            elapsed = time.monotonic() - t0
+        finally:
+            sink.stop()
+    assert elapsed < 5.0, f"backlog took {elapsed:.1f}s after the destination came back"
+
+
+async def test_down_destination_is_probed_after_restart(spooler_factory: SpoolerFactory) -> None:
+    sink = Sink()
+    async with spooler_factory(relay=sink.address, min_backoff=300.0) as spooler:
+        message_id = await spooler.submit(submission("x@example.com"))
+        await wait_status(spooler, message_id, {"deferred"})
+    sink.start()
+    try:
+        async with spooler_factory(relay=sink.address, min_backoff=300.0):
+            await sink.async_wait_for(1, timeout=5)
+    finally:
+        sink.stop()
+
+
+async def test_local_recipient_is_filed_in_its_inbox_with_new_mail_event(spooler_factory: SpoolerFactory) -> None:
+    async with spooler_factory(local_domains=["example.org"]) as spooler:
+        events = spooler.events(types=[EventType.NEW_MAIL])
+        message_id = await spooler.submit(submission("Bob@Example.org"))
+        event = await asyncio.wait_for(anext(events), 2)
+        info = await spooler.message(message_id)
+        inbox = await spooler.store.read(lambda c: c.execute(
+            "SELECT id, folder FROM messages WHERE mailbox = 'bob@example.org'").fetchall())
+    assert event.mailbox == "bob@example.org" and event.folder == "inbox"
+    assert info["recipients"][0]["status"] == "delivered"
+    assert info["recipients"][0]["transport"] == "local"
+    assert [row[1] for row in inbox] == ["inbox"]
+
+
+async def test_recipients_of_two_address_types_are_split_across_transports(spooler_factory: SpoolerFactory,
+                                                                          sink: Sink) -> None:
+    posted: list[bytes] = []
+
+    async def receive(request: web.Request) -> web.Response:
+        posted.append(await request.read())
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/inbox", receive)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    hook = f"http://127.0.0.1:{port}/inbox"
+    try:
+        async with spooler_factory(relay=sink.address,
+                                   transports=[{"name": "hooks", "type": "http", "addrtypes": ["HTTP"]}]) as spooler:
+            message_id = await spooler.submit(submission("b@example.com", hook, addrtypes=["SMTP", "HTTP"]))
+            info = await wait_status(spooler, message_id, {"delivered"})
+    finally:
+        await runner.cleanup()
+    transports = {r["address"]: r["transport"] for r in info["recipients"]}
+    assert transports == {"b@example.com": "smtp", hook: "hooks"}
+    assert posted == [MESSAGE]
+    assert sink.recipients() == ["b@example.com"]
+
+
+async def test_unroutable_address_type_fails_with_reason(spooler_factory: SpoolerFactory, sink: Sink) -> None:
+    async with spooler_factory(relay=sink.address) as spooler:
+        message_id = await spooler.submit(submission("fax:+123", addrtypes=["FAX"]))
+        info = await spooler.message(message_id)
+    assert info["recipients"][0]["status"] == "failed"
+    assert info["recipients"][0]["last_reply"].startswith("550 5.4.4")
+
+
+async def test_held_message_is_not_sent_until_released(spooler_factory: SpoolerFactory) -> None:
+    sink = Sink()
+    async with spooler_factory(relay=sink.address) as spooler:
+        held = await spooler.submit(submission("held@example.com"))
+        other = await spooler.submit(submission("other@example.com"))
+        await wait_status(spooler, held, {"deferred"})
+        await spooler.hold([held])
+        assert (await spooler.message(held))["recipients"][0]["status"] == "held"
+        sink.start()
+        try:
+            await wait_status(spooler, other, {"delivered"})
+            await spooler.flush()
+            await asyncio.sleep(0.3)
+            assert sink.recipients() == ["other@example.com"]
+            await spooler.release([held])
+            await wait_status(spooler, held, {"delivered"})
+        finally:
+            sink.stop()
+    assert sink.recipients() == ["other@example.com", "held@example.com"]
+
+
+async def test_deleted_message_is_gone(spooler_factory: SpoolerFactory) -> None:
+    sink = Sink()
+    async with spooler_factory(relay=sink.address) as spooler:
+        message_id = await spooler.submit(submission("x@example.com"))
+        await wait_status(spooler, message_id, {"deferred"})
+        assert await spooler.delete([message_id]) == [message_id]
+        counts = await spooler.store.counts()
+    assert counts["messages"] == 0
+
+
+async def test_flush_retries_a_deferred_message_now(spooler_factory: SpoolerFactory, sink: Sink) -> None:
+    async with spooler_factory(relay=sink.address, min_backoff=3600.0) as spooler:
+        message_id = await spooler.submit(submission("fail4xx@example.com"))
+        await wait_status(spooler, message_id, {"deferred"})
+        await spooler.flush([message_id])
+        end = time.monotonic() + 5
+        while (await spooler.message(message_id))["recipients"][0]["attempts"] < 2:
+            assert time.monotonic() < end, "flush did not cause a new attempt"
+            await asyncio.sleep(0.02)
+
+
+async def test_expired_recipient_is_not_retried(spooler_factory: SpoolerFactory, sink: Sink) -> None:
+    async with spooler_factory(relay=sink.address) as spooler:
+        message_id = await spooler.submit(submission("fail4xx@example.com", expires_at=time.time() + 0.3))
+        await wait_status(spooler, message_id, {"deferred"})
+        await asyncio.sleep(0.4)
+        await spooler.flush([message_id])
+        info = await wait_status(spooler, message_id, {"expired"})
+    assert info["folder"] == "sent"
