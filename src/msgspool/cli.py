@@ -48,14 +48,16 @@ class CLIError(Exception):
         self.code = code
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", help="TOML configuration file")
-    parser.add_argument("--data", metavar="DIR", help="spool directory (default ./msgspool-data)")
+def _common(parser: argparse.ArgumentParser, top: bool = False) -> None:
+    # Accepted before and after the command; a subcommand's copy must not reset the top one's value.
+    default = None if top else argparse.SUPPRESS
+    parser.add_argument("--config", metavar="FILE", default=default, help="TOML configuration file")
+    parser.add_argument("--data", metavar="DIR", default=default, help="spool directory (default ./msgspool-data)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="msgspool", description="store-and-forward message spooler")
-    _common(parser)
+    _common(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the daemon")
@@ -90,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                        ("delete", "remove from the spool")):
         p = qsub.add_parser(name, help=text)
         p.add_argument("ids", nargs="+", metavar="ID")
+
+    for action_parser in qsub.choices.values():
+        _common(action_parser)
 
     status = sub.add_parser("status", help="the status table: spooler and transports")
     _common(status)

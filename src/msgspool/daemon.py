@@ -38,6 +38,18 @@ async def control_handler(spooler: Spooler, request: dict[str, Any]) -> dict[str
     return {"ok": False, "error": f"unknown op {op!r}"}
 
 
+async def start_smtp(spooler: Spooler, settings: Settings) -> asyncio.AbstractServer:
+    """The SMTP listener on `settings.smtp_listen`, submitting into `spooler`."""
+    host, port = split_hostport(settings.smtp_listen)
+    policy = SpoolPolicy(spooler.intake, spooler.submit, hostname=settings.host_name,
+                         trusted_networks=settings.trusted_networks)
+    limits = ServerLimits(hostname=settings.host_name, max_message_size=settings.message_size_limit,
+                          max_recipients=settings.recipient_limit, command_timeout=settings.smtpd_timeout)
+    server = await start_server(policy, host, port, limits)
+    log.info("smtp listener on %s:%d", host, port)
+    return server
+
+
 async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
     spooler = Spooler(settings)
     stopping = asyncio.Event()
@@ -50,13 +62,7 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
         await spooler.start(deliver=True)
         servers.append(await control.serve(settings.spool_path, lambda r: control_handler(spooler, r)))
         if settings.smtp_listen:
-            host, port = split_hostport(settings.smtp_listen)
-            policy = SpoolPolicy(spooler.intake, spooler.submit, hostname=settings.host_name,
-                                 trusted_networks=settings.trusted_networks)
-            limits = ServerLimits(hostname=settings.host_name, max_message_size=settings.message_size_limit,
-                                  max_recipients=settings.recipient_limit, command_timeout=settings.smtpd_timeout)
-            servers.append(await start_server(policy, host, port, limits))
-            log.info("smtp listener on %s:%d", host, port)
+            servers.append(await start_smtp(spooler, settings))
         if settings.http_listen:
             from msgspool.web.app import start as start_http
 
