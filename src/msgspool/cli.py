@@ -37,7 +37,8 @@ from msgspool import config
 from msgspool.config import ConfigError, Settings
 from msgspool.errors import MsgspoolError, NotFound, SpoolError, SubmitError
 from msgspool.spooler import control
-from msgspool.spooler.runtime import DB_NAME, Spooler
+from msgspool.spooler.runtime import Spooler
+from msgspool.stores.sqlite import DB_NAME
 
 EX_USAGE, EX_DATAERR, EX_TEMPFAIL = 64, 65, 75
 

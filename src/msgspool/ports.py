@@ -7,9 +7,14 @@ A transport is found by name in the ``msgspool.transports`` entry-point group an
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from msgspool.domain.events import Event
+from msgspool.domain.message import Message, Settlement
 from msgspool.domain.outcome import Reply
+
+if TYPE_CHECKING:
+    from msgspool.stores.sqlite import MessageInfo
 
 
 class Connection(Protocol):
@@ -48,3 +53,64 @@ class Transport(Protocol):
 
 class TransportFactory(Protocol):
     def __call__(self, name: str, settings: Any, options: dict[str, Any]) -> Transport: ...
+
+
+class Store(Protocol):
+    """The durable home of messages, folders and per-recipient state (MAPI message store provider).
+
+    It is the only place recipient states change (domain/recipient.py lists the allowed steps);
+    every write that changes a state records its events in the same transaction and returns them.
+    `submit` returns only once the message is durable: that is when a front end may acknowledge it.
+    """
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    # intake and delivery
+    async def submit(self, msg: Message, copies: Sequence[Message] = ()) -> list[Event]: ...
+
+    async def claim(self, now: float, limit: int) -> list[Message]: ...
+
+    async def settle(self, settlements: Sequence[Settlement], now: float) -> list[Event]: ...
+
+    async def recover(self) -> int: ...
+
+    async def release_destination(self, transport: str, nexthop: str, now: float) -> int: ...
+
+    async def next_due(self) -> float | None: ...
+
+    async def waiting_destinations(self) -> list[tuple[str, str]]: ...
+
+    # operations
+    async def hold(self, ids: Sequence[str], now: float) -> list[str]: ...
+
+    async def release(self, ids: Sequence[str], now: float) -> list[str]: ...
+
+    async def flush(self, ids: Sequence[str] | None, now: float) -> int: ...
+
+    async def delete(self, ids: Sequence[str]) -> list[str]: ...
+
+    async def purge(self, sent_before: float, events_before: float) -> int: ...
+
+    # folders and reads
+    async def set_receive_folder(self, mailbox: str, message_class: str, folder: str) -> None: ...
+
+    async def get(self, message_id: str) -> MessageInfo | None: ...
+
+    async def content(self, message_id: str) -> bytes | None: ...
+
+    async def list_messages(self, folders: Sequence[str], mailbox: str | None, limit: int) -> list[MessageInfo]: ...
+
+    async def counts(self) -> dict[str, int]: ...
+
+    async def events_after(self, after_id: int, limit: int = 1000) -> list[Event]: ...
+
+    @property
+    def commit_stats(self) -> tuple[int, int]:
+        """(commits, writes committed): how well group commit batches."""
+        ...
+
+
+class StoreFactory(Protocol):
+    def __call__(self, settings: Any) -> Store: ...

@@ -23,23 +23,22 @@ from typing import IO, Any
 
 from msgspool.compose import complete_headers, header_recipients, header_sender, strip_bcc
 from msgspool.config import ConfigError, Settings
+from msgspool.domain.address import mailbox_key
 from msgspool.domain.events import Event, EventType
 from msgspool.domain.health import ProbePolicy
-from msgspool.domain.message import NORMAL
+from msgspool.domain.message import DEFAULT_CLASS, NORMAL
 from msgspool.domain.retry import RetryPolicy
 from msgspool.domain.routing import Router, TransportRoute
 from msgspool.errors import NotFound, SpoolError
-from msgspool.ports import Transport
+from msgspool.ports import Store, Transport
 from msgspool.spooler import control
 from msgspool.spooler.destinations import DestinationLimits
 from msgspool.spooler.events import EventBus, Subscription
 from msgspool.spooler.intake import Intake, Submission, due_now, mark_active
 from msgspool.spooler.scheduler import Scheduler
-from msgspool.stores.sqlite import SQLiteStore
 from msgspool.views import message_json
 
 log = logging.getLogger("msgspool")
-DB_NAME = "spool.db"
 LOCK_NAME = "msgspool.lock"
 SENT_RETENTION = 7 * 86400.0
 EVENT_RETENTION = 86400.0
@@ -63,6 +62,15 @@ def load_transports(settings: Settings) -> dict[str, Transport]:
             transport.addrtypes = frozenset(a.upper() for a in options["addrtypes"])
         transports[name] = transport
     return transports
+
+
+def load_store(settings: Settings) -> Store:
+    """The message store named by `settings.store`, from the `msgspool.stores` entry points."""
+    factories = {ep.name: ep for ep in entry_points(group="msgspool.stores")}
+    if settings.store not in factories:
+        raise ConfigError(f"unknown store {settings.store!r} (known: {', '.join(sorted(factories))})")
+    store: Store = factories[settings.store].load()(settings)
+    return store
 
 
 def build_router(settings: Settings, transports: dict[str, Transport]) -> Router:
@@ -93,7 +101,7 @@ class Spooler:
         self.transports = transports if transports is not None else load_transports(settings)
         self.router = build_router(settings, self.transports)
         self.intake = Intake(self.router, hopcount_limit=settings.hopcount_limit, mailboxes=settings.mailboxes)
-        self.store = SQLiteStore(settings.spool_path / DB_NAME, commit_batch=settings.commit_batch)
+        self.store = load_store(settings)
         self.bus = EventBus()
         self.retry = RetryPolicy(settings.min_backoff, settings.max_backoff, settings.max_lifetime)
         self.scheduler = Scheduler(
@@ -163,7 +171,7 @@ class Spooler:
     async def send(self, message: EmailMessage | bytes, *, sender: str | None = None,
                    recipients: Sequence[str] | None = None, mailbox: str = "", priority: int = NORMAL,
                    deliver_after: float | None = None, expires_at: float | None = None,
-                   delete_after_submit: bool = False) -> str:
+                   delete_after_submit: bool = False, message_class: str = DEFAULT_CLASS) -> str:
         """Submit an `email.message.EmailMessage` (or RFC 5322 bytes). Without `recipients` they come
         from To/Cc/Bcc (and Bcc is removed); without `sender`, from the From: address."""
         content = message.as_bytes(policy=SMTP_POLICY) if isinstance(message, EmailMessage) else message
@@ -175,7 +183,8 @@ class Spooler:
         content = complete_headers(content, sender, None, self.settings.host_name)
         return await self.submit(Submission(
             sender=sender, recipients=list(recipients), content=content, mailbox=mailbox, priority=priority,
-            deliver_after=deliver_after, expires_at=expires_at, delete_after_submit=delete_after_submit))
+            deliver_after=deliver_after, expires_at=expires_at, delete_after_submit=delete_after_submit,
+            message_class=message_class))
 
     async def message(self, message_id: str) -> dict[str, Any]:
         """A message with the status of every recipient (the JSON of `queue show`)."""
@@ -183,6 +192,22 @@ class Spooler:
         if info is None:
             raise NotFound(message_id)
         return message_json(info)
+
+    async def folder(self, mailbox: str, folder: str = "inbox", limit: int = 1000) -> list[dict[str, Any]]:
+        """The messages of one folder of a local mailbox, oldest first (MAPI GetContentsTable)."""
+        return [message_json(info) for info in await self.store.list_messages((folder,), mailbox_key(mailbox), limit)]
+
+    async def content(self, message_id: str) -> bytes:
+        """A stored message's RFC 5322 content, as filed (local copies start with Return-Path:)."""
+        data = await self.store.content(message_id)
+        if data is None:
+            raise NotFound(message_id)
+        return data
+
+    async def set_receive_folder(self, mailbox: str, message_class: str, folder: str) -> None:
+        """File inbound messages of `message_class` (and its subclasses) into `folder` of `mailbox`
+        (MAPI IMsgStore::SetReceiveFolder); "IPM.Note" goes to "inbox" unless told otherwise."""
+        await self.store.set_receive_folder(mailbox_key(mailbox), message_class, folder)
 
     def events(self, *, types: Sequence[EventType] | None = None,
                mailbox: str | None = None) -> Subscription:

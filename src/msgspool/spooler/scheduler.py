@@ -25,9 +25,8 @@ from msgspool.domain.message import Message, Recipient, Settlement
 from msgspool.domain.outcome import EXPIRED, Reply
 from msgspool.domain.recipient import Status
 from msgspool.domain.retry import RetryPolicy
-from msgspool.ports import Transport
+from msgspool.ports import Store, Transport
 from msgspool.spooler.destinations import Destination, DestinationLimits
-from msgspool.stores.sqlite import SQLiteStore
 
 log = logging.getLogger("msgspool.scheduler")
 CLAIM_BATCH = 1000
@@ -35,7 +34,7 @@ IDLE_RECHECK = 30.0  # seconds between store checks when nothing is known to be 
 
 
 class Scheduler:
-    def __init__(self, store: SQLiteStore, transports: Mapping[str, Transport],
+    def __init__(self, store: Store, transports: Mapping[str, Transport],
                  publish: Callable[[Sequence[Event]], None], *, retry: RetryPolicy, probe: ProbePolicy,
                  limits: DestinationLimits, active_limit: int, clock: Callable[[], float] = time.time) -> None:
         self.store, self.transports, self.publish = store, transports, publish

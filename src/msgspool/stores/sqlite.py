@@ -16,6 +16,7 @@ Reads for the daemon's API go through a second thread with its own connection; t
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import queue
 import sqlite3
@@ -32,6 +33,7 @@ from msgspool.domain.outcome import Reply
 from msgspool.domain.recipient import RecipientType, Status
 
 T = TypeVar("T")
+DB_NAME = "spool.db"
 SCHEMA_VERSION = 1
 _PENDING_SQL = "('queued','active','deferred','held')"
 _STATUS_EVENT = {
@@ -315,6 +317,14 @@ def op_flush(conn: sqlite3.Connection, ids: Sequence[str] | None, now: float) ->
     return sum(conn.execute(sql + " AND message_id = ?", (now, now, i)).rowcount for i in ids)
 
 
+def op_set_receive_folder(conn: sqlite3.Connection, mailbox: str, message_class: str, folder: str) -> None:
+    """MAPI SetReceiveFolder: file messages of `message_class` (and its subclasses) into `folder`."""
+    conn.execute("INSERT OR IGNORE INTO mailboxes (address, created_at) VALUES (?, strftime('%s'))", (mailbox,))
+    conn.execute("INSERT INTO receive_folders (mailbox, message_class, folder) VALUES (?,?,?)"
+                 " ON CONFLICT (mailbox, message_class) DO UPDATE SET folder = excluded.folder",
+                 (mailbox, message_class, folder))
+
+
 def op_delete(conn: sqlite3.Connection, ids: Sequence[str]) -> list[str]:
     found = _existing(conn, ids)
     _delete_messages(conn, found)
@@ -542,6 +552,11 @@ def _resolve(jobs: list[_Job], results: list[tuple[bool, Any]]) -> None:
 class SQLiteStore:
     """The daemon's store. All methods are coroutines; writes share commits."""
 
+    @classmethod
+    def from_settings(cls, settings: Any) -> SQLiteStore:
+        """The `msgspool.stores` entry point: `spool.db` in the data directory."""
+        return cls(Path(settings.data_dir) / DB_NAME, commit_batch=settings.commit_batch)
+
     def __init__(self, path: Path, *, commit_batch: int = 512) -> None:
         self.path = path
         self.commit_batch = commit_batch
@@ -620,8 +635,17 @@ class SQLiteStore:
     async def purge(self, sent_before: float, events_before: float) -> int:
         return await self._write(lambda c: op_purge(c, sent_before, events_before), durable=False)
 
+    async def set_receive_folder(self, mailbox: str, message_class: str, folder: str) -> None:
+        await self._write(lambda c: op_set_receive_folder(c, mailbox, message_class, folder))
+
     async def get(self, message_id: str) -> MessageInfo | None:
         return await self.read(lambda c: get_message(c, message_id))
+
+    async def content(self, message_id: str) -> bytes | None:
+        return await self.read(lambda c: get_content(c, message_id))
+
+    async def list_messages(self, folders: Sequence[str], mailbox: str | None, limit: int) -> list[MessageInfo]:
+        return await self.read(lambda c: list(itertools.islice(iter_messages(c, folders, mailbox), limit)))
 
     async def counts(self) -> dict[str, int]:
         return await self.read(queue_counts)

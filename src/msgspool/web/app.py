@@ -16,7 +16,6 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from aiohttp import web
 
@@ -24,7 +23,6 @@ from msgspool.domain.events import Event, EventType
 from msgspool.errors import NotFound, SubmitError
 from msgspool.spooler.intake import Submission
 from msgspool.spooler.runtime import Spooler
-from msgspool.stores.sqlite import iter_messages
 from msgspool.views import message_json
 
 log = logging.getLogger("msgspool.web")
@@ -63,17 +61,12 @@ async def queue_list(request: web.Request) -> web.Response:
     spooler = request.app[SPOOLER]
     folders = tuple(request.query.get("folder", "outbox").split(","))
     mailbox = request.query.get("mailbox")
-    limit = int(request.query.get("limit", "1000"))
-
-    def read(conn: Any) -> list[dict[str, Any]]:
-        out = []
-        for info in iter_messages(conn, folders, mailbox):
-            out.append(message_json(info))
-            if len(out) >= limit:
-                break
-        return out
-
-    return web.json_response(await spooler.store.read(read))
+    try:
+        limit = int(request.query.get("limit", "1000"))
+    except ValueError as err:
+        raise web.HTTPBadRequest(text="limit must be an integer") from err
+    infos = await spooler.store.list_messages(folders, mailbox, limit)
+    return web.json_response([message_json(info) for info in infos])
 
 
 async def queue_show(request: web.Request) -> web.Response:

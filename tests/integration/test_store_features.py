@@ -1,0 +1,109 @@
+"""Store features a client relies on: receive folders by message class, delete-after-submit, and
+providers found by entry point — on the real SQLite store."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SpoolerFactory
+from tests.integration.test_relay import submission, wait_status
+from tests.support.sink import Sink
+
+NOTE = b"From: a@example.org\r\nSubject: x\r\n\r\nbody\r\n"
+
+
+async def test_inbound_message_is_filed_by_its_message_class(spooler_factory: SpoolerFactory) -> None:
+    async with spooler_factory(local_domains=["example.org"]) as spooler:
+        await spooler.set_receive_folder("Bob@example.org", "IPM.Note.Alert", "alerts")
+        await spooler.send(NOTE, sender="a@example.org", recipients=["bob@example.org"],
+                           message_class="IPM.Note.Alert.Disk")
+        await spooler.send(NOTE, sender="a@example.org", recipients=["bob@example.org"])
+        alerts = await spooler.folder("bob@example.org", "alerts")
+        inbox = await spooler.folder("bob@example.org", "inbox")
+        content = await spooler.content(inbox[0]["id"])
+    assert [m["message_class"] for m in alerts] == ["IPM.Note.Alert.Disk"]
+    assert [m["message_class"] for m in inbox] == ["IPM.Note"]
+    assert content.startswith(b"Return-Path: <a@example.org>\r\nDelivered-To: bob@example.org\r\n")
+
+
+async def test_finished_message_moves_to_sent_or_is_deleted_when_asked(spooler_factory: SpoolerFactory,
+                                                                       sink: Sink) -> None:
+    async with spooler_factory(relay=sink.address) as spooler:
+        kept = await spooler.submit(submission("b@example.com"))
+        gone = await spooler.submit(submission("c@example.com", delete_after_submit=True))
+        await wait_status(spooler, kept, {"delivered"})
+        await sink.async_wait_for(2)
+        for _ in range(100):
+            if await spooler.store.get(gone) is None:
+                break
+            await asyncio.sleep(0.02)
+        sent = await spooler.store.list_messages(("sent", "outbox"), "", 10)
+    assert [(m.id, m.folder) for m in sent] == [(kept, "sent")]
+
+
+@pytest.fixture
+def third_party_transport(tmp_path: Path) -> Iterator[None]:
+    """An installed distribution that registers a transport, as a third party's package would."""
+    (tmp_path / "echo_transport.py").write_text(textwrap.dedent('''
+        from msgspool.domain.outcome import Reply
+
+        DELIVERED = []
+
+        class EchoConnection:
+            remote = "echo"
+            usable = True
+            async def send(self, sender, recipients, content):
+                DELIVERED.extend(recipients)
+                return [Reply(250, "2.0.0", "echoed") for _ in recipients]
+            async def close(self):
+                pass
+
+        class EchoTransport:
+            addrtypes = frozenset({"ECHO"})
+            domains = ()
+            def __init__(self, name, settings, options):
+                self.name = name
+            def nexthop(self, address):
+                return "echo"
+            async def connect(self, nexthop):
+                return EchoConnection()
+            async def close(self):
+                pass
+    '''))
+    dist = tmp_path / "echo_transport-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: echo-transport\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[msgspool.transports]\necho = echo_transport:EchoTransport\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("echo_transport", None)
+
+
+async def test_a_third_party_transport_is_found_by_its_entry_point(spooler_factory: SpoolerFactory,
+                                                                   third_party_transport: None) -> None:
+    async with spooler_factory(transports=[{"name": "echo", "type": "echo"}]) as spooler:
+        message_id = await spooler.submit(submission("anyone", addrtypes=["ECHO"]))
+        info = await wait_status(spooler, message_id, {"delivered"})
+    import echo_transport  # type: ignore[import-not-found]
+
+    assert echo_transport.DELIVERED == ["anyone"]
+    assert info["recipients"][0]["transport"] == "echo"
+    assert info["recipients"][0]["last_reply"] == "250 2.0.0 echoed"
+
+
+async def test_an_unknown_store_is_a_configuration_error(tmp_path: Path) -> None:
+    from msgspool.config import ConfigError
+    from msgspool.spooler.runtime import Spooler
+    from tests.conftest import make_settings
+
+    with pytest.raises(ConfigError, match="unknown store 'nosuch'"):
+        Spooler(make_settings(tmp_path, store="nosuch"))
