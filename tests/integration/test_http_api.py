@@ -1,0 +1,96 @@
+"""The HTTP API over a real loopback socket: status, queue, submit, problems, and the SSE stream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from msgspool.spooler.runtime import Spooler
+from msgspool.web.app import start
+from tests.conftest import SpoolerFactory
+from tests.support.sink import Sink, free_port
+
+
+@pytest.fixture
+async def api(spooler_factory: SpoolerFactory, sink: Sink) -> AsyncIterator[tuple[Spooler, str]]:
+    port = free_port()
+    async with spooler_factory(relay=sink.address, local_domains=["example.org"]) as spooler:
+        runner = await start(spooler, "127.0.0.1", port)
+        try:
+            yield spooler, f"http://127.0.0.1:{port}/api"
+        finally:
+            await runner.cleanup()
+
+
+async def read_events(response: aiohttp.ClientResponse, count: int) -> list[dict[str, Any]]:
+    """Parse `count` SSE events (id/event/data lines, blank-line separated)."""
+    events: list[dict[str, Any]] = []
+    current: dict[str, Any] = {}
+    while len(events) < count:
+        line = (await asyncio.wait_for(response.content.readline(), 5)).decode().rstrip("\n")
+        if not line:
+            if current:
+                events.append(current)
+                current = {}
+            continue
+        if line.startswith(":"):
+            continue
+        field, _, value = line.partition(": ")
+        current[field] = json.loads(value) if field == "data" else value
+    return events
+
+
+async def test_submit_then_read_the_message_and_the_status(api: tuple[Spooler, str], sink: Sink) -> None:
+    _spooler, base = api
+    async with aiohttp.ClientSession() as http:
+        created = await http.post(f"{base}/messages", json={
+            "sender": "a@example.org", "recipients": ["b@example.com"], "content": "Subject: x\r\n\r\nhi\r\n"})
+        assert created.status == 201
+        message_id = (await created.json())["id"]
+        await sink.async_wait_for(1)
+        shown = await (await http.get(f"{base}/queue/{message_id}")).json()
+        status = await (await http.get(f"{base}/status")).json()
+    assert shown["id"] == message_id and shown["origin"] == "http"
+    assert status["spooler"]["status"] == "online"
+    assert status["transports"][0]["name"] == "smtp"
+
+
+async def test_errors_are_problem_documents(api: tuple[Spooler, str]) -> None:
+    _spooler, base = api
+    async with aiohttp.ClientSession() as http:
+        missing = await http.get(f"{base}/queue/NOSUCH")
+        bad = await http.post(f"{base}/messages", data=b"not json")
+        refused = await http.post(f"{base}/messages", json={"sender": "a@example.org", "recipients": [],
+                                                             "content": "x"})
+        body = await missing.json(content_type=None)
+    assert (missing.status, missing.content_type) == (404, "application/problem+json")
+    assert body["status"] == 404 and "NOSUCH" in body["detail"]
+    assert bad.status == 400
+    assert refused.status == 422
+
+
+async def test_event_stream_filters_by_mailbox_and_type_and_resumes(api: tuple[Spooler, str]) -> None:
+    spooler, base = api
+    note = b"Subject: x\r\n\r\nhi\r\n"
+    async with aiohttp.ClientSession() as http:
+        stream = await http.get(f"{base}/events", params={"mailbox": "bob@example.org", "types": "new_mail"})
+        assert stream.headers["Content-Type"].startswith("text/event-stream")
+        await spooler.send(note, sender="a@example.org", recipients=["carol@example.org"])
+        await spooler.send(note, sender="a@example.org", recipients=["bob@example.org"])
+        (event,) = await read_events(stream, 1)
+        stream.close()
+        assert event["event"] == "new_mail"
+        assert event["data"]["mailbox"] == "bob@example.org" and event["data"]["folder"] == "inbox"
+        # Resume after that event: the next new_mail for bob is the only one delivered.
+        await spooler.send(note, sender="a@example.org", recipients=["bob@example.org"])
+        resumed = await http.get(f"{base}/events", params={"types": "new_mail", "mailbox": "bob@example.org"},
+                                 headers={"Last-Event-ID": event["id"]})
+        (replayed,) = await read_events(resumed, 1)
+        resumed.close()
+    assert int(replayed["id"]) > int(event["id"])
+    assert replayed["data"]["type"] == "new_mail"
