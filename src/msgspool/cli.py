@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from msgspool import config
-from msgspool.config import ConfigError, Settings
-from msgspool.errors import MsgspoolError, NotFound, SpoolError, SubmitError
+from msgspool.config import Settings
+from msgspool.errors import ConfigError, MsgspoolError, NotFound, SpoolError, SubmitError
 from msgspool.spooler import control
 from msgspool.spooler.runtime import Spooler
 from msgspool.stores.sqlite import DB_NAME

@@ -11,13 +11,16 @@ from email.parser import BytesHeaderParser
 from email.policy import compat32
 from email.utils import formataddr, getaddresses, make_msgid
 
+from msgspool.domain.content import canonical
 from msgspool.domain.timefmt import rfc5322
 
 _HEADER_LINE = re.compile(rb"^[!-9;-~]+:")
 
 
 def _split(content: bytes) -> tuple[bytes, bytes]:
-    """(header section with its last CRLF, the rest starting with the empty line)."""
+    """(header section with its last CRLF, the rest starting with the empty line); line ends are
+    made CRLF first, since API callers often hand over LF-only text."""
+    content = canonical(content)
     end = content.find(b"\r\n\r\n")
     if end >= 0:
         return content[: end + 2], content[end + 2:]

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from msgspool.errors import ConfigError
+
 DEFAULT_DATA_DIR = "./msgspool-data"
 CONFIG_NAME = "msgspool.toml"
 
@@ -84,15 +86,12 @@ class Settings:
             if key not in known:
                 raise ConfigError(f"{source}: unknown setting {key!r}")
             current = getattr(self, key)
-            if isinstance(current, bool) or not isinstance(value, type(current)):
-                if not (isinstance(current, float) and isinstance(value, int)):
+            # bool is an int subclass: `true` must not pass for a number, nor 1 for a flag.
+            if isinstance(value, bool) != isinstance(current, bool) or not isinstance(value, type(current)):
+                if not (isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool)):
                     raise ConfigError(f"{source}: {key} must be {type(current).__name__}, not {value!r}")
                 value = float(value)
             setattr(self, key, value)
-
-
-class ConfigError(Exception):
-    pass
 
 
 def settings_doc() -> list[tuple[str, Any, str]]:

@@ -1,7 +1,7 @@
 """The exception tree. Every error that ends up in front of a client carries its reply.
 
     MsgspoolError
-    ├── ConfigError                (config.py)  bad setting: the CLI prints it and exits 2
+    ├── ConfigError                a bad setting: the CLI prints it and exits 2
     ├── SpoolError                 the spool cannot be opened or is locked by another daemon
     ├── NotFound                   an unknown message id
     ├── SubmitError(reply)         a submission refused: bad address, no recipients, too big
@@ -16,6 +16,10 @@ from msgspool.domain.outcome import Reply
 
 
 class MsgspoolError(Exception):
+    pass
+
+
+class ConfigError(MsgspoolError):
     pass
 
 

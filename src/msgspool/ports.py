@@ -7,14 +7,11 @@ A transport is found by name in the ``msgspool.transports`` entry-point group an
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from msgspool.domain.events import Event
-from msgspool.domain.message import Message, Settlement
+from msgspool.domain.message import Message, MessageInfo, Settlement
 from msgspool.domain.outcome import Reply
-
-if TYPE_CHECKING:
-    from msgspool.stores.sqlite import MessageInfo
 
 
 class Connection(Protocol):

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from msgspool.domain.message import MessageInfo
 from msgspool.domain.timefmt import iso
-from msgspool.stores.sqlite import MessageInfo
 
 
 def message_json(info: MessageInfo) -> dict[str, Any]:

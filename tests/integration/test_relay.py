@@ -193,3 +193,20 @@ async def test_expired_recipient_is_not_retried(spooler_factory: SpoolerFactory,
         await spooler.flush([message_id])
         info = await wait_status(spooler, message_id, {"expired"})
     assert info["folder"] == "sent"
+
+
+async def test_a_submitter_that_does_not_deliver_leaves_routing_to_the_daemon(spooler_factory: SpoolerFactory,
+                                                                             sink: Sink) -> None:
+    """`msgspool sendmail` knows neither `serve --relay` nor `--local-domain`: the daemon routes."""
+    async with spooler_factory(deliver=False) as submitter:  # no relay, default local domain
+        remote = await submitter.submit(submission("b@example.com"))
+        local = await submitter.submit(submission("bob@example.org"))
+        assert (await submitter.message(remote))["recipients"][0]["transport"] is None
+    async with spooler_factory(relay=sink.address, local_domains=["example.org"]) as daemon:
+        remote_info = await wait_status(daemon, remote, {"delivered"})
+        local_info = await wait_status(daemon, local, {"delivered"})
+        inbox = await daemon.folder("bob@example.org")
+    assert sink.recipients() == ["b@example.com"]
+    assert remote_info["recipients"][0]["destination"] == sink.address
+    assert local_info["recipients"][0]["transport"] == "local"
+    assert len(inbox) == 1

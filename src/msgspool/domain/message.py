@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from msgspool.domain.address import SMTP
 from msgspool.domain.outcome import Reply
@@ -80,3 +81,26 @@ class Settlement:
     next_attempt_at: float | None = None
     wait_destination: bool = False  # deferred because its destination is down
     remote: str | None = None  # the next hop that answered
+    transport: str | None = None  # the responsible transport, recorded with the outcome
+    nexthop: str | None = None
+    copy: Message | None = None  # local delivery: the copy to file into the recipient's mailbox
+
+
+@dataclass(slots=True)
+class MessageInfo:
+    """A stored message as `queue list/show` and the API present it (a read model)."""
+
+    id: str
+    mailbox: str
+    folder: str
+    sender: str
+    size: int
+    submitted_at: float
+    finished_at: float | None
+    message_class: str
+    priority: int
+    deliver_after: float | None
+    expires_at: float | None
+    held: bool
+    origin: str
+    recipients: list[dict[str, Any]]

@@ -52,7 +52,8 @@ class Destination:
                  clock: Callable[[], float] = time.time) -> None:
         self.transport, self.nexthop = transport, nexthop
         self.name = f"{transport.name}:{nexthop}"
-        self.limits, self.retry, self.settle, self.on_up, self.clock = limits, retry, settle, on_up, clock
+        self.limits, self.retry, self.on_up, self.clock = limits, retry, on_up, clock
+        self._settle = settle
         self.health = DestinationHealth(self.name, probe)
         self.jobs: deque[Job] = deque()
         self.workers = 0
@@ -75,6 +76,12 @@ class Destination:
         while self.workers < self.limits.concurrency and self.workers - self.idle_workers < len(self.jobs):
             self.workers += 1  # counted at spawn, not when the task first runs: the loop must see it
             self._spawn(self._worker())
+
+    def settle(self, settlements: list[Settlement]) -> None:
+        """Hand outcomes to the scheduler, stamped with the route they took."""
+        for s in settlements:
+            s.transport, s.nexthop = self.transport.name, self.nexthop
+        self._settle(settlements)
 
     def cancel(self, message_ids: set[str]) -> list[Recipient]:
         """Drop queued jobs of these messages (hold/delete); returns the recipients dropped."""

@@ -9,20 +9,18 @@ front end may acknowledge the message.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from msgspool.domain import address as addr
+from msgspool.domain.content import canonical, count_hops
 from msgspool.domain.ids import new_id
 from msgspool.domain.message import DEFAULT_CLASS, NORMAL, Message, Recipient
 from msgspool.domain.outcome import LOOP_DETECTED, NO_ROUTE, Reply
 from msgspool.domain.recipient import RecipientType, Status
 from msgspool.domain.routing import LOCAL, Router
 from msgspool.errors import SubmitError
-
-_RECEIVED = re.compile(rb"^received:", re.IGNORECASE | re.MULTILINE)
 
 
 @dataclass(slots=True)
@@ -43,46 +41,45 @@ class Submission:
     meta: dict[str, str] = field(default_factory=dict)
 
 
-def header_block(content: bytes) -> bytes:
-    """The header section of an RFC 5322 message (up to the first empty line)."""
-    end = content.find(b"\r\n\r\n")
-    if end < 0:
-        end = content.find(b"\n\n")
-    return content if end < 0 else content[: end + 2]
-
-
-def count_hops(content: bytes) -> int:
-    return len(_RECEIVED.findall(header_block(content)))
-
-
 class Intake:
     def __init__(self, router: Router, *, hopcount_limit: int = 50, mailboxes: Sequence[str] = (),
-                 clock: Callable[[], float] = time.time) -> None:
+                 message_size_limit: int = 0, clock: Callable[[], float] = time.time) -> None:
         self.router = router
         self.hopcount_limit = hopcount_limit
+        self.message_size_limit = message_size_limit
         self.mailboxes = frozenset(addr.mailbox_key(m) for m in mailboxes)
         self.clock = clock
 
     def check_recipient(self, address: str, addrtype: str = addr.SMTP) -> Reply | None:
         """A reply refusing `address` now (SMTP RCPT time), or None when it is acceptable."""
         if self.router.is_local(address, addrtype):
-            key = addr.mailbox_key(address)
-            if self.mailboxes and key not in self.mailboxes and not key.startswith("postmaster"):
-                return Reply(550, "5.1.1", f"<{address}>: Recipient address rejected: User unknown")
-            return None
+            return self._check_mailbox(address)
         if self.router.route(address, addrtype) is None:
             return Reply(550, "5.1.2", f"<{address}>: no transport for this address")
         return None
 
-    def build(self, sub: Submission, now: float | None = None) -> tuple[Message, list[Message]]:
-        """The outbox message and the local copies of a submission; raises SubmitError."""
+    def _check_mailbox(self, address: str) -> Reply | None:
+        key = addr.mailbox_key(address)
+        # RFC 5321 §4.5.1: postmaster exists in every local domain, listed or not.
+        if self.mailboxes and key not in self.mailboxes and addr.split(key)[0] != "postmaster":
+            return Reply(550, "5.1.1", f"<{address}>: Recipient address rejected: User unknown")
+        return None
+
+    def build(self, sub: Submission, now: float | None = None, *,
+              route: bool = True) -> tuple[Message, list[Message]]:
+        """The outbox message and the local copies of a submission; raises SubmitError.
+
+        With `route`, recipients are routed now and local ones filed at once (the delivering
+        process). Without it they stay unrouted and the delivering process routes them when it
+        claims them, with its own configuration — as Postfix's sendmail leaves routing to the
+        daemon (a `sendmail` run does not know the daemon's --relay or --local-domain)."""
         now = self.clock() if now is None else now
-        if not sub.recipients:
-            raise SubmitError(Reply(554, "5.5.1", "no recipients"))
-        if count_hops(sub.content) > self.hopcount_limit:
-            raise SubmitError(LOOP_DETECTED)
+        self._check(sub)
+        content = canonical(sub.content)
+        if self.message_size_limit and len(content) > self.message_size_limit:
+            raise SubmitError(Reply(552, "5.3.4", "Message size exceeds fixed limit"))
         message = Message(
-            id=sub.message_id or new_id(now), sender=sub.sender, content=sub.content, recipients=[],
+            id=sub.message_id or new_id(now), sender=sub.sender, content=content, recipients=[],
             submitted_at=now, mailbox=sub.mailbox, message_class=sub.message_class, priority=sub.priority,
             deliver_after=sub.deliver_after, expires_at=sub.expires_at,
             delete_after_submit=sub.delete_after_submit, origin=sub.origin, meta=dict(sub.meta))
@@ -94,28 +91,53 @@ class Intake:
                 continue
             seen.add((addrtype, address.lower()))
             rtype = sub.types[i] if sub.types else RecipientType.TO
-            recipient = self._route(address, addrtype, rtype, len(message.recipients), now, sub)
+            recipient = Recipient(address=address, addrtype=addrtype, type=rtype, index=len(message.recipients),
+                                  next_attempt_at=max(now, sub.deliver_after or now))
             message.recipients.append(recipient)
-            if recipient.transport == LOCAL:
-                copies.append(self._local_copy(message, recipient, now))
+            if route:
+                copy = self.route(message, recipient, now)
+                if copy is not None:
+                    copies.append(copy)
         return message, copies
 
-    def _route(self, address: str, addrtype: str, rtype: RecipientType, index: int, now: float,
-               sub: Submission) -> Recipient:
-        recipient = Recipient(address=address, addrtype=addrtype, type=rtype, index=index)
-        route = self.router.route(address, addrtype)
+    def _check(self, sub: Submission) -> None:
+        if not sub.recipients:
+            raise SubmitError(Reply(554, "5.5.1", "no recipients"))
+        for name, values in (("addrtypes", sub.addrtypes), ("types", sub.types)):
+            if values is not None and len(values) != len(sub.recipients):
+                raise SubmitError(Reply(501, "5.5.4", f"{name} must have one entry per recipient"))
+        if sub.sender and not addr.valid_smtp(sub.sender):
+            raise SubmitError(Reply(501, "5.1.7", f"<{sub.sender}>: Bad sender address syntax"))
+        for i, address in enumerate(sub.recipients):
+            addrtype = (sub.addrtypes[i] if sub.addrtypes else addr.SMTP).upper()
+            bad = (not addr.valid_smtp(address) and address.lower() != "postmaster") if addrtype == addr.SMTP \
+                else any(c in address for c in "\r\n\x00")
+            if bad:
+                raise SubmitError(Reply(501, "5.1.3", f"<{address!r}>: Bad recipient address syntax"))
+        if count_hops(sub.content) > self.hopcount_limit:
+            raise SubmitError(LOOP_DETECTED)
+
+    def route(self, message: Message, recipient: Recipient, now: float) -> Message | None:
+        """Route one recipient (MAPI: find the responsible transport). A remote one gets its
+        transport and nexthop; a local one is settled as delivered and its mailbox copy returned;
+        one no transport takes fails. Used at submission and again when a recipient is claimed."""
+        route = self.router.route(recipient.address, recipient.addrtype)
         if route is None:
-            recipient.status, recipient.last_reply = Status.FAILED, NO_ROUTE
-            return recipient
+            recipient.status, recipient.last_reply, recipient.next_attempt_at = Status.FAILED, NO_ROUTE, None
+            return None
         recipient.transport, recipient.nexthop = route.transport, route.nexthop
-        if route.transport == LOCAL:
-            recipient.status = Status.DELIVERED
-            recipient.last_reply = Reply(250, "2.0.0", f"delivered to mailbox {route.nexthop}")
-            recipient.last_attempt_at = now
-            recipient.attempts = 1
-        else:
-            recipient.next_attempt_at = max(now, sub.deliver_after or now)
-        return recipient
+        if route.transport != LOCAL:
+            return None
+        refusal = self._check_mailbox(recipient.address)
+        recipient.next_attempt_at = None
+        if refusal is not None:
+            recipient.status, recipient.last_reply = Status.FAILED, refusal
+            return None
+        recipient.status = Status.DELIVERED
+        recipient.last_reply = Reply(250, "2.0.0", f"delivered to mailbox {route.nexthop}")
+        recipient.last_attempt_at = now
+        recipient.attempts += 1
+        return self._local_copy(message, recipient, now)
 
     def _local_copy(self, message: Message, recipient: Recipient, now: float) -> Message:
         mailbox = recipient.nexthop or addr.mailbox_key(recipient.address)

@@ -22,14 +22,14 @@ from pathlib import Path
 from typing import IO, Any
 
 from msgspool.compose import complete_headers, header_recipients, header_sender, strip_bcc
-from msgspool.config import ConfigError, Settings
+from msgspool.config import Settings
 from msgspool.domain.address import mailbox_key
 from msgspool.domain.events import Event, EventType
 from msgspool.domain.health import ProbePolicy
 from msgspool.domain.message import DEFAULT_CLASS, NORMAL
 from msgspool.domain.retry import RetryPolicy
 from msgspool.domain.routing import Router, TransportRoute
-from msgspool.errors import NotFound, SpoolError
+from msgspool.errors import ConfigError, NotFound, SpoolError
 from msgspool.ports import Store, Transport
 from msgspool.spooler import control
 from msgspool.spooler.destinations import DestinationLimits
@@ -100,12 +100,13 @@ class Spooler:
         self.settings = settings
         self.transports = transports if transports is not None else load_transports(settings)
         self.router = build_router(settings, self.transports)
-        self.intake = Intake(self.router, hopcount_limit=settings.hopcount_limit, mailboxes=settings.mailboxes)
+        self.intake = Intake(self.router, hopcount_limit=settings.hopcount_limit, mailboxes=settings.mailboxes,
+                             message_size_limit=settings.message_size_limit)
         self.store = load_store(settings)
         self.bus = EventBus()
         self.retry = RetryPolicy(settings.min_backoff, settings.max_backoff, settings.max_lifetime)
         self.scheduler = Scheduler(
-            self.store, self.transports, self.bus.publish, retry=self.retry,
+            self.store, self.transports, self.intake, self.bus.publish, retry=self.retry,
             probe=ProbePolicy(settings.probe_min, settings.probe_max),
             limits=DestinationLimits(settings.destination_concurrency, settings.destination_recipient_limit,
                                      settings.connection_idle_time, settings.connection_reuse_limit),
@@ -150,7 +151,7 @@ class Spooler:
 
     async def submit(self, sub: Submission) -> str:
         """Commit a message durably and return its queue id (raises SubmitError)."""
-        message, copies = self.intake.build(sub)
+        message, copies = self.intake.build(sub, route=self.delivering)
         due = due_now(message)
         reserved = self.delivering and due > 0 and self.scheduler.reserve(due)
         if reserved:

@@ -22,11 +22,12 @@ from collections.abc import Callable, Mapping, Sequence
 from msgspool.domain.events import Event
 from msgspool.domain.health import ProbePolicy
 from msgspool.domain.message import Message, Recipient, Settlement
-from msgspool.domain.outcome import EXPIRED, Reply
+from msgspool.domain.outcome import EXPIRED
 from msgspool.domain.recipient import Status
 from msgspool.domain.retry import RetryPolicy
 from msgspool.ports import Store, Transport
 from msgspool.spooler.destinations import Destination, DestinationLimits
+from msgspool.spooler.intake import Intake
 
 log = logging.getLogger("msgspool.scheduler")
 CLAIM_BATCH = 1000
@@ -34,10 +35,10 @@ IDLE_RECHECK = 30.0  # seconds between store checks when nothing is known to be 
 
 
 class Scheduler:
-    def __init__(self, store: Store, transports: Mapping[str, Transport],
+    def __init__(self, store: Store, transports: Mapping[str, Transport], intake: Intake,
                  publish: Callable[[Sequence[Event]], None], *, retry: RetryPolicy, probe: ProbePolicy,
                  limits: DestinationLimits, active_limit: int, clock: Callable[[], float] = time.time) -> None:
-        self.store, self.transports, self.publish = store, transports, publish
+        self.store, self.transports, self.intake, self.publish = store, transports, intake, publish
         self.retry, self.probe, self.limits = retry, probe, limits
         self.active_limit, self.clock = active_limit, clock
         self.active = 0  # recipients in memory: dispatched and not yet settled
@@ -87,24 +88,26 @@ class Scheduler:
         self._wakeup.set()
 
     def dispatch(self, message: Message) -> None:
-        """Hand the message's active recipients to their destinations."""
+        """Route the message's active recipients (again: with this process's configuration, which
+        may differ from the submitter's) and hand them to their destinations."""
         now = self.clock()
         groups: dict[tuple[str, str], list[Recipient]] = {}
-        expired: list[Settlement] = []
+        decided: list[Settlement] = []
         for r in message.recipients:
             if r.status is not Status.ACTIVE:
                 continue
             if self.retry.expired(message.submitted_at, now, message.expires_at):
-                expired.append(Settlement(message.id, r.index, r.address, Status.EXPIRED,
-                                          EXPIRED, attempted=False))
-            elif r.transport is None or r.transport not in self.transports or r.nexthop is None:
-                expired.append(Settlement(message.id, r.index, r.address, Status.DEFERRED,
-                                          Reply(451, "4.3.5", f"transport {r.transport!r} is not configured"),
-                                          attempted=False, next_attempt_at=self.retry.next_attempt(now, 1)))
+                decided.append(Settlement(message.id, r.index, r.address, Status.EXPIRED, EXPIRED, attempted=False))
+                continue
+            copy = self.intake.route(message, r, now)
+            if r.status is not Status.ACTIVE:  # failed (no route, unknown mailbox) or filed locally
+                decided.append(Settlement(message.id, r.index, r.address, r.status, r.last_reply,
+                                          transport=r.transport, nexthop=r.nexthop, copy=copy))
             else:
+                assert r.transport is not None and r.nexthop is not None
                 groups.setdefault((r.transport, r.nexthop), []).append(r)
-        if expired:
-            self.settle(expired)
+        if decided:
+            self.settle(decided)
         for (transport, nexthop), recipients in groups.items():
             self.destination(transport, nexthop).enqueue(message, recipients)
 

@@ -22,13 +22,12 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
 from msgspool.domain.events import Event, EventType
-from msgspool.domain.message import INBOX, OUTBOX, SENT, Message, Recipient, Settlement
+from msgspool.domain.message import INBOX, OUTBOX, SENT, Message, MessageInfo, Recipient, Settlement
 from msgspool.domain.outcome import Reply
 from msgspool.domain.recipient import RecipientType, Status
 
@@ -119,17 +118,25 @@ def op_submit(conn: sqlite3.Connection, msg: Message, copies: Sequence[Message])
         if r.status in _STATUS_EVENT and r.status is not Status.DEFERRED:
             events.append(_insert_event(conn, _recipient_event(msg.id, r.address, r.status, r.last_reply,
                                                                msg.submitted_at, r.transport)))
-    for copy in copies:
-        conn.execute("INSERT OR IGNORE INTO mailboxes (address, created_at) VALUES (?,?)",
-                     (copy.mailbox, copy.submitted_at))
-        copy.folder = receive_folder(conn, copy.mailbox, copy.message_class)
-        _insert_message(conn, copy, content_id)
-        events.append(_insert_event(conn, Event(EventType.NEW_MAIL, copy.id, copy.submitted_at,
-                                                mailbox=copy.mailbox, folder=copy.folder,
-                                                detail={"sender": copy.sender,
-                                                        "message_class": copy.message_class})))
+    events += [_file(conn, copy, content_id) for copy in copies]
     events += _finish_if_done(conn, msg.id, msg.submitted_at)
     return events
+
+
+def _file(conn: sqlite3.Connection, copy: Message, content_id: int) -> Event:
+    """File a local copy (sharing the submission's content row) into its mailbox's receive folder."""
+    conn.execute("INSERT OR IGNORE INTO mailboxes (address, created_at) VALUES (?,?)",
+                 (copy.mailbox, copy.submitted_at))
+    copy.folder = receive_folder(conn, copy.mailbox, copy.message_class)
+    _insert_message(conn, copy, content_id)
+    return _insert_event(conn, Event(EventType.NEW_MAIL, copy.id, copy.submitted_at, mailbox=copy.mailbox,
+                                     folder=copy.folder,
+                                     detail={"sender": copy.sender, "message_class": copy.message_class}))
+
+
+def _file_copy(conn: sqlite3.Connection, message_id: str, copy: Message) -> Event:
+    content_id = conn.execute("SELECT content_id FROM messages WHERE id = ?", (message_id,)).fetchone()[0]
+    return _file(conn, copy, content_id)
 
 
 def receive_folder(conn: sqlite3.Connection, mailbox: str, message_class: str) -> str:
@@ -220,8 +227,9 @@ def _load_message(conn: sqlite3.Connection, message_id: str, recipients: list[Re
 
 
 def op_settle(conn: sqlite3.Connection, settlements: Sequence[Settlement], now: float) -> list[Event]:
-    """Record outcomes. A temporary failure of a held message leaves it held; a recipient that is
-    no longer active (deleted, or settled already) is left alone."""
+    """Record outcomes (and the route each recipient took). A temporary failure of a held message
+    leaves it held; a recipient that is no longer active (deleted, or settled already) is left
+    alone. A local delivery files its copy in the same step."""
     events: list[Event] = []
     touched: dict[str, None] = {}
     for s in settlements:
@@ -229,24 +237,25 @@ def op_settle(conn: sqlite3.Connection, settlements: Sequence[Settlement], now: 
         if status is Status.DEFERRED and _is_held(conn, s.message_id):
             status = Status.HELD
         reply = s.reply
-        cur = conn.execute(
+        row = conn.execute(
             "UPDATE recipients SET status = ?, attempts = attempts + ?, next_attempt_at = ?,"
             " last_attempt_at = CASE WHEN ? THEN ? ELSE last_attempt_at END,"
             " reply_code = COALESCE(?, reply_code), reply_enhanced = COALESCE(?, reply_enhanced),"
-            " reply_text = COALESCE(?, reply_text), remote = COALESCE(?, remote), wait_destination = ?"
-            " WHERE message_id = ? AND idx = ? AND status = 'active'",
+            " reply_text = COALESCE(?, reply_text), remote = COALESCE(?, remote), wait_destination = ?,"
+            " transport = COALESCE(?, transport), nexthop = COALESCE(?, nexthop)"
+            " WHERE message_id = ? AND idx = ? AND status = 'active' RETURNING transport",
             (str(status), int(s.attempted), s.next_attempt_at, int(s.attempted), now,
              reply.code if reply else None, reply.enhanced if reply else None, reply.text if reply else None,
-             s.remote, int(s.wait_destination), s.message_id, s.index),
-        )
-        if cur.rowcount == 0:
+             s.remote, int(s.wait_destination), s.transport, s.nexthop, s.message_id, s.index),
+        ).fetchone()
+        if row is None:
             continue
         touched[s.message_id] = None
+        if s.copy is not None:
+            events.append(_file_copy(conn, s.message_id, s.copy))
         if status in _STATUS_EVENT:
-            transport = conn.execute("SELECT transport FROM recipients WHERE message_id = ? AND idx = ?",
-                                     (s.message_id, s.index)).fetchone()[0]
             events.append(_insert_event(conn, _recipient_event(s.message_id, s.address, status, reply, now,
-                                                               transport, s.remote)))
+                                                               row[0], s.remote)))
     for message_id in touched:
         events += _finish_if_done(conn, message_id, now)
     return events
@@ -346,24 +355,6 @@ def op_purge(conn: sqlite3.Connection, sent_before: float, events_before: float,
 
 _RECIPIENT_COLUMNS = ("message_id, idx, address, addrtype, type, transport, nexthop, status, attempts,"
                       " next_attempt_at, last_attempt_at, reply_code, reply_enhanced, reply_text, remote")
-
-
-@dataclass(slots=True)
-class MessageInfo:
-    id: str
-    mailbox: str
-    folder: str
-    sender: str
-    size: int
-    submitted_at: float
-    finished_at: float | None
-    message_class: str
-    priority: int
-    deliver_after: float | None
-    expires_at: float | None
-    held: bool
-    origin: str
-    recipients: list[dict[str, Any]]
 
 
 def _recipient_dict(row: Sequence[Any]) -> dict[str, Any]:

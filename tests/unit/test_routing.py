@@ -1,0 +1,74 @@
+"""Routing: local domains first, then the first transport (in order) that takes the address type and
+domain; no taker means no route."""
+
+from __future__ import annotations
+
+import pytest
+
+from msgspool.domain.address import domain_of
+from msgspool.domain.routing import LOCAL, Route, Router, TransportRoute, domain_matches
+
+
+def transport(name: str, *addrtypes: str, domains: tuple[str, ...] = (), nexthop: str | None = None) -> TransportRoute:
+    return TransportRoute(name, frozenset(addrtypes), (lambda _a: nexthop) if nexthop else domain_of, domains)
+
+
+def test_local_domain_recipient_routes_to_its_mailbox_folded_to_lower_case() -> None:
+    router = Router(["Example.ORG."], [transport("smtp", "SMTP")])
+    assert router.route("Bob.Smith@EXAMPLE.org") == Route(LOCAL, "bob.smith@example.org")
+
+
+def test_local_domains_come_before_every_transport() -> None:
+    router = Router(["localhost"], [transport("smtp", "SMTP", nexthop="relay:25")])
+    assert router.route("root@localhost").transport == LOCAL
+
+
+def test_bare_postmaster_is_local_even_without_a_domain() -> None:
+    router = Router(["example.org"], [])
+    assert router.route("PostMaster") == Route(LOCAL, "postmaster")
+    assert router.route("someone") is None
+
+
+def test_address_type_other_than_smtp_is_never_local() -> None:
+    router = Router(["localhost"], [transport("hooks", "HTTP")])
+    assert not router.is_local("x@localhost", "HTTP")
+    assert router.route("x@localhost", "HTTP") == Route("hooks", "localhost")
+
+
+def test_first_transport_in_configured_order_takes_the_recipient() -> None:
+    router = Router([], [transport("first", "SMTP", nexthop="a"), transport("second", "SMTP", nexthop="b")])
+    assert router.route("u@example.com") == Route("first", "a")
+
+
+def test_transport_with_domain_routes_takes_only_its_domains() -> None:
+    router = Router([], [transport("partner", "SMTP", domains=("partner.example",), nexthop="vpn:25"),
+                         transport("smtp", "SMTP")])
+    assert router.route("u@Partner.Example").transport == "partner"
+    assert router.route("u@other.example") == Route("smtp", "other.example")
+
+
+def test_address_type_match_ignores_case() -> None:
+    router = Router([], [transport("hooks", "HTTP")])
+    assert router.route("https://h.example/in", "http") is not None
+
+
+def test_no_transport_for_the_address_type_means_no_route() -> None:
+    router = Router(["localhost"], [transport("smtp", "SMTP")])
+    assert router.route("x@example.com", "X400") is None
+
+
+def test_route_destination_is_transport_and_nexthop() -> None:
+    assert Route("smtp", "relay.example:587").destination == "smtp:relay.example:587"
+
+
+@pytest.mark.parametrize(("domain", "patterns", "expected"), [
+    ("example.org", ["example.org"], True),
+    ("example.org", ["EXAMPLE.ORG"], True),
+    ("mail.example.org", [".example.org"], True),
+    ("example.org", [".example.org"], False),  # a leading dot means subdomains only
+    ("badexample.org", [".example.org"], False),
+    ("anything.test", ["*"], True),
+    ("example.net", ["example.org", ".example.org"], False),
+])
+def test_domain_pattern_matching(domain: str, patterns: list[str], expected: bool) -> None:
+    assert domain_matches(domain, patterns) is expected
