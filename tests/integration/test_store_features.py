@@ -107,3 +107,17 @@ async def test_an_unknown_store_is_a_configuration_error(tmp_path: Path) -> None
 
     with pytest.raises(ConfigError, match="unknown store 'nosuch'"):
         Spooler(make_settings(tmp_path, store="nosuch"))
+
+
+async def test_a_failing_write_fails_alone_in_its_group_commit(spooler_factory: SpoolerFactory) -> None:
+    async with spooler_factory(deliver=False) as spooler:
+        first = await spooler.submit(submission("b@example.com"))
+        results = await asyncio.gather(
+            spooler.submit(submission("c@example.com", message_id=first)),  # duplicate id: refused
+            *(spooler.submit(submission(f"d{i}@example.com")) for i in range(5)),
+            return_exceptions=True)
+        assert isinstance(results[0], Exception)
+        for message_id in results[1:]:
+            assert isinstance(message_id, str)
+            assert (await spooler.message(message_id))["recipients"][0]["status"] == "queued"
+        assert (await spooler.message(first))["recipients"][0]["address"] == "b@example.com"

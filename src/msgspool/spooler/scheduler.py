@@ -49,6 +49,7 @@ class Scheduler:
         self._settling: set[asyncio.Task[None]] = set()
         self._refill: asyncio.Task[None] | None = None
         self._running = False
+        self._starved = False
 
     async def start(self) -> None:
         recovered = await self.store.recover()
@@ -152,7 +153,9 @@ class Scheduler:
             return
         finally:
             self.active -= len(batch)
-            self._wakeup.set()
+            if self._starved:  # the window was full when due work may have been waiting
+                self._starved = False
+                self._wakeup.set()
         self.publish(events)
 
     async def _destination_up(self, dest: Destination) -> None:
@@ -177,6 +180,7 @@ class Scheduler:
         """Claim what is due; True when more may be waiting right now."""
         room = min(CLAIM_BATCH, self.active_limit - self.active)
         if room <= 0:
+            self._starved = True
             return False
         self.active += room
         try:
@@ -192,6 +196,7 @@ class Scheduler:
     async def _sleep_until_due(self) -> None:
         self._wakeup.clear()
         if self.active >= self.active_limit:
+            self._starved = True
             timeout = IDLE_RECHECK
         else:
             due = await self.store.next_due()

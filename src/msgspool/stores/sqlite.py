@@ -119,7 +119,8 @@ def op_submit(conn: sqlite3.Connection, msg: Message, copies: Sequence[Message])
             events.append(_insert_event(conn, _recipient_event(msg.id, r.address, r.status, r.last_reply,
                                                                msg.submitted_at, r.transport)))
     events += [_file(conn, copy, content_id) for copy in copies]
-    events += _finish_if_done(conn, msg.id, msg.submitted_at)
+    if not any(r.status.pending for r in msg.recipients):
+        events += _finish_if_done(conn, msg.id, msg.submitted_at)
     return events
 
 
@@ -166,13 +167,10 @@ def _recipient_event(message_id: str, address: str, status: Status, reply: Reply
 def _finish_if_done(conn: sqlite3.Connection, message_id: str, now: float) -> list[Event]:
     """MAPI FinishedMsg: once every recipient is final, the message leaves the outbox — to Sent
     Items, or deleted when the submitter asked for delete-after-submit."""
-    pending = conn.execute(
-        f"SELECT 1 FROM recipients WHERE message_id = ? AND status IN {_PENDING_SQL} LIMIT 1", (message_id,)
-    ).fetchone()
-    if pending:
-        return []
-    row = conn.execute("SELECT delete_after_submit FROM messages WHERE id = ? AND folder = ?",
-                       (message_id, OUTBOX)).fetchone()
+    row = conn.execute(
+        "SELECT delete_after_submit FROM messages WHERE id = ? AND folder = ? AND NOT EXISTS"
+        f" (SELECT 1 FROM recipients WHERE message_id = ? AND status IN {_PENDING_SQL})",
+        (message_id, OUTBOX, message_id)).fetchone()
     if row is None:
         return []
     if row[0]:
@@ -503,27 +501,24 @@ class _DBThread(threading.Thread):
         return out
 
     def _run_transaction(self, jobs: list[_Job]) -> list[tuple[bool, Any]]:
+        """The whole batch in one transaction (one fsync). Should one job fail, the batch is rolled
+        back and every job runs again in a transaction of its own, so the failure stays its own.
+        (A SAVEPOINT per job would isolate it too, but costs two statements per job on the hot path;
+        measured at 10 % of the writer's time.)"""
         durable = any(job.durable for job in jobs)
         if durable != self.synchronous_full:
             self.conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
             self.synchronous_full = durable
-        out: list[tuple[bool, Any]] = []
         try:
             self.conn.execute("BEGIN IMMEDIATE")
-            for job in jobs:
-                self.conn.execute("SAVEPOINT job")
-                try:
-                    out.append((True, job.fn(self.conn)))
-                    self.conn.execute("RELEASE job")
-                except Exception as err:
-                    self.conn.execute("ROLLBACK TO job")
-                    self.conn.execute("RELEASE job")
-                    out.append((False, err))
+            out = [(True, job.fn(self.conn)) for job in jobs]
             self.conn.execute("COMMIT")
-        except sqlite3.Error as err:
+        except Exception as err:
             if self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
-            return [(False, err)] * len(jobs)
+            if len(jobs) == 1:
+                return [(False, err)]
+            return [self._run_transaction([job])[0] for job in jobs]
         self.commits += 1
         self.committed_jobs += len(jobs)
         return out
