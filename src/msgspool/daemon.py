@@ -10,10 +10,11 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from msgspool.config import Settings
+from msgspool.errors import MsgspoolError
 from msgspool.smtpd.policy import SpoolPolicy
 from msgspool.smtpd.protocol import ServerLimits, start_server
 from msgspool.spooler import control
@@ -21,6 +22,15 @@ from msgspool.spooler.runtime import Spooler
 from msgspool.transports.smtp import split_hostport
 
 log = logging.getLogger("msgspool")
+T = TypeVar("T")
+
+
+async def _listen(what: str, where: object, start: Awaitable[T]) -> T:
+    """A listener, or a clear error (not a traceback) when it cannot bind: port in use, path too long."""
+    try:
+        return await start
+    except OSError as err:
+        raise MsgspoolError(f"cannot listen for {what} on {where}: {err.strerror or err}") from err
 
 
 async def control_handler(spooler: Spooler, request: dict[str, Any]) -> dict[str, Any]:
@@ -45,7 +55,7 @@ async def start_smtp(spooler: Spooler, settings: Settings) -> asyncio.AbstractSe
                          trusted_networks=settings.trusted_networks)
     limits = ServerLimits(hostname=settings.host_name, max_message_size=settings.message_size_limit,
                           max_recipients=settings.recipient_limit, command_timeout=settings.smtpd_timeout)
-    server = await start_server(policy, host, port, limits)
+    server = await _listen("SMTP", f"{host}:{port}", start_server(policy, host, port, limits))
     log.info("smtp listener on %s:%d", host, port)
     return server
 
@@ -58,16 +68,19 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
         loop.add_signal_handler(sig, stopping.set)
     servers: list[Any] = []
     runner = None
+    control_server = None
     try:
         await spooler.start(deliver=True)
-        servers.append(await control.serve(settings.spool_path, lambda r: control_handler(spooler, r)))
+        control_server = await _listen("the control socket", control.socket_path(settings.spool_path),
+                                       control.serve(settings.spool_path, lambda r: control_handler(spooler, r)))
+        servers.append(control_server)
         if settings.smtp_listen:
             servers.append(await start_smtp(spooler, settings))
         if settings.http_listen:
             from msgspool.web.app import start as start_http
 
             host, port = split_hostport(settings.http_listen, 8025)
-            runner = await start_http(spooler, host, port)
+            runner = await _listen("HTTP", f"{host}:{port}", start_http(spooler, host, port))
             log.info("http api on %s:%d", host, port)
         log.info("msgspool %s ready: spool %s, local domains %s, relay %s", _version(), settings.spool_path,
                  ",".join(settings.local_domains), settings.relay or "(MX)")
@@ -83,8 +96,9 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
         await spooler.stop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-        with contextlib.suppress(FileNotFoundError):
-            control.socket_path(settings.spool_path).unlink()
+        if control_server is not None:  # never another daemon's: a second `serve` fails on the lock
+            with contextlib.suppress(FileNotFoundError):
+                control.socket_path(settings.spool_path).unlink()
 
 
 def _version() -> str:

@@ -210,3 +210,16 @@ async def test_a_submitter_that_does_not_deliver_leaves_routing_to_the_daemon(sp
     assert remote_info["recipients"][0]["destination"] == sink.address
     assert local_info["recipients"][0]["transport"] == "local"
     assert len(inbox) == 1
+
+
+async def test_flush_probes_a_down_destination_at_once(spooler_factory: SpoolerFactory) -> None:
+    sink = Sink()
+    async with spooler_factory(relay=sink.address, probe_min=30.0, probe_max=30.0) as spooler:
+        message_id = await spooler.submit(submission("x@example.com"))
+        await wait_status(spooler, message_id, {"deferred"})
+        sink.start()
+        try:
+            await spooler.flush()
+            await sink.async_wait_for(1, timeout=3)  # not the 30 s probe interval
+        finally:
+            sink.stop()

@@ -12,6 +12,7 @@ on a short interval. The first good probe brings it up and the scheduler release
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -62,6 +63,7 @@ class Destination:
         self._work = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._prober: asyncio.Task[None] | None = None
+        self._probe_wakeup = asyncio.Event()
 
     # -- queueing ---------------------------------------------------------------------------
 
@@ -217,7 +219,9 @@ class Destination:
     async def _probe_loop(self) -> None:
         while self.health.down:
             delay = max(0.0, (self.health.probe_at or self.clock()) - self.clock())
-            await asyncio.sleep(delay)
+            self._probe_wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._probe_wakeup.wait(), delay)
             try:
                 conn = await self.transport.connect(self.nexthop)
             except DestinationUnavailable as err:
@@ -229,10 +233,11 @@ class Destination:
             await self.on_up(self)
 
     def probe_now(self) -> None:
-        """Treat the destination as down-with-backlog and probe it at once (after a restart)."""
+        """Probe at once: after a restart (a backlog may be waiting) or on `queue flush`."""
         if not self.health.down:
             self.health.connection_failed(self.clock(), DESTINATION_DOWN)
-            self.health.probe_at = self.clock()
+        self.health.probe_at = self.clock()
+        self._probe_wakeup.set()
         if self._prober is None or self._prober.done():
             self._prober = self._spawn(self._probe_loop())
 

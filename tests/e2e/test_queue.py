@@ -1,0 +1,183 @@
+"""`msgspool queue ...` through the CLI: the JSON contract of list/show, and hold / release / delete /
+flush both through a running daemon (control socket) and straight on the spool (daemon down)."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from tests.support.daemon import Daemon, Spool, received_tags, tagged_message
+from tests.support.sink import Sink
+
+ISO_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
+STATUSES = {"queued", "active", "deferred", "delivered", "failed", "held", "expired"}
+MESSAGE_FIELDS = {"id", "sender", "size", "submitted_at", "folder", "recipients"}
+RECIPIENT_FIELDS = {"address", "addrtype", "transport", "status", "attempts", "next_attempt_at", "last_reply"}
+PROMPT = 5.0
+FAR_TZ = {"TZ": "Pacific/Kiritimati"}  # UTC+14: local time would show up as a wrong timestamp
+
+
+def parse_utc(value: str) -> float:
+    assert ISO_UTC.match(value), f"not ISO 8601 UTC ending in Z: {value!r}"
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC).timestamp()
+
+
+def check_contract(obj: Any, before: float, after: float) -> None:
+    assert isinstance(obj, dict)
+    assert obj.keys() >= MESSAGE_FIELDS, f"missing {MESSAGE_FIELDS - obj.keys()}"
+    assert isinstance(obj["id"], str) and obj["id"]
+    assert isinstance(obj["sender"], str)
+    assert isinstance(obj["size"], int) and obj["size"] > 0
+    assert before - 1 <= parse_utc(obj["submitted_at"]) <= after + 1, obj["submitted_at"]
+    assert obj["folder"] == "outbox"
+    assert isinstance(obj["recipients"], list) and obj["recipients"]
+    for r in obj["recipients"]:
+        assert r.keys() >= RECIPIENT_FIELDS, f"missing {RECIPIENT_FIELDS - r.keys()}"
+        assert r["addrtype"] == "SMTP"
+        assert r["transport"] in (None, "smtp")  # None: not routed yet (sendmail leaves that to the daemon)
+        assert r["status"] in STATUSES
+        assert isinstance(r["attempts"], int)
+        assert r["last_reply"] is None or isinstance(r["last_reply"], str)
+        if r["next_attempt_at"] is not None:
+            parse_utc(r["next_attempt_at"])
+
+
+def test_queue_list_json_prints_one_contract_object_per_line_with_utc_times(spool: Spool, relay: Sink,
+                                                                             daemon: Daemon) -> None:
+    before = time.time()
+    spool.sendmail(tagged_message("one"), "-f", "one@example.org", "a@example.com", "b@example.net")
+    spool.sendmail(tagged_message("two"), "-f", "two@example.org", "c@example.com")
+    after = time.time()
+
+    result = spool.run("queue", "list", "--json", env=FAR_TZ)
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2, result.stdout
+    objects = [json.loads(line) for line in lines]  # each line is a whole JSON document
+    for obj in objects:
+        check_contract(obj, before, after)
+    assert [o["sender"] for o in objects] == ["one@example.org", "two@example.org"]  # submission order
+    assert [r["address"] for r in objects[0]["recipients"]] == ["a@example.com", "b@example.net"]
+    first = objects[0]["recipients"][0]
+    assert (first["status"], first["attempts"], first["last_reply"]) == ("queued", 0, None)
+    assert before - 1 <= parse_utc(first["next_attempt_at"]) <= after + 1
+
+    shown = json.loads(spool.run("queue", "show", objects[0]["id"], "--json", env=FAR_TZ).stdout)
+    check_contract(shown, before, after)
+    assert {k: shown[k] for k in MESSAGE_FIELDS} == {k: objects[0][k] for k in MESSAGE_FIELDS}
+
+    # After a failed attempt (relay down): deferred, counted, with the reply and a future retry time.
+    daemon.start()
+    message_id = objects[1]["id"]
+    spool.wait_until(lambda: spool.recipient_statuses(message_id) == ["deferred"], "a deferral")
+    shown = json.loads(spool.run("queue", "show", message_id, "--json", env=FAR_TZ).stdout)
+    check_contract(shown, before, after)
+    [r] = shown["recipients"]
+    assert r["transport"] == "smtp", r  # routed by the daemon
+    assert r["last_reply"] and r["last_reply"][0] == "4", r
+    assert parse_utc(r["next_attempt_at"]) > time.time()
+    listed = {o["id"]: o for o in spool.queue()}
+    assert listed[message_id]["recipients"] == shown["recipients"]
+
+
+# -- hold / release / delete / flush, with the daemon running and with it down --------------------
+
+MODES = ["daemon-running", "daemon-down"]
+
+
+def operator(spool: Spool, daemon: Daemon, mode: str) -> Callable[..., Any]:
+    """Run `msgspool queue ARGS`: through the running daemon, or with it stopped (then restarted)."""
+
+    def op(*args: str) -> Any:
+        if mode == "daemon-down":
+            assert daemon.stop() == 0, daemon.log_tail()
+        result = spool.run("queue", *args)
+        if mode == "daemon-down":
+            daemon.start()
+        return result
+
+    return op
+
+
+def barrier(spool: Spool, relay: Sink, tag: str) -> None:
+    """Send a control message and wait for it: the daemon is delivering, and has had its chance."""
+    n = relay.count()
+    spool.sendmail(tagged_message(tag), "-t")
+    spool.wait_for_sink(relay, n + 1, timeout=10.0)
+    time.sleep(0.5)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_held_message_is_never_sent_until_released(spool: Spool, relay: Sink, daemon: Daemon, mode: str) -> None:
+    op = operator(spool, daemon, mode)
+    daemon.start()
+    spool.sendmail(tagged_message("held"), "-t")
+    message_id = spool.only_id()
+    spool.wait_until(lambda: spool.recipient_statuses(message_id) == ["deferred"], "a deferral (relay down)")
+
+    assert op("hold", message_id).stdout == f"{message_id}: held\n"
+    info = spool.show(message_id)
+    assert info["held"] is True
+    assert [r["status"] for r in info["recipients"]] == ["held"]
+
+    relay.start()
+    assert op("flush").returncode == 0
+    assert op("flush", message_id).returncode == 0
+    barrier(spool, relay, "control")
+    assert received_tags(relay) == ["control"], daemon.log_tail()
+    assert spool.recipient_statuses(message_id) == ["held"]
+
+    assert op("release", message_id).stdout == f"{message_id}: released\n"
+    spool.wait_for_sink(relay, 2, timeout=PROMPT)
+    assert received_tags(relay) == ["control", "held"]
+    spool.wait_until(lambda: spool.queue() == [], "the released message to leave the outbox")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_deleted_message_is_gone_and_never_sent(spool: Spool, relay: Sink, daemon: Daemon, mode: str) -> None:
+    op = operator(spool, daemon, mode)
+    daemon.start()
+    spool.sendmail(tagged_message("doomed"), "-t")
+    message_id = spool.only_id()
+    spool.wait_until(lambda: spool.recipient_statuses(message_id) == ["deferred"], "a deferral (relay down)")
+
+    assert op("delete", message_id).stdout == f"{message_id}: deleted\n"
+    assert spool.queue() == []
+    gone = spool.run("queue", "show", message_id, ok=False)
+    assert gone.returncode == 1 and message_id in gone.stderr
+
+    relay.start()
+    assert op("flush").returncode == 0
+    barrier(spool, relay, "control")
+    assert received_tags(relay) == ["control"], daemon.log_tail()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_flush_of_deferred_message_makes_a_new_attempt_now(spool: Spool, relay: Sink, daemon: Daemon,
+                                                           mode: str) -> None:
+    """A message-level temporary failure (450) is retried after min_backoff (minutes); flush retries now."""
+    op = operator(spool, daemon, mode)
+    relay.start()
+    daemon.start()
+    spool.sendmail(tagged_message("busy", to="fail4xx-busy@example.com"), "-t")
+    message_id = spool.only_id()
+
+    def attempts() -> int:
+        [r] = spool.show(message_id)["recipients"]
+        return int(r["attempts"]) if r["status"] == "deferred" else -1
+
+    spool.wait_until(lambda: attempts() == 1, "the first attempt to be deferred")
+    [r] = spool.show(message_id)["recipients"]
+    assert r["last_reply"].startswith("450 4.2.1"), r
+    assert parse_utc(r["next_attempt_at"]) > time.time() + 60, "the retry is not minutes away: flush proves nothing"
+
+    assert op("flush", message_id).stdout == "1 recipients due now\n"
+    spool.wait_until(lambda: attempts() == 2, "a second attempt after `queue flush ID`", timeout=PROMPT)
+    assert op("flush").stdout == "1 recipients due now\n"
+    spool.wait_until(lambda: attempts() == 3, "a third attempt after `queue flush`", timeout=PROMPT)
+    assert relay.count() == 0

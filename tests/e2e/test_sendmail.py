@@ -1,0 +1,83 @@
+"""`msgspool sendmail` as a user runs it: with the daemon down (the spool keeps the message until the
+daemon starts) and with the daemon running (the control socket wakes it up at once). The relay is
+only on `serve`'s command line: sendmail leaves routing to the daemon."""
+
+from __future__ import annotations
+
+import time
+
+from tests.support.daemon import Daemon, Spool, received_tags, tagged_message
+from tests.support.sink import Sink
+
+PROMPT = 5.0  # "promptly": far below the scheduler's 30 s idle recheck and the 300 s first retry
+
+MESSAGE = (
+    "From: Alice <alice@example.org>\n"
+    "To: Bob <bob@example.com>\n"
+    "Cc: carol@example.net\n"
+    "Bcc: secret-dave@example.com,\n"
+    "  secret-erin@example.org\n"
+    "Subject: e2e sendmail -t\n"
+    "\n"
+    "first line\n"
+    ".\n"
+    "after a lone dot\n"
+)
+EXPECTED = ["bob@example.com", "carol@example.net", "frank@example.com", "secret-dave@example.com",
+            "secret-erin@example.org"]
+
+
+def test_sendmail_with_daemon_down_spools_then_daemon_start_delivers_promptly(spool: Spool, relay: Sink,
+                                                                               daemon: Daemon) -> None:
+    result = spool.sendmail(MESSAGE, "-t", "-i", "-f", "bounces@example.org", "frank@example.com")
+    assert result.returncode == 0
+
+    [info] = spool.queue()
+    assert info["sender"] == "bounces@example.org"
+    assert info["folder"] == "outbox"
+    assert sorted(r["address"] for r in info["recipients"]) == EXPECTED
+    assert {r["status"] for r in info["recipients"]} == {"queued"}
+    assert {r["attempts"] for r in info["recipients"]} == {0}
+
+    relay.start()
+    started = time.monotonic()
+    daemon.start()
+    arrived = spool.wait_for_sink(relay, 1, timeout=PROMPT)
+    assert arrived - started < PROMPT, daemon.log_tail()
+
+    [received] = relay.messages
+    assert received.sender == "bounces@example.org"
+    assert sorted(received.recipients) == EXPECTED  # one transaction: they share the relay
+    head, _, body = received.content.partition(b"\r\n\r\n")
+    assert b"bcc" not in head.lower() and b"secret-" not in head, head
+    assert b"\r\nSubject: e2e sendmail -t" in b"\r\n" + head
+    assert body == b"first line\r\n.\r\nafter a lone dot\r\n"  # -i: a lone dot does not end the message
+    for name in (b"Date:", b"Message-ID:"):  # completed by sendmail, as Postfix's cleanup does
+        assert name.lower() in head.lower(), head
+
+    spool.wait_until(lambda: spool.queue() == [], "the delivered message to leave the outbox")
+    assert relay.count() == 1
+
+
+def test_sendmail_without_i_stops_at_a_lone_dot(spool: Spool, relay: Sink, daemon: Daemon) -> None:
+    relay.start()
+    daemon.start()
+    spool.sendmail("Subject: dots\n\nkept\n.\nnot part of the message\n", "-f", "a@example.org", "b@example.com")
+    spool.wait_for_sink(relay, 1, timeout=PROMPT)
+    body = relay.messages[0].content.partition(b"\r\n\r\n")[2]
+    assert body == b"kept\r\n"
+
+
+def test_sendmail_while_daemon_runs_is_delivered_promptly_by_wakeup(spool: Spool, relay: Sink,
+                                                                    daemon: Daemon) -> None:
+    relay.start()
+    daemon.start()
+    time.sleep(0.5)  # let the scheduler go idle: without a wake-up it would sleep 30 s now
+    for n in (1, 2):
+        submitted = time.monotonic()
+        spool.sendmail(tagged_message(f"wake-{n}"), "-t")
+        arrived = spool.wait_for_sink(relay, n, timeout=PROMPT)
+        assert arrived - submitted < PROMPT, daemon.log_tail()
+        time.sleep(0.3)
+    assert received_tags(relay) == ["wake-1", "wake-2"]
+    assert relay.messages[0].recipients == ["rcpt@example.com"]
