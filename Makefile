@@ -22,8 +22,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests
 	$(BIN)/mypy
 
+# Side by side with Postfix (installed on first use); Postfix is stopped afterwards, since its
+# benchmark listener takes port 2525, msgspool's default.
 bench: $(STAMP)
-	$(BIN)/python ../shared/bench/relay_bench.py $(BENCH_ARGS)
+	MSGSPOOL_CMD=$(abspath $(BIN))/msgspool $(PYTHON) ../shared/bench/relay_bench.py $(BENCH_ARGS); \
+	status=$$?; postfix stop >/dev/null 2>&1; exit $$status
 
 clean:
 	rm -rf $(VENV) msgspool-data

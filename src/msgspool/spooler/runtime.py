@@ -14,7 +14,7 @@ import fcntl
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
 from importlib.metadata import entry_points
@@ -214,6 +214,11 @@ class Spooler:
                mailbox: str | None = None) -> Subscription:
         """Events as they happen: ``async for event in spooler.events(types=[EventType.NEW_MAIL])``."""
         return self.bus.subscribe(types=types, mailbox=mailbox)
+
+    def on(self, callback: Callable[[Event], object], *, types: Sequence[EventType] | None = None,
+           mailbox: str | None = None) -> Callable[[], None]:
+        """Call `callback(event)` in the event loop for each matching event; returns an unsubscribe."""
+        return self.bus.on(callback, types=types, mailbox=mailbox)
 
     def poke(self) -> None:
         """Tell whoever delivers that there is work: ourselves, or the daemon of this spool."""
