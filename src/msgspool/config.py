@@ -39,6 +39,7 @@ def _doc(default: Any, doc: str) -> Any:
 class Settings:
     data_dir: str = _doc(DEFAULT_DATA_DIR, "Spool directory: the SQLite store, the lock and control socket.")
     store: str = _doc("sqlite", "Message store: an entry point of the `msgspool.stores` group.")
+    delivery_process: bool = _doc(True, "serve delivers from a second process: intake and delivery get a core each.")
     smtp_listen: str = _doc("127.0.0.1:2525", "SMTP listener HOST:PORT; empty disables it.")
     http_listen: str = _doc("127.0.0.1:8025", "HTTP API HOST:PORT; empty disables it.")
     relay: str = _doc("", "Smarthost HOST:PORT for every non-local SMTP recipient; empty = MX lookup.")

@@ -1,16 +1,28 @@
-"""`msgspool serve`: the daemon. Takes the spool's lock, starts delivery, the SMTP listener, the HTTP
-API and the control socket, and stops them in reverse order on SIGTERM/SIGINT.
+"""`msgspool serve`: the daemon. Takes the spool's serve lock, starts delivery, the SMTP listener,
+the HTTP API and the control socket, and stops them in reverse order on SIGTERM/SIGINT.
 
-The spool's lock (see runtime.py) makes sure only one process delivers from a spool directory.
+Two processes (setting `delivery_process`, on by default), so that both cores work:
+
+    intake (this process)                      delivery (child: python -m msgspool.daemon deliver)
+    SMTP + HTTP listeners, control socket      scheduler, destinations, transports
+    commits submissions (group commit) ──────► claims due recipients from the store, settles them
+                  └──────── link (link.py): wakeups, cancel, probe, status, events ────────┘
+
+The store is the only shared state. The delivery lock (runtime.py) makes sure only one process
+delivers from a spool directory.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+import socket
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from msgspool.config import Settings
@@ -18,7 +30,8 @@ from msgspool.errors import MsgspoolError
 from msgspool.smtpd.policy import SpoolPolicy
 from msgspool.smtpd.protocol import ServerLimits, start_server
 from msgspool.spooler import control
-from msgspool.spooler.runtime import Spooler
+from msgspool.spooler.link import EventForwarder, Link, RemoteDelivery, events_of
+from msgspool.spooler.runtime import SERVE_LOCK_NAME, Spooler, take_lock
 from msgspool.transports.smtp import split_hostport
 
 log = logging.getLogger("msgspool")
@@ -44,7 +57,7 @@ async def control_handler(spooler: Spooler, request: dict[str, Any]) -> dict[str
         done = await getattr(spooler, op)(list(ids or []))
         return {"ok": True, "ids": done}
     if op == "status":
-        return {"ok": True, "status": spooler.status()}
+        return {"ok": True, "status": await spooler.status_table()}
     return {"ok": False, "error": f"unknown op {op!r}"}
 
 
@@ -61,6 +74,14 @@ async def start_smtp(spooler: Spooler, settings: Settings) -> asyncio.AbstractSe
 
 
 async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
+    lock = await take_lock(settings.spool_path, SERVE_LOCK_NAME)
+    try:
+        await _serve(settings, ready)
+    finally:
+        lock.close()
+
+
+async def _serve(settings: Settings, ready: asyncio.Event | None) -> None:
     spooler = Spooler(settings)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -69,8 +90,14 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
     servers: list[Any] = []
     runner = None
     control_server = None
+    delivery: DeliveryProcess | None = None
     try:
-        await spooler.start(deliver=True)
+        if settings.delivery_process:
+            await spooler.start(deliver=False, route=True)
+            delivery = DeliveryProcess(settings, spooler)
+            await delivery.start()
+        else:
+            await spooler.start(deliver=True)
         control_server = await _listen("the control socket", control.socket_path(settings.spool_path),
                                        control.serve(settings.spool_path, lambda r: control_handler(spooler, r)))
         servers.append(control_server)
@@ -93,12 +120,138 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
             server.close()
         if runner is not None:
             await runner.cleanup()
+        if delivery is not None:
+            await delivery.stop()
         await spooler.stop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         if control_server is not None:  # never another daemon's: a second `serve` fails on the lock
             with contextlib.suppress(FileNotFoundError):
                 control.socket_path(settings.spool_path).unlink()
+
+
+class DeliveryProcess:
+    """The delivery half of the daemon, a child process on the other end of a `Link` (link.py).
+    Started with the daemon's settings; restarted after a pause if it dies (Postfix's master
+    restarts qmgr the same way); told to stop by closing the link. It exits by itself when the
+    link closes, so a killed daemon leaves no deliverer behind for long."""
+
+    RESTART_DELAY = 1.0
+
+    def __init__(self, settings: Settings, spooler: Spooler) -> None:
+        self.settings, self.spooler = settings, spooler
+        self.process: asyncio.subprocess.Process | None = None
+        self.link: Link | None = None
+        self._stopping = False
+        self._supervisor: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self._spawn()
+        self._supervisor = asyncio.create_task(self._supervise())
+
+    async def _spawn(self) -> None:
+        ours, theirs = socket.socketpair()
+        config = {"settings": dataclasses.asdict(self.settings), "log_level": logging.getLogger("msgspool").level,
+                  "delivery_log_level": logging.getLogger("msgspool.delivery").level}
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "msgspool.daemon", "deliver", str(theirs.fileno()),
+            stdin=asyncio.subprocess.PIPE, pass_fds=(theirs.fileno(),))
+        theirs.close()
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps(config).encode())
+        self.process.stdin.close()
+        self.link = await Link.over(ours, self._handle)
+        remote = RemoteDelivery(self.link)
+        self.spooler.remote = remote
+        self.spooler.bus.on_listeners = remote.want_events
+        if self.spooler.bus.listened:
+            remote.want_events(True)
+        remote.wakeup()  # whatever was committed while no deliverer ran
+        log.info("delivery process %d started", self.process.pid)
+
+    async def _handle(self, message: dict[str, Any]) -> dict[str, Any] | None:
+        self.spooler.publish(events_of(message))
+        return None
+
+    async def _supervise(self) -> None:
+        while True:
+            assert self.link is not None and self.process is not None
+            await self.link.run()
+            code = await self.process.wait()
+            if self._stopping:
+                return
+            log.error("delivery process %d exited with %s; restarting in %.0f s", self.process.pid, code,
+                      self.RESTART_DELAY)
+            self.spooler.remote = None
+            await asyncio.sleep(self.RESTART_DELAY)
+            await self._spawn()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self.link is not None:
+            self.link.close()
+        if self.process is not None:
+            try:
+                await asyncio.wait_for(self.process.wait(), 15)
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+        self.spooler.remote = None
+
+
+async def deliver(fd: int, config: dict[str, Any]) -> None:
+    """The delivery process: run the scheduler until the link to the intake process closes."""
+    settings = Settings(**config["settings"])
+    spooler = Spooler(settings)
+    # The old deliverer of a daemon killed a moment ago may still hold the lock until it notices.
+    await spooler.start(deliver=True, lock_timeout=30.0)
+    forwarder: EventForwarder | None = None
+    unsubscribe: Callable[[], None] | None = None
+
+    async def handle(message: dict[str, Any]) -> dict[str, Any] | None:
+        nonlocal forwarder, unsubscribe
+        op = message.get("op")
+        if op == "wakeup":
+            spooler.poke()
+        elif op == "cancel":
+            spooler.scheduler.cancel(message.get("ids") or [])
+        elif op == "probe":
+            for dest in spooler.scheduler.destinations.values():
+                if dest.health.down:
+                    dest.probe_now()
+        elif op == "events":
+            if message.get("on") and unsubscribe is None:
+                forwarder = EventForwarder(link)
+                unsubscribe = spooler.on(forwarder)
+            elif not message.get("on") and unsubscribe is not None:
+                unsubscribe()
+                unsubscribe = None
+        elif op == "status":
+            return spooler.status()
+        return None
+
+    link = await Link.over(socket.socket(fileno=fd), handle)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, link.close)
+    try:
+        await link.run()
+    finally:
+        await spooler.stop()
+
+
+def deliver_main(argv: list[str]) -> int:
+    config = json.load(sys.stdin)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s msgspool[%(process)d]: %(message)s",
+                        stream=sys.stderr)
+    logging.getLogger("msgspool").setLevel(config.get("log_level") or logging.INFO)
+    logging.getLogger("msgspool.delivery").setLevel(config.get("delivery_log_level") or logging.NOTSET)
+    _run_loop(deliver(int(argv[0]), config))
+    return 0
 
 
 def _version() -> str:
@@ -111,7 +264,12 @@ def _version() -> str:
 
 
 def run(settings: Settings) -> None:
-    """Run the daemon until SIGTERM/SIGINT; on uvloop when it is installed (measured faster)."""
+    """Run the daemon until SIGTERM/SIGINT."""
+    _run_loop(serve(settings))
+
+
+def _run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """On uvloop when it is installed (measured faster)."""
     factory: Callable[[], asyncio.AbstractEventLoop]
     try:
         import uvloop
@@ -120,4 +278,8 @@ def run(settings: Settings) -> None:
     except ImportError:
         factory = asyncio.new_event_loop
     with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(serve(settings))
+        runner.run(main)
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["deliver"]:
+    sys.exit(deliver_main(sys.argv[2:]))

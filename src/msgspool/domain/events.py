@@ -47,3 +47,15 @@ class Event:
             out["folder"] = self.folder
         out.update(self.detail)
         return out
+
+
+def event_to_wire(event: Event) -> dict[str, Any]:
+    """Lossless plain form, for passing events between processes."""
+    return {"type": str(event.type), "message_id": event.message_id, "time": event.time,
+            "recipient": event.recipient, "mailbox": event.mailbox, "folder": event.folder,
+            "detail": event.detail, "id": event.id}
+
+
+def event_from_wire(data: dict[str, Any]) -> Event:
+    return Event(EventType(data["type"]), data["message_id"], data["time"], recipient=data["recipient"],
+                 mailbox=data["mailbox"], folder=data["folder"], detail=data["detail"], id=data["id"])

@@ -54,7 +54,7 @@ class Subscription:
 
     async def aclose(self) -> None:
         self.closed = True
-        self._bus._subscriptions.discard(self)
+        self._bus._remove(self)
 
     def offer(self, event: Event) -> None:
         if self.overflowed or not self.filter.matches(event):
@@ -70,19 +70,46 @@ class EventBus:
     def __init__(self) -> None:
         self._callbacks: list[tuple[EventFilter, Callable[[Event], object]]] = []
         self._subscriptions: set[Subscription] = set()
+        # Told when the bus gains its first listener or loses its last: the daemon's intake process
+        # asks its delivery process for events only while someone listens.
+        self.on_listeners: Callable[[bool], None] | None = None
+
+    @property
+    def listened(self) -> bool:
+        return bool(self._callbacks or self._subscriptions)
 
     def on(self, callback: Callable[[Event], object], *, types: Iterable[EventType] | None = None,
            mailbox: str | None = None) -> Callable[[], None]:
         """Call `callback(event)` for matching events; returns an unsubscribe function."""
         entry = (EventFilter(frozenset(types) if types else None, mailbox), callback)
+        was = self.listened
         self._callbacks.append(entry)
-        return lambda: self._callbacks.remove(entry) if entry in self._callbacks else None
+        self._changed(was)
+
+        def unsubscribe() -> None:
+            if entry in self._callbacks:
+                was = self.listened
+                self._callbacks.remove(entry)
+                self._changed(was)
+
+        return unsubscribe
 
     def subscribe(self, *, types: Iterable[EventType] | None = None, mailbox: str | None = None,
                   maxsize: int = 10000) -> Subscription:
         sub = Subscription(self, EventFilter(frozenset(types) if types else None, mailbox), maxsize)
+        was = self.listened
         self._subscriptions.add(sub)
+        self._changed(was)
         return sub
+
+    def _remove(self, sub: Subscription) -> None:
+        was = self.listened
+        self._subscriptions.discard(sub)
+        self._changed(was)
+
+    def _changed(self, was: bool) -> None:
+        if self.on_listeners is not None and was != self.listened:
+            self.on_listeners(self.listened)
 
     def publish(self, events: Iterable[Event]) -> None:
         for event in events:

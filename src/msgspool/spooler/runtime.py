@@ -35,11 +35,14 @@ from msgspool.spooler import control
 from msgspool.spooler.destinations import DestinationLimits
 from msgspool.spooler.events import EventBus, Subscription
 from msgspool.spooler.intake import Intake, Submission, due_now, mark_active
+from msgspool.spooler.link import RemoteDelivery
 from msgspool.spooler.scheduler import Scheduler
 from msgspool.views import message_json
 
 log = logging.getLogger("msgspool")
 LOCK_NAME = "msgspool.lock"
+SERVE_LOCK_NAME = "serve.lock"
+LOCK_ROLES = {LOCK_NAME: "delivering from", SERVE_LOCK_NAME: "serving"}
 SENT_RETENTION = 7 * 86400.0
 EVENT_RETENTION = 86400.0
 HOUSEKEEPING_INTERVAL = 300.0
@@ -78,16 +81,22 @@ def build_router(settings: Settings, transports: dict[str, Transport]) -> Router
     return Router(settings.local_domains, routes)
 
 
-def take_lock(data_dir: Path) -> IO[str]:
-    """One delivering process per spool directory (an exclusive lock on `msgspool.lock`): two would
-    each take the other's active recipients for orphans of a crash."""
+async def take_lock(data_dir: Path, name: str, timeout: float = 0.0) -> IO[str]:
+    """An exclusive lock on `name` in the data directory, waiting up to `timeout` seconds. One
+    delivering process per spool (`msgspool.lock`): two would each take the other's active
+    recipients for orphans of a crash. One `serve` per spool (`serve.lock`)."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    handle = (data_dir / LOCK_NAME).open("a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as err:
-        handle.close()
-        raise SpoolError(f"another msgspool process is delivering from {data_dir}") from err
+    handle = (data_dir / name).open("a+")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except OSError as err:
+            if time.monotonic() >= deadline:
+                handle.close()
+                raise SpoolError(f"another msgspool process is {LOCK_ROLES.get(name, 'using')} {data_dir}") from err
+            await asyncio.sleep(0.05)
     handle.seek(0)
     handle.truncate()
     handle.write(f"{os.getpid()}\n")
@@ -112,13 +121,19 @@ class Spooler:
                                      settings.connection_idle_time, settings.connection_reuse_limit),
             active_limit=settings.active_limit)
         self.delivering = False
+        self.routing = False
+        self.remote: RemoteDelivery | None = None  # set in the daemon's intake process
         self.started_at: float | None = None
         self._housekeeping: asyncio.Task[None] | None = None
         self._lock: IO[str] | None = None
 
-    async def start(self, *, deliver: bool = True) -> None:
+    async def start(self, *, deliver: bool = True, route: bool | None = None, lock_timeout: float = 0.0) -> None:
+        """Open the store and, with `deliver`, run delivery here. `route` (default: `deliver`) routes
+        recipients at submission: right for a process that runs with the delivering daemon's own
+        settings, wrong for `sendmail` or an API client, whose settings may differ."""
         if deliver:
-            self._lock = take_lock(self.settings.spool_path)
+            self._lock = await take_lock(self.settings.spool_path, LOCK_NAME, lock_timeout)
+        self.routing = deliver if route is None else route
         await self.store.open()
         self.started_at = time.time()
         if deliver:
@@ -151,7 +166,7 @@ class Spooler:
 
     async def submit(self, sub: Submission) -> str:
         """Commit a message durably and return its queue id (raises SubmitError)."""
-        message, copies = self.intake.build(sub, route=self.delivering)
+        message, copies = self.intake.build(sub, route=self.routing)
         due = due_now(message)
         reserved = self.delivering and due > 0 and self.scheduler.reserve(due)
         if reserved:
@@ -224,8 +239,24 @@ class Spooler:
         """Tell whoever delivers that there is work: ourselves, or the daemon of this spool."""
         if self.delivering:
             self.scheduler.wakeup()
+        elif self.remote is not None:
+            self.remote.wakeup()
         else:
             control.notify(self.settings.spool_path, {"op": "wakeup"})
+
+    def _cancel(self, ids: Sequence[str]) -> None:
+        if self.delivering:
+            self.scheduler.cancel(ids)
+        elif self.remote is not None:
+            self.remote.cancel(ids)
+
+    def _probe_down_destinations(self) -> None:
+        if self.delivering:
+            for dest in self.scheduler.destinations.values():
+                if dest.health.down:
+                    dest.probe_now()
+        elif self.remote is not None:
+            self.remote.probe()
 
     # -- operations (MAPI FlushQueues, AbortSubmit; Postfix postqueue/postsuper) --------------
 
@@ -233,16 +264,14 @@ class Spooler:
         if ids:
             await self._require(ids)
         count = await self.store.flush(ids, time.time())
-        for dest in self.scheduler.destinations.values():
-            if dest.health.down:
-                dest.probe_now()
+        self._probe_down_destinations()
         self.poke()
         return count
 
     async def hold(self, ids: Sequence[str]) -> list[str]:
         await self._require(ids)
         found = await self.store.hold(ids, time.time())
-        self.scheduler.cancel(found)
+        self._cancel(found)
         return found
 
     async def release(self, ids: Sequence[str]) -> list[str]:
@@ -254,7 +283,7 @@ class Spooler:
     async def delete(self, ids: Sequence[str]) -> list[str]:
         await self._require(ids)
         found = await self.store.delete(ids)
-        self.scheduler.cancel(found)
+        self._cancel(found)
         return found
 
     async def _require(self, ids: Sequence[str]) -> None:
@@ -266,7 +295,7 @@ class Spooler:
         """The status table: the spooler's row and one per transport with its destinations."""
         rows: list[dict[str, Any]] = [{
             "name": "spooler", "kind": "spooler", "status": "online" if self.delivering else "offline",
-            "started_at": self.started_at, "active": self.scheduler.active,
+            "pid": os.getpid(), "started_at": self.started_at, "active": self.scheduler.active,
             "commits": self.store.commit_stats[0], "committed_writes": self.store.commit_stats[1]}]
         for transport in self.transports.values():
             dests = [d for d in self.scheduler.destinations.values() if d.transport is transport]
@@ -280,6 +309,22 @@ class Spooler:
                     "last_error": d.health.last_reply.line() if d.health.down and d.health.last_reply else None,
                 } for d in dests]})
         return {"spooler": rows[0], "transports": rows[1:]}
+
+    async def status_table(self) -> dict[str, Any]:
+        """`status()`, completed by the delivery process's part when delivery runs in another one."""
+        table = self.status()
+        if self.remote is None:
+            return table
+        try:
+            remote = await self.remote.status()
+        except (ConnectionError, TimeoutError):
+            table["spooler"]["status"] = "failure"
+            table["spooler"]["delivery"] = "not answering"
+            return table
+        table["spooler"].update(status=remote["spooler"]["status"], active=remote["spooler"]["active"],
+                                delivery={k: remote["spooler"][k] for k in ("pid", "commits", "committed_writes")})
+        table["transports"] = remote["transports"]
+        return table
 
     async def _housekeeping_loop(self) -> None:
         while True:

@@ -52,7 +52,7 @@ async def problems(request: web.Request,
 
 async def status(request: web.Request) -> web.Response:
     spooler = request.app[SPOOLER]
-    body = spooler.status()
+    body = await spooler.status_table()
     body["queue"] = await spooler.store.counts()
     return web.json_response(body)
 

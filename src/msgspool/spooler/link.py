@@ -1,0 +1,135 @@
+"""The link between the daemon's two processes, so that a 2-core machine uses both cores.
+
+`msgspool serve` runs intake (SMTP and HTTP listeners, the control socket, the commits that
+acknowledge messages) in one process and delivery (scheduler, destinations, transports) in a
+second one. The store is the only shared state: intake commits a message, delivery claims it from
+the store. The link carries only hints and questions, as JSON lines over a socketpair:
+
+    intake -> delivery   {"op": "wakeup"}                      new work was committed
+                         {"op": "cancel", "ids": [...]}         held or deleted: drop queued jobs
+                         {"op": "probe"}                        flush: probe down destinations now
+                         {"op": "events", "on": true|false}     someone listens: forward events
+                         {"op": "status", "req": N}             -> {"reply": N, "body": {...}}
+    delivery -> intake   {"events": [...]}                      settled outcomes, for subscribers
+
+Postfix's master/qmgr wakeup FIFO plays the same part. A lost hint costs latency, never mail:
+delivery also finds its work by scanning the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from msgspool.domain.events import Event, event_from_wire, event_to_wire
+
+log = logging.getLogger("msgspool.link")
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any] | None]]
+LINE_LIMIT = 64 * 1024 * 1024
+
+
+class Link:
+    """One end of the link: `send` a message, `request` an answer, `run` to handle what comes in."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, handler: Handler) -> None:
+        self.reader, self.writer, self.handler = reader, writer, handler
+        self._requests: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._next = 0
+
+    @classmethod
+    async def over(cls, sock: Any, handler: Handler) -> Link:
+        reader, writer = await asyncio.open_unix_connection(sock=sock, limit=LINE_LIMIT)
+        return cls(reader, writer, handler)
+
+    def send(self, message: dict[str, Any]) -> None:
+        if not self.writer.is_closing():
+            self.writer.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+
+    async def request(self, message: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+        self._next += 1
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._requests[self._next] = future
+        self.send({**message, "req": self._next})
+        try:
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            self._requests.pop(self._next, None)
+
+    async def run(self) -> None:
+        """Handle incoming messages until the other end goes away."""
+        try:
+            while line := await self.reader.readline():
+                message = json.loads(line)
+                if "reply" in message:
+                    future = self._requests.get(message["reply"])
+                    if future is not None and not future.done():
+                        future.set_result(message["body"])
+                    continue
+                answer = await self.handler(message)
+                if "req" in message:
+                    self.send({"reply": message["req"], "body": answer or {}})
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            for future in self._requests.values():
+                if not future.done():
+                    future.set_exception(ConnectionError("link closed"))
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.writer.close()
+
+
+class RemoteDelivery:
+    """The intake side's view of the delivery process: hints out, status and events in."""
+
+    def __init__(self, link: Link) -> None:
+        self.link = link
+        self._wakeup_pending = False
+
+    def wakeup(self) -> None:
+        """Coalesced: one wakeup per turn of the event loop, however many commits it saw."""
+        if not self._wakeup_pending:
+            self._wakeup_pending = True
+            asyncio.get_running_loop().call_soon(self._send_wakeup)
+
+    def _send_wakeup(self) -> None:
+        self._wakeup_pending = False
+        self.link.send({"op": "wakeup"})
+
+    def cancel(self, ids: Sequence[str]) -> None:
+        self.link.send({"op": "cancel", "ids": list(ids)})
+
+    def probe(self) -> None:
+        self.link.send({"op": "probe"})
+
+    def want_events(self, on: bool) -> None:
+        self.link.send({"op": "events", "on": on})
+
+    async def status(self) -> dict[str, Any]:
+        return await self.link.request({"op": "status"})
+
+
+class EventForwarder:
+    """The delivery side: while intake wants events, batch them per loop turn onto the link."""
+
+    def __init__(self, link: Link) -> None:
+        self.link = link
+        self._batch: list[Event] = []
+
+    def __call__(self, event: Event) -> None:
+        if not self._batch:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._batch.append(event)
+
+    def _flush(self) -> None:
+        batch, self._batch = self._batch, []
+        self.link.send({"events": [event_to_wire(e) for e in batch]})
+
+
+def events_of(message: dict[str, Any]) -> list[Event]:
+    return [event_from_wire(e) for e in message.get("events", ())]
