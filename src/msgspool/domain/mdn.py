@@ -23,9 +23,10 @@ one (a message marked read, or deleted unread, through the API) is the spooler's
 from __future__ import annotations
 
 from dataclasses import dataclass
-from email.header import Header
+from email.errors import HeaderParseError
+from email.header import Header, decode_header, make_header
 from email.message import Message
-from email.parser import BytesHeaderParser
+from email.parser import HeaderParser
 from email.policy import compat32
 from email.utils import getaddresses, make_msgid, parseaddr
 from enum import StrEnum
@@ -84,13 +85,22 @@ class MDNRequest:
 
 def mdn_request(content: bytes) -> MDNRequest | None:
     """The MDN request in a message's header section; None when it asks for none (or is an MDN)."""
-    headers = BytesHeaderParser(policy=compat32).parsebytes(header_block(canonical(content)))
+    text = header_block(canonical(content)).decode("utf-8", "replace")  # RFC 6532 headers are UTF-8
+    headers = HeaderParser(policy=compat32).parsestr(text)
     notify_to = tuple(a for _n, a in getaddresses(_all(headers, "disposition-notification-to")) if a)
     if not notify_to or _is_mdn(headers):
         return None
     return MDNRequest(notify_to, _return_path(headers), _first(headers, "original-recipient"),
-                      _first(headers, "message-id"), _first(headers, "subject") or "",
+                      _first(headers, "message-id"), _decoded(_first(headers, "subject") or ""),
                       _unknown_required(_all(headers, "disposition-notification-options")))
+
+
+def _decoded(value: str) -> str:
+    """An unstructured value with its RFC 2047 encoded-words decoded (left as is when malformed)."""
+    try:
+        return clean_field(str(make_header(decode_header(value))))
+    except (HeaderParseError, LookupError, UnicodeError):
+        return value
 
 
 def _all(headers: Message, name: str) -> list[str]:
@@ -109,8 +119,8 @@ def _return_path(headers: Message) -> str | None:
 
 
 def _is_mdn(headers: Message) -> bool:
-    content_type = str(headers.get("content-type", "")).lower().replace(" ", "")
-    return "report-type=disposition-notification" in content_type or "report-type=\"disposition-notification\"" in content_type
+    content_type = str(headers.get("content-type", "")).lower().replace(" ", "").replace('"', "")
+    return "report-type=disposition-notification" in content_type
 
 
 def _unknown_required(options: list[str]) -> bool:

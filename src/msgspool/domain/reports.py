@@ -9,7 +9,7 @@ which events are reported at all is `dsn.report_action`'s decision. Pure: plain 
 * RFC 3464 message/delivery-status: per-message fields (§2.2: Reporting-MTA, Original-Envelope-Id,
   Arrival-Date) and one block per recipient (§2.3: Original-Recipient, Final-Recipient, Action,
   Status, Remote-MTA, Diagnostic-Code, Last-Attempt-Date, Will-Retry-Until).
-* RFC 6533 §4-§6: when an address is not ASCII the status part is message/global-delivery-status
+* RFC 6533 §3-§4: when an address is not ASCII the status part is message/global-delivery-status
   with ``utf-8`` address types; a returned message whose header section is not ASCII travels as
   message/global or message/global-headers.
 * Returned content (RFC 3461 §4.3): the whole message for a failure unless RET=HDRS, and for other
@@ -28,6 +28,7 @@ import secrets
 import textwrap
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from email import quoprimime
 from email.utils import make_msgid
 from enum import StrEnum
 
@@ -189,18 +190,22 @@ class ReportPart:
     content_type: str
     description: str
     body: bytes
+    transfer_encoding: str | None = None  # None: 7bit, or 8bit when the body is not ASCII
 
     def header_lines(self) -> list[str]:
         lines = [f"Content-Description: {self.description}", f"Content-Type: {self.content_type}"]
-        return lines if self.body.isascii() else [*lines, "Content-Transfer-Encoding: 8bit"]
+        encoding = self.transfer_encoding or (None if self.body.isascii() else "8bit")
+        return [*lines, f"Content-Transfer-Encoding: {encoding}"] if encoding else lines
 
 
 def multipart_report(headers: Sequence[str], report_type: str, parts: Sequence[ReportPart]) -> bytes:
     """An RFC 6522 multipart/report message: ``headers`` (without MIME fields) then ``parts``,
     with a boundary that occurs in none of them. CRLF line ends throughout."""
     boundary = _boundary(b"".join(part.body for part in parts))
+    eight_bit = not all(part.body.isascii() for part in parts)  # RFC 2045 §6.4: say so at the top too
     mime = ["MIME-Version: 1.0",
-            f'Content-Type: multipart/report; report-type={report_type};\r\n\tboundary="{boundary}"']
+            f'Content-Type: multipart/report; report-type={report_type};\r\n\tboundary="{boundary}"',
+            f"Content-Transfer-Encoding: {'8bit' if eight_bit else '7bit'}"]
     chunks = [_lines([*headers, *mime]), b"\r\nThis is a MIME-encapsulated message.\r\n"]
     for part in parts:
         chunks += [f"\r\n--{boundary}\r\n".encode(), _lines(part.header_lines()), b"\r\n", part.body]
@@ -254,10 +259,14 @@ def _text_part(report: DeliveryReport, notes: list[str]) -> ReportPart:
 
 
 def text_part(lines: Sequence[str], description: str) -> ReportPart:
-    """The human-readable first part: us-ascii when it can be, UTF-8 (8-bit) otherwise."""
-    body = "".join(f"{line}\r\n" for line in lines).encode("utf-8")
-    charset = "us-ascii" if body.isascii() else "utf-8"
-    return ReportPart(f"text/plain; charset={charset}", description, body)
+    """The human-readable first part: us-ascii when it can be, else UTF-8 in quoted-printable, so
+    the text alone never makes a report 8-bit."""
+    text = "".join(f"{line}\r\n" for line in lines)
+    if text.isascii():
+        return ReportPart("text/plain; charset=us-ascii", description, text.encode("ascii"))
+    octets = text.encode("utf-8").decode("latin-1")  # quoprimime encodes one character per octet
+    body = quoprimime.body_encode(octets, eol="\r\n").encode("ascii")
+    return ReportPart("text/plain; charset=utf-8", description, body, "quoted-printable")
 
 
 def _wrap(line: str) -> str:
