@@ -219,9 +219,10 @@ class Destination:
     async def _probe_loop(self) -> None:
         while self.health.down:
             delay = max(0.0, (self.health.probe_at or self.clock()) - self.clock())
+            if not self._probe_wakeup.is_set():  # set by probe_now, perhaps during the last probe
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._probe_wakeup.wait(), delay)
             self._probe_wakeup.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._probe_wakeup.wait(), delay)
             try:
                 conn = await self.transport.connect(self.nexthop)
             except DestinationUnavailable as err:
