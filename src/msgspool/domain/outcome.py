@@ -12,6 +12,7 @@ that status, logs and reports speak one language.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from enum import Enum
@@ -73,6 +74,9 @@ class Reply:
 
     def wire(self) -> bytes:
         """The reply as it goes on the wire; a multi-line text becomes a multi-line reply."""
+        return _wire(self)
+
+    def _format(self) -> bytes:
         lines = self.text.split("\n") if self.text else [""]
         prefix = f"{self.enhanced} " if self.enhanced else ""
         out = []
@@ -91,6 +95,12 @@ class Reply:
 
     def __str__(self) -> str:
         return self.line()
+
+
+@functools.lru_cache(maxsize=4096)
+def _wire(reply: Reply) -> bytes:
+    """Cached: the listener sends the same few replies over and over."""
+    return reply._format()
 
 
 # Replies msgspool gives on its own account (RFC 3463 codes).
