@@ -30,7 +30,7 @@ from msgspool.errors import MsgspoolError
 from msgspool.smtpd.policy import SpoolPolicy
 from msgspool.smtpd.protocol import ServerLimits, start_server
 from msgspool.spooler import control
-from msgspool.spooler.link import EventForwarder, Link, RemoteDelivery, events_of
+from msgspool.spooler.link import EventForwarder, Link, RemoteDelivery, events_of, message_from_wire
 from msgspool.spooler.runtime import SERVE_LOCK_NAME, Spooler, take_lock
 from msgspool.transports.smtp import split_hostport
 
@@ -161,7 +161,7 @@ class DeliveryProcess:
         self.process.stdin.write(json.dumps(config).encode())
         self.process.stdin.close()
         self.link = await Link.over(ours, self._handle)
-        remote = RemoteDelivery(self.link)
+        remote = RemoteDelivery(self.link, window=self.settings.active_limit // 2)
         self.spooler.remote = remote
         self.spooler.bus.on_listeners = remote.want_events
         if self.spooler.bus.listened:
@@ -170,6 +170,8 @@ class DeliveryProcess:
         log.info("delivery process %d started", self.process.pid)
 
     async def _handle(self, message: dict[str, Any]) -> dict[str, Any] | None:
+        if self.spooler.remote is not None:
+            self.spooler.remote.reported(message)
         self.spooler.publish(events_of(message))
         return None
 
@@ -215,7 +217,9 @@ async def deliver(fd: int, config: dict[str, Any]) -> None:
     async def handle(message: dict[str, Any]) -> dict[str, Any] | None:
         nonlocal forwarder, unsubscribe
         op = message.get("op")
-        if op == "wakeup":
+        if op == "dispatch":
+            spooler.scheduler.adopt(message_from_wire(message["message"]))
+        elif op == "wakeup":
             spooler.poke()
         elif op == "cancel":
             spooler.scheduler.cancel(message.get("ids") or [])
@@ -235,6 +239,7 @@ async def deliver(fd: int, config: dict[str, Any]) -> None:
         return None
 
     link = await Link.over(socket.socket(fileno=fd), handle)
+    spooler.scheduler.on_settled = lambda active: link.send({"active": active})
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, link.close)

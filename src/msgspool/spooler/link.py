@@ -5,12 +5,18 @@ acknowledge messages) in one process and delivery (scheduler, destinations, tran
 second one. The store is the only shared state: intake commits a message, delivery claims it from
 the store. The link carries only hints and questions, as JSON lines over a socketpair:
 
-    intake -> delivery   {"op": "wakeup"}                      new work was committed
+    intake -> delivery   {"op": "dispatch", "message": {...}}  a message just committed with its due
+                                                                recipients already `active`: deliver
+                                                                it without reading it back
+                         {"op": "wakeup"}                      new work was committed
                          {"op": "cancel", "ids": [...]}         held or deleted: drop queued jobs
                          {"op": "probe"}                        flush: probe down destinations now
                          {"op": "events", "on": true|false}     someone listens: forward events
                          {"op": "status", "req": N}             -> {"reply": N, "body": {...}}
     delivery -> intake   {"events": [...]}                      settled outcomes, for subscribers
+                         {"active": N}                          recipients in its window, after
+                                                                each settlement: the credit for
+                                                                dispatch hand-overs
 
 Postfix's master/qmgr wakeup FIFO plays the same part. A lost hint costs latency, never mail:
 delivery also finds its work by scanning the store.
@@ -19,6 +25,7 @@ delivery also finds its work by scanning the store.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -26,6 +33,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from msgspool.domain.events import Event, event_from_wire, event_to_wire
+from msgspool.domain.message import Message, Recipient
+from msgspool.domain.recipient import RecipientType, Status
 
 log = logging.getLogger("msgspool.link")
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any] | None]]
@@ -87,9 +96,24 @@ class Link:
 class RemoteDelivery:
     """The intake side's view of the delivery process: hints out, status and events in."""
 
-    def __init__(self, link: Link) -> None:
+    def __init__(self, link: Link, window: int) -> None:
         self.link = link
+        self.window = window
+        self.active = 0  # the delivery process's window, as last reported, plus what went since
         self._wakeup_pending = False
+
+    def room(self, count: int) -> bool:
+        """May `count` more recipients be handed over? Keeps the delivery process's memory bounded:
+        beyond its window, work waits in the store and is claimed from there."""
+        return self.active + count <= self.window
+
+    def dispatch(self, message: Message, count: int) -> None:
+        self.active += count
+        self.link.send({"op": "dispatch", "message": message_to_wire(message)})
+
+    def reported(self, message: dict[str, Any]) -> None:
+        if "active" in message:
+            self.active = int(message["active"])
 
     def wakeup(self) -> None:
         """Coalesced: one wakeup per turn of the event loop, however many commits it saw."""
@@ -133,3 +157,20 @@ class EventForwarder:
 
 def events_of(message: dict[str, Any]) -> list[Event]:
     return [event_from_wire(e) for e in message.get("events", ())]
+
+
+def message_to_wire(message: Message) -> dict[str, Any]:
+    """What delivery needs of a message (not its folder or mailbox), in JSON's terms."""
+    return {"id": message.id, "sender": message.sender, "content": base64.b64encode(message.content).decode(),
+            "submitted_at": message.submitted_at, "priority": message.priority, "expires_at": message.expires_at,
+            "recipients": [[r.index, r.address, r.addrtype, str(r.type), r.transport, r.nexthop, r.attempts]
+                           for r in message.recipients if r.status is Status.ACTIVE]}
+
+
+def message_from_wire(data: dict[str, Any]) -> Message:
+    recipients = [Recipient(address=address, addrtype=addrtype, type=RecipientType(rtype), transport=transport,
+                            nexthop=nexthop, status=Status.ACTIVE, attempts=attempts, index=index)
+                  for index, address, addrtype, rtype, transport, nexthop, attempts in data["recipients"]]
+    return Message(id=data["id"], sender=data["sender"], content=base64.b64decode(data["content"]),
+                   recipients=recipients, submitted_at=data["submitted_at"], priority=data["priority"],
+                   expires_at=data["expires_at"])

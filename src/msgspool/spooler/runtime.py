@@ -165,24 +165,35 @@ class Spooler:
     # -- submission -------------------------------------------------------------------------
 
     async def submit(self, sub: Submission) -> str:
-        """Commit a message durably and return its queue id (raises SubmitError)."""
+        """Commit a message durably and return its queue id (raises SubmitError).
+
+        Recipients due now are committed as `active` and handed straight to delivery — the
+        scheduler here, or the delivery process over the link — so the fresh message is never read
+        back from the store; should delivery die first, recovery makes them due again."""
         message, copies = self.intake.build(sub, route=self.routing)
         due = due_now(message)
-        reserved = self.delivering and due > 0 and self.scheduler.reserve(due)
-        if reserved:
+        handed = due > 0 and self._reserve(due)
+        if handed:
             mark_active(message)
         try:
             events = await self.store.submit(message, copies)
         except BaseException:
-            if reserved:
+            if handed and self.delivering:
                 self.scheduler.unreserve(due)
             raise
         self.bus.publish(events)
-        if reserved:
+        if handed and self.delivering:
             self.scheduler.dispatch(message)
+        elif handed and self.remote is not None:
+            self.remote.dispatch(message, due)
         elif any(r.status.pending for r in message.recipients):
             self.poke()
         return message.id
+
+    def _reserve(self, count: int) -> bool:
+        if self.delivering:
+            return self.scheduler.reserve(count)
+        return self.remote is not None and self.remote.room(count)
 
     async def send(self, message: EmailMessage | bytes, *, sender: str | None = None,
                    recipients: Sequence[str] | None = None, mailbox: str = "", priority: int = NORMAL,

@@ -42,6 +42,7 @@ class Scheduler:
         self.retry, self.probe, self.limits = retry, probe, limits
         self.active_limit, self.clock = active_limit, clock
         self.active = 0  # recipients in memory: dispatched and not yet settled
+        self.on_settled: Callable[[int], None] | None = None  # told the window after each settlement
         self.destinations: dict[str, Destination] = {}
         self._wakeup = asyncio.Event()
         self._pending: list[Settlement] = []
@@ -84,6 +85,11 @@ class Scheduler:
 
     def unreserve(self, count: int) -> None:
         self.active -= count
+
+    def adopt(self, message: Message) -> None:
+        """A message committed by another process with its due recipients `active` (link.py)."""
+        self.active += len(message.recipients)
+        self.dispatch(message)
 
     def wakeup(self) -> None:
         self._wakeup.set()
@@ -157,6 +163,8 @@ class Scheduler:
                 self._starved = False
                 self._wakeup.set()
         self.publish(events)
+        if self.on_settled is not None:
+            self.on_settled(self.active)
 
     async def _destination_up(self, dest: Destination) -> None:
         released = await self.store.release_destination(dest.transport.name, dest.nexthop, self.clock())
