@@ -22,10 +22,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests
 	$(BIN)/mypy
 
-# Side by side with Postfix (installed on first use); Postfix is stopped afterwards, since its
-# benchmark listener takes port 2525, msgspool's default.
+# Issue 5's table (bench/, which runs ../shared/bench/relay_bench.py for the ratio rows; Postfix is
+# installed on first use). Postfix is stopped afterwards, since its benchmark listener takes port
+# 2525, msgspool's default. BENCH_ARGS: --quick, --only ROW, --no-postfix, --json FILE (python -m bench -h).
 bench: $(STAMP)
-	MSGSPOOL_CMD=$(abspath $(BIN))/msgspool $(PYTHON) ../shared/bench/relay_bench.py $(BENCH_ARGS); \
+	MSGSPOOL_CMD=$(abspath $(BIN))/msgspool $(BIN)/python -m bench $(BENCH_ARGS); \
 	status=$$?; postfix stop >/dev/null 2>&1; exit $$status
 
 clean:

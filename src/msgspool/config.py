@@ -62,7 +62,8 @@ class Settings:
     destination_recipient_limit: int = _doc(50, "Most recipients per SMTP transaction.")
     connection_idle_time: float = _doc(2.0, "Seconds an idle outbound connection is kept for reuse.")
     connection_reuse_limit: int = _doc(1000, "Transactions per outbound connection before it is closed.")
-    active_limit: int = _doc(20000, "Most recipients the scheduler holds in memory at once.")
+    active_limit: int = _doc(
+        20000, "Most recipients in memory at once; retries and backlog fill at most half, fresh mail the rest.")
     smtp_connect_timeout: float = _doc(30.0, "Outbound TCP connect timeout, seconds.")
     smtp_greeting_timeout: float = _doc(300.0, "Outbound wait for the 220 greeting (RFC 5321 §4.5.3.2.1).")
     smtp_mail_timeout: float = _doc(300.0, "Outbound MAIL reply timeout (§4.5.3.2.2).")

@@ -161,7 +161,7 @@ class DeliveryProcess:
         self.process.stdin.write(json.dumps(config).encode())
         self.process.stdin.close()
         self.link = await Link.over(ours, self._handle)
-        remote = RemoteDelivery(self.link, window=self.settings.active_limit // 2)
+        remote = RemoteDelivery(self.link, window=self.settings.active_limit)
         self.spooler.remote = remote
         self.spooler.bus.on_listeners = remote.want_events
         if self.spooler.bus.listened:

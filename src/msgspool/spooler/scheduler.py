@@ -167,6 +167,11 @@ class Scheduler:
             self.on_settled(self.active)
 
     async def _destination_up(self, dest: Destination) -> None:
+        # Deferrals "waiting for the destination" recorded while it was down must be in the store
+        # before the release, or a late one would wait out its whole backoff.
+        self._flush_settlements()
+        if self._settling:
+            await asyncio.gather(*self._settling, return_exceptions=True)
         released = await self.store.release_destination(dest.transport.name, dest.nexthop, self.clock())
         log.info("%s: released %d waiting recipients", dest.name, released)
         self._wakeup.set()
@@ -186,7 +191,10 @@ class Scheduler:
 
     async def _refill_once(self) -> bool:
         """Claim what is due; True when more may be waiting right now."""
-        room = min(CLAIM_BATCH, self.active_limit - self.active)
+        # Claims from the store (retries, a released backlog) fill at most half the window: the
+        # other half stays free for fresh submissions handed over directly, so new mail never
+        # queues behind a million-message backlog that just became due.
+        room = min(CLAIM_BATCH, self.active_limit // 2 - self.active)
         if room <= 0:
             self._starved = True
             return False
@@ -203,7 +211,7 @@ class Scheduler:
 
     async def _sleep_until_due(self) -> None:
         self._wakeup.clear()
-        if self.active >= self.active_limit:
+        if self.active >= self.active_limit // 2:
             self._starved = True
             timeout = IDLE_RECHECK
         else:

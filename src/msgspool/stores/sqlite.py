@@ -35,7 +35,7 @@ from msgspool.domain.recipient import RecipientType, Status
 
 T = TypeVar("T")
 DB_NAME = "spool.db"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # the schema script is idempotent: an older spool gets what is new in it
 _PENDING_SQL = "('queued','active','deferred','held')"
 _STATUS_EVENT = {
     Status.DELIVERED: EventType.DELIVERED,
@@ -317,13 +317,15 @@ def op_release(conn: sqlite3.Connection, ids: Sequence[str], now: float) -> list
     return found
 
 
-def op_flush(conn: sqlite3.Connection, ids: Sequence[str] | None, now: float) -> int:
-    """Make deferred (and not-yet-due queued) recipients due now: all of them, or those of `ids`."""
-    sql = ("UPDATE recipients SET next_attempt_at = ?, wait_destination = 0"
-           " WHERE status IN ('queued', 'deferred') AND next_attempt_at > ?")
+def op_flush(conn: sqlite3.Connection, ids: Sequence[str] | None, now: float, chunk: int = 5000) -> int:
+    """Make deferred (and not-yet-due queued) recipients due now: those of `ids`, or — a chunk per
+    call, so intake's commits interleave with flushing a million — all of them."""
+    update = "UPDATE recipients SET next_attempt_at = ?, wait_destination = 0 WHERE "
+    waiting = "status IN ('queued', 'deferred') AND next_attempt_at > ?"
     if ids is None:
-        return conn.execute(sql, (now, now)).rowcount
-    return sum(conn.execute(sql + " AND message_id = ?", (now, now, i)).rowcount for i in ids)
+        return conn.execute(f"{update} rowid IN (SELECT rowid FROM recipients WHERE {waiting} LIMIT ?)",
+                            (now, now, chunk)).rowcount
+    return sum(conn.execute(f"{update} {waiting} AND message_id = ?", (now, now, i)).rowcount for i in ids)
 
 
 def op_set_receive_folder(conn: sqlite3.Connection, mailbox: str, message_class: str, folder: str) -> None:
@@ -626,12 +628,7 @@ class SQLiteStore:
         return await self._write(op_recover)
 
     async def release_destination(self, transport: str, nexthop: str, now: float) -> int:
-        total = 0
-        while True:
-            n = await self._write(lambda c: op_release_destination(c, transport, nexthop, now), durable=False)
-            total += n
-            if n < 5000:
-                return total
+        return await self._chunked(lambda c: op_release_destination(c, transport, nexthop, now), durable=False)
 
     async def next_due(self) -> float | None:
         return await self.read(next_due)
@@ -646,7 +643,18 @@ class SQLiteStore:
         return await self._write(lambda c: op_release(c, ids, now))
 
     async def flush(self, ids: Sequence[str] | None, now: float) -> int:
-        return await self._write(lambda c: op_flush(c, ids, now))
+        if ids is not None:
+            return await self._write(lambda c: op_flush(c, ids, now))
+        return await self._chunked(lambda c: op_flush(c, None, now), durable=True)
+
+    async def _chunked(self, op: Callable[[sqlite3.Connection], int], *, durable: bool, chunk: int = 5000) -> int:
+        """Repeat a write that changes at most `chunk` rows per transaction until it is done."""
+        total = 0
+        while True:
+            n = await self._write(op, durable)
+            total += n
+            if n < chunk:
+                return total
 
     async def delete(self, ids: Sequence[str]) -> list[str]:
         return await self._write(lambda c: op_delete(c, ids))

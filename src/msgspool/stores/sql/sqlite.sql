@@ -1,4 +1,4 @@
--- msgspool SQLite spool schema (PRAGMA user_version = 1).
+-- msgspool SQLite spool schema (PRAGMA user_version = 2). Every statement is idempotent.
 -- One row per message (any folder of any mailbox), its content stored once in `contents`
 -- (local copies of one submission share it), one row per recipient of an outbound message.
 
@@ -80,3 +80,5 @@ CREATE TABLE IF NOT EXISTS events (
     folder      TEXT,
     detail      TEXT
 );
+-- Housekeeping drops events past their retention by time.
+CREATE INDEX IF NOT EXISTS events_by_time ON events (time);
