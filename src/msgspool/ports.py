@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from msgspool.domain.events import Event
-from msgspool.domain.message import Message, MessageInfo, Settlement
+from msgspool.domain.message import Message, MessageInfo, Recipient, Settlement
 from msgspool.domain.outcome import Reply
 
 
@@ -22,9 +22,10 @@ class Connection(Protocol):
     @property
     def usable(self) -> bool: ...
 
-    async def send(self, sender: str, recipients: Sequence[str], content: bytes) -> list[Reply]:
-        """Transmit one message; one reply per recipient. Raises DestinationUnavailable when the
-        connection fails (the outcome of the message is then unknown: it is retried)."""
+    async def send(self, message: Message, recipients: Sequence[Recipient]) -> list[Reply]:
+        """Transmit one message to some of its recipients; one reply per recipient. Raises
+        DestinationUnavailable when the connection fails (the outcome of the message is then
+        unknown: it is retried). The message carries sender, content and the DSN requests."""
         ...
 
     async def close(self) -> None: ...

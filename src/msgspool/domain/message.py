@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from msgspool.domain.address import SMTP
+from msgspool.domain.dsn import MessageDSN, RecipientDSN
 from msgspool.domain.outcome import Reply
 from msgspool.domain.recipient import RecipientType, Status
 
@@ -32,6 +33,7 @@ class Recipient:
     last_reply: Reply | None = None
     last_attempt_at: float | None = None
     index: int = 0  # position within the message; with the message id, the recipient's key
+    dsn: RecipientDSN | None = None  # RFC 3461 NOTIFY / ORCPT, when the submitter gave them
 
     @property
     def destination(self) -> str | None:
@@ -58,6 +60,7 @@ class Message:
     origin: str = "api"  # smtp | sendmail | api: how it came in, for the history
     headers_prefix: bytes = b""  # per-copy header lines (Return-Path, Delivered-To) before content
     meta: dict[str, str] = field(default_factory=dict)
+    dsn: MessageDSN | None = None  # RFC 3461 RET / ENVID
 
     @property
     def size(self) -> int:
@@ -104,3 +107,5 @@ class MessageInfo:
     held: bool
     origin: str
     recipients: list[dict[str, Any]]
+    ret: str | None = None
+    envid: str | None = None

@@ -166,7 +166,7 @@ class Destination:
     async def _deliver(self, conn: Connection, job: Job) -> bool:
         message, recipients = job.message, job.recipients
         try:
-            replies = await conn.send(message.sender, [r.address for r in recipients], message.full_content())
+            replies = await conn.send(message, recipients)
         except DestinationUnavailable as err:
             # The outcome is unknown (the connection died mid-transaction): retry later.
             self.settle([self._deferral(message, r, err.reply, attempted=True, remote=conn.remote)
