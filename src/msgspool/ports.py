@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from msgspool.domain.events import Event
-from msgspool.domain.message import Message, MessageInfo, Recipient, Settlement
+from msgspool.domain.message import Message, MessageInfo, PendingReport, Recipient, Settlement
 from msgspool.domain.outcome import Reply
 
 
@@ -79,6 +79,15 @@ class Store(Protocol):
     async def next_due(self) -> float | None: ...
 
     async def waiting_destinations(self) -> list[tuple[str, str]]: ...
+
+    async def pending_reports(self, limit: int = 100) -> list[PendingReport]:
+        """Messages with recipients whose report is owed (recorded by `settle`)."""
+        ...
+
+    async def reported(self, message_id: str, indexes: Sequence[int], report: Message | None,
+                       copies: Sequence[Message] = ()) -> list[Event]:
+        """Submit the report (None: dropped) and clear those recipients' debt, in one step."""
+        ...
 
     # operations
     async def hold(self, ids: Sequence[str], now: float) -> list[str]: ...

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from msgspool.domain.address import SMTP
-from msgspool.domain.dsn import MessageDSN, RecipientDSN
+from msgspool.domain.dsn import Handoff, MessageDSN, RecipientDSN
 from msgspool.domain.outcome import Reply
 from msgspool.domain.recipient import RecipientType, Status
 
@@ -87,6 +87,8 @@ class Settlement:
     transport: str | None = None  # the responsible transport, recorded with the outcome
     nexthop: str | None = None
     copy: Message | None = None  # local delivery: the copy to file into the recipient's mailbox
+    dsn: RecipientDSN | None = None  # what the sender asked to be told (decides the report)
+    handoff: Handoff = Handoff.FINAL  # how a delivered recipient left: decides `delivered` or `relayed`
 
 
 @dataclass(slots=True)
@@ -109,3 +111,16 @@ class MessageInfo:
     recipients: list[dict[str, Any]]
     ret: str | None = None
     envid: str | None = None
+
+
+@dataclass(slots=True)
+class PendingReport:
+    """A message with recipients whose report is owed: what `reporter.py` needs to write it."""
+
+    message_id: str
+    sender: str
+    submitted_at: float
+    message_class: str
+    content: bytes
+    dsn: MessageDSN | None
+    recipients: list[dict[str, Any]]  # address, index, action, reply, remote, orcpt, last_attempt_at

@@ -28,15 +28,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
-from msgspool.domain.dsn import MessageDSN, Ret, notify_text, orcpt_text, recipient_dsn
+from msgspool.domain.dsn import MessageDSN, RecipientDSN, Ret, notify_text, orcpt_text, recipient_dsn, report_action
 from msgspool.domain.events import Event, EventType
-from msgspool.domain.message import INBOX, OUTBOX, SENT, Message, MessageInfo, Recipient, Settlement
+from msgspool.domain.message import INBOX, OUTBOX, SENT, Message, MessageInfo, PendingReport, Recipient, Settlement
 from msgspool.domain.outcome import Reply
 from msgspool.domain.recipient import RecipientType, Status
 
 T = TypeVar("T")
 DB_NAME = "spool.db"
-SCHEMA_VERSION = 3  # the schema script is idempotent: an older spool gets what is new in it
+SCHEMA_VERSION = 4  # the schema script is idempotent: an older spool gets what is new in it
 _PENDING_SQL = "('queued','active','deferred','held')"
 _STATUS_EVENT = {
     Status.DELIVERED: EventType.DELIVERED,
@@ -62,19 +62,18 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
 
 
 # Columns added after version 1; a spool made by an older msgspool gets them on open.
-_ADDED_COLUMNS = {"recipients": ("notify TEXT", "orcpt TEXT"), "messages": ("ret TEXT", "envid TEXT")}
+_ADDED_COLUMNS = {"recipients": ("notify TEXT", "orcpt TEXT", "report TEXT"), "messages": ("ret TEXT", "envid TEXT")}
 
 
 def create_schema(conn: sqlite3.Connection) -> None:
     if conn.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
         return
-    sql = resources.files("msgspool.stores").joinpath("sql/sqlite.sql").read_text()
-    conn.executescript(sql)
-    for table, columns in _ADDED_COLUMNS.items():
+    for table, columns in _ADDED_COLUMNS.items():  # first: the script indexes some of them
         have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
         for column in columns:
-            if column.split()[0] not in have:
+            if have and column.split()[0] not in have:
                 conn.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+    conn.executescript(resources.files("msgspool.stores").joinpath("sql/sqlite.sql").read_text())
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
@@ -255,11 +254,12 @@ def op_settle(conn: sqlite3.Connection, settlements: Sequence[Settlement], now: 
             " last_attempt_at = CASE WHEN ? THEN ? ELSE last_attempt_at END,"
             " reply_code = COALESCE(?, reply_code), reply_enhanced = COALESCE(?, reply_enhanced),"
             " reply_text = COALESCE(?, reply_text), remote = COALESCE(?, remote), wait_destination = ?,"
-            " transport = COALESCE(?, transport), nexthop = COALESCE(?, nexthop)"
+            " transport = COALESCE(?, transport), nexthop = COALESCE(?, nexthop), report = COALESCE(?, report)"
             " WHERE message_id = ? AND idx = ? AND status = 'active' RETURNING transport",
             (str(status), int(s.attempted), s.next_attempt_at, int(s.attempted), now,
              reply.code if reply else None, reply.enhanced if reply else None, reply.text if reply else None,
-             s.remote, int(s.wait_destination), s.transport, s.nexthop, s.message_id, s.index),
+             s.remote, int(s.wait_destination), s.transport, s.nexthop, _report_due(status, s),
+             s.message_id, s.index),
         ).fetchone()
         if row is None:
             continue
@@ -272,6 +272,13 @@ def op_settle(conn: sqlite3.Connection, settlements: Sequence[Settlement], now: 
     for message_id in touched:
         events += _finish_if_done(conn, message_id, now)
     return events
+
+
+def _report_due(status: Status, s: Settlement) -> str | None:
+    """The report action this outcome owes the sender (RFC 3461 NOTIFY), recorded with the outcome
+    in one step so that a crash can neither lose the report nor send it twice."""
+    action = report_action(status, s.dsn or RecipientDSN(), handoff=s.handoff)
+    return None if action is None else str(action)
 
 
 def _is_held(conn: sqlite3.Connection, message_id: str) -> bool:
@@ -353,6 +360,40 @@ def op_delete(conn: sqlite3.Connection, ids: Sequence[str]) -> list[str]:
     found = _existing(conn, ids)
     _delete_messages(conn, found)
     return found
+
+
+def pending_reports(conn: sqlite3.Connection, limit: int) -> list[PendingReport]:
+    out = []
+    for (message_id,) in conn.execute("SELECT DISTINCT message_id FROM recipients WHERE report IS NOT NULL LIMIT ?",
+                                      (limit,)).fetchall():
+        row = conn.execute("SELECT sender, submitted_at, message_class, ret, envid FROM messages WHERE id = ?",
+                           (message_id,)).fetchone()
+        content = get_content(conn, message_id)
+        if row is None or content is None:  # deleted meanwhile, recipients with it
+            continue
+        sender, submitted_at, message_class, ret, envid = row
+        recipients = [{"index": idx, "address": address, "action": report, "remote": remote, "orcpt": orcpt,
+                       "last_attempt_at": last_at, "reply": Reply(code or 0, enhanced or "", text or "")}
+                      for idx, address, report, code, enhanced, text, remote, orcpt, last_at in conn.execute(
+                          "SELECT idx, address, report, reply_code, reply_enhanced, reply_text, remote, orcpt,"
+                          " last_attempt_at FROM recipients WHERE message_id = ? AND report IS NOT NULL ORDER BY idx",
+                          (message_id,))]
+        dsn = MessageDSN(Ret(ret) if ret else None, envid) if ret or envid else None
+        out.append(PendingReport(message_id, sender, submitted_at, message_class, content, dsn, recipients))
+    return out
+
+
+def op_reported(conn: sqlite3.Connection, message_id: str, indexes: Sequence[int], report: Message | None,
+                copies: Sequence[Message]) -> list[Event]:
+    """The report for these recipients is written (or deliberately dropped): submit it and clear
+    their debt in one step."""
+    events = op_submit(conn, report, copies) if report is not None else []
+    conn.executemany("UPDATE recipients SET report = NULL WHERE message_id = ? AND idx = ?",
+                     [(message_id, i) for i in indexes])
+    if report is not None:
+        events.append(_insert_event(conn, Event(EventType.REPORT, message_id, report.submitted_at,
+                                                detail={"report_id": report.id, "class": report.message_class})))
+    return events
 
 
 def op_purge(conn: sqlite3.Connection, sent_before: float, events_before: float, chunk: int = 2000) -> int:
@@ -675,6 +716,13 @@ class SQLiteStore:
 
     async def purge(self, sent_before: float, events_before: float) -> int:
         return await self._write(lambda c: op_purge(c, sent_before, events_before), durable=False)
+
+    async def pending_reports(self, limit: int = 100) -> list[PendingReport]:
+        return await self.read(lambda c: pending_reports(c, limit))
+
+    async def reported(self, message_id: str, indexes: Sequence[int], report: Message | None,
+                       copies: Sequence[Message] = ()) -> list[Event]:
+        return await self._write(lambda c: op_reported(c, message_id, indexes, report, copies))
 
     async def set_receive_folder(self, mailbox: str, message_class: str, folder: str) -> None:
         await self._write(lambda c: op_set_receive_folder(c, mailbox, message_class, folder))

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from msgspool.domain.address import SMTP, domain_of
-from msgspool.domain.dsn import RecipientDSN, mail_params, rcpt_params
+from msgspool.domain.dsn import Handoff, RecipientDSN, mail_params, rcpt_params
 from msgspool.domain.message import Message, Recipient
 from msgspool.domain.outcome import Reply
 from msgspool.errors import DestinationUnavailable
@@ -45,6 +45,12 @@ class SMTPConnection:
     @property
     def usable(self) -> bool:
         return self.client.usable
+
+    @property
+    def handoff(self) -> Handoff:
+        """A next hop that advertises DSN reports success itself; to one that does not, msgspool
+        reports `relayed` (RFC 3461 §5.2.2)."""
+        return Handoff.DSN_RELAY if "DSN" in self.client.extensions else Handoff.RELAY
 
     async def send(self, message: Message, recipients: Sequence[Recipient]) -> list[Reply]:
         mail_params, rcpt_params = self._dsn_params(message, recipients)
