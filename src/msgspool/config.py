@@ -45,6 +45,7 @@ class Settings:
     relay: str = _doc("", "Smarthost HOST:PORT for every non-local SMTP recipient; empty = MX lookup.")
     local_domains: list[str] = _doc(["localhost"], "Domains whose mail is filed into local mailboxes.")
     mailboxes: list[str] = _doc([], "Local mailboxes that exist; empty = any address in a local domain.")
+    postmaster: str = _doc("", "Where a report about mail from the null sender goes (double bounce); empty: dropped.")
     hostname: str = _doc("", "Name used in the greeting, EHLO and Received:; empty = this host's name.")
     trusted_networks: list[str] = _doc(
         ["127.0.0.0/8", "::1/128"], "Clients in these networks may relay to non-local domains."

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from msgspool.domain.events import Event
-from msgspool.domain.message import Message, MessageInfo, Settlement
+from msgspool.domain.message import Message, MessageInfo, PendingReport, Recipient, Settlement
 from msgspool.domain.outcome import Reply
 
 
@@ -22,9 +22,10 @@ class Connection(Protocol):
     @property
     def usable(self) -> bool: ...
 
-    async def send(self, sender: str, recipients: Sequence[str], content: bytes) -> list[Reply]:
-        """Transmit one message; one reply per recipient. Raises DestinationUnavailable when the
-        connection fails (the outcome of the message is then unknown: it is retried)."""
+    async def send(self, message: Message, recipients: Sequence[Recipient]) -> list[Reply]:
+        """Transmit one message to some of its recipients; one reply per recipient. Raises
+        DestinationUnavailable when the connection fails (the outcome of the message is then
+        unknown: it is retried). The message carries sender, content and the DSN requests."""
         ...
 
     async def close(self) -> None: ...
@@ -78,6 +79,15 @@ class Store(Protocol):
     async def next_due(self) -> float | None: ...
 
     async def waiting_destinations(self) -> list[tuple[str, str]]: ...
+
+    async def pending_reports(self, limit: int = 100) -> list[PendingReport]:
+        """Messages with recipients whose report is owed (recorded by `settle`)."""
+        ...
+
+    async def reported(self, message_id: str, indexes: Sequence[int], report: Message | None,
+                       copies: Sequence[Message] = ()) -> list[Event]:
+        """Submit the report (None: dropped) and clear those recipients' debt, in one step."""
+        ...
 
     # operations
     async def hold(self, ids: Sequence[str], now: float) -> list[str]: ...

@@ -27,6 +27,8 @@ def message_json(info: MessageInfo) -> dict[str, Any]:
         "origin": info.origin,
         "deliver_after": iso(info.deliver_after),
         "expires_at": iso(info.expires_at),
+        "ret": info.ret,
+        "envid": info.envid,
         "recipients": [recipient_json(r) for r in info.recipients],
     }
 
@@ -44,6 +46,8 @@ def recipient_json(r: dict[str, Any]) -> dict[str, Any]:
         "last_attempt_at": iso(r["last_attempt_at"]),
         "last_reply": r["last_reply"],
         "relay": r["relay"],
+        "notify": r["notify"],
+        "orcpt": r["orcpt"],
     }
 
 

@@ -51,7 +51,10 @@ async def test_permanent_failure_of_one_recipient_spares_its_sibling(spooler_fac
     assert by_address["good@example.com"]["status"] == "delivered"
     assert by_address["fail5xx@example.com"]["status"] == "failed"
     assert by_address["fail5xx@example.com"]["last_reply"] == "550 5.1.1 No such user here"
-    assert sink.recipients() == ["good@example.com"]
+    await sink.async_wait_for(2)  # the message, then the non-delivery report to the sender
+    assert [(m.sender, m.recipients) for m in sink.messages] == [("a@example.org", ["good@example.com"]),
+                                                                 ("", ["a@example.org"])]
+    assert b"report-type=delivery-status" in sink.messages[1].content
 
 
 async def test_temporary_failure_is_deferred_with_backoff(spooler_factory: SpoolerFactory, sink: Sink) -> None:

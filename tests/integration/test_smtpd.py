@@ -90,7 +90,7 @@ async def test_ehlo_advertises_the_extensions(listener: Listener) -> None:
         lines.append(line[4:])
         if line[3] == " ":
             break
-    assert lines[1:] == ["PIPELINING", "SIZE 10000", "8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8"]
+    assert lines[1:] == ["PIPELINING", "SIZE 10000", "8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8", "DSN"]
 
 
 async def test_message_is_acknowledged_with_its_queue_id_after_commit_and_relayed(listener: Listener,
@@ -150,7 +150,9 @@ async def test_two_messages_on_one_connection(listener: Listener, sink: Sink) ->
     (["HELO c", "MAIL FROM:<a@example.org> SIZE=10"], (501, "5.5.4 Syntax error in parameters")),
     (["EHLO c", "MAIL FROM:<a@example.org>", "RCPT TO:<b@@example.com>"],
      (501, "5.1.3 <b@@example.com>: Bad recipient address syntax")),
-    (["EHLO c", "MAIL FROM:<a@example.org>", "RCPT TO:<b@example.com> NOTIFY=NEVER"],
+    (["EHLO c", "MAIL FROM:<a@example.org>", "RCPT TO:<b@example.com> XFOO=1"],
+     (555, "5.5.4 Unsupported option: XFOO")),
+    (["HELO c", "MAIL FROM:<a@example.org>", "RCPT TO:<b@example.com> NOTIFY=NEVER"],
      (555, "5.5.4 Unsupported option: NOTIFY")),
     (["EHLO c", "MAIL FROM:<a@example.org>", "RCPT TO:<jöran@example.com>"],
      (553, "5.6.7 Error: must declare SMTPUTF8 to send unicode address")),
@@ -303,3 +305,63 @@ async def test_smtplib_client_with_many_recipients(listener: Listener, sink: Sin
     assert await asyncio.to_thread(send) == {}
     await sink.async_wait_for(3)  # 120 recipients at 50 per transaction
     assert sorted(sink.recipients()) == sorted(recipients)
+
+
+@pytest.mark.parametrize(("command", "expected"), [
+    ("MAIL FROM:<a@example.org> RET=SOME", "501 5.5.4 Error: bad RET parameter: expected FULL or HDRS"),
+    ("MAIL FROM:<a@example.org> ENVID=bad+zz", "501 5.5.4"),
+    ("RCPT TO:<b@example.com> NOTIFY=NEVER,SUCCESS", "501 5.5.4 Error: bad NOTIFY parameter: NEVER cannot be combined"),
+    ("RCPT TO:<b@example.com> NOTIFY=SOMETIMES", "501 5.5.4 Error: bad NOTIFY parameter: unknown keyword"),
+    ("RCPT TO:<b@example.com> ORCPT=rfc822;bad+xtext", "501 5.5.4"),
+    ("RCPT TO:<b@example.com> ORCPT=nosemicolon", "501 5.5.4 Error: bad ORCPT parameter: expected addr-type;address"),
+])
+async def test_malformed_dsn_parameters_are_refused_with_501_5_5_4(listener: Listener, command: str,
+                                                                    expected: str) -> None:
+    c = await listener.client()
+    await c.cmd("EHLO c")
+    if command.startswith("RCPT"):
+        assert (await c.cmd("MAIL FROM:<a@example.org>"))[0] == 250
+    code, text = await c.cmd(command)
+    assert f"{code} {text}".startswith(expected)
+    assert await c.cmd("NOOP") == (250, "2.0.0 Ok")
+
+
+async def dsn_transaction(c: Client) -> str:
+    assert (await c.cmd("EHLO c"))[0] == 250
+    assert (await c.cmd("MAIL FROM:<a@example.org> RET=HDRS ENVID=QQ+2B1"))[0] == 250
+    assert (await c.cmd("RCPT TO:<b@example.com> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;B+2Bx@example.com"))[0] == 250
+    assert (await c.cmd("RCPT TO:<c@example.com>"))[0] == 250
+    assert (await c.cmd("DATA"))[0] == 354
+    code, text = await c.cmd(MESSAGE + b".")
+    assert code == 250
+    return text.rsplit(" ", 1)[1]
+
+
+async def test_dsn_requests_are_stored_and_passed_to_a_next_hop_that_advertises_dsn(
+        spooler_factory: SpoolerFactory) -> None:
+    sink = Sink(dsn=True).start()
+    port = free_port()
+    try:
+        async with spooler_factory(relay=sink.address, smtp_listen=f"127.0.0.1:{port}") as spooler:
+            server = await start_smtp(spooler, spooler.settings)
+            try:
+                queue_id = await dsn_transaction(await Listener(spooler, port).client())
+                await sink.async_wait_for(1)
+                info = await spooler.message(queue_id)
+            finally:
+                server.close()
+    finally:
+        sink.stop()
+    assert (info["ret"], info["envid"]) == ("HDRS", "QQ+1")
+    assert [(r["notify"], r["orcpt"]) for r in info["recipients"]] == [
+        ("SUCCESS,FAILURE", "rfc822;B+x@example.com"), (None, None)]
+    mail, *rcpts = sink.commands
+    assert mail.endswith(" RET=HDRS ENVID=QQ+2B1")
+    assert rcpts[0] == "RCPT TO:<b@example.com> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;B+2Bx@example.com"
+    assert rcpts[1] == "RCPT TO:<c@example.com> ORCPT=rfc822;c@example.com"  # RFC 3461 §5.2.1: added
+
+
+async def test_dsn_parameters_are_not_sent_to_a_next_hop_without_dsn(listener: Listener, sink: Sink) -> None:
+    await dsn_transaction(await listener.client())
+    await sink.async_wait_for(1)
+    assert all("NOTIFY=" not in line and "ORCPT=" not in line and "RET=" not in line for line in sink.commands)

@@ -58,8 +58,8 @@ def third_party_transport(tmp_path: Path) -> Iterator[None]:
         class EchoConnection:
             remote = "echo"
             usable = True
-            async def send(self, sender, recipients, content):
-                DELIVERED.extend(recipients)
+            async def send(self, message, recipients):
+                DELIVERED.extend(r.address for r in recipients)
                 return [Reply(250, "2.0.0", "echoed") for _ in recipients]
             async def close(self):
                 pass

@@ -27,6 +27,8 @@ class Sink:
     host: str = "127.0.0.1"
     messages: list[Received] = field(default_factory=list)
     connections: int = 0
+    dsn: bool = False  # advertise DSN (RFC 3461)
+    commands: list[str] = field(default_factory=list)  # every MAIL and RCPT line, as received
     _loop: asyncio.AbstractEventLoop | None = None
     _server: asyncio.AbstractServer | None = None
     _thread: threading.Thread | None = None
@@ -108,8 +110,11 @@ class Sink:
         try:
             while line := await reader.readline():
                 verb = line[:4].upper()
+                if verb in (b"MAIL", b"RCPT"):
+                    self.commands.append(line.decode().rstrip("\r\n"))
                 if verb in (b"EHLO", b"HELO"):
-                    writer.write(b"250-sink\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 100000000\r\n")
+                    dsn = b"250-DSN\r\n" if self.dsn else b""
+                    writer.write(b"250-sink\r\n250-PIPELINING\r\n" + dsn + b"250-8BITMIME\r\n250 SIZE 100000000\r\n")
                 elif verb == b"MAIL":
                     sender, recipients = line.decode().split("<", 1)[1].split(">", 1)[0], []
                     writer.write(b"250 2.1.0 Ok\r\n")

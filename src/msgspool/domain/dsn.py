@@ -293,3 +293,27 @@ def report_action(status: Status, request: RecipientDSN, *, handoff: Handoff = H
 _SUCCESS_ACTION: dict[Handoff, Action | None] = {
     Handoff.FINAL: Action.DELIVERED, Handoff.DSN_RELAY: None, Handoff.RELAY: Action.RELAYED,
 }
+
+
+# -- stored form ---------------------------------------------------------------------------------
+
+
+def notify_text(request: RecipientDSN | None) -> str | None:
+    """NOTIFY as a store keeps it: None (not given), "NEVER", or e.g. "SUCCESS,FAILURE"."""
+    return None if request is None or request.notify is None else _notify_value(request.notify)
+
+
+def orcpt_text(request: RecipientDSN | None) -> str | None:
+    """ORCPT, decoded, as ``addr-type;address``."""
+    return None if request is None or request.orcpt is None else f"{request.orcpt.addr_type};{request.orcpt.address}"
+
+
+def recipient_dsn(notify: str | None, orcpt: str | None) -> RecipientDSN | None:
+    """The inverse of `notify_text` and `orcpt_text`."""
+    if notify is None and orcpt is None:
+        return None
+    request = RecipientDSN(None if notify is None else parse_notify(notify))
+    if orcpt is not None:
+        addr_type, _, address = orcpt.partition(";")
+        request = RecipientDSN(request.notify, OriginalRecipient(addr_type, address))
+    return request

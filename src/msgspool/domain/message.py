@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from msgspool.domain.address import SMTP
+from msgspool.domain.dsn import Handoff, MessageDSN, RecipientDSN
 from msgspool.domain.outcome import Reply
 from msgspool.domain.recipient import RecipientType, Status
 
@@ -32,6 +33,7 @@ class Recipient:
     last_reply: Reply | None = None
     last_attempt_at: float | None = None
     index: int = 0  # position within the message; with the message id, the recipient's key
+    dsn: RecipientDSN | None = None  # RFC 3461 NOTIFY / ORCPT, when the submitter gave them
 
     @property
     def destination(self) -> str | None:
@@ -58,6 +60,7 @@ class Message:
     origin: str = "api"  # smtp | sendmail | api: how it came in, for the history
     headers_prefix: bytes = b""  # per-copy header lines (Return-Path, Delivered-To) before content
     meta: dict[str, str] = field(default_factory=dict)
+    dsn: MessageDSN | None = None  # RFC 3461 RET / ENVID
 
     @property
     def size(self) -> int:
@@ -84,6 +87,8 @@ class Settlement:
     transport: str | None = None  # the responsible transport, recorded with the outcome
     nexthop: str | None = None
     copy: Message | None = None  # local delivery: the copy to file into the recipient's mailbox
+    dsn: RecipientDSN | None = None  # what the sender asked to be told (decides the report)
+    handoff: Handoff = Handoff.FINAL  # how a delivered recipient left: decides `delivered` or `relayed`
 
 
 @dataclass(slots=True)
@@ -104,3 +109,18 @@ class MessageInfo:
     held: bool
     origin: str
     recipients: list[dict[str, Any]]
+    ret: str | None = None
+    envid: str | None = None
+
+
+@dataclass(slots=True)
+class PendingReport:
+    """A message with recipients whose report is owed: what `reporter.py` needs to write it."""
+
+    message_id: str
+    sender: str
+    submitted_at: float
+    message_class: str
+    content: bytes
+    dsn: MessageDSN | None
+    recipients: list[dict[str, Any]]  # address, index, action, reply, remote, orcpt, last_attempt_at

@@ -54,7 +54,8 @@ class SpoolPolicy:
         queue_id = new_id()
         trace = self._received(session, envelope, queue_id)
         sub = Submission(sender=envelope.sender or "", recipients=list(envelope.recipients),
-                         content=trace + content, origin="smtp", message_id=queue_id)
+                         content=trace + content, origin="smtp", message_id=queue_id, dsn=envelope.dsn,
+                         recipient_dsn=envelope.rcpt_dsn if any(envelope.rcpt_dsn) else None)
         try:
             queue_id = await self.submit(sub)
         except SubmitError as err:

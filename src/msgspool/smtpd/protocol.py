@@ -8,7 +8,8 @@ parsed in one pass and answered in one write, and the message content is found w
 `bytes.find` per network read, never per line.
 
 Extensions: PIPELINING (RFC 2920), SIZE (RFC 1870), 8BITMIME (RFC 6152), ENHANCEDSTATUSCODES
-(RFC 2034, codes from RFC 3463), SMTPUTF8 (RFC 6531).
+(RFC 2034, codes from RFC 3463), SMTPUTF8 (RFC 6531), DSN (RFC 3461: its parameters are parsed
+here, by domain/dsn.py, and travel with the envelope).
 
 Strictness, where the RFC leaves room (each chosen to be safe and what Postfix does):
 - Only ``<CRLF>.<CRLF>`` ends the content; content with a bare LF is refused after the end of
@@ -31,6 +32,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
+from msgspool.domain.dsn import DSNSyntaxError, MessageDSN, RecipientDSN, parse_mail_params, parse_rcpt_params
 from msgspool.domain.outcome import Reply
 
 log = logging.getLogger("msgspool.smtpd")
@@ -95,6 +97,8 @@ class Envelope:
     rcpt_params: list[dict[str, str]] = field(default_factory=list)
     smtputf8: bool = False
     body: str = "7BIT"
+    dsn: MessageDSN | None = None  # RET / ENVID
+    rcpt_dsn: list[RecipientDSN | None] = field(default_factory=list)  # NOTIFY / ORCPT per recipient
 
 
 class Policy(Protocol):
@@ -386,7 +390,7 @@ class SMTPServerProtocol(asyncio.Protocol):
         self.envelope = Envelope()
         self._reply(Reply(250, "", "\n".join((
             self.limits.hostname, "PIPELINING", f"SIZE {self.limits.max_message_size}", "8BITMIME",
-            "ENHANCEDSTATUSCODES", "SMTPUTF8"))))
+            "ENHANCEDSTATUSCODES", "SMTPUTF8", "DSN"))))
 
     def smtp_helo(self, arg: str) -> None:
         if not arg:
@@ -417,12 +421,18 @@ class SMTPServerProtocol(asyncio.Protocol):
             refusal = Reply(501, "5.1.7", f"<{sender}>: Bad sender address syntax")
         if refusal is None and not sender.isascii() and "SMTPUTF8" not in params:
             refusal = NEED_SMTPUTF8
+        dsn: MessageDSN | None = None
+        if refusal is None and ("RET" in params or "ENVID" in params):
+            try:
+                dsn = parse_mail_params(params)
+            except DSNSyntaxError as err:
+                refusal = err.reply
         if refusal is None:
             refusal = self.policy.mail(self.session, self.envelope, sender, params)
         if refusal is not None:
             self._refuse(refusal)
             return
-        self.envelope.sender, self.envelope.mail_params = sender, params
+        self.envelope.sender, self.envelope.mail_params, self.envelope.dsn = sender, params, dsn
         self.envelope.smtputf8 = "SMTPUTF8" in params
         self.envelope.body = params.get("BODY", "7BIT").upper()
         self._reply(SENDER_OK)
@@ -440,7 +450,7 @@ class SMTPServerProtocol(asyncio.Protocol):
             elif key == "SMTPUTF8":
                 if value:
                     return Reply(501, "5.5.4", "SMTPUTF8 takes no value")
-            else:
+            elif key not in ("RET", "ENVID"):
                 return Reply(555, "5.5.4", f"Unsupported option: {key}")
         return None
 
@@ -457,8 +467,14 @@ class SMTPServerProtocol(asyncio.Protocol):
         if params is None:
             self._error(Reply(501, "5.5.4", "Syntax error in parameters"))
             return
-        if params:
-            self._error(Reply(555, "5.5.4", f"Unsupported option: {next(iter(params))}"))
+        unknown = set(params) - {"NOTIFY", "ORCPT"}
+        if unknown or (params and not self.session.esmtp):
+            self._error(Reply(555, "5.5.4", f"Unsupported option: {min(unknown or params)}"))
+            return
+        try:
+            dsn = parse_rcpt_params(params, smtputf8=self.envelope.smtputf8) if params else None
+        except DSNSyntaxError as err:
+            self._error(err.reply)
             return
         if not (valid_mailbox(address) or address.lower() == "postmaster"):
             self._error(Reply(501, "5.1.3", f"<{address}>: Bad recipient address syntax"))
@@ -475,6 +491,7 @@ class SMTPServerProtocol(asyncio.Protocol):
             return
         self.envelope.recipients.append(address)
         self.envelope.rcpt_params.append(params)
+        self.envelope.rcpt_dsn.append(dsn)
         self._reply(RECIPIENT_OK)
 
     def smtp_data(self, arg: str) -> None:

@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+from msgspool.domain.dsn import Handoff
 from msgspool.domain.health import DestinationHealth, ProbePolicy
 from msgspool.domain.message import Message, Recipient, Settlement
 from msgspool.domain.outcome import DESTINATION_DOWN, Reply
@@ -152,7 +153,7 @@ class Destination:
             conn = await self.transport.connect(self.nexthop)
         except DestinationUnavailable as err:
             if err.reply.permanent:
-                self.settle([Settlement(job.message.id, r.index, r.address, Status.FAILED, err.reply)
+                self.settle([Settlement(job.message.id, r.index, r.address, Status.FAILED, err.reply, dsn=r.dsn)
                              for r in job.recipients])
                 return None
             self.settle([self._deferral(job.message, r, err.reply, attempted=True, wait=True)
@@ -166,7 +167,7 @@ class Destination:
     async def _deliver(self, conn: Connection, job: Job) -> bool:
         message, recipients = job.message, job.recipients
         try:
-            replies = await conn.send(message.sender, [r.address for r in recipients], message.full_content())
+            replies = await conn.send(message, recipients)
         except DestinationUnavailable as err:
             # The outcome is unknown (the connection died mid-transaction): retry later.
             self.settle([self._deferral(message, r, err.reply, attempted=True, remote=conn.remote)
@@ -174,7 +175,8 @@ class Destination:
             self.mark_down(err.reply)
             return False
         now = self.clock()
-        settlements = [self._outcome(message, r, reply, now, conn.remote)
+        handoff = getattr(conn, "handoff", Handoff.FINAL)  # optional for a transport: final by default
+        settlements = [self._outcome(message, r, reply, now, conn.remote, handoff)
                        for r, reply in zip(recipients, replies, strict=True)]
         self.settle(settlements)
         for s in settlements:
@@ -182,18 +184,20 @@ class Destination:
         self.delivered += 1
         return True
 
-    def _outcome(self, message: Message, r: Recipient, reply: Reply, now: float, remote: str) -> Settlement:
+    def _outcome(self, message: Message, r: Recipient, reply: Reply, now: float, remote: str,
+                 handoff: Handoff) -> Settlement:
         if reply.ok:
-            return Settlement(message.id, r.index, r.address, Status.DELIVERED, reply, remote=remote)
+            return Settlement(message.id, r.index, r.address, Status.DELIVERED, reply, remote=remote, dsn=r.dsn,
+                              handoff=handoff)
         if reply.permanent:
-            return Settlement(message.id, r.index, r.address, Status.FAILED, reply, remote=remote)
+            return Settlement(message.id, r.index, r.address, Status.FAILED, reply, remote=remote, dsn=r.dsn)
         return self._deferral(message, r, reply, attempted=True, remote=remote)
 
     def _deferral(self, message: Message, r: Recipient, reply: Reply, *, attempted: bool,
                   wait: bool = False, remote: str | None = None) -> Settlement:
         now = self.clock()
         if self.retry.expired(message.submitted_at, now, message.expires_at):
-            return Settlement(message.id, r.index, r.address, Status.EXPIRED, reply, attempted=attempted,
+            return Settlement(message.id, r.index, r.address, Status.EXPIRED, reply, attempted=attempted, dsn=r.dsn,
                               remote=remote)
         next_at = self.retry.next_attempt(now, r.attempts + 1)
         limit = message.expires_at or (message.submitted_at + self.retry.max_lifetime)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from msgspool.domain import address as addr
 from msgspool.domain.content import canonical, count_hops
+from msgspool.domain.dsn import MessageDSN, RecipientDSN
 from msgspool.domain.ids import new_id
 from msgspool.domain.message import DEFAULT_CLASS, NORMAL, Message, Recipient
 from msgspool.domain.outcome import LOOP_DETECTED, NO_ROUTE, Reply
@@ -39,6 +40,8 @@ class Submission:
     origin: str = "api"
     message_id: str | None = None  # a queue id chosen in advance (the SMTP listener's Received: id)
     meta: dict[str, str] = field(default_factory=dict)
+    dsn: MessageDSN | None = None  # RET / ENVID (RFC 3461)
+    recipient_dsn: Sequence[RecipientDSN | None] | None = None  # NOTIFY / ORCPT, parallel to recipients
 
 
 class Intake:
@@ -82,7 +85,7 @@ class Intake:
             id=sub.message_id or new_id(now), sender=sub.sender, content=content, recipients=[],
             submitted_at=now, mailbox=sub.mailbox, message_class=sub.message_class, priority=sub.priority,
             deliver_after=sub.deliver_after, expires_at=sub.expires_at,
-            delete_after_submit=sub.delete_after_submit, origin=sub.origin, meta=dict(sub.meta))
+            delete_after_submit=sub.delete_after_submit, origin=sub.origin, meta=dict(sub.meta), dsn=sub.dsn)
         copies: list[Message] = []
         seen: set[tuple[str, str]] = set()
         for i, address in enumerate(sub.recipients):
@@ -92,7 +95,8 @@ class Intake:
             seen.add((addrtype, address.lower()))
             rtype = sub.types[i] if sub.types else RecipientType.TO
             recipient = Recipient(address=address, addrtype=addrtype, type=rtype, index=len(message.recipients),
-                                  next_attempt_at=max(now, sub.deliver_after or now))
+                                  next_attempt_at=max(now, sub.deliver_after or now),
+                                  dsn=sub.recipient_dsn[i] if sub.recipient_dsn else None)
             message.recipients.append(recipient)
             if route:
                 copy = self.route(message, recipient, now)
@@ -103,7 +107,8 @@ class Intake:
     def _check(self, sub: Submission) -> None:
         if not sub.recipients:
             raise SubmitError(Reply(554, "5.5.1", "no recipients"))
-        for name, values in (("addrtypes", sub.addrtypes), ("types", sub.types)):
+        for name, values in (("addrtypes", sub.addrtypes), ("types", sub.types),
+                             ("recipient_dsn", sub.recipient_dsn)):
             if values is not None and len(values) != len(sub.recipients):
                 raise SubmitError(Reply(501, "5.5.4", f"{name} must have one entry per recipient"))
         if sub.sender and not addr.valid_smtp(sub.sender):

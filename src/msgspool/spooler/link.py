@@ -32,6 +32,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from msgspool.domain.dsn import MessageDSN, Ret, notify_text, orcpt_text, recipient_dsn
 from msgspool.domain.events import Event, event_from_wire, event_to_wire
 from msgspool.domain.message import Message, Recipient
 from msgspool.domain.recipient import RecipientType, Status
@@ -163,14 +164,20 @@ def message_to_wire(message: Message) -> dict[str, Any]:
     """What delivery needs of a message (not its folder or mailbox), in JSON's terms."""
     return {"id": message.id, "sender": message.sender, "content": base64.b64encode(message.content).decode(),
             "submitted_at": message.submitted_at, "priority": message.priority, "expires_at": message.expires_at,
-            "recipients": [[r.index, r.address, r.addrtype, str(r.type), r.transport, r.nexthop, r.attempts]
+            "ret": message.dsn.ret if message.dsn else None, "envid": message.dsn.envid if message.dsn else None,
+            "recipients": [[r.index, r.address, r.addrtype, str(r.type), r.transport, r.nexthop, r.attempts,
+                            notify_text(r.dsn), orcpt_text(r.dsn)]
                            for r in message.recipients if r.status is Status.ACTIVE]}
 
 
 def message_from_wire(data: dict[str, Any]) -> Message:
     recipients = [Recipient(address=address, addrtype=addrtype, type=RecipientType(rtype), transport=transport,
-                            nexthop=nexthop, status=Status.ACTIVE, attempts=attempts, index=index)
-                  for index, address, addrtype, rtype, transport, nexthop, attempts in data["recipients"]]
+                            nexthop=nexthop, status=Status.ACTIVE, attempts=attempts, index=index,
+                            dsn=recipient_dsn(notify, orcpt))
+                  for index, address, addrtype, rtype, transport, nexthop, attempts, notify, orcpt
+                  in data["recipients"]]
+    ret, envid = data.get("ret"), data.get("envid")
     return Message(id=data["id"], sender=data["sender"], content=base64.b64decode(data["content"]),
                    recipients=recipients, submitted_at=data["submitted_at"], priority=data["priority"],
-                   expires_at=data["expires_at"])
+                   expires_at=data["expires_at"],
+                   dsn=MessageDSN(Ret(ret) if ret else None, envid) if ret or envid else None)

@@ -36,6 +36,7 @@ from msgspool.spooler.destinations import DestinationLimits
 from msgspool.spooler.events import EventBus, Subscription
 from msgspool.spooler.intake import Intake, Submission, due_now, mark_active
 from msgspool.spooler.link import RemoteDelivery
+from msgspool.spooler.reporter import Reporter
 from msgspool.spooler.scheduler import Scheduler
 from msgspool.views import message_json
 
@@ -120,6 +121,10 @@ class Spooler:
             limits=DestinationLimits(settings.destination_concurrency, settings.destination_recipient_limit,
                                      settings.connection_idle_time, settings.connection_reuse_limit),
             active_limit=settings.active_limit)
+        self.reporter = Reporter(self.store, self.intake, hostname=settings.host_name,
+                                 postmaster=settings.postmaster, publish=self.bus.publish,
+                                 deliver=lambda _message: self.poke())
+        self.scheduler.on_reports = self.reporter.poke
         self.delivering = False
         self.routing = False
         self.remote: RemoteDelivery | None = None  # set in the daemon's intake process
@@ -139,6 +144,7 @@ class Spooler:
         if deliver:
             await self.scheduler.start()
             self.delivering = True
+            self.reporter.poke()  # owed before a crash or restart
             self._housekeeping = asyncio.create_task(self._housekeeping_loop())
 
     async def stop(self) -> None:
@@ -148,6 +154,7 @@ class Spooler:
                 await self._housekeeping
         if self.delivering:
             await self.scheduler.stop()
+            await self.reporter.stop()
             self.delivering = False
         for transport in self.transports.values():
             await transport.close()

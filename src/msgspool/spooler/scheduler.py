@@ -43,6 +43,7 @@ class Scheduler:
         self.active_limit, self.clock = active_limit, clock
         self.active = 0  # recipients in memory: dispatched and not yet settled
         self.on_settled: Callable[[int], None] | None = None  # told the window after each settlement
+        self.on_reports: Callable[[], None] | None = None  # told when settled outcomes may owe reports
         self.destinations: dict[str, Destination] = {}
         self._wakeup = asyncio.Event()
         self._pending: list[Settlement] = []
@@ -104,11 +105,12 @@ class Scheduler:
             if r.status is not Status.ACTIVE:
                 continue
             if self.retry.expired(message.submitted_at, now, message.expires_at):
-                decided.append(Settlement(message.id, r.index, r.address, Status.EXPIRED, EXPIRED, attempted=False))
+                decided.append(Settlement(message.id, r.index, r.address, Status.EXPIRED, EXPIRED, attempted=False,
+                                          dsn=r.dsn))
                 continue
             copy = self.intake.route(message, r, now)
             if r.status is not Status.ACTIVE:  # failed (no route, unknown mailbox) or filed locally
-                decided.append(Settlement(message.id, r.index, r.address, r.status, r.last_reply,
+                decided.append(Settlement(message.id, r.index, r.address, r.status, r.last_reply, dsn=r.dsn,
                                           transport=r.transport, nexthop=r.nexthop, copy=copy))
             else:
                 assert r.transport is not None and r.nexthop is not None
@@ -163,6 +165,8 @@ class Scheduler:
                 self._starved = False
                 self._wakeup.set()
         self.publish(events)
+        if self.on_reports is not None and any(_may_owe_report(s) for s in batch):
+            self.on_reports()
         if self.on_settled is not None:
             self.on_settled(self.active)
 
@@ -221,3 +225,8 @@ class Scheduler:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
 
+
+
+def _may_owe_report(s: Settlement) -> bool:
+    """Cheap pre-check; the store decides (RFC 3461 NOTIFY) when it records the outcome."""
+    return s.status in (Status.FAILED, Status.EXPIRED) or (s.status is Status.DELIVERED and s.dsn is not None)

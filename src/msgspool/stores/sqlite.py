@@ -28,14 +28,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
+from msgspool.domain.dsn import MessageDSN, RecipientDSN, Ret, notify_text, orcpt_text, recipient_dsn, report_action
 from msgspool.domain.events import Event, EventType
-from msgspool.domain.message import INBOX, OUTBOX, SENT, Message, MessageInfo, Recipient, Settlement
+from msgspool.domain.message import INBOX, OUTBOX, SENT, Message, MessageInfo, PendingReport, Recipient, Settlement
 from msgspool.domain.outcome import Reply
 from msgspool.domain.recipient import RecipientType, Status
 
 T = TypeVar("T")
 DB_NAME = "spool.db"
-SCHEMA_VERSION = 2  # the schema script is idempotent: an older spool gets what is new in it
+SCHEMA_VERSION = 4  # the schema script is idempotent: an older spool gets what is new in it
 _PENDING_SQL = "('queued','active','deferred','held')"
 _STATUS_EVENT = {
     Status.DELIVERED: EventType.DELIVERED,
@@ -60,11 +61,19 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     return conn
 
 
+# Columns added after version 1; a spool made by an older msgspool gets them on open.
+_ADDED_COLUMNS = {"recipients": ("notify TEXT", "orcpt TEXT", "report TEXT"), "messages": ("ret TEXT", "envid TEXT")}
+
+
 def create_schema(conn: sqlite3.Connection) -> None:
     if conn.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
         return
-    sql = resources.files("msgspool.stores").joinpath("sql/sqlite.sql").read_text()
-    conn.executescript(sql)
+    for table, columns in _ADDED_COLUMNS.items():  # first: the script indexes some of them
+        have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        for column in columns:
+            if have and column.split()[0] not in have:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+    conn.executescript(resources.files("msgspool.stores").joinpath("sql/sqlite.sql").read_text())
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
@@ -88,10 +97,11 @@ def _insert_message(conn: sqlite3.Connection, msg: Message, content_id: int) -> 
     conn.execute(
         "INSERT INTO messages (id, mailbox, folder, sender, size, submitted_at, content_id,"
         " headers_prefix, message_class, priority, deliver_after, expires_at, delete_after_submit,"
-        " held, origin, meta) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        " held, origin, meta, ret, envid) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
         (msg.id, msg.mailbox, msg.folder, msg.sender, msg.size, msg.submitted_at, content_id,
          msg.headers_prefix or None, msg.message_class, msg.priority, msg.deliver_after, msg.expires_at,
-         int(msg.delete_after_submit), int(msg.held), msg.origin, json.dumps(msg.meta) if msg.meta else None),
+         int(msg.delete_after_submit), int(msg.held), msg.origin, json.dumps(msg.meta) if msg.meta else None,
+         msg.dsn.ret if msg.dsn else None, msg.dsn.envid if msg.dsn else None),
     )
 
 
@@ -99,7 +109,8 @@ def _recipient_row(message_id: str, r: Recipient) -> tuple[Any, ...]:
     reply = r.last_reply
     return (message_id, r.index, r.address, r.addrtype, str(r.type), r.transport, r.nexthop, str(r.status),
             r.attempts, r.next_attempt_at, r.last_attempt_at,
-            reply.code if reply else None, reply.enhanced if reply else None, reply.text if reply else None)
+            reply.code if reply else None, reply.enhanced if reply else None, reply.text if reply else None,
+            notify_text(r.dsn), orcpt_text(r.dsn))
 
 
 def op_submit(conn: sqlite3.Connection, msg: Message, copies: Sequence[Message]) -> list[Event]:
@@ -110,8 +121,8 @@ def op_submit(conn: sqlite3.Connection, msg: Message, copies: Sequence[Message])
     _insert_message(conn, msg, content_id)
     conn.executemany(
         "INSERT INTO recipients (message_id, idx, address, addrtype, type, transport, nexthop, status,"
-        " attempts, next_attempt_at, last_attempt_at, reply_code, reply_enhanced, reply_text)"
-        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        " attempts, next_attempt_at, last_attempt_at, reply_code, reply_enhanced, reply_text, notify, orcpt)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
         [_recipient_row(msg.id, r) for r in msg.recipients],
     )
     events = [_insert_event(conn, Event(EventType.SUBMITTED, msg.id, msg.submitted_at,
@@ -198,32 +209,33 @@ def op_claim(conn: sqlite3.Connection, now: float, limit: int) -> list[Message]:
     rows = conn.execute(
         "UPDATE recipients SET status = 'active' WHERE rowid IN (SELECT rowid FROM recipients"
         " WHERE status IN ('queued', 'deferred') AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?)"
-        " RETURNING message_id, idx, address, addrtype, type, transport, nexthop, attempts",
+        " RETURNING message_id, idx, address, addrtype, type, transport, nexthop, attempts, notify, orcpt",
         (now, limit),
     ).fetchall()
     by_message: dict[str, list[Recipient]] = {}
-    for mid, idx, address, addrtype, rtype, transport, nexthop, attempts in rows:
+    for mid, idx, address, addrtype, rtype, transport, nexthop, attempts, notify, orcpt in rows:
         by_message.setdefault(mid, []).append(Recipient(
             address=address, addrtype=addrtype, type=RecipientType(rtype), transport=transport,
-            nexthop=nexthop, status=Status.ACTIVE, attempts=attempts, index=idx))
+            nexthop=nexthop, status=Status.ACTIVE, attempts=attempts, index=idx, dsn=recipient_dsn(notify, orcpt)))
     return [m for m in (_load_message(conn, mid, rcpts) for mid, rcpts in by_message.items()) if m]
 
 
 def _load_message(conn: sqlite3.Connection, message_id: str, recipients: list[Recipient]) -> Message | None:
     row = conn.execute(
         "SELECT m.sender, m.submitted_at, m.mailbox, m.folder, m.message_class, m.priority, m.deliver_after,"
-        " m.expires_at, m.delete_after_submit, m.held, m.origin, m.headers_prefix, c.data"
+        " m.expires_at, m.delete_after_submit, m.held, m.origin, m.headers_prefix, c.data, m.ret, m.envid"
         " FROM messages m JOIN contents c ON c.id = m.content_id WHERE m.id = ?", (message_id,)
     ).fetchone()
     if row is None:
         return None
     (sender, submitted_at, mailbox, folder, cls, priority, deliver_after, expires_at, das, held, origin,
-     prefix, data) = row
+     prefix, data, ret, envid) = row
     return Message(id=message_id, sender=sender, content=bytes(data), recipients=recipients,
                    submitted_at=submitted_at, mailbox=mailbox, folder=folder, message_class=cls,
                    priority=priority, deliver_after=deliver_after, expires_at=expires_at,
                    delete_after_submit=bool(das), held=bool(held), origin=origin,
-                   headers_prefix=bytes(prefix or b""))
+                   headers_prefix=bytes(prefix or b""),
+                   dsn=MessageDSN(Ret(ret) if ret else None, envid) if ret or envid else None)
 
 
 def op_settle(conn: sqlite3.Connection, settlements: Sequence[Settlement], now: float) -> list[Event]:
@@ -242,11 +254,12 @@ def op_settle(conn: sqlite3.Connection, settlements: Sequence[Settlement], now: 
             " last_attempt_at = CASE WHEN ? THEN ? ELSE last_attempt_at END,"
             " reply_code = COALESCE(?, reply_code), reply_enhanced = COALESCE(?, reply_enhanced),"
             " reply_text = COALESCE(?, reply_text), remote = COALESCE(?, remote), wait_destination = ?,"
-            " transport = COALESCE(?, transport), nexthop = COALESCE(?, nexthop)"
+            " transport = COALESCE(?, transport), nexthop = COALESCE(?, nexthop), report = COALESCE(?, report)"
             " WHERE message_id = ? AND idx = ? AND status = 'active' RETURNING transport",
             (str(status), int(s.attempted), s.next_attempt_at, int(s.attempted), now,
              reply.code if reply else None, reply.enhanced if reply else None, reply.text if reply else None,
-             s.remote, int(s.wait_destination), s.transport, s.nexthop, s.message_id, s.index),
+             s.remote, int(s.wait_destination), s.transport, s.nexthop, _report_due(status, s),
+             s.message_id, s.index),
         ).fetchone()
         if row is None:
             continue
@@ -259,6 +272,13 @@ def op_settle(conn: sqlite3.Connection, settlements: Sequence[Settlement], now: 
     for message_id in touched:
         events += _finish_if_done(conn, message_id, now)
     return events
+
+
+def _report_due(status: Status, s: Settlement) -> str | None:
+    """The report action this outcome owes the sender (RFC 3461 NOTIFY), recorded with the outcome
+    in one step so that a crash can neither lose the report nor send it twice."""
+    action = report_action(status, s.dsn or RecipientDSN(), handoff=s.handoff)
+    return None if action is None else str(action)
 
 
 def _is_held(conn: sqlite3.Connection, message_id: str) -> bool:
@@ -342,6 +362,40 @@ def op_delete(conn: sqlite3.Connection, ids: Sequence[str]) -> list[str]:
     return found
 
 
+def pending_reports(conn: sqlite3.Connection, limit: int) -> list[PendingReport]:
+    out = []
+    for (message_id,) in conn.execute("SELECT DISTINCT message_id FROM recipients WHERE report IS NOT NULL LIMIT ?",
+                                      (limit,)).fetchall():
+        row = conn.execute("SELECT sender, submitted_at, message_class, ret, envid FROM messages WHERE id = ?",
+                           (message_id,)).fetchone()
+        content = get_content(conn, message_id)
+        if row is None or content is None:  # deleted meanwhile, recipients with it
+            continue
+        sender, submitted_at, message_class, ret, envid = row
+        recipients = [{"index": idx, "address": address, "action": report, "remote": remote, "orcpt": orcpt,
+                       "last_attempt_at": last_at, "reply": Reply(code or 0, enhanced or "", text or "")}
+                      for idx, address, report, code, enhanced, text, remote, orcpt, last_at in conn.execute(
+                          "SELECT idx, address, report, reply_code, reply_enhanced, reply_text, remote, orcpt,"
+                          " last_attempt_at FROM recipients WHERE message_id = ? AND report IS NOT NULL ORDER BY idx",
+                          (message_id,))]
+        dsn = MessageDSN(Ret(ret) if ret else None, envid) if ret or envid else None
+        out.append(PendingReport(message_id, sender, submitted_at, message_class, content, dsn, recipients))
+    return out
+
+
+def op_reported(conn: sqlite3.Connection, message_id: str, indexes: Sequence[int], report: Message | None,
+                copies: Sequence[Message]) -> list[Event]:
+    """The report for these recipients is written (or deliberately dropped): submit it and clear
+    their debt in one step."""
+    events = op_submit(conn, report, copies) if report is not None else []
+    conn.executemany("UPDATE recipients SET report = NULL WHERE message_id = ? AND idx = ?",
+                     [(message_id, i) for i in indexes])
+    if report is not None:
+        events.append(_insert_event(conn, Event(EventType.REPORT, message_id, report.submitted_at,
+                                                detail={"report_id": report.id, "class": report.message_class})))
+    return events
+
+
 def op_purge(conn: sqlite3.Connection, sent_before: float, events_before: float, chunk: int = 2000) -> int:
     """Housekeeping: drop the spool's own finished messages and old events past their retention."""
     ids = [r[0] for r in conn.execute(
@@ -356,27 +410,28 @@ def op_purge(conn: sqlite3.Connection, sent_before: float, events_before: float,
 # Reads, shaped for `queue list/show --json` and the HTTP API.
 
 _RECIPIENT_COLUMNS = ("message_id, idx, address, addrtype, type, transport, nexthop, status, attempts,"
-                      " next_attempt_at, last_attempt_at, reply_code, reply_enhanced, reply_text, remote")
+                      " next_attempt_at, last_attempt_at, reply_code, reply_enhanced, reply_text, remote,"
+                      " notify, orcpt")
 
 
 def _recipient_dict(row: Sequence[Any]) -> dict[str, Any]:
     (_mid, idx, address, addrtype, rtype, transport, nexthop, status, attempts, next_at, last_at, code,
-     enhanced, text, remote) = row
+     enhanced, text, remote, notify, orcpt) = row
     reply = Reply(code, enhanced or "", text or "").line() if code is not None else None
     return {"index": idx, "address": address, "addrtype": addrtype, "type": rtype, "transport": transport,
             "destination": nexthop, "status": status, "attempts": attempts, "next_attempt_at": next_at,
-            "last_attempt_at": last_at, "last_reply": reply, "relay": remote}
+            "last_attempt_at": last_at, "last_reply": reply, "relay": remote, "notify": notify, "orcpt": orcpt}
 
 
 _MESSAGE_COLUMNS = ("id, mailbox, folder, sender, size, submitted_at, finished_at, message_class, priority,"
-                    " deliver_after, expires_at, held, origin")
+                    " deliver_after, expires_at, held, origin, ret, envid")
 
 
 def _message_info(row: Sequence[Any], recipients: list[dict[str, Any]]) -> MessageInfo:
     (message_id, mailbox, folder, sender, size, submitted_at, finished_at, message_class, priority, deliver_after,
-     expires_at, held, origin) = row
+     expires_at, held, origin, ret, envid) = row
     return MessageInfo(message_id, mailbox, folder, sender, size, submitted_at, finished_at, message_class,
-                       priority, deliver_after, expires_at, bool(held), origin, recipients)
+                       priority, deliver_after, expires_at, bool(held), origin, recipients, ret, envid)
 
 
 def iter_messages(conn: sqlite3.Connection, folders: Sequence[str] = (OUTBOX,), mailbox: str | None = None,
@@ -661,6 +716,13 @@ class SQLiteStore:
 
     async def purge(self, sent_before: float, events_before: float) -> int:
         return await self._write(lambda c: op_purge(c, sent_before, events_before), durable=False)
+
+    async def pending_reports(self, limit: int = 100) -> list[PendingReport]:
+        return await self.read(lambda c: pending_reports(c, limit))
+
+    async def reported(self, message_id: str, indexes: Sequence[int], report: Message | None,
+                       copies: Sequence[Message] = ()) -> list[Event]:
+        return await self._write(lambda c: op_reported(c, message_id, indexes, report, copies))
 
     async def set_receive_folder(self, mailbox: str, message_class: str, folder: str) -> None:
         await self._write(lambda c: op_set_receive_folder(c, mailbox, message_class, folder))

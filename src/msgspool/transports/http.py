@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from msgspool.domain.message import Message, Recipient
 from msgspool.domain.outcome import Reply
 from msgspool.errors import DestinationUnavailable
 
@@ -49,8 +50,9 @@ class HTTPConnection:
     def usable(self) -> bool:
         return not self.session.closed
 
-    async def send(self, sender: str, recipients: Sequence[str], content: bytes) -> list[Reply]:
-        return [await self._post(url, sender, content) for url in recipients]
+    async def send(self, message: Message, recipients: Sequence[Recipient]) -> list[Reply]:
+        content = message.full_content()
+        return [await self._post(r.address, message.sender, content) for r in recipients]
 
     async def _post(self, url: str, sender: str, content: bytes) -> Reply:
         headers = {"Content-Type": "message/rfc822", "X-Msgspool-Sender": sender, **self.headers}

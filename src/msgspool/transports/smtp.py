@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from msgspool.domain.address import SMTP, domain_of
+from msgspool.domain.dsn import Handoff, RecipientDSN, mail_params, rcpt_params
+from msgspool.domain.message import Message, Recipient
 from msgspool.domain.outcome import Reply
 from msgspool.errors import DestinationUnavailable
 from msgspool.transports.smtp_client import ClientTimeouts, SMTPClient, SMTPConnectionError
@@ -44,12 +46,30 @@ class SMTPConnection:
     def usable(self) -> bool:
         return self.client.usable
 
-    async def send(self, sender: str, recipients: Sequence[str], content: bytes) -> list[Reply]:
+    @property
+    def handoff(self) -> Handoff:
+        """A next hop that advertises DSN reports success itself; to one that does not, msgspool
+        reports `relayed` (RFC 3461 §5.2.2)."""
+        return Handoff.DSN_RELAY if "DSN" in self.client.extensions else Handoff.RELAY
+
+    async def send(self, message: Message, recipients: Sequence[Recipient]) -> list[Reply]:
+        mail_params, rcpt_params = self._dsn_params(message, recipients)
         try:
-            result = await self.client.send(sender, recipients, content)
+            result = await self.client.send(message.sender, [r.address for r in recipients], message.full_content(),
+                                            mail_params=mail_params, rcpt_params=rcpt_params)
         except SMTPConnectionError as err:
             raise DestinationUnavailable(err.reply) from err
         return result.outcomes()
+
+    def _dsn_params(self, message: Message,
+                    recipients: Sequence[Recipient]) -> tuple[list[str], list[list[str]] | None]:
+        """RFC 3461 §5.2: to a next hop that advertises DSN, the requests go along (with an ORCPT
+        naming the address as received, when the client gave none); to one that does not, nothing."""
+        if "DSN" not in self.client.extensions or (message.dsn is None and not any(r.dsn for r in recipients)):
+            return [], None
+        smtputf8 = "SMTPUTF8" in self.client.extensions
+        return (mail_params(message.dsn) if message.dsn else [],
+                [rcpt_params(r.dsn or RecipientDSN(), r.address, smtputf8=smtputf8) for r in recipients])
 
     async def close(self) -> None:
         await self.client.quit()

@@ -25,7 +25,9 @@ CREATE TABLE IF NOT EXISTS messages (
     held                INTEGER NOT NULL DEFAULT 0,
     origin              TEXT NOT NULL DEFAULT 'api',
     flags               TEXT NOT NULL DEFAULT '',
-    meta                TEXT
+    meta                TEXT,
+    ret                 TEXT,            -- RFC 3461 RET: FULL | HDRS
+    envid               TEXT             -- RFC 3461 ENVID, decoded
 );
 CREATE INDEX IF NOT EXISTS messages_by_folder ON messages (mailbox, folder, submitted_at);
 CREATE INDEX IF NOT EXISTS messages_finished ON messages (finished_at) WHERE folder = 'sent';
@@ -47,6 +49,9 @@ CREATE TABLE IF NOT EXISTS recipients (
     reply_text          TEXT,
     remote              TEXT,
     wait_destination    INTEGER NOT NULL DEFAULT 0,
+    notify              TEXT,            -- RFC 3461 NOTIFY: NULL (not given), NEVER, or a list
+    orcpt               TEXT,            -- RFC 3461 ORCPT, decoded: addr-type;address
+    report              TEXT,            -- a report owed to the sender: failed | delivered | relayed
     PRIMARY KEY (message_id, idx)
 );
 -- The scheduler's refill reads due recipients by time through this index only.
@@ -82,3 +87,5 @@ CREATE TABLE IF NOT EXISTS events (
 );
 -- Housekeeping drops events past their retention by time.
 CREATE INDEX IF NOT EXISTS events_by_time ON events (time);
+-- Recipients whose report is owed (reporter.py writes them).
+CREATE INDEX IF NOT EXISTS recipients_report ON recipients (message_id) WHERE report IS NOT NULL;

@@ -1,0 +1,117 @@
+"""The reporter: writes the delivery reports the store says are owed (MAPI StatusRecips -> DR/NDR;
+Postfix's bounce daemon).
+
+When an outcome is recorded, the store notes in the same step whether the sender asked to be told
+(RFC 3461 NOTIFY; a failure is told unless NOTIFY says otherwise). This loop turns those notes into
+RFC 3464 reports — one per message and kind (failures apart from successes), listing every
+recipient it covers — submits each through intake like any message, with the null sender (so it is
+filed straight into a local sender's mailbox with its MAPI class, or queued for a remote one), and
+clears the notes in the same commit: a crash neither loses a report nor sends it twice.
+
+A report about mail from the null sender goes once to the postmaster, or nowhere (domain/reports.py:
+never bounce a bounce).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+from msgspool.domain.dsn import Action, OriginalRecipient
+from msgspool.domain.events import Event
+from msgspool.domain.message import Message, PendingReport
+from msgspool.domain.reports import (
+    DeliveryReport,
+    RecipientEntry,
+    compose_report,
+    report_class,
+    report_kind,
+    route_report,
+)
+from msgspool.errors import SubmitError
+from msgspool.ports import Store
+from msgspool.spooler.intake import Intake, Submission
+
+log = logging.getLogger("msgspool.reports")
+
+
+class Reporter:
+    def __init__(self, store: Store, intake: Intake, *, hostname: str, postmaster: str,
+                 publish: Callable[[Sequence[Event]], None], deliver: Callable[[Message], None],
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store, self.intake, self.hostname, self.postmaster = store, intake, hostname, postmaster
+        self.publish, self.deliver, self.clock = publish, deliver, clock
+        self._task: asyncio.Task[None] | None = None
+        self._again = False
+
+    def poke(self) -> None:
+        """Reports may be owed: write them soon (one run at a time)."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self._run())
+        else:
+            self._again = True
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            self._again = False
+            try:
+                pending = await self.store.pending_reports()
+                for item in pending:
+                    for group in _groups(item):
+                        await self._report(item, group)
+            except Exception:
+                log.exception("writing reports failed; they stay owed and are retried")
+                return
+            if not pending and not self._again:
+                return
+
+    async def _report(self, item: PendingReport, recipients: list[dict[str, object]]) -> None:
+        entries = [_entry(r) for r in recipients]
+        kind = report_kind(e.action for e in entries)
+        failed = [e.final_recipient for e in entries if e.action is Action.FAILED]
+        route = route_report(item.sender, kind, postmaster=self.postmaster or None, failed_recipients=failed)
+        indexes = [int(r["index"]) for r in recipients]  # type: ignore[call-overload]
+        if route.to is None:
+            log.info("%s: %s report not sent: %s", item.message_id, kind, route.reason)
+            await self.store.reported(item.message_id, indexes, None)
+            return
+        report = DeliveryReport(reporting_mta=self.hostname, to=route.to, original=item.content, recipients=entries,
+                                arrival=item.submitted_at, envid=item.dsn.envid if item.dsn else None,
+                                ret=item.dsn.ret if item.dsn else None, queue_id=item.message_id)
+        content = compose_report(report, now=self.clock())
+        try:
+            message, copies = self.intake.build(Submission(
+                sender="", recipients=[route.to], content=content, origin="report",
+                message_class=report_class(kind, item.message_class)))
+        except SubmitError as err:
+            log.warning("%s: %s report to <%s> refused: %s", item.message_id, kind, route.to, err)
+            await self.store.reported(item.message_id, indexes, None)
+            return
+        events = await self.store.reported(item.message_id, indexes, message, copies)
+        log.info("%s: %s report %s to <%s> (%s)", item.message_id, kind, message.id, route.to, route.reason)
+        self.publish(events)
+        if any(r.status.pending for r in message.recipients):
+            self.deliver(message)
+
+
+def _groups(item: PendingReport) -> list[list[dict[str, object]]]:
+    """Failures in one report, successes (delivered, relayed) in another."""
+    failures = [r for r in item.recipients if r["action"] in (Action.FAILED, Action.DELAYED)]
+    successes = [r for r in item.recipients if r not in failures]
+    return [g for g in (failures, successes) if g]
+
+
+def _entry(r: dict[str, object]) -> RecipientEntry:
+    orcpt = str(r["orcpt"]) if r["orcpt"] else None
+    original = OriginalRecipient(*orcpt.split(";", 1)) if orcpt else None
+    remote = str(r["remote"]).split("[", 1)[0] if r["remote"] else None
+    last = r["last_attempt_at"]
+    return RecipientEntry.from_reply(str(r["address"]), Action(str(r["action"])), r["reply"],  # type: ignore[arg-type]
+                                     remote_mta=remote, original_recipient=original,
+                                     last_attempt=float(last) if isinstance(last, int | float) else None)
