@@ -35,6 +35,7 @@ log = logging.getLogger("msgspool.delivery")
 class Job:
     message: Message
     recipients: list[Recipient]
+    fresh: bool = False  # a new submission: goes ahead of retries and released backlog
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +59,7 @@ class Destination:
         self._settle = settle
         self.health = DestinationHealth(self.name, probe)
         self.jobs: deque[Job] = deque()
+        self._fresh = 0  # fresh jobs at the head of `jobs`
         self.workers = 0
         self.idle_workers = 0
         self.delivered = 0
@@ -68,10 +70,18 @@ class Destination:
 
     # -- queueing ---------------------------------------------------------------------------
 
-    def enqueue(self, message: Message, recipients: Sequence[Recipient]) -> None:
+    def enqueue(self, message: Message, recipients: Sequence[Recipient], *, fresh: bool = False) -> None:
+        """Queue the message for these recipients. Fresh mail goes after earlier fresh mail but
+        ahead of retries and backlog, so a destination draining a large backlog that just came
+        back still sends new mail at once."""
         limit = self.limits.recipient_limit
         for start in range(0, len(recipients), limit):
-            self.jobs.append(Job(message, list(recipients[start:start + limit])))
+            job = Job(message, list(recipients[start:start + limit]), fresh)
+            if fresh:
+                self.jobs.insert(self._fresh, job)  # near the head: cheap for a deque
+                self._fresh += 1
+            else:
+                self.jobs.append(job)
         if self.health.down:
             self._defer_queued(DESTINATION_DOWN)
             return
@@ -90,6 +100,7 @@ class Destination:
         """Drop queued jobs of these messages (hold/delete); returns the recipients dropped."""
         dropped = [r for job in self.jobs if job.message.id in message_ids for r in job.recipients]
         self.jobs = deque(job for job in self.jobs if job.message.id not in message_ids)
+        self._fresh = sum(1 for job in self.jobs if job.fresh)
         return dropped
 
     def _spawn(self, coro: Awaitable[None]) -> asyncio.Task[None]:
@@ -144,7 +155,10 @@ class Destination:
                 pass
             finally:
                 self.idle_workers -= 1
-        return self.jobs.popleft()
+        job = self.jobs.popleft()
+        if job.fresh:
+            self._fresh -= 1
+        return job
 
     async def _connect(self, job: Job) -> Connection | None:
         """A new connection; None when it failed (the job is settled: failed on a permanent
@@ -214,7 +228,7 @@ class Destination:
             self._prober = self._spawn(self._probe_loop())
 
     def _defer_queued(self, reply: Reply) -> None:
-        jobs, self.jobs = self.jobs, deque()
+        jobs, self.jobs, self._fresh = self.jobs, deque(), 0
         settlements = [self._deferral(job.message, r, reply, attempted=False, wait=True)
                        for job in jobs for r in job.recipients]
         if settlements:

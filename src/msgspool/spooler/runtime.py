@@ -190,7 +190,7 @@ class Spooler:
             raise
         self.bus.publish(events)
         if handed and self.delivering:
-            self.scheduler.dispatch(message)
+            self.scheduler.dispatch(message, fresh=True)
         elif handed and self.remote is not None:
             self.remote.dispatch(message, due)
         elif any(r.status.pending for r in message.recipients):

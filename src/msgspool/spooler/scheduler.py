@@ -90,12 +90,12 @@ class Scheduler:
     def adopt(self, message: Message) -> None:
         """A message committed by another process with its due recipients `active` (link.py)."""
         self.active += len(message.recipients)
-        self.dispatch(message)
+        self.dispatch(message, fresh=True)
 
     def wakeup(self) -> None:
         self._wakeup.set()
 
-    def dispatch(self, message: Message) -> None:
+    def dispatch(self, message: Message, *, fresh: bool = False) -> None:
         """Route the message's active recipients (again: with this process's configuration, which
         may differ from the submitter's) and hand them to their destinations."""
         now = self.clock()
@@ -118,7 +118,7 @@ class Scheduler:
         if decided:
             self.settle(decided)
         for (transport, nexthop), recipients in groups.items():
-            self.destination(transport, nexthop).enqueue(message, recipients)
+            self.destination(transport, nexthop).enqueue(message, recipients, fresh=fresh)
 
     def cancel(self, message_ids: Sequence[str]) -> None:
         """Forget queued work of held or deleted messages; the store already changed their state."""

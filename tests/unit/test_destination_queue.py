@@ -1,0 +1,34 @@
+"""A destination's queue order: fresh mail goes ahead of retries and released backlog (no sockets:
+the concurrency limit is 0, so nothing is sent and the queue can be read)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from msgspool.domain.health import ProbePolicy
+from msgspool.domain.message import Message, Recipient
+from msgspool.domain.retry import RetryPolicy
+from msgspool.spooler.destinations import Destination, DestinationLimits
+
+
+class Idle:
+    name = "smtp"
+
+
+def message(name: str) -> Message:
+    return Message(id=name, sender="a@example.org", content=b"x", submitted_at=0.0,
+                   recipients=[Recipient(f"{name}@example.com")])
+
+
+async def test_fresh_mail_is_queued_after_earlier_fresh_mail_and_before_the_backlog() -> None:
+    settled: list[Any] = []
+    dest = Destination(Idle(), "relay:25", DestinationLimits(concurrency=0), RetryPolicy(), ProbePolicy(),  # type: ignore[arg-type]
+                       settled.extend, on_up=lambda _d: None)  # type: ignore[arg-type,return-value]
+    for name, fresh in (("old1", False), ("new1", True), ("old2", False), ("new2", True)):
+        m = message(name)
+        dest.enqueue(m, m.recipients, fresh=fresh)
+    assert [job.message.id for job in dest.jobs] == ["new1", "new2", "old1", "old2"]
+    assert (await dest._next_job()).message.id == "new1"  # type: ignore[union-attr]
+    m = message("new3")
+    dest.enqueue(m, m.recipients, fresh=True)
+    assert [job.message.id for job in dest.jobs] == ["new2", "new3", "old1", "old2"]
