@@ -112,3 +112,19 @@ async def test_a_bounce_is_never_bounced(spooler_factory: SpoolerFactory, sink: 
         assert entry["message_class"] == "REPORT.IPM.Note.NDR"
         await asyncio.sleep(0.3)
         assert len(await spooler.folder("postmaster@example.org")) == 1  # once, not looped
+
+
+async def test_delete_after_submit_waits_for_the_report_it_owes(spooler_factory: SpoolerFactory, sink: Sink) -> None:
+    async with spooler_factory(relay=sink.address, local_domains=["example.org"]) as spooler:
+        sub = submission("a@example.org", "fail5xx@example.com")
+        sub.delete_after_submit = True
+        message_id = await spooler.submit(sub)
+        (entry,) = await inbox(spooler, "a@example.org", 1)
+        report = await report_of(spooler, entry)
+        for _ in range(100):
+            if await spooler.store.get(message_id) is None:
+                break
+            await asyncio.sleep(0.02)
+        gone = await spooler.store.get(message_id) is None
+    assert status_blocks(report)[0]["Action"] == "failed"
+    assert gone  # deleted once the report was written

@@ -186,11 +186,16 @@ def _finish_if_done(conn: sqlite3.Connection, message_id: str, now: float) -> li
         (message_id, OUTBOX, message_id)).fetchone()
     if row is None:
         return []
-    if row[0]:
+    if row[0] and not _reports_owed(conn, message_id):
         _delete_messages(conn, [message_id])
-    else:
+    else:  # delete-after-submit waits for the reports it owes: they quote the message
         conn.execute("UPDATE messages SET folder = ?, finished_at = ? WHERE id = ?", (SENT, now, message_id))
     return []
+
+
+def _reports_owed(conn: sqlite3.Connection, message_id: str) -> bool:
+    return conn.execute("SELECT 1 FROM recipients WHERE message_id = ? AND report IS NOT NULL LIMIT 1",
+                        (message_id,)).fetchone() is not None
 
 
 def _delete_messages(conn: sqlite3.Connection, ids: Sequence[str]) -> None:
@@ -393,6 +398,10 @@ def op_reported(conn: sqlite3.Connection, message_id: str, indexes: Sequence[int
     if report is not None:
         events.append(_insert_event(conn, Event(EventType.REPORT, message_id, report.submitted_at,
                                                 detail={"report_id": report.id, "class": report.message_class})))
+    done = conn.execute("SELECT 1 FROM messages WHERE id = ? AND folder = ? AND delete_after_submit = 1",
+                        (message_id, SENT)).fetchone()
+    if done and not _reports_owed(conn, message_id):
+        _delete_messages(conn, [message_id])
     return events
 
 
