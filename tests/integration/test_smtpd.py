@@ -153,7 +153,7 @@ async def test_two_messages_on_one_connection(listener: Listener, sink: Sink) ->
     (["EHLO c", "MAIL FROM:<a@example.org>", "RCPT TO:<b@example.com> XFOO=1"],
      (555, "5.5.4 Unsupported option: XFOO")),
     (["HELO c", "MAIL FROM:<a@example.org>", "RCPT TO:<b@example.com> NOTIFY=NEVER"],
-     (555, "5.5.4 Unsupported option: NOTIFY")),
+     (501, "5.5.4 Syntax error in parameters")),
     (["EHLO c", "MAIL FROM:<a@example.org>", "RCPT TO:<jöran@example.com>"],
      (553, "5.6.7 Error: must declare SMTPUTF8 to send unicode address")),
     (["EHLO c", "DATA extra"], (501, "5.5.4 Syntax: DATA")),

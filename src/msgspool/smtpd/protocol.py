@@ -400,6 +400,20 @@ class SMTPServerProtocol(asyncio.Protocol):
         self.envelope = Envelope()
         self._reply(Reply(250, "", self.limits.hostname))
 
+    def _path_and_params(self, arg: str, command: str) -> tuple[str, dict[str, str]] | None:
+        """``FROM:<path> KEY=VALUE ...`` -> (path, params); answers the syntax error itself. ESMTP
+        parameters need EHLO (RFC 5321 §4.1.1.11)."""
+        parsed = parse_path(arg, command.split()[1])
+        if parsed is None:
+            self._error(Reply(501, "5.5.4", f"Syntax: {command}:<address>"))
+            return None
+        path, param_text = parsed
+        params = parse_params(param_text)
+        if params is None or (params and not self.session.esmtp):
+            self._error(Reply(501, "5.5.4", "Syntax error in parameters"))
+            return None
+        return path, params
+
     def smtp_mail(self, arg: str) -> None:
         if self.session.helo is None:
             self._error(NEED_HELO)
@@ -407,15 +421,10 @@ class SMTPServerProtocol(asyncio.Protocol):
         if self.envelope.sender is not None:
             self._error(NESTED_MAIL)
             return
-        parsed = parse_path(arg, "FROM")
+        parsed = self._path_and_params(arg, "MAIL FROM")
         if parsed is None:
-            self._error(Reply(501, "5.5.4", "Syntax: MAIL FROM:<address>"))
             return
-        sender, param_text = parsed
-        params = parse_params(param_text)
-        if params is None or (params and not self.session.esmtp):
-            self._error(Reply(501, "5.5.4", "Syntax error in parameters"))
-            return
+        sender, params = parsed
         refusal = self._mail_params(params)
         if refusal is None and sender and not valid_mailbox(sender):
             refusal = Reply(501, "5.1.7", f"<{sender}>: Bad sender address syntax")
@@ -458,18 +467,13 @@ class SMTPServerProtocol(asyncio.Protocol):
         if self.envelope.sender is None:
             self._error(NEED_MAIL)
             return
-        parsed = parse_path(arg, "TO")
+        parsed = self._path_and_params(arg, "RCPT TO")
         if parsed is None:
-            self._error(Reply(501, "5.5.4", "Syntax: RCPT TO:<address>"))
             return
-        address, param_text = parsed
-        params = parse_params(param_text)
-        if params is None:
-            self._error(Reply(501, "5.5.4", "Syntax error in parameters"))
-            return
+        address, params = parsed
         unknown = set(params) - {"NOTIFY", "ORCPT"}
-        if unknown or (params and not self.session.esmtp):
-            self._error(Reply(555, "5.5.4", f"Unsupported option: {min(unknown or params)}"))
+        if unknown:
+            self._error(Reply(555, "5.5.4", f"Unsupported option: {min(unknown)}"))
             return
         try:
             dsn = parse_rcpt_params(params, smtputf8=self.envelope.smtputf8) if params else None
