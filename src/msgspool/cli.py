@@ -3,7 +3,7 @@
 SYNOPSIS
     msgspool serve [--config FILE] [--data DIR] [--smtp HOST:PORT] [--http HOST:PORT]
                    [--relay HOST:PORT] [--local-domain DOMAIN]... [-v]
-    msgspool sendmail [-t] [-i] [-f SENDER] [-F NAME] [RCPT...]   (message on stdin)
+    msgspool sendmail [-t] [-i] [-f SENDER] [-F NAME] [-N DSN] [-R RET] [-V ENVID] [RCPT...]
     msgspool queue list [--json] [--all]
     msgspool queue show ID [--json]
     msgspool queue flush [ID...]
@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     sendmail.add_argument("-o", action="append", default=[], metavar="OPTION", help="sendmail option (-oi)")
     sendmail.add_argument("-f", metavar="SENDER", dest="sender", help="envelope sender")
     sendmail.add_argument("-F", metavar="NAME", dest="full_name", help="sender's full name for From:")
+    sendmail.add_argument("-N", metavar="DSN", dest="notify",
+                          help="NEVER, or a list of success,failure,delay (RFC 3461)")
+    sendmail.add_argument("-R", metavar="RET", dest="ret", help="full or hdrs: what a report returns (RFC 3461)")
+    sendmail.add_argument("-V", metavar="ENVID", dest="envid", help="envelope id quoted in reports (RFC 3461)")
     sendmail.add_argument("recipients", nargs="*", metavar="RCPT")
 
     queue = sub.add_parser("queue", help="look at and change the queue")
@@ -174,7 +178,12 @@ def cmd_sendmail(args: argparse.Namespace, settings: Settings) -> int:
         return EX_USAGE
     content = complete_headers(content, sender, args.full_name, settings.host_name)
     try:
-        message_id = _run(settings, lambda s: s.submit(_submission(sender, recipients, content)), create=True)
+        sub = _submission(sender, recipients, content, args)
+    except ValueError as err:
+        print(f"msgspool sendmail: {err}", file=sys.stderr)
+        return EX_USAGE
+    try:
+        message_id = _run(settings, lambda s: s.submit(sub), create=True)
     except SubmitError as err:
         print(f"msgspool sendmail: {err.reply.line()}", file=sys.stderr)
         return EX_DATAERR if err.reply.permanent else EX_TEMPFAIL
@@ -186,10 +195,21 @@ def cmd_sendmail(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _submission(sender: str, recipients: list[str], content: bytes) -> Any:
+def _submission(sender: str, recipients: list[str], content: bytes, args: argparse.Namespace) -> Any:
+    """The submission, with sendmail's DSN options (-N, -R, -V) as RFC 3461 requests; ValueError on
+    a bad option."""
+    from msgspool.domain.dsn import MessageDSN, RecipientDSN, parse_notify, parse_ret
     from msgspool.spooler.intake import Submission
 
-    return Submission(sender=sender, recipients=recipients, content=content, origin="sendmail")
+    notify = RecipientDSN(parse_notify(args.notify)) if args.notify else None
+    dsn = None
+    if args.ret or args.envid:
+        if args.envid is not None and not (0 < len(args.envid) <= 100 and args.envid.isprintable()
+                                           and args.envid.isascii()):
+            raise ValueError("bad -V envelope id: 1 to 100 printable ASCII characters")
+        dsn = MessageDSN(parse_ret(args.ret) if args.ret else None, args.envid)
+    return Submission(sender=sender, recipients=recipients, content=content, origin="sendmail", dsn=dsn,
+                      recipient_dsn=[notify] * len(recipients) if notify else None)
 
 
 # -- queue ----------------------------------------------------------------------------------

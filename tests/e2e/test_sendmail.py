@@ -81,3 +81,18 @@ def test_sendmail_while_daemon_runs_is_delivered_promptly_by_wakeup(spool: Spool
         time.sleep(0.3)
     assert received_tags(relay) == ["wake-1", "wake-2"]
     assert relay.messages[0].recipients == ["rcpt@example.com"]
+
+
+def test_sendmail_dsn_options_are_stored_as_rfc_3461_requests(spool: Spool) -> None:
+    spool.sendmail("Subject: dsn\n\nbody\n", "-N", "success,delay", "-R", "hdrs", "-V", "env-42",
+                   "-f", "a@example.org", "b@example.com", "c@example.com")
+    [info] = spool.queue()
+    assert (info["ret"], info["envid"]) == ("HDRS", "env-42")
+    assert [r["notify"] for r in info["recipients"]] == ["SUCCESS,DELAY", "SUCCESS,DELAY"]
+
+
+def test_sendmail_refuses_a_bad_dsn_option_with_a_usage_error(spool: Spool) -> None:
+    bad = spool.run("sendmail", "-N", "never,success", "b@example.com", stdin="Subject: x\n\nbody\n", ok=False)
+    assert bad.returncode == 64
+    assert "NOTIFY" in bad.stderr
+    assert spool.run("sendmail", "-R", "some", "b@example.com", stdin="x\n", ok=False).returncode == 64

@@ -52,3 +52,14 @@ async def test_unknown_message_id_raises_not_found(tmp_path: Path) -> None:
     async with msgspool.open_spool(str(tmp_path / "spool"), deliver=False) as spool:
         with pytest.raises(msgspool.NotFound):
             await spool.message("NOSUCHID")
+
+
+async def test_send_carries_dsn_requests(tmp_path: Path) -> None:
+    from msgspool.domain.dsn import MessageDSN, Notify, RecipientDSN, Ret
+
+    async with msgspool.open_spool(str(tmp_path / "spool"), deliver=False) as spool:
+        queue_id = await spool.send(note(), notify=RecipientDSN(frozenset({Notify.FAILURE})),
+                                    dsn=MessageDSN(Ret.FULL, "e1"))
+        info = await spool.message(queue_id)
+    assert (info["ret"], info["envid"]) == ("FULL", "e1")
+    assert {r["notify"] for r in info["recipients"]} == {"FAILURE"}

@@ -24,6 +24,7 @@ from typing import IO, Any
 from msgspool.compose import complete_headers, header_recipients, header_sender, strip_bcc
 from msgspool.config import Settings
 from msgspool.domain.address import mailbox_key
+from msgspool.domain.dsn import MessageDSN, RecipientDSN
 from msgspool.domain.events import Event, EventType
 from msgspool.domain.health import ProbePolicy
 from msgspool.domain.message import DEFAULT_CLASS, NORMAL
@@ -205,9 +206,12 @@ class Spooler:
     async def send(self, message: EmailMessage | bytes, *, sender: str | None = None,
                    recipients: Sequence[str] | None = None, mailbox: str = "", priority: int = NORMAL,
                    deliver_after: float | None = None, expires_at: float | None = None,
-                   delete_after_submit: bool = False, message_class: str = DEFAULT_CLASS) -> str:
+                   delete_after_submit: bool = False, message_class: str = DEFAULT_CLASS,
+                   notify: RecipientDSN | None = None, dsn: MessageDSN | None = None) -> str:
         """Submit an `email.message.EmailMessage` (or RFC 5322 bytes). Without `recipients` they come
-        from To/Cc/Bcc (and Bcc is removed); without `sender`, from the From: address."""
+        from To/Cc/Bcc (and Bcc is removed); without `sender`, from the From: address. `notify` is
+        every recipient's RFC 3461 request (e.g. ``RecipientDSN(frozenset({Notify.SUCCESS}))``),
+        `dsn` the message's (RET, ENVID)."""
         content = message.as_bytes(policy=SMTP_POLICY) if isinstance(message, EmailMessage) else message
         if recipients is None:
             recipients = header_recipients(content)
@@ -218,7 +222,7 @@ class Spooler:
         return await self.submit(Submission(
             sender=sender, recipients=list(recipients), content=content, mailbox=mailbox, priority=priority,
             deliver_after=deliver_after, expires_at=expires_at, delete_after_submit=delete_after_submit,
-            message_class=message_class))
+            message_class=message_class, dsn=dsn, recipient_dsn=[notify] * len(recipients) if notify else None))
 
     async def message(self, message_id: str) -> dict[str, Any]:
         """A message with the status of every recipient (the JSON of `queue show`)."""
