@@ -18,6 +18,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from msgspool.domain.dsn import Action, OriginalRecipient
 from msgspool.domain.events import Event
@@ -71,12 +72,12 @@ class Reporter:
             if not pending and not self._again:
                 return
 
-    async def _report(self, item: PendingReport, recipients: list[dict[str, object]]) -> None:
+    async def _report(self, item: PendingReport, recipients: list[dict[str, Any]]) -> None:
         entries = [_entry(r) for r in recipients]
         kind = report_kind(e.action for e in entries)
         failed = [e.final_recipient for e in entries if e.action is Action.FAILED]
         route = route_report(item.sender, kind, postmaster=self.postmaster or None, failed_recipients=failed)
-        indexes = [int(r["index"]) for r in recipients]  # type: ignore[call-overload]
+        indexes = [int(r["index"]) for r in recipients]
         if route.to is None:
             log.info("%s: %s report not sent: %s", item.message_id, kind, route.reason)
             await self.store.reported(item.message_id, indexes, None)
@@ -100,18 +101,15 @@ class Reporter:
             self.deliver(message)
 
 
-def _groups(item: PendingReport) -> list[list[dict[str, object]]]:
+def _groups(item: PendingReport) -> list[list[dict[str, Any]]]:
     """Failures in one report, successes (delivered, relayed) in another."""
     failures = [r for r in item.recipients if r["action"] in (Action.FAILED, Action.DELAYED)]
     successes = [r for r in item.recipients if r not in failures]
     return [g for g in (failures, successes) if g]
 
 
-def _entry(r: dict[str, object]) -> RecipientEntry:
-    orcpt = str(r["orcpt"]) if r["orcpt"] else None
-    original = OriginalRecipient(*orcpt.split(";", 1)) if orcpt else None
-    remote = str(r["remote"]).split("[", 1)[0] if r["remote"] else None
-    last = r["last_attempt_at"]
-    return RecipientEntry.from_reply(str(r["address"]), Action(str(r["action"])), r["reply"],  # type: ignore[arg-type]
-                                     remote_mta=remote, original_recipient=original,
-                                     last_attempt=float(last) if isinstance(last, int | float) else None)
+def _entry(r: dict[str, Any]) -> RecipientEntry:
+    original = OriginalRecipient(*r["orcpt"].split(";", 1)) if r["orcpt"] else None
+    remote = r["remote"].split("[", 1)[0] if r["remote"] else None  # "host[addr]:port" -> host
+    return RecipientEntry.from_reply(r["address"], Action(r["action"]), r["reply"], remote_mta=remote,
+                                     original_recipient=original, last_attempt=r["last_attempt_at"])
