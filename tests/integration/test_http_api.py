@@ -94,3 +94,24 @@ async def test_event_stream_filters_by_mailbox_and_type_and_resumes(api: tuple[S
         resumed.close()
     assert int(replayed["id"]) > int(event["id"])
     assert replayed["data"]["type"] == "new_mail"
+
+
+async def test_new_mail_reaches_an_sse_subscriber_within_100_ms_of_filing(api: tuple[Spooler, str]) -> None:
+    import time
+
+    spooler, base = api
+    async with aiohttp.ClientSession() as http:
+        stream = await http.get(f"{base}/events", params={"mailbox": "bob@example.org", "types": "new_mail"})
+        await asyncio.sleep(0.05)  # the subscription is open
+        await spooler.send(b"Subject: x\r\n\r\nhi\r\n", sender="a@example.org", recipients=["bob@example.org"])
+        (event,) = await read_events(stream, 1)
+        received = time.time()
+        stream.close()
+    filed = spooler_time(event["data"]["time"])
+    assert received - filed < 0.1, f"new_mail after {received - filed:.3f} s"
+
+
+def spooler_time(iso: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
