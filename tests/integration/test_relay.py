@@ -226,3 +226,14 @@ async def test_flush_probes_a_down_destination_at_once(spooler_factory: SpoolerF
             await sink.async_wait_for(1, timeout=3)  # not the 30 s probe interval
         finally:
             sink.stop()
+
+
+async def test_urgent_mail_goes_first_when_the_queue_is_backed_up(spooler_factory: SpoolerFactory,
+                                                                  sink: Sink) -> None:
+    urgent = b"From: a@example.org\r\nX-Priority: 1 (Highest)\r\nSubject: urgent\r\n\r\nnow\r\n"
+    async with spooler_factory(relay=sink.address, destination_concurrency=1) as spooler:
+        await asyncio.gather(*(spooler.submit(submission(f"n{i}@example.com")) for i in range(30)),
+                             spooler.submit(submission("u@example.com", content=urgent)))
+        await sink.async_wait_for(31)
+    order = [m.recipients[0] for m in sink.messages]
+    assert order.index("u@example.com") == 0, order

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from msgspool.domain.health import ProbePolicy
-from msgspool.domain.message import Message, Recipient
+from msgspool.domain.message import NON_URGENT, NORMAL, URGENT, Message, Recipient
 from msgspool.domain.retry import RetryPolicy
 from msgspool.spooler.destinations import Destination, DestinationLimits
 
@@ -15,8 +15,13 @@ class Idle:
     name = "smtp"
 
 
-def message(name: str) -> Message:
-    return Message(id=name, sender="a@example.org", content=b"x", submitted_at=0.0,
+def destination() -> Destination:
+    return Destination(Idle(), "relay:25", DestinationLimits(concurrency=0), RetryPolicy(), ProbePolicy(),  # type: ignore[arg-type]
+                       lambda _s: None, on_up=lambda _d: None)  # type: ignore[arg-type,return-value]
+
+
+def message(name: str, priority: int = NORMAL) -> Message:
+    return Message(id=name, sender="a@example.org", content=b"x", submitted_at=0.0, priority=priority,
                    recipients=[Recipient(f"{name}@example.com")])
 
 
@@ -32,3 +37,12 @@ async def test_fresh_mail_is_queued_after_earlier_fresh_mail_and_before_the_back
     m = message("new3")
     dest.enqueue(m, m.recipients, fresh=True)
     assert [job.message.id for job in dest.jobs] == ["new2", "new3", "old1", "old2"]
+
+
+def test_urgent_mail_goes_first_and_non_urgent_after_normal_fresh_mail() -> None:
+    dest = destination()
+    for name, priority, fresh in (("old", NORMAL, False), ("new", NORMAL, True), ("slow", NON_URGENT, True),
+                                  ("old-urgent", URGENT, False), ("new-urgent", URGENT, True)):
+        m = message(name, priority)
+        dest.enqueue(m, m.recipients, fresh=fresh)
+    assert [job.message.id for job in dest.jobs] == ["old-urgent", "new-urgent", "new", "slow", "old"]

@@ -7,6 +7,9 @@ import re
 
 _RECEIVED = re.compile(rb"^received:", re.IGNORECASE | re.MULTILINE)
 _LINE_END = re.compile(rb"\r?\n")
+_PRIORITY = re.compile(rb"^(priority|x-priority|importance):[ \t]*([^\r\n]*)", re.IGNORECASE | re.MULTILINE)
+# MAPI PR_PRIORITY values (domain/message.py): urgent 1, normal 0, non-urgent -1.
+_PRIORITY_WORDS = {b"urgent": 1, b"high": 1, b"normal": 0, b"non-urgent": -1, b"low": -1}
 
 
 def header_block(content: bytes) -> bytes:
@@ -26,3 +29,16 @@ def canonical(content: bytes) -> bytes:
     if content.count(b"\n") == content.count(b"\r\n"):
         return content
     return _LINE_END.sub(b"\r\n", content)
+
+
+def header_priority(content: bytes) -> int | None:
+    """The priority a message's header asks for: ``Priority:`` (RFC 2156: urgent, normal,
+    non-urgent), ``X-Priority:`` (1-2 urgent, 3 normal, 4-5 non-urgent) or ``Importance:`` (high,
+    normal, low); None when it names none."""
+    for name, value in _PRIORITY.findall(header_block(content)):
+        word = value.strip().lower()
+        if name.lower() == b"x-priority" and word[:1] in (b"1", b"2", b"3", b"4", b"5"):
+            return {b"1": 1, b"2": 1, b"3": 0}.get(word[:1], -1)
+        if word in _PRIORITY_WORDS:
+            return _PRIORITY_WORDS[word]
+    return None

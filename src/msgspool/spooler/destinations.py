@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from msgspool.domain.dsn import Handoff
 from msgspool.domain.health import DestinationHealth, ProbePolicy
-from msgspool.domain.message import Message, Recipient, Settlement
+from msgspool.domain.message import NORMAL, Message, Recipient, Settlement
 from msgspool.domain.outcome import DESTINATION_DOWN, Reply
 from msgspool.domain.recipient import Status
 from msgspool.domain.retry import RetryPolicy
@@ -35,7 +35,7 @@ log = logging.getLogger("msgspool.delivery")
 class Job:
     message: Message
     recipients: list[Recipient]
-    fresh: bool = False  # a new submission: goes ahead of retries and released backlog
+    fresh: bool = False  # in the head of the queue: new or urgent mail, ahead of retries and backlog
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +59,7 @@ class Destination:
         self._settle = settle
         self.health = DestinationHealth(self.name, probe)
         self.jobs: deque[Job] = deque()
-        self._fresh = 0  # fresh jobs at the head of `jobs`
+        self._fresh = 0  # jobs in the head of `jobs` (fresh or urgent mail)
         self.workers = 0
         self.idle_workers = 0
         self.delivered = 0
@@ -71,17 +71,20 @@ class Destination:
     # -- queueing ---------------------------------------------------------------------------
 
     def enqueue(self, message: Message, recipients: Sequence[Recipient], *, fresh: bool = False) -> None:
-        """Queue the message for these recipients. Fresh mail goes after earlier fresh mail but
-        ahead of retries and backlog, so a destination draining a large backlog that just came
-        back still sends new mail at once."""
+        """Queue the message for these recipients. The head of the queue holds fresh mail and
+        urgent mail, most urgent first and otherwise in order; retries and released backlog follow.
+        So a destination draining a large backlog still sends new mail at once, and urgent mail
+        goes first when the queue is backed up (MAPI PR_PRIORITY)."""
         limit = self.limits.recipient_limit
+        ahead = fresh or message.priority > NORMAL
         for start in range(0, len(recipients), limit):
-            job = Job(message, list(recipients[start:start + limit]), fresh)
-            if fresh:
-                self.jobs.insert(self._fresh, job)  # near the head: cheap for a deque
+            job = Job(message, list(recipients[start:start + limit]), ahead)
+            if ahead:
+                self.jobs.insert(self._head_position(message.priority), job)
                 self._fresh += 1
             else:
                 self.jobs.append(job)
+
         if self.health.down:
             self._defer_queued(DESTINATION_DOWN)
             return
@@ -89,6 +92,13 @@ class Destination:
         while self.workers < self.limits.concurrency and self.workers - self.idle_workers < len(self.jobs):
             self.workers += 1  # counted at spawn, not when the task first runs: the loop must see it
             self._spawn(self._worker())
+
+    def _head_position(self, priority: int) -> int:
+        """After every head job at least as urgent: the head is short, so a scan is cheap."""
+        position = self._fresh
+        while position > 0 and self.jobs[position - 1].message.priority < priority:
+            position -= 1
+        return position
 
     def settle(self, settlements: list[Settlement]) -> None:
         """Hand outcomes to the scheduler, stamped with the route they took."""

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from msgspool.domain import address as addr
-from msgspool.domain.content import canonical, count_hops
+from msgspool.domain.content import canonical, count_hops, header_priority
 from msgspool.domain.dsn import MessageDSN, RecipientDSN
 from msgspool.domain.ids import new_id
 from msgspool.domain.message import DEFAULT_CLASS, NORMAL, Message, Recipient
@@ -83,7 +83,8 @@ class Intake:
             raise SubmitError(Reply(552, "5.3.4", "Message size exceeds fixed limit"))
         message = Message(
             id=sub.message_id or new_id(now), sender=sub.sender, content=content, recipients=[],
-            submitted_at=now, mailbox=sub.mailbox, message_class=sub.message_class, priority=sub.priority,
+            submitted_at=now, mailbox=sub.mailbox, message_class=sub.message_class,
+            priority=sub.priority if sub.priority != NORMAL else (header_priority(content) or NORMAL),
             deliver_after=sub.deliver_after, expires_at=sub.expires_at,
             delete_after_submit=sub.delete_after_submit, origin=sub.origin, meta=dict(sub.meta), dsn=sub.dsn)
         copies: list[Message] = []
