@@ -121,3 +121,35 @@ async def test_a_failing_write_fails_alone_in_its_group_commit(spooler_factory: 
             assert isinstance(message_id, str)
             assert (await spooler.message(message_id))["recipients"][0]["status"] == "queued"
         assert (await spooler.message(first))["recipients"][0]["address"] == "b@example.com"
+
+
+async def test_a_spool_made_by_an_older_msgspool_is_upgraded_on_open(tmp_path: Path) -> None:
+    """Version 1 spools lack the DSN and report columns and two indexes; opening adds them."""
+    import sqlite3
+
+    from msgspool.stores.sqlite import SCHEMA_VERSION, SQLiteStore, connect, create_schema
+
+    path = tmp_path / "spool.db"
+    conn = connect(path)
+    create_schema(conn)
+    for table, column in (("recipients", "notify"), ("recipients", "orcpt"), ("messages", "ret"),
+                          ("messages", "envid")):
+        conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+    conn.execute("DROP INDEX recipients_report")
+    conn.execute("ALTER TABLE recipients DROP COLUMN report")
+    conn.execute("DROP INDEX events_by_time")
+    conn.execute("PRAGMA user_version = 1")
+    conn.close()
+
+    store = SQLiteStore(path)
+    await store.open()
+    await store.close()
+    check = sqlite3.connect(path)
+    columns = {t: {row[1] for row in check.execute(f"PRAGMA table_info({t})")} for t in ("recipients", "messages")}
+    indexes = {row[0] for row in check.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    version = check.execute("PRAGMA user_version").fetchone()[0]
+    check.close()
+    assert {"notify", "orcpt", "report"} <= columns["recipients"]
+    assert {"ret", "envid"} <= columns["messages"]
+    assert {"recipients_report", "events_by_time"} <= indexes
+    assert version == SCHEMA_VERSION
