@@ -224,9 +224,7 @@ async def deliver(fd: int, config: dict[str, Any]) -> None:
         elif op == "cancel":
             spooler.scheduler.cancel(message.get("ids") or [])
         elif op == "probe":
-            for dest in spooler.scheduler.destinations.values():
-                if dest.health.down:
-                    dest.probe_now()
+            spooler.probe_down_destinations()
         elif op == "events":
             if message.get("on") and unsubscribe is None:
                 forwarder = EventForwarder(link)

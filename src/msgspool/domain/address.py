@@ -28,10 +28,6 @@ def mailbox_key(address: str) -> str:
     return f"{local.lower()}@{domain}" if domain else local.lower()
 
 
-def is_ascii(address: str) -> bool:
-    return address.isascii()
-
-
 def valid_smtp(address: str) -> bool:
     """A cheap syntactic check for API and sendmail input: ``local@domain`` with sane parts."""
     local, domain = split(address)

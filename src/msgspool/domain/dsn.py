@@ -312,8 +312,5 @@ def recipient_dsn(notify: str | None, orcpt: str | None) -> RecipientDSN | None:
     """The inverse of `notify_text` and `orcpt_text`."""
     if notify is None and orcpt is None:
         return None
-    request = RecipientDSN(None if notify is None else parse_notify(notify))
-    if orcpt is not None:
-        addr_type, _, address = orcpt.partition(";")
-        request = RecipientDSN(request.notify, OriginalRecipient(addr_type, address))
-    return request
+    original = OriginalRecipient(*orcpt.split(";", 1)) if orcpt is not None else None
+    return RecipientDSN(None if notify is None else parse_notify(notify), original)

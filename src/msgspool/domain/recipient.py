@@ -46,8 +46,6 @@ class Status(StrEnum):
 
 FINAL = frozenset({Status.DELIVERED, Status.FAILED, Status.EXPIRED})
 PENDING = frozenset(Status) - FINAL
-# States a flush or release may move back to `queued`.
-WAITING = frozenset({Status.QUEUED, Status.DEFERRED})
 
 TRANSITIONS: dict[Status, frozenset[Status]] = {
     Status.QUEUED: frozenset({Status.ACTIVE, Status.HELD, Status.FAILED, Status.EXPIRED, Status.DELIVERED}),

@@ -272,7 +272,8 @@ class Spooler:
         elif self.remote is not None:
             self.remote.cancel(ids)
 
-    def _probe_down_destinations(self) -> None:
+    def probe_down_destinations(self) -> None:
+        """Probe every destination that is down now (flush), here or in the delivery process."""
         if self.delivering:
             for dest in self.scheduler.destinations.values():
                 if dest.health.down:
@@ -286,7 +287,7 @@ class Spooler:
         if ids:
             await self._require(ids)
         count = await self.store.flush(ids, time.time())
-        self._probe_down_destinations()
+        self.probe_down_destinations()
         self.poke()
         return count
 

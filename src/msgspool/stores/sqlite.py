@@ -36,6 +36,7 @@ from msgspool.domain.recipient import RecipientType, Status
 
 T = TypeVar("T")
 DB_NAME = "spool.db"
+CHUNK = 5000  # rows one bulk change (flush, a released backlog) touches per transaction
 SCHEMA_VERSION = 4  # the schema script is idempotent: an older spool gets what is new in it
 _PENDING_SQL = "('queued','active','deferred','held')"
 _STATUS_EVENT = {
@@ -298,7 +299,7 @@ def op_recover(conn: sqlite3.Connection) -> int:
 
 
 def op_release_destination(conn: sqlite3.Connection, transport: str, nexthop: str, now: float,
-                           chunk: int = 5000) -> int:
+                           chunk: int = CHUNK) -> int:
     """A destination answered again: its waiting backlog becomes due now (chunked so that intake
     commits interleave with a large release)."""
     return conn.execute(
@@ -342,7 +343,7 @@ def op_release(conn: sqlite3.Connection, ids: Sequence[str], now: float) -> list
     return found
 
 
-def op_flush(conn: sqlite3.Connection, ids: Sequence[str] | None, now: float, chunk: int = 5000) -> int:
+def op_flush(conn: sqlite3.Connection, ids: Sequence[str] | None, now: float, chunk: int = CHUNK) -> int:
     """Make deferred (and not-yet-due queued) recipients due now: those of `ids`, or — a chunk per
     call, so intake's commits interleave with flushing a million — all of them."""
     update = "UPDATE recipients SET next_attempt_at = ?, wait_destination = 0 WHERE "
@@ -495,14 +496,6 @@ def events_after(conn: sqlite3.Connection, after_id: int, limit: int = 1000) -> 
                         " WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)).fetchall()
     return [Event(EventType(t), mid, tm, recipient=r, mailbox=mb, folder=f,
                   detail=json.loads(d) if d else {}, id=i) for i, tm, t, mid, r, mb, f, d in rows]
-
-
-def last_event_id(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("SELECT COALESCE(max(id), 0) FROM events").fetchone()[0])
-
-
-def list_mailbox(conn: sqlite3.Connection, mailbox: str, folder: str) -> list[MessageInfo]:
-    return list(iter_messages(conn, (folder,), mailbox))
 
 
 # --------------------------------------------------------------------------------------------
@@ -711,7 +704,7 @@ class SQLiteStore:
             return await self._write(lambda c: op_flush(c, ids, now))
         return await self._chunked(lambda c: op_flush(c, None, now), durable=True)
 
-    async def _chunked(self, op: Callable[[sqlite3.Connection], int], *, durable: bool, chunk: int = 5000) -> int:
+    async def _chunked(self, op: Callable[[sqlite3.Connection], int], *, durable: bool, chunk: int = CHUNK) -> int:
         """Repeat a write that changes at most `chunk` rows per transaction until it is done."""
         total = 0
         while True:
