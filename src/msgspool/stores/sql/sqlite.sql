@@ -1,4 +1,4 @@
--- msgspool SQLite spool schema (PRAGMA user_version = 2). Every statement is idempotent.
+-- msgspool SQLite spool schema (PRAGMA user_version = 5). Every statement is idempotent.
 -- One row per message (any folder of any mailbox), its content stored once in `contents`
 -- (local copies of one submission share it), one row per recipient of an outbound message.
 
@@ -27,7 +27,9 @@ CREATE TABLE IF NOT EXISTS messages (
     flags               TEXT NOT NULL DEFAULT '',
     meta                TEXT,
     ret                 TEXT,            -- RFC 3461 RET: FULL | HDRS
-    envid               TEXT             -- RFC 3461 ENVID, decoded
+    envid               TEXT,            -- RFC 3461 ENVID, decoded
+    read                INTEGER NOT NULL DEFAULT 0,  -- MAPI MSGFLAG_READ (submitted mail starts read)
+    mdn                 TEXT             -- read receipt answered (RFC 8098): displayed | deleted | suppressed
 );
 CREATE INDEX IF NOT EXISTS messages_by_folder ON messages (mailbox, folder, submitted_at);
 CREATE INDEX IF NOT EXISTS messages_finished ON messages (finished_at) WHERE folder = 'sent';
