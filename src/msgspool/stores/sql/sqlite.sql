@@ -23,13 +23,13 @@ CREATE TABLE IF NOT EXISTS messages (
     expires_at          REAL,
     delete_after_submit INTEGER NOT NULL DEFAULT 0,
     held                INTEGER NOT NULL DEFAULT 0,
+    read                INTEGER NOT NULL DEFAULT 0,  -- MAPI MSGFLAG_READ; submitted mail starts read
+    mdn                 TEXT,            -- the read receipt answered, RFC 8098: displayed | deleted | suppressed
     origin              TEXT NOT NULL DEFAULT 'api',
     flags               TEXT NOT NULL DEFAULT '',
     meta                TEXT,
     ret                 TEXT,            -- RFC 3461 RET: FULL | HDRS
-    envid               TEXT,            -- RFC 3461 ENVID, decoded
-    read                INTEGER NOT NULL DEFAULT 0,  -- MAPI MSGFLAG_READ (submitted mail starts read)
-    mdn                 TEXT             -- read receipt answered (RFC 8098): displayed | deleted | suppressed
+    envid               TEXT             -- RFC 3461 ENVID, decoded
 );
 CREATE INDEX IF NOT EXISTS messages_by_folder ON messages (mailbox, folder, submitted_at);
 CREATE INDEX IF NOT EXISTS messages_finished ON messages (finished_at) WHERE folder = 'sent';
