@@ -56,6 +56,9 @@ async def control_handler(spooler: Spooler, request: dict[str, Any]) -> dict[str
     if op in ("hold", "release", "delete"):
         done = await getattr(spooler, op)(list(ids or []))
         return {"ok": True, "ids": done}
+    if op in ("read", "unread"):
+        sent = await spooler.mark_read(list(ids or []), op == "read", mdn=request.get("mdn"))
+        return {"ok": True, "ids": list(ids or []), "mdn": sent}
     if op == "status":
         return {"ok": True, "status": await spooler.status_table()}
     return {"ok": False, "error": f"unknown op {op!r}"}

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from msgspool.domain.events import Event
-from msgspool.domain.message import Message, MessageInfo, PendingReport, Recipient, Settlement
+from msgspool.domain.message import Message, MessageInfo, PendingReport, ReadReceipt, Recipient, Settlement
 from msgspool.domain.outcome import Reply
 
 
@@ -87,6 +87,16 @@ class Store(Protocol):
     async def reported(self, message_id: str, indexes: Sequence[int], report: Message | None,
                        copies: Sequence[Message] = ()) -> list[Event]:
         """Submit the report (None: dropped) and clear those recipients' debt, in one step."""
+        ...
+
+    # mailbox messages (MAPI IMessage::SetReadFlag, IMAPISupport::ReadReceipt)
+    async def set_read(self, ids: Sequence[str], read: bool, now: float) -> list[Event]:
+        """Set or clear the read flag; a `read` event for each message whose flag changed."""
+        ...
+
+    async def send_receipt(self, receipt: ReadReceipt, now: float) -> list[Event]:
+        """In one step: record the receipt's disposition unless the message has one (a `deleted` one
+        only while it is unread), submit its MDN if so, then mark the message read or delete it."""
         ...
 
     # operations

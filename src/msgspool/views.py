@@ -29,6 +29,8 @@ def message_json(info: MessageInfo) -> dict[str, Any]:
         "expires_at": iso(info.expires_at),
         "ret": info.ret,
         "envid": info.envid,
+        "read": info.read,
+        "mdn": info.mdn,
         "recipients": [recipient_json(r) for r in info.recipients],
     }
 

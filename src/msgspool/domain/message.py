@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from msgspool.domain.address import SMTP
 from msgspool.domain.dsn import Handoff, MessageDSN, RecipientDSN
+from msgspool.domain.mdn import Disposition
 from msgspool.domain.outcome import Reply
 from msgspool.domain.recipient import RecipientType, Status
 
@@ -15,6 +17,9 @@ OUTBOX, SENT, INBOX = "outbox", "sent", "inbox"
 # The spool's own mailbox: owner of relayed mail that belongs to no local user.
 SPOOL_MAILBOX = ""
 DEFAULT_CLASS = "IPM.Note"
+
+# A read receipt the user refused (MAPI SetReadFlag SUPPRESS_RECEIPT), as the store records it.
+SUPPRESSED = "suppressed"
 
 # MAPI PR_PRIORITY
 URGENT, NORMAL, NON_URGENT = 1, 0, -1
@@ -111,6 +116,26 @@ class MessageInfo:
     recipients: list[dict[str, Any]]
     ret: str | None = None
     envid: str | None = None
+    read: bool = False  # MAPI MSGFLAG_READ
+    mdn: str | None = None  # the read receipt answered: displayed | deleted | suppressed
+
+
+@dataclass(slots=True)
+class ReadReceipt:
+    """MAPI IMAPISupport::ReadReceipt: the MDN (RFC 8098) answering mailbox message `message_id`,
+    whose `disposition` (displayed: marked read; deleted: deleted unread) the store applies,
+    records and submits the MDN with, in one step, so that no message is answered twice. `mdn`
+    None records that the user refused one (MAPI SUPPRESS_RECEIPT): none is sent later either."""
+
+    message_id: str
+    disposition: Disposition
+    mdn: Message | None
+    copies: Sequence[Message] = ()
+
+    @property
+    def recorded(self) -> str:
+        """What the store keeps in the message's `mdn` column."""
+        return self.disposition if self.mdn is not None else SUPPRESSED
 
 
 @dataclass(slots=True)

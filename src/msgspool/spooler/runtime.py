@@ -37,6 +37,7 @@ from msgspool.spooler.destinations import DestinationLimits
 from msgspool.spooler.events import EventBus, Subscription
 from msgspool.spooler.intake import Intake, Submission, due_now, mark_active
 from msgspool.spooler.link import RemoteDelivery
+from msgspool.spooler.receipts import Receipts
 from msgspool.spooler.reporter import Reporter
 from msgspool.spooler.scheduler import Scheduler
 from msgspool.views import message_json
@@ -126,6 +127,8 @@ class Spooler:
                                  postmaster=settings.postmaster, publish=self.bus.publish,
                                  deliver=lambda _message: self.poke())
         self.scheduler.on_reports = self.reporter.poke
+        self.receipts = Receipts(self.store, self.intake, hostname=settings.host_name, publish=self.bus.publish,
+                                 deliver=lambda _message: self.poke(), routing=lambda: self.routing)
         self.delivering = False
         self.routing = False
         self.remote: RemoteDelivery | None = None  # set in the daemon's intake process
@@ -303,11 +306,30 @@ class Spooler:
         self.poke()
         return found
 
-    async def delete(self, ids: Sequence[str]) -> list[str]:
+    async def delete(self, ids: Sequence[str], *, mdn: bool | None = None) -> list[str]:
+        """Delete messages. One filed into a mailbox that is deleted unread and asked for a read
+        receipt is answered with a `deleted` MDN (MAPI's nonread report); `mdn` as in `mark_read`."""
         await self._require(ids)
-        found = await self.store.delete(ids)
+        answered = await self.receipts.delete(ids, mdn)
+        rest = [i for i in ids if i not in answered]
+        deleted = set(answered) | set(await self.store.delete(rest) if rest else [])
+        found = [i for i in ids if i in deleted]
         self._cancel(found)
         return found
+
+    # -- mailbox messages (MAPI IMessage::SetReadFlag) ---------------------------------------
+
+    async def mark_read(self, ids: Sequence[str], read: bool = True, *, mdn: bool | None = None) -> list[str]:
+        """Mark messages read (or unread) and return the queue ids of the read receipts (RFC 8098
+        MDNs) this sent. A message filed into a mailbox that asked for one is answered once, when
+        first marked read: with `mdn` None only when RFC 8098 §2.1 needs no consent of the user,
+        with True when the user consents, never with False (recorded: none is sent later)."""
+        await self._require(ids)
+        return await self.receipts.mark_read(ids, read, mdn)
+
+    async def mark_unread(self, ids: Sequence[str]) -> None:
+        """Clear the read flag; never sends anything."""
+        await self.mark_read(ids, False)
 
     async def _require(self, ids: Sequence[str]) -> None:
         for message_id in ids:

@@ -30,14 +30,25 @@ from typing import Any, TypeVar
 
 from msgspool.domain.dsn import MessageDSN, RecipientDSN, Ret, notify_text, orcpt_text, recipient_dsn, report_action
 from msgspool.domain.events import Event, EventType
-from msgspool.domain.message import INBOX, OUTBOX, SENT, Message, MessageInfo, PendingReport, Recipient, Settlement
+from msgspool.domain.mdn import Disposition
+from msgspool.domain.message import (
+    INBOX,
+    OUTBOX,
+    SENT,
+    Message,
+    MessageInfo,
+    PendingReport,
+    ReadReceipt,
+    Recipient,
+    Settlement,
+)
 from msgspool.domain.outcome import Reply
 from msgspool.domain.recipient import RecipientType, Status
 
 T = TypeVar("T")
 DB_NAME = "spool.db"
 CHUNK = 5000  # rows one bulk change (flush, a released backlog) touches per transaction
-SCHEMA_VERSION = 4  # the schema script is idempotent: an older spool gets what is new in it
+SCHEMA_VERSION = 5  # the schema script is idempotent: an older spool gets what is new in it
 _PENDING_SQL = "('queued','active','deferred','held')"
 _STATUS_EVENT = {
     Status.DELIVERED: EventType.DELIVERED,
@@ -63,7 +74,10 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
 
 
 # Columns added after version 1; a spool made by an older msgspool gets them on open.
-_ADDED_COLUMNS = {"recipients": ("notify TEXT", "orcpt TEXT", "report TEXT"), "messages": ("ret TEXT", "envid TEXT")}
+_ADDED_COLUMNS = {"recipients": ("notify TEXT", "orcpt TEXT", "report TEXT"),
+                  "messages": ("ret TEXT", "envid TEXT", "read INTEGER NOT NULL DEFAULT 0", "mdn TEXT")}
+# What the rows of an older spool hold in a column added to it: mail it submitted was read by its writer.
+_BACKFILL = {"read": "UPDATE messages SET read = 1 WHERE folder IN ('outbox', 'sent')"}
 
 
 def create_schema(conn: sqlite3.Connection) -> None:
@@ -72,8 +86,11 @@ def create_schema(conn: sqlite3.Connection) -> None:
     for table, columns in _ADDED_COLUMNS.items():  # first: the script indexes some of them
         have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
         for column in columns:
-            if have and column.split()[0] not in have:
+            name = column.split()[0]
+            if have and name not in have:
                 conn.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+                if name in _BACKFILL:
+                    conn.execute(_BACKFILL[name])
     conn.executescript(resources.files("msgspool.stores").joinpath("sql/sqlite.sql").read_text())
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
@@ -94,15 +111,15 @@ def _insert_event(conn: sqlite3.Connection, event: Event) -> Event:
     return event
 
 
-def _insert_message(conn: sqlite3.Connection, msg: Message, content_id: int) -> None:
+def _insert_message(conn: sqlite3.Connection, msg: Message, content_id: int, *, read: bool) -> None:
     conn.execute(
         "INSERT INTO messages (id, mailbox, folder, sender, size, submitted_at, content_id,"
         " headers_prefix, message_class, priority, deliver_after, expires_at, delete_after_submit,"
-        " held, origin, meta, ret, envid) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        " held, origin, meta, ret, envid, read) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
         (msg.id, msg.mailbox, msg.folder, msg.sender, msg.size, msg.submitted_at, content_id,
          msg.headers_prefix or None, msg.message_class, msg.priority, msg.deliver_after, msg.expires_at,
          int(msg.delete_after_submit), int(msg.held), msg.origin, json.dumps(msg.meta) if msg.meta else None,
-         msg.dsn.ret if msg.dsn else None, msg.dsn.envid if msg.dsn else None),
+         msg.dsn.ret if msg.dsn else None, msg.dsn.envid if msg.dsn else None, int(read)),
     )
 
 
@@ -119,7 +136,7 @@ def op_submit(conn: sqlite3.Connection, msg: Message, copies: Sequence[Message])
     straight into their mailboxes (tightly coupled delivery) — one atomic step."""
     content_id = conn.execute("INSERT INTO contents (data) VALUES (?)", (msg.content,)).lastrowid
     assert content_id is not None
-    _insert_message(conn, msg, content_id)
+    _insert_message(conn, msg, content_id, read=True)  # its writer has read it (MAPI: Sent Items show read)
     conn.executemany(
         "INSERT INTO recipients (message_id, idx, address, addrtype, type, transport, nexthop, status,"
         " attempts, next_attempt_at, last_attempt_at, reply_code, reply_enhanced, reply_text, notify, orcpt)"
@@ -143,7 +160,7 @@ def _file(conn: sqlite3.Connection, copy: Message, content_id: int) -> Event:
     conn.execute("INSERT OR IGNORE INTO mailboxes (address, created_at) VALUES (?,?)",
                  (copy.mailbox, copy.submitted_at))
     copy.folder = receive_folder(conn, copy.mailbox, copy.message_class)
-    _insert_message(conn, copy, content_id)
+    _insert_message(conn, copy, content_id, read=False)
     return _insert_event(conn, Event(EventType.NEW_MAIL, copy.id, copy.submitted_at, mailbox=copy.mailbox,
                                      folder=copy.folder,
                                      detail={"sender": copy.sender, "message_class": copy.message_class}))
@@ -368,6 +385,40 @@ def op_delete(conn: sqlite3.Connection, ids: Sequence[str]) -> list[str]:
     return found
 
 
+def op_set_read(conn: sqlite3.Connection, ids: Sequence[str], read: bool, now: float) -> list[Event]:
+    """MAPI SetReadFlag: set or clear the read flag; a `read` event for each message it changed."""
+    events = []
+    for message_id in ids:
+        row = conn.execute("UPDATE messages SET read = ? WHERE id = ? AND read != ? RETURNING mailbox, folder",
+                           (int(read), message_id, int(read))).fetchone()
+        if row is not None:
+            events.append(_insert_event(conn, Event(EventType.READ, message_id, now, mailbox=row[0], folder=row[1],
+                                                    detail={"read": read})))
+    return events
+
+
+def op_send_receipt(conn: sqlite3.Connection, receipt: ReadReceipt, now: float) -> list[Event]:
+    """MAPI ReadReceipt: record the disposition and submit the MDN in one step, and only while the
+    message has none recorded (RFC 8098 §2.1: one MDN per message) and, for `deleted`, is unread;
+    so a crash or a concurrent request neither loses nor doubles it. Then apply the disposition:
+    the message is marked read, or deleted."""
+    deleted = receipt.disposition is Disposition.DELETED
+    row = conn.execute("UPDATE messages SET mdn = ? WHERE id = ? AND mdn IS NULL AND (? = 0 OR read = 0)"
+                       " RETURNING mailbox, folder", (receipt.recorded, receipt.message_id, int(deleted))).fetchone()
+    events: list[Event] = []
+    if row is not None and receipt.mdn is not None:
+        events += op_submit(conn, receipt.mdn, receipt.copies)
+        events.append(_insert_event(conn, Event(
+            EventType.REPORT, receipt.message_id, now, mailbox=row[0], folder=row[1],
+            detail={"report_id": receipt.mdn.id, "class": receipt.mdn.message_class,
+                    "disposition": str(receipt.disposition)})))
+    if deleted:
+        _delete_messages(conn, [receipt.message_id])
+    else:
+        events += op_set_read(conn, [receipt.message_id], True, now)
+    return events
+
+
 def pending_reports(conn: sqlite3.Connection, limit: int) -> list[PendingReport]:
     out = []
     for (message_id,) in conn.execute("SELECT DISTINCT message_id FROM recipients WHERE report IS NOT NULL LIMIT ?",
@@ -434,14 +485,15 @@ def _recipient_dict(row: Sequence[Any]) -> dict[str, Any]:
 
 
 _MESSAGE_COLUMNS = ("id, mailbox, folder, sender, size, submitted_at, finished_at, message_class, priority,"
-                    " deliver_after, expires_at, held, origin, ret, envid")
+                    " deliver_after, expires_at, held, origin, ret, envid, read, mdn")
 
 
 def _message_info(row: Sequence[Any], recipients: list[dict[str, Any]]) -> MessageInfo:
     (message_id, mailbox, folder, sender, size, submitted_at, finished_at, message_class, priority, deliver_after,
-     expires_at, held, origin, ret, envid) = row
+     expires_at, held, origin, ret, envid, read, mdn) = row
     return MessageInfo(message_id, mailbox, folder, sender, size, submitted_at, finished_at, message_class,
-                       priority, deliver_after, expires_at, bool(held), origin, recipients, ret, envid)
+                       priority, deliver_after, expires_at, bool(held), origin, recipients, ret, envid,
+                       bool(read), mdn)
 
 
 def iter_messages(conn: sqlite3.Connection, folders: Sequence[str] = (OUTBOX,), mailbox: str | None = None,
@@ -718,6 +770,12 @@ class SQLiteStore:
 
     async def purge(self, sent_before: float, events_before: float) -> int:
         return await self._write(lambda c: op_purge(c, sent_before, events_before), durable=False)
+
+    async def set_read(self, ids: Sequence[str], read: bool, now: float) -> list[Event]:
+        return await self._write(lambda c: op_set_read(c, ids, read, now))
+
+    async def send_receipt(self, receipt: ReadReceipt, now: float) -> list[Event]:
+        return await self._write(lambda c: op_send_receipt(c, receipt, now))
 
     async def pending_reports(self, limit: int = 100) -> list[PendingReport]:
         return await self.read(lambda c: pending_reports(c, limit))

@@ -1,4 +1,4 @@
--- msgspool SQLite spool schema (PRAGMA user_version = 2). Every statement is idempotent.
+-- msgspool SQLite spool schema (PRAGMA user_version = 5). Every statement is idempotent.
 -- One row per message (any folder of any mailbox), its content stored once in `contents`
 -- (local copies of one submission share it), one row per recipient of an outbound message.
 
@@ -23,6 +23,8 @@ CREATE TABLE IF NOT EXISTS messages (
     expires_at          REAL,
     delete_after_submit INTEGER NOT NULL DEFAULT 0,
     held                INTEGER NOT NULL DEFAULT 0,
+    read                INTEGER NOT NULL DEFAULT 0,  -- MAPI MSGFLAG_READ; submitted mail starts read
+    mdn                 TEXT,            -- the read receipt answered, RFC 8098: displayed | deleted | suppressed
     origin              TEXT NOT NULL DEFAULT 'api',
     flags               TEXT NOT NULL DEFAULT '',
     meta                TEXT,
