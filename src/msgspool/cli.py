@@ -7,7 +7,7 @@ SYNOPSIS
     msgspool queue list [--json] [--all]
     msgspool queue show ID [--json]
     msgspool queue flush [ID...]
-    msgspool queue hold ID... | release ID... | delete ID...
+    msgspool queue hold ID... | release ID... | requeue ID... | delete ID...
     msgspool status [--json]
 
 DESCRIPTION
@@ -94,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     qflush = qsub.add_parser("flush", help="retry now: all deferred, or the given messages")
     qflush.add_argument("ids", nargs="*", metavar="ID")
     for name, text in (("hold", "never send until released"), ("release", "undo hold"),
+                       ("requeue", "through the outbound hooks again (postsuper -r)"),
                        ("delete", "remove from the spool")):
         p = qsub.add_parser(name, help=text)
         p.add_argument("ids", nargs="+", metavar="ID")
@@ -266,7 +267,7 @@ def cmd_queue(args: argparse.Namespace, settings: Settings) -> int:
         print(f"{answer['flushed']} recipients due now")
         return 0
     answer = _operate(settings, args.action, args.ids)
-    past = {"hold": "held", "release": "released", "delete": "deleted"}[args.action]
+    past = {"hold": "held", "release": "released", "requeue": "requeued", "delete": "deleted"}[args.action]
     for message_id in answer["ids"]:
         print(f"{message_id}: {past}")
     return 0

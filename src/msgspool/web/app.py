@@ -4,7 +4,7 @@
     GET  /api/queue[?folder=outbox&mailbox=] messages (JSON array), as `queue list --json`
     GET  /api/queue/{id}                    one message, as `queue show --json`
     POST /api/queue/flush                   retry all deferred now
-    POST /api/queue/{id}/{flush|hold|release|delete}
+    POST /api/queue/{id}/{flush|hold|release|requeue|delete}
     POST /api/messages                      submit: JSON {sender, recipients, content} -> 201 {id}
     GET  /api/events                        Server-Sent Events; ?mailbox=ADDR&types=a,b;
                                             resumes after Last-Event-ID (header or ?last_event_id=)
@@ -84,7 +84,8 @@ async def queue_action(request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "flushed": count})
     if message_id is None:
         raise web.HTTPNotFound()
-    operations = {"hold": spooler.hold, "release": spooler.release, "delete": spooler.delete}
+    operations = {"hold": spooler.hold, "release": spooler.release, "requeue": spooler.requeue,
+                  "delete": spooler.delete}
     if action not in operations:
         raise web.HTTPNotFound(text=f"unknown action {action}")
     return web.json_response({"ok": True, action: await operations[action]([message_id])})

@@ -1,4 +1,4 @@
--- msgspool SQLite spool schema (PRAGMA user_version = 2). Every statement is idempotent.
+-- msgspool SQLite spool schema (PRAGMA user_version = 5). Every statement is idempotent.
 -- One row per message (any folder of any mailbox), its content stored once in `contents`
 -- (local copies of one submission share it), one row per recipient of an outbound message.
 
@@ -27,7 +27,11 @@ CREATE TABLE IF NOT EXISTS messages (
     flags               TEXT NOT NULL DEFAULT '',
     meta                TEXT,
     ret                 TEXT,            -- RFC 3461 RET: FULL | HDRS
-    envid               TEXT             -- RFC 3461 ENVID, decoded
+    envid               TEXT,            -- RFC 3461 ENVID, decoded
+    preprocessed        INTEGER NOT NULL DEFAULT 0,  -- the outbound hooks have run
+    source_content_id   INTEGER,         -- the content as submitted, when hooks changed it
+    source_sender       TEXT,            -- the envelope sender as submitted, when hooks changed it
+    crashes             INTEGER NOT NULL DEFAULT 0   -- attempts that crashed a transport
 );
 CREATE INDEX IF NOT EXISTS messages_by_folder ON messages (mailbox, folder, submitted_at);
 CREATE INDEX IF NOT EXISTS messages_finished ON messages (finished_at) WHERE folder = 'sent';
@@ -89,3 +93,14 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_by_time ON events (time);
 -- Recipients whose report is owed (reporter.py writes them).
 CREATE INDEX IF NOT EXISTS recipients_report ON recipients (message_id) WHERE report IS NOT NULL;
+
+-- A message's history: what each hook did, holds and requeues (shown by `queue show`).
+CREATE TABLE IF NOT EXISTS history (
+    message_id  TEXT NOT NULL,
+    time        REAL NOT NULL,
+    stage       TEXT NOT NULL,           -- outbound | inbound | transport | operator
+    hook        TEXT NOT NULL,
+    outcome     TEXT NOT NULL,
+    detail      TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS history_by_message ON history (message_id, time);
