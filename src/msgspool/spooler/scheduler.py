@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 
@@ -56,6 +57,7 @@ class Scheduler:
         self._refill: asyncio.Task[None] | None = None
         self._running = False
         self._starved = False
+        self._sleeping_until = 0.0  # when the refill loop looks at the store again
 
     async def start(self) -> None:
         recovered = await self.store.recover()
@@ -194,6 +196,8 @@ class Scheduler:
             if self._starved:  # the window was full when due work may have been waiting
                 self._starved = False
                 self._wakeup.set()
+            elif any(s.next_attempt_at is not None and s.next_attempt_at < self._sleeping_until for s in batch):
+                self._wakeup.set()  # a retry falls due before the refill loop would look again
         self.publish(events)
         if self.on_reports is not None and any(_may_owe_report(s) for s in batch):
             self.on_reports()
@@ -245,15 +249,18 @@ class Scheduler:
 
     async def _sleep_until_due(self) -> None:
         self._wakeup.clear()
+        self._sleeping_until = math.inf  # a retry settled while next_due is read wakes us at once
         if self.active >= self.active_limit // 2:
             self._starved = True
             timeout = IDLE_RECHECK
         else:
             due = await self.store.next_due()
             timeout = IDLE_RECHECK if due is None else min(IDLE_RECHECK, max(0.0, due - self.clock()))
+        self._sleeping_until = self.clock() + timeout
         if timeout > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
+        self._sleeping_until = 0.0
 
 
 

@@ -66,7 +66,7 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
 
 
 # Columns added after version 1; a spool made by an older msgspool gets them on open.
-_ADDED_COLUMNS = {"recipients": ("notify TEXT", "orcpt TEXT", "report TEXT"), "messages": (
+_ADDED_COLUMNS = {"recipients": ("notify TEXT", "orcpt TEXT", "report TEXT", "source_address TEXT"), "messages": (
     "ret TEXT", "envid TEXT", "preprocessed INTEGER NOT NULL DEFAULT 0", "source_content_id INTEGER",
     "source_sender TEXT", "crashes INTEGER NOT NULL DEFAULT 0")}
 
@@ -513,13 +513,16 @@ def _apply_draft(conn: sqlite3.Connection, message: Message, draft: Draft, activ
                           next_attempt_at=message.submitted_at)
             next_index += 1
             conn.execute(_INSERT_RECIPIENT, _recipient_row(message.id, r))
+            conn.execute("UPDATE recipients SET source_address = '' WHERE message_id = ? AND idx = ?",
+                         (message.id, r.index))
         else:
             r = active[d.index]
             if (d.address, d.addrtype.upper()) != (r.address, r.addrtype):
                 r = dataclasses.replace(r, address=d.address, addrtype=d.addrtype.upper(), transport=None,
                                         nexthop=None)
-                conn.execute("UPDATE recipients SET address = ?, addrtype = ?, transport = NULL, nexthop = NULL"
-                             " WHERE message_id = ? AND idx = ?", (r.address, r.addrtype, message.id, r.index))
+                conn.execute("UPDATE recipients SET source_address = COALESCE(source_address, address), address = ?,"
+                             " addrtype = ?, transport = NULL, nexthop = NULL WHERE message_id = ? AND idx = ?",
+                             (r.address, r.addrtype, message.id, r.index))
         recipients.append(r)
     return dataclasses.replace(message, sender=draft.sender, content=draft.content, recipients=recipients,
                                preprocessed=True)
@@ -559,8 +562,11 @@ def op_requeue(conn: sqlite3.Connection, ids: Sequence[str], now: float) -> list
                      " source_content_id = NULL, source_sender = NULL WHERE id = ?", (message_id,))
         if row[1] is not None:
             _drop_content_if_unused(conn, row[0])
-        conn.execute("UPDATE recipients SET status = 'queued', next_attempt_at = ?, wait_destination = 0"
-                     " WHERE message_id = ? AND status IN ('held', 'deferred', 'queued')", (now, message_id))
+        waiting = "message_id = ? AND status IN ('held', 'deferred', 'queued')"
+        conn.execute(f"DELETE FROM recipients WHERE {waiting} AND source_address = ''", (message_id,))
+        conn.execute("UPDATE recipients SET status = 'queued', next_attempt_at = ?, wait_destination = 0,"
+                     " address = COALESCE(source_address, address), source_address = NULL"
+                     f" WHERE {waiting}", (now, message_id))
         _insert_history(conn, message_id, now, "operator", [HookRecord("", "requeued")])
     return found
 

@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS recipients (
     notify              TEXT,            -- RFC 3461 NOTIFY: NULL (not given), NEVER, or a list
     orcpt               TEXT,            -- RFC 3461 ORCPT, decoded: addr-type;address
     report              TEXT,            -- a report owed to the sender: failed | delivered | relayed
+    source_address      TEXT,            -- as submitted, when a hook renamed it; '' when a hook added it
     PRIMARY KEY (message_id, idx)
 );
 -- The scheduler's refill reads due recipients by time through this index only.
