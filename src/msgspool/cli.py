@@ -7,7 +7,7 @@ SYNOPSIS
     msgspool queue list [--json] [--all]
     msgspool queue show ID [--json]
     msgspool queue flush [ID...]
-    msgspool queue hold ID... | release ID... | delete ID...
+    msgspool queue hold ID... | release ID... | requeue ID... | delete ID...
     msgspool queue read [--mdn | --no-mdn] ID... | unread ID...
     msgspool status [--json]
 
@@ -95,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     qflush = qsub.add_parser("flush", help="retry now: all deferred, or the given messages")
     qflush.add_argument("ids", nargs="*", metavar="ID")
     for name, text in (("hold", "never send until released"), ("release", "undo hold"),
+                       ("requeue", "through the outbound hooks again (postsuper -r)"),
                        ("delete", "remove from the spool")):
         p = qsub.add_parser(name, help=text)
         p.add_argument("ids", nargs="+", metavar="ID")
@@ -276,7 +277,7 @@ def cmd_queue(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     options = {"mdn": args.mdn} if args.action == "read" else {}
     answer = _operate(settings, args.action, args.ids, **options)
-    past = {"hold": "held", "release": "released", "delete": "deleted", "read": "read", "unread": "unread"}
+    past = {"hold": "held", "release": "released", "requeue": "requeued", "delete": "deleted", "read": "read", "unread": "unread"}
     for message_id in answer["ids"]:
         print(f"{message_id}: {past[args.action]}")
     for mdn_id in answer.get("mdn", []):

@@ -53,7 +53,7 @@ async def control_handler(spooler: Spooler, request: dict[str, Any]) -> dict[str
         return {"ok": True}
     if op == "flush":
         return {"ok": True, "flushed": await spooler.flush(ids or None)}
-    if op in ("hold", "release", "delete"):
+    if op in ("hold", "release", "requeue", "delete"):
         done = await getattr(spooler, op)(list(ids or []))
         return {"ok": True, "ids": done}
     if op in ("read", "unread"):

@@ -66,6 +66,7 @@ class Message:
     headers_prefix: bytes = b""  # per-copy header lines (Return-Path, Delivered-To) before content
     meta: dict[str, str] = field(default_factory=dict)
     dsn: MessageDSN | None = None  # RFC 3461 RET / ENVID
+    preprocessed: bool = False  # the outbound hooks have run on it
 
     @property
     def size(self) -> int:
@@ -94,6 +95,7 @@ class Settlement:
     copy: Message | None = None  # local delivery: the copy to file into the recipient's mailbox
     dsn: RecipientDSN | None = None  # what the sender asked to be told (decides the report)
     handoff: Handoff = Handoff.FINAL  # how a delivered recipient left: decides `delivered` or `relayed`
+    crashed: bool = False  # the transport raised: counts towards the message's crash limit
 
 
 @dataclass(slots=True)
@@ -118,6 +120,7 @@ class MessageInfo:
     envid: str | None = None
     read: bool = False  # MAPI MSGFLAG_READ
     mdn: str | None = None  # the read receipt answered: displayed | deleted | suppressed
+    history: list[dict[str, Any]] | None = None  # hooks, holds, requeues: only for one message's view
 
 
 @dataclass(slots=True)

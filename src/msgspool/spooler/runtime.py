@@ -35,6 +35,7 @@ from msgspool.ports import Store, Transport
 from msgspool.spooler import control
 from msgspool.spooler.destinations import DestinationLimits
 from msgspool.spooler.events import EventBus, Subscription
+from msgspool.spooler.hooks import Preprocessor, load_hooks
 from msgspool.spooler.intake import Intake, Submission, due_now, mark_active
 from msgspool.spooler.link import RemoteDelivery
 from msgspool.spooler.receipts import Receipts
@@ -117,12 +118,14 @@ class Spooler:
         self.store = load_store(settings)
         self.bus = EventBus()
         self.retry = RetryPolicy(settings.min_backoff, settings.max_backoff, settings.max_lifetime)
+        hooks = load_hooks(settings)
+        self.preprocessor = Preprocessor(hooks) if hooks else None
         self.scheduler = Scheduler(
             self.store, self.transports, self.intake, self.bus.publish, retry=self.retry,
             probe=ProbePolicy(settings.probe_min, settings.probe_max),
             limits=DestinationLimits(settings.destination_concurrency, settings.destination_recipient_limit,
                                      settings.connection_idle_time, settings.connection_reuse_limit),
-            active_limit=settings.active_limit)
+            active_limit=settings.active_limit, preprocessor=self.preprocessor)
         self.reporter = Reporter(self.store, self.intake, hostname=settings.host_name,
                                  postmaster=settings.postmaster, publish=self.bus.publish,
                                  deliver=lambda _message: self.poke())
@@ -162,6 +165,8 @@ class Spooler:
             self.delivering = False
         for transport in self.transports.values():
             await transport.close()
+        if self.preprocessor is not None:
+            self.preprocessor.close()
         await self.store.close()
         if self._lock is not None:
             self._lock.close()
@@ -303,6 +308,16 @@ class Spooler:
     async def release(self, ids: Sequence[str]) -> list[str]:
         await self._require(ids)
         found = await self.store.release(ids, time.time())
+        self.poke()
+        return found
+
+    async def requeue(self, ids: Sequence[str]) -> list[str]:
+        """Run the messages through the outbound hooks again, from their content as submitted
+        (after a configuration change; Postfix `postsuper -r`). Held and deferred recipients are
+        due now."""
+        await self._require(ids)
+        self._cancel(ids)
+        found = await self.store.requeue(ids, time.time())
         self.poke()
         return found
 

@@ -4,7 +4,7 @@
     GET  /api/queue[?folder=outbox&mailbox=] messages (JSON array), as `queue list --json`
     GET  /api/queue/{id}                    one message, as `queue show --json`
     POST /api/queue/flush                   retry all deferred now
-    POST /api/queue/{id}/{flush|hold|release|delete}
+    POST /api/queue/{id}/{flush|hold|release|requeue|delete}
     POST /api/queue/{id}/{read|unread}      the read flag (MAPI SetReadFlag) -> {ok, read, mdn: [ids]}
                                             read and delete take an optional JSON {"mdn": true|false}:
                                             the user's answer to a read receipt request (RFC 8098)
@@ -93,7 +93,7 @@ async def queue_action(request: web.Request) -> web.Response:
     if action == "delete":
         return web.json_response({"ok": True, "delete": await spooler.delete([message_id],
                                                                          mdn=await _mdn_consent(request))})
-    operations = {"hold": spooler.hold, "release": spooler.release}
+    operations = {"hold": spooler.hold, "release": spooler.release, "requeue": spooler.requeue}
     if action not in operations:
         raise web.HTTPNotFound(text=f"unknown action {action}")
     return web.json_response({"ok": True, action: await operations[action]([message_id])})

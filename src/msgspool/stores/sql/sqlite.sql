@@ -29,7 +29,11 @@ CREATE TABLE IF NOT EXISTS messages (
     flags               TEXT NOT NULL DEFAULT '',
     meta                TEXT,
     ret                 TEXT,            -- RFC 3461 RET: FULL | HDRS
-    envid               TEXT             -- RFC 3461 ENVID, decoded
+    envid               TEXT,            -- RFC 3461 ENVID, decoded
+    preprocessed        INTEGER NOT NULL DEFAULT 0,  -- the outbound hooks have run
+    source_content_id   INTEGER,         -- the content as submitted, when hooks changed it
+    source_sender       TEXT,            -- the envelope sender as submitted, when hooks changed it
+    crashes             INTEGER NOT NULL DEFAULT 0   -- attempts that crashed a transport
 );
 CREATE INDEX IF NOT EXISTS messages_by_folder ON messages (mailbox, folder, submitted_at);
 CREATE INDEX IF NOT EXISTS messages_finished ON messages (finished_at) WHERE folder = 'sent';
@@ -54,6 +58,7 @@ CREATE TABLE IF NOT EXISTS recipients (
     notify              TEXT,            -- RFC 3461 NOTIFY: NULL (not given), NEVER, or a list
     orcpt               TEXT,            -- RFC 3461 ORCPT, decoded: addr-type;address
     report              TEXT,            -- a report owed to the sender: failed | delivered | relayed
+    source_address      TEXT,            -- as submitted, when a hook renamed it; '' when a hook added it
     PRIMARY KEY (message_id, idx)
 );
 -- The scheduler's refill reads due recipients by time through this index only.
@@ -91,3 +96,14 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_by_time ON events (time);
 -- Recipients whose report is owed (reporter.py writes them).
 CREATE INDEX IF NOT EXISTS recipients_report ON recipients (message_id) WHERE report IS NOT NULL;
+
+-- A message's history: what each hook did, holds and requeues (shown by `queue show`).
+CREATE TABLE IF NOT EXISTS history (
+    message_id  TEXT NOT NULL,
+    time        REAL NOT NULL,
+    stage       TEXT NOT NULL,           -- outbound | inbound | transport | operator
+    hook        TEXT NOT NULL,
+    outcome     TEXT NOT NULL,
+    detail      TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS history_by_message ON history (message_id, time);
