@@ -27,6 +27,7 @@ def message_json(info: MessageInfo) -> dict[str, Any]:
         "origin": info.origin,
         "deliver_after": iso(info.deliver_after),
         "expires_at": iso(info.expires_at),
+        "max_attempts": info.max_attempts,
         "ret": info.ret,
         "envid": info.envid,
         "recipients": [recipient_json(r) for r in info.recipients],

@@ -53,8 +53,9 @@ class Message:
     folder: str = OUTBOX
     message_class: str = DEFAULT_CLASS
     priority: int = NORMAL
-    deliver_after: float | None = None
-    expires_at: float | None = None
+    deliver_after: float | None = None  # MAPI PR_DEFERRED_DELIVERY_TIME; RFC 4865 HOLDFOR/HOLDUNTIL
+    expires_at: float | None = None  # MAPI PR_EXPIRY_TIME
+    max_attempts: int | None = None  # cap on attempts per recipient; None: the `max_attempts` setting
     delete_after_submit: bool = False
     held: bool = False
     origin: str = "api"  # smtp | sendmail | api: how it came in, for the history
@@ -111,6 +112,7 @@ class MessageInfo:
     recipients: list[dict[str, Any]]
     ret: str | None = None
     envid: str | None = None
+    max_attempts: int | None = None
 
 
 @dataclass(slots=True)

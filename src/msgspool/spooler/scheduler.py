@@ -104,7 +104,7 @@ class Scheduler:
         for r in message.recipients:
             if r.status is not Status.ACTIVE:
                 continue
-            if self.retry.expired(message.submitted_at, now, message.expires_at):
+            if self.retry.expired(message.submitted_at, now, message.expires_at, message.deliver_after):
                 decided.append(Settlement(message.id, r.index, r.address, Status.EXPIRED, EXPIRED, attempted=False,
                                           dsn=r.dsn))
                 continue

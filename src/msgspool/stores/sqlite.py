@@ -37,7 +37,9 @@ from msgspool.domain.recipient import RecipientType, Status
 T = TypeVar("T")
 DB_NAME = "spool.db"
 CHUNK = 5000  # rows one bulk change (flush, a released backlog) touches per transaction
-SCHEMA_VERSION = 4  # the schema script is idempotent: an older spool gets what is new in it
+SCHEMA_VERSION = 5  # the schema script is idempotent: an older spool gets what is new in it
+# Priority classes, urgent first: the order refill claims in (recipients.priority holds the class).
+PRIORITY_CLASSES = (1, 0, -1)
 _PENDING_SQL = "('queued','active','deferred','held')"
 _STATUS_EVENT = {
     Status.DELIVERED: EventType.DELIVERED,
@@ -63,19 +65,31 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
 
 
 # Columns added after version 1; a spool made by an older msgspool gets them on open.
-_ADDED_COLUMNS = {"recipients": ("notify TEXT", "orcpt TEXT", "report TEXT"), "messages": ("ret TEXT", "envid TEXT")}
+_ADDED_COLUMNS = {"recipients": ("notify TEXT", "orcpt TEXT", "report TEXT", "priority INTEGER NOT NULL DEFAULT 0"),
+                  "messages": ("ret TEXT", "envid TEXT", "max_attempts INTEGER")}
 
 
 def create_schema(conn: sqlite3.Connection) -> None:
     if conn.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
         return
+    added: set[str] = set()
     for table, columns in _ADDED_COLUMNS.items():  # first: the script indexes some of them
         have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
         for column in columns:
             if have and column.split()[0] not in have:
                 conn.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+                added.add(f"{table}.{column.split()[0]}")
+    if "recipients.priority" in added:  # waiting recipients of urgent (non-urgent) mail keep their class
+        conn.execute("UPDATE recipients SET priority = (SELECT CASE WHEN m.priority > 0 THEN 1 ELSE -1 END"
+                     " FROM messages m WHERE m.id = recipients.message_id) WHERE status IN ('queued','deferred','held')"
+                     " AND message_id IN (SELECT id FROM messages WHERE priority != 0)")
     conn.executescript(resources.files("msgspool.stores").joinpath("sql/sqlite.sql").read_text())
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def priority_class(priority: int) -> int:
+    """1 urgent, 0 normal, -1 non-urgent (MAPI PR_PRIORITY's three values; others fold into them)."""
+    return (priority > 0) - (priority < 0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -98,20 +112,20 @@ def _insert_message(conn: sqlite3.Connection, msg: Message, content_id: int) -> 
     conn.execute(
         "INSERT INTO messages (id, mailbox, folder, sender, size, submitted_at, content_id,"
         " headers_prefix, message_class, priority, deliver_after, expires_at, delete_after_submit,"
-        " held, origin, meta, ret, envid) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        " held, origin, meta, ret, envid, max_attempts) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
         (msg.id, msg.mailbox, msg.folder, msg.sender, msg.size, msg.submitted_at, content_id,
          msg.headers_prefix or None, msg.message_class, msg.priority, msg.deliver_after, msg.expires_at,
          int(msg.delete_after_submit), int(msg.held), msg.origin, json.dumps(msg.meta) if msg.meta else None,
-         msg.dsn.ret if msg.dsn else None, msg.dsn.envid if msg.dsn else None),
+         msg.dsn.ret if msg.dsn else None, msg.dsn.envid if msg.dsn else None, msg.max_attempts),
     )
 
 
-def _recipient_row(message_id: str, r: Recipient) -> tuple[Any, ...]:
+def _recipient_row(msg: Message, r: Recipient) -> tuple[Any, ...]:
     reply = r.last_reply
-    return (message_id, r.index, r.address, r.addrtype, str(r.type), r.transport, r.nexthop, str(r.status),
+    return (msg.id, r.index, r.address, r.addrtype, str(r.type), r.transport, r.nexthop, str(r.status),
             r.attempts, r.next_attempt_at, r.last_attempt_at,
             reply.code if reply else None, reply.enhanced if reply else None, reply.text if reply else None,
-            notify_text(r.dsn), orcpt_text(r.dsn))
+            notify_text(r.dsn), orcpt_text(r.dsn), priority_class(msg.priority))
 
 
 def op_submit(conn: sqlite3.Connection, msg: Message, copies: Sequence[Message]) -> list[Event]:
@@ -122,9 +136,9 @@ def op_submit(conn: sqlite3.Connection, msg: Message, copies: Sequence[Message])
     _insert_message(conn, msg, content_id)
     conn.executemany(
         "INSERT INTO recipients (message_id, idx, address, addrtype, type, transport, nexthop, status,"
-        " attempts, next_attempt_at, last_attempt_at, reply_code, reply_enhanced, reply_text, notify, orcpt)"
-        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-        [_recipient_row(msg.id, r) for r in msg.recipients],
+        " attempts, next_attempt_at, last_attempt_at, reply_code, reply_enhanced, reply_text, notify, orcpt,"
+        " priority) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        [_recipient_row(msg, r) for r in msg.recipients],
     )
     events = [_insert_event(conn, Event(EventType.SUBMITTED, msg.id, msg.submitted_at,
                                         detail={"sender": msg.sender, "size": msg.size}))]
@@ -211,13 +225,20 @@ def _delete_messages(conn: sqlite3.Connection, ids: Sequence[str]) -> None:
 
 def op_claim(conn: sqlite3.Connection, now: float, limit: int) -> list[Message]:
     """Claim due recipients (queued or deferred, next_attempt_at passed): mark them active and
-    return their messages with only the claimed recipients. Bounded by `limit` rows."""
-    rows = conn.execute(
-        "UPDATE recipients SET status = 'active' WHERE rowid IN (SELECT rowid FROM recipients"
-        " WHERE status IN ('queued', 'deferred') AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?)"
-        " RETURNING message_id, idx, address, addrtype, type, transport, nexthop, attempts, notify, orcpt",
-        (now, limit),
-    ).fetchall()
+    return their messages with only the claimed recipients, urgent ones first. Bounded by `limit`
+    rows; each priority class is one range of `recipients_due_by_priority`, oldest due first, so
+    an urgent retry is claimed before a backlog of a million normal ones without reading them."""
+    rows: list[Any] = []
+    for priority in PRIORITY_CLASSES:
+        if len(rows) >= limit:
+            break
+        rows += conn.execute(
+            "UPDATE recipients SET status = 'active' WHERE rowid IN (SELECT rowid FROM recipients"
+            " WHERE status IN ('queued', 'deferred') AND priority = ? AND next_attempt_at <= ?"
+            " ORDER BY next_attempt_at LIMIT ?)"
+            " RETURNING message_id, idx, address, addrtype, type, transport, nexthop, attempts, notify, orcpt",
+            (priority, now, limit - len(rows)),
+        ).fetchall()
     by_message: dict[str, list[Recipient]] = {}
     for mid, idx, address, addrtype, rtype, transport, nexthop, attempts, notify, orcpt in rows:
         by_message.setdefault(mid, []).append(Recipient(
@@ -229,18 +250,19 @@ def op_claim(conn: sqlite3.Connection, now: float, limit: int) -> list[Message]:
 def _load_message(conn: sqlite3.Connection, message_id: str, recipients: list[Recipient]) -> Message | None:
     row = conn.execute(
         "SELECT m.sender, m.submitted_at, m.mailbox, m.folder, m.message_class, m.priority, m.deliver_after,"
-        " m.expires_at, m.delete_after_submit, m.held, m.origin, m.headers_prefix, c.data, m.ret, m.envid"
+        " m.expires_at, m.delete_after_submit, m.held, m.origin, m.headers_prefix, c.data, m.ret, m.envid,"
+        " m.max_attempts"
         " FROM messages m JOIN contents c ON c.id = m.content_id WHERE m.id = ?", (message_id,)
     ).fetchone()
     if row is None:
         return None
     (sender, submitted_at, mailbox, folder, cls, priority, deliver_after, expires_at, das, held, origin,
-     prefix, data, ret, envid) = row
+     prefix, data, ret, envid, max_attempts) = row
     return Message(id=message_id, sender=sender, content=bytes(data), recipients=recipients,
                    submitted_at=submitted_at, mailbox=mailbox, folder=folder, message_class=cls,
                    priority=priority, deliver_after=deliver_after, expires_at=expires_at,
                    delete_after_submit=bool(das), held=bool(held), origin=origin,
-                   headers_prefix=bytes(prefix or b""),
+                   headers_prefix=bytes(prefix or b""), max_attempts=max_attempts,
                    dsn=MessageDSN(Ret(ret) if ret else None, envid) if ret or envid else None)
 
 
@@ -309,9 +331,11 @@ def op_release_destination(conn: sqlite3.Connection, transport: str, nexthop: st
 
 
 def next_due(conn: sqlite3.Connection) -> float | None:
-    row = conn.execute("SELECT min(next_attempt_at) FROM recipients WHERE status IN ('queued', 'deferred')")
-    value = row.fetchone()[0]
-    return None if value is None else float(value)
+    """The earliest next attempt: the head of each priority class's range (one index probe each)."""
+    heads = [row[0] for priority in PRIORITY_CLASSES for row in conn.execute(
+        "SELECT next_attempt_at FROM recipients WHERE status IN ('queued', 'deferred') AND priority = ?"
+        " AND next_attempt_at IS NOT NULL ORDER BY next_attempt_at LIMIT 1", (priority,))]
+    return float(min(heads)) if heads else None
 
 
 def waiting_destinations(conn: sqlite3.Connection) -> list[tuple[str, str]]:
@@ -348,9 +372,9 @@ def op_flush(conn: sqlite3.Connection, ids: Sequence[str] | None, now: float, ch
     call, so intake's commits interleave with flushing a million — all of them."""
     update = "UPDATE recipients SET next_attempt_at = ?, wait_destination = 0 WHERE "
     waiting = "status IN ('queued', 'deferred') AND next_attempt_at > ?"
-    if ids is None:
-        return conn.execute(f"{update} rowid IN (SELECT rowid FROM recipients WHERE {waiting} LIMIT ?)",
-                            (now, now, chunk)).rowcount
+    if ids is None:  # `priority IN (...)` lets the range use recipients_due_by_priority
+        return conn.execute(f"{update} rowid IN (SELECT rowid FROM recipients WHERE {waiting}"
+                            f" AND priority IN {PRIORITY_CLASSES} LIMIT ?)", (now, now, chunk)).rowcount
     return sum(conn.execute(f"{update} {waiting} AND message_id = ?", (now, now, i)).rowcount for i in ids)
 
 
@@ -434,14 +458,14 @@ def _recipient_dict(row: Sequence[Any]) -> dict[str, Any]:
 
 
 _MESSAGE_COLUMNS = ("id, mailbox, folder, sender, size, submitted_at, finished_at, message_class, priority,"
-                    " deliver_after, expires_at, held, origin, ret, envid")
+                    " deliver_after, expires_at, held, origin, ret, envid, max_attempts")
 
 
 def _message_info(row: Sequence[Any], recipients: list[dict[str, Any]]) -> MessageInfo:
     (message_id, mailbox, folder, sender, size, submitted_at, finished_at, message_class, priority, deliver_after,
-     expires_at, held, origin, ret, envid) = row
+     expires_at, held, origin, ret, envid, max_attempts) = row
     return MessageInfo(message_id, mailbox, folder, sender, size, submitted_at, finished_at, message_class,
-                       priority, deliver_after, expires_at, bool(held), origin, recipients, ret, envid)
+                       priority, deliver_after, expires_at, bool(held), origin, recipients, ret, envid, max_attempts)
 
 
 def iter_messages(conn: sqlite3.Connection, folders: Sequence[str] = (OUTBOX,), mailbox: str | None = None,

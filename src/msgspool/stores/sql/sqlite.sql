@@ -1,4 +1,4 @@
--- msgspool SQLite spool schema (PRAGMA user_version = 2). Every statement is idempotent.
+-- msgspool SQLite spool schema (PRAGMA user_version = 5). Every statement is idempotent.
 -- One row per message (any folder of any mailbox), its content stored once in `contents`
 -- (local copies of one submission share it), one row per recipient of an outbound message.
 
@@ -27,7 +27,8 @@ CREATE TABLE IF NOT EXISTS messages (
     flags               TEXT NOT NULL DEFAULT '',
     meta                TEXT,
     ret                 TEXT,            -- RFC 3461 RET: FULL | HDRS
-    envid               TEXT             -- RFC 3461 ENVID, decoded
+    envid               TEXT,            -- RFC 3461 ENVID, decoded
+    max_attempts        INTEGER          -- cap on attempts per recipient; NULL: the setting
 );
 CREATE INDEX IF NOT EXISTS messages_by_folder ON messages (mailbox, folder, submitted_at);
 CREATE INDEX IF NOT EXISTS messages_finished ON messages (finished_at) WHERE folder = 'sent';
@@ -52,10 +53,14 @@ CREATE TABLE IF NOT EXISTS recipients (
     notify              TEXT,            -- RFC 3461 NOTIFY: NULL (not given), NEVER, or a list
     orcpt               TEXT,            -- RFC 3461 ORCPT, decoded: addr-type;address
     report              TEXT,            -- a report owed to the sender: failed | delivered | relayed
+    priority            INTEGER NOT NULL DEFAULT 0,  -- the message's priority class: 1 urgent, 0, -1
     PRIMARY KEY (message_id, idx)
 );
--- The scheduler's refill reads due recipients by time through this index only.
-CREATE INDEX IF NOT EXISTS recipients_due ON recipients (next_attempt_at)
+-- The scheduler's refill reads due recipients through this index only: one range per priority
+-- class (urgent first, non-urgent last), each by time. It replaces version 4's index on time
+-- alone: one entry per waiting recipient either way, so writes cost what they did.
+DROP INDEX IF EXISTS recipients_due;
+CREATE INDEX IF NOT EXISTS recipients_due_by_priority ON recipients (priority, next_attempt_at)
     WHERE status IN ('queued', 'deferred');
 -- Recipients waiting for a down destination, released together when it answers again.
 CREATE INDEX IF NOT EXISTS recipients_waiting ON recipients (transport, nexthop)
