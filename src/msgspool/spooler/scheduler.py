@@ -52,6 +52,7 @@ class Scheduler:
         self._refill: asyncio.Task[None] | None = None
         self._running = False
         self._starved = False
+        self._wake_at = 0.0  # when the refill loop means to look at the store again
 
     async def start(self) -> None:
         recovered = await self.store.recover()
@@ -165,6 +166,7 @@ class Scheduler:
                 self._starved = False
                 self._wakeup.set()
         self.publish(events)
+        self._wake_for_retries(batch)
         if self.on_reports is not None and any(_may_owe_report(s) for s in batch):
             self.on_reports()
         if self.on_settled is not None:
@@ -213,6 +215,13 @@ class Scheduler:
             self.dispatch(message)
         return claimed >= room
 
+    def _wake_for_retries(self, batch: list[Settlement]) -> None:
+        """A deferral due before the refill loop's planned look at the store wakes it: it planned
+        its sleep from the store's next due time, which did not know this retry yet."""
+        due = [s.next_attempt_at for s in batch if s.status is Status.DEFERRED and s.next_attempt_at is not None]
+        if due and min(due) < self._wake_at:
+            self._wakeup.set()
+
     async def _sleep_until_due(self) -> None:
         self._wakeup.clear()
         if self.active >= self.active_limit // 2:
@@ -221,10 +230,10 @@ class Scheduler:
         else:
             due = await self.store.next_due()
             timeout = IDLE_RECHECK if due is None else min(IDLE_RECHECK, max(0.0, due - self.clock()))
+        self._wake_at = self.clock() + timeout
         if timeout > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
-
 
 
 def _may_owe_report(s: Settlement) -> bool:

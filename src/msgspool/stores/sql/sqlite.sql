@@ -27,8 +27,8 @@ CREATE TABLE IF NOT EXISTS messages (
     flags               TEXT NOT NULL DEFAULT '',
     meta                TEXT,
     ret                 TEXT,            -- RFC 3461 RET: FULL | HDRS
-    envid               TEXT,            -- RFC 3461 ENVID, decoded
-    max_attempts        INTEGER          -- cap on attempts per recipient; NULL: the setting
+    envid               TEXT,            -- RFC 3461 ENVID (decoded)
+    max_attempts        INTEGER          -- cap on attempts per recipient (NULL: the setting)
 );
 CREATE INDEX IF NOT EXISTS messages_by_folder ON messages (mailbox, folder, submitted_at);
 CREATE INDEX IF NOT EXISTS messages_finished ON messages (finished_at) WHERE folder = 'sent';
@@ -53,7 +53,7 @@ CREATE TABLE IF NOT EXISTS recipients (
     notify              TEXT,            -- RFC 3461 NOTIFY: NULL (not given), NEVER, or a list
     orcpt               TEXT,            -- RFC 3461 ORCPT, decoded: addr-type;address
     report              TEXT,            -- a report owed to the sender: failed | delivered | relayed
-    priority            INTEGER NOT NULL DEFAULT 0,  -- the message's priority class: 1 urgent, 0, -1
+    priority            INTEGER NOT NULL DEFAULT 0,  -- priority class of the message: 1 urgent, 0, -1
     PRIMARY KEY (message_id, idx)
 );
 -- The scheduler's refill reads due recipients through this index only: one range per priority
