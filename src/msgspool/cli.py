@@ -277,7 +277,8 @@ def cmd_queue(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     options = {"mdn": args.mdn} if args.action == "read" else {}
     answer = _operate(settings, args.action, args.ids, **options)
-    past = {"hold": "held", "release": "released", "requeue": "requeued", "delete": "deleted", "read": "read", "unread": "unread"}
+    past = {"hold": "held", "release": "released", "requeue": "requeued", "delete": "deleted", "read": "read",
+            "unread": "unread"}
     for message_id in answer["ids"]:
         print(f"{message_id}: {past[args.action]}")
     for mdn_id in answer.get("mdn", []):

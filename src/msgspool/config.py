@@ -56,7 +56,11 @@ class Settings:
     smtpd_timeout: float = _doc(300.0, "Seconds an SMTP client may stay silent (RFC 5321 §4.5.3.2.7).")
     min_backoff: float = _doc(300.0, "First retry delay after a temporary failure, seconds.")
     max_backoff: float = _doc(4000.0, "Longest retry delay, seconds.")
-    max_lifetime: float = _doc(432000.0, "Seconds before an undelivered recipient expires (5 days).")
+    max_lifetime: float = _doc(
+        432000.0, "Seconds before an undelivered recipient expires (5 days), counted from its release.")
+    max_attempts: int = _doc(0, "Attempts per recipient before a temporary failure is final (554 5.4.7); 0 = no cap.")
+    future_release_max: int = _doc(
+        604800, "Longest SMTP FUTURERELEASE hold (RFC 4865 HOLDFOR/HOLDUNTIL), seconds; 0 disables it.")
     probe_min: float = _doc(0.5, "First probe of a down destination after this many seconds.")
     probe_max: float = _doc(3.0, "Longest interval between probes of a down destination, seconds.")
     destination_concurrency: int = _doc(20, "Parallel connections per destination.")

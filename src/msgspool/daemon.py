@@ -68,7 +68,7 @@ async def start_smtp(spooler: Spooler, settings: Settings) -> asyncio.AbstractSe
     """The SMTP listener on `settings.smtp_listen`, submitting into `spooler`."""
     host, port = split_hostport(settings.smtp_listen)
     policy = SpoolPolicy(spooler.intake, spooler.submit, hostname=settings.host_name,
-                         trusted_networks=settings.trusted_networks)
+                         trusted_networks=settings.trusted_networks, future_release_max=settings.future_release_max)
     limits = ServerLimits(hostname=settings.host_name, max_message_size=settings.message_size_limit,
                           max_recipients=settings.recipient_limit, command_timeout=settings.smtpd_timeout)
     server = await _listen("SMTP", f"{host}:{port}", start_server(policy, host, port, limits))

@@ -34,6 +34,7 @@ def _message_fields(info: MessageInfo) -> dict[str, Any]:
         "origin": info.origin,
         "deliver_after": iso(info.deliver_after),
         "expires_at": iso(info.expires_at),
+        "max_attempts": info.max_attempts,
         "ret": info.ret,
         "envid": info.envid,
         "read": info.read,

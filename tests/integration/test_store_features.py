@@ -181,3 +181,40 @@ async def test_a_version_4_spool_gets_read_flags_and_receipts_on_open(tmp_path: 
     assert sent is not None and filed is not None
     assert (sent.read, sent.mdn, filed.read, filed.mdn) == (True, None, False, None)
     assert version == SCHEMA_VERSION == 5
+
+
+async def test_a_version_4_spool_gets_priority_classes_and_the_claim_index(tmp_path: Path) -> None:
+    """Version 4 claimed by time alone (index recipients_due); opening moves a spool to version 5:
+    recipients carry their message's priority class, claims use (priority, next_attempt_at)."""
+    import sqlite3
+
+    from msgspool.stores.sqlite import SCHEMA_VERSION, connect, create_schema, op_claim
+
+    path = tmp_path / "spool.db"
+    conn = connect(path)
+    create_schema(conn)
+    conn.execute("DROP INDEX recipients_due_by_priority")
+    conn.execute("ALTER TABLE recipients DROP COLUMN priority")
+    conn.execute("ALTER TABLE messages DROP COLUMN max_attempts")
+    conn.execute("CREATE INDEX recipients_due ON recipients (next_attempt_at) WHERE status IN ('queued', 'deferred')")
+    conn.execute("INSERT INTO contents (id, data) VALUES (1, x'00')")
+    for mid, priority, due in (("normal", 0, 1.0), ("urgent", 1, 2.0)):
+        conn.execute("INSERT INTO messages (id, folder, sender, size, submitted_at, content_id, priority)"
+                     " VALUES (?, 'outbox', 'a@example.org', 1, 0, 1, ?)", (mid, priority))
+        conn.execute("INSERT INTO recipients (message_id, idx, address, addrtype, type, status, next_attempt_at)"
+                     " VALUES (?, 0, 'b@example.com', 'SMTP', 'to', 'deferred', ?)", (mid, due))
+    conn.execute("PRAGMA user_version = 4")
+    conn.close()
+
+    conn = connect(path)
+    create_schema(conn)
+    indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    classes = dict(conn.execute("SELECT message_id, priority FROM recipients").fetchall())
+    claimed = [m.id for m in op_claim(conn, 10.0, 1)]
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    conn.close()
+    assert "recipients_due_by_priority" in indexes and "recipients_due" not in indexes
+    assert classes == {"normal": 0, "urgent": 1}
+    assert claimed == ["urgent"]  # though due later than the normal one
+    assert version == SCHEMA_VERSION == 5
+    assert sqlite3.connect(path).execute("SELECT max_attempts FROM messages").fetchall() == [(None,), (None,)]

@@ -2,7 +2,8 @@
 both use it, stop it (the destination goes down) and start it again on the same port.
 
 Per-recipient behaviour is scripted by local part: ``fail5xx-*`` gets 550, ``fail4xx-*`` gets 450.
-Every accepted message is kept as (sender, recipients, content).
+Every accepted message is kept as (sender, recipients, content). `data_delay` makes it a slow next
+hop: each message is answered that many seconds after its content arrived.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class Sink:
     connections: int = 0
     dsn: bool = False  # advertise DSN (RFC 3461)
     commands: list[str] = field(default_factory=list)  # every MAIL and RCPT line, as received
+    data_delay: float = 0.0  # seconds before the reply to the end of data
     _loop: asyncio.AbstractEventLoop | None = None
     _server: asyncio.AbstractServer | None = None
     _thread: threading.Thread | None = None
@@ -134,6 +136,8 @@ class Sink:
                     writer.write(b"354 go ahead\r\n")
                     data = await reader.readuntil(b"\r\n.\r\n")
                     content = data[:-3].replace(b"\r\n..", b"\r\n.")
+                    if self.data_delay:
+                        await asyncio.sleep(self.data_delay)
                     with self._lock:
                         self.messages.append(Received(sender, recipients, content))
                     writer.write(b"250 2.0.0 Ok: queued\r\n")

@@ -3,6 +3,7 @@ the concurrency limit is 0, so nothing is sent and the queue can be read)."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from msgspool.domain.health import ProbePolicy
@@ -46,3 +47,22 @@ def test_urgent_mail_goes_first_and_non_urgent_after_normal_fresh_mail() -> None
         m = message(name, priority)
         dest.enqueue(m, m.recipients, fresh=fresh)
     assert [job.message.id for job in dest.jobs] == ["old-urgent", "new-urgent", "new", "slow", "old"]
+
+
+def test_the_cap_on_attempts_counts_attempts_made_not_waits_for_a_down_destination() -> None:
+    from msgspool.domain.outcome import DESTINATION_DOWN, Reply
+    from msgspool.domain.recipient import Status
+
+    dest = Destination(Idle(), "relay:25", DestinationLimits(concurrency=0), RetryPolicy(max_attempts=2),  # type: ignore[arg-type]
+                       ProbePolicy(), lambda _s: None, on_up=lambda _d: None)  # type: ignore[arg-type,return-value]
+    m = message("capped")
+    m.submitted_at = time.time()  # within its lifetime
+    r = m.recipients[0]
+    r.attempts = 1
+    busy = Reply(450, "4.2.1", "Mailbox busy")
+    assert dest._deferral(m, r, DESTINATION_DOWN, attempted=False, wait=True).status is Status.DEFERRED
+    failed = dest._deferral(m, r, busy, attempted=True)
+    assert failed.status is Status.FAILED and failed.reply is not None
+    assert failed.reply.line() == "554 5.4.7 delivery attempts exhausted after 2 attempts: 450 4.2.1 Mailbox busy"
+    m.max_attempts = 0  # the message's own: no cap
+    assert dest._deferral(m, r, busy, attempted=True).status is Status.DEFERRED

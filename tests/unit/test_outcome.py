@@ -57,3 +57,9 @@ def test_multi_line_text_becomes_a_multi_line_reply_with_the_code_on_every_line(
 def test_msgspools_own_replies_carry_their_rfc3463_codes(reply: Reply, code: int, enhanced: str) -> None:
     assert (reply.code, reply.enhanced) == (code, enhanced)
     assert reply.dsn[0] == str(code)[0]
+
+
+def test_exhausted_attempts_fail_permanently_quoting_the_last_temporary_reply() -> None:
+    reply = outcome.attempts_exhausted(3, Reply(451, "4.3.0", "try later"))
+    assert reply.permanent and reply.dsn == "5.4.7"
+    assert reply.line() == "554 5.4.7 delivery attempts exhausted after 3 attempts: 451 4.3.0 try later"

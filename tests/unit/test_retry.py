@@ -43,3 +43,17 @@ def test_message_expiry_time_ends_delivery_before_max_lifetime() -> None:
     policy = RetryPolicy(max_lifetime=100.0)
     assert not policy.expired(submitted_at=1000.0, now=1010.0, expires_at=1020.0)
     assert policy.expired(submitted_at=1000.0, now=1020.0, expires_at=1020.0)
+
+
+def test_the_cap_on_attempts_is_the_messages_own_else_the_policys() -> None:
+    policy = RetryPolicy(max_attempts=3)
+    assert not policy.exhausted(2) and policy.exhausted(3)
+    assert policy.exhausted(1, cap=1) and not policy.exhausted(5, cap=0)  # 0: this message has no cap
+    assert not RetryPolicy().exhausted(1000)  # no cap by default
+
+
+def test_the_lifetime_of_a_deferred_message_counts_from_its_release() -> None:
+    policy = RetryPolicy(max_lifetime=100.0)
+    assert policy.give_up_at(submitted_at=1000.0, deliver_after=5000.0) == 5100.0
+    assert not policy.expired(submitted_at=1000.0, now=2000.0, deliver_after=5000.0)
+    assert policy.give_up_at(submitted_at=1000.0, expires_at=1050.0, deliver_after=5000.0) == 1050.0

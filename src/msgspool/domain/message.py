@@ -58,8 +58,9 @@ class Message:
     folder: str = OUTBOX
     message_class: str = DEFAULT_CLASS
     priority: int = NORMAL
-    deliver_after: float | None = None
-    expires_at: float | None = None
+    deliver_after: float | None = None  # MAPI PR_DEFERRED_DELIVERY_TIME; RFC 4865 HOLDFOR/HOLDUNTIL
+    expires_at: float | None = None  # MAPI PR_EXPIRY_TIME
+    max_attempts: int | None = None  # cap on attempts per recipient; None: the `max_attempts` setting
     delete_after_submit: bool = False
     held: bool = False
     origin: str = "api"  # smtp | sendmail | api: how it came in, for the history
@@ -120,6 +121,7 @@ class MessageInfo:
     envid: str | None = None
     read: bool = False  # MAPI MSGFLAG_READ
     mdn: str | None = None  # the read receipt answered: displayed | deleted | suppressed
+    max_attempts: int | None = None
     history: list[dict[str, Any]] | None = None  # hooks, holds, requeues: only for one message's view
 
 

@@ -111,3 +111,13 @@ DESTINATION_DOWN = Reply(421, "4.4.1", "destination marked down; waiting for it 
 NO_ROUTE = Reply(550, "5.4.4", "no transport accepts this address type or domain")
 EXPIRED = Reply(554, "5.4.7", "message expired: delivery time limit exceeded")
 LOOP_DETECTED = Reply(554, "5.4.6", "too many hops: mail loop suspected")
+
+
+def attempts_exhausted(attempts: int, last: Reply) -> Reply:
+    """A recipient given up after its cap on attempts, quoting the temporary reply it last got.
+
+    RFC 3463 X.4.7 ("delivery time expired": the message stayed too long, or the sender's limit
+    was exceeded) is what the queue's own giving-up means, as for an expired lifetime; the next
+    hop's code (a 4.x.x) is quoted, not promoted to 5.x.x, since the next hop never said the
+    failure was permanent. 554: the transaction as a whole failed (RFC 5321 §4.2.2)."""
+    return Reply(554, "5.4.7", f"delivery attempts exhausted after {attempts} attempts: {last.line()}")

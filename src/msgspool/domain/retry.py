@@ -5,6 +5,13 @@ maximal_queue_lifetime 5 d), doubling per attempt, with a random spread (Exim's 
 ±10 %) so a queue that failed together does not come back together. Destination health
 (`destinations.py`) brings recipients forward the moment their destination answers again; this
 policy is the safety net for message-level failures and for destinations that stay down.
+
+Two limits end the retrying: the lifetime (`max_lifetime`, or the message's own `expires_at`:
+status expired), counted from the later of submission and the release of a deferred message (a
+message held for a week must not expire before its first attempt), and a cap on attempts
+(`max_attempts`, or the message's own): when a temporary failure brings a recipient's attempts to
+the cap it fails for good. Only attempts count — a recipient deferred without one because its
+destination was down does not come nearer its cap.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ class RetryPolicy:
     max_backoff: float = 4000.0
     max_lifetime: float = 5 * 86400.0
     jitter: float = 0.1  # ± fraction of the delay
+    max_attempts: int = 0  # the cap for messages that set none; 0 = no cap
 
     def delay(self, attempts: int, rng: random.Random | None = None) -> float:
         """Seconds to wait after the ``attempts``-th failed attempt (1-based)."""
@@ -31,8 +39,20 @@ class RetryPolicy:
     def next_attempt(self, now: float, attempts: int, rng: random.Random | None = None) -> float:
         return now + self.delay(attempts, rng)
 
-    def expired(self, submitted_at: float, now: float, expires_at: float | None = None) -> bool:
+    def expired(self, submitted_at: float, now: float, expires_at: float | None = None,
+                deliver_after: float | None = None) -> bool:
         """Past the message's own expiry time, or past the maximal lifetime."""
-        if expires_at is not None and now >= expires_at:
-            return True
-        return now - submitted_at >= self.max_lifetime
+        return now >= self.give_up_at(submitted_at, expires_at, deliver_after)
+
+    def give_up_at(self, submitted_at: float, expires_at: float | None = None,
+                   deliver_after: float | None = None) -> float:
+        """When retrying ends: the message's expiry time, else the lifetime after its release."""
+        if expires_at is not None:
+            return expires_at
+        return max(submitted_at, deliver_after or submitted_at) + self.max_lifetime
+
+    def exhausted(self, attempts: int, cap: int | None = None) -> bool:
+        """Whether `attempts` (the one just made included) reach the cap: the message's own when it
+        set one (0: none), else this policy's."""
+        limit = self.max_attempts if cap is None else cap
+        return limit > 0 and attempts >= limit

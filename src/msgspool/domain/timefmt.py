@@ -13,6 +13,19 @@ def iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def parse_time(value: object) -> float:
+    """A point in time as the API takes it: POSIX seconds, or ISO 8601 with a zone (``Z`` or an
+    offset; a time without one would mean a different moment on every machine). ValueError else."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError(f"not a time: {value!r}")
+    moment = datetime.fromisoformat(value)
+    if moment.tzinfo is None:
+        raise ValueError(f"time without a zone: {value!r}")
+    return moment.timestamp()
+
+
 _rfc5322_cache: tuple[int, str] = (0, "")
 
 

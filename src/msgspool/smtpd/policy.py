@@ -3,8 +3,12 @@
 - Mail for local domains is accepted from anyone (RFC 5321 §4.5.1: postmaster always).
 - Mail for other domains is relayed only for clients in `trusted_networks` (default: loopback) or
   that authenticated; everyone else gets ``554 5.7.1 Relay access denied`` (Postfix's answer).
+- Future release (RFC 4865 HOLDFOR/HOLDUNTIL, up to `future_release_max` seconds) is offered to
+  the same clients that may relay: the extension is one of message submission (RFC 4865 §1, RFC
+  6409), and an MTA handing us inbound mail has no business parking it in our queue.
 - After DATA the message gets its `Received:` trace header (RFC 5321 §4.4) and goes through
-  intake; the ``250`` is sent only once the spool has committed it durably.
+  intake; the ``250`` is sent only once the spool has committed it durably. A release time
+  becomes the message's `deliver_after`: its recipients are not due before it.
 """
 
 from __future__ import annotations
@@ -30,9 +34,10 @@ def parse_networks(values: Sequence[str]) -> list[Network]:
 
 class SpoolPolicy:
     def __init__(self, intake: Intake, submit: Callable[[Submission], Awaitable[str]], *, hostname: str,
-                 trusted_networks: Sequence[str]) -> None:
+                 trusted_networks: Sequence[str], future_release_max: int = 0) -> None:
         self.intake, self.submit, self.hostname = intake, submit, hostname
         self.trusted = parse_networks(trusted_networks)
+        self.future_release_max = future_release_max
 
     def connect(self, session: Session) -> Reply | None:
         try:
@@ -41,6 +46,9 @@ class SpoolPolicy:
             ip = None
         session.trusted = ip is not None and any(ip in net for net in self.trusted)
         return None
+
+    def future_release(self, session: Session) -> int:
+        return self.future_release_max if session.trusted or session.authenticated else 0
 
     def mail(self, session: Session, envelope: Envelope, sender: str, params: dict[str, str]) -> Reply | None:
         return None
@@ -55,6 +63,7 @@ class SpoolPolicy:
         trace = self._received(session, envelope, queue_id)
         sub = Submission(sender=envelope.sender or "", recipients=list(envelope.recipients),
                          content=trace + content, origin="smtp", message_id=queue_id, dsn=envelope.dsn,
+                         deliver_after=envelope.release_at,
                          recipient_dsn=envelope.rcpt_dsn if any(envelope.rcpt_dsn) else None)
         try:
             queue_id = await self.submit(sub)

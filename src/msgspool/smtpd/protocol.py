@@ -9,7 +9,9 @@ parsed in one pass and answered in one write, and the message content is found w
 
 Extensions: PIPELINING (RFC 2920), SIZE (RFC 1870), 8BITMIME (RFC 6152), ENHANCEDSTATUSCODES
 (RFC 2034, codes from RFC 3463), SMTPUTF8 (RFC 6531), DSN (RFC 3461: its parameters are parsed
-here, by domain/dsn.py, and travel with the envelope).
+here, by domain/dsn.py, and travel with the envelope), FUTURERELEASE (RFC 4865: offered to the
+clients the policy names, HOLDFOR/HOLDUNTIL parsed by domain/futurerelease.py into the envelope's
+release time).
 
 Strictness, where the RFC leaves room (each chosen to be safe and what Postfix does):
 - Only ``<CRLF>.<CRLF>`` ends the content; content with a bare LF is refused after the end of
@@ -28,11 +30,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
+from msgspool.domain import futurerelease
 from msgspool.domain.dsn import DSNSyntaxError, MessageDSN, RecipientDSN, parse_mail_params, parse_rcpt_params
+from msgspool.domain.futurerelease import FutureReleaseError
 from msgspool.domain.outcome import Reply
 
 log = logging.getLogger("msgspool.smtpd")
@@ -99,12 +104,17 @@ class Envelope:
     body: str = "7BIT"
     dsn: MessageDSN | None = None  # RET / ENVID
     rcpt_dsn: list[RecipientDSN | None] = field(default_factory=list)  # NOTIFY / ORCPT per recipient
+    release_at: float | None = None  # RFC 4865 HOLDFOR / HOLDUNTIL: not to be delivered before
 
 
 class Policy(Protocol):
     """The decisions the listener asks for, each named after the protocol stage it serves."""
 
     def connect(self, session: Session) -> Reply | None: ...
+
+    def future_release(self, session: Session) -> int:
+        """The longest hold (RFC 4865 FUTURERELEASE) this client may ask for, seconds; 0: not offered."""
+        ...
 
     def mail(self, session: Session, envelope: Envelope, sender: str, params: dict[str, str]) -> Reply | None: ...
 
@@ -388,9 +398,12 @@ class SMTPServerProtocol(asyncio.Protocol):
             return
         self.session.helo, self.session.esmtp = arg, True
         self.envelope = Envelope()
-        self._reply(Reply(250, "", "\n".join((
-            self.limits.hostname, "PIPELINING", f"SIZE {self.limits.max_message_size}", "8BITMIME",
-            "ENHANCEDSTATUSCODES", "SMTPUTF8", "DSN"))))
+        keywords = [self.limits.hostname, "PIPELINING", f"SIZE {self.limits.max_message_size}", "8BITMIME",
+                    "ENHANCEDSTATUSCODES", "SMTPUTF8", "DSN"]
+        hold_max = self.policy.future_release(self.session)
+        if hold_max > 0:
+            keywords.append(futurerelease.ehlo_keyword(hold_max, time.time()))
+        self._reply(Reply(250, "", "\n".join(keywords)))
 
     def smtp_helo(self, arg: str) -> None:
         if not arg:
@@ -425,28 +438,38 @@ class SMTPServerProtocol(asyncio.Protocol):
         if parsed is None:
             return
         sender, params = parsed
-        refusal = self._mail_params(params)
+        hold_max = self.policy.future_release(self.session)
+        refusal = self._mail_params(params, hold_max)
         if refusal is None and sender and not valid_mailbox(sender):
             refusal = Reply(501, "5.1.7", f"<{sender}>: Bad sender address syntax")
         if refusal is None and not sender.isascii() and "SMTPUTF8" not in params:
             refusal = NEED_SMTPUTF8
-        dsn: MessageDSN | None = None
-        if refusal is None and ("RET" in params or "ENVID" in params):
-            try:
-                dsn = parse_mail_params(params)
-            except DSNSyntaxError as err:
-                refusal = err.reply
+        dsn, release_at = None, None
+        if refusal is None:
+            dsn, release_at, refusal = self._mail_extensions(params, hold_max)
         if refusal is None:
             refusal = self.policy.mail(self.session, self.envelope, sender, params)
         if refusal is not None:
             self._refuse(refusal)
             return
         self.envelope.sender, self.envelope.mail_params, self.envelope.dsn = sender, params, dsn
+        self.envelope.release_at = release_at
         self.envelope.smtputf8 = "SMTPUTF8" in params
         self.envelope.body = params.get("BODY", "7BIT").upper()
         self._reply(SENDER_OK)
 
-    def _mail_params(self, params: dict[str, str]) -> Reply | None:
+    def _mail_extensions(self, params: dict[str, str],
+                         hold_max: int) -> tuple[MessageDSN | None, float | None, Reply | None]:
+        """The DSN (RFC 3461) and FUTURERELEASE (RFC 4865) parameters, parsed by the domain:
+        (RET/ENVID, release time, None), or the reply refusing them."""
+        try:
+            dsn = parse_mail_params(params) if "RET" in params or "ENVID" in params else None
+            release_at = futurerelease.release_time(params, time.time(), hold_max) if hold_max > 0 else None
+        except (DSNSyntaxError, FutureReleaseError) as err:
+            return None, None, err.reply
+        return dsn, release_at, None
+
+    def _mail_params(self, params: dict[str, str], hold_max: int) -> Reply | None:
         for key, value in params.items():
             if key == "SIZE":
                 if not value.isdigit():
@@ -459,7 +482,8 @@ class SMTPServerProtocol(asyncio.Protocol):
             elif key == "SMTPUTF8":
                 if value:
                     return Reply(501, "5.5.4", "SMTPUTF8 takes no value")
-            elif key not in ("RET", "ENVID"):
+            elif key not in ("RET", "ENVID") and not (hold_max > 0 and key in futurerelease.PARAMETERS):
+                # RFC 5321 §4.1.1.11: a parameter of an extension not offered is unrecognized.
                 return Reply(555, "5.5.4", f"Unsupported option: {key}")
         return None
 

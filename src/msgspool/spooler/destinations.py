@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from msgspool.domain.dsn import Handoff
 from msgspool.domain.health import DestinationHealth, ProbePolicy
 from msgspool.domain.message import NORMAL, Message, Recipient, Settlement
-from msgspool.domain.outcome import DESTINATION_DOWN, Reply
+from msgspool.domain.outcome import DESTINATION_DOWN, Reply, attempts_exhausted
 from msgspool.domain.recipient import Status
 from msgspool.domain.retry import RetryPolicy
 from msgspool.errors import DestinationUnavailable
@@ -230,14 +230,19 @@ class Destination:
 
     def _deferral(self, message: Message, r: Recipient, reply: Reply, *, attempted: bool,
                   wait: bool = False, remote: str | None = None) -> Settlement:
+        """A temporary failure: deferred with backoff, or given up (expired; failed at the cap on
+        attempts — which only an attempt made can reach, not a wait for a down destination)."""
         now = self.clock()
-        if self.retry.expired(message.submitted_at, now, message.expires_at):
+        give_up_at = self.retry.give_up_at(message.submitted_at, message.expires_at, message.deliver_after)
+        if now >= give_up_at:
             return Settlement(message.id, r.index, r.address, Status.EXPIRED, reply, attempted=attempted, dsn=r.dsn,
                               remote=remote)
+        if attempted and self.retry.exhausted(r.attempts + 1, message.max_attempts):
+            return Settlement(message.id, r.index, r.address, Status.FAILED, attempts_exhausted(r.attempts + 1, reply),
+                              remote=remote, dsn=r.dsn)
         next_at = self.retry.next_attempt(now, r.attempts + 1)
-        limit = message.expires_at or (message.submitted_at + self.retry.max_lifetime)
         return Settlement(message.id, r.index, r.address, Status.DEFERRED, reply, attempted=attempted,
-                          next_attempt_at=min(next_at, limit), wait_destination=wait, remote=remote)
+                          next_attempt_at=min(next_at, give_up_at), wait_destination=wait, remote=remote)
 
     # -- health -----------------------------------------------------------------------------
 

@@ -36,6 +36,7 @@ class Submission:
     priority: int = NORMAL
     deliver_after: float | None = None
     expires_at: float | None = None
+    max_attempts: int | None = None  # None: the `max_attempts` setting; 0: no cap
     delete_after_submit: bool = False
     origin: str = "api"
     message_id: str | None = None  # a queue id chosen in advance (the SMTP listener's Received: id)
@@ -85,7 +86,7 @@ class Intake:
             id=sub.message_id or new_id(now), sender=sub.sender, content=content, recipients=[],
             submitted_at=now, mailbox=sub.mailbox, message_class=sub.message_class,
             priority=sub.priority if sub.priority != NORMAL else (header_priority(content) or NORMAL),
-            deliver_after=sub.deliver_after, expires_at=sub.expires_at,
+            deliver_after=sub.deliver_after, expires_at=sub.expires_at, max_attempts=sub.max_attempts,
             delete_after_submit=sub.delete_after_submit, origin=sub.origin, meta=dict(sub.meta), dsn=sub.dsn)
         copies: list[Message] = []
         seen: set[tuple[str, str]] = set()
@@ -120,6 +121,8 @@ class Intake:
                 else any(c in address for c in "\r\n\x00")
             if bad:
                 raise SubmitError(Reply(501, "5.1.3", f"<{address!r}>: Bad recipient address syntax"))
+        if sub.max_attempts is not None and sub.max_attempts < 0:
+            raise SubmitError(Reply(501, "5.5.4", "max_attempts must be 0 (no cap) or more"))
         if count_hops(sub.content) > self.hopcount_limit:
             raise SubmitError(LOOP_DETECTED)
 

@@ -165,6 +165,7 @@ def message_to_wire(message: Message) -> dict[str, Any]:
     return {"id": message.id, "sender": message.sender, "content": base64.b64encode(message.content).decode(),
             "submitted_at": message.submitted_at, "priority": message.priority, "expires_at": message.expires_at,
             "message_class": message.message_class, "origin": message.origin, "meta": message.meta,
+            "deliver_after": message.deliver_after, "max_attempts": message.max_attempts,
             "ret": message.dsn.ret if message.dsn else None, "envid": message.dsn.envid if message.dsn else None,
             "recipients": [[r.index, r.address, r.addrtype, str(r.type), r.transport, r.nexthop, r.attempts,
                             notify_text(r.dsn), orcpt_text(r.dsn)]
@@ -181,5 +182,6 @@ def message_from_wire(data: dict[str, Any]) -> Message:
     return Message(id=data["id"], sender=data["sender"], content=base64.b64decode(data["content"]),
                    recipients=recipients, submitted_at=data["submitted_at"], priority=data["priority"],
                    message_class=data["message_class"], origin=data["origin"], meta=data["meta"],
-                   expires_at=data["expires_at"],
+                   expires_at=data["expires_at"], deliver_after=data.get("deliver_after"),
+                   max_attempts=data.get("max_attempts"),
                    dsn=MessageDSN(Ret(ret) if ret else None, envid) if ret or envid else None)

@@ -117,7 +117,8 @@ class Spooler:
                              message_size_limit=settings.message_size_limit)
         self.store = load_store(settings)
         self.bus = EventBus()
-        self.retry = RetryPolicy(settings.min_backoff, settings.max_backoff, settings.max_lifetime)
+        self.retry = RetryPolicy(settings.min_backoff, settings.max_backoff, settings.max_lifetime,
+                                 max_attempts=settings.max_attempts)
         hooks = load_hooks(settings)
         self.preprocessor = Preprocessor(hooks) if hooks else None
         self.scheduler = Scheduler(
@@ -214,12 +215,15 @@ class Spooler:
     async def send(self, message: EmailMessage | bytes, *, sender: str | None = None,
                    recipients: Sequence[str] | None = None, mailbox: str = "", priority: int = NORMAL,
                    deliver_after: float | None = None, expires_at: float | None = None,
-                   delete_after_submit: bool = False, message_class: str = DEFAULT_CLASS,
-                   notify: RecipientDSN | None = None, dsn: MessageDSN | None = None) -> str:
+                   max_attempts: int | None = None, delete_after_submit: bool = False,
+                   message_class: str = DEFAULT_CLASS, notify: RecipientDSN | None = None,
+                   dsn: MessageDSN | None = None) -> str:
         """Submit an `email.message.EmailMessage` (or RFC 5322 bytes). Without `recipients` they come
         from To/Cc/Bcc (and Bcc is removed); without `sender`, from the From: address. `notify` is
         every recipient's RFC 3461 request (e.g. ``RecipientDSN(frozenset({Notify.SUCCESS}))``),
-        `dsn` the message's (RET, ENVID)."""
+        `dsn` the message's (RET, ENVID). `deliver_after` holds the message until then (POSIX time),
+        `expires_at` gives up on it then, `max_attempts` caps each recipient's attempts (None: the
+        `max_attempts` setting; 0: no cap)."""
         content = message.as_bytes(policy=SMTP_POLICY) if isinstance(message, EmailMessage) else message
         if recipients is None:
             recipients = header_recipients(content)
@@ -229,7 +233,8 @@ class Spooler:
         content = complete_headers(content, sender, None, self.settings.host_name)
         return await self.submit(Submission(
             sender=sender, recipients=list(recipients), content=content, mailbox=mailbox, priority=priority,
-            deliver_after=deliver_after, expires_at=expires_at, delete_after_submit=delete_after_submit,
+            deliver_after=deliver_after, expires_at=expires_at, max_attempts=max_attempts,
+            delete_after_submit=delete_after_submit,
             message_class=message_class, dsn=dsn, recipient_dsn=[notify] * len(recipients) if notify else None))
 
     async def message(self, message_id: str) -> dict[str, Any]:

@@ -57,7 +57,7 @@ class Scheduler:
         self._refill: asyncio.Task[None] | None = None
         self._running = False
         self._starved = False
-        self._sleeping_until = 0.0  # when the refill loop looks at the store again
+        self._wake_at = 0.0  # when the refill loop means to look at the store again
 
     async def start(self) -> None:
         recovered = await self.store.recover()
@@ -119,7 +119,7 @@ class Scheduler:
         for r in message.recipients:
             if r.status is not Status.ACTIVE:
                 continue
-            if self.retry.expired(message.submitted_at, now, message.expires_at):
+            if self.retry.expired(message.submitted_at, now, message.expires_at, message.deliver_after):
                 decided.append(Settlement(message.id, r.index, r.address, Status.EXPIRED, EXPIRED, attempted=False,
                                           dsn=r.dsn))
                 continue
@@ -196,9 +196,8 @@ class Scheduler:
             if self._starved:  # the window was full when due work may have been waiting
                 self._starved = False
                 self._wakeup.set()
-            elif any(s.next_attempt_at is not None and s.next_attempt_at < self._sleeping_until for s in batch):
-                self._wakeup.set()  # a retry falls due before the refill loop would look again
         self.publish(events)
+        self._wake_for_retries(batch)
         if self.on_reports is not None and any(_may_owe_report(s) for s in batch):
             self.on_reports()
         if self.on_settled is not None:
@@ -247,21 +246,27 @@ class Scheduler:
             self.dispatch(message)
         return claimed >= room
 
+    def _wake_for_retries(self, batch: list[Settlement]) -> None:
+        """A deferral due before the refill loop's planned look at the store wakes it: it planned
+        its sleep from the store's next due time, which did not know this retry yet."""
+        due = [s.next_attempt_at for s in batch if s.status is Status.DEFERRED and s.next_attempt_at is not None]
+        if due and min(due) < self._wake_at:
+            self._wakeup.set()
+
     async def _sleep_until_due(self) -> None:
         self._wakeup.clear()
-        self._sleeping_until = math.inf  # a retry settled while next_due is read wakes us at once
+        self._wake_at = math.inf  # a retry settled while next_due is read wakes us at once
         if self.active >= self.active_limit // 2:
             self._starved = True
             timeout = IDLE_RECHECK
         else:
             due = await self.store.next_due()
             timeout = IDLE_RECHECK if due is None else min(IDLE_RECHECK, max(0.0, due - self.clock()))
-        self._sleeping_until = self.clock() + timeout
+        self._wake_at = self.clock() + timeout
         if timeout > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
-        self._sleeping_until = 0.0
-
+        self._wake_at = 0.0  # awake: the next sleep reads the store's next due time anyway
 
 
 def _may_owe_report(s: Settlement) -> bool:

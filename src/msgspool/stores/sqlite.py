@@ -52,6 +52,8 @@ T = TypeVar("T")
 DB_NAME = "spool.db"
 CHUNK = 5000  # rows one bulk change (flush, a released backlog) touches per transaction
 SCHEMA_VERSION = 5  # the schema script is idempotent: an older spool gets what is new in it
+# Priority classes, urgent first: the order refill claims in (recipients.priority holds the class).
+PRIORITY_CLASSES = (1, 0, -1)
 _PENDING_SQL = "('queued','active','deferred','held')"
 _STATUS_EVENT = {
     Status.DELIVERED: EventType.DELIVERED,
@@ -77,9 +79,12 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
 
 
 # Columns added after version 1; a spool made by an older msgspool gets them on open.
-_ADDED_COLUMNS = {"recipients": ("notify TEXT", "orcpt TEXT", "report TEXT", "source_address TEXT"), "messages": (
-    "ret TEXT", "envid TEXT", "read INTEGER NOT NULL DEFAULT 0", "mdn TEXT", "preprocessed INTEGER NOT NULL DEFAULT 0",
-    "source_content_id INTEGER", "source_sender TEXT", "crashes INTEGER NOT NULL DEFAULT 0")}
+_ADDED_COLUMNS = {
+    "recipients": ("notify TEXT", "orcpt TEXT", "report TEXT", "source_address TEXT",
+                   "priority INTEGER NOT NULL DEFAULT 0"),
+    "messages": ("ret TEXT", "envid TEXT", "read INTEGER NOT NULL DEFAULT 0", "mdn TEXT",
+                 "preprocessed INTEGER NOT NULL DEFAULT 0", "source_content_id INTEGER", "source_sender TEXT",
+                 "crashes INTEGER NOT NULL DEFAULT 0", "max_attempts INTEGER")}
 # What the rows of an older spool hold in a column added to it: mail it submitted was read by its writer.
 _BACKFILL = {"read": "UPDATE messages SET read = 1 WHERE folder IN ('outbox', 'sent')"}
 
@@ -87,6 +92,7 @@ _BACKFILL = {"read": "UPDATE messages SET read = 1 WHERE folder IN ('outbox', 's
 def create_schema(conn: sqlite3.Connection) -> None:
     if conn.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
         return
+    added: set[str] = set()
     for table, columns in _ADDED_COLUMNS.items():  # first: the script indexes some of them
         have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
         for column in columns:
@@ -95,8 +101,18 @@ def create_schema(conn: sqlite3.Connection) -> None:
                 conn.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
                 if name in _BACKFILL:
                     conn.execute(_BACKFILL[name])
+                added.add(f"{table}.{column.split()[0]}")
+    if "recipients.priority" in added:  # waiting recipients of urgent (non-urgent) mail keep their class
+        conn.execute("UPDATE recipients SET priority = (SELECT CASE WHEN m.priority > 0 THEN 1 ELSE -1 END"
+                     " FROM messages m WHERE m.id = recipients.message_id) WHERE status IN ('queued','deferred','held')"
+                     " AND message_id IN (SELECT id FROM messages WHERE priority != 0)")
     conn.executescript(resources.files("msgspool.stores").joinpath("sql/sqlite.sql").read_text())
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def priority_class(priority: int) -> int:
+    """1 urgent, 0 normal, -1 non-urgent (MAPI PR_PRIORITY's three values; others fold into them)."""
+    return (priority > 0) - (priority < 0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -119,26 +135,26 @@ def _insert_message(conn: sqlite3.Connection, msg: Message, content_id: int, *, 
     conn.execute(
         "INSERT INTO messages (id, mailbox, folder, sender, size, submitted_at, content_id,"
         " headers_prefix, message_class, priority, deliver_after, expires_at, delete_after_submit,"
-        " held, origin, meta, ret, envid, read) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        " held, origin, meta, ret, envid, read, max_attempts) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
         (msg.id, msg.mailbox, msg.folder, msg.sender, msg.size, msg.submitted_at, content_id,
          msg.headers_prefix or None, msg.message_class, msg.priority, msg.deliver_after, msg.expires_at,
          int(msg.delete_after_submit), int(msg.held), msg.origin, json.dumps(msg.meta) if msg.meta else None,
-         msg.dsn.ret if msg.dsn else None, msg.dsn.envid if msg.dsn else None, int(read)),
+         msg.dsn.ret if msg.dsn else None, msg.dsn.envid if msg.dsn else None, int(read), msg.max_attempts),
     )
 
 
-def _recipient_row(message_id: str, r: Recipient) -> tuple[Any, ...]:
+def _recipient_row(msg: Message, r: Recipient) -> tuple[Any, ...]:
     reply = r.last_reply
-    return (message_id, r.index, r.address, r.addrtype, str(r.type), r.transport, r.nexthop, str(r.status),
+    return (msg.id, r.index, r.address, r.addrtype, str(r.type), r.transport, r.nexthop, str(r.status),
             r.attempts, r.next_attempt_at, r.last_attempt_at,
             reply.code if reply else None, reply.enhanced if reply else None, reply.text if reply else None,
-            notify_text(r.dsn), orcpt_text(r.dsn))
+            notify_text(r.dsn), orcpt_text(r.dsn), priority_class(msg.priority))
 
 
 _INSERT_RECIPIENT = (
     "INSERT INTO recipients (message_id, idx, address, addrtype, type, transport, nexthop, status,"
-    " attempts, next_attempt_at, last_attempt_at, reply_code, reply_enhanced, reply_text, notify, orcpt)"
-    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+    " attempts, next_attempt_at, last_attempt_at, reply_code, reply_enhanced, reply_text, notify, orcpt,"
+    " priority) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
 
 
 def op_submit(conn: sqlite3.Connection, msg: Message, copies: Sequence[Message]) -> list[Event]:
@@ -147,7 +163,7 @@ def op_submit(conn: sqlite3.Connection, msg: Message, copies: Sequence[Message])
     content_id = conn.execute("INSERT INTO contents (data) VALUES (?)", (msg.content,)).lastrowid
     assert content_id is not None
     _insert_message(conn, msg, content_id, read=True)  # its writer has read it (MAPI: Sent Items show read)
-    conn.executemany(_INSERT_RECIPIENT, [_recipient_row(msg.id, r) for r in msg.recipients])
+    conn.executemany(_INSERT_RECIPIENT, [_recipient_row(msg, r) for r in msg.recipients])
     events = [_insert_event(conn, Event(EventType.SUBMITTED, msg.id, msg.submitted_at,
                                         detail={"sender": msg.sender, "size": msg.size}))]
     for r in msg.recipients:
@@ -240,13 +256,20 @@ def _drop_content_if_unused(conn: sqlite3.Connection, content_id: int) -> None:
 
 def op_claim(conn: sqlite3.Connection, now: float, limit: int) -> list[Message]:
     """Claim due recipients (queued or deferred, next_attempt_at passed): mark them active and
-    return their messages with only the claimed recipients. Bounded by `limit` rows."""
-    rows = conn.execute(
-        "UPDATE recipients SET status = 'active' WHERE rowid IN (SELECT rowid FROM recipients"
-        " WHERE status IN ('queued', 'deferred') AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?)"
-        " RETURNING message_id, idx, address, addrtype, type, transport, nexthop, attempts, notify, orcpt",
-        (now, limit),
-    ).fetchall()
+    return their messages with only the claimed recipients, urgent ones first. Bounded by `limit`
+    rows; each priority class is one range of `recipients_due_by_priority`, oldest due first, so
+    an urgent retry is claimed before a backlog of a million normal ones without reading them."""
+    rows: list[Any] = []
+    for priority in PRIORITY_CLASSES:
+        if len(rows) >= limit:
+            break
+        rows += conn.execute(
+            "UPDATE recipients SET status = 'active' WHERE rowid IN (SELECT rowid FROM recipients"
+            " WHERE status IN ('queued', 'deferred') AND priority = ? AND next_attempt_at <= ?"
+            " ORDER BY next_attempt_at LIMIT ?)"
+            " RETURNING message_id, idx, address, addrtype, type, transport, nexthop, attempts, notify, orcpt",
+            (priority, now, limit - len(rows)),
+        ).fetchall()
     by_message: dict[str, list[Recipient]] = {}
     for mid, idx, address, addrtype, rtype, transport, nexthop, attempts, notify, orcpt in rows:
         by_message.setdefault(mid, []).append(Recipient(
@@ -259,17 +282,18 @@ def _load_message(conn: sqlite3.Connection, message_id: str, recipients: list[Re
     row = conn.execute(
         "SELECT m.sender, m.submitted_at, m.mailbox, m.folder, m.message_class, m.priority, m.deliver_after,"
         " m.expires_at, m.delete_after_submit, m.held, m.origin, m.headers_prefix, c.data, m.ret, m.envid,"
-        " m.preprocessed FROM messages m JOIN contents c ON c.id = m.content_id WHERE m.id = ?", (message_id,)
+        " m.preprocessed, m.max_attempts FROM messages m JOIN contents c ON c.id = m.content_id WHERE m.id = ?",
+        (message_id,)
     ).fetchone()
     if row is None:
         return None
     (sender, submitted_at, mailbox, folder, cls, priority, deliver_after, expires_at, das, held, origin,
-     prefix, data, ret, envid, preprocessed) = row
+     prefix, data, ret, envid, preprocessed, max_attempts) = row
     return Message(id=message_id, sender=sender, content=bytes(data), recipients=recipients,
                    submitted_at=submitted_at, mailbox=mailbox, folder=folder, message_class=cls,
                    priority=priority, deliver_after=deliver_after, expires_at=expires_at,
                    delete_after_submit=bool(das), held=bool(held), origin=origin,
-                   headers_prefix=bytes(prefix or b""), preprocessed=bool(preprocessed),
+                   headers_prefix=bytes(prefix or b""), preprocessed=bool(preprocessed), max_attempts=max_attempts,
                    dsn=MessageDSN(Ret(ret) if ret else None, envid) if ret or envid else None)
 
 
@@ -353,9 +377,11 @@ def op_release_destination(conn: sqlite3.Connection, transport: str, nexthop: st
 
 
 def next_due(conn: sqlite3.Connection) -> float | None:
-    row = conn.execute("SELECT min(next_attempt_at) FROM recipients WHERE status IN ('queued', 'deferred')")
-    value = row.fetchone()[0]
-    return None if value is None else float(value)
+    """The earliest next attempt: the head of each priority class's range (one index probe each)."""
+    heads = [row[0] for priority in PRIORITY_CLASSES for row in conn.execute(
+        "SELECT next_attempt_at FROM recipients WHERE status IN ('queued', 'deferred') AND priority = ?"
+        " AND next_attempt_at IS NOT NULL ORDER BY next_attempt_at LIMIT 1", (priority,))]
+    return float(min(heads)) if heads else None
 
 
 def waiting_destinations(conn: sqlite3.Connection) -> list[tuple[str, str]]:
@@ -392,9 +418,9 @@ def op_flush(conn: sqlite3.Connection, ids: Sequence[str] | None, now: float, ch
     call, so intake's commits interleave with flushing a million — all of them."""
     update = "UPDATE recipients SET next_attempt_at = ?, wait_destination = 0 WHERE "
     waiting = "status IN ('queued', 'deferred') AND next_attempt_at > ?"
-    if ids is None:
-        return conn.execute(f"{update} rowid IN (SELECT rowid FROM recipients WHERE {waiting} LIMIT ?)",
-                            (now, now, chunk)).rowcount
+    if ids is None:  # `priority IN (...)` lets the range use recipients_due_by_priority
+        return conn.execute(f"{update} rowid IN (SELECT rowid FROM recipients WHERE {waiting}"
+                            f" AND priority IN {PRIORITY_CLASSES} LIMIT ?)", (now, now, chunk)).rowcount
     return sum(conn.execute(f"{update} {waiting} AND message_id = ?", (now, now, i)).rowcount for i in ids)
 
 
@@ -562,7 +588,7 @@ def _apply_draft(conn: sqlite3.Connection, message: Message, draft: Draft, activ
             r = Recipient(d.address, d.addrtype.upper(), status=Status.ACTIVE, index=next_index,
                           next_attempt_at=message.submitted_at)
             next_index += 1
-            conn.execute(_INSERT_RECIPIENT, _recipient_row(message.id, r))
+            conn.execute(_INSERT_RECIPIENT, _recipient_row(message, r))
             conn.execute("UPDATE recipients SET source_address = '' WHERE message_id = ? AND idx = ?",
                          (message.id, r.index))
         else:
@@ -594,7 +620,7 @@ def _split_off(conn: sqlite3.Connection, message: Message, draft: Draft, active:
     content_id = conn.execute("INSERT INTO contents (data) VALUES (?)", (child.content,)).lastrowid
     assert content_id is not None
     _insert_message(conn, child, content_id, read=True)
-    conn.executemany(_INSERT_RECIPIENT, [_recipient_row(child.id, r) for r in child.recipients])
+    conn.executemany(_INSERT_RECIPIENT, [_recipient_row(child, r) for r in child.recipients])
     conn.execute("UPDATE messages SET preprocessed = 1 WHERE id = ?", (child.id,))
     _insert_history(conn, child.id, now, "outbound", [HookRecord("", "split", f"from {message.id}")])
     return child
@@ -639,15 +665,15 @@ def _recipient_dict(row: Sequence[Any]) -> dict[str, Any]:
 
 
 _MESSAGE_COLUMNS = ("id, mailbox, folder, sender, size, submitted_at, finished_at, message_class, priority,"
-                    " deliver_after, expires_at, held, origin, ret, envid, read, mdn")
+                    " deliver_after, expires_at, held, origin, ret, envid, read, mdn, max_attempts")
 
 
 def _message_info(row: Sequence[Any], recipients: list[dict[str, Any]]) -> MessageInfo:
     (message_id, mailbox, folder, sender, size, submitted_at, finished_at, message_class, priority, deliver_after,
-     expires_at, held, origin, ret, envid, read, mdn) = row
+     expires_at, held, origin, ret, envid, read, mdn, max_attempts) = row
     return MessageInfo(message_id, mailbox, folder, sender, size, submitted_at, finished_at, message_class,
                        priority, deliver_after, expires_at, bool(held), origin, recipients, ret, envid,
-                       bool(read), mdn)
+                       bool(read), mdn, max_attempts)
 
 
 def iter_messages(conn: sqlite3.Connection, folders: Sequence[str] = (OUTBOX,), mailbox: str | None = None,

@@ -8,7 +8,9 @@
     POST /api/queue/{id}/{read|unread}      the read flag (MAPI SetReadFlag) -> {ok, read, mdn: [ids]}
                                             read and delete take an optional JSON {"mdn": true|false}:
                                             the user's answer to a read receipt request (RFC 8098)
-    POST /api/messages                      submit: JSON {sender, recipients, content} -> 201 {id}
+    POST /api/messages                      submit: JSON {sender, recipients, content} -> 201 {id};
+                                            optional addrtypes, priority, deliver_after,
+                                            expires_at, max_attempts
     GET  /api/events                        Server-Sent Events; ?mailbox=ADDR&types=a,b;
                                             resumes after Last-Event-ID (header or ?last_event_id=)
 """
@@ -19,10 +21,13 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
 from msgspool.domain.events import Event, EventType
+from msgspool.domain.message import NON_URGENT, NORMAL, URGENT
+from msgspool.domain.timefmt import parse_time
 from msgspool.errors import NotFound, SubmitError
 from msgspool.spooler.intake import Submission
 from msgspool.spooler.runtime import Spooler
@@ -31,6 +36,7 @@ from msgspool.views import message_json
 log = logging.getLogger("msgspool.web")
 SPOOLER: web.AppKey[Spooler] = web.AppKey("spooler", Spooler)
 KEEPALIVE = 15.0
+PRIORITIES = {"urgent": URGENT, "normal": NORMAL, "non-urgent": NON_URGENT}
 
 
 def problem(status: int, title: str, detail: str = "") -> web.Response:
@@ -119,11 +125,30 @@ async def submit(request: web.Request) -> web.Response:
         body = await request.json()
         sub = Submission(sender=str(body.get("sender", "")), recipients=[str(r) for r in body["recipients"]],
                          content=str(body["content"]).encode("utf-8"), origin="http",
-                         addrtypes=body.get("addrtypes"))
+                         addrtypes=body.get("addrtypes"), **_scheduling(body))
     except (ValueError, KeyError, TypeError, AttributeError) as err:
         return problem(400, "Bad submission", f"expected JSON {{sender, recipients, content}}: {err}")
     message_id = await request.app[SPOOLER].submit(sub)
     return web.json_response({"id": message_id}, status=201)
+
+
+def _scheduling(body: dict[str, Any]) -> dict[str, Any]:
+    """The scheduling controls of a submission: `priority` ("urgent", "normal", "non-urgent" or
+    MAPI's 1, 0, -1), `deliver_after` and `expires_at` (ISO 8601 with a zone, or POSIX seconds),
+    `max_attempts` (a whole number; 0: no cap). Absent ones keep the Submission's defaults."""
+    fields: dict[str, Any] = {}
+    if (priority := body.get("priority")) is not None:
+        if isinstance(priority, bool) or not isinstance(priority, str | int):
+            raise ValueError(f"priority must be one of {', '.join(PRIORITIES)} or an integer")
+        fields["priority"] = PRIORITIES[priority] if isinstance(priority, str) else priority
+    for name in ("deliver_after", "expires_at"):
+        if body.get(name) is not None:
+            fields[name] = parse_time(body[name])
+    if (cap := body.get("max_attempts")) is not None:
+        if isinstance(cap, bool) or not isinstance(cap, int):
+            raise ValueError("max_attempts must be an integer")
+        fields["max_attempts"] = cap
+    return fields
 
 
 async def events(request: web.Request) -> web.StreamResponse:
