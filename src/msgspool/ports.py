@@ -89,6 +89,17 @@ class Store(Protocol):
         """Submit the report (None: dropped) and clear those recipients' debt, in one step."""
         ...
 
+    # webhooks (spooler/webhooks.py)
+    async def webhook_cursor(self) -> int:
+        """The id of the last event whose webhook deliveries are queued (set to the newest event
+        the first time it is asked)."""
+        ...
+
+    async def enqueue_webhooks(self, after: int, upto: int, messages: Sequence[Message]) -> list[Event] | None:
+        """Submit the webhook deliveries for the events (`after`, `upto`] and move the cursor to
+        `upto`, in one durable step; None, writing nothing, when the cursor is not at `after`."""
+        ...
+
     # operations
     async def hold(self, ids: Sequence[str], now: float) -> list[str]: ...
 

@@ -1,4 +1,4 @@
--- msgspool SQLite spool schema (PRAGMA user_version = 2). Every statement is idempotent.
+-- msgspool SQLite spool schema (PRAGMA user_version = 5). Every statement is idempotent.
 -- One row per message (any folder of any mailbox), its content stored once in `contents`
 -- (local copies of one submission share it), one row per recipient of an outbound message.
 
@@ -89,3 +89,10 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_by_time ON events (time);
 -- Recipients whose report is owed (reporter.py writes them).
 CREATE INDEX IF NOT EXISTS recipients_report ON recipients (message_id) WHERE report IS NOT NULL;
+
+-- The webhook dispatcher's place in `events` (spooler/webhooks.py): the last event id whose webhook
+-- deliveries are queued. Moved in the same transaction that queues them, so each is queued once.
+CREATE TABLE IF NOT EXISTS webhook_cursor (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    event_id    INTEGER NOT NULL
+);
