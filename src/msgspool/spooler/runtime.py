@@ -152,6 +152,10 @@ class Spooler:
             self._lock = await take_lock(self.settings.spool_path, LOCK_NAME, lock_timeout)
         self.routing = deliver if route is None else route
         await self.store.open()
+        if self.webhooks is not None and self.routing:
+            # Fix where webhooks start before intake accepts anything: in `serve` the delivery
+            # process (which dispatches) starts a moment after intake opens its listeners.
+            await self.store.webhook_cursor()
         self.started_at = time.time()
         if deliver:
             await self.scheduler.start()
