@@ -58,6 +58,9 @@ def load_transports(settings: Settings) -> dict[str, Transport]:
     factories = {ep.name: ep for ep in entry_points(group="msgspool.transports")}
     builtin: list[dict[str, Any]] = [{"name": "smtp", "type": "smtp"}]
     if settings.webhooks:
+        # The name marks the events of webhook deliveries (domain/webhooks.py): it must be ours.
+        if any(t.get("name") == WEBHOOK_TRANSPORT for t in settings.transports):
+            raise ConfigError(f"transport {WEBHOOK_TRANSPORT}: the name is taken by the built-in one for webhooks")
         builtin.append({"name": WEBHOOK_TRANSPORT, "type": "webhook"})
     declared = [*builtin, *settings.transports]
     transports: dict[str, Transport] = {}
