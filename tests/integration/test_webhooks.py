@@ -11,13 +11,17 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from msgspool.daemon import start_smtp
 from msgspool.domain.events import EventType
+from msgspool.domain.routing import Router
+from msgspool.spooler.intake import Intake, Submission
 from msgspool.spooler.runtime import Spooler
+from msgspool.stores.sqlite import SQLiteStore
 from tests.conftest import SpoolerFactory
 from tests.support.receiver import Post, Receiver
 from tests.support.sink import Sink, free_port
@@ -201,3 +205,20 @@ async def test_deliveries_queued_before_a_restart_are_posted_after_it_once(spool
         messages = await webhook_messages(spooler)
     assert len(messages) == 2
     assert sorted(p.headers["X-Msgspool-Delivery"] for p in receiver.received()) == sorted(m["id"] for m in messages)
+
+
+
+async def test_the_cursor_starts_at_the_newest_event_and_moves_only_from_where_it_is(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "spool.db")
+    await store.open()
+    try:
+        message, _ = Intake(Router([], [])).build(
+            Submission(sender="", recipients=["x@example.com"], content=b"\r\n"), route=False)
+        newest = max(e.id or 0 for e in await store.submit(message))
+        assert await store.webhook_cursor() == newest
+        assert await store.enqueue_webhooks(newest - 1, newest + 5, []) is None  # elsewhere: nothing written
+        assert await store.webhook_cursor() == newest
+        assert await store.enqueue_webhooks(newest, newest + 5, []) == []
+        assert await store.webhook_cursor() == newest + 5
+    finally:
+        await store.close()
