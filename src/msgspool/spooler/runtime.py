@@ -1,5 +1,5 @@
-"""The spooler runtime: one object that owns the store, the transports, intake, the scheduler and
-the event bus, and the operations on them (MAPI: the spooler session and its status object).
+"""The spooler runtime: one object that owns the store, the transports, intake, the scheduler, the
+event bus and the webhook dispatcher, and the operations on them (MAPI: the spooler session and its status object).
 
 `Spooler.start(deliver=True)` runs delivery in this process (the daemon, or an application that
 embeds msgspool). With ``deliver=False`` the spooler only writes into the spool and wakes the
@@ -156,8 +156,8 @@ class Spooler:
         self.routing = deliver if route is None else route
         await self.store.open()
         if self.webhooks is not None and self.routing:
-            # Fix where webhooks start before intake accepts anything: in `serve` the delivery
-            # process (which dispatches) starts a moment after intake opens its listeners.
+            # Fix the event webhooks start from before intake accepts anything: in `serve` the
+            # delivery process, which dispatches, starts a moment after intake's listeners.
             await self.store.webhook_cursor()
         self.started_at = time.time()
         if deliver:
