@@ -1,5 +1,6 @@
 """The spooler runtime: one object that owns the store, the transports, intake, the scheduler, the
-event bus and the webhook dispatcher, and the operations on them (MAPI: the spooler session and its status object).
+event bus and the webhook dispatcher, and the operations on them (MAPI: the spooler session and
+its status object).
 
 `Spooler.start(deliver=True)` runs delivery in this process (the daemon, or an application that
 embeds msgspool). With ``deliver=False`` the spooler only writes into the spool and wakes the
