@@ -12,6 +12,15 @@ Extra transports are declared as an array of tables::
     addrtypes = ["HTTP"]      # the address types it takes (MAPI AddressTypes)
     domains = []              # optional domain routes; empty = any
     # any other key is passed to the transport as an option
+
+Webhooks, likewise (checked when loaded: an http(s) URL, a secret, known event types)::
+
+    [[webhooks]]
+    url = "https://app.example/hooks/mail"   # receives a signed JSON POST per event; one webhook per URL
+    secret = "..."            # HMAC-SHA256 key of the X-Msgspool-Signature header
+    types = ["new_mail"]      # optional: the event types it wants; default all
+    mailbox = ""              # optional: only events of this local mailbox
+    name = "app"              # optional: for logs and the X-Msgspool-Webhook header; default the URL
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from msgspool.domain.webhooks import WebhookTarget, parse_targets
 from msgspool.errors import ConfigError
 
 DEFAULT_DATA_DIR = "./msgspool-data"
@@ -81,10 +91,18 @@ class Settings:
     hooks: list[dict[str, Any]] = _doc([], "Outbound hooks (preprocessors), in order; see [[hooks]].")
     hook_timeout: float = _doc(30.0, "Seconds a hook may take before its message is held with the error.")
     crash_limit: int = _doc(3, "Attempts that crash a transport before the message is held.")
+    webhooks: list[dict[str, Any]] = _doc([], "URLs that get a signed JSON POST per event; see [[webhooks]].")
 
     @property
     def spool_path(self) -> Path:
         return Path(self.data_dir)
+
+    @property
+    def webhook_targets(self) -> list[WebhookTarget]:
+        try:
+            return parse_targets(self.webhooks)
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
 
     @property
     def host_name(self) -> str:
@@ -101,7 +119,17 @@ class Settings:
                 if not (isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool)):
                     raise ConfigError(f"{source}: {key} must be {type(current).__name__}, not {value!r}")
                 value = float(value)
+            if key == "webhooks":
+                _check_webhooks(value, source)
             setattr(self, key, value)
+
+
+def _check_webhooks(value: list[Any], source: str) -> None:
+    """Checked when loaded, so that a bad webhook stops `serve` at once (exit 2), not at delivery."""
+    try:
+        parse_targets(value)
+    except ValueError as err:
+        raise ConfigError(f"{source}: {err}") from err
 
 
 def settings_doc() -> list[tuple[str, Any, str]]:

@@ -175,7 +175,8 @@ class DeliveryProcess:
     async def _handle(self, message: dict[str, Any]) -> dict[str, Any] | None:
         if self.spooler.remote is not None:
             self.spooler.remote.reported(message)
-        self.spooler.publish(events_of(message))
+        # To the bus only: these events were the delivery process's, its dispatcher knows of them.
+        self.spooler.bus.publish(events_of(message))
         return None
 
     async def _supervise(self) -> None:
@@ -224,6 +225,8 @@ async def deliver(fd: int, config: dict[str, Any]) -> None:
             spooler.scheduler.adopt(message_from_wire(message["message"]))
         elif op == "wakeup":
             spooler.poke()
+        elif op == "webhooks" and spooler.webhooks is not None:
+            spooler.webhooks.poke()
         elif op == "cancel":
             spooler.scheduler.cancel(message.get("ids") or [])
         elif op == "probe":

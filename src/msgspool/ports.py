@@ -106,6 +106,17 @@ class Store(Protocol):
         only while it is unread), submit its MDN if so, then mark the message read or delete it."""
         ...
 
+    # webhooks (spooler/webhooks.py)
+    async def webhook_cursor(self) -> int:
+        """The id of the last event whose webhook deliveries are queued (set to the newest event
+        the first time it is asked)."""
+        ...
+
+    async def enqueue_webhooks(self, after: int, upto: int, messages: Sequence[Message]) -> list[Event] | None:
+        """Submit the webhook deliveries for the events (`after`, `upto`] and move the cursor to
+        `upto`, in one durable step; None, writing nothing, when the cursor is not at `after`."""
+        ...
+
     # operations
     async def requeue(self, ids: Sequence[str], now: float) -> list[str]:
         """Through the outbound hooks again, from the content as submitted (postsuper -r)."""

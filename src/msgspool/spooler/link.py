@@ -9,6 +9,8 @@ the store. The link carries only hints and questions, as JSON lines over a socke
                                                                 recipients already `active`: deliver
                                                                 it without reading it back
                          {"op": "wakeup"}                      new work was committed
+                         {"op": "webhooks"}                    events were committed (sent only when
+                                                                webhooks are configured)
                          {"op": "cancel", "ids": [...]}         held or deleted: drop queued jobs
                          {"op": "probe"}                        flush: probe down destinations now
                          {"op": "events", "on": true|false}     someone listens: forward events
@@ -102,6 +104,7 @@ class RemoteDelivery:
         self.window = window
         self.active = 0  # the delivery process's window, as last reported, plus what went since
         self._wakeup_pending = False
+        self._webhooks_pending = False
 
     def room(self, count: int) -> bool:
         """May `count` more recipients be handed over? Keeps the delivery process's memory bounded:
@@ -125,6 +128,17 @@ class RemoteDelivery:
     def _send_wakeup(self) -> None:
         self._wakeup_pending = False
         self.link.send({"op": "wakeup"})
+
+    def webhooks(self) -> None:
+        """Events were committed here: the delivery process's webhook dispatcher should look.
+        Coalesced like `wakeup`."""
+        if not self._webhooks_pending:
+            self._webhooks_pending = True
+            asyncio.get_running_loop().call_soon(self._send_webhooks)
+
+    def _send_webhooks(self) -> None:
+        self._webhooks_pending = False
+        self.link.send({"op": "webhooks"})
 
     def cancel(self, ids: Sequence[str]) -> None:
         self.link.send({"op": "cancel", "ids": list(ids)})

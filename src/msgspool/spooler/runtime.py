@@ -1,5 +1,6 @@
-"""The spooler runtime: one object that owns the store, the transports, intake, the scheduler and
-the event bus, and the operations on them (MAPI: the spooler session and its status object).
+"""The spooler runtime: one object that owns the store, the transports, intake, the scheduler, the
+event bus and the webhook dispatcher, and the operations on them (MAPI: the spooler session and
+its status object).
 
 `Spooler.start(deliver=True)` runs delivery in this process (the daemon, or an application that
 embeds msgspool). With ``deliver=False`` the spooler only writes into the spool and wakes the
@@ -30,6 +31,7 @@ from msgspool.domain.health import ProbePolicy
 from msgspool.domain.message import DEFAULT_CLASS, NORMAL
 from msgspool.domain.retry import RetryPolicy
 from msgspool.domain.routing import Router, TransportRoute
+from msgspool.domain.webhooks import WEBHOOK_TRANSPORT, from_webhook
 from msgspool.errors import ConfigError, NotFound, SpoolError
 from msgspool.ports import Store, Transport
 from msgspool.spooler import control
@@ -41,6 +43,7 @@ from msgspool.spooler.link import RemoteDelivery
 from msgspool.spooler.receipts import Receipts
 from msgspool.spooler.reporter import Reporter
 from msgspool.spooler.scheduler import Scheduler
+from msgspool.spooler.webhooks import WebhookDispatcher
 from msgspool.views import message_json
 
 log = logging.getLogger("msgspool")
@@ -53,9 +56,16 @@ HOUSEKEEPING_INTERVAL = 300.0
 
 
 def load_transports(settings: Settings) -> dict[str, Transport]:
-    """The configured transports, in order: the built-in `smtp` one first, then [[transports]]."""
+    """The configured transports, in order: the built-in `smtp` one first, `webhook` when there are
+    webhooks, then [[transports]]."""
     factories = {ep.name: ep for ep in entry_points(group="msgspool.transports")}
-    declared: list[dict[str, Any]] = [{"name": "smtp", "type": "smtp"}, *settings.transports]
+    builtin: list[dict[str, Any]] = [{"name": "smtp", "type": "smtp"}]
+    if settings.webhooks:
+        # The name marks the events of webhook deliveries (domain/webhooks.py): it must be ours.
+        if any(t.get("name") == WEBHOOK_TRANSPORT for t in settings.transports):
+            raise ConfigError(f"transport {WEBHOOK_TRANSPORT}: the name is taken by the built-in one for webhooks")
+        builtin.append({"name": WEBHOOK_TRANSPORT, "type": "webhook"})
+    declared = [*builtin, *settings.transports]
     transports: dict[str, Transport] = {}
     for options in declared:
         options = dict(options)
@@ -117,21 +127,26 @@ class Spooler:
                              message_size_limit=settings.message_size_limit)
         self.store = load_store(settings)
         self.bus = EventBus()
+        targets = settings.webhook_targets
+        # Without webhooks, events go straight to the bus: the delivery path pays nothing for them.
+        self.publish: Callable[[Sequence[Event]], None] = self._publish_for_webhooks if targets else self.bus.publish
+        self.webhooks = WebhookDispatcher(self.store, self.intake, targets, publish=self.publish,
+                                          deliver=lambda: self.scheduler.wakeup()) if targets else None
         self.retry = RetryPolicy(settings.min_backoff, settings.max_backoff, settings.max_lifetime,
                                  max_attempts=settings.max_attempts)
         hooks = load_hooks(settings)
         self.preprocessor = Preprocessor(hooks) if hooks else None
         self.scheduler = Scheduler(
-            self.store, self.transports, self.intake, self.bus.publish, retry=self.retry,
+            self.store, self.transports, self.intake, self.publish, retry=self.retry,
             probe=ProbePolicy(settings.probe_min, settings.probe_max),
             limits=DestinationLimits(settings.destination_concurrency, settings.destination_recipient_limit,
                                      settings.connection_idle_time, settings.connection_reuse_limit),
             active_limit=settings.active_limit, preprocessor=self.preprocessor)
         self.reporter = Reporter(self.store, self.intake, hostname=settings.host_name,
-                                 postmaster=settings.postmaster, publish=self.bus.publish,
+                                 postmaster=settings.postmaster, publish=self.publish,
                                  deliver=lambda _message: self.poke())
         self.scheduler.on_reports = self.reporter.poke
-        self.receipts = Receipts(self.store, self.intake, hostname=settings.host_name, publish=self.bus.publish,
+        self.receipts = Receipts(self.store, self.intake, hostname=settings.host_name, publish=self.publish,
                                  deliver=lambda _message: self.poke(), routing=lambda: self.routing)
         self.delivering = False
         self.routing = False
@@ -148,14 +163,22 @@ class Spooler:
             self._lock = await take_lock(self.settings.spool_path, LOCK_NAME, lock_timeout)
         self.routing = deliver if route is None else route
         await self.store.open()
+        if self.webhooks is not None and self.routing:
+            # Fix the event webhooks start from before intake accepts anything: in `serve` the
+            # delivery process, which dispatches, starts a moment after intake's listeners.
+            await self.store.webhook_cursor()
         self.started_at = time.time()
         if deliver:
             await self.scheduler.start()
             self.delivering = True
             self.reporter.poke()  # owed before a crash or restart
+            if self.webhooks is not None:
+                await self.webhooks.start()
             self._housekeeping = asyncio.create_task(self._housekeeping_loop())
 
     async def stop(self) -> None:
+        if self.webhooks is not None:
+            await self.webhooks.stop()
         if self._housekeeping is not None:
             self._housekeeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -198,7 +221,7 @@ class Spooler:
             if handed and self.delivering:
                 self.scheduler.unreserve(due)
             raise
-        self.bus.publish(events)
+        self.publish(events)
         if handed and self.delivering:
             self.scheduler.dispatch(message, fresh=True)
         elif handed and self.remote is not None:
@@ -274,6 +297,8 @@ class Spooler:
         """Tell whoever delivers that there is work: ourselves, or the daemon of this spool."""
         if self.delivering:
             self.scheduler.wakeup()
+            if self.webhooks is not None:  # a client's wakeup may be about events too
+                self.webhooks.poke()
         elif self.remote is not None:
             self.remote.wakeup()
         else:
@@ -400,5 +425,15 @@ class Spooler:
             except Exception:
                 log.exception("housekeeping failed")
 
-    def publish(self, events: Sequence[Event]) -> None:
+    def _publish_for_webhooks(self, events: Sequence[Event]) -> None:
+        """Publish, and tell the dispatcher (here, or in the delivery process) when some of the
+        events may be for webhooks; those about webhook deliveries never are."""
         self.bus.publish(events)
+        if not events or all(from_webhook(e) for e in events):
+            return
+        if self.delivering and self.webhooks is not None:
+            self.webhooks.poke()
+        elif self.remote is not None:
+            self.remote.webhooks()
+        elif not self.routing:  # `sendmail` or an API client: the daemon's dispatcher, if one runs
+            control.notify(self.settings.spool_path, {"op": "wakeup"})

@@ -165,7 +165,8 @@ def op_submit(conn: sqlite3.Connection, msg: Message, copies: Sequence[Message])
     _insert_message(conn, msg, content_id, read=True)  # its writer has read it (MAPI: Sent Items show read)
     conn.executemany(_INSERT_RECIPIENT, [_recipient_row(msg, r) for r in msg.recipients])
     events = [_insert_event(conn, Event(EventType.SUBMITTED, msg.id, msg.submitted_at,
-                                        detail={"sender": msg.sender, "size": msg.size}))]
+                                        detail={"sender": msg.sender, "size": msg.size,
+                                                "origin": msg.origin}))]
     for r in msg.recipients:
         if r.status in _STATUS_EVENT and r.status is not Status.DEFERRED:
             events.append(_insert_event(conn, _recipient_event(msg.id, r.address, r.status, r.last_reply,
@@ -397,10 +398,11 @@ def op_hold(conn: sqlite3.Connection, ids: Sequence[str], now: float) -> list[st
     found = _existing(conn, ids)
     for message_id in found:
         conn.execute("UPDATE messages SET held = 1 WHERE id = ?", (message_id,))
-        for (address,) in conn.execute(
+        for address, transport in conn.execute(
             "UPDATE recipients SET status = 'held' WHERE message_id = ? AND status IN ('queued','deferred')"
-            " RETURNING address", (message_id,)).fetchall():
-            _insert_event(conn, Event(EventType.HELD, message_id, now, recipient=address))
+            " RETURNING address, transport", (message_id,)).fetchall():
+            _insert_event(conn, Event(EventType.HELD, message_id, now, recipient=address,
+                                      detail={"transport": transport}))
     return found
 
 
@@ -508,6 +510,24 @@ def op_reported(conn: sqlite3.Connection, message_id: str, indexes: Sequence[int
     if done and not _reports_owed(conn, message_id):
         _delete_messages(conn, [message_id])
     return events
+
+
+def op_webhook_cursor(conn: sqlite3.Connection) -> int:
+    """The webhook cursor; the first time, the newest event: webhooks get what happens from the
+    moment they are configured, not the day of history the spool keeps."""
+    conn.execute("INSERT OR IGNORE INTO webhook_cursor (id, event_id) SELECT 1, COALESCE(max(id), 0) FROM events")
+    return int(conn.execute("SELECT event_id FROM webhook_cursor WHERE id = 1").fetchone()[0])
+
+
+def op_enqueue_webhooks(conn: sqlite3.Connection, after: int, upto: int,
+                        messages: Sequence[Message]) -> list[Event] | None:
+    """Queue the webhook deliveries for the events after `after` up to `upto` and move the cursor
+    there, in one step: a crash leaves either both or neither. None (and nothing written) when the
+    cursor is no longer at `after`: another dispatcher queued these events already."""
+    if conn.execute("UPDATE webhook_cursor SET event_id = ? WHERE id = 1 AND event_id = ?",
+                    (upto, after)).rowcount != 1:
+        return None
+    return [event for msg in messages for event in op_submit(conn, msg, ())]
 
 
 def op_purge(conn: sqlite3.Connection, sent_before: float, events_before: float, chunk: int = 2000) -> int:
@@ -954,6 +974,14 @@ class SQLiteStore:
 
     async def delete(self, ids: Sequence[str]) -> list[str]:
         return await self._write(lambda c: op_delete(c, ids))
+
+    async def webhook_cursor(self) -> int:
+        return await self._write(op_webhook_cursor)
+
+    async def enqueue_webhooks(self, after: int, upto: int, messages: Sequence[Message]) -> list[Event] | None:
+        # Durable when it queues deliveries; moving the cursor past skipped events alone may be
+        # forgotten by a power loss: they are skipped again.
+        return await self._write(lambda c: op_enqueue_webhooks(c, after, upto, messages), durable=bool(messages))
 
     async def purge(self, sent_before: float, events_before: float) -> int:
         return await self._write(lambda c: op_purge(c, sent_before, events_before), durable=False)

@@ -43,6 +43,9 @@ def reply_for(status: int, reason: str) -> Reply:
 
 
 class HTTPConnection:
+    """POSTs to one origin over the transport's shared session. A subclass changes what is posted
+    (`request`, `send_one`), not how the answer is read."""
+
     def __init__(self, session: aiohttp.ClientSession, origin: str, headers: dict[str, str]) -> None:
         self.session, self.remote, self.headers = session, origin, headers
 
@@ -51,13 +54,20 @@ class HTTPConnection:
         return not self.session.closed
 
     async def send(self, message: Message, recipients: Sequence[Recipient]) -> list[Reply]:
-        content = message.full_content()
-        return [await self._post(r.address, message.sender, content) for r in recipients]
+        return [await self.send_one(message, r) for r in recipients]
 
-    async def _post(self, url: str, sender: str, content: bytes) -> Reply:
-        headers = {"Content-Type": "message/rfc822", "X-Msgspool-Sender": sender, **self.headers}
+    async def send_one(self, message: Message, recipient: Recipient) -> Reply:
+        body, headers = self.request(message, recipient)
+        return await self.post(recipient.address, body, {**headers, **self.headers})
+
+    def request(self, message: Message, recipient: Recipient) -> tuple[bytes, dict[str, str]]:
+        """The body and headers of the POST for one recipient."""
+        return message.full_content(), {"Content-Type": "message/rfc822", "X-Msgspool-Sender": message.sender,
+                                        "X-Msgspool-Message-Id": message.id}
+
+    async def post(self, url: str, body: bytes, headers: dict[str, str]) -> Reply:
         try:
-            async with self.session.post(url, data=content, headers=headers) as response:
+            async with self.session.post(url, data=body, headers=headers) as response:
                 await response.read()
                 return reply_for(response.status, response.reason or "")
         except (aiohttp.ClientConnectionError, TimeoutError) as err:
@@ -85,7 +95,10 @@ class HTTPTransport:
         await self._reachable(nexthop)
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
-        return HTTPConnection(self._session, nexthop, self.headers)
+        return self.connection(self._session, nexthop)
+
+    def connection(self, session: aiohttp.ClientSession, origin: str) -> HTTPConnection:
+        return HTTPConnection(session, origin, self.headers)
 
     async def _reachable(self, origin: str) -> None:
         """Open and close a TCP connection to the origin, so a receiver that is down is noticed at

@@ -112,3 +112,10 @@ CREATE TABLE IF NOT EXISTS history (
     detail      TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS history_by_message ON history (message_id, time);
+
+-- The webhook dispatcher's place in `events` (spooler/webhooks.py): the last event id whose webhook
+-- deliveries are queued. Moved in the same transaction that queues them, so each is queued once.
+CREATE TABLE IF NOT EXISTS webhook_cursor (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    event_id    INTEGER NOT NULL
+);
