@@ -57,6 +57,8 @@ class Settings:
     min_backoff: float = _doc(300.0, "First retry delay after a temporary failure, seconds.")
     max_backoff: float = _doc(4000.0, "Longest retry delay, seconds.")
     max_lifetime: float = _doc(432000.0, "Seconds before an undelivered recipient expires (5 days).")
+    delay_warning_time: float = _doc(
+        0.0, "Seconds after arrival before a still-deferred recipient's sender gets one delay notice; 0 = none.")
     probe_min: float = _doc(0.5, "First probe of a down destination after this many seconds.")
     probe_max: float = _doc(3.0, "Longest interval between probes of a down destination, seconds.")
     destination_concurrency: int = _doc(20, "Parallel connections per destination.")

@@ -89,6 +89,7 @@ class Settlement:
     copy: Message | None = None  # local delivery: the copy to file into the recipient's mailbox
     dsn: RecipientDSN | None = None  # what the sender asked to be told (decides the report)
     handoff: Handoff = Handoff.FINAL  # how a delivered recipient left: decides `delivered` or `relayed`
+    warn_at: float | None = None  # a deferral: when the sender's delay notice falls due (None: never)
 
 
 @dataclass(slots=True)
@@ -124,3 +125,4 @@ class PendingReport:
     content: bytes
     dsn: MessageDSN | None
     recipients: list[dict[str, Any]]  # address, index, action, reply, remote, orcpt, last_attempt_at
+    expires_at: float | None = None  # the message's own expiry time (a delay notice's Will-Retry-Until)

@@ -33,6 +33,10 @@ class RetryPolicy:
 
     def expired(self, submitted_at: float, now: float, expires_at: float | None = None) -> bool:
         """Past the message's own expiry time, or past the maximal lifetime."""
-        if expires_at is not None and now >= expires_at:
-            return True
-        return now - submitted_at >= self.max_lifetime
+        return now >= self.retry_until(submitted_at, expires_at)
+
+    def retry_until(self, submitted_at: float, expires_at: float | None = None) -> float:
+        """When the retries end: the message's own expiry time or the maximal lifetime, whichever
+        comes first (a delay notice's Will-Retry-Until, RFC 3464 §2.3.7)."""
+        limit = submitted_at + self.max_lifetime
+        return limit if expires_at is None else min(expires_at, limit)

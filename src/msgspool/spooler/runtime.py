@@ -33,6 +33,7 @@ from msgspool.domain.routing import Router, TransportRoute
 from msgspool.errors import ConfigError, NotFound, SpoolError
 from msgspool.ports import Store, Transport
 from msgspool.spooler import control
+from msgspool.spooler.delays import DelayTimer
 from msgspool.spooler.destinations import DestinationLimits
 from msgspool.spooler.events import EventBus, Subscription
 from msgspool.spooler.intake import Intake, Submission, due_now, mark_active
@@ -121,11 +122,15 @@ class Spooler:
             probe=ProbePolicy(settings.probe_min, settings.probe_max),
             limits=DestinationLimits(settings.destination_concurrency, settings.destination_recipient_limit,
                                      settings.connection_idle_time, settings.connection_reuse_limit),
-            active_limit=settings.active_limit)
+            active_limit=settings.active_limit, warn_after=settings.delay_warning_time)
         self.reporter = Reporter(self.store, self.intake, hostname=settings.host_name,
                                  postmaster=settings.postmaster, publish=self.bus.publish,
-                                 deliver=lambda _message: self.poke())
+                                 deliver=lambda _message: self.poke(), retry=self.retry)
         self.scheduler.on_reports = self.reporter.poke
+        # Delay notices are off by default (Postfix delay_warning_time = 0h): then no timer runs.
+        self.delay_timer = DelayTimer(self.store, self.reporter.poke) if settings.delay_warning_time > 0 else None
+        if self.delay_timer is not None:
+            self.scheduler.on_warning_later = self.delay_timer.expect
         self.delivering = False
         self.routing = False
         self.remote: RemoteDelivery | None = None  # set in the daemon's intake process
@@ -146,6 +151,8 @@ class Spooler:
             await self.scheduler.start()
             self.delivering = True
             self.reporter.poke()  # owed before a crash or restart
+            if self.delay_timer is not None:
+                self.delay_timer.start()
             self._housekeeping = asyncio.create_task(self._housekeeping_loop())
 
     async def stop(self) -> None:
@@ -154,6 +161,8 @@ class Spooler:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._housekeeping
         if self.delivering:
+            if self.delay_timer is not None:
+                await self.delay_timer.stop()
             await self.scheduler.stop()
             await self.reporter.stop()
             self.delivering = False

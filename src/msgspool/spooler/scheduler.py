@@ -37,13 +37,15 @@ IDLE_RECHECK = 30.0  # seconds between store checks when nothing is known to be 
 class Scheduler:
     def __init__(self, store: Store, transports: Mapping[str, Transport], intake: Intake,
                  publish: Callable[[Sequence[Event]], None], *, retry: RetryPolicy, probe: ProbePolicy,
-                 limits: DestinationLimits, active_limit: int, clock: Callable[[], float] = time.time) -> None:
+                 limits: DestinationLimits, active_limit: int, warn_after: float = 0.0,
+                 clock: Callable[[], float] = time.time) -> None:
         self.store, self.transports, self.intake, self.publish = store, transports, intake, publish
-        self.retry, self.probe, self.limits = retry, probe, limits
+        self.retry, self.probe, self.limits, self.warn_after = retry, probe, limits, warn_after
         self.active_limit, self.clock = active_limit, clock
         self.active = 0  # recipients in memory: dispatched and not yet settled
         self.on_settled: Callable[[int], None] | None = None  # told the window after each settlement
         self.on_reports: Callable[[], None] | None = None  # told when settled outcomes may owe reports
+        self.on_warning_later: Callable[[float], None] | None = None  # told when a delay notice falls due
         self.destinations: dict[str, Destination] = {}
         self._wakeup = asyncio.Event()
         self._pending: list[Settlement] = []
@@ -132,7 +134,7 @@ class Scheduler:
         dest = self.destinations.get(key)
         if dest is None:
             dest = Destination(self.transports[transport], nexthop, self.limits, self.retry, self.probe,
-                               self.settle, self._destination_up, self.clock)
+                               self.settle, self._destination_up, self.clock, warn_after=self.warn_after)
             self.destinations[key] = dest
         return dest
 
@@ -165,8 +167,12 @@ class Scheduler:
                 self._starved = False
                 self._wakeup.set()
         self.publish(events)
-        if self.on_reports is not None and any(_may_owe_report(s) for s in batch):
+        now = self.clock()
+        if self.on_reports is not None and any(_may_owe_report(s, now) for s in batch):
             self.on_reports()
+        later = [s.warn_at for s in batch if s.warn_at is not None and s.warn_at > now]
+        if later and self.on_warning_later is not None:
+            self.on_warning_later(min(later))
         if self.on_settled is not None:
             self.on_settled(self.active)
 
@@ -226,7 +232,8 @@ class Scheduler:
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
 
 
-
-def _may_owe_report(s: Settlement) -> bool:
-    """Cheap pre-check; the store decides (RFC 3461 NOTIFY) when it records the outcome."""
+def _may_owe_report(s: Settlement, now: float) -> bool:
+    """Cheap pre-check; the store decides (RFC 3461 NOTIFY, one delay notice) when it records it."""
+    if s.status is Status.DEFERRED:
+        return s.warn_at is not None and s.warn_at <= now
     return s.status in (Status.FAILED, Status.EXPIRED) or (s.status is Status.DELIVERED and s.dsn is not None)
