@@ -43,3 +43,10 @@ def test_message_expiry_time_ends_delivery_before_max_lifetime() -> None:
     policy = RetryPolicy(max_lifetime=100.0)
     assert not policy.expired(submitted_at=1000.0, now=1010.0, expires_at=1020.0)
     assert policy.expired(submitted_at=1000.0, now=1020.0, expires_at=1020.0)
+
+
+def test_retries_end_at_the_message_expiry_or_the_lifetime_whichever_comes_first() -> None:
+    policy = RetryPolicy(max_lifetime=100.0)
+    assert policy.retry_until(1000.0) == 1100.0
+    assert policy.retry_until(1000.0, expires_at=1050.0) == 1050.0
+    assert policy.retry_until(1000.0, expires_at=2000.0) == 1100.0
