@@ -12,6 +12,8 @@ This module owns the SMTP side of delivery status notifications; `reports.py` wr
 * Relaying (§5.2): to a next hop that advertises DSN the parameters go along (and ORCPT is added
   when the client sent none); to one that does not, a requested SUCCESS becomes a ``relayed``
   report (§5.2.2, RFC 3464 §2.3.3).
+* Delay notices (`delay_warning_at`, `delay_warning_due`): one per recipient once it has waited
+  Postfix's delay_warning_time since arrival, unless NOTIFY leaves out DELAY or the sender is null.
 
 Values are kept decoded: ``RecipientDSN.orcpt.address`` and ``MessageDSN.envid`` are what the
 sender meant, and are encoded again only on the wire. ``notify`` is ``None`` when NOTIFY was not
