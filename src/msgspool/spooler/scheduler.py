@@ -156,8 +156,9 @@ class Scheduler:
         task.add_done_callback(self._settling.discard)
 
     async def _write_settlements(self, batch: list[Settlement]) -> None:
+        now = self.clock()  # one time for the store and the checks below: a warn_at between two would be missed
         try:
-            events = await self.store.settle(batch, self.clock())
+            events = await self.store.settle(batch, now)
         except Exception:
             log.exception("could not record %d outcomes; they will be retried after restart", len(batch))
             return
@@ -167,7 +168,6 @@ class Scheduler:
                 self._starved = False
                 self._wakeup.set()
         self.publish(events)
-        now = self.clock()
         if self.on_reports is not None and any(_may_owe_report(s, now) for s in batch):
             self.on_reports()
         later = [s.warn_at for s in batch if s.warn_at is not None and s.warn_at > now]
