@@ -7,7 +7,8 @@ SYNOPSIS
     msgspool queue list [--json] [--all]
     msgspool queue show ID [--json]
     msgspool queue flush [ID...]
-    msgspool queue hold ID... | release ID... | delete ID...
+    msgspool queue hold ID... | release ID... | requeue ID... | delete ID...
+    msgspool queue read [--mdn | --no-mdn] ID... | unread ID...
     msgspool status [--json]
 
 DESCRIPTION
@@ -94,9 +95,15 @@ def build_parser() -> argparse.ArgumentParser:
     qflush = qsub.add_parser("flush", help="retry now: all deferred, or the given messages")
     qflush.add_argument("ids", nargs="*", metavar="ID")
     for name, text in (("hold", "never send until released"), ("release", "undo hold"),
+                       ("requeue", "through the outbound hooks again (postsuper -r)"),
                        ("delete", "remove from the spool")):
         p = qsub.add_parser(name, help=text)
         p.add_argument("ids", nargs="+", metavar="ID")
+    qread = qsub.add_parser("read", help="mark mailbox messages read, answering their read receipt requests")
+    qread.add_argument("ids", nargs="+", metavar="ID")
+    qread.add_argument("--mdn", action=argparse.BooleanOptionalAction, default=None,
+                       help="the user agrees to (or refuses) a read receipt that needs consent (RFC 8098)")
+    qsub.add_parser("unread", help="mark mailbox messages unread").add_argument("ids", nargs="+", metavar="ID")
 
     for action_parser in qsub.choices.values():
         _common(action_parser)
@@ -238,10 +245,10 @@ def _run(settings: Settings, operation: Callable[[Spooler], Any], create: bool =
     return asyncio.run(go())
 
 
-def _operate(settings: Settings, op: str, ids: list[str] | None) -> dict[str, Any]:
+def _operate(settings: Settings, op: str, ids: list[str] | None, **options: Any) -> dict[str, Any]:
     """Through the daemon when it runs, else on the spool itself."""
     _spool_db(settings)
-    answer = control.request(settings.spool_path, {"op": op, "ids": ids})
+    answer = control.request(settings.spool_path, {"op": op, "ids": ids, **options})
     if answer is not None:
         if not answer.get("ok"):
             if answer.get("kind") == "NotFound":
@@ -251,6 +258,9 @@ def _operate(settings: Settings, op: str, ids: list[str] | None) -> dict[str, An
     try:
         if op == "flush":
             return {"ok": True, "flushed": _run(settings, lambda s: s.flush(ids))}
+        if op in ("read", "unread"):
+            sent = _run(settings, lambda s: s.mark_read(ids or [], op == "read", mdn=options.get("mdn")))
+            return {"ok": True, "ids": ids, "mdn": sent}
         return {"ok": True, "ids": _run(settings, lambda s: getattr(s, op)(ids))}
     except NotFound as err:
         raise CLIError(f"no message {err}") from err
@@ -265,10 +275,14 @@ def cmd_queue(args: argparse.Namespace, settings: Settings) -> int:
         answer = _operate(settings, "flush", args.ids or None)
         print(f"{answer['flushed']} recipients due now")
         return 0
-    answer = _operate(settings, args.action, args.ids)
-    past = {"hold": "held", "release": "released", "delete": "deleted"}[args.action]
+    options = {"mdn": args.mdn} if args.action == "read" else {}
+    answer = _operate(settings, args.action, args.ids, **options)
+    past = {"hold": "held", "release": "released", "requeue": "requeued", "delete": "deleted", "read": "read",
+            "unread": "unread"}
     for message_id in answer["ids"]:
-        print(f"{message_id}: {past}")
+        print(f"{message_id}: {past[args.action]}")
+    for mdn_id in answer.get("mdn", []):
+        print(f"{mdn_id}: read receipt (MDN) submitted")
     return 0
 
 

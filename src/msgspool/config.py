@@ -76,6 +76,9 @@ class Settings:
     smtp_data_done_timeout: float = _doc(600.0, "Outbound wait for the reply after <CRLF>.<CRLF> (§4.5.3.2.6).")
     commit_batch: int = _doc(512, "Most writes that share one commit (group commit).")
     transports: list[dict[str, Any]] = _doc([], "Extra transports, in order; see [[transports]].")
+    hooks: list[dict[str, Any]] = _doc([], "Outbound hooks (preprocessors), in order; see [[hooks]].")
+    hook_timeout: float = _doc(30.0, "Seconds a hook may take before its message is held with the error.")
+    crash_limit: int = _doc(3, "Attempts that crash a transport before the message is held.")
 
     @property
     def spool_path(self) -> Path:

@@ -53,9 +53,12 @@ async def control_handler(spooler: Spooler, request: dict[str, Any]) -> dict[str
         return {"ok": True}
     if op == "flush":
         return {"ok": True, "flushed": await spooler.flush(ids or None)}
-    if op in ("hold", "release", "delete"):
+    if op in ("hold", "release", "requeue", "delete"):
         done = await getattr(spooler, op)(list(ids or []))
         return {"ok": True, "ids": done}
+    if op in ("read", "unread"):
+        sent = await spooler.mark_read(list(ids or []), op == "read", mdn=request.get("mdn"))
+        return {"ok": True, "ids": list(ids or []), "mdn": sent}
     if op == "status":
         return {"ok": True, "status": await spooler.status_table()}
     return {"ok": False, "error": f"unknown op {op!r}"}

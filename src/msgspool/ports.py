@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from msgspool.domain.events import Event
-from msgspool.domain.message import Message, MessageInfo, PendingReport, Recipient, Settlement
+from msgspool.domain.hooks import Draft, Preprocessed
+from msgspool.domain.message import Message, MessageInfo, PendingReport, ReadReceipt, Recipient, Settlement
 from msgspool.domain.outcome import Reply
 
 
@@ -98,7 +99,27 @@ class Store(Protocol):
         """The earliest `warn_at` of a deferred recipient still to be warned."""
         ...
 
+    async def preprocessed(self, message: Message, result: Preprocessed,
+                           now: float) -> tuple[list[Message], list[Event]]:
+        """Record what the outbound hooks made of the message's active recipients (and their
+        history); returns the messages to deliver now (the message itself, parts split off)."""
+        ...
+
+    # mailbox messages (MAPI IMessage::SetReadFlag, IMAPISupport::ReadReceipt)
+    async def set_read(self, ids: Sequence[str], read: bool, now: float) -> list[Event]:
+        """Set or clear the read flag; a `read` event for each message whose flag changed."""
+        ...
+
+    async def send_receipt(self, receipt: ReadReceipt, now: float) -> list[Event]:
+        """In one step: record the receipt's disposition unless the message has one (a `deleted` one
+        only while it is unread), submit its MDN if so, then mark the message read or delete it."""
+        ...
+
     # operations
+    async def requeue(self, ids: Sequence[str], now: float) -> list[str]:
+        """Through the outbound hooks again, from the content as submitted (postsuper -r)."""
+        ...
+
     async def hold(self, ids: Sequence[str], now: float) -> list[str]: ...
 
     async def release(self, ids: Sequence[str], now: float) -> list[str]: ...
@@ -126,6 +147,19 @@ class Store(Protocol):
     def commit_stats(self) -> tuple[int, int]:
         """(commits, writes committed): how well group commit batches."""
         ...
+
+
+class OutboundHook(Protocol):
+    """A preprocessor (MAPI PreprocessMessage): sees an outbound message before any transport.
+    `preprocess` is a plain or a coroutine function; domain/hooks.py lists its answers."""
+
+    name: str
+
+    def preprocess(self, draft: Draft) -> Any: ...
+
+
+class HookFactory(Protocol):
+    def __call__(self, name: str, settings: Any, options: dict[str, Any]) -> Any: ...
 
 
 class StoreFactory(Protocol):

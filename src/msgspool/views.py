@@ -13,6 +13,13 @@ from msgspool.domain.timefmt import iso
 
 
 def message_json(info: MessageInfo) -> dict[str, Any]:
+    out = _message_fields(info)
+    if info.history is not None:
+        out["history"] = [{**h, "time": iso(h["time"])} for h in info.history]
+    return out
+
+
+def _message_fields(info: MessageInfo) -> dict[str, Any]:
     return {
         "id": info.id,
         "sender": info.sender,
@@ -29,6 +36,8 @@ def message_json(info: MessageInfo) -> dict[str, Any]:
         "expires_at": iso(info.expires_at),
         "ret": info.ret,
         "envid": info.envid,
+        "read": info.read,
+        "mdn": info.mdn,
         "recipients": [recipient_json(r) for r in info.recipients],
     }
 

@@ -155,3 +155,31 @@ async def test_a_spool_made_by_an_older_msgspool_is_upgraded_on_open(tmp_path: P
     assert {"ret", "envid"} <= columns["messages"]
     assert {"recipients_report", "events_by_time", "recipients_warn"} <= indexes
     assert version == SCHEMA_VERSION
+
+
+async def test_a_version_4_spool_gets_read_flags_and_receipts_on_open(tmp_path: Path) -> None:
+    """Version 5 adds the read flag and the read receipt answered; mail the spool submitted counts as read."""
+    import sqlite3
+
+    from msgspool.stores.sqlite import SCHEMA_VERSION, SQLiteStore, connect, create_schema
+
+    path = tmp_path / "spool.db"
+    conn = connect(path)
+    create_schema(conn)
+    for column in ("mdn", "read"):
+        conn.execute(f"ALTER TABLE messages DROP COLUMN {column}")
+    conn.execute("INSERT INTO messages (id, mailbox, folder, sender, size, submitted_at, content_id) VALUES"
+                 " ('sent1', '', 'sent', 'a@example.org', 1, 0, 1), ('in1', 'b@example.org', 'inbox', '', 1, 0, 1)")
+    conn.execute("PRAGMA user_version = 4")
+    conn.close()
+
+    store = SQLiteStore(path)
+    await store.open()
+    sent, filed = await store.get("sent1"), await store.get("in1")
+    await store.close()
+    check = sqlite3.connect(path)
+    version = check.execute("PRAGMA user_version").fetchone()[0]
+    check.close()
+    assert sent is not None and filed is not None
+    assert (sent.read, sent.mdn, filed.read, filed.mdn) == (True, None, False, None)
+    assert version == SCHEMA_VERSION  # 6 since the delay-notice column (warn_at)

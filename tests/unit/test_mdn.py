@@ -79,6 +79,11 @@ def test_an_mdn_is_never_answered_with_an_mdn() -> None:
     assert mdn_request(mdn_itself) is None
 
 
+def test_a_delivery_report_is_never_answered_with_an_mdn() -> None:
+    dsn = with_headers("Content-Type: multipart/report; report-type=delivery-status; boundary=x")
+    assert mdn_request(dsn) is None
+
+
 def test_one_address_equal_to_the_return_path_may_be_answered_automatically() -> None:
     assert not request_of(MESSAGE).needs_consent
     assert may_send_mdn(request_of(MESSAGE))

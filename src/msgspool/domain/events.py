@@ -19,6 +19,7 @@ class EventType(StrEnum):
     EXPIRED = "expired"
     HELD = "held"
     REPORT = "report"
+    READ = "read"  # a mailbox message was marked read or unread (detail: read)
     NEW_MAIL = "new_mail"
     TRANSPORT_STATUS = "transport_status"
 

@@ -1,12 +1,13 @@
 """Read receipts: message disposition notifications (RFC 8098), MAPI's IPNRN and IPNNRN.
 
 This module owns reading an MDN request from a stored message and writing the MDN; when to send
-one (a message marked read, or deleted unread, through the API) is the spooler's call.
+one (a message marked read, or deleted unread, through the API) is spooler/receipts.py's call.
 
 * Request (§2.1): ``Disposition-Notification-To: mailbox *("," mailbox)``. None is answered for a
-  message that is itself an MDN. An MDN may go out without asking the user only when the request
-  names one distinct address and that address equals the Return-Path (local part compared exactly,
-  domain without case); otherwise the user must agree (`may_send_mdn`'s ``user_consents``).
+  message that is itself an MDN, nor for any other multipart/report (a DSN), so reports never
+  loop. An MDN may go out without asking the user only when the request names one distinct
+  address and that address equals the Return-Path (local part compared exactly, domain without
+  case); otherwise the user must agree (`may_send_mdn`'s ``user_consents``).
   A ``Disposition-Notification-Options`` parameter of importance ``required`` that msgspool does
   not know forbids the MDN (§2.2).
 * MDN (§3): multipart/report; report-type=disposition-notification (RFC 6522) with a text/plain
@@ -84,11 +85,11 @@ class MDNRequest:
 
 
 def mdn_request(content: bytes) -> MDNRequest | None:
-    """The MDN request in a message's header section; None when it asks for none (or is an MDN)."""
+    """The MDN request in a message's header section; None when it asks for none (or is a report)."""
     text = header_block(canonical(content)).decode("utf-8", "replace")  # RFC 6532 headers are UTF-8
     headers = HeaderParser(policy=compat32).parsestr(text)
     notify_to = tuple(a for _n, a in getaddresses(_all(headers, "disposition-notification-to")) if a)
-    if not notify_to or _is_mdn(headers):
+    if not notify_to or _is_report(headers):
         return None
     return MDNRequest(notify_to, _return_path(headers), _first(headers, "original-recipient"),
                       _first(headers, "message-id"), _decoded(_first(headers, "subject") or ""),
@@ -118,9 +119,10 @@ def _return_path(headers: Message) -> str | None:
     return parseaddr(values[0])[1] if len(values) == 1 else None
 
 
-def _is_mdn(headers: Message) -> bool:
-    content_type = str(headers.get("content-type", "")).lower().replace(" ", "").replace('"', "")
-    return "report-type=disposition-notification" in content_type
+def _is_report(headers: Message) -> bool:
+    """An MDN or a delivery report (any multipart/report): never answered, so reports cannot loop."""
+    content_type = str(headers.get("content-type", "")).lower().strip()
+    return content_type.startswith("multipart/report")
 
 
 def _unknown_required(options: list[str]) -> bool:

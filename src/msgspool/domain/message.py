@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from msgspool.domain.address import SMTP
 from msgspool.domain.dsn import Handoff, MessageDSN, RecipientDSN
+from msgspool.domain.mdn import Disposition
 from msgspool.domain.outcome import Reply
 from msgspool.domain.recipient import RecipientType, Status
 
@@ -15,6 +17,9 @@ OUTBOX, SENT, INBOX = "outbox", "sent", "inbox"
 # The spool's own mailbox: owner of relayed mail that belongs to no local user.
 SPOOL_MAILBOX = ""
 DEFAULT_CLASS = "IPM.Note"
+
+# A read receipt the user refused (MAPI SetReadFlag SUPPRESS_RECEIPT), as the store records it.
+SUPPRESSED = "suppressed"
 
 # MAPI PR_PRIORITY
 URGENT, NORMAL, NON_URGENT = 1, 0, -1
@@ -61,6 +66,7 @@ class Message:
     headers_prefix: bytes = b""  # per-copy header lines (Return-Path, Delivered-To) before content
     meta: dict[str, str] = field(default_factory=dict)
     dsn: MessageDSN | None = None  # RFC 3461 RET / ENVID
+    preprocessed: bool = False  # the outbound hooks have run on it
 
     @property
     def size(self) -> int:
@@ -89,6 +95,7 @@ class Settlement:
     copy: Message | None = None  # local delivery: the copy to file into the recipient's mailbox
     dsn: RecipientDSN | None = None  # what the sender asked to be told (decides the report)
     handoff: Handoff = Handoff.FINAL  # how a delivered recipient left: decides `delivered` or `relayed`
+    crashed: bool = False  # the transport raised: counts towards the message's crash limit
     warn_at: float | None = None  # a deferral: when the sender's delay notice falls due (None: never)
 
 
@@ -112,6 +119,27 @@ class MessageInfo:
     recipients: list[dict[str, Any]]
     ret: str | None = None
     envid: str | None = None
+    read: bool = False  # MAPI MSGFLAG_READ
+    mdn: str | None = None  # the read receipt answered: displayed | deleted | suppressed
+    history: list[dict[str, Any]] | None = None  # hooks, holds, requeues: only for one message's view
+
+
+@dataclass(slots=True)
+class ReadReceipt:
+    """MAPI IMAPISupport::ReadReceipt: the MDN (RFC 8098) answering mailbox message `message_id`,
+    whose `disposition` (displayed: marked read; deleted: deleted unread) the store applies,
+    records and submits the MDN with, in one step, so that no message is answered twice. `mdn`
+    None records that the user refused one (MAPI SUPPRESS_RECEIPT): none is sent later either."""
+
+    message_id: str
+    disposition: Disposition
+    mdn: Message | None
+    copies: Sequence[Message] = ()
+
+    @property
+    def recorded(self) -> str:
+        """What the store keeps in the message's `mdn` column."""
+        return self.disposition if self.mdn is not None else SUPPRESSED
 
 
 @dataclass(slots=True)

@@ -5,6 +5,7 @@ one JSON request per line, one JSON answer per line.
     {"op": "wakeup"}                            new work was written into the spool
     {"op": "flush", "ids": [...] | null}        retry now
     {"op": "hold" | "release" | "delete", "ids": [...]}
+    {"op": "read" | "unread", "ids": [...], "mdn": true|false|null}   -> {"ids", "mdn": [MDN ids]}
     {"op": "status"}                            the live status table
 
 When no daemon listens, the CLI changes the spool directly; the daemon then finds the change when

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -142,8 +143,10 @@ class Destination:
                             return
                         continue
                 if not await self._deliver(conn, job):
-                    conn = None
-                    return
+                    conn = None  # lost or closed by _deliver
+                    if self.health.down:
+                        return
+                    continue
                 sent += 1
         finally:
             self.workers -= 1
@@ -198,6 +201,14 @@ class Destination:
             self.settle([self._deferral(message, r, err.reply, attempted=True, remote=conn.remote)
                          for r in recipients])
             self.mark_down(err.reply)
+            return False
+        except Exception as err:  # the transport's own bug: retry, and hold the message if it keeps crashing
+            log.exception("%s: transport %s crashed", message.id, self.transport.name)
+            reply = Reply(451, "4.3.0", f"transport {self.transport.name} crashed: {type(err).__name__}: {err}")
+            self.settle([dataclasses.replace(self._deferral(message, r, reply, attempted=True), crashed=True)
+                         for r in recipients])
+            with contextlib.suppress(Exception):
+                await conn.close()
             return False
         now = self.clock()
         handoff = getattr(conn, "handoff", Handoff.FINAL)  # optional for a transport: final by default

@@ -164,6 +164,7 @@ def message_to_wire(message: Message) -> dict[str, Any]:
     """What delivery needs of a message (not its folder or mailbox), in JSON's terms."""
     return {"id": message.id, "sender": message.sender, "content": base64.b64encode(message.content).decode(),
             "submitted_at": message.submitted_at, "priority": message.priority, "expires_at": message.expires_at,
+            "message_class": message.message_class, "origin": message.origin, "meta": message.meta,
             "ret": message.dsn.ret if message.dsn else None, "envid": message.dsn.envid if message.dsn else None,
             "recipients": [[r.index, r.address, r.addrtype, str(r.type), r.transport, r.nexthop, r.attempts,
                             notify_text(r.dsn), orcpt_text(r.dsn)]
@@ -179,5 +180,6 @@ def message_from_wire(data: dict[str, Any]) -> Message:
     ret, envid = data.get("ret"), data.get("envid")
     return Message(id=data["id"], sender=data["sender"], content=base64.b64decode(data["content"]),
                    recipients=recipients, submitted_at=data["submitted_at"], priority=data["priority"],
+                   message_class=data["message_class"], origin=data["origin"], meta=data["meta"],
                    expires_at=data["expires_at"],
                    dsn=MessageDSN(Ret(ret) if ret else None, envid) if ret or envid else None)

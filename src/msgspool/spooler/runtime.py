@@ -36,8 +36,10 @@ from msgspool.spooler import control
 from msgspool.spooler.delays import DelayTimer
 from msgspool.spooler.destinations import DestinationLimits
 from msgspool.spooler.events import EventBus, Subscription
+from msgspool.spooler.hooks import Preprocessor, load_hooks
 from msgspool.spooler.intake import Intake, Submission, due_now, mark_active
 from msgspool.spooler.link import RemoteDelivery
+from msgspool.spooler.receipts import Receipts
 from msgspool.spooler.reporter import Reporter
 from msgspool.spooler.scheduler import Scheduler
 from msgspool.views import message_json
@@ -117,16 +119,21 @@ class Spooler:
         self.store = load_store(settings)
         self.bus = EventBus()
         self.retry = RetryPolicy(settings.min_backoff, settings.max_backoff, settings.max_lifetime)
+        hooks = load_hooks(settings)
+        self.preprocessor = Preprocessor(hooks) if hooks else None
         self.scheduler = Scheduler(
             self.store, self.transports, self.intake, self.bus.publish, retry=self.retry,
             probe=ProbePolicy(settings.probe_min, settings.probe_max),
             limits=DestinationLimits(settings.destination_concurrency, settings.destination_recipient_limit,
                                      settings.connection_idle_time, settings.connection_reuse_limit),
-            active_limit=settings.active_limit, warn_after=settings.delay_warning_time)
+            active_limit=settings.active_limit, preprocessor=self.preprocessor,
+            warn_after=settings.delay_warning_time)
         self.reporter = Reporter(self.store, self.intake, hostname=settings.host_name,
                                  postmaster=settings.postmaster, publish=self.bus.publish,
                                  deliver=lambda _message: self.poke(), retry=self.retry)
         self.scheduler.on_reports = self.reporter.poke
+        self.receipts = Receipts(self.store, self.intake, hostname=settings.host_name, publish=self.bus.publish,
+                                 deliver=lambda _message: self.poke(), routing=lambda: self.routing)
         # Delay notices are off by default (Postfix delay_warning_time = 0h): then no timer runs.
         self.delay_timer = DelayTimer(self.store, self.reporter.poke) if settings.delay_warning_time > 0 else None
         if self.delay_timer is not None:
@@ -168,6 +175,8 @@ class Spooler:
             self.delivering = False
         for transport in self.transports.values():
             await transport.close()
+        if self.preprocessor is not None:
+            self.preprocessor.close()
         await self.store.close()
         if self._lock is not None:
             self._lock.close()
@@ -312,11 +321,40 @@ class Spooler:
         self.poke()
         return found
 
-    async def delete(self, ids: Sequence[str]) -> list[str]:
+    async def requeue(self, ids: Sequence[str]) -> list[str]:
+        """Run the messages through the outbound hooks again, from their content as submitted
+        (after a configuration change; Postfix `postsuper -r`). Held and deferred recipients are
+        due now."""
         await self._require(ids)
-        found = await self.store.delete(ids)
+        self._cancel(ids)
+        found = await self.store.requeue(ids, time.time())
+        self.poke()
+        return found
+
+    async def delete(self, ids: Sequence[str], *, mdn: bool | None = None) -> list[str]:
+        """Delete messages. One filed into a mailbox that is deleted unread and asked for a read
+        receipt is answered with a `deleted` MDN (MAPI's nonread report); `mdn` as in `mark_read`."""
+        await self._require(ids)
+        answered = await self.receipts.delete(ids, mdn)
+        rest = [i for i in ids if i not in answered]
+        deleted = set(answered) | set(await self.store.delete(rest) if rest else [])
+        found = [i for i in ids if i in deleted]
         self._cancel(found)
         return found
+
+    # -- mailbox messages (MAPI IMessage::SetReadFlag) ---------------------------------------
+
+    async def mark_read(self, ids: Sequence[str], read: bool = True, *, mdn: bool | None = None) -> list[str]:
+        """Mark messages read (or unread) and return the queue ids of the read receipts (RFC 8098
+        MDNs) this sent. A message filed into a mailbox that asked for one is answered once, when
+        first marked read: with `mdn` None only when RFC 8098 §2.1 needs no consent of the user,
+        with True when the user consents, never with False (recorded: none is sent later)."""
+        await self._require(ids)
+        return await self.receipts.mark_read(ids, read, mdn)
+
+    async def mark_unread(self, ids: Sequence[str]) -> None:
+        """Clear the read flag; never sends anything."""
+        await self.mark_read(ids, False)
 
     async def _require(self, ids: Sequence[str]) -> None:
         for message_id in ids:

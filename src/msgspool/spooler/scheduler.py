@@ -16,10 +16,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from msgspool.domain.events import Event
+from msgspool.domain.events import Event, EventType
 from msgspool.domain.health import ProbePolicy
 from msgspool.domain.message import Message, Recipient, Settlement
 from msgspool.domain.outcome import EXPIRED
@@ -27,6 +28,7 @@ from msgspool.domain.recipient import Status
 from msgspool.domain.retry import RetryPolicy
 from msgspool.ports import Store, Transport
 from msgspool.spooler.destinations import Destination, DestinationLimits
+from msgspool.spooler.hooks import Preprocessor, draft_of
 from msgspool.spooler.intake import Intake
 
 log = logging.getLogger("msgspool.scheduler")
@@ -37,9 +39,10 @@ IDLE_RECHECK = 30.0  # seconds between store checks when nothing is known to be 
 class Scheduler:
     def __init__(self, store: Store, transports: Mapping[str, Transport], intake: Intake,
                  publish: Callable[[Sequence[Event]], None], *, retry: RetryPolicy, probe: ProbePolicy,
-                 limits: DestinationLimits, active_limit: int, warn_after: float = 0.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 limits: DestinationLimits, active_limit: int, preprocessor: Preprocessor | None = None,
+                 warn_after: float = 0.0, clock: Callable[[], float] = time.time) -> None:
         self.store, self.transports, self.intake, self.publish = store, transports, intake, publish
+        self.preprocessor = preprocessor
         self.retry, self.probe, self.limits, self.warn_after = retry, probe, limits, warn_after
         self.active_limit, self.clock = active_limit, clock
         self.active = 0  # recipients in memory: dispatched and not yet settled
@@ -51,9 +54,11 @@ class Scheduler:
         self._pending: list[Settlement] = []
         self._flush_scheduled = False
         self._settling: set[asyncio.Task[None]] = set()
+        self._preprocessing: set[asyncio.Task[None]] = set()
         self._refill: asyncio.Task[None] | None = None
         self._running = False
         self._starved = False
+        self._sleeping_until = 0.0  # when the refill loop looks at the store again
 
     async def start(self) -> None:
         recovered = await self.store.recover()
@@ -71,6 +76,9 @@ class Scheduler:
         if self._refill is not None:
             self._refill.cancel()
             await asyncio.gather(self._refill, return_exceptions=True)
+        for task in list(self._preprocessing):
+            task.cancel()
+        await asyncio.gather(*self._preprocessing, return_exceptions=True)
         for dest in self.destinations.values():
             await dest.close()
         self._flush_settlements()
@@ -99,7 +107,13 @@ class Scheduler:
 
     def dispatch(self, message: Message, *, fresh: bool = False) -> None:
         """Route the message's active recipients (again: with this process's configuration, which
-        may differ from the submitter's) and hand them to their destinations."""
+        may differ from the submitter's) and hand them to their destinations. A message the
+        outbound hooks have not seen goes through them first."""
+        if self.preprocessor is not None and not message.preprocessed:
+            task = asyncio.ensure_future(self._preprocess(self.preprocessor, message, fresh))
+            self._preprocessing.add(task)
+            task.add_done_callback(self._preprocessing.discard)
+            return
         now = self.clock()
         groups: dict[tuple[str, str], list[Recipient]] = {}
         decided: list[Settlement] = []
@@ -121,6 +135,23 @@ class Scheduler:
             self.settle(decided)
         for (transport, nexthop), recipients in groups.items():
             self.destination(transport, nexthop).enqueue(message, recipients, fresh=fresh)
+
+    async def _preprocess(self, preprocessor: Preprocessor, message: Message, fresh: bool) -> None:
+        """Outbound hooks, their answer recorded, then delivery of what they made of the message."""
+        before = sum(1 for r in message.recipients if r.status is Status.ACTIVE)
+        try:
+            result = await preprocessor.run(draft_of(message))
+            messages, events = await self.store.preprocessed(message, result, self.clock())
+        except Exception:  # the store failed: the recipients stay active until recovery retries them
+            log.exception("%s: could not record the outbound hooks' answer", message.id)
+            self.active -= before
+            return
+        self.active += sum(len(m.recipients) for m in messages) - before
+        self.publish(events)
+        if self.on_reports is not None and any(e.type is EventType.FAILED for e in events):
+            self.on_reports()
+        for m in messages:
+            self.dispatch(m, fresh=fresh)
 
     def cancel(self, message_ids: Sequence[str]) -> None:
         """Forget queued work of held or deleted messages; the store already changed their state."""
@@ -167,6 +198,8 @@ class Scheduler:
             if self._starved:  # the window was full when due work may have been waiting
                 self._starved = False
                 self._wakeup.set()
+            elif any(s.next_attempt_at is not None and s.next_attempt_at < self._sleeping_until for s in batch):
+                self._wakeup.set()  # a retry falls due before the refill loop would look again
         self.publish(events)
         if self.on_reports is not None and any(_may_owe_report(s, now) for s in batch):
             self.on_reports()
@@ -221,15 +254,18 @@ class Scheduler:
 
     async def _sleep_until_due(self) -> None:
         self._wakeup.clear()
+        self._sleeping_until = math.inf  # a retry settled while next_due is read wakes us at once
         if self.active >= self.active_limit // 2:
             self._starved = True
             timeout = IDLE_RECHECK
         else:
             due = await self.store.next_due()
             timeout = IDLE_RECHECK if due is None else min(IDLE_RECHECK, max(0.0, due - self.clock()))
+        self._sleeping_until = self.clock() + timeout
         if timeout > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
+        self._sleeping_until = 0.0
 
 
 def _may_owe_report(s: Settlement, now: float) -> bool:

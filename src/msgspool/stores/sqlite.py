@@ -16,6 +16,7 @@ Reads for the daemon's API go through a second thread with its own connection; t
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
 import queue
@@ -30,14 +31,27 @@ from typing import Any, TypeVar
 
 from msgspool.domain.dsn import MessageDSN, RecipientDSN, Ret, notify_text, orcpt_text, recipient_dsn, report_action
 from msgspool.domain.events import Event, EventType
-from msgspool.domain.message import INBOX, OUTBOX, SENT, Message, MessageInfo, PendingReport, Recipient, Settlement
+from msgspool.domain.hooks import Draft, Hold, HookRecord, Preprocessed, Reject
+from msgspool.domain.ids import new_id
+from msgspool.domain.mdn import Disposition
+from msgspool.domain.message import (
+    INBOX,
+    OUTBOX,
+    SENT,
+    Message,
+    MessageInfo,
+    PendingReport,
+    ReadReceipt,
+    Recipient,
+    Settlement,
+)
 from msgspool.domain.outcome import Reply
 from msgspool.domain.recipient import RecipientType, Status
 
 T = TypeVar("T")
 DB_NAME = "spool.db"
 CHUNK = 5000  # rows one bulk change (flush, a released backlog) touches per transaction
-SCHEMA_VERSION = 5  # the schema script is idempotent: an older spool gets what is new in it
+SCHEMA_VERSION = 6  # the schema script is idempotent: an older spool gets what is new in it
 _PENDING_SQL = "('queued','active','deferred','held')"
 _STATUS_EVENT = {
     Status.DELIVERED: EventType.DELIVERED,
@@ -63,8 +77,12 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
 
 
 # Columns added after version 1; a spool made by an older msgspool gets them on open.
-_ADDED_COLUMNS = {"recipients": ("notify TEXT", "orcpt TEXT", "report TEXT", "warn_at REAL"),
-                  "messages": ("ret TEXT", "envid TEXT")}
+_ADDED_COLUMNS = {"recipients": ("notify TEXT", "orcpt TEXT", "report TEXT", "source_address TEXT", "warn_at REAL"),
+                  "messages": ("ret TEXT", "envid TEXT", "read INTEGER NOT NULL DEFAULT 0", "mdn TEXT",
+                               "preprocessed INTEGER NOT NULL DEFAULT 0", "source_content_id INTEGER",
+                               "source_sender TEXT", "crashes INTEGER NOT NULL DEFAULT 0")}
+# What the rows of an older spool hold in a column added to it: mail it submitted was read by its writer.
+_BACKFILL = {"read": "UPDATE messages SET read = 1 WHERE folder IN ('outbox', 'sent')"}
 
 
 def create_schema(conn: sqlite3.Connection) -> None:
@@ -73,8 +91,11 @@ def create_schema(conn: sqlite3.Connection) -> None:
     for table, columns in _ADDED_COLUMNS.items():  # first: the script indexes some of them
         have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
         for column in columns:
-            if have and column.split()[0] not in have:
+            name = column.split()[0]
+            if have and name not in have:
                 conn.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+                if name in _BACKFILL:
+                    conn.execute(_BACKFILL[name])
     conn.executescript(resources.files("msgspool.stores").joinpath("sql/sqlite.sql").read_text())
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
@@ -95,15 +116,15 @@ def _insert_event(conn: sqlite3.Connection, event: Event) -> Event:
     return event
 
 
-def _insert_message(conn: sqlite3.Connection, msg: Message, content_id: int) -> None:
+def _insert_message(conn: sqlite3.Connection, msg: Message, content_id: int, *, read: bool) -> None:
     conn.execute(
         "INSERT INTO messages (id, mailbox, folder, sender, size, submitted_at, content_id,"
         " headers_prefix, message_class, priority, deliver_after, expires_at, delete_after_submit,"
-        " held, origin, meta, ret, envid) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        " held, origin, meta, ret, envid, read) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
         (msg.id, msg.mailbox, msg.folder, msg.sender, msg.size, msg.submitted_at, content_id,
          msg.headers_prefix or None, msg.message_class, msg.priority, msg.deliver_after, msg.expires_at,
          int(msg.delete_after_submit), int(msg.held), msg.origin, json.dumps(msg.meta) if msg.meta else None,
-         msg.dsn.ret if msg.dsn else None, msg.dsn.envid if msg.dsn else None),
+         msg.dsn.ret if msg.dsn else None, msg.dsn.envid if msg.dsn else None, int(read)),
     )
 
 
@@ -115,18 +136,19 @@ def _recipient_row(message_id: str, r: Recipient) -> tuple[Any, ...]:
             notify_text(r.dsn), orcpt_text(r.dsn))
 
 
+_INSERT_RECIPIENT = (
+    "INSERT INTO recipients (message_id, idx, address, addrtype, type, transport, nexthop, status,"
+    " attempts, next_attempt_at, last_attempt_at, reply_code, reply_enhanced, reply_text, notify, orcpt)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+
+
 def op_submit(conn: sqlite3.Connection, msg: Message, copies: Sequence[Message]) -> list[Event]:
     """Store a submission: the outbox message with its recipients, and the local copies filed
     straight into their mailboxes (tightly coupled delivery) — one atomic step."""
     content_id = conn.execute("INSERT INTO contents (data) VALUES (?)", (msg.content,)).lastrowid
     assert content_id is not None
-    _insert_message(conn, msg, content_id)
-    conn.executemany(
-        "INSERT INTO recipients (message_id, idx, address, addrtype, type, transport, nexthop, status,"
-        " attempts, next_attempt_at, last_attempt_at, reply_code, reply_enhanced, reply_text, notify, orcpt)"
-        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-        [_recipient_row(msg.id, r) for r in msg.recipients],
-    )
+    _insert_message(conn, msg, content_id, read=True)  # its writer has read it (MAPI: Sent Items show read)
+    conn.executemany(_INSERT_RECIPIENT, [_recipient_row(msg.id, r) for r in msg.recipients])
     events = [_insert_event(conn, Event(EventType.SUBMITTED, msg.id, msg.submitted_at,
                                         detail={"sender": msg.sender, "size": msg.size}))]
     for r in msg.recipients:
@@ -144,7 +166,7 @@ def _file(conn: sqlite3.Connection, copy: Message, content_id: int) -> Event:
     conn.execute("INSERT OR IGNORE INTO mailboxes (address, created_at) VALUES (?,?)",
                  (copy.mailbox, copy.submitted_at))
     copy.folder = receive_folder(conn, copy.mailbox, copy.message_class)
-    _insert_message(conn, copy, content_id)
+    _insert_message(conn, copy, content_id, read=False)
     return _insert_event(conn, Event(EventType.NEW_MAIL, copy.id, copy.submitted_at, mailbox=copy.mailbox,
                                      folder=copy.folder,
                                      detail={"sender": copy.sender, "message_class": copy.message_class}))
@@ -202,12 +224,19 @@ def _reports_owed(conn: sqlite3.Connection, message_id: str) -> bool:
 
 def _delete_messages(conn: sqlite3.Connection, ids: Sequence[str]) -> None:
     for message_id in ids:
-        row = conn.execute("SELECT content_id FROM messages WHERE id = ?", (message_id,)).fetchone()
+        row = conn.execute("SELECT content_id, source_content_id FROM messages WHERE id = ?",
+                           (message_id,)).fetchone()
         conn.execute("DELETE FROM recipients WHERE message_id = ?", (message_id,))
+        conn.execute("DELETE FROM history WHERE message_id = ?", (message_id,))
         conn.execute("DELETE FROM messages WHERE id = ?", (message_id,))
-        if row is not None:
-            conn.execute("DELETE FROM contents WHERE id = ? AND NOT EXISTS"
-                         " (SELECT 1 FROM messages WHERE content_id = ?)", (row[0], row[0]))
+        for content_id in row or ():
+            if content_id is not None:
+                _drop_content_if_unused(conn, content_id)
+
+
+def _drop_content_if_unused(conn: sqlite3.Connection, content_id: int) -> None:
+    conn.execute("DELETE FROM contents WHERE id = ? AND NOT EXISTS (SELECT 1 FROM messages"
+                 " WHERE content_id = ? OR source_content_id = ?)", (content_id, content_id, content_id))
 
 
 def op_claim(conn: sqlite3.Connection, now: float, limit: int) -> list[Message]:
@@ -230,27 +259,30 @@ def op_claim(conn: sqlite3.Connection, now: float, limit: int) -> list[Message]:
 def _load_message(conn: sqlite3.Connection, message_id: str, recipients: list[Recipient]) -> Message | None:
     row = conn.execute(
         "SELECT m.sender, m.submitted_at, m.mailbox, m.folder, m.message_class, m.priority, m.deliver_after,"
-        " m.expires_at, m.delete_after_submit, m.held, m.origin, m.headers_prefix, c.data, m.ret, m.envid"
-        " FROM messages m JOIN contents c ON c.id = m.content_id WHERE m.id = ?", (message_id,)
+        " m.expires_at, m.delete_after_submit, m.held, m.origin, m.headers_prefix, c.data, m.ret, m.envid,"
+        " m.preprocessed FROM messages m JOIN contents c ON c.id = m.content_id WHERE m.id = ?", (message_id,)
     ).fetchone()
     if row is None:
         return None
     (sender, submitted_at, mailbox, folder, cls, priority, deliver_after, expires_at, das, held, origin,
-     prefix, data, ret, envid) = row
+     prefix, data, ret, envid, preprocessed) = row
     return Message(id=message_id, sender=sender, content=bytes(data), recipients=recipients,
                    submitted_at=submitted_at, mailbox=mailbox, folder=folder, message_class=cls,
                    priority=priority, deliver_after=deliver_after, expires_at=expires_at,
                    delete_after_submit=bool(das), held=bool(held), origin=origin,
-                   headers_prefix=bytes(prefix or b""),
+                   headers_prefix=bytes(prefix or b""), preprocessed=bool(preprocessed),
                    dsn=MessageDSN(Ret(ret) if ret else None, envid) if ret or envid else None)
 
 
-def op_settle(conn: sqlite3.Connection, settlements: Sequence[Settlement], now: float) -> list[Event]:
+def op_settle(conn: sqlite3.Connection, settlements: Sequence[Settlement], now: float,
+              crash_limit: int = 0) -> list[Event]:
     """Record outcomes (and the route each recipient took). A temporary failure of a held message
     leaves it held; a recipient that is no longer active (deleted, or settled already) is left
-    alone. A local delivery files its copy in the same step."""
+    alone. A local delivery files its copy in the same step. A message whose attempts crashed its
+    transport `crash_limit` times is held (poison isolation, as Exim freezes a message)."""
     events: list[Event] = []
     touched: dict[str, None] = {}
+    crashed = {s.message_id for s in settlements if s.crashed}
     for s in settlements:
         status = s.status
         if status is Status.DEFERRED and _is_held(conn, s.message_id):
@@ -273,9 +305,21 @@ def op_settle(conn: sqlite3.Connection, settlements: Sequence[Settlement], now: 
         if status in _STATUS_EVENT:
             events.append(_insert_event(conn, _recipient_event(s.message_id, s.address, status, reply, now,
                                                                row[0], s.remote)))
+    for message_id in crashed & touched.keys():
+        events += _count_crash(conn, message_id, crash_limit, now)
     for message_id in touched:
         events += _finish_if_done(conn, message_id, now)
     return events
+
+
+def _count_crash(conn: sqlite3.Connection, message_id: str, limit: int, now: float) -> list[Event]:
+    crashes = conn.execute("UPDATE messages SET crashes = crashes + 1 WHERE id = ? RETURNING crashes",
+                           (message_id,)).fetchone()[0]
+    if not limit or crashes < limit:
+        return []
+    reason = f"crashed its transport {crashes} times"
+    _insert_history(conn, message_id, now, "transport", [HookRecord("", "held", reason)])
+    return _hold(conn, message_id, reason, now, "('queued','deferred')")
 
 
 # One outcome. `report`: a new debt wins, except a delay notice the recipient had already
@@ -400,6 +444,40 @@ def op_delete(conn: sqlite3.Connection, ids: Sequence[str]) -> list[str]:
     return found
 
 
+def op_set_read(conn: sqlite3.Connection, ids: Sequence[str], read: bool, now: float) -> list[Event]:
+    """MAPI SetReadFlag: set or clear the read flag; a `read` event for each message it changed."""
+    events = []
+    for message_id in ids:
+        row = conn.execute("UPDATE messages SET read = ? WHERE id = ? AND read != ? RETURNING mailbox, folder",
+                           (int(read), message_id, int(read))).fetchone()
+        if row is not None:
+            events.append(_insert_event(conn, Event(EventType.READ, message_id, now, mailbox=row[0], folder=row[1],
+                                                    detail={"read": read})))
+    return events
+
+
+def op_send_receipt(conn: sqlite3.Connection, receipt: ReadReceipt, now: float) -> list[Event]:
+    """MAPI ReadReceipt: record the disposition and submit the MDN in one step, and only while the
+    message has none recorded (RFC 8098 §2.1: one MDN per message) and, for `deleted`, is unread;
+    so a crash or a concurrent request neither loses nor doubles it. Then apply the disposition:
+    the message is marked read, or deleted."""
+    deleted = receipt.disposition is Disposition.DELETED
+    row = conn.execute("UPDATE messages SET mdn = ? WHERE id = ? AND mdn IS NULL AND (? = 0 OR read = 0)"
+                       " RETURNING mailbox, folder", (receipt.recorded, receipt.message_id, int(deleted))).fetchone()
+    events: list[Event] = []
+    if row is not None and receipt.mdn is not None:
+        events += op_submit(conn, receipt.mdn, receipt.copies)
+        events.append(_insert_event(conn, Event(
+            EventType.REPORT, receipt.message_id, now, mailbox=row[0], folder=row[1],
+            detail={"report_id": receipt.mdn.id, "class": receipt.mdn.message_class,
+                    "disposition": str(receipt.disposition)})))
+    if deleted:
+        _delete_messages(conn, [receipt.message_id])
+    else:
+        events += op_set_read(conn, [receipt.message_id], True, now)
+    return events
+
+
 def pending_reports(conn: sqlite3.Connection, limit: int) -> list[PendingReport]:
     out = []
     for (message_id,) in conn.execute("SELECT DISTINCT message_id FROM recipients WHERE report IS NOT NULL LIMIT ?",
@@ -451,6 +529,133 @@ def op_purge(conn: sqlite3.Connection, sent_before: float, events_before: float,
 
 
 # --------------------------------------------------------------------------------------------
+# Outbound hooks (MAPI preprocessing): the pipeline's answer recorded, and `queue requeue`.
+
+DROPPED = Reply(550, "5.7.1", "recipient removed by an outbound hook")
+
+
+def _insert_history(conn: sqlite3.Connection, message_id: str, now: float, stage: str,
+                    records: Iterable[HookRecord]) -> None:
+    conn.executemany("INSERT INTO history (message_id, time, stage, hook, outcome, detail) VALUES (?,?,?,?,?,?)",
+                     [(message_id, now, stage, r.hook, r.outcome, r.detail) for r in records])
+
+
+def op_preprocessed(conn: sqlite3.Connection, message: Message, result: Preprocessed,
+                    now: float) -> tuple[list[Message], list[Event]]:
+    """Record what the outbound hooks made of a message's active recipients, in one step: a
+    rejection fails them (an NDR follows), a hold holds the message (the hooks run again on
+    release), drafts replace it — the first draft is the stored message (changed content gets a
+    content row of its own; the submitted one is kept for `requeue`), each further draft becomes a
+    new message that takes its recipients along. Returns the messages to deliver now."""
+    _insert_history(conn, message.id, now, "outbound", result.history)
+    active = {r.index: r for r in message.recipients if r.status is Status.ACTIVE}
+    if isinstance(result.verdict, Reject):
+        conn.execute("UPDATE messages SET preprocessed = 1 WHERE id = ?", (message.id,))
+        return [], op_settle(conn, [Settlement(message.id, r.index, r.address, Status.FAILED, result.verdict.reply,
+                                               attempted=False, dsn=r.dsn) for r in active.values()], now)
+    if isinstance(result.verdict, Hold):
+        return [], _hold(conn, message.id, result.verdict.reason, now, "('active')")
+    first, *others = result.drafts
+    kept = _apply_draft(conn, message, first, active)
+    children = [_split_off(conn, message, draft, active, now) for draft in others]
+    placed = {r.index for draft in result.drafts for r in draft.recipients}
+    dropped = [Settlement(message.id, r.index, r.address, Status.FAILED, DROPPED, attempted=False,
+                          dsn=RecipientDSN(frozenset())) for i, r in active.items() if i not in placed]
+    conn.execute("UPDATE messages SET preprocessed = 1 WHERE id = ?", (message.id,))
+    events = [_insert_event(conn, Event(EventType.SUBMITTED, c.id, now, detail={"sender": c.sender, "size": c.size,
+                                                                                "split_from": message.id}))
+              for c in children]
+    events += op_settle(conn, dropped, now) if dropped else _finish_if_done(conn, message.id, now)
+    return [m for m in (kept, *children) if m.recipients], events
+
+
+def _hold(conn: sqlite3.Connection, message_id: str, reason: str, now: float, statuses: str) -> list[Event]:
+    """Hold a message for a reason (a hook's verdict or error, a crashing transport): its
+    recipients in `statuses` are held until `queue release` or `requeue`."""
+    conn.execute("UPDATE messages SET held = 1 WHERE id = ?", (message_id,))
+    rows = conn.execute(f"UPDATE recipients SET status = 'held' WHERE message_id = ? AND status IN {statuses}"
+                        " RETURNING address", (message_id,)).fetchall()
+    return [_insert_event(conn, Event(EventType.HELD, message_id, now, recipient=address, detail={"reason": reason}))
+            for (address,) in rows]
+
+
+def _apply_draft(conn: sqlite3.Connection, message: Message, draft: Draft, active: dict[int, Recipient]) -> Message:
+    """The stored message becomes the first draft: content, sender, recipients (renamed, added)."""
+    if draft.content != message.content or draft.sender != message.sender:
+        content_id = conn.execute("INSERT INTO contents (data) VALUES (?)", (draft.content,)).lastrowid
+        old = conn.execute("SELECT content_id FROM messages WHERE id = ?", (message.id,)).fetchone()[0]
+        conn.execute("UPDATE messages SET source_content_id = COALESCE(source_content_id, content_id),"
+                     " source_sender = COALESCE(source_sender, sender), content_id = ?, sender = ?, size = ?"
+                     " WHERE id = ?", (content_id, draft.sender, len(draft.content), message.id))
+        _drop_content_if_unused(conn, old)
+    recipients: list[Recipient] = []
+    next_index = conn.execute("SELECT COALESCE(max(idx), -1) + 1 FROM recipients WHERE message_id = ?",
+                              (message.id,)).fetchone()[0]
+    for d in draft.recipients:
+        if d.index is None:
+            r = Recipient(d.address, d.addrtype.upper(), status=Status.ACTIVE, index=next_index,
+                          next_attempt_at=message.submitted_at)
+            next_index += 1
+            conn.execute(_INSERT_RECIPIENT, _recipient_row(message.id, r))
+            conn.execute("UPDATE recipients SET source_address = '' WHERE message_id = ? AND idx = ?",
+                         (message.id, r.index))
+        else:
+            r = active[d.index]
+            if (d.address, d.addrtype.upper()) != (r.address, r.addrtype):
+                r = dataclasses.replace(r, address=d.address, addrtype=d.addrtype.upper(), transport=None,
+                                        nexthop=None)
+                conn.execute("UPDATE recipients SET source_address = COALESCE(source_address, address), address = ?,"
+                             " addrtype = ?, transport = NULL, nexthop = NULL WHERE message_id = ? AND idx = ?",
+                             (r.address, r.addrtype, message.id, r.index))
+        recipients.append(r)
+    return dataclasses.replace(message, sender=draft.sender, content=draft.content, recipients=recipients,
+                               preprocessed=True)
+
+
+def _split_off(conn: sqlite3.Connection, message: Message, draft: Draft, active: dict[int, Recipient],
+               now: float) -> Message:
+    """A further draft becomes a new outbox message; its recipients move over with their state."""
+    child = dataclasses.replace(message, id=new_id(now), sender=draft.sender, content=draft.content,
+                                recipients=[], preprocessed=True, headers_prefix=b"",
+                                meta={**message.meta, "split_from": message.id})
+    for position, d in enumerate(draft.recipients):
+        base = active[d.index] if d.index is not None else Recipient(d.address, next_attempt_at=now)
+        child.recipients.append(dataclasses.replace(base, address=d.address, addrtype=d.addrtype.upper(),
+                                                    index=position, status=Status.ACTIVE, transport=None,
+                                                    nexthop=None))
+        if d.index is not None:
+            conn.execute("DELETE FROM recipients WHERE message_id = ? AND idx = ?", (message.id, d.index))
+    content_id = conn.execute("INSERT INTO contents (data) VALUES (?)", (child.content,)).lastrowid
+    assert content_id is not None
+    _insert_message(conn, child, content_id, read=True)
+    conn.executemany(_INSERT_RECIPIENT, [_recipient_row(child.id, r) for r in child.recipients])
+    conn.execute("UPDATE messages SET preprocessed = 1 WHERE id = ?", (child.id,))
+    _insert_history(conn, child.id, now, "outbound", [HookRecord("", "split", f"from {message.id}")])
+    return child
+
+
+def op_requeue(conn: sqlite3.Connection, ids: Sequence[str], now: float) -> list[str]:
+    """`queue requeue` (Postfix postsuper -r): the message goes through the outbound hooks again,
+    from its content and sender as submitted; its held, deferred and queued recipients are due now."""
+    found = [i for i in _existing(conn, ids)
+             if conn.execute("SELECT 1 FROM messages WHERE id = ? AND folder = ?", (i, OUTBOX)).fetchone()]
+    for message_id in found:
+        row = conn.execute("SELECT content_id, source_content_id FROM messages WHERE id = ?", (message_id,)).fetchone()
+        conn.execute("UPDATE messages SET held = 0, preprocessed = 0, crashes = 0,"
+                     " content_id = COALESCE(source_content_id, content_id), sender = COALESCE(source_sender, sender),"
+                     " source_content_id = NULL, source_sender = NULL WHERE id = ?", (message_id,))
+        if row[1] is not None:
+            _drop_content_if_unused(conn, row[0])
+        waiting = "message_id = ? AND status IN ('held', 'deferred', 'queued')"
+        conn.execute(f"DELETE FROM recipients WHERE {waiting} AND source_address = ''", (message_id,))
+        conn.execute("UPDATE recipients SET status = 'queued', next_attempt_at = ?, wait_destination = 0,"
+                     " address = COALESCE(source_address, address), source_address = NULL"
+                     f" WHERE {waiting}", (now, message_id))
+        _insert_history(conn, message_id, now, "operator", [HookRecord("", "requeued")])
+    return found
+
+
+# --------------------------------------------------------------------------------------------
 # Reads, shaped for `queue list/show --json` and the HTTP API.
 
 _RECIPIENT_COLUMNS = ("message_id, idx, address, addrtype, type, transport, nexthop, status, attempts,"
@@ -468,14 +673,15 @@ def _recipient_dict(row: Sequence[Any]) -> dict[str, Any]:
 
 
 _MESSAGE_COLUMNS = ("id, mailbox, folder, sender, size, submitted_at, finished_at, message_class, priority,"
-                    " deliver_after, expires_at, held, origin, ret, envid")
+                    " deliver_after, expires_at, held, origin, ret, envid, read, mdn")
 
 
 def _message_info(row: Sequence[Any], recipients: list[dict[str, Any]]) -> MessageInfo:
     (message_id, mailbox, folder, sender, size, submitted_at, finished_at, message_class, priority, deliver_after,
-     expires_at, held, origin, ret, envid) = row
+     expires_at, held, origin, ret, envid, read, mdn) = row
     return MessageInfo(message_id, mailbox, folder, sender, size, submitted_at, finished_at, message_class,
-                       priority, deliver_after, expires_at, bool(held), origin, recipients, ret, envid)
+                       priority, deliver_after, expires_at, bool(held), origin, recipients, ret, envid,
+                       bool(read), mdn)
 
 
 def iter_messages(conn: sqlite3.Connection, folders: Sequence[str] = (OUTBOX,), mailbox: str | None = None,
@@ -507,7 +713,12 @@ def get_message(conn: sqlite3.Connection, message_id: str) -> MessageInfo | None
         return None
     rrows = conn.execute(f"SELECT {_RECIPIENT_COLUMNS} FROM recipients WHERE message_id = ? ORDER BY idx",
                          (message_id,)).fetchall()
-    return _message_info(row, [_recipient_dict(r) for r in rrows])
+    info = _message_info(row, [_recipient_dict(r) for r in rrows])
+    info.history = [{"time": t, "stage": stage, "hook": hook or None, "outcome": outcome, "detail": detail}
+                    for t, stage, hook, outcome, detail in conn.execute(
+                        "SELECT time, stage, hook, outcome, detail FROM history WHERE message_id = ?"
+                        " ORDER BY time, rowid", (message_id,))]
+    return info
 
 
 def get_content(conn: sqlite3.Connection, message_id: str) -> bytes | None:
@@ -669,11 +880,13 @@ class SQLiteStore:
     @classmethod
     def from_settings(cls, settings: Any) -> SQLiteStore:
         """The `msgspool.stores` entry point: `spool.db` in the data directory."""
-        return cls(Path(settings.data_dir) / DB_NAME, commit_batch=settings.commit_batch)
+        return cls(Path(settings.data_dir) / DB_NAME, commit_batch=settings.commit_batch,
+                   crash_limit=settings.crash_limit)
 
-    def __init__(self, path: Path, *, commit_batch: int = 512) -> None:
+    def __init__(self, path: Path, *, commit_batch: int = 512, crash_limit: int = 0) -> None:
         self.path = path
         self.commit_batch = commit_batch
+        self.crash_limit = crash_limit
         self._writer: _GroupCommit | None = None
         self._reader: _Reader | None = None
 
@@ -713,7 +926,7 @@ class SQLiteStore:
         return await self._write(lambda c: op_claim(c, now, limit), durable=False)
 
     async def settle(self, settlements: Sequence[Settlement], now: float) -> list[Event]:
-        return await self._write(lambda c: op_settle(c, settlements, now), durable=False)
+        return await self._write(lambda c: op_settle(c, settlements, now, self.crash_limit), durable=False)
 
     async def recover(self) -> int:
         return await self._write(op_recover)
@@ -759,12 +972,25 @@ class SQLiteStore:
     async def purge(self, sent_before: float, events_before: float) -> int:
         return await self._write(lambda c: op_purge(c, sent_before, events_before), durable=False)
 
+    async def set_read(self, ids: Sequence[str], read: bool, now: float) -> list[Event]:
+        return await self._write(lambda c: op_set_read(c, ids, read, now))
+
+    async def send_receipt(self, receipt: ReadReceipt, now: float) -> list[Event]:
+        return await self._write(lambda c: op_send_receipt(c, receipt, now))
+
     async def pending_reports(self, limit: int = 100) -> list[PendingReport]:
         return await self.read(lambda c: pending_reports(c, limit))
 
     async def reported(self, message_id: str, owed: Sequence[tuple[int, str]], report: Message | None,
                        copies: Sequence[Message] = ()) -> list[Event]:
         return await self._write(lambda c: op_reported(c, message_id, owed, report, copies))
+
+    async def preprocessed(self, message: Message, result: Preprocessed,
+                           now: float) -> tuple[list[Message], list[Event]]:
+        return await self._write(lambda c: op_preprocessed(c, message, result, now))
+
+    async def requeue(self, ids: Sequence[str], now: float) -> list[str]:
+        return await self._write(lambda c: op_requeue(c, ids, now))
 
     async def set_receive_folder(self, mailbox: str, message_class: str, folder: str) -> None:
         await self._write(lambda c: op_set_receive_folder(c, mailbox, message_class, folder))

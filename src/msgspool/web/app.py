@@ -4,7 +4,10 @@
     GET  /api/queue[?folder=outbox&mailbox=] messages (JSON array), as `queue list --json`
     GET  /api/queue/{id}                    one message, as `queue show --json`
     POST /api/queue/flush                   retry all deferred now
-    POST /api/queue/{id}/{flush|hold|release|delete}
+    POST /api/queue/{id}/{flush|hold|release|requeue|delete}
+    POST /api/queue/{id}/{read|unread}      the read flag (MAPI SetReadFlag) -> {ok, read, mdn: [ids]}
+                                            read and delete take an optional JSON {"mdn": true|false}:
+                                            the user's answer to a read receipt request (RFC 8098)
     POST /api/messages                      submit: JSON {sender, recipients, content} -> 201 {id}
     GET  /api/events                        Server-Sent Events; ?mailbox=ADDR&types=a,b;
                                             resumes after Last-Event-ID (header or ?last_event_id=)
@@ -84,10 +87,31 @@ async def queue_action(request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "flushed": count})
     if message_id is None:
         raise web.HTTPNotFound()
-    operations = {"hold": spooler.hold, "release": spooler.release, "delete": spooler.delete}
+    if action in ("read", "unread"):
+        sent = await spooler.mark_read([message_id], action == "read", mdn=await _mdn_consent(request))
+        return web.json_response({"ok": True, "read": action == "read", "mdn": sent})
+    if action == "delete":
+        return web.json_response({"ok": True, "delete": await spooler.delete([message_id],
+                                                                         mdn=await _mdn_consent(request))})
+    operations = {"hold": spooler.hold, "release": spooler.release, "requeue": spooler.requeue}
     if action not in operations:
         raise web.HTTPNotFound(text=f"unknown action {action}")
     return web.json_response({"ok": True, action: await operations[action]([message_id])})
+
+
+async def _mdn_consent(request: web.Request) -> bool | None:
+    """The optional body {"mdn": true|false|null}: whether the user agrees to send a read receipt."""
+    if not request.can_read_body:
+        return None
+    expected = 'expected JSON {"mdn": true|false}'
+    try:
+        body = await request.json()
+    except ValueError as err:
+        raise web.HTTPBadRequest(text=f"{expected}: {err}") from err
+    consent = body.get("mdn") if isinstance(body, dict) else "not an object"
+    if consent is not None and not isinstance(consent, bool):
+        raise web.HTTPBadRequest(text=expected)
+    return consent
 
 
 async def submit(request: web.Request) -> web.Response:

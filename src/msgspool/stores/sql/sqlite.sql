@@ -1,4 +1,4 @@
--- msgspool SQLite spool schema (PRAGMA user_version = 5). Every statement is idempotent.
+-- msgspool SQLite spool schema (PRAGMA user_version = 6). Every statement is idempotent.
 -- One row per message (any folder of any mailbox), its content stored once in `contents`
 -- (local copies of one submission share it), one row per recipient of an outbound message.
 
@@ -23,11 +23,17 @@ CREATE TABLE IF NOT EXISTS messages (
     expires_at          REAL,
     delete_after_submit INTEGER NOT NULL DEFAULT 0,
     held                INTEGER NOT NULL DEFAULT 0,
+    read                INTEGER NOT NULL DEFAULT 0,  -- MAPI MSGFLAG_READ; submitted mail starts read
+    mdn                 TEXT,            -- the read receipt answered, RFC 8098: displayed | deleted | suppressed
     origin              TEXT NOT NULL DEFAULT 'api',
     flags               TEXT NOT NULL DEFAULT '',
     meta                TEXT,
     ret                 TEXT,            -- RFC 3461 RET: FULL | HDRS
-    envid               TEXT             -- RFC 3461 ENVID, decoded
+    envid               TEXT,            -- RFC 3461 ENVID, decoded
+    preprocessed        INTEGER NOT NULL DEFAULT 0,  -- the outbound hooks have run
+    source_content_id   INTEGER,         -- the content as submitted, when hooks changed it
+    source_sender       TEXT,            -- the envelope sender as submitted, when hooks changed it
+    crashes             INTEGER NOT NULL DEFAULT 0   -- attempts that crashed a transport
 );
 CREATE INDEX IF NOT EXISTS messages_by_folder ON messages (mailbox, folder, submitted_at);
 CREATE INDEX IF NOT EXISTS messages_finished ON messages (finished_at) WHERE folder = 'sent';
@@ -52,6 +58,7 @@ CREATE TABLE IF NOT EXISTS recipients (
     notify              TEXT,            -- RFC 3461 NOTIFY: NULL (not given), NEVER, or a list
     orcpt               TEXT,            -- RFC 3461 ORCPT, decoded: addr-type;address
     report              TEXT,            -- a report owed to the sender: failed | delayed | delivered | relayed
+    source_address      TEXT,            -- as submitted, when a hook renamed it; '' when a hook added it
     warn_at             REAL,            -- when its delay notice falls due; 0 once owed (one per recipient)
     PRIMARY KEY (message_id, idx)
 );
@@ -93,3 +100,14 @@ CREATE INDEX IF NOT EXISTS recipients_report ON recipients (message_id) WHERE re
 -- Deferred recipients whose delay notice is still to come, by when it falls due: the delay timer
 -- (spooler/delays.py) reads the earliest and marks the due ones a chunk at a time.
 CREATE INDEX IF NOT EXISTS recipients_warn ON recipients (warn_at) WHERE status = 'deferred' AND warn_at > 0;
+
+-- A message's history: what each hook did, holds and requeues (shown by `queue show`).
+CREATE TABLE IF NOT EXISTS history (
+    message_id  TEXT NOT NULL,
+    time        REAL NOT NULL,
+    stage       TEXT NOT NULL,           -- outbound | inbound | transport | operator
+    hook        TEXT NOT NULL,
+    outcome     TEXT NOT NULL,
+    detail      TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS history_by_message ON history (message_id, time);

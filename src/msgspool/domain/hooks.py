@@ -1,0 +1,160 @@
+"""Hooks: what a preprocessor (outbound hook) sees and may answer, and how its answer is judged.
+Plain data and pure decisions; running hooks is spooler/hooks.py's job.
+
+MAPI runs registered preprocessors (PreprocessMessage) on an outbound message before any
+transport sees it: they may change it, change its recipients, or turn it into several messages.
+msgspool's outbound hook is called with a `Draft` and answers with one of:
+
+    None                 the draft as it is now (the hook may have changed it in place)
+    Draft                the message to send instead
+    [Draft, ...]         several messages in place of one (a split); each recipient of the
+                         original goes into exactly one of them or is dropped
+    Reject(reply)        the message is refused: its recipients fail with the reply (an NDR)
+    Hold(reason)         the message is held with the reason (`queue release` runs the hooks again)
+
+Anything else is garbage: the message is held with the error recorded, like a hook that raises or
+times out (poison isolation: one bad message or hook never stalls the queue).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from msgspool.domain.address import SMTP, domain_of
+from msgspool.domain.outcome import Reply
+from msgspool.domain.routing import domain_matches
+
+
+@dataclass(slots=True)
+class DraftRecipient:
+    address: str
+    addrtype: str = SMTP
+    index: int | None = None  # the recipient's key in the stored message; None: added by a hook
+
+
+@dataclass(slots=True)
+class Draft:
+    """An outbound message as hooks see it: the envelope and the RFC 5322 content (CRLF lines)."""
+
+    message_id: str
+    sender: str
+    recipients: list[DraftRecipient]
+    content: bytes
+    message_class: str = "IPM.Note"
+    origin: str = "api"
+    meta: dict[str, str] = field(default_factory=dict)
+
+    def copy(self) -> Draft:
+        return copy.deepcopy(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    reply: Reply
+
+    @classmethod
+    def because(cls, text: str, code: int = 550, enhanced: str = "5.7.1") -> Reject:
+        return cls(Reply(code, enhanced, text))
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class HookScope:
+    """Which messages a hook applies to (MAPI RegisterPreprocessor's address type): those with a
+    recipient of one of `addrtypes` (empty: any) in one of `domains` (empty: any)."""
+
+    addrtypes: frozenset[str] = frozenset()
+    domains: tuple[str, ...] = ()
+
+    def applies(self, recipients: Sequence[DraftRecipient]) -> bool:
+        return any(self._matches(r) for r in recipients)
+
+    def _matches(self, r: DraftRecipient) -> bool:
+        if self.addrtypes and r.addrtype.upper() not in self.addrtypes:
+            return False
+        return not self.domains or domain_matches(domain_of(r.address), self.domains)
+
+
+class HookError(Exception):
+    """A hook failed (raised, timed out, answered garbage): the message is held with this text."""
+
+
+@dataclass(frozen=True, slots=True)
+class HookRecord:
+    """One line of a message's history: which hook did what (shown by `queue show`)."""
+
+    hook: str
+    outcome: str  # unchanged | changed | split | rejected | held | error
+    detail: str = ""
+
+
+@dataclass(slots=True)
+class Preprocessed:
+    """The outbound pipeline's answer for one message: the drafts to send (the first one stays
+    the stored message, the others become new messages), or the verdict that stopped it."""
+
+    drafts: list[Draft]
+    verdict: Reject | Hold | None = None
+    history: list[HookRecord] = field(default_factory=list)
+
+
+def judge(answer: object, before: Draft) -> list[Draft] | Reject | Hold:
+    """A hook's answer as drafts or a verdict; raises HookError on garbage. `before` is the draft
+    the hook was given (a copy: a hook that changes it in place and answers None changed it)."""
+    if isinstance(answer, Reject | Hold):
+        return answer
+    if answer is None:
+        drafts = [before]
+    elif isinstance(answer, Draft):
+        drafts = [answer]
+    elif isinstance(answer, list | tuple) and answer and all(isinstance(d, Draft) for d in answer):
+        drafts = list(answer)
+    else:
+        raise HookError(f"answered {type(answer).__name__}, not a Draft, a list of Drafts, Reject or Hold")
+    for draft in drafts:
+        _check(draft)
+    _check_partition(before, drafts)
+    return drafts
+
+
+def describe(original: Draft, drafts: Sequence[Draft]) -> HookRecord | None:
+    """What a hook did to a message, for its history; None when it changed nothing."""
+    if len(drafts) > 1:
+        return HookRecord("", "split", f"into {len(drafts)} messages")
+    draft = drafts[0]
+    changes = [name for name, changed in (
+        ("sender", draft.sender != original.sender),
+        ("recipients", _addresses(draft) != _addresses(original)),
+        ("content", draft.content != original.content)) if changed]
+    return HookRecord("", "changed", ", ".join(changes)) if changes else None
+
+
+def _addresses(draft: Draft) -> list[tuple[str, str, int | None]]:
+    return [(r.address, r.addrtype, r.index) for r in draft.recipients]
+
+
+def _check(draft: Draft) -> None:
+    if not isinstance(draft.content, bytes) or not isinstance(draft.sender, str):
+        raise HookError("a draft needs bytes content and a str sender")
+    if not all(isinstance(r, DraftRecipient) and isinstance(r.address, str) and r.address
+               for r in draft.recipients):
+        raise HookError("a draft's recipients must be DraftRecipients with an address")
+
+
+def _check_partition(before: Draft, drafts: Sequence[Draft]) -> None:
+    """A stored recipient may go into one of the drafts at most (or be dropped), never two."""
+    seen: set[int] = set()
+    known = {r.index for r in before.recipients}
+    for draft in drafts:
+        for r in draft.recipients:
+            if r.index is None:
+                continue
+            if r.index in seen or r.index not in known:
+                raise HookError(f"recipient #{r.index} appears twice or was not the message's")
+            seen.add(r.index)

@@ -1,0 +1,138 @@
+"""Running hooks: outbound hooks (MAPI preprocessors) in their configured order, each one bounded
+in time and isolated, so a hook that raises, hangs or answers garbage holds only its message.
+
+Hooks are declared in the configuration as ``[[hooks]]`` tables (name, type, optional addrtypes,
+domains, timeout; the other keys are the hook's options) and built by the ``msgspool.hooks``
+entry point named by `type`, like transports. A hook object has ``preprocess(draft)`` — a plain
+function (run in a worker thread, so a slow one does not block the event loop) or a coroutine
+function (awaited); domain/hooks.py says what it may answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import inspect
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any
+
+from msgspool.domain.hooks import (
+    Draft,
+    DraftRecipient,
+    Hold,
+    HookError,
+    HookRecord,
+    HookScope,
+    Preprocessed,
+    Reject,
+    describe,
+    judge,
+)
+from msgspool.domain.message import Message
+from msgspool.domain.recipient import Status
+from msgspool.errors import ConfigError
+from msgspool.ports import OutboundHook
+
+log = logging.getLogger("msgspool.hooks")
+HOOK_THREADS = 4  # sync hooks at once; a hung one keeps its thread until it returns
+
+
+@dataclass(slots=True)
+class LoadedHook:
+    hook: OutboundHook
+    scope: HookScope
+    timeout: float
+
+
+def load_hooks(settings: Any) -> list[LoadedHook]:
+    """The configured outbound hooks, in order, built by their `msgspool.hooks` entry points."""
+    factories = {ep.name: ep for ep in entry_points(group="msgspool.hooks")}
+    hooks: list[LoadedHook] = []
+    names: set[str] = set()
+    for declared in settings.hooks:
+        options = dict(declared)
+        name, kind = options.pop("name", None), options.pop("type", None)
+        if not name or not kind:
+            raise ConfigError(f"hook {declared!r}: needs a name and a type")
+        if name in names:
+            raise ConfigError(f"hook {name}: the name is used twice")
+        if kind not in factories:
+            raise ConfigError(f"hook {name}: unknown type {kind!r} (known: {', '.join(sorted(factories))})")
+        names.add(name)
+        scope = HookScope(frozenset(a.upper() for a in options.pop("addrtypes", ())),
+                          tuple(options.pop("domains", ())))
+        timeout = float(options.pop("timeout", settings.hook_timeout))
+        hook = factories[kind].load()(name, settings, options)
+        if callable(getattr(hook, "preprocess", None)):
+            hooks.append(LoadedHook(hook, scope, timeout))
+    return hooks
+
+
+def draft_of(message: Message) -> Draft:
+    """The hooks' view of a message: its recipients that are being delivered now."""
+    return Draft(message.id, message.sender,
+                 [DraftRecipient(r.address, r.addrtype, r.index) for r in message.recipients
+                  if r.status is Status.ACTIVE],
+                 message.content, message.message_class, message.origin, dict(message.meta))
+
+
+class Preprocessor:
+    """The outbound pipeline. Each hook runs on every draft the hooks before it produced."""
+
+    def __init__(self, hooks: Sequence[LoadedHook]) -> None:
+        self.hooks = list(hooks)
+        self._threads = ThreadPoolExecutor(HOOK_THREADS, thread_name_prefix="msgspool-hook")
+
+    async def run(self, draft: Draft) -> Preprocessed:
+        result = Preprocessed([draft])
+        for loaded in self.hooks:
+            name = loaded.hook.name
+            drafts: list[Draft] = []
+            for current in result.drafts:
+                if not loaded.scope.applies(current.recipients):
+                    drafts.append(current)
+                    continue
+                try:
+                    answer = judge(await self._call(loaded, current.copy()), current)
+                except HookError as err:
+                    log.warning("%s: hook %s failed: %s; message held", draft.message_id, name, err)
+                    result.history.append(HookRecord(name, "error", str(err)))
+                    return dataclasses.replace(result, verdict=Hold(f"hook {name} failed: {err}"))
+                if isinstance(answer, Reject | Hold):
+                    result.history.append(_verdict_record(name, answer))
+                    return dataclasses.replace(result, verdict=answer)
+                record = describe(current, answer)
+                if record is not None:
+                    result.history.append(dataclasses.replace(record, hook=name))
+                drafts.extend(answer)
+            result.drafts = drafts
+        return result
+
+    async def _call(self, loaded: LoadedHook, draft: Draft) -> object:
+        """The hook's answer; HookError when it raises or overruns its time."""
+        method = loaded.hook.preprocess
+        try:
+            if inspect.iscoroutinefunction(method):
+                return await asyncio.wait_for(method(draft), loaded.timeout)
+            future = asyncio.get_running_loop().run_in_executor(self._threads, method, draft)
+            return await asyncio.wait_for(future, loaded.timeout)
+        except TimeoutError as err:
+            raise HookError(f"no answer within {loaded.timeout:g} s") from err
+        except HookError:
+            raise
+        except Exception as err:  # the hook's own bug: isolate it to this message
+            raise HookError(f"{type(err).__name__}: {err}") from err
+
+    def close(self) -> None:
+        self._threads.shutdown(wait=False, cancel_futures=True)
+
+
+def _verdict_record(name: str, verdict: Reject | Hold) -> HookRecord:
+    if isinstance(verdict, Reject):
+        return HookRecord(name, "rejected", verdict.reply.line())
+    return HookRecord(name, "held", verdict.reason)
+

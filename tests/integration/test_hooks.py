@@ -1,0 +1,179 @@
+"""Outbound hooks (MAPI preprocessors), in-process with a real SQLite spool and a real SMTP sink:
+built-in ones, third-party ones found by entry point, and poison isolation."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from email import message_from_bytes
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from msgspool.spooler.intake import Submission
+from tests.conftest import SpoolerFactory
+from tests.integration.test_relay import submission, wait_status
+from tests.support import demo_hooks
+from tests.support.sink import Sink
+
+DEMO = {"boom": "Boom", "slow": "Slow", "garbage": "Garbage", "split": "Split", "archive": "AddArchive"}
+
+
+@pytest.fixture
+def demo_distribution(tmp_path: Path) -> Iterator[None]:
+    """A test distribution whose entry points name the hooks and transport of tests/support/demo_hooks.py."""
+    dist = tmp_path / "dist" / "demo_hooks-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: demo-hooks\nVersion: 1.0\n")
+    hooks = "".join(f"{name} = tests.support.demo_hooks:{cls}\n" for name, cls in DEMO.items())
+    (dist / "entry_points.txt").write_text(
+        f"[msgspool.hooks]\n{hooks}\n[msgspool.transports]\ncrash = tests.support.demo_hooks:CrashTransport\n")
+    sys.path.insert(0, str(dist.parent))
+    demo_hooks.STATE.update(broken=True, crashes=0)
+    try:
+        yield
+    finally:
+        sys.path.remove(str(dist.parent))
+
+
+def mail(subject: str, to: str = "b@example.com", sender: str = "a@example.org") -> bytes:
+    return f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\n\r\nHello.\r\n".encode()
+
+
+def hooks(*types: str, **options: Any) -> list[dict[str, Any]]:
+    return [{"name": t, "type": t, **options} for t in types]
+
+
+async def test_rewrite_maps_envelope_and_header_addresses(spooler_factory: SpoolerFactory, sink: Sink) -> None:
+    rewrite = {"name": "canonical", "type": "rewrite", "sender": {"@example.org": "@new.example"},
+               "recipient": {"b@example.com": "bob@example.net"}}
+    async with spooler_factory(relay=sink.address, hooks=[rewrite]) as spooler:
+        message_id = await spooler.submit(submission("b@example.com", content=mail("hi")))
+        info = await wait_status(spooler, message_id, {"delivered"})
+    got = sink.messages[0]
+    assert (got.sender, got.recipients) == ("a@new.example", ["bob@example.net"])
+    headers = message_from_bytes(got.content)
+    assert (headers["From"], headers["To"]) == ("a@new.example", "bob@example.net")
+    assert info["recipients"][0]["address"] == "bob@example.net"
+    assert [(h["hook"], h["outcome"]) for h in info["history"]] == [("canonical", "changed")]
+
+
+async def test_header_checks_reject_fails_the_message_and_the_local_sender_gets_an_ndr(
+        spooler_factory: SpoolerFactory, sink: Sink) -> None:
+    checks = {"name": "checks", "type": "header_checks",
+              "rules": [{"pattern": r"^Subject:.*\bviagra\b", "flags": "i", "text": "no spam here"}]}
+    async with spooler_factory(relay=sink.address, hooks=[checks]) as spooler:
+        bad = await spooler.submit(Submission("me@localhost", ["b@example.com"], mail("Cheap VIAGRA")))
+        good = await spooler.submit(submission("b@example.com", content=mail("lunch")))
+        info = await wait_status(spooler, bad, {"failed"})
+        await wait_status(spooler, good, {"delivered"})
+        inbox = await _wait_folder(spooler, "me@localhost")
+    assert info["recipients"][0]["last_reply"] == "550 5.7.1 no spam here"
+    assert [m.recipients for m in sink.messages] == [["b@example.com"]]
+    assert inbox[0]["message_class"] == "REPORT.IPM.Note.NDR"
+
+
+async def test_complete_headers_adds_message_id_and_date(spooler_factory: SpoolerFactory, sink: Sink) -> None:
+    async with spooler_factory(relay=sink.address, hooks=hooks("complete_headers")) as spooler:
+        await wait_status(spooler, await spooler.submit(submission("b@example.com", content=mail("x"))), {"delivered"})
+    headers = message_from_bytes(sink.messages[0].content)
+    assert headers["Message-ID"].endswith("@mx.test>") and headers["Date"]
+
+
+async def test_a_hook_that_raises_holds_only_its_message_until_released(
+        spooler_factory: SpoolerFactory, sink: Sink, demo_distribution: None) -> None:
+    async with spooler_factory(relay=sink.address, hooks=hooks("boom")) as spooler:
+        bad = await spooler.submit(submission("b@example.com", content=mail("boom")))
+        good = await spooler.submit(submission("c@example.com", content=mail("fine")))
+        await wait_status(spooler, good, {"delivered"})
+        held = await wait_status(spooler, bad, {"held"})
+        assert held["held"] is True
+        assert held["history"][-1]["outcome"] == "error"
+        assert "RuntimeError: the hook is broken" in held["history"][-1]["detail"]
+        demo_hooks.STATE["broken"] = False  # the hook is fixed
+        await spooler.release([bad])
+        await wait_status(spooler, bad, {"delivered"})
+    assert sorted(r for m in sink.messages for r in m.recipients) == ["b@example.com", "c@example.com"]
+
+
+@pytest.mark.parametrize(("hook", "subject", "error"), [
+    ("slow", "slow", "no answer within 0.3 s"),
+    ("garbage", "garbage", "answered int"),
+])
+async def test_a_hook_that_hangs_or_answers_garbage_holds_its_message(
+        spooler_factory: SpoolerFactory, sink: Sink, demo_distribution: None, hook: str, subject: str,
+        error: str) -> None:
+    async with spooler_factory(relay=sink.address, hooks=hooks(hook, timeout=0.3)) as spooler:
+        bad = await spooler.submit(submission("b@example.com", content=mail(subject)))
+        good = await spooler.submit(submission("c@example.com", content=mail("fine")))
+        await wait_status(spooler, good, {"delivered"})
+        held = await wait_status(spooler, bad, {"held"})
+    assert error in held["history"][-1]["detail"]
+
+
+async def test_a_hook_may_split_a_message_into_one_per_recipient(
+        spooler_factory: SpoolerFactory, sink: Sink, demo_distribution: None) -> None:
+    async with spooler_factory(relay=sink.address, hooks=hooks("split")) as spooler:
+        message_id = await spooler.submit(submission("b@example.com", "c@example.com", content=mail("x")))
+        await sink.async_wait_for(2)
+        info = await spooler.message(message_id)
+    parts = sorted((m.recipients[0], m.content.split(b"\r\n", 1)[0]) for m in sink.messages)
+    assert parts == [("b@example.com", b"X-Part: 0"), ("c@example.com", b"X-Part: 1")]
+    assert [r["address"] for r in info["recipients"]] == ["b@example.com"]
+    assert info["history"][0]["outcome"] == "split"
+
+
+async def test_a_hook_may_add_a_recipient(spooler_factory: SpoolerFactory, sink: Sink,
+                                          demo_distribution: None) -> None:
+    archive = {"name": "archive", "type": "archive", "address": "archive@example.net"}
+    async with spooler_factory(relay=sink.address, hooks=[archive]) as spooler:
+        message_id = await spooler.submit(submission("b@example.com", content=mail("x")))
+        info = await wait_status(spooler, message_id, {"delivered"})
+    assert [r["address"] for r in info["recipients"]] == ["b@example.com", "archive@example.net"]
+    assert sink.recipients() == ["b@example.com", "archive@example.net"]
+
+
+async def test_requeue_applies_a_changed_rewrite_rule(spooler_factory: SpoolerFactory, sink: Sink) -> None:
+    def rule(target: str) -> list[dict[str, Any]]:
+        return [{"name": "canonical", "type": "rewrite", "recipient": {"fail4xx@example.com": target}}]
+
+    async with spooler_factory(relay=sink.address, hooks=rule("fail4xx-still@example.com")) as spooler:
+        message_id = await spooler.submit(submission("fail4xx@example.com", content=mail("x")))
+        await wait_status(spooler, message_id, {"deferred"})
+    async with spooler_factory(relay=sink.address, hooks=rule("fixed@example.com")) as spooler:
+        assert await spooler.requeue([message_id]) == [message_id]
+        info = await wait_status(spooler, message_id, {"delivered"})
+    assert sink.recipients()[-1] == "fixed@example.com"
+    assert info["recipients"][0]["address"] == "fixed@example.com"
+    assert [h["outcome"] for h in info["history"]] == ["changed", "requeued", "changed"]
+
+
+async def test_a_message_that_keeps_crashing_its_transport_is_held(
+        spooler_factory: SpoolerFactory, demo_distribution: None) -> None:
+    transports = [{"name": "crash", "type": "crash"}]
+    async with spooler_factory(transports=transports, crash_limit=3, min_backoff=0.05, max_backoff=0.1) as spooler:
+        message_id = await spooler.submit(submission("x", addrtypes=["CRASH"]))
+        info = await wait_status(spooler, message_id, {"held"})
+    assert demo_hooks.STATE["crashes"] == 3
+    assert info["recipients"][0]["last_reply"].startswith("451 4.3.0 transport crash crashed: ValueError")
+    assert info["history"][-1]["detail"] == "crashed its transport 3 times"
+
+
+async def test_an_unknown_hook_type_is_a_configuration_error(spooler_factory: SpoolerFactory) -> None:
+    from msgspool.config import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown type 'nosuch'"):
+        async with spooler_factory(hooks=hooks("nosuch")):
+            pass
+
+
+async def _wait_folder(spooler: Any, mailbox: str) -> list[dict[str, Any]]:
+    import asyncio
+
+    for _ in range(200):
+        found = await spooler.folder(mailbox)
+        if found:
+            return found
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"nothing filed for {mailbox}")

@@ -1,0 +1,87 @@
+"""Third-party hooks and a transport for the hook tests, registered by a test distribution's entry
+points (tests/integration/test_hooks.py): the way an operator's own package plugs in."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from msgspool.domain.hooks import Draft, DraftRecipient
+from msgspool.domain.message import Message, Recipient
+from msgspool.domain.outcome import Reply
+
+STATE = {"broken": True, "crashes": 0}
+
+
+class Hook:
+    def __init__(self, name: str, settings: Any, options: dict[str, Any]) -> None:
+        self.name, self.options = name, options
+
+
+class Boom(Hook):
+    """Raises while STATE['broken'] for messages whose Subject contains 'boom'."""
+
+    def preprocess(self, draft: Draft) -> None:
+        if STATE["broken"] and b"boom" in draft.content:
+            raise RuntimeError("the hook is broken")
+
+
+class Slow(Hook):
+    async def preprocess(self, draft: Draft) -> None:
+        if b"slow" in draft.content:
+            await asyncio.sleep(30)
+
+
+class Garbage(Hook):
+    def preprocess(self, draft: Draft) -> object:
+        return 42 if b"garbage" in draft.content else None
+
+
+class Split(Hook):
+    """One message per recipient, each with its own X-Part header (MAPI: a preprocessor that
+    produces several messages)."""
+
+    def preprocess(self, draft: Draft) -> list[Draft]:
+        parts = []
+        for i, r in enumerate(draft.recipients):
+            part = draft.copy()
+            part.recipients = [r]
+            part.content = f"X-Part: {i}\r\n".encode() + draft.content
+            parts.append(part)
+        return parts
+
+
+class AddArchive(Hook):
+    def preprocess(self, draft: Draft) -> Draft:
+        draft.recipients.append(DraftRecipient(str(self.options["address"])))
+        return draft
+
+
+class CrashConnection:
+    remote = "crash"
+    usable = True
+
+    async def send(self, message: Message, recipients: Sequence[Recipient]) -> list[Reply]:
+        STATE["crashes"] += 1
+        raise ValueError("transport bug")
+
+    async def close(self) -> None:
+        return None
+
+
+class CrashTransport:
+    addrtypes = frozenset({"CRASH"})
+    domains = ()
+
+    def __init__(self, name: str, settings: Any, options: dict[str, Any]) -> None:
+        self.name = name
+
+    def nexthop(self, address: str) -> str:
+        return "crash"
+
+    async def connect(self, nexthop: str) -> CrashConnection:
+        return CrashConnection()
+
+    async def close(self) -> None:
+        return None
