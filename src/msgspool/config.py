@@ -71,6 +71,8 @@ class Settings:
     max_attempts: int = _doc(0, "Attempts per recipient before a temporary failure is final (554 5.4.7); 0 = no cap.")
     future_release_max: int = _doc(
         604800, "Longest SMTP FUTURERELEASE hold (RFC 4865 HOLDFOR/HOLDUNTIL), seconds; 0 disables it.")
+    delay_warning_time: float = _doc(
+        0.0, "Seconds after arrival before a still-deferred recipient's sender gets one delay notice; 0 = none.")
     probe_min: float = _doc(0.5, "First probe of a down destination after this many seconds.")
     probe_max: float = _doc(3.0, "Longest interval between probes of a down destination, seconds.")
     destination_concurrency: int = _doc(20, "Parallel connections per destination.")

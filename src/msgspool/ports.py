@@ -85,9 +85,18 @@ class Store(Protocol):
         """Messages with recipients whose report is owed (recorded by `settle`)."""
         ...
 
-    async def reported(self, message_id: str, indexes: Sequence[int], report: Message | None,
+    async def reported(self, message_id: str, owed: Sequence[tuple[int, str]], report: Message | None,
                        copies: Sequence[Message] = ()) -> list[Event]:
-        """Submit the report (None: dropped) and clear those recipients' debt, in one step."""
+        """Submit the report (None: dropped) and clear those recipients' debt, in one step; `owed`
+        is (index, action) as read: a debt that changed since (delay -> failed) stays owed."""
+        ...
+
+    async def mark_delay_warnings(self, now: float) -> int:
+        """Owe the delay notice of deferred recipients whose `warn_at` has passed (see `settle`)."""
+        ...
+
+    async def next_delay_warning(self) -> float | None:
+        """The earliest `warn_at` of a deferred recipient still to be warned."""
         ...
 
     async def preprocessed(self, message: Message, result: Preprocessed,

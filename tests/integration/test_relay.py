@@ -47,11 +47,11 @@ async def test_permanent_failure_of_one_recipient_spares_its_sibling(spooler_fac
     async with spooler_factory(relay=sink.address) as spooler:
         message_id = await spooler.submit(submission("good@example.com", "fail5xx@example.com"))
         info = await wait_status(spooler, message_id, {"delivered", "failed"})
+        await sink.async_wait_for(2)  # the message, then the non-delivery report, sent before the spooler stops
     by_address = {r["address"]: r for r in info["recipients"]}
     assert by_address["good@example.com"]["status"] == "delivered"
     assert by_address["fail5xx@example.com"]["status"] == "failed"
     assert by_address["fail5xx@example.com"]["last_reply"] == "550 5.1.1 No such user here"
-    await sink.async_wait_for(2)  # the message, then the non-delivery report to the sender
     assert [(m.sender, m.recipients) for m in sink.messages] == [("a@example.org", ["good@example.com"]),
                                                                  ("", ["a@example.org"])]
     assert b"report-type=delivery-status" in sink.messages[1].content

@@ -124,7 +124,7 @@ async def test_a_failing_write_fails_alone_in_its_group_commit(spooler_factory: 
 
 
 async def test_a_spool_made_by_an_older_msgspool_is_upgraded_on_open(tmp_path: Path) -> None:
-    """Version 1 spools lack the DSN and report columns and two indexes; opening adds them."""
+    """Version 1 spools lack the DSN, report and delay-notice columns and three indexes; opening adds them."""
     import sqlite3
 
     from msgspool.stores.sqlite import SCHEMA_VERSION, SQLiteStore, connect, create_schema
@@ -138,6 +138,8 @@ async def test_a_spool_made_by_an_older_msgspool_is_upgraded_on_open(tmp_path: P
     conn.execute("DROP INDEX recipients_report")
     conn.execute("ALTER TABLE recipients DROP COLUMN report")
     conn.execute("DROP INDEX events_by_time")
+    conn.execute("DROP INDEX recipients_warn")
+    conn.execute("ALTER TABLE recipients DROP COLUMN warn_at")
     conn.execute("PRAGMA user_version = 1")
     conn.close()
 
@@ -149,9 +151,9 @@ async def test_a_spool_made_by_an_older_msgspool_is_upgraded_on_open(tmp_path: P
     indexes = {row[0] for row in check.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     version = check.execute("PRAGMA user_version").fetchone()[0]
     check.close()
-    assert {"notify", "orcpt", "report"} <= columns["recipients"]
+    assert {"notify", "orcpt", "report", "warn_at"} <= columns["recipients"]
     assert {"ret", "envid"} <= columns["messages"]
-    assert {"recipients_report", "events_by_time"} <= indexes
+    assert {"recipients_report", "events_by_time", "recipients_warn"} <= indexes
     assert version == SCHEMA_VERSION
 
 
@@ -180,7 +182,7 @@ async def test_a_version_4_spool_gets_read_flags_and_receipts_on_open(tmp_path: 
     check.close()
     assert sent is not None and filed is not None
     assert (sent.read, sent.mdn, filed.read, filed.mdn) == (True, None, False, None)
-    assert version == SCHEMA_VERSION == 5
+    assert version == SCHEMA_VERSION
 
 
 async def test_a_version_4_spool_gets_priority_classes_and_the_claim_index(tmp_path: Path) -> None:
@@ -216,5 +218,5 @@ async def test_a_version_4_spool_gets_priority_classes_and_the_claim_index(tmp_p
     assert "recipients_due_by_priority" in indexes and "recipients_due" not in indexes
     assert classes == {"normal": 0, "urgent": 1}
     assert claimed == ["urgent"]  # though due later than the normal one
-    assert version == SCHEMA_VERSION == 5
+    assert version == SCHEMA_VERSION
     assert sqlite3.connect(path).execute("SELECT max_attempts FROM messages").fetchall() == [(None,), (None,)]

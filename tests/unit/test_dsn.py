@@ -14,6 +14,8 @@ from msgspool.domain.dsn import (
     OriginalRecipient,
     RecipientDSN,
     Ret,
+    delay_warning_at,
+    delay_warning_due,
     mail_params,
     parse_envid,
     parse_mail_params,
@@ -244,3 +246,49 @@ def test_success_is_delivered_when_final_relayed_without_dsn_next_hop_and_left_t
 
 def test_a_next_hop_without_dsn_yields_no_relayed_report_unless_success_was_asked() -> None:
     assert report_action(Status.DELIVERED, NONE_GIVEN, handoff=Handoff.RELAY) is None
+
+
+# -- delay notices (Postfix delay_warning_time; RFC 3461 §4.1 DELAY) -------------------------------
+
+
+def due(request: RecipientDSN | None = None, *, sender: str = "a@example.org", now: float = 1100.0,
+        warn_after: float = 100.0, warned: bool = False) -> bool:
+    return delay_warning_due(request, sender=sender, submitted_at=1000.0, now=now, warn_after=warn_after,
+                             warned=warned)
+
+
+def test_a_delay_notice_is_due_once_the_time_since_arrival_reaches_the_threshold() -> None:
+    assert not due(now=1099.9)
+    assert due(now=1100.0)
+    assert due(now=5000.0)
+
+
+def test_a_delay_notice_is_sent_once_per_recipient() -> None:
+    assert not due(warned=True)
+
+
+def test_no_delay_notice_when_delay_warning_time_is_zero() -> None:
+    assert not due(warn_after=0.0, now=10**9)
+    assert delay_warning_at(None, sender="a@example.org", submitted_at=1000.0, warn_after=0.0) is None
+
+
+@pytest.mark.parametrize(("request_", "expected"), [
+    (None, True),  # NOTIFY absent: delays may be told (RFC 3461 §4.1: FAILURE,DELAY is the default)
+    (NONE_GIVEN, True),
+    (DELAY_ONLY, True),
+    (RecipientDSN(ALL), True),
+    (NEVER, False),
+    (RecipientDSN(frozenset({Notify.FAILURE})), False),
+    (SUCCESS_ONLY, False),
+])
+def test_a_delay_notice_follows_notify(request_: RecipientDSN | None, expected: bool) -> None:
+    assert due(request_) is expected
+
+
+def test_no_delay_notice_about_mail_from_the_null_sender() -> None:
+    assert not due(sender="")
+    assert delay_warning_at(None, sender="", submitted_at=1000.0, warn_after=100.0) is None
+
+
+def test_the_warn_time_is_arrival_plus_the_threshold() -> None:
+    assert delay_warning_at(DELAY_ONLY, sender="a@example.org", submitted_at=1000.0, warn_after=14400.0) == 15400.0

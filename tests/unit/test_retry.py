@@ -57,3 +57,10 @@ def test_the_lifetime_of_a_deferred_message_counts_from_its_release() -> None:
     assert policy.give_up_at(submitted_at=1000.0, deliver_after=5000.0) == 5100.0
     assert not policy.expired(submitted_at=1000.0, now=2000.0, deliver_after=5000.0)
     assert policy.give_up_at(submitted_at=1000.0, expires_at=1050.0, deliver_after=5000.0) == 1050.0
+
+
+def test_retries_end_at_the_message_expiry_or_the_lifetime_whichever_comes_first() -> None:
+    policy = RetryPolicy(max_lifetime=100.0)
+    assert policy.give_up_at(1000.0) == 1100.0
+    assert policy.give_up_at(1000.0, expires_at=1050.0) == 1050.0
+    assert policy.give_up_at(1000.0, expires_at=2000.0) == 1100.0

@@ -12,6 +12,8 @@ This module owns the SMTP side of delivery status notifications; `reports.py` wr
 * Relaying (§5.2): to a next hop that advertises DSN the parameters go along (and ORCPT is added
   when the client sent none); to one that does not, a requested SUCCESS becomes a ``relayed``
   report (§5.2.2, RFC 3464 §2.3.3).
+* Delay notices (`delay_warning_at`, `delay_warning_due`): one per recipient once it has waited
+  Postfix's delay_warning_time since arrival, unless NOTIFY leaves out DELAY or the sender is null.
 
 Values are kept decoded: ``RecipientDSN.orcpt.address`` and ``MessageDSN.envid`` are what the
 sender meant, and are encoded again only on the wire. ``notify`` is ``None`` when NOTIFY was not
@@ -293,6 +295,29 @@ def report_action(status: Status, request: RecipientDSN, *, handoff: Handoff = H
 _SUCCESS_ACTION: dict[Handoff, Action | None] = {
     Handoff.FINAL: Action.DELIVERED, Handoff.DSN_RELAY: None, Handoff.RELAY: Action.RELAYED,
 }
+
+
+def delay_warning_at(request: RecipientDSN | None, *, sender: str, submitted_at: float,
+                     warn_after: float) -> float | None:
+    """When a deferred recipient's delay notice falls due, or None if it never gets one.
+
+    Postfix's delay_warning_time: measured from the message's arrival, off when ``warn_after`` is
+    0. None too for the null sender (a notice about a bounce is never sent: no loops) and when
+    NOTIFY was given without DELAY (RFC 3461 §4.1: NEVER, or e.g. FAILURE alone)."""
+    if warn_after <= 0 or not sender:
+        return None
+    if report_action(Status.DEFERRED, request or RecipientDSN(), warn_delays=True) is None:
+        return None
+    return submitted_at + warn_after
+
+
+def delay_warning_due(request: RecipientDSN | None, *, sender: str, submitted_at: float, now: float,
+                      warn_after: float, warned: bool = False) -> bool:
+    """Is the one delay notice a recipient may get owed now? Due once it has waited
+    ``warn_after`` seconds since arrival, unless it was warned already (one notice per recipient,
+    as Postfix sends) or `delay_warning_at` says it gets none."""
+    due_at = delay_warning_at(request, sender=sender, submitted_at=submitted_at, warn_after=warn_after)
+    return not warned and due_at is not None and now >= due_at
 
 
 # -- stored form ---------------------------------------------------------------------------------

@@ -97,6 +97,7 @@ class Settlement:
     dsn: RecipientDSN | None = None  # what the sender asked to be told (decides the report)
     handoff: Handoff = Handoff.FINAL  # how a delivered recipient left: decides `delivered` or `relayed`
     crashed: bool = False  # the transport raised: counts towards the message's crash limit
+    warn_at: float | None = None  # a deferral: when the sender's delay notice falls due (None: never)
 
 
 @dataclass(slots=True)
@@ -154,3 +155,5 @@ class PendingReport:
     content: bytes
     dsn: MessageDSN | None
     recipients: list[dict[str, Any]]  # address, index, action, reply, remote, orcpt, last_attempt_at
+    expires_at: float | None = None  # the message's own expiry time (a delay notice's Will-Retry-Until)
+    deliver_after: float | None = None  # its release time: the lifetime counts from it

@@ -46,10 +46,10 @@ class RetryPolicy:
 
     def give_up_at(self, submitted_at: float, expires_at: float | None = None,
                    deliver_after: float | None = None) -> float:
-        """When retrying ends: the message's expiry time, else the lifetime after its release."""
-        if expires_at is not None:
-            return expires_at
-        return max(submitted_at, deliver_after or submitted_at) + self.max_lifetime
+        """When retrying ends: the maximal lifetime after the message's release, or its own expiry
+        time if that comes first (a delay notice's Will-Retry-Until, RFC 3464 §2.3.7)."""
+        limit = max(submitted_at, deliver_after or submitted_at) + self.max_lifetime
+        return limit if expires_at is None else min(expires_at, limit)
 
     def exhausted(self, attempts: int, cap: int | None = None) -> bool:
         """Whether `attempts` (the one just made included) reach the cap: the message's own when it

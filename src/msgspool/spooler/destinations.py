@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from msgspool.domain.dsn import Handoff
+from msgspool.domain.dsn import Handoff, delay_warning_at
 from msgspool.domain.health import DestinationHealth, ProbePolicy
 from msgspool.domain.message import NORMAL, Message, Recipient, Settlement
 from msgspool.domain.outcome import DESTINATION_DOWN, Reply, attempts_exhausted
@@ -53,10 +53,11 @@ Settle = Callable[[list[Settlement]], None]
 class Destination:
     def __init__(self, transport: Transport, nexthop: str, limits: DestinationLimits, retry: RetryPolicy,
                  probe: ProbePolicy, settle: Settle, on_up: Callable[[Destination], Awaitable[None]],
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, *, warn_after: float = 0.0) -> None:
         self.transport, self.nexthop = transport, nexthop
         self.name = f"{transport.name}:{nexthop}"
         self.limits, self.retry, self.on_up, self.clock = limits, retry, on_up, clock
+        self.warn_after = warn_after  # delay_warning_time: 0 = no delay notices
         self._settle = settle
         self.health = DestinationHealth(self.name, probe)
         self.jobs: deque[Job] = deque()
@@ -241,8 +242,12 @@ class Destination:
             return Settlement(message.id, r.index, r.address, Status.FAILED, attempts_exhausted(r.attempts + 1, reply),
                               remote=remote, dsn=r.dsn)
         next_at = self.retry.next_attempt(now, r.attempts + 1)
+        # Waiting for a down destination counts too: a long outage is when senders want to know.
+        warn_at = delay_warning_at(r.dsn, sender=message.sender, submitted_at=message.submitted_at,
+                                   warn_after=self.warn_after)
         return Settlement(message.id, r.index, r.address, Status.DEFERRED, reply, attempted=attempted,
-                          next_attempt_at=min(next_at, give_up_at), wait_destination=wait, remote=remote)
+                          next_attempt_at=min(next_at, give_up_at), wait_destination=wait, remote=remote, dsn=r.dsn,
+                          warn_at=warn_at)
 
     # -- health -----------------------------------------------------------------------------
 

@@ -3,10 +3,14 @@ Postfix's bounce daemon).
 
 When an outcome is recorded, the store notes in the same step whether the sender asked to be told
 (RFC 3461 NOTIFY; a failure is told unless NOTIFY says otherwise). This loop turns those notes into
-RFC 3464 reports — one per message and kind (failures apart from successes), listing every
-recipient it covers — submits each through intake like any message, with the null sender (so it is
+RFC 3464 reports — one per message and kind (failures, delay notices and successes apart), listing
+every recipient it covers — submits each through intake like any message, with the null sender (so it is
 filed straight into a local sender's mailbox with its MAPI class, or queued for a remote one), and
 clears the notes in the same commit: a crash neither loses a report nor sends it twice.
+
+A delay notice (Postfix delay_warning_time) is owed once per recipient, when a deferral settles
+after the threshold or when the delay timer (delays.py) finds one that waited past it; its
+Will-Retry-Until is the recipient's expiry.
 
 A report about mail from the null sender goes once to the postmaster, or nowhere (domain/reports.py:
 never bounce a bounce).
@@ -31,6 +35,7 @@ from msgspool.domain.reports import (
     report_kind,
     route_report,
 )
+from msgspool.domain.retry import RetryPolicy
 from msgspool.errors import SubmitError
 from msgspool.ports import Store
 from msgspool.spooler.intake import Intake, Submission
@@ -41,9 +46,10 @@ log = logging.getLogger("msgspool.reports")
 class Reporter:
     def __init__(self, store: Store, intake: Intake, *, hostname: str, postmaster: str,
                  publish: Callable[[Sequence[Event]], None], deliver: Callable[[Message], None],
-                 clock: Callable[[], float] = time.time) -> None:
+                 retry: RetryPolicy | None = None, clock: Callable[[], float] = time.time) -> None:
         self.store, self.intake, self.hostname, self.postmaster = store, intake, hostname, postmaster
         self.publish, self.deliver, self.clock = publish, deliver, clock
+        self.retry = retry or RetryPolicy()
         self._task: asyncio.Task[None] | None = None
         self._again = False
 
@@ -73,14 +79,15 @@ class Reporter:
                 return
 
     async def _report(self, item: PendingReport, recipients: list[dict[str, Any]]) -> None:
-        entries = [_entry(r) for r in recipients]
+        retry_until = self.retry.give_up_at(item.submitted_at, item.expires_at, item.deliver_after)
+        entries = [_entry(r, retry_until) for r in recipients]
         kind = report_kind(e.action for e in entries)
         failed = [e.final_recipient for e in entries if e.action is Action.FAILED]
         route = route_report(item.sender, kind, postmaster=self.postmaster or None, failed_recipients=failed)
-        indexes = [int(r["index"]) for r in recipients]
+        owed = [(int(r["index"]), str(r["action"])) for r in recipients]
         if route.to is None:
             log.info("%s: %s report not sent: %s", item.message_id, kind, route.reason)
-            await self.store.reported(item.message_id, indexes, None)
+            await self.store.reported(item.message_id, owed, None)
             return
         report = DeliveryReport(reporting_mta=self.hostname, to=route.to, original=item.content, recipients=entries,
                                 arrival=item.submitted_at, envid=item.dsn.envid if item.dsn else None,
@@ -92,9 +99,9 @@ class Reporter:
                 message_class=report_class(kind, item.message_class)))
         except SubmitError as err:
             log.warning("%s: %s report to <%s> refused: %s", item.message_id, kind, route.to, err)
-            await self.store.reported(item.message_id, indexes, None)
+            await self.store.reported(item.message_id, owed, None)
             return
-        events = await self.store.reported(item.message_id, indexes, message, copies)
+        events = await self.store.reported(item.message_id, owed, message, copies)
         log.info("%s: %s report %s to <%s> (%s)", item.message_id, kind, message.id, route.to, route.reason)
         self.publish(events)
         if any(r.status.pending for r in message.recipients):
@@ -102,14 +109,18 @@ class Reporter:
 
 
 def _groups(item: PendingReport) -> list[list[dict[str, Any]]]:
-    """Failures in one report, successes (delivered, relayed) in another."""
-    failures = [r for r in item.recipients if r["action"] in (Action.FAILED, Action.DELAYED)]
-    successes = [r for r in item.recipients if r not in failures]
-    return [g for g in (failures, successes) if g]
+    """Failures in one report (an NDR), delays in another (a delay notice), successes (delivered,
+    relayed) in a third: each kind has its own MAPI class, and a sender's client files them apart."""
+    failures = [r for r in item.recipients if r["action"] == Action.FAILED]
+    delays = [r for r in item.recipients if r["action"] == Action.DELAYED]
+    successes = [r for r in item.recipients if r["action"] not in (Action.FAILED, Action.DELAYED)]
+    return [g for g in (failures, delays, successes) if g]
 
 
-def _entry(r: dict[str, Any]) -> RecipientEntry:
+def _entry(r: dict[str, Any], retry_until: float) -> RecipientEntry:
+    action = Action(r["action"])
     original = OriginalRecipient(*r["orcpt"].split(";", 1)) if r["orcpt"] else None
     remote = r["remote"].split("[", 1)[0] if r["remote"] else None  # "host[addr]:port" -> host
-    return RecipientEntry.from_reply(r["address"], Action(r["action"]), r["reply"], remote_mta=remote,
-                                     original_recipient=original, last_attempt=r["last_attempt_at"])
+    return RecipientEntry.from_reply(r["address"], action, r["reply"], remote_mta=remote,
+                                     original_recipient=original, last_attempt=r["last_attempt_at"],
+                                     will_retry_until=retry_until if action is Action.DELAYED else None)

@@ -35,6 +35,7 @@ from msgspool.domain.webhooks import WEBHOOK_TRANSPORT, from_webhook
 from msgspool.errors import ConfigError, NotFound, SpoolError
 from msgspool.ports import Store, Transport
 from msgspool.spooler import control
+from msgspool.spooler.delays import DelayTimer
 from msgspool.spooler.destinations import DestinationLimits
 from msgspool.spooler.events import EventBus, Subscription
 from msgspool.spooler.hooks import Preprocessor, load_hooks
@@ -141,13 +142,18 @@ class Spooler:
             probe=ProbePolicy(settings.probe_min, settings.probe_max),
             limits=DestinationLimits(settings.destination_concurrency, settings.destination_recipient_limit,
                                      settings.connection_idle_time, settings.connection_reuse_limit),
-            active_limit=settings.active_limit, preprocessor=self.preprocessor)
+            active_limit=settings.active_limit, preprocessor=self.preprocessor,
+            warn_after=settings.delay_warning_time)
         self.reporter = Reporter(self.store, self.intake, hostname=settings.host_name,
                                  postmaster=settings.postmaster, publish=self.publish,
-                                 deliver=lambda _message: self.poke())
+                                 deliver=lambda _message: self.poke(), retry=self.retry)
         self.scheduler.on_reports = self.reporter.poke
         self.receipts = Receipts(self.store, self.intake, hostname=settings.host_name, publish=self.publish,
                                  deliver=lambda _message: self.poke(), routing=lambda: self.routing)
+        # Delay notices are off by default (Postfix delay_warning_time = 0h): then no timer runs.
+        self.delay_timer = DelayTimer(self.store, self.reporter.poke) if settings.delay_warning_time > 0 else None
+        if self.delay_timer is not None:
+            self.scheduler.on_warning_later = self.delay_timer.expect
         self.delivering = False
         self.routing = False
         self.remote: RemoteDelivery | None = None  # set in the daemon's intake process
@@ -174,6 +180,8 @@ class Spooler:
             self.reporter.poke()  # owed before a crash or restart
             if self.webhooks is not None:
                 await self.webhooks.start()
+            if self.delay_timer is not None:
+                self.delay_timer.start()
             self._housekeeping = asyncio.create_task(self._housekeeping_loop())
 
     async def stop(self) -> None:
@@ -184,6 +192,8 @@ class Spooler:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._housekeeping
         if self.delivering:
+            if self.delay_timer is not None:
+                await self.delay_timer.stop()
             await self.scheduler.stop()
             await self.reporter.stop()
             self.delivering = False

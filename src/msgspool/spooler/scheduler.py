@@ -40,14 +40,15 @@ class Scheduler:
     def __init__(self, store: Store, transports: Mapping[str, Transport], intake: Intake,
                  publish: Callable[[Sequence[Event]], None], *, retry: RetryPolicy, probe: ProbePolicy,
                  limits: DestinationLimits, active_limit: int, preprocessor: Preprocessor | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 warn_after: float = 0.0, clock: Callable[[], float] = time.time) -> None:
         self.store, self.transports, self.intake, self.publish = store, transports, intake, publish
         self.preprocessor = preprocessor
-        self.retry, self.probe, self.limits = retry, probe, limits
+        self.retry, self.probe, self.limits, self.warn_after = retry, probe, limits, warn_after
         self.active_limit, self.clock = active_limit, clock
         self.active = 0  # recipients in memory: dispatched and not yet settled
         self.on_settled: Callable[[int], None] | None = None  # told the window after each settlement
         self.on_reports: Callable[[], None] | None = None  # told when settled outcomes may owe reports
+        self.on_warning_later: Callable[[float], None] | None = None  # told when a delay notice falls due
         self.destinations: dict[str, Destination] = {}
         self._wakeup = asyncio.Event()
         self._pending: list[Settlement] = []
@@ -164,7 +165,7 @@ class Scheduler:
         dest = self.destinations.get(key)
         if dest is None:
             dest = Destination(self.transports[transport], nexthop, self.limits, self.retry, self.probe,
-                               self.settle, self._destination_up, self.clock)
+                               self.settle, self._destination_up, self.clock, warn_after=self.warn_after)
             self.destinations[key] = dest
         return dest
 
@@ -186,8 +187,9 @@ class Scheduler:
         task.add_done_callback(self._settling.discard)
 
     async def _write_settlements(self, batch: list[Settlement]) -> None:
+        now = self.clock()  # one time for the store and the checks below: a warn_at between two would be missed
         try:
-            events = await self.store.settle(batch, self.clock())
+            events = await self.store.settle(batch, now)
         except Exception:
             log.exception("could not record %d outcomes; they will be retried after restart", len(batch))
             return
@@ -198,8 +200,11 @@ class Scheduler:
                 self._wakeup.set()
         self.publish(events)
         self._wake_for_retries(batch)
-        if self.on_reports is not None and any(_may_owe_report(s) for s in batch):
+        if self.on_reports is not None and any(_may_owe_report(s, now) for s in batch):
             self.on_reports()
+        later = [s.warn_at for s in batch if s.warn_at is not None and s.warn_at > now]
+        if later and self.on_warning_later is not None:
+            self.on_warning_later(min(later))
         if self.on_settled is not None:
             self.on_settled(self.active)
 
@@ -268,7 +273,8 @@ class Scheduler:
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
         self._wake_at = 0.0  # awake: the next sleep reads the store's next due time anyway
 
-
-def _may_owe_report(s: Settlement) -> bool:
-    """Cheap pre-check; the store decides (RFC 3461 NOTIFY) when it records the outcome."""
+def _may_owe_report(s: Settlement, now: float) -> bool:
+    """Cheap pre-check; the store decides (RFC 3461 NOTIFY, one delay notice) when it records it."""
+    if s.status is Status.DEFERRED:
+        return s.warn_at is not None and s.warn_at <= now
     return s.status in (Status.FAILED, Status.EXPIRED) or (s.status is Status.DELIVERED and s.dsn is not None)

@@ -51,7 +51,7 @@ from msgspool.domain.recipient import RecipientType, Status
 T = TypeVar("T")
 DB_NAME = "spool.db"
 CHUNK = 5000  # rows one bulk change (flush, a released backlog) touches per transaction
-SCHEMA_VERSION = 5  # the schema script is idempotent: an older spool gets what is new in it
+SCHEMA_VERSION = 6  # the schema script is idempotent: an older spool gets what is new in it
 # Priority classes, urgent first: the order refill claims in (recipients.priority holds the class).
 PRIORITY_CLASSES = (1, 0, -1)
 _PENDING_SQL = "('queued','active','deferred','held')"
@@ -81,7 +81,7 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
 # Columns added after version 1; a spool made by an older msgspool gets them on open.
 _ADDED_COLUMNS = {
     "recipients": ("notify TEXT", "orcpt TEXT", "report TEXT", "source_address TEXT",
-                   "priority INTEGER NOT NULL DEFAULT 0"),
+                   "priority INTEGER NOT NULL DEFAULT 0", "warn_at REAL"),
     "messages": ("ret TEXT", "envid TEXT", "read INTEGER NOT NULL DEFAULT 0", "mdn TEXT",
                  "preprocessed INTEGER NOT NULL DEFAULT 0", "source_content_id INTEGER", "source_sender TEXT",
                  "crashes INTEGER NOT NULL DEFAULT 0", "max_attempts INTEGER")}
@@ -312,18 +312,15 @@ def op_settle(conn: sqlite3.Connection, settlements: Sequence[Settlement], now: 
         if status is Status.DEFERRED and _is_held(conn, s.message_id):
             status = Status.HELD
         reply = s.reply
-        row = conn.execute(
-            "UPDATE recipients SET status = ?, attempts = attempts + ?, next_attempt_at = ?,"
-            " last_attempt_at = CASE WHEN ? THEN ? ELSE last_attempt_at END,"
-            " reply_code = COALESCE(?, reply_code), reply_enhanced = COALESCE(?, reply_enhanced),"
-            " reply_text = COALESCE(?, reply_text), remote = COALESCE(?, remote), wait_destination = ?,"
-            " transport = COALESCE(?, transport), nexthop = COALESCE(?, nexthop), report = COALESCE(?, report)"
-            " WHERE message_id = ? AND idx = ? AND status = 'active' RETURNING transport",
-            (str(status), int(s.attempted), s.next_attempt_at, int(s.attempted), now,
-             reply.code if reply else None, reply.enhanced if reply else None, reply.text if reply else None,
-             s.remote, int(s.wait_destination), s.transport, s.nexthop, _report_due(status, s),
-             s.message_id, s.index),
-        ).fetchone()
+        warn_now = status is Status.DEFERRED and s.warn_at is not None and s.warn_at <= now
+        row = conn.execute(_SETTLE_SQL, {
+            "status": str(status), "attempted": int(s.attempted), "next_at": s.next_attempt_at, "now": now,
+            "code": reply.code if reply else None, "enhanced": reply.enhanced if reply else None,
+            "text": reply.text if reply else None, "remote": s.remote, "wait": int(s.wait_destination),
+            "transport": s.transport, "nexthop": s.nexthop, "report": _report_due(status, s, warn_now),
+            "final": int(status.final), "warn_now": int(warn_now), "warn_at": s.warn_at,
+            "message_id": s.message_id, "idx": s.index,
+        }).fetchone()
         if row is None:
             continue
         touched[s.message_id] = None
@@ -349,10 +346,28 @@ def _count_crash(conn: sqlite3.Connection, message_id: str, limit: int, now: flo
     return _hold(conn, message_id, reason, now, "('queued','deferred')")
 
 
-def _report_due(status: Status, s: Settlement) -> str | None:
-    """The report action this outcome owes the sender (RFC 3461 NOTIFY), recorded with the outcome
-    in one step so that a crash can neither lose the report nor send it twice."""
-    action = report_action(status, s.dsn or RecipientDSN(), handoff=s.handoff)
+# One outcome. `report`: a new debt wins, except a delay notice the recipient had already
+# (warn_at = 0: one per recipient); a delay notice not yet written is void once the recipient is
+# final (delivered, failed: the notice would be untrue). `warn_at` keeps when the notice falls due
+# for the delay timer, and becomes 0 once it is owed, in the same step: a crash neither loses the
+# notice nor repeats it.
+_SETTLE_SQL = (
+    "UPDATE recipients SET status = :status, attempts = attempts + :attempted, next_attempt_at = :next_at,"
+    " last_attempt_at = CASE WHEN :attempted THEN :now ELSE last_attempt_at END,"
+    " reply_code = COALESCE(:code, reply_code), reply_enhanced = COALESCE(:enhanced, reply_enhanced),"
+    " reply_text = COALESCE(:text, reply_text), remote = COALESCE(:remote, remote), wait_destination = :wait,"
+    " transport = COALESCE(:transport, transport), nexthop = COALESCE(:nexthop, nexthop),"
+    " report = CASE WHEN :report IS NOT NULL AND (:report <> 'delayed' OR warn_at IS NOT 0) THEN :report"
+    "  WHEN :final AND report = 'delayed' THEN NULL ELSE report END,"
+    " warn_at = CASE WHEN warn_at = 0 OR :warn_now THEN 0 ELSE COALESCE(:warn_at, warn_at) END"
+    " WHERE message_id = :message_id AND idx = :idx AND status = 'active' RETURNING transport")
+
+
+def _report_due(status: Status, s: Settlement, warn_now: bool) -> str | None:
+    """The report action this outcome owes the sender (RFC 3461 NOTIFY; a delay notice only once
+    it fell due), recorded with the outcome in one step so that a crash can neither lose the
+    report nor send it twice."""
+    action = report_action(status, s.dsn or RecipientDSN(), handoff=s.handoff, warn_delays=warn_now)
     return None if action is None else str(action)
 
 
@@ -375,6 +390,22 @@ def op_release_destination(conn: sqlite3.Connection, transport: str, nexthop: st
         "UPDATE recipients SET next_attempt_at = ?, wait_destination = 0 WHERE rowid IN (SELECT rowid"
         " FROM recipients WHERE status = 'deferred' AND wait_destination = 1 AND transport = ? AND nexthop = ?"
         " LIMIT ?)", (now, transport, nexthop, chunk)).rowcount
+
+
+def op_mark_delay_warnings(conn: sqlite3.Connection, now: float, chunk: int = CHUNK) -> int:
+    """Owe the delay notice of deferred recipients whose time came while they waited without a
+    new outcome (a down destination's backlog, a long backoff): by index, a chunk per call."""
+    return conn.execute(
+        "UPDATE recipients SET report = COALESCE(report, 'delayed'), warn_at = 0 WHERE rowid IN (SELECT rowid"
+        " FROM recipients WHERE status = 'deferred' AND warn_at > 0 AND warn_at <= ? ORDER BY warn_at LIMIT ?)",
+        (now, chunk)).rowcount
+
+
+def next_delay_warning(conn: sqlite3.Connection) -> float | None:
+    """When the next delay notice of a deferred recipient falls due (by index)."""
+    row = conn.execute("SELECT warn_at FROM recipients WHERE status = 'deferred' AND warn_at > 0"
+                       " ORDER BY warn_at LIMIT 1").fetchone()
+    return None if row is None else float(row[0])
 
 
 def next_due(conn: sqlite3.Connection) -> float | None:
@@ -478,12 +509,12 @@ def pending_reports(conn: sqlite3.Connection, limit: int) -> list[PendingReport]
     out = []
     for (message_id,) in conn.execute("SELECT DISTINCT message_id FROM recipients WHERE report IS NOT NULL LIMIT ?",
                                       (limit,)).fetchall():
-        row = conn.execute("SELECT sender, submitted_at, message_class, ret, envid FROM messages WHERE id = ?",
-                           (message_id,)).fetchone()
+        row = conn.execute("SELECT sender, submitted_at, message_class, ret, envid, expires_at, deliver_after"
+                           " FROM messages WHERE id = ?", (message_id,)).fetchone()
         content = get_content(conn, message_id)
         if row is None or content is None:  # deleted meanwhile, recipients with it
             continue
-        sender, submitted_at, message_class, ret, envid = row
+        sender, submitted_at, message_class, ret, envid, expires_at, deliver_after = row
         recipients = [{"index": idx, "address": address, "action": report, "remote": remote, "orcpt": orcpt,
                        "last_attempt_at": last_at, "reply": Reply(code or 0, enhanced or "", text or "")}
                       for idx, address, report, code, enhanced, text, remote, orcpt, last_at in conn.execute(
@@ -491,17 +522,19 @@ def pending_reports(conn: sqlite3.Connection, limit: int) -> list[PendingReport]
                           " last_attempt_at FROM recipients WHERE message_id = ? AND report IS NOT NULL ORDER BY idx",
                           (message_id,))]
         dsn = MessageDSN(Ret(ret) if ret else None, envid) if ret or envid else None
-        out.append(PendingReport(message_id, sender, submitted_at, message_class, content, dsn, recipients))
+        out.append(PendingReport(message_id, sender, submitted_at, message_class, content, dsn, recipients,
+                                 expires_at, deliver_after))
     return out
 
 
-def op_reported(conn: sqlite3.Connection, message_id: str, indexes: Sequence[int], report: Message | None,
+def op_reported(conn: sqlite3.Connection, message_id: str, owed: Sequence[tuple[int, str]], report: Message | None,
                 copies: Sequence[Message]) -> list[Event]:
     """The report for these recipients is written (or deliberately dropped): submit it and clear
-    their debt in one step."""
+    their debt in one step. `owed` is (index, action) as `pending_reports` read it: a debt that
+    changed meanwhile (a delay notice overtaken by a failure) stays owed."""
     events = op_submit(conn, report, copies) if report is not None else []
-    conn.executemany("UPDATE recipients SET report = NULL WHERE message_id = ? AND idx = ?",
-                     [(message_id, i) for i in indexes])
+    conn.executemany("UPDATE recipients SET report = NULL WHERE message_id = ? AND idx = ? AND report = ?",
+                     [(message_id, i, action) for i, action in owed])
     if report is not None:
         events.append(_insert_event(conn, Event(EventType.REPORT, message_id, report.submitted_at,
                                                 detail={"report_id": report.id, "class": report.message_class})))
@@ -949,6 +982,12 @@ class SQLiteStore:
     async def next_due(self) -> float | None:
         return await self.read(next_due)
 
+    async def mark_delay_warnings(self, now: float) -> int:
+        return await self._chunked(lambda c: op_mark_delay_warnings(c, now), durable=False)
+
+    async def next_delay_warning(self) -> float | None:
+        return await self.read(next_delay_warning)
+
     async def waiting_destinations(self) -> list[tuple[str, str]]:
         return await self.read(waiting_destinations)
 
@@ -995,9 +1034,9 @@ class SQLiteStore:
     async def pending_reports(self, limit: int = 100) -> list[PendingReport]:
         return await self.read(lambda c: pending_reports(c, limit))
 
-    async def reported(self, message_id: str, indexes: Sequence[int], report: Message | None,
+    async def reported(self, message_id: str, owed: Sequence[tuple[int, str]], report: Message | None,
                        copies: Sequence[Message] = ()) -> list[Event]:
-        return await self._write(lambda c: op_reported(c, message_id, indexes, report, copies))
+        return await self._write(lambda c: op_reported(c, message_id, owed, report, copies))
 
     async def preprocessed(self, message: Message, result: Preprocessed,
                            now: float) -> tuple[list[Message], list[Event]]:

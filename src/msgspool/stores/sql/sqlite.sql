@@ -1,4 +1,4 @@
--- msgspool SQLite spool schema (PRAGMA user_version = 5). Every statement is idempotent.
+-- msgspool SQLite spool schema (PRAGMA user_version = 6). Every statement is idempotent.
 -- One row per message (any folder of any mailbox), its content stored once in `contents`
 -- (local copies of one submission share it), one row per recipient of an outbound message.
 
@@ -58,9 +58,10 @@ CREATE TABLE IF NOT EXISTS recipients (
     wait_destination    INTEGER NOT NULL DEFAULT 0,
     notify              TEXT,            -- RFC 3461 NOTIFY: NULL (not given), NEVER, or a list
     orcpt               TEXT,            -- RFC 3461 ORCPT, decoded: addr-type;address
-    report              TEXT,            -- a report owed to the sender: failed | delivered | relayed
+    report              TEXT,            -- a report owed to the sender: failed | delayed | delivered | relayed
     source_address      TEXT,            -- as submitted, when a hook renamed it; '' when a hook added it
     priority            INTEGER NOT NULL DEFAULT 0,  -- priority class of the message: 1 urgent, 0, -1
+    warn_at             REAL,            -- when its delay notice falls due; 0 once owed (one per recipient)
     PRIMARY KEY (message_id, idx)
 );
 -- The scheduler's refill reads due recipients through this index only: one range per priority
@@ -101,6 +102,9 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_by_time ON events (time);
 -- Recipients whose report is owed (reporter.py writes them).
 CREATE INDEX IF NOT EXISTS recipients_report ON recipients (message_id) WHERE report IS NOT NULL;
+-- Deferred recipients whose delay notice is still to come, by when it falls due: the delay timer
+-- (spooler/delays.py) reads the earliest and marks the due ones a chunk at a time.
+CREATE INDEX IF NOT EXISTS recipients_warn ON recipients (warn_at) WHERE status = 'deferred' AND warn_at > 0;
 
 -- A message's history: what each hook did, holds and requeues (shown by `queue show`).
 CREATE TABLE IF NOT EXISTS history (
