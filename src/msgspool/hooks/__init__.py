@@ -1,0 +1,1 @@
+"""Built-in hooks: outbound (preprocessors) and inbound (postprocessors)."""
