@@ -383,6 +383,12 @@ def test_a_malformed_signature_is_neutral() -> None:
         "neutral", "missing b=", "example.org", "sel")
 
 
+def test_a_hostile_signature_cannot_inject_into_our_field() -> None:
+    content = b"DKIM-Signature: v=1; d=ex\xc3\xa9mple.org\r\n \"; dkim=pass; s=a(b)c; b=x\"y\r\n" + MESSAGE
+    [result] = verify_signatures(content, dnsfunc=zone_for({}))
+    assert result.resinfo() == 'dkim=neutral (missing a=) header.d="exmple.org\\"" header.s="a(b)c" header.b="x\\"y"'
+
+
 def test_every_signature_is_verified_and_reported(tmp_path: Path, rsa_pem: bytes) -> None:
     good = rsa_key(tmp_path, rsa_pem)
     stale = DKIMKey("example.org", "old", good.key_file)

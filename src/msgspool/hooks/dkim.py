@@ -367,7 +367,8 @@ def verify_signatures(content: bytes, *, dnsfunc: DNSFunc | None = None, minkey:
     try:
         checker = _dkimpy_checker(content, minkey, timeout)
     except Exception as err:  # a header section dkimpy cannot even parse
-        return [DKIMResult("neutral", reason=_reason(err))] if b"dkim-signature:" in content.lower() else []
+        signed = b"dkim-signature:" in header_block(content).lower()
+        return [DKIMResult("neutral", reason=_reason(err))] if signed else []
     lookup = _KeyLookup(dnsfunc or dns_txt)
     return [_verify_one(checker, idx, raw, lookup) for idx, raw in enumerate(_signature_values(checker))]
 
@@ -437,7 +438,9 @@ def _signature_fields(raw: bytes) -> dict[str, str]:
 
 
 def _result(result: str, raw: bytes, reason: str = "") -> DKIMResult:
-    tags = _signature_fields(raw)
+    """A result named by the signature's own d=, s=, a= and b= (only printable ASCII of them: the
+    signature is the sender's text, our field is not)."""
+    tags = {k: re.sub(r"[^!-~]", "", v)[:255] for k, v in _signature_fields(raw).items()}
     return DKIMResult(result, tags.get("d", "").lower(), tags.get("s", ""), tags.get("a", "").lower(),
                       tags.get("b", "")[:8], reason)
 
