@@ -383,6 +383,12 @@ def test_a_malformed_signature_is_neutral() -> None:
         "neutral", "missing b=", "example.org", "sel")
 
 
+def test_a_signed_message_dkimpy_cannot_parse_is_neutral() -> None:
+    content = b"DKIM-Signature: v=1; d=example.org\r\nno colon here\r\n\r\nbody\r\n"
+    assert verify(content, authserv_id="mx.test", dnsfunc=zone_for({})) == \
+        "Authentication-Results: mx.test; dkim=neutral (Unexpected characters in RFC822 header)"
+
+
 def test_a_hostile_signature_cannot_inject_into_our_field() -> None:
     content = b"DKIM-Signature: v=1; d=ex\xc3\xa9mple.org\r\n \"; dkim=pass; s=a(b)c; b=x\"y\r\n" + MESSAGE
     [result] = verify_signatures(content, dnsfunc=zone_for({}))
