@@ -144,7 +144,8 @@ def _threading(view: MessageView) -> list[tuple[str, str]]:
 
 def _set_body(reply: EmailMessage, vacation: Vacation) -> None:
     if not vacation.mime:
-        reply.set_content(vacation.reason, charset="utf-8")
+        cte = None if vacation.reason.isascii() else "quoted-printable"  # never 8bit: no need for 8BITMIME
+        reply.set_content(vacation.reason, charset="utf-8", cte=cte)
         return
     entity = message_from_string(vacation.reason.lstrip("\r\n"), policy=SMTP)
     reply["MIME-Version"] = "1.0"

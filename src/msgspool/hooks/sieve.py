@@ -119,7 +119,9 @@ def compile_script(text: str) -> Script:
     parser = Parser()
     if not parser.parse(source):
         raise SieveError(_parse_message(str(parser.error)), int(parser.error_pos[0]))
-    return _Compiler(_command_lines(source, parser.result)).script(parser.result)
+    tokens = _tokens(source)
+    _check_complete(tokens)
+    return _Compiler(_command_lines(tokens, parser.result)).script(parser.result)
 
 
 def reject_reply(reject: Reject) -> Reply:
@@ -136,12 +138,25 @@ def _parse_message(error: str) -> str:
     return message.removeprefix("parsing error: ")
 
 
-def _command_lines(source: bytes, roots: list[_Node]) -> dict[int, int]:
-    """The line of every command and test, by id: sievelib's lexer finds one identifier token per
-    command, in the order `walk()` yields them."""
+def _tokens(source: bytes) -> list[tuple[str, int]]:
+    """The script's tokens as sievelib's lexer reads them, comments left out: (kind, line)."""
     newlines = [m.start() for m in re.finditer(rb"\n", source)]
     lexer = Lexer(Parser.lrules)
-    lines = [bisect.bisect(newlines, lexer.pos) + 1 for kind, _value in lexer.scan(source) if kind == "identifier"]
+    tokens = [(str(kind), bisect.bisect(newlines, lexer.pos) + 1) for kind, _value in lexer.scan(source)]
+    return [token for token in tokens if not token[0].endswith("_comment")]
+
+
+def _check_complete(tokens: list[tuple[str, int]]) -> None:
+    """A script ends with ``;`` or ``}``: sievelib silently drops a last command without arguments
+    and without its semicolon (``keep; stop``), and an ``else`` without its block."""
+    if tokens and tokens[-1][0] not in ("semicolon", "right_cbracket"):
+        raise SieveError("end of script reached while semicolon or block expected", tokens[-1][1])
+
+
+def _command_lines(tokens: list[tuple[str, int]], roots: list[_Node]) -> dict[int, int]:
+    """The line of every command and test, by id: each starts with an identifier token, in the
+    order `walk()` yields them."""
+    lines = [line for kind, line in tokens if kind == "identifier"]
     nodes = [node for root in roots for node in root.walk()]
     return {id(node): line for node, line in zip(nodes, lines, strict=False)}
 
