@@ -601,3 +601,15 @@ def test_a_filter_files_list_mail_rejects_spam_and_answers_the_rest() -> None:
 
 def test_fileinto_an_empty_folder_name_is_a_runtime_error() -> None:
     assert run(ALL + 'fileinto "";') == Outcome((Keep(),), error="fileinto: empty folder name")
+
+
+def test_header_fields_read_obsolete_space_before_the_colon_and_skip_an_mbox_from_line() -> None:
+    message = b"From ann@example.org Mon Jan  1 12:00:00 2024\r\nSubject : spaced\r\n\r\nbody\r\n"
+    assert holds('header :is "subject" "spaced"', message)
+    assert not holds('exists "from ann@example.org mon jan  1 12"', message)
+
+
+def test_line_numbers_reach_tests_nested_in_anyof_and_not() -> None:
+    script = ('require "envelope";\nif anyof (true,\n  not header :is "a" "b",\n'
+              '  allof (false,\n    envelope :is "auth" "x")) { keep; }\n')
+    assert compile_error(script).line == 5

@@ -109,10 +109,15 @@ class MessageView:
         return [address for _name, address in getaddresses(self.raw(name)) if address]
 
 
+_FIELD_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322 §2.2: printable ASCII but the colon
+
+
 def _field(line: str) -> tuple[str, str] | None:
+    """``name: value``; WSP before the colon is obsolete syntax (RFC 5322 §4.5.3) and allowed."""
     name, colon, value = line.partition(":")
-    if not colon or not name or name != name.strip():
-        return None
+    name = name.rstrip(" \t")
+    if not colon or not _FIELD_NAME.fullmatch(name):
+        return None  # an mbox "From " line, say
     return name.lower(), value.strip()
 
 
