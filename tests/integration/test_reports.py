@@ -162,7 +162,7 @@ async def retry_now(spooler: Spooler, message_id: str, attempts: int) -> None:
 async def test_delay_notice_after_the_configured_time_then_the_ndr(spooler_factory: SpoolerFactory,
                                                                    sink: Sink) -> None:
     async with spooler_factory(relay=sink.address, local_domains=["example.org"], delay_warning_time=1,
-                               max_lifetime=3) as spooler:
+                               max_lifetime=5) as spooler:  # room for a loaded machine between the two
         message_id = await spooler.submit(submission("a@example.org", "fail4xx@example.com"))
         (notice,) = await inbox(spooler, "a@example.org", 1, timeout=4.0)
         report = await report_of(spooler, notice)
