@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from msgspool.domain.events import Event
-from msgspool.domain.hooks import Draft, Preprocessed
+from msgspool.domain.hooks import Delivery, Draft, Preprocessed
 from msgspool.domain.message import Message, MessageInfo, PendingReport, ReadReceipt, Recipient, Settlement
 from msgspool.domain.outcome import Reply
 
@@ -167,6 +167,16 @@ class OutboundHook(Protocol):
     name: str
 
     def preprocess(self, draft: Draft) -> Any: ...
+
+
+class InboundHook(Protocol):
+    """A spooler hook on inbound mail (MAPI ISpoolerHook::InboundMsgHook): sees each local
+    recipient's copy before it is filed. `postprocess` is a plain or a coroutine function;
+    domain/hooks.py lists its answers."""
+
+    name: str
+
+    def postprocess(self, delivery: Delivery) -> Any: ...
 
 
 class HookFactory(Protocol):

@@ -38,6 +38,7 @@ def _message_fields(info: MessageInfo) -> dict[str, Any]:
         "ret": info.ret,
         "envid": info.envid,
         "read": info.read,
+        "flags": list(info.flags),
         "mdn": info.mdn,
         "recipients": [recipient_json(r) for r in info.recipients],
     }

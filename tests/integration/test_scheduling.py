@@ -173,6 +173,18 @@ async def test_deferred_delivery_from_the_api_waits_for_its_time(spooler_factory
     assert time.time() - t0 >= 1.0
 
 
+async def test_deferred_delivery_to_a_local_mailbox_is_filed_at_its_time(spooler_factory: SpoolerFactory) -> None:
+    async with spooler_factory() as spooler:
+        t0 = time.time()
+        message_id = await spooler.send(MESSAGE, sender="a@example.org", recipients=["you@localhost"],
+                                        deliver_after=t0 + 1.0)
+        await asyncio.sleep(0.6)
+        assert await spooler.folder("you@localhost") == []
+        info = await wait_status(spooler, message_id, {"delivered"}, timeout=5)
+        filed = await spooler.folder("you@localhost")
+    assert len(filed) == 1 and info["recipients"][0]["last_attempt_at"] >= iso(t0 + 1.0)
+
+
 # -- the cap on attempts ------------------------------------------------------------------------
 
 

@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from msgspool.domain.hooks import Draft, DraftRecipient
+from msgspool.domain.hooks import Delivery, Draft, DraftRecipient
 from msgspool.domain.message import Message, Recipient
 from msgspool.domain.outcome import Reply
 
@@ -24,6 +24,14 @@ class Boom(Hook):
 
     def preprocess(self, draft: Draft) -> None:
         if STATE["broken"] and b"boom" in draft.content:
+            raise RuntimeError("the hook is broken")
+
+
+class InboundBoom(Hook):
+    """An inbound hook that raises while STATE['broken'] for messages whose content says 'boom'."""
+
+    def postprocess(self, delivery: Delivery) -> None:
+        if STATE["broken"] and b"boom" in delivery.content:
             raise RuntimeError("the hook is broken")
 
 

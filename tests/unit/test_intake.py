@@ -32,7 +32,8 @@ def test_local_recipient_is_delivered_at_submit_as_a_copy_in_its_mailbox() -> No
     assert (bob.status, bob.transport, bob.nexthop, bob.attempts) == (Status.DELIVERED, LOCAL, "bob@localhost", 1)
     assert bob.last_reply is not None and bob.last_reply.code == 250
     [copy] = copies
-    assert (copy.mailbox, copy.folder, copy.content, copy.recipients) == ("bob@localhost", "inbox", CONTENT, [])
+    # folder "": the receive folder, chosen when the copy is filed
+    assert (copy.mailbox, copy.folder, copy.content, copy.recipients) == ("bob@localhost", "", CONTENT, [])
     assert copy.full_content() == b"Return-Path: <app@example.org>\r\nDelivered-To: Bob@LocalHost\r\n" + CONTENT
     assert copy.id != message.id
 

@@ -19,6 +19,7 @@ times out (poison isolation: one bad message or hook never stalls the queue).
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -158,3 +159,107 @@ def _check_partition(before: Draft, drafts: Sequence[Draft]) -> None:
             if r.index in seen or r.index not in known:
                 raise HookError(f"recipient #{r.index} appears twice or was not the message's")
             seen.add(r.index)
+
+
+# -- inbound hooks (postprocessors) -----------------------------------------------------------
+#
+# MAPI's spooler hook (ISpoolerHook::InboundMsgHook) sees a message before the store files it, and
+# may move it to another folder, delete it or pass it on. msgspool's inbound hook is called with a
+# `Delivery` — one local recipient's copy on its way into its mailbox — and answers:
+#
+#     None                 the delivery as the hook left it (it may have changed `actions` or added
+#                          header lines)
+#     [action, ...]        what to do instead: File (into a folder, with flags), Forward, AutoReply;
+#                          an empty list discards the message (nothing is filed)
+#     Reject(reply)        the recipient fails with the reply; the sender gets an NDR
+#     Hold(reason)         the recipient is held (`queue release` runs the hooks again)
+#
+# Anything else holds the recipient with the error, as for outbound hooks.
+
+
+_HEADER_FIELD = re.compile(r"[!-9;-~]+:[^\r\n]*(?:\r\n[ \t][^\r\n]*)*")  # RFC 5322 §2.2, folded with CRLF
+
+
+@dataclass(frozen=True, slots=True)
+class File:
+    """File a copy into `folder` (None: the mailbox's receive folder for the message class)."""
+
+    folder: str | None = None
+    flags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """Send the message on to `address`, envelope sender unchanged (a Sieve redirect)."""
+
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class AutoReply:
+    """Send `content` (a whole RFC 5322 message) to `to` with the null sender (RFC 3834)."""
+
+    to: str
+    content: bytes
+
+
+InboundAction = File | Forward | AutoReply
+
+
+@dataclass(slots=True)
+class Delivery:
+    """One local recipient's copy of an inbound message, before it is filed."""
+
+    message_id: str
+    mailbox: str  # the local mailbox it goes into
+    recipient: str  # the envelope recipient, as given
+    sender: str
+    content: bytes
+    message_class: str = "IPM.Note"
+    added_headers: list[str] = field(default_factory=list)  # "Name: value" lines put above the copy
+    actions: list[InboundAction] = field(default_factory=lambda: [File()])  # the implicit keep
+
+    def copy(self) -> Delivery:
+        return copy.deepcopy(self)
+
+
+@dataclass(slots=True)
+class Postprocessed:
+    """The inbound pipeline's answer for one delivery."""
+
+    delivery: Delivery
+    verdict: Reject | Hold | None = None
+    history: list[HookRecord] = field(default_factory=list)
+
+
+def judge_inbound(answer: object, delivery: Delivery) -> list[InboundAction] | Reject | Hold:
+    """An inbound hook's answer as the actions to take, or a verdict; HookError on garbage."""
+    if isinstance(answer, Reject | Hold):
+        return answer
+    actions = delivery.actions if answer is None else answer
+    if not isinstance(actions, list | tuple) or not all(isinstance(a, InboundAction) for a in actions):
+        raise HookError(f"answered {type(answer).__name__}, not a list of File, Forward and AutoReply, Reject or Hold")
+    if not all(isinstance(h, str) and _HEADER_FIELD.fullmatch(h) for h in delivery.added_headers):
+        raise HookError("added_headers must be 'Name: value' fields (folded lines start with a space)")
+    if not isinstance(delivery.content, bytes):
+        raise HookError("a delivery's content must stay bytes")
+    return list(actions)
+
+
+def describe_inbound(before: Delivery, after: Delivery) -> HookRecord | None:
+    changes = []
+    if after.actions != before.actions:
+        changes.append("actions: " + (", ".join(_action_text(a) for a in after.actions) or "discard"))
+    if after.added_headers != before.added_headers:
+        names = [h.split(":", 1)[0] for h in after.added_headers[len(before.added_headers):]]
+        changes.append("added " + ", ".join(names))
+    return HookRecord("", "changed", "; ".join(changes)) if changes else None
+
+
+def _action_text(action: InboundAction) -> str:
+    if isinstance(action, File):
+        return f"file into {action.folder or 'the receive folder'}" + (f" {' '.join(action.flags)}" if action.flags
+                                                                        else "")
+    if isinstance(action, Forward):
+        return f"forward to {action.address}"
+    return f"auto-reply to {action.to}"

@@ -8,6 +8,7 @@ from typing import Any
 
 from msgspool.domain.address import SMTP
 from msgspool.domain.dsn import Handoff, MessageDSN, RecipientDSN
+from msgspool.domain.hooks import HookRecord
 from msgspool.domain.mdn import Disposition
 from msgspool.domain.outcome import Reply
 from msgspool.domain.recipient import RecipientType, Status
@@ -68,6 +69,8 @@ class Message:
     meta: dict[str, str] = field(default_factory=dict)
     dsn: MessageDSN | None = None  # RFC 3461 RET / ENVID
     preprocessed: bool = False  # the outbound hooks have run on it
+    flags: tuple[str, ...] = ()  # IMAP keywords of a filed copy (set by inbound hooks, e.g. \Flagged)
+    own_content: bool = False  # a filed copy whose content an inbound hook changed: not shared
 
     @property
     def size(self) -> int:
@@ -93,7 +96,9 @@ class Settlement:
     remote: str | None = None  # the next hop that answered
     transport: str | None = None  # the responsible transport, recorded with the outcome
     nexthop: str | None = None
-    copy: Message | None = None  # local delivery: the copy to file into the recipient's mailbox
+    copies: tuple[Message, ...] = ()  # local delivery: the copies to file into the recipient's mailbox
+    spawn: tuple[Message, ...] = ()  # messages an inbound hook sends (forwards, auto-replies), unrouted
+    history: tuple[HookRecord, ...] = ()  # what the inbound hooks did, for the message's history
     dsn: RecipientDSN | None = None  # what the sender asked to be told (decides the report)
     handoff: Handoff = Handoff.FINAL  # how a delivered recipient left: decides `delivered` or `relayed`
     crashed: bool = False  # the transport raised: counts towards the message's crash limit
@@ -124,6 +129,7 @@ class MessageInfo:
     mdn: str | None = None  # the read receipt answered: displayed | deleted | suppressed
     max_attempts: int | None = None
     history: list[dict[str, Any]] | None = None  # hooks, holds, requeues: only for one message's view
+    flags: tuple[str, ...] = ()  # IMAP keywords a filed copy got from the inbound hooks
 
 
 @dataclass(slots=True)

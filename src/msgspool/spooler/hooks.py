@@ -1,11 +1,14 @@
-"""Running hooks: outbound hooks (MAPI preprocessors) in their configured order, each one bounded
-in time and isolated, so a hook that raises, hangs or answers garbage holds only its message.
+"""Running hooks in their configured order, each one bounded in time and isolated, so a hook that
+raises, hangs or answers garbage holds only its message: outbound hooks (MAPI preprocessors) on a
+message before any transport sees it, inbound hooks (MAPI spooler hooks) on each local recipient's
+copy before it is filed.
 
 Hooks are declared in the configuration as ``[[hooks]]`` tables (name, type, optional addrtypes,
 domains, timeout; the other keys are the hook's options) and built by the ``msgspool.hooks``
-entry point named by `type`, like transports. A hook object has ``preprocess(draft)`` — a plain
-function (run in a worker thread, so a slow one does not block the event loop) or a coroutine
-function (awaited); domain/hooks.py says what it may answer.
+entry point named by `type`, like transports. A hook object has ``preprocess(draft)`` (outbound),
+``postprocess(delivery)`` (inbound), or both — each a plain function (run in a worker thread, so a
+slow one does not block the event loop) or a coroutine function (awaited); domain/hooks.py says
+what they may answer. For an inbound hook, `domains` are those of the mailbox.
 """
 
 from __future__ import annotations
@@ -14,28 +17,31 @@ import asyncio
 import dataclasses
 import inspect
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
 
 from msgspool.domain.hooks import (
+    Delivery,
     Draft,
     DraftRecipient,
     Hold,
     HookError,
     HookRecord,
     HookScope,
+    Postprocessed,
     Preprocessed,
     Reject,
     describe,
+    describe_inbound,
     judge,
+    judge_inbound,
 )
 from msgspool.domain.message import Message
 from msgspool.domain.recipient import Status
 from msgspool.errors import ConfigError
-from msgspool.ports import OutboundHook
 
 log = logging.getLogger("msgspool.hooks")
 HOOK_THREADS = 4  # sync hooks at once; a hung one keeps its thread until it returns
@@ -43,15 +49,16 @@ HOOK_THREADS = 4  # sync hooks at once; a hung one keeps its thread until it ret
 
 @dataclass(slots=True)
 class LoadedHook:
-    hook: OutboundHook
+    hook: Any  # an OutboundHook, an InboundHook, or both (ports.py)
     scope: HookScope
     timeout: float
 
 
-def load_hooks(settings: Any) -> list[LoadedHook]:
-    """The configured outbound hooks, in order, built by their `msgspool.hooks` entry points."""
+def load_hooks(settings: Any) -> tuple[list[LoadedHook], list[LoadedHook]]:
+    """The configured (outbound, inbound) hooks, in order, built by their `msgspool.hooks` entry points."""
     factories = {ep.name: ep for ep in entry_points(group="msgspool.hooks")}
-    hooks: list[LoadedHook] = []
+    outbound: list[LoadedHook] = []
+    inbound: list[LoadedHook] = []
     names: set[str] = set()
     for declared in settings.hooks:
         options = dict(declared)
@@ -68,8 +75,12 @@ def load_hooks(settings: Any) -> list[LoadedHook]:
         timeout = float(options.pop("timeout", settings.hook_timeout))
         hook = factories[kind].load()(name, settings, options)
         if callable(getattr(hook, "preprocess", None)):
-            hooks.append(LoadedHook(hook, scope, timeout))
-    return hooks
+            outbound.append(LoadedHook(hook, scope, timeout))
+        if callable(getattr(hook, "postprocess", None)):
+            inbound.append(LoadedHook(hook, scope, timeout))
+        if not callable(getattr(hook, "preprocess", None)) and not callable(getattr(hook, "postprocess", None)):
+            raise ConfigError(f"hook {name}: type {kind!r} has neither preprocess nor postprocess")
+    return outbound, inbound
 
 
 def draft_of(message: Message) -> Draft:
@@ -80,12 +91,33 @@ def draft_of(message: Message) -> Draft:
                  message.content, message.message_class, message.origin, dict(message.meta))
 
 
-class Preprocessor:
-    """The outbound pipeline. Each hook runs on every draft the hooks before it produced."""
+class Pipeline:
+    """Calls hooks safely: in a worker thread or awaited, within their timeout, errors contained."""
 
     def __init__(self, hooks: Sequence[LoadedHook]) -> None:
         self.hooks = list(hooks)
         self._threads = ThreadPoolExecutor(HOOK_THREADS, thread_name_prefix="msgspool-hook")
+
+    async def _call(self, loaded: LoadedHook, method: Callable[[Any], Any], arg: object) -> object:
+        """The hook's answer; HookError when it raises or overruns its time."""
+        try:
+            if inspect.iscoroutinefunction(method):
+                return await asyncio.wait_for(method(arg), loaded.timeout)
+            future = asyncio.get_running_loop().run_in_executor(self._threads, method, arg)
+            return await asyncio.wait_for(future, loaded.timeout)
+        except TimeoutError as err:
+            raise HookError(f"no answer within {loaded.timeout:g} s") from err
+        except HookError:
+            raise
+        except Exception as err:  # the hook's own bug: isolate it to this message
+            raise HookError(f"{type(err).__name__}: {err}") from err
+
+    def close(self) -> None:
+        self._threads.shutdown(wait=False, cancel_futures=True)
+
+
+class Preprocessor(Pipeline):
+    """The outbound pipeline. Each hook runs on every draft the hooks before it produced."""
 
     async def run(self, draft: Draft) -> Preprocessed:
         result = Preprocessed([draft])
@@ -97,7 +129,7 @@ class Preprocessor:
                     drafts.append(current)
                     continue
                 try:
-                    answer = judge(await self._call(loaded, current.copy()), current)
+                    answer = judge(await self._call(loaded, loaded.hook.preprocess, current.copy()), current)
                 except HookError as err:
                     log.warning("%s: hook %s failed: %s; message held", draft.message_id, name, err)
                     result.history.append(HookRecord(name, "error", str(err)))
@@ -112,23 +144,33 @@ class Preprocessor:
             result.drafts = drafts
         return result
 
-    async def _call(self, loaded: LoadedHook, draft: Draft) -> object:
-        """The hook's answer; HookError when it raises or overruns its time."""
-        method = loaded.hook.preprocess
-        try:
-            if inspect.iscoroutinefunction(method):
-                return await asyncio.wait_for(method(draft), loaded.timeout)
-            future = asyncio.get_running_loop().run_in_executor(self._threads, method, draft)
-            return await asyncio.wait_for(future, loaded.timeout)
-        except TimeoutError as err:
-            raise HookError(f"no answer within {loaded.timeout:g} s") from err
-        except HookError:
-            raise
-        except Exception as err:  # the hook's own bug: isolate it to this message
-            raise HookError(f"{type(err).__name__}: {err}") from err
 
-    def close(self) -> None:
-        self._threads.shutdown(wait=False, cancel_futures=True)
+
+class Postprocessor(Pipeline):
+    """The inbound pipeline: every hook in turn on one local recipient's copy."""
+
+    async def run(self, delivery: Delivery) -> Postprocessed:
+        result = Postprocessed(delivery)
+        for loaded in self.hooks:
+            if not loaded.scope.applies([DraftRecipient(delivery.mailbox)]):
+                continue
+            name, given = loaded.hook.name, result.delivery.copy()
+            try:
+                answer = judge_inbound(await self._call(loaded, loaded.hook.postprocess, given), given)
+            except HookError as err:
+                log.warning("%s: inbound hook %s failed for <%s>: %s; held", delivery.message_id, name,
+                            delivery.recipient, err)
+                result.history.append(HookRecord(name, "error", str(err)))
+                return dataclasses.replace(result, verdict=Hold(f"inbound hook {name} failed: {err}"))
+            if isinstance(answer, Reject | Hold):
+                result.history.append(_verdict_record(name, answer))
+                return dataclasses.replace(result, verdict=answer)
+            given.actions = answer
+            record = describe_inbound(result.delivery, given)
+            if record is not None:
+                result.history.append(dataclasses.replace(record, hook=name))
+            result.delivery = given
+        return result
 
 
 def _verdict_record(name: str, verdict: Reject | Hold) -> HookRecord:

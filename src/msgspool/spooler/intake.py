@@ -53,6 +53,9 @@ class Intake:
         self.message_size_limit = message_size_limit
         self.mailboxes = frozenset(addr.mailbox_key(m) for m in mailboxes)
         self.clock = clock
+        # With inbound hooks, local recipients are queued like remote ones and filed by the
+        # delivering process after the hooks ran (Postfix's local(8)), not filed at submission.
+        self.defer_local = False
 
     def check_recipient(self, address: str, addrtype: str = addr.SMTP) -> Reply | None:
         """A reply refusing `address` now (SMTP RCPT time), or None when it is acceptable."""
@@ -129,7 +132,8 @@ class Intake:
     def route(self, message: Message, recipient: Recipient, now: float) -> Message | None:
         """Route one recipient (MAPI: find the responsible transport). A remote one gets its
         transport and nexthop; a local one is settled as delivered and its mailbox copy returned;
-        one no transport takes fails. Used at submission and again when a recipient is claimed."""
+        one no transport takes fails. Used at submission and again when a recipient is claimed.
+        With `defer_local`, a local one keeps its state: the scheduler files it after the hooks."""
         route = self.router.route(recipient.address, recipient.addrtype)
         if route is None:
             recipient.status, recipient.last_reply, recipient.next_attempt_at = Status.FAILED, NO_ROUTE, None
@@ -138,23 +142,29 @@ class Intake:
         if route.transport != LOCAL:
             return None
         refusal = self._check_mailbox(recipient.address)
-        recipient.next_attempt_at = None
         if refusal is not None:
-            recipient.status, recipient.last_reply = Status.FAILED, refusal
+            recipient.status, recipient.last_reply, recipient.next_attempt_at = Status.FAILED, refusal, None
             return None
+        if self.defer_local or (recipient.next_attempt_at or 0) > now:  # hooks first, or not released yet
+            return None
+        recipient.next_attempt_at = None
         recipient.status = Status.DELIVERED
         recipient.last_reply = Reply(250, "2.0.0", f"delivered to mailbox {route.nexthop}")
         recipient.last_attempt_at = now
         recipient.attempts += 1
-        return self._local_copy(message, recipient, now)
+        return self.local_copy(message, recipient, now)
 
-    def _local_copy(self, message: Message, recipient: Recipient, now: float) -> Message:
+    def local_copy(self, message: Message, recipient: Recipient, now: float, *, folder: str = "",
+                   flags: Sequence[str] = (), added_headers: Sequence[str] = ()) -> Message:
+        """The copy a local recipient's mailbox gets: Return-Path and Delivered-To (and any header
+        lines the inbound hooks added) above the shared content; folder "" is the receive folder."""
         mailbox = recipient.nexthop or addr.mailbox_key(recipient.address)
-        prefix = f"Return-Path: <{message.sender}>\r\nDelivered-To: {recipient.address}\r\n".encode()
+        lines = [f"Return-Path: <{message.sender}>", f"Delivered-To: {recipient.address}", *added_headers]
         return Message(
             id=new_id(now), sender=message.sender, content=message.content, recipients=[],
-            submitted_at=now, mailbox=mailbox, folder="inbox", message_class=message.message_class,
-            priority=message.priority, origin=message.origin, headers_prefix=prefix)
+            submitted_at=now, mailbox=mailbox, folder=folder, message_class=message.message_class,
+            priority=message.priority, origin=message.origin,
+            headers_prefix="".join(f"{h}\r\n" for h in lines).encode(), flags=tuple(flags))
 
 
 def mark_active(message: Message) -> None:

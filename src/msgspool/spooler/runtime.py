@@ -38,9 +38,10 @@ from msgspool.spooler import control
 from msgspool.spooler.delays import DelayTimer
 from msgspool.spooler.destinations import DestinationLimits
 from msgspool.spooler.events import EventBus, Subscription
-from msgspool.spooler.hooks import Preprocessor, load_hooks
+from msgspool.spooler.hooks import Postprocessor, Preprocessor, load_hooks
 from msgspool.spooler.intake import Intake, Submission, due_now, mark_active
 from msgspool.spooler.link import RemoteDelivery
+from msgspool.spooler.local import LocalDelivery
 from msgspool.spooler.receipts import Receipts
 from msgspool.spooler.reporter import Reporter
 from msgspool.spooler.scheduler import Scheduler
@@ -135,14 +136,17 @@ class Spooler:
                                           deliver=lambda: self.scheduler.wakeup()) if targets else None
         self.retry = RetryPolicy(settings.min_backoff, settings.max_backoff, settings.max_lifetime,
                                  max_attempts=settings.max_attempts)
-        hooks = load_hooks(settings)
-        self.preprocessor = Preprocessor(hooks) if hooks else None
+        outbound, inbound = load_hooks(settings)
+        self.preprocessor = Preprocessor(outbound) if outbound else None
+        self.postprocessor = Postprocessor(inbound) if inbound else None
+        self.intake.defer_local = self.postprocessor is not None
         self.scheduler = Scheduler(
             self.store, self.transports, self.intake, self.publish, retry=self.retry,
             probe=ProbePolicy(settings.probe_min, settings.probe_max),
             limits=DestinationLimits(settings.destination_concurrency, settings.destination_recipient_limit,
                                      settings.connection_idle_time, settings.connection_reuse_limit),
             active_limit=settings.active_limit, preprocessor=self.preprocessor,
+            local=LocalDelivery(self.intake, self.postprocessor) if self.postprocessor else None,
             warn_after=settings.delay_warning_time)
         self.reporter = Reporter(self.store, self.intake, hostname=settings.host_name,
                                  postmaster=settings.postmaster, publish=self.publish,
@@ -199,8 +203,9 @@ class Spooler:
             self.delivering = False
         for transport in self.transports.values():
             await transport.close()
-        if self.preprocessor is not None:
-            self.preprocessor.close()
+        for pipeline in (self.preprocessor, self.postprocessor):
+            if pipeline is not None:
+                pipeline.close()
         await self.store.close()
         if self._lock is not None:
             self._lock.close()

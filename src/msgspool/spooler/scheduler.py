@@ -18,7 +18,8 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Any
 
 from msgspool.domain.events import Event, EventType
 from msgspool.domain.health import ProbePolicy
@@ -26,10 +27,12 @@ from msgspool.domain.message import Message, Recipient, Settlement
 from msgspool.domain.outcome import EXPIRED
 from msgspool.domain.recipient import Status
 from msgspool.domain.retry import RetryPolicy
+from msgspool.domain.routing import LOCAL
 from msgspool.ports import Store, Transport
 from msgspool.spooler.destinations import Destination, DestinationLimits
 from msgspool.spooler.hooks import Preprocessor, draft_of
 from msgspool.spooler.intake import Intake
+from msgspool.spooler.local import LocalDelivery
 
 log = logging.getLogger("msgspool.scheduler")
 CLAIM_BATCH = 1000
@@ -40,9 +43,10 @@ class Scheduler:
     def __init__(self, store: Store, transports: Mapping[str, Transport], intake: Intake,
                  publish: Callable[[Sequence[Event]], None], *, retry: RetryPolicy, probe: ProbePolicy,
                  limits: DestinationLimits, active_limit: int, preprocessor: Preprocessor | None = None,
+                 local: LocalDelivery | None = None,
                  warn_after: float = 0.0, clock: Callable[[], float] = time.time) -> None:
         self.store, self.transports, self.intake, self.publish = store, transports, intake, publish
-        self.preprocessor = preprocessor
+        self.preprocessor, self.local = preprocessor, local
         self.retry, self.probe, self.limits, self.warn_after = retry, probe, limits, warn_after
         self.active_limit, self.clock = active_limit, clock
         self.active = 0  # recipients in memory: dispatched and not yet settled
@@ -54,7 +58,7 @@ class Scheduler:
         self._pending: list[Settlement] = []
         self._flush_scheduled = False
         self._settling: set[asyncio.Task[None]] = set()
-        self._preprocessing: set[asyncio.Task[None]] = set()
+        self._hook_work: set[asyncio.Task[None]] = set()
         self._refill: asyncio.Task[None] | None = None
         self._running = False
         self._starved = False
@@ -76,9 +80,9 @@ class Scheduler:
         if self._refill is not None:
             self._refill.cancel()
             await asyncio.gather(self._refill, return_exceptions=True)
-        for task in list(self._preprocessing):
+        for task in list(self._hook_work):
             task.cancel()
-        await asyncio.gather(*self._preprocessing, return_exceptions=True)
+        await asyncio.gather(*self._hook_work, return_exceptions=True)
         for dest in self.destinations.values():
             await dest.close()
         self._flush_settlements()
@@ -110,13 +114,12 @@ class Scheduler:
         may differ from the submitter's) and hand them to their destinations. A message the
         outbound hooks have not seen goes through them first."""
         if self.preprocessor is not None and not message.preprocessed:
-            task = asyncio.ensure_future(self._preprocess(self.preprocessor, message, fresh))
-            self._preprocessing.add(task)
-            task.add_done_callback(self._preprocessing.discard)
+            self._track(self._preprocess(self.preprocessor, message, fresh))
             return
         now = self.clock()
         groups: dict[tuple[str, str], list[Recipient]] = {}
         decided: list[Settlement] = []
+        local: list[Recipient] = []
         for r in message.recipients:
             if r.status is not Status.ACTIVE:
                 continue
@@ -127,14 +130,34 @@ class Scheduler:
             copy = self.intake.route(message, r, now)
             if r.status is not Status.ACTIVE:  # failed (no route, unknown mailbox) or filed locally
                 decided.append(Settlement(message.id, r.index, r.address, r.status, r.last_reply, dsn=r.dsn,
-                                          transport=r.transport, nexthop=r.nexthop, copy=copy))
+                                          transport=r.transport, nexthop=r.nexthop,
+                                          copies=(copy,) if copy is not None else ()))
+            elif r.transport == LOCAL:  # inbound hooks first (intake.defer_local)
+                local.append(r)
             else:
                 assert r.transport is not None and r.nexthop is not None
                 groups.setdefault((r.transport, r.nexthop), []).append(r)
         if decided:
             self.settle(decided)
+        if local and self.local is not None:
+            self._track(self._deliver_local(self.local, message, local))
         for (transport, nexthop), recipients in groups.items():
             self.destination(transport, nexthop).enqueue(message, recipients, fresh=fresh)
+
+    def _track(self, work: Coroutine[Any, Any, None]) -> None:
+        """Hook work in flight (stop cancels it; the recipients stay active until recovery)."""
+        task = asyncio.ensure_future(work)
+        self._hook_work.add(task)
+        task.add_done_callback(self._hook_work.discard)
+
+    async def _deliver_local(self, local: LocalDelivery, message: Message, recipients: list[Recipient]) -> None:
+        try:
+            settlements = await local.deliver(message, recipients)
+        except Exception:  # a bug of ours, not a hook's (those are contained): retried after recovery
+            log.exception("%s: local delivery failed", message.id)
+            self.active -= len(recipients)
+            return
+        self.settle(settlements)
 
     async def _preprocess(self, preprocessor: Preprocessor, message: Message, fresh: bool) -> None:
         """Outbound hooks, their answer recorded, then delivery of what they made of the message."""
@@ -200,6 +223,8 @@ class Scheduler:
                 self._wakeup.set()
         self.publish(events)
         self._wake_for_retries(batch)
+        if any(s.spawn for s in batch):
+            self._wakeup.set()  # forwards and auto-replies were queued with the outcomes: claim them
         if self.on_reports is not None and any(_may_owe_report(s, now) for s in batch):
             self.on_reports()
         later = [s.warn_at for s in batch if s.warn_at is not None and s.warn_at > now]

@@ -135,11 +135,13 @@ def _insert_message(conn: sqlite3.Connection, msg: Message, content_id: int, *, 
     conn.execute(
         "INSERT INTO messages (id, mailbox, folder, sender, size, submitted_at, content_id,"
         " headers_prefix, message_class, priority, deliver_after, expires_at, delete_after_submit,"
-        " held, origin, meta, ret, envid, read, max_attempts) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        " held, origin, meta, ret, envid, read, max_attempts, flags)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
         (msg.id, msg.mailbox, msg.folder, msg.sender, msg.size, msg.submitted_at, content_id,
          msg.headers_prefix or None, msg.message_class, msg.priority, msg.deliver_after, msg.expires_at,
          int(msg.delete_after_submit), int(msg.held), msg.origin, json.dumps(msg.meta) if msg.meta else None,
-         msg.dsn.ret if msg.dsn else None, msg.dsn.envid if msg.dsn else None, int(read), msg.max_attempts),
+         msg.dsn.ret if msg.dsn else None, msg.dsn.envid if msg.dsn else None, int(read), msg.max_attempts,
+         " ".join(msg.flags)),
     )
 
 
@@ -181,15 +183,19 @@ def _file(conn: sqlite3.Connection, copy: Message, content_id: int) -> Event:
     """File a local copy (sharing the submission's content row) into its mailbox's receive folder."""
     conn.execute("INSERT OR IGNORE INTO mailboxes (address, created_at) VALUES (?,?)",
                  (copy.mailbox, copy.submitted_at))
-    copy.folder = receive_folder(conn, copy.mailbox, copy.message_class)
-    _insert_message(conn, copy, content_id, read=False)
+    copy.folder = copy.folder or receive_folder(conn, copy.mailbox, copy.message_class)
+    _insert_message(conn, copy, content_id, read="\\Seen" in copy.flags)
     return _insert_event(conn, Event(EventType.NEW_MAIL, copy.id, copy.submitted_at, mailbox=copy.mailbox,
                                      folder=copy.folder,
                                      detail={"sender": copy.sender, "message_class": copy.message_class}))
 
 
 def _file_copy(conn: sqlite3.Connection, message_id: str, copy: Message) -> Event:
-    content_id = conn.execute("SELECT content_id FROM messages WHERE id = ?", (message_id,)).fetchone()[0]
+    if copy.own_content:
+        content_id = conn.execute("INSERT INTO contents (data) VALUES (?)", (copy.content,)).lastrowid
+    else:
+        content_id = conn.execute("SELECT content_id FROM messages WHERE id = ?", (message_id,)).fetchone()[0]
+    assert content_id is not None
     return _file(conn, copy, content_id)
 
 
@@ -324,8 +330,12 @@ def op_settle(conn: sqlite3.Connection, settlements: Sequence[Settlement], now: 
         if row is None:
             continue
         touched[s.message_id] = None
-        if s.copy is not None:
-            events.append(_file_copy(conn, s.message_id, s.copy))
+        events += [_file_copy(conn, s.message_id, copy) for copy in s.copies]
+        if s.history:
+            _insert_history(conn, s.message_id, now, "inbound", [dataclasses.replace(h, detail=f"<{s.address}> "
+                                                                                    f"{h.detail}") for h in s.history])
+        for spawned in s.spawn:
+            events += op_submit(conn, spawned, ())
         if status in _STATUS_EVENT:
             events.append(_insert_event(conn, _recipient_event(s.message_id, s.address, status, reply, now,
                                                                row[0], s.remote)))
@@ -718,15 +728,15 @@ def _recipient_dict(row: Sequence[Any]) -> dict[str, Any]:
 
 
 _MESSAGE_COLUMNS = ("id, mailbox, folder, sender, size, submitted_at, finished_at, message_class, priority,"
-                    " deliver_after, expires_at, held, origin, ret, envid, read, mdn, max_attempts")
+                    " deliver_after, expires_at, held, origin, ret, envid, read, mdn, max_attempts, flags")
 
 
 def _message_info(row: Sequence[Any], recipients: list[dict[str, Any]]) -> MessageInfo:
     (message_id, mailbox, folder, sender, size, submitted_at, finished_at, message_class, priority, deliver_after,
-     expires_at, held, origin, ret, envid, read, mdn, max_attempts) = row
+     expires_at, held, origin, ret, envid, read, mdn, max_attempts, flags) = row
     return MessageInfo(message_id, mailbox, folder, sender, size, submitted_at, finished_at, message_class,
                        priority, deliver_after, expires_at, bool(held), origin, recipients, ret, envid,
-                       bool(read), mdn, max_attempts)
+                       bool(read), mdn, max_attempts, flags=tuple(flags.split()) if flags else ())
 
 
 def iter_messages(conn: sqlite3.Connection, folders: Sequence[str] = (OUTBOX,), mailbox: str | None = None,

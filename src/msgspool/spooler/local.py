@@ -1,0 +1,98 @@
+"""Local delivery with inbound hooks (MAPI: the spooler hook between transport and store; Postfix's
+local(8)): each local recipient's copy goes through the inbound hooks, and what they decide becomes
+the recipient's outcome — filed into one or more folders, discarded, rejected (an NDR follows),
+held (a hook failed), plus the messages they send on (forwards, auto-replies), which the store
+submits in the same step as the outcome.
+
+Without inbound hooks none of this runs: intake files local mail at submission, in the same commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable, Sequence
+
+from msgspool.domain.content import header_block
+from msgspool.domain.dsn import RecipientDSN
+from msgspool.domain.hooks import AutoReply, Delivery, File, Forward, Hold, Postprocessed, Reject
+from msgspool.domain.message import Message, Recipient, Settlement
+from msgspool.domain.outcome import Reply
+from msgspool.domain.recipient import Status
+from msgspool.errors import SubmitError
+from msgspool.spooler.hooks import Postprocessor
+from msgspool.spooler.intake import Intake, Submission
+
+log = logging.getLogger("msgspool.local")
+_DELIVERED_TO = re.compile(rb"^delivered-to:[ \t]*<?([^\r\n>]+)>?[ \t]*\r?$", re.IGNORECASE | re.MULTILINE)
+NEVER = RecipientDSN(frozenset())  # what a hook sends on asks for no reports
+
+
+class LocalDelivery:
+    def __init__(self, intake: Intake, postprocessor: Postprocessor, clock: Callable[[], float] = time.time) -> None:
+        self.intake, self.postprocessor, self.clock = intake, postprocessor, clock
+
+    async def deliver(self, message: Message, recipients: Sequence[Recipient]) -> list[Settlement]:
+        return [await self._one(message, r) for r in recipients]
+
+    async def _one(self, message: Message, r: Recipient) -> Settlement:
+        mailbox = r.nexthop or r.address
+        if delivered_to(message.content, r.address):  # Postfix local(8)'s loop check
+            return Settlement(message.id, r.index, r.address, Status.FAILED, Reply(
+                554, "5.4.6", f"mail forwarding loop for <{r.address}>"), dsn=r.dsn, transport=r.transport,
+                nexthop=r.nexthop)
+        result = await self.postprocessor.run(Delivery(message.id, mailbox, r.address, message.sender, message.content,
+                                                       message.message_class))
+        base = Settlement(message.id, r.index, r.address, Status.DELIVERED, None, dsn=r.dsn,
+                          transport=r.transport, nexthop=r.nexthop, history=tuple(result.history))
+        if isinstance(result.verdict, Reject):
+            base.status, base.reply = Status.FAILED, result.verdict.reply
+        elif isinstance(result.verdict, Hold):
+            base.status, base.reply = Status.HELD, Reply(451, "4.3.0", result.verdict.reason)
+        else:
+            self._file(message, r, result, base)
+        return base
+
+    def _file(self, message: Message, r: Recipient, result: Postprocessed, base: Settlement) -> None:
+        now, delivery = self.clock(), result.delivery
+        files = [a for a in delivery.actions if isinstance(a, File)]
+        base.copies = tuple(self._copy(message, r, delivery, f, now) for f in files)
+        base.spawn = tuple(m for m in (self._spawn(message, r, a, now) for a in delivery.actions) if m is not None)
+        folders = ", ".join(f.folder or "inbox" for f in files)
+        done = f"delivered to mailbox {r.nexthop} ({folders})" if files else f"discarded for mailbox {r.nexthop}"
+        sent = [a.address if isinstance(a, Forward) else f"auto-reply to {a.to}" for a in delivery.actions
+                if isinstance(a, Forward | AutoReply)]
+        base.reply = Reply(250, "2.0.0", done + (f"; forwarded to {', '.join(sent)}" if sent else ""))
+
+    def _copy(self, message: Message, r: Recipient, delivery: Delivery, action: File, now: float) -> Message:
+        copy = self.intake.local_copy(message, r, now, folder=action.folder or "", flags=action.flags,
+                                      added_headers=delivery.added_headers)
+        if delivery.content != message.content:  # a hook changed it (e.g. removed forged headers)
+            copy.content, copy.own_content = delivery.content, True
+        return copy
+
+    def _spawn(self, message: Message, r: Recipient, action: object, now: float) -> Message | None:
+        """A forward keeps the envelope sender (RFC 5228 §4.2), so a failure goes back to it, and
+        carries Delivered-To, so a forwarding loop is seen; an auto-reply has the null sender."""
+        if isinstance(action, Forward):
+            content = f"Delivered-To: {r.address}\r\n".encode() + message.content
+            sub = Submission(message.sender, [action.address], content, origin="forward",
+                             meta={"forwarded_from": message.id})
+        elif isinstance(action, AutoReply):
+            sub = Submission("", [action.to], action.content, origin="auto-reply",
+                             meta={"in_reply_to": message.id}, recipient_dsn=[NEVER])
+        else:
+            return None
+        try:
+            built, _copies = self.intake.build(sub, now, route=False)
+        except SubmitError as err:
+            log.warning("%s: an inbound hook's %s not sent: %s", message.id, type(action).__name__, err.reply.line())
+            return None
+        return built
+
+
+def delivered_to(content: bytes, address: str) -> bool:
+    """Whether the header section already says it was delivered to `address` (a forwarding loop)."""
+    wanted = address.lower().encode("utf-8", "replace")
+    return any(m.group(1).strip().lower() == wanted for m in _DELIVERED_TO.finditer(header_block(content)))

@@ -1,0 +1,174 @@
+"""Inbound hooks (MAPI spooler hooks) on local delivery, in-process with a real SQLite spool and a
+real SMTP sink: Sieve filing, reject, vacation and redirect; DKIM verification recorded in
+Authentication-Results; a failing hook holds only its recipient."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from email import message_from_bytes
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from msgspool.hooks.dkim import DKIMKey, Signer, load_private_key, public_key_record
+from msgspool.spooler.intake import Submission
+from tests.conftest import SpoolerFactory
+from tests.integration.test_relay import wait_status
+from tests.support import demo_hooks
+from tests.support.dns import TXTServer
+from tests.support.sink import Sink
+
+SIEVE = [{"name": "filters", "type": "sieve"}]
+
+
+def mail(subject: str, sender: str = "bob@example.com", to: str = "you@localhost", extra: str = "") -> bytes:
+    return (f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\nMessage-ID: <{subject.replace(' ', '.')}"
+            f"@example.com>\r\n{extra}\r\nHello.\r\n").encode()
+
+
+def script(spooler: Any, mailbox: str, text: str) -> None:
+    folder = Path(spooler.settings.data_dir) / "sieve"
+    folder.mkdir(exist_ok=True)
+    (folder / f"{mailbox}.sieve").write_text(text)
+
+
+async def submit(spooler: Any, content: bytes, to: str = "you@localhost", sender: str = "bob@example.com") -> str:
+    return str(await spooler.submit(Submission(sender, [to], content)))
+
+
+async def folder(spooler: Any, mailbox: str, name: str, count: int = 1, timeout: float = 5.0) -> list[dict[str, Any]]:
+    end = time.monotonic() + timeout
+    while True:
+        found = await spooler.folder(mailbox, name)
+        if len(found) >= count or time.monotonic() > end:
+            return found
+        await asyncio.sleep(0.02)
+
+
+async def test_sieve_files_a_matching_message_into_a_folder_and_the_rest_into_the_inbox(
+        spooler_factory: SpoolerFactory) -> None:
+    async with spooler_factory(hooks=SIEVE) as spooler:
+        script(spooler, "you@localhost", 'require ["fileinto", "imap4flags"];\r\n'
+                                         'if header :contains "subject" "report" {\r\n'
+                                         '  fileinto :flags "\\\\Flagged" "Reports";\r\n}\r\n')
+        events = spooler.events(mailbox="you@localhost")
+        report = await submit(spooler, mail("weekly report"))
+        other = await submit(spooler, mail("lunch"))
+        filed = await folder(spooler, "you@localhost", "Reports")
+        inbox = await folder(spooler, "you@localhost", "inbox")
+        first = await asyncio.wait_for(anext(events), 5)
+        info = await wait_status(spooler, report, {"delivered"})
+        await wait_status(spooler, other, {"delivered"})
+    assert [(m["sender"], m["flags"]) for m in filed] == [("bob@example.com", ["\\Flagged"])] and len(inbox) == 1
+    assert (first.type, first.folder) == ("new_mail", "Reports")
+    assert info["recipients"][0]["last_reply"] == "250 2.0.0 delivered to mailbox you@localhost (Reports)"
+    assert info["history"][0]["hook"] == "filters"
+
+
+async def test_sieve_reject_fails_the_recipient_and_the_sender_gets_an_ndr(
+        spooler_factory: SpoolerFactory, sink: Sink) -> None:
+    async with spooler_factory(hooks=SIEVE, relay=sink.address) as spooler:
+        script(spooler, "you@localhost", 'require "reject";\r\nif header :contains "subject" "offer" '
+                                         '{ reject "I do not want offers."; }\r\n')
+        message_id = await submit(spooler, mail("a great offer"))
+        info = await wait_status(spooler, message_id, {"failed"})
+        await sink.async_wait_for(1)
+        filed = await spooler.folder("you@localhost")
+    assert info["recipients"][0]["last_reply"] == "550 5.7.1 I do not want offers."
+    ndr = sink.messages[0]
+    assert (ndr.sender, ndr.recipients) == ("", ["bob@example.com"])
+    assert b"Action: failed" in ndr.content and b"I do not want offers." in ndr.content
+    assert filed == []
+
+
+async def test_sieve_vacation_answers_each_sender_once_per_period(spooler_factory: SpoolerFactory,
+                                                                  sink: Sink) -> None:
+    async with spooler_factory(hooks=SIEVE, relay=sink.address) as spooler:
+        script(spooler, "you@localhost", 'require "vacation";\r\nvacation :days 1 "I am away until Monday.";\r\n')
+        for subject, sender in (("one", "bob@example.com"), ("two", "bob@example.com"), ("three", "carol@example.net")):
+            await wait_status(spooler, await submit(spooler, mail(subject, sender), sender=sender), {"delivered"})
+        await sink.async_wait_for(2)
+        await asyncio.sleep(0.3)  # nothing more comes
+        inbox = await spooler.folder("you@localhost")
+    assert sorted((m.sender, m.recipients[0]) for m in sink.messages) == [("", "bob@example.com"),
+                                                                          ("", "carol@example.net")]
+    reply = message_from_bytes(sink.messages[0].content)
+    assert reply["Auto-Submitted"] == "auto-replied" and reply["In-Reply-To"] == "<one@example.com>"
+    assert len(inbox) == 3  # vacation keeps the message too
+
+
+async def test_sieve_redirect_forwards_with_the_original_sender_and_a_loop_is_stopped(
+        spooler_factory: SpoolerFactory, sink: Sink) -> None:
+    async with spooler_factory(hooks=SIEVE, relay=sink.address) as spooler:
+        script(spooler, "you@localhost", 'redirect "away@example.org";\r\n')
+        script(spooler, "ping@localhost", 'redirect "pong@localhost";\r\n')
+        script(spooler, "pong@localhost", 'redirect "ping@localhost";\r\n')
+        forwarded = await submit(spooler, mail("hi"))
+        looped = await submit(spooler, mail("loop", to="ping@localhost"), to="ping@localhost")
+        await wait_status(spooler, forwarded, {"delivered"})
+        await sink.async_wait_for(1)
+        await wait_status(spooler, looped, {"delivered"})
+        await asyncio.sleep(0.5)
+        ping, you = await spooler.folder("ping@localhost"), await spooler.folder("you@localhost")
+    got = [m for m in sink.messages if m.recipients == ["away@example.org"]]
+    assert got and got[0].sender == "bob@example.com" and got[0].content.startswith(b"Delivered-To: you@localhost")
+    assert you == [] and ping == []
+    ndrs = [m for m in sink.messages if m.sender == "" and b"mail forwarding loop" in m.content]
+    assert len(ndrs) == 1  # ping -> pong -> ping: the second visit to ping fails, its sender hears of it
+
+
+async def test_a_script_that_does_not_compile_keeps_the_mail_in_the_inbox(spooler_factory: SpoolerFactory) -> None:
+    async with spooler_factory(hooks=SIEVE) as spooler:
+        script(spooler, "you@localhost", 'if header :contains "subject" {\r\n')
+        await wait_status(spooler, await submit(spooler, mail("x")), {"delivered"})
+        assert len(await spooler.folder("you@localhost")) == 1
+
+
+async def test_an_inbound_hook_that_raises_holds_only_its_recipient_until_released(
+        spooler_factory: SpoolerFactory, sink: Sink, demo_distribution: None) -> None:
+    async with spooler_factory(hooks=[{"name": "boom", "type": "boom_in"}], relay=sink.address) as spooler:
+        message_id = await spooler.submit(Submission("bob@example.com", ["you@localhost", "c@example.com"],
+                                                     mail("boom")))
+        info = await wait_status(spooler, message_id, {"held", "delivered"})
+        statuses = {r["address"]: r["status"] for r in info["recipients"]}
+        assert statuses == {"you@localhost": "held", "c@example.com": "delivered"}
+        assert "RuntimeError: the hook is broken" in info["history"][-1]["detail"]
+        demo_hooks.STATE["broken"] = False
+        await spooler.release([message_id])
+        await wait_status(spooler, message_id, {"delivered"})
+        assert len(await spooler.folder("you@localhost")) == 1
+
+
+@pytest.fixture
+def signing(tmp_path: Path) -> tuple[Signer, str]:
+    pem = ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    path = tmp_path / "example.com.key"
+    path.write_bytes(pem)
+    path.chmod(0o600)
+    key = DKIMKey("example.com", "sel", str(path), algorithm="ed25519-sha256")
+    return Signer([key]), public_key_record(load_private_key(str(path), key.algorithm), key.algorithm)
+
+
+async def test_dkim_verify_records_the_outcome_and_drops_a_forged_result(
+        spooler_factory: SpoolerFactory, signing: tuple[Signer, str]) -> None:
+    signer, record = signing
+    forged = "Authentication-Results: mx.test; dkim=pass header.d=bank.example\r\n"
+    signed = signer.sign(mail("signed", extra=forged), "bob@example.com")
+    assert signed is not None
+    with TXTServer({"sel._domainkey.example.com": record}) as dns:
+        hooks = [{"name": "dkim-in", "type": "dkim_verify", "nameserver": dns.address}]
+        async with spooler_factory(hooks=hooks) as spooler:
+            good = await submit(spooler, signed)
+            bad = await submit(spooler, signed.replace(b"Hello.", b"Hullo."))
+            await wait_status(spooler, good, {"delivered"})
+            await wait_status(spooler, bad, {"delivered"})
+            copies = [await spooler.content(m["id"]) for m in await spooler.folder("you@localhost")]
+    results = [message_from_bytes(c).get_all("Authentication-Results") for c in copies]
+    assert [r[0].split(";")[1].split()[0] for r in results] == ["dkim=pass", "dkim=fail"]
+    assert all(len(r) == 1 for r in results)  # the forged one is gone (RFC 8601 §5)
+    assert "header.d=example.com" in results[0][0]

@@ -1,0 +1,56 @@
+"""A small authoritative DNS responder on loopback (UDP, dnspython) serving TXT records: DKIM key
+records for tests that verify signatures through the real lookup path."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from types import TracebackType
+
+import dns.flags
+import dns.message
+import dns.rcode
+import dns.rrset
+
+
+class TXTServer:
+    def __init__(self, records: dict[str, str]) -> None:
+        self.records = {name.rstrip(".").lower() + ".": value for name, value in records.items()}
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.1)
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def __enter__(self) -> TXTServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self._stopping.set()
+        self._thread.join()
+        self.sock.close()
+
+    def _serve(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                data, peer = self.sock.recvfrom(4096)
+            except TimeoutError:
+                continue
+            self.sock.sendto(self._answer(dns.message.from_wire(data)).to_wire(), peer)
+
+    def _answer(self, query: dns.message.Message) -> dns.message.Message:
+        response = dns.message.make_response(query)
+        name = query.question[0].name.to_text().lower()
+        value = self.records.get(name)
+        if value is None:
+            response.set_rcode(dns.rcode.NXDOMAIN)
+        else:  # split into 255-octet strings (RFC 6376 §3.6.2.2)
+            strings = " ".join(f'"{value[i:i + 255]}"' for i in range(0, len(value), 255))
+            response.answer.append(dns.rrset.from_text(name, 60, "IN", "TXT", strings))
+        response.flags |= dns.flags.AA
+        return response
