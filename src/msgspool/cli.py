@@ -343,7 +343,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print(json.dumps(table, indent=2))
         return 0
-    print(f"spooler    {table['spooler']['status']:<8} active={table['spooler']['active']}  "
+    print(f"spooler    {table['spooler']['status']:<8} active={table['spooler']['active']}"
+          f" subscribers={table['spooler'].get('event_subscribers', 0)}  "
           + " ".join(f"{k}={v}" for k, v in counts.items() if v))
     for row in table["transports"]:
         print(f"transport  {row['name']:<10} {row['status']:<8} addrtypes={','.join(row['addrtypes'])}")

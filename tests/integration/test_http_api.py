@@ -115,3 +115,19 @@ def spooler_time(iso: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+async def test_a_resumed_stream_replays_every_page_of_missed_events(api: tuple[Spooler, str],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from msgspool.web import app
+
+    spooler, base = api
+    monkeypatch.setattr(app, "REPLAY_PAGE", 2)  # many pages of mostly non-matching events
+    for _ in range(4):
+        await spooler.send(b"Subject: x\r\n\r\nhi\r\n", sender="a@example.org", recipients=["bob@example.org"])
+    async with aiohttp.ClientSession() as http:
+        resumed = await http.get(f"{base}/events", params={"types": "new_mail"}, headers={"Last-Event-ID": "0"})
+        replayed = await read_events(resumed, 4)
+        resumed.close()
+    assert [e["event"] for e in replayed] == ["new_mail"] * 4
+    assert [int(e["id"]) for e in replayed] == sorted({int(e["id"]) for e in replayed})

@@ -78,6 +78,11 @@ class EventBus:
     def listened(self) -> bool:
         return bool(self._callbacks or self._subscriptions)
 
+    @property
+    def listeners(self) -> int:
+        """Subscriptions (SSE streams, `events()` iterators) and callbacks, for the status table."""
+        return len(self._callbacks) + len(self._subscriptions)
+
     def on(self, callback: Callable[[Event], object], *, types: Iterable[EventType] | None = None,
            mailbox: str | None = None) -> Callable[[], None]:
         """Call `callback(event)` for matching events; returns an unsubscribe function."""

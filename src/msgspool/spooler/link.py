@@ -15,6 +15,8 @@ the store. The link carries only hints and questions, as JSON lines over a socke
                          {"op": "probe"}                        flush: probe down destinations now
                          {"op": "events", "on": true|false}     someone listens: forward events
                          {"op": "status", "req": N}             -> {"reply": N, "body": {...}}
+                         {"op": "sync", "req": N}               -> {"reply": N, "body": {}}: every
+                                                                earlier message has been handled
     delivery -> intake   {"events": [...]}                      settled outcomes, for subscribers
                          {"active": N}                          recipients in its window, after
                                                                 each settlement: the credit for
@@ -151,6 +153,11 @@ class RemoteDelivery:
 
     async def status(self) -> dict[str, Any]:
         return await self.link.request({"op": "status"})
+
+    async def sync(self) -> None:
+        """A round trip: the delivery process has handled everything sent before (it answers any
+        request, in order), e.g. the `events on` of `want_events`."""
+        await self.link.request({"op": "sync"})
 
 
 class EventForwarder:

@@ -303,6 +303,17 @@ class Spooler:
         """Events as they happen: ``async for event in spooler.events(types=[EventType.NEW_MAIL])``."""
         return self.bus.subscribe(types=types, mailbox=mailbox)
 
+    async def sync_events(self) -> None:
+        """Return once every event committed from now on reaches this bus: at once in one process;
+        with a delivery process, after a round trip on the link, which it handles in order, so the
+        `events on` sent when this bus gained its first listener has been seen. A stream that
+        resumes from the store reads it after this, so no event of the other process falls between."""
+        if self.remote is not None and self.bus.listened:
+            try:
+                await self.remote.sync()
+            except (ConnectionError, TimeoutError):
+                log.warning("delivery process did not answer; its events may come late")
+
     def on(self, callback: Callable[[Event], object], *, types: Sequence[EventType] | None = None,
            mailbox: str | None = None) -> Callable[[], None]:
         """Call `callback(event)` in the event loop for each matching event; returns an unsubscribe."""
@@ -401,7 +412,8 @@ class Spooler:
         rows: list[dict[str, Any]] = [{
             "name": "spooler", "kind": "spooler", "status": "online" if self.delivering else "offline",
             "pid": os.getpid(), "started_at": self.started_at, "active": self.scheduler.active,
-            "commits": self.store.commit_stats[0], "committed_writes": self.store.commit_stats[1]}]
+            "commits": self.store.commit_stats[0], "committed_writes": self.store.commit_stats[1],
+            "event_subscribers": self.bus.listeners}]
         for transport in self.transports.values():
             dests = [d for d in self.scheduler.destinations.values() if d.transport is transport]
             down = [d for d in dests if d.health.down]
@@ -426,8 +438,11 @@ class Spooler:
             table["spooler"]["status"] = "failure"
             table["spooler"]["delivery"] = "not answering"
             return table
+        # The delivery process's event_subscribers is its forwarder to this process: 1 while
+        # someone listens here, else 0.
         table["spooler"].update(status=remote["spooler"]["status"], active=remote["spooler"]["active"],
-                                delivery={k: remote["spooler"][k] for k in ("pid", "commits", "committed_writes")})
+                                delivery={k: remote["spooler"].get(k) for k in
+                                          ("pid", "commits", "committed_writes", "event_subscribers")})
         table["transports"] = remote["transports"]
         return table
 

@@ -29,6 +29,7 @@ from msgspool.domain.events import Event, EventType
 from msgspool.domain.message import NON_URGENT, NORMAL, URGENT
 from msgspool.domain.timefmt import parse_time
 from msgspool.errors import NotFound, SubmitError
+from msgspool.spooler.events import EventFilter, Subscription
 from msgspool.spooler.intake import Submission
 from msgspool.spooler.runtime import Spooler
 from msgspool.views import message_json
@@ -36,6 +37,8 @@ from msgspool.views import message_json
 log = logging.getLogger("msgspool.web")
 SPOOLER: web.AppKey[Spooler] = web.AppKey("spooler", Spooler)
 KEEPALIVE = 15.0
+DISCONNECT_CHECK = 0.25  # seconds: how soon a dropped SSE client frees its subscription
+REPLAY_PAGE = 1000
 PRIORITIES = {"urgent": URGENT, "normal": NORMAL, "non-urgent": NON_URGENT}
 
 
@@ -153,37 +156,73 @@ def _scheduling(body: dict[str, Any]) -> dict[str, Any]:
 
 async def events(request: web.Request) -> web.StreamResponse:
     spooler = request.app[SPOOLER]
-    types = _parse_types(request.query.get("types"))
-    mailbox = request.query.get("mailbox")
-    last = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
+    flt = EventFilter(_parse_types(request.query.get("types")), request.query.get("mailbox"))
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                            "X-Accel-Buffering": "no"})
     await response.prepare(request)
-    live = spooler.bus.subscribe(types=types, mailbox=mailbox)
-    pending = asyncio.ensure_future(anext(live))  # subscribe before replaying, so nothing falls between
-    sent = 0
+    live = spooler.bus.subscribe(types=flt.types, mailbox=flt.mailbox)  # before replaying: nothing falls between
     try:
-        if last is not None and last.isdigit():
-            sent = int(last)
-            for event in await spooler.store.events_after(sent, 10000):
-                if (types is None or event.type in types) and (mailbox is None or event.mailbox == mailbox):
-                    await response.write(_sse(event))
-                sent = max(sent, event.id or 0)
-        while True:
-            done, _ = await asyncio.wait({pending}, timeout=KEEPALIVE)
-            if not done:
-                await response.write(b": keep-alive\n\n")
-                continue
-            event = pending.result()
-            pending = asyncio.ensure_future(anext(live))
-            if (event.id or 0) > sent:
-                await response.write(_sse(event))
+        sent = await _replay(request, response, flt, _last_event_id(request))
+        await _stream(request, response, live, sent)
     except (ConnectionResetError, StopAsyncIteration, asyncio.CancelledError):
         pass
     finally:
-        pending.cancel()
         await live.aclose()
     return response
+
+
+def _last_event_id(request: web.Request) -> int | None:
+    """The id to resume after. One that is not a whole number is ignored, as the SSE spec lets a
+    server do (WHATWG HTML, server-sent events: the header is a hint): the stream starts live."""
+    last = request.headers.get("Last-Event-ID") or request.query.get("last_event_id") or ""
+    return int(last) if last.isascii() and last.isdigit() else None
+
+
+async def _replay(request: web.Request, response: web.StreamResponse, flt: EventFilter, last: int | None) -> int:
+    """Write the stored events after `last` that match; returns the highest id looked at (0: none)."""
+    if last is None:
+        return 0
+    spooler, sent = request.app[SPOOLER], last
+    # The delivery process forwards events only once it was told someone listens: wait until it
+    # was, so that each of its events is either in the store by now or on its way to `live`.
+    await spooler.sync_events()
+    while page := await spooler.store.events_after(sent, REPLAY_PAGE):  # every page: a gap would lose events
+        for event in page:
+            if flt.matches(event):
+                await response.write(_sse(event))
+        sent = max(sent, page[-1].id or 0)
+    return sent
+
+
+async def _stream(request: web.Request, response: web.StreamResponse, live: Subscription, sent: int) -> None:
+    """Live events newer than `sent` (older ones were replayed), a comment line every KEEPALIVE.
+
+    aiohttp does not cancel a handler whose client went away (handler_cancellation is off, and
+    should stay off for the handlers that commit), and a write notices a dead socket only when it
+    happens: a client that drops while no event comes would keep its subscription, and the
+    delivery process forwarding events, until the next keep-alive. So the loop also wakes every
+    DISCONNECT_CHECK to look at the connection, and ends as soon as it is gone."""
+    pending = asyncio.ensure_future(anext(live))
+    quiet = 0.0
+    try:
+        while not _gone(request):
+            done, _ = await asyncio.wait({pending}, timeout=DISCONNECT_CHECK)
+            if not done:
+                quiet += DISCONNECT_CHECK
+                if quiet >= KEEPALIVE:
+                    await response.write(b": keep-alive\n\n")
+                    quiet = 0.0
+                continue
+            event, pending = pending.result(), asyncio.ensure_future(anext(live))
+            if (event.id or 0) > sent:
+                await response.write(_sse(event))
+    finally:
+        pending.cancel()
+
+
+def _gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 def _parse_types(value: str | None) -> frozenset[EventType] | None:
