@@ -9,10 +9,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import dkim
 import pytest
 
+from msgspool.hooks.dkim import load_private_key, public_key_record
 from tests.support.daemon import Daemon, DaemonFactory, Spool, cli_env, describe, run_cli, tagged_message
 from tests.support.sink import Sink
+from tests.unit.test_dkim import rsa_pem_of, zone_for
 
 
 def run_serve(daemon: Daemon, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
@@ -84,6 +87,45 @@ def test_serve_with_a_spool_path_too_long_for_the_control_socket_is_a_clear_erro
     data = tmp_path / ("d" * 60) / ("e" * 60) / "spool"  # AF_UNIX paths are limited to ~107 bytes
     data.mkdir(parents=True)
     assert_clear_failure(run_serve(daemons(data, relay.address)), "control socket")
+
+
+DKIM_CONFIG = """
+[[hooks]]
+name = "dkim"
+type = "dkim_sign"
+keys = [{ domain = "example.org", selector = "sel", key_file = "dkim/example.org.key" }]
+"""
+
+
+def dkim_spool(spool: Spool, mode: int) -> Path:
+    """A dkim_sign config beside the spool, its key (relative: in the data directory) with `mode`."""
+    (spool.data / "dkim").mkdir()
+    key = spool.data / "dkim" / "example.org.key"
+    key.write_bytes(rsa_pem_of(2048))
+    key.chmod(mode)
+    config = spool.data.parent / "dkim.toml"
+    config.write_text(DKIM_CONFIG)
+    return config
+
+
+def test_serve_with_a_dkim_key_others_may_read_exits_2_naming_the_file(spool: Spool, relay: Sink,
+                                                                       daemons: DaemonFactory) -> None:
+    config = dkim_spool(spool, 0o644)
+    result = run_serve(daemons(spool.data, relay.address, extra_args=["--config", str(config)]))
+    assert result.returncode == 2, describe(result)
+    assert_clear_failure(result, f"DKIM key {spool.data / 'dkim' / 'example.org.key'} has mode 0644", "chmod 600")
+
+
+def test_serve_with_dkim_sign_relays_mail_that_verifies(spool: Spool, relay: Sink, daemons: DaemonFactory) -> None:
+    config = dkim_spool(spool, 0o600)
+    relay.start()
+    spool.daemon = daemons(spool.data, relay.address, extra_args=["--config", str(config)]).start()
+    spool.sendmail(tagged_message("signed"), "-t")
+    spool.wait_for_sink(relay, 1)
+    record = public_key_record(load_private_key(spool.data / "dkim" / "example.org.key"))
+    zone = zone_for({"sel._domainkey.example.org": record})
+    assert dkim.verify(relay.messages[0].content, dnsfunc=zone), relay.messages[0].content[:600]
+    assert spool.daemon.stop() == 0
 
 
 def test_every_command_finds_the_spool_through_msgspool_data(tmp_path: Path, spool: Spool) -> None:

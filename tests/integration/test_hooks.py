@@ -6,13 +6,19 @@ from __future__ import annotations
 from email import message_from_bytes
 from typing import Any
 
+import dkim
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from msgspool.errors import ConfigError
+from msgspool.hooks.dkim import load_private_key, public_key_record
 from msgspool.spooler.intake import Submission
 from tests.conftest import SpoolerFactory
 from tests.integration.test_relay import submission, wait_status
 from tests.support import demo_hooks
 from tests.support.sink import Sink
+from tests.unit.test_dkim import Zone, rsa_pem_of, zone_for
 
 
 def mail(subject: str, to: str = "b@example.com", sender: str = "a@example.org") -> bytes:
@@ -143,6 +149,54 @@ async def test_an_unknown_hook_type_is_a_configuration_error(spooler_factory: Sp
 
     with pytest.raises(ConfigError, match="unknown type 'nosuch'"):
         async with spooler_factory(hooks=hooks("nosuch")):
+            pass
+
+
+DKIM_KEYS = [{"domain": "example.org", "selector": "sel", "key_file": "dkim/example.org.key"},
+             {"domain": "example.org", "selector": "ed", "key_file": "dkim/example.org.ed",
+              "algorithm": "ed25519-sha256"}]
+
+
+def dkim_keys(spool_dir: Path, mode: int = 0o600) -> Zone | None:
+    """RSA and ed25519 keys in the spool's dkim/ directory; the DNS function serving their records
+    (None when the files are not private: they cannot be loaded)."""
+    (spool_dir / "dkim").mkdir(parents=True)
+    ed = ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    for name, pem in (("example.org.key", rsa_pem_of(2048)), ("example.org.ed", ed)):
+        (spool_dir / "dkim" / name).write_bytes(pem)
+        (spool_dir / "dkim" / name).chmod(mode)
+    if mode & 0o077:
+        return None
+    return zone_for({f"{k['selector']}._domainkey.example.org": public_key_record(
+        load_private_key(spool_dir / str(k["key_file"]), str(k.get("algorithm", "rsa-sha256"))),
+        str(k.get("algorithm", "rsa-sha256"))) for k in DKIM_KEYS})
+
+
+async def test_dkim_sign_a_relayed_message_arrives_signed_and_verifies_with_dkimpy(
+        spooler_factory: SpoolerFactory, sink: Sink, tmp_path: Path) -> None:
+    zone = dkim_keys(tmp_path / "spool")
+    signing = [{"name": "dkim", "type": "dkim_sign", "keys": DKIM_KEYS}]
+    async with spooler_factory(relay=sink.address, hooks=hooks("complete_headers") + signing) as spooler:
+        signed = await spooler.submit(submission("b@example.com", content=mail("signed")))
+        unsigned = await spooler.submit(submission("c@example.com", content=mail("other", sender="a@other.example")))
+        info = await wait_status(spooler, signed, {"delivered"})
+        await wait_status(spooler, unsigned, {"delivered"})
+    got = {m.recipients[0]: m.content for m in sink.messages}
+    assert got["b@example.com"].count(b"DKIM-Signature:") == 2
+    assert dkim.verify(got["b@example.com"], dnsfunc=zone)  # the rsa-sha256 signature, on top
+    assert dkim.DKIM(got["b@example.com"]).verify(idx=1, dnsfunc=zone)  # the ed25519-sha256 one
+    assert b"DKIM-Signature:" not in got["c@example.com"]
+    assert [(h["hook"], h["detail"]) for h in info["history"]] == [("complete_headers", "content"),
+                                                                   ("dkim", "content")]
+
+
+async def test_dkim_sign_with_a_key_file_others_may_read_refuses_to_start(
+        spooler_factory: SpoolerFactory, tmp_path: Path) -> None:
+    dkim_keys(tmp_path / "spool", mode=0o644)
+    key = tmp_path / "spool" / "dkim" / "example.org.key"
+    with pytest.raises(ConfigError, match=f"DKIM key {key} has mode 0644.*chmod 600 {key}"):
+        async with spooler_factory(hooks=[{"name": "dkim", "type": "dkim_sign", "keys": DKIM_KEYS}]):
             pass
 
 

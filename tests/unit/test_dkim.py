@@ -4,9 +4,11 @@ signatures, and a DNS function that serves the public key records (DNS is the on
 from __future__ import annotations
 
 import base64
+import functools
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import dkim
@@ -439,3 +441,65 @@ def test_forged_authentication_results_with_our_id_are_removed_and_others_kept()
 def test_a_message_without_authentication_results_is_unchanged() -> None:
     assert strip_authentication_results(MESSAGE, "mx.test") is not None
     assert strip_authentication_results(MESSAGE, "mx.test") == MESSAGE
+
+
+# --- RSA through OpenSSL ---
+
+
+@contextmanager
+def dkimpy_rsa() -> Iterator[None]:
+    """dkimpy's own PEM parse and pure-Python RSA, put back for the duration."""
+    ours = dkim.parse_pem_private_key, dkim.RSASSA_PKCS1_v1_5_sign
+    dkim.parse_pem_private_key = dkim.crypto.parse_pem_private_key
+    dkim.RSASSA_PKCS1_v1_5_sign = dkim.crypto.RSASSA_PKCS1_v1_5_sign
+    try:
+        yield
+    finally:
+        dkim.parse_pem_private_key, dkim.RSASSA_PKCS1_v1_5_sign = ours
+
+
+@functools.cache
+def rsa_pem_of(bits: int) -> bytes:
+    return rsa.generate_private_key(public_exponent=65537, key_size=bits).private_bytes(
+        PEM, serialization.PrivateFormat.TraditionalOpenSSL, NO_PASSWORD)
+
+
+@pytest.mark.parametrize("bits", [1024, 2048, 3072])
+@pytest.mark.parametrize("content", [MESSAGE, MESSAGE.replace(b"\r\n", b"\n"), b"From: a@example.org\r\n\r\n"],
+                         ids=["crlf", "lf", "empty-body"])
+def test_openssl_signatures_are_byte_identical_to_dkimpy_s_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               bits: int, content: bytes) -> None:
+    key = rsa_key(tmp_path, rsa_pem_of(bits))
+    monkeypatch.setattr("time.time", lambda: 1_795_000_000.0)
+    signer = Signer([key])
+    ours = signer.sign(content, "alice@example.org")
+    with dkimpy_rsa():
+        theirs = signer.sign(content, "alice@example.org")
+    assert ours is not None and ours == theirs
+    assert dkim.verify(ours.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"), dnsfunc=zone_of(key))
+
+
+@pytest.mark.parametrize("form", ["pkcs1", "pkcs8", "pkcs1-crlf"])
+def test_a_signer_s_key_never_reaches_dkimpy_s_pure_python_rsa(tmp_path: Path, rsa_pem: bytes,
+                                                                monkeypatch: pytest.MonkeyPatch, form: str) -> None:
+    pem = {"pkcs1": rsa_pem, "pkcs1-crlf": rsa_pem.replace(b"\n", b"\r\n"),
+           "pkcs8": serialization.load_pem_private_key(rsa_pem, None).private_bytes(
+               PEM, serialization.PrivateFormat.PKCS8, NO_PASSWORD)}[form]
+    key = rsa_key(tmp_path, pem)
+    signer, zone = Signer([key]), zone_of(key)
+
+    def slow(*args: object) -> None:
+        raise AssertionError("dkimpy's pure-Python RSA or PEM parse ran")
+
+    monkeypatch.setattr(dkim.crypto, "rsa_decrypt", slow)
+    monkeypatch.setattr(dkim.crypto, "parse_private_key", slow)
+    signed = signer.sign(MESSAGE, "")
+    monkeypatch.undo()
+    assert signed is not None and dkim.verify(signed, dnsfunc=zone)
+
+
+def test_a_key_no_signer_registered_is_still_signed_by_dkimpy(rsa_pem: bytes) -> None:
+    other = rsa.generate_private_key(public_exponent=65537, key_size=1024).private_bytes(
+        PEM, serialization.PrivateFormat.TraditionalOpenSSL, NO_PASSWORD)
+    signed = dkim.sign(MESSAGE, b"sel", b"example.org", other) + MESSAGE
+    assert dkim.verify(signed, dnsfunc=zone_for({"sel._domainkey.example.org": public_key_record(other)}))
