@@ -4,6 +4,7 @@ built-in ones, third-party ones found by entry point, and poison isolation."""
 from __future__ import annotations
 
 from email import message_from_bytes
+from pathlib import Path
 from typing import Any
 
 import dkim
