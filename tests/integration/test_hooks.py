@@ -201,6 +201,14 @@ async def test_dkim_sign_with_a_key_file_others_may_read_refuses_to_start(
             pass
 
 
+async def test_a_submitter_that_does_not_route_never_reads_the_hooks_keys(
+        spooler_factory: SpoolerFactory, tmp_path: Path) -> None:
+    dkim_keys(tmp_path / "spool", mode=0o644)  # the daemon would refuse it; sendmail need not read it
+    async with spooler_factory(deliver=False, hooks=[{"name": "dkim", "type": "dkim_sign", "keys": DKIM_KEYS}]) as sp:
+        message_id = await sp.submit(submission("b@example.com", content=mail("x")))
+        assert (await sp.message(message_id))["recipients"][0]["status"] == "queued"
+
+
 async def _wait_folder(spooler: Any, mailbox: str) -> list[dict[str, Any]]:
     import asyncio
 

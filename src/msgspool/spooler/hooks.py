@@ -83,6 +83,13 @@ def load_hooks(settings: Any) -> tuple[list[LoadedHook], list[LoadedHook]]:
     return outbound, inbound
 
 
+def has_inbound_hooks(settings: Any) -> bool:
+    """Whether any configured hook type has `postprocess`, known without building the hooks."""
+    factories = {ep.name: ep for ep in entry_points(group="msgspool.hooks")}
+    kinds = {str(declared.get("type")) for declared in settings.hooks}
+    return any(callable(getattr(factories[k].load(), "postprocess", None)) for k in kinds if k in factories)
+
+
 def draft_of(message: Message) -> Draft:
     """The hooks' view of a message: its recipients that are being delivered now."""
     return Draft(message.id, message.sender,

@@ -38,7 +38,7 @@ from msgspool.spooler import control
 from msgspool.spooler.delays import DelayTimer
 from msgspool.spooler.destinations import DestinationLimits
 from msgspool.spooler.events import EventBus, Subscription
-from msgspool.spooler.hooks import Postprocessor, Preprocessor, load_hooks
+from msgspool.spooler.hooks import Postprocessor, Preprocessor, has_inbound_hooks, load_hooks
 from msgspool.spooler.intake import Intake, Submission, due_now, mark_active
 from msgspool.spooler.link import RemoteDelivery
 from msgspool.spooler.local import LocalDelivery
@@ -136,18 +136,17 @@ class Spooler:
                                           deliver=lambda: self.scheduler.wakeup()) if targets else None
         self.retry = RetryPolicy(settings.min_backoff, settings.max_backoff, settings.max_lifetime,
                                  max_attempts=settings.max_attempts)
-        outbound, inbound = load_hooks(settings)
-        self.preprocessor = Preprocessor(outbound) if outbound else None
-        self.postprocessor = Postprocessor(inbound) if inbound else None
-        self.intake.defer_local = self.postprocessor is not None
+        # Hooks are built in `start`, and only by a process that routes: `sendmail` and API clients
+        # leave hooks (and the DKIM keys they read) to the daemon, as Postfix's sendmail does.
+        self.preprocessor: Preprocessor | None = None
+        self.postprocessor: Postprocessor | None = None
+        self.intake.defer_local = has_inbound_hooks(settings)
         self.scheduler = Scheduler(
             self.store, self.transports, self.intake, self.publish, retry=self.retry,
             probe=ProbePolicy(settings.probe_min, settings.probe_max),
             limits=DestinationLimits(settings.destination_concurrency, settings.destination_recipient_limit,
                                      settings.connection_idle_time, settings.connection_reuse_limit),
-            active_limit=settings.active_limit, preprocessor=self.preprocessor,
-            local=LocalDelivery(self.intake, self.postprocessor) if self.postprocessor else None,
-            warn_after=settings.delay_warning_time)
+            active_limit=settings.active_limit, warn_after=settings.delay_warning_time)
         self.reporter = Reporter(self.store, self.intake, hostname=settings.host_name,
                                  postmaster=settings.postmaster, publish=self.publish,
                                  deliver=lambda _message: self.poke(), retry=self.retry)
@@ -172,6 +171,8 @@ class Spooler:
         if deliver:
             self._lock = await take_lock(self.settings.spool_path, LOCK_NAME, lock_timeout)
         self.routing = deliver if route is None else route
+        if self.routing:
+            self._build_hooks()  # a bad hook (an unsafe key file) stops `serve` at start: exit 2
         await self.store.open()
         if self.webhooks is not None and self.routing:
             # Fix the event webhooks start from before intake accepts anything: in `serve` the
@@ -187,6 +188,13 @@ class Spooler:
             if self.delay_timer is not None:
                 self.delay_timer.start()
             self._housekeeping = asyncio.create_task(self._housekeeping_loop())
+
+    def _build_hooks(self) -> None:
+        outbound, inbound = load_hooks(self.settings)
+        self.preprocessor = Preprocessor(outbound) if outbound else None
+        self.postprocessor = Postprocessor(inbound) if inbound else None
+        self.scheduler.preprocessor = self.preprocessor
+        self.scheduler.local = LocalDelivery(self.intake, self.postprocessor) if self.postprocessor else None
 
     async def stop(self) -> None:
         if self.webhooks is not None:
