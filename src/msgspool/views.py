@@ -63,11 +63,15 @@ def recipient_json(r: dict[str, Any]) -> dict[str, Any]:
 
 
 def message_line(info: MessageInfo) -> str:
-    """mailq style: id, size, time, sender; then one indented line per recipient."""
+    """mailq style: id, size, time, sender; then one indented line per recipient, and (for one
+    message's view) its history: what the hooks did, why it was held."""
     flag = "!" if info.held else " "
     head = f"{info.id}{flag} {info.size:>8} {iso(info.submitted_at)}  <{info.sender}>"
     lines = [head]
     for r in info.recipients:
         reply = f"  ({r['last_reply']})" if r["last_reply"] and r["status"] != "delivered" else ""
         lines.append(f"    {r['status']:<9} {r['address']}{reply}")
+    for h in info.history or ():
+        who = f"{h['stage']} hook {h['hook']}" if h["hook"] else h["stage"]
+        lines.append(f"  {iso(h['time'])} {who}: {h['outcome']}" + (f" ({h['detail']})" if h["detail"] else ""))
     return "\n".join(lines)

@@ -11,7 +11,7 @@ import pytest
 from tests.support import demo_hooks
 
 DEMO = {"boom": "Boom", "boom_in": "InboundBoom", "slow": "Slow", "garbage": "Garbage", "split": "Split",
-        "archive": "AddArchive"}
+        "archive": "AddArchive", "tagger": "Tagger"}
 
 
 @pytest.fixture

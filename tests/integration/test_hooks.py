@@ -119,6 +119,18 @@ async def test_a_hook_may_add_a_recipient(spooler_factory: SpoolerFactory, sink:
     assert sink.recipients() == ["b@example.com", "archive@example.net"]
 
 
+async def test_a_hook_runs_only_on_mail_in_its_scope_declared_by_it_or_the_configuration(
+        spooler_factory: SpoolerFactory, sink: Sink, demo_distribution: None) -> None:
+    async with spooler_factory(relay=sink.address, hooks=hooks("tagger")) as spooler:  # its own: tagged.example
+        for to in ("b@example.com", "c@tagged.example"):
+            await wait_status(spooler, await spooler.submit(submission(to, content=mail("x", to=to))), {"delivered"})
+    async with spooler_factory(relay=sink.address, hooks=hooks("tagger", addrtypes=["HTTP"])) as spooler:
+        to = "d@tagged.example"  # the configuration narrows it to HTTP recipients
+        await wait_status(spooler, await spooler.submit(submission(to, content=mail("x", to=to))), {"delivered"})
+    tagged = {m.recipients[0]: m.content.startswith(b"X-Tagged: yes") for m in sink.messages}
+    assert tagged == {"b@example.com": False, "c@tagged.example": True, "d@tagged.example": False}
+
+
 async def test_requeue_applies_a_changed_rewrite_rule(spooler_factory: SpoolerFactory, sink: Sink) -> None:
     def rule(target: str) -> list[dict[str, Any]]:
         return [{"name": "canonical", "type": "rewrite", "recipient": {"fail4xx@example.com": target}}]

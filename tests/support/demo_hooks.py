@@ -66,6 +66,16 @@ class AddArchive(Hook):
         return draft
 
 
+class Tagger(Hook):
+    """Declares its own scope: only messages with a recipient in tagged.example get X-Tagged."""
+
+    domains = ("tagged.example",)
+
+    def preprocess(self, draft: Draft) -> Draft:
+        draft.content = b"X-Tagged: yes\r\n" + draft.content
+        return draft
+
+
 class CrashConnection:
     remote = "crash"
     usable = True

@@ -70,10 +70,12 @@ def load_hooks(settings: Any) -> tuple[list[LoadedHook], list[LoadedHook]]:
         if kind not in factories:
             raise ConfigError(f"hook {name}: unknown type {kind!r} (known: {', '.join(sorted(factories))})")
         names.add(name)
-        scope = HookScope(frozenset(a.upper() for a in options.pop("addrtypes", ())),
-                          tuple(options.pop("domains", ())))
+        addrtypes, domains = options.pop("addrtypes", None), options.pop("domains", None)
         timeout = float(options.pop("timeout", settings.hook_timeout))
         hook = factories[kind].load()(name, settings, options)
+        # The configuration's scope, else the one the hook declares (attributes addrtypes, domains).
+        scope = HookScope(frozenset(a.upper() for a in (addrtypes or getattr(hook, "addrtypes", ()))),
+                          tuple(domains or getattr(hook, "domains", ())))
         if callable(getattr(hook, "preprocess", None)):
             outbound.append(LoadedHook(hook, scope, timeout))
         if callable(getattr(hook, "postprocess", None)):

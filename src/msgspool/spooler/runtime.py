@@ -194,6 +194,7 @@ class Spooler:
         self.preprocessor = Preprocessor(outbound) if outbound else None
         self.postprocessor = Postprocessor(inbound) if inbound else None
         self.scheduler.preprocessor = self.preprocessor
+        # intake leaves local mail to the scheduler exactly when inbound hooks exist (defer_local)
         self.scheduler.local = LocalDelivery(self.intake, self.postprocessor) if self.postprocessor else None
 
     async def stop(self) -> None:
