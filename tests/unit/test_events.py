@@ -47,3 +47,11 @@ def test_message_size_and_content_include_the_per_copy_header_prefix() -> None:
     message = Message("id", "a@example.org", b"body\r\n", [], 0.0, headers_prefix=b"Delivered-To: b\r\n")
     assert message.full_content() == b"Delivered-To: b\r\nbody\r\n"
     assert message.size == len(message.full_content())
+
+
+def test_a_mailbox_filter_matches_the_mailbox_however_the_user_spells_it() -> None:
+    from msgspool.spooler.events import EventFilter
+
+    event = Event(EventType.NEW_MAIL, "Q1", 0.0, mailbox="you@localhost", folder="inbox")
+    assert EventFilter(mailbox="You@LocalHost").matches(event)
+    assert not EventFilter(mailbox="them@localhost").matches(event)

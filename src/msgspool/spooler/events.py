@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from msgspool.domain.address import mailbox_key
 from msgspool.domain.events import Event, EventType
 
 log = logging.getLogger("msgspool.events")
@@ -21,7 +22,11 @@ log = logging.getLogger("msgspool.events")
 @dataclass(slots=True)
 class EventFilter:
     types: frozenset[EventType] | None = None
-    mailbox: str | None = None
+    mailbox: str | None = None  # as a user writes it: compared as the mailbox's name (lower case)
+
+    def __post_init__(self) -> None:
+        if self.mailbox is not None:
+            self.mailbox = mailbox_key(self.mailbox)
 
     def matches(self, event: Event) -> bool:
         if self.types is not None and event.type not in self.types:

@@ -25,6 +25,7 @@ from typing import Any
 
 from aiohttp import web
 
+from msgspool.domain.address import mailbox_key
 from msgspool.domain.events import Event, EventType
 from msgspool.domain.message import NON_URGENT, NORMAL, URGENT
 from msgspool.domain.timefmt import parse_time
@@ -77,7 +78,7 @@ async def queue_list(request: web.Request) -> web.Response:
         limit = int(request.query.get("limit", "1000"))
     except ValueError as err:
         raise web.HTTPBadRequest(text="limit must be an integer") from err
-    infos = await spooler.store.list_messages(folders, mailbox, limit)
+    infos = await spooler.store.list_messages(folders, mailbox_key(mailbox) if mailbox else mailbox, limit)
     return web.json_response([message_json(info) for info in infos])
 
 
