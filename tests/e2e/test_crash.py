@@ -17,7 +17,7 @@ import pytest
 from tests.support.daemon import Daemon, Spool, received_tags, tagged_message
 from tests.support.sink import Sink
 
-MESSAGES = 300
+MESSAGES = 1200  # enough that the load outlasts the wait for relaying to start: intake takes ~1000/s
 CLIENTS = 6
 
 
