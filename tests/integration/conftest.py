@@ -10,8 +10,8 @@ import pytest
 
 from tests.support import demo_hooks
 
-DEMO = {"boom": "Boom", "boom_in": "InboundBoom", "slow": "Slow", "garbage": "Garbage", "split": "Split",
-        "archive": "AddArchive", "tagger": "Tagger"}
+DEMO = {"boom": "Boom", "boom_in": "InboundBoom", "slow": "Slow", "block": "Block", "garbage": "Garbage",
+        "split": "Split", "archive": "AddArchive", "tagger": "Tagger"}
 
 
 @pytest.fixture

@@ -3,6 +3,8 @@ built-in ones, third-party ones found by entry point, and poison isolation."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from email import message_from_bytes
 from pathlib import Path
 from typing import Any
@@ -95,6 +97,20 @@ async def test_a_hook_that_hangs_or_answers_garbage_holds_its_message(
         await wait_status(spooler, good, {"delivered"})
         held = await wait_status(spooler, bad, {"held"})
     assert error in held["history"][-1]["detail"]
+
+
+async def test_plain_hooks_that_hang_their_threads_do_not_stall_other_mail(
+        spooler_factory: SpoolerFactory, sink: Sink, demo_distribution: None) -> None:
+    async with spooler_factory(relay=sink.address, hooks=hooks("block", timeout=0.3)) as spooler:
+        blocked = [await spooler.submit(submission(f"b{i}@example.com", content=mail("block"))) for i in range(6)]
+        await asyncio.sleep(0.5)  # more hung calls than hook threads (4)
+        started = time.monotonic()
+        good = await spooler.submit(submission("c@example.com", content=mail("fine")))
+        await wait_status(spooler, good, {"delivered"})
+        elapsed = time.monotonic() - started
+        held = [await wait_status(spooler, m, {"held"}) for m in blocked]
+    assert elapsed < 2.0  # not behind the blocked threads (3 s each)
+    assert all("no answer within 0.3 s" in h["history"][-1]["detail"] for h in held)
 
 
 async def test_a_hook_may_split_a_message_into_one_per_recipient(

@@ -4,6 +4,7 @@ points (tests/integration/test_hooks.py): the way an operator's own package plug
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,6 +40,14 @@ class Slow(Hook):
     async def preprocess(self, draft: Draft) -> None:
         if b"slow" in draft.content:
             await asyncio.sleep(30)
+
+
+class Block(Hook):
+    """A plain (threaded) hook that blocks its thread for seconds on messages that say 'block'."""
+
+    def preprocess(self, draft: Draft) -> None:
+        if b"block" in draft.content:
+            time.sleep(3)
 
 
 class Garbage(Hook):

@@ -112,14 +112,32 @@ class Pipeline:
         try:
             if inspect.iscoroutinefunction(method):
                 return await asyncio.wait_for(method(arg), loaded.timeout)
-            future = asyncio.get_running_loop().run_in_executor(self._threads, method, arg)
-            return await asyncio.wait_for(future, loaded.timeout)
+            return await self._in_thread(loaded, method, arg)
         except TimeoutError as err:
             raise HookError(f"no answer within {loaded.timeout:g} s") from err
         except HookError:
             raise
         except Exception as err:  # the hook's own bug: isolate it to this message
             raise HookError(f"{type(err).__name__}: {err}") from err
+
+    async def _in_thread(self, loaded: LoadedHook, method: Callable[[Any], Any], arg: object) -> object:
+        pool = self._threads
+        future = asyncio.get_running_loop().run_in_executor(pool, method, arg)
+        try:
+            return await asyncio.wait_for(future, loaded.timeout)
+        except TimeoutError:
+            self._abandon(pool, loaded.hook.name)
+            raise
+
+    def _abandon(self, pool: ThreadPoolExecutor, name: str) -> None:
+        """A plain hook overran its time. Python cannot stop its thread, which may never return:
+        later calls get a fresh pool, so a few hung calls cannot take every hook thread and stall
+        all mail; the stuck thread is left to finish (or not) on its own."""
+        if pool is not self._threads:
+            return
+        log.warning("hook %s overran its timeout in a worker thread; hooks get fresh threads", name)
+        pool.shutdown(wait=False)  # calls already queued there still run when a thread comes free
+        self._threads = ThreadPoolExecutor(HOOK_THREADS, thread_name_prefix="msgspool-hook")
 
     def close(self) -> None:
         self._threads.shutdown(wait=False, cancel_futures=True)
