@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 
 from msgspool.ports import Store
+from msgspool.spooler.background import stop_task
 
 log = logging.getLogger("msgspool.reports")
 RECHECK = 60.0  # seconds: the longest sleep, so a warn_at set by another process is seen soon
@@ -35,11 +36,8 @@ class DelayTimer:
         self._task = asyncio.create_task(self._loop(), name="msgspool-delay-timer")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
 
     def expect(self, warn_at: float) -> None:
         """A deferral was settled whose notice falls due at `warn_at`: wake up by then."""

@@ -10,7 +10,6 @@ daemon that delivers, which is how `msgspool sendmail` and client applications s
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import logging
 import os
@@ -35,6 +34,7 @@ from msgspool.domain.webhooks import WEBHOOK_TRANSPORT, from_webhook
 from msgspool.errors import ConfigError, NotFound, SpoolError
 from msgspool.ports import Store, Transport
 from msgspool.spooler import control
+from msgspool.spooler.background import stop_task
 from msgspool.spooler.delays import DelayTimer
 from msgspool.spooler.destinations import DestinationLimits
 from msgspool.spooler.events import EventBus, Subscription
@@ -200,10 +200,7 @@ class Spooler:
     async def stop(self) -> None:
         if self.webhooks is not None:
             await self.webhooks.stop()
-        if self._housekeeping is not None:
-            self._housekeeping.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._housekeeping
+        await stop_task(self._housekeeping)
         if self.delivering:
             if self.delay_timer is not None:
                 await self.delay_timer.stop()

@@ -36,6 +36,7 @@ from msgspool.domain.webhooks import (
 )
 from msgspool.errors import SubmitError
 from msgspool.ports import Store
+from msgspool.spooler.background import stop_task
 from msgspool.spooler.intake import Intake, Submission
 
 log = logging.getLogger("msgspool.webhooks")
@@ -61,11 +62,8 @@ class WebhookDispatcher:
         self._task = asyncio.create_task(self._loop(), name="msgspool-webhooks")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
 
     def poke(self) -> None:
         """New events may be in the store."""
