@@ -19,7 +19,7 @@ from msgspool.web.app import start as start_http
 from tests.conftest import SpoolerFactory
 from tests.integration.test_relay import MESSAGE, submission, wait_status
 from tests.integration.test_reports import inbox
-from tests.integration.test_smtpd import Client, Listener
+from tests.integration.test_smtpd import Client, Listener, ehlo_keywords
 from tests.support.sink import Sink, free_port
 
 
@@ -33,16 +33,6 @@ async def listener(spooler_factory: SpoolerFactory, sink: Sink) -> AsyncIterator
             yield Listener(spooler, port)
         finally:
             server.close()
-
-
-async def ehlo_keywords(c: Client) -> list[str]:
-    await c.send(b"EHLO client.test\r\n")
-    lines = []
-    while True:
-        line = (await c.reader.readline()).decode().rstrip()
-        lines.append(line[4:])
-        if line[3] == " ":
-            return lines[1:]
 
 
 async def send_held(c: Client, param: str) -> str:

@@ -87,6 +87,8 @@ def load_hooks(settings: Any) -> tuple[list[LoadedHook], list[LoadedHook]]:
 
 def has_inbound_hooks(settings: Any) -> bool:
     """Whether any configured hook type has `postprocess`, known without building the hooks."""
+    if not settings.hooks:
+        return False  # every `sendmail` run asks: no entry-point scan when there are no hooks
     factories = {ep.name: ep for ep in entry_points(group="msgspool.hooks")}
     kinds = {str(declared.get("type")) for declared in settings.hooks}
     return any(callable(getattr(factories[k].load(), "postprocess", None)) for k in kinds if k in factories)

@@ -105,8 +105,7 @@ class RemoteDelivery:
         self.link = link
         self.window = window
         self.active = 0  # the delivery process's window, as last reported, plus what went since
-        self._wakeup_pending = False
-        self._webhooks_pending = False
+        self._pending_hints: set[str] = set()  # ops to send at the end of this loop turn
 
     def room(self, count: int) -> bool:
         """May `count` more recipients be handed over? Keeps the delivery process's memory bounded:
@@ -122,25 +121,22 @@ class RemoteDelivery:
             self.active = int(message["active"])
 
     def wakeup(self) -> None:
-        """Coalesced: one wakeup per turn of the event loop, however many commits it saw."""
-        if not self._wakeup_pending:
-            self._wakeup_pending = True
-            asyncio.get_running_loop().call_soon(self._send_wakeup)
-
-    def _send_wakeup(self) -> None:
-        self._wakeup_pending = False
-        self.link.send({"op": "wakeup"})
+        """There is work: one wakeup per turn of the event loop, however many commits it saw."""
+        self._hint("wakeup")
 
     def webhooks(self) -> None:
-        """Events were committed here: the delivery process's webhook dispatcher should look.
-        Coalesced like `wakeup`."""
-        if not self._webhooks_pending:
-            self._webhooks_pending = True
-            asyncio.get_running_loop().call_soon(self._send_webhooks)
+        """Events were committed here: the delivery process's webhook dispatcher should look."""
+        self._hint("webhooks")
 
-    def _send_webhooks(self) -> None:
-        self._webhooks_pending = False
-        self.link.send({"op": "webhooks"})
+    def _hint(self, op: str) -> None:
+        """Send `op` once at the end of this turn of the event loop, however often it is asked."""
+        if op not in self._pending_hints:
+            self._pending_hints.add(op)
+            asyncio.get_running_loop().call_soon(self._send_hint, op)
+
+    def _send_hint(self, op: str) -> None:
+        self._pending_hints.discard(op)
+        self.link.send({"op": op})
 
     def cancel(self, ids: Sequence[str]) -> None:
         self.link.send({"op": "cancel", "ids": list(ids)})
