@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -97,24 +98,22 @@ async def test_event_stream_filters_by_mailbox_and_type_and_resumes(api: tuple[S
 
 
 async def test_new_mail_reaches_an_sse_subscriber_within_100_ms_of_filing(api: tuple[Spooler, str]) -> None:
-    import time
-
+    # Filed means committed: `send` returns once the commit that files the copy reached the disk. The
+    # event's own `time` is stamped when intake builds the copy, before the group commit's fsync,
+    # which a busy disk may hold up longer than 100 ms (seen in CI: 0.2 s); that is storage
+    # latency, not notification latency, so the clock starts at the commit.
     spooler, base = api
     async with aiohttp.ClientSession() as http:
         stream = await http.get(f"{base}/events", params={"mailbox": "bob@example.org", "types": "new_mail"})
         await asyncio.sleep(0.05)  # the subscription is open
+        reading = asyncio.ensure_future(read_events(stream, 1))
         await spooler.send(b"Subject: x\r\n\r\nhi\r\n", sender="a@example.org", recipients=["bob@example.org"])
-        (event,) = await read_events(stream, 1)
-        received = time.time()
+        filed = time.monotonic()
+        (event,) = await reading
+        received = time.monotonic()
         stream.close()
-    filed = spooler_time(event["data"]["time"])
-    assert received - filed < 0.1, f"new_mail after {received - filed:.3f} s"
-
-
-def spooler_time(iso: str) -> float:
-    from datetime import datetime
-
-    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+    assert event["data"]["mailbox"] == "bob@example.org"
+    assert received - filed < 0.1, f"new_mail {received - filed:.3f} s after the commit"
 
 
 async def test_a_resumed_stream_replays_every_page_of_missed_events(api: tuple[Spooler, str],
