@@ -81,6 +81,11 @@ class Store(Protocol):
 
     async def waiting_destinations(self) -> list[tuple[str, str]]: ...
 
+    async def record_events(self, events: Sequence[Event]) -> list[Event]:
+        """Record events that change no stored state (a destination going down or up), so clients
+        resuming by event id see them too; returns them with their ids."""
+        ...
+
     async def pending_reports(self, limit: int = 100) -> list[PendingReport]:
         """Messages with recipients whose report is owed (recorded by `settle`)."""
         ...

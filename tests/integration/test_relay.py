@@ -83,6 +83,29 @@ async def test_backlog_flows_within_seconds_after_destination_returns(spooler_fa
     assert elapsed < 5.0, f"backlog took {elapsed:.1f}s after the destination came back"
 
 
+async def test_a_destination_going_down_and_coming_back_is_told_by_transport_status_events(
+        spooler_factory: SpoolerFactory) -> None:
+    sink = Sink()  # not started: the destination is down
+    async with spooler_factory(relay=sink.address, min_backoff=300.0) as spooler:
+        events = spooler.events(types=[EventType.TRANSPORT_STATUS])
+        ids = [await spooler.submit(submission(f"r{i}@example.com")) for i in range(3)]
+        down = await asyncio.wait_for(anext(events), 5)
+        await wait_status(spooler, ids[-1], {"deferred"})
+        sink.start()
+        try:
+            up = await asyncio.wait_for(anext(events), 5)
+            await sink.async_wait_for(3, timeout=5)
+        finally:
+            sink.stop()
+        await asyncio.sleep(0.2)
+        assert events.queue.empty(), "each change is told once"  # three deferrals, one `down`
+        stored = [e.id for e in await spooler.store.events_after(0) if e.type is EventType.TRANSPORT_STATUS]
+    assert (down.detail["transport"], down.detail["destination"], down.detail["status"]) == ("smtp", sink.address, "down")
+    assert down.detail["reply"].startswith("4") and down.message_id is None and down.id is not None
+    assert (up.detail["status"], up.detail["released"]) == ("up", 3)
+    assert stored == [down.id, up.id]  # in the store too: a client resuming by event id sees them
+
+
 async def test_down_destination_is_probed_after_restart(spooler_factory: SpoolerFactory) -> None:
     sink = Sink()
     async with spooler_factory(relay=sink.address, min_backoff=300.0) as spooler:

@@ -7,6 +7,8 @@ queue stays empty for `idle_time`, then close. When a connection cannot be set u
 the destination is marked down: every job still queued is deferred *without* an attempt and
 flagged as waiting for the destination, and a probe loop (health.py) tries the destination again
 on a short interval. The first good probe brings it up and the scheduler releases the backlog.
+Each change between down and up is told once to `on_status` (the `transport_status` event: MAPI's
+status table row changing).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from msgspool.domain.dsn import Handoff, delay_warning_at
 from msgspool.domain.health import DestinationHealth, ProbePolicy
@@ -48,15 +51,21 @@ class DestinationLimits:
 
 
 Settle = Callable[[list[Settlement]], None]
+# Told when a destination goes down (with the reply that made it so) or comes back up (with the
+# number of waiting recipients released).
+OnStatus = Callable[["Destination", bool, dict[str, Any]], None]
 
 
 class Destination:
     def __init__(self, transport: Transport, nexthop: str, limits: DestinationLimits, retry: RetryPolicy,
-                 probe: ProbePolicy, settle: Settle, on_up: Callable[[Destination], Awaitable[None]],
-                 clock: Callable[[], float] = time.time, *, warn_after: float = 0.0) -> None:
+                 probe: ProbePolicy, settle: Settle, on_up: Callable[[Destination], Awaitable[int]],
+                 clock: Callable[[], float] = time.time, *, warn_after: float = 0.0,
+                 on_status: OnStatus | None = None) -> None:
         self.transport, self.nexthop = transport, nexthop
         self.name = f"{transport.name}:{nexthop}"
         self.limits, self.retry, self.on_up, self.clock = limits, retry, on_up, clock
+        self.on_status = on_status
+        self._announced_down = False  # what on_status was last told (probe_now's marking is not news)
         self.warn_after = warn_after  # delay_warning_time: 0 = no delay notices
         self._settle = settle
         self.health = DestinationHealth(self.name, probe)
@@ -189,7 +198,10 @@ class Destination:
             self.mark_down(err.reply)
             return None
         if self.health.connection_ok():
+            # A connection that began before another worker marked the destination down: the
+            # probe loop sees it up and ends, so the backlog is released from here.
             log.info("%s: destination is up again", self.name)
+            self._spawn(self._back_up())
         return conn
 
     async def _deliver(self, conn: Connection, job: Job) -> bool:
@@ -254,6 +266,7 @@ class Destination:
     def mark_down(self, reply: Reply) -> None:
         if self.health.connection_failed(self.clock(), reply):
             log.warning("%s: destination down: %s", self.name, reply.line())
+        self._announce(True, reply=reply.line())
         self._defer_queued(reply)
         if self._prober is None or self._prober.done():
             self._prober = self._spawn(self._probe_loop())
@@ -276,11 +289,23 @@ class Destination:
                 conn = await self.transport.connect(self.nexthop)
             except DestinationUnavailable as err:
                 self.health.connection_failed(self.clock(), err.reply)
+                self._announce(True, reply=err.reply.line())  # found down after a restart or flush
                 continue
             await conn.close()
             self.health.connection_ok()
             log.info("%s: probe succeeded; releasing the backlog", self.name)
-            await self.on_up(self)
+            await self._back_up()
+
+    async def _back_up(self) -> None:
+        released = await self.on_up(self)
+        if not self.health.down:
+            self._announce(False, released=released)
+
+    def _announce(self, down: bool, **detail: Any) -> None:
+        if down != self._announced_down:
+            self._announced_down = down
+            if self.on_status is not None:
+                self.on_status(self, down, detail)
 
     def probe_now(self) -> None:
         """Probe at once: after a restart (a backlog may be waiting) or on `queue flush`."""

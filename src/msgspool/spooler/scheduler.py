@@ -145,7 +145,8 @@ class Scheduler:
             self.destination(transport, nexthop).enqueue(message, recipients, fresh=fresh)
 
     def _track(self, work: Coroutine[Any, Any, None]) -> None:
-        """Hook work in flight (stop cancels it; the recipients stay active until recovery)."""
+        """Work in flight: hooks (stop cancels it; the recipients stay active until recovery) and
+        transport_status events."""
         task = asyncio.ensure_future(work)
         self._hook_work.add(task)
         task.add_done_callback(self._hook_work.discard)
@@ -188,7 +189,8 @@ class Scheduler:
         dest = self.destinations.get(key)
         if dest is None:
             dest = Destination(self.transports[transport], nexthop, self.limits, self.retry, self.probe,
-                               self.settle, self._destination_up, self.clock, warn_after=self.warn_after)
+                               self.settle, self._destination_up, self.clock, warn_after=self.warn_after,
+                               on_status=self._destination_status)
             self.destinations[key] = dest
         return dest
 
@@ -233,7 +235,7 @@ class Scheduler:
         if self.on_settled is not None:
             self.on_settled(self.active)
 
-    async def _destination_up(self, dest: Destination) -> None:
+    async def _destination_up(self, dest: Destination) -> int:
         # Deferrals "waiting for the destination" recorded while it was down must be in the store
         # before the release, or a late one would wait out its whole backoff.
         self._flush_settlements()
@@ -242,6 +244,22 @@ class Scheduler:
         released = await self.store.release_destination(dest.transport.name, dest.nexthop, self.clock())
         log.info("%s: released %d waiting recipients", dest.name, released)
         self._wakeup.set()
+        return released
+
+    def _destination_status(self, dest: Destination, down: bool, detail: dict[str, Any]) -> None:
+        """A `transport_status` event: a destination went down or came back (MAPI status table)."""
+        event = Event(EventType.TRANSPORT_STATUS, None, self.clock(), detail={
+            "transport": dest.transport.name, "destination": dest.nexthop, "status": "down" if down else "up",
+            **detail})
+        self._track(self._record_status(event))
+
+    async def _record_status(self, event: Event) -> None:
+        try:
+            events = await self.store.record_events([event])
+        except Exception:  # news only: the destination's state itself lives in memory and the status table
+            log.exception("could not record a transport_status event")
+            return
+        self.publish(events)
 
     # -- refill -----------------------------------------------------------------------------
 

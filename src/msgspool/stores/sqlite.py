@@ -1001,6 +1001,9 @@ class SQLiteStore:
     async def waiting_destinations(self) -> list[tuple[str, str]]:
         return await self.read(waiting_destinations)
 
+    async def record_events(self, events: Sequence[Event]) -> list[Event]:
+        return await self._write(lambda c: [_insert_event(c, e) for e in events], durable=False)
+
     async def hold(self, ids: Sequence[str], now: float) -> list[str]:
         return await self._write(lambda c: op_hold(c, ids, now))
 
