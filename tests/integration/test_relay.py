@@ -100,7 +100,8 @@ async def test_a_destination_going_down_and_coming_back_is_told_by_transport_sta
         await asyncio.sleep(0.2)
         assert events.queue.empty(), "each change is told once"  # three deferrals, one `down`
         stored = [e.id for e in await spooler.store.events_after(0) if e.type is EventType.TRANSPORT_STATUS]
-    assert (down.detail["transport"], down.detail["destination"], down.detail["status"]) == ("smtp", sink.address, "down")
+    assert (down.detail["transport"], down.detail["destination"], down.detail["status"]) == \
+        ("smtp", sink.address, "down")
     assert down.detail["reply"].startswith("4") and down.message_id is None and down.id is not None
     assert (up.detail["status"], up.detail["released"]) == ("up", 3)
     assert stored == [down.id, up.id]  # in the store too: a client resuming by event id sees them

@@ -319,6 +319,8 @@ async def test_smtplib_client_with_many_recipients(listener: Listener, sink: Sin
     ("RCPT TO:<b@example.com> NOTIFY=SOMETIMES", "501 5.5.4 Error: bad NOTIFY parameter: unknown keyword"),
     ("RCPT TO:<b@example.com> ORCPT=rfc822;bad+xtext", "501 5.5.4"),
     ("RCPT TO:<b@example.com> ORCPT=nosemicolon", "501 5.5.4 Error: bad ORCPT parameter: expected addr-type;address"),
+    ("MAIL FROM:<a@example.org> RET=HDRS ret=FULL", "501 5.5.4 Error: duplicate RET parameter"),
+    ("RCPT TO:<b@example.com> NOTIFY=SUCCESS NOTIFY=NEVER", "501 5.5.4 Error: duplicate NOTIFY parameter"),
 ])
 async def test_malformed_dsn_parameters_are_refused_with_501_5_5_4(listener: Listener, command: str,
                                                                     expected: str) -> None:

@@ -263,6 +263,14 @@ def test_a_delay_notice_is_due_once_the_time_since_arrival_reaches_the_threshold
     assert due(now=5000.0)
 
 
+def test_a_delay_notice_of_mail_held_until_a_release_time_counts_from_that_time() -> None:
+    # deliver_after / FUTURERELEASE: the hold its sender asked for is no delay.
+    assert delay_warning_at(None, sender="a@example.org", submitted_at=1000.0, warn_after=100.0,
+                            deliver_after=5000.0) == 5100.0
+    assert delay_warning_at(None, sender="a@example.org", submitted_at=1000.0, warn_after=100.0,
+                            deliver_after=900.0) == 1100.0
+
+
 def test_a_delay_notice_is_sent_once_per_recipient() -> None:
     assert not due(warned=True)
 

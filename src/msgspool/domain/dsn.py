@@ -298,17 +298,19 @@ _SUCCESS_ACTION: dict[Handoff, Action | None] = {
 
 
 def delay_warning_at(request: RecipientDSN | None, *, sender: str, submitted_at: float,
-                     warn_after: float) -> float | None:
+                     warn_after: float, deliver_after: float | None = None) -> float | None:
     """When a deferred recipient's delay notice falls due, or None if it never gets one.
 
     Postfix's delay_warning_time: measured from the message's arrival, off when ``warn_after`` is
-    0. None too for the null sender (a notice about a bounce is never sent: no loops) and when
-    NOTIFY was given without DELAY (RFC 3461 §4.1: NEVER, or e.g. FAILURE alone)."""
+    0; for mail held until a release time (deliver_after, FUTURERELEASE) from that time, as its
+    lifetime is: the wait its sender asked for is no delay. None too for the null sender (a notice
+    about a bounce is never sent: no loops) and when NOTIFY was given without DELAY (RFC 3461 §4.1:
+    NEVER, or e.g. FAILURE alone)."""
     if warn_after <= 0 or not sender:
         return None
     if report_action(Status.DEFERRED, request or RecipientDSN(), warn_delays=True) is None:
         return None
-    return submitted_at + warn_after
+    return max(submitted_at, deliver_after or submitted_at) + warn_after
 
 
 def delay_warning_due(request: RecipientDSN | None, *, sender: str, submitted_at: float, now: float,

@@ -157,14 +157,19 @@ def parse_path(arg: str, keyword: str) -> tuple[str, str] | None:
     return address, params.strip()
 
 
-def parse_params(text: str) -> dict[str, str] | None:
-    """ESMTP parameters ``KEY[=VALUE] ...`` -> {KEY upper: VALUE}; None on bad syntax."""
+def parse_params(text: str) -> dict[str, str] | str:
+    """ESMTP parameters ``KEY[=VALUE] ...`` -> {KEY upper: VALUE}, or what is wrong with them: bad
+    syntax, or a keyword given twice (each may appear once: RFC 1870 SIZE, RFC 3461 §4.1-4.4 for
+    NOTIFY, ORCPT, RET and ENVID; which of two would count is undefined, so neither does)."""
     params: dict[str, str] = {}
     for item in text.split():
         if not _XTEXT_PARAM.match(item):
-            return None
+            return "Syntax error in parameters"
         key, _, value = item.partition("=")
-        params[key.upper()] = value
+        key = key.upper()
+        if key in params:
+            return f"Error: duplicate {key} parameter"
+        params[key] = value
     return params
 
 
@@ -422,8 +427,8 @@ class SMTPServerProtocol(asyncio.Protocol):
             return None
         path, param_text = parsed
         params = parse_params(param_text)
-        if params is None or (params and not self.session.esmtp):
-            self._error(Reply(501, "5.5.4", "Syntax error in parameters"))
+        if isinstance(params, str) or (params and not self.session.esmtp):
+            self._error(Reply(501, "5.5.4", params if isinstance(params, str) else "Syntax error in parameters"))
             return None
         return path, params
 

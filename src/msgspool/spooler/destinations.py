@@ -256,7 +256,7 @@ class Destination:
         next_at = self.retry.next_attempt(now, r.attempts + 1)
         # Waiting for a down destination counts too: a long outage is when senders want to know.
         warn_at = delay_warning_at(r.dsn, sender=message.sender, submitted_at=message.submitted_at,
-                                   warn_after=self.warn_after)
+                                   warn_after=self.warn_after, deliver_after=message.deliver_after)
         return Settlement(message.id, r.index, r.address, Status.DEFERRED, reply, attempted=attempted,
                           next_attempt_at=min(next_at, give_up_at), wait_destination=wait, remote=remote, dsn=r.dsn,
                           warn_at=warn_at)
