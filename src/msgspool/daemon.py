@@ -51,6 +51,9 @@ async def control_handler(spooler: Spooler, request: dict[str, Any]) -> dict[str
     if op == "wakeup":
         spooler.poke()
         return {"ok": True}
+    if op == "reports":
+        spooler.reports_owed()
+        return {"ok": True}
     if op == "flush":
         return {"ok": True, "flushed": await spooler.flush(ids or None)}
     if op in ("hold", "release", "requeue", "delete"):
@@ -227,6 +230,8 @@ async def deliver(fd: int, config: dict[str, Any]) -> None:
             spooler.poke()
         elif op == "webhooks" and spooler.webhooks is not None:
             spooler.webhooks.poke()
+        elif op == "reports":
+            spooler.reporter.poke()
         elif op == "cancel":
             spooler.scheduler.cancel(message.get("ids") or [])
         elif op == "probe":

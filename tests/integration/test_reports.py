@@ -11,6 +11,8 @@ from email.policy import compat32
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from msgspool.domain.dsn import Notify, OriginalRecipient, RecipientDSN
 from msgspool.domain.message import Message, Recipient, Settlement
 from msgspool.domain.outcome import Reply
@@ -91,6 +93,35 @@ async def test_notify_success_for_local_delivery_yields_a_delivery_report(spoole
         (block,) = status_blocks(await report_of(spooler, entry))
     assert entry["message_class"] == "REPORT.IPM.Note.DR"
     assert (block["Action"], block["Final-Recipient"]) == ("delivered", "rfc822; bob@example.org")
+
+
+async def test_notify_success_for_mail_filed_at_submission_yields_a_delivery_report(
+        spooler_factory: SpoolerFactory) -> None:
+    # A delivering spooler routes at submission and files local copies in the same commit (the
+    # tightly coupled path): no settlement follows, yet the DR is owed all the same.
+    async with spooler_factory(local_domains=["example.org"]) as spooler:
+        await spooler.submit(submission("a@example.org", "bob@example.org", dsn=[SUCCESS]))
+        (entry,) = await inbox(spooler, "a@example.org", 1)
+        (block,) = status_blocks(await report_of(spooler, entry))
+    assert entry["message_class"] == "REPORT.IPM.Note.DR"
+    assert (block["Action"], block["Final-Recipient"]) == ("delivered", "rfc822; bob@example.org")
+
+
+async def test_recipients_that_fail_at_submission_yield_an_ndr(spooler_factory: SpoolerFactory) -> None:
+    async with spooler_factory(local_domains=["example.org"], mailboxes=["a@example.org", "bob@example.org"]) as sp:
+        unknown = await sp.submit(submission("a@example.org", "nobody@example.org", "bob@example.org"))
+        unroutable = await sp.submit(Submission(sender="a@example.org", recipients=["+1 555 0100"],
+                                                addrtypes=["FAX"], content=MESSAGE))
+        reports = await inbox(sp, "a@example.org", 2)
+        blocks = {block["Final-Recipient"]: block for entry in reports
+                  for block in status_blocks(await report_of(sp, entry))}
+        statuses = {r["address"]: r["status"] for i in (unknown, unroutable)
+                    for r in (await sp.message(i))["recipients"]}
+    assert {e["message_class"] for e in reports} == {"REPORT.IPM.Note.NDR"}
+    assert statuses == {"nobody@example.org": "failed", "bob@example.org": "delivered", "+1 555 0100": "failed"}
+    assert blocks["rfc822; nobody@example.org"]["Status"] == "5.1.1"
+    assert blocks["rfc822; nobody@example.org"]["Action"] == "failed"
+    assert len(blocks) == 2 and any("555 0100" in name for name in blocks)  # bob's delivery is not reported
 
 
 async def test_notify_never_and_plain_success_yield_no_report(spooler_factory: SpoolerFactory, sink: Sink) -> None:
@@ -313,3 +344,26 @@ async def test_a_notice_not_yet_written_is_void_once_delivered(tmp_path: Path) -
         assert await owed(store) == []  # "still being retried" would be untrue now
     finally:
         await store.close()
+
+
+async def test_a_report_that_cannot_be_written_does_not_hold_up_the_others(spooler_factory: SpoolerFactory,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from msgspool.spooler import reporter
+
+    real = reporter.compose_report
+
+    def compose(report: Any, now: float) -> bytes:  # a bug of ours that strikes one message
+        if report.recipients[0].final_recipient == "nobody@example.org":
+            raise ValueError("simulated bug")
+        return real(report, now=now)
+
+    monkeypatch.setattr(reporter, "compose_report", compose)
+    async with spooler_factory(deliver=False) as submitter:  # both owe their NDR to the same run
+        broken = await submitter.submit(submission("a@example.org", "nobody@example.org"))
+        fine = await submitter.submit(submission("a@example.org", "other@example.org"))
+    async with spooler_factory(local_domains=["example.org"], mailboxes=["a@example.org"]) as spooler:
+        (entry,) = await inbox(spooler, "a@example.org", 1)
+        (block,) = status_blocks(await report_of(spooler, entry))
+        assert block["Final-Recipient"] == "rfc822; other@example.org"
+        assert await spooler.store.pending_reports() == []  # the broken one is dropped, not retried forever
+    assert broken != fine

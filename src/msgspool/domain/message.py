@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from msgspool.domain.address import SMTP
-from msgspool.domain.dsn import Handoff, MessageDSN, RecipientDSN
+from msgspool.domain.dsn import Action, Handoff, MessageDSN, RecipientDSN, report_action
 from msgspool.domain.hooks import HookRecord
 from msgspool.domain.mdn import Disposition
 from msgspool.domain.outcome import Reply
@@ -46,6 +46,13 @@ class Recipient:
         if self.transport is None or self.nexthop is None:
             return None
         return f"{self.transport}:{self.nexthop}"
+
+    @property
+    def report_owed(self) -> Action | None:
+        """The report a recipient that is final already when submitted owes its sender: filed into
+        a local mailbox (a DR when NOTIFY asked for SUCCESS), or failed (no route, no such mailbox).
+        Outcomes reached later are judged when they are settled."""
+        return report_action(self.status, self.dsn or RecipientDSN()) if self.status.final else None
 
 
 @dataclass(slots=True)

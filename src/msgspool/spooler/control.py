@@ -3,6 +3,7 @@ postqueue's showq socket in one). A unix stream socket `control.sock` in the dat
 one JSON request per line, one JSON answer per line.
 
     {"op": "wakeup"}                            new work was written into the spool
+    {"op": "reports"}                           reports were left owed: write them
     {"op": "flush", "ids": [...] | null}        retry now
     {"op": "hold" | "release" | "delete", "ids": [...]}
     {"op": "read" | "unread", "ids": [...], "mdn": true|false|null}   -> {"ids", "mdn": [MDN ids]}

@@ -11,6 +11,7 @@ the store. The link carries only hints and questions, as JSON lines over a socke
                          {"op": "wakeup"}                      new work was committed
                          {"op": "webhooks"}                    events were committed (sent only when
                                                                 webhooks are configured)
+                         {"op": "reports"}                     reports are owed: write them
                          {"op": "cancel", "ids": [...]}         held or deleted: drop queued jobs
                          {"op": "probe"}                        flush: probe down destinations now
                          {"op": "events", "on": true|false}     someone listens: forward events
@@ -127,6 +128,10 @@ class RemoteDelivery:
     def webhooks(self) -> None:
         """Events were committed here: the delivery process's webhook dispatcher should look."""
         self._hint("webhooks")
+
+    def reports(self) -> None:
+        """Reports were left owed by a commit here: the delivery process's reporter writes them."""
+        self._hint("reports")
 
     def _hint(self, op: str) -> None:
         """Send `op` once at the end of this turn of the event loop, however often it is asked."""

@@ -101,15 +101,14 @@ class Receipts:
 
     def _submitted(self, receipts: Sequence[ReadReceipt], events: list[Event]) -> list[str]:
         """Publish what the store recorded; hand on the MDNs it took (it skips one whose message was
-        answered meanwhile) that still have recipients to deliver to."""
+        answered meanwhile)."""
         self.publish(events)
         taken = {e.detail["report_id"] for e in events if e.type is EventType.REPORT}
         sent = [r.mdn for r in receipts if r.mdn is not None and r.mdn.id in taken]
         for mdn in sent:
             log.info("%s: MDN %s (%s) to %s", _original(receipts, mdn), mdn.id, mdn.message_class,
                      ",".join(r.address for r in mdn.recipients))
-            if any(r.status.pending for r in mdn.recipients):
-                self.deliver(mdn)
+            self.deliver(mdn)
         return [mdn.id for mdn in sent]
 
 

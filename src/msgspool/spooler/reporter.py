@@ -92,13 +92,17 @@ class Reporter:
         report = DeliveryReport(reporting_mta=self.hostname, to=route.to, original=item.content, recipients=entries,
                                 arrival=item.submitted_at, envid=item.dsn.envid if item.dsn else None,
                                 ret=item.dsn.ret if item.dsn else None, queue_id=item.message_id)
-        content = compose_report(report, now=self.clock())
         try:
+            content = compose_report(report, now=self.clock())
             message, copies = self.intake.build(Submission(
                 sender="", recipients=[route.to], content=content, origin="report",
                 message_class=report_class(kind, item.message_class)))
         except SubmitError as err:
             log.warning("%s: %s report to <%s> refused: %s", item.message_id, kind, route.to, err)
+            await self.store.reported(item.message_id, owed, None)
+            return
+        except Exception:  # our bug on this message's content: it must not hold up every report after it
+            log.exception("%s: %s report to <%s> could not be written; dropped", item.message_id, kind, route.to)
             await self.store.reported(item.message_id, owed, None)
             return
         events = await self.store.reported(item.message_id, owed, message, copies)

@@ -27,7 +27,7 @@ from msgspool.domain.address import mailbox_key
 from msgspool.domain.dsn import MessageDSN, RecipientDSN
 from msgspool.domain.events import Event, EventType
 from msgspool.domain.health import ProbePolicy
-from msgspool.domain.message import DEFAULT_CLASS, NORMAL
+from msgspool.domain.message import DEFAULT_CLASS, NORMAL, Message
 from msgspool.domain.retry import RetryPolicy
 from msgspool.domain.routing import Router, TransportRoute
 from msgspool.domain.webhooks import WEBHOOK_TRANSPORT, from_webhook
@@ -152,7 +152,7 @@ class Spooler:
                                  deliver=lambda _message: self.poke(), retry=self.retry)
         self.scheduler.on_reports = self.reporter.poke
         self.receipts = Receipts(self.store, self.intake, hostname=settings.host_name, publish=self.publish,
-                                 deliver=lambda _message: self.poke(), routing=lambda: self.routing)
+                                 deliver=self._hand_on, routing=lambda: self.routing)
         # Delay notices are off by default (Postfix delay_warning_time = 0h): then no timer runs.
         self.delay_timer = DelayTimer(self.store, self.reporter.poke) if settings.delay_warning_time > 0 else None
         if self.delay_timer is not None:
@@ -243,6 +243,8 @@ class Spooler:
                 self.scheduler.unreserve(due)
             raise
         self.publish(events)
+        if any(r.report_owed for r in message.recipients):
+            self.reports_owed()
         if handed and self.delivering:
             self.scheduler.dispatch(message, fresh=True)
         elif handed and self.remote is not None:
@@ -335,6 +337,25 @@ class Spooler:
             self.remote.wakeup()
         else:
             control.notify(self.settings.spool_path, {"op": "wakeup"})
+
+    def _hand_on(self, message: Message) -> None:
+        """A message committed here by a part of the spooler (an MDN): deliver what is pending; an
+        address that failed at once (no such mailbox) is reported like any failure."""
+        if any(r.status.pending for r in message.recipients):
+            self.poke()
+        if any(r.report_owed for r in message.recipients):
+            self.reports_owed()
+
+    def reports_owed(self) -> None:
+        """A commit outside delivery (a submission settling local or unroutable recipients at once)
+        left reports owed: the one process that writes reports should look now. Only one does,
+        so that no report is written twice."""
+        if self.delivering:
+            self.reporter.poke()
+        elif self.remote is not None:
+            self.remote.reports()
+        else:
+            control.notify(self.settings.spool_path, {"op": "reports"})
 
     def _cancel(self, ids: Sequence[str]) -> None:
         if self.delivering:

@@ -150,13 +150,13 @@ def _recipient_row(msg: Message, r: Recipient) -> tuple[Any, ...]:
     return (msg.id, r.index, r.address, r.addrtype, str(r.type), r.transport, r.nexthop, str(r.status),
             r.attempts, r.next_attempt_at, r.last_attempt_at,
             reply.code if reply else None, reply.enhanced if reply else None, reply.text if reply else None,
-            notify_text(r.dsn), orcpt_text(r.dsn), priority_class(msg.priority))
+            notify_text(r.dsn), orcpt_text(r.dsn), priority_class(msg.priority), r.report_owed)
 
 
 _INSERT_RECIPIENT = (
     "INSERT INTO recipients (message_id, idx, address, addrtype, type, transport, nexthop, status,"
     " attempts, next_attempt_at, last_attempt_at, reply_code, reply_enhanced, reply_text, notify, orcpt,"
-    " priority) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+    " priority, report) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
 
 
 def op_submit(conn: sqlite3.Connection, msg: Message, copies: Sequence[Message]) -> list[Event]:
