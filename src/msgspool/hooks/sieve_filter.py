@@ -24,6 +24,7 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,12 +82,9 @@ class SieveFilter:
 
     def _vacation(self, vacation: Vacation, delivery: Delivery) -> list[InboundAction]:
         now = time.time()
-        key = (delivery.mailbox, *vacation.key)
-        reply = vacation_reply(vacation, delivery.content, now=now, last_sent=self.vacations.last_sent(key))
-        if reply is None:
-            return []
-        self.vacations.record(key, now)
-        return [AutoReply(vacation.sender, reply)]
+        reply = self.vacations.answer_once((delivery.mailbox, *vacation.key), now, lambda last_sent: vacation_reply(
+            vacation, delivery.content, now=now, last_sent=last_sent))
+        return [] if reply is None else [AutoReply(vacation.sender, reply)]
 
     def _script(self, mailbox: str) -> Script | None:
         """The mailbox's script (else the default one), compiled; None when it has none or it
@@ -126,13 +124,26 @@ class VacationLog:
                            " sent_at REAL NOT NULL, PRIMARY KEY (mailbox, sender, handle))")
         self._lock = threading.Lock()
 
-    def last_sent(self, key: tuple[str, str, str]) -> float | None:
+    def answer_once(self, key: tuple[str, str, str], now: float,
+                    reply_for: Callable[[float | None], bytes | None]) -> bytes | None:
+        """`reply_for(last_sent)`, recording `now` as the key's last-sent time when it gives a reply.
+        One step: deliveries are filtered concurrently (a task per message, several hook threads),
+        and two messages from one sender must not both see "not answered yet" (RFC 5230 §4.2). The
+        write lock (BEGIN IMMEDIATE) makes it one step for another process on the same file too."""
         with self._lock:
-            row = self._conn.execute("SELECT sent_at FROM vacation WHERE mailbox = ? AND sender = ? AND handle = ?",
-                                     key).fetchone()
-        return None if row is None else float(row[0])
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                reply = reply_for(self._last_sent(key))
+                if reply is not None:
+                    self._conn.execute("INSERT INTO vacation (mailbox, sender, handle, sent_at) VALUES (?,?,?,?)"
+                                       " ON CONFLICT DO UPDATE SET sent_at = excluded.sent_at", (*key, now))
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+        return reply
 
-    def record(self, key: tuple[str, str, str], now: float) -> None:
-        with self._lock:
-            self._conn.execute("INSERT INTO vacation (mailbox, sender, handle, sent_at) VALUES (?,?,?,?)"
-                               " ON CONFLICT DO UPDATE SET sent_at = excluded.sent_at", (*key, now))
+    def _last_sent(self, key: tuple[str, str, str]) -> float | None:
+        row = self._conn.execute("SELECT sent_at FROM vacation WHERE mailbox = ? AND sender = ? AND handle = ?",
+                                 key).fetchone()
+        return None if row is None else float(row[0])
