@@ -202,3 +202,24 @@ async def test_sieve_vacation_answers_two_concurrent_messages_from_one_sender_on
         inbox = await spooler.folder("you@localhost")
     assert [(m.sender, m.recipients) for m in sink.messages] == [("", ["bob@example.com"])]
     assert len(inbox) == 2
+
+
+async def test_sieve_sees_the_authentication_results_dkim_verify_added_before_it(
+        spooler_factory: SpoolerFactory, signing: tuple[Signer, str]) -> None:
+    signer, record = signing
+    signed = signer.sign(mail("signed"), "bob@example.com")
+    assert signed is not None
+    with TXTServer({"sel._domainkey.example.com": record}) as dns:
+        hooks = [{"name": "dkim-in", "type": "dkim_verify", "nameserver": dns.address}, *SIEVE]
+        async with spooler_factory(hooks=hooks) as spooler:
+            script(spooler, "you@localhost", 'require "fileinto";\r\nif header :contains "authentication-results" '
+                                             '"dkim=fail" { fileinto "Suspect"; }\r\n')
+            good = await submit(spooler, signed)
+            bad = await submit(spooler, signed.replace(b"Hello.", b"Hullo."))
+            for message_id in (good, bad):
+                await wait_status(spooler, message_id, {"delivered"})
+            suspect, inbox = await spooler.folder("you@localhost", "Suspect"), await spooler.folder("you@localhost")
+            contents = [await spooler.content(m["id"]) for m in (*suspect, *inbox)]
+    assert (len(suspect), len(inbox)) == (1, 1)
+    assert b"Hullo." in contents[0] and b"dkim=fail" in contents[0] and b"dkim=pass" in contents[1]
+    assert all(c.count(b"Authentication-Results:") == 1 for c in contents)  # the view added nothing to the copy

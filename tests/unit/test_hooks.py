@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from msgspool.config import Settings
-from msgspool.domain.hooks import Draft, DraftRecipient, Hold, HookError, HookScope, Reject, describe, judge
+from msgspool.domain.hooks import Delivery, Draft, DraftRecipient, Hold, HookError, HookScope, Reject, describe, judge
 from msgspool.errors import ConfigError
 from msgspool.hooks.headers import CompleteHeaders, HeaderChecks, header_fields
 from msgspool.hooks.rewrite import Rewrite, canonical_lookup, rewrite_fields
@@ -47,6 +47,15 @@ def test_describe_names_what_changed() -> None:
     record = describe(before, [after])
     assert record is not None and (record.outcome, record.detail) == ("changed", "sender, content")
     assert describe(before, [before.copy()]) is None
+
+
+def test_a_delivery_shows_the_header_lines_added_so_far_above_its_content() -> None:
+    delivery = Delivery("Q1", "you@localhost", "you@localhost", "a@old.example", CONTENT)
+    assert delivery.with_added_headers() == CONTENT
+    delivery.added_headers += ["Authentication-Results: mx.test; dkim=fail", "X-Spam: yes\r\n folded"]
+    assert delivery.with_added_headers() == (b"Authentication-Results: mx.test; dkim=fail\r\nX-Spam: yes\r\n"
+                                             b" folded\r\n" + CONTENT)
+    assert delivery.content == CONTENT
 
 
 def test_scope_matches_address_type_and_domain() -> None:

@@ -56,16 +56,17 @@ class SieveFilter:
         script = self._script(delivery.mailbox)
         if script is None:
             return None
-        outcome = evaluate(script, delivery.content, Envelope(delivery.sender, delivery.recipient),
+        message = delivery.with_added_headers()  # e.g. dkim_verify's result, for header tests
+        outcome = evaluate(script, message, Envelope(delivery.sender, delivery.recipient),
                            mailbox=delivery.mailbox, max_redirects=self.max_redirects)
         if outcome.error is not None:
             log.warning("%s: sieve script of %s failed: %s; kept", delivery.message_id, delivery.mailbox,
                         outcome.error)
         if outcome.reject is not None:
             return Reject(reject_reply(outcome.reject))
-        return self._actions(outcome, delivery)
+        return self._actions(outcome, delivery, message)
 
-    def _actions(self, outcome: Outcome, delivery: Delivery) -> list[InboundAction]:
+    def _actions(self, outcome: Outcome, delivery: Delivery, message: bytes) -> list[InboundAction]:
         actions: list[InboundAction] = []
         for action in outcome.actions:
             if isinstance(action, Keep):
@@ -75,15 +76,15 @@ class SieveFilter:
             elif isinstance(action, Redirect):
                 actions.append(Forward(action.address))
             elif isinstance(action, Vacation):
-                actions.extend(self._vacation(action, delivery))
+                actions.extend(self._vacation(action, delivery.mailbox, message))
             else:
                 assert isinstance(action, Discard)
         return actions
 
-    def _vacation(self, vacation: Vacation, delivery: Delivery) -> list[InboundAction]:
+    def _vacation(self, vacation: Vacation, mailbox: str, message: bytes) -> list[InboundAction]:
         now = time.time()
-        reply = self.vacations.answer_once((delivery.mailbox, *vacation.key), now, lambda last_sent: vacation_reply(
-            vacation, delivery.content, now=now, last_sent=last_sent))
+        reply = self.vacations.answer_once((mailbox, *vacation.key), now, lambda last_sent: vacation_reply(
+            vacation, message, now=now, last_sent=last_sent))
         return [] if reply is None else [AutoReply(vacation.sender, reply)]
 
     def _script(self, mailbox: str) -> Script | None:
