@@ -5,6 +5,8 @@ Authentication-Results; a failing hook holds only its recipient."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 import time
 from email import message_from_bytes
 from pathlib import Path
@@ -14,6 +16,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from msgspool.domain.vacation import vacation_reply
+from msgspool.hooks import sieve_filter
 from msgspool.hooks.dkim import DKIMKey, Signer, load_private_key, public_key_record
 from msgspool.spooler.intake import Submission
 from tests.conftest import SpoolerFactory
@@ -173,3 +177,49 @@ async def test_dkim_verify_records_the_outcome_and_drops_a_forged_result(
     assert [r[0].split(";")[1].split()[0] for r in results] == ["dkim=pass", "dkim=fail"]
     assert all(len(r) == 1 for r in results)  # the forged one is gone (RFC 8601 §5)
     assert "header.d=example.com" in results[0][0]
+
+
+async def test_sieve_vacation_answers_two_concurrent_messages_from_one_sender_once(
+        spooler_factory: SpoolerFactory, sink: Sink, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each message's hooks run in a task of its own, on several hook threads. The gate holds the
+    # first reply decision until a second one comes (or 0.5 s pass), so two decisions that could
+    # overlap do: both would see "never answered" unless check and record are one step.
+    gate = threading.Barrier(2)
+
+    def gated_reply(*args: Any, **kwargs: Any) -> bytes | None:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            gate.wait(timeout=0.5)
+        return vacation_reply(*args, **kwargs)
+
+    monkeypatch.setattr(sieve_filter, "vacation_reply", gated_reply)
+    async with spooler_factory(hooks=SIEVE, relay=sink.address) as spooler:
+        script(spooler, "you@localhost", 'require "vacation";\r\nvacation :days 1 "I am away until Monday.";\r\n')
+        sent = await asyncio.gather(submit(spooler, mail("one")), submit(spooler, mail("two")))
+        for message_id in sent:
+            await wait_status(spooler, message_id, {"delivered"})
+        await sink.async_wait_for(1)
+        await asyncio.sleep(0.3)  # a second reply would be on its way by now
+        inbox = await spooler.folder("you@localhost")
+    assert [(m.sender, m.recipients) for m in sink.messages] == [("", ["bob@example.com"])]
+    assert len(inbox) == 2
+
+
+async def test_sieve_sees_the_authentication_results_dkim_verify_added_before_it(
+        spooler_factory: SpoolerFactory, signing: tuple[Signer, str]) -> None:
+    signer, record = signing
+    signed = signer.sign(mail("signed"), "bob@example.com")
+    assert signed is not None
+    with TXTServer({"sel._domainkey.example.com": record}) as dns:
+        hooks = [{"name": "dkim-in", "type": "dkim_verify", "nameserver": dns.address}, *SIEVE]
+        async with spooler_factory(hooks=hooks) as spooler:
+            script(spooler, "you@localhost", 'require "fileinto";\r\nif header :contains "authentication-results" '
+                                             '"dkim=fail" { fileinto "Suspect"; }\r\n')
+            good = await submit(spooler, signed)
+            bad = await submit(spooler, signed.replace(b"Hello.", b"Hullo."))
+            for message_id in (good, bad):
+                await wait_status(spooler, message_id, {"delivered"})
+            suspect, inbox = await spooler.folder("you@localhost", "Suspect"), await spooler.folder("you@localhost")
+            contents = [await spooler.content(m["id"]) for m in (*suspect, *inbox)]
+    assert (len(suspect), len(inbox)) == (1, 1)
+    assert b"Hullo." in contents[0] and b"dkim=fail" in contents[0] and b"dkim=pass" in contents[1]
+    assert all(c.count(b"Authentication-Results:") == 1 for c in contents)  # the view added nothing to the copy

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from msgspool.config import Settings
-from msgspool.domain.hooks import Draft, DraftRecipient, Hold, HookError, HookScope, Reject, describe, judge
+from msgspool.domain.hooks import Delivery, Draft, DraftRecipient, Hold, HookError, HookScope, Reject, describe, judge
 from msgspool.errors import ConfigError
 from msgspool.hooks.headers import CompleteHeaders, HeaderChecks, header_fields
 from msgspool.hooks.rewrite import Rewrite, canonical_lookup, rewrite_fields
@@ -47,6 +47,15 @@ def test_describe_names_what_changed() -> None:
     record = describe(before, [after])
     assert record is not None and (record.outcome, record.detail) == ("changed", "sender, content")
     assert describe(before, [before.copy()]) is None
+
+
+def test_a_delivery_shows_the_header_lines_added_so_far_above_its_content() -> None:
+    delivery = Delivery("Q1", "you@localhost", "you@localhost", "a@old.example", CONTENT)
+    assert delivery.with_added_headers() == CONTENT
+    delivery.added_headers += ["Authentication-Results: mx.test; dkim=fail", "X-Spam: yes\r\n folded"]
+    assert delivery.with_added_headers() == (b"Authentication-Results: mx.test; dkim=fail\r\nX-Spam: yes\r\n"
+                                             b" folded\r\n" + CONTENT)
+    assert delivery.content == CONTENT
 
 
 def test_scope_matches_address_type_and_domain() -> None:
@@ -97,7 +106,44 @@ def test_canonical_lookup_tries_the_address_then_the_domain() -> None:
 
 def test_rewrite_fields_keeps_unmapped_fields_byte_for_byte() -> None:
     out = rewrite_fields(CONTENT, frozenset({"to", "cc"}), lambda a: "z@example.net" if a == "c@example.com" else a)
-    assert out.startswith(b"From: Alice <a@old.example>\r\nTo: b@example.com, z@example.net\r\nSubject: hi\r\n\r\n")
+    assert out.startswith(b"From: Alice <a@old.example>\r\nTo: b@example.com,\r\n z@example.net\r\nSubject: hi\r\n\r\n")
+
+
+def new_domain(address: str) -> str:
+    return address.replace("@old.example", "@new.example")
+
+
+@pytest.mark.parametrize(("field", "rewritten"), [
+    # an encoded comma stays encoded: decoded, "Doe, John" would read as two mailboxes
+    (b"From: =?us-ascii?q?Doe=2C_John?= <a@old.example>", b"From: =?us-ascii?q?Doe=2C_John?= <a@new.example>"),
+    # a non-ASCII "Last, First", encoded (RFC 2047) or in UTF-8 (RFC 6532): the name is not re-encoded
+    (b"From: =?iso-8859-1?q?M=FCller=2C_Hans?= <a@old.example>",
+     b"From: =?iso-8859-1?q?M=FCller=2C_Hans?= <a@new.example>"),
+    ('From: "Müller, Hans" <a@old.example>'.encode(), 'From: "Müller, Hans" <a@new.example>'.encode()),
+    # a group keeps its name and its end, and the empty group stays
+    (b"To: Team: a@old.example, Bob <b@old.example>;, undisclosed:;",
+     b"To: Team: a@new.example, Bob <b@new.example>;, undisclosed:;"),
+    # folding, comments and quoted names stay where they were
+    (b'To: "Doe, Jane" <a@old.example> (work),\r\n\tb@old.example,\r\n c@other.example',
+     b'To: "Doe, Jane" <a@new.example> (work),\r\n\tb@new.example,\r\n c@other.example'),
+])
+def test_rewrite_fields_changes_only_the_addresses_in_a_field(field: bytes, rewritten: bytes) -> None:
+    out = rewrite_fields(field + b"\r\nSubject: x\r\n\r\nbody\r\n", frozenset({"from", "to"}), new_domain)
+    assert out == rewritten + b"\r\nSubject: x\r\n\r\nbody\r\n"
+
+
+@pytest.mark.parametrize("field", ["To: Müller, Hans <a@old.example>", "To: Bob <a@old.example",
+                                   'To: "Bob <a@old.example>', "To: John Doe@old.example"])
+def test_rewrite_fields_leaves_a_field_that_is_not_an_address_list_alone(field: str) -> None:
+    content = f"{field}\r\n\r\nbody\r\n".encode()
+    assert rewrite_fields(content, frozenset({"to"}), new_domain) == content
+
+
+def test_rewrite_hook_maps_a_non_ascii_last_first_name_instead_of_holding_the_message() -> None:
+    content = b"From: =?utf-8?q?M=C3=BCller=2C_Hans?= <a@old.example>\r\nTo: b@example.com\r\n\r\nhi\r\n"
+    hook = Rewrite("r", Settings(), {"sender": {"@old.example": "@new.example"}})
+    out = hook.preprocess(draft("b@example.com", content=content))
+    assert out.content.startswith(b"From: =?utf-8?q?M=C3=BCller=2C_Hans?= <a@new.example>\r\nTo: b@example.com\r\n")
 
 
 def test_rewrite_maps_envelope_and_headers() -> None:
@@ -106,7 +152,8 @@ def test_rewrite_maps_envelope_and_headers() -> None:
     out = hook.preprocess(draft("b@example.com"))
     assert out.sender == "a@new.example"
     assert [r.address for r in out.recipients] == ["bob@example.com"]
-    assert b"From: Alice <a@new.example>\r\n" in out.content and b"To: bob@example.com, c@example.com" in out.content
+    assert b"From: Alice <a@new.example>\r\n" in out.content
+    assert b"To: bob@example.com,\r\n c@example.com" in out.content
 
 
 def test_rewrite_refuses_unknown_options() -> None:

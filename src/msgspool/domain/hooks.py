@@ -222,6 +222,14 @@ class Delivery:
     def copy(self) -> Delivery:
         return copy.deepcopy(self)
 
+    def with_added_headers(self) -> bytes:
+        """The message as the filed copy will carry it (Return-Path and Delivered-To aside): the
+        header lines the hooks so far added, above the content. What a hook that reads the message
+        looks at, so Sieve sees the Authentication-Results dkim_verify wrote. `content` itself stays
+        the message as received: a hook that cleans it (dkim_verify drops forged results) must not
+        take the trusted lines added before it for forgeries."""
+        return "".join(f"{h}\r\n" for h in self.added_headers).encode() + self.content
+
 
 @dataclass(slots=True)
 class Postprocessed:

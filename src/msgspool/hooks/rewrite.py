@@ -9,20 +9,20 @@ sender and recipients, and for the same addresses in the header section.
     headers = true      # default: also From/Sender/Reply-To (sender map) and To/Cc (recipient map)
 
 Lookup order, as Postfix's: ``user@domain``, then ``@domain`` (which keeps the user part when the
-result is ``@otherdomain``); the first match wins, and the result is not looked up again. A
-rewritten header field is written anew as ``Name: addr, addr``; fields with no mapped address are
-left byte for byte as they were.
+result is ``@otherdomain``); the first match wins, and the result is not looked up again. In the
+header section only the addr-specs change (domain/addresslist.py finds them in the field as
+written, RFC 5322 §3.4): display names, encoded-words, comments, group names and folding stay byte
+for byte, and a field that is not a valid address list is left as it is.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from email.header import decode_header, make_header
-from email.utils import formataddr, getaddresses
 from typing import Any
 
 from msgspool.domain.address import split
+from msgspool.domain.addresslist import AddressListError, map_addresses
 from msgspool.domain.hooks import Draft
 from msgspool.errors import ConfigError
 
@@ -49,17 +49,23 @@ def rewrite_fields(content: bytes, names: frozenset[str], mapper: Callable[[str]
     head, body = (content[: end + 2], content[end + 2:]) if end >= 0 else (content, b"")
 
     def one(match: re.Match[bytes]) -> bytes:
-        name = match.group(1).decode("ascii")
-        if name.lower() not in names:
+        name = match.group(1)
+        if name.decode("ascii").lower() not in names:
             return match.group(0)
-        value = match.group(0)[len(name) + 1:].decode("utf-8", "replace")
-        pairs = getaddresses([str(make_header(decode_header(re.sub(r"\r\n(?=[ \t])", "", value))))])
-        mapped = [(display, mapper(addr) if addr else addr) for display, addr in pairs]
-        if mapped == pairs:
-            return match.group(0)
-        return f"{name}: {', '.join(formataddr(p) for p in mapped)}\r\n".encode()
+        return name + b":" + rewrite_value(match.group(0)[len(name) + 1:], mapper)
 
     return _FIELD.sub(one, head) + body
+
+
+def rewrite_value(value: bytes, mapper: Callable[[str], str]) -> bytes:
+    """A raw address-list value (folding and all) with its addr-specs mapped and every other byte
+    kept; a value that is no address list is left as it is. surrogateescape carries bytes that are
+    not UTF-8 (pre-RFC 6532 8-bit headers) through unchanged."""
+    text = value.decode("utf-8", "surrogateescape")
+    try:
+        return map_addresses(text, mapper).encode("utf-8", "surrogateescape")
+    except AddressListError:
+        return value
 
 
 class Rewrite:

@@ -24,6 +24,7 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,16 +56,17 @@ class SieveFilter:
         script = self._script(delivery.mailbox)
         if script is None:
             return None
-        outcome = evaluate(script, delivery.content, Envelope(delivery.sender, delivery.recipient),
+        message = delivery.with_added_headers()  # e.g. dkim_verify's result, for header tests
+        outcome = evaluate(script, message, Envelope(delivery.sender, delivery.recipient),
                            mailbox=delivery.mailbox, max_redirects=self.max_redirects)
         if outcome.error is not None:
             log.warning("%s: sieve script of %s failed: %s; kept", delivery.message_id, delivery.mailbox,
                         outcome.error)
         if outcome.reject is not None:
             return Reject(reject_reply(outcome.reject))
-        return self._actions(outcome, delivery)
+        return self._actions(outcome, delivery, message)
 
-    def _actions(self, outcome: Outcome, delivery: Delivery) -> list[InboundAction]:
+    def _actions(self, outcome: Outcome, delivery: Delivery, message: bytes) -> list[InboundAction]:
         actions: list[InboundAction] = []
         for action in outcome.actions:
             if isinstance(action, Keep):
@@ -74,19 +76,16 @@ class SieveFilter:
             elif isinstance(action, Redirect):
                 actions.append(Forward(action.address))
             elif isinstance(action, Vacation):
-                actions.extend(self._vacation(action, delivery))
+                actions.extend(self._vacation(action, delivery.mailbox, message))
             else:
                 assert isinstance(action, Discard)
         return actions
 
-    def _vacation(self, vacation: Vacation, delivery: Delivery) -> list[InboundAction]:
+    def _vacation(self, vacation: Vacation, mailbox: str, message: bytes) -> list[InboundAction]:
         now = time.time()
-        key = (delivery.mailbox, *vacation.key)
-        reply = vacation_reply(vacation, delivery.content, now=now, last_sent=self.vacations.last_sent(key))
-        if reply is None:
-            return []
-        self.vacations.record(key, now)
-        return [AutoReply(vacation.sender, reply)]
+        reply = self.vacations.answer_once((mailbox, *vacation.key), now, lambda last_sent: vacation_reply(
+            vacation, message, now=now, last_sent=last_sent))
+        return [] if reply is None else [AutoReply(vacation.sender, reply)]
 
     def _script(self, mailbox: str) -> Script | None:
         """The mailbox's script (else the default one), compiled; None when it has none or it
@@ -126,13 +125,26 @@ class VacationLog:
                            " sent_at REAL NOT NULL, PRIMARY KEY (mailbox, sender, handle))")
         self._lock = threading.Lock()
 
-    def last_sent(self, key: tuple[str, str, str]) -> float | None:
+    def answer_once(self, key: tuple[str, str, str], now: float,
+                    reply_for: Callable[[float | None], bytes | None]) -> bytes | None:
+        """`reply_for(last_sent)`, recording `now` as the key's last-sent time when it gives a reply.
+        One step: deliveries are filtered concurrently (a task per message, several hook threads),
+        and two messages from one sender must not both see "not answered yet" (RFC 5230 §4.2). The
+        write lock (BEGIN IMMEDIATE) makes it one step for another process on the same file too."""
         with self._lock:
-            row = self._conn.execute("SELECT sent_at FROM vacation WHERE mailbox = ? AND sender = ? AND handle = ?",
-                                     key).fetchone()
-        return None if row is None else float(row[0])
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                reply = reply_for(self._last_sent(key))
+                if reply is not None:
+                    self._conn.execute("INSERT INTO vacation (mailbox, sender, handle, sent_at) VALUES (?,?,?,?)"
+                                       " ON CONFLICT DO UPDATE SET sent_at = excluded.sent_at", (*key, now))
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+        return reply
 
-    def record(self, key: tuple[str, str, str], now: float) -> None:
-        with self._lock:
-            self._conn.execute("INSERT INTO vacation (mailbox, sender, handle, sent_at) VALUES (?,?,?,?)"
-                               " ON CONFLICT DO UPDATE SET sent_at = excluded.sent_at", (*key, now))
+    def _last_sent(self, key: tuple[str, str, str]) -> float | None:
+        row = self._conn.execute("SELECT sent_at FROM vacation WHERE mailbox = ? AND sender = ? AND handle = ?",
+                                 key).fetchone()
+        return None if row is None else float(row[0])
