@@ -11,7 +11,9 @@ import pytest
 from tests.support import demo_hooks
 
 DEMO = {"boom": "Boom", "boom_in": "InboundBoom", "slow": "Slow", "block": "Block", "garbage": "Garbage",
-        "split": "Split", "archive": "AddArchive", "tagger": "Tagger"}
+        "split": "Split", "archive": "AddArchive", "tagger": "Tagger", "in_place": "InPlace",
+        "malformed": "Malformed", "exits": "Exits", "async_exits": "AsyncExits", "exits_in": "InboundExits",
+        "reply_in": "InboundAutoReply"}
 
 
 @pytest.fixture

@@ -87,8 +87,12 @@ async def test_a_hook_that_raises_holds_only_its_message_until_released(
 @pytest.mark.parametrize(("hook", "subject", "error"), [
     ("slow", "slow", "no answer within 0.3 s"),
     ("garbage", "garbage", "answered int"),
+    ("malformed", "no-addrtype", "bad address type None"),
+    ("malformed", "crlf-sender", "bad sender address 'a@example.org>\\r\\nRCPT TO:<victim@example.net'"),
+    ("exits", "exit", "SystemExit: 3"),
+    ("async_exits", "exit", "SystemExit: 3"),
 ])
-async def test_a_hook_that_hangs_or_answers_garbage_holds_its_message(
+async def test_a_hook_that_hangs_exits_or_answers_garbage_holds_its_message(
         spooler_factory: SpoolerFactory, sink: Sink, demo_distribution: None, hook: str, subject: str,
         error: str) -> None:
     async with spooler_factory(relay=sink.address, hooks=hooks(hook, timeout=0.3)) as spooler:
@@ -96,7 +100,21 @@ async def test_a_hook_that_hangs_or_answers_garbage_holds_its_message(
         good = await spooler.submit(submission("c@example.com", content=mail("fine")))
         await wait_status(spooler, good, {"delivered"})
         held = await wait_status(spooler, bad, {"held"})
+    assert held["held"] is True and held["history"][-1]["outcome"] == "error"
     assert error in held["history"][-1]["detail"]
+    assert sink.recipients() == ["c@example.com"]
+
+
+async def test_a_hook_that_edits_its_draft_in_place_and_answers_none_sends_its_edits(
+        spooler_factory: SpoolerFactory, sink: Sink, demo_distribution: None) -> None:
+    async with spooler_factory(relay=sink.address, hooks=hooks("in_place")) as spooler:
+        message_id = await spooler.submit(submission("b@example.com", content=mail("rename")))
+        info = await wait_status(spooler, message_id, {"delivered"})
+    got = sink.messages[0]
+    assert got.recipients == ["renamed@example.net"] and got.content.startswith(b"X-Edited: in place\r\n")
+    assert info["recipients"][0]["address"] == "renamed@example.net"
+    assert [(h["hook"], h["outcome"], h["detail"]) for h in info["history"]] == [
+        ("in_place", "changed", "recipients, content")]
 
 
 async def test_plain_hooks_that_hang_their_threads_do_not_stall_other_mail(

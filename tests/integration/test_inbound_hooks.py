@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from msgspool.domain.vacation import vacation_reply
 from msgspool.hooks import sieve_filter
 from msgspool.hooks.dkim import DKIMKey, Signer, load_private_key, public_key_record
-from msgspool.spooler.intake import Submission
+from msgspool.spooler.intake import Intake, Submission
 from tests.conftest import SpoolerFactory
 from tests.integration.test_relay import wait_status
 from tests.support import demo_hooks
@@ -145,6 +145,44 @@ async def test_an_inbound_hook_that_raises_holds_only_its_recipient_until_releas
         await spooler.release([message_id])
         await wait_status(spooler, message_id, {"delivered"})
         assert len(await spooler.folder("you@localhost")) == 1
+
+
+@pytest.mark.parametrize(("hook", "subject", "error"), [
+    ("exits_in", "exit", "SystemExit: 3"),
+    ("reply_in", "bad-reply", "an AutoReply's content must be bytes, not str"),
+])
+async def test_an_inbound_hook_that_exits_or_answers_malformed_actions_holds_its_recipient(
+        spooler_factory: SpoolerFactory, sink: Sink, demo_distribution: None, hook: str, subject: str,
+        error: str) -> None:
+    async with spooler_factory(hooks=[{"name": hook, "type": hook}], relay=sink.address) as spooler:
+        bad = await submit(spooler, mail(subject))
+        good = await submit(spooler, mail("fine"))
+        await wait_status(spooler, good, {"delivered"})
+        info = await wait_status(spooler, bad, {"held"})
+        inbox = await spooler.folder("you@localhost")
+    assert (info["history"][-1]["hook"], info["history"][-1]["outcome"]) == (hook, "error")
+    assert error in info["history"][-1]["detail"] and error in info["recipients"][0]["last_reply"]
+    assert len(inbox) == 1  # the other message only
+
+
+async def test_an_inbound_answer_that_cannot_be_carried_out_holds_the_recipient_with_the_error(
+        spooler_factory: SpoolerFactory, sink: Sink, demo_distribution: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    build = Intake.build
+
+    def failing_build(self: Intake, sub: Submission, *args: Any, **kwargs: Any) -> Any:
+        if sub.origin == "auto-reply":  # something judge_inbound could not foresee
+            raise OSError("no space left for the reply")
+        return build(self, sub, *args, **kwargs)
+
+    monkeypatch.setattr(Intake, "build", failing_build)
+    async with spooler_factory(hooks=[{"name": "replies", "type": "reply_in"}], relay=sink.address) as spooler:
+        message_id = await submit(spooler, mail("hello"))
+        info = await wait_status(spooler, message_id, {"held"})
+        inbox = await spooler.folder("you@localhost")
+    assert info["history"][-1]["hook"] == "replies" and info["history"][-1]["outcome"] == "error"
+    assert "OSError: no space left for the reply" in info["history"][-1]["detail"]
+    assert info["recipients"][0]["last_reply"].startswith("451 4.3.0 inbound hook replies failed: ")
+    assert inbox == [] and sink.messages == []
 
 
 @pytest.fixture

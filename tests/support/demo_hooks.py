@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from msgspool.domain.hooks import Delivery, Draft, DraftRecipient
+from msgspool.domain.hooks import AutoReply, Delivery, Draft, DraftRecipient, File, InboundAction
 from msgspool.domain.message import Message, Recipient
 from msgspool.domain.outcome import Reply
 
@@ -53,6 +53,59 @@ class Block(Hook):
 class Garbage(Hook):
     def preprocess(self, draft: Draft) -> object:
         return 42 if b"garbage" in draft.content else None
+
+
+class InPlace(Hook):
+    """Edits the draft it is given and answers None, as many third-party hooks do: a header on
+    top, and the first recipient renamed when the Subject says 'rename'."""
+
+    def preprocess(self, draft: Draft) -> None:
+        draft.content = b"X-Edited: in place\r\n" + draft.content
+        if b"rename" in draft.content:
+            draft.recipients[0].address = "renamed@example.net"
+
+
+class Malformed(Hook):
+    """Answers a draft broken as the Subject says: 'no-addrtype' (None for a recipient's address
+    type), 'crlf-sender' (a sender that would inject an SMTP command)."""
+
+    def preprocess(self, draft: Draft) -> Draft:
+        if b"no-addrtype" in draft.content:
+            draft.recipients[0].addrtype = None  # type: ignore[assignment]
+        if b"crlf-sender" in draft.content:
+            draft.sender = "a@example.org>\r\nRCPT TO:<victim@example.net"
+        return draft
+
+
+class Exits(Hook):
+    """Calls sys.exit (in its worker thread) on messages that say 'exit'."""
+
+    def preprocess(self, draft: Draft) -> None:
+        if b"exit" in draft.content:
+            raise SystemExit(3)
+
+
+class AsyncExits(Hook):
+    async def preprocess(self, draft: Draft) -> None:
+        if b"exit" in draft.content:
+            raise SystemExit(3)
+
+
+class InboundExits(Hook):
+    def postprocess(self, delivery: Delivery) -> None:
+        if b"exit" in delivery.content:
+            raise SystemExit(3)
+
+
+class InboundAutoReply(Hook):
+    """Keeps the message and answers its sender; on messages that say 'bad-reply' the reply's
+    content is a str, not bytes."""
+
+    def postprocess(self, delivery: Delivery) -> list[InboundAction]:
+        reply: object = b"Subject: Re: your mail\r\n\r\nThanks.\r\n"
+        if b"bad-reply" in delivery.content:
+            reply = "Subject: Re: your mail\r\n\r\nThanks.\r\n"
+        return [File(), AutoReply(delivery.sender, reply)]  # type: ignore[arg-type]
 
 
 class Split(Hook):

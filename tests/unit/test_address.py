@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from msgspool.domain.address import domain_of, mailbox_key, split, valid_smtp
+from msgspool.domain.address import domain_of, mailbox_key, split, valid_recipient, valid_smtp
 
 
 def test_split_lowers_the_domain_and_keeps_the_local_part() -> None:
@@ -36,3 +36,12 @@ def test_valid_smtp_accepts_ordinary_addresses(address: str) -> None:
 ])
 def test_valid_smtp_refuses_malformed_addresses(address: str) -> None:
     assert not valid_smtp(address)
+
+
+@pytest.mark.parametrize(("address", "addrtype", "valid"), [
+    ("user@example.org", "SMTP", True), ("PostMaster", "smtp", True), ("no-domain", "SMTP", False),
+    ("+1 555 0100", "FAX", True), ("+1 555\r\n0100", "FAX", False), ("x\x00", "FAX", False),
+])
+def test_valid_recipient_checks_smtp_syntax_and_keeps_line_breaks_out_of_other_types(
+        address: str, addrtype: str, valid: bool) -> None:
+    assert valid_recipient(address, addrtype) is valid

@@ -1,14 +1,36 @@
-"""The hook model (domain/hooks.py) and the built-in header and rewrite hooks, without I/O."""
+"""The hook model (domain/hooks.py), the pipelines that run hooks (spooler/hooks.py) and the
+built-in header and rewrite hooks, without I/O."""
 
 from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 from msgspool.config import Settings
-from msgspool.domain.hooks import Delivery, Draft, DraftRecipient, Hold, HookError, HookScope, Reject, describe, judge
+from msgspool.domain.hooks import (
+    AutoReply,
+    Delivery,
+    Draft,
+    DraftRecipient,
+    File,
+    Forward,
+    Hold,
+    HookError,
+    HookScope,
+    Postprocessed,
+    Preprocessed,
+    Reject,
+    describe,
+    judge,
+    judge_inbound,
+)
 from msgspool.errors import ConfigError
 from msgspool.hooks.headers import CompleteHeaders, HeaderChecks, header_fields
 from msgspool.hooks.rewrite import Rewrite, canonical_lookup, rewrite_fields
+from msgspool.spooler.hooks import LoadedHook, Postprocessor, Preprocessor
 
 CONTENT = b"From: Alice <a@old.example>\r\nTo: b@example.com,\r\n c@example.com\r\nSubject: hi\r\n\r\nbody\r\n"
 
@@ -20,6 +42,94 @@ def draft(*addresses: str, content: bytes = CONTENT) -> Draft:
 def test_none_means_the_draft_as_the_hook_left_it() -> None:
     before = draft("b@example.com")
     assert judge(None, before) == [before]
+    given = before.copy()
+    given.content += b"signed\r\n"
+    assert judge(None, before, given) == [given]
+
+
+def test_an_edit_in_place_cannot_make_up_a_stored_recipient() -> None:
+    before = draft("b@example.com")
+    given = before.copy()
+    given.recipients[0].index = 7  # not one of the message's recipients
+    with pytest.raises(HookError, match="#7"):
+        judge(None, before, given)
+
+
+def mixed() -> Draft:
+    """A draft with an SMTP and a FAX recipient."""
+    d = draft("b@example.com", "x-fax:+1 555 0100")
+    d.recipients[1].addrtype = "FAX"
+    return d
+
+
+def _broken(change: Callable[[Draft], object]) -> Draft:
+    answer = mixed()
+    change(answer)
+    return answer
+
+
+@pytest.mark.parametrize(("change", "error"), [
+    (lambda d: setattr(d.recipients[0], "addrtype", None), "address type"),
+    (lambda d: setattr(d.recipients[0], "addrtype", ""), "address type"),
+    (lambda d: setattr(d.recipients[0], "addrtype", "SM\r\nTP"), "address type"),
+    (lambda d: setattr(d.recipients[0], "address", "bob"), "bad recipient"),
+    (lambda d: setattr(d.recipients[0], "address", "b@example.com\r\nRCPT TO:<x@y.example>"), "bad recipient"),
+    (lambda d: setattr(d.recipients[1], "address", "x-fax:+1\n555"), "bad recipient"),
+    (lambda d: setattr(d.recipients[0], "index", "0"), "index"),
+    (lambda d: setattr(d.recipients[0], "index", True), "index"),
+    (lambda d: setattr(d, "recipients", None), "recipients"),
+    (lambda d: setattr(d, "recipients", (DraftRecipient("b@example.com", index=0),)), "recipients"),
+    (lambda d: setattr(d, "sender", "a@old.example\r\nRCPT TO:<x@y.example>"), "bad sender"),
+    (lambda d: setattr(d, "sender", "not an address"), "bad sender"),
+    (lambda d: setattr(d, "sender", None), "sender"),
+    (lambda d: setattr(d, "content", "text"), "content"),
+])
+def test_a_malformed_draft_is_garbage(change: Callable[[Draft], object], error: str) -> None:
+    with pytest.raises(HookError, match=error):
+        judge(_broken(change), mixed())
+
+
+def test_a_draft_may_have_the_null_sender_and_non_smtp_recipients() -> None:
+    answer = _broken(lambda d: setattr(d, "sender", ""))
+    assert judge(answer, mixed()) == [answer]
+
+
+def delivery(content: bytes = CONTENT) -> Delivery:
+    return Delivery("Q1", "you@localhost", "you@localhost", "a@old.example", content)
+
+
+@pytest.mark.parametrize("actions", [
+    [AutoReply("a@old.example", "not bytes")],  # type: ignore[arg-type]
+    [AutoReply(None, b"Subject: away\r\n\r\n")],  # type: ignore[arg-type]
+    [AutoReply("nobody", b"Subject: away\r\n\r\n")],
+    [Forward("c@example.com\r\nRCPT TO:<x@y.example>")],
+    [Forward(42)],  # type: ignore[arg-type]
+    [File(folder=3)],  # type: ignore[arg-type]
+    [File(folder="Reports\r\n")],
+    [File(flags="\\Seen")],  # type: ignore[arg-type]
+    [File(flags=("\\Seen \\Flagged",))],
+    [File(flags=(None,))],  # type: ignore[arg-type]
+])
+def test_inbound_actions_with_malformed_contents_are_garbage(actions: list[Any]) -> None:
+    with pytest.raises(HookError):
+        judge_inbound(actions, delivery())
+
+
+def test_inbound_hook_that_breaks_its_delivery_in_place_answered_garbage() -> None:
+    given = delivery()
+    given.added_headers = None  # type: ignore[assignment]
+    with pytest.raises(HookError, match="added_headers"):
+        judge_inbound(None, given)
+    given = delivery()
+    given.actions = [File(), "keep"]  # type: ignore[list-item]
+    with pytest.raises(HookError):
+        judge_inbound(None, given)
+
+
+def test_well_formed_inbound_actions_pass() -> None:
+    actions = [File("Reports", ("\\Seen",)), File(), Forward("c@example.com"),
+               AutoReply("a@old.example", b"Subject: away\r\n\r\nGone.\r\n")]
+    assert judge_inbound(tuple(actions), delivery()) == actions
 
 
 def test_verdicts_pass_through() -> None:
@@ -64,6 +174,126 @@ def test_scope_matches_address_type_and_domain() -> None:
     assert not scope.applies([DraftRecipient("b@example.org")])
     assert not scope.applies([DraftRecipient("https://x.example.com/", "HTTP")])
     assert HookScope().applies([DraftRecipient("anything", "HTTP")])
+
+
+async def preprocess(hook: object, given: Draft) -> Preprocessed:
+    pipeline = Preprocessor([LoadedHook(hook, HookScope(), 5.0)])
+    try:
+        return await pipeline.run(given)
+    finally:
+        pipeline.close()
+
+
+async def postprocess(hook: object, given: Delivery) -> Postprocessed:
+    pipeline = Postprocessor([LoadedHook(hook, HookScope(), 5.0)])
+    try:
+        return await pipeline.run(given)
+    finally:
+        pipeline.close()
+
+
+def edit(d: Draft) -> None:
+    d.content = b"X-Edited: yes\r\n" + d.content
+    d.recipients[0].address = "bob@example.net"
+
+
+class Editor:
+    """Changes the draft it is given and answers None, as third-party hooks often do."""
+
+    name = "editor"
+
+    def preprocess(self, d: Draft) -> None:
+        edit(d)
+
+
+class AsyncEditor:
+    name = "editor"
+
+    async def preprocess(self, d: Draft) -> None:
+        edit(d)
+
+
+@pytest.mark.parametrize("hook", [Editor(), AsyncEditor()])
+async def test_a_hook_that_edits_its_draft_in_place_and_answers_none_sends_the_edited_draft(hook: object) -> None:
+    result = await preprocess(hook, draft("b@example.com"))
+    assert result.verdict is None
+    [sent] = result.drafts
+    assert sent.content.startswith(b"X-Edited: yes\r\n") and sent.recipients[0].address == "bob@example.net"
+    assert [(h.hook, h.outcome, h.detail) for h in result.history] == [("editor", "changed", "recipients, content")]
+
+
+class Answers:
+    """Answers what it is told to, or raises it."""
+
+    name = "answers"
+
+    def __init__(self, answer: Callable[[Any], object]) -> None:
+        self.answer = answer
+
+    def preprocess(self, d: Draft) -> object:
+        return self.answer(d)
+
+    def postprocess(self, d: Delivery) -> object:
+        return self.answer(d)
+
+
+class AsyncAnswers(Answers):
+    async def preprocess(self, d: Draft) -> object:  # type: ignore[override]
+        return self.answer(d)
+
+    async def postprocess(self, d: Delivery) -> object:  # type: ignore[override]
+        return self.answer(d)
+
+
+def _without_addrtype(d: Draft) -> Draft:
+    d.recipients[0].addrtype = None  # type: ignore[assignment]
+    return d
+
+
+async def test_a_hook_that_answers_a_malformed_draft_holds_its_message_with_the_error() -> None:
+    result = await preprocess(Answers(_without_addrtype), draft("b@example.com"))
+    assert isinstance(result.verdict, Hold) and "address type" in result.verdict.reason
+    assert result.history[-1].outcome == "error" and "address type" in result.history[-1].detail
+
+
+def _raise(err: BaseException) -> Callable[[Any], object]:
+    def answer(_: object) -> object:
+        raise err
+    return answer
+
+
+@pytest.mark.parametrize("kind", [Answers, AsyncAnswers])
+@pytest.mark.parametrize("err", [SystemExit(3), KeyboardInterrupt()], ids=["SystemExit", "KeyboardInterrupt"])
+async def test_a_hook_that_exits_or_is_interrupted_holds_its_message_and_the_daemon_runs_on(
+        kind: type[Answers], err: BaseException) -> None:
+    outbound = await preprocess(kind(_raise(err)), draft("b@example.com"))
+    inbound = await postprocess(kind(_raise(err)), delivery())
+    for result in (outbound, inbound):
+        assert isinstance(result.verdict, Hold) and type(err).__name__ in result.verdict.reason
+        assert result.history[-1].outcome == "error"
+
+
+@pytest.mark.parametrize("kind", [Answers, AsyncAnswers])
+async def test_a_hook_raising_cancelled_error_cancels_the_pipeline(kind: type[Answers]) -> None:
+    with pytest.raises(asyncio.CancelledError):
+        await preprocess(kind(_raise(asyncio.CancelledError())), draft("b@example.com"))
+
+
+async def test_stopping_while_a_hook_runs_cancels_the_pipeline() -> None:
+    started = asyncio.Event()
+
+    class Waits:
+        name = "waits"
+
+        async def preprocess(self, d: Draft) -> None:
+            started.set()
+            await asyncio.sleep(30)
+
+    task = asyncio.ensure_future(preprocess(Waits(), draft("b@example.com")))
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
 
 
 def test_header_fields_are_unfolded() -> None:

@@ -38,3 +38,12 @@ def valid_smtp(address: str) -> bool:
     if domain.startswith("[") and domain.endswith("]"):
         return True
     return all(label and len(label) <= 63 for label in domain.split("."))
+
+
+def valid_recipient(address: str, addrtype: str = SMTP) -> bool:
+    """Intake's check of a recipient address: an SMTP one by `valid_smtp` (or a bare postmaster,
+    RFC 5321 §4.5.1); any other's syntax is its transport's business, but it must not carry a line
+    break or NUL, which would end a protocol line or a log line early."""
+    if addrtype.upper() == SMTP:
+        return valid_smtp(address) or address.lower() == "postmaster"
+    return not any(c in address for c in "\r\n\x00")

@@ -12,8 +12,10 @@ msgspool's outbound hook is called with a `Draft` and answers with one of:
     Reject(reply)        the message is refused: its recipients fail with the reply (an NDR)
     Hold(reason)         the message is held with the reason (`queue release` runs the hooks again)
 
-Anything else is garbage: the message is held with the error recorded, like a hook that raises or
-times out (poison isolation: one bad message or hook never stalls the queue).
+Anything else is garbage, and so is a malformed draft (a sender or recipient address intake would
+refuse, an address type that is not a word, content that is not bytes): the message is held with
+the error recorded, like a hook that raises or times out (poison isolation: one bad message or hook
+never stalls the queue).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from msgspool.domain.address import SMTP, domain_of
+from msgspool.domain.address import SMTP, domain_of, valid_recipient, valid_smtp
 from msgspool.domain.outcome import Reply
 from msgspool.domain.routing import domain_matches
 
@@ -105,13 +107,15 @@ class Preprocessed:
     history: list[HookRecord] = field(default_factory=list)
 
 
-def judge(answer: object, before: Draft) -> list[Draft] | Reject | Hold:
-    """A hook's answer as drafts or a verdict; raises HookError on garbage. `before` is the draft
-    the hook was given (a copy: a hook that changes it in place and answers None changed it)."""
+def judge(answer: object, before: Draft, given: Draft | None = None) -> list[Draft] | Reject | Hold:
+    """A hook's answer as drafts or a verdict; raises HookError on garbage. `before` is the draft as
+    the hook found it, `given` the copy it was handed (default `before`): a hook that changed that
+    copy in place and answers None answered the changed copy. The recipients a split may place are
+    `before`'s, so an edit in place cannot make up a stored recipient."""
     if isinstance(answer, Reject | Hold):
         return answer
     if answer is None:
-        drafts = [before]
+        drafts = [before if given is None else given]
     elif isinstance(answer, Draft):
         drafts = [answer]
     elif isinstance(answer, list | tuple) and answer and all(isinstance(d, Draft) for d in answer):
@@ -141,11 +145,32 @@ def _addresses(draft: Draft) -> list[tuple[str, str, int | None]]:
 
 
 def _check(draft: Draft) -> None:
-    if not isinstance(draft.content, bytes) or not isinstance(draft.sender, str):
-        raise HookError("a draft needs bytes content and a str sender")
-    if not all(isinstance(r, DraftRecipient) and isinstance(r.address, str) and r.address
-               for r in draft.recipients):
-        raise HookError("a draft's recipients must be DraftRecipients with an address")
+    """Everything the store writes from a draft must be well formed here: what slips through fails
+    in the store write instead, which leaves the message active and its history silent."""
+    if not isinstance(draft.content, bytes):
+        raise HookError(f"a draft's content must be bytes, not {type(draft.content).__name__}")
+    if not isinstance(draft.sender, str):
+        raise HookError(f"a draft's sender must be a str, not {type(draft.sender).__name__}")
+    if draft.sender and not valid_smtp(draft.sender):  # "" is the null sender
+        raise HookError(f"bad sender address {draft.sender!r}")
+    if not isinstance(draft.recipients, list):
+        raise HookError(f"a draft's recipients must be a list, not {type(draft.recipients).__name__}")
+    for r in draft.recipients:
+        _check_recipient(r)
+
+
+_ADDRTYPE = re.compile(r"[!-~]+")  # MAPI PR_ADDRTYPE: SMTP, FAX, X400 ... (visible ASCII)
+
+
+def _check_recipient(r: object) -> None:
+    if not isinstance(r, DraftRecipient):
+        raise HookError(f"a draft's recipients must be DraftRecipients, not {type(r).__name__}")
+    if not isinstance(r.addrtype, str) or not _ADDRTYPE.fullmatch(r.addrtype):
+        raise HookError(f"bad address type {r.addrtype!r} (a word such as SMTP)")
+    if not isinstance(r.address, str) or not r.address or not valid_recipient(r.address, r.addrtype):
+        raise HookError(f"bad recipient address {r.address!r} ({r.addrtype})")
+    if r.index is not None and (not isinstance(r.index, int) or isinstance(r.index, bool)):
+        raise HookError(f"a recipient's index must be the one it was given or None, not {r.index!r}")
 
 
 def _check_partition(before: Draft, drafts: Sequence[Draft]) -> None:
@@ -174,7 +199,8 @@ def _check_partition(before: Draft, drafts: Sequence[Draft]) -> None:
 #     Reject(reply)        the recipient fails with the reply; the sender gets an NDR
 #     Hold(reason)         the recipient is held (`queue release` runs the hooks again)
 #
-# Anything else holds the recipient with the error, as for outbound hooks.
+# Anything else holds the recipient with the error, as for outbound hooks; so do actions that are
+# malformed (a Forward or AutoReply to an address intake would refuse, flags that are not words).
 
 
 _HEADER_FIELD = re.compile(r"[!-9;-~]+:[^\r\n]*(?:\r\n[ \t][^\r\n]*)*")  # RFC 5322 §2.2, folded with CRLF
@@ -247,11 +273,43 @@ def judge_inbound(answer: object, delivery: Delivery) -> list[InboundAction] | R
     actions = delivery.actions if answer is None else answer
     if not isinstance(actions, list | tuple) or not all(isinstance(a, InboundAction) for a in actions):
         raise HookError(f"answered {type(answer).__name__}, not a list of File, Forward and AutoReply, Reject or Hold")
-    if not all(isinstance(h, str) and _HEADER_FIELD.fullmatch(h) for h in delivery.added_headers):
-        raise HookError("added_headers must be 'Name: value' fields (folded lines start with a space)")
+    for action in actions:
+        _check_action(action)
+    if not isinstance(delivery.added_headers, list) or not all(
+            isinstance(h, str) and _HEADER_FIELD.fullmatch(h) for h in delivery.added_headers):
+        raise HookError("added_headers must be a list of 'Name: value' fields (folded lines start with a space)")
     if not isinstance(delivery.content, bytes):
         raise HookError("a delivery's content must stay bytes")
     return list(actions)
+
+
+_FLAG = re.compile(r"[^\s\x00-\x1f\x7f]+")  # the store keeps a copy's flags space-separated
+
+
+def _check_action(action: InboundAction) -> None:
+    """What local delivery carries out must be well formed here: what slips through fails while the
+    copy is filed or the forward built, not as this hook's answer."""
+    if isinstance(action, File):
+        if action.folder is not None and (not isinstance(action.folder, str) or _has_line_break(action.folder)):
+            raise HookError(f"bad folder name {action.folder!r}")
+        if not isinstance(action.flags, tuple | list) or not all(
+                isinstance(f, str) and _FLAG.fullmatch(f) for f in action.flags):
+            raise HookError(f"a File's flags must be a tuple of single words such as \\Seen, not {action.flags!r}")
+    elif isinstance(action, Forward):
+        _check_sent_to("Forward", action.address)
+    else:
+        _check_sent_to("AutoReply", action.to)
+        if not isinstance(action.content, bytes):
+            raise HookError(f"an AutoReply's content must be bytes, not {type(action.content).__name__}")
+
+
+def _check_sent_to(kind: str, address: object) -> None:
+    if not isinstance(address, str) or not valid_recipient(address, SMTP):
+        raise HookError(f"a {kind} to a bad address: {address!r}")
+
+
+def _has_line_break(text: str) -> bool:
+    return any(c in text for c in "\r\n\x00")
 
 
 def describe_inbound(before: Delivery, after: Delivery) -> HookRecord | None:

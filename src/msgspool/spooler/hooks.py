@@ -17,11 +17,11 @@ import asyncio
 import dataclasses
 import inspect
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from msgspool.domain.hooks import (
     Delivery,
@@ -44,6 +44,8 @@ from msgspool.domain.recipient import Status
 from msgspool.errors import ConfigError
 
 log = logging.getLogger("msgspool.hooks")
+P = ParamSpec("P")
+T = TypeVar("T")
 HOOK_THREADS = 4  # sync hooks at once; a hung one keeps its thread until it returns
 
 
@@ -110,17 +112,18 @@ class Pipeline:
         self._threads = ThreadPoolExecutor(HOOK_THREADS, thread_name_prefix="msgspool-hook")
 
     async def _call(self, loaded: LoadedHook, method: Callable[[Any], Any], arg: object) -> object:
-        """The hook's answer; HookError when it raises or overruns its time."""
+        """The hook's answer; HookError when it raises (SystemExit and KeyboardInterrupt too) or
+        overruns its time. Only cancellation (the daemon stopping) goes through."""
         try:
             if inspect.iscoroutinefunction(method):
-                return await asyncio.wait_for(method(arg), loaded.timeout)
+                return await asyncio.wait_for(_contained(method(arg)), loaded.timeout)
             return await self._in_thread(loaded, method, arg)
         except TimeoutError as err:
             raise HookError(f"no answer within {loaded.timeout:g} s") from err
-        except HookError:
+        except (HookError, asyncio.CancelledError):
             raise
-        except Exception as err:  # the hook's own bug: isolate it to this message
-            raise HookError(f"{type(err).__name__}: {err}") from err
+        except BaseException as err:  # the hook's own bug, even sys.exit(): isolate it to this message
+            raise HookError(_error_text(err)) from err
 
     async def _in_thread(self, loaded: LoadedHook, method: Callable[[Any], Any], arg: object) -> object:
         pool = self._threads
@@ -157,8 +160,9 @@ class Preprocessor(Pipeline):
                 if not loaded.scope.applies(current.recipients):
                     drafts.append(current)
                     continue
+                given = current.copy()  # the hook may change it in place and answer None: `current` stays
                 try:
-                    answer = judge(await self._call(loaded, loaded.hook.preprocess, current.copy()), current)
+                    answer = _judging(judge, await self._call(loaded, loaded.hook.preprocess, given), current, given)
                 except HookError as err:
                     log.warning("%s: hook %s failed: %s; message held", draft.message_id, name, err)
                     result.history.append(HookRecord(name, "error", str(err)))
@@ -174,7 +178,6 @@ class Preprocessor(Pipeline):
         return result
 
 
-
 class Postprocessor(Pipeline):
     """The inbound pipeline: every hook in turn on one local recipient's copy."""
 
@@ -185,7 +188,7 @@ class Postprocessor(Pipeline):
                 continue
             name, given = loaded.hook.name, result.delivery.copy()
             try:
-                answer = judge_inbound(await self._call(loaded, loaded.hook.postprocess, given), given)
+                answer = _judging(judge_inbound, await self._call(loaded, loaded.hook.postprocess, given), given)
             except HookError as err:
                 log.warning("%s: inbound hook %s failed for <%s>: %s; held", delivery.message_id, name,
                             delivery.recipient, err)
@@ -200,6 +203,32 @@ class Postprocessor(Pipeline):
                 result.history.append(dataclasses.replace(record, hook=name))
             result.delivery = given
         return result
+
+
+async def _contained(hook_call: Awaitable[object]) -> object:
+    """A coroutine hook's answer, with SystemExit and KeyboardInterrupt turned into HookError inside
+    the task that runs it: asyncio re-raises those two from a task straight out of the event loop
+    (Task.__step), which would stop the daemon before anyone could catch them. The daemon takes
+    SIGINT through the event loop (daemon.py), so a KeyboardInterrupt here is the hook's own raise."""
+    try:
+        return await hook_call
+    except (SystemExit, KeyboardInterrupt) as err:
+        raise HookError(_error_text(err)) from err
+
+
+def _judging(judge_answer: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Judging is pure code over objects the hook made: whatever breaks it (an odd subclass, a
+    field deleted) is the hook's garbage, so its message is held rather than left active."""
+    try:
+        return judge_answer(*args, **kwargs)
+    except HookError:
+        raise
+    except Exception as err:
+        raise HookError(f"answered garbage ({_error_text(err)})") from err
+
+
+def _error_text(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}"
 
 
 def _verdict_record(name: str, verdict: Reject | Hold) -> HookRecord:

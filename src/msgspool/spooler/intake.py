@@ -119,10 +119,7 @@ class Intake:
         if sub.sender and not addr.valid_smtp(sub.sender):
             raise SubmitError(Reply(501, "5.1.7", f"<{sub.sender}>: Bad sender address syntax"))
         for i, address in enumerate(sub.recipients):
-            addrtype = (sub.addrtypes[i] if sub.addrtypes else addr.SMTP).upper()
-            bad = (not addr.valid_smtp(address) and address.lower() != "postmaster") if addrtype == addr.SMTP \
-                else any(c in address for c in "\r\n\x00")
-            if bad:
+            if not addr.valid_recipient(address, sub.addrtypes[i] if sub.addrtypes else addr.SMTP):
                 raise SubmitError(Reply(501, "5.1.3", f"<{address!r}>: Bad recipient address syntax"))
         if sub.max_attempts is not None and sub.max_attempts < 0:
             raise SubmitError(Reply(501, "5.5.4", "max_attempts must be 0 (no cap) or more"))

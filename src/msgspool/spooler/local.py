@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 
 from msgspool.domain.content import header_block
 from msgspool.domain.dsn import RecipientDSN
-from msgspool.domain.hooks import AutoReply, Delivery, File, Forward, Hold, Postprocessed, Reject
+from msgspool.domain.hooks import AutoReply, Delivery, File, Forward, Hold, HookRecord, Postprocessed, Reject
 from msgspool.domain.message import Message, Recipient, Settlement
 from msgspool.domain.outcome import Reply
 from msgspool.domain.recipient import Status
@@ -51,7 +51,10 @@ class LocalDelivery:
         elif isinstance(result.verdict, Hold):
             base.status, base.reply = Status.HELD, Reply(451, "4.3.0", result.verdict.reason)
         else:
-            self._file(message, r, result, base)
+            try:
+                self._file(message, r, result, base)
+            except Exception as err:  # uncaught, it would leave the recipient active, its history silent
+                self._unfiled(message, r, result, base, err)
         return base
 
     def _file(self, message: Message, r: Recipient, result: Postprocessed, base: Settlement) -> None:
@@ -64,6 +67,19 @@ class LocalDelivery:
         sent = [a.address if isinstance(a, Forward) else f"auto-reply to {a.to}" for a in delivery.actions
                 if isinstance(a, Forward | AutoReply)]
         base.reply = Reply(250, "2.0.0", done + (f"; forwarded to {', '.join(sent)}" if sent else ""))
+
+    def _unfiled(self, message: Message, r: Recipient, result: Postprocessed, base: Settlement,
+                 err: Exception) -> None:
+        """The hooks' answer passed judge_inbound yet could not be carried out: it is the error of the
+        hook that last changed the delivery (as if it had raised), and the recipient is held with
+        it until the hook is fixed and `queue release` runs the hooks again."""
+        hook = next((h.hook for h in reversed(result.history) if h.outcome == "changed"), "")
+        error = f"could not carry out its answer: {type(err).__name__}: {err}"
+        who = f"inbound hook {hook}" if hook else "the inbound hooks"
+        log.warning("%s: %s failed for <%s>: %s; held", message.id, who, r.address, error)
+        base.status, base.reply = Status.HELD, Reply(451, "4.3.0", f"{who} failed: {error}")
+        base.copies, base.spawn = (), ()
+        base.history = (*base.history, HookRecord(hook, "error", error))
 
     def _copy(self, message: Message, r: Recipient, delivery: Delivery, action: File, now: float) -> Message:
         copy = self.intake.local_copy(message, r, now, folder=action.folder or "", flags=action.flags,
