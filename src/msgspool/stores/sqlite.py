@@ -261,11 +261,16 @@ def _drop_content_if_unused(conn: sqlite3.Connection, content_id: int) -> None:
                  " WHERE content_id = ? OR source_content_id = ?)", (content_id, content_id, content_id))
 
 
-def op_claim(conn: sqlite3.Connection, now: float, limit: int) -> list[Message]:
+def op_claim(conn: sqlite3.Connection, now: float, limit: int, whole_messages: bool = False) -> list[Message]:
     """Claim due recipients (queued or deferred, next_attempt_at passed): mark them active and
     return their messages with only the claimed recipients, urgent ones first. Bounded by `limit`
     rows; each priority class is one range of `recipients_due_by_priority`, oldest due first, so
-    an urgent retry is claimed before a backlog of a million normal ones without reading them."""
+    an urgent retry is claimed before a backlog of a million normal ones without reading them.
+
+    With `whole_messages` (outbound hooks run in this process), a message the hooks have not seen
+    yet comes with every waiting recipient it has, past `limit`: the hooks decide once for the
+    whole message (a reject, a rewrite, a split covers all its recipients), and then it is marked
+    preprocessed. Preprocessed mail is claimed as before, a row at a time by the index."""
     rows: list[Any] = []
     for priority in PRIORITY_CLASSES:
         if len(rows) >= limit:
@@ -273,16 +278,36 @@ def op_claim(conn: sqlite3.Connection, now: float, limit: int) -> list[Message]:
         rows += conn.execute(
             "UPDATE recipients SET status = 'active' WHERE rowid IN (SELECT rowid FROM recipients"
             " WHERE status IN ('queued', 'deferred') AND priority = ? AND next_attempt_at <= ?"
-            " ORDER BY next_attempt_at LIMIT ?)"
-            " RETURNING message_id, idx, address, addrtype, type, transport, nexthop, attempts, notify, orcpt",
+            f" ORDER BY next_attempt_at LIMIT ?) RETURNING {_CLAIMED_COLUMNS}",
             (priority, now, limit - len(rows)),
         ).fetchall()
     by_message: dict[str, list[Recipient]] = {}
-    for mid, idx, address, addrtype, rtype, transport, nexthop, attempts, notify, orcpt in rows:
-        by_message.setdefault(mid, []).append(Recipient(
-            address=address, addrtype=addrtype, type=RecipientType(rtype), transport=transport,
-            nexthop=nexthop, status=Status.ACTIVE, attempts=attempts, index=idx, dsn=recipient_dsn(notify, orcpt)))
-    return [m for m in (_load_message(conn, mid, rcpts) for mid, rcpts in by_message.items()) if m]
+    for row in rows:
+        by_message.setdefault(row[0], []).append(_claimed_recipient(row))
+    messages = [m for m in (_load_message(conn, mid, rcpts) for mid, rcpts in by_message.items()) if m]
+    for message in messages:
+        if whole_messages and not message.preprocessed:
+            _claim_the_rest(conn, message)
+    return messages
+
+
+_CLAIMED_COLUMNS = "message_id, idx, address, addrtype, type, transport, nexthop, attempts, notify, orcpt"
+
+
+def _claimed_recipient(row: Sequence[Any]) -> Recipient:
+    _mid, idx, address, addrtype, rtype, transport, nexthop, attempts, notify, orcpt = row
+    return Recipient(address=address, addrtype=addrtype, type=RecipientType(rtype), transport=transport,
+                     nexthop=nexthop, status=Status.ACTIVE, attempts=attempts, index=idx,
+                     dsn=recipient_dsn(notify, orcpt))
+
+
+def _claim_the_rest(conn: sqlite3.Connection, message: Message) -> None:
+    """Claim the message's other waiting recipients too, due or not: the hooks must see them all
+    (one that was deferred before hooks were configured is tried again early, once)."""
+    rest = conn.execute(f"UPDATE recipients SET status = 'active' WHERE message_id = ? AND status IN"
+                        f" ('queued', 'deferred') RETURNING {_CLAIMED_COLUMNS}", (message.id,)).fetchall()
+    message.recipients += [_claimed_recipient(row) for row in rest]
+    message.recipients.sort(key=lambda r: r.index)
 
 
 def _load_message(conn: sqlite3.Connection, message_id: str, recipients: list[Recipient]) -> Message | None:
@@ -977,8 +1002,8 @@ class SQLiteStore:
     async def submit(self, msg: Message, copies: Sequence[Message] = ()) -> list[Event]:
         return await self._write(lambda c: op_submit(c, msg, copies))
 
-    async def claim(self, now: float, limit: int) -> list[Message]:
-        return await self._write(lambda c: op_claim(c, now, limit), durable=False)
+    async def claim(self, now: float, limit: int, *, whole_messages: bool = False) -> list[Message]:
+        return await self._write(lambda c: op_claim(c, now, limit, whole_messages), durable=False)
 
     async def settle(self, settlements: Sequence[Settlement], now: float) -> list[Event]:
         return await self._write(lambda c: op_settle(c, settlements, now, self.crash_limit), durable=False)
