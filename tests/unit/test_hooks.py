@@ -5,10 +5,21 @@ from __future__ import annotations
 import pytest
 
 from msgspool.config import Settings
-from msgspool.domain.hooks import Draft, DraftRecipient, Hold, HookError, HookScope, Reject, describe, judge
+from msgspool.domain.hooks import (
+    Draft,
+    DraftRecipient,
+    Hold,
+    HookError,
+    HookScope,
+    Preprocessed,
+    Reject,
+    describe,
+    judge,
+)
 from msgspool.errors import ConfigError
 from msgspool.hooks.headers import CompleteHeaders, HeaderChecks, header_fields
 from msgspool.hooks.rewrite import Rewrite, canonical_lookup, rewrite_fields
+from msgspool.spooler.hooks import LoadedHook, Preprocessor
 
 CONTENT = b"From: Alice <a@old.example>\r\nTo: b@example.com,\r\n c@example.com\r\nSubject: hi\r\n\r\nbody\r\n"
 
@@ -25,6 +36,43 @@ def test_none_means_the_draft_as_the_hook_left_it() -> None:
 def test_verdicts_pass_through() -> None:
     assert judge(Hold("later"), draft("b@x.org")) == Hold("later")
     assert isinstance(judge(Reject.because("no"), draft("b@x.org")), Reject)
+
+
+class Answers:
+    """A coroutine hook that answers `answer` (raises it when it is an exception)."""
+
+    def __init__(self, name: str, answer: object) -> None:
+        self.name, self.answer = name, answer
+
+    async def preprocess(self, draft: Draft) -> object:
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+async def preprocess(*answers: object) -> Preprocessed:
+    pipeline = Preprocessor([LoadedHook(Answers(f"h{i}", a), HookScope(), 1.0) for i, a in enumerate(answers)])
+    try:
+        return await pipeline.run(draft("b@example.com"))
+    finally:
+        pipeline.close()
+
+
+async def test_a_hooks_hold_lets_the_hooks_after_it_run_and_keeps_their_drafts() -> None:
+    changed = draft("b@example.com", content=b"Subject: signed\r\n\r\nbody\r\n")
+    result = await preprocess(Hold("look"), changed, Hold("again"))
+    assert (result.verdict, result.hold) == (None, Hold("look"))  # the first reason
+    assert result.drafts == [changed]
+    assert [h.outcome for h in result.history] == ["held", "changed", "held"]
+
+
+@pytest.mark.parametrize(("later", "verdict"), [
+    (Reject.because("no"), Reject.because("no")),
+    (RuntimeError("bug"), Hold("hook h1 failed: RuntimeError: bug")),  # not done: release runs the hooks again
+])
+async def test_a_reject_or_a_failure_after_a_hooks_hold_stops_the_hooks(later: object, verdict: object) -> None:
+    result = await preprocess(Hold("look"), later)
+    assert result.verdict == verdict
 
 
 @pytest.mark.parametrize("answer", [42, "text", [], [1, 2], {"a": 1}])

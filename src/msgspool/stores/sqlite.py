@@ -623,10 +623,12 @@ def _insert_history(conn: sqlite3.Connection, message_id: str, now: float, stage
 def op_preprocessed(conn: sqlite3.Connection, message: Message, result: Preprocessed,
                     now: float) -> tuple[list[Message], list[Event]]:
     """Record what the outbound hooks made of a message's active recipients, in one step: a
-    rejection fails them (an NDR follows), a hold holds the message (the hooks run again on
-    release), drafts replace it — the first draft is the stored message (changed content gets a
-    content row of its own; the submitted one is kept for `requeue`), each further draft becomes a
-    new message that takes its recipients along. Returns the messages to deliver now."""
+    rejection fails them (an NDR follows), a hook's failure holds the message (the hooks are not
+    done: they run again on release), drafts replace it — the first draft is the stored message
+    (changed content gets a content row of its own; the submitted one is kept for `requeue`), each
+    further draft becomes a new message that takes its recipients along. A hook's Hold keeps the
+    drafts held: the hooks are done, and release sends them as they are (Postfix postsuper -H).
+    Returns the messages to deliver now."""
     _insert_history(conn, message.id, now, "outbound", result.history)
     active = {r.index: r for r in message.recipients if r.status is Status.ACTIVE}
     if isinstance(result.verdict, Reject):
@@ -646,7 +648,12 @@ def op_preprocessed(conn: sqlite3.Connection, message: Message, result: Preproce
                                                                                 "split_from": message.id}))
               for c in children]
     events += op_settle(conn, dropped, now) if dropped else _finish_if_done(conn, message.id, now)
-    return [m for m in (kept, *children) if m.recipients], events
+    ready = [m for m in (kept, *children) if m.recipients]
+    if result.hold is None:
+        return ready, events
+    for m in ready:  # after the dropped ones settled: they were active too
+        events += _hold(conn, m.id, result.hold.reason, now, "('active')")
+    return [], events
 
 
 def _hold(conn: sqlite3.Connection, message_id: str, reason: str, now: float, statuses: str) -> list[Event]:
