@@ -11,7 +11,8 @@ the store. The link carries only hints and questions, as JSON lines over a socke
                          {"op": "wakeup"}                      new work was committed
                          {"op": "webhooks"}                    events were committed (sent only when
                                                                 webhooks are configured)
-                         {"op": "cancel", "ids": [...]}         held or deleted: drop queued jobs
+                         {"op": "cancel", "ids": [...]}         held, requeued or deleted: drop queued
+                                                                jobs, give their recipients back
                          {"op": "probe"}                        flush: probe down destinations now
                          {"op": "events", "on": true|false}     someone listens: forward events
                          {"op": "status", "req": N}             -> {"reply": N, "body": {...}}

@@ -417,6 +417,25 @@ def op_recover(conn: sqlite3.Connection) -> int:
     return conn.execute("UPDATE recipients SET status = 'queued' WHERE status = 'active'").rowcount
 
 
+def op_unclaim(conn: sqlite3.Connection, recipients: Sequence[tuple[str, int]], now: float) -> list[Event]:
+    """Claimed recipients that the delivery process dropped from memory unattempted (their message
+    was held, requeued or deleted while they waited for a connection) wait again, in one step:
+    held when their message is held, else due now. Only rows still active change: one settled
+    meanwhile, or deleted with its message, is left alone; nothing else would ever move the rest
+    out of `active` but a restart (op_recover)."""
+    events = []
+    for message_id, index in recipients:
+        row = conn.execute(
+            "UPDATE recipients SET status = CASE WHEN (SELECT held FROM messages m WHERE m.id = recipients.message_id)"
+            " THEN 'held' ELSE 'queued' END, next_attempt_at = ?, wait_destination = 0"
+            " WHERE message_id = ? AND idx = ? AND status = 'active' RETURNING status, address, transport",
+            (now, message_id, index)).fetchone()
+        if row is not None and row[0] == Status.HELD:
+            events.append(_insert_event(conn, Event(EventType.HELD, message_id, now, recipient=row[1],
+                                                    detail={"transport": row[2]})))
+    return events
+
+
 def op_release_destination(conn: sqlite3.Connection, transport: str, nexthop: str, now: float,
                            chunk: int = CHUNK) -> int:
     """A destination answered again: its waiting backlog becomes due now (chunked so that intake
@@ -1017,6 +1036,9 @@ class SQLiteStore:
 
     async def recover(self) -> int:
         return await self._write(op_recover)
+
+    async def unclaim(self, recipients: Sequence[tuple[str, int]], now: float) -> list[Event]:
+        return await self._write(lambda c: op_unclaim(c, recipients, now), durable=False)
 
     async def release_destination(self, transport: str, nexthop: str, now: float) -> int:
         return await self._chunked(lambda c: op_release_destination(c, transport, nexthop, now), durable=False)
