@@ -233,7 +233,7 @@ async def deliver(fd: int, config: dict[str, Any]) -> None:
         elif op == "reports":
             spooler.reporter.poke()
         elif op == "cancel":
-            spooler.scheduler.cancel(message.get("ids") or [])
+            await spooler.scheduler.cancel(message.get("ids") or [])
         elif op == "probe":
             spooler.probe_down_destinations()
         elif op == "events":

@@ -180,6 +180,91 @@ async def test_requeue_applies_a_changed_rewrite_rule(spooler_factory: SpoolerFa
     assert [h["outcome"] for h in info["history"]] == ["changed", "requeued", "changed"]
 
 
+SIX = [f"r{i}@example.com" for i in range(6)]  # more than a claim of active_limit 4 takes (2)
+
+
+def reject_all() -> list[dict[str, Any]]:
+    return [{"name": "checks", "type": "header_checks", "rules": [{"pattern": "^Subject: spam", "text": "no"}]}]
+
+
+async def test_a_reject_fails_every_recipient_of_a_message_claimed_in_parts(
+        spooler_factory: SpoolerFactory, sink: Sink) -> None:
+    async with spooler_factory(relay=sink.address, hooks=reject_all(), active_limit=4) as spooler:
+        message_id = await spooler.submit(submission(*SIX, content=mail("spam")))
+        info = await wait_status(spooler, message_id, {"failed", "delivered"})
+    assert [r["status"] for r in info["recipients"]] == ["failed"] * 6
+    assert [m.recipients for m in sink.messages if m.sender] == []  # only the NDR (null sender) went out
+
+
+async def test_a_split_covers_every_recipient_of_a_message_claimed_in_parts(
+        spooler_factory: SpoolerFactory, sink: Sink, demo_distribution: None) -> None:
+    async with spooler_factory(relay=sink.address, hooks=hooks("split"), active_limit=4) as spooler:
+        await spooler.submit(submission(*SIX, content=mail("x")))
+        await sink.async_wait_for(6)
+    assert sorted(m.recipients[0] for m in sink.messages) == SIX
+    assert all(len(m.recipients) == 1 and m.content.startswith(b"X-Part: ") for m in sink.messages)
+
+
+async def test_hooks_rewrite_every_recipient_of_mail_submitted_unrouted_and_claimed_in_parts(
+        spooler_factory: SpoolerFactory, sink: Sink) -> None:
+    """sendmail's path: the submitter queues the recipients unrouted, the daemon claims them."""
+    rewrite = [{"name": "canonical", "type": "rewrite", "headers": False,
+                "recipient": {"r5@example.com": "z@example.net"}}]
+    async with spooler_factory(deliver=False) as submitter:
+        message_id = await submitter.submit(submission(*SIX, content=mail("x")))
+    async with spooler_factory(relay=sink.address, hooks=rewrite, active_limit=4) as spooler:
+        info = await wait_status(spooler, message_id, {"delivered"})
+    assert sorted(sink.recipients()) == [*SIX[:5], "z@example.net"]
+    assert [h["outcome"] for h in info["history"]] == ["changed"]
+
+
+def hold_on_subject(subject: str) -> dict[str, Any]:
+    return {"name": "checks", "type": "header_checks",
+            "rules": [{"pattern": f"^Subject: {subject}", "action": "hold", "text": "look at it"}]}
+
+
+async def test_a_message_held_by_a_hook_is_released_as_the_hooks_left_it_without_running_them_again(
+        spooler_factory: SpoolerFactory, sink: Sink) -> None:
+    """Postfix header_checks HOLD, then postsuper -H: the hooks after the holding one did their
+    part (here complete_headers adds a Message-ID), and release sends the message as it is."""
+    rewrite = {"name": "canonical", "type": "rewrite", "recipient": {"b@example.com": "bob@example.net"}}
+    pipeline = [rewrite, hold_on_subject("check me"), *hooks("complete_headers")]
+    async with spooler_factory(relay=sink.address, hooks=pipeline) as spooler:
+        message_id = await spooler.submit(submission("b@example.com", content=mail("check me")))
+        held = await wait_status(spooler, message_id, {"held"})
+        await spooler.release([message_id])
+        info = await wait_status(spooler, message_id, {"delivered"})
+    assert held["held"] is True
+    assert sink.recipients() == ["bob@example.net"]
+    assert message_from_bytes(sink.messages[0].content)["Message-ID"]
+    assert [(h["hook"], h["outcome"]) for h in info["history"]] == [
+        ("canonical", "changed"), ("checks", "held"), ("complete_headers", "changed")]
+
+
+async def test_requeue_runs_the_hooks_again_on_a_message_a_hook_held(
+        spooler_factory: SpoolerFactory, sink: Sink) -> None:
+    async with spooler_factory(relay=sink.address, hooks=[hold_on_subject("check me")]) as spooler:
+        message_id = await spooler.submit(submission("b@example.com", content=mail("check me")))
+        await wait_status(spooler, message_id, {"held"})
+        await spooler.requeue([message_id])
+        await asyncio.sleep(0.3)
+        info = await wait_status(spooler, message_id, {"held"})
+    assert [h["outcome"] for h in info["history"]] == ["held", "requeued", "held"]
+    assert sink.recipients() == []
+
+
+async def test_release_runs_the_hooks_again_on_a_message_held_by_a_failing_hook(
+        spooler_factory: SpoolerFactory, sink: Sink, demo_distribution: None) -> None:
+    async with spooler_factory(relay=sink.address, hooks=hooks("boom")) as spooler:
+        message_id = await spooler.submit(submission("b@example.com", content=mail("boom")))
+        await wait_status(spooler, message_id, {"held"})
+        await spooler.release([message_id])  # the hook is still broken: it fails again
+        await asyncio.sleep(0.3)
+        info = await wait_status(spooler, message_id, {"held"})
+    assert [h["outcome"] for h in info["history"]] == ["error", "error"]
+    assert sink.recipients() == []
+
+
 async def test_a_message_that_keeps_crashing_its_transport_is_held(
         spooler_factory: SpoolerFactory, demo_distribution: None) -> None:
     transports = [{"name": "crash", "type": "crash"}]

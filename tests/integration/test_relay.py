@@ -191,6 +191,42 @@ async def test_held_message_is_not_sent_until_released(spooler_factory: SpoolerF
     assert sink.recipients() == ["other@example.com", "held@example.com"]
 
 
+async def test_hold_holds_recipients_whose_jobs_were_waiting_for_a_connection(
+        spooler_factory: SpoolerFactory) -> None:
+    """One connection, one recipient a transaction, a slow next hop: while b is being sent, c and
+    d wait in the destination's queue, claimed (`active`). Hold drops those jobs; c and d must be
+    held, not left `active` with nobody to settle them until a restart."""
+    sink = Sink(data_delay=1.0).start()
+    try:
+        async with spooler_factory(relay=sink.address, destination_concurrency=1,
+                                   destination_recipient_limit=1) as spooler:
+            message_id = await spooler.submit(submission("b@example.com", "c@example.com", "d@example.com"))
+            await asyncio.sleep(0.3)  # b is in its DATA phase
+            await spooler.hold([message_id])
+            held = await wait_status(spooler, message_id, {"delivered", "held"})
+            await spooler.release([message_id])
+            await wait_status(spooler, message_id, {"delivered"})
+    finally:
+        sink.stop()
+    assert [r["status"] for r in held["recipients"]] == ["delivered", "held", "held"]
+    assert sorted(sink.recipients()) == ["b@example.com", "c@example.com", "d@example.com"]
+
+
+async def test_requeue_makes_recipients_whose_jobs_were_waiting_for_a_connection_due_again(
+        spooler_factory: SpoolerFactory) -> None:
+    sink = Sink(data_delay=1.0).start()
+    try:
+        async with spooler_factory(relay=sink.address, destination_concurrency=1,
+                                   destination_recipient_limit=1) as spooler:
+            message_id = await spooler.submit(submission("b@example.com", "c@example.com", "d@example.com"))
+            await asyncio.sleep(0.3)  # b is in its DATA phase, c and d wait in the queue
+            await spooler.requeue([message_id])
+            await wait_status(spooler, message_id, {"delivered"})
+    finally:
+        sink.stop()
+    assert sorted(sink.recipients()) == ["b@example.com", "c@example.com", "d@example.com"]
+
+
 async def test_deleted_message_is_gone(spooler_factory: SpoolerFactory) -> None:
     sink = Sink()
     async with spooler_factory(relay=sink.address) as spooler:

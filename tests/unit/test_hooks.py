@@ -137,6 +137,43 @@ def test_verdicts_pass_through() -> None:
     assert isinstance(judge(Reject.because("no"), draft("b@x.org")), Reject)
 
 
+class Answering:
+    """A coroutine hook that answers `answer` (raises it when it is an exception)."""
+
+    def __init__(self, name: str, answer: object) -> None:
+        self.name, self.answer = name, answer
+
+    async def preprocess(self, draft: Draft) -> object:
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+async def run_answers(*answers: object) -> Preprocessed:
+    pipeline = Preprocessor([LoadedHook(Answering(f"h{i}", a), HookScope(), 1.0) for i, a in enumerate(answers)])
+    try:
+        return await pipeline.run(draft("b@example.com"))
+    finally:
+        pipeline.close()
+
+
+async def test_a_hooks_hold_lets_the_hooks_after_it_run_and_keeps_their_drafts() -> None:
+    changed = draft("b@example.com", content=b"Subject: signed\r\n\r\nbody\r\n")
+    result = await run_answers(Hold("look"), changed, Hold("again"))
+    assert (result.verdict, result.hold) == (None, Hold("look"))  # the first reason
+    assert result.drafts == [changed]
+    assert [h.outcome for h in result.history] == ["held", "changed", "held"]
+
+
+@pytest.mark.parametrize(("later", "verdict"), [
+    (Reject.because("no"), Reject.because("no")),
+    (RuntimeError("bug"), Hold("hook h1 failed: RuntimeError: bug")),  # not done: release runs the hooks again
+])
+async def test_a_reject_or_a_failure_after_a_hooks_hold_stops_the_hooks(later: object, verdict: object) -> None:
+    result = await run_answers(Hold("look"), later)
+    assert result.verdict == verdict
+
+
 @pytest.mark.parametrize("answer", [42, "text", [], [1, 2], {"a": 1}])
 def test_anything_else_is_garbage(answer: object) -> None:
     with pytest.raises(HookError):

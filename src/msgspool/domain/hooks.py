@@ -10,12 +10,15 @@ msgspool's outbound hook is called with a `Draft` and answers with one of:
     [Draft, ...]         several messages in place of one (a split); each recipient of the
                          original goes into exactly one of them or is dropped
     Reject(reply)        the message is refused: its recipients fail with the reply (an NDR)
-    Hold(reason)         the message is held with the reason (`queue release` runs the hooks again)
+    Hold(reason)         the message is held with the reason once the other hooks have done their
+                         part; `queue release` sends it as they left it (Postfix header_checks HOLD,
+                         then postsuper -H), `queue requeue` runs the hooks again
 
 Anything else is garbage, and so is a malformed draft (a sender or recipient address intake would
 refuse, an address type that is not a word, content that is not bytes): the message is held with
 the error recorded, like a hook that raises or times out (poison isolation: one bad message or hook
-never stalls the queue).
+never stalls the queue); as the hooks did not finish, `queue release` runs them again (after the
+hook is fixed).
 """
 
 from __future__ import annotations
@@ -100,10 +103,13 @@ class HookRecord:
 @dataclass(slots=True)
 class Preprocessed:
     """The outbound pipeline's answer for one message: the drafts to send (the first one stays
-    the stored message, the others become new messages), or the verdict that stopped it."""
+    the stored message, the others become new messages), or the verdict that stopped it — a
+    Reject, or a Hold because a hook failed (the hooks are not done: they run again on release).
+    `hold` is a hook's own Hold: the pipeline went on, and the drafts are kept held until release."""
 
     drafts: list[Draft]
     verdict: Reject | Hold | None = None
+    hold: Hold | None = None
     history: list[HookRecord] = field(default_factory=list)
 
 

@@ -9,7 +9,9 @@ between two, written down):
     queued      waiting for its first (or a flushed)      active, held, failed, expired, delivered
                 attempt                                   (local delivery settles at submit)
     active      claimed by a delivery process (lease)     delivered, deferred, failed, expired, held,
-                                                          queued (lease lost: crash or shutdown)
+                                                          queued (lease lost: crash or shutdown;
+                                                          held/queued: given back unattempted when
+                                                          its message is held or requeued)
     deferred    a temporary failure; waits for            active, queued (flush), held, expired
                 next_attempt_at or its destination
     held        on hold by an operator or a hook;         queued (release), failed, expired

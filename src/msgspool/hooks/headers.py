@@ -12,7 +12,8 @@ holds a message whose header lines match a regular expression (Postfix header_ch
 
 A pattern is matched against each header field as one logical line (folded lines unfolded),
 ``Name: value``, as Postfix does. The first rule that matches decides; `reject` fails the message's
-recipients with ``550 5.7.1 <text>`` (an NDR follows), `hold` holds it for an operator.
+recipients with ``550 5.7.1 <text>`` (an NDR follows), `hold` holds it for an operator: `queue
+release` sends it as the hooks left it, without checking it again (Postfix postsuper -H).
 """
 
 from __future__ import annotations

@@ -117,9 +117,9 @@ class Destination:
             s.transport, s.nexthop = self.transport.name, self.nexthop
         self._settle(settlements)
 
-    def cancel(self, message_ids: set[str]) -> list[Recipient]:
-        """Drop queued jobs of these messages (hold/delete); returns the recipients dropped."""
-        dropped = [r for job in self.jobs if job.message.id in message_ids for r in job.recipients]
+    def cancel(self, message_ids: set[str]) -> list[Job]:
+        """Drop queued jobs of these messages (hold, requeue, delete); returns the jobs dropped."""
+        dropped = [job for job in self.jobs if job.message.id in message_ids]
         self.jobs = deque(job for job in self.jobs if job.message.id not in message_ids)
         self._fresh = sum(1 for job in self.jobs if job.fresh)
         return dropped

@@ -149,33 +149,48 @@ class Pipeline:
 
 
 class Preprocessor(Pipeline):
-    """The outbound pipeline. Each hook runs on every draft the hooks before it produced."""
+    """The outbound pipeline. Each hook runs on every draft the hooks before it produced. A
+    Reject, or a hook's failure, stops it; a hook's Hold does not: as Postfix's cleanup goes on
+    after a header_checks HOLD, the hooks after it still do their part (a DKIM signature), so that
+    `queue release` can send the message as it is without running the hooks again."""
 
     async def run(self, draft: Draft) -> Preprocessed:
         result = Preprocessed([draft])
         for loaded in self.hooks:
-            name = loaded.hook.name
             drafts: list[Draft] = []
             for current in result.drafts:
-                if not loaded.scope.applies(current.recipients):
-                    drafts.append(current)
-                    continue
-                given = current.copy()  # the hook may change it in place and answer None: `current` stays
-                try:
-                    answer = _judging(judge, await self._call(loaded, loaded.hook.preprocess, given), current, given)
-                except HookError as err:
-                    log.warning("%s: hook %s failed: %s; message held", draft.message_id, name, err)
-                    result.history.append(HookRecord(name, "error", str(err)))
-                    return dataclasses.replace(result, verdict=Hold(f"hook {name} failed: {err}"))
+                answer = await self._step(loaded, current, result)
                 if isinstance(answer, Reject | Hold):
-                    result.history.append(_verdict_record(name, answer))
                     return dataclasses.replace(result, verdict=answer)
-                record = describe(current, answer)
-                if record is not None:
-                    result.history.append(dataclasses.replace(record, hook=name))
                 drafts.extend(answer)
             result.drafts = drafts
         return result
+
+    async def _step(self, loaded: LoadedHook, current: Draft, result: Preprocessed) -> list[Draft] | Reject | Hold:
+        """One hook on one draft, recorded in `result.history`: the drafts to go on with, or the
+        verdict that stops the pipeline (a Reject; a Hold when the hook failed). The hook's own
+        Hold goes into `result.hold` (the first reason wins) and the draft goes on unchanged."""
+        if not loaded.scope.applies(current.recipients):
+            return [current]
+        name = loaded.hook.name
+        try:
+            given = current.copy()  # the hook may change it in place and answer None: `current` stays
+            answer = _judging(judge, await self._call(loaded, loaded.hook.preprocess, given), current, given)
+        except HookError as err:
+            log.warning("%s: hook %s failed: %s; message held", current.message_id, name, err)
+            result.history.append(HookRecord(name, "error", str(err)))
+            return Hold(f"hook {name} failed: {err}")
+        if isinstance(answer, Reject):
+            result.history.append(_verdict_record(name, answer))
+            return answer
+        if isinstance(answer, Hold):
+            result.history.append(_verdict_record(name, answer))
+            result.hold = result.hold or answer
+            return [current]
+        record = describe(current, answer)
+        if record is not None:
+            result.history.append(dataclasses.replace(record, hook=name))
+        return answer
 
 
 class Postprocessor(Pipeline):

@@ -12,7 +12,8 @@ the store. The link carries only hints and questions, as JSON lines over a socke
                          {"op": "webhooks"}                    events were committed (sent only when
                                                                 webhooks are configured)
                          {"op": "reports"}                     reports are owed: write them
-                         {"op": "cancel", "ids": [...]}         held or deleted: drop queued jobs
+                         {"op": "cancel", "ids": [...]}         held, requeued or deleted: drop queued
+                                                                jobs, give their recipients back
                          {"op": "probe"}                        flush: probe down destinations now
                          {"op": "events", "on": true|false}     someone listens: forward events
                          {"op": "status", "req": N}             -> {"reply": N, "body": {...}}

@@ -357,9 +357,11 @@ class Spooler:
         else:
             control.notify(self.settings.spool_path, {"op": "reports"})
 
-    def _cancel(self, ids: Sequence[str]) -> None:
+    async def _cancel(self, ids: Sequence[str]) -> None:
+        """Drop the messages' queued jobs from memory, here or in the delivery process, which gives
+        their recipients back to the store; after the store step that changed the messages."""
         if self.delivering:
-            self.scheduler.cancel(ids)
+            await self.scheduler.cancel(ids)
         elif self.remote is not None:
             self.remote.cancel(ids)
 
@@ -385,7 +387,7 @@ class Spooler:
     async def hold(self, ids: Sequence[str]) -> list[str]:
         await self._require(ids)
         found = await self.store.hold(ids, time.time())
-        self._cancel(found)
+        await self._cancel(found)
         return found
 
     async def release(self, ids: Sequence[str]) -> list[str]:
@@ -397,10 +399,12 @@ class Spooler:
     async def requeue(self, ids: Sequence[str]) -> list[str]:
         """Run the messages through the outbound hooks again, from their content as submitted
         (after a configuration change; Postfix `postsuper -r`). Held and deferred recipients are
-        due now."""
+        due now, and so are those that waited in memory for a connection."""
         await self._require(ids)
-        self._cancel(ids)
+        # The store first: recipients given back by the cancel must find the message requeued,
+        # or they could be claimed and sent as the hooks left it before.
         found = await self.store.requeue(ids, time.time())
+        await self._cancel(found)
         self.poke()
         return found
 
@@ -412,7 +416,7 @@ class Spooler:
         rest = [i for i in ids if i not in answered]
         deleted = set(answered) | set(await self.store.delete(rest) if rest else [])
         found = [i for i in ids if i in deleted]
-        self._cancel(found)
+        await self._cancel(found)
         return found
 
     # -- mailbox messages (MAPI IMessage::SetReadFlag) ---------------------------------------

@@ -177,11 +177,20 @@ class Scheduler:
         for m in messages:
             self.dispatch(m, fresh=fresh)
 
-    def cancel(self, message_ids: Sequence[str]) -> None:
-        """Forget queued work of held or deleted messages; the store already changed their state."""
+    async def cancel(self, message_ids: Sequence[str]) -> None:
+        """Forget queued work of held, requeued or deleted messages (the store changed their state
+        first) and give its recipients back to the store: claimed, they are `active` there, and
+        nothing here would settle them any more. A hold keeps them held, a requeue makes them due."""
         ids = set(message_ids)
-        for dest in self.destinations.values():
-            self.active -= len(dest.cancel(ids))
+        dropped = [(job.message.id, r.index) for dest in self.destinations.values() for job in dest.cancel(ids)
+                   for r in job.recipients]
+        self.active -= len(dropped)
+        try:
+            events = await self.store.unclaim(dropped, self.clock()) if dropped else []
+        except Exception:  # they stay active until recovery retries them
+            log.exception("could not give back %d recipients dropped from the queue", len(dropped))
+            events = []
+        self.publish(events)
         self._wakeup.set()
 
     def destination(self, transport: str, nexthop: str) -> Destination:
@@ -284,8 +293,8 @@ class Scheduler:
             self._starved = True
             return False
         self.active += room
-        try:
-            messages = await self.store.claim(self.clock(), room)
+        try:  # with hooks, a message they have not seen comes whole: it may overfill the window
+            messages = await self.store.claim(self.clock(), room, whole_messages=self.preprocessor is not None)
         finally:
             self.active -= room
         claimed = sum(len(m.recipients) for m in messages)

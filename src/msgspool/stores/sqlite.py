@@ -261,11 +261,16 @@ def _drop_content_if_unused(conn: sqlite3.Connection, content_id: int) -> None:
                  " WHERE content_id = ? OR source_content_id = ?)", (content_id, content_id, content_id))
 
 
-def op_claim(conn: sqlite3.Connection, now: float, limit: int) -> list[Message]:
+def op_claim(conn: sqlite3.Connection, now: float, limit: int, whole_messages: bool = False) -> list[Message]:
     """Claim due recipients (queued or deferred, next_attempt_at passed): mark them active and
     return their messages with only the claimed recipients, urgent ones first. Bounded by `limit`
     rows; each priority class is one range of `recipients_due_by_priority`, oldest due first, so
-    an urgent retry is claimed before a backlog of a million normal ones without reading them."""
+    an urgent retry is claimed before a backlog of a million normal ones without reading them.
+
+    With `whole_messages` (outbound hooks run in this process), a message the hooks have not seen
+    yet comes with every waiting recipient it has, past `limit`: the hooks decide once for the
+    whole message (a reject, a rewrite, a split covers all its recipients), and then it is marked
+    preprocessed. Preprocessed mail is claimed as before, a row at a time by the index."""
     rows: list[Any] = []
     for priority in PRIORITY_CLASSES:
         if len(rows) >= limit:
@@ -273,16 +278,36 @@ def op_claim(conn: sqlite3.Connection, now: float, limit: int) -> list[Message]:
         rows += conn.execute(
             "UPDATE recipients SET status = 'active' WHERE rowid IN (SELECT rowid FROM recipients"
             " WHERE status IN ('queued', 'deferred') AND priority = ? AND next_attempt_at <= ?"
-            " ORDER BY next_attempt_at LIMIT ?)"
-            " RETURNING message_id, idx, address, addrtype, type, transport, nexthop, attempts, notify, orcpt",
+            f" ORDER BY next_attempt_at LIMIT ?) RETURNING {_CLAIMED_COLUMNS}",
             (priority, now, limit - len(rows)),
         ).fetchall()
     by_message: dict[str, list[Recipient]] = {}
-    for mid, idx, address, addrtype, rtype, transport, nexthop, attempts, notify, orcpt in rows:
-        by_message.setdefault(mid, []).append(Recipient(
-            address=address, addrtype=addrtype, type=RecipientType(rtype), transport=transport,
-            nexthop=nexthop, status=Status.ACTIVE, attempts=attempts, index=idx, dsn=recipient_dsn(notify, orcpt)))
-    return [m for m in (_load_message(conn, mid, rcpts) for mid, rcpts in by_message.items()) if m]
+    for row in rows:
+        by_message.setdefault(row[0], []).append(_claimed_recipient(row))
+    messages = [m for m in (_load_message(conn, mid, rcpts) for mid, rcpts in by_message.items()) if m]
+    for message in messages:
+        if whole_messages and not message.preprocessed:
+            _claim_the_rest(conn, message)
+    return messages
+
+
+_CLAIMED_COLUMNS = "message_id, idx, address, addrtype, type, transport, nexthop, attempts, notify, orcpt"
+
+
+def _claimed_recipient(row: Sequence[Any]) -> Recipient:
+    _mid, idx, address, addrtype, rtype, transport, nexthop, attempts, notify, orcpt = row
+    return Recipient(address=address, addrtype=addrtype, type=RecipientType(rtype), transport=transport,
+                     nexthop=nexthop, status=Status.ACTIVE, attempts=attempts, index=idx,
+                     dsn=recipient_dsn(notify, orcpt))
+
+
+def _claim_the_rest(conn: sqlite3.Connection, message: Message) -> None:
+    """Claim the message's other waiting recipients too, due or not: the hooks must see them all
+    (one that was deferred before hooks were configured is tried again early, once)."""
+    rest = conn.execute(f"UPDATE recipients SET status = 'active' WHERE message_id = ? AND status IN"
+                        f" ('queued', 'deferred') RETURNING {_CLAIMED_COLUMNS}", (message.id,)).fetchall()
+    message.recipients += [_claimed_recipient(row) for row in rest]
+    message.recipients.sort(key=lambda r: r.index)
 
 
 def _load_message(conn: sqlite3.Connection, message_id: str, recipients: list[Recipient]) -> Message | None:
@@ -390,6 +415,25 @@ def op_recover(conn: sqlite3.Connection) -> int:
     """After a crash or restart: recipients still marked active have no recorded outcome, so they
     are due again now (at-least-once; Postfix moves `active` back to `incoming` the same way)."""
     return conn.execute("UPDATE recipients SET status = 'queued' WHERE status = 'active'").rowcount
+
+
+def op_unclaim(conn: sqlite3.Connection, recipients: Sequence[tuple[str, int]], now: float) -> list[Event]:
+    """Claimed recipients that the delivery process dropped from memory unattempted (their message
+    was held, requeued or deleted while they waited for a connection) wait again, in one step:
+    held when their message is held, else due now. Only rows still active change: one settled
+    meanwhile, or deleted with its message, is left alone; nothing else would ever move the rest
+    out of `active` but a restart (op_recover)."""
+    events = []
+    for message_id, index in recipients:
+        row = conn.execute(
+            "UPDATE recipients SET status = CASE WHEN (SELECT held FROM messages m WHERE m.id = recipients.message_id)"
+            " THEN 'held' ELSE 'queued' END, next_attempt_at = ?, wait_destination = 0"
+            " WHERE message_id = ? AND idx = ? AND status = 'active' RETURNING status, address, transport",
+            (now, message_id, index)).fetchone()
+        if row is not None and row[0] == Status.HELD:
+            events.append(_insert_event(conn, Event(EventType.HELD, message_id, now, recipient=row[1],
+                                                    detail={"transport": row[2]})))
+    return events
 
 
 def op_release_destination(conn: sqlite3.Connection, transport: str, nexthop: str, now: float,
@@ -598,10 +642,12 @@ def _insert_history(conn: sqlite3.Connection, message_id: str, now: float, stage
 def op_preprocessed(conn: sqlite3.Connection, message: Message, result: Preprocessed,
                     now: float) -> tuple[list[Message], list[Event]]:
     """Record what the outbound hooks made of a message's active recipients, in one step: a
-    rejection fails them (an NDR follows), a hold holds the message (the hooks run again on
-    release), drafts replace it — the first draft is the stored message (changed content gets a
-    content row of its own; the submitted one is kept for `requeue`), each further draft becomes a
-    new message that takes its recipients along. Returns the messages to deliver now."""
+    rejection fails them (an NDR follows), a hook's failure holds the message (the hooks are not
+    done: they run again on release), drafts replace it — the first draft is the stored message
+    (changed content gets a content row of its own; the submitted one is kept for `requeue`), each
+    further draft becomes a new message that takes its recipients along. A hook's Hold keeps the
+    drafts held: the hooks are done, and release sends them as they are (Postfix postsuper -H).
+    Returns the messages to deliver now."""
     _insert_history(conn, message.id, now, "outbound", result.history)
     active = {r.index: r for r in message.recipients if r.status is Status.ACTIVE}
     if isinstance(result.verdict, Reject):
@@ -621,7 +667,12 @@ def op_preprocessed(conn: sqlite3.Connection, message: Message, result: Preproce
                                                                                 "split_from": message.id}))
               for c in children]
     events += op_settle(conn, dropped, now) if dropped else _finish_if_done(conn, message.id, now)
-    return [m for m in (kept, *children) if m.recipients], events
+    ready = [m for m in (kept, *children) if m.recipients]
+    if result.hold is None:
+        return ready, events
+    for m in ready:  # after the dropped ones settled: they were active too
+        events += _hold(conn, m.id, result.hold.reason, now, "('active')")
+    return [], events
 
 
 def _hold(conn: sqlite3.Connection, message_id: str, reason: str, now: float, statuses: str) -> list[Event]:
@@ -977,14 +1028,17 @@ class SQLiteStore:
     async def submit(self, msg: Message, copies: Sequence[Message] = ()) -> list[Event]:
         return await self._write(lambda c: op_submit(c, msg, copies))
 
-    async def claim(self, now: float, limit: int) -> list[Message]:
-        return await self._write(lambda c: op_claim(c, now, limit), durable=False)
+    async def claim(self, now: float, limit: int, *, whole_messages: bool = False) -> list[Message]:
+        return await self._write(lambda c: op_claim(c, now, limit, whole_messages), durable=False)
 
     async def settle(self, settlements: Sequence[Settlement], now: float) -> list[Event]:
         return await self._write(lambda c: op_settle(c, settlements, now, self.crash_limit), durable=False)
 
     async def recover(self) -> int:
         return await self._write(op_recover)
+
+    async def unclaim(self, recipients: Sequence[tuple[str, int]], now: float) -> list[Event]:
+        return await self._write(lambda c: op_unclaim(c, recipients, now), durable=False)
 
     async def release_destination(self, transport: str, nexthop: str, now: float) -> int:
         return await self._chunked(lambda c: op_release_destination(c, transport, nexthop, now), durable=False)
