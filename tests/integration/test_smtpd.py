@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 
 from msgspool.daemon import start_smtp
+from msgspool.domain.dsn import OriginalRecipient, RecipientDSN
+from msgspool.spooler.intake import Submission
 from msgspool.spooler.runtime import Spooler
 from tests.conftest import SpoolerFactory
 from tests.support.sink import Sink, free_port
@@ -366,6 +368,25 @@ async def test_dsn_requests_are_stored_and_passed_to_a_next_hop_that_advertises_
     assert mail.endswith(" RET=HDRS ENVID=QQ+2B1")
     assert rcpts[0] == "RCPT TO:<b@example.com> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;B+2Bx@example.com"
     assert rcpts[1] == "RCPT TO:<c@example.com> ORCPT=rfc822;c@example.com"  # RFC 3461 §5.2.1: added
+
+
+async def test_a_utf8_orcpt_is_sent_raw_only_in_a_transaction_that_uses_smtputf8(
+        spooler_factory: SpoolerFactory) -> None:
+    # RFC 6533 §3: the raw UTF-8 form only where MAIL FROM declared SMTPUTF8, which an ASCII envelope
+    # does not, though the next hop offers it; the xtext-encoded form otherwise.
+    sink = Sink(dsn=True, smtputf8=True).start()
+    orcpt = RecipientDSN(None, OriginalRecipient("utf-8", "jörg@example.com"))
+    try:
+        async with spooler_factory(relay=sink.address) as spooler:
+            for rcpt in ("j@example.com", "jörg@example.com"):
+                await spooler.submit(Submission(sender="a@example.org", recipients=[rcpt], content=MESSAGE,
+                                                recipient_dsn=[orcpt]))
+                await sink.async_wait_for(len(sink.messages) + 1)
+    finally:
+        sink.stop()
+    assert sink.commands[1] == "RCPT TO:<j@example.com> ORCPT=utf-8;j\\x{F6}rg@example.com"
+    assert sink.commands[2].endswith(" SMTPUTF8")
+    assert sink.commands[3] == "RCPT TO:<jörg@example.com> ORCPT=utf-8;jörg@example.com"
 
 
 async def test_dsn_parameters_are_not_sent_to_a_next_hop_without_dsn(listener: Listener, sink: Sink) -> None:

@@ -29,6 +29,7 @@ class Sink:
     messages: list[Received] = field(default_factory=list)
     connections: int = 0
     dsn: bool = False  # advertise DSN (RFC 3461)
+    smtputf8: bool = False  # advertise SMTPUTF8 (RFC 6531)
     commands: list[str] = field(default_factory=list)  # every MAIL and RCPT line, as received
     data_delay: float = 0.0  # seconds before the reply to the end of data
     _loop: asyncio.AbstractEventLoop | None = None
@@ -116,7 +117,9 @@ class Sink:
                     self.commands.append(line.decode().rstrip("\r\n"))
                 if verb in (b"EHLO", b"HELO"):
                     dsn = b"250-DSN\r\n" if self.dsn else b""
-                    writer.write(b"250-sink\r\n250-PIPELINING\r\n" + dsn + b"250-8BITMIME\r\n250 SIZE 100000000\r\n")
+                    utf8 = b"250-SMTPUTF8\r\n" if self.smtputf8 else b""
+                    writer.write(b"250-sink\r\n250-PIPELINING\r\n" + dsn + utf8
+                                 + b"250-8BITMIME\r\n250 SIZE 100000000\r\n")
                 elif verb == b"MAIL":
                     sender, recipients = line.decode().split("<", 1)[1].split(">", 1)[0], []
                     writer.write(b"250 2.1.0 Ok\r\n")

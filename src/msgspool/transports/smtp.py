@@ -20,7 +20,7 @@ from msgspool.domain.dsn import Handoff, RecipientDSN, mail_params, rcpt_params
 from msgspool.domain.message import Message, Recipient
 from msgspool.domain.outcome import Reply
 from msgspool.errors import DestinationUnavailable
-from msgspool.transports.smtp_client import ClientTimeouts, SMTPClient, SMTPConnectionError
+from msgspool.transports.smtp_client import ClientTimeouts, SMTPClient, SMTPConnectionError, ascii_envelope
 
 
 def split_hostport(value: str, default_port: int = 25) -> tuple[str, int]:
@@ -67,7 +67,10 @@ class SMTPConnection:
         naming the address as received, when the client gave none); to one that does not, nothing."""
         if "DSN" not in self.client.extensions or (message.dsn is None and not any(r.dsn for r in recipients)):
             return [], None
-        smtputf8 = "SMTPUTF8" in self.client.extensions
+        # RFC 6533 §3: an ORCPT in raw UTF-8 only in a transaction that uses SMTPUTF8, which the
+        # client declares for a non-ASCII envelope; otherwise its xtext-encoded form.
+        addresses = [r.address for r in recipients]
+        smtputf8 = "SMTPUTF8" in self.client.extensions and not ascii_envelope(message.sender, addresses)
         return (mail_params(message.dsn) if message.dsn else [],
                 [rcpt_params(r.dsn or RecipientDSN(), r.address, smtputf8=smtputf8) for r in recipients])
 

@@ -205,7 +205,7 @@ class SMTPClient:
         limit = self.size_limit
         if limit and len(content) > limit:
             return Reply(552, "5.3.4", f"message too big for the next hop (SIZE {limit})")
-        if not _ascii_envelope(sender, recipients) and "SMTPUTF8" not in self.extensions:
+        if not ascii_envelope(sender, recipients) and "SMTPUTF8" not in self.extensions:
             return Reply(553, "5.6.7", "next hop does not support SMTPUTF8")
         return None
 
@@ -215,7 +215,7 @@ class SMTPClient:
             params.append(f"SIZE={len(content)}")
         if "8BITMIME" in self.extensions and not content.isascii():
             params.append("BODY=8BITMIME")
-        if not _ascii_envelope(sender, recipients):
+        if not ascii_envelope(sender, recipients):
             params.append("SMTPUTF8")
         return params
 
@@ -358,5 +358,5 @@ def _parse_extensions(ehlo_text: str) -> dict[str, str]:
     return extensions
 
 
-def _ascii_envelope(sender: str, recipients: Sequence[str]) -> bool:
+def ascii_envelope(sender: str, recipients: Sequence[str]) -> bool:
     return sender.isascii() and all(rcpt.isascii() for rcpt in recipients)
