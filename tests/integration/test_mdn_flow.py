@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import smtplib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from email import message_from_bytes
 from email.message import Message as EmailMessage
@@ -38,14 +38,14 @@ class Mail:
     http: aiohttp.ClientSession
 
     async def receive(self, sender: str, rcpt: str, *, subject: str = "hello", notify_to: str | None = None,
-                      extra: str = "") -> str:
+                      extra: str = "", rcpt_options: Sequence[str] = ()) -> str:
         """Send one message over SMTP and return the id of its copy in `rcpt`'s inbox."""
         before = {m["id"] for m in await self.spooler.folder(rcpt)}
         headers = f"From: {sender}\r\nTo: {rcpt}\r\nSubject: {subject}\r\nMessage-ID: <{subject}@example.org>\r\n"
         if notify_to is not None:
             headers += f"Disposition-Notification-To: {notify_to}\r\n"
         content = f"{headers}{extra}\r\nThe body.\r\n".encode()
-        await asyncio.to_thread(_smtp_send, self.smtp_port, sender, rcpt, content)
+        await asyncio.to_thread(_smtp_send, self.smtp_port, sender, rcpt, content, rcpt_options)
         (new,) = [m for m in await self.spooler.folder(rcpt) if m["id"] not in before]
         return str(new["id"])
 
@@ -71,9 +71,10 @@ class Mail:
         return message_from_bytes(await self.spooler.content(message_id), policy=compat32)
 
 
-def _smtp_send(port: int, sender: str, rcpt: str, content: bytes) -> None:
+def _smtp_send(port: int, sender: str, rcpt: str, content: bytes, rcpt_options: Sequence[str] = ()) -> None:
     with smtplib.SMTP("127.0.0.1", port, timeout=5) as client:
-        client.sendmail(sender, [rcpt], content)
+        client.ehlo("client.example")
+        client.sendmail(sender, [rcpt], content, rcpt_options=list(rcpt_options))
 
 
 @pytest.fixture
@@ -129,6 +130,19 @@ async def test_marking_read_sends_one_read_receipt_to_the_local_requester(mail: 
     assert (await mail.show(original))["read"] is True
     await asyncio.sleep(0.2)
     assert len(await mail.spooler.folder("ann@example.org")) == 1  # one MDN per message, ever
+
+
+async def test_the_delivered_copy_carries_the_orcpt_as_original_recipient_and_the_mdn_names_it(mail: Mail) -> None:
+    # RFC 8098 §2.3: the MTA performing final delivery adds Original-Recipient from the ORCPT.
+    original = await mail.receive("ann@example.org", "bob@example.org", subject="m9", notify_to="ann@example.org",
+                                  rcpt_options=["ORCPT=rfc822;Bob+2Bnews@Example.org"])
+    copy = await mail.parsed(original)
+    await mail.post(original, "read")
+    (entry,) = await mail.inbox("ann@example.org", 1)
+    fields = notification(await mail.parsed(entry["id"]))
+    assert copy["Original-Recipient"] == "rfc822; Bob+news@Example.org"
+    assert fields["Original-Recipient"] == "rfc822; Bob+news@Example.org"
+    assert fields["Final-Recipient"] == "rfc822; bob@example.org"
 
 
 async def test_deleting_unread_sends_deleted_and_deleting_after_read_sends_nothing_more(mail: Mail) -> None:

@@ -17,6 +17,7 @@ from msgspool.domain import address as addr
 from msgspool.domain.content import canonical, count_hops, header_priority
 from msgspool.domain.dsn import MessageDSN, RecipientDSN
 from msgspool.domain.ids import new_id
+from msgspool.domain.mdn import original_recipient_header
 from msgspool.domain.message import DEFAULT_CLASS, NORMAL, Message, Recipient
 from msgspool.domain.outcome import LOOP_DETECTED, NO_ROUTE, Reply
 from msgspool.domain.recipient import RecipientType, Status
@@ -153,10 +154,15 @@ class Intake:
 
     def local_copy(self, message: Message, recipient: Recipient, now: float, *, folder: str = "",
                    flags: Sequence[str] = (), added_headers: Sequence[str] = ()) -> Message:
-        """The copy a local recipient's mailbox gets: Return-Path and Delivered-To (and any header
-        lines the inbound hooks added) above the shared content; folder "" is the receive folder."""
+        """The copy a local recipient's mailbox gets: Return-Path and Delivered-To, Original-Recipient
+        when the client gave an ORCPT (RFC 8098 §2.3: the delivering MTA adds it, so that a read
+        receipt names the address as first given), and any header lines the inbound hooks added,
+        above the shared content; folder "" is the receive folder."""
         mailbox = recipient.nexthop or addr.mailbox_key(recipient.address)
-        lines = [f"Return-Path: <{message.sender}>", f"Delivered-To: {recipient.address}", *added_headers]
+        lines = [f"Return-Path: <{message.sender}>", f"Delivered-To: {recipient.address}"]
+        if recipient.dsn is not None and recipient.dsn.orcpt is not None:
+            lines.append(original_recipient_header(recipient.dsn.orcpt).rstrip("\r\n"))
+        lines += added_headers
         return Message(
             id=new_id(now), sender=message.sender, content=message.content, recipients=[],
             submitted_at=now, mailbox=mailbox, folder=folder, message_class=message.message_class,
