@@ -68,6 +68,16 @@ async def test_complete_headers_adds_message_id_and_date(spooler_factory: Spoole
     assert headers["Message-ID"].endswith("@mx.test>") and headers["Date"]
 
 
+async def test_every_hook_that_ran_is_in_the_history_also_when_it_changed_nothing(spooler_factory: SpoolerFactory,
+                                                                                  sink: Sink) -> None:
+    complete = b"Message-ID: <m1@example.org>\r\nDate: Tue, 1 Dec 2026 10:00:00 +0000\r\n" + mail("y")
+    async with spooler_factory(relay=sink.address, hooks=hooks("complete_headers")) as spooler:
+        ids = [await spooler.submit(submission("b@example.com", content=c)) for c in (mail("x"), complete)]
+        added, passed = [await wait_status(spooler, i, {"delivered"}) for i in ids]
+    assert [(h["hook"], h["outcome"]) for h in added["history"]] == [("complete_headers", "changed")]
+    assert [(h["hook"], h["outcome"]) for h in passed["history"]] == [("complete_headers", "unchanged")]
+
+
 async def test_a_hook_that_raises_holds_only_its_message_until_released(
         spooler_factory: SpoolerFactory, sink: Sink, demo_distribution: None) -> None:
     async with spooler_factory(relay=sink.address, hooks=hooks("boom")) as spooler:

@@ -208,8 +208,10 @@ async def test_dkim_verify_records_the_outcome_and_drops_a_forged_result(
             good = await submit(spooler, signed)
             bad = await submit(spooler, signed.replace(b"Hello.", b"Hullo."))
             await wait_status(spooler, good, {"delivered"})
-            await wait_status(spooler, bad, {"delivered"})
+            history = (await wait_status(spooler, bad, {"delivered"}))["history"]
             copies = [await spooler.content(m["id"]) for m in await spooler.folder("you@localhost")]
+    assert [(h["hook"], h["outcome"]) for h in history] == [("dkim-in", "changed")]
+    assert history[0]["detail"] == "<you@localhost> added Authentication-Results; content"  # the forged one removed
     copies.sort(key=lambda c: b"Hullo." in c)  # the intact one first: the two are filed in either order
     results = [message_from_bytes(c).get_all("Authentication-Results") for c in copies]
     assert [r[0].split(";")[1].split()[0] for r in results] == ["dkim=pass", "dkim=fail"]

@@ -134,6 +134,10 @@ def judge(answer: object, before: Draft, given: Draft | None = None) -> list[Dra
     return drafts
 
 
+# Every hook that ran leaves a record, also one that let the message pass as it was.
+UNCHANGED = HookRecord("", "unchanged", "")
+
+
 def describe(original: Draft, drafts: Sequence[Draft]) -> HookRecord | None:
     """What a hook did to a message, for its history; None when it changed nothing."""
     if len(drafts) > 1:
@@ -325,6 +329,8 @@ def describe_inbound(before: Delivery, after: Delivery) -> HookRecord | None:
     if after.added_headers != before.added_headers:
         names = [h.split(":", 1)[0] for h in after.added_headers[len(before.added_headers):]]
         changes.append("added " + ", ".join(names))
+    if after.content != before.content:  # e.g. dkim_verify removing a forged Authentication-Results
+        changes.append("content")
     return HookRecord("", "changed", "; ".join(changes)) if changes else None
 
 

@@ -24,6 +24,7 @@ from importlib.metadata import entry_points
 from typing import Any, ParamSpec, TypeVar
 
 from msgspool.domain.hooks import (
+    UNCHANGED,
     Delivery,
     Draft,
     DraftRecipient,
@@ -187,9 +188,7 @@ class Preprocessor(Pipeline):
             result.history.append(_verdict_record(name, answer))
             result.hold = result.hold or answer
             return [current]
-        record = describe(current, answer)
-        if record is not None:
-            result.history.append(dataclasses.replace(record, hook=name))
+        result.history.append(dataclasses.replace(describe(current, answer) or UNCHANGED, hook=name))
         return answer
 
 
@@ -213,9 +212,7 @@ class Postprocessor(Pipeline):
                 result.history.append(_verdict_record(name, answer))
                 return dataclasses.replace(result, verdict=answer)
             given.actions = answer
-            record = describe_inbound(result.delivery, given)
-            if record is not None:
-                result.history.append(dataclasses.replace(record, hook=name))
+            result.history.append(dataclasses.replace(describe_inbound(result.delivery, given) or UNCHANGED, hook=name))
             result.delivery = given
         return result
 
