@@ -11,6 +11,7 @@ import pytest
 
 from msgspool.config import Settings
 from msgspool.spooler.runtime import Spooler
+from tests.support.receiver import Receiver
 from tests.support.sink import Sink
 
 
@@ -19,6 +20,14 @@ def sink() -> Iterator[Sink]:
     s = Sink().start()
     yield s
     s.stop()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A webhook receiver (a real local HTTP server), not started: tests bring it up with `start()`."""
+    r = Receiver()
+    yield r
+    r.stop()
 
 
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:

@@ -27,13 +27,6 @@ NEW_MAIL_FOR_YOU = f"mailbox={YOU}&types=new_mail"
 
 
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    yield r
-    r.stop()
-
-
-@pytest.fixture
 def clients() -> Iterator[Callable[..., SseClient]]:
     opened: list[SseClient] = []
 

@@ -6,10 +6,7 @@ from __future__ import annotations
 import json
 import smtplib
 import time
-from collections.abc import Iterator
 from typing import Any
-
-import pytest
 
 from msgspool.domain.webhooks import verify
 from tests.support.daemon import Daemon, Spool, run_cli
@@ -17,13 +14,6 @@ from tests.support.receiver import Post, Receiver
 
 SECRET = "e2e-secret"
 MAIL = "From: a@example.org\r\nTo: you@localhost\r\nSubject: hi\r\n\r\nHello.\r\n"
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    yield r
-    r.stop()
 
 
 def configure(spool: Spool, receiver: Receiver, types: list[str]) -> None:

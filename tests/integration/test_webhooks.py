@@ -8,13 +8,11 @@ import hashlib
 import hmac
 import smtplib
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from msgspool.daemon import start_smtp
 from msgspool.domain.events import EventType
@@ -28,14 +26,6 @@ from tests.support.sink import Sink, free_port
 
 SECRET = "s3cret-for-tests"
 MAIL = "From: a@example.org\r\nTo: alice@localhost\r\nSubject: hi\r\n\r\nHello.\r\n"
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    """A webhook receiver, not started: tests bring it up with `receiver.start()`."""
-    r = Receiver()
-    yield r
-    r.stop()
 
 
 def hook(receiver: Receiver, path: str = "/hook", **options: Any) -> dict[str, Any]:
