@@ -95,10 +95,10 @@ async def test_a_destination_going_down_and_coming_back_is_told_by_transport_sta
         try:
             up = await asyncio.wait_for(anext(events), 5)
             await sink.async_wait_for(3, timeout=5)
+            await asyncio.sleep(0.2)
+            assert events.queue.empty(), "each change is told once"  # three deferrals, one `down`
         finally:
             sink.stop()
-        await asyncio.sleep(0.2)
-        assert events.queue.empty(), "each change is told once"  # three deferrals, one `down`
         stored = [e.id for e in await spooler.store.events_after(0) if e.type is EventType.TRANSPORT_STATUS]
     assert (down.detail["transport"], down.detail["destination"], down.detail["status"]) == \
         ("smtp", sink.address, "down")
