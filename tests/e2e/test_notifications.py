@@ -91,7 +91,8 @@ def test_sse_client_and_webhook_both_get_new_mail_for_a_message_sent_over_smtp(
     print(f"\nSSE new_mail latency after the 250 reply (two-process daemon): {figures}")
     record_property("sse_latency_ms", [round(x * 1000, 2) for x in latencies])
     assert {(e.type, e.data["mailbox"], e.data["folder"]) for e in stream.received()} == {("new_mail", YOU, "inbox")}
-    assert [p.event["id"] for p in posts] == ids(stream.received())
+    # Each webhook POST is its own queued delivery, so posts may arrive in any order: once each is the promise.
+    assert sorted(p.event["id"] for p in posts) == sorted(ids(stream.received()))
     assert all(p.headers["X-Msgspool-Event"] == "new_mail" for p in posts)
     assert max(latencies) < 1.0, figures  # generous for a loaded box; the < 100 ms proof is in-process
 
