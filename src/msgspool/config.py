@@ -51,6 +51,11 @@ class Settings:
     store: str = _doc("sqlite", "Message store: an entry point of the `msgspool.stores` group.")
     delivery_process: bool = _doc(True, "serve delivers from a second process: intake and delivery get a core each.")
     smtp_listen: str = _doc("127.0.0.1:2525", "SMTP listener HOST:PORT; empty disables it.")
+    smtps_listen: str = _doc(
+        "", "SMTP listener with implicit TLS (RFC 8314, port 465 style) HOST:PORT; needs tls_cert_file.")
+    tls_cert_file: str = _doc(
+        "", "PEM certificate (chain) of the SMTP listeners; with tls_key_file they offer STARTTLS.")
+    tls_key_file: str = _doc("", "PEM private key of tls_cert_file. Both are read again on SIGHUP.")
     http_listen: str = _doc("127.0.0.1:8025", "HTTP API HOST:PORT; empty disables it.")
     relay: str = _doc("", "Smarthost HOST:PORT for every non-local SMTP recipient; empty = MX lookup.")
     local_domains: list[str] = _doc(["localhost"], "Domains whose mail is filed into local mailboxes.")

@@ -9,7 +9,8 @@
 - Connections are counted (limits.py): over `smtpd_connection_limit` in all, or
   `smtpd_client_connection_limit` from one client address outside the trusted networks, a new
   session is greeted with ``421 4.7.0`` and closed.
-- After DATA the message gets its `Received:` trace header (RFC 5321 §4.4) and goes through
+- After DATA the message gets its `Received:` trace header (RFC 5321 §4.4; the protocol name
+  says whether the session was encrypted, a comment gives the TLS version and cipher) and goes through
   intake; the ``250`` is sent only once the spool has committed it durably. A release time
   becomes the message's `deliver_after`: its recipients are not due before it.
 """
@@ -88,10 +89,14 @@ class SpoolPolicy:
             self.connections.release(str(session.peer[0]))
 
     def _received(self, session: Session, envelope: Envelope, queue_id: str) -> bytes:
-        # RFC 5321 §4.4 and RFC 3848 protocol names.
+        # RFC 5321 §4.4, RFC 3848 and RFC 6531 §3.7.3 protocol names; the TLS version and cipher in a comment.
         with_ = ("UTF8SMTP" if envelope.smtputf8 else "ESMTP" if session.esmtp else "SMTP")
+        if session.esmtp and session.tls is not None:
+            with_ += "S"
         if session.esmtp and session.authenticated:
             with_ += "A"
+        if session.tls is not None:
+            with_ += f" ({session.tls[0]} {session.tls[1]})"
         ip = session.peer[0]
         for_ = f"\r\n\tfor <{envelope.recipients[0]}>" if len(envelope.recipients) == 1 else ""
         text = (f"Received: from {session.helo or 'unknown'} ([{ip}])\r\n\tby {self.hostname} (msgspool)"
