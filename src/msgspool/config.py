@@ -64,6 +64,12 @@ class Settings:
     recipient_limit: int = _doc(1000, "Most recipients accepted in one SMTP transaction.")
     hopcount_limit: int = _doc(50, "More Received: headers than this is a loop: 554 5.4.6.")
     smtpd_timeout: float = _doc(300.0, "Seconds an SMTP client may stay silent (RFC 5321 §4.5.3.2.7).")
+    smtpd_data_timeout: float = _doc(
+        600.0, "Seconds an SMTP client has for a whole DATA phase, however often it sends a byte; then 421 4.4.2.")
+    smtpd_connection_limit: int = _doc(
+        200, "Most SMTP sessions open at once, all listeners; more get 421 4.7.0. 0 = no limit.")
+    smtpd_client_connection_limit: int = _doc(
+        20, "Most SMTP sessions open at once from one client address outside trusted_networks; 0 = no limit.")
     min_backoff: float = _doc(300.0, "First retry delay after a temporary failure, seconds.")
     max_backoff: float = _doc(4000.0, "Longest retry delay, seconds.")
     max_lifetime: float = _doc(

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 from msgspool.config import Settings
 from msgspool.errors import MsgspoolError
+from msgspool.smtpd.limits import ConnectionCounter
 from msgspool.smtpd.policy import SpoolPolicy
 from msgspool.smtpd.protocol import ServerLimits, start_server
 from msgspool.spooler import control
@@ -70,13 +71,37 @@ async def control_handler(spooler: Spooler, request: dict[str, Any]) -> dict[str
 async def start_smtp(spooler: Spooler, settings: Settings) -> asyncio.AbstractServer:
     """The SMTP listener on `settings.smtp_listen`, submitting into `spooler`."""
     host, port = split_hostport(settings.smtp_listen)
+    connections = ConnectionCounter(settings.smtpd_connection_limit, settings.smtpd_client_connection_limit,
+                                    settings.host_name)
     policy = SpoolPolicy(spooler.intake, spooler.submit, hostname=settings.host_name,
-                         trusted_networks=settings.trusted_networks, future_release_max=settings.future_release_max)
+                         trusted_networks=settings.trusted_networks, future_release_max=settings.future_release_max,
+                         connections=connections)
     limits = ServerLimits(hostname=settings.host_name, max_message_size=settings.message_size_limit,
-                          max_recipients=settings.recipient_limit, command_timeout=settings.smtpd_timeout)
+                          max_recipients=settings.recipient_limit, command_timeout=settings.smtpd_timeout,
+                          data_timeout=settings.smtpd_data_timeout)
+    _raise_file_limit(settings.smtpd_connection_limit)
     server = await _listen("SMTP", f"{host}:{port}", start_server(policy, host, port, limits))
     log.info("smtp listener on %s:%d", host, port)
     return server
+
+
+def _raise_file_limit(connections: int) -> None:
+    """Raise the soft file descriptor limit to the hard one, so that the connection limit, not
+    the descriptors, is what a flood of clients runs into (each session is one descriptor, and
+    the store, the link and the delivery side need theirs). An accept that still fails for lack of
+    descriptors is retried by the event loop a moment later; the process goes on."""
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    if connections == 0 or connections + 100 > soft:
+        log.warning("smtpd_connection_limit %s against %s file descriptors: a flood of clients may use them up",
+                    connections or "(none)", soft)
 
 
 async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:

@@ -16,13 +16,21 @@ release time).
 Strictness, where the RFC leaves room (each chosen to be safe and what Postfix does):
 - Only ``<CRLF>.<CRLF>`` ends the content; content with a bare LF is refused after the end of
   data with ``550 5.5.2`` (RFC 5321 §2.3.8; the SMTP smuggling fix, Postfix's
-  ``smtpd_forbid_bare_newline = reject``). Content with NUL bytes is refused with ``550 5.6.0``.
+  ``smtpd_forbid_bare_newline = reject``), and so is content with a bare CR, which some next hops
+  take for a line end. Content with NUL bytes is refused with ``550 5.6.0``.
   Commands ending in a bare LF are accepted (the risk lies in content, not commands).
+- An address (MAIL FROM, RCPT TO) with a control character (C0, DEL, C1) or bytes that are not
+  UTF-8 is refused as bad syntax (``501 5.1.7`` / ``501 5.1.3``): it would end up in headers,
+  logs and the next hop's protocol lines.
 - A command line longer than 2,048 bytes is answered ``500 5.5.2`` (§4.5.3.1.4 sets 512 as the
-  floor; ESMTP parameters need more) and its remainder is skipped.
-- Content beyond the SIZE limit is read and thrown away, then answered ``552 5.3.4``.
+  floor and lets extensions raise it: SIZE, DSN's ORCPT and SMTPUTF8 addresses need more) and its
+  remainder is skipped, never buffered.
+- Content beyond the SIZE limit is read and thrown away, then answered ``552 5.3.4``: a session
+  holds at most `max_message_size` bytes of content in memory.
 - After `hard_error_limit` bad commands, or `command_timeout` seconds of silence, the session ends
-  with a 421 (Postfix: smtpd_hard_error_limit, smtpd_timeout).
+  with a 421 (Postfix: smtpd_hard_error_limit, smtpd_timeout). A DATA phase has a total deadline,
+  `data_timeout` seconds from the 354, however often the client sends a byte; past it the session
+  ends with ``421 4.4.2`` and nothing is stored.
 """
 
 from __future__ import annotations
@@ -67,6 +75,8 @@ BARE_LF = Reply(550, "5.5.2", "Error: bare <LF> received")
 NUL_IN_DATA = Reply(550, "5.6.0", "Error: message contains NUL characters")
 NEED_SMTPUTF8 = Reply(553, "5.6.7", "Error: must declare SMTPUTF8 to send unicode address")
 TIMEOUT = Reply(421, "4.4.2", "Error: timeout exceeded")
+DATA_TIMEOUT = Reply(421, "4.4.2", "Error: timeout exceeded for the message content")
+BARE_CR = Reply(550, "5.5.2", "Error: bare <CR> received")
 TOO_MANY_ERRORS = Reply(421, "4.7.0", "Error: too many errors")
 LOCAL_ERROR = Reply(451, "4.3.0", "Error: local error in processing; try again later")
 
@@ -77,6 +87,7 @@ _QUOTED = r'"(?:[^"\\\r\n]|\\[ -~])*"'
 _LABEL = r"(?:[A-Za-z0-9\x80-\U0010ffff](?:[A-Za-z0-9\x80-\U0010ffff-]{0,61}[A-Za-z0-9\x80-\U0010ffff])?)"
 _DOMAIN = rf"(?:{_LABEL}(?:\.{_LABEL})*\.?|\[[^\[\]\\\s]+\])"
 _MAILBOX = re.compile(rf"^(?:{_DOT_ATOM}|{_QUOTED})@{_DOMAIN}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")  # C0, DEL, C1; surrogates: bytes not UTF-8
 _XTEXT_PARAM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*(=[!-<>-~\x80-\U0010ffff]+)?$")
 
 
@@ -90,6 +101,7 @@ class Session:
     trusted: bool = False
     authenticated: bool = False
     transactions: int = 0
+    admitted: bool = False  # counted by the policy's connection limits, to be released on disconnect
 
 
 @dataclass(slots=True)
@@ -132,12 +144,18 @@ class ServerLimits:
     max_message_size: int = 10_240_000
     max_recipients: int = 1000
     command_timeout: float = 300.0
+    data_timeout: float = 600.0
     hard_error_limit: int = 20
 
 
 def valid_mailbox(address: str) -> bool:
-    """RFC 5321 §4.1.2 Mailbox (RFC 6531 widens atoms and labels to UTF-8)."""
-    return len(address) <= 320 and _MAILBOX.match(address) is not None
+    """RFC 5321 §4.1.2 Mailbox (RFC 6531 widens atoms and labels to UTF-8), free of control characters."""
+    return len(address) <= 320 and _MAILBOX.match(address) is not None and _CONTROL.search(address) is None
+
+
+def printable(text: str) -> str:
+    """`text` fit to echo in a reply or a log line: each control character becomes ``?``."""
+    return _CONTROL.sub("?", text)
 
 
 def parse_path(arg: str, keyword: str) -> tuple[str, str] | None:
@@ -193,6 +211,7 @@ class SMTPServerProtocol(asyncio.Protocol):
         self._paused = False
         self._errors = 0
         self._timer: asyncio.TimerHandle | None = None
+        self._data_timer: asyncio.TimerHandle | None = None
         self._last_activity = 0.0
         self._task: asyncio.Task[None] | None = None
 
@@ -225,6 +244,7 @@ class SMTPServerProtocol(asyncio.Protocol):
         self._closing = True
         if self._timer is not None:
             self._timer.cancel()
+        self._stop_data_timer()
         # A commit already under way finishes (the message is then in the spool and will be sent,
         # as with any MTA whose client vanished before reading the 250); nothing else is kept.
         self.policy.disconnect(self.session)
@@ -294,6 +314,7 @@ class SMTPServerProtocol(asyncio.Protocol):
         discarded, self._data_discarded = self._data_discarded, 0
         self._in_data = False
         self._data_scanned = 0
+        self._stop_data_timer()
         self._finish_data(content, discarded)
         return True
 
@@ -311,8 +332,12 @@ class SMTPServerProtocol(asyncio.Protocol):
         if discarded or len(content) > self.limits.max_message_size:
             self._reply(TOO_BIG)
             return
-        if content.count(b"\n") != content.count(b"\r\n"):
+        crlf = content.count(b"\r\n")
+        if content.count(b"\n") != crlf:
             self._reply(BARE_LF)
+            return
+        if content.count(b"\r") != crlf:
+            self._reply(BARE_CR)
             return
         if b"\x00" in content:
             self._reply(NUL_IN_DATA)
@@ -389,6 +414,23 @@ class SMTPServerProtocol(asyncio.Protocol):
         self._timer = None
         self._timed_out()
 
+    def _stop_data_timer(self) -> None:
+        if self._data_timer is not None:
+            self._data_timer.cancel()
+            self._data_timer = None
+
+    def _data_timed_out(self) -> None:
+        """The DATA deadline passed: whatever came of the content is dropped with the session."""
+        self._data_timer = None
+        if not self._in_data or self._closing:
+            return
+        log.warning("timeout after DATA from [%s]: %d bytes in %.0f s", self.session.peer[0],
+                    len(self._buffer) + self._data_discarded, self.limits.data_timeout)
+        self._buffer.clear()
+        self._in_data = False
+        self._reply(Reply(DATA_TIMEOUT.code, DATA_TIMEOUT.enhanced, f"{self.limits.hostname} {DATA_TIMEOUT.text}"))
+        self._close()
+
     def _timed_out(self) -> None:
         if self._busy or self._closing:
             return
@@ -446,7 +488,7 @@ class SMTPServerProtocol(asyncio.Protocol):
         hold_max = self.policy.future_release(self.session)
         refusal = self._mail_params(params, hold_max)
         if refusal is None and sender and not valid_mailbox(sender):
-            refusal = Reply(501, "5.1.7", f"<{sender}>: Bad sender address syntax")
+            refusal = Reply(501, "5.1.7", f"<{printable(sender)}>: Bad sender address syntax")
         if refusal is None and not sender.isascii() and "SMTPUTF8" not in params:
             refusal = NEED_SMTPUTF8
         dsn, release_at = None, None
@@ -510,7 +552,7 @@ class SMTPServerProtocol(asyncio.Protocol):
             self._error(err.reply)
             return
         if not (valid_mailbox(address) or address.lower() == "postmaster"):
-            self._error(Reply(501, "5.1.3", f"<{address}>: Bad recipient address syntax"))
+            self._error(Reply(501, "5.1.3", f"<{printable(address)}>: Bad recipient address syntax"))
             return
         if not address.isascii() and not self.envelope.smtputf8:
             self._error(NEED_SMTPUTF8)
@@ -539,6 +581,7 @@ class SMTPServerProtocol(asyncio.Protocol):
             self._reply(START_DATA)
             self._in_data = True
             self._data_scanned = 0
+            self._data_timer = asyncio.get_running_loop().call_later(self.limits.data_timeout, self._data_timed_out)
 
     def smtp_rset(self, arg: str) -> None:
         self.envelope = Envelope()
