@@ -26,9 +26,11 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from msgspool.config import Settings
-from msgspool.errors import MsgspoolError
+from msgspool.errors import ConfigError, MsgspoolError
+from msgspool.smtpd.limits import ConnectionCounter
 from msgspool.smtpd.policy import SpoolPolicy
 from msgspool.smtpd.protocol import ServerLimits, start_server
+from msgspool.smtpd.tls import ServerTLS
 from msgspool.spooler import control
 from msgspool.spooler.link import EventForwarder, Link, RemoteDelivery, events_of, message_from_wire
 from msgspool.spooler.runtime import SERVE_LOCK_NAME, Spooler, take_lock
@@ -67,16 +69,69 @@ async def control_handler(spooler: Spooler, request: dict[str, Any]) -> dict[str
     return {"ok": False, "error": f"unknown op {op!r}"}
 
 
-async def start_smtp(spooler: Spooler, settings: Settings) -> asyncio.AbstractServer:
-    """The SMTP listener on `settings.smtp_listen`, submitting into `spooler`."""
-    host, port = split_hostport(settings.smtp_listen)
+@dataclasses.dataclass
+class SMTPListeners:
+    """The SMTP listeners of the daemon (plain with STARTTLS, implicit TLS), sharing one policy,
+    one connection count and one TLS context."""
+
+    servers: list[asyncio.AbstractServer]
+    tls: ServerTLS | None
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.close()
+
+
+async def start_smtp(spooler: Spooler, settings: Settings) -> SMTPListeners:
+    """The SMTP listeners on `settings.smtp_listen` and `settings.smtps_listen`, submitting into `spooler`."""
+    tls = ServerTLS.load(settings.tls_cert_file, settings.tls_key_file)
+    if settings.smtps_listen and tls is None:
+        raise ConfigError("smtps_listen needs a certificate: set tls_cert_file and tls_key_file")
+    connections = ConnectionCounter(settings.smtpd_connection_limit, settings.smtpd_client_connection_limit,
+                                    settings.host_name)
     policy = SpoolPolicy(spooler.intake, spooler.submit, hostname=settings.host_name,
-                         trusted_networks=settings.trusted_networks, future_release_max=settings.future_release_max)
+                         trusted_networks=settings.trusted_networks, future_release_max=settings.future_release_max,
+                         connections=connections)
     limits = ServerLimits(hostname=settings.host_name, max_message_size=settings.message_size_limit,
-                          max_recipients=settings.recipient_limit, command_timeout=settings.smtpd_timeout)
-    server = await _listen("SMTP", f"{host}:{port}", start_server(policy, host, port, limits))
-    log.info("smtp listener on %s:%d", host, port)
-    return server
+                          max_recipients=settings.recipient_limit, command_timeout=settings.smtpd_timeout,
+                          data_timeout=settings.smtpd_data_timeout)
+    _raise_file_limit(settings.smtpd_connection_limit)
+    listeners = SMTPListeners([], tls)
+    context = tls.context if tls is not None else None
+    try:
+        if settings.smtp_listen:
+            host, port = split_hostport(settings.smtp_listen)
+            listeners.servers.append(await _listen("SMTP", f"{host}:{port}",
+                                                   start_server(policy, host, port, limits, tls=context)))
+            log.info("smtp listener on %s:%d%s", host, port, " (STARTTLS)" if tls is not None else "")
+        if settings.smtps_listen:
+            host, port = split_hostport(settings.smtps_listen, 465)
+            listeners.servers.append(await _listen("SMTPS", f"{host}:{port}", start_server(
+                policy, host, port, limits, tls=context, implicit_tls=True)))
+            log.info("smtps listener (implicit TLS) on %s:%d", host, port)
+    except BaseException:
+        listeners.close()
+        raise
+    return listeners
+
+
+def _raise_file_limit(connections: int) -> None:
+    """Raise the soft file descriptor limit to the hard one, so that the connection limit, not
+    the descriptors, is what a flood of clients runs into (each session is one descriptor, and
+    the store, the link and the delivery side need theirs). An accept that still fails for lack of
+    descriptors is retried by the event loop a moment later; the process goes on."""
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    if connections == 0 or connections + 100 > soft:
+        log.warning("smtpd_connection_limit %s against %s file descriptors: a flood of clients may use them up",
+                    connections or "(none)", soft)
 
 
 async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
@@ -107,8 +162,11 @@ async def _serve(settings: Settings, ready: asyncio.Event | None) -> None:
         control_server = await _listen("the control socket", control.socket_path(settings.spool_path),
                                        control.serve(settings.spool_path, lambda r: control_handler(spooler, r)))
         servers.append(control_server)
-        if settings.smtp_listen:
-            servers.append(await start_smtp(spooler, settings))
+        if settings.smtp_listen or settings.smtps_listen:
+            smtp = await start_smtp(spooler, settings)
+            servers.append(smtp)
+            if smtp.tls is not None:
+                loop.add_signal_handler(signal.SIGHUP, smtp.tls.reload)
         if settings.http_listen:
             from msgspool.web.app import start as start_http
 
@@ -129,7 +187,7 @@ async def _serve(settings: Settings, ready: asyncio.Event | None) -> None:
         if delivery is not None:
             await delivery.stop()
         await spooler.stop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         if control_server is not None:  # never another daemon's: a second `serve` fails on the lock
             with contextlib.suppress(FileNotFoundError):

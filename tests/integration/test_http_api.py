@@ -65,7 +65,7 @@ async def test_errors_are_problem_documents(api: tuple[Spooler, str]) -> None:
     _spooler, base = api
     async with aiohttp.ClientSession() as http:
         missing = await http.get(f"{base}/queue/NOSUCH")
-        bad = await http.post(f"{base}/messages", data=b"not json")
+        bad = await http.post(f"{base}/messages", data=b"not json", headers={"Content-Type": "application/json"})
         refused = await http.post(f"{base}/messages", json={"sender": "a@example.org", "recipients": [],
                                                              "content": "x"})
         body = await missing.json(content_type=None)

@@ -6,7 +6,11 @@
 - Future release (RFC 4865 HOLDFOR/HOLDUNTIL, up to `future_release_max` seconds) is offered to
   the same clients that may relay: the extension is one of message submission (RFC 4865 §1, RFC
   6409), and an MTA handing us inbound mail has no business parking it in our queue.
-- After DATA the message gets its `Received:` trace header (RFC 5321 §4.4) and goes through
+- Connections are counted (limits.py): over `smtpd_connection_limit` in all, or
+  `smtpd_client_connection_limit` from one client address outside the trusted networks, a new
+  session is greeted with ``421 4.7.0`` and closed.
+- After DATA the message gets its `Received:` trace header (RFC 5321 §4.4; the protocol name
+  says whether the session was encrypted, a comment gives the TLS version and cipher) and goes through
   intake; the ``250`` is sent only once the spool has committed it durably. A release time
   becomes the message's `deliver_after`: its recipients are not due before it.
 """
@@ -21,6 +25,7 @@ from msgspool.domain.ids import new_id
 from msgspool.domain.outcome import Reply
 from msgspool.domain.timefmt import rfc5322
 from msgspool.errors import SubmitError
+from msgspool.smtpd.limits import ConnectionCounter
 from msgspool.smtpd.protocol import Envelope, Session
 from msgspool.spooler.intake import Intake, Submission
 
@@ -34,10 +39,12 @@ def parse_networks(values: Sequence[str]) -> list[Network]:
 
 class SpoolPolicy:
     def __init__(self, intake: Intake, submit: Callable[[Submission], Awaitable[str]], *, hostname: str,
-                 trusted_networks: Sequence[str], future_release_max: int = 0) -> None:
+                 trusted_networks: Sequence[str], future_release_max: int = 0,
+                 connections: ConnectionCounter | None = None) -> None:
         self.intake, self.submit, self.hostname = intake, submit, hostname
         self.trusted = parse_networks(trusted_networks)
         self.future_release_max = future_release_max
+        self.connections = connections or ConnectionCounter(0, 0, hostname)
 
     def connect(self, session: Session) -> Reply | None:
         try:
@@ -45,6 +52,11 @@ class SpoolPolicy:
         except ValueError:
             ip = None
         session.trusted = ip is not None and any(ip in net for net in self.trusted)
+        refusal = self.connections.admit(str(session.peer[0]), exempt=session.trusted)
+        if refusal is not None:
+            log.warning("connect from [%s]: %s", session.peer[0], refusal.text)
+            return refusal
+        session.admitted = True
         return None
 
     def future_release(self, session: Session) -> int:
@@ -72,13 +84,19 @@ class SpoolPolicy:
         return Reply(250, "2.0.0", f"Ok: queued as {queue_id}")
 
     def disconnect(self, session: Session) -> None:
-        return None
+        if session.admitted:
+            session.admitted = False
+            self.connections.release(str(session.peer[0]))
 
     def _received(self, session: Session, envelope: Envelope, queue_id: str) -> bytes:
-        # RFC 5321 §4.4 and RFC 3848 protocol names.
+        # RFC 5321 §4.4, RFC 3848 and RFC 6531 §3.7.3 protocol names; the TLS version and cipher in a comment.
         with_ = ("UTF8SMTP" if envelope.smtputf8 else "ESMTP" if session.esmtp else "SMTP")
+        if session.esmtp and session.tls is not None:
+            with_ += "S"
         if session.esmtp and session.authenticated:
             with_ += "A"
+        if session.tls is not None:
+            with_ += f" ({session.tls[0]} {session.tls[1]})"
         ip = session.peer[0]
         for_ = f"\r\n\tfor <{envelope.recipients[0]}>" if len(envelope.recipients) == 1 else ""
         text = (f"Received: from {session.helo or 'unknown'} ([{ip}])\r\n\tby {self.hostname} (msgspool)"

@@ -11,18 +11,34 @@ Extensions: PIPELINING (RFC 2920), SIZE (RFC 1870), 8BITMIME (RFC 6152), ENHANCE
 (RFC 2034, codes from RFC 3463), SMTPUTF8 (RFC 6531), DSN (RFC 3461: its parameters are parsed
 here, by domain/dsn.py, and travel with the envelope), FUTURERELEASE (RFC 4865: offered to the
 clients the policy names, HOLDFOR/HOLDUNTIL parsed by domain/futurerelease.py into the envelope's
-release time).
+release time), STARTTLS (RFC 3207: offered when the listener has a TLS context, see tls.py; on
+an implicit-TLS listener, RFC 8314, the session starts encrypted and STARTTLS is not offered).
+
+STARTTLS, the way Postfix does it since CVE-2011-0411: input pipelined after the STARTTLS command
+(read in the same packet, before the handshake) is thrown away, never executed after the
+handshake as if it had come encrypted; reading stops when the ``220`` goes out, so nothing the
+client sends in clear can slip in between. After the handshake the session forgets what the
+client said before (RFC 3207 §4.2: HELO/EHLO, any transaction, authentication); only its address
+and trust, which come from the connection, stay.
 
 Strictness, where the RFC leaves room (each chosen to be safe and what Postfix does):
 - Only ``<CRLF>.<CRLF>`` ends the content; content with a bare LF is refused after the end of
   data with ``550 5.5.2`` (RFC 5321 §2.3.8; the SMTP smuggling fix, Postfix's
-  ``smtpd_forbid_bare_newline = reject``). Content with NUL bytes is refused with ``550 5.6.0``.
+  ``smtpd_forbid_bare_newline = reject``), and so is content with a bare CR, which some next hops
+  take for a line end. Content with NUL bytes is refused with ``550 5.6.0``.
   Commands ending in a bare LF are accepted (the risk lies in content, not commands).
+- An address (MAIL FROM, RCPT TO) with a control character (C0, DEL, C1) or bytes that are not
+  UTF-8 is refused as bad syntax (``501 5.1.7`` / ``501 5.1.3``): it would end up in headers,
+  logs and the next hop's protocol lines.
 - A command line longer than 2,048 bytes is answered ``500 5.5.2`` (§4.5.3.1.4 sets 512 as the
-  floor; ESMTP parameters need more) and its remainder is skipped.
-- Content beyond the SIZE limit is read and thrown away, then answered ``552 5.3.4``.
+  floor and lets extensions raise it: SIZE, DSN's ORCPT and SMTPUTF8 addresses need more) and its
+  remainder is skipped, never buffered.
+- Content beyond the SIZE limit is read and thrown away, then answered ``552 5.3.4``: a session
+  holds at most `max_message_size` bytes of content in memory.
 - After `hard_error_limit` bad commands, or `command_timeout` seconds of silence, the session ends
-  with a 421 (Postfix: smtpd_hard_error_limit, smtpd_timeout).
+  with a 421 (Postfix: smtpd_hard_error_limit, smtpd_timeout). A DATA phase has a total deadline,
+  `data_timeout` seconds from the 354, however often the client sends a byte; past it the session
+  ends with ``421 4.4.2`` and nothing is stored.
 """
 
 from __future__ import annotations
@@ -30,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -39,10 +56,12 @@ from msgspool.domain import futurerelease
 from msgspool.domain.dsn import DSNSyntaxError, MessageDSN, RecipientDSN, parse_mail_params, parse_rcpt_params
 from msgspool.domain.futurerelease import FutureReleaseError
 from msgspool.domain.outcome import Reply
+from msgspool.smtpd.tls import describe
 
 log = logging.getLogger("msgspool.smtpd")
 
 MAX_COMMAND_LINE = 2048
+TLS_HANDSHAKE_TIMEOUT = 60.0  # seconds, or the command timeout when that is shorter
 
 # Replies of the protocol itself (policy answers come from policy.py).
 OK = Reply(250, "2.0.0", "Ok")
@@ -50,7 +69,7 @@ SENDER_OK = Reply(250, "2.1.0", "Ok")
 RECIPIENT_OK = Reply(250, "2.1.5", "Ok")
 START_DATA = Reply(354, "", "End data with <CR><LF>.<CR><LF>")
 BYE = Reply(221, "2.0.0", "Bye")
-HELP = Reply(214, "2.0.0", "See RFC 5321; commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP")
+HELP = Reply(214, "2.0.0", "See RFC 5321; commands: EHLO HELO STARTTLS MAIL RCPT DATA RSET NOOP QUIT VRFY HELP")
 CANNOT_VRFY = Reply(252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery")
 NOT_RECOGNIZED = Reply(500, "5.5.2", "Error: command not recognized")
 LINE_TOO_LONG = Reply(500, "5.5.2", "Error: line too long")
@@ -67,7 +86,13 @@ BARE_LF = Reply(550, "5.5.2", "Error: bare <LF> received")
 NUL_IN_DATA = Reply(550, "5.6.0", "Error: message contains NUL characters")
 NEED_SMTPUTF8 = Reply(553, "5.6.7", "Error: must declare SMTPUTF8 to send unicode address")
 TIMEOUT = Reply(421, "4.4.2", "Error: timeout exceeded")
+DATA_TIMEOUT = Reply(421, "4.4.2", "Error: timeout exceeded for the message content")
+BARE_CR = Reply(550, "5.5.2", "Error: bare <CR> received")
 TOO_MANY_ERRORS = Reply(421, "4.7.0", "Error: too many errors")
+READY_FOR_TLS = Reply(220, "2.0.0", "Ready to start TLS")
+NOT_IMPLEMENTED = Reply(502, "5.5.1", "Error: command not implemented")
+TLS_ACTIVE = Reply(554, "5.5.1", "Error: TLS already active")
+MAIL_IN_PROGRESS = Reply(503, "5.5.1", "Error: MAIL transaction in progress")
 LOCAL_ERROR = Reply(451, "4.3.0", "Error: local error in processing; try again later")
 
 _SKIPPED = b"<skipped>"  # identity marker: a line already answered
@@ -77,6 +102,7 @@ _QUOTED = r'"(?:[^"\\\r\n]|\\[ -~])*"'
 _LABEL = r"(?:[A-Za-z0-9\x80-\U0010ffff](?:[A-Za-z0-9\x80-\U0010ffff-]{0,61}[A-Za-z0-9\x80-\U0010ffff])?)"
 _DOMAIN = rf"(?:{_LABEL}(?:\.{_LABEL})*\.?|\[[^\[\]\\\s]+\])"
 _MAILBOX = re.compile(rf"^(?:{_DOT_ATOM}|{_QUOTED})@{_DOMAIN}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")  # C0, DEL, C1; surrogates: bytes not UTF-8
 _XTEXT_PARAM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*(=[!-<>-~\x80-\U0010ffff]+)?$")
 
 
@@ -90,6 +116,8 @@ class Session:
     trusted: bool = False
     authenticated: bool = False
     transactions: int = 0
+    admitted: bool = False  # counted by the policy's connection limits, to be released on disconnect
+    tls: tuple[str, str] | None = None  # (protocol version, cipher) once the session is encrypted
 
 
 @dataclass(slots=True)
@@ -132,12 +160,18 @@ class ServerLimits:
     max_message_size: int = 10_240_000
     max_recipients: int = 1000
     command_timeout: float = 300.0
+    data_timeout: float = 600.0
     hard_error_limit: int = 20
 
 
 def valid_mailbox(address: str) -> bool:
-    """RFC 5321 §4.1.2 Mailbox (RFC 6531 widens atoms and labels to UTF-8)."""
-    return len(address) <= 320 and _MAILBOX.match(address) is not None
+    """RFC 5321 §4.1.2 Mailbox (RFC 6531 widens atoms and labels to UTF-8), free of control characters."""
+    return len(address) <= 320 and _MAILBOX.match(address) is not None and _CONTROL.search(address) is None
+
+
+def printable(text: str) -> str:
+    """`text` fit to echo in a reply or a log line: each control character becomes ``?``."""
+    return _CONTROL.sub("?", text)
 
 
 def parse_path(arg: str, keyword: str) -> tuple[str, str] | None:
@@ -177,8 +211,8 @@ class SMTPServerProtocol(asyncio.Protocol):
     """One SMTP session. Commands are handled synchronously from the receive buffer; only the
     commit after DATA awaits, and while it runs no further input is processed."""
 
-    def __init__(self, policy: Policy, limits: ServerLimits) -> None:
-        self.policy, self.limits = policy, limits
+    def __init__(self, policy: Policy, limits: ServerLimits, tls: ssl.SSLContext | None = None) -> None:
+        self.policy, self.limits, self.tls = policy, limits, tls
         self.transport: asyncio.Transport | None = None
         self.session = Session(peer=("", 0))
         self.envelope = Envelope()
@@ -193,14 +227,17 @@ class SMTPServerProtocol(asyncio.Protocol):
         self._paused = False
         self._errors = 0
         self._timer: asyncio.TimerHandle | None = None
+        self._data_timer: asyncio.TimerHandle | None = None
         self._last_activity = 0.0
         self._task: asyncio.Task[None] | None = None
+        self._ended = False
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not an asyncio.Transport subclass
         self.session.peer = transport.get_extra_info("peername") or ("", 0)
+        self.session.tls = describe(transport.get_extra_info("ssl_object"))  # an implicit-TLS listener
         refusal = self.policy.connect(self.session)
         if refusal is not None:
             self._reply(refusal)
@@ -222,9 +259,13 @@ class SMTPServerProtocol(asyncio.Protocol):
         self._process()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._ended:  # a failed TLS handshake may tell twice
+            return
+        self._ended = True
         self._closing = True
         if self._timer is not None:
             self._timer.cancel()
+        self._stop_data_timer()
         # A commit already under way finishes (the message is then in the spool and will be sent,
         # as with any MTA whose client vanished before reading the 250); nothing else is kept.
         self.policy.disconnect(self.session)
@@ -294,6 +335,7 @@ class SMTPServerProtocol(asyncio.Protocol):
         discarded, self._data_discarded = self._data_discarded, 0
         self._in_data = False
         self._data_scanned = 0
+        self._stop_data_timer()
         self._finish_data(content, discarded)
         return True
 
@@ -311,8 +353,12 @@ class SMTPServerProtocol(asyncio.Protocol):
         if discarded or len(content) > self.limits.max_message_size:
             self._reply(TOO_BIG)
             return
-        if content.count(b"\n") != content.count(b"\r\n"):
+        crlf = content.count(b"\r\n")
+        if content.count(b"\n") != crlf:
             self._reply(BARE_LF)
+            return
+        if content.count(b"\r") != crlf:
+            self._reply(BARE_CR)
             return
         if b"\x00" in content:
             self._reply(NUL_IN_DATA)
@@ -389,6 +435,23 @@ class SMTPServerProtocol(asyncio.Protocol):
         self._timer = None
         self._timed_out()
 
+    def _stop_data_timer(self) -> None:
+        if self._data_timer is not None:
+            self._data_timer.cancel()
+            self._data_timer = None
+
+    def _data_timed_out(self) -> None:
+        """The DATA deadline passed: whatever came of the content is dropped with the session."""
+        self._data_timer = None
+        if not self._in_data or self._closing:
+            return
+        log.warning("timeout after DATA from [%s]: %d bytes in %.0f s", self.session.peer[0],
+                    len(self._buffer) + self._data_discarded, self.limits.data_timeout)
+        self._buffer.clear()
+        self._in_data = False
+        self._reply(Reply(DATA_TIMEOUT.code, DATA_TIMEOUT.enhanced, f"{self.limits.hostname} {DATA_TIMEOUT.text}"))
+        self._close()
+
     def _timed_out(self) -> None:
         if self._busy or self._closing:
             return
@@ -405,6 +468,8 @@ class SMTPServerProtocol(asyncio.Protocol):
         self.envelope = Envelope()
         keywords = [self.limits.hostname, "PIPELINING", f"SIZE {self.limits.max_message_size}", "8BITMIME",
                     "ENHANCEDSTATUSCODES", "SMTPUTF8", "DSN"]
+        if self.tls is not None and self.session.tls is None:
+            keywords.append("STARTTLS")
         hold_max = self.policy.future_release(self.session)
         if hold_max > 0:
             keywords.append(futurerelease.ehlo_keyword(hold_max, time.time()))
@@ -446,7 +511,7 @@ class SMTPServerProtocol(asyncio.Protocol):
         hold_max = self.policy.future_release(self.session)
         refusal = self._mail_params(params, hold_max)
         if refusal is None and sender and not valid_mailbox(sender):
-            refusal = Reply(501, "5.1.7", f"<{sender}>: Bad sender address syntax")
+            refusal = Reply(501, "5.1.7", f"<{printable(sender)}>: Bad sender address syntax")
         if refusal is None and not sender.isascii() and "SMTPUTF8" not in params:
             refusal = NEED_SMTPUTF8
         dsn, release_at = None, None
@@ -510,7 +575,7 @@ class SMTPServerProtocol(asyncio.Protocol):
             self._error(err.reply)
             return
         if not (valid_mailbox(address) or address.lower() == "postmaster"):
-            self._error(Reply(501, "5.1.3", f"<{address}>: Bad recipient address syntax"))
+            self._error(Reply(501, "5.1.3", f"<{printable(address)}>: Bad recipient address syntax"))
             return
         if not address.isascii() and not self.envelope.smtputf8:
             self._error(NEED_SMTPUTF8)
@@ -539,6 +604,50 @@ class SMTPServerProtocol(asyncio.Protocol):
             self._reply(START_DATA)
             self._in_data = True
             self._data_scanned = 0
+            self._data_timer = asyncio.get_running_loop().call_later(self.limits.data_timeout, self._data_timed_out)
+
+    def smtp_starttls(self, arg: str) -> None:
+        if arg:
+            self._error(Reply(501, "5.5.4", "Syntax: STARTTLS"))
+        elif self.tls is None:
+            self._error(NOT_IMPLEMENTED)
+        elif self.session.tls is not None:
+            self._error(TLS_ACTIVE)
+        elif self.envelope.sender is not None:
+            self._error(MAIL_IN_PROGRESS)
+        else:
+            self._reply(READY_FOR_TLS)
+            if self._buffer or self._skipping_line:
+                log.warning("[%s] sent %d bytes pipelined after STARTTLS: discarded", self.session.peer[0],
+                            len(self._buffer))
+            self._buffer.clear()
+            self._skipping_line = False
+            self._busy = True
+            assert self.transport is not None
+            self.transport.pause_reading()  # start_tls resumes it, for the handshake
+            self._task = asyncio.ensure_future(self._start_tls(self.tls))
+
+    async def _start_tls(self, context: ssl.SSLContext) -> None:
+        assert self.transport is not None
+        loop = asyncio.get_running_loop()
+        try:
+            transport = await loop.start_tls(self.transport, self, context, server_side=True,
+                                             ssl_handshake_timeout=min(TLS_HANDSHAKE_TIMEOUT,
+                                                                       self.limits.command_timeout))
+        except (OSError, RuntimeError) as err:  # ssl.SSLError, a reset, the handshake timeout
+            log.info("TLS handshake with [%s] failed: %s", self.session.peer[0], err or type(err).__name__)
+            self.transport.abort()
+            self.connection_lost(err)
+            return
+        if transport is None or self._closing:
+            return
+        self.transport = transport
+        self.session.tls = describe(transport.get_extra_info("ssl_object"))
+        self.session.helo, self.session.esmtp, self.session.authenticated = None, False, False
+        self.envelope = Envelope()
+        self._busy = False
+        self._arm_timer()
+        self._process()  # what the client sent once encrypted, before this ran
 
     def smtp_rset(self, arg: str) -> None:
         self.envelope = Envelope()
@@ -570,11 +679,19 @@ _COMMANDS: dict[str, Callable[[SMTPServerProtocol, str], None]] = {
     "DATA": SMTPServerProtocol.smtp_data, "RSET": SMTPServerProtocol.smtp_rset,
     "NOOP": SMTPServerProtocol.smtp_noop, "QUIT": SMTPServerProtocol.smtp_quit,
     "VRFY": SMTPServerProtocol.smtp_vrfy, "EXPN": SMTPServerProtocol.smtp_expn,
-    "HELP": SMTPServerProtocol.smtp_help,
+    "HELP": SMTPServerProtocol.smtp_help, "STARTTLS": SMTPServerProtocol.smtp_starttls,
 }
 
 
-async def start_server(policy: Policy, host: str, port: int, limits: ServerLimits) -> asyncio.AbstractServer:
+async def start_server(policy: Policy, host: str, port: int, limits: ServerLimits, *,
+                       tls: ssl.SSLContext | None = None, implicit_tls: bool = False) -> asyncio.AbstractServer:
+    """A listener; with `tls` it offers STARTTLS, or with `implicit_tls` every session starts with
+    the TLS handshake (RFC 8314 §3.3, port 465) and is greeted only once it is encrypted."""
     loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: SMTPServerProtocol(policy, limits), host, port,
+    if implicit_tls:
+        assert tls is not None
+        return await loop.create_server(lambda: SMTPServerProtocol(policy, limits, tls), host, port,
+                                        reuse_address=True, backlog=1024, ssl=tls,
+                                        ssl_handshake_timeout=min(TLS_HANDSHAKE_TIMEOUT, limits.command_timeout))
+    return await loop.create_server(lambda: SMTPServerProtocol(policy, limits, tls), host, port,
                                     reuse_address=True, backlog=1024)

@@ -18,11 +18,15 @@ from msgspool.domain.content import canonical, count_hops, header_priority
 from msgspool.domain.dsn import MessageDSN, RecipientDSN
 from msgspool.domain.ids import new_id
 from msgspool.domain.mdn import original_recipient_header
-from msgspool.domain.message import DEFAULT_CLASS, NORMAL, Message, Recipient
+from msgspool.domain.message import DEFAULT_CLASS, NON_URGENT, NORMAL, URGENT, Message, Recipient
 from msgspool.domain.outcome import LOOP_DETECTED, NO_ROUTE, Reply
 from msgspool.domain.recipient import RecipientType, Status
 from msgspool.domain.routing import LOCAL, Router
+from msgspool.domain.timefmt import in_range
 from msgspool.errors import SubmitError
+
+MAX_ATTEMPTS_CAP = 1_000_000  # a larger cap is no cap; 0 says that
+PRIORITIES = (URGENT, NORMAL, NON_URGENT)  # MAPI PR_PRIORITY's values
 
 
 @dataclass(slots=True)
@@ -122,10 +126,20 @@ class Intake:
         for i, address in enumerate(sub.recipients):
             if not addr.valid_recipient(address, sub.addrtypes[i] if sub.addrtypes else addr.SMTP):
                 raise SubmitError(Reply(501, "5.1.3", f"<{address!r}>: Bad recipient address syntax"))
-        if sub.max_attempts is not None and sub.max_attempts < 0:
-            raise SubmitError(Reply(501, "5.5.4", "max_attempts must be 0 (no cap) or more"))
+        self._check_scheduling(sub)
         if count_hops(sub.content) > self.hopcount_limit:
             raise SubmitError(LOOP_DETECTED)
+
+    @staticmethod
+    def _check_scheduling(sub: Submission) -> None:
+        """Values the store could not hold, or that no listing could show, are refused, never stored."""
+        if sub.max_attempts is not None and not 0 <= sub.max_attempts <= MAX_ATTEMPTS_CAP:
+            raise SubmitError(Reply(501, "5.5.4", f"max_attempts must be 0 (no cap) to {MAX_ATTEMPTS_CAP}"))
+        if sub.priority not in PRIORITIES:
+            raise SubmitError(Reply(501, "5.5.4", "priority must be 1 (urgent), 0 (normal) or -1 (non-urgent)"))
+        for name, ts in (("deliver_after", sub.deliver_after), ("expires_at", sub.expires_at)):
+            if ts is not None and not in_range(ts):
+                raise SubmitError(Reply(501, "5.5.4", f"{name} must be a time between 1970 and 9999"))
 
     def route(self, message: Message, recipient: Recipient, now: float) -> Message | None:
         """Route one recipient (MAPI: find the responsible transport). A remote one gets its

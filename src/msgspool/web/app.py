@@ -20,47 +20,24 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 from aiohttp import web
 
 from msgspool.domain.address import mailbox_key
 from msgspool.domain.events import Event, EventType
-from msgspool.domain.message import NON_URGENT, NORMAL, URGENT
-from msgspool.domain.timefmt import parse_time
-from msgspool.errors import NotFound, SubmitError
+from msgspool.errors import NotFound
 from msgspool.spooler.events import EventFilter, Subscription
-from msgspool.spooler.intake import Submission
 from msgspool.spooler.runtime import Spooler
 from msgspool.views import message_json
+from msgspool.web.problems import Problem, ProblemRunner, problems
+from msgspool.web.submission import json_body, submission
 
 log = logging.getLogger("msgspool.web")
 SPOOLER: web.AppKey[Spooler] = web.AppKey("spooler", Spooler)
 KEEPALIVE = 15.0
 DISCONNECT_CHECK = 0.25  # seconds: how soon a dropped SSE client frees its subscription
 REPLAY_PAGE = 1000
-PRIORITIES = {"urgent": URGENT, "normal": NORMAL, "non-urgent": NON_URGENT}
-
-
-def problem(status: int, title: str, detail: str = "") -> web.Response:
-    body = {"type": "about:blank", "title": title, "status": status, "detail": detail}
-    return web.Response(status=status, text=json.dumps(body), content_type="application/problem+json")
-
-
-@web.middleware
-async def problems(request: web.Request,
-                   handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except web.HTTPException as err:
-        if err.status < 400:
-            raise
-        return problem(err.status, err.reason, err.text or "")
-    except NotFound as err:
-        return problem(404, "Not Found", f"no message {err}")
-    except SubmitError as err:
-        return problem(422, "Message refused", err.reply.line())
+MAX_LIMIT = 100_000  # messages one GET /api/queue returns at most
 
 
 async def status(request: web.Request) -> web.Response:
@@ -74,12 +51,15 @@ async def queue_list(request: web.Request) -> web.Response:
     spooler = request.app[SPOOLER]
     folders = tuple(request.query.get("folder", "outbox").split(","))
     mailbox = request.query.get("mailbox")
-    try:
-        limit = int(request.query.get("limit", "1000"))
-    except ValueError as err:
-        raise web.HTTPBadRequest(text="limit must be an integer") from err
+    limit = _limit(request.query.get("limit", "1000"))
     infos = await spooler.store.list_messages(folders, mailbox_key(mailbox) if mailbox else mailbox, limit)
     return web.json_response([message_json(info) for info in infos])
+
+
+def _limit(value: str) -> int:
+    if not (value.isascii() and value.isdigit() and int(value) <= MAX_LIMIT):
+        raise Problem(400, f"limit must be a whole number from 0 to {MAX_LIMIT}", field="limit")
+    return int(value)
 
 
 async def queue_show(request: web.Request) -> web.Response:
@@ -113,46 +93,17 @@ async def _mdn_consent(request: web.Request) -> bool | None:
     """The optional body {"mdn": true|false|null}: whether the user agrees to send a read receipt."""
     if not request.can_read_body:
         return None
-    expected = 'expected JSON {"mdn": true|false}'
-    try:
-        body = await request.json()
-    except ValueError as err:
-        raise web.HTTPBadRequest(text=f"{expected}: {err}") from err
-    consent = body.get("mdn") if isinstance(body, dict) else "not an object"
-    if consent is not None and not isinstance(consent, bool):
-        raise web.HTTPBadRequest(text=expected)
+    body = await json_body(request)
+    consent = body.get("mdn") if isinstance(body, dict) else None
+    if (body is not None and not isinstance(body, dict)) or (consent is not None and not isinstance(consent, bool)):
+        raise Problem(400, 'expected JSON {"mdn": true|false}', field="mdn")
     return consent
 
 
 async def submit(request: web.Request) -> web.Response:
-    try:
-        body = await request.json()
-        sub = Submission(sender=str(body.get("sender", "")), recipients=[str(r) for r in body["recipients"]],
-                         content=str(body["content"]).encode("utf-8"), origin="http",
-                         addrtypes=body.get("addrtypes"), **_scheduling(body))
-    except (ValueError, KeyError, TypeError, AttributeError) as err:
-        return problem(400, "Bad submission", f"expected JSON {{sender, recipients, content}}: {err}")
+    sub = submission(await json_body(request))
     message_id = await request.app[SPOOLER].submit(sub)
     return web.json_response({"id": message_id}, status=201)
-
-
-def _scheduling(body: dict[str, Any]) -> dict[str, Any]:
-    """The scheduling controls of a submission: `priority` ("urgent", "normal", "non-urgent" or
-    MAPI's 1, 0, -1), `deliver_after` and `expires_at` (ISO 8601 with a zone, or POSIX seconds),
-    `max_attempts` (a whole number; 0: no cap). Absent ones keep the Submission's defaults."""
-    fields: dict[str, Any] = {}
-    if (priority := body.get("priority")) is not None:
-        if isinstance(priority, bool) or not isinstance(priority, str | int):
-            raise ValueError(f"priority must be one of {', '.join(PRIORITIES)} or an integer")
-        fields["priority"] = PRIORITIES[priority] if isinstance(priority, str) else priority
-    for name in ("deliver_after", "expires_at"):
-        if body.get(name) is not None:
-            fields[name] = parse_time(body[name])
-    if (cap := body.get("max_attempts")) is not None:
-        if isinstance(cap, bool) or not isinstance(cap, int):
-            raise ValueError("max_attempts must be an integer")
-        fields["max_attempts"] = cap
-    return fields
 
 
 async def events(request: web.Request) -> web.StreamResponse:
@@ -232,7 +183,8 @@ def _parse_types(value: str | None) -> frozenset[EventType] | None:
     try:
         return frozenset(EventType(v.strip()) for v in value.split(",") if v.strip())
     except ValueError as err:
-        raise web.HTTPBadRequest(text=f"unknown event type: {err}") from err
+        raise Problem(400, f"types: unknown event type in {value!r}; known: {', '.join(EventType)}",
+                      field="types") from err
 
 
 def _sse(event: Event) -> bytes:
@@ -240,7 +192,10 @@ def _sse(event: Event) -> bytes:
 
 
 def make_app(spooler: Spooler) -> web.Application:
-    app = web.Application(middlewares=[problems])
+    # A message's JSON can take twice its size (CRLF is four characters): the size limit itself is
+    # intake's, answered 413 too.
+    body_limit = max(1 << 20, 2 * spooler.settings.message_size_limit + (64 << 10))
+    app = web.Application(middlewares=[problems], client_max_size=body_limit)
     app[SPOOLER] = spooler
     app.router.add_get("/api/status", status)
     app.router.add_get("/api/queue", queue_list)
@@ -253,7 +208,7 @@ def make_app(spooler: Spooler) -> web.Application:
 
 
 async def start(spooler: Spooler, host: str, port: int) -> web.AppRunner:
-    runner = web.AppRunner(make_app(spooler), access_log=None, shutdown_timeout=1.0)
+    runner = ProblemRunner(make_app(spooler), access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner
