@@ -75,6 +75,10 @@ class Settings:
         200, "Most SMTP sessions open at once, all listeners; more get 421 4.7.0. 0 = no limit.")
     smtpd_client_connection_limit: int = _doc(
         20, "Most SMTP sessions open at once from one client address outside trusted_networks; 0 = no limit.")
+    smtpd_client_message_rate_limit: int = _doc(
+        1000, "MAIL commands per minute from one client address outside trusted_networks; more get 450 4.7.1.")
+    smtpd_client_recipient_rate_limit: int = _doc(
+        10000, "RCPT commands per minute from one client address outside trusted_networks; more get 450 4.7.1.")
     min_backoff: float = _doc(300.0, "First retry delay after a temporary failure, seconds.")
     max_backoff: float = _doc(4000.0, "Longest retry delay, seconds.")
     max_lifetime: float = _doc(

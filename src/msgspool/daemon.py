@@ -22,12 +22,13 @@ import logging
 import signal
 import socket
 import sys
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from msgspool.config import Settings
 from msgspool.errors import ConfigError, MsgspoolError
-from msgspool.smtpd.limits import ConnectionCounter
+from msgspool.smtpd.limits import ConnectionCounter, RateCounter
 from msgspool.smtpd.policy import SpoolPolicy
 from msgspool.smtpd.protocol import ServerLimits, start_server
 from msgspool.smtpd.tls import ServerTLS
@@ -91,7 +92,9 @@ async def start_smtp(spooler: Spooler, settings: Settings) -> SMTPListeners:
                                     settings.host_name)
     policy = SpoolPolicy(spooler.intake, spooler.submit, hostname=settings.host_name,
                          trusted_networks=settings.trusted_networks, future_release_max=settings.future_release_max,
-                         connections=connections)
+                         connections=connections,
+                         message_rate=RateCounter(settings.smtpd_client_message_rate_limit, time.monotonic),
+                         recipient_rate=RateCounter(settings.smtpd_client_recipient_rate_limit, time.monotonic))
     limits = ServerLimits(hostname=settings.host_name, max_message_size=settings.message_size_limit,
                           max_recipients=settings.recipient_limit, command_timeout=settings.smtpd_timeout,
                           data_timeout=settings.smtpd_data_timeout)
@@ -152,6 +155,14 @@ async def _serve(settings: Settings, ready: asyncio.Event | None) -> None:
     runner = None
     control_server = None
     delivery: DeliveryProcess | None = None
+    reload_tls: Callable[[], bool] | None = None
+
+    def hangup() -> None:
+        log.info("SIGHUP: %s", "reloading the TLS certificate" if reload_tls else "nothing to reload")
+        if reload_tls is not None:
+            reload_tls()
+
+    loop.add_signal_handler(signal.SIGHUP, hangup)  # never the default, which would end the daemon
     try:
         if settings.delivery_process:
             await spooler.start(deliver=False, route=True)
@@ -166,7 +177,7 @@ async def _serve(settings: Settings, ready: asyncio.Event | None) -> None:
             smtp = await start_smtp(spooler, settings)
             servers.append(smtp)
             if smtp.tls is not None:
-                loop.add_signal_handler(signal.SIGHUP, smtp.tls.reload)
+                reload_tls = smtp.tls.reload
         if settings.http_listen:
             from msgspool.web.app import start as start_http
 
