@@ -207,44 +207,75 @@ async def _serve(settings: Settings, ready: asyncio.Event | None) -> None:
 
 class DeliveryProcess:
     """The delivery half of the daemon, a child process on the other end of a `Link` (link.py).
-    Started with the daemon's settings; restarted after a pause if it dies (Postfix's master
-    restarts qmgr the same way); told to stop by closing the link. It exits by itself when the
-    link closes, so a killed daemon leaves no deliverer behind for long."""
+    Started with the daemon's settings; respawned at once if it dies (Postfix's master restarts
+    qmgr the same way), with a growing pause only while it keeps dying young; told to stop by
+    closing the link. It exits by itself when the link closes, so a killed daemon leaves no
+    deliverer behind for long.
 
-    RESTART_DELAY = 1.0
+    Ownership (issue 10.1): intake hands fresh work over only after the child said `ready`, that
+    is after it recovered the spool, and commits each hand-over as that run's (`owner`); a commit
+    that completes after its run died is taken back by intake (Spooler.submit). So the recovery
+    a new run does when it starts never takes work that a live process holds."""
+
+    RESTART_DELAYS = (0.0, 0.5, 2.0, 10.0)  # by how many times in a row it died young
+    YOUNG = 30.0  # seconds: a run that lived longer was healthy, the next death restarts at once
 
     def __init__(self, settings: Settings, spooler: Spooler) -> None:
         self.settings, self.spooler = settings, spooler
         self.process: asyncio.subprocess.Process | None = None
         self.link: Link | None = None
+        self.spawned_at = 0.0
         self._stopping = False
+        self._started = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
+    async def start(self, wait: float = 10.0) -> None:
+        """Spawn the child and wait (up to `wait` seconds) until it runs: the listeners open after
+        it, so that the status table is complete from the first session on. Intake works without
+        it (what it commits waits in the spool), so a slow start is logged, not fatal."""
+        self.spooler.delivery_process = True
         await self._spawn()
-        self._supervisor = asyncio.create_task(self._supervise())
+        self._supervisor = asyncio.create_task(self._supervise(), name="msgspool-delivery-supervisor")
+        try:
+            await asyncio.wait_for(self._started.wait(), wait)
+        except TimeoutError:
+            log.warning("delivery process not ready after %.0f s; accepting mail for it meanwhile", wait)
 
     async def _spawn(self) -> None:
         ours, theirs = socket.socketpair()
         config = {"settings": dataclasses.asdict(self.settings), "log_level": logging.getLogger("msgspool").level,
                   "delivery_log_level": logging.getLogger("msgspool.delivery").level}
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "msgspool.daemon", "deliver", str(theirs.fileno()),
-            stdin=asyncio.subprocess.PIPE, pass_fds=(theirs.fileno(),))
-        theirs.close()
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "msgspool.daemon", "deliver", str(theirs.fileno()),
+                stdin=asyncio.subprocess.PIPE, pass_fds=(theirs.fileno(),))
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self.spawned_at = asyncio.get_running_loop().time()
         assert self.process.stdin is not None
         self.process.stdin.write(json.dumps(config).encode())
         self.process.stdin.close()
         self.link = await Link.over(ours, self._handle)
-        remote = RemoteDelivery(self.link, window=self.settings.active_limit)
+
+    def _ready(self, owner: str) -> None:
+        """The child recovered the spool and runs: hand-overs may begin, committed as `owner`'s."""
+        assert self.link is not None and self.process is not None
+        remote = RemoteDelivery(self.link, window=self.settings.active_limit, owner=owner)
         self.spooler.remote = remote
         self.spooler.bus.on_listeners = remote.want_events
         if self.spooler.bus.listened:
             remote.want_events(True)
         remote.wakeup()  # whatever was committed while no deliverer ran
+        self._started.set()
         log.info("delivery process %d started", self.process.pid)
 
     async def _handle(self, message: dict[str, Any]) -> dict[str, Any] | None:
+        if "ready" in message:
+            self._ready(str(message["ready"]))
+            return None
         if self.spooler.remote is not None:
             self.spooler.remote.reported(message)
         # To the bus only: these events were the delivery process's, its dispatcher knows of them.
@@ -252,17 +283,40 @@ class DeliveryProcess:
         return None
 
     async def _supervise(self) -> None:
+        """Respawn the child whenever it dies; never dies itself (an error is logged and retried)."""
+        young = 0
+        loop = asyncio.get_running_loop()
         while True:
-            assert self.link is not None and self.process is not None
-            await self.link.run()
-            code = await self.process.wait()
+            code: object = "?"
+            pid = self.process.pid if self.process is not None else None
+            try:
+                if self.link is not None and self.process is not None:
+                    await self.link.run()
+                    self.link.close()
+                    code = await self.process.wait()
+            except Exception:
+                log.exception("supervising the delivery process failed")
+                self._kill()
+            self.spooler.remote = None
             if self._stopping:
                 return
-            log.error("delivery process %d exited with %s; restarting in %.0f s", self.process.pid, code,
-                      self.RESTART_DELAY)
-            self.spooler.remote = None
-            await asyncio.sleep(self.RESTART_DELAY)
-            await self._spawn()
+            young = young + 1 if loop.time() - self.spawned_at < self.YOUNG else 0
+            delay = self.RESTART_DELAYS[min(young, len(self.RESTART_DELAYS)) - 1] if young else 0.0
+            log.error("delivery process %s exited with %s; restarting%s", pid, code,
+                      f" in {delay:.1f} s" if delay else "")
+            await asyncio.sleep(delay)
+            if self._stopping:
+                return
+            try:
+                await self._spawn()
+            except Exception:
+                log.exception("cannot start the delivery process")
+                self.link = None
+
+    def _kill(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
 
     async def stop(self) -> None:
         self._stopping = True
@@ -318,6 +372,7 @@ async def deliver(fd: int, config: dict[str, Any]) -> None:
 
     link = await Link.over(socket.socket(fileno=fd), handle)
     spooler.scheduler.on_settled = lambda active: link.send({"active": active})
+    link.send({"ready": spooler.store.owner})  # recovered: intake may hand work over now
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, link.close)
