@@ -53,16 +53,21 @@ async def quit_(c: Client) -> None:
 
 
 async def test_sessions_over_the_total_limit_get_421_and_are_closed_until_one_ends(listen: ListenerFactory) -> None:
-    async with listen(smtpd_connection_limit=3) as listener:
-        sessions = [await connect(listener) for _ in range(3)]
+    async with listen(smtpd_connection_limit=3, trusted_networks=["127.0.0.9/32"]) as listener:
+        sessions = [await connect(listener, source=f"127.0.0.{i + 1}") for i in range(3)]
         assert [greeting[0] for _c, greeting in sessions] == [220, 220, 220]
-        extra, greeting = await connect(listener)
+        extra, greeting = await connect(listener, source="127.0.0.4")
         assert greeting == (421, "4.7.0 mx.test Error: too many connections")
         assert await closed(extra)
-        await quit_(sessions[0][0])
-        again, greeting = await connect(listener)
+        trusted, greeting = await connect(listener, source="127.0.0.9")  # neither limited nor counted
         assert greeting[0] == 220
-        await transaction(again)  # a full session
+        await quit_(trusted)
+        extra, greeting = await connect(listener, source="127.0.0.4")
+        assert greeting[0] == 421
+        await quit_(sessions[0][0])
+        again, greeting = await connect(listener, source="127.0.0.4")
+        assert greeting[0] == 220
+        await transaction(again, rcpt="bob@example.org")  # a full session
         assert (await again.cmd(MESSAGE + b"."))[0] == 250
 
 
@@ -93,8 +98,8 @@ async def test_refused_sessions_do_not_count(listen: ListenerFactory) -> None:
         assert (await connect(listener))[1][0] == 220
 
 
-async def test_trusted_clients_are_exempt_from_the_per_client_limit(listen: ListenerFactory) -> None:
-    async with listen(smtpd_client_connection_limit=2) as listener:  # loopback is trusted by default
+async def test_trusted_clients_are_exempt_from_the_connection_limits(listen: ListenerFactory) -> None:
+    async with listen(smtpd_client_connection_limit=2, smtpd_connection_limit=3) as listener:  # loopback: trusted
         sessions = [await connect(listener) for _ in range(5)]
         assert [greeting[0] for _c, greeting in sessions] == [220] * 5
 
