@@ -47,11 +47,13 @@ from msgspool.domain.message import (
 )
 from msgspool.domain.outcome import Reply
 from msgspool.domain.recipient import RecipientType, Status
+from msgspool.domain.tokens import Token
+from msgspool.stores.sqlite_tokens import any_token, find_token
 
 T = TypeVar("T")
 DB_NAME = "spool.db"
 CHUNK = 5000  # rows one bulk change (flush, a released backlog) touches per transaction
-SCHEMA_VERSION = 6  # the schema script is idempotent: an older spool gets what is new in it
+SCHEMA_VERSION = 7  # the schema script is idempotent: an older spool gets what is new in it
 # Priority classes, urgent first: the order refill claims in (recipients.priority holds the class).
 PRIORITY_CLASSES = (1, 0, -1)
 _PENDING_SQL = "('queued','active','deferred','held')"
@@ -1129,6 +1131,12 @@ class SQLiteStore:
 
     async def events_after(self, after_id: int, limit: int = 1000) -> list[Event]:
         return await self.read(lambda c: events_after(c, after_id, limit))
+
+    async def token(self, token_id: str) -> tuple[Token, str] | None:
+        return await self.read(lambda c: find_token(c, token_id))
+
+    async def has_tokens(self) -> bool:
+        return await self.read(any_token)
 
 
 class SpoolDB:
