@@ -51,6 +51,11 @@ class Settings:
     store: str = _doc("sqlite", "Message store: an entry point of the `msgspool.stores` group.")
     delivery_process: bool = _doc(True, "serve delivers from a second process: intake and delivery get a core each.")
     smtp_listen: str = _doc("127.0.0.1:2525", "SMTP listener HOST:PORT; empty disables it.")
+    smtps_listen: str = _doc(
+        "", "SMTP listener with implicit TLS (RFC 8314, port 465 style) HOST:PORT; needs tls_cert_file.")
+    tls_cert_file: str = _doc(
+        "", "PEM certificate (chain) of the SMTP listeners; with tls_key_file they offer STARTTLS.")
+    tls_key_file: str = _doc("", "PEM private key of tls_cert_file. Both are read again on SIGHUP.")
     http_listen: str = _doc("127.0.0.1:8025", "HTTP API HOST:PORT; empty disables it.")
     relay: str = _doc("", "Smarthost HOST:PORT for every non-local SMTP recipient; empty = MX lookup.")
     local_domains: list[str] = _doc(["localhost"], "Domains whose mail is filed into local mailboxes.")
@@ -70,6 +75,10 @@ class Settings:
         200, "Most SMTP sessions open at once, all listeners; more get 421 4.7.0. 0 = no limit.")
     smtpd_client_connection_limit: int = _doc(
         20, "Most SMTP sessions open at once from one client address outside trusted_networks; 0 = no limit.")
+    smtpd_client_message_rate_limit: int = _doc(
+        1000, "MAIL commands per minute from one client address outside trusted_networks; more get 450 4.7.1.")
+    smtpd_client_recipient_rate_limit: int = _doc(
+        10000, "RCPT commands per minute from one client address outside trusted_networks; more get 450 4.7.1.")
     min_backoff: float = _doc(300.0, "First retry delay after a temporary failure, seconds.")
     max_backoff: float = _doc(4000.0, "Longest retry delay, seconds.")
     max_lifetime: float = _doc(

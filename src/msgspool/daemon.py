@@ -22,14 +22,16 @@ import logging
 import signal
 import socket
 import sys
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from msgspool.config import Settings
-from msgspool.errors import MsgspoolError
-from msgspool.smtpd.limits import ConnectionCounter
+from msgspool.errors import ConfigError, MsgspoolError
+from msgspool.smtpd.limits import ConnectionCounter, RateCounter
 from msgspool.smtpd.policy import SpoolPolicy
 from msgspool.smtpd.protocol import ServerLimits, start_server
+from msgspool.smtpd.tls import ServerTLS
 from msgspool.spooler import control
 from msgspool.spooler.link import EventForwarder, Link, RemoteDelivery, events_of, message_from_wire
 from msgspool.spooler.runtime import SERVE_LOCK_NAME, Spooler, take_lock
@@ -68,21 +70,52 @@ async def control_handler(spooler: Spooler, request: dict[str, Any]) -> dict[str
     return {"ok": False, "error": f"unknown op {op!r}"}
 
 
-async def start_smtp(spooler: Spooler, settings: Settings) -> asyncio.AbstractServer:
-    """The SMTP listener on `settings.smtp_listen`, submitting into `spooler`."""
-    host, port = split_hostport(settings.smtp_listen)
+@dataclasses.dataclass
+class SMTPListeners:
+    """The SMTP listeners of the daemon (plain with STARTTLS, implicit TLS), sharing one policy,
+    one connection count and one TLS context."""
+
+    servers: list[asyncio.AbstractServer]
+    tls: ServerTLS | None
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.close()
+
+
+async def start_smtp(spooler: Spooler, settings: Settings) -> SMTPListeners:
+    """The SMTP listeners on `settings.smtp_listen` and `settings.smtps_listen`, submitting into `spooler`."""
+    tls = ServerTLS.load(settings.tls_cert_file, settings.tls_key_file)
+    if settings.smtps_listen and tls is None:
+        raise ConfigError("smtps_listen needs a certificate: set tls_cert_file and tls_key_file")
     connections = ConnectionCounter(settings.smtpd_connection_limit, settings.smtpd_client_connection_limit,
                                     settings.host_name)
     policy = SpoolPolicy(spooler.intake, spooler.submit, hostname=settings.host_name,
                          trusted_networks=settings.trusted_networks, future_release_max=settings.future_release_max,
-                         connections=connections)
+                         connections=connections,
+                         message_rate=RateCounter(settings.smtpd_client_message_rate_limit, time.monotonic),
+                         recipient_rate=RateCounter(settings.smtpd_client_recipient_rate_limit, time.monotonic))
     limits = ServerLimits(hostname=settings.host_name, max_message_size=settings.message_size_limit,
                           max_recipients=settings.recipient_limit, command_timeout=settings.smtpd_timeout,
                           data_timeout=settings.smtpd_data_timeout)
     _raise_file_limit(settings.smtpd_connection_limit)
-    server = await _listen("SMTP", f"{host}:{port}", start_server(policy, host, port, limits))
-    log.info("smtp listener on %s:%d", host, port)
-    return server
+    listeners = SMTPListeners([], tls)
+    context = tls.context if tls is not None else None
+    try:
+        if settings.smtp_listen:
+            host, port = split_hostport(settings.smtp_listen)
+            listeners.servers.append(await _listen("SMTP", f"{host}:{port}",
+                                                   start_server(policy, host, port, limits, tls=context)))
+            log.info("smtp listener on %s:%d%s", host, port, " (STARTTLS)" if tls is not None else "")
+        if settings.smtps_listen:
+            host, port = split_hostport(settings.smtps_listen, 465)
+            listeners.servers.append(await _listen("SMTPS", f"{host}:{port}", start_server(
+                policy, host, port, limits, tls=context, implicit_tls=True)))
+            log.info("smtps listener (implicit TLS) on %s:%d", host, port)
+    except BaseException:
+        listeners.close()
+        raise
+    return listeners
 
 
 def _raise_file_limit(connections: int) -> None:
@@ -122,6 +155,14 @@ async def _serve(settings: Settings, ready: asyncio.Event | None) -> None:
     runner = None
     control_server = None
     delivery: DeliveryProcess | None = None
+    reload_tls: Callable[[], bool] | None = None
+
+    def hangup() -> None:
+        log.info("SIGHUP: %s", "reloading the TLS certificate" if reload_tls else "nothing to reload")
+        if reload_tls is not None:
+            reload_tls()
+
+    loop.add_signal_handler(signal.SIGHUP, hangup)  # never the default, which would end the daemon
     try:
         if settings.delivery_process:
             await spooler.start(deliver=False, route=True)
@@ -134,8 +175,11 @@ async def _serve(settings: Settings, ready: asyncio.Event | None) -> None:
         control_server = await _listen("the control socket", control.socket_path(settings.spool_path),
                                        control.serve(settings.spool_path, lambda r: control_handler(spooler, r)))
         servers.append(control_server)
-        if settings.smtp_listen:
-            servers.append(await start_smtp(spooler, settings))
+        if settings.smtp_listen or settings.smtps_listen:
+            smtp = await start_smtp(spooler, settings)
+            servers.append(smtp)
+            if smtp.tls is not None:
+                reload_tls = smtp.tls.reload
         if settings.http_listen:
             from msgspool.web.app import start as start_http
 
@@ -156,7 +200,7 @@ async def _serve(settings: Settings, ready: asyncio.Event | None) -> None:
         if delivery is not None:
             await delivery.stop()
         await spooler.stop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         if control_server is not None:  # never another daemon's: a second `serve` fails on the lock
             with contextlib.suppress(FileNotFoundError):
@@ -173,44 +217,75 @@ async def _check_http_exposure(spooler: Spooler, settings: Settings) -> None:
 
 class DeliveryProcess:
     """The delivery half of the daemon, a child process on the other end of a `Link` (link.py).
-    Started with the daemon's settings; restarted after a pause if it dies (Postfix's master
-    restarts qmgr the same way); told to stop by closing the link. It exits by itself when the
-    link closes, so a killed daemon leaves no deliverer behind for long."""
+    Started with the daemon's settings; respawned at once if it dies (Postfix's master restarts
+    qmgr the same way), with a growing pause only while it keeps dying young; told to stop by
+    closing the link. It exits by itself when the link closes, so a killed daemon leaves no
+    deliverer behind for long.
 
-    RESTART_DELAY = 1.0
+    Ownership (issue 10.1): intake hands fresh work over only after the child said `ready`, that
+    is after it recovered the spool, and commits each hand-over as that run's (`owner`); a commit
+    that completes after its run died is taken back by intake (Spooler.submit). So the recovery
+    a new run does when it starts never takes work that a live process holds."""
+
+    RESTART_DELAYS = (0.0, 0.5, 2.0, 10.0)  # by how many times in a row it died young
+    YOUNG = 30.0  # seconds: a run that lived longer was healthy, the next death restarts at once
 
     def __init__(self, settings: Settings, spooler: Spooler) -> None:
         self.settings, self.spooler = settings, spooler
         self.process: asyncio.subprocess.Process | None = None
         self.link: Link | None = None
+        self.spawned_at = 0.0
         self._stopping = False
+        self._started = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
+    async def start(self, wait: float = 10.0) -> None:
+        """Spawn the child and wait (up to `wait` seconds) until it runs: the listeners open after
+        it, so that the status table is complete from the first session on. Intake works without
+        it (what it commits waits in the spool), so a slow start is logged, not fatal."""
+        self.spooler.delivery_process = True
         await self._spawn()
-        self._supervisor = asyncio.create_task(self._supervise())
+        self._supervisor = asyncio.create_task(self._supervise(), name="msgspool-delivery-supervisor")
+        try:
+            await asyncio.wait_for(self._started.wait(), wait)
+        except TimeoutError:
+            log.warning("delivery process not ready after %.0f s; accepting mail for it meanwhile", wait)
 
     async def _spawn(self) -> None:
         ours, theirs = socket.socketpair()
         config = {"settings": dataclasses.asdict(self.settings), "log_level": logging.getLogger("msgspool").level,
                   "delivery_log_level": logging.getLogger("msgspool.delivery").level}
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "msgspool.daemon", "deliver", str(theirs.fileno()),
-            stdin=asyncio.subprocess.PIPE, pass_fds=(theirs.fileno(),))
-        theirs.close()
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "msgspool.daemon", "deliver", str(theirs.fileno()),
+                stdin=asyncio.subprocess.PIPE, pass_fds=(theirs.fileno(),))
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self.spawned_at = asyncio.get_running_loop().time()
         assert self.process.stdin is not None
         self.process.stdin.write(json.dumps(config).encode())
         self.process.stdin.close()
         self.link = await Link.over(ours, self._handle)
-        remote = RemoteDelivery(self.link, window=self.settings.active_limit)
+
+    def _ready(self, owner: str) -> None:
+        """The child recovered the spool and runs: hand-overs may begin, committed as `owner`'s."""
+        assert self.link is not None and self.process is not None
+        remote = RemoteDelivery(self.link, window=self.settings.active_limit, owner=owner)
         self.spooler.remote = remote
         self.spooler.bus.on_listeners = remote.want_events
         if self.spooler.bus.listened:
             remote.want_events(True)
         remote.wakeup()  # whatever was committed while no deliverer ran
+        self._started.set()
         log.info("delivery process %d started", self.process.pid)
 
     async def _handle(self, message: dict[str, Any]) -> dict[str, Any] | None:
+        if "ready" in message:
+            self._ready(str(message["ready"]))
+            return None
         if self.spooler.remote is not None:
             self.spooler.remote.reported(message)
         # To the bus only: these events were the delivery process's, its dispatcher knows of them.
@@ -218,17 +293,40 @@ class DeliveryProcess:
         return None
 
     async def _supervise(self) -> None:
+        """Respawn the child whenever it dies; never dies itself (an error is logged and retried)."""
+        young = 0
+        loop = asyncio.get_running_loop()
         while True:
-            assert self.link is not None and self.process is not None
-            await self.link.run()
-            code = await self.process.wait()
+            code: object = "?"
+            pid = self.process.pid if self.process is not None else None
+            try:
+                if self.link is not None and self.process is not None:
+                    await self.link.run()
+                    self.link.close()
+                    code = await self.process.wait()
+            except Exception:
+                log.exception("supervising the delivery process failed")
+                self._kill()
+            self.spooler.remote = None
             if self._stopping:
                 return
-            log.error("delivery process %d exited with %s; restarting in %.0f s", self.process.pid, code,
-                      self.RESTART_DELAY)
-            self.spooler.remote = None
-            await asyncio.sleep(self.RESTART_DELAY)
-            await self._spawn()
+            young = young + 1 if loop.time() - self.spawned_at < self.YOUNG else 0
+            delay = self.RESTART_DELAYS[min(young, len(self.RESTART_DELAYS)) - 1] if young else 0.0
+            log.error("delivery process %s exited with %s; restarting%s", pid, code,
+                      f" in {delay:.1f} s" if delay else "")
+            await asyncio.sleep(delay)
+            if self._stopping:
+                return
+            try:
+                await self._spawn()
+            except Exception:
+                log.exception("cannot start the delivery process")
+                self.link = None
+
+    def _kill(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
 
     async def stop(self) -> None:
         self._stopping = True
@@ -284,6 +382,7 @@ async def deliver(fd: int, config: dict[str, Any]) -> None:
 
     link = await Link.over(socket.socket(fileno=fd), handle)
     spooler.scheduler.on_settled = lambda active: link.send({"active": active})
+    link.send({"ready": spooler.store.owner})  # recovered: intake may hand work over now
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, link.close)

@@ -68,7 +68,14 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
     # intake and delivery
-    async def submit(self, msg: Message, copies: Sequence[Message] = ()) -> list[Event]: ...
+    # The delivery run this store works for, set when it starts delivering (a fresh token per
+    # run): what it claims is marked as its own, and what it gives back must still be.
+    owner: str | None
+
+    async def submit(self, msg: Message, copies: Sequence[Message] = (), *, owner: str | None = None) -> list[Event]:
+        """Commit a submission; recipients marked active go to the delivery run `owner` (default:
+        this store's own) in the same step."""
+        ...
 
     async def claim(self, now: float, limit: int, *, whole_messages: bool = False) -> list[Message]:
         """Claim up to `limit` due recipients; with `whole_messages`, a message not yet
@@ -78,11 +85,16 @@ class Store(Protocol):
 
     async def settle(self, settlements: Sequence[Settlement], now: float) -> list[Event]: ...
 
-    async def recover(self) -> int: ...
+    async def recover(self) -> int:
+        """Make every active recipient due again: only a run that holds the delivery lock calls it,
+        when it starts, before it takes or is handed any work."""
+        ...
 
-    async def unclaim(self, recipients: Sequence[tuple[str, int]], now: float) -> list[Event]:
+    async def unclaim(self, recipients: Sequence[tuple[str, int]], now: float, *,
+                      owner: str | None = None) -> list[Event]:
         """Claimed recipients (message id, index) dropped from memory unattempted wait again: held
-        when their message is, else due now; those no longer active are left alone."""
+        when their message is, else due now; those no longer active, or no longer owned by `owner`
+        (default: this store's run), are left alone."""
         ...
 
     async def release_destination(self, transport: str, nexthop: str, now: float) -> int: ...

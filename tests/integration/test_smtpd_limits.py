@@ -156,3 +156,37 @@ async def test_content_with_a_bare_cr_is_refused_like_a_bare_lf(listen: Listener
         assert await listener.count() == 0
         await transaction(c, rcpt="bob@example.org")  # in step again
         assert (await c.cmd(MESSAGE + b"."))[0] == 250
+
+
+async def test_mail_commands_over_the_message_rate_get_450_and_trusted_clients_are_exempt(
+        listen: ListenerFactory) -> None:
+    async with listen(smtpd_client_message_rate_limit=2, trusted_networks=["127.0.0.2/32"]) as listener:
+        c, _greeting = await connect(listener)
+        assert (await c.cmd("EHLO c"))[0] == 250
+        for _ in range(2):
+            assert await c.cmd("MAIL FROM:<a@example.org>") == (250, "2.1.0 Ok")
+            assert (await c.cmd("RSET"))[0] == 250
+        assert await c.cmd("MAIL FROM:<a@example.org>") == (450, "4.7.1 Error: too much mail from 127.0.0.1")
+        again, _greeting = await connect(listener)  # counted per client, not per session
+        assert (await again.cmd("EHLO c"))[0] == 250
+        assert (await again.cmd("MAIL FROM:<a@example.org>"))[0] == 450
+        trusted, _greeting = await connect(listener, source="127.0.0.2")
+        assert (await trusted.cmd("EHLO c"))[0] == 250
+        for _ in range(3):
+            assert (await trusted.cmd("MAIL FROM:<a@example.org>"))[0] == 250
+            assert (await trusted.cmd("RSET"))[0] == 250
+
+
+async def test_rcpt_commands_over_the_recipient_rate_get_450_and_the_accepted_ones_are_delivered(
+        listen: ListenerFactory) -> None:
+    async with listen(smtpd_client_recipient_rate_limit=3, trusted_networks=[]) as listener:
+        c = await listener.client()
+        assert (await c.cmd("EHLO c"))[0] == 250
+        assert (await c.cmd("MAIL FROM:<x@elsewhere.test>"))[0] == 250
+        assert [await c.cmd(f"RCPT TO:<u{i}@example.org>") for i in range(4)] == [(250, "2.1.5 Ok")] * 3 + [
+            (450, "4.7.1 Error: too many recipients from 127.0.0.1")]
+        assert (await c.cmd("DATA"))[0] == 354
+        code, text = await c.cmd(MESSAGE + b".")
+        assert code == 250
+        info = await listener.spooler.message(text.rsplit(" ", 1)[1])
+        assert [r["address"] for r in info["recipients"]] == ["u0@example.org", "u1@example.org", "u2@example.org"]

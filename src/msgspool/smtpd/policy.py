@@ -8,8 +8,11 @@
   6409), and an MTA handing us inbound mail has no business parking it in our queue.
 - Connections are counted (limits.py): over `smtpd_connection_limit` in all, or
   `smtpd_client_connection_limit` from one client address outside the trusted networks, a new
-  session is greeted with ``421 4.7.0`` and closed.
-- After DATA the message gets its `Received:` trace header (RFC 5321 §4.4) and goes through
+  session is greeted with ``421 4.7.0`` and closed. Such a client's MAIL and RCPT commands are
+  also counted per minute (`smtpd_client_message_rate_limit`, `smtpd_client_recipient_rate_limit`);
+  over the rate they get ``450 4.7.1``.
+- After DATA the message gets its `Received:` trace header (RFC 5321 §4.4; the protocol name
+  says whether the session was encrypted, a comment gives the TLS version and cipher) and goes through
   intake; the ``250`` is sent only once the spool has committed it durably. A release time
   becomes the message's `deliver_after`: its recipients are not due before it.
 """
@@ -24,7 +27,7 @@ from msgspool.domain.ids import new_id
 from msgspool.domain.outcome import Reply
 from msgspool.domain.timefmt import rfc5322
 from msgspool.errors import SubmitError
-from msgspool.smtpd.limits import ConnectionCounter
+from msgspool.smtpd.limits import ConnectionCounter, RateCounter
 from msgspool.smtpd.protocol import Envelope, Session
 from msgspool.spooler.intake import Intake, Submission
 
@@ -39,11 +42,13 @@ def parse_networks(values: Sequence[str]) -> list[Network]:
 class SpoolPolicy:
     def __init__(self, intake: Intake, submit: Callable[[Submission], Awaitable[str]], *, hostname: str,
                  trusted_networks: Sequence[str], future_release_max: int = 0,
-                 connections: ConnectionCounter | None = None) -> None:
+                 connections: ConnectionCounter | None = None, message_rate: RateCounter | None = None,
+                 recipient_rate: RateCounter | None = None) -> None:
         self.intake, self.submit, self.hostname = intake, submit, hostname
         self.trusted = parse_networks(trusted_networks)
         self.future_release_max = future_release_max
         self.connections = connections or ConnectionCounter(0, 0, hostname)
+        self.message_rate, self.recipient_rate = message_rate, recipient_rate
 
     def connect(self, session: Session) -> Reply | None:
         try:
@@ -62,9 +67,16 @@ class SpoolPolicy:
         return self.future_release_max if session.trusted or session.authenticated else 0
 
     def mail(self, session: Session, envelope: Envelope, sender: str, params: dict[str, str]) -> Reply | None:
+        if self.message_rate is not None and not session.trusted and not self.message_rate.hit(str(session.peer[0])):
+            log.warning("message rate limit exceeded from [%s]", session.peer[0])
+            return Reply(450, "4.7.1", f"Error: too much mail from {session.peer[0]}")
         return None
 
     def rcpt(self, session: Session, envelope: Envelope, address: str, params: dict[str, str]) -> Reply | None:
+        if (self.recipient_rate is not None and not session.trusted
+                and not self.recipient_rate.hit(str(session.peer[0]))):
+            log.warning("recipient rate limit exceeded from [%s]", session.peer[0])
+            return Reply(450, "4.7.1", f"Error: too many recipients from {session.peer[0]}")
         if not self.intake.router.is_local(address) and not (session.trusted or session.authenticated):
             return Reply(554, "5.7.1", f"<{address}>: Relay access denied")
         return self.intake.check_recipient(address)
@@ -88,10 +100,14 @@ class SpoolPolicy:
             self.connections.release(str(session.peer[0]))
 
     def _received(self, session: Session, envelope: Envelope, queue_id: str) -> bytes:
-        # RFC 5321 §4.4 and RFC 3848 protocol names.
+        # RFC 5321 §4.4, RFC 3848 and RFC 6531 §3.7.3 protocol names; the TLS version and cipher in a comment.
         with_ = ("UTF8SMTP" if envelope.smtputf8 else "ESMTP" if session.esmtp else "SMTP")
+        if session.esmtp and session.tls is not None:
+            with_ += "S"
         if session.esmtp and session.authenticated:
             with_ += "A"
+        if session.tls is not None:
+            with_ += f" ({session.tls[0]} {session.tls[1]})"
         ip = session.peer[0]
         for_ = f"\r\n\tfor <{envelope.recipients[0]}>" if len(envelope.recipients) == 1 else ""
         text = (f"Received: from {session.helo or 'unknown'} ([{ip}])\r\n\tby {self.hostname} (msgspool)"

@@ -11,7 +11,15 @@ Extensions: PIPELINING (RFC 2920), SIZE (RFC 1870), 8BITMIME (RFC 6152), ENHANCE
 (RFC 2034, codes from RFC 3463), SMTPUTF8 (RFC 6531), DSN (RFC 3461: its parameters are parsed
 here, by domain/dsn.py, and travel with the envelope), FUTURERELEASE (RFC 4865: offered to the
 clients the policy names, HOLDFOR/HOLDUNTIL parsed by domain/futurerelease.py into the envelope's
-release time).
+release time), STARTTLS (RFC 3207: offered when the listener has a TLS context, see tls.py; on
+an implicit-TLS listener, RFC 8314, the session starts encrypted and STARTTLS is not offered).
+
+STARTTLS, the way Postfix does it since CVE-2011-0411: input pipelined after the STARTTLS command
+(read in the same packet, before the handshake) is thrown away, never executed after the
+handshake as if it had come encrypted; reading stops when the ``220`` goes out, so nothing the
+client sends in clear can slip in between. After the handshake the session forgets what the
+client said before (RFC 3207 §4.2: HELO/EHLO, any transaction, authentication); only its address
+and trust, which come from the connection, stay.
 
 Strictness, where the RFC leaves room (each chosen to be safe and what Postfix does):
 - Only ``<CRLF>.<CRLF>`` ends the content; content with a bare LF is refused after the end of
@@ -38,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -47,10 +56,12 @@ from msgspool.domain import futurerelease
 from msgspool.domain.dsn import DSNSyntaxError, MessageDSN, RecipientDSN, parse_mail_params, parse_rcpt_params
 from msgspool.domain.futurerelease import FutureReleaseError
 from msgspool.domain.outcome import Reply
+from msgspool.smtpd.tls import describe
 
 log = logging.getLogger("msgspool.smtpd")
 
 MAX_COMMAND_LINE = 2048
+TLS_HANDSHAKE_TIMEOUT = 60.0  # seconds, or the command timeout when that is shorter
 
 # Replies of the protocol itself (policy answers come from policy.py).
 OK = Reply(250, "2.0.0", "Ok")
@@ -58,7 +69,7 @@ SENDER_OK = Reply(250, "2.1.0", "Ok")
 RECIPIENT_OK = Reply(250, "2.1.5", "Ok")
 START_DATA = Reply(354, "", "End data with <CR><LF>.<CR><LF>")
 BYE = Reply(221, "2.0.0", "Bye")
-HELP = Reply(214, "2.0.0", "See RFC 5321; commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP")
+HELP = Reply(214, "2.0.0", "See RFC 5321; commands: EHLO HELO STARTTLS MAIL RCPT DATA RSET NOOP QUIT VRFY HELP")
 CANNOT_VRFY = Reply(252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery")
 NOT_RECOGNIZED = Reply(500, "5.5.2", "Error: command not recognized")
 LINE_TOO_LONG = Reply(500, "5.5.2", "Error: line too long")
@@ -78,6 +89,10 @@ TIMEOUT = Reply(421, "4.4.2", "Error: timeout exceeded")
 DATA_TIMEOUT = Reply(421, "4.4.2", "Error: timeout exceeded for the message content")
 BARE_CR = Reply(550, "5.5.2", "Error: bare <CR> received")
 TOO_MANY_ERRORS = Reply(421, "4.7.0", "Error: too many errors")
+READY_FOR_TLS = Reply(220, "2.0.0", "Ready to start TLS")
+NOT_IMPLEMENTED = Reply(502, "5.5.1", "Error: command not implemented")
+TLS_ACTIVE = Reply(554, "5.5.1", "Error: TLS already active")
+MAIL_IN_PROGRESS = Reply(503, "5.5.1", "Error: MAIL transaction in progress")
 LOCAL_ERROR = Reply(451, "4.3.0", "Error: local error in processing; try again later")
 
 _SKIPPED = b"<skipped>"  # identity marker: a line already answered
@@ -102,6 +117,7 @@ class Session:
     authenticated: bool = False
     transactions: int = 0
     admitted: bool = False  # counted by the policy's connection limits, to be released on disconnect
+    tls: tuple[str, str] | None = None  # (protocol version, cipher) once the session is encrypted
 
 
 @dataclass(slots=True)
@@ -195,8 +211,8 @@ class SMTPServerProtocol(asyncio.Protocol):
     """One SMTP session. Commands are handled synchronously from the receive buffer; only the
     commit after DATA awaits, and while it runs no further input is processed."""
 
-    def __init__(self, policy: Policy, limits: ServerLimits) -> None:
-        self.policy, self.limits = policy, limits
+    def __init__(self, policy: Policy, limits: ServerLimits, tls: ssl.SSLContext | None = None) -> None:
+        self.policy, self.limits, self.tls = policy, limits, tls
         self.transport: asyncio.Transport | None = None
         self.session = Session(peer=("", 0))
         self.envelope = Envelope()
@@ -214,12 +230,14 @@ class SMTPServerProtocol(asyncio.Protocol):
         self._data_timer: asyncio.TimerHandle | None = None
         self._last_activity = 0.0
         self._task: asyncio.Task[None] | None = None
+        self._ended = False
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not an asyncio.Transport subclass
         self.session.peer = transport.get_extra_info("peername") or ("", 0)
+        self.session.tls = describe(transport.get_extra_info("ssl_object"))  # an implicit-TLS listener
         refusal = self.policy.connect(self.session)
         if refusal is not None:
             self._reply(refusal)
@@ -241,6 +259,9 @@ class SMTPServerProtocol(asyncio.Protocol):
         self._process()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._ended:  # a failed TLS handshake may tell twice
+            return
+        self._ended = True
         self._closing = True
         if self._timer is not None:
             self._timer.cancel()
@@ -447,6 +468,8 @@ class SMTPServerProtocol(asyncio.Protocol):
         self.envelope = Envelope()
         keywords = [self.limits.hostname, "PIPELINING", f"SIZE {self.limits.max_message_size}", "8BITMIME",
                     "ENHANCEDSTATUSCODES", "SMTPUTF8", "DSN"]
+        if self.tls is not None and self.session.tls is None:
+            keywords.append("STARTTLS")
         hold_max = self.policy.future_release(self.session)
         if hold_max > 0:
             keywords.append(futurerelease.ehlo_keyword(hold_max, time.time()))
@@ -583,6 +606,49 @@ class SMTPServerProtocol(asyncio.Protocol):
             self._data_scanned = 0
             self._data_timer = asyncio.get_running_loop().call_later(self.limits.data_timeout, self._data_timed_out)
 
+    def smtp_starttls(self, arg: str) -> None:
+        if arg:
+            self._error(Reply(501, "5.5.4", "Syntax: STARTTLS"))
+        elif self.tls is None:
+            self._error(NOT_IMPLEMENTED)
+        elif self.session.tls is not None:
+            self._error(TLS_ACTIVE)
+        elif self.envelope.sender is not None:
+            self._error(MAIL_IN_PROGRESS)
+        else:
+            self._reply(READY_FOR_TLS)
+            if self._buffer or self._skipping_line:
+                log.warning("[%s] sent %d bytes pipelined after STARTTLS: discarded", self.session.peer[0],
+                            len(self._buffer))
+            self._buffer.clear()
+            self._skipping_line = False
+            self._busy = True
+            assert self.transport is not None
+            self.transport.pause_reading()  # start_tls resumes it, for the handshake
+            self._task = asyncio.ensure_future(self._start_tls(self.tls))
+
+    async def _start_tls(self, context: ssl.SSLContext) -> None:
+        assert self.transport is not None
+        loop = asyncio.get_running_loop()
+        try:
+            transport = await loop.start_tls(self.transport, self, context, server_side=True,
+                                             ssl_handshake_timeout=min(TLS_HANDSHAKE_TIMEOUT,
+                                                                       self.limits.command_timeout))
+        except (OSError, RuntimeError) as err:  # ssl.SSLError, a reset, the handshake timeout
+            log.info("TLS handshake with [%s] failed: %s", self.session.peer[0], err or type(err).__name__)
+            self.transport.abort()
+            self.connection_lost(err)
+            return
+        if transport is None or self._closing:
+            return
+        self.transport = transport
+        self.session.tls = describe(transport.get_extra_info("ssl_object"))
+        self.session.helo, self.session.esmtp, self.session.authenticated = None, False, False
+        self.envelope = Envelope()
+        self._busy = False
+        self._arm_timer()
+        self._process()  # what the client sent once encrypted, before this ran
+
     def smtp_rset(self, arg: str) -> None:
         self.envelope = Envelope()
         self._reply(OK)
@@ -613,11 +679,19 @@ _COMMANDS: dict[str, Callable[[SMTPServerProtocol, str], None]] = {
     "DATA": SMTPServerProtocol.smtp_data, "RSET": SMTPServerProtocol.smtp_rset,
     "NOOP": SMTPServerProtocol.smtp_noop, "QUIT": SMTPServerProtocol.smtp_quit,
     "VRFY": SMTPServerProtocol.smtp_vrfy, "EXPN": SMTPServerProtocol.smtp_expn,
-    "HELP": SMTPServerProtocol.smtp_help,
+    "HELP": SMTPServerProtocol.smtp_help, "STARTTLS": SMTPServerProtocol.smtp_starttls,
 }
 
 
-async def start_server(policy: Policy, host: str, port: int, limits: ServerLimits) -> asyncio.AbstractServer:
+async def start_server(policy: Policy, host: str, port: int, limits: ServerLimits, *,
+                       tls: ssl.SSLContext | None = None, implicit_tls: bool = False) -> asyncio.AbstractServer:
+    """A listener; with `tls` it offers STARTTLS, or with `implicit_tls` every session starts with
+    the TLS handshake (RFC 8314 §3.3, port 465) and is greeted only once it is encrypted."""
     loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: SMTPServerProtocol(policy, limits), host, port,
+    if implicit_tls:
+        assert tls is not None
+        return await loop.create_server(lambda: SMTPServerProtocol(policy, limits, tls), host, port,
+                                        reuse_address=True, backlog=1024, ssl=tls,
+                                        ssl_handshake_timeout=min(TLS_HANDSHAKE_TIMEOUT, limits.command_timeout))
+    return await loop.create_server(lambda: SMTPServerProtocol(policy, limits, tls), host, port,
                                     reuse_address=True, backlog=1024)

@@ -52,10 +52,47 @@ def request(data_dir: Path, message: dict[str, Any], timeout: float = 30.0) -> d
     return json.loads(data) if data else None
 
 
+_queued: set[tuple[str, str]] = set()  # notifications scheduled in this process and not yet sent
+_sending: set[asyncio.Task[None]] = set()
+
+
 def notify(data_dir: Path, message: dict[str, Any]) -> None:
-    """Best effort: tell the daemon, if one runs; never fails."""
-    with contextlib.suppress(OSError, ValueError):
-        request(data_dir, message, timeout=2.0)
+    """Best effort: tell the daemon, if one runs; never fails, never blocks an event loop.
+
+    Called from a running event loop (an application submitting with ``deliver=False``), the
+    notification is sent by a task, and one still waiting to be sent stands for any number of
+    equal ones: the daemon reads the spool after it, so it sees every commit made before."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        with contextlib.suppress(OSError, ValueError):
+            request(data_dir, message, timeout=2.0)
+        return
+    key = (str(data_dir), json.dumps(message, sort_keys=True))
+    if key in _queued:
+        return
+    _queued.add(key)
+    task = loop.create_task(_notify(data_dir, message, key))
+    _sending.add(task)
+    task.add_done_callback(_sending.discard)
+
+
+async def sent() -> None:
+    """Wait for the notifications this process scheduled (before its event loop ends)."""
+    if _sending:
+        await asyncio.gather(*list(_sending), return_exceptions=True)
+
+
+async def _notify(data_dir: Path, message: dict[str, Any], key: tuple[str, str]) -> None:
+    _queued.discard(key)  # from here on, a later commit needs a notification of its own
+    with contextlib.suppress(OSError, ValueError, TimeoutError):
+        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(socket_path(data_dir))), 2.0)
+        try:
+            writer.write(json.dumps(message).encode() + b"\n")
+            await writer.drain()
+            await asyncio.wait_for(reader.readline(), 2.0)
+        finally:
+            writer.close()
 
 
 async def serve(data_dir: Path, handler: Handler) -> asyncio.AbstractServer:

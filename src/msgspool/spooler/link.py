@@ -19,7 +19,9 @@ the store. The link carries only hints and questions, as JSON lines over a socke
                          {"op": "status", "req": N}             -> {"reply": N, "body": {...}}
                          {"op": "sync", "req": N}               -> {"reply": N, "body": {}}: every
                                                                 earlier message has been handled
-    delivery -> intake   {"events": [...]}                      settled outcomes, for subscribers
+    delivery -> intake   {"ready": OWNER}                       started, spool recovered: hand-overs
+                                                                may begin, committed as OWNER's
+                         {"events": [...]}                      settled outcomes, for subscribers
                          {"active": N}                          recipients in its window, after
                                                                 each settlement: the credit for
                                                                 dispatch hand-overs
@@ -79,6 +81,8 @@ class Link:
         """Handle incoming messages until the other end goes away."""
         try:
             while line := await self.reader.readline():
+                if not line.endswith(b"\n"):
+                    break  # the other end died in the middle of a line
                 message = json.loads(line)
                 if "reply" in message:
                     future = self._requests.get(message["reply"])
@@ -103,9 +107,10 @@ class Link:
 class RemoteDelivery:
     """The intake side's view of the delivery process: hints out, status and events in."""
 
-    def __init__(self, link: Link, window: int) -> None:
+    def __init__(self, link: Link, window: int, owner: str) -> None:
         self.link = link
         self.window = window
+        self.owner = owner  # the delivery run's token: hand-overs are committed as its own
         self.active = 0  # the delivery process's window, as last reported, plus what went since
         self._pending_hints: set[str] = set()  # ops to send at the end of this loop turn
 

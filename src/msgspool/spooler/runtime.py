@@ -28,6 +28,7 @@ from msgspool.domain.dsn import MessageDSN, RecipientDSN
 from msgspool.domain.events import Event, EventType
 from msgspool.domain.health import ProbePolicy
 from msgspool.domain.message import DEFAULT_CLASS, NORMAL, Message
+from msgspool.domain.recipient import Status
 from msgspool.domain.retry import RetryPolicy
 from msgspool.domain.routing import Router, TransportRoute
 from msgspool.domain.webhooks import WEBHOOK_TRANSPORT, from_webhook
@@ -160,6 +161,9 @@ class Spooler:
         self.delivering = False
         self.routing = False
         self.remote: RemoteDelivery | None = None  # set in the daemon's intake process
+        # In the daemon's intake process: a delivery process is supervised, so while none runs
+        # (restarting) hints are dropped; the next one reads the spool when it starts.
+        self.delivery_process = False
         self.started_at: float | None = None
         self._housekeeping: asyncio.Task[None] | None = None
         self._lock: IO[str] | None = None
@@ -198,6 +202,7 @@ class Spooler:
         self.scheduler.local = LocalDelivery(self.intake, self.postprocessor) if self.postprocessor else None
 
     async def stop(self) -> None:
+        await control.sent()  # a client's wakeups reach the daemon before its loop ends
         if self.webhooks is not None:
             await self.webhooks.stop()
         await stop_task(self._housekeeping)
@@ -233,11 +238,14 @@ class Spooler:
         back from the store; should delivery die first, recovery makes them due again."""
         message, copies = self.intake.build(sub, route=self.routing)
         due = due_now(message)
+        remote = self.remote
         handed = due > 0 and self._reserve(due)
+        owner = None
         if handed:
             mark_active(message)
+            owner = self.store.owner if self.delivering else remote.owner if remote is not None else None
         try:
-            events = await self.store.submit(message, copies)
+            events = await self.store.submit(message, copies, owner=owner)
         except BaseException:
             if handed and self.delivering:
                 self.scheduler.unreserve(due)
@@ -247,8 +255,14 @@ class Spooler:
             self.reports_owed()
         if handed and self.delivering:
             self.scheduler.dispatch(message, fresh=True)
-        elif handed and self.remote is not None:
-            self.remote.dispatch(message, due)
+        elif handed and remote is not None and remote is self.remote:
+            remote.dispatch(message, due)
+        elif handed:
+            # The delivery process it was handed to died during the commit: take it back, unless
+            # the next one has claimed it already (it recovers every active row when it starts).
+            await self.store.unclaim([(message.id, r.index) for r in message.recipients if r.status is Status.ACTIVE],
+                                     time.time(), owner=owner)
+            self.poke()
         elif any(r.status.pending for r in message.recipients):
             self.poke()
         return message.id
@@ -335,7 +349,7 @@ class Spooler:
                 self.webhooks.poke()
         elif self.remote is not None:
             self.remote.wakeup()
-        else:
+        elif not self.delivery_process:
             control.notify(self.settings.spool_path, {"op": "wakeup"})
 
     def _hand_on(self, message: Message) -> None:
@@ -354,7 +368,7 @@ class Spooler:
             self.reporter.poke()
         elif self.remote is not None:
             self.remote.reports()
-        else:
+        elif not self.delivery_process:
             control.notify(self.settings.spool_path, {"op": "reports"})
 
     async def _cancel(self, ids: Sequence[str]) -> None:

@@ -17,6 +17,8 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
+import secrets
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
@@ -65,6 +67,8 @@ class Scheduler:
         self._wake_at = 0.0  # when the refill loop means to look at the store again
 
     async def start(self) -> None:
+        # A fresh owner token per run: what this run claims, or is handed, is marked as its own.
+        self.store.owner = f"{os.getpid()}-{secrets.token_hex(6)}"
         recovered = await self.store.recover()
         if recovered:
             log.info("recovered %d recipients whose outcome was not recorded; retrying them", recovered)

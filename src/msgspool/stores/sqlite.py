@@ -83,7 +83,7 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
 # Columns added after version 1; a spool made by an older msgspool gets them on open.
 _ADDED_COLUMNS = {
     "recipients": ("notify TEXT", "orcpt TEXT", "report TEXT", "source_address TEXT",
-                   "priority INTEGER NOT NULL DEFAULT 0", "warn_at REAL"),
+                   "priority INTEGER NOT NULL DEFAULT 0", "warn_at REAL", "owner TEXT"),
     "messages": ("ret TEXT", "envid TEXT", "read INTEGER NOT NULL DEFAULT 0", "mdn TEXT",
                  "preprocessed INTEGER NOT NULL DEFAULT 0", "source_content_id INTEGER", "source_sender TEXT",
                  "crashes INTEGER NOT NULL DEFAULT 0", "max_attempts INTEGER")}
@@ -147,27 +147,30 @@ def _insert_message(conn: sqlite3.Connection, msg: Message, content_id: int, *, 
     )
 
 
-def _recipient_row(msg: Message, r: Recipient) -> tuple[Any, ...]:
+def _recipient_row(msg: Message, r: Recipient, owner: str | None) -> tuple[Any, ...]:
     reply = r.last_reply
     return (msg.id, r.index, r.address, r.addrtype, str(r.type), r.transport, r.nexthop, str(r.status),
             r.attempts, r.next_attempt_at, r.last_attempt_at,
             reply.code if reply else None, reply.enhanced if reply else None, reply.text if reply else None,
-            notify_text(r.dsn), orcpt_text(r.dsn), priority_class(msg.priority), r.report_owed)
+            notify_text(r.dsn), orcpt_text(r.dsn), priority_class(msg.priority), r.report_owed,
+            owner if r.status is Status.ACTIVE else None)
 
 
 _INSERT_RECIPIENT = (
     "INSERT INTO recipients (message_id, idx, address, addrtype, type, transport, nexthop, status,"
     " attempts, next_attempt_at, last_attempt_at, reply_code, reply_enhanced, reply_text, notify, orcpt,"
-    " priority, report) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+    " priority, report, owner) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
 
 
-def op_submit(conn: sqlite3.Connection, msg: Message, copies: Sequence[Message]) -> list[Event]:
+def op_submit(conn: sqlite3.Connection, msg: Message, copies: Sequence[Message],
+              owner: str | None = None) -> list[Event]:
     """Store a submission: the outbox message with its recipients, and the local copies filed
-    straight into their mailboxes (tightly coupled delivery) — one atomic step."""
+    straight into their mailboxes (tightly coupled delivery) — one atomic step. Recipients
+    committed `active` are handed to the delivery run `owner` in the same step."""
     content_id = conn.execute("INSERT INTO contents (data) VALUES (?)", (msg.content,)).lastrowid
     assert content_id is not None
     _insert_message(conn, msg, content_id, read=True)  # its writer has read it (MAPI: Sent Items show read)
-    conn.executemany(_INSERT_RECIPIENT, [_recipient_row(msg, r) for r in msg.recipients])
+    conn.executemany(_INSERT_RECIPIENT, [_recipient_row(msg, r, owner) for r in msg.recipients])
     events = [_insert_event(conn, Event(EventType.SUBMITTED, msg.id, msg.submitted_at,
                                         detail={"sender": msg.sender, "size": msg.size,
                                                 "origin": msg.origin}))]
@@ -263,11 +266,13 @@ def _drop_content_if_unused(conn: sqlite3.Connection, content_id: int) -> None:
                  " WHERE content_id = ? OR source_content_id = ?)", (content_id, content_id, content_id))
 
 
-def op_claim(conn: sqlite3.Connection, now: float, limit: int, whole_messages: bool = False) -> list[Message]:
-    """Claim due recipients (queued or deferred, next_attempt_at passed): mark them active and
-    return their messages with only the claimed recipients, urgent ones first. Bounded by `limit`
-    rows; each priority class is one range of `recipients_due_by_priority`, oldest due first, so
-    an urgent retry is claimed before a backlog of a million normal ones without reading them.
+def op_claim(conn: sqlite3.Connection, now: float, limit: int, whole_messages: bool = False,
+             owner: str | None = None) -> list[Message]:
+    """Claim due recipients (queued or deferred, next_attempt_at passed) for the delivery run
+    `owner`: mark them active and owned by it, and return their messages with only the claimed
+    recipients, urgent ones first. Bounded by `limit` rows; each priority class is one range of
+    `recipients_due_by_priority`, oldest due first, so an urgent retry is claimed before a backlog
+    of a million normal ones without reading them.
 
     With `whole_messages` (outbound hooks run in this process), a message the hooks have not seen
     yet comes with every waiting recipient it has, past `limit`: the hooks decide once for the
@@ -278,10 +283,10 @@ def op_claim(conn: sqlite3.Connection, now: float, limit: int, whole_messages: b
         if len(rows) >= limit:
             break
         rows += conn.execute(
-            "UPDATE recipients SET status = 'active' WHERE rowid IN (SELECT rowid FROM recipients"
+            "UPDATE recipients SET status = 'active', owner = ? WHERE rowid IN (SELECT rowid FROM recipients"
             " WHERE status IN ('queued', 'deferred') AND priority = ? AND next_attempt_at <= ?"
             f" ORDER BY next_attempt_at LIMIT ?) RETURNING {_CLAIMED_COLUMNS}",
-            (priority, now, limit - len(rows)),
+            (owner, priority, now, limit - len(rows)),
         ).fetchall()
     by_message: dict[str, list[Recipient]] = {}
     for row in rows:
@@ -289,7 +294,7 @@ def op_claim(conn: sqlite3.Connection, now: float, limit: int, whole_messages: b
     messages = [m for m in (_load_message(conn, mid, rcpts) for mid, rcpts in by_message.items()) if m]
     for message in messages:
         if whole_messages and not message.preprocessed:
-            _claim_the_rest(conn, message)
+            _claim_the_rest(conn, message, owner)
     return messages
 
 
@@ -303,11 +308,11 @@ def _claimed_recipient(row: Sequence[Any]) -> Recipient:
                      dsn=recipient_dsn(notify, orcpt))
 
 
-def _claim_the_rest(conn: sqlite3.Connection, message: Message) -> None:
+def _claim_the_rest(conn: sqlite3.Connection, message: Message, owner: str | None) -> None:
     """Claim the message's other waiting recipients too, due or not: the hooks must see them all
     (one that was deferred before hooks were configured is tried again early, once)."""
-    rest = conn.execute(f"UPDATE recipients SET status = 'active' WHERE message_id = ? AND status IN"
-                        f" ('queued', 'deferred') RETURNING {_CLAIMED_COLUMNS}", (message.id,)).fetchall()
+    rest = conn.execute(f"UPDATE recipients SET status = 'active', owner = ? WHERE message_id = ? AND status IN"
+                        f" ('queued', 'deferred') RETURNING {_CLAIMED_COLUMNS}", (owner, message.id)).fetchall()
     message.recipients += [_claimed_recipient(row) for row in rest]
     message.recipients.sort(key=lambda r: r.index)
 
@@ -414,24 +419,28 @@ def _is_held(conn: sqlite3.Connection, message_id: str) -> bool:
 
 
 def op_recover(conn: sqlite3.Connection) -> int:
-    """After a crash or restart: recipients still marked active have no recorded outcome, so they
-    are due again now (at-least-once; Postfix moves `active` back to `incoming` the same way)."""
-    return conn.execute("UPDATE recipients SET status = 'queued' WHERE status = 'active'").rowcount
+    """When a delivery run starts (it holds the delivery lock, so no other run is alive):
+    recipients still marked active have no recorded outcome, so they are due again now
+    (at-least-once; Postfix moves `active` back to `incoming` the same way)."""
+    return conn.execute("UPDATE recipients SET status = 'queued', owner = NULL WHERE status = 'active'").rowcount
 
 
-def op_unclaim(conn: sqlite3.Connection, recipients: Sequence[tuple[str, int]], now: float) -> list[Event]:
+def op_unclaim(conn: sqlite3.Connection, recipients: Sequence[tuple[str, int]], now: float,
+               owner: str | None = None) -> list[Event]:
     """Claimed recipients that the delivery process dropped from memory unattempted (their message
     was held, requeued or deleted while they waited for a connection) wait again, in one step:
     held when their message is held, else due now. Only rows still active change: one settled
     meanwhile, or deleted with its message, is left alone; nothing else would ever move the rest
-    out of `active` but a restart (op_recover)."""
+    out of `active` but a restart (op_recover). With `owner`, only rows that run still owns: intake
+    takes back a hand-off its delivery process died before receiving, never what the next run claimed."""
     events = []
     for message_id, index in recipients:
         row = conn.execute(
             "UPDATE recipients SET status = CASE WHEN (SELECT held FROM messages m WHERE m.id = recipients.message_id)"
-            " THEN 'held' ELSE 'queued' END, next_attempt_at = ?, wait_destination = 0"
-            " WHERE message_id = ? AND idx = ? AND status = 'active' RETURNING status, address, transport",
-            (now, message_id, index)).fetchone()
+            " THEN 'held' ELSE 'queued' END, next_attempt_at = ?, wait_destination = 0, owner = NULL"
+            " WHERE message_id = ? AND idx = ? AND status = 'active' AND (? IS NULL OR owner = ?)"
+            " RETURNING status, address, transport",
+            (now, message_id, index, owner, owner)).fetchone()
         if row is not None and row[0] == Status.HELD:
             events.append(_insert_event(conn, Event(EventType.HELD, message_id, now, recipient=row[1],
                                                     detail={"transport": row[2]})))
@@ -642,7 +651,7 @@ def _insert_history(conn: sqlite3.Connection, message_id: str, now: float, stage
 
 
 def op_preprocessed(conn: sqlite3.Connection, message: Message, result: Preprocessed,
-                    now: float) -> tuple[list[Message], list[Event]]:
+                    now: float, owner: str | None = None) -> tuple[list[Message], list[Event]]:
     """Record what the outbound hooks made of a message's active recipients, in one step: a
     rejection fails them (an NDR follows), a hook's failure holds the message (the hooks are not
     done: they run again on release), drafts replace it — the first draft is the stored message
@@ -659,8 +668,8 @@ def op_preprocessed(conn: sqlite3.Connection, message: Message, result: Preproce
     if isinstance(result.verdict, Hold):
         return [], _hold(conn, message.id, result.verdict.reason, now, "('active')")
     first, *others = result.drafts
-    kept = _apply_draft(conn, message, first, active)
-    children = [_split_off(conn, message, draft, active, now) for draft in others]
+    kept = _apply_draft(conn, message, first, active, owner)
+    children = [_split_off(conn, message, draft, active, now, owner) for draft in others]
     placed = {r.index for draft in result.drafts for r in draft.recipients}
     dropped = [Settlement(message.id, r.index, r.address, Status.FAILED, DROPPED, attempted=False,
                           dsn=RecipientDSN(frozenset())) for i, r in active.items() if i not in placed]
@@ -687,7 +696,8 @@ def _hold(conn: sqlite3.Connection, message_id: str, reason: str, now: float, st
             for (address,) in rows]
 
 
-def _apply_draft(conn: sqlite3.Connection, message: Message, draft: Draft, active: dict[int, Recipient]) -> Message:
+def _apply_draft(conn: sqlite3.Connection, message: Message, draft: Draft, active: dict[int, Recipient],
+                 owner: str | None) -> Message:
     """The stored message becomes the first draft: content, sender, recipients (renamed, added)."""
     if draft.content != message.content or draft.sender != message.sender:
         content_id = conn.execute("INSERT INTO contents (data) VALUES (?)", (draft.content,)).lastrowid
@@ -704,7 +714,7 @@ def _apply_draft(conn: sqlite3.Connection, message: Message, draft: Draft, activ
             r = Recipient(d.address, d.addrtype.upper(), status=Status.ACTIVE, index=next_index,
                           next_attempt_at=message.submitted_at)
             next_index += 1
-            conn.execute(_INSERT_RECIPIENT, _recipient_row(message, r))
+            conn.execute(_INSERT_RECIPIENT, _recipient_row(message, r, owner))
             conn.execute("UPDATE recipients SET source_address = '' WHERE message_id = ? AND idx = ?",
                          (message.id, r.index))
         else:
@@ -721,7 +731,7 @@ def _apply_draft(conn: sqlite3.Connection, message: Message, draft: Draft, activ
 
 
 def _split_off(conn: sqlite3.Connection, message: Message, draft: Draft, active: dict[int, Recipient],
-               now: float) -> Message:
+               now: float, owner: str | None) -> Message:
     """A further draft becomes a new outbox message; its recipients move over with their state."""
     child = dataclasses.replace(message, id=new_id(now), sender=draft.sender, content=draft.content,
                                 recipients=[], preprocessed=True, headers_prefix=b"",
@@ -736,7 +746,7 @@ def _split_off(conn: sqlite3.Connection, message: Message, draft: Draft, active:
     content_id = conn.execute("INSERT INTO contents (data) VALUES (?)", (child.content,)).lastrowid
     assert content_id is not None
     _insert_message(conn, child, content_id, read=True)
-    conn.executemany(_INSERT_RECIPIENT, [_recipient_row(child, r) for r in child.recipients])
+    conn.executemany(_INSERT_RECIPIENT, [_recipient_row(child, r, owner) for r in child.recipients])
     conn.execute("UPDATE messages SET preprocessed = 1 WHERE id = ?", (child.id,))
     _insert_history(conn, child.id, now, "outbound", [HookRecord("", "split", f"from {message.id}")])
     return child
@@ -995,6 +1005,7 @@ class SQLiteStore:
         self.path = path
         self.commit_batch = commit_batch
         self.crash_limit = crash_limit
+        self.owner: str | None = None  # the delivery run this store claims for (Store.owner)
         self._writer: _GroupCommit | None = None
         self._reader: _Reader | None = None
 
@@ -1027,11 +1038,12 @@ class SQLiteStore:
         w = self._writer
         return (w.commits, w.committed_jobs) if w else (0, 0)
 
-    async def submit(self, msg: Message, copies: Sequence[Message] = ()) -> list[Event]:
-        return await self._write(lambda c: op_submit(c, msg, copies))
+    async def submit(self, msg: Message, copies: Sequence[Message] = (), *, owner: str | None = None) -> list[Event]:
+        owner = owner if owner is not None else self.owner
+        return await self._write(lambda c: op_submit(c, msg, copies, owner))
 
     async def claim(self, now: float, limit: int, *, whole_messages: bool = False) -> list[Message]:
-        return await self._write(lambda c: op_claim(c, now, limit, whole_messages), durable=False)
+        return await self._write(lambda c: op_claim(c, now, limit, whole_messages, self.owner), durable=False)
 
     async def settle(self, settlements: Sequence[Settlement], now: float) -> list[Event]:
         return await self._write(lambda c: op_settle(c, settlements, now, self.crash_limit), durable=False)
@@ -1039,8 +1051,10 @@ class SQLiteStore:
     async def recover(self) -> int:
         return await self._write(op_recover)
 
-    async def unclaim(self, recipients: Sequence[tuple[str, int]], now: float) -> list[Event]:
-        return await self._write(lambda c: op_unclaim(c, recipients, now), durable=False)
+    async def unclaim(self, recipients: Sequence[tuple[str, int]], now: float, *,
+                      owner: str | None = None) -> list[Event]:
+        owner = owner if owner is not None else self.owner
+        return await self._write(lambda c: op_unclaim(c, recipients, now, owner), durable=False)
 
     async def release_destination(self, transport: str, nexthop: str, now: float) -> int:
         return await self._chunked(lambda c: op_release_destination(c, transport, nexthop, now), durable=False)
@@ -1109,7 +1123,7 @@ class SQLiteStore:
 
     async def preprocessed(self, message: Message, result: Preprocessed,
                            now: float) -> tuple[list[Message], list[Event]]:
-        return await self._write(lambda c: op_preprocessed(c, message, result, now))
+        return await self._write(lambda c: op_preprocessed(c, message, result, now, self.owner))
 
     async def requeue(self, ids: Sequence[str], now: float) -> list[str]:
         return await self._write(lambda c: op_requeue(c, ids, now))

@@ -62,6 +62,7 @@ CREATE TABLE IF NOT EXISTS recipients (
     source_address      TEXT,            -- as submitted, when a hook renamed it; '' when a hook added it
     priority            INTEGER NOT NULL DEFAULT 0,  -- priority class of the message: 1 urgent, 0, -1
     warn_at             REAL,            -- when its delay notice falls due; 0 once owed (one per recipient)
+    owner               TEXT,            -- while active: the delivery process (run) that has it
     PRIMARY KEY (message_id, idx)
 );
 -- The scheduler's refill reads due recipients through this index only: one range per priority
