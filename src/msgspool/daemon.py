@@ -166,10 +166,12 @@ async def _serve(settings: Settings, ready: asyncio.Event | None) -> None:
     try:
         if settings.delivery_process:
             await spooler.start(deliver=False, route=True)
+            await _check_http_exposure(spooler, settings)
             delivery = DeliveryProcess(settings, spooler)
             await delivery.start()
         else:
             await spooler.start(deliver=True)
+            await _check_http_exposure(spooler, settings)
         control_server = await _listen("the control socket", control.socket_path(settings.spool_path),
                                        control.serve(settings.spool_path, lambda r: control_handler(spooler, r)))
         servers.append(control_server)
@@ -203,6 +205,14 @@ async def _serve(settings: Settings, ready: asyncio.Event | None) -> None:
         if control_server is not None:  # never another daemon's: a second `serve` fails on the lock
             with contextlib.suppress(FileNotFoundError):
                 control.socket_path(settings.spool_path).unlink()
+
+
+async def _check_http_exposure(spooler: Spooler, settings: Settings) -> None:
+    """Before any listener starts: an HTTP API open to other hosts without a token stops `serve`."""
+    if settings.http_listen:
+        from msgspool.web.access import check_exposure
+
+        await check_exposure(spooler.store, *split_hostport(settings.http_listen, 8025))
 
 
 class DeliveryProcess:

@@ -47,6 +47,8 @@ from msgspool.domain.message import (
 )
 from msgspool.domain.outcome import Reply
 from msgspool.domain.recipient import RecipientType, Status
+from msgspool.domain.tokens import Token
+from msgspool.stores.sqlite_tokens import any_token, find_token
 
 T = TypeVar("T")
 DB_NAME = "spool.db"
@@ -1143,6 +1145,12 @@ class SQLiteStore:
 
     async def events_after(self, after_id: int, limit: int = 1000) -> list[Event]:
         return await self.read(lambda c: events_after(c, after_id, limit))
+
+    async def token(self, token_id: str) -> tuple[Token, str] | None:
+        return await self.read(lambda c: find_token(c, token_id))
+
+    async def has_tokens(self) -> bool:
+        return await self.read(any_token)
 
 
 class SpoolDB:

@@ -29,6 +29,7 @@ from msgspool.errors import NotFound
 from msgspool.spooler.events import EventFilter, Subscription
 from msgspool.spooler.runtime import Spooler
 from msgspool.views import message_json
+from msgspool.web.access import Access, access_middleware, check_exposure
 from msgspool.web.problems import Problem, ProblemRunner, problems
 from msgspool.web.submission import json_body, submission
 
@@ -191,11 +192,13 @@ def _sse(event: Event) -> bytes:
     return f"id: {event.id}\nevent: {event.type}\ndata: {json.dumps(event.to_json())}\n\n".encode()
 
 
-def make_app(spooler: Spooler) -> web.Application:
+def make_app(spooler: Spooler, host: str = "127.0.0.1") -> web.Application:
+    """The API as served on `host` (the loopback rule of web/access.py depends on it)."""
     # A message's JSON can take twice its size (CRLF is four characters): the size limit itself is
     # intake's, answered 413 too.
     body_limit = max(1 << 20, 2 * spooler.settings.message_size_limit + (64 << 10))
-    app = web.Application(middlewares=[problems], client_max_size=body_limit)
+    access = Access(spooler.store, host, spooler.settings.trusted_networks)
+    app = web.Application(middlewares=[problems, access_middleware(access)], client_max_size=body_limit)
     app[SPOOLER] = spooler
     app.router.add_get("/api/status", status)
     app.router.add_get("/api/queue", queue_list)
@@ -208,7 +211,8 @@ def make_app(spooler: Spooler) -> web.Application:
 
 
 async def start(spooler: Spooler, host: str, port: int) -> web.AppRunner:
-    runner = ProblemRunner(make_app(spooler), access_log=None, shutdown_timeout=1.0)
+    await check_exposure(spooler.store, host, port)
+    runner = ProblemRunner(make_app(spooler, host), access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner
