@@ -9,6 +9,18 @@ One exception keeps `make run` and scripts on the same host working: a listener 
 serves token-less requests from clients in `trusted_networks` while no token exists at all (the
 first `msgspool token create` ends it). A listener bound to any other address refuses to start
 while no token exists (`check_exposure`).
+
+And, since a web page in the operator's browser can send requests to a listener on loopback
+(carrying no token, so under the rule above), every request must also look like it came from the
+API's own origin (`Browser`):
+- the ``Host`` header names the listener — its address, a loopback name for a loopback listener,
+  any IP literal for one on every interface, or a name in `http_hosts` — else 421 (DNS
+  rebinding: a page of evil.example whose name now resolves to 127.0.0.1);
+- an ``Origin`` header, when present, is the origin the request was sent to, and
+  ``Sec-Fetch-Site`` is not ``cross-site``/``same-site``, else 403;
+- a state-changing request (POST, PUT, PATCH, DELETE) declares ``Content-Type: application/json``,
+  else 415: a page can send ``text/plain`` across origins without asking (a CORS "simple
+  request"), never JSON.
 """
 
 from __future__ import annotations
@@ -16,6 +28,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -115,16 +128,101 @@ class Access:
         return found[0]
 
 
-def access_middleware(access: Access) -> Middleware:
+STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "127.0.0.1", "::1"})
+
+
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+def split_authority(value: str) -> tuple[str, int | None] | None:
+    """``host[:port]`` or ``[v6]:port`` -> (lower-case host without brackets, port or None); None if
+    malformed."""
+    try:
+        parts = urlsplit(f"//{value}")
+        return (parts.hostname or "").lower(), parts.port
+    except ValueError:
+        return None
+
+
+class Browser:
+    """The same-origin checks (see the module docstring) for a listener on host:port."""
+
+    def __init__(self, host: str, port: int, extra_hosts: Sequence[str] = ()) -> None:
+        self.host, self.port = host.strip("[]").lower(), port
+        self.loopback = is_loopback(host)
+        self.wildcard = self.host in ("", "0.0.0.0", "::")
+        self.names = {h.strip("[]").lower() for h in extra_hosts}
+
+    def host_allowed(self, host: str) -> bool:
+        if host == self.host or host in self.names:
+            return True
+        ip = _ip(host)
+        if self.loopback:
+            return host in LOOPBACK_NAMES or (ip is not None and ip.is_loopback)
+        return self.wildcard and ip is not None  # an IP literal cannot be rebound; a name can
+
+    def check(self, request: web.Request) -> None:
+        here = self._authority(request)
+        origin = request.headers.get("Origin")
+        if origin is not None and not self._same_origin(origin, here):
+            raise Problem(403, f"cross-origin request refused: Origin {origin[:100]!r} is not {_show(here)}")
+        site = request.headers.get("Sec-Fetch-Site", "").lower()
+        if site in ("cross-site", "same-site"):
+            raise Problem(403, f"cross-origin request refused: Sec-Fetch-Site is {site}")
+
+    def _authority(self, request: web.Request) -> tuple[str, int | None]:
+        """Where the request was sent to, by its Host header (the listener itself when there is none)."""
+        header = request.headers.get("Host")
+        if header is None:
+            return self.host, self.port
+        found = split_authority(header)
+        if found is None or not self.host_allowed(found[0]):
+            raise Problem(421, f"this listener does not answer for Host {header[:100]!r}; see http_hosts")
+        return found
+
+    @staticmethod
+    def _same_origin(origin: str, here: tuple[str, int | None]) -> bool:
+        """RFC 6454: scheme, host and port. The scheme is not ours to check (a proxy may end TLS), but
+        a Host without a port means the default one of the scheme the page used."""
+        try:
+            parts = urlsplit(origin)
+            default = {"http": 80, "https": 443}.get(parts.scheme)
+            port = parts.port or default
+        except ValueError:
+            return False
+        host, here_port = here
+        return default is not None and (parts.hostname or "").lower() == host and port == (here_port or default)
+
+
+def _show(authority: tuple[str, int | None]) -> str:
+    host, port = authority
+    shown = f"[{host}]" if ":" in host else host
+    return f"{shown}:{port}" if port else shown
+
+
+def require_json(request: web.Request) -> None:
+    if request.method in STATE_CHANGING and request.content_type != "application/json":
+        raise Problem(415, f"{request.method} needs Content-Type: application/json, not"
+                      f" {request.headers.get('Content-Type', 'none')!r}", headers={"Accept-Post": "application/json"})
+
+
+def access_middleware(access: Access, browser: Browser) -> Middleware:
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.match_info.http_exception is not None:  # no such route (404, 405): nothing to guard
             return await handler(request)
+        browser.check(request)
         who = await access.identify(request)
         scope = needed_scope(request)
         if not who.allows(scope):
             raise Problem(403, f"token {who.name!r} lacks the {scope!r} scope for {request.method} {request.path}",
                           headers={"WWW-Authenticate": f'{REALM}, error="insufficient_scope", scope="{scope}"'})
+        require_json(request)
         request[CALLER] = who
         return await handler(request)
 
