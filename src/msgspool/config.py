@@ -74,7 +74,7 @@ class Settings:
     smtpd_data_timeout: float = _doc(
         600.0, "Seconds an SMTP client has for a whole DATA phase, however often it sends a byte; then 421 4.4.2.")
     smtpd_connection_limit: int = _doc(
-        200, "Most SMTP sessions open at once, all listeners; more get 421 4.7.0. 0 = no limit.")
+        200, "Most SMTP sessions open at once from clients outside trusted_networks; more get 421 4.7.0. 0 = no limit.")
     smtpd_client_connection_limit: int = _doc(
         20, "Most SMTP sessions open at once from one client address outside trusted_networks; 0 = no limit.")
     smtpd_client_message_rate_limit: int = _doc(

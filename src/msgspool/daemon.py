@@ -97,7 +97,7 @@ async def start_smtp(spooler: Spooler, settings: Settings) -> SMTPListeners:
                          recipient_rate=RateCounter(settings.smtpd_client_recipient_rate_limit, time.monotonic))
     limits = ServerLimits(hostname=settings.host_name, max_message_size=settings.message_size_limit,
                           max_recipients=settings.recipient_limit, command_timeout=settings.smtpd_timeout,
-                          data_timeout=settings.smtpd_data_timeout)
+                          data_timeout=settings.smtpd_data_timeout, spill_dir=str(settings.spool_path))
     _raise_file_limit(settings.smtpd_connection_limit)
     listeners = SMTPListeners([], tls)
     context = tls.context if tls is not None else None

@@ -4,11 +4,13 @@ One `ConnectionCounter` is shared by every SMTP listener of the daemon. A sessio
 only while fewer than `smtpd_connection_limit` sessions are open in all and fewer than
 `smtpd_client_connection_limit` from its client address; otherwise it is greeted with
 ``421 4.7.0`` and closed before it costs more than the accept (RFC 5321 §3.1 allows a 421
-greeting). Clients in `trusted_networks` are exempt from the per-client limit, as Postfix exempts
-`$mynetworks` by default (`smtpd_client_event_limit_exceptions`): the local applications that
-submit through the loopback listener open many connections at once by design. The total limit
-holds for everyone, so that hostile clients cannot use up the process's file descriptors.
-A limit of 0 means no limit.
+greeting). A limit of 0 means no limit.
+
+Clients in `trusted_networks` are neither limited nor counted, as Postfix exempts `$mynetworks`
+by default (`smtpd_client_event_limit_exceptions`): the local applications that submit through
+the loopback listener open many connections at once by design, and a flood from outside, which
+fills the total, must not lock them out. The total bounds what outsiders can hold open (and so
+the descriptors they can take); the descriptor limit is raised at start to leave room for the rest.
 
 `RateCounter` limits what one client may ask for per minute: MAIL commands
 (`smtpd_client_message_rate_limit`) and RCPT commands (`smtpd_client_recipient_rate_limit`),
@@ -32,11 +34,11 @@ class ConnectionCounter:
         self.total = 0
         self.per_client: Counter[str] = Counter()
 
-    def admit(self, client: str, *, exempt: bool = False) -> Reply | None:
+    def admit(self, client: str) -> Reply | None:
         """Count a new session from `client`; or the 421 that refuses it (then nothing is counted)."""
         if self.total_limit and self.total >= self.total_limit:
             return Reply(421, "4.7.0", f"{self.hostname} Error: too many connections")
-        if not exempt and self.client_limit and self.per_client[client] >= self.client_limit:
+        if self.client_limit and self.per_client[client] >= self.client_limit:
             return Reply(421, "4.7.0", f"{self.hostname} Error: too many connections from {client}")
         self.total += 1
         self.per_client[client] += 1

@@ -6,9 +6,9 @@
 - Future release (RFC 4865 HOLDFOR/HOLDUNTIL, up to `future_release_max` seconds) is offered to
   the same clients that may relay: the extension is one of message submission (RFC 4865 §1, RFC
   6409), and an MTA handing us inbound mail has no business parking it in our queue.
-- Connections are counted (limits.py): over `smtpd_connection_limit` in all, or
-  `smtpd_client_connection_limit` from one client address outside the trusted networks, a new
-  session is greeted with ``421 4.7.0`` and closed. Such a client's MAIL and RCPT commands are
+- Connections from clients outside the trusted networks are counted (limits.py): over
+  `smtpd_connection_limit` in all, or `smtpd_client_connection_limit` from one client address, a
+  new session is greeted with ``421 4.7.0`` and closed. Such a client's MAIL and RCPT commands are
   also counted per minute (`smtpd_client_message_rate_limit`, `smtpd_client_recipient_rate_limit`);
   over the rate they get ``450 4.7.1``.
 - After DATA the message gets its `Received:` trace header (RFC 5321 §4.4; the protocol name
@@ -56,7 +56,9 @@ class SpoolPolicy:
         except ValueError:
             ip = None
         session.trusted = ip is not None and any(ip in net for net in self.trusted)
-        refusal = self.connections.admit(str(session.peer[0]), exempt=session.trusted)
+        if session.trusted:
+            return None
+        refusal = self.connections.admit(str(session.peer[0]))
         if refusal is not None:
             log.warning("connect from [%s]: %s", session.peer[0], refusal.text)
             return refusal
