@@ -6,9 +6,14 @@ implies the others). Without a valid token: 401 with ``WWW-Authenticate: Bearer`
 whose scopes fall short: 403.
 
 One exception keeps `make run` and scripts on the same host working: a listener bound to loopback
-serves token-less requests from clients in `trusted_networks` while no token exists at all (the
-first `msgspool token create` ends it). A listener bound to any other address refuses to start
-while no token exists (`check_exposure`).
+serves token-less requests from its (loopback or `trusted_networks`) clients while no token exists
+at all (the first `msgspool token create` ends it). A listener bound to any other address refuses
+to start while no token exists (`check_exposure`).
+
+Submissions follow the SMTP listener's relay rule (smtpd/policy.py): mail for a local domain is
+taken from any caller allowed to submit; mail for anywhere else only from a token with the
+``submit`` scope (an authenticated client) or, token-less, from a client in `trusted_networks` —
+so ``trusted_networks = []`` means no token-less relaying over HTTP either (`relay_refusal`).
 
 And, since a web page in the operator's browser can send requests to a listener on loopback
 (carrying no token, so under the rule above), every request must also look like it came from the
@@ -33,10 +38,13 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from msgspool.domain.address import SMTP
+from msgspool.domain.routing import Router
 from msgspool.domain.tokens import ADMIN, READ, SUBMIT, Token, matches, token_id_of
 from msgspool.errors import MsgspoolError
 from msgspool.ports import Store
 from msgspool.smtpd.policy import Network, parse_networks
+from msgspool.spooler.intake import Submission
 from msgspool.web.problems import Handler, Problem
 
 REALM = 'Bearer realm="msgspool"'
@@ -59,6 +67,16 @@ async def check_exposure(store: Store, host: str, port: int) -> None:
             " token exists; create one first (msgspool token create --scope admin) or listen on 127.0.0.1")
 
 
+def client_ip(remote: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        ip = ipaddress.ip_address(remote or "")
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
 @dataclass(frozen=True, slots=True)
 class Caller:
     """Who sent a request: a token, or nobody under the loopback rule (token None)."""
@@ -68,6 +86,10 @@ class Caller:
 
     def allows(self, scope: str) -> bool:
         return self.token is None or self.token.allows(scope)
+
+    @property
+    def may_relay(self) -> bool:
+        return self.token.allows(SUBMIT) if self.token else self.trusted
 
     @property
     def name(self) -> str:
@@ -96,20 +118,21 @@ class Access:
         self.trusted: list[Network] = parse_networks(trusted_networks)
 
     def is_trusted(self, remote: str | None) -> bool:
-        try:
-            ip = ipaddress.ip_address(remote or "")
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return any(ip in net for net in self.trusted)
+        ip = client_ip(remote)
+        return ip is not None and any(ip in net for net in self.trusted)
+
+    @staticmethod
+    def is_loopback_client(remote: str | None) -> bool:
+        ip = client_ip(remote)
+        return ip is not None and ip.is_loopback
 
     async def identify(self, request: web.Request) -> Caller:
         """The caller of a request; Problem 401 when it may not use the API at all."""
         trusted = self.is_trusted(request.remote)
         header = request.headers.get("Authorization")
         if header is None:
-            if self.loopback and trusted and not await self.store.has_tokens():
+            local = trusted or self.is_loopback_client(request.remote)
+            if self.loopback and local and not await self.store.has_tokens():
                 return Caller(None, trusted)
             raise Problem(401, "this API needs a bearer token (Authorization: Bearer ...; see msgspool token)",
                           headers={"WWW-Authenticate": REALM})
@@ -126,6 +149,18 @@ class Access:
             raise Problem(401, "the token is not valid (unknown, revoked or mistyped)",
                           headers={"WWW-Authenticate": f'{REALM}, error="invalid_token"'})
         return found[0]
+
+
+def relay_refusal(who: Caller, sub: Submission, router: Router) -> Problem | None:
+    """A 403 when the submission has a non-local recipient that this caller may not relay to."""
+    if who.may_relay:
+        return None
+    for i, address in enumerate(sub.recipients):
+        addrtype = sub.addrtypes[i] if sub.addrtypes and i < len(sub.addrtypes) else SMTP
+        if not router.is_local(address, addrtype):
+            return Problem(403, f"554 5.7.1 <{address}>: Relay access denied (a token with the submit scope, or"
+                           " a client in trusted_networks, may relay)", title="Relay access denied")
+    return None
 
 
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})

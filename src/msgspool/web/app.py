@@ -29,7 +29,7 @@ from msgspool.errors import NotFound
 from msgspool.spooler.events import EventFilter, Subscription
 from msgspool.spooler.runtime import Spooler
 from msgspool.views import message_json
-from msgspool.web.access import Access, Browser, access_middleware, check_exposure
+from msgspool.web.access import Access, Browser, access_middleware, caller, check_exposure, relay_refusal
 from msgspool.web.problems import Problem, ProblemRunner, problems
 from msgspool.web.submission import json_body, submission
 
@@ -102,8 +102,15 @@ async def _mdn_consent(request: web.Request) -> bool | None:
 
 
 async def submit(request: web.Request) -> web.Response:
+    spooler, who = request.app[SPOOLER], caller(request)
     sub = submission(await json_body(request))
-    message_id = await request.app[SPOOLER].submit(sub)
+    if (refusal := relay_refusal(who, sub, spooler.intake.router)) is not None:
+        log.warning("http relay refused: client=%s token=%s recipients=%d", request.remote, who.name or "-",
+                    len(sub.recipients))
+        raise refusal
+    if who.token is not None:
+        sub.meta["http_token"] = who.name  # the history says who submitted it
+    message_id = await spooler.submit(sub)
     return web.json_response({"id": message_id}, status=201)
 
 
