@@ -57,6 +57,8 @@ class Settings:
         "", "PEM certificate (chain) of the SMTP listeners; with tls_key_file they offer STARTTLS.")
     tls_key_file: str = _doc("", "PEM private key of tls_cert_file. Both are read again on SIGHUP.")
     http_listen: str = _doc("127.0.0.1:8025", "HTTP API HOST:PORT; empty disables it.")
+    http_hosts: list[str] = _doc(
+        [], "Host names the HTTP API also answers to (Host and Origin headers), e.g. its DNS name behind a proxy.")
     relay: str = _doc("", "Smarthost HOST:PORT for every non-local SMTP recipient; empty = MX lookup.")
     local_domains: list[str] = _doc(["localhost"], "Domains whose mail is filed into local mailboxes.")
     mailboxes: list[str] = _doc([], "Local mailboxes that exist; empty = any address in a local domain.")

@@ -171,6 +171,9 @@ def op_submit(conn: sqlite3.Connection, msg: Message, copies: Sequence[Message],
     assert content_id is not None
     _insert_message(conn, msg, content_id, read=True)  # its writer has read it (MAPI: Sent Items show read)
     conn.executemany(_INSERT_RECIPIENT, [_recipient_row(msg, r, owner) for r in msg.recipients])
+    if token := msg.meta.get("http_token"):
+        _insert_history(conn, msg.id, msg.submitted_at, "submission",
+                        [HookRecord("", "submitted", f"over HTTP with token {token}")])
     events = [_insert_event(conn, Event(EventType.SUBMITTED, msg.id, msg.submitted_at,
                                         detail={"sender": msg.sender, "size": msg.size,
                                                 "origin": msg.origin}))]

@@ -111,7 +111,7 @@ CREATE INDEX IF NOT EXISTS recipients_warn ON recipients (warn_at) WHERE status 
 CREATE TABLE IF NOT EXISTS history (
     message_id  TEXT NOT NULL,
     time        REAL NOT NULL,
-    stage       TEXT NOT NULL,           -- outbound | inbound | transport | operator
+    stage       TEXT NOT NULL,           -- outbound | inbound | transport | operator | submission
     hook        TEXT NOT NULL,
     outcome     TEXT NOT NULL,
     detail      TEXT NOT NULL DEFAULT ''
