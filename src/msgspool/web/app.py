@@ -1,4 +1,6 @@
-"""The HTTP API, all under /api/ (aiohttp). Errors are RFC 9457 problem documents.
+"""The HTTP API, all under /api/ (aiohttp). Errors are RFC 9457 problem documents (problems.py);
+who may call what, and the same-origin checks, are access.py's; a submission's body is read by
+submission.py.
 
     GET  /api/status                        the status table
     GET  /api/queue[?folder=outbox&mailbox=] messages (JSON array), as `queue list --json`
