@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench abuse clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ lint: $(STAMP)
 bench: $(STAMP)
 	MSGSPOOL_CMD=$(abspath $(BIN))/msgspool $(BIN)/python -m bench $(BENCH_ARGS); \
 	status=$$?; postfix stop >/dev/null 2>&1; exit $$status
+
+# The SMTP listener under abuse (bench/abuse.py): open DATA phases, an idle-connection flood, a
+# legitimate session meanwhile, slow-loris DATA, 10,000 fuzzed sessions. ABUSE_ARGS: --quick, --tls, --json FILE.
+abuse: $(STAMP)
+	MSGSPOOL_CMD=$(abspath $(BIN))/msgspool $(BIN)/python -m bench.abuse $(ABUSE_ARGS)
 
 clean:
 	rm -rf $(VENV) msgspool-data

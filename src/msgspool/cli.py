@@ -10,6 +10,7 @@ SYNOPSIS
     msgspool queue hold ID... | release ID... | requeue ID... | delete ID...
     msgspool queue read [--mdn | --no-mdn] ID... | unread ID...
     msgspool status [--json]
+    msgspool token create --scope S [--scope S2]... [--name N] | list [--json] | revoke ID-or-NAME
 
 DESCRIPTION
     Every command finds the spool the same way: --data, else MSGSPOOL_DATA, else ./msgspool-data
@@ -111,7 +112,23 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="the status table: spooler and transports")
     _common(status)
     status.add_argument("--json", action="store_true")
+    _token_parser(sub.add_parser("token", help="bearer tokens of the HTTP API"))
     return parser
+
+
+def _token_parser(token: argparse.ArgumentParser) -> None:
+    _common(token)
+    tsub = token.add_subparsers(dest="action", required=True)
+    create = tsub.add_parser("create", help="a new token; its secret is printed once")
+    create.add_argument("--scope", action="append", required=True, metavar="SCOPE", dest="scopes",
+                        help="submit, read or admin (admin implies both); repeatable")
+    create.add_argument("--name", help="a name for logs and history (default: the token's id)")
+    tlist = tsub.add_parser("list", help="the tokens (never their secrets)")
+    tlist.add_argument("--json", action="store_true", help="one JSON object per token")
+    tsub.add_parser("revoke", help="delete a token: it stops working at once").add_argument(
+        "token", metavar="ID-or-NAME")
+    for action_parser in tsub.choices.values():
+        _common(action_parser)
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -355,8 +372,50 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# -- token ----------------------------------------------------------------------------------
+
+
+def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
+    import time
+
+    from msgspool.domain.tokens import mint, parse_scopes
+    from msgspool.stores.sqlite import SpoolDB
+    from msgspool.stores.sqlite_tokens import list_tokens, op_create_token, op_revoke_token
+    from msgspool.views import token_json, token_line
+
+    if args.action == "create":
+        try:
+            new = mint(parse_scopes(args.scopes), args.name, time.time())
+        except ValueError as err:
+            raise CLIError(str(err), 2) from err
+        db = SpoolDB(settings.spool_path / DB_NAME, create=True)
+        try:
+            db.write(lambda conn: op_create_token(conn, new))
+        except ValueError as err:
+            raise CLIError(str(err)) from err
+        finally:
+            db.close()
+        print(f"token {new.token.id} ({new.token.name}) created with scopes {' '.join(sorted(new.token.scopes))};"
+              " the secret below is shown only now:", file=sys.stderr)
+        print(new.secret)
+        return 0
+    db = SpoolDB(_spool_db(settings))
+    try:
+        if args.action == "list":
+            for token in list_tokens(db.conn):
+                print(json.dumps(token_json(token)) if args.json else token_line(token))
+            return 0
+        revoked = db.write(lambda conn: op_revoke_token(conn, args.token))
+    finally:
+        db.close()
+    if revoked is None:
+        raise CLIError(f"no token {args.token}")
+    print(f"{revoked.id}: revoked ({revoked.name})")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
-    "serve": cmd_serve, "sendmail": cmd_sendmail, "queue": cmd_queue, "status": cmd_status,
+    "serve": cmd_serve, "sendmail": cmd_sendmail, "queue": cmd_queue, "status": cmd_status, "token": cmd_token,
 }
 
 if __name__ == "__main__":

@@ -57,6 +57,8 @@ class Settings:
         "", "PEM certificate (chain) of the SMTP listeners; with tls_key_file they offer STARTTLS.")
     tls_key_file: str = _doc("", "PEM private key of tls_cert_file. Both are read again on SIGHUP.")
     http_listen: str = _doc("127.0.0.1:8025", "HTTP API HOST:PORT; empty disables it.")
+    http_hosts: list[str] = _doc(
+        [], "Host names the HTTP API also answers to (Host and Origin headers), e.g. its DNS name behind a proxy.")
     relay: str = _doc("", "Smarthost HOST:PORT for every non-local SMTP recipient; empty = MX lookup.")
     local_domains: list[str] = _doc(["localhost"], "Domains whose mail is filed into local mailboxes.")
     mailboxes: list[str] = _doc([], "Local mailboxes that exist; empty = any address in a local domain.")
@@ -72,9 +74,13 @@ class Settings:
     smtpd_data_timeout: float = _doc(
         600.0, "Seconds an SMTP client has for a whole DATA phase, however often it sends a byte; then 421 4.4.2.")
     smtpd_connection_limit: int = _doc(
-        200, "Most SMTP sessions open at once, all listeners; more get 421 4.7.0. 0 = no limit.")
+        200, "Most SMTP sessions open at once from clients outside trusted_networks; more get 421 4.7.0. 0 = no limit.")
     smtpd_client_connection_limit: int = _doc(
         20, "Most SMTP sessions open at once from one client address outside trusted_networks; 0 = no limit.")
+    smtpd_client_message_rate_limit: int = _doc(
+        1000, "MAIL commands per minute from one client address outside trusted_networks; more get 450 4.7.1.")
+    smtpd_client_recipient_rate_limit: int = _doc(
+        10000, "RCPT commands per minute from one client address outside trusted_networks; more get 450 4.7.1.")
     min_backoff: float = _doc(300.0, "First retry delay after a temporary failure, seconds.")
     max_backoff: float = _doc(4000.0, "Longest retry delay, seconds.")
     max_lifetime: float = _doc(

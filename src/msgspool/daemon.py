@@ -22,12 +22,13 @@ import logging
 import signal
 import socket
 import sys
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from msgspool.config import Settings
 from msgspool.errors import ConfigError, MsgspoolError
-from msgspool.smtpd.limits import ConnectionCounter
+from msgspool.smtpd.limits import ConnectionCounter, RateCounter
 from msgspool.smtpd.policy import SpoolPolicy
 from msgspool.smtpd.protocol import ServerLimits, start_server
 from msgspool.smtpd.tls import ServerTLS
@@ -91,10 +92,12 @@ async def start_smtp(spooler: Spooler, settings: Settings) -> SMTPListeners:
                                     settings.host_name)
     policy = SpoolPolicy(spooler.intake, spooler.submit, hostname=settings.host_name,
                          trusted_networks=settings.trusted_networks, future_release_max=settings.future_release_max,
-                         connections=connections)
+                         connections=connections,
+                         message_rate=RateCounter(settings.smtpd_client_message_rate_limit, time.monotonic),
+                         recipient_rate=RateCounter(settings.smtpd_client_recipient_rate_limit, time.monotonic))
     limits = ServerLimits(hostname=settings.host_name, max_message_size=settings.message_size_limit,
                           max_recipients=settings.recipient_limit, command_timeout=settings.smtpd_timeout,
-                          data_timeout=settings.smtpd_data_timeout)
+                          data_timeout=settings.smtpd_data_timeout, spill_dir=str(settings.spool_path))
     _raise_file_limit(settings.smtpd_connection_limit)
     listeners = SMTPListeners([], tls)
     context = tls.context if tls is not None else None
@@ -152,13 +155,23 @@ async def _serve(settings: Settings, ready: asyncio.Event | None) -> None:
     runner = None
     control_server = None
     delivery: DeliveryProcess | None = None
+    reload_tls: Callable[[], bool] | None = None
+
+    def hangup() -> None:
+        log.info("SIGHUP: %s", "reloading the TLS certificate" if reload_tls else "nothing to reload")
+        if reload_tls is not None:
+            reload_tls()
+
+    loop.add_signal_handler(signal.SIGHUP, hangup)  # never the default, which would end the daemon
     try:
         if settings.delivery_process:
             await spooler.start(deliver=False, route=True)
+            await _check_http_exposure(spooler, settings)
             delivery = DeliveryProcess(settings, spooler)
             await delivery.start()
         else:
             await spooler.start(deliver=True)
+            await _check_http_exposure(spooler, settings)
         control_server = await _listen("the control socket", control.socket_path(settings.spool_path),
                                        control.serve(settings.spool_path, lambda r: control_handler(spooler, r)))
         servers.append(control_server)
@@ -166,7 +179,7 @@ async def _serve(settings: Settings, ready: asyncio.Event | None) -> None:
             smtp = await start_smtp(spooler, settings)
             servers.append(smtp)
             if smtp.tls is not None:
-                loop.add_signal_handler(signal.SIGHUP, smtp.tls.reload)
+                reload_tls = smtp.tls.reload
         if settings.http_listen:
             from msgspool.web.app import start as start_http
 
@@ -192,6 +205,14 @@ async def _serve(settings: Settings, ready: asyncio.Event | None) -> None:
         if control_server is not None:  # never another daemon's: a second `serve` fails on the lock
             with contextlib.suppress(FileNotFoundError):
                 control.socket_path(settings.spool_path).unlink()
+
+
+async def _check_http_exposure(spooler: Spooler, settings: Settings) -> None:
+    """Before any listener starts: an HTTP API open to other hosts without a token stops `serve`."""
+    if settings.http_listen:
+        from msgspool.web.access import check_exposure
+
+        await check_exposure(spooler.store, *split_hostport(settings.http_listen, 8025))
 
 
 class DeliveryProcess:

@@ -13,6 +13,7 @@ from msgspool.domain.events import Event
 from msgspool.domain.hooks import Delivery, Draft, Preprocessed
 from msgspool.domain.message import Message, MessageInfo, PendingReport, ReadReceipt, Recipient, Settlement
 from msgspool.domain.outcome import Reply
+from msgspool.domain.tokens import Token
 
 
 class Connection(Protocol):
@@ -179,6 +180,13 @@ class Store(Protocol):
     async def counts(self) -> dict[str, int]: ...
 
     async def events_after(self, after_id: int, limit: int = 1000) -> list[Event]: ...
+
+    # HTTP API tokens (domain/tokens.py); created and revoked by the CLI
+    async def token(self, token_id: str) -> tuple[Token, str] | None:
+        """The token with this id and the digest of its secret, or None."""
+        ...
+
+    async def has_tokens(self) -> bool: ...
 
     @property
     def commit_stats(self) -> tuple[int, int]:

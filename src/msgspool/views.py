@@ -10,6 +10,7 @@ from typing import Any
 
 from msgspool.domain.message import MessageInfo
 from msgspool.domain.timefmt import iso
+from msgspool.domain.tokens import Token
 
 
 def message_json(info: MessageInfo) -> dict[str, Any]:
@@ -75,3 +76,11 @@ def message_line(info: MessageInfo) -> str:
         who = f"{h['stage']} hook {h['hook']}" if h["hook"] else h["stage"]
         lines.append(f"  {iso(h['time'])} {who}: {h['outcome']}" + (f" ({h['detail']})" if h["detail"] else ""))
     return "\n".join(lines)
+
+
+def token_json(token: Token) -> dict[str, Any]:
+    return {"id": token.id, "name": token.name, "scopes": sorted(token.scopes), "created_at": iso(token.created_at)}
+
+
+def token_line(token: Token) -> str:
+    return f"{token.id}  {token.name:<20} {' '.join(sorted(token.scopes)):<18} created {iso(token.created_at)}"

@@ -21,7 +21,9 @@ def smtp_send(daemon: Daemon, sender: str, rcpt: str, subject: str, notify_to: s
 
 
 def api(daemon: Daemon, path: str, method: str = "GET") -> Any:
-    request = urllib.request.Request(f"http://127.0.0.1:{daemon.http_port}/api/{path}", method=method)
+    request = urllib.request.Request(f"http://127.0.0.1:{daemon.http_port}/api/{path}", method=method,
+                                     data=b"{}" if method == "POST" else None,
+                                     headers={"Content-Type": "application/json"} if method == "POST" else {})
     with urllib.request.urlopen(request, timeout=5) as response:
         return json.load(response)
 

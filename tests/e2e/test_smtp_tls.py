@@ -15,7 +15,7 @@ import trustme
 
 from tests.e2e.test_daemon import assert_clear_failure, run_serve
 from tests.integration.test_smtpd_tls import ESMTPS, CertFiles
-from tests.support.daemon import DaemonFactory, Spool
+from tests.support.daemon import Daemon, DaemonFactory, Spool
 from tests.support.sink import Sink, free_port
 
 MESSAGE = b"From: a@example.org\r\nTo: b@example.com\r\nSubject: tls\r\n\r\nHello.\r\n"
@@ -86,3 +86,15 @@ def test_serve_with_a_certificate_that_cannot_be_read_exits_2_naming_it(
     result = run_serve(daemons(spool.data, relay.address, extra_args=["--config", str(config)]))
     assert result.returncode == 2
     assert_clear_failure(result, "cannot load the TLS certificate", str(tmp_path / "none.pem"))
+
+
+def test_sighup_without_a_certificate_leaves_the_daemon_running(spool: Spool, daemon: Daemon) -> None:
+    daemon.start()
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGHUP)
+    time.sleep(0.3)
+    assert daemon.running, spool.context()
+    with smtplib.SMTP(*daemon.smtp_address, timeout=5) as client:
+        assert client.noop()[0] == 250
+    assert daemon.stop() == 0
+    assert "SIGHUP: nothing to reload" in daemon.log()

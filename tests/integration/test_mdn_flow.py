@@ -5,6 +5,7 @@ HTTP API on a real socket, and the MDN shows up in the requester's inbox or at t
 from __future__ import annotations
 
 import asyncio
+import json
 import smtplib
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -50,7 +51,10 @@ class Mail:
         return str(new["id"])
 
     async def post(self, message_id: str, action: str, body: Any = None) -> tuple[int, dict[str, Any]]:
-        async with self.http.post(f"{self.api}/queue/{message_id}/{action}", json=body) as response:
+        # Declared JSON even without a body: the API refuses any other state-changing request (415).
+        data = None if body is None else json.dumps(body)
+        async with self.http.post(f"{self.api}/queue/{message_id}/{action}", data=data,
+                                  headers={"Content-Type": "application/json"}) as response:
             return response.status, await response.json(content_type=None)
 
     async def show(self, message_id: str) -> dict[str, Any]:

@@ -6,8 +6,11 @@ The timeouts are set short in each test's configuration; nothing here measures t
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -53,16 +56,21 @@ async def quit_(c: Client) -> None:
 
 
 async def test_sessions_over_the_total_limit_get_421_and_are_closed_until_one_ends(listen: ListenerFactory) -> None:
-    async with listen(smtpd_connection_limit=3) as listener:
-        sessions = [await connect(listener) for _ in range(3)]
+    async with listen(smtpd_connection_limit=3, trusted_networks=["127.0.0.9/32"]) as listener:
+        sessions = [await connect(listener, source=f"127.0.0.{i + 1}") for i in range(3)]
         assert [greeting[0] for _c, greeting in sessions] == [220, 220, 220]
-        extra, greeting = await connect(listener)
+        extra, greeting = await connect(listener, source="127.0.0.4")
         assert greeting == (421, "4.7.0 mx.test Error: too many connections")
         assert await closed(extra)
-        await quit_(sessions[0][0])
-        again, greeting = await connect(listener)
+        trusted, greeting = await connect(listener, source="127.0.0.9")  # neither limited nor counted
         assert greeting[0] == 220
-        await transaction(again)  # a full session
+        await quit_(trusted)
+        extra, greeting = await connect(listener, source="127.0.0.4")
+        assert greeting[0] == 421
+        await quit_(sessions[0][0])
+        again, greeting = await connect(listener, source="127.0.0.4")
+        assert greeting[0] == 220
+        await transaction(again, rcpt="bob@example.org")  # a full session
         assert (await again.cmd(MESSAGE + b"."))[0] == 250
 
 
@@ -93,8 +101,8 @@ async def test_refused_sessions_do_not_count(listen: ListenerFactory) -> None:
         assert (await connect(listener))[1][0] == 220
 
 
-async def test_trusted_clients_are_exempt_from_the_per_client_limit(listen: ListenerFactory) -> None:
-    async with listen(smtpd_client_connection_limit=2) as listener:  # loopback is trusted by default
+async def test_trusted_clients_are_exempt_from_the_connection_limits(listen: ListenerFactory) -> None:
+    async with listen(smtpd_client_connection_limit=2, smtpd_connection_limit=3) as listener:  # loopback: trusted
         sessions = [await connect(listener) for _ in range(5)]
         assert [greeting[0] for _c, greeting in sessions] == [220] * 5
 
@@ -155,4 +163,83 @@ async def test_content_with_a_bare_cr_is_refused_like_a_bare_lf(listen: Listener
         assert await c.cmd(smuggled) == (550, "5.5.2 Error: bare <CR> received")
         assert await listener.count() == 0
         await transaction(c, rcpt="bob@example.org")  # in step again
+        assert (await c.cmd(MESSAGE + b"."))[0] == 250
+
+
+async def test_mail_commands_over_the_message_rate_get_450_and_trusted_clients_are_exempt(
+        listen: ListenerFactory) -> None:
+    async with listen(smtpd_client_message_rate_limit=2, trusted_networks=["127.0.0.2/32"]) as listener:
+        c, _greeting = await connect(listener)
+        assert (await c.cmd("EHLO c"))[0] == 250
+        for _ in range(2):
+            assert await c.cmd("MAIL FROM:<a@example.org>") == (250, "2.1.0 Ok")
+            assert (await c.cmd("RSET"))[0] == 250
+        assert await c.cmd("MAIL FROM:<a@example.org>") == (450, "4.7.1 Error: too much mail from 127.0.0.1")
+        again, _greeting = await connect(listener)  # counted per client, not per session
+        assert (await again.cmd("EHLO c"))[0] == 250
+        assert (await again.cmd("MAIL FROM:<a@example.org>"))[0] == 450
+        trusted, _greeting = await connect(listener, source="127.0.0.2")
+        assert (await trusted.cmd("EHLO c"))[0] == 250
+        for _ in range(3):
+            assert (await trusted.cmd("MAIL FROM:<a@example.org>"))[0] == 250
+            assert (await trusted.cmd("RSET"))[0] == 250
+
+
+async def test_rcpt_commands_over_the_recipient_rate_get_450_and_the_accepted_ones_are_delivered(
+        listen: ListenerFactory) -> None:
+    async with listen(smtpd_client_recipient_rate_limit=3, trusted_networks=[]) as listener:
+        c = await listener.client()
+        assert (await c.cmd("EHLO c"))[0] == 250
+        assert (await c.cmd("MAIL FROM:<x@elsewhere.test>"))[0] == 250
+        assert [await c.cmd(f"RCPT TO:<u{i}@example.org>") for i in range(4)] == [(250, "2.1.5 Ok")] * 3 + [
+            (450, "4.7.1 Error: too many recipients from 127.0.0.1")]
+        assert (await c.cmd("DATA"))[0] == 354
+        code, text = await c.cmd(MESSAGE + b".")
+        assert code == 250
+        info = await listener.spooler.message(text.rsplit(" ", 1)[1])
+        assert [r["address"] for r in info["recipients"]] == ["u0@example.org", "u1@example.org", "u2@example.org"]
+
+
+def spill_files(spool: Path) -> list[str]:
+    """This process's open files in the spool directory that have no name (the DATA spill files)."""
+    links = []
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):
+            links.append(os.readlink(fd))
+    return [link for link in links if link.startswith(str(spool)) and link.endswith("(deleted)")]
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
+async def test_a_large_message_goes_to_a_spill_file_while_it_arrives_and_is_stored_intact(
+        listen: ListenerFactory) -> None:
+    async with listen(message_size_limit=4_000_000) as listener:
+        spool = listener.spooler.settings.spool_path.resolve()
+        c = await listener.client()
+        await transaction(c, rcpt="bob@example.org")
+        lines = [b".leading dot %d" % i if i % 7 == 0 else b"line %d " % i + b"x" * 70 for i in range(20_000)]
+        body = b"".join(b"." + line + b"\r\n" if line.startswith(b".") else line + b"\r\n" for line in lines)
+        for start in range(0, len(body), 65_536):
+            await c.send(body[start:start + 65_536])
+        await asyncio.sleep(0.1)
+        assert len(spill_files(spool)) == 1  # ~1.6 MB arrived: beyond the in-memory threshold
+        code, text = await c.cmd(b".")
+        assert code == 250
+        assert spill_files(spool) == []
+        content = await listener.spooler.content(text.rsplit(" ", 1)[1])
+    assert content.startswith(b"Received: ")
+    assert content.endswith(b"".join(line + b"\r\n" for line in lines))  # unstuffed across the spill
+
+
+async def test_an_oversize_message_is_discarded_as_it_arrives_not_spilled(listen: ListenerFactory) -> None:
+    async with listen(message_size_limit=300_000) as listener:
+        spool = listener.spooler.settings.spool_path.resolve()
+        c = await listener.client()
+        await transaction(c, rcpt="bob@example.org")
+        chunk = (b"x" * 998 + b"\r\n") * 64
+        for _ in range(40):  # 2.5 MB against a 300 KB limit
+            await c.send(chunk)
+        await asyncio.sleep(0.1)
+        assert spill_files(spool) == []
+        assert await c.cmd(b".") == (552, "5.3.4 Message size exceeds fixed limit")
+        await transaction(c, rcpt="bob@example.org")
         assert (await c.cmd(MESSAGE + b"."))[0] == 250

@@ -180,7 +180,7 @@ async def test_state_is_reset_after_starttls_and_starttls_is_refused_twice_or_in
 
 async def test_a_failed_handshake_ends_the_session_and_frees_its_connection_slot(
         listen: ListenerFactory, certs: CertFiles) -> None:
-    async with listen(smtpd_connection_limit=1) as listener:
+    async with listen(smtpd_connection_limit=1, trusted_networks=[]) as listener:
         c = await listener.client()
         assert await c.cmd("STARTTLS") == (220, "2.0.0 Ready to start TLS")
         await c.send(b"EHLO not a TLS record\r\n" * 4)

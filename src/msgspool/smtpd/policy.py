@@ -6,9 +6,11 @@
 - Future release (RFC 4865 HOLDFOR/HOLDUNTIL, up to `future_release_max` seconds) is offered to
   the same clients that may relay: the extension is one of message submission (RFC 4865 §1, RFC
   6409), and an MTA handing us inbound mail has no business parking it in our queue.
-- Connections are counted (limits.py): over `smtpd_connection_limit` in all, or
-  `smtpd_client_connection_limit` from one client address outside the trusted networks, a new
-  session is greeted with ``421 4.7.0`` and closed.
+- Connections from clients outside the trusted networks are counted (limits.py): over
+  `smtpd_connection_limit` in all, or `smtpd_client_connection_limit` from one client address, a
+  new session is greeted with ``421 4.7.0`` and closed. Such a client's MAIL and RCPT commands are
+  also counted per minute (`smtpd_client_message_rate_limit`, `smtpd_client_recipient_rate_limit`);
+  over the rate they get ``450 4.7.1``.
 - After DATA the message gets its `Received:` trace header (RFC 5321 §4.4; the protocol name
   says whether the session was encrypted, a comment gives the TLS version and cipher) and goes through
   intake; the ``250`` is sent only once the spool has committed it durably. A release time
@@ -25,7 +27,7 @@ from msgspool.domain.ids import new_id
 from msgspool.domain.outcome import Reply
 from msgspool.domain.timefmt import rfc5322
 from msgspool.errors import SubmitError
-from msgspool.smtpd.limits import ConnectionCounter
+from msgspool.smtpd.limits import ConnectionCounter, RateCounter
 from msgspool.smtpd.protocol import Envelope, Session
 from msgspool.spooler.intake import Intake, Submission
 
@@ -40,11 +42,13 @@ def parse_networks(values: Sequence[str]) -> list[Network]:
 class SpoolPolicy:
     def __init__(self, intake: Intake, submit: Callable[[Submission], Awaitable[str]], *, hostname: str,
                  trusted_networks: Sequence[str], future_release_max: int = 0,
-                 connections: ConnectionCounter | None = None) -> None:
+                 connections: ConnectionCounter | None = None, message_rate: RateCounter | None = None,
+                 recipient_rate: RateCounter | None = None) -> None:
         self.intake, self.submit, self.hostname = intake, submit, hostname
         self.trusted = parse_networks(trusted_networks)
         self.future_release_max = future_release_max
         self.connections = connections or ConnectionCounter(0, 0, hostname)
+        self.message_rate, self.recipient_rate = message_rate, recipient_rate
 
     def connect(self, session: Session) -> Reply | None:
         try:
@@ -52,7 +56,9 @@ class SpoolPolicy:
         except ValueError:
             ip = None
         session.trusted = ip is not None and any(ip in net for net in self.trusted)
-        refusal = self.connections.admit(str(session.peer[0]), exempt=session.trusted)
+        if session.trusted:
+            return None
+        refusal = self.connections.admit(str(session.peer[0]))
         if refusal is not None:
             log.warning("connect from [%s]: %s", session.peer[0], refusal.text)
             return refusal
@@ -63,9 +69,16 @@ class SpoolPolicy:
         return self.future_release_max if session.trusted or session.authenticated else 0
 
     def mail(self, session: Session, envelope: Envelope, sender: str, params: dict[str, str]) -> Reply | None:
+        if self.message_rate is not None and not session.trusted and not self.message_rate.hit(str(session.peer[0])):
+            log.warning("message rate limit exceeded from [%s]", session.peer[0])
+            return Reply(450, "4.7.1", f"Error: too much mail from {session.peer[0]}")
         return None
 
     def rcpt(self, session: Session, envelope: Envelope, address: str, params: dict[str, str]) -> Reply | None:
+        if (self.recipient_rate is not None and not session.trusted
+                and not self.recipient_rate.hit(str(session.peer[0]))):
+            log.warning("recipient rate limit exceeded from [%s]", session.peer[0])
+            return Reply(450, "4.7.1", f"Error: too many recipients from {session.peer[0]}")
         if not self.intake.router.is_local(address) and not (session.trusted or session.authenticated):
             return Reply(554, "5.7.1", f"<{address}>: Relay access denied")
         return self.intake.check_recipient(address)

@@ -33,8 +33,10 @@ Strictness, where the RFC leaves room (each chosen to be safe and what Postfix d
 - A command line longer than 2,048 bytes is answered ``500 5.5.2`` (§4.5.3.1.4 sets 512 as the
   floor and lets extensions raise it: SIZE, DSN's ORCPT and SMTPUTF8 addresses need more) and its
   remainder is skipped, never buffered.
-- Content beyond the SIZE limit is read and thrown away, then answered ``552 5.3.4``: a session
-  holds at most `max_message_size` bytes of content in memory.
+- Content beyond the SIZE limit is read and thrown away, then answered ``552 5.3.4``. Content
+  beyond `spill_threshold` bytes goes to an unnamed temporary file in `spill_dir` (the spool
+  directory) as it arrives, so an open DATA phase holds at most about that much memory however
+  large the message; the whole message is in memory only while it is checked and committed.
 - After `hard_error_limit` bad commands, or `command_timeout` seconds of silence, the session ends
   with a 421 (Postfix: smtpd_hard_error_limit, smtpd_timeout). A DATA phase has a total deadline,
   `data_timeout` seconds from the 354, however often the client sends a byte; past it the session
@@ -47,10 +49,11 @@ import asyncio
 import logging
 import re
 import ssl
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, cast
+from typing import IO, Any, Protocol, cast
 
 from msgspool.domain import futurerelease
 from msgspool.domain.dsn import DSNSyntaxError, MessageDSN, RecipientDSN, parse_mail_params, parse_rcpt_params
@@ -162,6 +165,8 @@ class ServerLimits:
     command_timeout: float = 300.0
     data_timeout: float = 600.0
     hard_error_limit: int = 20
+    spill_threshold: int = 256 * 1024  # content bytes held in memory before they go to a file
+    spill_dir: str | None = None  # where; None: the system's temporary directory
 
 
 def valid_mailbox(address: str) -> bool:
@@ -221,6 +226,9 @@ class SMTPServerProtocol(asyncio.Protocol):
         self._in_data = False
         self._data_scanned = 0  # bytes of _buffer already searched for the end of data
         self._data_discarded = 0  # content bytes thrown away because the message is too big
+        self._spill: IO[bytes] | None = None  # content so far, when it outgrew spill_threshold
+        self._spilled = 0
+        self._spill_failed = False
         self._skipping_line = False  # inside an overlong command line
         self._busy = False  # a commit is running; input waits
         self._closing = False
@@ -250,7 +258,7 @@ class SMTPServerProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._buffer += data
         if self._busy:
-            if len(self._buffer) > 4 * MAX_COMMAND_LINE + self.limits.max_message_size and not self._paused:
+            if len(self._buffer) > 4 * MAX_COMMAND_LINE + self.limits.spill_threshold and not self._paused:
                 self._paused = True
                 assert self.transport is not None
                 self.transport.pause_reading()
@@ -266,6 +274,7 @@ class SMTPServerProtocol(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
         self._stop_data_timer()
+        self._drop_spill()
         # A commit already under way finishes (the message is then in the spool and will be sent,
         # as with any MTA whose client vanished before reading the 250); nothing else is kept.
         self.policy.disconnect(self.session)
@@ -326,11 +335,11 @@ class SMTPServerProtocol(asyncio.Protocol):
             end = buf.find(b"\r\n.\r\n", max(0, self._data_scanned - 4))
             if end < 0:
                 self._data_scanned = len(buf)
-                self._discard_oversize()
+                self._bound_content()
                 return False
             content_end = end + 2
             end += 2
-        content = bytes(buf[:content_end])
+        content = self._spilled_content() + bytes(buf[:content_end])
         del buf[: end + 3]
         discarded, self._data_discarded = self._data_discarded, 0
         self._in_data = False
@@ -339,14 +348,52 @@ class SMTPServerProtocol(asyncio.Protocol):
         self._finish_data(content, discarded)
         return True
 
-    def _discard_oversize(self) -> None:
-        # Keep the last 4 bytes: the end-of-data sequence may straddle two reads.
+    def _bound_content(self) -> None:
+        """Keep a DATA phase's memory bounded: content beyond the size limit is thrown away, content
+        beyond the spill threshold goes to a file. The last 4 bytes stay: the end-of-data sequence
+        may straddle two reads."""
         keep = 4
-        if len(self._buffer) > self.limits.max_message_size + keep:
-            cut = len(self._buffer) - keep
-            self._data_discarded += cut
-            del self._buffer[:cut]
-            self._data_scanned = len(self._buffer)
+        buf = self._buffer
+        if len(buf) <= keep:
+            return
+        if self._data_discarded or self._spilled + len(buf) > self.limits.max_message_size + keep:
+            cut = len(buf) - keep
+            self._data_discarded += self._spilled + cut
+            self._drop_spill()
+            del buf[:cut]
+            self._data_scanned = len(buf)
+        elif len(buf) > self.limits.spill_threshold + keep and not self._spill_failed:
+            cut = len(buf) - keep
+            try:
+                if self._spill is None:
+                    # Unnamed (O_TMPFILE): gone with the session or the process. Closed by _drop_spill.
+                    self._spill = tempfile.TemporaryFile(dir=self.limits.spill_dir)  # noqa: SIM115
+                self._spill.write(buf[:cut])
+            except OSError as err:  # a full disk: this message stays in memory (up to the size limit)
+                log.warning("content from [%s] kept in memory: cannot spill to %s: %s", self.session.peer[0],
+                            self.limits.spill_dir or tempfile.gettempdir(), err)
+                buf[:0] = self._spilled_content()
+                self._spill_failed = True  # for the rest of this message
+                self._data_scanned = len(buf)
+                return
+            self._spilled += cut
+            del buf[:cut]
+            self._data_scanned = len(buf)
+
+    def _spilled_content(self) -> bytes:
+        if self._spill is None:
+            return b""
+        self._spill.seek(0)
+        content = self._spill.read(self._spilled)
+        self._drop_spill()
+        return content
+
+    def _drop_spill(self) -> None:
+        if self._spill is not None:
+            self._spill.close()
+            self._spill = None
+        self._spilled = 0
+        self._spill_failed = False
 
     def _finish_data(self, content: bytes, discarded: int) -> None:
         envelope, self.envelope = self.envelope, Envelope()
@@ -446,8 +493,9 @@ class SMTPServerProtocol(asyncio.Protocol):
         if not self._in_data or self._closing:
             return
         log.warning("timeout after DATA from [%s]: %d bytes in %.0f s", self.session.peer[0],
-                    len(self._buffer) + self._data_discarded, self.limits.data_timeout)
+                    self._spilled + len(self._buffer) + self._data_discarded, self.limits.data_timeout)
         self._buffer.clear()
+        self._drop_spill()
         self._in_data = False
         self._reply(Reply(DATA_TIMEOUT.code, DATA_TIMEOUT.enhanced, f"{self.limits.hostname} {DATA_TIMEOUT.text}"))
         self._close()

@@ -47,6 +47,8 @@ from msgspool.domain.message import (
 )
 from msgspool.domain.outcome import Reply
 from msgspool.domain.recipient import RecipientType, Status
+from msgspool.domain.tokens import Token
+from msgspool.stores.sqlite_tokens import any_token, find_token
 
 T = TypeVar("T")
 DB_NAME = "spool.db"
@@ -169,6 +171,9 @@ def op_submit(conn: sqlite3.Connection, msg: Message, copies: Sequence[Message],
     assert content_id is not None
     _insert_message(conn, msg, content_id, read=True)  # its writer has read it (MAPI: Sent Items show read)
     conn.executemany(_INSERT_RECIPIENT, [_recipient_row(msg, r, owner) for r in msg.recipients])
+    if token := msg.meta.get("http_token"):
+        _insert_history(conn, msg.id, msg.submitted_at, "submission",
+                        [HookRecord("", "submitted", f"over HTTP with token {token}")])
     events = [_insert_event(conn, Event(EventType.SUBMITTED, msg.id, msg.submitted_at,
                                         detail={"sender": msg.sender, "size": msg.size,
                                                 "origin": msg.origin}))]
@@ -1143,6 +1148,12 @@ class SQLiteStore:
 
     async def events_after(self, after_id: int, limit: int = 1000) -> list[Event]:
         return await self.read(lambda c: events_after(c, after_id, limit))
+
+    async def token(self, token_id: str) -> tuple[Token, str] | None:
+        return await self.read(lambda c: find_token(c, token_id))
+
+    async def has_tokens(self) -> bool:
+        return await self.read(any_token)
 
 
 class SpoolDB:

@@ -1,4 +1,6 @@
-"""The HTTP API, all under /api/ (aiohttp). Errors are RFC 9457 problem documents.
+"""The HTTP API, all under /api/ (aiohttp). Errors are RFC 9457 problem documents (problems.py);
+who may call what, and the same-origin checks, are access.py's; a submission's body is read by
+submission.py.
 
     GET  /api/status                        the status table
     GET  /api/queue[?folder=outbox&mailbox=] messages (JSON array), as `queue list --json`
@@ -29,6 +31,7 @@ from msgspool.errors import NotFound
 from msgspool.spooler.events import EventFilter, Subscription
 from msgspool.spooler.runtime import Spooler
 from msgspool.views import message_json
+from msgspool.web.access import Access, Browser, access_middleware, caller, check_exposure, relay_refusal
 from msgspool.web.problems import Problem, ProblemRunner, problems
 from msgspool.web.submission import json_body, submission
 
@@ -101,8 +104,15 @@ async def _mdn_consent(request: web.Request) -> bool | None:
 
 
 async def submit(request: web.Request) -> web.Response:
+    spooler, who = request.app[SPOOLER], caller(request)
     sub = submission(await json_body(request))
-    message_id = await request.app[SPOOLER].submit(sub)
+    if (refusal := relay_refusal(who, sub, spooler.intake.router)) is not None:
+        log.warning("http relay refused: client=%s token=%s recipients=%d", request.remote, who.name or "-",
+                    len(sub.recipients))
+        raise refusal
+    if who.token is not None:
+        sub.meta["http_token"] = who.name  # the history says who submitted it
+    message_id = await spooler.submit(sub)
     return web.json_response({"id": message_id}, status=201)
 
 
@@ -191,11 +201,14 @@ def _sse(event: Event) -> bytes:
     return f"id: {event.id}\nevent: {event.type}\ndata: {json.dumps(event.to_json())}\n\n".encode()
 
 
-def make_app(spooler: Spooler) -> web.Application:
+def make_app(spooler: Spooler, host: str = "127.0.0.1", port: int = 8025) -> web.Application:
+    """The API as served on host:port (web/access.py's rules depend on where it listens)."""
     # A message's JSON can take twice its size (CRLF is four characters): the size limit itself is
     # intake's, answered 413 too.
     body_limit = max(1 << 20, 2 * spooler.settings.message_size_limit + (64 << 10))
-    app = web.Application(middlewares=[problems], client_max_size=body_limit)
+    access = Access(spooler.store, host, spooler.settings.trusted_networks)
+    browser = Browser(host, port, spooler.settings.http_hosts)
+    app = web.Application(middlewares=[problems, access_middleware(access, browser)], client_max_size=body_limit)
     app[SPOOLER] = spooler
     app.router.add_get("/api/status", status)
     app.router.add_get("/api/queue", queue_list)
@@ -208,7 +221,8 @@ def make_app(spooler: Spooler) -> web.Application:
 
 
 async def start(spooler: Spooler, host: str, port: int) -> web.AppRunner:
-    runner = ProblemRunner(make_app(spooler), access_log=None, shutdown_timeout=1.0)
+    await check_exposure(spooler.store, host, port)
+    runner = ProblemRunner(make_app(spooler, host, port), access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner

@@ -1,4 +1,4 @@
--- msgspool SQLite spool schema (PRAGMA user_version = 6). Every statement is idempotent.
+-- msgspool SQLite spool schema (PRAGMA user_version = 7). Every statement is idempotent.
 -- One row per message (any folder of any mailbox), its content stored once in `contents`
 -- (local copies of one submission share it), one row per recipient of an outbound message.
 
@@ -111,7 +111,7 @@ CREATE INDEX IF NOT EXISTS recipients_warn ON recipients (warn_at) WHERE status 
 CREATE TABLE IF NOT EXISTS history (
     message_id  TEXT NOT NULL,
     time        REAL NOT NULL,
-    stage       TEXT NOT NULL,           -- outbound | inbound | transport | operator
+    stage       TEXT NOT NULL,           -- outbound | inbound | transport | operator | submission
     hook        TEXT NOT NULL,
     outcome     TEXT NOT NULL,
     detail      TEXT NOT NULL DEFAULT ''
@@ -123,4 +123,13 @@ CREATE INDEX IF NOT EXISTS history_by_message ON history (message_id, time);
 CREATE TABLE IF NOT EXISTS webhook_cursor (
     id          INTEGER PRIMARY KEY CHECK (id = 1),
     event_id    INTEGER NOT NULL
+);
+
+-- Bearer tokens of the HTTP API (domain/tokens.py): only the SHA-256 of each secret is kept.
+CREATE TABLE IF NOT EXISTS tokens (
+    id          TEXT PRIMARY KEY,
+    name        TEXT NOT NULL UNIQUE,
+    scopes      TEXT NOT NULL,           -- space-separated: submit read admin
+    digest      TEXT NOT NULL,           -- sha256 hex of the secret
+    created_at  REAL NOT NULL
 );
