@@ -136,3 +136,38 @@ async def test_a_refill_that_fails_is_tried_again_and_claims_what_waits(spooler:
     message_id = await spooler.submit(submission("b@example.com", deliver_after=time.time() + 0.3))
     await wait_status(spooler, message_id, {"delivered"})
     assert failures == 0
+
+
+async def test_the_watchdog_gives_back_what_no_delivery_holds_and_raises_an_alarm(spooler: Spooler,
+                                                                                  flaky: FlakyTransport) -> None:
+    """A recipient left `active` by a run that is gone (or lost by a bug) is due again after two
+    looks of the watchdog, and delivered; what this run holds is never touched."""
+    from msgspool.spooler.intake import mark_active
+
+    message, _ = spooler.intake.build(submission("orphan@example.com"), route=True)
+    mark_active(message)
+    await spooler.store.submit(message, owner="a-run-that-died")  # nobody will ever settle it
+    assert await spooler.scheduler.watch() == 0  # first look: a suspect only
+    assert (await spooler.message(message.id))["recipients"][0]["status"] == "active"
+    assert await spooler.scheduler.watch() == 1
+    await wait_status(spooler, message.id, {"delivered"})
+    assert flaky.delivered == ["orphan@example.com"]
+    row = spooler.status()["spooler"]
+    assert row["stuck_returned"] == 1 and "watchdog" in row["alarm"], row
+
+
+async def test_the_watchdog_leaves_recipients_in_a_transaction_alone(spooler: Spooler, flaky: FlakyTransport) -> None:
+    release = asyncio.Event()
+    real_send = FlakyTransport.connect
+
+    async def slow_connect(self: FlakyTransport, nexthop: str) -> Any:
+        await release.wait()
+        return await real_send(self, nexthop)
+
+    flaky.connect = slow_connect.__get__(flaky)  # type: ignore[method-assign]
+    message_id = await spooler.submit(submission("b@example.com"))
+    for _ in range(3):
+        assert await spooler.scheduler.watch() == 0
+    release.set()
+    await wait_status(spooler, message_id, {"delivered"})
+    assert flaky.delivered == ["b@example.com"]

@@ -71,6 +71,7 @@ class Destination:
         self._settle = settle
         self.health = DestinationHealth(self.name, probe)
         self.jobs: deque[Job] = deque()
+        self.inflight: dict[int, Job] = {}  # jobs a worker has taken, by id(): for the watchdog
         self._fresh = 0  # jobs in the head of `jobs` (fresh or urgent mail)
         self.workers = 0
         self.idle_workers = 0
@@ -147,6 +148,7 @@ class Destination:
         sent = 0
         try:
             while (job := await self._next_job()) is not None:
+                self.inflight[id(job)] = job
                 try:
                     if conn is None or not conn.usable or sent >= self.limits.reuse_limit:
                         if conn is not None:
@@ -169,6 +171,8 @@ class Destination:
                     if conn is not None:
                         await self._close(conn)
                         conn = None
+                finally:
+                    del self.inflight[id(job)]
         finally:
             self.workers -= 1
             if conn is not None:

@@ -166,6 +166,7 @@ class Spooler:
         self.delivery_process = False
         self.started_at: float | None = None
         self._housekeeping: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
         self._lock: IO[str] | None = None
 
     async def start(self, *, deliver: bool = True, route: bool | None = None, lock_timeout: float = 0.0) -> None:
@@ -192,6 +193,9 @@ class Spooler:
             if self.delay_timer is not None:
                 self.delay_timer.start()
             self._housekeeping = start_supervised("housekeeping", self._housekeeping_loop)
+            if self.settings.watchdog_interval > 0:
+                interval = self.settings.watchdog_interval
+                self._watchdog = start_supervised("watchdog", lambda: self.scheduler.watchdog_loop(interval))
 
     def _build_hooks(self) -> None:
         outbound, inbound = load_hooks(self.settings)
@@ -206,6 +210,7 @@ class Spooler:
         if self.webhooks is not None:
             await self.webhooks.stop()
         await stop_task(self._housekeeping)
+        await stop_task(self._watchdog)
         if self.delivering:
             if self.delay_timer is not None:
                 await self.delay_timer.stop()
@@ -458,7 +463,9 @@ class Spooler:
             "name": "spooler", "kind": "spooler", "status": "online" if self.delivering else "offline",
             "pid": os.getpid(), "started_at": self.started_at, "active": self.scheduler.active,
             "commits": self.store.commit_stats[0], "committed_writes": self.store.commit_stats[1],
-            "event_subscribers": self.bus.listeners}]
+            "event_subscribers": self.bus.listeners, "stuck_returned": self.scheduler.stuck_returned,
+            "alarm": (f"watchdog gave back {self.scheduler.stuck_returned} stuck recipients"
+                      if self.scheduler.stuck_returned else None)}]
         for transport in self.transports.values():
             dests = [d for d in self.scheduler.destinations.values() if d.transport is transport]
             failing = [d for d in dests if d.health.down or d.failure is not None]
@@ -491,7 +498,8 @@ class Spooler:
         # The delivery process's event_subscribers is its forwarder to this process: 1 while
         # someone listens here, else 0.
         table["spooler"].update(status=remote["spooler"]["status"], active=remote["spooler"]["active"],
-                                delivery={k: remote["spooler"].get(k) for k in
+                                stuck_returned=remote["spooler"].get("stuck_returned", 0),
+                                alarm=remote["spooler"].get("alarm"), delivery={k: remote["spooler"].get(k) for k in
                                           ("pid", "commits", "committed_writes", "event_subscribers")})
         table["transports"] = remote["transports"]
         return table

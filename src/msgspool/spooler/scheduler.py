@@ -21,7 +21,7 @@ import math
 import os
 import secrets
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from typing import Any
 
 from msgspool.domain.events import Event, EventType
@@ -63,7 +63,11 @@ class Scheduler:
         self._wakeup = asyncio.Event()
         self._pending: list[Settlement] = []
         self._flush_scheduled = False
-        self._settling: set[asyncio.Task[None]] = set()
+        self._settling: dict[asyncio.Task[None], list[Settlement]] = {}
+        self._busy: dict[str, int] = {}  # messages in the hooks or in local delivery: for the watchdog
+        self._suspects: set[tuple[str, int, str | None]] = set()
+        self.stuck_returned = 0  # recipients the watchdog gave back (an alarm in `status`)
+        self.last_stuck_at: float | None = None
         self._hook_work: set[asyncio.Task[None]] = set()
         self._refill: asyncio.Task[None] | None = None
         self._running = False
@@ -160,12 +164,23 @@ class Scheduler:
         task.add_done_callback(self._hook_work.discard)
 
     async def _deliver_local(self, local: LocalDelivery, message: Message, recipients: list[Recipient]) -> None:
+        with self._working_on(message.id):
+            try:
+                settlements = await local.deliver(message, recipients)
+            except Exception as err:  # a bug of ours, not a hook's (those are contained)
+                log.exception("%s: local delivery failed", message.id)
+                settlements = self._crashed(message, recipients, f"local delivery raised {type(err).__name__}: {err}")
+            self.settle(settlements)
+
+    @contextlib.contextmanager
+    def _working_on(self, message_id: str) -> Iterator[None]:
+        """The message's active recipients are in hand here (hooks, local delivery): not stuck."""
+        self._busy[message_id] = self._busy.get(message_id, 0) + 1
         try:
-            settlements = await local.deliver(message, recipients)
-        except Exception as err:  # a bug of ours, not a hook's (those are contained)
-            log.exception("%s: local delivery failed", message.id)
-            settlements = self._crashed(message, recipients, f"local delivery raised {type(err).__name__}: {err}")
-        self.settle(settlements)
+            yield
+        finally:
+            if (left := self._busy.pop(message_id) - 1) > 0:
+                self._busy[message_id] = left
 
     def _crashed(self, message: Message, recipients: Sequence[Recipient], why: str) -> list[Settlement]:
         """Outcomes for recipients whose handling raised: deferred with backoff, with the error as
@@ -180,8 +195,9 @@ class Scheduler:
         active = [r for r in message.recipients if r.status is Status.ACTIVE]
         before = len(active)
         try:
-            result = await preprocessor.run(draft_of(message))
-            messages, events = await self.store.preprocessed(message, result, self.clock())
+            with self._working_on(message.id):
+                result = await preprocessor.run(draft_of(message))
+                messages, events = await self.store.preprocessed(message, result, self.clock())
         except Exception as err:  # the store failed: the recipients wait and the hooks run again later
             log.exception("%s: could not record the outbound hooks' answer", message.id)
             self.settle(self._crashed(message, active, f"recording the outbound hooks' answer failed: "
@@ -251,8 +267,8 @@ class Scheduler:
 
     def _write(self, batch: list[Settlement]) -> None:
         task = asyncio.ensure_future(self._write_settlements(batch))
-        self._settling.add(task)
-        task.add_done_callback(self._settling.discard)
+        self._settling[task] = batch
+        task.add_done_callback(lambda t: self._settling.pop(t, None))
 
     async def _write_settlements(self, batch: list[Settlement]) -> None:
         """Record a batch of outcomes. A store that fails (a full disk) is tried again, with a
@@ -318,6 +334,45 @@ class Scheduler:
             log.exception("could not record a transport_status event")
             return
         self.publish(events)
+
+    # -- watchdog (issue 10.4) ---------------------------------------------------------------
+
+    async def watchdog_loop(self, interval: float) -> None:
+        while self._running:
+            await asyncio.sleep(interval)
+            await self.watch()
+
+    async def watch(self) -> int:
+        """One pass of the watchdog: recipients `active` in the store that this run does not hold
+        (not queued for a destination, not in a transaction, not in the hooks, their outcome not
+        being written) — owned by a run that is gone, or lost by a bug of ours — and that were
+        already unaccounted for at the previous pass, are given back: due now. A hand-over in
+        transit is never taken: it is held within milliseconds, long before the next pass.
+        Returns how many it gave back; each is an alarm in the log and the status table."""
+        rows = await self.store.active_recipients()
+        held = self._held()
+        unknown = {row for row in rows if row[2] != self.store.owner or ((row[0], row[1]) not in held
+                   and row[0] not in self._busy)}
+        stuck, self._suspects = unknown & self._suspects, unknown - self._suspects
+        if not stuck:
+            return 0
+        events = await self.store.return_stuck(sorted(stuck, key=lambda row: (row[0], row[1])), self.clock())
+        returned = len(stuck)
+        self.stuck_returned += returned
+        self.last_stuck_at = self.clock()
+        log.warning("watchdog: %d recipients were active with no delivery holding them; they are due again",
+                    returned)
+        self.publish(events)
+        self._wakeup.set()
+        return returned
+
+    def _held(self) -> set[tuple[str, int]]:
+        """(message id, index) of every recipient this run has in hand."""
+        held = {(job.message.id, r.index) for dest in self.destinations.values()
+                for job in (*dest.jobs, *dest.inflight.values()) for r in job.recipients}
+        held.update((s.message_id, s.index) for s in self._pending)
+        held.update((s.message_id, s.index) for batch in self._settling.values() for s in batch)
+        return held
 
     # -- refill -----------------------------------------------------------------------------
 
