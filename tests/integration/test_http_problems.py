@@ -183,3 +183,31 @@ async def test_a_request_aiohttp_cannot_parse_is_answered_with_a_problem_documen
     assert head.split()[1].startswith(b"4")
     assert b"content-type: application/problem+json" in head.lower()
     assert json.loads(body)["status"] == int(head.split()[1])
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("recipients", ["b\x7f@example.com"]), ("recipients", ["b@exam\x1bple.com"]),
+    ("recipients", ["b\u0085@example.com"]), ("recipients", ["b\ud800@example.com"]),
+    ("sender", "a\x00@example.org"), ("sender", "a\r\n@example.org"),
+])
+async def test_a_control_character_in_an_address_is_refused_and_nothing_is_stored(
+        api: tuple[Spooler, str], sink: Sink, field: str, value: Any) -> None:
+    spooler, base = api
+    text = json.dumps({**GOOD, field: value})  # \\u escapes: the characters arrive as JSON allows them
+    async with aiohttp.ClientSession() as http:
+        response = await http.post(f"{base}/api/messages", data=text, headers={"Content-Type": "application/json"})
+        body = await problem_of(response)
+    assert response.status == 422 and "address" in body["detail"]
+    assert (await spooler.store.counts())["messages"] == 0
+
+
+async def test_content_with_a_lone_surrogate_is_a_400_not_a_crash(api: tuple[Spooler, str]) -> None:
+    _spooler, base = api
+    text = json.dumps({**GOOD, "content": "Subject: x\r\n\r\n\ud800\r\n"})
+    async with aiohttp.ClientSession() as http:
+        response = await http.post(f"{base}/api/messages", data=text, headers={"Content-Type": "application/json"})
+        body = await problem_of(response)
+        odd = await http.post(f"{base}/api/messages", json={**GOOD, "addrtypes": ["SM\nTP"]})
+        odd_body = await problem_of(odd)
+    assert response.status == 400 and body["field"] == "content"
+    assert odd.status == 400 and odd_body["field"] == "addrtypes"
