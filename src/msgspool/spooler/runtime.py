@@ -35,7 +35,7 @@ from msgspool.domain.webhooks import WEBHOOK_TRANSPORT, from_webhook
 from msgspool.errors import ConfigError, NotFound, SpoolError
 from msgspool.ports import Store, Transport
 from msgspool.spooler import control
-from msgspool.spooler.background import stop_task
+from msgspool.spooler.background import start_supervised, stop_task
 from msgspool.spooler.delays import DelayTimer
 from msgspool.spooler.destinations import DestinationLimits
 from msgspool.spooler.events import EventBus, Subscription
@@ -191,7 +191,7 @@ class Spooler:
                 await self.webhooks.start()
             if self.delay_timer is not None:
                 self.delay_timer.start()
-            self._housekeeping = asyncio.create_task(self._housekeeping_loop())
+            self._housekeeping = start_supervised("housekeeping", self._housekeeping_loop)
 
     def _build_hooks(self) -> None:
         outbound, inbound = load_hooks(self.settings)
@@ -461,10 +461,15 @@ class Spooler:
             "event_subscribers": self.bus.listeners}]
         for transport in self.transports.values():
             dests = [d for d in self.scheduler.destinations.values() if d.transport is transport]
-            down = [d for d in dests if d.health.down]
+            failing = [d for d in dests if d.health.down or d.failure is not None]
+            reason = None
+            if failing:  # MAPI's status row in FAILURE: say why (the transport's error first)
+                worst = next((d for d in failing if d.failure is not None), failing[0])
+                last = worst.failure or worst.health.last_reply
+                reason = f"{worst.nexthop}: {last.line()}" if last else f"{worst.nexthop}: down"
             rows.append({
                 "name": transport.name, "kind": "transport", "addrtypes": sorted(transport.addrtypes),
-                "status": "failure" if down else "online",
+                "status": "failure" if failing else "online", "reason": reason,
                 "destinations": [{
                     "name": d.nexthop, "status": "down" if d.health.down else "up", "connections": d.workers,
                     "queued": len(d.jobs), "delivered": d.delivered,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import math
 import os
@@ -26,11 +27,12 @@ from typing import Any
 from msgspool.domain.events import Event, EventType
 from msgspool.domain.health import ProbePolicy
 from msgspool.domain.message import Message, Recipient, Settlement
-from msgspool.domain.outcome import EXPIRED
+from msgspool.domain.outcome import EXPIRED, Reply
 from msgspool.domain.recipient import Status
 from msgspool.domain.retry import RetryPolicy
 from msgspool.domain.routing import LOCAL
 from msgspool.ports import Store, Transport
+from msgspool.spooler.background import start_supervised
 from msgspool.spooler.destinations import Destination, DestinationLimits
 from msgspool.spooler.hooks import Preprocessor, draft_of
 from msgspool.spooler.intake import Intake
@@ -39,6 +41,8 @@ from msgspool.spooler.local import LocalDelivery
 log = logging.getLogger("msgspool.scheduler")
 CLAIM_BATCH = 1000
 IDLE_RECHECK = 30.0  # seconds between store checks when nothing is known to be due
+REFILL_RETRY = 1.0  # seconds before the refill loop reads the store again after it failed
+SETTLE_RETRY_MAX = 5.0  # seconds: the longest pause between tries to record outcomes
 
 
 class Scheduler:
@@ -76,7 +80,7 @@ class Scheduler:
         for transport, nexthop in await self.store.waiting_destinations():
             if transport in self.transports:
                 self.destination(transport, nexthop).probe_now()
-        self._refill = asyncio.create_task(self._refill_loop(), name="msgspool-refill")
+        self._refill = start_supervised("refill", self._refill_loop)
 
     async def stop(self) -> None:
         self._running = False
@@ -158,21 +162,30 @@ class Scheduler:
     async def _deliver_local(self, local: LocalDelivery, message: Message, recipients: list[Recipient]) -> None:
         try:
             settlements = await local.deliver(message, recipients)
-        except Exception:  # a bug of ours, not a hook's (those are contained): retried after recovery
+        except Exception as err:  # a bug of ours, not a hook's (those are contained)
             log.exception("%s: local delivery failed", message.id)
-            self.active -= len(recipients)
-            return
+            settlements = self._crashed(message, recipients, f"local delivery raised {type(err).__name__}: {err}")
         self.settle(settlements)
+
+    def _crashed(self, message: Message, recipients: Sequence[Recipient], why: str) -> list[Settlement]:
+        """Outcomes for recipients whose handling raised: deferred with backoff, with the error as
+        their last reply, counted towards the message's `crash_limit` (then it is held)."""
+        reply, now = Reply(451, "4.3.0", why), self.clock()
+        return [Settlement(message.id, r.index, r.address, Status.DEFERRED, reply, attempted=False,
+                           next_attempt_at=self.retry.next_attempt(now, r.attempts + 1), dsn=r.dsn, crashed=True)
+                for r in recipients]
 
     async def _preprocess(self, preprocessor: Preprocessor, message: Message, fresh: bool) -> None:
         """Outbound hooks, their answer recorded, then delivery of what they made of the message."""
-        before = sum(1 for r in message.recipients if r.status is Status.ACTIVE)
+        active = [r for r in message.recipients if r.status is Status.ACTIVE]
+        before = len(active)
         try:
             result = await preprocessor.run(draft_of(message))
             messages, events = await self.store.preprocessed(message, result, self.clock())
-        except Exception:  # the store failed: the recipients stay active until recovery retries them
+        except Exception as err:  # the store failed: the recipients wait and the hooks run again later
             log.exception("%s: could not record the outbound hooks' answer", message.id)
-            self.active -= before
+            self.settle(self._crashed(message, active, f"recording the outbound hooks' answer failed: "
+                                                       f"{type(err).__name__}: {err}"))
             return
         self.active += sum(len(m.recipients) for m in messages) - before
         self.publish(events)
@@ -188,12 +201,26 @@ class Scheduler:
         ids = set(message_ids)
         dropped = [(job.message.id, r.index) for dest in self.destinations.values() for job in dest.cancel(ids)
                    for r in job.recipients]
+        if dropped:
+            await self._give_back(dropped)
+        self._wakeup.set()
+
+    async def _give_back(self, dropped: list[tuple[str, int]]) -> None:
+        """Unclaim recipients dropped from memory; a failing store is tried again while this run lasts."""
+        delay = 0.1
+        while True:
+            try:
+                events = await self.store.unclaim(dropped, self.clock())
+                break
+            except Exception:
+                if not self._running:  # recovery gives them back at the next start
+                    log.exception("could not give back %d recipients dropped from the queue", len(dropped))
+                    events = []
+                    break
+                log.exception("could not give back %d recipients; trying again in %.1f s", len(dropped), delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, SETTLE_RETRY_MAX)
         self.active -= len(dropped)
-        try:
-            events = await self.store.unclaim(dropped, self.clock()) if dropped else []
-        except Exception:  # they stay active until recovery retries them
-            log.exception("could not give back %d recipients dropped from the queue", len(dropped))
-            events = []
         self.publish(events)
         self._wakeup.set()
 
@@ -220,22 +247,40 @@ class Scheduler:
         batch, self._pending = self._pending, []
         if not batch:
             return
+        self._write(batch)
+
+    def _write(self, batch: list[Settlement]) -> None:
         task = asyncio.ensure_future(self._write_settlements(batch))
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
 
     async def _write_settlements(self, batch: list[Settlement]) -> None:
-        now = self.clock()  # one time for the store and the checks below: a warn_at between two would be missed
-        try:
-            events = await self.store.settle(batch, now)
-        except Exception:
-            log.exception("could not record %d outcomes; they will be retried after restart", len(batch))
-            return
-        finally:
-            self.active -= len(batch)
-            if self._starved:  # the window was full when due work may have been waiting
-                self._starved = False
-                self._wakeup.set()
+        """Record a batch of outcomes. A store that fails (a full disk) is tried again, with a
+        growing pause, for as long as this run lasts: the outcomes wait in memory, their
+        recipients stay active in the store (recovery would retry them after a crash). A batch
+        that keeps failing is split, so one bad outcome cannot hold up the others."""
+        delay = 0.1
+        for failures in itertools.count():
+            now = self.clock()  # one time for the store and the checks below: a warn_at between two would be missed
+            try:
+                events = await self.store.settle(batch, now)
+                break
+            except Exception:
+                if not self._running:
+                    log.exception("could not record %d outcomes; recovery retries them at the next start", len(batch))
+                    self.active -= len(batch)
+                    return
+                log.exception("could not record %d outcomes; trying again in %.1f s", len(batch), delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, SETTLE_RETRY_MAX)
+                if failures >= 2 and len(batch) > 1:
+                    for s in batch:
+                        self._write([s])
+                    return
+        self.active -= len(batch)
+        if self._starved:  # the window was full when due work may have been waiting
+            self._starved = False
+            self._wakeup.set()
         self.publish(events)
         self._wake_for_retries(batch)
         if any(s.spawn for s in batch):
@@ -279,13 +324,14 @@ class Scheduler:
     async def _refill_loop(self) -> None:
         while self._running:
             try:
-                full = await self._refill_once()
-            except Exception:
-                log.exception("refill failed")
-                full = False
-            if full:
-                continue
-            await self._sleep_until_due()
+                if await self._refill_once():
+                    continue
+                await self._sleep_until_due()
+            except Exception:  # the store failed (a full disk): look again soon
+                log.exception("refill failed; trying again in %.1f s", REFILL_RETRY)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), REFILL_RETRY)
+                self._wakeup.clear()
 
     async def _refill_once(self) -> bool:
         """Claim what is due; True when more may be waiting right now."""
