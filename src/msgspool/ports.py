@@ -97,6 +97,11 @@ class Store(Protocol):
         (default: this store's run), are left alone."""
         ...
 
+    async def cancel_recipients(self, keep: dict[str, list[int]], now: float) -> dict[str, list[str]]:
+        """Per message, remove the waiting recipients not in `keep` (those are in flight); returns
+        the addresses removed."""
+        ...
+
     async def active_recipients(self) -> list[tuple[str, int, str | None]]:
         """(message id, index, owner) of every active recipient: what the watchdog checks."""
         ...

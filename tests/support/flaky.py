@@ -7,6 +7,7 @@ included; the spooler must contain whatever it does.
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Sequence
 
@@ -26,6 +27,9 @@ class FlakyConnection:
 
     async def send(self, message: Message, recipients: Sequence[Recipient]) -> list[Reply]:
         self.transport.calls["send"] += 1
+        if self.transport.gate is not None:  # a transaction that takes until the test opens the gate
+            self.transport.sending.set()
+            await self.transport.gate.wait()
         if "send" in self.transport.raise_in:
             raise RuntimeError("boom in send")
         self.transport.delivered += [r.address for r in recipients]
@@ -45,6 +49,8 @@ class FlakyTransport:
         self.raise_in: set[str] = set()
         self.delivered: list[str] = []
         self.calls: Counter[str] = Counter()
+        self.gate: asyncio.Event | None = None
+        self.sending = asyncio.Event()  # set when a transaction waits at the gate
 
     def nexthop(self, address: str) -> str:
         return "flaky.example"

@@ -32,7 +32,7 @@ from msgspool.domain.recipient import Status
 from msgspool.domain.retry import RetryPolicy
 from msgspool.domain.routing import Router, TransportRoute
 from msgspool.domain.webhooks import WEBHOOK_TRANSPORT, from_webhook
-from msgspool.errors import ConfigError, NotFound, SpoolError
+from msgspool.errors import ConfigError, NotFound, SpoolError, UnableToAbort
 from msgspool.ports import Store, Transport
 from msgspool.spooler import control
 from msgspool.spooler.background import start_supervised, stop_task
@@ -56,6 +56,10 @@ LOCK_ROLES = {LOCK_NAME: "delivering from", SERVE_LOCK_NAME: "serving"}
 SENT_RETENTION = 7 * 86400.0
 EVENT_RETENTION = 86400.0
 HOUSEKEEPING_INTERVAL = 300.0
+
+
+def _addresses(in_flight: dict[str, list[tuple[int, str]]]) -> dict[str, list[str]]:
+    return {message_id: [address for _, address in recipients] for message_id, recipients in in_flight.items()}
 
 
 def load_transports(settings: Settings) -> dict[str, Transport]:
@@ -404,9 +408,20 @@ class Spooler:
         return count
 
     async def hold(self, ids: Sequence[str]) -> list[str]:
+        """Hold messages. Recipients a transport has in a transaction go on (their outcome is
+        recorded; a deferral stays held): then UnableToAbort says which, after holding the rest."""
         await self._require(ids)
-        found = await self.store.hold(ids, time.time())
-        await self._cancel(found)
+        in_flight = await self._abort(ids)
+        try:
+            found = await self.store.hold(ids, time.time())
+        finally:
+            await self._cancel(ids)
+        if in_flight:
+            held = {}
+            for message_id in in_flight:
+                info = await self.store.get(message_id)
+                held[message_id] = [r["address"] for r in (info.recipients if info else []) if r["status"] == "held"]
+            raise UnableToAbort("hold", [i for i in found if i not in in_flight], _addresses(in_flight), held)
         return found
 
     async def release(self, ids: Sequence[str]) -> list[str]:
@@ -429,14 +444,38 @@ class Spooler:
 
     async def delete(self, ids: Sequence[str], *, mdn: bool | None = None) -> list[str]:
         """Delete messages. One filed into a mailbox that is deleted unread and asked for a read
-        receipt is answered with a `deleted` MDN (MAPI's nonread report); `mdn` as in `mark_read`."""
+        receipt is answered with a `deleted` MDN (MAPI's nonread report); `mdn` as in `mark_read`.
+
+        MAPI AbortSubmit: a message a transport has in a transaction cannot be taken back. Its
+        other recipients are cancelled, the ones in flight go on, and UnableToAbort says which
+        (after deleting every other message asked for)."""
         await self._require(ids)
-        answered = await self.receipts.delete(ids, mdn)
-        rest = [i for i in ids if i not in answered]
-        deleted = set(answered) | set(await self.store.delete(rest) if rest else [])
+        in_flight = await self._abort(ids)
+        try:
+            whole = [i for i in ids if i not in in_flight]
+            answered = await self.receipts.delete(whole, mdn)
+            rest = [i for i in whole if i not in answered]
+            deleted = set(answered) | set(await self.store.delete(rest) if rest else [])
+            cancelled = await self.store.cancel_recipients(
+                {m: [index for index, _ in v] for m, v in in_flight.items()}, time.time()) if in_flight else {}
+        finally:
+            await self._cancel(ids)
         found = [i for i in ids if i in deleted]
-        await self._cancel(found)
+        if in_flight:
+            raise UnableToAbort("abort", found, _addresses(in_flight), cancelled)
         return found
+
+    async def _abort(self, ids: Sequence[str]) -> dict[str, list[tuple[int, str]]]:
+        """Stop transactions of these messages from starting (until `_cancel`), here or in the
+        delivery process; per message, the recipients (index, address) in a transaction now."""
+        if self.delivering:
+            return self.scheduler.abort(ids)
+        if self.remote is not None:
+            try:
+                return await self.remote.abort(ids)
+            except (ConnectionError, TimeoutError):  # it died: nothing of it is in flight any more
+                return {}
+        return {}
 
     # -- mailbox messages (MAPI IMessage::SetReadFlag) ---------------------------------------
 

@@ -66,6 +66,8 @@ class Scheduler:
         self._settling: dict[asyncio.Task[None], list[Settlement]] = {}
         self._busy: dict[str, int] = {}  # messages in the hooks or in local delivery: for the watchdog
         self._suspects: set[tuple[str, int, str | None]] = set()
+        self._aborting: set[str] = set()  # messages being deleted or held: no transaction may start
+        self._aborted: list[tuple[str, int]] = []  # their recipients taken out of the queues meanwhile
         self.stuck_returned = 0  # recipients the watchdog gave back (an alarm in `status`)
         self.last_stuck_at: float | None = None
         self._hook_work: set[asyncio.Task[None]] = set()
@@ -125,6 +127,9 @@ class Scheduler:
         """Route the message's active recipients (again: with this process's configuration, which
         may differ from the submitter's) and hand them to their destinations. A message the
         outbound hooks have not seen goes through them first."""
+        if message.id in self._aborting:  # being deleted or held: set aside until `cancel` gives them back
+            self._aborted += [(message.id, r.index) for r in message.recipients if r.status is Status.ACTIVE]
+            return
         if self.preprocessor is not None and not message.preprocessed:
             self._track(self._preprocess(self.preprocessor, message, fresh))
             return
@@ -210,13 +215,32 @@ class Scheduler:
         for m in messages:
             self.dispatch(m, fresh=fresh)
 
+    def abort(self, message_ids: Sequence[str]) -> dict[str, list[tuple[int, str]]]:
+        """MAPI AbortSubmit, first step (before `delete` or `hold` change the store): no
+        transaction of these messages starts from now on — their queued jobs are taken out, and
+        one claimed meanwhile is set aside — until `cancel`. Returns, per message, the recipients
+        (index, address) a transport has in a transaction now: those go on, and are reported."""
+        ids = set(message_ids)
+        self._aborting |= ids
+        self._aborted += [(job.message.id, r.index) for dest in self.destinations.values()
+                          for job in dest.cancel(ids) for r in job.recipients]
+        in_flight: dict[str, list[tuple[int, str]]] = {}
+        for dest in self.destinations.values():
+            for job in dest.inflight.values():
+                if job.message.id in ids and not job.settled:
+                    in_flight.setdefault(job.message.id, []).extend((r.index, r.address) for r in job.recipients)
+        return in_flight
+
     async def cancel(self, message_ids: Sequence[str]) -> None:
         """Forget queued work of held, requeued or deleted messages (the store changed their state
         first) and give its recipients back to the store: claimed, they are `active` there, and
         nothing here would settle them any more. A hold keeps them held, a requeue makes them due."""
         ids = set(message_ids)
+        self._aborting -= ids
         dropped = [(job.message.id, r.index) for dest in self.destinations.values() for job in dest.cancel(ids)
                    for r in job.recipients]
+        dropped += [pair for pair in self._aborted if pair[0] in ids]
+        self._aborted = [pair for pair in self._aborted if pair[0] not in ids]
         if dropped:
             await self._give_back(dropped)
         self._wakeup.set()
@@ -370,6 +394,7 @@ class Scheduler:
         """(message id, index) of every recipient this run has in hand."""
         held = {(job.message.id, r.index) for dest in self.destinations.values()
                 for job in (*dest.jobs, *dest.inflight.values()) for r in job.recipients}
+        held.update(self._aborted)
         held.update((s.message_id, s.index) for s in self._pending)
         held.update((s.message_id, s.index) for batch in self._settling.values() for s in batch)
         return held

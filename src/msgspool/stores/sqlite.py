@@ -561,6 +561,22 @@ def op_delete(conn: sqlite3.Connection, ids: Sequence[str]) -> list[str]:
     return found
 
 
+def op_cancel_recipients(conn: sqlite3.Connection, keep: dict[str, list[int]], now: float) -> dict[str, list[str]]:
+    """`queue delete` of messages a transport has in flight: their other waiting recipients are
+    cancelled (removed, with a line in the history); the ones in `keep` go on."""
+    cancelled: dict[str, list[str]] = {}
+    for message_id, indexes in keep.items():
+        marks = ",".join("?" * len(indexes))
+        rows = conn.execute(f"DELETE FROM recipients WHERE message_id = ? AND status IN {_PENDING_SQL}"
+                            f" AND idx NOT IN ({marks}) RETURNING address", (message_id, *indexes)).fetchall()
+        cancelled[message_id] = [address for (address,) in rows]
+        if rows:
+            _insert_history(conn, message_id, now, "operator",
+                            [HookRecord("", "cancelled", f"<{address}> by queue delete; others were in flight")
+                             for (address,) in rows])
+    return cancelled
+
+
 def op_set_read(conn: sqlite3.Connection, ids: Sequence[str], read: bool, now: float) -> list[Event]:
     """MAPI SetReadFlag: set or clear the read flag; a `read` event for each message it changed."""
     events = []
@@ -1080,6 +1096,9 @@ class SQLiteStore:
                       owner: str | None = None) -> list[Event]:
         owner = owner if owner is not None else self.owner
         return await self._write(lambda c: op_unclaim(c, recipients, now, owner), durable=False)
+
+    async def cancel_recipients(self, keep: dict[str, list[int]], now: float) -> dict[str, list[str]]:
+        return await self._write(lambda c: op_cancel_recipients(c, keep, now))
 
     async def active_recipients(self) -> list[tuple[str, int, str | None]]:
         return await self.read(active_recipients)
