@@ -144,6 +144,17 @@ async def test_encrypt_defers_after_a_failed_handshake(spooler_factory: SpoolerF
     assert sink.messages == []
 
 
+async def test_a_reply_injected_behind_the_starttls_reply_is_refused(spooler_factory: SpoolerFactory,
+                                                                    make_sink: Any) -> None:
+    # A man in the middle that answers in clear for the server-to-be: whatever follows the 220 was
+    # not protected by TLS and must not be read as if it had been.
+    sink = make_sink("127.0.0.1", starttls_reply=b"220 2.0.0 Ready\r\n250-AUTH PLAIN\r\n")
+    r = await relay_one(spooler_factory, sink.address, {"deferred"})
+    assert r["last_reply"].startswith("454 4.7.5 127.0.0.1[127.0.0.1]:")
+    assert "sent data pipelined after its STARTTLS reply" in r["last_reply"]
+    assert sink.messages == []
+
+
 async def test_encrypt_does_not_check_the_certificate(spooler_factory: SpoolerFactory, make_sink: Any) -> None:
     sink = make_sink("wrong.test")
     await relay_one(spooler_factory, sink.address, {"delivered"}, smtp_tls_security_level="encrypt")
