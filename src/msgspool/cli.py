@@ -37,7 +37,7 @@ from typing import Any
 
 from msgspool import config
 from msgspool.config import Settings
-from msgspool.errors import ConfigError, MsgspoolError, NotFound, SpoolError, SubmitError
+from msgspool.errors import ConfigError, MsgspoolError, NotFound, SpoolError, SubmitError, UnableToAbort
 from msgspool.spooler import control
 from msgspool.spooler.runtime import Spooler
 from msgspool.stores.sqlite import DB_NAME
@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(serve)
     serve.add_argument("--smtp", metavar="HOST:PORT", help="SMTP listener (default 127.0.0.1:2525)")
     serve.add_argument("--http", metavar="HOST:PORT", help="HTTP API (default 127.0.0.1:8025)")
-    serve.add_argument("--relay", metavar="HOST:PORT", help="smarthost for all non-local mail")
+    serve.add_argument("--relay", metavar="HOST:PORT",
+                       help="smarthost for all non-local mail (smtps://HOST:PORT: implicit TLS)")
     serve.add_argument("--local-domain", metavar="DOMAIN", action="append", dest="local_domains")
     serve.add_argument("-v", "--verbose", action="store_true", help="log every delivery")
 
@@ -270,6 +271,9 @@ def _operate(settings: Settings, op: str, ids: list[str] | None, **options: Any)
         if not answer.get("ok"):
             if answer.get("kind") == "NotFound":
                 raise CLIError(f"no message {answer.get('error')}")
+            if answer.get("kind") == "UnableToAbort":
+                raise UnableToAbort(str(answer["error"]).removeprefix("unable to ").removesuffix(": in flight"),
+                                    answer["ids"], answer["in_flight"], answer["cancelled"])
             raise CLIError(str(answer.get("error")))
         return answer
     try:
@@ -293,9 +297,19 @@ def cmd_queue(args: argparse.Namespace, settings: Settings) -> int:
         print(f"{answer['flushed']} recipients due now")
         return 0
     options = {"mdn": args.mdn} if args.action == "read" else {}
-    answer = _operate(settings, args.action, args.ids, **options)
     past = {"hold": "held", "release": "released", "requeue": "requeued", "delete": "deleted", "read": "read",
             "unread": "unread"}
+    try:
+        answer = _operate(settings, args.action, args.ids, **options)
+    except UnableToAbort as err:  # MAPI_E_UNABLE_TO_ABORT: say what was done and what was not
+        for message_id in err.done:
+            print(f"{message_id}: {past[args.action]}")
+        for message_id, addresses in err.in_flight.items():
+            done = err.cancelled.get(message_id, [])
+            print(f"{message_id}: {err}: {', '.join(f'<{a}>' for a in addresses)} in a transaction"
+                  + (f"; {past[args.action] if args.action == 'hold' else 'cancelled'}:"
+                     f" {', '.join(f'<{a}>' for a in done)}" if done else ""))
+        return 1
     for message_id in answer["ids"]:
         print(f"{message_id}: {past[args.action]}")
     for mdn_id in answer.get("mdn", []):

@@ -366,6 +366,8 @@ async def deliver(fd: int, config: dict[str, Any]) -> None:
             spooler.webhooks.poke()
         elif op == "reports":
             spooler.reporter.poke()
+        elif op == "abort":
+            return {"in_flight": spooler.scheduler.abort(message.get("ids") or [])}
         elif op == "cancel":
             await spooler.scheduler.cancel(message.get("ids") or [])
         elif op == "probe":

@@ -4,6 +4,8 @@
     ├── ConfigError                a bad setting: the CLI prints it and exits 2
     ├── SpoolError                 the spool cannot be opened or is locked by another daemon
     ├── NotFound                   an unknown message id
+    ├── UnableToAbort              delete/hold of a message a transport has in flight (MAPI
+    │                              AbortSubmit's MAPI_E_UNABLE_TO_ABORT): what was done, what was not
     ├── SubmitError(reply)         a submission refused: bad address, no recipients, too big
     └── DestinationUnavailable(reply)
                                    a transport could not reach its next hop at the connection
@@ -29,6 +31,20 @@ class SpoolError(MsgspoolError):
 
 class NotFound(MsgspoolError):
     pass
+
+
+class UnableToAbort(MsgspoolError):
+    """`done`: the ids the operation took whole; `in_flight`: per message, the recipients a
+    transport has in a transaction (they go on); `cancelled`: per message, the recipients that
+    were cancelled (delete) or held (hold) although others of it were in flight."""
+
+    def __init__(self, action: str, done: list[str], in_flight: dict[str, list[str]],
+                 cancelled: dict[str, list[str]]) -> None:
+        super().__init__(f"unable to {action}: in flight")
+        self.action, self.done, self.in_flight, self.cancelled = action, done, in_flight, cancelled
+
+    def detail(self) -> dict[str, object]:
+        return {"ids": self.done, "in_flight": self.in_flight, "cancelled": self.cancelled}
 
 
 class SubmitError(MsgspoolError):

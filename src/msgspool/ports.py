@@ -97,6 +97,20 @@ class Store(Protocol):
         (default: this store's run), are left alone."""
         ...
 
+    async def cancel_recipients(self, keep: dict[str, list[int]], now: float) -> dict[str, list[str]]:
+        """Per message, remove the waiting recipients not in `keep` (those are in flight); returns
+        the addresses removed."""
+        ...
+
+    async def active_recipients(self) -> list[tuple[str, int, str | None]]:
+        """(message id, index, owner) of every active recipient: what the watchdog checks."""
+        ...
+
+    async def return_stuck(self, rows: Sequence[tuple[str, int, str | None]], now: float) -> list[Event]:
+        """Make these recipients due again (held if their message is), each only while it is still
+        active and owned as given; recorded in the message's history."""
+        ...
+
     async def release_destination(self, transport: str, nexthop: str, now: float) -> int: ...
 
     async def next_due(self) -> float | None: ...

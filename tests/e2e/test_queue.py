@@ -181,3 +181,37 @@ def test_flush_of_deferred_message_makes_a_new_attempt_now(spool: Spool, relay: 
     assert op("flush").stdout == "1 recipients due now\n"
     spool.wait_until(lambda: attempts() == 3, "a third attempt after `queue flush`", timeout=PROMPT)
     assert relay.count() == 0
+
+
+def test_delete_and_hold_of_a_message_in_flight_say_unable_to_abort(spool: Spool, relay: Sink,
+                                                                    daemon: Daemon) -> None:
+    """Issue 10.5 through the daemon's delivery process: `queue delete` and `queue hold` of a
+    message in a transaction exit 1 saying so, POST .../delete answers 409 problem+json, and the
+    message is delivered once, as the transport had it."""
+    import urllib.error
+    import urllib.request
+
+    relay.data_delay = 3.0  # the transaction waits at the end of data
+    relay.start()
+    daemon.start()
+    spool.sendmail(tagged_message("inflight"), "-t")
+    message_id = spool.only_id()
+    spool.wait_until(lambda: relay.connections > 0 and spool.recipient_statuses(message_id) == ["active"],
+                     "the transaction to start")
+    time.sleep(0.3)  # DATA is under way
+    deleted = spool.run("queue", "delete", message_id, ok=False)
+    assert deleted.returncode == 1, deleted
+    assert "unable to abort: in flight" in deleted.stdout and "<rcpt@example.com>" in deleted.stdout, deleted
+    held = spool.run("queue", "hold", message_id, ok=False)
+    assert held.returncode == 1 and "unable to hold: in flight" in held.stdout, held
+    request = urllib.request.Request(f"http://127.0.0.1:{daemon.http_port}/api/queue/{message_id}/delete",
+                                     data=b"{}", method="POST", headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=10)
+    assert caught.value.code == 409
+    assert caught.value.headers["Content-Type"].startswith("application/problem+json")
+    body = json.loads(caught.value.read())
+    assert body["detail"] == "unable to abort: in flight" and body["in_flight"] == {message_id: ["rcpt@example.com"]}
+    spool.wait_until(lambda: received_tags(relay) == ["inflight"], "the delivery the transport had", timeout=10)
+    spool.wait_until(lambda: spool.queue() == [], "the message to finish")
+    assert received_tags(relay) == ["inflight"]

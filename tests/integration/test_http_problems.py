@@ -5,6 +5,7 @@ GET /api/queue, `queue list --json` and `queue show`."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from collections.abc import AsyncIterator
@@ -172,8 +173,6 @@ async def test_a_stored_time_out_of_range_is_shown_clamped_everywhere(
 
 async def test_a_request_aiohttp_cannot_parse_is_answered_with_a_problem_document_too(
         api: tuple[Spooler, str]) -> None:
-    import asyncio
-
     port = int(api[1].rsplit(":", 1)[1])
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"GET /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Long: " + b"x" * 20000 + b"\r\n\r\n")
@@ -183,3 +182,53 @@ async def test_a_request_aiohttp_cannot_parse_is_answered_with_a_problem_documen
     assert head.split()[1].startswith(b"4")
     assert b"content-type: application/problem+json" in head.lower()
     assert json.loads(body)["status"] == int(head.split()[1])
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("recipients", ["b\x7f@example.com"]), ("recipients", ["b@exam\x1bple.com"]),
+    ("recipients", ["b\u0085@example.com"]), ("recipients", ["b\ud800@example.com"]),
+    ("sender", "a\x00@example.org"), ("sender", "a\r\n@example.org"),
+])
+async def test_a_control_character_in_an_address_is_refused_and_nothing_is_stored(
+        api: tuple[Spooler, str], sink: Sink, field: str, value: Any) -> None:
+    spooler, base = api
+    text = json.dumps({**GOOD, field: value})  # \\u escapes: the characters arrive as JSON allows them
+    async with aiohttp.ClientSession() as http:
+        response = await http.post(f"{base}/api/messages", data=text, headers={"Content-Type": "application/json"})
+        body = await problem_of(response)
+    assert response.status == 422 and "address" in body["detail"]
+    assert (await spooler.store.counts())["messages"] == 0
+
+
+async def test_content_with_a_lone_surrogate_is_a_400_not_a_crash(api: tuple[Spooler, str]) -> None:
+    _spooler, base = api
+    text = json.dumps({**GOOD, "content": "Subject: x\r\n\r\n\ud800\r\n"})
+    async with aiohttp.ClientSession() as http:
+        response = await http.post(f"{base}/api/messages", data=text, headers={"Content-Type": "application/json"})
+        body = await problem_of(response)
+        odd = await http.post(f"{base}/api/messages", json={**GOOD, "addrtypes": ["SM\nTP"]})
+        odd_body = await problem_of(odd)
+    assert response.status == 400 and body["field"] == "content"
+    assert odd.status == 400 and odd_body["field"] == "addrtypes"
+
+
+async def test_a_last_event_id_too_large_for_the_store_starts_the_stream_live(api: tuple[Spooler, str]) -> None:
+    spooler, base = api
+    async with aiohttp.ClientSession() as http:
+        stream = await http.get(f"{base}/api/events", headers={"Last-Event-ID": "9" * 30})
+        assert stream.status == 200
+        await spooler.send(b"Subject: x\r\n\r\nhi\r\n", sender="a@example.org", recipients=["bob@example.org"])
+        line = b":"
+        while line and not line.startswith(b"event:"):  # b"": the stream ended
+            line = await asyncio.wait_for(stream.content.readline(), 5)
+        stream.close()
+    assert line.strip() == b"event: submitted"
+
+
+@pytest.mark.parametrize("limit", ["-1", "1" * 30, "1e3", "100001"])
+async def test_a_listing_limit_out_of_range_is_a_400(api: tuple[Spooler, str], limit: str) -> None:
+    _spooler, base = api
+    async with aiohttp.ClientSession() as http:
+        response = await http.get(f"{base}/api/queue", params={"limit": limit})
+        body = await problem_of(response)
+    assert response.status == 400 and body["field"] == "limit"

@@ -45,3 +45,11 @@ def test_valid_smtp_refuses_malformed_addresses(address: str) -> None:
 def test_valid_recipient_checks_smtp_syntax_and_keeps_line_breaks_out_of_other_types(
         address: str, addrtype: str, valid: bool) -> None:
     assert valid_recipient(address, addrtype) is valid
+
+
+@pytest.mark.parametrize("address", ["a\x7fb@example.com", "a\x85@example.com", "a@exa\x1bmple.com", "a\tb@example.com",
+                                     "a\ud800@example.com", "a@example.com\x00"])
+def test_a_control_character_or_lone_surrogate_makes_any_address_invalid(address: str) -> None:
+    assert not valid_smtp(address)
+    assert not valid_recipient(address, "SMTP")
+    assert not valid_recipient(address, "HTTP")

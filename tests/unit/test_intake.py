@@ -151,3 +151,14 @@ def test_build_refuses_an_address_with_a_line_break() -> None:
 def test_build_refuses_addrtypes_that_do_not_match_the_recipients() -> None:
     with pytest.raises(SubmitError):
         intake().build(submission("a@example.com", "b@example.com", addrtypes=["SMTP"]))
+
+
+@pytest.mark.parametrize("controls", [
+    {"deliver_after": 1e300}, {"deliver_after": -1.0}, {"expires_at": float("nan")}, {"expires_at": float("inf")},
+    {"priority": 2}, {"priority": 10**30}, {"max_attempts": -1}, {"max_attempts": 10**30},
+])
+def test_scheduling_values_the_store_cannot_hold_or_show_are_refused(controls: dict[str, object]) -> None:
+    # Every front end goes through intake: the Python API and sendmail are held to what HTTP checks.
+    with pytest.raises(SubmitError) as refused:
+        intake().build(submission("x@example.com", **controls))
+    assert refused.value.reply.code == 501 and next(iter(controls)) in refused.value.reply.text

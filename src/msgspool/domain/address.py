@@ -7,7 +7,12 @@ lookup in local domains, where msgspool folds it to lower case as every common M
 
 from __future__ import annotations
 
+import re
+
 SMTP = "SMTP"  # the address type (MAPI PR_ADDRTYPE) of internet mail addresses
+# C0, DEL, C1, and lone surrogates (what undecodable bytes become): never part of an address, on
+# any path in (the SMTP listener has its own check of the raw line, smtpd/protocol.py).
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 def split(address: str) -> tuple[str, str]:
@@ -33,7 +38,7 @@ def valid_smtp(address: str) -> bool:
     local, domain = split(address)
     if not local or not domain or len(address) > 320:  # RFC 5321 §4.5.3.1: 64 + 1 + 255
         return False
-    if any(c in address for c in " \t\r\n<>,;\x00"):
+    if any(c in address for c in " <>,;") or CONTROL.search(address):
         return False
     if domain.startswith("[") and domain.endswith("]"):
         return True
@@ -42,8 +47,8 @@ def valid_smtp(address: str) -> bool:
 
 def valid_recipient(address: str, addrtype: str = SMTP) -> bool:
     """Intake's check of a recipient address: an SMTP one by `valid_smtp` (or a bare postmaster,
-    RFC 5321 §4.5.1); any other's syntax is its transport's business, but it must not carry a line
-    break or NUL, which would end a protocol line or a log line early."""
+    RFC 5321 §4.5.1); any other's syntax is its transport's business, but it must not carry a
+    control character (a line break or NUL would end a protocol line or a log line early)."""
     if addrtype.upper() == SMTP:
         return valid_smtp(address) or address.lower() == "postmaster"
-    return not any(c in address for c in "\r\n\x00")
+    return CONTROL.search(address) is None

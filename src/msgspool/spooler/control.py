@@ -23,6 +23,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from msgspool.errors import UnableToAbort
+
 SOCKET_NAME = "control.sock"
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
@@ -107,6 +109,8 @@ async def serve(data_dir: Path, handler: Handler) -> asyncio.AbstractServer:
                     answer = await handler(json.loads(line))
                 except Exception as err:  # reported to the client, never fatal to the daemon
                     answer = {"ok": False, "error": str(err), "kind": type(err).__name__}
+                    if isinstance(err, UnableToAbort):
+                        answer.update(err.detail())
                 writer.write(json.dumps(answer).encode() + b"\n")
                 await writer.drain()
         finally:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 
 from msgspool.ports import Store
-from msgspool.spooler.background import stop_task
+from msgspool.spooler.background import start_supervised, stop_task
 
 log = logging.getLogger("msgspool.reports")
 RECHECK = 60.0  # seconds: the longest sleep, so a warn_at set by another process is seen soon
@@ -33,7 +33,7 @@ class DelayTimer:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="msgspool-delay-timer")
+        self._task = start_supervised("delay-timer", self._loop)
 
     async def stop(self) -> None:
         await stop_task(self._task)

@@ -40,6 +40,7 @@ class Job:
     message: Message
     recipients: list[Recipient]
     fresh: bool = False  # in the head of the queue: new or urgent mail, ahead of retries and backlog
+    settled: bool = False  # its outcomes went to the scheduler
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,10 +71,14 @@ class Destination:
         self._settle = settle
         self.health = DestinationHealth(self.name, probe)
         self.jobs: deque[Job] = deque()
+        self.inflight: dict[int, Job] = {}  # jobs a worker has taken, by id(): for the watchdog
         self._fresh = 0  # jobs in the head of `jobs` (fresh or urgent mail)
         self.workers = 0
         self.idle_workers = 0
         self.delivered = 0
+        # The transport raised (a bug of its own, MAPI's critical error): the status row says
+        # `failure` with this reply until a connection or a transaction works again.
+        self.failure: Reply | None = None
         self._work = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._prober: asyncio.Task[None] | None = None
@@ -143,24 +148,58 @@ class Destination:
         sent = 0
         try:
             while (job := await self._next_job()) is not None:
-                if conn is None or not conn.usable or sent >= self.limits.reuse_limit:
-                    if conn is not None:
-                        await conn.close()
-                    conn, sent = await self._connect(job), 0
-                    if conn is None:
+                self.inflight[id(job)] = job
+                try:
+                    if conn is None or not conn.usable or sent >= self.limits.reuse_limit:
+                        if conn is not None:
+                            await self._close(conn)
+                        conn, sent = await self._connect(job), 0
+                        if conn is None:
+                            if self.health.down:
+                                return
+                            continue
+                    if not await self._deliver(conn, job):
+                        conn = None  # lost or closed by _deliver
                         if self.health.down:
                             return
                         continue
-                if not await self._deliver(conn, job):
-                    conn = None  # lost or closed by _deliver
-                    if self.health.down:
-                        return
-                    continue
-                sent += 1
+                    sent += 1
+                except Exception as err:  # our own bug: the job goes back to the queue, the worker goes on
+                    log.exception("%s: delivery to %s failed", job.message.id, self.name)
+                    if not job.settled:
+                        self._crashed(job, self._raised(err), attempted=False)
+                    if conn is not None:
+                        await self._close(conn)
+                        conn = None
+                finally:
+                    del self.inflight[id(job)]
         finally:
             self.workers -= 1
             if conn is not None:
-                await conn.close()
+                await self._close(conn)
+
+    async def _close(self, conn: Connection) -> None:
+        """Close a connection; whatever the transport raises doing so changes no outcome."""
+        try:
+            await conn.close()
+        except Exception as err:
+            log.warning("%s: transport %s raised closing a connection: %s: %s", self.name, self.transport.name,
+                        type(err).__name__, err)
+
+    def _raised(self, err: Exception) -> Reply:
+        return Reply(451, "4.3.0", f"transport {self.transport.name} raised {type(err).__name__}: {err}")
+
+    def _crashed(self, job: Job, reply: Reply, *, attempted: bool = True, wait: bool = False) -> None:
+        """The transport raised on this job: its recipients wait again, and the attempt counts
+        towards the message's `crash_limit` (poison isolation)."""
+        self.failure = reply
+        self._settle_job(job, [dataclasses.replace(self._deferral(job.message, r, reply, attempted=attempted,
+                                                                  wait=wait), crashed=True)
+                               for r in job.recipients])
+
+    def _settle_job(self, job: Job, settlements: list[Settlement]) -> None:
+        job.settled = True
+        self.settle(settlements)
 
     async def _next_job(self) -> Job | None:
         deadline = self.clock() + self.limits.idle_time
@@ -185,18 +224,26 @@ class Destination:
 
     async def _connect(self, job: Job) -> Connection | None:
         """A new connection; None when it failed (the job is settled: failed on a permanent
-        answer such as a null MX, else deferred while the destination is marked down)."""
+        answer such as a null MX, else deferred while the destination is marked down). A
+        transport that raises anything else is treated the same way, as a crash."""
         try:
             conn = await self.transport.connect(self.nexthop)
         except DestinationUnavailable as err:
             if err.reply.permanent:
-                self.settle([Settlement(job.message.id, r.index, r.address, Status.FAILED, err.reply, dsn=r.dsn)
-                             for r in job.recipients])
+                self._settle_job(job, [Settlement(job.message.id, r.index, r.address, Status.FAILED, err.reply,
+                                                  dsn=r.dsn) for r in job.recipients])
                 return None
-            self.settle([self._deferral(job.message, r, err.reply, attempted=True, wait=True)
-                         for r in job.recipients])
+            self._settle_job(job, [self._deferral(job.message, r, err.reply, attempted=True, wait=True)
+                                   for r in job.recipients])
             self.mark_down(err.reply)
             return None
+        except Exception as err:
+            log.exception("%s: transport %s raised connecting", self.name, self.transport.name)
+            reply = self._raised(err)
+            self._crashed(job, reply, wait=True)
+            self.mark_down(reply)
+            return None
+        self.failure = None
         if self.health.connection_ok():
             # A connection that began before another worker marked the destination down: the
             # probe loop sees it up and ends, so the backlog is released from here.
@@ -210,23 +257,21 @@ class Destination:
             replies = await conn.send(message, recipients)
         except DestinationUnavailable as err:
             # The outcome is unknown (the connection died mid-transaction): retry later.
-            self.settle([self._deferral(message, r, err.reply, attempted=True, remote=conn.remote)
-                         for r in recipients])
+            self._settle_job(job, [self._deferral(message, r, err.reply, attempted=True, remote=conn.remote)
+                                   for r in recipients])
             self.mark_down(err.reply)
             return False
         except Exception as err:  # the transport's own bug: retry, and hold the message if it keeps crashing
-            log.exception("%s: transport %s crashed", message.id, self.transport.name)
-            reply = Reply(451, "4.3.0", f"transport {self.transport.name} crashed: {type(err).__name__}: {err}")
-            self.settle([dataclasses.replace(self._deferral(message, r, reply, attempted=True), crashed=True)
-                         for r in recipients])
-            with contextlib.suppress(Exception):
-                await conn.close()
+            log.exception("%s: transport %s raised", message.id, self.transport.name)
+            self._crashed(job, self._raised(err))
+            await self._close(conn)
             return False
         now = self.clock()
         handoff = getattr(conn, "handoff", Handoff.FINAL)  # optional for a transport: final by default
         settlements = [self._outcome(message, r, reply, now, conn.remote, handoff)
                        for r, reply in zip(recipients, replies, strict=True)]
-        self.settle(settlements)
+        self._settle_job(job, settlements)
+        self.failure = None
         for s in settlements:
             _log_outcome(message, s, now)
         self.delivered += 1
@@ -287,17 +332,27 @@ class Destination:
             self._probe_wakeup.clear()
             try:
                 conn = await self.transport.connect(self.nexthop)
-            except DestinationUnavailable as err:
-                self.health.connection_failed(self.clock(), err.reply)
-                self._announce(True, reply=err.reply.line())  # found down after a restart or flush
+            except Exception as err:
+                reply = err.reply if isinstance(err, DestinationUnavailable) else self._raised(err)
+                self.health.connection_failed(self.clock(), reply)
+                self._announce(True, reply=reply.line())  # found down after a restart or flush
                 continue
-            await conn.close()
+            await self._close(conn)
+            self.failure = None
             self.health.connection_ok()
             log.info("%s: probe succeeded; releasing the backlog", self.name)
             await self._back_up()
 
     async def _back_up(self) -> None:
-        released = await self.on_up(self)
+        delay = 0.5
+        while True:
+            try:
+                released = await self.on_up(self)
+                break
+            except Exception:  # the store failed (a full disk): the backlog stays waiting; try again
+                log.exception("%s: could not release the waiting recipients; retrying in %.1f s", self.name, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
         if not self.health.down:
             self._announce(False, released=released)
 

@@ -15,6 +15,9 @@ the store. The link carries only hints and questions, as JSON lines over a socke
                          {"op": "cancel", "ids": [...]}         held, requeued or deleted: drop queued
                                                                 jobs, give their recipients back
                          {"op": "probe"}                        flush: probe down destinations now
+                         {"op": "abort", "ids": [...], "req": N} -> {"in_flight": {id: [[idx, addr]]}}:
+                                                                delete/hold first stops their jobs
+                                                                (until the `cancel` that follows)
                          {"op": "events", "on": true|false}     someone listens: forward events
                          {"op": "status", "req": N}             -> {"reply": N, "body": {...}}
                          {"op": "sync", "req": N}               -> {"reply": N, "body": {}}: every
@@ -154,6 +157,11 @@ class RemoteDelivery:
 
     def probe(self) -> None:
         self.link.send({"op": "probe"})
+
+    async def abort(self, ids: Sequence[str]) -> dict[str, list[tuple[int, str]]]:
+        """Scheduler.abort in the delivery process: what of these messages is in flight there."""
+        body = await self.link.request({"op": "abort", "ids": list(ids)})
+        return {m: [(int(i), str(a)) for i, a in v] for m, v in body.get("in_flight", {}).items()}
 
     def want_events(self, on: bool) -> None:
         self.link.send({"op": "events", "on": on})

@@ -32,10 +32,10 @@ from msgspool.domain.recipient import Status
 from msgspool.domain.retry import RetryPolicy
 from msgspool.domain.routing import Router, TransportRoute
 from msgspool.domain.webhooks import WEBHOOK_TRANSPORT, from_webhook
-from msgspool.errors import ConfigError, NotFound, SpoolError
+from msgspool.errors import ConfigError, NotFound, SpoolError, UnableToAbort
 from msgspool.ports import Store, Transport
 from msgspool.spooler import control
-from msgspool.spooler.background import stop_task
+from msgspool.spooler.background import start_supervised, stop_task
 from msgspool.spooler.delays import DelayTimer
 from msgspool.spooler.destinations import DestinationLimits
 from msgspool.spooler.events import EventBus, Subscription
@@ -56,6 +56,10 @@ LOCK_ROLES = {LOCK_NAME: "delivering from", SERVE_LOCK_NAME: "serving"}
 SENT_RETENTION = 7 * 86400.0
 EVENT_RETENTION = 86400.0
 HOUSEKEEPING_INTERVAL = 300.0
+
+
+def _addresses(in_flight: dict[str, list[tuple[int, str]]]) -> dict[str, list[str]]:
+    return {message_id: [address for _, address in recipients] for message_id, recipients in in_flight.items()}
 
 
 def load_transports(settings: Settings) -> dict[str, Transport]:
@@ -166,6 +170,7 @@ class Spooler:
         self.delivery_process = False
         self.started_at: float | None = None
         self._housekeeping: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
         self._lock: IO[str] | None = None
 
     async def start(self, *, deliver: bool = True, route: bool | None = None, lock_timeout: float = 0.0) -> None:
@@ -191,7 +196,10 @@ class Spooler:
                 await self.webhooks.start()
             if self.delay_timer is not None:
                 self.delay_timer.start()
-            self._housekeeping = asyncio.create_task(self._housekeeping_loop())
+            self._housekeeping = start_supervised("housekeeping", self._housekeeping_loop)
+            if self.settings.watchdog_interval > 0:
+                interval = self.settings.watchdog_interval
+                self._watchdog = start_supervised("watchdog", lambda: self.scheduler.watchdog_loop(interval))
 
     def _build_hooks(self) -> None:
         outbound, inbound = load_hooks(self.settings)
@@ -206,6 +214,7 @@ class Spooler:
         if self.webhooks is not None:
             await self.webhooks.stop()
         await stop_task(self._housekeeping)
+        await stop_task(self._watchdog)
         if self.delivering:
             if self.delay_timer is not None:
                 await self.delay_timer.stop()
@@ -399,9 +408,20 @@ class Spooler:
         return count
 
     async def hold(self, ids: Sequence[str]) -> list[str]:
+        """Hold messages. Recipients a transport has in a transaction go on (their outcome is
+        recorded; a deferral stays held): then UnableToAbort says which, after holding the rest."""
         await self._require(ids)
-        found = await self.store.hold(ids, time.time())
-        await self._cancel(found)
+        in_flight = await self._abort(ids)
+        try:
+            found = await self.store.hold(ids, time.time())
+        finally:
+            await self._cancel(ids)
+        if in_flight:
+            held = {}
+            for message_id in in_flight:
+                info = await self.store.get(message_id)
+                held[message_id] = [r["address"] for r in (info.recipients if info else []) if r["status"] == "held"]
+            raise UnableToAbort("hold", [i for i in found if i not in in_flight], _addresses(in_flight), held)
         return found
 
     async def release(self, ids: Sequence[str]) -> list[str]:
@@ -424,14 +444,38 @@ class Spooler:
 
     async def delete(self, ids: Sequence[str], *, mdn: bool | None = None) -> list[str]:
         """Delete messages. One filed into a mailbox that is deleted unread and asked for a read
-        receipt is answered with a `deleted` MDN (MAPI's nonread report); `mdn` as in `mark_read`."""
+        receipt is answered with a `deleted` MDN (MAPI's nonread report); `mdn` as in `mark_read`.
+
+        MAPI AbortSubmit: a message a transport has in a transaction cannot be taken back. Its
+        other recipients are cancelled, the ones in flight go on, and UnableToAbort says which
+        (after deleting every other message asked for)."""
         await self._require(ids)
-        answered = await self.receipts.delete(ids, mdn)
-        rest = [i for i in ids if i not in answered]
-        deleted = set(answered) | set(await self.store.delete(rest) if rest else [])
+        in_flight = await self._abort(ids)
+        try:
+            whole = [i for i in ids if i not in in_flight]
+            answered = await self.receipts.delete(whole, mdn)
+            rest = [i for i in whole if i not in answered]
+            deleted = set(answered) | set(await self.store.delete(rest) if rest else [])
+            cancelled = await self.store.cancel_recipients(
+                {m: [index for index, _ in v] for m, v in in_flight.items()}, time.time()) if in_flight else {}
+        finally:
+            await self._cancel(ids)
         found = [i for i in ids if i in deleted]
-        await self._cancel(found)
+        if in_flight:
+            raise UnableToAbort("abort", found, _addresses(in_flight), cancelled)
         return found
+
+    async def _abort(self, ids: Sequence[str]) -> dict[str, list[tuple[int, str]]]:
+        """Stop transactions of these messages from starting (until `_cancel`), here or in the
+        delivery process; per message, the recipients (index, address) in a transaction now."""
+        if self.delivering:
+            return self.scheduler.abort(ids)
+        if self.remote is not None:
+            try:
+                return await self.remote.abort(ids)
+            except (ConnectionError, TimeoutError):  # it died: nothing of it is in flight any more
+                return {}
+        return {}
 
     # -- mailbox messages (MAPI IMessage::SetReadFlag) ---------------------------------------
 
@@ -458,13 +502,20 @@ class Spooler:
             "name": "spooler", "kind": "spooler", "status": "online" if self.delivering else "offline",
             "pid": os.getpid(), "started_at": self.started_at, "active": self.scheduler.active,
             "commits": self.store.commit_stats[0], "committed_writes": self.store.commit_stats[1],
-            "event_subscribers": self.bus.listeners}]
+            "event_subscribers": self.bus.listeners, "stuck_returned": self.scheduler.stuck_returned,
+            "alarm": (f"watchdog gave back {self.scheduler.stuck_returned} stuck recipients"
+                      if self.scheduler.stuck_returned else None)}]
         for transport in self.transports.values():
             dests = [d for d in self.scheduler.destinations.values() if d.transport is transport]
-            down = [d for d in dests if d.health.down]
+            failing = [d for d in dests if d.health.down or d.failure is not None]
+            reason = None
+            if failing:  # MAPI's status row in FAILURE: say why (the transport's error first)
+                worst = next((d for d in failing if d.failure is not None), failing[0])
+                last = worst.failure or worst.health.last_reply
+                reason = f"{worst.nexthop}: {last.line()}" if last else f"{worst.nexthop}: down"
             rows.append({
                 "name": transport.name, "kind": "transport", "addrtypes": sorted(transport.addrtypes),
-                "status": "failure" if down else "online",
+                "status": "failure" if failing else "online", "reason": reason,
                 "destinations": [{
                     "name": d.nexthop, "status": "down" if d.health.down else "up", "connections": d.workers,
                     "queued": len(d.jobs), "delivered": d.delivered,
@@ -486,7 +537,8 @@ class Spooler:
         # The delivery process's event_subscribers is its forwarder to this process: 1 while
         # someone listens here, else 0.
         table["spooler"].update(status=remote["spooler"]["status"], active=remote["spooler"]["active"],
-                                delivery={k: remote["spooler"].get(k) for k in
+                                stuck_returned=remote["spooler"].get("stuck_returned", 0),
+                                alarm=remote["spooler"].get("alarm"), delivery={k: remote["spooler"].get(k) for k in
                                           ("pid", "commits", "committed_writes", "event_subscribers")})
         table["transports"] = remote["transports"]
         return table

@@ -15,22 +15,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import math
 import os
 import secrets
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from typing import Any
 
 from msgspool.domain.events import Event, EventType
 from msgspool.domain.health import ProbePolicy
 from msgspool.domain.message import Message, Recipient, Settlement
-from msgspool.domain.outcome import EXPIRED
+from msgspool.domain.outcome import EXPIRED, Reply
 from msgspool.domain.recipient import Status
 from msgspool.domain.retry import RetryPolicy
 from msgspool.domain.routing import LOCAL
 from msgspool.ports import Store, Transport
+from msgspool.spooler.background import start_supervised
 from msgspool.spooler.destinations import Destination, DestinationLimits
 from msgspool.spooler.hooks import Preprocessor, draft_of
 from msgspool.spooler.intake import Intake
@@ -39,6 +41,8 @@ from msgspool.spooler.local import LocalDelivery
 log = logging.getLogger("msgspool.scheduler")
 CLAIM_BATCH = 1000
 IDLE_RECHECK = 30.0  # seconds between store checks when nothing is known to be due
+REFILL_RETRY = 1.0  # seconds before the refill loop reads the store again after it failed
+SETTLE_RETRY_MAX = 5.0  # seconds: the longest pause between tries to record outcomes
 
 
 class Scheduler:
@@ -59,7 +63,13 @@ class Scheduler:
         self._wakeup = asyncio.Event()
         self._pending: list[Settlement] = []
         self._flush_scheduled = False
-        self._settling: set[asyncio.Task[None]] = set()
+        self._settling: dict[asyncio.Task[None], list[Settlement]] = {}
+        self._busy: dict[str, int] = {}  # messages in the hooks or in local delivery: for the watchdog
+        self._suspects: set[tuple[str, int, str | None]] = set()
+        self._aborting: set[str] = set()  # messages being deleted or held: no transaction may start
+        self._aborted: list[tuple[str, int]] = []  # their recipients taken out of the queues meanwhile
+        self.stuck_returned = 0  # recipients the watchdog gave back (an alarm in `status`)
+        self.last_stuck_at: float | None = None
         self._hook_work: set[asyncio.Task[None]] = set()
         self._refill: asyncio.Task[None] | None = None
         self._running = False
@@ -76,7 +86,7 @@ class Scheduler:
         for transport, nexthop in await self.store.waiting_destinations():
             if transport in self.transports:
                 self.destination(transport, nexthop).probe_now()
-        self._refill = asyncio.create_task(self._refill_loop(), name="msgspool-refill")
+        self._refill = start_supervised("refill", self._refill_loop)
 
     async def stop(self) -> None:
         self._running = False
@@ -117,6 +127,9 @@ class Scheduler:
         """Route the message's active recipients (again: with this process's configuration, which
         may differ from the submitter's) and hand them to their destinations. A message the
         outbound hooks have not seen goes through them first."""
+        if message.id in self._aborting:  # being deleted or held: set aside until `cancel` gives them back
+            self._aborted += [(message.id, r.index) for r in message.recipients if r.status is Status.ACTIVE]
+            return
         if self.preprocessor is not None and not message.preprocessed:
             self._track(self._preprocess(self.preprocessor, message, fresh))
             return
@@ -156,23 +169,44 @@ class Scheduler:
         task.add_done_callback(self._hook_work.discard)
 
     async def _deliver_local(self, local: LocalDelivery, message: Message, recipients: list[Recipient]) -> None:
+        with self._working_on(message.id):
+            try:
+                settlements = await local.deliver(message, recipients)
+            except Exception as err:  # a bug of ours, not a hook's (those are contained)
+                log.exception("%s: local delivery failed", message.id)
+                settlements = self._crashed(message, recipients, f"local delivery raised {type(err).__name__}: {err}")
+            self.settle(settlements)
+
+    @contextlib.contextmanager
+    def _working_on(self, message_id: str) -> Iterator[None]:
+        """The message's active recipients are in hand here (hooks, local delivery): not stuck."""
+        self._busy[message_id] = self._busy.get(message_id, 0) + 1
         try:
-            settlements = await local.deliver(message, recipients)
-        except Exception:  # a bug of ours, not a hook's (those are contained): retried after recovery
-            log.exception("%s: local delivery failed", message.id)
-            self.active -= len(recipients)
-            return
-        self.settle(settlements)
+            yield
+        finally:
+            if (left := self._busy.pop(message_id) - 1) > 0:
+                self._busy[message_id] = left
+
+    def _crashed(self, message: Message, recipients: Sequence[Recipient], why: str) -> list[Settlement]:
+        """Outcomes for recipients whose handling raised: deferred with backoff, with the error as
+        their last reply, counted towards the message's `crash_limit` (then it is held)."""
+        reply, now = Reply(451, "4.3.0", why), self.clock()
+        return [Settlement(message.id, r.index, r.address, Status.DEFERRED, reply, attempted=False,
+                           next_attempt_at=self.retry.next_attempt(now, r.attempts + 1), dsn=r.dsn, crashed=True)
+                for r in recipients]
 
     async def _preprocess(self, preprocessor: Preprocessor, message: Message, fresh: bool) -> None:
         """Outbound hooks, their answer recorded, then delivery of what they made of the message."""
-        before = sum(1 for r in message.recipients if r.status is Status.ACTIVE)
+        active = [r for r in message.recipients if r.status is Status.ACTIVE]
+        before = len(active)
         try:
-            result = await preprocessor.run(draft_of(message))
-            messages, events = await self.store.preprocessed(message, result, self.clock())
-        except Exception:  # the store failed: the recipients stay active until recovery retries them
+            with self._working_on(message.id):
+                result = await preprocessor.run(draft_of(message))
+                messages, events = await self.store.preprocessed(message, result, self.clock())
+        except Exception as err:  # the store failed: the recipients wait and the hooks run again later
             log.exception("%s: could not record the outbound hooks' answer", message.id)
-            self.active -= before
+            self.settle(self._crashed(message, active, f"recording the outbound hooks' answer failed: "
+                                                       f"{type(err).__name__}: {err}"))
             return
         self.active += sum(len(m.recipients) for m in messages) - before
         self.publish(events)
@@ -181,19 +215,52 @@ class Scheduler:
         for m in messages:
             self.dispatch(m, fresh=fresh)
 
+    def abort(self, message_ids: Sequence[str]) -> dict[str, list[tuple[int, str]]]:
+        """MAPI AbortSubmit, first step (before `delete` or `hold` change the store): no
+        transaction of these messages starts from now on — their queued jobs are taken out, and
+        one claimed meanwhile is set aside — until `cancel`. Returns, per message, the recipients
+        (index, address) a transport has in a transaction now: those go on, and are reported."""
+        ids = set(message_ids)
+        self._aborting |= ids
+        self._aborted += [(job.message.id, r.index) for dest in self.destinations.values()
+                          for job in dest.cancel(ids) for r in job.recipients]
+        in_flight: dict[str, list[tuple[int, str]]] = {}
+        for dest in self.destinations.values():
+            for job in dest.inflight.values():
+                if job.message.id in ids and not job.settled:
+                    in_flight.setdefault(job.message.id, []).extend((r.index, r.address) for r in job.recipients)
+        return in_flight
+
     async def cancel(self, message_ids: Sequence[str]) -> None:
         """Forget queued work of held, requeued or deleted messages (the store changed their state
         first) and give its recipients back to the store: claimed, they are `active` there, and
         nothing here would settle them any more. A hold keeps them held, a requeue makes them due."""
         ids = set(message_ids)
+        self._aborting -= ids
         dropped = [(job.message.id, r.index) for dest in self.destinations.values() for job in dest.cancel(ids)
                    for r in job.recipients]
+        dropped += [pair for pair in self._aborted if pair[0] in ids]
+        self._aborted = [pair for pair in self._aborted if pair[0] not in ids]
+        if dropped:
+            await self._give_back(dropped)
+        self._wakeup.set()
+
+    async def _give_back(self, dropped: list[tuple[str, int]]) -> None:
+        """Unclaim recipients dropped from memory; a failing store is tried again while this run lasts."""
+        delay = 0.1
+        while True:
+            try:
+                events = await self.store.unclaim(dropped, self.clock())
+                break
+            except Exception:
+                if not self._running:  # recovery gives them back at the next start
+                    log.exception("could not give back %d recipients dropped from the queue", len(dropped))
+                    events = []
+                    break
+                log.exception("could not give back %d recipients; trying again in %.1f s", len(dropped), delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, SETTLE_RETRY_MAX)
         self.active -= len(dropped)
-        try:
-            events = await self.store.unclaim(dropped, self.clock()) if dropped else []
-        except Exception:  # they stay active until recovery retries them
-            log.exception("could not give back %d recipients dropped from the queue", len(dropped))
-            events = []
         self.publish(events)
         self._wakeup.set()
 
@@ -220,22 +287,40 @@ class Scheduler:
         batch, self._pending = self._pending, []
         if not batch:
             return
+        self._write(batch)
+
+    def _write(self, batch: list[Settlement]) -> None:
         task = asyncio.ensure_future(self._write_settlements(batch))
-        self._settling.add(task)
-        task.add_done_callback(self._settling.discard)
+        self._settling[task] = batch
+        task.add_done_callback(lambda t: self._settling.pop(t, None))
 
     async def _write_settlements(self, batch: list[Settlement]) -> None:
-        now = self.clock()  # one time for the store and the checks below: a warn_at between two would be missed
-        try:
-            events = await self.store.settle(batch, now)
-        except Exception:
-            log.exception("could not record %d outcomes; they will be retried after restart", len(batch))
-            return
-        finally:
-            self.active -= len(batch)
-            if self._starved:  # the window was full when due work may have been waiting
-                self._starved = False
-                self._wakeup.set()
+        """Record a batch of outcomes. A store that fails (a full disk) is tried again, with a
+        growing pause, for as long as this run lasts: the outcomes wait in memory, their
+        recipients stay active in the store (recovery would retry them after a crash). A batch
+        that keeps failing is split, so one bad outcome cannot hold up the others."""
+        delay = 0.1
+        for failures in itertools.count():
+            now = self.clock()  # one time for the store and the checks below: a warn_at between two would be missed
+            try:
+                events = await self.store.settle(batch, now)
+                break
+            except Exception:
+                if not self._running:
+                    log.exception("could not record %d outcomes; recovery retries them at the next start", len(batch))
+                    self.active -= len(batch)
+                    return
+                log.exception("could not record %d outcomes; trying again in %.1f s", len(batch), delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, SETTLE_RETRY_MAX)
+                if failures >= 2 and len(batch) > 1:
+                    for s in batch:
+                        self._write([s])
+                    return
+        self.active -= len(batch)
+        if self._starved:  # the window was full when due work may have been waiting
+            self._starved = False
+            self._wakeup.set()
         self.publish(events)
         self._wake_for_retries(batch)
         if any(s.spawn for s in batch):
@@ -274,18 +359,59 @@ class Scheduler:
             return
         self.publish(events)
 
+    # -- watchdog (issue 10.4) ---------------------------------------------------------------
+
+    async def watchdog_loop(self, interval: float) -> None:
+        while self._running:
+            await asyncio.sleep(interval)
+            await self.watch()
+
+    async def watch(self) -> int:
+        """One pass of the watchdog: recipients `active` in the store that this run does not hold
+        (not queued for a destination, not in a transaction, not in the hooks, their outcome not
+        being written) — owned by a run that is gone, or lost by a bug of ours — and that were
+        already unaccounted for at the previous pass, are given back: due now. A hand-over in
+        transit is never taken: it is held within milliseconds, long before the next pass.
+        Returns how many it gave back; each is an alarm in the log and the status table."""
+        rows = await self.store.active_recipients()
+        held = self._held()
+        unknown = {row for row in rows if row[2] != self.store.owner or ((row[0], row[1]) not in held
+                   and row[0] not in self._busy)}
+        stuck, self._suspects = unknown & self._suspects, unknown - self._suspects
+        if not stuck:
+            return 0
+        events = await self.store.return_stuck(sorted(stuck, key=lambda row: (row[0], row[1])), self.clock())
+        returned = len(stuck)
+        self.stuck_returned += returned
+        self.last_stuck_at = self.clock()
+        log.warning("watchdog: %d recipients were active with no delivery holding them; they are due again",
+                    returned)
+        self.publish(events)
+        self._wakeup.set()
+        return returned
+
+    def _held(self) -> set[tuple[str, int]]:
+        """(message id, index) of every recipient this run has in hand."""
+        held = {(job.message.id, r.index) for dest in self.destinations.values()
+                for job in (*dest.jobs, *dest.inflight.values()) for r in job.recipients}
+        held.update(self._aborted)
+        held.update((s.message_id, s.index) for s in self._pending)
+        held.update((s.message_id, s.index) for batch in self._settling.values() for s in batch)
+        return held
+
     # -- refill -----------------------------------------------------------------------------
 
     async def _refill_loop(self) -> None:
         while self._running:
             try:
-                full = await self._refill_once()
-            except Exception:
-                log.exception("refill failed")
-                full = False
-            if full:
-                continue
-            await self._sleep_until_due()
+                if await self._refill_once():
+                    continue
+                await self._sleep_until_due()
+            except Exception:  # the store failed (a full disk): look again soon
+                log.exception("refill failed; trying again in %.1f s", REFILL_RETRY)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), REFILL_RETRY)
+                self._wakeup.clear()
 
     async def _refill_once(self) -> bool:
         """Claim what is due; True when more may be waiting right now."""

@@ -36,7 +36,7 @@ from msgspool.domain.webhooks import (
 )
 from msgspool.errors import SubmitError
 from msgspool.ports import Store
-from msgspool.spooler.background import stop_task
+from msgspool.spooler.background import start_supervised, stop_task
 from msgspool.spooler.intake import Intake, Submission
 
 log = logging.getLogger("msgspool.webhooks")
@@ -59,7 +59,7 @@ class WebhookDispatcher:
     async def start(self) -> None:
         self.cursor = await self.store.webhook_cursor()
         self._wakeup.set()  # events written while no dispatcher ran
-        self._task = asyncio.create_task(self._loop(), name="msgspool-webhooks")
+        self._task = start_supervised("webhook-dispatcher", self._loop)
 
     async def stop(self) -> None:
         await stop_task(self._task)

@@ -450,6 +450,28 @@ def op_unclaim(conn: sqlite3.Connection, recipients: Sequence[tuple[str, int]], 
     return events
 
 
+def active_recipients(conn: sqlite3.Connection) -> list[tuple[str, int, str | None]]:
+    return [(m, i, o) for m, i, o in
+            conn.execute("SELECT message_id, idx, owner FROM recipients WHERE status = 'active'")]
+
+
+def op_return_stuck(conn: sqlite3.Connection, rows: Sequence[tuple[str, int, str | None]], now: float) -> list[Event]:
+    """The watchdog's give-back: like op_unclaim, for rows still active and still owned as seen."""
+    events = []
+    for message_id, index, owner in rows:
+        row = conn.execute(
+            "UPDATE recipients SET status = CASE WHEN (SELECT held FROM messages m WHERE m.id = recipients.message_id)"
+            " THEN 'held' ELSE 'queued' END, next_attempt_at = ?, wait_destination = 0, owner = NULL"
+            " WHERE message_id = ? AND idx = ? AND status = 'active' AND owner IS ? RETURNING status, address",
+            (now, message_id, index, owner)).fetchone()
+        if row is not None:
+            if row[0] == Status.HELD:
+                events.append(_insert_event(conn, Event(EventType.HELD, message_id, now, recipient=row[1])))
+            _insert_history(conn, message_id, now, "watchdog",
+                            [HookRecord("", "returned", f"<{row[1]}> was active with no delivery holding it")])
+    return events
+
+
 def op_release_destination(conn: sqlite3.Connection, transport: str, nexthop: str, now: float,
                            chunk: int = CHUNK) -> int:
     """A destination answered again: its waiting backlog becomes due now (chunked so that intake
@@ -537,6 +559,22 @@ def op_delete(conn: sqlite3.Connection, ids: Sequence[str]) -> list[str]:
     found = _existing(conn, ids)
     _delete_messages(conn, found)
     return found
+
+
+def op_cancel_recipients(conn: sqlite3.Connection, keep: dict[str, list[int]], now: float) -> dict[str, list[str]]:
+    """`queue delete` of messages a transport has in flight: their other waiting recipients are
+    cancelled (removed, with a line in the history); the ones in `keep` go on."""
+    cancelled: dict[str, list[str]] = {}
+    for message_id, indexes in keep.items():
+        marks = ",".join("?" * len(indexes))
+        rows = conn.execute(f"DELETE FROM recipients WHERE message_id = ? AND status IN {_PENDING_SQL}"
+                            f" AND idx NOT IN ({marks}) RETURNING address", (message_id, *indexes)).fetchall()
+        cancelled[message_id] = [address for (address,) in rows]
+        if rows:
+            _insert_history(conn, message_id, now, "operator",
+                            [HookRecord("", "cancelled", f"<{address}> by queue delete; others were in flight")
+                             for (address,) in rows])
+    return cancelled
 
 
 def op_set_read(conn: sqlite3.Connection, ids: Sequence[str], read: bool, now: float) -> list[Event]:
@@ -1058,6 +1096,15 @@ class SQLiteStore:
                       owner: str | None = None) -> list[Event]:
         owner = owner if owner is not None else self.owner
         return await self._write(lambda c: op_unclaim(c, recipients, now, owner), durable=False)
+
+    async def cancel_recipients(self, keep: dict[str, list[int]], now: float) -> dict[str, list[str]]:
+        return await self._write(lambda c: op_cancel_recipients(c, keep, now))
+
+    async def active_recipients(self) -> list[tuple[str, int, str | None]]:
+        return await self.read(active_recipients)
+
+    async def return_stuck(self, rows: Sequence[tuple[str, int, str | None]], now: float) -> list[Event]:
+        return await self._write(lambda c: op_return_stuck(c, rows, now), durable=False)
 
     async def release_destination(self, transport: str, nexthop: str, now: float) -> int:
         return await self._chunked(lambda c: op_release_destination(c, transport, nexthop, now), durable=False)

@@ -137,7 +137,9 @@ def _last_event_id(request: web.Request) -> int | None:
     """The id to resume after. One that is not a whole number is ignored, as the SSE spec lets a
     server do (WHATWG HTML, server-sent events: the header is a hint): the stream starts live."""
     last = request.headers.get("Last-Event-ID") or request.query.get("last_event_id") or ""
-    return int(last) if last.isascii() and last.isdigit() else None
+    if not (last.isascii() and last.isdigit() and len(last) <= 18):  # 18 digits: an SQLite INTEGER
+        return None
+    return int(last)
 
 
 async def _replay(request: web.Request, response: web.StreamResponse, flt: EventFilter, last: int | None) -> int:

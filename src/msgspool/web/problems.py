@@ -21,7 +21,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
-from msgspool.errors import NotFound, SubmitError
+from msgspool.errors import NotFound, SubmitError, UnableToAbort
 
 log = logging.getLogger("msgspool.web")
 PROBLEM_JSON = "application/problem+json"
@@ -48,10 +48,11 @@ def phrase(status: int) -> str:
 
 
 def problem(status: int, title: str, detail: str = "", *, field: str | None = None,
-            headers: Mapping[str, str] | None = None) -> web.Response:
+            headers: Mapping[str, str] | None = None, extra: Mapping[str, Any] | None = None) -> web.Response:
     body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status, "detail": detail}
     if field is not None:
         body["field"] = field
+    body.update(extra or {})
     return web.Response(status=status, text=json.dumps(body), content_type=PROBLEM_JSON, headers=headers)
 
 
@@ -70,6 +71,8 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
         return _from_http_error(request, err)
     except NotFound as err:
         return problem(404, "Not Found", f"no message {err}")
+    except UnableToAbort as err:  # MAPI_E_UNABLE_TO_ABORT: what was done and what goes on
+        return problem(409, "Conflict", str(err), extra=err.detail())
     except SubmitError as err:
         return _refused(err)
     except (asyncio.CancelledError, ConnectionResetError):

@@ -8,6 +8,7 @@ three, an attempt cap below 0) is a 422. Either names the member at fault, in th
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from aiohttp import web
@@ -18,6 +19,7 @@ from msgspool.spooler.intake import MAX_ATTEMPTS_CAP, Submission
 from msgspool.web.problems import Problem
 
 PRIORITIES = {"urgent": URGENT, "normal": NORMAL, "non-urgent": NON_URGENT}
+_ADDRTYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
 SHAPE = "expected a JSON object {sender, recipients, content}"
 
 
@@ -56,8 +58,15 @@ def submission(body: Any, origin: str = "http") -> Submission:
         raise malformed("content", "content must be a string: the RFC 5322 message"
                         if "content" in body else f"content is missing: {SHAPE}")
     assert recipients is not None
-    return Submission(sender=sender, recipients=recipients, content=content.encode("utf-8"), origin=origin,
-                      addrtypes=_strings(body, "addrtypes"), **scheduling(body))
+    try:
+        data = content.encode("utf-8")
+    except UnicodeEncodeError as err:  # a lone surrogate escape (\ud800) in the JSON string
+        raise malformed("content", f"content is not valid Unicode at character {err.start}") from err
+    addrtypes = _strings(body, "addrtypes")
+    if addrtypes is not None and not all(_ADDRTYPE.fullmatch(a) for a in addrtypes):
+        raise malformed("addrtypes", "addrtypes must be address type names such as \"SMTP\" (letters, digits, - _ .)")
+    return Submission(sender=sender, recipients=recipients, content=data, origin=origin, addrtypes=addrtypes,
+                      **scheduling(body))
 
 
 def _strings(body: dict[str, Any], name: str, *, required: bool = False) -> list[str] | None:
