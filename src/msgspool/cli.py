@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(serve)
     serve.add_argument("--smtp", metavar="HOST:PORT", help="SMTP listener (default 127.0.0.1:2525)")
     serve.add_argument("--http", metavar="HOST:PORT", help="HTTP API (default 127.0.0.1:8025)")
-    serve.add_argument("--relay", metavar="HOST:PORT", help="smarthost for all non-local mail")
+    serve.add_argument("--relay", metavar="HOST:PORT",
+                       help="smarthost for all non-local mail (smtps://HOST:PORT: implicit TLS)")
     serve.add_argument("--local-domain", metavar="DOMAIN", action="append", dest="local_domains")
     serve.add_argument("-v", "--verbose", action="store_true", help="log every delivery")
 

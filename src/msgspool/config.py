@@ -59,7 +59,19 @@ class Settings:
     http_listen: str = _doc("127.0.0.1:8025", "HTTP API HOST:PORT; empty disables it.")
     http_hosts: list[str] = _doc(
         [], "Host names the HTTP API also answers to (Host and Origin headers), e.g. its DNS name behind a proxy.")
-    relay: str = _doc("", "Smarthost HOST:PORT for every non-local SMTP recipient; empty = MX lookup.")
+    relay: str = _doc(
+        "", "Smarthost HOST:PORT for every non-local SMTP recipient, smtps://HOST:PORT for implicit TLS (port 465);"
+        " empty = MX lookup.")
+    relay_user: str = _doc("", "Account at the relay for AUTH PLAIN/LOGIN (RFC 4954), sent only over TLS.")
+    relay_password_file: str = _doc("", "File holding relay_user's password (one line), read at start.")
+    smtp_tls_security_level: str = _doc(
+        "may", "Outbound TLS: none, may (opportunistic STARTTLS), encrypt (no mail in clear), verify (certificate"
+        " and host name checked too); as Postfix's.")
+    smtp_tls_ca_file: str = _doc("", "PEM CA certificates trusted at level verify instead of the system store.")
+    smtp_auth_without_tls: bool = _doc(
+        False, "Let the SMTP client send a relay password without TLS, at level none only (a loopback test relay).")
+    smtp_auth_soft_bounce: bool = _doc(
+        True, "A 5xx reply to outbound AUTH defers the mail (fix the password, it goes); false: it bounces.")
     local_domains: list[str] = _doc(["localhost"], "Domains whose mail is filed into local mailboxes.")
     mailboxes: list[str] = _doc([], "Local mailboxes that exist; empty = any address in a local domain.")
     postmaster: str = _doc("", "Where a report about mail from the null sender goes (double bounce); empty: dropped.")

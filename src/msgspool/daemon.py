@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 from msgspool.config import Settings
 from msgspool.errors import ConfigError, MsgspoolError
+from msgspool.smtpd.accept import Listener
 from msgspool.smtpd.limits import ConnectionCounter, RateCounter
 from msgspool.smtpd.policy import SpoolPolicy
 from msgspool.smtpd.protocol import ServerLimits, Sessions, start_server
@@ -76,7 +77,7 @@ class SMTPListeners:
     """The SMTP listeners of the daemon (plain with STARTTLS, implicit TLS), sharing one policy,
     one connection count and one TLS context."""
 
-    servers: list[asyncio.AbstractServer]
+    servers: list[Listener]
     tls: ServerTLS | None
     sessions: Sessions = dataclasses.field(default_factory=Sessions)
 

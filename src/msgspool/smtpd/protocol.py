@@ -60,6 +60,7 @@ from msgspool.domain import futurerelease
 from msgspool.domain.dsn import DSNSyntaxError, MessageDSN, RecipientDSN, parse_mail_params, parse_rcpt_params
 from msgspool.domain.futurerelease import FutureReleaseError
 from msgspool.domain.outcome import Reply
+from msgspool.smtpd.accept import Listener, listen
 from msgspool.smtpd.tls import describe
 
 log = logging.getLogger("msgspool.smtpd")
@@ -775,14 +776,13 @@ _COMMANDS: dict[str, Callable[[SMTPServerProtocol, str], None]] = {
 
 async def start_server(policy: Policy, host: str, port: int, limits: ServerLimits, *,
                        tls: ssl.SSLContext | None = None, implicit_tls: bool = False,
-                       sessions: Sessions | None = None) -> asyncio.AbstractServer:
+                       sessions: Sessions | None = None) -> Listener:
     """A listener; with `tls` it offers STARTTLS, or with `implicit_tls` every session starts with
-    the TLS handshake (RFC 8314 §3.3, port 465) and is greeted only once it is encrypted."""
-    loop = asyncio.get_running_loop()
+    the TLS handshake (RFC 8314 §3.3, port 465) and is greeted only once it is encrypted. When the
+    process is out of descriptors, new clients get ``421 4.7.0`` (accept.py)."""
+    refusal = Reply(421, "4.7.0", f"{limits.hostname} Error: too many connections; try again later").wire()
     if implicit_tls:
         assert tls is not None
-        return await loop.create_server(lambda: SMTPServerProtocol(policy, limits, tls, sessions), host, port,
-                                        reuse_address=True, backlog=1024, ssl=tls,
-                                        ssl_handshake_timeout=min(TLS_HANDSHAKE_TIMEOUT, limits.command_timeout))
-    return await loop.create_server(lambda: SMTPServerProtocol(policy, limits, tls, sessions), host, port,
-                                    reuse_address=True, backlog=1024)
+        return await listen(host, port, lambda: SMTPServerProtocol(policy, limits, tls, sessions), refusal=b"",
+                            tls=tls, handshake_timeout=min(TLS_HANDSHAKE_TIMEOUT, limits.command_timeout))
+    return await listen(host, port, lambda: SMTPServerProtocol(policy, limits, tls, sessions), refusal=refusal)

@@ -5,8 +5,15 @@ connections; without one the nexthop is the recipient's domain and `connect` loo
 hosts (RFC 5321 §5.1: MX by preference, equal preferences in random order; no MX -> the domain's
 own address; a null MX, RFC 7505, refuses mail permanently).
 
-Options (from a [[transports]] table): relay, helo_name, port (default 25), and the timeouts of
-config.py.
+Options (from a [[transports]] table): relay (``HOST:PORT``, or ``smtps://HOST:PORT`` for implicit
+TLS), helo_name, port (default 25), tls_security_level and tls_ca_file (default the settings'
+smtp_tls_security_level and smtp_tls_ca_file), user and password_file (smarthost AUTH; a transport
+that takes the settings' relay takes relay_user and relay_password_file with it), and the timeouts
+of config.py. The security policy itself is smtp_security.py's.
+
+A connection's `remote` names the TLS version it used and the account, e.g.
+``smtp.example.org[192.0.2.1]:587 tls=TLSv1.3 user=app``: the recipient's status (``queue show``),
+its history and the delivery's log line carry it.
 """
 
 from __future__ import annotations
@@ -19,8 +26,15 @@ from msgspool.domain.address import SMTP, domain_of
 from msgspool.domain.dsn import Handoff, RecipientDSN, mail_params, rcpt_params
 from msgspool.domain.message import Message, Recipient
 from msgspool.domain.outcome import Reply
-from msgspool.errors import DestinationUnavailable
+from msgspool.errors import ConfigError, DestinationUnavailable
 from msgspool.transports.smtp_client import ClientTimeouts, SMTPClient, SMTPConnectionError, ascii_envelope
+from msgspool.transports.smtp_security import (
+    Credentials,
+    SessionSecurity,
+    TLSLevel,
+    client_context,
+    split_scheme,
+)
 
 
 def split_hostport(value: str, default_port: int = 25) -> tuple[str, int]:
@@ -41,6 +55,10 @@ class SMTPConnection:
     def __init__(self, client: SMTPClient) -> None:
         self.client = client
         self.remote = client.remote
+        if client.tls is not None:
+            self.remote += f" tls={client.tls[0]}"
+        if client.user is not None:
+            self.remote += f" user={client.user}"
 
     @property
     def usable(self) -> bool:
@@ -83,8 +101,10 @@ class SMTPTransport:
 
     def __init__(self, name: str, settings: Any, options: dict[str, Any]) -> None:
         self.name = name
-        self.relay: str = options.get("relay", getattr(settings, "relay", "")) or ""
-        self.port = int(options.get("port", 25))
+        own_relay = "relay" in options
+        relay, implicit_tls = split_scheme(options.get("relay", getattr(settings, "relay", "")) or "")
+        self.relay = relay
+        self.port = int(options.get("port", 465 if implicit_tls else 25))
         self.domains: tuple[str, ...] = tuple(options.get("domains", ()))
         self.helo_name: str = options.get("helo_name") or settings.host_name
         self.timeouts = ClientTimeouts(
@@ -92,6 +112,9 @@ class SMTPTransport:
             helo=settings.smtp_greeting_timeout, mail=settings.smtp_mail_timeout,
             rcpt=settings.smtp_rcpt_timeout, data_init=settings.smtp_data_init_timeout,
             data_block=settings.smtp_data_block_timeout, data_done=settings.smtp_data_done_timeout)
+        self.security = _security(name, settings, options, implicit_tls, inherit_credentials=not own_relay)
+        if self.security.credentials is not None and not self.relay:
+            raise ConfigError(f"transport {name}: a user and password are for a relay, and it has none")
 
     def nexthop(self, address: str) -> str:
         return self.relay or domain_of(address)
@@ -101,7 +124,8 @@ class SMTPTransport:
         last: Reply | None = None
         for host, port in hosts:
             try:
-                client = await SMTPClient.connect(host, port, helo_name=self.helo_name, timeouts=self.timeouts)
+                client = await SMTPClient.connect(host, port, helo_name=self.helo_name, timeouts=self.timeouts,
+                                                  security=self.security)
             except SMTPConnectionError as err:
                 last = err.reply
                 continue
@@ -131,3 +155,22 @@ class SMTPTransport:
 
     async def close(self) -> None:
         return None
+
+
+def _security(name: str, settings: Any, options: dict[str, Any], implicit_tls: bool, *,
+              inherit_credentials: bool) -> SessionSecurity:
+    """The transport's TLS and AUTH policy from its options, falling back to the settings."""
+    source = f"transport {name}"
+    level = TLSLevel.parse(options.get("tls_security_level", getattr(settings, "smtp_tls_security_level", "may")),
+                           source)
+    ca_file = options.get("tls_ca_file", getattr(settings, "smtp_tls_ca_file", ""))
+    if inherit_credentials:
+        user = options.get("user", getattr(settings, "relay_user", ""))
+        password_file = options.get("password_file", getattr(settings, "relay_password_file", ""))
+    else:
+        user, password_file = options.get("user", ""), options.get("password_file", "")
+    return SessionSecurity(
+        level=level, context=client_context(level, ca_file, implicit_tls=implicit_tls), implicit_tls=implicit_tls,
+        credentials=Credentials.load(user, password_file, source),
+        auth_without_tls=bool(getattr(settings, "smtp_auth_without_tls", False)),
+        auth_soft_bounce=bool(getattr(settings, "smtp_auth_soft_bounce", True)))

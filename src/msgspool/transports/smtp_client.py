@@ -22,11 +22,17 @@ destination's health, not a recipient. Per-recipient and per-message 4xx/5xx are
 from __future__ import annotations
 
 import asyncio
+import base64
+import logging
+import ssl
 from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NoReturn, TypeVar
 
 from msgspool.domain.outcome import CONNECTION_LOST, CONNECTION_REFUSED, CONNECTION_TIMEOUT, Reply
+from msgspool.transports.smtp_security import CLEAR, Credentials, SessionSecurity
+
+log = logging.getLogger("msgspool.smtp")
 
 T = TypeVar("T")
 
@@ -48,6 +54,14 @@ class ClientTimeouts:
 
 class SMTPConnectionError(Exception):
     """The session could not be set up or was lost: a connection-level failure (destination health)."""
+
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(reply.line())
+        self.reply = reply
+
+
+class _HandshakeFailed(Exception):
+    """The TLS handshake failed: at `may` a reason to try again in clear, else a deferral."""
 
     def __init__(self, reply: Reply) -> None:
         super().__init__(reply.line())
@@ -111,6 +125,9 @@ class SMTPClient:
         self.timeouts = timeouts
         self.remote = remote
         self.extensions: dict[str, str] = {}
+        self.host, self.port = remote, 0
+        self.tls: tuple[str, str] | None = None  # (version, cipher) once the session is encrypted
+        self.user: str | None = None  # the account it authenticated as
 
     @classmethod
     async def connect(
@@ -121,41 +138,135 @@ class SMTPClient:
         helo_name: str,
         timeouts: ClientTimeouts = ClientTimeouts(),
         local_address: str | None = None,
+        security: SessionSecurity = CLEAR,
     ) -> SMTPClient:
-        """Open the session: TCP connect, greeting, EHLO (or HELO)."""
+        """Open the session: TCP (or implicit TLS) connect, greeting, EHLO (or HELO), STARTTLS and
+        EHLO again, AUTH, as `security` asks."""
+        try:
+            return await cls._connect(host, port, helo_name, timeouts, local_address, security, starttls=True)
+        except _HandshakeFailed as err:
+            if security.level.required or security.implicit_tls:
+                raise SMTPConnectionError(err.reply) from None
+            # Postfix at `may`: a server that cannot finish a handshake still gets its mail, in clear.
+            log.warning("%s; level may: trying again in clear", err.reply.text)
+            return await cls._connect(host, port, helo_name, timeouts, local_address, security, starttls=False)
+
+    @classmethod
+    async def _connect(cls, host: str, port: int, helo_name: str, timeouts: ClientTimeouts,
+                       local_address: str | None, security: SessionSecurity, *, starttls: bool) -> SMTPClient:
         local = (local_address, 0) if local_address else None
+        implicit = security.context if security.implicit_tls else None
         try:
             async with asyncio.timeout(timeouts.connect):
-                reader, writer = await asyncio.open_connection(host, port, local_addr=local)
+                reader, writer = await asyncio.open_connection(
+                    host, port, local_addr=local, ssl=implicit, server_hostname=host if implicit else None)
         except TimeoutError:
             raise SMTPConnectionError(CONNECTION_TIMEOUT) from None
+        except ssl.SSLError as err:
+            raise _HandshakeFailed(_tls_failure(host, port, err)) from None
         except ConnectionRefusedError:
             raise SMTPConnectionError(CONNECTION_REFUSED) from None
         except OSError as err:
             raise SMTPConnectionError(Reply(421, "4.4.1", f"connect to {host}:{port}: {err}")) from None
         peer = writer.get_extra_info("peername")
         client = cls(reader, writer, timeouts, f"{host}[{peer[0] if peer else '?'}]:{port}")
+        client.host, client.port = host, port
+        client.tls = _describe(writer.get_extra_info("ssl_object"))
         try:
-            await client._open_session(helo_name)
+            await client._open_session(helo_name, security if starttls else replace(security, context=None))
         except BaseException:
             client.close()  # never leak the socket, even when cancelled
             raise
         return client
 
-    async def _open_session(self, helo_name: str) -> None:
+    async def _open_session(self, helo_name: str, security: SessionSecurity) -> None:
         greeting = await self._read(self.timeouts.greeting, "receiving the initial server greeting")
         if not greeting.ok:
             await self._give_up(greeting)
+        await self._hello(helo_name)
+        if self.tls is None and security.context is not None:
+            await self._starttls(helo_name, security)
+        if self.tls is None and security.level.required:
+            await self._give_up(Reply(454, "4.7.5", f"TLS is required (smtp_tls_security_level={security.level})"
+                                      f" but {self.remote} does not offer STARTTLS"))
+        if security.credentials is not None:
+            await self._authenticate(security)
+
+    async def _hello(self, helo_name: str) -> None:
         ehlo = await self._exchange(f"EHLO {helo_name}\r\n".encode(), self.timeouts.helo, "EHLO")
         if ehlo.ok:
             self.extensions = _parse_extensions(ehlo.text)
             return
-        if ehlo.temporary:
+        if ehlo.temporary or self.tls is not None:
             await self._give_up(ehlo)
         # §3.2: a server that does not know EHLO answers 5xx; an old-style HELO session follows.
         helo = await self._exchange(f"HELO {helo_name}\r\n".encode(), self.timeouts.helo, "HELO")
         if not helo.ok:
             await self._give_up(helo)
+        self.extensions = {}
+
+    async def _starttls(self, helo_name: str, security: SessionSecurity) -> None:
+        """RFC 3207: STARTTLS when offered, the handshake, then EHLO again (what was learnt in clear
+        is forgotten, §4.2)."""
+        if "STARTTLS" not in self.extensions:
+            return
+        reply = await self._exchange(b"STARTTLS\r\n", self.timeouts.helo, "STARTTLS")
+        if reply.code != 220:
+            if security.level.required:
+                await self._give_up(Reply(454, "4.7.5", f"{self.remote} refused STARTTLS: {reply.line()}"))
+            return  # at `may` the session goes on in clear, as the server asked
+        if self._reader_buffered():
+            # Anything after the 220 was sent before TLS: an injection attempt (CVE-2011-0411's mirror).
+            await self._give_up(Reply(454, "4.7.5", f"{self.remote} sent data pipelined after its STARTTLS reply"))
+        assert security.context is not None
+        try:
+            await self._writer.start_tls(security.context, server_hostname=self.host,
+                                         ssl_handshake_timeout=self.timeouts.helo)
+        except (OSError, TimeoutError) as err:  # ssl.SSLError is an OSError
+            self.close()
+            raise _HandshakeFailed(_tls_failure(self.host, self.port, err)) from None
+        self.tls = _describe(self._writer.get_extra_info("ssl_object"))
+        await self._hello(helo_name)
+
+    def _reader_buffered(self) -> bool:
+        return bool(getattr(self._reader, "_buffer", b""))
+
+    async def _authenticate(self, security: SessionSecurity) -> None:
+        """RFC 4954 AUTH PLAIN, or LOGIN when only that is offered; never in clear unless allowed."""
+        credentials = security.credentials
+        assert credentials is not None
+        if self.tls is None and not security.auth_allowed_in_clear():
+            await self._give_up(Reply(454, "4.7.0", f"not sending the password for {credentials.user} to"
+                                      f" {self.remote} in clear: no TLS (smtp_tls_security_level={security.level})"))
+        mechanisms = self.extensions.get("AUTH", "").upper().split()
+        if "AUTH" not in self.extensions:
+            return  # a relay that offers no AUTH wants none (Postfix sends the mail all the same)
+        if "PLAIN" in mechanisms:
+            reply = await self._auth_plain(credentials)
+        elif "LOGIN" in mechanisms:
+            reply = await self._auth_login(credentials)
+        else:
+            offered = " ".join(mechanisms) or "none"
+            await self._give_up(Reply(454, "4.7.0", f"{self.remote} offers no AUTH mechanism msgspool has"
+                                      f" (PLAIN, LOGIN); it offers {offered}"))
+        if reply.code != 235:
+            await self._give_up(_auth_failure(reply, credentials.user, self.remote, security.auth_soft_bounce))
+        self.user = credentials.user
+
+    async def _auth_plain(self, credentials: Credentials) -> Reply:
+        token = _b64(f"\0{credentials.user}\0{credentials.password}")
+        reply = await self._exchange(b"AUTH PLAIN " + token + b"\r\n", self.timeouts.helo, "AUTH")
+        if reply.code == 334:  # a server that wants the response after an empty challenge
+            reply = await self._exchange(token + b"\r\n", self.timeouts.helo, "AUTH")
+        return reply
+
+    async def _auth_login(self, credentials: Credentials) -> Reply:
+        reply = await self._exchange(b"AUTH LOGIN\r\n", self.timeouts.helo, "AUTH")
+        for answer in (credentials.user, credentials.password):
+            if reply.code != 334:
+                return reply
+            reply = await self._exchange(_b64(answer) + b"\r\n", self.timeouts.helo, "AUTH")
+        return reply
 
     async def _give_up(self, reply: Reply) -> NoReturn:
         await self.quit()  # §3.1: a server that refused us with 554 still waits for QUIT
@@ -346,6 +457,33 @@ class SMTPClient:
             texts.append(line[4:])
             if separator != b"-":
                 return _parse_reply(int(code), texts)
+
+
+def _describe(ssl_object: ssl.SSLObject | None) -> tuple[str, str] | None:
+    """(protocol version, cipher) of an established TLS session, e.g. ("TLSv1.3", "TLS_AES_256_GCM_SHA384")."""
+    if ssl_object is None:
+        return None
+    cipher = ssl_object.cipher()
+    return ssl_object.version() or "TLS", cipher[0] if cipher else "unknown"
+
+
+def _b64(text: str) -> bytes:
+    return base64.b64encode(text.encode("utf-8"))
+
+
+def _tls_failure(host: str, port: int, err: BaseException) -> Reply:
+    reason = getattr(err, "verify_message", None) or getattr(err, "reason", None) or str(err) or type(err).__name__
+    return Reply(454, "4.7.5", f"TLS handshake with {host}:{port} failed: {reason}")
+
+
+def _auth_failure(reply: Reply, user: str, remote: str, soft_bounce: bool) -> Reply:
+    """The recipient's reply for a refused AUTH: the server's words, deferred unless it said 5xx and
+    soft bounce is off."""
+    text = f"authentication as {user} to {remote} failed: {reply.line()}"
+    if reply.permanent and not soft_bounce:
+        return Reply(reply.code, reply.enhanced or "5.7.8", text)
+    enhanced = "4" + reply.enhanced[1:] if reply.enhanced else "4.7.0"
+    return Reply(reply.code if reply.temporary else 454, enhanced, text)
 
 
 def _parse_extensions(ehlo_text: str) -> dict[str, str]:
