@@ -27,6 +27,8 @@ Strictness, where the RFC leaves room (each chosen to be safe and what Postfix d
   ``smtpd_forbid_bare_newline = reject``), and so is content with a bare CR, which some next hops
   take for a line end. Content with NUL bytes is refused with ``550 5.6.0``.
   Commands ending in a bare LF are accepted (the risk lies in content, not commands).
+- An EHLO/HELO name with a control character is refused (``501 5.5.4``): it is written into the
+  Received: header.
 - An address (MAIL FROM, RCPT TO) with a control character (C0, DEL, C1) or bytes that are not
   UTF-8 is refused as bad syntax (``501 5.1.7`` / ``501 5.1.3``): it would end up in headers,
   logs and the next hop's protocol lines.
@@ -510,7 +512,7 @@ class SMTPServerProtocol(asyncio.Protocol):
     # -- commands (RFC 5321 §4.1.1) -----------------------------------------------------------
 
     def smtp_ehlo(self, arg: str) -> None:
-        if not arg:
+        if not arg or _CONTROL.search(arg):  # it goes into the Received: header
             self._error(Reply(501, "5.5.4", "Syntax: EHLO hostname"))
             return
         self.session.helo, self.session.esmtp = arg, True
@@ -525,7 +527,7 @@ class SMTPServerProtocol(asyncio.Protocol):
         self._reply(Reply(250, "", "\n".join(keywords)))
 
     def smtp_helo(self, arg: str) -> None:
-        if not arg:
+        if not arg or _CONTROL.search(arg):  # it goes into the Received: header
             self._error(Reply(501, "5.5.4", "Syntax: HELO hostname"))
             return
         self.session.helo, self.session.esmtp = arg, False
