@@ -10,6 +10,7 @@ SYNOPSIS
     msgspool queue hold ID... | release ID... | requeue ID... | delete ID...
     msgspool queue read [--mdn | --no-mdn] ID... | unread ID...
     msgspool status [--json]
+    msgspool stop [--abort] [--wait SECONDS]
     msgspool token create --scope S [--scope S2]... [--name N] | list [--json] | revoke ID-or-NAME
 
 DESCRIPTION
@@ -115,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(status)
     status.add_argument("--json", action="store_true")
     _token_parser(sub.add_parser("token", help="bearer tokens of the HTTP API"))
+    stop = sub.add_parser("stop", help="stop the daemon: finish what is in flight (--abort: at once)")
+    _common(stop)
+    stop.add_argument("--abort", action="store_true", help="cancel transactions in flight (crash-safe)")
+    stop.add_argument("--wait", type=float, default=60.0, metavar="SECONDS", help="how long to wait for the exit")
     return parser
 
 
@@ -374,9 +379,10 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     answer = control.request(settings.spool_path, {"op": "status"})
     if answer is not None and answer.get("ok"):
         table = answer["status"]
-    else:
+    else:  # the daemon is down: nothing runs, whatever the configuration says (issue 10.8)
         table = Spooler(settings).status()
-        table["spooler"]["status"] = "stopped"
+        for row in (table["spooler"], *table["transports"]):
+            row["status"] = "stopped"
     table["queue"] = counts
     if args.json:
         print(json.dumps(table, indent=2))
@@ -389,8 +395,44 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         for dest in row["destinations"]:
             error = f"  ({dest['last_error']})" if dest["last_error"] else ""
             print(f"    {dest['name']:<30} {dest['status']:<5} connections={dest['connections']}"
-                  f" queued={dest['queued']} delivered={dest['delivered']}{error}")
+                  f" queued={dest['queued']} delivered={dest['delivered']} deferred={dest.get('deferred', 0)}"
+                  f" failed={dest.get('failed', 0)}{error}")
     return 0
+
+
+# -- stop -----------------------------------------------------------------------------------
+
+
+def cmd_stop(args: argparse.Namespace, settings: Settings) -> int:
+    """Ask the daemon to stop (orderly, or --abort) and wait until it has exited: its control
+    socket is gone and the serve lock is free."""
+    import time
+
+    answer = control.request(settings.spool_path, {"op": "stop", "abort": args.abort})
+    if answer is None:
+        raise CLIError(f"no daemon runs on {settings.spool_path}")
+    deadline = time.monotonic() + args.wait
+    while control.socket_path(settings.spool_path).exists() or not _serve_lock_free(settings):
+        if time.monotonic() > deadline:
+            raise CLIError(f"the daemon (pid {answer.get('pid')}) has not exited after {args.wait:.0f} s")
+        time.sleep(0.05)
+    print(f"msgspool daemon (pid {answer.get('pid')}) stopped")
+    return 0
+
+
+def _serve_lock_free(settings: Settings) -> bool:
+    import fcntl
+
+    from msgspool.spooler.runtime import SERVE_LOCK_NAME
+
+    try:
+        with (settings.spool_path / SERVE_LOCK_NAME).open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
 
 
 # -- token ----------------------------------------------------------------------------------
@@ -437,6 +479,7 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "serve": cmd_serve, "sendmail": cmd_sendmail, "queue": cmd_queue, "status": cmd_status, "token": cmd_token,
+    "stop": cmd_stop,
 }
 
 if __name__ == "__main__":

@@ -122,6 +122,8 @@ class Settings:
     hooks: list[dict[str, Any]] = _doc([], "Outbound hooks (preprocessors), in order; see [[hooks]].")
     hook_timeout: float = _doc(30.0, "Seconds a hook may take before its message is held with the error.")
     crash_limit: int = _doc(3, "Attempts that crash a transport before the message is held.")
+    shutdown_timeout: float = _doc(
+        10.0, "Seconds an orderly stop (SIGTERM) waits for sessions and transactions in flight to finish.")
     watchdog_interval: float = _doc(
         60.0, "Seconds between the watchdog's looks for active recipients no delivery holds (two looks return one).")
     webhooks: list[dict[str, Any]] = _doc([], "URLs that get a signed JSON POST per event; see [[webhooks]].")

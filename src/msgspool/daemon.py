@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import signal
 import socket
 import sys
@@ -28,9 +29,10 @@ from typing import Any, TypeVar
 
 from msgspool.config import Settings
 from msgspool.errors import ConfigError, MsgspoolError
+from msgspool.smtpd.accept import Listener
 from msgspool.smtpd.limits import ConnectionCounter, RateCounter
 from msgspool.smtpd.policy import SpoolPolicy
-from msgspool.smtpd.protocol import ServerLimits, start_server
+from msgspool.smtpd.protocol import ServerLimits, Sessions, start_server
 from msgspool.smtpd.tls import ServerTLS
 from msgspool.spooler import control
 from msgspool.spooler.link import EventForwarder, Link, RemoteDelivery, events_of, message_from_wire
@@ -75,8 +77,9 @@ class SMTPListeners:
     """The SMTP listeners of the daemon (plain with STARTTLS, implicit TLS), sharing one policy,
     one connection count and one TLS context."""
 
-    servers: list[asyncio.AbstractServer]
+    servers: list[Listener]
     tls: ServerTLS | None
+    sessions: Sessions = dataclasses.field(default_factory=Sessions)
 
     def close(self) -> None:
         for server in self.servers:
@@ -105,12 +108,13 @@ async def start_smtp(spooler: Spooler, settings: Settings) -> SMTPListeners:
         if settings.smtp_listen:
             host, port = split_hostport(settings.smtp_listen)
             listeners.servers.append(await _listen("SMTP", f"{host}:{port}",
-                                                   start_server(policy, host, port, limits, tls=context)))
+                                                   start_server(policy, host, port, limits, tls=context,
+                                                                sessions=listeners.sessions)))
             log.info("smtp listener on %s:%d%s", host, port, " (STARTTLS)" if tls is not None else "")
         if settings.smtps_listen:
             host, port = split_hostport(settings.smtps_listen, 465)
             listeners.servers.append(await _listen("SMTPS", f"{host}:{port}", start_server(
-                policy, host, port, limits, tls=context, implicit_tls=True)))
+                policy, host, port, limits, tls=context, implicit_tls=True, sessions=listeners.sessions)))
             log.info("smtps listener (implicit TLS) on %s:%d", host, port)
     except BaseException:
         listeners.close()
@@ -145,13 +149,43 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
         lock.close()
 
 
+class Shutdown:
+    """How the daemon stops (MAPI StoreLogoff: orderly or abort). The first SIGTERM/SIGINT (or
+    `msgspool stop`) asks for an orderly stop; a second one (or `msgspool stop --abort`) aborts."""
+
+    def __init__(self) -> None:
+        self.stopping = asyncio.Event()
+        self.aborting = asyncio.Event()
+
+    def signal(self) -> None:
+        if self.stopping.is_set():
+            self.abort()
+        else:
+            log.info("stopping: finishing sessions and transactions in flight (a second signal aborts)")
+            self.stopping.set()
+
+    def abort(self) -> None:
+        if not self.aborting.is_set():
+            log.info("aborting: in-flight work is cancelled, and retried at the next start")
+        self.stopping.set()
+        self.aborting.set()
+
+    async def wait(self, condition: Callable[[], bool], timeout: float) -> None:
+        """Until `condition()` holds, the timeout passes, or an abort."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not condition() and not self.aborting.is_set() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
+
+
 async def _serve(settings: Settings, ready: asyncio.Event | None) -> None:
     spooler = Spooler(settings)
-    stopping = asyncio.Event()
+    shutdown = Shutdown()
+    stopping = shutdown.stopping
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
+        loop.add_signal_handler(sig, shutdown.signal)
     servers: list[Any] = []
+    sessions: Sessions | None = None
     runner = None
     control_server = None
     delivery: DeliveryProcess | None = None
@@ -172,11 +206,18 @@ async def _serve(settings: Settings, ready: asyncio.Event | None) -> None:
         else:
             await spooler.start(deliver=True)
             await _check_http_exposure(spooler, settings)
+        async def handle(request: dict[str, Any]) -> dict[str, Any]:
+            if request.get("op") == "stop":
+                shutdown.abort() if request.get("abort") else shutdown.signal()
+                return {"ok": True, "pid": os.getpid()}
+            return await control_handler(spooler, request)
+
         control_server = await _listen("the control socket", control.socket_path(settings.spool_path),
-                                       control.serve(settings.spool_path, lambda r: control_handler(spooler, r)))
+                                       control.serve(settings.spool_path, handle))
         servers.append(control_server)
         if settings.smtp_listen or settings.smtps_listen:
             smtp = await start_smtp(spooler, settings)
+            sessions = smtp.sessions
             servers.append(smtp)
             if smtp.tls is not None:
                 reload_tls = smtp.tls.reload
@@ -191,15 +232,23 @@ async def _serve(settings: Settings, ready: asyncio.Event | None) -> None:
         if ready is not None:
             ready.set()
         await stopping.wait()
-        log.info("stopping")
+        # Orderly: new SMTP sessions get 421, open ones finish their transaction (the listeners
+        # stay open meanwhile, so a client is told rather than refused).
+        if sessions is not None:
+            sessions.drain()
+            await shutdown.wait(lambda: sessions.open == 0, settings.shutdown_timeout)
+        if delivery is not None:  # while the listeners still answer 421
+            await delivery.stop(shutdown.aborting, settings.shutdown_timeout)
     finally:
         for server in servers:
             server.close()
         if runner is not None:
             await runner.cleanup()
         if delivery is not None:
-            await delivery.stop()
-        await spooler.stop()
+            await delivery.stop(shutdown.aborting, settings.shutdown_timeout)
+        await spooler.stop(drain=0.0 if shutdown.aborting.is_set() or delivery is not None
+                           else settings.shutdown_timeout)
+        log.info("stopped")
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         if control_server is not None:  # never another daemon's: a second `serve` fails on the lock
@@ -328,16 +377,26 @@ class DeliveryProcess:
             with contextlib.suppress(ProcessLookupError):
                 self.process.kill()
 
-    async def stop(self) -> None:
+    async def stop(self, abort: asyncio.Event | None = None, drain: float = 0.0) -> None:
+        """Close the link: the child finishes its transactions in flight (up to `drain` seconds)
+        and exits. On `abort` (now or while it drains) it is told SIGTERM: it cancels at once."""
         self._stopping = True
         if self.link is not None:
             self.link.close()
-        if self.process is not None:
-            try:
-                await asyncio.wait_for(self.process.wait(), 15)
-            except TimeoutError:
-                self.process.kill()
-                await self.process.wait()
+        process = self.process
+        if process is not None and process.returncode is None:
+            aborted = asyncio.ensure_future((abort or asyncio.Event()).wait())
+            exited = asyncio.ensure_future(process.wait())
+            await asyncio.wait({aborted, exited}, timeout=drain + 5.0, return_when=asyncio.FIRST_COMPLETED)
+            if not exited.done():
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(asyncio.shield(exited), 10.0)
+                except TimeoutError:
+                    process.kill()
+            await exited
+            aborted.cancel()
         if self._supervisor is not None:
             self._supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -386,12 +445,20 @@ async def deliver(fd: int, config: dict[str, Any]) -> None:
     spooler.scheduler.on_settled = lambda active: link.send({"active": active})
     link.send({"ready": spooler.store.owner})  # recovered: intake may hand work over now
     loop = asyncio.get_running_loop()
+    aborting = False
+
+    def abort() -> None:  # SIGTERM from intake's abort: cancel what is in flight at once
+        nonlocal aborting
+        aborting = True
+        spooler.scheduler.abort_drain()
+        link.close()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, link.close)
+        loop.add_signal_handler(sig, abort)
     try:
         await link.run()
-    finally:
-        await spooler.stop()
+    finally:  # the link closed: intake stops (orderly, or killed); finish what is in flight first
+        await spooler.stop(drain=0.0 if aborting else settings.shutdown_timeout)
 
 
 def deliver_main(argv: list[str]) -> int:

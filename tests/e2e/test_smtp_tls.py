@@ -5,12 +5,15 @@ loop (uvloop when installed), which the integration tests do not."""
 
 from __future__ import annotations
 
+import shutil
 import signal
 import smtplib
 import ssl
+import subprocess
 import time
 from pathlib import Path
 
+import pytest
 import trustme
 
 from tests.e2e.test_daemon import assert_clear_failure, run_serve
@@ -98,3 +101,24 @@ def test_sighup_without_a_certificate_leaves_the_daemon_running(spool: Spool, da
         assert client.noop()[0] == 250
     assert daemon.stop() == 0
     assert "SIGHUP: nothing to reload" in daemon.log()
+
+
+@pytest.mark.skipif(shutil.which("swaks") is None, reason="swaks is not installed")
+def test_swaks_sends_over_starttls_and_over_implicit_tls(spool: Spool, relay: Sink, daemons: DaemonFactory,
+                                                          tmp_path: Path) -> None:
+    certs = CertFiles(trustme.CA(), tmp_path / "cert.pem", tmp_path / "key.pem")
+    certs.issue("mx.test", "127.0.0.1")
+    smtps_port = free_port()
+    relay.start()
+    daemon = daemons(spool.data, relay.address, extra_args=["--config", str(tls_config(spool, certs, smtps_port))])
+    spool.daemon = daemon.start()
+    for how in (["--server", f"127.0.0.1:{daemon.smtp_port}", "-tls"], ["--server", f"127.0.0.1:{smtps_port}",
+                                                                       "-tlsc"]):
+        result = subprocess.run(["swaks", *how, "--from", "a@example.org", "--to", "b@example.com",
+                                 "--helo", "swaks.test", "--header", "Subject: swaks"],
+                                capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "TLS started" in result.stdout or "TLS started" in result.stderr, result.stdout
+    spool.wait_for_sink(relay, 2)
+    assert all(ESMTPS.search(m.content) for m in relay.messages), spool.context()
+    assert daemon.stop() == 0

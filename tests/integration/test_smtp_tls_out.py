@@ -16,7 +16,8 @@ import trustme
 
 from msgspool.errors import ConfigError
 from msgspool.transports.smtp import SMTPTransport
-from msgspool.transports.smtp_security import TLSLevel
+from msgspool.transports.smtp_client import SMTPClient
+from msgspool.transports.smtp_security import Credentials, SessionSecurity, TLSLevel, client_context
 from tests.conftest import SpoolerFactory, make_settings
 from tests.integration.test_relay import submission, wait_status
 from tests.support.sink import Sink
@@ -200,6 +201,24 @@ async def test_a_transport_table_overrides_the_level_and_ca_file(spooler_factory
         message_id = await spooler.submit(submission("b@example.com"))
         await wait_status(spooler, message_id, {"delivered"})
     assert [m.tls for m in sink.messages] == ["TLSv1.3"]
+
+
+async def test_one_tls_session_carries_several_pipelined_transactions(make_sink: Any, ca_file: str) -> None:
+    sink = make_sink("127.0.0.1", accounts={"app": PASSWORD})
+    security = SessionSecurity(level=TLSLevel.VERIFY, context=client_context(TLSLevel.VERIFY, ca_file),
+                               credentials=Credentials("app", PASSWORD))
+    client = await SMTPClient.connect("127.0.0.1", sink.port, helo_name="mx.test", security=security)
+    try:
+        # What the server said in clear is forgotten: AUTH is offered only inside TLS here.
+        assert client.tls is not None and client.tls[0] == "TLSv1.3" and client.user == "app"
+        assert {"PIPELINING", "AUTH"} <= set(client.extensions) and "STARTTLS" not in client.extensions
+        for n in range(3):
+            result = await client.send("a@example.org", [f"r{n}@example.com", f"s{n}@example.com"],
+                                       b"Subject: x\r\n\r\nbody\r\n")
+            assert [reply.code for reply in result.outcomes()] == [250, 250]
+    finally:
+        await client.quit()
+    assert sink.connections == 1 and [(m.tls, m.user) for m in sink.messages] == [("TLSv1.3", "app")] * 3
 
 
 def test_an_unknown_level_stops_the_configuration(tmp_path: Path) -> None:

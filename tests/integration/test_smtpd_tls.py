@@ -250,3 +250,12 @@ async def test_smtps_listen_without_a_certificate_is_a_config_error(spooler_fact
     async with spooler_factory(smtps_listen=f"127.0.0.1:{free_port()}") as spooler:
         with pytest.raises(ConfigError, match="smtps_listen needs a certificate"):
             await start_smtp(spooler, spooler.settings)
+
+
+def test_a_key_others_may_read_is_loaded_with_a_warning(certs: CertFiles, caplog: pytest.LogCaptureFixture) -> None:
+    certs.key.chmod(0o600)
+    assert ServerTLS.load(str(certs.cert), str(certs.key)) is not None
+    assert "others may read" not in caplog.text
+    certs.key.chmod(0o644)
+    assert ServerTLS.load(str(certs.cert), str(certs.key)) is not None
+    assert f"TLS key {certs.key} has mode 0644: others may read it; chmod 600 it" in caplog.text

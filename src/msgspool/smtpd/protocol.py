@@ -27,6 +27,8 @@ Strictness, where the RFC leaves room (each chosen to be safe and what Postfix d
   ``smtpd_forbid_bare_newline = reject``), and so is content with a bare CR, which some next hops
   take for a line end. Content with NUL bytes is refused with ``550 5.6.0``.
   Commands ending in a bare LF are accepted (the risk lies in content, not commands).
+- An EHLO/HELO name with a control character is refused (``501 5.5.4``): it is written into the
+  Received: header.
 - An address (MAIL FROM, RCPT TO) with a control character (C0, DEL, C1) or bytes that are not
   UTF-8 is refused as bad syntax (``501 5.1.7`` / ``501 5.1.3``): it would end up in headers,
   logs and the next hop's protocol lines.
@@ -51,6 +53,7 @@ import re
 import ssl
 import tempfile
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol, cast
@@ -59,6 +62,7 @@ from msgspool.domain import futurerelease
 from msgspool.domain.dsn import DSNSyntaxError, MessageDSN, RecipientDSN, parse_mail_params, parse_rcpt_params
 from msgspool.domain.futurerelease import FutureReleaseError
 from msgspool.domain.outcome import Reply
+from msgspool.smtpd.accept import Listener, listen
 from msgspool.smtpd.tls import describe
 
 log = logging.getLogger("msgspool.smtpd")
@@ -92,6 +96,25 @@ TIMEOUT = Reply(421, "4.4.2", "Error: timeout exceeded")
 DATA_TIMEOUT = Reply(421, "4.4.2", "Error: timeout exceeded for the message content")
 BARE_CR = Reply(550, "5.5.2", "Error: bare <CR> received")
 TOO_MANY_ERRORS = Reply(421, "4.7.0", "Error: too many errors")
+SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down; try again later")
+
+
+class Sessions:
+    """The open sessions of a set of listeners, so that an orderly shutdown reaches them all:
+    after `drain`, new sessions are greeted with 421 and open ones end after their transaction."""
+
+    def __init__(self) -> None:
+        self.live: weakref.WeakSet[SMTPServerProtocol] = weakref.WeakSet()
+        self.draining = False
+
+    def drain(self) -> None:
+        self.draining = True
+        for session in list(self.live):
+            session.drain()
+
+    @property
+    def open(self) -> int:
+        return sum(1 for s in self.live if not s._ended)
 READY_FOR_TLS = Reply(220, "2.0.0", "Ready to start TLS")
 NOT_IMPLEMENTED = Reply(502, "5.5.1", "Error: command not implemented")
 TLS_ACTIVE = Reply(554, "5.5.1", "Error: TLS already active")
@@ -216,8 +239,10 @@ class SMTPServerProtocol(asyncio.Protocol):
     """One SMTP session. Commands are handled synchronously from the receive buffer; only the
     commit after DATA awaits, and while it runs no further input is processed."""
 
-    def __init__(self, policy: Policy, limits: ServerLimits, tls: ssl.SSLContext | None = None) -> None:
+    def __init__(self, policy: Policy, limits: ServerLimits, tls: ssl.SSLContext | None = None,
+                 sessions: Sessions | None = None) -> None:
         self.policy, self.limits, self.tls = policy, limits, tls
+        self.sessions = sessions
         self.transport: asyncio.Transport | None = None
         self.session = Session(peer=("", 0))
         self.envelope = Envelope()
@@ -239,6 +264,7 @@ class SMTPServerProtocol(asyncio.Protocol):
         self._last_activity = 0.0
         self._task: asyncio.Task[None] | None = None
         self._ended = False
+        self._draining = False
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -246,7 +272,10 @@ class SMTPServerProtocol(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not an asyncio.Transport subclass
         self.session.peer = transport.get_extra_info("peername") or ("", 0)
         self.session.tls = describe(transport.get_extra_info("ssl_object"))  # an implicit-TLS listener
-        refusal = self.policy.connect(self.session)
+        if self.sessions is not None:
+            self.sessions.live.add(self)
+            self._draining = self.sessions.draining
+        refusal = SHUTTING_DOWN if self._draining else self.policy.connect(self.session)
         if refusal is not None:
             self._reply(refusal)
             self._close()
@@ -314,7 +343,19 @@ class SMTPServerProtocol(asyncio.Protocol):
             return _SKIPPED
         return line[:-1] if line.endswith(b"\r") else line
 
+    def drain(self) -> None:
+        """Orderly shutdown: a session between transactions is told 421 now; one in a transaction
+        finishes it (up to its 250 after DATA, RFC 5321 §3.8) and is told then."""
+        self._draining = True
+        if not self._busy and not self._in_data and self.envelope.sender is None and not self._closing:
+            self._reply(SHUTTING_DOWN)
+            self._close()
+
     def _command(self, raw: bytes) -> None:
+        if self._draining and self.envelope.sender is None:
+            self._reply(SHUTTING_DOWN)
+            self._close()
+            return
         if b"\x00" in raw:
             self._error(NUL_IN_COMMAND)
             return
@@ -428,6 +469,10 @@ class SMTPServerProtocol(asyncio.Protocol):
         if self._closing:
             return
         self._reply(reply)
+        if self._draining:
+            self._reply(SHUTTING_DOWN)
+            self._close()
+            return
         if self._paused:
             self._paused = False
             assert self.transport is not None
@@ -509,7 +554,7 @@ class SMTPServerProtocol(asyncio.Protocol):
     # -- commands (RFC 5321 §4.1.1) -----------------------------------------------------------
 
     def smtp_ehlo(self, arg: str) -> None:
-        if not arg:
+        if not arg or _CONTROL.search(arg):  # it goes into the Received: header
             self._error(Reply(501, "5.5.4", "Syntax: EHLO hostname"))
             return
         self.session.helo, self.session.esmtp = arg, True
@@ -524,7 +569,7 @@ class SMTPServerProtocol(asyncio.Protocol):
         self._reply(Reply(250, "", "\n".join(keywords)))
 
     def smtp_helo(self, arg: str) -> None:
-        if not arg:
+        if not arg or _CONTROL.search(arg):  # it goes into the Received: header
             self._error(Reply(501, "5.5.4", "Syntax: HELO hostname"))
             return
         self.session.helo, self.session.esmtp = arg, False
@@ -732,14 +777,14 @@ _COMMANDS: dict[str, Callable[[SMTPServerProtocol, str], None]] = {
 
 
 async def start_server(policy: Policy, host: str, port: int, limits: ServerLimits, *,
-                       tls: ssl.SSLContext | None = None, implicit_tls: bool = False) -> asyncio.AbstractServer:
+                       tls: ssl.SSLContext | None = None, implicit_tls: bool = False,
+                       sessions: Sessions | None = None) -> Listener:
     """A listener; with `tls` it offers STARTTLS, or with `implicit_tls` every session starts with
-    the TLS handshake (RFC 8314 §3.3, port 465) and is greeted only once it is encrypted."""
-    loop = asyncio.get_running_loop()
+    the TLS handshake (RFC 8314 §3.3, port 465) and is greeted only once it is encrypted. When the
+    process is out of descriptors, new clients get ``421 4.7.0`` (accept.py)."""
+    refusal = Reply(421, "4.7.0", f"{limits.hostname} Error: too many connections; try again later").wire()
     if implicit_tls:
         assert tls is not None
-        return await loop.create_server(lambda: SMTPServerProtocol(policy, limits, tls), host, port,
-                                        reuse_address=True, backlog=1024, ssl=tls,
-                                        ssl_handshake_timeout=min(TLS_HANDSHAKE_TIMEOUT, limits.command_timeout))
-    return await loop.create_server(lambda: SMTPServerProtocol(policy, limits, tls), host, port,
-                                    reuse_address=True, backlog=1024)
+        return await listen(host, port, lambda: SMTPServerProtocol(policy, limits, tls, sessions), refusal=b"",
+                            tls=tls, handshake_timeout=min(TLS_HANDSHAKE_TIMEOUT, limits.command_timeout))
+    return await listen(host, port, lambda: SMTPServerProtocol(policy, limits, tls, sessions), refusal=refusal)

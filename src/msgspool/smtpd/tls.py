@@ -14,6 +14,7 @@ cannot be loaded leaves the old one in force.
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 from dataclasses import dataclass
 
@@ -46,9 +47,11 @@ class ServerTLS:
         if not (cert_file and key_file):
             raise ConfigError("tls_cert_file and tls_key_file go together: set both or neither")
         try:
-            return cls(cert_file, key_file, server_context(cert_file, key_file))
+            loaded = cls(cert_file, key_file, server_context(cert_file, key_file))
         except (OSError, ssl.SSLError) as err:
             raise ConfigError(f"cannot load the TLS certificate {cert_file} / key {key_file}: {err}") from err
+        _warn_if_others_may_read(key_file)
+        return loaded
 
     def reload(self) -> bool:
         """Read the certificate and key again; False (and the old pair kept) when they cannot be used."""
@@ -60,6 +63,16 @@ class ServerTLS:
             return False
         log.info("TLS certificate reloaded from %s", self.cert_file)
         return True
+
+
+def _warn_if_others_may_read(key_file: str) -> None:
+    """A warning, not a refusal: a key shared with a web server's group is a choice some make."""
+    try:
+        mode = os.stat(key_file).st_mode & 0o777
+    except OSError:
+        return
+    if mode & 0o077:
+        log.warning("TLS key %s has mode %04o: others may read it; chmod 600 it", key_file, mode)
 
 
 def describe(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> tuple[str, str] | None:

@@ -72,10 +72,11 @@ class Destination:
         self.health = DestinationHealth(self.name, probe)
         self.jobs: deque[Job] = deque()
         self.inflight: dict[int, Job] = {}  # jobs a worker has taken, by id(): for the watchdog
+        self.draining = False  # shutting down: no job starts
         self._fresh = 0  # jobs in the head of `jobs` (fresh or urgent mail)
         self.workers = 0
         self.idle_workers = 0
-        self.delivered = 0
+        self.delivered = self.deferred = self.failed = 0  # recipients, by outcome of their attempt
         # The transport raised (a bug of its own, MAPI's critical error): the status row says
         # `failure` with this reply until a connection or a transaction works again.
         self.failure: Reply | None = None
@@ -104,6 +105,8 @@ class Destination:
         if self.health.down:
             self._defer_queued(DESTINATION_DOWN)
             return
+        if self.draining:  # shutting down: they stay active; recovery retries them at the next start
+            return
         self._work.set()
         while self.workers < self.limits.concurrency and self.workers - self.idle_workers < len(self.jobs):
             self.workers += 1  # counted at spawn, not when the task first runs: the loop must see it
@@ -116,11 +119,27 @@ class Destination:
             position -= 1
         return position
 
+    def count(self, status: Status) -> None:
+        """Per-destination counters of what happened to recipients (the status table)."""
+        if status is Status.DELIVERED:
+            self.delivered += 1
+        elif status is Status.DEFERRED:
+            self.deferred += 1
+        else:
+            self.failed += 1
+
     def settle(self, settlements: list[Settlement]) -> None:
         """Hand outcomes to the scheduler, stamped with the route they took."""
         for s in settlements:
             s.transport, s.nexthop = self.transport.name, self.nexthop
         self._settle(settlements)
+
+    def drain(self) -> list[Job]:
+        """Orderly shutdown: no job starts any more; returns the queued jobs, taken out."""
+        self.draining = True
+        jobs, self.jobs, self._fresh = list(self.jobs), deque(), 0
+        self._work.set()  # idle workers end now
+        return jobs
 
     def cancel(self, message_ids: set[str]) -> list[Job]:
         """Drop queued jobs of these messages (hold, requeue, delete); returns the jobs dropped."""
@@ -202,9 +221,11 @@ class Destination:
         self.settle(settlements)
 
     async def _next_job(self) -> Job | None:
+        if self.draining:
+            return None
         deadline = self.clock() + self.limits.idle_time
         while not self.jobs:
-            if self.health.down:
+            if self.health.down or self.draining:
                 return None
             remaining = deadline - self.clock()
             if remaining <= 0:
@@ -274,7 +295,7 @@ class Destination:
         self.failure = None
         for s in settlements:
             _log_outcome(message, s, now)
-        self.delivered += 1
+            self.count(s.status)
         return True
 
     def _outcome(self, message: Message, r: Recipient, reply: Reply, now: float, remote: str,

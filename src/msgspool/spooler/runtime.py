@@ -209,7 +209,8 @@ class Spooler:
         # intake leaves local mail to the scheduler exactly when inbound hooks exist (defer_local)
         self.scheduler.local = LocalDelivery(self.intake, self.postprocessor) if self.postprocessor else None
 
-    async def stop(self) -> None:
+    async def stop(self, drain: float = 0.0) -> None:
+        """Stop; with `drain` seconds, delivery finishes the transactions in flight first."""
         await control.sent()  # a client's wakeups reach the daemon before its loop ends
         if self.webhooks is not None:
             await self.webhooks.stop()
@@ -218,7 +219,7 @@ class Spooler:
         if self.delivering:
             if self.delay_timer is not None:
                 await self.delay_timer.stop()
-            await self.scheduler.stop()
+            await self.scheduler.stop(drain)
             await self.reporter.stop()
             self.delivering = False
         for transport in self.transports.values():
@@ -518,8 +519,9 @@ class Spooler:
                 "status": "failure" if failing else "online", "reason": reason,
                 "destinations": [{
                     "name": d.nexthop, "status": "down" if d.health.down else "up", "connections": d.workers,
-                    "queued": len(d.jobs), "delivered": d.delivered,
-                    "last_error": d.health.last_reply.line() if d.health.down and d.health.last_reply else None,
+                    "queued": len(d.jobs), "delivered": d.delivered, "deferred": d.deferred, "failed": d.failed,
+                    "last_error": d.failure.line() if d.failure else
+                    d.health.last_reply.line() if d.health.down and d.health.last_reply else None,
                 } for d in dests]})
         return {"spooler": rows[0], "transports": rows[1:]}
 

@@ -66,6 +66,7 @@ class Scheduler:
         self._settling: dict[asyncio.Task[None], list[Settlement]] = {}
         self._busy: dict[str, int] = {}  # messages in the hooks or in local delivery: for the watchdog
         self._suspects: set[tuple[str, int, str | None]] = set()
+        self._abort_drain = asyncio.Event()
         self._aborting: set[str] = set()  # messages being deleted or held: no transaction may start
         self._aborted: list[tuple[str, int]] = []  # their recipients taken out of the queues meanwhile
         self.stuck_returned = 0  # recipients the watchdog gave back (an alarm in `status`)
@@ -88,12 +89,18 @@ class Scheduler:
                 self.destination(transport, nexthop).probe_now()
         self._refill = start_supervised("refill", self._refill_loop)
 
-    async def stop(self) -> None:
+    async def stop(self, drain: float = 0.0) -> None:
+        """Stop delivering. With `drain` (seconds; MAPI StoreLogoff's orderly case) no transaction
+        starts any more, those in flight finish and their outcomes are recorded, and what waited in
+        the queues is given back, before the rest is cancelled; without, everything in flight is
+        cancelled at once (abort: crash-safe, recovery retries it at the next start)."""
         self._running = False
         self._wakeup.set()
         if self._refill is not None:
             self._refill.cancel()
             await asyncio.gather(self._refill, return_exceptions=True)
+        if drain > 0:
+            await self._drain(drain)
         for task in list(self._hook_work):
             task.cancel()
         await asyncio.gather(*self._hook_work, return_exceptions=True)
@@ -102,6 +109,30 @@ class Scheduler:
         self._flush_settlements()
         if self._settling:
             await asyncio.gather(*self._settling, return_exceptions=True)
+
+    async def _drain(self, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        dropped = [(job.message.id, r.index) for dest in self.destinations.values() for job in dest.drain()
+                   for r in job.recipients]
+        if dropped:
+            await self._give_back(dropped)
+        in_flight = sum(len(dest.inflight) for dest in self.destinations.values())
+        if in_flight:
+            log.info("waiting up to %.0f s for %d transactions in flight", timeout, in_flight)
+        while (any(dest.inflight for dest in self.destinations.values()) or self._hook_work) \
+                and loop.time() < deadline and not self._abort_drain.is_set():
+            await asyncio.sleep(0.02)
+        left = sum(len(dest.inflight) for dest in self.destinations.values())
+        if left:
+            log.warning("%d transactions still in flight; cancelled (they are retried at the next start)", left)
+        self._flush_settlements()
+        if self._settling:
+            await asyncio.wait(list(self._settling), timeout=max(0.1, deadline - loop.time()))
+
+    def abort_drain(self) -> None:
+        """A second stop signal while draining: cancel what is still in flight now."""
+        self._abort_drain.set()
 
     # -- entry points -----------------------------------------------------------------------
 
