@@ -20,7 +20,7 @@ from types import ModuleType
 from typing import Any
 
 from bench import smtpclient
-from bench.load import Load
+from bench.load import Load, TLSFiles
 from bench.procs import REPO, Daemon, Group, HWMSampler, RSSSampler, free_port, log, msgspool_command, wait_rusage
 from bench.sink import SinkProcess
 
@@ -122,6 +122,44 @@ def _relay_msgspool_only(ctx: Context, msgs: int, rounds: int) -> dict[str, Any]
     return {"source": f"own load ({ctx.load_kind})", "msgs": msgs, "rounds": rounds,
             "msgspool": {"accept": relay_median([a for a, _ in rows]), "e2e": relay_median([e for _, e in rows]),
                          "rounds": rows}}
+
+
+def row_tls(ctx: Context) -> dict[str, Any]:
+    """Relay with STARTTLS on both sides against the same relay in clear, msgspool only: the load
+    client says STARTTLS to the daemon's listener (its certificate from a test CA), and the daemon
+    relays to a sink that offers STARTTLS, at smtp_tls_security_level = "verify" (chain and name
+    checked against that CA). Rounds alternate clear/TLS; medians. Postfix is not in this row yet:
+    its smtp-source/smtp-sink speak no TLS."""
+    msgs, rounds = (300, 1) if ctx.quick else (10000, 2)
+    data = ctx.tmpdir("tls-")
+    certs = TLSFiles.make(data)
+    config = (f'tls_cert_file = "{certs.server_pem}"\ntls_key_file = "{certs.server_pem}"\n'
+              f'smtp_tls_security_level = "verify"\nsmtp_tls_ca_file = "{certs.ca_pem}"\n')
+    found: dict[str, list[tuple[float, float]]] = {"plain": [], "tls": []}
+    with Load("python", ctx.workdir) as plain_load, Load("python", ctx.workdir, tls=certs) as tls_load:
+        plain = Daemon(data / "plain", plain_load.address, name="plain").start()
+        secure = Daemon(data / "tls", tls_load.address, name="tls", config=config).start()
+        try:
+            for _ in range(rounds):
+                for name, load, daemon in (("plain", plain_load, plain), ("tls", tls_load, secure)):
+                    r = load.measure(daemon.smtp_port, msgs)
+                    if r.errors:
+                        raise RuntimeError(f"{name}: {r.errors} load errors; daemon log:\n{daemon.log_tail()}")
+                    found[name].append((r.accept, r.e2e))
+            assert tls_load.python_sink is not None
+            arrived = tls_load.count()
+            encrypted = tls_load.python_sink.encrypted
+        finally:
+            plain.stop()
+            secure.stop()
+    shutil.rmtree(data, ignore_errors=True)
+    res: dict[str, Any] = {"source": "own load (python)", "msgs": msgs, "rounds": rounds,
+                           "sink_encrypted": encrypted, "sink_arrived": arrived}
+    for name, rows in found.items():
+        res[name] = {"accept": relay_median([a for a, _ in rows]), "e2e": relay_median([e for _, e in rows]),
+                     "rounds": rows}
+    res["e2e_ratio"] = res["tls"]["e2e"] / res["plain"]["e2e"]
+    return res
 
 
 # -- row 3 --------------------------------------------------------------------------------------
