@@ -97,6 +97,11 @@ DATA_TIMEOUT = Reply(421, "4.4.2", "Error: timeout exceeded for the message cont
 BARE_CR = Reply(550, "5.5.2", "Error: bare <CR> received")
 TOO_MANY_ERRORS = Reply(421, "4.7.0", "Error: too many errors")
 SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down; try again later")
+READY_FOR_TLS = Reply(220, "2.0.0", "Ready to start TLS")
+NOT_IMPLEMENTED = Reply(502, "5.5.1", "Error: command not implemented")
+TLS_ACTIVE = Reply(554, "5.5.1", "Error: TLS already active")
+MAIL_IN_PROGRESS = Reply(503, "5.5.1", "Error: MAIL transaction in progress")
+LOCAL_ERROR = Reply(451, "4.3.0", "Error: local error in processing; try again later")
 
 
 class Sessions:
@@ -115,11 +120,7 @@ class Sessions:
     @property
     def open(self) -> int:
         return sum(1 for s in self.live if not s._ended)
-READY_FOR_TLS = Reply(220, "2.0.0", "Ready to start TLS")
-NOT_IMPLEMENTED = Reply(502, "5.5.1", "Error: command not implemented")
-TLS_ACTIVE = Reply(554, "5.5.1", "Error: TLS already active")
-MAIL_IN_PROGRESS = Reply(503, "5.5.1", "Error: MAIL transaction in progress")
-LOCAL_ERROR = Reply(451, "4.3.0", "Error: local error in processing; try again later")
+
 
 _SKIPPED = b"<skipped>"  # identity marker: a line already answered
 _PATH = re.compile(r"^\s*<([^<>]*)>(.*)$|^\s*([^<>\s]+)(.*)$", re.DOTALL)

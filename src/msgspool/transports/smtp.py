@@ -116,6 +116,11 @@ class SMTPTransport:
         if self.security.credentials is not None and not self.relay:
             raise ConfigError(f"transport {name}: a user and password are for a relay, and it has none")
 
+    def check(self) -> None:
+        """What can only be checked where the daemon runs: that its relay password is readable."""
+        if self.security.credentials is not None:
+            self.security.credentials.check(f"transport {self.name}")
+
     def nexthop(self, address: str) -> str:
         return self.relay or domain_of(address)
 
@@ -171,6 +176,6 @@ def _security(name: str, settings: Any, options: dict[str, Any], implicit_tls: b
         user, password_file = options.get("user", ""), options.get("password_file", "")
     return SessionSecurity(
         level=level, context=client_context(level, ca_file, implicit_tls=implicit_tls), implicit_tls=implicit_tls,
-        credentials=Credentials.load(user, password_file, source),
+        credentials=Credentials.configured(user, password_file, source),
         auth_without_tls=bool(getattr(settings, "smtp_auth_without_tls", False)),
         auth_soft_bounce=bool(getattr(settings, "smtp_auth_soft_bounce", True)))
