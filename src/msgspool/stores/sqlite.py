@@ -35,6 +35,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
+from msgspool import spooldir
 from msgspool.domain.dsn import MessageDSN, RecipientDSN, Ret, notify_text, orcpt_text, recipient_dsn, report_action
 from msgspool.domain.events import Event, EventType
 from msgspool.domain.hooks import Draft, Hold, HookRecord, Preprocessed, Reject
@@ -1109,8 +1110,9 @@ class SQLiteStore:
 
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         with space_errors(self.path.parent):
+            spooldir.create(self.path.parent)
+            spooldir.create_file(self.path)  # 0600; SQLite gives -wal and -shm the database's mode
             wconn = connect(self.path)
             create_schema(wconn)
         self._writer = _GroupCommit(wconn, self.commit_batch, self.path.parent)
@@ -1267,9 +1269,10 @@ class SpoolDB:
     def __init__(self, path: Path, *, create: bool = False) -> None:
         if not create and not path.exists():
             raise FileNotFoundError(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.directory = path.parent
         with space_errors(self.directory):
+            spooldir.create(self.directory)
+            spooldir.create_file(path)
             self.conn = connect(path)
             create_schema(self.conn)
 
