@@ -24,11 +24,14 @@ What each row measures
              rate (smtp-source finished: every DATA got its 250) and end-to-end rate (the last message
              reached the sink). Ratios use relay_bench's own median. Without Postfix, msgspool alone
              is measured with this suite's load generator instead.
-``tls``      relay with STARTTLS on both sides: the Python load says STARTTLS to a daemon with a
-             test CA's certificate, which relays at ``smtp_tls_security_level = "verify"`` to a
-             bench.sink offering STARTTLS; the same load in clear to a second daemon alternates with
-             it. Reports the TLS end-to-end rate and its ratio to clear. msgspool only so far:
-             Postfix's smtp-source/smtp-sink speak no TLS, so its column waits for a TLS load.
+``tls``      relay with STARTTLS on both sides. This suite's Python load (smtp-source speaks no
+             TLS) says STARTTLS to the relay, whose listener has a test CA's certificate (trustme),
+             and the relay says STARTTLS to a bench.sink offering it, refusing to send in clear:
+             msgspool at ``smtp_tls_security_level = "encrypt"``, Postfix at its own
+             ``smtp_tls_security_level = encrypt`` with the same certificate for smtpd (set with
+             postconf, relay_bench.py's configuration restored afterwards). The same msgspool relay
+             in clear runs alongside (the cost of TLS); rounds alternate; medians; the sinks count
+             how many messages came over TLS.
 ``latency``  row 3. A paced client (``bench.smtpclient``) submits 50 msg/s over a pool of persistent
              sessions; each message carries ``X-Bench-Sent: <time.time()>`` taken just before its
              MAIL FROM. A small asyncio sink (``bench.sink``, a separate process on the sink port,
