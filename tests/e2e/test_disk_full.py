@@ -12,6 +12,8 @@ from __future__ import annotations
 import itertools
 import json
 import smtplib
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -21,7 +23,7 @@ from typing import TypeVar
 
 import pytest
 
-from tests.support.daemon import Daemon, DaemonFactory, Spool, received_tags, tagged_message
+from tests.support.daemon import Daemon, DaemonFactory, Spool, cli_env, received_tags, tagged_message
 from tests.support.sink import Sink
 from tests.support.tmpfs import fill, small_tmpfs
 
@@ -31,6 +33,7 @@ TRIES = 60  # 15 MB of messages: far more than an 8 MB file system holds
 FLOWS_WITHIN = 15.0
 LEFT = 1536 * 1024
 T = TypeVar("T")
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -129,3 +132,16 @@ def test_a_full_disk_refuses_on_every_way_in_and_loses_nothing_acknowledged(
     assert smtp_submit(daemon, "after") == (250, "")
     assert "Traceback" not in daemon.log(), daemon.log_tail(200)
     assert daemon.stop() == 0
+
+
+def test_the_quick_disk_full_abuse_run_loses_nothing_and_leaves_nothing_stuck(tmp_path: Path) -> None:
+    """bench/diskfull.py (`make abuse-disk`) in its --quick form, on a tmpfs of this test's own."""
+    out = tmp_path / "diskfull.json"
+    with small_tmpfs(tmp_path / "disk", "32m") as disk:
+        argv = [sys.executable, "-m", "bench.diskfull", "--quick", "--dir", str(disk), "--json", str(out)]
+        proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120, env=cli_env())
+    context = f"\n--- stdout\n{proc.stdout}\n--- stderr (tail)\n{proc.stderr[-4000:]}"
+    assert proc.returncode == 0, context
+    r = json.loads(out.read_text())
+    assert r["acknowledged"] > 0 and r["refused_452"] > 0 and r["other_errors"] == 0, context
+    assert r["lost"] == 0 and r["stuck"] == 0 and r["daemon_alive"] and r["log_tracebacks"] == 0, context
