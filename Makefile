@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: run test lint bench abuse clean
+.PHONY: run test lint bench abuse abuse-disk clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ bench: $(STAMP)
 # legitimate session meanwhile, slow-loris DATA, 10,000 fuzzed sessions. ABUSE_ARGS: --quick, --tls, --json FILE.
 abuse: $(STAMP)
 	MSGSPOOL_CMD=$(abspath $(BIN))/msgspool $(BIN)/python -m bench.abuse $(ABUSE_ARGS)
+
+# A full disk under SMTP load (bench/diskfull.py, needs root for its tmpfs): replies seen, acknowledged,
+# lost and stuck (both must be 0). DISK_ARGS: --quick, --size 64m, --rate N, --json FILE.
+abuse-disk: $(STAMP)
+	MSGSPOOL_CMD=$(abspath $(BIN))/msgspool $(BIN)/python -m bench.diskfull $(DISK_ARGS)
 
 clean:
 	rm -rf $(VENV) msgspool-data

@@ -8,8 +8,8 @@ Running it
     .venv/bin/python -m bench --only latency --only outage
     .venv/bin/python -m bench --quick --no-postfix      # msgspool only (what the smoke test runs)
 
-Options: ``--quick`` (small counts), ``--only ROW`` (repeatable or comma-separated: relay, latency,
-outage, queued, list), ``--no-postfix`` (msgspool columns only), ``--json FILE`` (the results as
+Options: ``--quick`` (small counts), ``--only ROW`` (repeatable or comma-separated: relay, tls,
+latency, outage, queued, list), ``--no-postfix`` (msgspool columns only), ``--json FILE`` (the results as
 JSON), ``--queued N`` (size of the prefilled queue, default 1,000,000), ``--postfix-outage-cap S``
 (0 skips Postfix's outage row), ``--load tools|python|auto`` (load generator for the rate rows that
 do not go through relay_bench.py). Progress goes to stderr; the table (Markdown, ready for the
@@ -24,6 +24,14 @@ What each row measures
              rate (smtp-source finished: every DATA got its 250) and end-to-end rate (the last message
              reached the sink). Ratios use relay_bench's own median. Without Postfix, msgspool alone
              is measured with this suite's load generator instead.
+``tls``      relay with STARTTLS on both sides. This suite's Python load (smtp-source speaks no
+             TLS) says STARTTLS to the relay, whose listener has a test CA's certificate (trustme),
+             and the relay says STARTTLS to a bench.sink offering it, refusing to send in clear:
+             msgspool at ``smtp_tls_security_level = "encrypt"``, Postfix at its own
+             ``smtp_tls_security_level = encrypt`` with the same certificate for smtpd (set with
+             postconf, relay_bench.py's configuration restored afterwards). The same msgspool relay
+             in clear runs alongside (the cost of TLS); rounds alternate; medians; the sinks count
+             how many messages came over TLS.
 ``latency``  row 3. A paced client (``bench.smtpclient``) submits 50 msg/s over a pool of persistent
              sessions; each message carries ``X-Bench-Sent: <time.time()>`` taken just before its
              MAIL FROM. A small asyncio sink (``bench.sink``, a separate process on the sink port,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import ssl
 import subprocess
 import time
 from dataclasses import dataclass
@@ -18,6 +19,30 @@ from typing import Any
 from bench import smtpclient
 from bench.procs import Group, free_port, wait_port, wait_port_free
 from bench.sink import SinkProcess
+
+
+@dataclass
+class TLSFiles:
+    """A test CA and one certificate for 127.0.0.1 (trustme, a dev dependency), as PEM files: the
+    sink's and the daemon's listener certificate, and the CA the clients verify it with."""
+
+    ca_pem: Path
+    server_pem: Path  # private key and certificate chain in one file
+
+    @classmethod
+    def make(cls, workdir: Path) -> TLSFiles:
+        import trustme
+
+        ca = trustme.CA()
+        files = cls(workdir / "bench-ca.pem", workdir / "bench-tls.pem")
+        ca.cert_pem.write_to_path(str(files.ca_pem))
+        ca.issue_cert("127.0.0.1", "mx.test").private_key_and_cert_chain_pem.write_to_path(str(files.server_pem))
+        return files
+
+    def client_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.ca_pem))
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        return context
 
 
 def tools_available() -> bool:
@@ -33,8 +58,10 @@ class Rates:
 
 class Load:
     def __init__(self, kind: str, workdir: Path, sessions: int = 20, size: int = 1000,
-                 port: int | None = None) -> None:
-        self.kind, self.workdir, self.sessions, self.size = kind, workdir, sessions, size
+                 port: int | None = None, tls: TLSFiles | None = None) -> None:
+        # smtp-source and smtp-sink speak no TLS: a TLS load is always the Python one.
+        self.kind = "python" if tls is not None else kind
+        self.workdir, self.sessions, self.size, self.tls = workdir, sessions, size, tls
         self.port = port or free_port()
         self.proc: subprocess.Popen[Any] | None = None
         self.python_sink: SinkProcess | None = None
@@ -52,7 +79,7 @@ class Load:
             self.proc = Group.start(argv, stdout=self.out.open("wb"), stderr=subprocess.DEVNULL)
             wait_port(self.port, 30.0, self.proc, "smtp-sink")
         else:
-            self.python_sink = SinkProcess(self.port, self.out).start()
+            self.python_sink = SinkProcess(self.port, self.out, self.tls.server_pem if self.tls else None).start()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -84,8 +111,9 @@ class Load:
                            check=True, stdin=subprocess.DEVNULL, timeout=timeout)
             t1 = time.time()
         else:
+            tls = self.tls.client_context() if self.tls else None
             result = smtpclient.run(smtpclient.blast("127.0.0.1", smtp_port, n, self.sessions, self.size,
-                                                     tag=f"load{self.rounds}"))
+                                                     tag=f"load{self.rounds}", tls=tls))
             t1, errors = result.finished, len(result.errors)
             n = result.accepted
             if result.errors:

@@ -245,8 +245,8 @@ def wait_rusage(proc: subprocess.Popen[Any], timeout: float | None = None) -> tu
 class Daemon:
     """`msgspool serve` on free loopback ports, relaying to `relay`, as a black box."""
 
-    def __init__(self, data: Path, relay: str, name: str = "msgspool") -> None:
-        self.data, self.relay, self.name = data, relay, name
+    def __init__(self, data: Path, relay: str, name: str = "msgspool", config: str = "") -> None:
+        self.data, self.relay, self.name, self.config = data, relay, name, config
         self.smtp_port, self.http_port = free_port(), free_port()
         self.proc: subprocess.Popen[Any] | None = None
         self.startup = 0.0
@@ -256,6 +256,10 @@ class Daemon:
         self.data.mkdir(parents=True, exist_ok=True)
         argv = [*msgspool_command(), "serve", "--data", str(self.data), "--smtp", f"127.0.0.1:{self.smtp_port}",
                 "--http", f"127.0.0.1:{self.http_port}", "--relay", self.relay]
+        if self.config:  # TOML settings, e.g. the TLS row's certificates and outbound level
+            config_path = self.data.parent / f"{self.data.name}.toml"
+            config_path.write_text(self.config)
+            argv += ["--config", str(config_path)]
         t0 = time.time()
         self.proc = Group.start(argv, stdout=subprocess.DEVNULL, stderr=self.log_path.open("ab"))
         try:

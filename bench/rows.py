@@ -3,6 +3,7 @@ of the run); bench.run turns them into the printed table."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import math
@@ -20,7 +21,7 @@ from types import ModuleType
 from typing import Any
 
 from bench import smtpclient
-from bench.load import Load
+from bench.load import Load, TLSFiles
 from bench.procs import REPO, Daemon, Group, HWMSampler, RSSSampler, free_port, log, msgspool_command, wait_rusage
 from bench.sink import SinkProcess
 
@@ -122,6 +123,75 @@ def _relay_msgspool_only(ctx: Context, msgs: int, rounds: int) -> dict[str, Any]
     return {"source": f"own load ({ctx.load_kind})", "msgs": msgs, "rounds": rounds,
             "msgspool": {"accept": relay_median([a for a, _ in rows]), "e2e": relay_median([e for _, e in rows]),
                          "rounds": rows}}
+
+
+def row_tls(ctx: Context) -> dict[str, Any]:
+    """Relay with STARTTLS on both sides. The load client (this suite's Python one: smtp-source
+    speaks no TLS) says STARTTLS to the relay's listener, which has a test CA's certificate, and the
+    relay says STARTTLS to a bench.sink that offers it, refusing to send in clear: msgspool at
+    smtp_tls_security_level = "encrypt", Postfix at its smtp_tls_security_level = encrypt with the
+    same certificate for smtpd. The same msgspool relay in clear runs too (the cost of TLS). Rounds
+    alternate clear / TLS / Postfix TLS; medians. Postfix gets relay_bench.py's configuration back
+    afterwards."""
+    msgs, rounds = (300, 1) if ctx.quick else (10000, 2)
+    data = ctx.tmpdir("tls-")
+    certs = TLSFiles.make(data)
+    config = (f'tls_cert_file = "{certs.server_pem}"\ntls_key_file = "{certs.server_pem}"\n'
+              f'smtp_tls_security_level = "encrypt"\n')
+    found: dict[str, list[tuple[float, float]]] = {"plain": [], "tls": [], "postfix": []}
+    encrypted: dict[str, tuple[int, int]] = {}
+    with contextlib.ExitStack() as stack:
+        plain_load = stack.enter_context(Load("python", ctx.workdir))
+        tls_load = stack.enter_context(Load("python", ctx.workdir, tls=certs))
+        runs: list[tuple[str, Load, int]] = []
+        plain = Daemon(data / "plain", plain_load.address, name="plain").start()
+        stack.callback(plain.stop)
+        secure = Daemon(data / "tls", tls_load.address, name="tls", config=config).start()
+        stack.callback(secure.stop)
+        runs += [("plain", plain_load, plain.smtp_port), ("tls", tls_load, secure.smtp_port)]
+        if ctx.postfix:
+            stack.callback(ensure_postfix)  # relay_bench.py's plain configuration again
+            _postfix_tls(certs)  # first: it loads relay_bench.py, which names the ports
+            postfix_load = stack.enter_context(Load("python", ctx.workdir, port=POSTFIX_SINK_PORT, tls=certs))
+            runs.append(("postfix", postfix_load, POSTFIX_PORT))
+        for _ in range(rounds):
+            for name, load, port in runs:
+                r = load.measure(port, msgs)
+                if r.errors:
+                    raise RuntimeError(f"{name}: {r.errors} load errors (see the log above)")
+                found[name].append((r.accept, r.e2e))
+        for name, load, _port in runs:
+            if name != "plain":
+                assert load.python_sink is not None
+                arrived = load.count()
+                encrypted[name] = (load.python_sink.encrypted, arrived)
+    shutil.rmtree(data, ignore_errors=True)
+    res: dict[str, Any] = {"source": "own load (python, STARTTLS)", "msgs": msgs, "rounds": rounds,
+                           "sink_encrypted": encrypted["tls"][0], "sink_arrived": encrypted["tls"][1]}
+    if "postfix" in encrypted:
+        res["postfix_sink_encrypted"], res["postfix_sink_arrived"] = encrypted["postfix"]
+    for name, rows in found.items():
+        if rows:
+            res[name] = {"accept": relay_median([a for a, _ in rows]), "e2e": relay_median([e for _, e in rows]),
+                         "rounds": rows}
+    res["tls_cost"] = res["tls"]["e2e"] / res["plain"]["e2e"]
+    if "postfix" in res:
+        res["e2e_ratio"] = res["tls"]["e2e"] / res["postfix"]["e2e"]
+        res["accept_ratio"] = res["tls"]["accept"] / res["postfix"]["accept"]
+    return res
+
+
+def _postfix_tls(certs: TLSFiles) -> None:
+    """relay_bench.py's Postfix with TLS on both sides: smtpd offers STARTTLS with the bench's
+    certificate, the smtp client refuses to relay in clear. Files are read before any chroot."""
+    ensure_postfix()
+    pem = str(certs.server_pem)
+    subprocess.run(["postconf", "-e", f"smtpd_tls_cert_file = {pem}", f"smtpd_tls_key_file = {pem}",
+                    "smtpd_tls_security_level = may", "smtp_tls_security_level = encrypt",
+                    "smtpd_tls_protocols = >=TLSv1.2", "smtp_tls_protocols = >=TLSv1.2",
+                    "smtp_tls_mandatory_protocols = >=TLSv1.2"], check=True, capture_output=True)
+    subprocess.run(["postfix", "reload"], check=True, capture_output=True)
+    time.sleep(1.0)  # the reload restarts the services as they next get work
 
 
 # -- row 3 --------------------------------------------------------------------------------------

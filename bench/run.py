@@ -21,7 +21,7 @@ from bench import rows
 from bench.load import tools_available
 from bench.procs import Group, log, tree_pids
 
-ROWS = ("relay", "latency", "outage", "queued", "list")
+ROWS = ("relay", "tls", "latency", "outage", "queued", "list")
 EXTRAS = ("backlog",)  # opt-in with --only: not part of issue 5's table
 OTHER_BENCH = ("relay_bench.py", "smtp-source", "smtp-sink", "-m bench")
 
@@ -129,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         steps: list[tuple[str, Callable[[], dict[str, Any]]]] = []
         if "relay" in a.rows:
             steps.append(("relay", lambda: rows.row_relay(ctx)))
+        if "tls" in a.rows:
+            steps.append(("tls", lambda: rows.row_tls(ctx)))
         if "latency" in a.rows:
             steps.append(("latency", lambda: rows.row_latency(ctx)))
         if "outage" in a.rows:
@@ -140,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, step in steps:
             if postfix and name in ("latency", "outage") and not used_postfix:
                 rows.ensure_postfix()  # relay_bench.py's configuration, when the relay row did not run it
-            used_postfix = used_postfix or (postfix and name in ("relay", "latency", "outage"))
+            used_postfix = used_postfix or (postfix and name in ("relay", "tls", "latency", "outage"))
             if name != steps[0][0]:
                 wait_quiet(a.wait_quiet, notes)  # someone else's benchmark would skew this row
             log(f"== {name}")
@@ -220,6 +222,12 @@ def render(res: dict[str, Any], errors: dict[str, str], meta: dict[str, Any], a:
             return ms, f"{_n(r['postfix'][key])} msg/s", f"{label} {ratio:.2f}", "", ratio >= 1.5
         return build
 
+    def tls(r: dict[str, Any]) -> tuple[str, str, str, str, bool | None]:
+        ms = f"{_n(r['tls']['e2e'])} msg/s (clear {_n(r['plain']['e2e'])}, {r['tls_cost']:.2f})"
+        if "postfix" not in r:
+            return ms, "—", "", "", None
+        return ms, f"{_n(r['postfix']['e2e'])} msg/s", f"ratio {r['e2e_ratio']:.2f}", "", r["e2e_ratio"] >= 1.5
+
     def latency(r: dict[str, Any]) -> tuple[str, str, str, str, bool | None]:
         m = r["msgspool"]
         ms = f"{m['p50_ms']:.1f} / {m['p99_ms']:.1f} ms"
@@ -267,6 +275,7 @@ def render(res: dict[str, Any], errors: dict[str, str], meta: dict[str, Any], a:
 
     row("end-to-end relay rate, msgspool / Postfix (relay_bench.py defaults)", "relay", relay("e2e", "ratio"), "≥ 1.5")
     row("accept rate (250 after DATA), msgspool / Postfix", "relay", relay("accept", "ratio"), "≥ 1.5")
+    row("end-to-end relay rate with STARTTLS in and out (encrypt), msgspool / Postfix", "tls", tls, "≥ 1.5")
     row("latency submit → sink at 50 msg/s, p50 / p99", "latency", latency, "p99 ≤ Postfix's p99")
     row("destination down during 200 submissions, then up: time until all 200 reached it", "outage", outage,
         "≤ 5 s")
@@ -291,6 +300,15 @@ def _details(res: dict[str, Any], meta: dict[str, Any]) -> list[str]:
                         for name in ("msgspool", "postfix") if name in r)
         out.append(f"- relay: {r['source']}, {r['msgs']} msgs x {r['rounds']} rounds;"
                    f" accept/end-to-end per round: {per}")
+    if "tls" in res:
+        r = res["tls"]
+        per = "; ".join(f"{name} " + ", ".join(f"{a:.0f}/{e:.0f}" for a, e in r[name]["rounds"])
+                        for name in ("plain", "tls", "postfix") if name in r)
+        over = f"{r['sink_encrypted']:,} of the {r['sink_arrived']:,} messages at msgspool's TLS sink came over TLS"
+        if "postfix_sink_encrypted" in r:
+            over += f", {r['postfix_sink_encrypted']:,} of {r['postfix_sink_arrived']:,} at Postfix's"
+        out.append(f"- tls: {r['source']}, {r['msgs']} msgs x {r['rounds']} rounds (msgspool in clear, with TLS,"
+                   f" Postfix with TLS, alternating); accept/end-to-end per round: {per}; {over}")
     if "latency" in res:
         r = res["latency"]
         for name in ("msgspool", "postfix"):

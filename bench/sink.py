@@ -3,7 +3,8 @@
 Accepts everything (PIPELINING advertised, replies in order) and appends one line per message to
 FILE the moment its final dot arrived: ``<arrival time.time()> <X-Bench-Id or -> <X-Bench-Sent or ->``,
 flushed at once, so the bench can count arrivals and compute submit -> sink latency from the stamp
-the sending client put in the header. `SinkProcess` starts and reads it from the bench side.
+the sending client put in the header, and `` tls`` after them when the message came over TLS
+(``--tls-cert PEM`` offers STARTTLS). `SinkProcess` starts and reads it from the bench side.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import asyncio
 import contextlib
 import re
+import ssl
 import subprocess
 import sys
 import time
@@ -23,24 +25,34 @@ SENT_RE = re.compile(rb"^X-Bench-Sent: *([0-9.]+)\r?$", re.M | re.I)
 
 
 class Recorder:
-    def __init__(self, out: IO[str]) -> None:
+    def __init__(self, out: IO[str], tls: ssl.SSLContext | None = None) -> None:
         self.out = out
+        self.tls = tls  # offer STARTTLS with it
 
-    def record(self, data: bytes) -> None:
+    def record(self, data: bytes, encrypted: bool = False) -> None:
         arrival = time.time()
         head = data.split(b"\r\n\r\n", 1)[0]
         mid, sent = ID_RE.search(head), SENT_RE.search(head)
         self.out.write(f"{arrival:.6f} {mid.group(1).decode() if mid else '-'} "
-                       f"{sent.group(1).decode() if sent else '-'}\n")
+                       f"{sent.group(1).decode() if sent else '-'}{' tls' if encrypted else ''}\n")
         self.out.flush()
 
     async def session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"220 bench-sink ESMTP\r\n")
+        encrypted = False
         try:
             while line := await reader.readline():
                 verb = line[:4].upper()
                 if verb == b"EHLO":
-                    writer.write(b"250-bench-sink\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 100000000\r\n")
+                    starttls = b"250-STARTTLS\r\n" if self.tls is not None and not encrypted else b""
+                    writer.write(b"250-bench-sink\r\n250-PIPELINING\r\n" + starttls
+                                 + b"250-8BITMIME\r\n250 SIZE 100000000\r\n")
+                elif verb == b"STAR" and self.tls is not None and not encrypted:
+                    writer.write(b"220 2.0.0 Ready to start TLS\r\n")
+                    await writer.drain()
+                    await writer.start_tls(self.tls)
+                    encrypted = True
+                    continue
                 elif verb in (b"HELO", b"MAIL", b"RCPT", b"RSET", b"NOOP"):
                     writer.write(b"250 2.0.0 Ok\r\n")
                 elif verb == b"DATA":
@@ -51,7 +63,7 @@ class Recorder:
                         if not body_line:
                             raise ConnectionError("connection closed in DATA")
                         lines.append(body_line)
-                    self.record(b"".join(lines))
+                    self.record(b"".join(lines), encrypted)
                     writer.write(b"250 2.0.0 Ok: queued\r\n")
                 elif verb == b"QUIT":
                     writer.write(b"221 2.0.0 Bye\r\n")
@@ -61,15 +73,23 @@ class Recorder:
                     writer.write(b"502 5.5.2 Error: command not recognized\r\n")
                 if not getattr(reader, "_buffer", None):  # pipelined commands: one drain for the lot
                     await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ssl.SSLError):
             pass
         finally:
             writer.close()
 
 
-async def serve(host: str, port: int, log_path: Path) -> None:
+def server_context(pem: Path) -> ssl.SSLContext:
+    """The sink's TLS context from one PEM file holding key and certificate chain."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(str(pem))
+    return context
+
+
+async def serve(host: str, port: int, log_path: Path, tls_pem: Path | None = None) -> None:
     with log_path.open("a") as out:
-        recorder = Recorder(out)
+        recorder = Recorder(out, server_context(tls_pem) if tls_pem else None)
         server = await asyncio.start_server(recorder.session, host, port, reuse_address=True, limit=1 << 24,
                                             backlog=1024)
         async with server:
@@ -81,6 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--log", type=Path, required=True)
+    ap.add_argument("--tls-cert", type=Path, help="PEM with key and certificate: offer STARTTLS")
     a = ap.parse_args(argv)
     try:
         import uvloop
@@ -89,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError:
         runner = asyncio.run
     with contextlib.suppress(KeyboardInterrupt):
-        runner(serve(a.host, a.port, a.log))
+        runner(serve(a.host, a.port, a.log, a.tls_cert))
 
 
 # -- the bench's side ---------------------------------------------------------------------------
@@ -98,21 +119,23 @@ def main(argv: list[str] | None = None) -> None:
 class SinkProcess:
     """`python -m bench.sink` on `port`, its log read incrementally: `.count()`, `.records()`."""
 
-    def __init__(self, port: int, log_path: Path) -> None:
-        self.port, self.log_path = port, log_path
+    def __init__(self, port: int, log_path: Path, tls_pem: Path | None = None) -> None:
+        self.port, self.log_path, self.tls_pem = port, log_path, tls_pem
         self.proc: subprocess.Popen[Any] | None = None
         self.up_at = 0.0
         self._offset = 0
         self._partial = b""
         self._records: list[tuple[float, str, float | None]] = []
+        self.encrypted = 0  # how many of them came over TLS
 
     def start(self) -> SinkProcess:
         from bench.procs import REPO, Group, wait_port, wait_port_free
 
         wait_port_free(self.port)
         self.log_path.touch()
+        tls = ["--tls-cert", str(self.tls_pem)] if self.tls_pem else []
         self.proc = Group.start([sys.executable, "-m", "bench.sink", "--port", str(self.port),
-                                 "--log", str(self.log_path)], cwd=REPO, stdout=subprocess.DEVNULL)
+                                 "--log", str(self.log_path), *tls], cwd=REPO, stdout=subprocess.DEVNULL)
         self.up_at = wait_port(self.port, 30.0, self.proc, "bench sink")
         return self
 
@@ -131,7 +154,8 @@ class SinkProcess:
         lines = (self._partial + chunk).split(b"\n")
         self._partial = lines.pop()
         for line in lines:
-            arrival, mid, sent = line.decode().split(" ")
+            arrival, mid, sent, *tls = line.decode().split(" ")
+            self.encrypted += tls == ["tls"]
             self._records.append((float(arrival), mid, None if sent == "-" else float(sent)))
 
     def count(self) -> int:

@@ -9,6 +9,7 @@ which the sink (bench.sink) turns into a submit -> sink latency.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from dataclasses import dataclass, field
 
@@ -35,11 +36,16 @@ class Session:
         self.reader, self.writer = reader, writer
 
     @classmethod
-    async def open(cls, host: str, port: int, timeout: float = 30.0) -> Session:
+    async def open(cls, host: str, port: int, timeout: float = 30.0, tls: ssl.SSLContext | None = None) -> Session:
+        """A session after EHLO; with `tls`, after STARTTLS and EHLO again."""
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
         session = cls(reader, writer)
         await session.expect(None, 220)
         await session.expect(b"EHLO bench.example\r\n", 250)
+        if tls is not None:
+            await session.expect(b"STARTTLS\r\n", 220)
+            await asyncio.wait_for(writer.start_tls(tls, server_hostname=host), timeout)
+            await session.expect(b"EHLO bench.example\r\n", 250)
         return session
 
     async def reply(self) -> tuple[int, str]:
@@ -83,8 +89,10 @@ class BlastResult:
     finished: float = 0.0  # time.time() of the last 250
 
 
-async def blast(host: str, port: int, n: int, sessions: int, size: int, tag: str = "b") -> BlastResult:
-    """n messages through `sessions` sessions; each message has a distinct X-Bench-Id."""
+async def blast(host: str, port: int, n: int, sessions: int, size: int, tag: str = "b",
+                tls: ssl.SSLContext | None = None) -> BlastResult:
+    """n messages through `sessions` sessions (each with STARTTLS when `tls` is given); each message
+    has a distinct X-Bench-Id."""
     result = BlastResult(started=time.time())
     counter = iter(range(n))
     template = make_message(size, f"{tag}-000000000")
@@ -92,7 +100,7 @@ async def blast(host: str, port: int, n: int, sessions: int, size: int, tag: str
 
     async def client() -> None:
         try:
-            session = await Session.open(host, port)
+            session = await Session.open(host, port, tls=tls)
         except (OSError, SMTPError, TimeoutError) as err:
             result.errors.append(f"connect: {err}")
             return

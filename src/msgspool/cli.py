@@ -24,6 +24,7 @@ EXIT STATUS
     0 success; 1 an unknown message id or a refused operation; 2 usage or configuration error;
     sendmail uses sendmail's codes (sysexits.h): 64 usage, 65 bad message, 75 temporary failure,
     78 no spool in the data directory (without --create).
+    Every command exits 75 (EX_TEMPFAIL) when the spool has no room for what it would write.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from typing import Any
 
 from msgspool import config
 from msgspool.config import Settings
-from msgspool.errors import ConfigError, MsgspoolError, NotFound, SpoolError, SubmitError, UnableToAbort
+from msgspool.errors import ConfigError, MsgspoolError, NotFound, SpoolError, StorageFull, SubmitError, UnableToAbort
 from msgspool.spooler import control
 from msgspool.spooler.runtime import Spooler
 from msgspool.stores.sqlite import DB_NAME
@@ -166,6 +167,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"msgspool: {err}", file=sys.stderr)
         return 2
+    except StorageFull as err:  # nothing changed; the same command works once there is room
+        print(f"msgspool: {err}", file=sys.stderr)
+        return EX_TEMPFAIL
     except (SpoolError, MsgspoolError) as err:
         print(f"msgspool: {err}", file=sys.stderr)
         return 1
@@ -231,6 +235,9 @@ def cmd_sendmail(args: argparse.Namespace, settings: Settings) -> int:
     except SubmitError as err:
         print(f"msgspool sendmail: {err.reply.line()}", file=sys.stderr)
         return EX_DATAERR if err.reply.permanent else EX_TEMPFAIL
+    except StorageFull as err:
+        print(f"msgspool sendmail: {err}", file=sys.stderr)
+        return EX_TEMPFAIL
     except OSError as err:
         print(f"msgspool sendmail: cannot write to the spool: {err}", file=sys.stderr)
         return EX_TEMPFAIL

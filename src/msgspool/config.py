@@ -63,11 +63,14 @@ class Settings:
         "", "Smarthost HOST:PORT for every non-local SMTP recipient, smtps://HOST:PORT for implicit TLS (port 465);"
         " empty = MX lookup.")
     relay_user: str = _doc("", "Account at the relay for AUTH PLAIN/LOGIN (RFC 4954), sent only over TLS.")
-    relay_password_file: str = _doc("", "File holding relay_user's password (one line), read at start.")
+    relay_password_file: str = _doc(
+        "", "File holding relay_user's password (one line); read for each connection, checked when serve starts.")
     smtp_tls_security_level: str = _doc(
         "may", "Outbound TLS: none, may (opportunistic STARTTLS), encrypt (no mail in clear), verify (certificate"
         " and host name checked too); as Postfix's.")
     smtp_tls_ca_file: str = _doc("", "PEM CA certificates trusted at level verify instead of the system store.")
+    smtp_mta_sts: bool = _doc(
+        False, "MX delivery honours MTA-STS (RFC 8461): an enforced policy allows only its MX hosts, verified.")
     smtp_auth_without_tls: bool = _doc(
         False, "Let the SMTP client send a relay password without TLS, at level none only (a loopback test relay).")
     smtp_auth_soft_bounce: bool = _doc(

@@ -177,8 +177,18 @@ class Shutdown:
             await asyncio.sleep(0.02)
 
 
+def check_transports(transports: dict[str, Any]) -> None:
+    """A transport's optional `check()`: what only the daemon's own user can check (e.g. that a relay
+    password file is readable), at start rather than at the first delivery. Raises ConfigError."""
+    for transport in transports.values():
+        check = getattr(transport, "check", None)
+        if callable(check):
+            check()
+
+
 async def _serve(settings: Settings, ready: asyncio.Event | None) -> None:
     spooler = Spooler(settings)
+    check_transports(spooler.transports)
     shutdown = Shutdown()
     stopping = shutdown.stopping
     loop = asyncio.get_running_loop()

@@ -3,6 +3,9 @@
     MsgspoolError
     ├── ConfigError                a bad setting: the CLI prints it and exits 2
     ├── SpoolError                 the spool cannot be opened or is locked by another daemon
+    ├── StorageFull(reply)         a store write failed for lack of space (SQLITE_FULL, ENOSPC, an
+    │                              I/O error on a file system with no room left): ``452 4.3.1``
+    │                              over SMTP, 507 over HTTP, EX_TEMPFAIL from sendmail
     ├── NotFound                   an unknown message id
     ├── UnableToAbort              delete/hold of a message a transport has in flight (MAPI
     │                              AbortSubmit's MAPI_E_UNABLE_TO_ABORT): what was done, what was not
@@ -27,6 +30,18 @@ class ConfigError(MsgspoolError):
 
 class SpoolError(MsgspoolError):
     pass
+
+
+# RFC 3463 4.3.1 "Mail system full", in the words of RFC 5321's 452 (and Postfix's).
+INSUFFICIENT_STORAGE = Reply(452, "4.3.1", "Insufficient system storage")
+
+
+class StorageFull(MsgspoolError):
+    """Nothing of the write was stored; the same write succeeds once there is room again."""
+
+    def __init__(self, cause: str = "") -> None:
+        super().__init__(f"{INSUFFICIENT_STORAGE.line()}: {cause}" if cause else INSUFFICIENT_STORAGE.line())
+        self.reply = INSUFFICIENT_STORAGE
 
 
 class NotFound(MsgspoolError):

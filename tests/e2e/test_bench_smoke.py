@@ -18,7 +18,7 @@ QUEUED = 5000
 def test_bench_quick_runs_every_row_against_msgspool(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     argv = [sys.executable, "-m", "bench", "--quick", "--no-postfix", "--load", "python", "--queued", str(QUEUED),
-            "--only", "relay,latency,outage,queued,list,backlog",  # every row, and the opt-in extra
+            "--only", "relay,tls,latency,outage,queued,list,backlog",  # every row, and the opt-in extra
             "--json", str(out)]  # spools under /tmp: pytest's tmp_path is too long for a control socket
     proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=100, env=cli_env())
     context = f"\n--- stdout\n{proc.stdout}\n--- stderr (tail)\n{proc.stderr[-4000:]}"
@@ -30,6 +30,10 @@ def test_bench_quick_runs_every_row_against_msgspool(tmp_path: Path) -> None:
 
     relay = res["relay"]["msgspool"]
     assert relay["accept"] > 0 and relay["e2e"] > 0, context
+
+    tls = res["tls"]
+    assert tls["tls"]["e2e"] > 0 and tls["plain"]["e2e"] > 0, context
+    assert tls["sink_encrypted"] == tls["sink_arrived"] > 0, "a message reached the TLS sink in clear" + context
 
     latency = res["latency"]
     assert "postfix" not in latency, context

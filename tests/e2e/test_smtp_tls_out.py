@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import trustme
 
+from tests.e2e.test_daemon import assert_clear_failure, run_serve
 from tests.integration.test_smtp_tls_out import PASSWORD, server_context
 from tests.support.daemon import DaemonFactory, Spool, tagged_message
 from tests.support.sink import Sink
@@ -49,3 +50,12 @@ def test_serve_relays_over_verified_starttls_with_auth_and_queue_show_says_so(
     log = daemon.log()
     assert any("status=sent" in line and "tls=TLSv1.3 user=app" in line for line in log.splitlines()), log
     assert PASSWORD not in log and PASSWORD not in out
+
+
+def test_serve_with_an_unreadable_relay_password_file_exits_2_naming_it(
+        spool: Spool, daemons: DaemonFactory, tmp_path: Path) -> None:
+    config = tmp_path / "out.toml"
+    config.write_text(f'relay_user = "app"\nrelay_password_file = "{tmp_path / "no-such-file"}"\n')
+    result = run_serve(daemons(spool.data, "127.0.0.1:9", extra_args=["--config", str(config)]))
+    assert result.returncode == 2
+    assert_clear_failure(result, "cannot use the password file of app", "no-such-file")

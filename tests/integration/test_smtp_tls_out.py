@@ -203,10 +203,11 @@ async def test_a_transport_table_overrides_the_level_and_ca_file(spooler_factory
     assert [m.tls for m in sink.messages] == ["TLSv1.3"]
 
 
-async def test_one_tls_session_carries_several_pipelined_transactions(make_sink: Any, ca_file: str) -> None:
+async def test_one_tls_session_carries_several_pipelined_transactions(make_sink: Any, ca_file: str,
+                                                                     password_file: str) -> None:
     sink = make_sink("127.0.0.1", accounts={"app": PASSWORD})
     security = SessionSecurity(level=TLSLevel.VERIFY, context=client_context(TLSLevel.VERIFY, ca_file),
-                               credentials=Credentials("app", PASSWORD))
+                               credentials=Credentials("app", password_file))
     client = await SMTPClient.connect("127.0.0.1", sink.port, helo_name="mx.test", security=security)
     try:
         # What the server said in clear is forgotten: AUTH is offered only inside TLS here.
@@ -325,18 +326,38 @@ async def test_auth_in_clear_only_at_level_none_with_the_explicit_setting(
     assert [(m.tls, m.user) for m in sink.messages] == [(None, "app")]
 
 
-def test_credentials_are_checked_when_loaded_and_kept_out_of_repr(tmp_path: Path, password_file: str) -> None:
+def test_credentials_pair_up_and_the_password_file_is_checked_only_on_request(tmp_path: Path,
+                                                                               password_file: str) -> None:
     transport = SMTPTransport("smtp", make_settings(tmp_path, relay="relay.test:587", relay_user="app",
                                                     relay_password_file=password_file), {})
+    transport.check()
     assert transport.security.credentials is not None
     assert PASSWORD not in repr(transport.security)
     with pytest.raises(ConfigError, match="a user and a password file go together"):
         SMTPTransport("smtp", make_settings(tmp_path, relay="relay.test:587", relay_user="app"), {})
-    with pytest.raises(ConfigError, match="cannot read the password file"):
-        SMTPTransport("smtp", make_settings(tmp_path, relay="relay.test:587", relay_user="app",
-                                            relay_password_file=str(tmp_path / "missing")), {})
+    # `msgspool sendmail` builds the transports too, as a user who may not read the file: no error there.
+    missing = SMTPTransport("smtp", make_settings(tmp_path, relay="relay.test:587", relay_user="app",
+                                                  relay_password_file=str(tmp_path / "missing")), {})
+    with pytest.raises(ConfigError, match=r"transport smtp: cannot use the password file of app: .*missing"):
+        missing.check()  # what `serve` does at start
     with pytest.raises(ConfigError, match="are for a relay, and it has none"):
         SMTPTransport("smtp", make_settings(tmp_path, relay_user="app", relay_password_file=password_file), {})
+
+
+async def test_the_password_file_is_read_for_each_connection(spooler_factory: SpoolerFactory, make_sink: Any,
+                                                             tmp_path: Path) -> None:
+    path = tmp_path / "later"
+    sink = make_sink("127.0.0.1", accounts={"app": PASSWORD})
+    async with spooler_factory(relay=sink.address, relay_user="app", relay_password_file=str(path)) as spooler:
+        message_id = await spooler.submit(submission("b@example.com"))
+        info = await wait_status(spooler, message_id, {"deferred"})
+        reply = info["recipients"][0]["last_reply"]
+        assert reply.startswith("451 4.3.5 cannot authenticate as app: ") and str(path) in reply
+        assert "AUTH" not in sink.verbs
+        path.write_text(PASSWORD)  # the password arrives (or is rotated): no restart needed
+        await spooler.flush()
+        await wait_status(spooler, message_id, {"delivered"})
+    assert [(m.tls, m.user) for m in sink.messages] == [("TLSv1.3", "app")]
 
 
 def test_a_transport_with_its_own_relay_does_not_take_the_relay_account(tmp_path: Path,

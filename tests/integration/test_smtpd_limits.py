@@ -243,3 +243,12 @@ async def test_an_oversize_message_is_discarded_as_it_arrives_not_spilled(listen
         assert await c.cmd(b".") == (552, "5.3.4 Message size exceeds fixed limit")
         await transaction(c, rcpt="bob@example.org")
         assert (await c.cmd(MESSAGE + b"."))[0] == 250
+
+
+@pytest.mark.parametrize("command", [b"EHLO a\rb", b"HELO a\x1bb", b"EHLO \xff\xfe", b"EHLO a\x7f"])
+async def test_a_helo_name_with_control_characters_is_refused(listen: ListenerFactory, command: bytes) -> None:
+    async with listen() as listener:
+        c = await listener.client()
+        code, text = await c.cmd(command)
+        assert (code, text) == (501, f"5.5.4 Syntax: {command[:4].decode()} hostname")
+        assert await c.cmd("MAIL FROM:<a@example.org>") == (503, "5.5.1 Error: send HELO/EHLO first")

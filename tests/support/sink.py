@@ -74,7 +74,7 @@ class Sink:
             assert self._loop is not None
             asyncio.set_event_loop(self._loop)
             self._server = self._loop.run_until_complete(
-                asyncio.start_server(self._session, self.host, self.port, reuse_address=True,
+                asyncio.start_server(self._session, self.host, self.port, reuse_address=True, limit=1 << 24,
                                      ssl=self.tls if self.implicit_tls else None))
             ready.set()
             self._loop.run_forever()

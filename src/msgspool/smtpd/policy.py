@@ -13,7 +13,8 @@
   over the rate they get ``450 4.7.1``.
 - After DATA the message gets its `Received:` trace header (RFC 5321 §4.4; the protocol name
   says whether the session was encrypted, a comment gives the TLS version and cipher) and goes through
-  intake; the ``250`` is sent only once the spool has committed it durably. A release time
+  intake; the ``250`` is sent only once the spool has committed it durably; a spool without room
+  for it answers ``452 4.3.1 Insufficient system storage`` (RFC 3463), and the client keeps it. A release time
   becomes the message's `deliver_after`: its recipients are not due before it.
 """
 
@@ -26,7 +27,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from msgspool.domain.ids import new_id
 from msgspool.domain.outcome import Reply
 from msgspool.domain.timefmt import rfc5322
-from msgspool.errors import SubmitError
+from msgspool.errors import StorageFull, SubmitError
 from msgspool.smtpd.limits import ConnectionCounter, RateCounter
 from msgspool.smtpd.protocol import Envelope, Session
 from msgspool.spooler.intake import Intake, Submission
@@ -93,6 +94,9 @@ class SpoolPolicy:
         try:
             queue_id = await self.submit(sub)
         except SubmitError as err:
+            return err.reply
+        except StorageFull as err:  # nothing was stored: the client keeps the message and tries later
+            log.warning("%s: from=<%s> [%s]: %s", queue_id, sub.sender, session.peer[0], err)
             return err.reply
         return Reply(250, "2.0.0", f"Ok: queued as {queue_id}")
 

@@ -27,6 +27,8 @@ Strictness, where the RFC leaves room (each chosen to be safe and what Postfix d
   ``smtpd_forbid_bare_newline = reject``), and so is content with a bare CR, which some next hops
   take for a line end. Content with NUL bytes is refused with ``550 5.6.0``.
   Commands ending in a bare LF are accepted (the risk lies in content, not commands).
+- An EHLO/HELO name with a control character is refused (``501 5.5.4``): it is written into the
+  Received: header.
 - An address (MAIL FROM, RCPT TO) with a control character (C0, DEL, C1) or bytes that are not
   UTF-8 is refused as bad syntax (``501 5.1.7`` / ``501 5.1.3``): it would end up in headers,
   logs and the next hop's protocol lines.
@@ -95,6 +97,11 @@ DATA_TIMEOUT = Reply(421, "4.4.2", "Error: timeout exceeded for the message cont
 BARE_CR = Reply(550, "5.5.2", "Error: bare <CR> received")
 TOO_MANY_ERRORS = Reply(421, "4.7.0", "Error: too many errors")
 SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down; try again later")
+READY_FOR_TLS = Reply(220, "2.0.0", "Ready to start TLS")
+NOT_IMPLEMENTED = Reply(502, "5.5.1", "Error: command not implemented")
+TLS_ACTIVE = Reply(554, "5.5.1", "Error: TLS already active")
+MAIL_IN_PROGRESS = Reply(503, "5.5.1", "Error: MAIL transaction in progress")
+LOCAL_ERROR = Reply(451, "4.3.0", "Error: local error in processing; try again later")
 
 
 class Sessions:
@@ -113,11 +120,7 @@ class Sessions:
     @property
     def open(self) -> int:
         return sum(1 for s in self.live if not s._ended)
-READY_FOR_TLS = Reply(220, "2.0.0", "Ready to start TLS")
-NOT_IMPLEMENTED = Reply(502, "5.5.1", "Error: command not implemented")
-TLS_ACTIVE = Reply(554, "5.5.1", "Error: TLS already active")
-MAIL_IN_PROGRESS = Reply(503, "5.5.1", "Error: MAIL transaction in progress")
-LOCAL_ERROR = Reply(451, "4.3.0", "Error: local error in processing; try again later")
+
 
 _SKIPPED = b"<skipped>"  # identity marker: a line already answered
 _PATH = re.compile(r"^\s*<([^<>]*)>(.*)$|^\s*([^<>\s]+)(.*)$", re.DOTALL)
@@ -552,7 +555,7 @@ class SMTPServerProtocol(asyncio.Protocol):
     # -- commands (RFC 5321 §4.1.1) -----------------------------------------------------------
 
     def smtp_ehlo(self, arg: str) -> None:
-        if not arg:
+        if not arg or _CONTROL.search(arg):  # it goes into the Received: header
             self._error(Reply(501, "5.5.4", "Syntax: EHLO hostname"))
             return
         self.session.helo, self.session.esmtp = arg, True
@@ -567,7 +570,7 @@ class SMTPServerProtocol(asyncio.Protocol):
         self._reply(Reply(250, "", "\n".join(keywords)))
 
     def smtp_helo(self, arg: str) -> None:
-        if not arg:
+        if not arg or _CONTROL.search(arg):  # it goes into the Received: header
             self._error(Reply(501, "5.5.4", "Syntax: HELO hostname"))
             return
         self.session.helo, self.session.esmtp = arg, False

@@ -18,11 +18,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from msgspool import spooldir
 from msgspool.errors import UnableToAbort
 
 SOCKET_NAME = "control.sock"
@@ -116,4 +118,6 @@ async def serve(data_dir: Path, handler: Handler) -> asyncio.AbstractServer:
         finally:
             writer.close()
 
-    return await asyncio.start_unix_server(session, path=str(path))
+    server = await asyncio.start_unix_server(session, path=str(path))
+    os.chmod(path, spooldir.FILE_MODE)  # its directory is private too; the socket is, whatever the umask
+    return server

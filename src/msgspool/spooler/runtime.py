@@ -21,6 +21,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import IO, Any
 
+from msgspool import spooldir
 from msgspool.compose import complete_headers, header_recipients, header_sender, strip_bcc
 from msgspool.config import Settings
 from msgspool.domain.address import mailbox_key
@@ -105,9 +106,10 @@ def build_router(settings: Settings, transports: dict[str, Transport]) -> Router
 async def take_lock(data_dir: Path, name: str, timeout: float = 0.0) -> IO[str]:
     """An exclusive lock on `name` in the data directory, waiting up to `timeout` seconds. One
     delivering process per spool (`msgspool.lock`): two would each take the other's active
-    recipients for orphans of a crash. One `serve` per spool (`serve.lock`)."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    handle = (data_dir / name).open("a+")
+    recipients for orphans of a crash. One `serve` per spool (`serve.lock`). The data directory
+    is created (or tightened) private first: 0700, its spool files 0600."""
+    spooldir.tighten(data_dir)  # a process that takes a lock starts on the spool: make it private first
+    handle = spooldir.open_private(data_dir / name)
     deadline = time.monotonic() + timeout
     while True:
         try:

@@ -11,14 +11,20 @@ message. The next FULL commit flushes them anyway.
 
 Reads for the daemon's API go through a second thread with its own connection; the CLI uses
 `SpoolDB` directly (same statements, its own connection), so it works with the daemon down.
+
+A write that fails for lack of space raises `StorageFull` (see `storage_error`): SQLite rolled
+it back whole, so nothing of it is stored and the same write succeeds once there is room.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import errno
 import itertools
 import json
+import os
 import queue
 import sqlite3
 import threading
@@ -29,6 +35,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
+from msgspool import spooldir
 from msgspool.domain.dsn import MessageDSN, RecipientDSN, Ret, notify_text, orcpt_text, recipient_dsn, report_action
 from msgspool.domain.events import Event, EventType
 from msgspool.domain.hooks import Draft, Hold, HookRecord, Preprocessed, Reject
@@ -48,6 +55,7 @@ from msgspool.domain.message import (
 from msgspool.domain.outcome import Reply
 from msgspool.domain.recipient import RecipientType, Status
 from msgspool.domain.tokens import Token
+from msgspool.errors import StorageFull
 from msgspool.stores.sqlite_tokens import any_token, find_token
 
 T = TypeVar("T")
@@ -64,6 +72,55 @@ _STATUS_EVENT = {
     Status.EXPIRED: EventType.EXPIRED,
     Status.HELD: EventType.HELD,
 }
+
+
+# SQLite's primary result codes that may mean "no room": SQLITE_FULL always; SQLITE_IOERR (a WAL
+# or -shm file that could not grow, an fsync refused) only when the file system is nearly full.
+_SQLITE_FULL, _SQLITE_IOERR = 13, 10
+_NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+NEARLY_FULL = 1 << 20  # bytes free under which an I/O error is taken for a full file system
+
+
+def storage_error(err: BaseException, directory: Path) -> BaseException:
+    """`err` as `StorageFull` when it means the spool's file system has no room, else `err`."""
+    if isinstance(err, OSError) and err.errno in _NO_SPACE_ERRNOS:
+        return _storage_full(err)
+    if not isinstance(err, sqlite3.Error):
+        return err
+    code = getattr(err, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    if primary == _SQLITE_FULL or (primary is None and "disk is full" in str(err)):
+        return _storage_full(err)
+    if primary == _SQLITE_IOERR and free_bytes(directory) < NEARLY_FULL:
+        return _storage_full(err)
+    return err
+
+
+@contextlib.contextmanager
+def space_errors(directory: Path) -> Iterator[None]:
+    """Raise a failure for lack of space on `directory`'s file system as `StorageFull`."""
+    try:
+        yield
+    except (OSError, sqlite3.Error) as err:
+        full = storage_error(err, directory)
+        if full is err:
+            raise
+        raise full from err
+
+
+def _storage_full(err: BaseException) -> StorageFull:
+    full = StorageFull(str(err))
+    full.__cause__ = err
+    return full
+
+
+def free_bytes(directory: Path) -> int:
+    """Bytes an unprivileged writer may still use on `directory`'s file system (huge if unknown)."""
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return 1 << 62
+    return st.f_bavail * st.f_frsize
 
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
@@ -925,8 +982,8 @@ class _GroupCommit:
     holding every client's 250 for ~18 ms. Here the loop pays the statements' CPU it would pay
     anyway, and two GIL handoffs per batch instead of a dozen per message."""
 
-    def __init__(self, conn: sqlite3.Connection, max_batch: int) -> None:
-        self.conn, self.max_batch = conn, max_batch
+    def __init__(self, conn: sqlite3.Connection, max_batch: int, directory: Path) -> None:
+        self.conn, self.max_batch, self.directory = conn, max_batch, directory
         self.jobs: deque[_Job] = deque()
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="msgspool-commit")
         self.synchronous_full = True
@@ -945,7 +1002,8 @@ class _GroupCommit:
         while self.jobs:
             began = await self._begin_for(list(self.jobs))
             batch = [self.jobs.popleft() for _ in range(min(self.max_batch, len(self.jobs)))]
-            _resolve(batch, await self._run(batch) if began is None else [(False, began)] * len(batch))
+            results = await self._run(batch) if began is None else [(False, began)] * len(batch)
+            _resolve(batch, [(ok, value if ok else storage_error(value, self.directory)) for ok, value in results])
 
     async def _begin_for(self, jobs: list[_Job]) -> Exception | None:
         """Open the transaction (in the helper thread: it may wait for another process's lock)."""
@@ -1052,10 +1110,12 @@ class SQLiteStore:
 
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        wconn = connect(self.path)
-        create_schema(wconn)
-        self._writer = _GroupCommit(wconn, self.commit_batch)
+        with space_errors(self.path.parent):
+            spooldir.create(self.path.parent)
+            spooldir.create_file(self.path)  # 0600; SQLite gives -wal and -shm the database's mode
+            wconn = connect(self.path)
+            create_schema(wconn)
+        self._writer = _GroupCommit(wconn, self.commit_batch, self.path.parent)
         self._reader = _Reader(connect(self.path), loop, name="msgspool-reader")
         self._reader.start()
 
@@ -1209,18 +1269,23 @@ class SpoolDB:
     def __init__(self, path: Path, *, create: bool = False) -> None:
         if not create and not path.exists():
             raise FileNotFoundError(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.conn = connect(path)
-        create_schema(self.conn)
+        self.directory = path.parent
+        with space_errors(self.directory):
+            spooldir.create(self.directory)
+            spooldir.create_file(path)
+            self.conn = connect(path)
+            create_schema(self.conn)
 
     def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            result = fn(self.conn)
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
+        with space_errors(self.directory):
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(self.conn)
+                self.conn.execute("COMMIT")
+            except BaseException:
+                if self.conn.in_transaction:  # SQLite rolls back itself after SQLITE_FULL
+                    self.conn.execute("ROLLBACK")
+                raise
         return result
 
     def close(self) -> None:

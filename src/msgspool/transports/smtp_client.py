@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from typing import NoReturn, TypeVar
 
 from msgspool.domain.outcome import CONNECTION_LOST, CONNECTION_REFUSED, CONNECTION_TIMEOUT, Reply
-from msgspool.transports.smtp_security import CLEAR, Credentials, SessionSecurity
+from msgspool.transports.smtp_security import CLEAR, SessionSecurity
 
 log = logging.getLogger("msgspool.smtp")
 
@@ -187,8 +187,8 @@ class SMTPClient:
         if self.tls is None and security.context is not None:
             await self._starttls(helo_name, security)
         if self.tls is None and security.level.required:
-            await self._give_up(Reply(454, "4.7.5", f"TLS is required (smtp_tls_security_level={security.level})"
-                                      f" but {self.remote} does not offer STARTTLS"))
+            await self._give_up(Reply(454, "4.7.5", f"TLS is required ({security.reason}) but {self.remote}"
+                                      " does not offer STARTTLS"))
         if security.credentials is not None:
             await self._authenticate(security)
 
@@ -241,10 +241,14 @@ class SMTPClient:
         mechanisms = self.extensions.get("AUTH", "").upper().split()
         if "AUTH" not in self.extensions:
             return  # a relay that offers no AUTH wants none (Postfix sends the mail all the same)
+        try:
+            password = credentials.password()
+        except (OSError, ValueError) as err:
+            await self._give_up(Reply(451, "4.3.5", f"cannot authenticate as {credentials.user}: {err}"))
         if "PLAIN" in mechanisms:
-            reply = await self._auth_plain(credentials)
+            reply = await self._auth_plain(credentials.user, password)
         elif "LOGIN" in mechanisms:
-            reply = await self._auth_login(credentials)
+            reply = await self._auth_login(credentials.user, password)
         else:
             offered = " ".join(mechanisms) or "none"
             await self._give_up(Reply(454, "4.7.0", f"{self.remote} offers no AUTH mechanism msgspool has"
@@ -253,16 +257,16 @@ class SMTPClient:
             await self._give_up(_auth_failure(reply, credentials.user, self.remote, security.auth_soft_bounce))
         self.user = credentials.user
 
-    async def _auth_plain(self, credentials: Credentials) -> Reply:
-        token = _b64(f"\0{credentials.user}\0{credentials.password}")
+    async def _auth_plain(self, user: str, password: str) -> Reply:
+        token = _b64(f"\0{user}\0{password}")
         reply = await self._exchange(b"AUTH PLAIN " + token + b"\r\n", self.timeouts.helo, "AUTH")
         if reply.code == 334:  # a server that wants the response after an empty challenge
             reply = await self._exchange(token + b"\r\n", self.timeouts.helo, "AUTH")
         return reply
 
-    async def _auth_login(self, credentials: Credentials) -> Reply:
+    async def _auth_login(self, user: str, password: str) -> Reply:
         reply = await self._exchange(b"AUTH LOGIN\r\n", self.timeouts.helo, "AUTH")
-        for answer in (credentials.user, credentials.password):
+        for answer in (user, password):
             if reply.code != 334:
                 return reply
             reply = await self._exchange(_b64(answer) + b"\r\n", self.timeouts.helo, "AUTH")

@@ -19,13 +19,14 @@ and checks the certificate at `verify`.
 Smarthost AUTH (RFC 4954): a relay with `relay_user` and `relay_password_file` (per transport
 `user`, `password_file`) authenticates after TLS with PLAIN, or LOGIN when only that is offered.
 The password is never sent in clear, unless the level is `none` and `smtp_auth_without_tls` says
-so (a loopback test relay); it never appears in a log, a reply or a repr.
+so (a loopback test relay); it is read from its file for each new connection and never appears in
+a log, a reply or a repr.
 """
 
 from __future__ import annotations
 
 import ssl
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
@@ -55,24 +56,37 @@ class TLSLevel(StrEnum):
 
 @dataclass(frozen=True)
 class Credentials:
-    """A smarthost account; the password stays out of repr (and so out of logs and tracebacks)."""
+    """A smarthost account. The password stays in its file until a session needs it: read for each
+    new connection (a rotated password is used without a restart), by the process that delivers —
+    not by `msgspool sendmail` or `queue`, whose user may not be allowed to read it."""
 
     user: str
-    password: str = field(repr=False)
+    password_file: str
 
     @classmethod
-    def load(cls, user: str, password_file: str, source: str) -> Credentials | None:
+    def configured(cls, user: str, password_file: str, source: str) -> Credentials | None:
         if not user and not password_file:
             return None
         if not (user and password_file):
             raise ConfigError(f"{source}: a user and a password file go together: set both or neither")
+        return cls(user, password_file)
+
+    def password(self) -> str:
+        """The password; OSError or ValueError (with the file's name, never its content) when unusable."""
         try:
-            password = Path(password_file).read_text(encoding="utf-8").rstrip("\r\n")
-        except (OSError, UnicodeDecodeError) as err:
-            raise ConfigError(f"{source}: cannot read the password file {password_file}: {err}") from None
+            password = Path(self.password_file).read_text(encoding="utf-8").rstrip("\r\n")
+        except UnicodeDecodeError:
+            raise ValueError(f"the password file {self.password_file} is not UTF-8") from None
         if not password:
-            raise ConfigError(f"{source}: the password file {password_file} is empty")
-        return cls(user, password)
+            raise ValueError(f"the password file {self.password_file} is empty")
+        return password
+
+    def check(self, source: str) -> None:
+        """At start, so that `serve` stops at once (exit 2) on a password it cannot use."""
+        try:
+            self.password()
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"{source}: cannot use the password file of {self.user}: {err}") from None
 
 
 @dataclass(frozen=True)
@@ -85,6 +99,11 @@ class SessionSecurity:
     credentials: Credentials | None = None
     auth_without_tls: bool = False  # only honoured at level none
     auth_soft_bounce: bool = True  # a 5xx to AUTH defers (Postfix smtp_sasl_auth_soft_bounce)
+    required_by: str = ""  # what raised the level, for replies: e.g. "MTA-STS policy of example.org"
+
+    @property
+    def reason(self) -> str:
+        return self.required_by or f"smtp_tls_security_level={self.level}"
 
     @property
     def tries_tls(self) -> bool:

@@ -3,7 +3,8 @@
 `Problem` is the exception a handler raises for a refusal in the API's own words (`field` names
 the member of the request at fault, an extension member RFC 9457 §3.2 allows). The `problems`
 middleware turns it, aiohttp's own HTTP errors (404, 405, 413, ...), the spool's refusals and any
-unexpected failure (500, logged, no internals told) into ``application/problem+json``;
+a spool without room (507 Insufficient Storage, RFC 4918 §11.5), unexpected failure (500, logged,
+no internals told) into ``application/problem+json``;
 `ProblemServer` does the same for what aiohttp refuses before a handler runs (a malformed request
 line, headers too large).
 """
@@ -21,7 +22,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
-from msgspool.errors import NotFound, SubmitError, UnableToAbort
+from msgspool.errors import NotFound, StorageFull, SubmitError, UnableToAbort
 
 log = logging.getLogger("msgspool.web")
 PROBLEM_JSON = "application/problem+json"
@@ -75,6 +76,9 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
         return problem(409, "Conflict", str(err), extra=err.detail())
     except SubmitError as err:
         return _refused(err)
+    except StorageFull as err:  # RFC 4918 507: nothing was stored; the same request works once there is room
+        log.warning("http %s %s: %s", request.method, request.path, err)
+        return problem(507, "Insufficient Storage", err.reply.line(), headers={"Retry-After": "60"})
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception:
