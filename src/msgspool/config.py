@@ -69,6 +69,8 @@ class Settings:
         "may", "Outbound TLS: none, may (opportunistic STARTTLS), encrypt (no mail in clear), verify (certificate"
         " and host name checked too); as Postfix's.")
     smtp_tls_ca_file: str = _doc("", "PEM CA certificates trusted at level verify instead of the system store.")
+    smtp_mta_sts: bool = _doc(
+        False, "MX delivery honours MTA-STS (RFC 8461): an enforced policy allows only its MX hosts, verified.")
     smtp_auth_without_tls: bool = _doc(
         False, "Let the SMTP client send a relay password without TLS, at level none only (a loopback test relay).")
     smtp_auth_soft_bounce: bool = _doc(

@@ -10,6 +10,7 @@ from types import TracebackType
 import dns.flags
 import dns.message
 import dns.rcode
+import dns.rdatatype
 import dns.rrset
 
 
@@ -52,5 +53,27 @@ class TXTServer:
         else:  # split into 255-octet strings (RFC 6376 §3.6.2.2)
             strings = " ".join(f'"{value[i:i + 255]}"' for i in range(0, len(value), 255))
             response.answer.append(dns.rrset.from_text(name, 60, "IN", "TXT", strings))
+        response.flags |= dns.flags.AA
+        return response
+
+
+class ZoneServer(TXTServer):
+    """As TXTServer, for any record type: ``{(name, type): [rdata, ...]}``, e.g.
+    ``{("example.test", "MX"): ["10 mx.example.test."], ("mx.example.test", "A"): ["127.0.0.1"]}``.
+    A known name without records of the type asked gets an empty answer (NOERROR), an unknown one NXDOMAIN."""
+
+    def __init__(self, zone: dict[tuple[str, str], list[str]]) -> None:
+        super().__init__({})
+        self.zone = {(name.rstrip(".").lower() + ".", rtype.upper()): rdata for (name, rtype), rdata in zone.items()}
+
+    def _answer(self, query: dns.message.Message) -> dns.message.Message:
+        response = dns.message.make_response(query)
+        question = query.question[0]
+        name, rtype = question.name.to_text().lower(), dns.rdatatype.to_text(question.rdtype)
+        rdata = self.zone.get((name, rtype))
+        if rdata:
+            response.answer.append(dns.rrset.from_text_list(name, 60, "IN", rtype, rdata))
+        elif not any(known == name for known, _ in self.zone):
+            response.set_rcode(dns.rcode.NXDOMAIN)
         response.flags |= dns.flags.AA
         return response

@@ -8,8 +8,10 @@ own address; a null MX, RFC 7505, refuses mail permanently).
 Options (from a [[transports]] table): relay (``HOST:PORT``, or ``smtps://HOST:PORT`` for implicit
 TLS), helo_name, port (default 25), tls_security_level and tls_ca_file (default the settings'
 smtp_tls_security_level and smtp_tls_ca_file), user and password_file (smarthost AUTH; a transport
-that takes the settings' relay takes relay_user and relay_password_file with it), and the timeouts
-of config.py. The security policy itself is smtp_security.py's.
+that takes the settings' relay takes relay_user and relay_password_file with it), mta_sts (default
+smtp_mta_sts: MX delivery honours RFC 8461 policies, mta_sts.py), nameserver (HOST[:PORT] for the MX,
+MTA-STS and policy host lookups; default the system's resolver), and the timeouts of config.py. The
+security policy itself is smtp_security.py's.
 
 A connection's `remote` names the TLS version it used and the account, e.g.
 ``smtp.example.org[192.0.2.1]:587 tls=TLSv1.3 user=app``: the recipient's status (``queue show``),
@@ -18,8 +20,10 @@ its history and the delivery's log line carry it.
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from msgspool.domain.address import SMTP, domain_of
@@ -27,6 +31,7 @@ from msgspool.domain.dsn import Handoff, RecipientDSN, mail_params, rcpt_params
 from msgspool.domain.message import Message, Recipient
 from msgspool.domain.outcome import Reply
 from msgspool.errors import ConfigError, DestinationUnavailable
+from msgspool.transports.mta_sts import MTASTS
 from msgspool.transports.smtp_client import ClientTimeouts, SMTPClient, SMTPConnectionError, ascii_envelope
 from msgspool.transports.smtp_security import (
     Credentials,
@@ -35,6 +40,8 @@ from msgspool.transports.smtp_security import (
     client_context,
     split_scheme,
 )
+
+log = logging.getLogger("msgspool.smtp")
 
 
 def split_hostport(value: str, default_port: int = 25) -> tuple[str, int]:
@@ -52,13 +59,14 @@ def split_hostport(value: str, default_port: int = 25) -> tuple[str, int]:
 class SMTPConnection:
     """One SMTP session, reused for several messages."""
 
-    def __init__(self, client: SMTPClient) -> None:
+    def __init__(self, client: SMTPClient, note: str = "") -> None:
         self.client = client
         self.remote = client.remote
         if client.tls is not None:
             self.remote += f" tls={client.tls[0]}"
         if client.user is not None:
             self.remote += f" user={client.user}"
+        self.remote += note  # e.g. " mta-sts=enforce"
 
     @property
     def usable(self) -> bool:
@@ -115,6 +123,18 @@ class SMTPTransport:
         self.security = _security(name, settings, options, implicit_tls, inherit_credentials=not own_relay)
         if self.security.credentials is not None and not self.relay:
             raise ConfigError(f"transport {name}: a user and password are for a relay, and it has none")
+        self.nameserver: str = options.get("nameserver", "")
+        self._resolver: Any = None
+        self._mta_sts: MTASTS | None = None
+        self._sts_security: SessionSecurity | None = None
+        if not self.relay and options.get("mta_sts", getattr(settings, "smtp_mta_sts", False)):
+            # An enforced policy means verify, whatever the configured level (RFC 8461 §5).
+            ca_file = options.get("tls_ca_file", getattr(settings, "smtp_tls_ca_file", ""))
+            verify = client_context(TLSLevel.VERIFY, ca_file)
+            assert verify is not None
+            self._sts_security = replace(self.security, level=TLSLevel.VERIFY, context=verify)
+            self._mta_sts_context = verify
+            self._mta_sts_timeout = float(settings.smtp_connect_timeout)
 
     def check(self) -> None:
         """What can only be checked where the daemon runs: that its relay password is readable."""
@@ -125,27 +145,70 @@ class SMTPTransport:
         return self.relay or domain_of(address)
 
     async def connect(self, nexthop: str) -> SMTPConnection:
-        hosts = [split_hostport(nexthop, self.port)] if self.relay else await self._mx_hosts(nexthop)
+        security, note = self.security, ""
+        if self.relay:
+            hosts = [split_hostport(nexthop, self.port)]
+        else:
+            hosts = await self._mx_hosts(nexthop)
+            security, hosts, note = await self._apply_mta_sts(nexthop, hosts)
         last: Reply | None = None
         for host, port in hosts:
             try:
                 client = await SMTPClient.connect(host, port, helo_name=self.helo_name, timeouts=self.timeouts,
-                                                  security=self.security)
+                                                  security=security)
             except SMTPConnectionError as err:
                 last = err.reply
                 continue
-            return SMTPConnection(client)
+            return SMTPConnection(client, note)
         raise DestinationUnavailable(last or Reply(451, "4.4.4", f"no host to connect to for {nexthop}"))
 
-    async def _mx_hosts(self, domain: str) -> list[tuple[str, int]]:
+    async def _apply_mta_sts(self, domain: str, hosts: list[tuple[str, int]]
+                             ) -> tuple[SessionSecurity, list[tuple[str, int]], str]:
+        """RFC 8461 §5: in `enforce` mode only the MX hosts the policy names, each with a verified
+        certificate; in `testing` mode as without a policy, mismatches logged."""
+        if self._sts_security is None or domain.startswith("["):
+            return self.security, hosts, ""
+        policy = await self._policies().policy(domain)
+        if policy is None or policy.mode == "none":
+            return self.security, hosts, ""
+        allowed = [(host, port) for host, port in hosts if policy.allows(host)]
+        if policy.mode == "testing":
+            if len(allowed) < len(hosts):
+                log.warning("MTA-STS (testing) of %s: MX %s not in its policy", domain,
+                            ", ".join(host for host, _ in hosts if not policy.allows(host)))
+            return self.security, hosts, " mta-sts=testing"
+        security = replace(self._sts_security, required_by=f"MTA-STS policy of {domain}")
+        if not allowed:
+            raise DestinationUnavailable(Reply(451, "4.7.5", f"MTA-STS policy of {domain} (enforce) allows none"
+                                               f" of its MX hosts ({', '.join(host for host, _ in hosts)})"))
+        return security, allowed, " mta-sts=enforce"
+
+    def _dns(self) -> Any:
         import dns.asyncresolver
+
+        if self._resolver is None:
+            if self.nameserver:
+                host, port = split_hostport(self.nameserver, 53)
+                self._resolver = dns.asyncresolver.Resolver(configure=False)
+                self._resolver.nameservers, self._resolver.port = [host], port
+            else:
+                self._resolver = dns.asyncresolver.Resolver()
+        return self._resolver
+
+    def _policies(self) -> MTASTS:
+        if self._mta_sts is None:
+            self._mta_sts = MTASTS(self._dns(), self._mta_sts_context, self._mta_sts_timeout,
+                                   http_via_resolver=bool(self.nameserver))
+        return self._mta_sts
+
+    async def _mx_hosts(self, domain: str) -> list[tuple[str, int]]:
         import dns.exception
         import dns.resolver
 
         if domain.startswith("[") and domain.endswith("]"):  # an address literal: no MX lookup
             return [(domain[1:-1].removeprefix("IPv6:"), self.port)]
         try:
-            answer = await dns.asyncresolver.resolve(domain, "MX")
+            answer = await self._dns().resolve(domain, "MX")
         except dns.resolver.NXDOMAIN as err:
             raise DestinationUnavailable(Reply(550, "5.1.2", f"domain {domain} does not exist")) from err
         except dns.resolver.NoAnswer:

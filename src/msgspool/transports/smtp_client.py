@@ -187,8 +187,8 @@ class SMTPClient:
         if self.tls is None and security.context is not None:
             await self._starttls(helo_name, security)
         if self.tls is None and security.level.required:
-            await self._give_up(Reply(454, "4.7.5", f"TLS is required (smtp_tls_security_level={security.level})"
-                                      f" but {self.remote} does not offer STARTTLS"))
+            await self._give_up(Reply(454, "4.7.5", f"TLS is required ({security.reason}) but {self.remote}"
+                                      " does not offer STARTTLS"))
         if security.credentials is not None:
             await self._authenticate(security)
 

@@ -99,6 +99,11 @@ class SessionSecurity:
     credentials: Credentials | None = None
     auth_without_tls: bool = False  # only honoured at level none
     auth_soft_bounce: bool = True  # a 5xx to AUTH defers (Postfix smtp_sasl_auth_soft_bounce)
+    required_by: str = ""  # what raised the level, for replies: e.g. "MTA-STS policy of example.org"
+
+    @property
+    def reason(self) -> str:
+        return self.required_by or f"smtp_tls_security_level={self.level}"
 
     @property
     def tries_tls(self) -> bool:
