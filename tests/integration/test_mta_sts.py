@@ -185,16 +185,22 @@ async def test_the_policy_is_cached_by_id_and_outlives_a_stripped_record(
         resolver.nameservers, resolver.port = ["127.0.0.1"], int(dns_server.address.split(":")[1])
         context = client_context(TLSLevel.VERIFY, ca_file)
         assert context is not None
-        policies = MTASTS(resolver, context, 5.0, http_via_resolver=True)
+        now = [1000.0]
+        policies = MTASTS(resolver, context, 5.0, clock=lambda: now[0], http_via_resolver=True)
         first = await policies.policy(DOMAIN)
         assert first is not None and first.mode == "enforce" and policy_server.fetches == 1
         assert await policies.policy(DOMAIN) == first and policy_server.fetches == 1  # same id: no fetch
-        dns_server.zone = ZoneServer(zone("2")).zone  # a new id: fetched again
+        dns_server.zone = ZoneServer(zone("2")).zone  # a new id: fetched again, once the last answer is old
         policy_server.policy = ENFORCE.replace("mode: enforce", "mode: testing")
+        assert await policies.policy(DOMAIN) == first
+        now[0] += 61
         second = await policies.policy(DOMAIN)
         assert second is not None and second.mode == "testing" and policy_server.fetches == 2
         dns_server.zone = ZoneServer(zone(None)).zone  # an attacker strips the record: the policy holds
+        now[0] += 61
         assert await policies.policy(DOMAIN) == second and policy_server.fetches == 2
+        now[0] += 86400  # until its max_age is over
+        assert await policies.policy(DOMAIN) is None
 
 
 async def test_a_policy_served_as_another_media_type_is_not_taken(policy_server: PolicyServer,

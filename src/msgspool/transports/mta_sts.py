@@ -2,15 +2,17 @@
 verified HTTPS, and a cache that outlives both (so an attacker who strips the record or blocks the
 fetch cannot downgrade a domain whose policy is known).
 
-For each new connection to a domain: the TXT record is looked up; an id equal to the cached
-policy's keeps it, a new id fetches ``https://mta-sts.DOMAIN/.well-known/mta-sts.txt`` (HTTP 200,
-``text/plain``, no redirects, at most 64 KiB, certificate and name verified against the system's
-CAs or `smtp_tls_ca_file`); a missing record or a failed fetch keeps a cached policy until its
-max_age ends, else the domain has none. The SMTP transport applies the policy (smtp.py).
+For a new connection to a domain (at most once a minute per domain): the TXT record is looked up;
+an id equal to the cached policy's keeps it, a new id fetches
+``https://mta-sts.DOMAIN/.well-known/mta-sts.txt`` (HTTP 200, ``text/plain``, no redirects, at
+most 64 KiB, certificate and name verified against the system's CAs or `smtp_tls_ca_file`); a
+missing record or a failed fetch keeps a cached policy until its max_age ends, else the domain has
+none. The SMTP transport applies the policy (smtp.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import ssl
@@ -28,6 +30,7 @@ log = logging.getLogger("msgspool.smtp")
 
 POLICY_PATH = "/.well-known/mta-sts.txt"
 POLICY_SIZE_LIMIT = 64 * 1024  # §3.3
+RECHECK = 60.0  # seconds a lookup's answer (a policy, or none) is reused before the record is asked again
 
 
 @dataclass(frozen=True)
@@ -48,10 +51,23 @@ class MTASTS:
         self._clock = clock
         self._http_via_resolver = http_via_resolver  # resolve mta-sts.DOMAIN with `resolver` too
         self._cache: dict[str, _Cached] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._answers: dict[str, tuple[float, Policy | None]] = {}  # domain -> (when, what) of the last lookup
 
     async def policy(self, domain: str) -> Policy | None:
-        """The domain's policy in force, or None."""
+        """The domain's policy in force, or None. Connections opened at once to one domain wait for
+        one lookup (and fetch) instead of making their own."""
         domain = domain.lower().rstrip(".")
+        lock = self._locks.setdefault(domain, asyncio.Lock())
+        async with lock:
+            when, answer = self._answers.get(domain, (-RECHECK, None))
+            if self._clock() - when < RECHECK:
+                return answer
+            answer = await self._policy(domain)
+            self._answers[domain] = (self._clock(), answer)
+            return answer
+
+    async def _policy(self, domain: str) -> Policy | None:
         cached = self._cache.get(domain)
         if cached is not None and cached.expires_at <= self._clock():
             del self._cache[domain]
