@@ -11,6 +11,7 @@ SYNOPSIS
     msgspool queue read [--mdn | --no-mdn] ID... | unread ID...
     msgspool status [--json]
     msgspool stop [--abort] [--wait SECONDS]
+    msgspool route ADDRESS [--addrtype TYPE] [--json]
     msgspool token create --scope S [--scope S2]... [--name N] | list [--json] | revoke ID-or-NAME
 
 DESCRIPTION
@@ -21,7 +22,8 @@ DESCRIPTION
 
 EXIT STATUS
     0 success; 1 an unknown message id or a refused operation; 2 usage or configuration error;
-    sendmail uses sendmail's codes (sysexits.h): 64 usage, 65 bad message, 75 temporary failure.
+    sendmail uses sendmail's codes (sysexits.h): 64 usage, 65 bad message, 75 temporary failure,
+    78 no spool in the data directory (without --create).
     Every command exits 75 (EX_TEMPFAIL) when the spool has no room for what it would write.
 """
 
@@ -44,7 +46,7 @@ from msgspool.spooler import control
 from msgspool.spooler.runtime import Spooler
 from msgspool.stores.sqlite import DB_NAME
 
-EX_USAGE, EX_DATAERR, EX_TEMPFAIL = 64, 65, 75
+EX_USAGE, EX_DATAERR, EX_TEMPFAIL, EX_CONFIG = 64, 65, 75, 78
 
 
 class CLIError(Exception):
@@ -85,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="NEVER, or a list of success,failure,delay (RFC 3461)")
     sendmail.add_argument("-R", metavar="RET", dest="ret", help="full or hdrs: what a report returns (RFC 3461)")
     sendmail.add_argument("-V", metavar="ENVID", dest="envid", help="envelope id quoted in reports (RFC 3461)")
+    sendmail.add_argument("--create", action="store_true",
+                          help="create the spool when the data directory holds none (else: exit 78)")
     sendmail.add_argument("recipients", nargs="*", metavar="RCPT")
 
     queue = sub.add_parser("queue", help="look at and change the queue")
@@ -116,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(status)
     status.add_argument("--json", action="store_true")
     _token_parser(sub.add_parser("token", help="bearer tokens of the HTTP API"))
+    route = sub.add_parser("route", help="which transport and destination an address gets, and why")
+    _common(route)
+    route.add_argument("address")
+    route.add_argument("--addrtype", default="SMTP", help="the address type (default SMTP)")
+    route.add_argument("--json", action="store_true")
     stop = sub.add_parser("stop", help="stop the daemon: finish what is in flight (--abort: at once)")
     _common(stop)
     stop.add_argument("--abort", action="store_true", help="cancel transactions in flight (crash-safe)")
@@ -216,6 +225,11 @@ def cmd_sendmail(args: argparse.Namespace, settings: Settings) -> int:
     except ValueError as err:
         print(f"msgspool sendmail: {err}", file=sys.stderr)
         return EX_USAGE
+    if not args.create and not (settings.spool_path / DB_NAME).exists():
+        # A mistyped --data would otherwise make a spool that no daemon ever delivers from (10.8).
+        print(f"msgspool sendmail: no spool at {settings.spool_path} (a daemon's data directory; --create makes"
+              " a new spool)", file=sys.stderr)
+        return EX_CONFIG
     try:
         message_id = _run(settings, lambda s: s.submit(sub), create=True)
     except SubmitError as err:
@@ -402,6 +416,25 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# -- route ----------------------------------------------------------------------------------
+
+
+def cmd_route(args: argparse.Namespace, settings: Settings) -> int:
+    """The route the configuration gives an address (the daemon's, read from the same files)."""
+    from msgspool.spooler.runtime import build_router, load_transports
+
+    route, why = build_router(settings, load_transports(settings)).explain(args.address, args.addrtype)
+    if args.json:
+        print(json.dumps({"address": args.address, "addrtype": args.addrtype.upper(),
+                          "transport": route.transport if route else None,
+                          "destination": route.nexthop if route else None, "why": why}))
+    elif route is None:
+        print(f"{args.address}: no route ({why})")
+    else:
+        print(f"{args.address}: transport {route.transport}, destination {route.nexthop} ({why})")
+    return 0 if route is not None else 1
+
+
 # -- stop -----------------------------------------------------------------------------------
 
 
@@ -481,7 +514,7 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "serve": cmd_serve, "sendmail": cmd_sendmail, "queue": cmd_queue, "status": cmd_status, "token": cmd_token,
-    "stop": cmd_stop,
+    "stop": cmd_stop, "route": cmd_route,
 }
 
 if __name__ == "__main__":
