@@ -318,6 +318,8 @@ def _operate(settings: Settings, op: str, ids: list[str] | None, **options: Any)
             if answer.get("kind") == "UnableToAbort":
                 raise UnableToAbort(str(answer["error"]).removeprefix("unable to ").removesuffix(": in flight"),
                                     answer["ids"], answer["in_flight"], answer["cancelled"])
+            if answer.get("kind") == "StorageFull":  # the daemon's spool has no room: 75, as without a daemon
+                raise CLIError(str(answer.get("error")), EX_TEMPFAIL)
             raise CLIError(str(answer.get("error")))
         return answer
     try:
