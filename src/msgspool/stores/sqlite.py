@@ -233,6 +233,9 @@ def op_submit(conn: sqlite3.Connection, msg: Message, copies: Sequence[Message],
     if token := msg.meta.get("http_token"):
         _insert_history(conn, msg.id, msg.submitted_at, "submission",
                         [HookRecord("", "submitted", f"over HTTP with token {token}")])
+    if user := msg.meta.get("smtp_auth_user"):
+        _insert_history(conn, msg.id, msg.submitted_at, "submission",
+                        [HookRecord("", "submitted", f"over SMTP by authenticated user {user}")])
     events = [_insert_event(conn, Event(EventType.SUBMITTED, msg.id, msg.submitted_at,
                                         detail={"sender": msg.sender, "size": msg.size,
                                                 "origin": msg.origin}))]
