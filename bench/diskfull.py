@@ -63,6 +63,7 @@ class Results:
     stuck: int = 0
     waiting_when_space_came_back: int = 0  # acknowledged by then, not yet at the sink
     flowed_after_s: float | None = None  # space back -> the last of those at the sink
+    settled_after_s: float | None = None  # space back -> nothing waiting in the queue (an upper bound)
     daemon_alive: bool = False
     log_tracebacks: int = 0  # any other than StorageFull's
     log_storage_full_tracebacks: int = 0  # a background task that logged the failure whole and tried again
@@ -92,32 +93,34 @@ class Load:
                 if session is None:
                     session = await Session.open("127.0.0.1", self.port)
                 mid = f"df-{n}-{next(self._ids)}"
-                code = await self._submit(session, make_message(self.size, mid))
+                code, phase = await self._submit(session, make_message(self.size, mid))
             except (OSError, SMTPError, TimeoutError) as err:
-                self._count("error")
+                self._count(self.phase, "error")
                 self.errors.append(f"{type(err).__name__}: {err}"[:200])
                 session = None
                 await asyncio.sleep(0.2)
                 continue
-            self._count(str(code))
+            self._count(phase, str(code))
             if code == 250:
-                self.acknowledged[mid] = self.phase
+                self.acknowledged[mid] = phase
             await asyncio.sleep(self.interval)  # a refused one is offered again later, as an MTA would
         if session is not None:
             await session.close()
 
-    async def _submit(self, session: Session, content: bytes) -> int:
+    async def _submit(self, session: Session, content: bytes) -> tuple[int, str]:
+        """The reply to the end of data, and the phase when the message was sent whole."""
         await session.expect(b"MAIL FROM:<bench@sender.example>\r\n", 250)
         await session.expect(b"RCPT TO:<rcpt@dest.example>\r\n", 250)
         await session.expect(b"DATA\r\n", 354)
         session.writer.write(content + b".\r\n")
+        phase = self.phase
         code, text = await asyncio.wait_for(session.reply(), 60)
         if code not in (250, 452):
             self.errors.append(text[:200])
-        return code
+        return code, phase
 
-    def _count(self, what: str) -> None:
-        self.replies.setdefault(self.phase, Counter())[what] += 1
+    def _count(self, phase: str, what: str) -> None:
+        self.replies.setdefault(phase, Counter())[what] += 1
 
 
 def fill(path: Path) -> int:
@@ -135,13 +138,18 @@ def fill(path: Path) -> int:
     return written
 
 
-def waiting_in_queue(data: Path) -> int:
-    """Messages whose recipients are not all final (`msgspool queue list --json`)."""
+def waiting_in_queue(data: Path) -> list[str]:
+    """Messages whose recipients are not all final (`msgspool queue list --json`): id and statuses."""
     out = subprocess.run([*msgspool_command(), "queue", "list", "--json", "--data", str(data)],
                          capture_output=True, text=True, timeout=60, check=True).stdout
     final = {"delivered", "failed", "expired"}
-    return sum(1 for line in out.splitlines() if line.strip()
-               and any(r["status"] not in final for r in json.loads(line)["recipients"]))
+    waiting = []
+    for line in filter(str.strip, out.splitlines()):
+        message = json.loads(line)
+        statuses = [r["status"] for r in message["recipients"]]
+        if any(status not in final for status in statuses):
+            waiting.append(f"{message['id']} {','.join(statuses)}")
+    return waiting
 
 
 async def scenario(daemon: Daemon, sink: SinkProcess, disk: Path, results: Results, phases: tuple[float, float, float],
@@ -183,7 +191,13 @@ async def scenario(daemon: Daemon, sink: SinkProcess, disk: Path, results: Resul
     last = max((arrived[mid] for mid in waiting & arrived.keys()), default=freed)
     results.flowed_after_s = round(max(0.0, last - freed), 2) if not results.lost else None
     results.daemon_alive = daemon.proc is not None and daemon.proc.poll() is None
-    results.stuck = await asyncio.to_thread(waiting_in_queue, daemon.data)
+    # Delivered is not yet recorded: an outcome that waited for space is written by a retry a few
+    # seconds later. Stuck is what still waits once the cap has passed.
+    while (waiting_now := await asyncio.to_thread(waiting_in_queue, daemon.data)) and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+    results.stuck = len(waiting_now)
+    results.settled_after_s = None if waiting_now else round(time.time() - freed, 1)
+    results.notes += [f"stuck: {line}" for line in waiting_now[:5]]
     results.notes += sorted(set(load.errors))[:10]
 
 
@@ -211,7 +225,8 @@ def report(r: Results) -> str:
         f"| acknowledged (250) | {r.acknowledged} |",
         f"| refused 452 4.3.1 while full | {r.refused_452}; other errors {r.other_errors} |",
         f"| lost (acknowledged, never delivered) | {r.lost} |",
-        f"| stuck (still queued at the end) | {r.stuck} |",
+        f"| stuck (still queued at the end) | {r.stuck}; the queue was empty {r.settled_after_s} s after the "
+        "space came back (the load ran on meanwhile) |",
         f"| acknowledged, not yet delivered when space came back | {r.waiting_when_space_came_back}, all at the "
         f"sink {flowed} later |",
         f"| daemon alive | {'yes' if r.daemon_alive else 'NO'} |",

@@ -11,7 +11,9 @@ SYNOPSIS
     msgspool queue read [--mdn | --no-mdn] ID... | unread ID...
     msgspool status [--json]
     msgspool stop [--abort] [--wait SECONDS]
+    msgspool route ADDRESS [--addrtype TYPE] [--json]
     msgspool token create --scope S [--scope S2]... [--name N] | list [--json] | revoke ID-or-NAME
+    msgspool user add NAME [--sender PATTERN]... [--update] | delete NAME | list [--json]
 
 DESCRIPTION
     Every command finds the spool the same way: --data, else MSGSPOOL_DATA, else ./msgspool-data
@@ -21,7 +23,8 @@ DESCRIPTION
 
 EXIT STATUS
     0 success; 1 an unknown message id or a refused operation; 2 usage or configuration error;
-    sendmail uses sendmail's codes (sysexits.h): 64 usage, 65 bad message, 75 temporary failure.
+    sendmail uses sendmail's codes (sysexits.h): 64 usage, 65 bad message, 75 temporary failure,
+    78 no spool in the data directory (without --create).
     Every command exits 75 (EX_TEMPFAIL) when the spool has no room for what it would write.
 """
 
@@ -44,7 +47,7 @@ from msgspool.spooler import control
 from msgspool.spooler.runtime import Spooler
 from msgspool.stores.sqlite import DB_NAME
 
-EX_USAGE, EX_DATAERR, EX_TEMPFAIL = 64, 65, 75
+EX_USAGE, EX_DATAERR, EX_TEMPFAIL, EX_CONFIG = 64, 65, 75, 78
 
 
 class CLIError(Exception):
@@ -85,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="NEVER, or a list of success,failure,delay (RFC 3461)")
     sendmail.add_argument("-R", metavar="RET", dest="ret", help="full or hdrs: what a report returns (RFC 3461)")
     sendmail.add_argument("-V", metavar="ENVID", dest="envid", help="envelope id quoted in reports (RFC 3461)")
+    sendmail.add_argument("--create", action="store_true",
+                          help="create the spool when the data directory holds none (else: exit 78)")
     sendmail.add_argument("recipients", nargs="*", metavar="RCPT")
 
     queue = sub.add_parser("queue", help="look at and change the queue")
@@ -116,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     _common(status)
     status.add_argument("--json", action="store_true")
     _token_parser(sub.add_parser("token", help="bearer tokens of the HTTP API"))
+    _user_parser(sub.add_parser("user", help="accounts of the submission service (SMTP AUTH)"))
+    route = sub.add_parser("route", help="which transport and destination an address gets, and why")
+    _common(route)
+    route.add_argument("address")
+    route.add_argument("--addrtype", default="SMTP", help="the address type (default SMTP)")
+    route.add_argument("--json", action="store_true")
     stop = sub.add_parser("stop", help="stop the daemon: finish what is in flight (--abort: at once)")
     _common(stop)
     stop.add_argument("--abort", action="store_true", help="cancel transactions in flight (crash-safe)")
@@ -135,6 +146,22 @@ def _token_parser(token: argparse.ArgumentParser) -> None:
     tsub.add_parser("revoke", help="delete a token: it stops working at once").add_argument(
         "token", metavar="ID-or-NAME")
     for action_parser in tsub.choices.values():
+        _common(action_parser)
+
+
+def _user_parser(user: argparse.ArgumentParser) -> None:
+    _common(user)
+    usub = user.add_subparsers(dest="action", required=True)
+    add = usub.add_parser("add", help="a new account; its password from stdin, or asked twice on a terminal")
+    add.add_argument("name", help="the login name, usually the user's address")
+    add.add_argument("--sender", action="append", default=[], metavar="PATTERN", dest="senders",
+                     help="an envelope sender it may use: ADDRESS, @DOMAIN or *; repeatable"
+                          " (default: its own address and domain)")
+    add.add_argument("--update", action="store_true", help="replace the password (and senders) of an existing user")
+    usub.add_parser("delete", help="delete an account: it cannot log in any more").add_argument("name")
+    ulist = usub.add_parser("list", help="the accounts (never their passwords)")
+    ulist.add_argument("--json", action="store_true", help="one JSON object per user")
+    for action_parser in usub.choices.values():
         _common(action_parser)
 
 
@@ -216,6 +243,11 @@ def cmd_sendmail(args: argparse.Namespace, settings: Settings) -> int:
     except ValueError as err:
         print(f"msgspool sendmail: {err}", file=sys.stderr)
         return EX_USAGE
+    if not args.create and not (settings.spool_path / DB_NAME).exists():
+        # A mistyped --data would otherwise make a spool that no daemon ever delivers from (10.8).
+        print(f"msgspool sendmail: no spool at {settings.spool_path} (a daemon's data directory; --create makes"
+              " a new spool)", file=sys.stderr)
+        return EX_CONFIG
     try:
         message_id = _run(settings, lambda s: s.submit(sub), create=True)
     except SubmitError as err:
@@ -286,6 +318,8 @@ def _operate(settings: Settings, op: str, ids: list[str] | None, **options: Any)
             if answer.get("kind") == "UnableToAbort":
                 raise UnableToAbort(str(answer["error"]).removeprefix("unable to ").removesuffix(": in flight"),
                                     answer["ids"], answer["in_flight"], answer["cancelled"])
+            if answer.get("kind") == "StorageFull":  # the daemon's spool has no room: 75, as without a daemon
+                raise CLIError(str(answer.get("error")), EX_TEMPFAIL)
             raise CLIError(str(answer.get("error")))
         return answer
     try:
@@ -400,6 +434,25 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# -- route ----------------------------------------------------------------------------------
+
+
+def cmd_route(args: argparse.Namespace, settings: Settings) -> int:
+    """The route the configuration gives an address (the daemon's, read from the same files)."""
+    from msgspool.spooler.runtime import build_router, load_transports
+
+    route, why = build_router(settings, load_transports(settings)).explain(args.address, args.addrtype)
+    if args.json:
+        print(json.dumps({"address": args.address, "addrtype": args.addrtype.upper(),
+                          "transport": route.transport if route else None,
+                          "destination": route.nexthop if route else None, "why": why}))
+    elif route is None:
+        print(f"{args.address}: no route ({why})")
+    else:
+        print(f"{args.address}: transport {route.transport}, destination {route.nexthop} ({why})")
+    return 0 if route is not None else 1
+
+
 # -- stop -----------------------------------------------------------------------------------
 
 
@@ -477,9 +530,60 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# -- user -----------------------------------------------------------------------------------
+
+
+def read_password(prompt: str = "Password: ") -> str:
+    """The new password: asked twice on a terminal (echo off), else the first line of stdin."""
+    if sys.stdin.isatty():
+        first = getpass.getpass(prompt)
+        if getpass.getpass("Again: ") != first:
+            raise CLIError("the passwords differ", 2)
+        return first
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+def cmd_user(args: argparse.Namespace, settings: Settings) -> int:
+    import time
+
+    from msgspool.domain.users import User, check_name, check_password, check_senders, hash_password
+    from msgspool.stores.sqlite import SpoolDB
+    from msgspool.stores.sqlite_users import list_users, op_add_user, op_delete_user
+    from msgspool.views import user_json, user_line
+
+    if args.action == "add":
+        try:
+            user = User(check_name(args.name), check_senders(args.senders), time.time())
+            hashed = hash_password(check_password(read_password()))
+        except ValueError as err:
+            raise CLIError(str(err), 2) from err
+        db = SpoolDB(settings.spool_path / DB_NAME, create=True)
+        try:
+            replaced = db.write(lambda conn: op_add_user(conn, user, hashed, replace=args.update))
+        except ValueError as err:
+            raise CLIError(str(err)) from err
+        finally:
+            db.close()
+        print(f"user {user.name} {'updated' if replaced else 'added'}", file=sys.stderr)
+        return 0
+    db = SpoolDB(_spool_db(settings))
+    try:
+        if args.action == "list":
+            for user in list_users(db.conn):
+                print(json.dumps(user_json(user)) if args.json else user_line(user))
+            return 0
+        deleted = db.write(lambda conn: op_delete_user(conn, args.name))
+    finally:
+        db.close()
+    if not deleted:
+        raise CLIError(f"no user {args.name}")
+    print(f"user {args.name} deleted")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "serve": cmd_serve, "sendmail": cmd_sendmail, "queue": cmd_queue, "status": cmd_status, "token": cmd_token,
-    "stop": cmd_stop,
+    "stop": cmd_stop, "route": cmd_route, "user": cmd_user,
 }
 
 if __name__ == "__main__":

@@ -132,7 +132,7 @@ def test_every_command_finds_the_spool_through_msgspool_data(tmp_path: Path, spo
     env = {"MSGSPOOL_DATA": str(spool.data)}
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    sent = run_cli("sendmail", "-t", stdin=tagged_message("env"), env=env, cwd=elsewhere)
+    sent = run_cli("sendmail", "--create", "-t", stdin=tagged_message("env"), env=env, cwd=elsewhere)
     assert sent.returncode == 0, describe(sent)
     listed = run_cli("queue", "list", "--json", env=env, cwd=elsewhere)
     assert listed.returncode == 0 and '"rcpt@example.com"' in listed.stdout, describe(listed)

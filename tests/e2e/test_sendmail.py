@@ -4,9 +4,11 @@ only on `serve`'s command line: sendmail leaves routing to the daemon."""
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
-from tests.support.daemon import Daemon, Spool, received_tags, tagged_message
+from tests.support.daemon import Daemon, DaemonFactory, Spool, describe, received_tags, run_cli, tagged_message
 from tests.support.sink import Sink
 
 PROMPT = 5.0  # "promptly": far below the scheduler's 30 s idle recheck and the 300 s first retry
@@ -96,3 +98,41 @@ def test_sendmail_refuses_a_bad_dsn_option_with_a_usage_error(spool: Spool) -> N
     assert bad.returncode == 64
     assert "NOTIFY" in bad.stderr
     assert spool.run("sendmail", "-R", "some", "b@example.com", stdin="x\n", ok=False).returncode == 64
+
+
+def test_sendmail_into_a_data_directory_without_a_spool_fails_with_ex_config(tmp_path: Path) -> None:
+    """Issue 10.8: a mistyped --data must not make a new spool that no daemon delivers from."""
+    typo = tmp_path / "mistyped"
+    result = run_cli("sendmail", "b@example.com", data=typo, stdin="Subject: x\n\nbody\n")
+    assert result.returncode == 78, describe(result)
+    assert "no spool at" in result.stderr and "--create" in result.stderr
+    assert not (typo / "spool.db").exists()
+    created = run_cli("sendmail", "--create", "b@example.com", data=typo, stdin="Subject: x\n\nbody\n")
+    assert created.returncode == 0, describe(created)
+    assert (typo / "spool.db").exists()
+
+
+def test_a_domain_route_on_an_extra_smtp_transport_wins_and_route_explains_it(spool: Spool, relay: Sink,
+                                                                              daemons: DaemonFactory) -> None:
+    """Issue 10.7: the built-in smtp transport takes every domain; an extra SMTP transport's domain
+    route must win for its domain (it never matched before), and `msgspool route` says why."""
+    partner = Sink().start()
+    try:
+        (spool.data / "msgspool.toml").write_text(
+            f'[[transports]]\nname = "partner"\ntype = "smtp"\nrelay = "{partner.address}"\n'
+            'domains = ["partner.example"]\n')
+        explained = spool.run("route", "bob@partner.example", "--json")
+        assert json.loads(explained.stdout)["transport"] == "partner", explained.stdout
+        assert "partner.example" in json.loads(explained.stdout)["why"]
+        other = spool.run("route", "bob@other.example").stdout
+        assert "transport smtp" in other and "any domain" in other, other
+        relay.start()
+        daemon = daemons(spool.data, relay.address)
+        spool.daemon = daemon
+        daemon.start()
+        spool.sendmail(tagged_message("to-partner", to="bob@partner.example"), "-t")
+        spool.sendmail(tagged_message("to-other", to="bob@other.example"), "-t")
+        spool.wait_until(lambda: received_tags(partner) == ["to-partner"] and received_tags(relay) == ["to-other"],
+                         "each message at its own next hop")
+    finally:
+        partner.stop()

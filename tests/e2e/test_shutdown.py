@@ -28,7 +28,7 @@ def in_flight(spool: Spool, relay: Sink, tag: str) -> str:
 @pytest.mark.timeout(60)
 def test_sigterm_finishes_the_transaction_in_flight_records_it_and_refuses_new_sessions(
         spool: Spool, relay: Sink, daemon: Daemon) -> None:
-    relay.data_delay = 2.0
+    relay.data_delay = 4.0
     relay.start()
     daemon.start()
     in_flight(spool, relay, "drained")

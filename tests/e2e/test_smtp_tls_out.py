@@ -33,7 +33,7 @@ def test_serve_relays_over_verified_starttls_with_auth_and_queue_show_says_so(
     config = tmp_path / "out.toml"
     config.write_text(f'smtp_tls_security_level = "verify"\nsmtp_tls_ca_file = "{ca_file}"\n'
                       f'relay_user = "app"\nrelay_password_file = "{password_file}"\n')
-    spool.run("sendmail", "rcpt@example.com", stdin=tagged_message("tls-out"))
+    spool.run("sendmail", "--create", "rcpt@example.com", stdin=tagged_message("tls-out"))
     message_id = spool.only_id()
     daemon = daemons(spool.data, sink.address, extra_args=["--config", str(config)])
     spool.daemon = daemon.start()

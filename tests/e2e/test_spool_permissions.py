@@ -42,7 +42,8 @@ def test_sendmail_on_a_new_spool_creates_it_private_under_a_loose_umask(tmp_path
     data = tmp_path / "new" / "spool"
     old = os.umask(0o002)
     try:
-        result = run_cli("sendmail", "rcpt@example.com", data=data, stdin=tagged_message("umask"), cwd=tmp_path)
+        result = run_cli("sendmail", "--create", "rcpt@example.com", data=data, stdin=tagged_message("umask"),
+                         cwd=tmp_path)
     finally:
         os.umask(old)
     assert result.returncode == 0, result.stderr

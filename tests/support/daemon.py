@@ -185,7 +185,8 @@ class Spool:
         return result
 
     def sendmail(self, message: str, *args: str) -> subprocess.CompletedProcess[str]:
-        return self.run("sendmail", *args, stdin=message)
+        """`msgspool sendmail --create ARGS` (tests start from an empty data directory)."""
+        return self.run("sendmail", "--create", *args, stdin=message)
 
     def queue(self) -> list[dict[str, Any]]:
         result = self.run("queue", "list", "--json")

@@ -1,5 +1,6 @@
-"""Routing: local domains first, then the first transport (in order) that takes the address type and
-domain; no taker means no route."""
+"""Routing: local domains first, then, of the transports that take the address type, the one whose
+domain route matches most specifically (exact, then the longest parent, then any); equals go by
+configured order; no taker means no route."""
 
 from __future__ import annotations
 
@@ -72,3 +73,35 @@ def test_route_destination_is_transport_and_nexthop() -> None:
 ])
 def test_domain_pattern_matching(domain: str, patterns: list[str], expected: bool) -> None:
     assert domain_matches(domain, patterns) is expected
+
+
+def test_an_exact_domain_route_wins_over_a_transport_that_takes_any_domain() -> None:
+    """Issue 10.7: the built-in smtp transport comes first and takes every domain; a domain route
+    on an extra SMTP transport must still win for its domain (Postfix transport_maps)."""
+    router = Router([], [transport("smtp", "SMTP", nexthop="mx"),
+                         transport("partner", "SMTP", domains=("partner.example",), nexthop="partner-relay")])
+    assert router.route("a@partner.example") == Route("partner", "partner-relay")
+    assert router.route("a@other.example") == Route("smtp", "mx")
+    route, why = router.explain("a@partner.example")
+    assert route == Route("partner", "partner-relay") and "partner.example" in why
+
+
+@pytest.mark.parametrize(("address", "expected"), [
+    ("u@mail.corp.example", "exact"),
+    ("u@eu.corp.example", "subdomains"),
+    ("u@x.eu.corp.example", "eu"),
+    ("u@elsewhere.example", "any"),
+])
+def test_the_most_specific_domain_route_wins(address: str, expected: str) -> None:
+    router = Router([], [transport("any", "SMTP", domains=("*",), nexthop="any"),
+                         transport("subdomains", "SMTP", domains=(".corp.example",), nexthop="subdomains"),
+                         transport("eu", "SMTP", domains=(".eu.corp.example",), nexthop="eu"),
+                         transport("exact", "SMTP", domains=("mail.corp.example",), nexthop="exact")])
+    assert router.route(address) == Route(expected, expected)
+
+
+def test_explain_says_why_or_why_not() -> None:
+    router = Router(["example.org"], [transport("smtp", "SMTP", nexthop="mx")])
+    assert router.explain("bob@example.org")[1] == "example.org is a local domain"
+    assert "any domain" in router.explain("bob@example.com")[1]
+    assert router.explain("x", "FAX") == (None, "no transport takes address type FAX for x")

@@ -1,8 +1,12 @@
 """Routing: which transport is responsible for a recipient, and which destination it goes to.
 
-MAPI's rule (IXPLogon::AddressTypes, "transport order"): scan the transports in their configured
-order; the first one whose address types include the recipient's, and whose domain routes (if it
-has any) match, takes responsibility. A recipient no transport takes fails permanently.
+MAPI's rule (IXPLogon::AddressTypes, "transport order"), made specific the way Postfix's
+transport_maps are: of the transports whose address types include the recipient's, the one whose
+domain route matches most specifically takes responsibility — an exact domain ("example.org")
+before a parent-domain pattern (".example.org", the longest first), before "*" or a transport with
+no domain routes (any domain); equals go by configured order. So a domain route on an extra SMTP
+transport wins over the built-in `smtp` transport, which takes every domain. A recipient no
+transport takes fails permanently. `Router.explain` says which route won and why.
 
 Local domains come first: their recipients are filed by the store itself (MAPI's tightly coupled
 store and transport), so they never enter the queue.
@@ -30,9 +34,13 @@ class TransportRoute:
     domains: tuple[str, ...] = ()  # "example.org" exact, ".example.org" any subdomain; () = any
 
     def matches(self, address: str, addrtype: str) -> bool:
+        return self.specificity(address, addrtype) is not None
+
+    def specificity(self, address: str, addrtype: str) -> tuple[int, int] | None:
+        """How specifically this transport's routes match (higher wins); None: not at all."""
         if addrtype.upper() not in self.addrtypes:
-            return False
-        return not self.domains or domain_matches(domain_of(address), self.domains)
+            return None
+        return (0, 0) if not self.domains else domain_specificity(domain_of(address), self.domains)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,13 +54,25 @@ class Route:
 
 
 def domain_matches(domain: str, patterns: Iterable[str]) -> bool:
+    return domain_specificity(domain, patterns) is not None
+
+
+def domain_specificity(domain: str, patterns: Iterable[str]) -> tuple[int, int] | None:
+    """(2, length) for an exact domain, (1, length) for a matching ".parent" pattern, (0, 0) for
+    "*"; the best of the patterns, or None when none matches."""
+    best: tuple[int, int] | None = None
     for pattern in patterns:
         pattern = pattern.lower()
-        if pattern == "*" or domain == pattern:
-            return True
-        if pattern.startswith(".") and domain.endswith(pattern):
-            return True
-    return False
+        if domain == pattern:
+            score = (2, len(pattern))
+        elif pattern.startswith(".") and domain.endswith(pattern):
+            score = (1, len(pattern))
+        elif pattern == "*":
+            score = (0, 0)
+        else:
+            continue
+        best = score if best is None else max(best, score)
+    return best
 
 
 class Router:
@@ -68,9 +88,27 @@ class Router:
         return domain in self.local_domains or (not domain and address.lower() == "postmaster")
 
     def route(self, address: str, addrtype: str = SMTP) -> Route | None:
+        return self.explain(address, addrtype)[0]
+
+    def explain(self, address: str, addrtype: str = SMTP) -> tuple[Route | None, str]:
+        """The route of an address and why it was chosen (`msgspool route`)."""
         if self.is_local(address, addrtype):
-            return Route(LOCAL, mailbox_key(address))
-        for transport in self.transports:
-            if transport.matches(address, addrtype):
-                return Route(transport.name, transport.destination_of(address))
-        return None
+            return Route(LOCAL, mailbox_key(address)), f"{domain_of(address) or address} is a local domain"
+        best: tuple[tuple[int, int], int, TransportRoute] | None = None
+        for position, transport in enumerate(self.transports):
+            score = transport.specificity(address, addrtype)
+            if score is not None and (best is None or score > best[0]):
+                best = (score, position, transport)
+        if best is None:
+            return None, f"no transport takes address type {addrtype.upper()} for {domain_of(address) or address}"
+        (kind, _), _, transport = best
+        domain = domain_of(address)
+        if kind == 2:
+            why = f"transport {transport.name} has a route for the domain {domain}"
+        elif kind == 1:
+            parent = max((p for p in transport.domains if p.startswith(".") and domain.endswith(p.lower())), key=len)
+            why = f"transport {transport.name} has a route for {parent} (the domains under it)"
+        else:
+            why = (f"transport {transport.name} takes {addrtype.upper()} addresses of any domain and no"
+                   " transport has a more specific route")
+        return Route(transport.name, transport.destination_of(address)), why
