@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: run test lint bench abuse abuse-disk clean
+.PHONY: run test lint bench abuse abuse-disk chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ abuse: $(STAMP)
 # lost and stuck (both must be 0). DISK_ARGS: --quick, --size 64m, --rate N, --json FILE.
 abuse-disk: $(STAMP)
 	MSGSPOOL_CMD=$(abspath $(BIN))/msgspool $(BIN)/python -m bench.diskfull $(DISK_ARGS)
+
+# Chaos under load (bench/chaos.py): 50 kill -9 of the whole daemon, then 20 of its delivery process,
+# while SMTP clients submit; prints acknowledged, lost, duplicated, in flight, respawn, intake latency.
+chaos: $(STAMP)
+	MSGSPOOL_CMD=$(abspath $(BIN))/msgspool $(BIN)/python -m bench.chaos $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) msgspool-data

@@ -13,6 +13,7 @@ SYNOPSIS
     msgspool stop [--abort] [--wait SECONDS]
     msgspool route ADDRESS [--addrtype TYPE] [--json]
     msgspool token create --scope S [--scope S2]... [--name N] | list [--json] | revoke ID-or-NAME
+    msgspool user add NAME [--sender PATTERN]... [--update] | delete NAME | list [--json]
 
 DESCRIPTION
     Every command finds the spool the same way: --data, else MSGSPOOL_DATA, else ./msgspool-data
@@ -120,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(status)
     status.add_argument("--json", action="store_true")
     _token_parser(sub.add_parser("token", help="bearer tokens of the HTTP API"))
+    _user_parser(sub.add_parser("user", help="accounts of the submission service (SMTP AUTH)"))
     route = sub.add_parser("route", help="which transport and destination an address gets, and why")
     _common(route)
     route.add_argument("address")
@@ -144,6 +146,22 @@ def _token_parser(token: argparse.ArgumentParser) -> None:
     tsub.add_parser("revoke", help="delete a token: it stops working at once").add_argument(
         "token", metavar="ID-or-NAME")
     for action_parser in tsub.choices.values():
+        _common(action_parser)
+
+
+def _user_parser(user: argparse.ArgumentParser) -> None:
+    _common(user)
+    usub = user.add_subparsers(dest="action", required=True)
+    add = usub.add_parser("add", help="a new account; its password from stdin, or asked twice on a terminal")
+    add.add_argument("name", help="the login name, usually the user's address")
+    add.add_argument("--sender", action="append", default=[], metavar="PATTERN", dest="senders",
+                     help="an envelope sender it may use: ADDRESS, @DOMAIN or *; repeatable"
+                          " (default: its own address and domain)")
+    add.add_argument("--update", action="store_true", help="replace the password (and senders) of an existing user")
+    usub.add_parser("delete", help="delete an account: it cannot log in any more").add_argument("name")
+    ulist = usub.add_parser("list", help="the accounts (never their passwords)")
+    ulist.add_argument("--json", action="store_true", help="one JSON object per user")
+    for action_parser in usub.choices.values():
         _common(action_parser)
 
 
@@ -512,9 +530,60 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# -- user -----------------------------------------------------------------------------------
+
+
+def read_password(prompt: str = "Password: ") -> str:
+    """The new password: asked twice on a terminal (echo off), else the first line of stdin."""
+    if sys.stdin.isatty():
+        first = getpass.getpass(prompt)
+        if getpass.getpass("Again: ") != first:
+            raise CLIError("the passwords differ", 2)
+        return first
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+def cmd_user(args: argparse.Namespace, settings: Settings) -> int:
+    import time
+
+    from msgspool.domain.users import User, check_name, check_password, check_senders, hash_password
+    from msgspool.stores.sqlite import SpoolDB
+    from msgspool.stores.sqlite_users import list_users, op_add_user, op_delete_user
+    from msgspool.views import user_json, user_line
+
+    if args.action == "add":
+        try:
+            user = User(check_name(args.name), check_senders(args.senders), time.time())
+            hashed = hash_password(check_password(read_password()))
+        except ValueError as err:
+            raise CLIError(str(err), 2) from err
+        db = SpoolDB(settings.spool_path / DB_NAME, create=True)
+        try:
+            replaced = db.write(lambda conn: op_add_user(conn, user, hashed, replace=args.update))
+        except ValueError as err:
+            raise CLIError(str(err)) from err
+        finally:
+            db.close()
+        print(f"user {user.name} {'updated' if replaced else 'added'}", file=sys.stderr)
+        return 0
+    db = SpoolDB(_spool_db(settings))
+    try:
+        if args.action == "list":
+            for user in list_users(db.conn):
+                print(json.dumps(user_json(user)) if args.json else user_line(user))
+            return 0
+        deleted = db.write(lambda conn: op_delete_user(conn, args.name))
+    finally:
+        db.close()
+    if not deleted:
+        raise CLIError(f"no user {args.name}")
+    print(f"user {args.name} deleted")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "serve": cmd_serve, "sendmail": cmd_sendmail, "queue": cmd_queue, "status": cmd_status, "token": cmd_token,
-    "stop": cmd_stop, "route": cmd_route,
+    "stop": cmd_stop, "route": cmd_route, "user": cmd_user,
 }
 
 if __name__ == "__main__":

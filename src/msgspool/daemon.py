@@ -30,7 +30,8 @@ from typing import Any, TypeVar
 from msgspool.config import Settings
 from msgspool.errors import ConfigError, MsgspoolError
 from msgspool.smtpd.accept import Listener
-from msgspool.smtpd.limits import ConnectionCounter, RateCounter
+from msgspool.smtpd.auth import Authenticator
+from msgspool.smtpd.limits import AuthFailures, ConnectionCounter, RateCounter
 from msgspool.smtpd.policy import SpoolPolicy
 from msgspool.smtpd.protocol import ServerLimits, Sessions, start_server
 from msgspool.smtpd.tls import ServerTLS
@@ -87,17 +88,24 @@ class SMTPListeners:
 
 
 async def start_smtp(spooler: Spooler, settings: Settings) -> SMTPListeners:
-    """The SMTP listeners on `settings.smtp_listen` and `settings.smtps_listen`, submitting into `spooler`."""
+    """The SMTP listeners on `settings.smtp_listen`, `settings.smtps_listen` and
+    `settings.submission_listen`, submitting into `spooler`."""
     tls = ServerTLS.load(settings.tls_cert_file, settings.tls_key_file)
     if settings.smtps_listen and tls is None:
         raise ConfigError("smtps_listen needs a certificate: set tls_cert_file and tls_key_file")
     connections = ConnectionCounter(settings.smtpd_connection_limit, settings.smtpd_client_connection_limit,
                                     settings.host_name)
+    authenticator = Authenticator(
+        spooler.store.user, AuthFailures(settings.smtpd_auth_failure_limit, settings.smtpd_auth_failure_window,
+                                         settings.smtpd_auth_failure_delay, time.monotonic),
+        local_domains=settings.local_domains, allow_plaintext_loopback=settings.smtpd_auth_allow_plaintext_loopback)
     policy = SpoolPolicy(spooler.intake, spooler.submit, hostname=settings.host_name,
                          trusted_networks=settings.trusted_networks, future_release_max=settings.future_release_max,
                          connections=connections,
                          message_rate=RateCounter(settings.smtpd_client_message_rate_limit, time.monotonic),
-                         recipient_rate=RateCounter(settings.smtpd_client_recipient_rate_limit, time.monotonic))
+                         recipient_rate=RateCounter(settings.smtpd_client_recipient_rate_limit, time.monotonic),
+                         authenticator=authenticator)
+    submission = policy.for_submission()
     limits = ServerLimits(hostname=settings.host_name, max_message_size=settings.message_size_limit,
                           max_recipients=settings.recipient_limit, command_timeout=settings.smtpd_timeout,
                           data_timeout=settings.smtpd_data_timeout, spill_dir=str(settings.spool_path))
@@ -116,6 +124,12 @@ async def start_smtp(spooler: Spooler, settings: Settings) -> SMTPListeners:
             listeners.servers.append(await _listen("SMTPS", f"{host}:{port}", start_server(
                 policy, host, port, limits, tls=context, implicit_tls=True, sessions=listeners.sessions)))
             log.info("smtps listener (implicit TLS) on %s:%d", host, port)
+        if settings.submission_listen:
+            host, port = split_hostport(settings.submission_listen, 587)
+            listeners.servers.append(await _listen("submission", f"{host}:{port}", start_server(
+                submission, host, port, limits, tls=context, sessions=listeners.sessions)))
+            log.info("submission listener (AUTH required) on %s:%d%s", host, port,
+                     " (STARTTLS)" if tls is not None else "")
     except BaseException:
         listeners.close()
         raise
@@ -225,7 +239,7 @@ async def _serve(settings: Settings, ready: asyncio.Event | None) -> None:
         control_server = await _listen("the control socket", control.socket_path(settings.spool_path),
                                        control.serve(settings.spool_path, handle))
         servers.append(control_server)
-        if settings.smtp_listen or settings.smtps_listen:
+        if settings.smtp_listen or settings.smtps_listen or settings.submission_listen:
             smtp = await start_smtp(spooler, settings)
             sessions = smtp.sessions
             servers.append(smtp)
@@ -277,7 +291,8 @@ async def _check_http_exposure(spooler: Spooler, settings: Settings) -> None:
 class DeliveryProcess:
     """The delivery half of the daemon, a child process on the other end of a `Link` (link.py).
     Started with the daemon's settings; respawned at once if it dies (Postfix's master restarts
-    qmgr the same way), with a growing pause only while it keeps dying young; told to stop by
+    qmgr the same way) from a standby that has Python started already, with a growing pause only
+    while it keeps dying before it is ready or within a second of it (a crash loop, not a kill); told to stop by
     closing the link. It exits by itself when the link closes, so a killed daemon leaves no
     deliverer behind for long.
 
@@ -287,16 +302,18 @@ class DeliveryProcess:
     a new run does when it starts never takes work that a live process holds."""
 
     RESTART_DELAYS = (0.0, 0.5, 2.0, 10.0)  # by how many times in a row it died young
-    YOUNG = 30.0  # seconds: a run that lived longer was healthy, the next death restarts at once
+    YOUNG = 1.0  # seconds after it was ready: a run that lived longer was healthy, restarted at once
 
     def __init__(self, settings: Settings, spooler: Spooler) -> None:
         self.settings, self.spooler = settings, spooler
         self.process: asyncio.subprocess.Process | None = None
         self.link: Link | None = None
-        self.spawned_at = 0.0
+        self.ready_at: float | None = None
         self._stopping = False
         self._started = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
+        self._standby: tuple[asyncio.subprocess.Process, socket.socket] | None = None
+        self._standby_task: asyncio.Task[None] | None = None
 
     async def start(self, wait: float = 10.0) -> None:
         """Spawn the child and wait (up to `wait` seconds) until it runs: the listeners open after
@@ -310,12 +327,13 @@ class DeliveryProcess:
         except TimeoutError:
             log.warning("delivery process not ready after %.0f s; accepting mail for it meanwhile", wait)
 
-    async def _spawn(self) -> None:
+    async def _prepare(self) -> tuple[asyncio.subprocess.Process, socket.socket]:
+        """A delivery process that has started Python and imported msgspool, waiting for its
+        configuration on stdin: the standby that replaces a dead one in a fraction of a second
+        (Python's start-up takes most of a second on a busy machine)."""
         ours, theirs = socket.socketpair()
-        config = {"settings": dataclasses.asdict(self.settings), "log_level": logging.getLogger("msgspool").level,
-                  "delivery_log_level": logging.getLogger("msgspool.delivery").level}
         try:
-            self.process = await asyncio.create_subprocess_exec(
+            process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "msgspool.daemon", "deliver", str(theirs.fileno()),
                 stdin=asyncio.subprocess.PIPE, pass_fds=(theirs.fileno(),))
         except BaseException:
@@ -323,11 +341,40 @@ class DeliveryProcess:
             raise
         finally:
             theirs.close()
-        self.spawned_at = asyncio.get_running_loop().time()
+        return process, ours
+
+    async def _spawn(self) -> None:
+        standby, self._standby = self._standby, None
+        if standby is not None and standby[0].returncode is not None:
+            standby[1].close()
+            standby = None
+        self.process, ours = standby or await self._prepare()
+        self.ready_at = None
+        config = {"settings": dataclasses.asdict(self.settings), "log_level": logging.getLogger("msgspool").level,
+                  "delivery_log_level": logging.getLogger("msgspool.delivery").level}
         assert self.process.stdin is not None
         self.process.stdin.write(json.dumps(config).encode())
         self.process.stdin.close()
         self.link = await Link.over(ours, self._handle)
+
+    async def _keep_standby(self) -> None:
+        """After a delivery process said ready: prepare the next one (not before: the two would
+        compete for the CPU while the first one starts)."""
+        if self._standby is None and not self._stopping:
+            try:
+                self._standby = await self._prepare()
+            except OSError as err:
+                log.warning("cannot start a standby delivery process: %s", err)
+        if self._stopping:
+            self._drop_standby()
+
+    def _drop_standby(self) -> None:
+        """A standby that gets no configuration (its stdin closes empty) exits at once."""
+        standby, self._standby = self._standby, None
+        if standby is not None:
+            if standby[0].stdin is not None:
+                standby[0].stdin.close()
+            standby[1].close()
 
     def _ready(self, owner: str) -> None:
         """The child recovered the spool and runs: hand-overs may begin, committed as `owner`'s."""
@@ -339,6 +386,8 @@ class DeliveryProcess:
             remote.want_events(True)
         remote.wakeup()  # whatever was committed while no deliverer ran
         self._started.set()
+        self.ready_at = asyncio.get_running_loop().time()
+        self._standby_task = asyncio.ensure_future(self._keep_standby())
         log.info("delivery process %d started", self.process.pid)
 
     async def _handle(self, message: dict[str, Any]) -> dict[str, Any] | None:
@@ -369,7 +418,8 @@ class DeliveryProcess:
             self.spooler.remote = None
             if self._stopping:
                 return
-            young = young + 1 if loop.time() - self.spawned_at < self.YOUNG else 0
+            healthy = self.ready_at is not None and loop.time() - self.ready_at >= self.YOUNG
+            young = 0 if healthy else young + 1
             delay = self.RESTART_DELAYS[min(young, len(self.RESTART_DELAYS)) - 1] if young else 0.0
             log.error("delivery process %s exited with %s; restarting%s", pid, code,
                       f" in {delay:.1f} s" if delay else "")
@@ -391,6 +441,9 @@ class DeliveryProcess:
         """Close the link: the child finishes its transactions in flight (up to `drain` seconds)
         and exits. On `abort` (now or while it drains) it is told SIGTERM: it cancels at once."""
         self._stopping = True
+        if self._standby_task is not None:
+            await asyncio.gather(self._standby_task, return_exceptions=True)
+        self._drop_standby()
         if self.link is not None:
             self.link.close()
         process = self.process
@@ -472,7 +525,10 @@ async def deliver(fd: int, config: dict[str, Any]) -> None:
 
 
 def deliver_main(argv: list[str]) -> int:
-    config = json.load(sys.stdin)
+    raw = sys.stdin.read()  # a standby waits here, imports done, until it is needed
+    if not raw:
+        return 0  # a standby that was not needed: the daemon stops
+    config = json.loads(raw)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s msgspool[%(process)d]: %(message)s",
                         stream=sys.stderr)
     logging.getLogger("msgspool").setLevel(config.get("log_level") or logging.INFO)

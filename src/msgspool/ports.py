@@ -14,6 +14,7 @@ from msgspool.domain.hooks import Delivery, Draft, Preprocessed
 from msgspool.domain.message import Message, MessageInfo, PendingReport, ReadReceipt, Recipient, Settlement
 from msgspool.domain.outcome import Reply
 from msgspool.domain.tokens import Token
+from msgspool.domain.users import User
 
 
 class Connection(Protocol):
@@ -201,6 +202,11 @@ class Store(Protocol):
         ...
 
     async def has_tokens(self) -> bool: ...
+
+    # Submission accounts (domain/users.py); added and deleted by the CLI
+    async def user(self, name: str) -> tuple[User, str] | None:
+        """The user with this name (case-insensitively) and its password hash, or None."""
+        ...
 
     @property
     def commit_stats(self) -> tuple[int, int]:

@@ -11,6 +11,7 @@ from typing import Any
 from msgspool.domain.message import MessageInfo
 from msgspool.domain.timefmt import iso
 from msgspool.domain.tokens import Token
+from msgspool.domain.users import User
 
 
 def message_json(info: MessageInfo) -> dict[str, Any]:
@@ -80,6 +81,15 @@ def message_line(info: MessageInfo) -> str:
 
 def token_json(token: Token) -> dict[str, Any]:
     return {"id": token.id, "name": token.name, "scopes": sorted(token.scopes), "created_at": iso(token.created_at)}
+
+
+def user_json(user: User) -> dict[str, Any]:
+    return {"name": user.name, "senders": list(user.senders), "created_at": iso(user.created_at)}
+
+
+def user_line(user: User) -> str:
+    senders = " ".join(user.senders) or "(own address and domain)"
+    return f"{user.name:<32} senders {senders:<32} created {iso(user.created_at)}"
 
 
 def token_line(token: Token) -> str:

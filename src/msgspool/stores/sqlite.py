@@ -54,13 +54,15 @@ from msgspool.domain.message import (
 from msgspool.domain.outcome import Reply
 from msgspool.domain.recipient import RecipientType, Status
 from msgspool.domain.tokens import Token
+from msgspool.domain.users import User
 from msgspool.errors import StorageFull
 from msgspool.stores.sqlite_tokens import any_token, find_token
+from msgspool.stores.sqlite_users import find_user
 
 T = TypeVar("T")
 DB_NAME = "spool.db"
 CHUNK = 5000  # rows one bulk change (flush, a released backlog) touches per transaction
-SCHEMA_VERSION = 7  # the schema script is idempotent: an older spool gets what is new in it
+SCHEMA_VERSION = 8  # the schema script is idempotent: an older spool gets what is new in it
 # Priority classes, urgent first: the order refill claims in (recipients.priority holds the class).
 PRIORITY_CLASSES = (1, 0, -1)
 _PENDING_SQL = "('queued','active','deferred','held')"
@@ -221,6 +223,9 @@ def op_submit(conn: sqlite3.Connection, msg: Message, copies: Sequence[Message],
     if token := msg.meta.get("http_token"):
         _insert_history(conn, msg.id, msg.submitted_at, "submission",
                         [HookRecord("", "submitted", f"over HTTP with token {token}")])
+    if user := msg.meta.get("smtp_auth_user"):
+        _insert_history(conn, msg.id, msg.submitted_at, "submission",
+                        [HookRecord("", "submitted", f"over SMTP by authenticated user {user}")])
     events = [_insert_event(conn, Event(EventType.SUBMITTED, msg.id, msg.submitted_at,
                                         detail={"sender": msg.sender, "size": msg.size,
                                                 "origin": msg.origin}))]
@@ -1251,6 +1256,9 @@ class SQLiteStore:
 
     async def has_tokens(self) -> bool:
         return await self.read(any_token)
+
+    async def user(self, name: str) -> tuple[User, str] | None:
+        return await self.read(lambda c: find_user(c, name))
 
 
 class SpoolDB:

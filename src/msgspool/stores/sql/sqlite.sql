@@ -133,3 +133,11 @@ CREATE TABLE IF NOT EXISTS tokens (
     digest      TEXT NOT NULL,           -- sha256 hex of the secret
     created_at  REAL NOT NULL
 );
+
+-- Accounts of the submission service (domain/users.py): only a scrypt hash of each password is kept.
+CREATE TABLE IF NOT EXISTS users (
+    name        TEXT PRIMARY KEY COLLATE NOCASE,
+    password    TEXT NOT NULL,           -- scrypt$N$r$p$salt$hash
+    senders     TEXT NOT NULL DEFAULT '', -- space-separated sender patterns; empty: the default
+    created_at  REAL NOT NULL
+);

@@ -1,0 +1,39 @@
+"""The `users` table of the SQLite spool (domain/users.py says what a user is). Used by the CLI
+(`msgspool user ...`, through `SpoolDB`) and by the daemon's reader (`SQLiteStore.user`)."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from msgspool.domain.users import User
+
+_COLUMNS = "name, senders, created_at"
+
+
+def _user(row: tuple[str, str, float]) -> User:
+    name, senders, created_at = row
+    return User(name, tuple(senders.split()), created_at)
+
+
+def op_add_user(conn: sqlite3.Connection, user: User, password_hash: str, *, replace: bool = False) -> bool:
+    """Store a user; True when it replaced one (only with `replace`), ValueError when the name is taken."""
+    exists = conn.execute("SELECT 1 FROM users WHERE name = ?", (user.name,)).fetchone() is not None
+    if exists and not replace:
+        raise ValueError(f"a user named {user.name!r} exists (--update changes its password)")
+    conn.execute("INSERT OR REPLACE INTO users (name, password, senders, created_at) VALUES (?,?,?,?)",
+                 (user.name, password_hash, " ".join(user.senders), user.created_at))
+    return exists
+
+
+def list_users(conn: sqlite3.Connection) -> list[User]:
+    return [_user(row) for row in conn.execute(f"SELECT {_COLUMNS} FROM users ORDER BY name")]
+
+
+def find_user(conn: sqlite3.Connection, name: str) -> tuple[User, str] | None:
+    """The user with this name (case-insensitively) and its password hash."""
+    row = conn.execute(f"SELECT {_COLUMNS}, password FROM users WHERE name = ? COLLATE NOCASE", (name,)).fetchone()
+    return (_user(row[:3]), row[3]) if row else None
+
+
+def op_delete_user(conn: sqlite3.Connection, name: str) -> bool:
+    return conn.execute("DELETE FROM users WHERE name = ?", (name,)).rowcount > 0
