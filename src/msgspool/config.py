@@ -85,6 +85,9 @@ class Settings:
         ["127.0.0.0/8", "::1/128"], "Clients in these networks may relay to non-local domains."
     )
     message_size_limit: int = _doc(10_240_000, "Largest message accepted, in bytes (SMTP SIZE).")
+    queue_minfree: int = _doc(
+        0, "Bytes that must stay free on the spool's file system for SMTP to take a message: MAIL is answered "
+        "452 4.3.1 below it, or when its SIZE would not fit (Postfix's name); 0 = only the SIZE check.")
     recipient_limit: int = _doc(1000, "Most recipients accepted in one SMTP transaction.")
     hopcount_limit: int = _doc(50, "More Received: headers than this is a loop: 554 5.4.6.")
     smtpd_timeout: float = _doc(300.0, "Seconds an SMTP client may stay silent (RFC 5321 §4.5.3.2.7).")

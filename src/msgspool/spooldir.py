@@ -46,6 +46,15 @@ def open_private(path: Path) -> IO[str]:
     return os.fdopen(fd, "r+")
 
 
+def free_bytes(directory: Path) -> int:
+    """Bytes an unprivileged writer may still use on `directory`'s file system (huge if unknown)."""
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return 1 << 62
+    return st.f_bavail * st.f_frsize
+
+
 def tighten(data_dir: Path) -> list[str]:
     """Create the data directory, or take group's and others' permissions away from it and from
     the spool files in it; log and return each change ("PATH 0755 -> 0700")."""

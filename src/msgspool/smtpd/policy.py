@@ -20,7 +20,8 @@
 - After DATA the message gets its `Received:` trace header (RFC 5321 §4.4; the protocol name
   says whether the session was encrypted, a comment gives the TLS version and cipher) and goes through
   intake; the ``250`` is sent only once the spool has committed it durably; a spool without room
-  for it answers ``452 4.3.1 Insufficient system storage`` (RFC 3463), and the client keeps it. A release time
+  for it answers ``452 4.3.1 Insufficient system storage`` (RFC 3463), and the client keeps it. So
+  does MAIL, before any content is sent, when less than `queue_minfree` plus the declared SIZE is free. A release time
   becomes the message's `deliver_after`: its recipients are not due before it.
 """
 
@@ -107,7 +108,11 @@ class SpoolPolicy:
         if self.message_rate is not None and not session.trusted and not self.message_rate.hit(str(session.peer[0])):
             log.warning("message rate limit exceeded from [%s]", session.peer[0])
             return Reply(450, "4.7.1", f"Error: too much mail from {session.peer[0]}")
-        return None
+        size = params.get("SIZE", "")
+        refusal = self.intake.check_space(int(size) if size.isdigit() else 0)
+        if refusal is not None:
+            log.warning("from=<%s> [%s] size=%s: %s", sender, session.peer[0], size or "-", refusal.line())
+        return refusal
 
     def rcpt(self, session: Session, envelope: Envelope, address: str, params: dict[str, str]) -> Reply | None:
         if (self.recipient_rate is not None and not session.trusted

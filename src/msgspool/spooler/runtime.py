@@ -132,8 +132,10 @@ class Spooler:
         self.settings = settings
         self.transports = transports if transports is not None else load_transports(settings)
         self.router = build_router(settings, self.transports)
+        spool_path = settings.spool_path
         self.intake = Intake(self.router, hopcount_limit=settings.hopcount_limit, mailboxes=settings.mailboxes,
-                             message_size_limit=settings.message_size_limit)
+                             message_size_limit=settings.message_size_limit, queue_minfree=settings.queue_minfree,
+                             free_space=lambda: spooldir.free_bytes(spool_path))
         self.store = load_store(settings)
         self.bus = EventBus()
         targets = settings.webhook_targets

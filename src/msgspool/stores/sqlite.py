@@ -24,7 +24,6 @@ import dataclasses
 import errno
 import itertools
 import json
-import os
 import queue
 import sqlite3
 import threading
@@ -93,7 +92,7 @@ def storage_error(err: BaseException, directory: Path) -> BaseException:
     primary = code & 0xFF if isinstance(code, int) else None
     if primary == _SQLITE_FULL or (primary is None and "disk is full" in str(err)):
         return _storage_full(err)
-    if primary == _SQLITE_IOERR and free_bytes(directory) < NEARLY_FULL:
+    if primary == _SQLITE_IOERR and spooldir.free_bytes(directory) < NEARLY_FULL:
         return _storage_full(err)
     return err
 
@@ -114,15 +113,6 @@ def _storage_full(err: BaseException) -> StorageFull:
     full = StorageFull(str(err))
     full.__cause__ = err
     return full
-
-
-def free_bytes(directory: Path) -> int:
-    """Bytes an unprivileged writer may still use on `directory`'s file system (huge if unknown)."""
-    try:
-        st = os.statvfs(directory)
-    except OSError:
-        return 1 << 62
-    return st.f_bavail * st.f_frsize
 
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
