@@ -270,7 +270,8 @@ async def test_neither_the_password_nor_the_payload_is_logged(listen: ListenerFa
     logged = caplog.text
     for secret in (PASSWORD, "hunter2-wrong", wrong, b64(PASSWORD)):
         assert secret not in logged
-    assert "authenticated as alice@example.org" in logged and "PLAIN authentication failed" in logged
+    assert "client=[127.0.0.1], sasl_method=LOGIN, sasl_username=alice@example.org" in logged
+    assert "[127.0.0.1]: SASL PLAIN authentication failed" in logged
 
 
 @pytest.mark.skipif(shutil.which("swaks") is None, reason="swaks is not installed")
@@ -370,3 +371,15 @@ async def test_fuzzed_auth_exchanges_get_well_formed_replies_and_break_nothing(
         assert (await c.cmd("AUTH PLAIN " + plain(ALICE, PASSWORD)))[0] == 235
         await c.close()
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_mail_accepts_the_auth_parameter_of_rfc_4954(listen: ListenerFactory) -> None:
+    async with listen() as listener:
+        c = await listener.client(listener.submission_port, tls=True)
+        assert (await c.cmd("AUTH PLAIN " + plain(ALICE, PASSWORD)))[0] == 235
+        assert (await c.cmd(f"MAIL FROM:<{ALICE}> AUTH=<>"))[0] == 250
+        assert (await c.cmd("RSET"))[0] == 250
+        assert (await c.cmd(f"MAIL FROM:<{ALICE}> AUTH=alice+40example.org"))[0] == 250
+        assert (await c.cmd("RSET"))[0] == 250
+        assert (await c.cmd(f"MAIL FROM:<{ALICE}> AUTH"))[:1] == (501,)
+        await c.close()

@@ -15,7 +15,9 @@ and whether the credentials hold. protocol.py parses the exchange; this decides.
   each 535, and after `smtpd_auth_failure_limit` in `smtpd_auth_failure_window` seconds, 421
   4.7.0 for that long.
 - Nothing of the payload is logged: a success logs the user, a failure only the client's address
-  and the mechanism (a user name field often holds a mistyped password).
+  and the mechanism (a user name field often holds a mistyped password), in Postfix's words
+  (``client=[ADDR], sasl_method=PLAIN, sasl_username=USER``; ``[ADDR]: SASL PLAIN authentication
+  failed``), so that log watchers written for Postfix (fail2ban's postfix-sasl) find them.
 """
 
 from __future__ import annotations
@@ -83,11 +85,11 @@ class Authenticator:
             user = found[0]
             session.authenticated, session.login = True, user.name
             session.senders = owned_senders(user, self.local_domains)
-            log.info("[%s]: authenticated as %s (%s)", client, user.name, mechanism)
+            log.info("client=[%s], sasl_method=%s, sasl_username=%s", client, mechanism, user.name)
             return AUTH_OK
         delay = self.failures.fail(client)
         locked = self.failures.locked_out(client)
-        log.warning("[%s]: %s authentication failed%s", client, mechanism, "; locked out" if locked else "")
+        log.warning("[%s]: SASL %s authentication failed%s", client, mechanism, "; locked out" if locked else "")
         if locked:
             return AUTH_LOCKED_OUT
         await asyncio.sleep(delay)

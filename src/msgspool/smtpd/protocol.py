@@ -14,7 +14,8 @@ clients the policy names, HOLDFOR/HOLDUNTIL parsed by domain/futurerelease.py in
 release time), STARTTLS (RFC 3207: offered when the listener has a TLS context, see tls.py; on
 an implicit-TLS listener, RFC 8314, the session starts encrypted and STARTTLS is not offered),
 AUTH (RFC 4954: PLAIN of RFC 4616 and LOGIN, offered when the policy allows them, which is after
-TLS; the exchange is parsed here, the credentials are checked by the policy).
+TLS; the exchange is parsed here, the credentials are checked by the policy; MAIL's AUTH=
+parameter, RFC 4954 §5, is accepted and not passed on, as §5 allows for an identity not trusted).
 
 AUTH: the payload is decoded here and handed to the policy, never logged nor echoed. ``*`` as a
 response cancels (``501 5.0.0``); a response that is not base64, or a PLAIN message without its
@@ -686,6 +687,9 @@ class SMTPServerProtocol(asyncio.Protocol):
             elif key == "SMTPUTF8":
                 if value:
                     return Reply(501, "5.5.4", "SMTPUTF8 takes no value")
+            elif key == "AUTH":  # RFC 4954 §5: accepted wherever AUTH is offered; the identity is not relayed
+                if not value:
+                    return Reply(501, "5.5.4", "Bad AUTH parameter")
             elif key not in ("RET", "ENVID") and not (hold_max > 0 and key in futurerelease.PARAMETERS):
                 # RFC 5321 §4.1.1.11: a parameter of an extension not offered is unrecognized.
                 return Reply(555, "5.5.4", f"Unsupported option: {key}")
