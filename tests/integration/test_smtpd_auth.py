@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import random
+import re
 import shutil
 import smtplib
 import subprocess
@@ -61,14 +63,17 @@ class AuthListener:
         assert (await client.cmd("EHLO client.test"))[0] == 250
         return client
 
-    async def add_user(self, name: str, password: str = PASSWORD, senders: tuple[str, ...] = ()) -> None:
-        """What `msgspool user add` stores; in a thread, as the CLI is another process."""
-        await asyncio.to_thread(self._add_user, name, password, senders)
+    async def add_user(self, name: str, password: str = PASSWORD, senders: tuple[str, ...] = (),
+                       n: int = 2**15) -> None:
+        """What `msgspool user add` stores (`n` lower: a cheaper hash, for the fuzzer); in a
+        thread, as the CLI is another process."""
+        await asyncio.to_thread(self._add_user, name, password, senders, n)
 
-    def _add_user(self, name: str, password: str, senders: tuple[str, ...]) -> None:
+    def _add_user(self, name: str, password: str, senders: tuple[str, ...], n: int) -> None:
+        hashed = hash_password(password, n=n)
         db = SpoolDB(self.spooler.settings.spool_path / DB_NAME)
         try:
-            db.write(lambda conn: op_add_user(conn, User(name, senders, time.time()), hash_password(password)))
+            db.write(lambda conn: op_add_user(conn, User(name, senders, time.time()), hashed, replace=True))
         finally:
             db.close()
 
@@ -289,3 +294,79 @@ async def test_swaks_submits_with_starttls_and_auth(listen: ListenerFactory, sin
                              "--auth", "PLAIN", "--auth-user", ALICE, "--auth-password", "nope",
                              "--from", ALICE, "--to", "bob@example.com"], capture_output=True, text=True, timeout=30)
         assert bad.returncode != 0 and "535 5.7.8" in bad.stdout
+
+
+async def test_auth_is_offered_at_once_on_the_implicit_tls_listener(listen: ListenerFactory, sink: Sink) -> None:
+    smtps_port = free_port()
+    async with listen(smtps_listen=f"127.0.0.1:{smtps_port}") as listener:
+        def submit() -> dict[str, Any]:
+            with smtplib.SMTP_SSL("127.0.0.1", smtps_port, timeout=10, context=listener.context) as client:
+                client.ehlo("client.test")
+                assert client.esmtp_features["auth"].split() == ["PLAIN", "LOGIN"]
+                client.login(ALICE, PASSWORD)
+                return client.sendmail(ALICE, ["bob@example.com"], MESSAGE)
+
+        assert await asyncio.to_thread(submit) == {}
+        await sink.async_wait_for(1)
+    assert b" with ESMTPSA (TLSv1." in sink.messages[0].content
+
+
+async def test_starttls_forgets_an_authentication_made_in_clear(listen: ListenerFactory) -> None:
+    async with listen(smtpd_auth_allow_plaintext_loopback=True) as listener:
+        c = await listener.client(listener.submission_port)
+        assert (await c.cmd("AUTH PLAIN " + plain(ALICE, PASSWORD)))[0] == 235
+        assert (await c.cmd("STARTTLS"))[0] == 220
+        await start_tls(c, listener.context)
+        assert (await c.cmd("EHLO client.test"))[0] == 250
+        assert (await c.cmd(f"MAIL FROM:<{ALICE}>"))[0] == 530  # RFC 3207 §4.2
+        await c.close()
+
+
+def fuzzed_exchange(rng: random.Random) -> bytes:
+    """A few lines of AUTH gone wrong (and sometimes right): bad mechanisms, base64 and not,
+    NULs in odd places, cancels, overlong responses, commands where a response is due. (No
+    STARTTLS: the listener would wait for a handshake; other fuzzers cover it.)"""
+    pieces = [b"AUTH PLAIN", b"AUTH LOGIN", b"AUTH plain " + plain(ALICE, "x").encode(), b"AUTH CRAM-MD5", b"AUTH",
+              b"AUTH PLAIN =", b"*", b"=", b"AUTH LOGIN " + b64(ALICE).encode(), b"MAIL FROM:<a@example.org>",
+              b"RCPT TO:<b@example.com>", b"NOOP", b"RSET", b"EHLO x"]
+    lines = []
+    for _ in range(rng.randint(1, 8)):
+        kind = rng.random()
+        if kind < 0.5:
+            lines.append(rng.choice(pieces))
+        elif kind < 0.7:
+            raw = bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 40)))
+            lines.append(base64.b64encode(raw) if rng.random() < 0.7 else raw.replace(b"\n", b""))
+        elif kind < 0.8:
+            lines.append(base64.b64encode(b"\0".join(rng.choice([b"", ALICE.encode(), b"\xff\xfe", b"a" * 300])
+                                                     for _ in range(rng.randint(1, 4)))))
+        elif kind < 0.9:
+            lines.append(b"A" * rng.choice([100, 2100, 5000]))
+        else:
+            lines.append(b"AUTH PLAIN " + plain(ALICE, rng.choice(["x", PASSWORD, "\u00e9\u00e9"])).encode())
+    return b"".join(line + rng.choice([b"\r\n", b"\n"]) for line in lines)
+
+
+async def test_fuzzed_auth_exchanges_get_well_formed_replies_and_break_nothing(
+        listen: ListenerFactory, caplog: pytest.LogCaptureFixture) -> None:
+    rng = random.Random(4954)
+    async with listen(smtpd_auth_allow_plaintext_loopback=True, smtpd_auth_failure_limit=0,
+                      smtpd_auth_failure_delay=0.0) as listener:
+        await listener.add_user(ALICE, n=2**8)
+        seen: set[bytes] = set()
+        for _ in range(300):
+            reader, writer = await asyncio.open_connection("127.0.0.1", listener.submission_port)
+            # "*" first: it cancels an exchange left waiting for a response, else it is one more error.
+            writer.write(b"EHLO fuzz.test\r\n" + fuzzed_exchange(rng) + b"*\r\nQUIT\r\n")
+            replies = await asyncio.wait_for(reader.read(), 10)  # QUIT, or the error limit: it ends
+            writer.close()
+            for line in replies.split(b"\r\n")[:-1]:
+                assert re.fullmatch(rb"[2-5][0-9][0-9]([ -].*)?", line), (line, replies)
+                seen.add(line[:3])
+            assert replies.endswith(b"\r\n")
+        assert {b"334", b"235", b"535", b"501", b"504", b"503"} <= seen, seen
+        await listener.add_user(ALICE)
+        c = await listener.client(listener.submission_port, tls=True)
+        assert (await c.cmd("AUTH PLAIN " + plain(ALICE, PASSWORD)))[0] == 235
+        await c.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
