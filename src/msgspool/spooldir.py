@@ -13,6 +13,7 @@ change is logged. Other files an operator put there (``msgspool.toml``, keys) ar
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import stat
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import IO
 
 log = logging.getLogger("msgspool")
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})  # "no room" from the file system
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 # The files msgspool itself makes in the data directory (SQLite's names for its side files).

@@ -23,7 +23,7 @@ from typing import TypeVar
 
 import pytest
 
-from tests.support.daemon import Daemon, DaemonFactory, Spool, cli_env, received_tags, tagged_message
+from tests.support.daemon import Daemon, DaemonFactory, Spool, cli_env, received_tags, run_cli, tagged_message
 from tests.support.sink import Sink
 from tests.support.tmpfs import fill, small_tmpfs
 
@@ -152,3 +152,14 @@ def test_the_quick_disk_full_abuse_run_loses_nothing_and_leaves_nothing_stuck(tm
     r = json.loads(out.read_text())
     assert r["acknowledged"] > 0 and r["refused_452"] > 0 and r["other_errors"] == 0, context
     assert r["lost"] == 0 and r["stuck"] == 0 and r["daemon_alive"] and r["log_tracebacks"] == 0, context
+
+
+def test_serve_on_a_full_disk_exits_75_saying_so(small: Path, tmp_path: Path) -> None:
+    data = small / "spool"
+    assert run_cli("sendmail", "--create", "rcpt@example.com", data=data, stdin=tagged_message("x"),
+                   cwd=tmp_path).returncode == 0
+    fill(small / "filler")
+    result = run_cli("serve", "--smtp", "127.0.0.1:0", "--http", "", data=data, cwd=tmp_path, timeout=30)
+    assert result.returncode == 75, result.stderr
+    assert "msgspool: 452 4.3.1 Insufficient system storage" in result.stderr
+    assert "Traceback" not in result.stderr

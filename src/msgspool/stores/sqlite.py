@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import errno
 import itertools
 import json
 import queue
@@ -78,13 +77,12 @@ _STATUS_EVENT = {
 # SQLite's primary result codes that may mean "no room": SQLITE_FULL always; SQLITE_IOERR (a WAL
 # or -shm file that could not grow, an fsync refused) only when the file system is nearly full.
 _SQLITE_FULL, _SQLITE_IOERR = 13, 10
-_NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 NEARLY_FULL = 1 << 20  # bytes free under which an I/O error is taken for a full file system
 
 
 def storage_error(err: BaseException, directory: Path) -> BaseException:
     """`err` as `StorageFull` when it means the spool's file system has no room, else `err`."""
-    if isinstance(err, OSError) and err.errno in _NO_SPACE_ERRNOS:
+    if isinstance(err, OSError) and err.errno in spooldir.NO_SPACE_ERRNOS:
         return _storage_full(err)
     if not isinstance(err, sqlite3.Error):
         return err
