@@ -383,3 +383,38 @@ async def test_mail_accepts_the_auth_parameter_of_rfc_4954(listen: ListenerFacto
         assert (await c.cmd("RSET"))[0] == 250
         assert (await c.cmd(f"MAIL FROM:<{ALICE}> AUTH"))[:1] == (501,)
         await c.close()
+
+
+async def auth_from(address: str, port: int, payload: str) -> tuple[float, int]:
+    """One session from `address` (a loopback address) that tries AUTH PLAIN: (when answered, code)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(address, 0))
+    c = Client(reader, writer)
+    try:
+        assert (await c.reply())[0] == 220
+        assert (await c.cmd("EHLO client.test"))[0] == 250
+        code = (await c.cmd("AUTH PLAIN " + payload))[0]
+        return time.monotonic(), code
+    finally:
+        writer.close()
+
+
+async def test_parallel_guesses_from_one_address_are_taken_one_at_a_time_up_to_the_lockout(
+        listen: ListenerFactory) -> None:
+    async with listen(smtpd_auth_allow_plaintext_loopback=True, smtpd_auth_failure_limit=3,
+                      smtpd_auth_failure_delay=0.1) as listener:
+        results = await asyncio.gather(*(auth_from("127.0.0.2", listener.port, plain(ALICE, f"guess{i}"))
+                                         for i in range(6)))
+    codes = sorted(code for _when, code in results)
+    assert codes == [421, 421, 421, 421, 535, 535]  # the third failure locks out the rest, unchecked
+
+
+async def test_a_guessing_address_does_not_hold_up_a_login_from_another(listen: ListenerFactory) -> None:
+    async with listen(smtpd_auth_allow_plaintext_loopback=True, smtpd_auth_failure_limit=0,
+                      smtpd_auth_failure_delay=0.2) as listener:
+        guesses = [asyncio.ensure_future(auth_from("127.0.0.2", listener.port, plain(ALICE, f"guess{i}")))
+                   for i in range(4)]
+        await asyncio.sleep(0.05)
+        login_at, code = await auth_from("127.0.0.1", listener.port, plain(ALICE, PASSWORD))
+        answered = sorted(when for when, _code in await asyncio.gather(*guesses))
+    assert code == 235
+    assert login_at < answered[2], "the login waited behind the guesses"

@@ -10,7 +10,9 @@ and whether the credentials hold. protocol.py parses the exchange; this decides.
   ``535 5.7.8``. PLAIN's authorization identity must be empty or the user's own name (no proxy
   authorization). The hashes are computed in worker threads, at most two at a time: each takes
   32 MiB and a core for a fraction of a second, and a flood of guesses must not take the listener
-  or the memory with it.
+  or the memory with it. The attempts of one client address are checked one after the other,
+  each with its delay: parallel sessions do not multiply an attacker's guesses, nor let one
+  address take both hashing slots from everyone else.
 - Failed logins are counted per client address (limits.AuthFailures): a growing delay before
   each 535, and after `smtpd_auth_failure_limit` in `smtpd_auth_failure_window` seconds, 421
   4.7.0 for that long.
@@ -25,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 
 from msgspool.domain.outcome import Reply
@@ -59,6 +62,8 @@ class Authenticator:
         self.users, self.failures, self.local_domains = users, failures, list(local_domains)
         self.allow_plaintext_loopback = allow_plaintext_loopback
         self._hashing = asyncio.Semaphore(HASHES_AT_ONCE)
+        self._clients: dict[str, asyncio.Lock] = {}  # per address with an attempt under way
+        self._waiting: Counter[str] = Counter()
 
     def refusal(self, session: Session) -> Reply | None:
         """None when `session` may authenticate now; else the reply refusing AUTH."""
@@ -76,12 +81,29 @@ class Authenticator:
 
     async def authenticate(self, session: Session, mechanism: str, authzid: str, name: str,
                            password: bytes) -> Reply:
-        assert self.users is not None
         client = str(session.peer[0])
+        lock = self._clients.get(client)
+        if lock is None:
+            lock = self._clients[client] = asyncio.Lock()
+        self._waiting[client] += 1
+        try:
+            async with lock:  # one attempt at a time per address, its delay included
+                if self.failures.locked_out(client):  # reached meanwhile by an attempt in parallel
+                    return AUTH_LOCKED_OUT
+                return await self._check(session, client, mechanism, authzid, name, password)
+        finally:
+            self._waiting[client] -= 1
+            if not self._waiting[client]:
+                del self._waiting[client], self._clients[client]
+
+    async def _check(self, session: Session, client: str, mechanism: str, authzid: str, name: str,
+                     password: bytes) -> Reply:
+        assert self.users is not None
         found = await self.users(name) if name else None
+        stored = found[1] if found else None
         async with self._hashing:
-            matched = await asyncio.to_thread(verify_password, password, found[1] if found else dummy_hash())
-        if found is not None and matched and authzid in ("", found[0].name, name):
+            matched = await asyncio.to_thread(lambda: verify_password(password, stored or dummy_hash()))
+        if found is not None and stored is not None and matched and authzid in ("", found[0].name, name):
             user = found[0]
             session.authenticated, session.login = True, user.name
             session.senders = owned_senders(user, self.local_domains)
