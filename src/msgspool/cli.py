@@ -494,7 +494,7 @@ def _serve_lock_free(settings: Settings) -> bool:
     from msgspool.spooler.runtime import SERVE_LOCK_NAME
 
     try:
-        with (settings.spool_path / SERVE_LOCK_NAME).open("a") as handle:
+        with (settings.spool_path / SERVE_LOCK_NAME).open("r") as handle:  # never made here: serve makes it 0600
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return True
     except FileNotFoundError:

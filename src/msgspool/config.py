@@ -53,6 +53,8 @@ class Settings:
     smtp_listen: str = _doc("127.0.0.1:2525", "SMTP listener HOST:PORT; empty disables it.")
     smtps_listen: str = _doc(
         "", "SMTP listener with implicit TLS (RFC 8314, port 465 style) HOST:PORT; needs tls_cert_file.")
+    submission_listen: str = _doc(
+        "", "Submission listener (RFC 6409) HOST:PORT, e.g. 127.0.0.1:587: MAIL needs AUTH first; empty disables it.")
     tls_cert_file: str = _doc(
         "", "PEM certificate (chain) of the SMTP listeners; with tls_key_file they offer STARTTLS.")
     tls_key_file: str = _doc("", "PEM private key of tls_cert_file. Both are read again on SIGHUP.")
@@ -83,6 +85,9 @@ class Settings:
         ["127.0.0.0/8", "::1/128"], "Clients in these networks may relay to non-local domains."
     )
     message_size_limit: int = _doc(10_240_000, "Largest message accepted, in bytes (SMTP SIZE).")
+    queue_minfree: int = _doc(
+        0, "Bytes that must stay free on the spool's file system for SMTP to take a message: MAIL is answered "
+        "452 4.3.1 below it, or when its SIZE would not fit (Postfix's name); 0 = only the SIZE check.")
     recipient_limit: int = _doc(1000, "Most recipients accepted in one SMTP transaction.")
     hopcount_limit: int = _doc(50, "More Received: headers than this is a loop: 554 5.4.6.")
     smtpd_timeout: float = _doc(300.0, "Seconds an SMTP client may stay silent (RFC 5321 §4.5.3.2.7).")
@@ -96,6 +101,14 @@ class Settings:
         1000, "MAIL commands per minute from one client address outside trusted_networks; more get 450 4.7.1.")
     smtpd_client_recipient_rate_limit: int = _doc(
         10000, "RCPT commands per minute from one client address outside trusted_networks; more get 450 4.7.1.")
+    smtpd_auth_allow_plaintext_loopback: bool = _doc(
+        False, "Offer AUTH in clear to loopback clients too (tests, make run); otherwise only after TLS.")
+    smtpd_auth_failure_limit: int = _doc(
+        10, "Failed logins from one client address within smtpd_auth_failure_window that lock it out; 0 = no lockout.")
+    smtpd_auth_failure_window: float = _doc(
+        600.0, "Seconds failed logins are counted over, and how long a client that reached the limit stays locked out.")
+    smtpd_auth_failure_delay: float = _doc(
+        1.0, "Seconds the 535 after a failed login waits, times the client's failures so far in the window.")
     min_backoff: float = _doc(300.0, "First retry delay after a temporary failure, seconds.")
     max_backoff: float = _doc(4000.0, "Longest retry delay, seconds.")
     max_lifetime: float = _doc(

@@ -30,7 +30,8 @@ from typing import Any, TypeVar
 from msgspool.config import Settings
 from msgspool.errors import ConfigError, MsgspoolError
 from msgspool.smtpd.accept import Listener
-from msgspool.smtpd.limits import ConnectionCounter, RateCounter
+from msgspool.smtpd.auth import Authenticator
+from msgspool.smtpd.limits import AuthFailures, ConnectionCounter, RateCounter
 from msgspool.smtpd.policy import SpoolPolicy, parse_networks
 from msgspool.smtpd.protocol import ServerLimits, Sessions, start_server
 from msgspool.smtpd.tls import ServerTLS
@@ -80,6 +81,7 @@ class SMTPListeners:
     servers: list[Listener]
     tls: ServerTLS | None
     policy: SpoolPolicy
+    submission: SpoolPolicy | None = None  # the submission listener's copy of `policy`
     sessions: Sessions = dataclasses.field(default_factory=Sessions)
 
     def reconfigure(self, settings: Settings) -> None:
@@ -88,8 +90,10 @@ class SMTPListeners:
         if (self.tls is None) != (not settings.tls_cert_file):
             raise ConfigError("turning TLS on or off needs a restart of msgspool serve")
         policy = self.policy
-        policy.trusted = parse_networks(settings.trusted_networks)
-        policy.future_release_max = settings.future_release_max
+        for each in (policy, self.submission):
+            if each is not None:
+                each.trusted = parse_networks(settings.trusted_networks)
+                each.future_release_max = settings.future_release_max
         policy.connections.total_limit = settings.smtpd_connection_limit
         policy.connections.client_limit = settings.smtpd_client_connection_limit
         for counter, limit in ((policy.message_rate, settings.smtpd_client_message_rate_limit),
@@ -107,20 +111,27 @@ class SMTPListeners:
 
 
 async def start_smtp(spooler: Spooler, settings: Settings) -> SMTPListeners:
-    """The SMTP listeners on `settings.smtp_listen` and `settings.smtps_listen`, submitting into `spooler`."""
+    """The SMTP listeners on `settings.smtp_listen`, `settings.smtps_listen` and
+    `settings.submission_listen`, submitting into `spooler`."""
     tls = ServerTLS.load(settings.tls_cert_file, settings.tls_key_file)
     if settings.smtps_listen and tls is None:
         raise ConfigError("smtps_listen needs a certificate: set tls_cert_file and tls_key_file")
     connections = ConnectionCounter(settings.smtpd_connection_limit, settings.smtpd_client_connection_limit,
                                     settings.host_name)
+    authenticator = Authenticator(
+        spooler.store.user, AuthFailures(settings.smtpd_auth_failure_limit, settings.smtpd_auth_failure_window,
+                                         settings.smtpd_auth_failure_delay, time.monotonic),
+        local_domains=settings.local_domains, allow_plaintext_loopback=settings.smtpd_auth_allow_plaintext_loopback)
     policy = SpoolPolicy(spooler.intake, spooler.submit, hostname=settings.host_name,
                          trusted_networks=settings.trusted_networks, future_release_max=settings.future_release_max,
                          connections=connections,
                          message_rate=RateCounter(settings.smtpd_client_message_rate_limit, time.monotonic),
-                         recipient_rate=RateCounter(settings.smtpd_client_recipient_rate_limit, time.monotonic))
+                         recipient_rate=RateCounter(settings.smtpd_client_recipient_rate_limit, time.monotonic),
+                         authenticator=authenticator)
+    submission = policy.for_submission()
     limits = server_limits(settings)
     _raise_file_limit(settings.smtpd_connection_limit)
-    listeners = SMTPListeners([], tls, policy)
+    listeners = SMTPListeners([], tls, policy, submission)
     context = tls.context if tls is not None else None
     try:
         if settings.smtp_listen:
@@ -134,6 +145,12 @@ async def start_smtp(spooler: Spooler, settings: Settings) -> SMTPListeners:
             listeners.servers.append(await _listen("SMTPS", f"{host}:{port}", start_server(
                 policy, host, port, limits, tls=context, implicit_tls=True, sessions=listeners.sessions)))
             log.info("smtps listener (implicit TLS) on %s:%d", host, port)
+        if settings.submission_listen:
+            host, port = split_hostport(settings.submission_listen, 587)
+            listeners.servers.append(await _listen("submission", f"{host}:{port}", start_server(
+                submission, host, port, limits, tls=context, sessions=listeners.sessions)))
+            log.info("submission listener (AUTH required) on %s:%d%s", host, port,
+                     " (STARTTLS)" if tls is not None else "")
     except BaseException:
         listeners.close()
         raise
@@ -291,7 +308,7 @@ async def _serve(settings: Settings, ready: asyncio.Event | None,
         control_server = await _listen("the control socket", control.socket_path(settings.spool_path),
                                        control.serve(settings.spool_path, handle))
         servers.append(control_server)
-        if settings.smtp_listen or settings.smtps_listen:
+        if settings.smtp_listen or settings.smtps_listen or settings.submission_listen:
             smtp = await start_smtp(spooler, settings)
             sessions = smtp.sessions
             servers.append(smtp)

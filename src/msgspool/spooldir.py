@@ -13,6 +13,7 @@ change is logged. Other files an operator put there (``msgspool.toml``, keys) ar
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import stat
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import IO
 
 log = logging.getLogger("msgspool")
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})  # "no room" from the file system
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 # The files msgspool itself makes in the data directory (SQLite's names for its side files).
@@ -44,6 +46,15 @@ def open_private(path: Path) -> IO[str]:
     """Open `path` for reading and writing, created 0600 if missing (a lock file)."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
     return os.fdopen(fd, "r+")
+
+
+def free_bytes(directory: Path) -> int:
+    """Bytes an unprivileged writer may still use on `directory`'s file system (huge if unknown)."""
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return 1 << 62
+    return st.f_bavail * st.f_frsize
 
 
 def tighten(data_dir: Path) -> list[str]:

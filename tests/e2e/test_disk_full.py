@@ -23,7 +23,7 @@ from typing import TypeVar
 
 import pytest
 
-from tests.support.daemon import Daemon, DaemonFactory, Spool, cli_env, received_tags, tagged_message
+from tests.support.daemon import Daemon, DaemonFactory, Spool, cli_env, received_tags, run_cli, tagged_message
 from tests.support.sink import Sink
 from tests.support.tmpfs import fill, small_tmpfs
 
@@ -46,14 +46,19 @@ def big_message(tag: str) -> str:
     return tagged_message(tag) + BIG
 
 
-def smtp_submit(daemon: Daemon, tag: str) -> tuple[int, str]:
+def smtp_submit(daemon: Daemon, tag: str, *, declare_size: bool = True) -> tuple[int, str]:
+    """(250, "") or the refusal as (code, "STAGE TEXT"): at MAIL (a declared SIZE that does not
+    fit) or at the end of DATA. Without `declare_size` only the content tells the size."""
+    content = big_message(tag).replace("\n", "\r\n").encode()
     with smtplib.SMTP(*daemon.smtp_address, timeout=30) as client:
         client.ehlo("client.test")
-        try:
-            client.sendmail("alice@example.org", ["rcpt@example.com"], big_message(tag).replace("\n", "\r\n"))
-        except smtplib.SMTPDataError as err:
-            return err.smtp_code, err.smtp_error.decode()
-        return 250, ""
+        code, text = client.mail("alice@example.org", [f"SIZE={len(content)}"] if declare_size else [])
+        if code != 250:
+            return code, f"MAIL {text.decode()}"
+        code, text = client.rcpt("rcpt@example.com")
+        assert code == 250, text
+        code, text = client.data(content)
+        return (250, "") if code == 250 else (code, f"DATA {text.decode()}")
 
 
 def http_submit(daemon: Daemon, tag: str) -> tuple[int, str, str]:
@@ -97,8 +102,8 @@ def test_a_full_disk_refuses_on_every_way_in_and_loses_nothing_acknowledged(
 
     fill(small / "filler", leave=LEFT)  # room for a few messages: the disk fills under the daemon's feet
 
-    def by_smtp(tag: str) -> tuple[bool, tuple[int, str]]:
-        code, text = smtp_submit(daemon, tag)
+    def by_smtp(tag: str, declare_size: bool = True) -> tuple[bool, tuple[int, str]]:
+        code, text = smtp_submit(daemon, tag, declare_size=declare_size)
         return code == 250, (code, text)
 
     def by_http(tag: str) -> tuple[bool, tuple[int, str, str]]:
@@ -109,9 +114,11 @@ def test_a_full_disk_refuses_on_every_way_in_and_loses_nothing_acknowledged(
         result = spool.run("sendmail", "rcpt@example.com", stdin=big_message(tag), ok=False)
         return result.returncode == 0, f"{result.returncode} {result.stderr.strip()}"
 
-    code, text = until_refused(by_smtp, tags, acknowledged)
+    code, text = until_refused(lambda tag: by_smtp(tag, declare_size=False), tags, acknowledged)
     assert len(acknowledged) > 1, "the 1.5 MB left took no message"
-    assert (code, text.split(":")[0]) == (452, "4.3.1 Insufficient system storage"), text + daemon.log_tail()
+    assert (code, text.split(":")[0]) == (452, "DATA 4.3.1 Insufficient system storage"), text + daemon.log_tail()
+    code, text = until_refused(by_smtp, tags, acknowledged)  # a declared SIZE that cannot fit: told at MAIL
+    assert (code, text) == (452, "MAIL 4.3.1 Insufficient system storage"), text + daemon.log_tail()
 
     status, content_type, body = until_refused(by_http, tags, acknowledged)
     assert (status, content_type) == (507, "application/problem+json"), (status, body[:300], daemon.log_tail())
@@ -145,3 +152,14 @@ def test_the_quick_disk_full_abuse_run_loses_nothing_and_leaves_nothing_stuck(tm
     r = json.loads(out.read_text())
     assert r["acknowledged"] > 0 and r["refused_452"] > 0 and r["other_errors"] == 0, context
     assert r["lost"] == 0 and r["stuck"] == 0 and r["daemon_alive"] and r["log_tracebacks"] == 0, context
+
+
+def test_serve_on_a_full_disk_exits_75_saying_so(small: Path, tmp_path: Path) -> None:
+    data = small / "spool"
+    assert run_cli("sendmail", "--create", "rcpt@example.com", data=data, stdin=tagged_message("x"),
+                   cwd=tmp_path).returncode == 0
+    fill(small / "filler")
+    result = run_cli("serve", "--smtp", "127.0.0.1:0", "--http", "", data=data, cwd=tmp_path, timeout=30)
+    assert result.returncode == 75, result.stderr
+    assert "msgspool: 452 4.3.1 Insufficient system storage" in result.stderr
+    assert "Traceback" not in result.stderr

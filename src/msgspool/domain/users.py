@@ -113,10 +113,10 @@ def owned_senders(user: User, local_domains: Sequence[str]) -> tuple[str, ...]:
     return tuple(f"{name}@{domain.lower()}" for domain in local_domains)
 
 
-def sender_allowed(user: User, sender: str, local_domains: Sequence[str]) -> bool:
-    """May `user` use `sender` as the envelope sender (MAIL FROM)?"""
+def sender_allowed(owned: Sequence[str], sender: str) -> bool:
+    """May an account owning the patterns `owned` (owned_senders) use `sender` as envelope sender?"""
     if not sender:
         return True
     address = sender.lower()
     domain = "@" + address.rpartition("@")[2]
-    return any(p in ("*", address, domain) for p in owned_senders(user, local_domains))
+    return any(p in ("*", address, domain) for p in owned)

@@ -79,3 +79,43 @@ class RateCounter:
             self.counts = {c: v for c, v in self.counts.items() if now - v[0] < self.window}
             self._sweep_at = max(self.sweep_at, 2 * len(self.counts))  # each sweep pays for many hits
         return count < self.limit
+
+
+class AuthFailures:
+    """Failed logins per client address (RFC 4954 §14 asks servers to slow guessing down): each
+    failure in a window of `window` seconds makes the next 535 wait longer (`delay` seconds times
+    the failures so far), and the `limit`-th locks the client out for `window` seconds: its AUTH,
+    and its new sessions unless it is trusted, get ``421 4.7.0``. Success does not clear the
+    count, so one known account cannot launder guesses at another. A limit of 0 means no lockout."""
+
+    def __init__(self, limit: int, window: float, delay: float, clock: Callable[[], float],
+                 sweep_at: int = 10_000) -> None:
+        self.limit, self.window, self.delay, self.clock = limit, window, delay, clock
+        self.failures: dict[str, tuple[float, int]] = {}  # client -> (first failure of the window, count)
+        self.locked: dict[str, float] = {}  # client -> locked until
+        self.sweep_at = sweep_at
+
+    def locked_out(self, client: str) -> bool:
+        until = self.locked.get(client)
+        if until is None:
+            return False
+        if self.clock() < until:
+            return True
+        del self.locked[client]
+        return False
+
+    def fail(self, client: str) -> float:
+        """Count one failed login; the seconds to wait before answering it."""
+        now = self.clock()
+        start, count = self.failures.get(client, (now, 0))
+        if now - start >= self.window:
+            start, count = now, 0
+        count += 1
+        self.failures[client] = (start, count)
+        if self.limit and count >= self.limit:
+            self.locked[client] = now + self.window
+            del self.failures[client]
+        if len(self.failures) > self.sweep_at:
+            self.failures = {c: v for c, v in self.failures.items() if now - v[0] < self.window}
+            self.locked = {c: t for c, t in self.locked.items() if now < t}
+        return self.delay * count

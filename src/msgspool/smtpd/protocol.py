@@ -12,7 +12,16 @@ Extensions: PIPELINING (RFC 2920), SIZE (RFC 1870), 8BITMIME (RFC 6152), ENHANCE
 here, by domain/dsn.py, and travel with the envelope), FUTURERELEASE (RFC 4865: offered to the
 clients the policy names, HOLDFOR/HOLDUNTIL parsed by domain/futurerelease.py into the envelope's
 release time), STARTTLS (RFC 3207: offered when the listener has a TLS context, see tls.py; on
-an implicit-TLS listener, RFC 8314, the session starts encrypted and STARTTLS is not offered).
+an implicit-TLS listener, RFC 8314, the session starts encrypted and STARTTLS is not offered),
+AUTH (RFC 4954: PLAIN of RFC 4616 and LOGIN, offered when the policy allows them, which is after
+TLS; the exchange is parsed here, the credentials are checked by the policy; MAIL's AUTH=
+parameter, RFC 4954 §5, is accepted and not passed on, as §5 allows for an identity not trusted).
+
+AUTH: the payload is decoded here and handed to the policy, never logged nor echoed. ``*`` as a
+response cancels (``501 5.0.0``); a response that is not base64, or a PLAIN message without its
+two NUL separators, is ``501 5.5.2``; a mechanism other than PLAIN or LOGIN is ``504 5.5.4``. While
+the policy checks (a memory-hard hash, and a delay after failures) no further input is processed,
+as during a commit: a pipelined MAIL after AUTH is answered once the AUTH is.
 
 STARTTLS, the way Postfix does it since CVE-2011-0411: input pipelined after the STARTTLS command
 (read in the same packet, before the handshake) is thrown away, never executed after the
@@ -48,6 +57,8 @@ Strictness, where the RFC leaves room (each chosen to be safe and what Postfix d
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import logging
 import re
 import ssl
@@ -76,7 +87,7 @@ SENDER_OK = Reply(250, "2.1.0", "Ok")
 RECIPIENT_OK = Reply(250, "2.1.5", "Ok")
 START_DATA = Reply(354, "", "End data with <CR><LF>.<CR><LF>")
 BYE = Reply(221, "2.0.0", "Bye")
-HELP = Reply(214, "2.0.0", "See RFC 5321; commands: EHLO HELO STARTTLS MAIL RCPT DATA RSET NOOP QUIT VRFY HELP")
+HELP = Reply(214, "2.0.0", "See RFC 5321; commands: EHLO HELO STARTTLS AUTH MAIL RCPT DATA RSET NOOP QUIT VRFY HELP")
 CANNOT_VRFY = Reply(252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery")
 NOT_RECOGNIZED = Reply(500, "5.5.2", "Error: command not recognized")
 LINE_TOO_LONG = Reply(500, "5.5.2", "Error: line too long")
@@ -101,6 +112,11 @@ READY_FOR_TLS = Reply(220, "2.0.0", "Ready to start TLS")
 NOT_IMPLEMENTED = Reply(502, "5.5.1", "Error: command not implemented")
 TLS_ACTIVE = Reply(554, "5.5.1", "Error: TLS already active")
 MAIL_IN_PROGRESS = Reply(503, "5.5.1", "Error: MAIL transaction in progress")
+ALREADY_AUTHENTICATED = Reply(503, "5.5.1", "Error: already authenticated")
+AUTH_MECHANISMS = ("PLAIN", "LOGIN")
+UNSUPPORTED_MECHANISM = Reply(504, "5.5.4", "Error: unsupported authentication mechanism")
+AUTH_CANCELLED = Reply(501, "5.0.0", "Authentication cancelled")
+AUTH_BAD_RESPONSE = Reply(501, "5.5.2", "Error: invalid authentication data")
 LOCAL_ERROR = Reply(451, "4.3.0", "Error: local error in processing; try again later")
 
 
@@ -146,6 +162,8 @@ class Session:
     transactions: int = 0
     admitted: bool = False  # counted by the policy's connection limits, to be released on disconnect
     tls: tuple[str, str] | None = None  # (protocol version, cipher) once the session is encrypted
+    login: str | None = None  # the user an AUTH proved (authenticated is then true)
+    senders: tuple[str, ...] = ()  # the envelope sender patterns that user owns (domain/users.py)
 
 
 @dataclass(slots=True)
@@ -178,6 +196,16 @@ class Policy(Protocol):
              params: dict[str, str]) -> Reply | None: ...
 
     def data(self, session: Session, envelope: Envelope, content: bytes) -> Awaitable[Reply]: ...
+
+    def auth(self, session: Session) -> Reply | None:
+        """None when this client may authenticate now (AUTH is then offered in EHLO); else the reply
+        refusing AUTH (538 5.7.11 before TLS, 502 when there are no accounts, 421 when locked out)."""
+        ...
+
+    def authenticate(self, session: Session, mechanism: str, authzid: str, user: str,
+                     password: bytes) -> Awaitable[Reply]:
+        """Check the credentials: 235 (and the session marked authenticated), 535, or 421."""
+        ...
 
     def disconnect(self, session: Session) -> None: ...
 
@@ -269,6 +297,7 @@ class SMTPServerProtocol(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
         self._ended = False
         self._draining = False
+        self._auth_step: Callable[[str], None] | None = None  # AUTH waits for a response line
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -323,7 +352,13 @@ class SMTPServerProtocol(asyncio.Protocol):
             line = self._take_line()
             if line is None:
                 break
-            if line is not _SKIPPED:
+            if self._auth_step is not None:
+                step, self._auth_step = self._auth_step, None
+                if line is not _SKIPPED:
+                    step(line.decode("ascii", "replace").strip())
+                else:
+                    self._error(AUTH_BAD_RESPONSE)
+            elif line is not _SKIPPED:
                 self._command(line)
         self._flush()
 
@@ -477,6 +512,10 @@ class SMTPServerProtocol(asyncio.Protocol):
             self._reply(SHUTTING_DOWN)
             self._close()
             return
+        self._resume()
+
+    def _resume(self) -> None:
+        """After an await (a commit, a credentials check): on with the input that waited."""
         if self._paused:
             self._paused = False
             assert self.transport is not None
@@ -567,6 +606,8 @@ class SMTPServerProtocol(asyncio.Protocol):
                     "ENHANCEDSTATUSCODES", "SMTPUTF8", "DSN"]
         if self.tls is not None and self.session.tls is None:
             keywords.append("STARTTLS")
+        if not self.session.authenticated and self.policy.auth(self.session) is None:
+            keywords.append("AUTH " + " ".join(AUTH_MECHANISMS))
         hold_max = self.policy.future_release(self.session)
         if hold_max > 0:
             keywords.append(futurerelease.ehlo_keyword(hold_max, time.time()))
@@ -649,6 +690,9 @@ class SMTPServerProtocol(asyncio.Protocol):
             elif key == "SMTPUTF8":
                 if value:
                     return Reply(501, "5.5.4", "SMTPUTF8 takes no value")
+            elif key == "AUTH":  # RFC 4954 §5: accepted wherever AUTH is offered; the identity is not relayed
+                if not value:
+                    return Reply(501, "5.5.4", "Bad AUTH parameter")
             elif key not in ("RET", "ENVID") and not (hold_max > 0 and key in futurerelease.PARAMETERS):
                 # RFC 5321 §4.1.1.11: a parameter of an extension not offered is unrecognized.
                 return Reply(555, "5.5.4", f"Unsupported option: {key}")
@@ -741,10 +785,96 @@ class SMTPServerProtocol(asyncio.Protocol):
         self.transport = transport
         self.session.tls = describe(transport.get_extra_info("ssl_object"))
         self.session.helo, self.session.esmtp, self.session.authenticated = None, False, False
+        self.session.login, self.session.senders = None, ()
         self.envelope = Envelope()
         self._busy = False
         self._arm_timer()
         self._process()  # what the client sent once encrypted, before this ran
+
+    def smtp_auth(self, arg: str) -> None:
+        if not self.session.esmtp:
+            self._error(NEED_HELO)
+            return
+        if self.session.authenticated:
+            self._error(ALREADY_AUTHENTICATED)
+            return
+        if self.envelope.sender is not None:
+            self._error(MAIL_IN_PROGRESS)
+            return
+        refusal = self.policy.auth(self.session)
+        if refusal is not None:
+            self._refuse(refusal)
+            if refusal.code == 421:
+                self._close()
+            return
+        mechanism, _, initial = arg.partition(" ")
+        mechanism, initial = mechanism.upper(), initial.strip()
+        if mechanism not in AUTH_MECHANISMS:
+            self._error(UNSUPPORTED_MECHANISM if mechanism else Reply(501, "5.5.4", "Syntax: AUTH mechanism"))
+        elif mechanism == "PLAIN":
+            self._auth_respond(initial, b"", self._auth_plain)
+        else:
+            self._auth_respond(initial, b"VXNlcm5hbWU6", self._auth_login_user)  # "Username:"
+
+    def _auth_respond(self, initial: str, challenge: bytes, step: Callable[[str], None]) -> None:
+        """Feed `step` the initial response (RFC 4954 §4; ``=`` is an empty one), or ask for one."""
+        if initial:
+            step("" if initial == "=" else initial)
+            return
+        self._out.append(b"334 " + challenge + b"\r\n")
+        self._auth_step = step
+
+    def _auth_decode(self, response: str) -> bytes | None:
+        """A response line decoded; None (and the reply sent) when it cancels or is not base64."""
+        if response == "*":
+            self._reply(AUTH_CANCELLED)
+            return None
+        try:
+            return base64.b64decode(response, validate=True)
+        except (binascii.Error, ValueError):
+            self._error(AUTH_BAD_RESPONSE)
+            return None
+
+    def _auth_plain(self, response: str) -> None:
+        decoded = self._auth_decode(response)
+        if decoded is None:
+            return
+        parts = decoded.split(b"\x00")
+        if len(parts) != 3:  # RFC 4616 §2: [authzid] NUL authcid NUL passwd
+            self._error(AUTH_BAD_RESPONSE)
+            return
+        self._auth_check("PLAIN", parts[0], parts[1], parts[2])
+
+    def _auth_login_user(self, response: str) -> None:
+        decoded = self._auth_decode(response)
+        if decoded is not None:
+            self._out.append(b"334 UGFzc3dvcmQ6\r\n")  # "Password:"
+            self._auth_step = lambda answer: self._auth_login_password(decoded, answer)
+
+    def _auth_login_password(self, user: bytes, response: str) -> None:
+        decoded = self._auth_decode(response)
+        if decoded is not None:
+            self._auth_check("LOGIN", b"", user, decoded)
+
+    def _auth_check(self, mechanism: str, authzid: bytes, user: bytes, password: bytes) -> None:
+        self._busy = True
+        self._task = asyncio.ensure_future(self._authenticate(
+            mechanism, authzid.decode("utf-8", "replace"), user.decode("utf-8", "replace"), password))
+
+    async def _authenticate(self, mechanism: str, authzid: str, user: str, password: bytes) -> None:
+        try:
+            reply = await self.policy.authenticate(self.session, mechanism, authzid, user, password)
+        except Exception:
+            log.exception("authentication check failed; the client gets a temporary error")
+            reply = Reply(454, "4.7.0", "Temporary authentication failure")
+        self._busy = False
+        if self._closing:
+            return
+        self._refuse(reply)
+        if reply.code == 421:
+            self._close()
+            return
+        self._resume()
 
     def smtp_rset(self, arg: str) -> None:
         self.envelope = Envelope()
@@ -777,6 +907,7 @@ _COMMANDS: dict[str, Callable[[SMTPServerProtocol, str], None]] = {
     "NOOP": SMTPServerProtocol.smtp_noop, "QUIT": SMTPServerProtocol.smtp_quit,
     "VRFY": SMTPServerProtocol.smtp_vrfy, "EXPN": SMTPServerProtocol.smtp_expn,
     "HELP": SMTPServerProtocol.smtp_help, "STARTTLS": SMTPServerProtocol.smtp_starttls,
+    "AUTH": SMTPServerProtocol.smtp_auth,
 }
 
 

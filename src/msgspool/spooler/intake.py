@@ -23,7 +23,7 @@ from msgspool.domain.outcome import LOOP_DETECTED, NO_ROUTE, Reply
 from msgspool.domain.recipient import RecipientType, Status
 from msgspool.domain.routing import LOCAL, Router
 from msgspool.domain.timefmt import in_range
-from msgspool.errors import SubmitError
+from msgspool.errors import INSUFFICIENT_STORAGE, SubmitError
 
 MAX_ATTEMPTS_CAP = 1_000_000  # a larger cap is no cap; 0 says that
 PRIORITIES = (URGENT, NORMAL, NON_URGENT)  # MAPI PR_PRIORITY's values
@@ -52,8 +52,10 @@ class Submission:
 
 class Intake:
     def __init__(self, router: Router, *, hopcount_limit: int = 50, mailboxes: Sequence[str] = (),
-                 message_size_limit: int = 0, clock: Callable[[], float] = time.time) -> None:
+                 message_size_limit: int = 0, clock: Callable[[], float] = time.time,
+                 free_space: Callable[[], int] | None = None, queue_minfree: int = 0) -> None:
         self.router = router
+        self.free_space, self.queue_minfree = free_space, queue_minfree
         self.hopcount_limit = hopcount_limit
         self.message_size_limit = message_size_limit
         self.mailboxes = frozenset(addr.mailbox_key(m) for m in mailboxes)
@@ -61,6 +63,14 @@ class Intake:
         # With inbound hooks, local recipients are queued like remote ones and filed by the
         # delivering process after the hooks ran (Postfix's local(8)), not filed at submission.
         self.defer_local = False
+
+    def check_space(self, size: int = 0) -> Reply | None:
+        """``452 4.3.1`` when the spool has less room than `queue_minfree` plus `size` (a message's
+        declared SIZE), so a client is told at MAIL rather than after sending it (RFC 1870 §6.1);
+        None when it has room, or when the store's room is not known (`free_space` None)."""
+        if self.free_space is None or self.free_space() >= self.queue_minfree + size:
+            return None
+        return INSUFFICIENT_STORAGE
 
     def check_recipient(self, address: str, addrtype: str = addr.SMTP) -> Reply | None:
         """A reply refusing `address` now (SMTP RCPT time), or None when it is acceptable."""

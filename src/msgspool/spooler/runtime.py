@@ -33,7 +33,7 @@ from msgspool.domain.recipient import Status
 from msgspool.domain.retry import RetryPolicy
 from msgspool.domain.routing import Router, TransportRoute
 from msgspool.domain.webhooks import WEBHOOK_TRANSPORT, from_webhook
-from msgspool.errors import ConfigError, NotFound, SpoolError, UnableToAbort
+from msgspool.errors import ConfigError, NotFound, SpoolError, StorageFull, UnableToAbort
 from msgspool.ports import Store, Transport
 from msgspool.spooler import control
 from msgspool.spooler.background import start_supervised, stop_task
@@ -109,7 +109,12 @@ async def take_lock(data_dir: Path, name: str, timeout: float = 0.0) -> IO[str]:
     recipients for orphans of a crash. One `serve` per spool (`serve.lock`). The data directory
     is created (or tightened) private first: 0700, its spool files 0600."""
     spooldir.tighten(data_dir)  # a process that takes a lock starts on the spool: make it private first
-    handle = spooldir.open_private(data_dir / name)
+    try:
+        handle = spooldir.open_private(data_dir / name)
+    except OSError as err:
+        if err.errno in spooldir.NO_SPACE_ERRNOS:
+            raise StorageFull(str(err)) from err
+        raise
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -120,10 +125,11 @@ async def take_lock(data_dir: Path, name: str, timeout: float = 0.0) -> IO[str]:
                 handle.close()
                 raise SpoolError(f"another msgspool process is {LOCK_ROLES.get(name, 'using')} {data_dir}") from err
             await asyncio.sleep(0.05)
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
+    try:
+        os.ftruncate(handle.fileno(), 0)
+        os.pwrite(handle.fileno(), f"{os.getpid()}\n".encode(), 0)
+    except OSError as err:  # a full disk: the lock holds all the same, the pid is only for people to read
+        log.warning("%s: pid not written: %s", data_dir / name, err)
     return handle
 
 
@@ -132,8 +138,10 @@ class Spooler:
         self.settings = settings
         self.transports = transports if transports is not None else load_transports(settings)
         self.router = build_router(settings, self.transports)
+        spool_path = settings.spool_path
         self.intake = Intake(self.router, hopcount_limit=settings.hopcount_limit, mailboxes=settings.mailboxes,
-                             message_size_limit=settings.message_size_limit)
+                             message_size_limit=settings.message_size_limit, queue_minfree=settings.queue_minfree,
+                             free_space=lambda: spooldir.free_bytes(spool_path))
         self.store = load_store(settings)
         self.bus = EventBus()
         targets = settings.webhook_targets

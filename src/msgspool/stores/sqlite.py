@@ -21,10 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import errno
 import itertools
 import json
-import os
 import queue
 import sqlite3
 import threading
@@ -79,13 +77,12 @@ _STATUS_EVENT = {
 # SQLite's primary result codes that may mean "no room": SQLITE_FULL always; SQLITE_IOERR (a WAL
 # or -shm file that could not grow, an fsync refused) only when the file system is nearly full.
 _SQLITE_FULL, _SQLITE_IOERR = 13, 10
-_NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 NEARLY_FULL = 1 << 20  # bytes free under which an I/O error is taken for a full file system
 
 
 def storage_error(err: BaseException, directory: Path) -> BaseException:
     """`err` as `StorageFull` when it means the spool's file system has no room, else `err`."""
-    if isinstance(err, OSError) and err.errno in _NO_SPACE_ERRNOS:
+    if isinstance(err, OSError) and err.errno in spooldir.NO_SPACE_ERRNOS:
         return _storage_full(err)
     if not isinstance(err, sqlite3.Error):
         return err
@@ -93,7 +90,7 @@ def storage_error(err: BaseException, directory: Path) -> BaseException:
     primary = code & 0xFF if isinstance(code, int) else None
     if primary == _SQLITE_FULL or (primary is None and "disk is full" in str(err)):
         return _storage_full(err)
-    if primary == _SQLITE_IOERR and free_bytes(directory) < NEARLY_FULL:
+    if primary == _SQLITE_IOERR and spooldir.free_bytes(directory) < NEARLY_FULL:
         return _storage_full(err)
     return err
 
@@ -114,15 +111,6 @@ def _storage_full(err: BaseException) -> StorageFull:
     full = StorageFull(str(err))
     full.__cause__ = err
     return full
-
-
-def free_bytes(directory: Path) -> int:
-    """Bytes an unprivileged writer may still use on `directory`'s file system (huge if unknown)."""
-    try:
-        st = os.statvfs(directory)
-    except OSError:
-        return 1 << 62
-    return st.f_bavail * st.f_frsize
 
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
@@ -233,6 +221,9 @@ def op_submit(conn: sqlite3.Connection, msg: Message, copies: Sequence[Message],
     if token := msg.meta.get("http_token"):
         _insert_history(conn, msg.id, msg.submitted_at, "submission",
                         [HookRecord("", "submitted", f"over HTTP with token {token}")])
+    if user := msg.meta.get("smtp_auth_user"):
+        _insert_history(conn, msg.id, msg.submitted_at, "submission",
+                        [HookRecord("", "submitted", f"over SMTP by authenticated user {user}")])
     events = [_insert_event(conn, Event(EventType.SUBMITTED, msg.id, msg.submitted_at,
                                         detail={"sender": msg.sender, "size": msg.size,
                                                 "origin": msg.origin}))]
