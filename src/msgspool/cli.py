@@ -11,6 +11,7 @@ SYNOPSIS
     msgspool queue read [--mdn | --no-mdn] ID... | unread ID...
     msgspool status [--json]
     msgspool stop [--abort] [--wait SECONDS]
+    msgspool reload
     msgspool route ADDRESS [--addrtype TYPE] [--json]
     msgspool token create --scope S [--scope S2]... [--name N] | list [--json] | revoke ID-or-NAME
     msgspool user add NAME [--sender PATTERN]... [--update] | delete NAME | list [--json]
@@ -122,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true")
     _token_parser(sub.add_parser("token", help="bearer tokens of the HTTP API"))
     _user_parser(sub.add_parser("user", help="accounts of the submission service (SMTP AUTH)"))
+    _common(sub.add_parser("reload", help="the daemon reads its configuration again (as on SIGHUP)"))
     route = sub.add_parser("route", help="which transport and destination an address gets, and why")
     _common(route)
     route.add_argument("address")
@@ -206,7 +208,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     logging.getLogger("msgspool").setLevel(logging.INFO)
     if not args.verbose:
         logging.getLogger("msgspool.delivery").setLevel(logging.WARNING)
-    run(settings)
+    run(settings, reload=lambda: settings_from(args))
     return 0
 
 
@@ -434,6 +436,19 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# -- reload ---------------------------------------------------------------------------------
+
+
+def cmd_reload(args: argparse.Namespace, settings: Settings) -> int:
+    answer = control.request(settings.spool_path, {"op": "reload"})
+    if answer is None:
+        raise CLIError(f"no daemon runs on {settings.spool_path}")
+    if not answer.get("ok"):
+        raise CLIError(str(answer.get("error")))
+    print("configuration reloaded")
+    return 0
+
+
 # -- route ----------------------------------------------------------------------------------
 
 
@@ -583,7 +598,7 @@ def cmd_user(args: argparse.Namespace, settings: Settings) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "serve": cmd_serve, "sendmail": cmd_sendmail, "queue": cmd_queue, "status": cmd_status, "token": cmd_token,
-    "stop": cmd_stop, "route": cmd_route, "user": cmd_user,
+    "stop": cmd_stop, "route": cmd_route, "reload": cmd_reload, "user": cmd_user,
 }
 
 if __name__ == "__main__":

@@ -32,12 +32,12 @@ from msgspool.errors import ConfigError, MsgspoolError
 from msgspool.smtpd.accept import Listener
 from msgspool.smtpd.auth import Authenticator
 from msgspool.smtpd.limits import AuthFailures, ConnectionCounter, RateCounter
-from msgspool.smtpd.policy import SpoolPolicy
+from msgspool.smtpd.policy import SpoolPolicy, parse_networks
 from msgspool.smtpd.protocol import ServerLimits, Sessions, start_server
 from msgspool.smtpd.tls import ServerTLS
 from msgspool.spooler import control
 from msgspool.spooler.link import EventForwarder, Link, RemoteDelivery, events_of, message_from_wire
-from msgspool.spooler.runtime import SERVE_LOCK_NAME, Spooler, take_lock
+from msgspool.spooler.runtime import SERVE_LOCK_NAME, Spooler, load_transports, take_lock
 from msgspool.transports.smtp import split_hostport
 
 log = logging.getLogger("msgspool")
@@ -80,7 +80,30 @@ class SMTPListeners:
 
     servers: list[Listener]
     tls: ServerTLS | None
+    policy: SpoolPolicy
+    submission: SpoolPolicy | None = None  # the submission listener's copy of `policy`
     sessions: Sessions = dataclasses.field(default_factory=Sessions)
+
+    def reconfigure(self, settings: Settings) -> None:
+        """A reloaded configuration: trusted networks, FUTURERELEASE, connection and rate limits at
+        once; size, recipient and time limits for sessions from now on; the certificate re-read."""
+        if (self.tls is None) != (not settings.tls_cert_file):
+            raise ConfigError("turning TLS on or off needs a restart of msgspool serve")
+        policy = self.policy
+        for each in (policy, self.submission):
+            if each is not None:
+                each.trusted = parse_networks(settings.trusted_networks)
+                each.future_release_max = settings.future_release_max
+        policy.connections.total_limit = settings.smtpd_connection_limit
+        policy.connections.client_limit = settings.smtpd_client_connection_limit
+        for counter, limit in ((policy.message_rate, settings.smtpd_client_message_rate_limit),
+                               (policy.recipient_rate, settings.smtpd_client_recipient_rate_limit)):
+            if counter is not None:
+                counter.limit = limit
+        self.sessions.limits = server_limits(settings)
+        if self.tls is not None:
+            self.tls.cert_file, self.tls.key_file = settings.tls_cert_file, settings.tls_key_file
+            self.tls.reload()
 
     def close(self) -> None:
         for server in self.servers:
@@ -106,11 +129,9 @@ async def start_smtp(spooler: Spooler, settings: Settings) -> SMTPListeners:
                          recipient_rate=RateCounter(settings.smtpd_client_recipient_rate_limit, time.monotonic),
                          authenticator=authenticator)
     submission = policy.for_submission()
-    limits = ServerLimits(hostname=settings.host_name, max_message_size=settings.message_size_limit,
-                          max_recipients=settings.recipient_limit, command_timeout=settings.smtpd_timeout,
-                          data_timeout=settings.smtpd_data_timeout, spill_dir=str(settings.spool_path))
+    limits = server_limits(settings)
     _raise_file_limit(settings.smtpd_connection_limit)
-    listeners = SMTPListeners([], tls)
+    listeners = SMTPListeners([], tls, policy, submission)
     context = tls.context if tls is not None else None
     try:
         if settings.smtp_listen:
@@ -136,6 +157,12 @@ async def start_smtp(spooler: Spooler, settings: Settings) -> SMTPListeners:
     return listeners
 
 
+def server_limits(settings: Settings) -> ServerLimits:
+    return ServerLimits(hostname=settings.host_name, max_message_size=settings.message_size_limit,
+                        max_recipients=settings.recipient_limit, command_timeout=settings.smtpd_timeout,
+                        data_timeout=settings.smtpd_data_timeout, spill_dir=str(settings.spool_path))
+
+
 def _raise_file_limit(connections: int) -> None:
     """Raise the soft file descriptor limit to the hard one, so that the connection limit, not
     the descriptors, is what a flood of clients runs into (each session is one descriptor, and
@@ -155,10 +182,11 @@ def _raise_file_limit(connections: int) -> None:
                     connections or "(none)", soft)
 
 
-async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
+async def serve(settings: Settings, ready: asyncio.Event | None = None,
+                reload: Callable[[], Settings] | None = None) -> None:
     lock = await take_lock(settings.spool_path, SERVE_LOCK_NAME)
     try:
-        await _serve(settings, ready)
+        await _serve(settings, ready, reload)
     finally:
         lock.close()
 
@@ -200,7 +228,13 @@ def check_transports(transports: dict[str, Any]) -> None:
             check()
 
 
-async def _serve(settings: Settings, ready: asyncio.Event | None) -> None:
+# Settings a reload cannot change in a running daemon (its listeners, its spool): kept, and logged.
+RESTART_ONLY = ("data_dir", "store", "smtp_listen", "smtps_listen", "submission_listen", "http_listen",
+                "delivery_process")
+
+
+async def _serve(settings: Settings, ready: asyncio.Event | None,
+                 read_settings: Callable[[], Settings] | None = None) -> None:
     spooler = Spooler(settings)
     check_transports(spooler.transports)
     shutdown = Shutdown()
@@ -213,12 +247,45 @@ async def _serve(settings: Settings, ready: asyncio.Event | None) -> None:
     runner = None
     control_server = None
     delivery: DeliveryProcess | None = None
-    reload_tls: Callable[[], bool] | None = None
+    smtp: SMTPListeners | None = None
+    reloading = asyncio.Lock()
+
+    async def reload() -> dict[str, Any]:
+        """MAPI ValidateState (SIGHUP, `msgspool reload`): read the configuration again and use it —
+        routes and address types, local domains, hooks, limits, TLS certificate; the delivery
+        process is replaced by one with the new configuration after it finished what it has in
+        flight. A configuration that cannot be used is refused, and the running one stays."""
+        async with reloading:
+            old = spooler.settings
+            try:
+                if read_settings is None:
+                    raise ConfigError("this daemon was started without a configuration to read again")
+                new = read_settings()
+                fixed = [k for k in RESTART_ONLY if getattr(new, k, None) != getattr(old, k, None)]
+                if fixed:
+                    log.warning("reload: %s can only change with a restart; kept as they were", ", ".join(fixed))
+                    new = dataclasses.replace(new, **{k: getattr(old, k) for k in fixed})
+                if smtp is not None and (smtp.tls is None) != (not new.tls_cert_file):
+                    raise ConfigError("turning TLS on or off needs a restart of msgspool serve")
+                check_transports(load_transports(new))
+                spooler.reconfigure(new)
+            except Exception as err:  # a bad file, a bad value, a hook that cannot load: nothing changed
+                log.error("configuration not reloaded, the running one stays: %s", err)
+                return {"ok": False, "error": f"configuration not reloaded: {err}"}
+            if smtp is not None:
+                smtp.reconfigure(new)
+            if delivery is not None:
+                delivery.reconfigure(new)
+            log.info("configuration reloaded")
+            return {"ok": True}
+
+    reloads: set[asyncio.Task[dict[str, Any]]] = set()
 
     def hangup() -> None:
-        log.info("SIGHUP: %s", "reloading the TLS certificate" if reload_tls else "nothing to reload")
-        if reload_tls is not None:
-            reload_tls()
+        log.info("SIGHUP: reloading the configuration")
+        task = asyncio.ensure_future(reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, hangup)  # never the default, which would end the daemon
     try:
@@ -231,6 +298,8 @@ async def _serve(settings: Settings, ready: asyncio.Event | None) -> None:
             await spooler.start(deliver=True)
             await _check_http_exposure(spooler, settings)
         async def handle(request: dict[str, Any]) -> dict[str, Any]:
+            if request.get("op") == "reload":
+                return await reload()
             if request.get("op") == "stop":
                 shutdown.abort() if request.get("abort") else shutdown.signal()
                 return {"ok": True, "pid": os.getpid()}
@@ -243,8 +312,6 @@ async def _serve(settings: Settings, ready: asyncio.Event | None) -> None:
             smtp = await start_smtp(spooler, settings)
             sessions = smtp.sessions
             servers.append(smtp)
-            if smtp.tls is not None:
-                reload_tls = smtp.tls.reload
         if settings.http_listen:
             from msgspool.web.app import start as start_http
 
@@ -313,6 +380,7 @@ class DeliveryProcess:
         self._started = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
         self._standby: tuple[asyncio.subprocess.Process, socket.socket] | None = None
+        self._reloading = False
         self._standby_task: asyncio.Task[None] | None = None
 
     async def start(self, wait: float = 10.0) -> None:
@@ -376,6 +444,15 @@ class DeliveryProcess:
                 standby[0].stdin.close()
             standby[1].close()
 
+    def reconfigure(self, settings: Settings) -> None:
+        """A reloaded configuration: the running delivery process finishes what it has in flight
+        and exits (the link closes), and the one that replaces it starts with `settings`."""
+        self.settings = settings
+        self._reloading = True
+        self.spooler.remote = None  # from now on intake commits new mail for the next process
+        if self.link is not None:
+            self.link.close()
+
     def _ready(self, owner: str) -> None:
         """The child recovered the spool and runs: hand-overs may begin, committed as `owner`'s."""
         assert self.link is not None and self.process is not None
@@ -418,11 +495,15 @@ class DeliveryProcess:
             self.spooler.remote = None
             if self._stopping:
                 return
-            healthy = self.ready_at is not None and loop.time() - self.ready_at >= self.YOUNG
-            young = 0 if healthy else young + 1
-            delay = self.RESTART_DELAYS[min(young, len(self.RESTART_DELAYS)) - 1] if young else 0.0
-            log.error("delivery process %s exited with %s; restarting%s", pid, code,
-                      f" in {delay:.1f} s" if delay else "")
+            if self._reloading:
+                self._reloading, young, delay = False, 0, 0.0
+                log.info("delivery process %s finished; starting one with the new configuration", pid)
+            else:
+                healthy = self.ready_at is not None and loop.time() - self.ready_at >= self.YOUNG
+                young = 0 if healthy else young + 1
+                delay = self.RESTART_DELAYS[min(young, len(self.RESTART_DELAYS)) - 1] if young else 0.0
+                log.error("delivery process %s exited with %s; restarting%s", pid, code,
+                          f" in {delay:.1f} s" if delay else "")
             await asyncio.sleep(delay)
             if self._stopping:
                 return
@@ -546,9 +627,9 @@ def _version() -> str:
         return "dev"
 
 
-def run(settings: Settings) -> None:
-    """Run the daemon until SIGTERM/SIGINT."""
-    _run_loop(serve(settings))
+def run(settings: Settings, reload: Callable[[], Settings] | None = None) -> None:
+    """Run the daemon until SIGTERM/SIGINT; `reload` reads the configuration again (SIGHUP)."""
+    _run_loop(serve(settings, reload=reload))
 
 
 def _run_loop(main: Coroutine[Any, Any, None]) -> None:

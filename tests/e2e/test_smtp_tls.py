@@ -91,7 +91,7 @@ def test_serve_with_a_certificate_that_cannot_be_read_exits_2_naming_it(
     assert_clear_failure(result, "cannot load the TLS certificate", str(tmp_path / "none.pem"))
 
 
-def test_sighup_without_a_certificate_leaves_the_daemon_running(spool: Spool, daemon: Daemon) -> None:
+def test_sighup_without_a_certificate_reloads_and_leaves_the_daemon_running(spool: Spool, daemon: Daemon) -> None:
     daemon.start()
     assert daemon.proc is not None
     daemon.proc.send_signal(signal.SIGHUP)
@@ -100,7 +100,7 @@ def test_sighup_without_a_certificate_leaves_the_daemon_running(spool: Spool, da
     with smtplib.SMTP(*daemon.smtp_address, timeout=5) as client:
         assert client.noop()[0] == 250
     assert daemon.stop() == 0
-    assert "SIGHUP: nothing to reload" in daemon.log()
+    assert "SIGHUP: reloading the configuration" in daemon.log() and "configuration reloaded" in daemon.log()
 
 
 @pytest.mark.skipif(shutil.which("swaks") is None, reason="swaks is not installed")

@@ -127,6 +127,7 @@ class Sessions:
     def __init__(self) -> None:
         self.live: weakref.WeakSet[SMTPServerProtocol] = weakref.WeakSet()
         self.draining = False
+        self.limits: ServerLimits | None = None  # a reloaded configuration's, for new sessions
 
     def drain(self) -> None:
         self.draining = True
@@ -270,6 +271,8 @@ class SMTPServerProtocol(asyncio.Protocol):
 
     def __init__(self, policy: Policy, limits: ServerLimits, tls: ssl.SSLContext | None = None,
                  sessions: Sessions | None = None) -> None:
+        if sessions is not None and sessions.limits is not None:
+            limits = sessions.limits
         self.policy, self.limits, self.tls = policy, limits, tls
         self.sessions = sessions
         self.transport: asyncio.Transport | None = None

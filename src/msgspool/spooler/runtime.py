@@ -40,7 +40,7 @@ from msgspool.spooler.background import start_supervised, stop_task
 from msgspool.spooler.delays import DelayTimer
 from msgspool.spooler.destinations import DestinationLimits
 from msgspool.spooler.events import EventBus, Subscription
-from msgspool.spooler.hooks import Postprocessor, Preprocessor, has_inbound_hooks, load_hooks
+from msgspool.spooler.hooks import LoadedHook, Postprocessor, Preprocessor, has_inbound_hooks, load_hooks
 from msgspool.spooler.intake import Intake, Submission, due_now, mark_active
 from msgspool.spooler.link import RemoteDelivery
 from msgspool.spooler.local import LocalDelivery
@@ -211,8 +211,29 @@ class Spooler:
                 interval = self.settings.watchdog_interval
                 self._watchdog = start_supervised("watchdog", lambda: self.scheduler.watchdog_loop(interval))
 
+    def reconfigure(self, settings: Settings) -> None:
+        """MAPI ValidateState: a reloaded configuration for this process's submissions — routes and
+        address types, local domains, intake's limits, hooks. Everything is built first: a
+        ConfigError leaves the running configuration as it was."""
+        transports = load_transports(settings)
+        router = build_router(settings, transports)
+        hooks = load_hooks(settings) if self.routing else None
+        self.settings, self.transports, self.router = settings, transports, router
+        self.intake.router = router
+        self.intake.hopcount_limit = settings.hopcount_limit
+        self.intake.message_size_limit = settings.message_size_limit
+        self.intake.mailboxes = frozenset(mailbox_key(m) for m in settings.mailboxes)
+        self.intake.defer_local = has_inbound_hooks(settings)
+        if hooks is not None:
+            for pipeline in (self.preprocessor, self.postprocessor):
+                if pipeline is not None:
+                    pipeline.close()
+            self._install_hooks(*hooks)
+
     def _build_hooks(self) -> None:
-        outbound, inbound = load_hooks(self.settings)
+        self._install_hooks(*load_hooks(self.settings))
+
+    def _install_hooks(self, outbound: list[LoadedHook], inbound: list[LoadedHook]) -> None:
         self.preprocessor = Preprocessor(outbound) if outbound else None
         self.postprocessor = Postprocessor(inbound) if inbound else None
         self.scheduler.preprocessor = self.preprocessor
