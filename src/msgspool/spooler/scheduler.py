@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import secrets
+import sys
 import time
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from typing import Any
@@ -31,6 +32,7 @@ from msgspool.domain.outcome import EXPIRED, Reply
 from msgspool.domain.recipient import Status
 from msgspool.domain.retry import RetryPolicy
 from msgspool.domain.routing import LOCAL
+from msgspool.errors import StorageFull
 from msgspool.ports import Store, Transport
 from msgspool.spooler.background import start_supervised
 from msgspool.spooler.destinations import Destination, DestinationLimits
@@ -288,7 +290,7 @@ class Scheduler:
                     log.exception("could not give back %d recipients dropped from the queue", len(dropped))
                     events = []
                     break
-                log.exception("could not give back %d recipients; trying again in %.1f s", len(dropped), delay)
+                _store_failed("could not give back %d recipients; trying again in %.1f s", len(dropped), delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, SETTLE_RETRY_MAX)
         self.active -= len(dropped)
@@ -341,7 +343,7 @@ class Scheduler:
                     log.exception("could not record %d outcomes; recovery retries them at the next start", len(batch))
                     self.active -= len(batch)
                     return
-                log.exception("could not record %d outcomes; trying again in %.1f s", len(batch), delay)
+                _store_failed("could not record %d outcomes; trying again in %.1f s", len(batch), delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, SETTLE_RETRY_MAX)
                 if failures >= 2 and len(batch) > 1:
@@ -439,7 +441,7 @@ class Scheduler:
                     continue
                 await self._sleep_until_due()
             except Exception:  # the store failed (a full disk): look again soon
-                log.exception("refill failed; trying again in %.1f s", REFILL_RETRY)
+                _store_failed("refill failed; trying again in %.1f s", REFILL_RETRY)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), REFILL_RETRY)
                 self._wakeup.clear()
@@ -485,6 +487,16 @@ class Scheduler:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
         self._wake_at = 0.0  # awake: the next sleep reads the store's next due time anyway
+
+def _store_failed(what: str, *args: object) -> None:
+    """A store write that failed and is retried: a full disk is one line (it may last, and is
+    retried every few seconds); anything else is logged with its traceback."""
+    err = sys.exc_info()[1]
+    if isinstance(err, StorageFull):
+        log.warning(what + ": %s", *args, err)
+    else:
+        log.exception(what, *args)
+
 
 def _may_owe_report(s: Settlement, now: float) -> bool:
     """Cheap pre-check; the store decides (RFC 3461 NOTIFY, one delay notice) when it records it."""
