@@ -85,8 +85,9 @@ class SMTPListeners:
     sessions: Sessions = dataclasses.field(default_factory=Sessions)
 
     def reconfigure(self, settings: Settings) -> None:
-        """A reloaded configuration: trusted networks, FUTURERELEASE, connection and rate limits at
-        once; size, recipient and time limits for sessions from now on; the certificate re-read."""
+        """A reloaded configuration: trusted networks, FUTURERELEASE, connection and rate limits, AUTH
+        settings at once (failures counted so far stay counted); size, recipient and time limits
+        for sessions from now on; the certificate re-read."""
         if (self.tls is None) != (not settings.tls_cert_file):
             raise ConfigError("turning TLS on or off needs a restart of msgspool serve")
         policy = self.policy
@@ -101,6 +102,10 @@ class SMTPListeners:
             if counter is not None:
                 counter.limit = limit
         self.sessions.limits = server_limits(settings)
+        if policy.authenticator is not None:
+            policy.authenticator.reconfigure(settings.local_domains, settings.smtpd_auth_allow_plaintext_loopback,
+                                             settings.smtpd_auth_failure_limit, settings.smtpd_auth_failure_window,
+                                             settings.smtpd_auth_failure_delay)
         if self.tls is not None:
             self.tls.cert_file, self.tls.key_file = settings.tls_cert_file, settings.tls_key_file
             self.tls.reload()

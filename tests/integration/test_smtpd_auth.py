@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import logging
 import random
 import re
@@ -418,3 +419,18 @@ async def test_a_guessing_address_does_not_hold_up_a_login_from_another(listen: 
         answered = sorted(when for when, _code in await asyncio.gather(*guesses))
     assert code == 235
     assert login_at < answered[2], "the login waited behind the guesses"
+
+
+async def test_a_reload_changes_the_auth_settings_for_the_next_session(listen: ListenerFactory) -> None:
+    async with listen() as listener:
+        c = await listener.client(listener.submission_port)
+        assert (await c.cmd("AUTH PLAIN " + plain(ALICE, PASSWORD)))[0] == 538
+        await c.close()
+        settings = dataclasses.replace(listener.spooler.settings, smtpd_auth_allow_plaintext_loopback=True,
+                                       local_domains=["example.org", "example.net"])
+        listener.listeners.reconfigure(settings)
+        await listener.add_user("bob")
+        c = await listener.client(listener.submission_port)
+        assert (await c.cmd("AUTH PLAIN " + plain("bob", PASSWORD)))[0] == 235
+        assert (await c.cmd("MAIL FROM:<bob@example.net>"))[0] == 250  # bob@ each local domain, the new one too
+        await c.close()

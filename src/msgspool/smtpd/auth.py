@@ -65,6 +65,12 @@ class Authenticator:
         self._clients: dict[str, asyncio.Lock] = {}  # per address with an attempt under way
         self._waiting: Counter[str] = Counter()
 
+    def reconfigure(self, local_domains: Sequence[str], allow_plaintext_loopback: bool, failure_limit: int,
+                    failure_window: float, failure_delay: float) -> None:
+        """A reloaded configuration, in force for the next AUTH; the failures counted so far stay."""
+        self.local_domains, self.allow_plaintext_loopback = list(local_domains), allow_plaintext_loopback
+        self.failures.limit, self.failures.window, self.failures.delay = failure_limit, failure_window, failure_delay
+
     def refusal(self, session: Session) -> Reply | None:
         """None when `session` may authenticate now; else the reply refusing AUTH."""
         if self.users is None:
