@@ -19,7 +19,9 @@ the bench sink (bench/sink.py), which logs every arrival.
 
 At the end the load stops, the outbox drains, and the sink's log is compared with what was
 acknowledged: lost (acknowledged, never arrived; must be 0), duplicated (arrived more than once;
-must be at most the in-flight total), stuck (still in the outbox; must be 0).
+must be at most the in-flight total; each second arrival is counted against the last kill before
+it, printed per kill beside what was in flight then, and none may come before the first kill),
+stuck (still in the outbox; must be 0).
 """
 
 from __future__ import annotations
@@ -56,6 +58,9 @@ class Results:
     stuck: int = 0
     in_flight_daemon_kills: list[int] = field(default_factory=list)
     in_flight_child_kills: list[int] = field(default_factory=list)
+    twice_daemon_kills: list[int] = field(default_factory=list)  # second arrivals after each kill
+    twice_child_kills: list[int] = field(default_factory=list)
+    twice_without_a_kill: int = 0  # second arrivals before the first kill: must be 0
     respawn_s: list[float] = field(default_factory=list)
     worst_data_after_child_kill_ms: float = 0.0
     p99_data_after_child_kill_ms: float = 0.0
@@ -157,11 +162,13 @@ def run(daemon_rounds: int, child_rounds: int, workdir: Path) -> Results:
 
     proc = start()
     load = Load(port).start()
+    kills: list[tuple[str, float]] = []  # (which, wall time of the kill)
     try:
         log(f"daemon phase: {daemon_rounds} kills of the whole daemon under load")
         for _ in range(daemon_rounds):
             time.sleep(random.uniform(0.3, 1.5))
             Group.stop(proc, timeout=5.0, sig=9)
+            kills.append(("daemon", time.time()))
             r.daemon_kills += 1
             r.in_flight_daemon_kills.append(active_in_spool(data))
             proc = start()
@@ -176,6 +183,7 @@ def run(daemon_rounds: int, child_rounds: int, workdir: Path) -> Results:
                 raise RuntimeError("no delivery process to kill")
             killed_at = time.monotonic()
             subprocess.run(["kill", "-9", str(child)], check=False)
+            kills.append(("child", time.time()))
             r.child_kills += 1
             r.in_flight_child_kills.append(active_in_spool(data))
             while delivery_pid(data) in (None, child):
@@ -199,6 +207,7 @@ def run(daemon_rounds: int, child_rounds: int, workdir: Path) -> Results:
     while time.monotonic() < end and (outbox(data) or not load.acked <= {m for _, m, _ in sink.records()}):
         time.sleep(0.2)
     arrivals = Counter(m for _, m, _ in sink.records())
+    attribute_duplicates(r, sink.records(), kills)
     r.received = sum(arrivals.values())
     r.lost = len(load.acked - arrivals.keys())
     r.duplicated = sum(n - 1 for n in arrivals.values() if n > 1)
@@ -206,6 +215,24 @@ def run(daemon_rounds: int, child_rounds: int, workdir: Path) -> Results:
     Group.stop(proc, timeout=15.0)
     sink.stop()
     return r
+
+
+def attribute_duplicates(r: Results, records: list[tuple[float, str, float | None]],
+                         kills: list[tuple[str, float]]) -> None:
+    """Each arrival of a message already seen is counted against the last kill before it."""
+    seen: set[str] = set()
+    per_kill = [0] * len(kills)
+    for arrival, mid, _ in sorted(records):
+        if mid not in seen:
+            seen.add(mid)
+            continue
+        before = [i for i, (_, at) in enumerate(kills) if at <= arrival]
+        if before:
+            per_kill[before[-1]] += 1
+        else:
+            r.twice_without_a_kill += 1
+    r.twice_daemon_kills = [n for (which, _), n in zip(kills, per_kill, strict=True) if which == "daemon"]
+    r.twice_child_kills = [n for (which, _), n in zip(kills, per_kill, strict=True) if which == "child"]
 
 
 def report(r: Results) -> str:
@@ -217,8 +244,11 @@ def report(r: Results) -> str:
         ("lost (acknowledged, never arrived)", f"{r.lost}   target 0"),
         ("stuck in the outbox at the end", f"{r.stuck}   target 0"),
         ("duplicated", f"{r.duplicated}   target <= in flight ({in_flight})"),
-        ("in flight at each daemon kill", " ".join(map(str, r.in_flight_daemon_kills)) or "-"),
-        ("in flight at each child kill", " ".join(map(str, r.in_flight_child_kills)) or "-"),
+        ("duplicated before any kill", f"{r.twice_without_a_kill}   target 0"),
+        ("daemon kills: in flight / came twice",
+         " ".join(f"{a}/{b}" for a, b in zip(r.in_flight_daemon_kills, r.twice_daemon_kills, strict=False)) or "-"),
+        ("child kills: in flight / came twice",
+         " ".join(f"{a}/{b}" for a, b in zip(r.in_flight_child_kills, r.twice_child_kills, strict=False)) or "-"),
         ("respawn of the delivery process, worst / median",
          f"{max(r.respawn_s, default=0):.3f} s / {statistics.median(r.respawn_s) if r.respawn_s else 0:.3f} s"
          "   target < 1 s"),
@@ -248,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.json:
         a.json.write_text(json.dumps(asdict(r), indent=2))
     in_flight = sum(r.in_flight_daemon_kills) + sum(r.in_flight_child_kills)
-    return 0 if r.lost == 0 and r.stuck == 0 and r.duplicated <= in_flight else 1
+    ok = r.lost == 0 and r.stuck == 0 and r.duplicated <= in_flight and r.twice_without_a_kill == 0
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
