@@ -53,3 +53,17 @@ def spooler_factory(tmp_path: Path) -> SpoolerFactory:
             await spooler.stop()
 
     return factory
+
+
+GUARD = "recipient state change not allowed"  # the store's trigger (stores/sqlite.py transition_guard_sql)
+
+
+@pytest.fixture(autouse=True)
+def _every_state_change_is_in_the_table(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Issue 11.1: the whole suite proves that every recipient state change the code makes is in
+    domain/recipient.py's table — the store refuses any other, and a refusal logged anywhere in a
+    test fails it (a store error on a delivery path is retried and logged, not raised)."""
+    yield
+    refused = [r.getMessage() for r in caplog.records if GUARD in r.getMessage() or (
+        r.exc_info and GUARD in str(r.exc_info[1]))]
+    assert not refused, f"a state change outside the table: {refused[:3]}"

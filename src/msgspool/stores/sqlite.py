@@ -51,7 +51,7 @@ from msgspool.domain.message import (
     Settlement,
 )
 from msgspool.domain.outcome import Reply
-from msgspool.domain.recipient import RecipientType, Status
+from msgspool.domain.recipient import TRANSITIONS, RecipientType, Status
 from msgspool.domain.tokens import Token
 from msgspool.domain.users import User
 from msgspool.errors import StorageFull
@@ -61,7 +61,7 @@ from msgspool.stores.sqlite_users import find_user
 T = TypeVar("T")
 DB_NAME = "spool.db"
 CHUNK = 5000  # rows one bulk change (flush, a released backlog) touches per transaction
-SCHEMA_VERSION = 8  # the schema script is idempotent: an older spool gets what is new in it
+SCHEMA_VERSION = 9  # the schema script is idempotent: an older spool gets what is new in it
 # Priority classes, urgent first: the order refill claims in (recipients.priority holds the class).
 PRIORITY_CLASSES = (1, 0, -1)
 _PENDING_SQL = "('queued','active','deferred','held')"
@@ -156,7 +156,21 @@ def create_schema(conn: sqlite3.Connection) -> None:
                      " FROM messages m WHERE m.id = recipients.message_id) WHERE status IN ('queued','deferred','held')"
                      " AND message_id IN (SELECT id FROM messages WHERE priority != 0)")
     conn.executescript(resources.files("msgspool.stores").joinpath("sql/sqlite.sql").read_text())
+    conn.executescript(transition_guard_sql())
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def transition_guard_sql() -> str:
+    """A trigger that refuses every change of a recipient's state that the domain's table
+    (domain/recipient.py TRANSITIONS) does not allow: the table is enforced on every write, by
+    whatever code path, instead of being documentation (issue 11.1). Made from the table itself,
+    so the two cannot drift; recreated with each schema version."""
+    pairs = " OR ".join(f"(OLD.status = '{old}' AND NEW.status = '{new}')"
+                        for old, targets in sorted(TRANSITIONS.items()) for new in sorted(targets))
+    return ("DROP TRIGGER IF EXISTS recipients_transition;\n"
+            "CREATE TRIGGER recipients_transition BEFORE UPDATE OF status ON recipients\n"
+            f"WHEN NEW.status <> OLD.status AND NOT ({pairs})\n"
+            "BEGIN SELECT RAISE(ABORT, 'recipient state change not allowed'); END;\n")
 
 
 def priority_class(priority: int) -> int:
