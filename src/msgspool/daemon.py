@@ -87,9 +87,8 @@ class SMTPListeners:
     def reconfigure(self, settings: Settings) -> None:
         """A reloaded configuration: trusted networks, FUTURERELEASE, connection and rate limits, AUTH
         settings at once (failures counted so far stay counted); size, recipient and time limits
-        for sessions from now on; the certificate re-read."""
-        if (self.tls is None) != (not settings.tls_cert_file):
-            raise ConfigError("turning TLS on or off needs a restart of msgspool serve")
+        for sessions from now on; the certificate re-read. (`reload` refuses, before this, a
+        configuration that turns TLS on or off.)"""
         policy = self.policy
         for each in (policy, self.submission):
             if each is not None:
@@ -243,7 +242,6 @@ async def _serve(settings: Settings, ready: asyncio.Event | None,
     spooler = Spooler(settings)
     check_transports(spooler.transports)
     shutdown = Shutdown()
-    stopping = shutdown.stopping
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, shutdown.signal)
@@ -272,8 +270,9 @@ async def _serve(settings: Settings, ready: asyncio.Event | None,
                     new = dataclasses.replace(new, **{k: getattr(old, k) for k in fixed})
                 if smtp is not None and (smtp.tls is None) != (not new.tls_cert_file):
                     raise ConfigError("turning TLS on or off needs a restart of msgspool serve")
-                check_transports(load_transports(new))
-                spooler.reconfigure(new)
+                transports = load_transports(new)
+                check_transports(transports)
+                spooler.reconfigure(new, transports)
             except Exception as err:  # a bad file, a bad value, a hook that cannot load: nothing changed
                 log.error("configuration not reloaded, the running one stays: %s", err)
                 return {"ok": False, "error": f"configuration not reloaded: {err}"}
@@ -327,7 +326,7 @@ async def _serve(settings: Settings, ready: asyncio.Event | None,
                  ",".join(settings.local_domains), settings.relay or "(MX)")
         if ready is not None:
             ready.set()
-        await stopping.wait()
+        await shutdown.stopping.wait()
         # Orderly: new SMTP sessions get 421, open ones finish their transaction (the listeners
         # stay open meanwhile, so a client is told rather than refused).
         if sessions is not None:

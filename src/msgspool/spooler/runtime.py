@@ -211,11 +211,12 @@ class Spooler:
                 interval = self.settings.watchdog_interval
                 self._watchdog = start_supervised("watchdog", lambda: self.scheduler.watchdog_loop(interval))
 
-    def reconfigure(self, settings: Settings) -> None:
+    def reconfigure(self, settings: Settings, transports: dict[str, Transport] | None = None) -> None:
         """MAPI ValidateState: a reloaded configuration for this process's submissions — routes and
-        address types, local domains, intake's limits, hooks. Everything is built first: a
-        ConfigError leaves the running configuration as it was."""
-        transports = load_transports(settings)
+        address types, local domains, intake's limits, hooks (`transports`: already built from
+        `settings`). Everything is built first: a ConfigError leaves the running configuration as
+        it was."""
+        transports = transports if transports is not None else load_transports(settings)
         router = build_router(settings, transports)
         hooks = load_hooks(settings) if self.routing else None
         self.settings, self.transports, self.router = settings, transports, router

@@ -72,7 +72,6 @@ class Scheduler:
         self._aborting: set[str] = set()  # messages being deleted or held: no transaction may start
         self._aborted: list[tuple[str, int]] = []  # their recipients taken out of the queues meanwhile
         self.stuck_returned = 0  # recipients the watchdog gave back (an alarm in `status`)
-        self.last_stuck_at: float | None = None
         self._hook_work: set[asyncio.Task[None]] = set()
         self._refill: asyncio.Task[None] | None = None
         self._running = False
@@ -416,7 +415,6 @@ class Scheduler:
         events = await self.store.return_stuck(sorted(stuck, key=lambda row: (row[0], row[1])), self.clock())
         returned = len(stuck)
         self.stuck_returned += returned
-        self.last_stuck_at = self.clock()
         log.warning("watchdog: %d recipients were active with no delivery holding them; they are due again",
                     returned)
         self.publish(events)

@@ -502,32 +502,34 @@ def op_unclaim(conn: sqlite3.Connection, recipients: Sequence[tuple[str, int]], 
     takes back a hand-off its delivery process died before receiving, never what the next run claimed."""
     events = []
     for message_id, index in recipients:
-        row = conn.execute(
-            "UPDATE recipients SET status = CASE WHEN (SELECT held FROM messages m WHERE m.id = recipients.message_id)"
-            " THEN 'held' ELSE 'queued' END, next_attempt_at = ?, wait_destination = 0, owner = NULL"
-            " WHERE message_id = ? AND idx = ? AND status = 'active' AND (? IS NULL OR owner = ?)"
-            " RETURNING status, address, transport",
-            (now, message_id, index, owner, owner)).fetchone()
+        row = _give_back(conn, message_id, index, now, "(? IS NULL OR owner = ?)", (owner, owner))
         if row is not None and row[0] == Status.HELD:
             events.append(_insert_event(conn, Event(EventType.HELD, message_id, now, recipient=row[1],
                                                     detail={"transport": row[2]})))
     return events
 
 
+def _give_back(conn: sqlite3.Connection, message_id: str, index: int, now: float, owned: str,
+               params: tuple[Any, ...]) -> tuple[str, str, str | None] | None:
+    """An active recipient waits again (held when its message is, else due now) if the `owned`
+    condition still holds; returns its (status, address, transport), or None when it did not change."""
+    row: tuple[str, str, str | None] | None = conn.execute(
+        "UPDATE recipients SET status = CASE WHEN (SELECT held FROM messages m WHERE m.id = recipients.message_id)"
+        " THEN 'held' ELSE 'queued' END, next_attempt_at = ?, wait_destination = 0, owner = NULL"
+        f" WHERE message_id = ? AND idx = ? AND status = 'active' AND {owned} RETURNING status, address, transport",
+        (now, message_id, index, *params)).fetchone()
+    return row
+
+
 def active_recipients(conn: sqlite3.Connection) -> list[tuple[str, int, str | None]]:
-    return [(m, i, o) for m, i, o in
-            conn.execute("SELECT message_id, idx, owner FROM recipients WHERE status = 'active'")]
+    return conn.execute("SELECT message_id, idx, owner FROM recipients WHERE status = 'active'").fetchall()
 
 
 def op_return_stuck(conn: sqlite3.Connection, rows: Sequence[tuple[str, int, str | None]], now: float) -> list[Event]:
     """The watchdog's give-back: like op_unclaim, for rows still active and still owned as seen."""
     events = []
     for message_id, index, owner in rows:
-        row = conn.execute(
-            "UPDATE recipients SET status = CASE WHEN (SELECT held FROM messages m WHERE m.id = recipients.message_id)"
-            " THEN 'held' ELSE 'queued' END, next_attempt_at = ?, wait_destination = 0, owner = NULL"
-            " WHERE message_id = ? AND idx = ? AND status = 'active' AND owner IS ? RETURNING status, address",
-            (now, message_id, index, owner)).fetchone()
+        row = _give_back(conn, message_id, index, now, "owner IS ?", (owner,))
         if row is not None:
             if row[0] == Status.HELD:
                 events.append(_insert_event(conn, Event(EventType.HELD, message_id, now, recipient=row[1])))
