@@ -29,6 +29,7 @@ import asyncio
 import functools
 import logging
 import re
+import secrets
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -51,6 +52,8 @@ MIGRATIONS = "sql/postgresql"
 _SCHEMA_LOCK = 0x6D7367_5370  # pg_advisory_xact_lock key: one node migrates at a time ("msgSp")
 _RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 RETRIES = 5
+CHANNEL = "msgspool"  # LISTEN/NOTIFY channel of the spool's nodes (issue 11.6)
+NOTIFY_LIMIT = 7000  # bytes of one payload (PostgreSQL's limit is 8000)
 
 
 # --------------------------------------------------------------------------------------------
@@ -186,7 +189,16 @@ class _PgGroupCommit:
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="msgspool-pg-commit")
         self.commits = 0
         self.committed_jobs = 0
+        self.notices: set[str] = set()  # NOTIFY payloads for the next transaction, each once
         self._drainer: asyncio.Task[None] | None = None
+
+    def notify(self, payload: str) -> None:
+        """Send `payload` on the spool's channel with the next commit. However many writes ask for
+        it, a transaction sends each payload once, just before its COMMIT: a NOTIFY takes a
+        lock that serialises committing transactions, so it must never come per row (anchors2 §6.5)."""
+        self.notices.add(payload)
+        if not self.jobs and (self._drainer is None or self._drainer.done()):
+            self.submit(lambda tx: None, durable=False)
 
     def submit(self, fn: Callable[[Any], T], durable: bool = True) -> asyncio.Future[T]:
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
@@ -199,7 +211,10 @@ class _PgGroupCommit:
         loop = asyncio.get_running_loop()
         while self.jobs:
             batch = [self.jobs.popleft() for _ in range(min(self.max_batch, len(self.jobs)))]
-            results = await loop.run_in_executor(self.executor, self._run_batch, batch)
+            notices, self.notices = self.notices, set()
+            results, sent = await loop.run_in_executor(self.executor, self._run_batch, batch, notices)
+            if not sent:  # every transaction of the batch failed: the next one sends them
+                self.notices |= notices
             _resolve(batch, results)
 
     def _connection(self) -> psycopg.Connection[Any]:
@@ -210,21 +225,24 @@ class _PgGroupCommit:
             self.conn = self.pool.getconn()
         return self.conn
 
-    def _run_batch(self, batch: list[_Job]) -> list[tuple[bool, Any]]:
+    def _run_batch(self, batch: list[_Job], notices: set[str]) -> tuple[list[tuple[bool, Any]], bool]:
+        """(each job's result, whether the notices went out with a commit)."""
         try:
-            return self._transaction(batch)
+            return self._transaction(batch, notices), True
         except Exception as err:
             if len(batch) == 1:
-                return [(False, err)]
+                return [(False, err)], False
         results: list[tuple[bool, Any]] = []
+        sent = False
         for job in batch:  # one failed: each alone, so the failure stays its own
             try:
-                results += self._transaction([job])
+                results += self._transaction([job], set() if sent else notices)
+                sent = True
             except Exception as err:
                 results.append((False, err))
-        return results
+        return results, sent
 
-    def _transaction(self, jobs: list[_Job]) -> list[tuple[bool, Any]]:
+    def _transaction(self, jobs: list[_Job], notices: set[str]) -> list[tuple[bool, Any]]:
         for attempt in range(RETRIES):
             conn = self._connection()
             tx: Any = PgConnection(conn)  # the statements' DB-API face (they are typed for sqlite3's)
@@ -233,6 +251,8 @@ class _PgGroupCommit:
                     if not any(job.durable for job in jobs):
                         conn.execute("SET LOCAL synchronous_commit = off")
                     out = [(True, job.fn(tx)) for job in jobs]
+                    for payload in sorted(notices):
+                        conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
             except _RETRYABLE:
                 if attempt == RETRIES - 1:
                     raise
@@ -270,6 +290,9 @@ class PostgresStore(SQLiteStore):
         self._pool: ConnectionPool[Any] | None = None
         self._pg_writer: _PgGroupCommit | None = None
         self._readers: ThreadPoolExecutor | None = None
+        self._subscribers: list[Callable[[str, list[str]], None]] = []
+        self._listener: asyncio.Task[None] | None = None
+        self._tag = secrets.token_hex(4)  # this store's own notices come back to it: skipped
 
     async def open(self) -> None:
         pool: ConnectionPool[Any] = ConnectionPool(
@@ -287,8 +310,14 @@ class PostgresStore(SQLiteStore):
         self._pool = pool
         self._pg_writer = _PgGroupCommit(pool, self.commit_batch)
         self._readers = ThreadPoolExecutor(self.READERS, thread_name_prefix="msgspool-pg-read")
+        if self._subscribers:
+            self._start_listening()
 
     async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            await asyncio.gather(self._listener, return_exceptions=True)
+            self._listener = None
         if self._pg_writer is not None:
             await self._pg_writer.close()
         if self._readers is not None:
@@ -310,6 +339,59 @@ class PostgresStore(SQLiteStore):
                 return fn(PgConnection(conn))
 
         return asyncio.wrap_future(self._readers.submit(run))
+
+    # -- Notifier: wakeups between the nodes (issue 11.6) -------------------------------------
+
+    def publish(self, kind: str, ids: Sequence[str] = ()) -> None:
+        """Tell the other nodes `kind` ("due": work became due, look now; "cancel": drop these
+        messages' jobs from memory), with the next commit; a long list goes in several notices."""
+        if self._pg_writer is None:
+            return
+        head = f"{kind} {self._tag}"
+        chunk: list[str] = []
+        for message_id in ids:
+            if len(head) + sum(len(i) + 1 for i in chunk) + len(message_id) + 1 > NOTIFY_LIMIT:
+                self._pg_writer.notify(" ".join([head, *chunk]))
+                chunk = []
+            chunk.append(message_id)
+        if chunk or not ids:
+            self._pg_writer.notify(" ".join([head, *chunk]))
+
+    def subscribe(self, callback: Callable[[str, list[str]], None]) -> None:
+        """Call `callback(kind, ids)` in the event loop for each notice of another node."""
+        self._subscribers.append(callback)
+        if self._pool is not None and self._listener is None:
+            self._start_listening()
+
+    def _start_listening(self) -> None:
+        self._listener = asyncio.get_running_loop().create_task(self._listen(), name="msgspool-pg-listen")
+
+    async def _listen(self) -> None:
+        """LISTEN on a connection of its own, for as long as the store is open. After a
+        reconnection the subscribers hear "due" once: a notice lost meanwhile costs one look at
+        the store, and the poll interval bounds the loss in any case."""
+        delay = 0.5
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
+                    await conn.execute(f"LISTEN {CHANNEL}")
+                    delay = 0.5
+                    self._hear("due", [])
+                    async for notice in conn.notifies():
+                        kind, tag, *ids = notice.payload.split(" ")
+                        if tag != self._tag:
+                            self._hear(kind, ids)
+            except psycopg.Error as err:
+                log.warning("listening for other nodes failed (%s); again in %.1f s", err, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    def _hear(self, kind: str, ids: list[str]) -> None:
+        for callback in list(self._subscribers):
+            try:
+                callback(kind, ids)
+            except Exception:  # one subscriber's bug must not stop the others hearing
+                log.exception("a subscriber failed on the notice %r", kind)
 
     @property
     def commit_stats(self) -> tuple[int, int]:
