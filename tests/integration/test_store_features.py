@@ -229,6 +229,8 @@ async def test_a_hand_over_is_taken_back_only_while_its_run_still_owns_it(spoole
     got the message, intake takes it back — but never from the next run, which may have claimed it."""
     async with spooler_factory(deliver=False) as spooler:
         store = spooler.store
+        for node in ("run-1", "run-2"):
+            await store.register_node(node, "host", 1, time.time(), 60.0)
         message, _copies = spooler.intake.build(submission("b@example.com"), route=True)
         mark_active(message)
         await store.submit(message, owner="run-1")
