@@ -461,7 +461,7 @@ class DeliveryProcess:
             self.link.close()
 
     def _ready(self, owner: str) -> None:
-        """The child recovered the spool and runs: hand-overs may begin, committed as `owner`'s."""
+        """The child registered as node `owner` and runs: hand-overs may begin, committed as its own."""
         assert self.link is not None and self.process is not None
         remote = RemoteDelivery(self.link, window=self.settings.active_limit, owner=owner)
         self.spooler.remote = remote

@@ -309,7 +309,8 @@ class Spooler:
 
         Recipients due now are committed as `active` and handed straight to delivery — the
         scheduler here, or the delivery process over the link — so the fresh message is never read
-        back from the store; should delivery die first, recovery makes them due again."""
+        back from the store; should delivery die first, the rescue of its node's work (its lease
+        runs out, or the next start under the delivery lock ends it) makes them due again."""
         message, copies = self.intake.build(sub, route=self.routing)
         due = due_now(message)
         remote = self.remote
@@ -338,7 +339,7 @@ class Spooler:
             remote.dispatch(message, due)
         elif handed:
             # The delivery process it was handed to died during the commit: take it back, unless
-            # the next one has claimed it already (it recovers every active row when it starts).
+            # the next one has claimed it already (it rescues the dead node's rows when it starts).
             await self.store.unclaim([(message.id, r.index) for r in message.recipients if r.status is Status.ACTIVE],
                                      time.time(), owner=owner)
             self.poke()
