@@ -7,8 +7,7 @@ import sqlite3
 from pathlib import Path
 
 from msgspool.domain.users import User, hash_password, verify_password
-from msgspool.stores.sqlite import SCHEMA_VERSION, SpoolDB, SQLiteStore, connect, create_schema
-from msgspool.stores.sqlite_users import op_add_user
+from msgspool.stores.sqlite import SCHEMA_VERSION, SQLiteStore, connect, create_schema
 
 
 async def test_a_version_7_spool_gets_the_users_table_on_open_and_opening_again_changes_nothing(
@@ -32,9 +31,10 @@ async def test_a_version_7_spool_gets_the_users_table_on_open_and_opening_again_
 async def test_the_reader_finds_a_user_whatever_the_case_of_its_name(tmp_path: Path) -> None:
     path = tmp_path / "spool.db"
     hashed = hash_password("pw", n=2**8)
-    db = SpoolDB(path, create=True)
-    db.write(lambda conn: op_add_user(conn, User("Alice@Example.org", ("@example.net",), 1.0), hashed))
-    db.close()
+    writer = SQLiteStore(path)  # `msgspool user add`'s own store
+    await writer.open()
+    await writer.add_user(User("Alice@Example.org", ("@example.net",), 1.0), hashed)
+    await writer.close()
     store = SQLiteStore(path)
     await store.open()
     try:

@@ -21,8 +21,9 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
+from typing import Protocol
 
-from msgspool.ports import Store
+from msgspool.ports import Leases
 from msgspool.spooler.background import stop_task
 
 log = logging.getLogger("msgspool")
@@ -34,8 +35,14 @@ def new_owner() -> str:
     return f"{socket.gethostname() or 'localhost'}-{os.getpid()}-{uuid.uuid4().hex}"
 
 
+class NodeStore(Leases, Protocol):
+    """What a node's lease needs of the store: the Leases role, and the node it works for."""
+
+    owner: str | None
+
+
 class NodeLease:
-    def __init__(self, store: Store, lease_time: float, *, on_lost: Callable[[], None],
+    def __init__(self, store: NodeStore, lease_time: float, *, on_lost: Callable[[], None],
                  on_rescued: Callable[[int], None], clock: Callable[[], float] = time.time) -> None:
         self.store, self.lease_time, self.clock = store, lease_time, clock
         self.on_lost, self.on_rescued = on_lost, on_rescued

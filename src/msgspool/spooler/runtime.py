@@ -190,16 +190,18 @@ class Spooler:
         self._watchdog: asyncio.Task[None] | None = None
         self._lock: IO[str] | None = None
 
-    async def start(self, *, deliver: bool = True, route: bool | None = None, lock_timeout: float = 0.0) -> None:
+    async def start(self, *, deliver: bool = True, route: bool | None = None, lock_timeout: float = 0.0,
+                    create: bool = True) -> None:
         """Open the store and, with `deliver`, run delivery here. `route` (default: `deliver`) routes
         recipients at submission: right for a process that runs with the delivering daemon's own
-        settings, wrong for `sendmail` or an API client, whose settings may differ."""
+        settings, wrong for `sendmail` or an API client, whose settings may differ. Without
+        `create`, a spool that was never made raises NoSpool instead of being made (the CLI)."""
         if deliver:
             self._lock = await take_lock(self.settings.spool_path, LOCK_NAME, lock_timeout)
         self.routing = deliver if route is None else route
         if self.routing:
             self._build_hooks()  # a bad hook (an unsafe key file) stops `serve` at start: exit 2
-        await self.store.open()
+        await self.store.open(create=create)
         if self.webhooks is not None and self.routing:
             # Fix the event webhooks start from before intake accepts anything: in `serve` the
             # delivery process, which dispatches, starts a moment after intake's listeners.

@@ -31,7 +31,7 @@ from msgspool.domain.recipient import Status
 from msgspool.domain.retry import RetryPolicy
 from msgspool.domain.routing import LOCAL
 from msgspool.errors import StorageFull
-from msgspool.ports import Store, Transport
+from msgspool.ports import Queue, Transport
 from msgspool.spooler.background import start_supervised
 from msgspool.spooler.destinations import Destination, DestinationLimits
 from msgspool.spooler.hooks import Preprocessor, draft_of
@@ -46,7 +46,7 @@ SETTLE_RETRY_MAX = 5.0  # seconds: the longest pause between tries to record out
 
 
 class Scheduler:
-    def __init__(self, store: Store, transports: Mapping[str, Transport], intake: Intake,
+    def __init__(self, store: Queue, transports: Mapping[str, Transport], intake: Intake,
                  publish: Callable[[Sequence[Event]], None], *, retry: RetryPolicy, probe: ProbePolicy,
                  limits: DestinationLimits, active_limit: int, preprocessor: Preprocessor | None = None,
                  local: LocalDelivery | None = None,

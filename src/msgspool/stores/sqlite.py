@@ -9,8 +9,9 @@ committed with ``synchronous=NORMAL``: in WAL mode they still survive a crash of
 a power loss could forget them, and the price of that is a duplicate delivery, never a lost
 message. The next FULL commit flushes them anyway.
 
-Reads for the daemon's API go through a second thread with its own connection; the CLI uses
-`SpoolDB` directly (same statements, its own connection), so it works with the daemon down.
+Reads go through a second thread with its own connection, so they never wait behind a commit.
+The CLI opens a `SQLiteStore` of its own around each command (`load_store`), so it works with the
+daemon down, and on any store.
 
 A write that fails for lack of space raises `StorageFull` (see `storage_error`): SQLite rolled
 it back whole, so nothing of it is stored and the same write succeeds once there is room.
@@ -32,7 +33,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from msgspool import spooldir
 from msgspool.domain.dsn import MessageDSN, RecipientDSN, Ret, notify_text, orcpt_text, recipient_dsn, report_action
@@ -53,11 +54,12 @@ from msgspool.domain.message import (
 )
 from msgspool.domain.outcome import Reply
 from msgspool.domain.recipient import TRANSITIONS, RecipientType, Status
-from msgspool.domain.tokens import Token
+from msgspool.domain.tokens import NewToken, Token
 from msgspool.domain.users import User
-from msgspool.errors import StorageFull
-from msgspool.stores.sqlite_tokens import any_token, find_token
-from msgspool.stores.sqlite_users import find_user
+from msgspool.errors import NoSpool, StorageFull
+from msgspool.ports import Store
+from msgspool.stores.sqlite_tokens import any_token, find_token, list_tokens, op_create_token, op_revoke_token
+from msgspool.stores.sqlite_users import find_user, list_users, op_add_user, op_delete_user
 
 T = TypeVar("T")
 DB_NAME = "spool.db"
@@ -182,7 +184,7 @@ def priority_class(priority: int) -> int:
 
 # --------------------------------------------------------------------------------------------
 # The statements. Every function takes a connection that is already inside a transaction (the
-# writer thread's batch, or SpoolDB's own) and returns plain data.
+# writer's batch) and returns plain data.
 
 
 def _insert_event(conn: sqlite3.Connection, event: Event) -> Event:
@@ -1030,9 +1032,10 @@ def _message_info(row: Sequence[Any], recipients: list[dict[str, Any]]) -> Messa
 
 
 def iter_messages(conn: sqlite3.Connection, folders: Sequence[str] = (OUTBOX,), mailbox: str | None = None,
-                  page: int = 500) -> Iterator[MessageInfo]:
-    """Stream messages in submission order, a page at a time (a million cost disk, not RAM)."""
-    after: tuple[float, str] = (-1.0, "")
+                  page: int = 500, after: tuple[float, str] | None = None) -> Iterator[MessageInfo]:
+    """Stream messages in submission order, a page at a time (a million cost disk, not RAM),
+    from just past `after` (submitted_at, id)."""
+    after = after if after is not None else (-1.0, "")
     marks = ",".join("?" * len(folders))
     where = f"folder IN ({marks})" + (" AND mailbox = ?" if mailbox is not None else "")
     params: list[Any] = [*folders] + ([mailbox] if mailbox is not None else [])
@@ -1237,8 +1240,10 @@ class SQLiteStore:
         self._writer: _GroupCommit | None = None
         self._reader: _Reader | None = None
 
-    async def open(self) -> None:
+    async def open(self, *, create: bool = True) -> None:
         loop = asyncio.get_running_loop()
+        if not create and not self.path.exists():
+            raise NoSpool(f"no spool at {self.path.parent}")
         with space_errors(self.path.parent):
             spooldir.create(self.path.parent)
             spooldir.create_file(self.path)  # 0600; SQLite gives -wal and -shm the database's mode
@@ -1394,8 +1399,10 @@ class SQLiteStore:
     async def content(self, message_id: str) -> bytes | None:
         return await self.read(lambda c: get_content(c, message_id))
 
-    async def list_messages(self, folders: Sequence[str], mailbox: str | None, limit: int) -> list[MessageInfo]:
-        return await self.read(lambda c: list(itertools.islice(iter_messages(c, folders, mailbox), limit)))
+    async def list_messages(self, folders: Sequence[str], mailbox: str | None, limit: int, *,
+                            after: tuple[float, str] | None = None) -> list[MessageInfo]:
+        return await self.read(lambda c: list(itertools.islice(
+            iter_messages(c, folders, mailbox, page=min(limit, 500) or 1, after=after), limit)))
 
     async def counts(self) -> dict[str, int]:
         return await self.read(queue_counts)
@@ -1412,32 +1419,26 @@ class SQLiteStore:
     async def user(self, name: str) -> tuple[User, str] | None:
         return await self.read(lambda c: find_user(c, name))
 
+    # The CLI's management of tokens and users (Credentials), each in a commit of its own.
 
-class SpoolDB:
-    """Synchronous access for the CLI (`sendmail`, `queue ...`): same statements, own connection."""
+    async def tokens(self) -> list[Token]:
+        return await self.read(list_tokens)
 
-    def __init__(self, path: Path, *, create: bool = False) -> None:
-        if not create and not path.exists():
-            raise FileNotFoundError(path)
-        self.directory = path.parent
-        with space_errors(self.directory):
-            spooldir.create(self.directory)
-            spooldir.create_file(path)
-            self.conn = connect(path)
-            create_schema(self.conn)
+    async def create_token(self, new: NewToken) -> None:
+        await self._write(lambda c: op_create_token(c, new))
 
-    def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        with space_errors(self.directory):
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(self.conn)
-                self.conn.execute("COMMIT")
-            except BaseException:
-                if self.conn.in_transaction:  # SQLite rolls back itself after SQLITE_FULL
-                    self.conn.execute("ROLLBACK")
-                raise
-        return result
+    async def revoke_token(self, id_or_name: str) -> Token | None:
+        return await self._write(lambda c: op_revoke_token(c, id_or_name))
 
-    def close(self) -> None:
-        self.conn.close()
+    async def users(self) -> list[User]:
+        return await self.read(list_users)
 
+    async def add_user(self, user: User, password_hash: str, *, replace: bool = False) -> bool:
+        return await self._write(lambda c: op_add_user(c, user, password_hash, replace=replace))
+
+    async def delete_user(self, name: str) -> bool:
+        return await self._write(lambda c: op_delete_user(c, name))
+
+
+if TYPE_CHECKING:  # mypy proves the class plays every role of ports.Store
+    _conforms: type[Store] = SQLiteStore

@@ -1,5 +1,5 @@
 """The `users` table of the SQLite spool (domain/users.py says what a user is). Used by the CLI
-(`msgspool user ...`, through `SpoolDB`) and by the daemon's reader (`SQLiteStore.user`)."""
+(`msgspool user ...`) and the daemon (`SQLiteStore.user`), through `SQLiteStore`'s Credentials role."""
 
 from __future__ import annotations
 
