@@ -37,6 +37,7 @@ import getpass
 import json
 import logging
 import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -439,7 +440,10 @@ def queue_show(settings: Settings, message_id: str, as_json: bool) -> int:
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    counts = _with_store(settings, lambda store: store.counts())
+    async def read(store: Store) -> tuple[dict[str, int], list[dict[str, Any]]]:
+        return await store.counts(), await store.nodes(time.time())
+
+    counts, nodes = _with_store(settings, read)
     answer = control.request(settings.spool_path, {"op": "status"})
     if answer is not None and answer.get("ok"):
         table = answer["status"]
@@ -447,6 +451,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         table = Spooler(settings).status()
         for row in (table["spooler"], *table["transports"]):
             row["status"] = "stopped"
+        table["nodes"] = nodes
     table["queue"] = counts
     if args.json:
         print(json.dumps(table, indent=2))
@@ -461,6 +466,11 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             print(f"    {dest['name']:<30} {dest['status']:<5} connections={dest['connections']}"
                   f" queued={dest['queued']} delivered={dest['delivered']} deferred={dest.get('deferred', 0)}"
                   f" failed={dest.get('failed', 0)}{error}")
+    now = time.time()
+    for node in table.get("nodes", []):
+        beat = f"{now - node['heartbeat_at']:.1f}s ago" if node["heartbeat_at"] is not None else "never"
+        print(f"node       {node['owner']} {'alive' if node['alive'] else 'dead':<5} heartbeat={beat}"
+              f" leases={node['leases']}")
     return 0
 
 

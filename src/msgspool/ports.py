@@ -83,13 +83,14 @@ class Queue(Protocol):
     returns them. `submit` returns only once the message is durable: that is when a front end may
     acknowledge it."""
 
-    # The delivery run this store works for, set when it starts delivering (a fresh token per
-    # run): what it claims is marked as its own, and what it gives back must still be.
+    # The delivery node this store works for (Leases), set when it starts delivering: what it
+    # claims is marked as its own, and what it settles or gives back must still be.
     owner: str | None
 
     async def submit(self, msg: Message, copies: Sequence[Message] = (), *, owner: str | None = None) -> list[Event]:
-        """Commit a submission; recipients marked active go to the delivery run `owner` (default:
-        this store's own) in the same step."""
+        """Commit a submission; recipients marked active go to the delivery node `owner` (default:
+        this store's own) in the same step — unless its lease ran out: then they are committed
+        queued, and set so in `msg`, which the caller must then not hand on."""
         ...
 
     async def claim(self, now: float, limit: int, *, whole_messages: bool = False) -> list[Message]:
@@ -100,16 +101,11 @@ class Queue(Protocol):
 
     async def settle(self, settlements: Sequence[Settlement], now: float) -> list[Event]: ...
 
-    async def recover(self) -> int:
-        """Make every active recipient due again: only a run that holds the delivery lock calls it,
-        when it starts, before it takes or is handed any work."""
-        ...
-
     async def unclaim(self, recipients: Sequence[tuple[str, int]], now: float, *,
                       owner: str | None = None) -> list[Event]:
         """Claimed recipients (message id, index) dropped from memory unattempted wait again: held
-        when their message is, else due now; those no longer active, or no longer owned by `owner`
-        (default: this store's run), are left alone."""
+        when their message is, else due now; those no longer active, or no longer held by node
+        `owner` (default: this store's), are left alone."""
         ...
 
     async def active_recipients(self) -> list[tuple[str, int, str | None]]:
@@ -288,7 +284,42 @@ class Credentials(Protocol):
     async def delete_user(self, name: str) -> bool: ...
 
 
-class Store(Lifecycle, Queue, QueueControl, Reports, Mailboxes, Events, Admin, Credentials, Protocol):
+class Leases(Protocol):
+    """Delivery nodes and their leases (issue 11.4). A process that delivers registers a node with a
+    fresh identity per start (never a reused name); every recipient it claims is `active` and held
+    by it (`Queue.owner`), under one lease per node that its heartbeat renews. A write tied to
+    delivery (settle, unclaim, the hooks' answer, a report, a hand-over) for a recipient the caller
+    no longer holds changes nothing; a lease that ran out is never renewed; only work of nodes
+    without a live lease is rescued, by any node."""
+
+    async def register_node(self, owner: str, host: str, pid: int, now: float, lease_time: float, *,
+                            sole: bool = False) -> None:
+        """Start node `owner` with a lease until `now + lease_time`. `sole`: the caller proved no
+        other node of this spool lives (SQLite's delivery lock); their leases end now, so their
+        work is rescued at once."""
+        ...
+
+    async def heartbeat(self, owner: str, now: float, lease_time: float) -> bool:
+        """Renew the node's lease (covering all it holds) to `now + lease_time`; False when it had
+        run out or the node's row is gone: the node is dead to the others and must stop."""
+        ...
+
+    async def rescue(self, now: float) -> int:
+        """Give back (held if their message is, else due now, with a history line) every active
+        recipient whose node holds no live lease; prune node rows long dead. Returns how many."""
+        ...
+
+    async def retire_node(self, owner: str, now: float) -> int:
+        """A clean stop: give back what the node still holds, then delete its row."""
+        ...
+
+    async def nodes(self, now: float) -> list[dict[str, Any]]:
+        """Every node: owner, host, pid, started_at, heartbeat_at, lease_until, draining, leases
+        (active recipients held), alive (its lease holds at `now`)."""
+        ...
+
+
+class Store(Lifecycle, Queue, Leases, QueueControl, Reports, Mailboxes, Events, Admin, Credentials, Protocol):
     """The durable home of messages, folders and per-recipient state (MAPI message store provider):
     every role above. `load_store` (spooler/runtime.py) builds the configured one."""
 

@@ -165,6 +165,8 @@ async def test_a_hand_over_is_taken_back_only_while_its_run_still_owns_it(store:
     """Issue 10.1: intake commits a hand-over as the delivery run's; when that run died before it
     got the message, intake takes it back — but never from the next run, which may have claimed it."""
     now = time.time()
+    for node in ("run-1", "run-2"):
+        await store.register_node(node, "host", 1, now, 60.0)
     message, _ = build("b@example.com", now=now)
     mark_active(message)
     await store.submit(message, owner="run-1")
@@ -192,11 +194,11 @@ async def test_recipients_given_back_unattempted_wait_again_held_if_their_messag
     assert ids(await store.claim(now, 10)) == [free.id]
 
 
-async def test_recover_makes_every_claimed_recipient_due_again(store: Store) -> None:
+async def test_a_rescue_makes_every_recipient_claimed_by_no_live_node_due_again(store: Store) -> None:
     now = time.time()
     message = await submit(store, "b@example.com", "c@example.com", now=now)
-    await store.claim(now, 10)
-    assert await store.recover() == 2
+    await store.claim(now, 10)  # by no node at all (store.owner None)
+    assert await store.rescue(now) == 2
     assert await statuses(store, message.id) == ["queued", "queued"]
     assert ids(await store.claim(now, 10)) == [message.id]
 
@@ -204,6 +206,7 @@ async def test_recover_makes_every_claimed_recipient_due_again(store: Store) -> 
 async def test_the_watchdog_returns_stuck_recipients_only_while_owned_as_seen(store: Store) -> None:
     now = time.time()
     message = await submit(store, "b@example.com", "c@example.com", now=now)
+    await store.register_node("run-1", "host", 1, now, 60.0)
     store.owner = "run-1"
     await store.claim(now, 10)
     seen = await store.active_recipients()
