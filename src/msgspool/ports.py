@@ -241,7 +241,8 @@ class Admin(Protocol):
 
     @property
     def commit_stats(self) -> tuple[int, int]:
-        """(commits, writes committed): how well group commit batches."""
+        """(commits, writes committed): how well group commit batches; (0, 0) before `open` (the
+        CLI's status table reads it from a store it never opens)."""
         ...
 
 

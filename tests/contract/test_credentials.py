@@ -70,6 +70,8 @@ async def test_a_user_is_replaced_only_when_asked_and_deleted_by_name(store: Sto
     assert found is not None and found[0].senders == ("*",) and verify_password("new", found[1])
     await store.add_user(User("alice@example.org", (), 3.0), old)
     assert [u.name for u in await store.users()] == ["alice@example.org", "bob@example.org"]
-    assert await store.delete_user("bob@example.org") is True
+    with pytest.raises(ValueError, match="exists"):  # one account, whatever the case of its name
+        await store.add_user(User("BOB@example.org", (), 4.0), new)
+    assert await store.delete_user("Bob@Example.org") is True
     assert await store.delete_user("bob@example.org") is False
     assert [u.name for u in await store.users()] == ["alice@example.org"]
