@@ -37,18 +37,28 @@ import getpass
 import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 from msgspool import config
 from msgspool.config import Settings
-from msgspool.errors import ConfigError, MsgspoolError, NotFound, SpoolError, StorageFull, SubmitError, UnableToAbort
+from msgspool.errors import (
+    ConfigError,
+    MsgspoolError,
+    NoSpool,
+    NotFound,
+    SpoolError,
+    StorageFull,
+    SubmitError,
+    UnableToAbort,
+)
+from msgspool.ports import Store
 from msgspool.spooler import control
-from msgspool.spooler.runtime import Spooler
-from msgspool.stores.sqlite import DB_NAME
+from msgspool.spooler.runtime import Spooler, load_store
 
 EX_USAGE, EX_DATAERR, EX_TEMPFAIL, EX_CONFIG = 64, 65, 75, 78
+T = TypeVar("T")
 
 
 class CLIError(Exception):
@@ -245,13 +255,14 @@ def cmd_sendmail(args: argparse.Namespace, settings: Settings) -> int:
     except ValueError as err:
         print(f"msgspool sendmail: {err}", file=sys.stderr)
         return EX_USAGE
-    if not args.create and not (settings.spool_path / DB_NAME).exists():
-        # A mistyped --data would otherwise make a spool that no daemon ever delivers from (10.8).
+    try:
+        # Without --create, a mistyped --data would otherwise make a spool that no daemon ever
+        # delivers from (10.8): the store is opened only if it exists.
+        message_id = _run(settings, lambda s: s.submit(sub), create=args.create)
+    except NoSpool:
         print(f"msgspool sendmail: no spool at {settings.spool_path} (a daemon's data directory; --create makes"
               " a new spool)", file=sys.stderr)
         return EX_CONFIG
-    try:
-        message_id = _run(settings, lambda s: s.submit(sub), create=True)
     except SubmitError as err:
         print(f"msgspool sendmail: {err.reply.line()}", file=sys.stderr)
         return EX_DATAERR if err.reply.permanent else EX_TEMPFAIL
@@ -286,21 +297,36 @@ def _submission(sender: str, recipients: list[str], content: bytes, args: argpar
 # -- queue ----------------------------------------------------------------------------------
 
 
-def _spool_db(settings: Settings) -> Path:
-    path = settings.spool_path / DB_NAME
-    if not path.exists():
-        raise CLIError(f"no spool at {settings.spool_path} (use --data DIR or MSGSPOOL_DATA)")
-    return path
+def _no_spool(settings: Settings) -> CLIError:
+    return CLIError(f"no spool at {settings.spool_path} (use --data DIR or MSGSPOOL_DATA)")
+
+
+def _with_store(settings: Settings, operation: Callable[[Store], Awaitable[T]], *, create: bool = False) -> T:
+    """Run one operation on the configured store, opened around it (`load_store`: whichever store
+    the settings name), so every command works on any store; without `create`, a spool that was
+    never made is the "no spool" error and is not made."""
+
+    async def go() -> T:
+        store = load_store(settings)
+        try:
+            await store.open(create=create)
+        except NoSpool as err:
+            raise _no_spool(settings) from err
+        try:
+            return await operation(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(go())
 
 
 def _run(settings: Settings, operation: Callable[[Spooler], Any], create: bool = False) -> Any:
-    """Run an operation on the spool directly (no daemon involved)."""
-    if not create:
-        _spool_db(settings)
+    """Run an operation on the spool directly (no daemon involved); NoSpool when there is none
+    and `create` is not given."""
 
     async def go() -> Any:
         spooler = Spooler(settings)
-        await spooler.start(deliver=False)
+        await spooler.start(deliver=False, create=create)
         try:
             return await operation(spooler)
         finally:
@@ -310,8 +336,8 @@ def _run(settings: Settings, operation: Callable[[Spooler], Any], create: bool =
 
 
 def _operate(settings: Settings, op: str, ids: list[str] | None, **options: Any) -> dict[str, Any]:
-    """Through the daemon when it runs, else on the spool itself."""
-    _spool_db(settings)
+    """Through the daemon when it runs, else on the spool itself (which must exist: no daemon
+    listens on a spool that was never made)."""
     answer = control.request(settings.spool_path, {"op": op, "ids": ids, **options})
     if answer is not None:
         if not answer.get("ok"):
@@ -331,6 +357,8 @@ def _operate(settings: Settings, op: str, ids: list[str] | None, **options: Any)
             sent = _run(settings, lambda s: s.mark_read(ids or [], op == "read", mdn=options.get("mdn")))
             return {"ok": True, "ids": ids, "mdn": sent}
         return {"ok": True, "ids": _run(settings, lambda s: getattr(s, op)(ids))}
+    except NoSpool as err:
+        raise _no_spool(settings) from err
     except NotFound as err:
         raise CLIError(f"no message {err}") from err
 
@@ -365,32 +393,37 @@ def cmd_queue(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+LIST_PAGE = 500  # messages `queue list` reads at a time: a million cost pages, not memory
+
+
 def queue_list(settings: Settings, as_json: bool, include_sent: bool) -> int:
-    from msgspool.stores.sqlite import SpoolDB, iter_messages
     from msgspool.views import message_json, message_line
 
-    db = SpoolDB(_spool_db(settings))
     folders = ("outbox", "sent") if include_sent else ("outbox",)
-    count = 0
     out = sys.stdout
-    for info in iter_messages(db.conn, folders, ""):
-        count += 1
-        out.write((json.dumps(message_json(info)) if as_json else message_line(info)) + "\n")
-        if count % 100 == 0:
-            out.flush()
+
+    async def write_pages(store: Store) -> int:
+        count = 0
+        after: tuple[float, str] | None = None
+        while page := await store.list_messages(folders, "", LIST_PAGE, after=after):
+            for info in page:
+                count += 1
+                out.write((json.dumps(message_json(info)) if as_json else message_line(info)) + "\n")
+                if count % 100 == 0:
+                    out.flush()
+            after = (page[-1].submitted_at, page[-1].id)
+        return count
+
+    count = _with_store(settings, write_pages)
     if not as_json:
         out.write("Mail queue is empty\n" if count == 0 else f"-- {count} messages\n")
-    db.close()
     return 0
 
 
 def queue_show(settings: Settings, message_id: str, as_json: bool) -> int:
-    from msgspool.stores.sqlite import SpoolDB, get_message
     from msgspool.views import message_json, message_line
 
-    db = SpoolDB(_spool_db(settings))
-    info = get_message(db.conn, message_id)
-    db.close()
+    info = _with_store(settings, lambda store: store.get(message_id))
     if info is None:
         raise CLIError(f"no message {message_id}")
     if as_json:
@@ -407,11 +440,10 @@ def queue_show(settings: Settings, message_id: str, as_json: bool) -> int:
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    from msgspool.stores.sqlite import SpoolDB, queue_counts
+    async def read(store: Store) -> tuple[dict[str, int], list[dict[str, Any]]]:
+        return await store.counts(), await store.nodes(time.time())
 
-    db = SpoolDB(_spool_db(settings))
-    counts = queue_counts(db.conn)
-    db.close()
+    counts, nodes = _with_store(settings, read)
     answer = control.request(settings.spool_path, {"op": "status"})
     if answer is not None and answer.get("ok"):
         table = answer["status"]
@@ -419,6 +451,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         table = Spooler(settings).status()
         for row in (table["spooler"], *table["transports"]):
             row["status"] = "stopped"
+        table["nodes"] = nodes
     table["queue"] = counts
     if args.json:
         print(json.dumps(table, indent=2))
@@ -433,6 +466,11 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             print(f"    {dest['name']:<30} {dest['status']:<5} connections={dest['connections']}"
                   f" queued={dest['queued']} delivered={dest['delivered']} deferred={dest.get('deferred', 0)}"
                   f" failed={dest.get('failed', 0)}{error}")
+    now = time.time()
+    for node in table.get("nodes", []):
+        beat = f"{now - node['heartbeat_at']:.1f}s ago" if node["heartbeat_at"] is not None else "never"
+        print(f"node       {node['owner']} {'alive' if node['alive'] else 'dead':<5} heartbeat={beat}"
+              f" leases={node['leases']}")
     return 0
 
 
@@ -510,8 +548,6 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
     import time
 
     from msgspool.domain.tokens import mint, parse_scopes
-    from msgspool.stores.sqlite import SpoolDB
-    from msgspool.stores.sqlite_tokens import list_tokens, op_create_token, op_revoke_token
     from msgspool.views import token_json, token_line
 
     if args.action == "create":
@@ -519,26 +555,19 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
             new = mint(parse_scopes(args.scopes), args.name, time.time())
         except ValueError as err:
             raise CLIError(str(err), 2) from err
-        db = SpoolDB(settings.spool_path / DB_NAME, create=True)
         try:
-            db.write(lambda conn: op_create_token(conn, new))
+            _with_store(settings, lambda store: store.create_token(new), create=True)
         except ValueError as err:
             raise CLIError(str(err)) from err
-        finally:
-            db.close()
         print(f"token {new.token.id} ({new.token.name}) created with scopes {' '.join(sorted(new.token.scopes))};"
               " the secret below is shown only now:", file=sys.stderr)
         print(new.secret)
         return 0
-    db = SpoolDB(_spool_db(settings))
-    try:
-        if args.action == "list":
-            for token in list_tokens(db.conn):
-                print(json.dumps(token_json(token)) if args.json else token_line(token))
-            return 0
-        revoked = db.write(lambda conn: op_revoke_token(conn, args.token))
-    finally:
-        db.close()
+    if args.action == "list":
+        for token in _with_store(settings, lambda store: store.tokens()):
+            print(json.dumps(token_json(token)) if args.json else token_line(token))
+        return 0
+    revoked = _with_store(settings, lambda store: store.revoke_token(args.token))
     if revoked is None:
         raise CLIError(f"no token {args.token}")
     print(f"{revoked.id}: revoked ({revoked.name})")
@@ -562,8 +591,6 @@ def cmd_user(args: argparse.Namespace, settings: Settings) -> int:
     import time
 
     from msgspool.domain.users import User, check_name, check_password, check_senders, hash_password
-    from msgspool.stores.sqlite import SpoolDB
-    from msgspool.stores.sqlite_users import list_users, op_add_user, op_delete_user
     from msgspool.views import user_json, user_line
 
     if args.action == "add":
@@ -572,24 +599,18 @@ def cmd_user(args: argparse.Namespace, settings: Settings) -> int:
             hashed = hash_password(check_password(read_password()))
         except ValueError as err:
             raise CLIError(str(err), 2) from err
-        db = SpoolDB(settings.spool_path / DB_NAME, create=True)
         try:
-            replaced = db.write(lambda conn: op_add_user(conn, user, hashed, replace=args.update))
+            replaced = _with_store(settings, lambda store: store.add_user(user, hashed, replace=args.update),
+                                   create=True)
         except ValueError as err:
             raise CLIError(str(err)) from err
-        finally:
-            db.close()
         print(f"user {user.name} {'updated' if replaced else 'added'}", file=sys.stderr)
         return 0
-    db = SpoolDB(_spool_db(settings))
-    try:
-        if args.action == "list":
-            for user in list_users(db.conn):
-                print(json.dumps(user_json(user)) if args.json else user_line(user))
-            return 0
-        deleted = db.write(lambda conn: op_delete_user(conn, args.name))
-    finally:
-        db.close()
+    if args.action == "list":
+        for user in _with_store(settings, lambda store: store.users()):
+            print(json.dumps(user_json(user)) if args.json else user_line(user))
+        return 0
+    deleted = _with_store(settings, lambda store: store.delete_user(args.name))
     if not deleted:
         raise CLIError(f"no user {args.name}")
     print(f"user {args.name} deleted")

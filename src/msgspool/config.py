@@ -144,6 +144,9 @@ class Settings:
     crash_limit: int = _doc(3, "Attempts that crash a transport before the message is held.")
     shutdown_timeout: float = _doc(
         10.0, "Seconds an orderly stop (SIGTERM) waits for sessions and transactions in flight to finish.")
+    lease_time: float = _doc(
+        10.0, "Seconds a delivery node's lease on the recipients it holds lasts; its heartbeat renews it every quarter"
+        " of that, and work of a node silent for longer is taken over by another.")
     watchdog_interval: float = _doc(
         60.0, "Seconds between the watchdog's looks for active recipients no delivery holds (two looks return one).")
     webhooks: list[dict[str, Any]] = _doc([], "URLs that get a signed JSON POST per event; see [[webhooks]].")

@@ -367,10 +367,13 @@ class DeliveryProcess:
     closing the link. It exits by itself when the link closes, so a killed daemon leaves no
     deliverer behind for long.
 
-    Ownership (issue 10.1): intake hands fresh work over only after the child said `ready`, that
-    is after it recovered the spool, and commits each hand-over as that run's (`owner`); a commit
-    that completes after its run died is taken back by intake (Spooler.submit). So the recovery
-    a new run does when it starts never takes work that a live process holds."""
+    Ownership (issues 10.1, 11.4): each child is a delivery node of its own (spooler/lease.py).
+    Intake hands fresh work over only after the child said `ready`, that is after it registered
+    and rescued what dead nodes held, and commits each hand-over as that node's (`owner`); the
+    store refuses a hand-over to a node whose lease ran out, and one that completes after its
+    node died is taken back by intake (Spooler.submit). So the rescue a new node does when it
+    starts never takes work that a live process holds. A child that finds its lease lost exits
+    (code 3), and is respawned as a new node."""
 
     RESTART_DELAYS = (0.0, 0.5, 2.0, 10.0)  # by how many times in a row it died young
     YOUNG = 1.0  # seconds after it was ready: a run that lived longer was healthy, restarted at once
@@ -458,7 +461,7 @@ class DeliveryProcess:
             self.link.close()
 
     def _ready(self, owner: str) -> None:
-        """The child recovered the spool and runs: hand-overs may begin, committed as `owner`'s."""
+        """The child registered as node `owner` and runs: hand-overs may begin, committed as its own."""
         assert self.link is not None and self.process is not None
         remote = RemoteDelivery(self.link, window=self.settings.active_limit, owner=owner)
         self.spooler.remote = remote
@@ -552,8 +555,12 @@ class DeliveryProcess:
         self.spooler.remote = None
 
 
-async def deliver(fd: int, config: dict[str, Any]) -> None:
-    """The delivery process: run the scheduler until the link to the intake process closes."""
+LEASE_LOST_EXIT = 3  # the delivery process's exit code when it found its lease lost
+
+
+async def deliver(fd: int, config: dict[str, Any]) -> int:
+    """The delivery process: run the scheduler until the link to the intake process closes (0),
+    or until it finds its lease lost (LEASE_LOST_EXIT: intake respawns it as a new node)."""
     settings = Settings(**config["settings"])
     spooler = Spooler(settings)
     # The old deliverer of a daemon killed a moment ago may still hold the lock until it notices.
@@ -591,7 +598,7 @@ async def deliver(fd: int, config: dict[str, Any]) -> None:
 
     link = await Link.over(socket.socket(fileno=fd), handle)
     spooler.scheduler.on_settled = lambda active: link.send({"active": active})
-    link.send({"ready": spooler.store.owner})  # recovered: intake may hand work over now
+    link.send({"ready": spooler.store.owner})  # registered, dead nodes' work rescued: hand-overs may begin
     loop = asyncio.get_running_loop()
     aborting = False
 
@@ -601,12 +608,14 @@ async def deliver(fd: int, config: dict[str, Any]) -> None:
         spooler.scheduler.abort_drain()
         link.close()
 
+    spooler.on_lease_lost = abort  # delivery stopped already; the link's end tells intake to respawn
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, abort)
     try:
         await link.run()
     finally:  # the link closed: intake stops (orderly, or killed); finish what is in flight first
         await spooler.stop(drain=0.0 if aborting else settings.shutdown_timeout)
+    return LEASE_LOST_EXIT if spooler.lease.lost else 0
 
 
 def deliver_main(argv: list[str]) -> int:
@@ -618,8 +627,14 @@ def deliver_main(argv: list[str]) -> int:
                         stream=sys.stderr)
     logging.getLogger("msgspool").setLevel(config.get("log_level") or logging.INFO)
     logging.getLogger("msgspool.delivery").setLevel(config.get("delivery_log_level") or logging.NOTSET)
-    _run_loop(deliver(int(argv[0]), config))
-    return 0
+    code = 0
+
+    async def main() -> None:
+        nonlocal code
+        code = await deliver(int(argv[0]), config)
+
+    _run_loop(main())
+    return code
 
 
 def _version() -> str:

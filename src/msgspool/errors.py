@@ -3,6 +3,8 @@
     MsgspoolError
     ├── ConfigError                a bad setting: the CLI prints it and exits 2
     ├── SpoolError                 the spool cannot be opened or is locked by another daemon
+    │   └── NoSpool                no spool was ever made there, and the caller asked not to
+    │                              make one (Store.open(create=False)): the CLI's "no spool at"
     ├── StorageFull(reply)         a store write failed for lack of space (SQLITE_FULL, ENOSPC, an
     │                              I/O error on a file system with no room left): ``452 4.3.1``
     │                              over SMTP, 507 over HTTP, EX_TEMPFAIL from sendmail
@@ -29,6 +31,10 @@ class ConfigError(MsgspoolError):
 
 
 class SpoolError(MsgspoolError):
+    pass
+
+
+class NoSpool(SpoolError):
     pass
 
 

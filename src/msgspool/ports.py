@@ -13,7 +13,7 @@ from msgspool.domain.events import Event
 from msgspool.domain.hooks import Delivery, Draft, Preprocessed
 from msgspool.domain.message import Message, MessageInfo, PendingReport, ReadReceipt, Recipient, Settlement
 from msgspool.domain.outcome import Reply
-from msgspool.domain.tokens import Token
+from msgspool.domain.tokens import NewToken, Token
 from msgspool.domain.users import User
 
 
@@ -56,26 +56,41 @@ class TransportFactory(Protocol):
     def __call__(self, name: str, settings: Any, options: dict[str, Any]) -> Transport: ...
 
 
-class Store(Protocol):
-    """The durable home of messages, folders and per-recipient state (MAPI message store provider).
+# -- the message store, by role ---------------------------------------------------------------
+# A store implements every role below (`Store` is their union); each part of the runtime and each
+# front end asks for the smallest role it uses, so that what a part may touch is in its signature
+# (Mailman 3's interfaces/, procrastinate's connector). The contract suite (tests/contract/) runs
+# the same tests against every store through these members only.
 
-    It is the only place recipient states change (domain/recipient.py lists the allowed steps);
-    every write that changes a state records its events in the same transaction and returns them.
-    `submit` returns only once the message is durable: that is when a front end may acknowledge it.
-    """
 
-    async def open(self) -> None: ...
+class Lifecycle(Protocol):
+    """Opening and closing a store: every user of one does both, around its work."""
+
+    async def open(self, *, create: bool = True) -> None:
+        """Open the spool, upgrading its schema when it was made by an older msgspool. With
+        `create` False, a spool that was never made is not made now: NoSpool (a mistyped --data
+        would otherwise give a spool that no daemon ever delivers from)."""
+        ...
 
     async def close(self) -> None: ...
 
-    # intake and delivery
-    # The delivery run this store works for, set when it starts delivering (a fresh token per
-    # run): what it claims is marked as its own, and what it gives back must still be.
+
+class Queue(Protocol):
+    """The outbox as delivery works on it: intake commits, the scheduler claims and settles.
+
+    The store is the only place recipient states change (domain/recipient.py lists the allowed
+    steps); every write that changes a state records its events in the same transaction and
+    returns them. `submit` returns only once the message is durable: that is when a front end may
+    acknowledge it."""
+
+    # The delivery node this store works for (Leases), set when it starts delivering: what it
+    # claims is marked as its own, and what it settles or gives back must still be.
     owner: str | None
 
     async def submit(self, msg: Message, copies: Sequence[Message] = (), *, owner: str | None = None) -> list[Event]:
-        """Commit a submission; recipients marked active go to the delivery run `owner` (default:
-        this store's own) in the same step."""
+        """Commit a submission; recipients marked active go to the delivery node `owner` (default:
+        this store's own) in the same step — unless its lease ran out: then they are committed
+        queued, and set so in `msg`, which the caller must then not hand on."""
         ...
 
     async def claim(self, now: float, limit: int, *, whole_messages: bool = False) -> list[Message]:
@@ -86,21 +101,11 @@ class Store(Protocol):
 
     async def settle(self, settlements: Sequence[Settlement], now: float) -> list[Event]: ...
 
-    async def recover(self) -> int:
-        """Make every active recipient due again: only a run that holds the delivery lock calls it,
-        when it starts, before it takes or is handed any work."""
-        ...
-
     async def unclaim(self, recipients: Sequence[tuple[str, int]], now: float, *,
                       owner: str | None = None) -> list[Event]:
         """Claimed recipients (message id, index) dropped from memory unattempted wait again: held
-        when their message is, else due now; those no longer active, or no longer owned by `owner`
-        (default: this store's run), are left alone."""
-        ...
-
-    async def cancel_recipients(self, keep: dict[str, list[int]], now: float) -> dict[str, list[str]]:
-        """Per message, remove the waiting recipients not in `keep` (those are in flight); returns
-        the addresses removed."""
+        when their message is, else due now; those no longer active, or no longer held by node
+        `owner` (default: this store's), are left alone."""
         ...
 
     async def active_recipients(self) -> list[tuple[str, int, str | None]]:
@@ -112,16 +117,53 @@ class Store(Protocol):
         active and owned as given; recorded in the message's history."""
         ...
 
-    async def release_destination(self, transport: str, nexthop: str, now: float) -> int: ...
+    async def release_destination(self, transport: str, nexthop: str, now: float) -> int:
+        """A destination is up again: its recipients that waited for it are due now."""
+        ...
 
     async def next_due(self) -> float | None: ...
 
     async def waiting_destinations(self) -> list[tuple[str, str]]: ...
 
+    async def preprocessed(self, message: Message, result: Preprocessed,
+                           now: float) -> tuple[list[Message], list[Event]]:
+        """Record what the outbound hooks made of the message's active recipients (and their
+        history); returns the messages to deliver now (the message itself, parts split off)."""
+        ...
+
     async def record_events(self, events: Sequence[Event]) -> list[Event]:
         """Record events that change no stored state (a destination going down or up), so clients
         resuming by event id see them too; returns them with their ids."""
         ...
+
+
+class QueueControl(Protocol):
+    """The operator's changes to queued messages (MAPI FlushQueues and AbortSubmit; Postfix
+    postqueue -f, postsuper -h/-H/-r/-d). Each returns the ids it found; unknown ids are skipped."""
+
+    async def hold(self, ids: Sequence[str], now: float) -> list[str]: ...
+
+    async def release(self, ids: Sequence[str], now: float) -> list[str]: ...
+
+    async def flush(self, ids: Sequence[str] | None, now: float) -> int:
+        """Deferred recipients (of these messages; None: all) are due now; returns how many."""
+        ...
+
+    async def requeue(self, ids: Sequence[str], now: float) -> list[str]:
+        """Through the outbound hooks again, from the content as submitted (postsuper -r)."""
+        ...
+
+    async def delete(self, ids: Sequence[str]) -> list[str]: ...
+
+    async def cancel_recipients(self, keep: dict[str, list[int]], now: float) -> dict[str, list[str]]:
+        """Per message, remove the waiting recipients not in `keep` (those are in flight); returns
+        the addresses removed."""
+        ...
+
+
+class Reports(Protocol):
+    """The reports owed to senders (MAPI StatusRecips -> DR/NDR; RFC 3464): recorded as a debt by
+    `settle`, paid once by `reported`."""
 
     async def pending_reports(self, limit: int = 100) -> list[PendingReport]:
         """Messages with recipients whose report is owed (recorded by `settle`)."""
@@ -141,13 +183,27 @@ class Store(Protocol):
         """The earliest `warn_at` of a deferred recipient still to be warned."""
         ...
 
-    async def preprocessed(self, message: Message, result: Preprocessed,
-                           now: float) -> tuple[list[Message], list[Event]]:
-        """Record what the outbound hooks made of the message's active recipients (and their
-        history); returns the messages to deliver now (the message itself, parts split off)."""
+
+class Mailboxes(Protocol):
+    """Messages as folders hold them: filing by message class, listing, reading, the read flag and
+    its receipt (MAPI IMsgStore::SetReceiveFolder, GetContentsTable, IMessage::SetReadFlag,
+    IMAPISupport::ReadReceipt)."""
+
+    async def set_receive_folder(self, mailbox: str, message_class: str, folder: str) -> None: ...
+
+    async def get(self, message_id: str) -> MessageInfo | None:
+        """One message of any folder with every recipient and its history."""
         ...
 
-    # mailbox messages (MAPI IMessage::SetReadFlag, IMAPISupport::ReadReceipt)
+    async def content(self, message_id: str) -> bytes | None: ...
+
+    async def list_messages(self, folders: Sequence[str], mailbox: str | None, limit: int, *,
+                            after: tuple[float, str] | None = None) -> list[MessageInfo]:
+        """Up to `limit` messages of these folders (of `mailbox`; None: any), in submission order;
+        `after`: the (submitted_at, id) of the last one of the previous page, so a listing of a
+        million messages costs pages, not memory."""
+        ...
+
     async def set_read(self, ids: Sequence[str], read: bool, now: float) -> list[Event]:
         """Set or clear the read flag; a `read` event for each message whose flag changed."""
         ...
@@ -157,7 +213,12 @@ class Store(Protocol):
         only while it is unread), submit its MDN if so, then mark the message read or delete it."""
         ...
 
-    # webhooks (spooler/webhooks.py)
+
+class Events(Protocol):
+    """The event log clients resume from by id, and the webhook cursor over it (spooler/webhooks.py)."""
+
+    async def events_after(self, after_id: int, limit: int = 1000) -> list[Event]: ...
+
     async def webhook_cursor(self) -> int:
         """The id of the last event whose webhook deliveries are queued (set to the newest event
         the first time it is asked)."""
@@ -168,50 +229,99 @@ class Store(Protocol):
         `upto`, in one durable step; None, writing nothing, when the cursor is not at `after`."""
         ...
 
-    # operations
-    async def requeue(self, ids: Sequence[str], now: float) -> list[str]:
-        """Through the outbound hooks again, from the content as submitted (postsuper -r)."""
+
+class Admin(Protocol):
+    """What the status table and housekeeping ask of a store."""
+
+    async def counts(self) -> dict[str, int]:
+        """Outbox recipients per status, and `messages`: the messages in the outbox."""
         ...
-
-    async def hold(self, ids: Sequence[str], now: float) -> list[str]: ...
-
-    async def release(self, ids: Sequence[str], now: float) -> list[str]: ...
-
-    async def flush(self, ids: Sequence[str] | None, now: float) -> int: ...
-
-    async def delete(self, ids: Sequence[str]) -> list[str]: ...
 
     async def purge(self, sent_before: float, events_before: float) -> int: ...
 
-    # folders and reads
-    async def set_receive_folder(self, mailbox: str, message_class: str, folder: str) -> None: ...
+    @property
+    def commit_stats(self) -> tuple[int, int]:
+        """(commits, writes committed): how well group commit batches; (0, 0) before `open` (the
+        CLI's status table reads it from a store it never opens)."""
+        ...
 
-    async def get(self, message_id: str) -> MessageInfo | None: ...
 
-    async def content(self, message_id: str) -> bytes | None: ...
+class Credentials(Protocol):
+    """HTTP API tokens (domain/tokens.py) and submission accounts (domain/users.py): the daemon
+    looks them up, the CLI manages them."""
 
-    async def list_messages(self, folders: Sequence[str], mailbox: str | None, limit: int) -> list[MessageInfo]: ...
-
-    async def counts(self) -> dict[str, int]: ...
-
-    async def events_after(self, after_id: int, limit: int = 1000) -> list[Event]: ...
-
-    # HTTP API tokens (domain/tokens.py); created and revoked by the CLI
     async def token(self, token_id: str) -> tuple[Token, str] | None:
         """The token with this id and the digest of its secret, or None."""
         ...
 
     async def has_tokens(self) -> bool: ...
 
-    # Submission accounts (domain/users.py); added and deleted by the CLI
+    async def tokens(self) -> list[Token]:
+        """Every token (never a secret: only digests are stored), oldest first."""
+        ...
+
+    async def create_token(self, new: NewToken) -> None:
+        """Store a new token; ValueError when its name is taken (as a name or an id)."""
+        ...
+
+    async def revoke_token(self, id_or_name: str) -> Token | None:
+        """Delete the token with this id or name: it stops working at once; None when none has it."""
+        ...
+
     async def user(self, name: str) -> tuple[User, str] | None:
         """The user with this name (case-insensitively) and its password hash, or None."""
         ...
 
-    @property
-    def commit_stats(self) -> tuple[int, int]:
-        """(commits, writes committed): how well group commit batches."""
+    async def users(self) -> list[User]:
+        """Every user (never a password: only hashes are stored), by name."""
         ...
+
+    async def add_user(self, user: User, password_hash: str, *, replace: bool = False) -> bool:
+        """Store a user; True when it replaced one (only with `replace`); ValueError when the name
+        is taken and `replace` is not given."""
+        ...
+
+    async def delete_user(self, name: str) -> bool: ...
+
+
+class Leases(Protocol):
+    """Delivery nodes and their leases (issue 11.4). A process that delivers registers a node with a
+    fresh identity per start (never a reused name); every recipient it claims is `active` and held
+    by it (`Queue.owner`), under one lease per node that its heartbeat renews. A write tied to
+    delivery (settle, unclaim, the hooks' answer, a report, a hand-over) for a recipient the caller
+    no longer holds changes nothing; a lease that ran out is never renewed; only work of nodes
+    without a live lease is rescued, by any node."""
+
+    async def register_node(self, owner: str, host: str, pid: int, now: float, lease_time: float, *,
+                            sole: bool = False) -> None:
+        """Start node `owner` with a lease until `now + lease_time`. `sole`: the caller proved no
+        other node of this spool lives (SQLite's delivery lock); their leases end now, so their
+        work is rescued at once."""
+        ...
+
+    async def heartbeat(self, owner: str, now: float, lease_time: float) -> bool:
+        """Renew the node's lease (covering all it holds) to `now + lease_time`; False when it had
+        run out or the node's row is gone: the node is dead to the others and must stop."""
+        ...
+
+    async def rescue(self, now: float) -> int:
+        """Give back (held if their message is, else due now, with a history line) every active
+        recipient whose node holds no live lease; prune node rows long dead. Returns how many."""
+        ...
+
+    async def retire_node(self, owner: str, now: float) -> int:
+        """A clean stop: give back what the node still holds, then delete its row."""
+        ...
+
+    async def nodes(self, now: float) -> list[dict[str, Any]]:
+        """Every node: owner, host, pid, started_at, heartbeat_at, lease_until, draining, leases
+        (active recipients held), alive (its lease holds at `now`)."""
+        ...
+
+
+class Store(Lifecycle, Queue, Leases, QueueControl, Reports, Mailboxes, Events, Admin, Credentials, Protocol):
+    """The durable home of messages, folders and per-recipient state (MAPI message store provider):
+    every role above. `load_store` (spooler/runtime.py) builds the configured one."""
 
 
 class OutboundHook(Protocol):

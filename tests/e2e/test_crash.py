@@ -7,14 +7,18 @@ every acknowledged message (at-least-once: duplicates are allowed, losses are no
 
 from __future__ import annotations
 
+import os
+import signal
 import smtplib
 import threading
 import time
 from collections import Counter
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.support.daemon import Daemon, Spool, received_tags, tagged_message
+from tests.support.daemon import Daemon, DaemonFactory, Spool, received_tags, tagged_message
 from tests.support.sink import Sink
 
 MESSAGES = 1200  # enough that the load outlasts the wait for relaying to start: intake takes ~1000/s
@@ -119,3 +123,102 @@ def test_kill_9_under_load_loses_no_acknowledged_message(spool: Spool, relay: Si
     duplicates = sum(n - 1 for n in Counter(tags).values())
     assert duplicates <= MESSAGES, duplicates  # at-least-once; reported for information below
     print(f"acknowledged={len(acked)} received={len(tags)} duplicates={duplicates} errors={len(load.errors)}")
+
+
+def kill_whole_daemon(daemon: Daemon) -> None:
+    """SIGKILL to serve and its delivery process at once (their process group): nobody is left to
+    finish a transaction or give anything back."""
+    assert daemon.proc is not None
+    proc, daemon.proc = daemon.proc, None
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.timeout(60)
+def test_kill_9_of_the_whole_daemon_mid_delivery_then_the_restart_rescues_at_once(
+        spool: Spool, relay: Sink, daemons: DaemonFactory, tmp_path: Path) -> None:
+    """Issue 11.4: killed while its transactions hang at the relay, the delivery node leaves its
+    recipients `active` under a lease of a minute. The restart holds the delivery lock, so it knows
+    that node is dead: it ends the lease and rescues the work at once, not a lease time later."""
+    config = tmp_path / "leases.toml"
+    config.write_text("lease_time = 60.0\n")
+    daemon = daemons(spool.data, relay.address, extra_args=["--config", str(config)])
+    spool.daemon = daemon
+    relay.data_delay = 20.0  # every transaction hangs after the data until the kill
+    relay.start()
+    daemon.start()
+    tags = [f"lease-{i:02d}" for i in range(20)]
+    with smtplib.SMTP(*daemon.smtp_address, timeout=10) as smtp:
+        for tag in tags:
+            smtp.sendmail("load@example.org", [f"{tag}@example.com"], tagged_message(tag, to=f"{tag}@example.com"))
+    spool.wait_until(lambda: relay.connections > 0 and all(
+        r["status"] == "active" for m in spool.queue() for r in m["recipients"]), "the transactions to hang", 10.0)
+    kill_whole_daemon(daemon)
+
+    [dead] = spool.status()["nodes"]
+    assert dead["alive"] and dead["leases"] == len(tags), dead  # its lease has most of a minute to run
+    relay.data_delay = 0.0
+    started = time.monotonic()
+    daemon.start()
+    spool.wait_until(lambda: relay.count() > 0, "a first delivery after the restart", 15.0, interval=0.005)
+    first = time.monotonic() - started
+    spool.wait_until(lambda: set(received_tags(relay)) >= set(tags), "every message at the relay", 15.0,
+                     interval=0.005)
+    took = time.monotonic() - started
+    spool.wait_until(lambda: spool.queue() == [], "the outbox to drain", 10.0)
+    nodes = {n["owner"]: n for n in spool.status()["nodes"]}
+    assert nodes[dead["owner"]]["alive"] is False and nodes[dead["owner"]]["leases"] == 0, nodes
+    assert [n["alive"] for n in nodes.values()].count(True) == 1, nodes
+    print(f"restart to first delivery {first:.2f} s, to all {len(tags)} rescued messages {took:.2f} s"
+          " (lease_time 60 s)")
+
+
+@pytest.mark.timeout(90)
+def test_a_delivery_process_stalled_past_its_lease_stops_and_a_new_node_takes_over(
+        spool: Spool, relay: Sink, daemons: DaemonFactory, tmp_path: Path) -> None:
+    """Issue 11.4: the delivery process stalls (SIGSTOP) for three lease times while intake goes on
+    acknowledging mail. When it runs again its heartbeat finds its lease ran out: it stops without
+    recording anything more and exits (3); intake respawns it as a new node, which rescues what
+    the stalled one held. Every acknowledged message arrives."""
+    config = tmp_path / "leases.toml"
+    config.write_text("lease_time = 1.0\n")
+    daemon = daemons(spool.data, relay.address, extra_args=["--config", str(config)])
+    spool.daemon = daemon
+    relay.start()
+    daemon.start()
+    [stalled] = spool.status()["nodes"]
+
+    def send(tags: list[str]) -> None:
+        with smtplib.SMTP(*daemon.smtp_address, timeout=10) as smtp:
+            for tag in tags:
+                assert not smtp.sendmail("load@example.org", [f"{tag}@example.com"],
+                                         tagged_message(tag, to=f"{tag}@example.com"))
+
+    before = [f"stall-a{i:02d}" for i in range(10)]
+    send(before)
+    spool.wait_until(lambda: set(received_tags(relay)) >= set(before), "the first messages at the relay", 10.0)
+    os.kill(stalled["pid"], signal.SIGSTOP)
+    try:
+        during = [f"stall-b{i:02d}" for i in range(20)]
+        send(during)  # intake acknowledges; the first go to the stalled node, the rest wait queued
+        time.sleep(3.0)
+    finally:
+        os.kill(stalled["pid"], signal.SIGCONT)
+    resumed = time.monotonic()
+
+    def replaced() -> dict[str, Any] | None:
+        nodes = {n["owner"]: n for n in spool.status()["nodes"]}
+        live = [n for n in nodes.values() if n["alive"] and n["owner"] != stalled["owner"]]
+        return live[0] if live and not nodes.get(stalled["owner"], {}).get("alive") else None
+
+    successor = spool.wait_until(replaced, "a new node in place of the stalled one", 15.0)
+    spool.wait_until(lambda: set(received_tags(relay)) >= set(before + during), "every message at the relay", 15.0)
+    took = time.monotonic() - resumed
+    spool.wait_until(lambda: spool.queue() == [], "the outbox to drain", 10.0)
+    assert successor["pid"] != stalled["pid"]
+    log = daemon.log()
+    assert "its lease ran out" in log and f"delivery process {stalled['pid']} exited with 3" in log, daemon.log_tail()
+    tags = received_tags(relay)
+    duplicates = sum(n - 1 for n in Counter(tags).values())
+    assert duplicates <= len(during), duplicates
+    print(f"stalled node replaced and all delivered {took:.2f} s after it resumed; duplicates={duplicates}")

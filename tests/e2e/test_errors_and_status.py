@@ -37,7 +37,9 @@ def test_unknown_id_among_known_ones_changes_nothing(spool: Spool, relay: Sink, 
 
 
 @pytest.mark.parametrize("command", [["queue", "list"], ["queue", "list", "--json"], ["status"], ["status", "--json"],
-                                     ["queue", "show", UNKNOWN], ["queue", "hold", UNKNOWN], ["queue", "flush"]])
+                                     ["queue", "show", UNKNOWN], ["queue", "hold", UNKNOWN], ["queue", "flush"],
+                                     ["queue", "read", UNKNOWN], ["token", "list"], ["token", "revoke", "x"],
+                                     ["user", "list"], ["user", "delete", "x"]])
 def test_missing_spool_directory_is_a_clear_error(tmp_path: Path, command: list[str]) -> None:
     missing = tmp_path / "no-such-spool"
     result = run_cli(*command, data=missing)

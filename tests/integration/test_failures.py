@@ -138,15 +138,15 @@ async def test_a_refill_that_fails_is_tried_again_and_claims_what_waits(spooler:
     assert failures == 0
 
 
-async def test_the_watchdog_gives_back_what_no_delivery_holds_and_raises_an_alarm(spooler: Spooler,
-                                                                                  flaky: FlakyTransport) -> None:
-    """A recipient left `active` by a run that is gone (or lost by a bug) is due again after two
-    looks of the watchdog, and delivered; what this run holds is never touched."""
+async def test_the_watchdog_gives_back_what_this_node_lost_and_raises_an_alarm(spooler: Spooler,
+                                                                               flaky: FlakyTransport) -> None:
+    """A recipient `active` as this node's that nothing in memory holds (lost by a bug) is due
+    again after two looks of the watchdog, and delivered; what this node holds is never touched."""
     from msgspool.spooler.intake import mark_active
 
     message, _ = spooler.intake.build(submission("orphan@example.com"), route=True)
     mark_active(message)
-    await spooler.store.submit(message, owner="a-run-that-died")  # nobody will ever settle it
+    await spooler.store.submit(message)  # this node's, but never handed to its scheduler
     assert await spooler.scheduler.watch() == 0  # first look: a suspect only
     assert (await spooler.message(message.id))["recipients"][0]["status"] == "active"
     assert await spooler.scheduler.watch() == 1
@@ -154,6 +154,20 @@ async def test_the_watchdog_gives_back_what_no_delivery_holds_and_raises_an_alar
     assert flaky.delivered == ["orphan@example.com"]
     row = spooler.status()["spooler"]
     assert row["stuck_returned"] == 1 and "watchdog" in row["alarm"], row
+
+
+async def test_the_watchdog_never_takes_the_work_of_another_live_node(spooler: Spooler) -> None:
+    """Issue 11.4: another node's rows are its own while its lease holds (the lease's rescue takes
+    them once it ran out): the watchdog leaves them alone however often it looks."""
+    from msgspool.spooler.intake import mark_active
+
+    await spooler.store.register_node("other-node", "elsewhere", 1, time.time(), 60.0)
+    message, _ = spooler.intake.build(submission("theirs@example.com"), route=True)
+    mark_active(message)
+    await spooler.store.submit(message, owner="other-node")
+    for _ in range(3):
+        assert await spooler.scheduler.watch() == 0
+    assert (await spooler.message(message.id))["recipients"][0]["status"] == "active"
 
 
 async def test_the_watchdog_leaves_recipients_in_a_transaction_alone(spooler: Spooler, flaky: FlakyTransport) -> None:

@@ -25,9 +25,7 @@ import pytest
 
 from msgspool.daemon import SMTPListeners, start_smtp
 from msgspool.domain.users import User, hash_password
-from msgspool.spooler.runtime import Spooler
-from msgspool.stores.sqlite import DB_NAME, SpoolDB
-from msgspool.stores.sqlite_users import op_add_user
+from msgspool.spooler.runtime import Spooler, load_store
 from tests.conftest import SpoolerFactory
 from tests.integration.test_smtpd import MESSAGE, Client, ehlo_keywords
 from tests.integration.test_smtpd_tls import CertFiles, ca, certs, start_tls  # noqa: F401 (fixtures)
@@ -66,17 +64,15 @@ class AuthListener:
 
     async def add_user(self, name: str, password: str = PASSWORD, senders: tuple[str, ...] = (),
                        n: int = 2**15) -> None:
-        """What `msgspool user add` stores (`n` lower: a cheaper hash, for the fuzzer); in a
-        thread, as the CLI is another process."""
-        await asyncio.to_thread(self._add_user, name, password, senders, n)
-
-    def _add_user(self, name: str, password: str, senders: tuple[str, ...], n: int) -> None:
-        hashed = hash_password(password, n=n)
-        db = SpoolDB(self.spooler.settings.spool_path / DB_NAME)
+        """What `msgspool user add` stores (`n` lower: a cheaper hash, for the fuzzer), as it
+        stores it: through a store of its own on the same spool (the CLI is another process)."""
+        hashed = await asyncio.to_thread(hash_password, password, n=n)
+        store = load_store(self.spooler.settings)
+        await store.open(create=False)
         try:
-            db.write(lambda conn: op_add_user(conn, User(name, senders, time.time()), hashed, replace=True))
+            await store.add_user(User(name, senders, time.time()), hashed, replace=True)
         finally:
-            db.close()
+            await store.close()
 
 
 ListenerFactory = Callable[..., AbstractAsyncContextManager[AuthListener]]

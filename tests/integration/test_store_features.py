@@ -1,18 +1,17 @@
-"""Store features a client relies on: receive folders by message class, delete-after-submit, and
-providers found by entry point — on the real SQLite store."""
+"""Store features as a client sees them through the spooler (receive folders by message class,
+delete-after-submit), providers found by entry point, and the SQLite store's schema upgrades. What
+every store must do, tested through the Store's own API, is in tests/contract/."""
 
 from __future__ import annotations
 
 import asyncio
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from msgspool.spooler.intake import mark_active
 from tests.conftest import SpoolerFactory
 from tests.integration.test_relay import submission, wait_status
 from tests.support.sink import Sink
@@ -109,20 +108,6 @@ async def test_an_unknown_store_is_a_configuration_error(tmp_path: Path) -> None
 
     with pytest.raises(ConfigError, match="unknown store 'nosuch'"):
         Spooler(make_settings(tmp_path, store="nosuch"))
-
-
-async def test_a_failing_write_fails_alone_in_its_group_commit(spooler_factory: SpoolerFactory) -> None:
-    async with spooler_factory(deliver=False) as spooler:
-        first = await spooler.submit(submission("b@example.com"))
-        results = await asyncio.gather(
-            spooler.submit(submission("c@example.com", message_id=first)),  # duplicate id: refused
-            *(spooler.submit(submission(f"d{i}@example.com")) for i in range(5)),
-            return_exceptions=True)
-        assert isinstance(results[0], Exception)
-        for message_id in results[1:]:
-            assert isinstance(message_id, str)
-            assert (await spooler.message(message_id))["recipients"][0]["status"] == "queued"
-        assert (await spooler.message(first))["recipients"][0]["address"] == "b@example.com"
 
 
 async def test_a_spool_made_by_an_older_msgspool_is_upgraded_on_open(tmp_path: Path) -> None:
@@ -222,22 +207,3 @@ async def test_a_version_4_spool_gets_priority_classes_and_the_claim_index(tmp_p
     assert claimed == ["urgent"]  # though due later than the normal one
     assert version == SCHEMA_VERSION
     assert sqlite3.connect(path).execute("SELECT max_attempts FROM messages").fetchall() == [(None,), (None,)]
-
-
-async def test_a_hand_over_is_taken_back_only_while_its_run_still_owns_it(spooler_factory: SpoolerFactory) -> None:
-    """Issue 10.1: intake commits a hand-over as the delivery run's; when that run died before it
-    got the message, intake takes it back — but never from the next run, which may have claimed it."""
-    async with spooler_factory(deliver=False) as spooler:
-        store = spooler.store
-        message, _copies = spooler.intake.build(submission("b@example.com"), route=True)
-        mark_active(message)
-        await store.submit(message, owner="run-1")
-        assert await store.unclaim([(message.id, 0)], time.time(), owner="run-2") == []
-        assert (await spooler.message(message.id))["recipients"][0]["status"] == "active"
-        await store.unclaim([(message.id, 0)], time.time(), owner="run-1")
-        assert (await spooler.message(message.id))["recipients"][0]["status"] == "queued"
-        store.owner = "run-2"
-        claimed = await store.claim(time.time() + 1, 10)
-        assert [m.id for m in claimed] == [message.id]
-        await store.unclaim([(message.id, 0)], time.time(), owner="run-1")  # too late: run-2 has it
-        assert (await spooler.message(message.id))["recipients"][0]["status"] == "active"

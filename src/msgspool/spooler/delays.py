@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from msgspool.ports import Store
+from msgspool.ports import Reports
 from msgspool.spooler.background import start_supervised, stop_task
 
 log = logging.getLogger("msgspool.reports")
@@ -25,7 +25,7 @@ RECHECK = 60.0  # seconds: the longest sleep, so a warn_at set by another proces
 
 
 class DelayTimer:
-    def __init__(self, store: Store, on_due: Callable[[], None], *, clock: Callable[[], float] = time.time,
+    def __init__(self, store: Reports, on_due: Callable[[], None], *, clock: Callable[[], float] = time.time,
                  recheck: float = RECHECK) -> None:
         self.store, self.on_due, self.clock, self.recheck = store, on_due, clock, recheck
         self._next: float | None = None  # the earliest warn_at known

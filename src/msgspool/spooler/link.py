@@ -22,7 +22,8 @@ the store. The link carries only hints and questions, as JSON lines over a socke
                          {"op": "status", "req": N}             -> {"reply": N, "body": {...}}
                          {"op": "sync", "req": N}               -> {"reply": N, "body": {}}: every
                                                                 earlier message has been handled
-    delivery -> intake   {"ready": OWNER}                       started, spool recovered: hand-overs
+    delivery -> intake   {"ready": OWNER}                       registered as node OWNER, dead
+                                                                nodes' work rescued: hand-overs
                                                                 may begin, committed as OWNER's
                          {"events": [...]}                      settled outcomes, for subscribers
                          {"active": N}                          recipients in its window, after

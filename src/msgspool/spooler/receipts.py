@@ -30,14 +30,14 @@ from msgspool.domain.events import Event, EventType
 from msgspool.domain.mdn import Disposition, MDNRequest, compose_mdn, may_send_mdn, mdn_class, mdn_request
 from msgspool.domain.message import OUTBOX, SENT, SPOOL_MAILBOX, Message, MessageInfo, ReadReceipt
 from msgspool.errors import SubmitError
-from msgspool.ports import Store
+from msgspool.ports import Mailboxes
 from msgspool.spooler.intake import Intake, Submission
 
 log = logging.getLogger("msgspool.reports")
 
 
 class Receipts:
-    def __init__(self, store: Store, intake: Intake, *, hostname: str,
+    def __init__(self, store: Mailboxes, intake: Intake, *, hostname: str,
                  publish: Callable[[Sequence[Event]], None], deliver: Callable[[Message], None],
                  routing: Callable[[], bool], clock: Callable[[], float] = time.time) -> None:
         self.store, self.intake, self.hostname = store, intake, hostname

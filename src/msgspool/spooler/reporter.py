@@ -37,14 +37,14 @@ from msgspool.domain.reports import (
 )
 from msgspool.domain.retry import RetryPolicy
 from msgspool.errors import SubmitError
-from msgspool.ports import Store
+from msgspool.ports import Reports
 from msgspool.spooler.intake import Intake, Submission
 
 log = logging.getLogger("msgspool.reports")
 
 
 class Reporter:
-    def __init__(self, store: Store, intake: Intake, *, hostname: str, postmaster: str,
+    def __init__(self, store: Reports, intake: Intake, *, hostname: str, postmaster: str,
                  publish: Callable[[Sequence[Event]], None], deliver: Callable[[Message], None],
                  retry: RetryPolicy | None = None, clock: Callable[[], float] = time.time) -> None:
         self.store, self.intake, self.hostname, self.postmaster = store, intake, hostname, postmaster

@@ -42,6 +42,7 @@ from msgspool.spooler.destinations import DestinationLimits
 from msgspool.spooler.events import EventBus, Subscription
 from msgspool.spooler.hooks import LoadedHook, Postprocessor, Preprocessor, has_inbound_hooks, load_hooks
 from msgspool.spooler.intake import Intake, Submission, due_now, mark_active
+from msgspool.spooler.lease import NodeLease
 from msgspool.spooler.link import RemoteDelivery
 from msgspool.spooler.local import LocalDelivery
 from msgspool.spooler.receipts import Receipts
@@ -172,6 +173,12 @@ class Spooler:
         self.delay_timer = DelayTimer(self.store, self.reporter.poke) if settings.delay_warning_time > 0 else None
         if self.delay_timer is not None:
             self.scheduler.on_warning_later = self.delay_timer.expect
+        self.lease = NodeLease(self.store, settings.lease_time, on_lost=self._lease_lost,
+                               on_rescued=lambda _count: self.scheduler.wakeup())
+        # Told when this node lost its lease, after delivery stopped; None: delivery starts again
+        # here as a new node. The daemon's delivery process exits instead (and is respawned).
+        self.on_lease_lost: Callable[[], None] | None = None
+        self._relaunch: asyncio.Task[None] | None = None
         self.delivering = False
         self.routing = False
         self.remote: RemoteDelivery | None = None  # set in the daemon's intake process
@@ -183,22 +190,27 @@ class Spooler:
         self._watchdog: asyncio.Task[None] | None = None
         self._lock: IO[str] | None = None
 
-    async def start(self, *, deliver: bool = True, route: bool | None = None, lock_timeout: float = 0.0) -> None:
+    async def start(self, *, deliver: bool = True, route: bool | None = None, lock_timeout: float = 0.0,
+                    create: bool = True) -> None:
         """Open the store and, with `deliver`, run delivery here. `route` (default: `deliver`) routes
         recipients at submission: right for a process that runs with the delivering daemon's own
-        settings, wrong for `sendmail` or an API client, whose settings may differ."""
+        settings, wrong for `sendmail` or an API client, whose settings may differ. Without
+        `create`, a spool that was never made raises NoSpool instead of being made (the CLI)."""
         if deliver:
             self._lock = await take_lock(self.settings.spool_path, LOCK_NAME, lock_timeout)
         self.routing = deliver if route is None else route
         if self.routing:
             self._build_hooks()  # a bad hook (an unsafe key file) stops `serve` at start: exit 2
-        await self.store.open()
+        await self.store.open(create=create)
         if self.webhooks is not None and self.routing:
             # Fix the event webhooks start from before intake accepts anything: in `serve` the
             # delivery process, which dispatches, starts a moment after intake's listeners.
             await self.store.webhook_cursor()
         self.started_at = time.time()
         if deliver:
+            # The delivery lock is held: no other node of this spool lives, so what they held is
+            # rescued now, not a lease time later (a restart after kill -9 delivers at once).
+            await self.lease.start(sole=True)
             await self.scheduler.start()
             self.delivering = True
             self.reporter.poke()  # owed before a crash or restart
@@ -210,6 +222,26 @@ class Spooler:
             if self.settings.watchdog_interval > 0:
                 interval = self.settings.watchdog_interval
                 self._watchdog = start_supervised("watchdog", lambda: self.scheduler.watchdog_loop(interval))
+
+    def _lease_lost(self) -> None:
+        """The heartbeat found this node's lease ran out: stop delivering now, without recording
+        anything more (the store refuses it anyway), then start again as a new node, or tell the
+        owner of this spooler (`on_lease_lost`)."""
+        self._relaunch = asyncio.ensure_future(self._after_lease_lost())
+
+    async def _after_lease_lost(self) -> None:
+        await self.scheduler.abandon()
+        if self.on_lease_lost is not None:
+            self.on_lease_lost()
+            return
+        try:
+            await self.lease.start(sole=self._lock is not None)
+            await self.scheduler.start()
+        except Exception:
+            log.exception("delivery could not start again as a new node")
+            self.delivering = False
+            return
+        log.warning("delivery started again as node %s", self.lease.owner)
 
     def reconfigure(self, settings: Settings, transports: dict[str, Transport] | None = None) -> None:
         """MAPI ValidateState: a reloaded configuration for this process's submissions — routes and
@@ -249,10 +281,12 @@ class Spooler:
         await stop_task(self._housekeeping)
         await stop_task(self._watchdog)
         if self.delivering:
+            await stop_task(self._relaunch)
             if self.delay_timer is not None:
                 await self.delay_timer.stop()
             await self.scheduler.stop(drain)
             await self.reporter.stop()
+            await self.lease.stop()  # after the reporter: its writes are fenced by the lease
             self.delivering = False
         for transport in self.transports.values():
             await transport.close()
@@ -277,7 +311,8 @@ class Spooler:
 
         Recipients due now are committed as `active` and handed straight to delivery — the
         scheduler here, or the delivery process over the link — so the fresh message is never read
-        back from the store; should delivery die first, recovery makes them due again."""
+        back from the store; should delivery die first, the rescue of its node's work (its lease
+        runs out, or the next start under the delivery lock ends it) makes them due again."""
         message, copies = self.intake.build(sub, route=self.routing)
         due = due_now(message)
         remote = self.remote
@@ -295,13 +330,18 @@ class Spooler:
         self.publish(events)
         if any(r.report_owed for r in message.recipients):
             self.reports_owed()
-        if handed and self.delivering:
+        if handed and not any(r.status is Status.ACTIVE for r in message.recipients):
+            # The store refused the hand-over (that node's lease ran out): it waits, queued, for a live node.
+            if self.delivering:
+                self.scheduler.unreserve(due)
+            self.poke()
+        elif handed and self.delivering:
             self.scheduler.dispatch(message, fresh=True)
         elif handed and remote is not None and remote is self.remote:
             remote.dispatch(message, due)
         elif handed:
             # The delivery process it was handed to died during the commit: take it back, unless
-            # the next one has claimed it already (it recovers every active row when it starts).
+            # the next one has claimed it already (it rescues the dead node's rows when it starts).
             await self.store.unclaim([(message.id, r.index) for r in message.recipients if r.status is Status.ACTIVE],
                                      time.time(), owner=owner)
             self.poke()
@@ -558,8 +598,10 @@ class Spooler:
         return {"spooler": rows[0], "transports": rows[1:]}
 
     async def status_table(self) -> dict[str, Any]:
-        """`status()`, completed by the delivery process's part when delivery runs in another one."""
+        """`status()`, completed by the delivery process's part when delivery runs in another one,
+        and the delivery nodes of the spool (`nodes`: the live ones, and the dead ones not yet pruned)."""
         table = self.status()
+        table["nodes"] = await self.store.nodes(time.time())
         if self.remote is None:
             return table
         try:

@@ -18,8 +18,6 @@ import contextlib
 import itertools
 import logging
 import math
-import os
-import secrets
 import sys
 import time
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
@@ -33,7 +31,7 @@ from msgspool.domain.recipient import Status
 from msgspool.domain.retry import RetryPolicy
 from msgspool.domain.routing import LOCAL
 from msgspool.errors import StorageFull
-from msgspool.ports import Store, Transport
+from msgspool.ports import Queue, Transport
 from msgspool.spooler.background import start_supervised
 from msgspool.spooler.destinations import Destination, DestinationLimits
 from msgspool.spooler.hooks import Preprocessor, draft_of
@@ -48,7 +46,7 @@ SETTLE_RETRY_MAX = 5.0  # seconds: the longest pause between tries to record out
 
 
 class Scheduler:
-    def __init__(self, store: Store, transports: Mapping[str, Transport], intake: Intake,
+    def __init__(self, store: Queue, transports: Mapping[str, Transport], intake: Intake,
                  publish: Callable[[Sequence[Event]], None], *, retry: RetryPolicy, probe: ProbePolicy,
                  limits: DestinationLimits, active_limit: int, preprocessor: Preprocessor | None = None,
                  local: LocalDelivery | None = None,
@@ -79,11 +77,8 @@ class Scheduler:
         self._wake_at = 0.0  # when the refill loop means to look at the store again
 
     async def start(self) -> None:
-        # A fresh owner token per run: what this run claims, or is handed, is marked as its own.
-        self.store.owner = f"{os.getpid()}-{secrets.token_hex(6)}"
-        recovered = await self.store.recover()
-        if recovered:
-            log.info("recovered %d recipients whose outcome was not recorded; retrying them", recovered)
+        """Start delivering as the node the store works for (`store.owner`, registered by the
+        runtime's NodeLease, which rescued what dead nodes held first)."""
         self._running = True
         for transport, nexthop in await self.store.waiting_destinations():
             if transport in self.transports:
@@ -110,6 +105,17 @@ class Scheduler:
         self._flush_settlements()
         if self._settling:
             await asyncio.gather(*self._settling, return_exceptions=True)
+
+    async def abandon(self) -> None:
+        """This node lost its lease (another may have taken its work): stop at once and forget
+        everything in memory — transactions in flight are cancelled, and what is still recorded
+        is refused by the store (fenced), so the next `start`, as a new node, begins empty."""
+        await self.stop()
+        self.destinations.clear()
+        self._pending, self._aborted, self._aborting = [], [], set()
+        self._busy.clear()
+        self._suspects = set()
+        self.active = 0
 
     async def _drain(self, timeout: float) -> None:
         loop = asyncio.get_running_loop()
@@ -399,16 +405,18 @@ class Scheduler:
             await self.watch()
 
     async def watch(self) -> int:
-        """One pass of the watchdog: recipients `active` in the store that this run does not hold
-        (not queued for a destination, not in a transaction, not in the hooks, their outcome not
-        being written) — owned by a run that is gone, or lost by a bug of ours — and that were
-        already unaccounted for at the previous pass, are given back: due now. A hand-over in
-        transit is never taken: it is held within milliseconds, long before the next pass.
-        Returns how many it gave back; each is an alarm in the log and the status table."""
+        """One pass of the watchdog: recipients `active` in the store as this node's that it does
+        not hold (not queued for a destination, not in a transaction, not in the hooks, their
+        outcome not being written) — lost by a bug of ours — and that were already unaccounted
+        for at the previous pass, are given back: due now. A hand-over in transit is never taken:
+        it is held within milliseconds, long before the next pass. Other nodes' work is never
+        touched here: that of dead nodes is rescued by the lease (NodeLease), that of live ones
+        is theirs. Returns how many it gave back; each is an alarm in the log and the status table."""
         rows = await self.store.active_recipients()
         held = self._held()
-        unknown = {row for row in rows if row[2] != self.store.owner or ((row[0], row[1]) not in held
-                   and row[0] not in self._busy)}
+        owner = self.store.owner
+        unknown = {row for row in rows if row[2] == owner and (row[0], row[1]) not in held
+                   and row[0] not in self._busy}
         stuck, self._suspects = unknown & self._suspects, unknown - self._suspects
         if not stuck:
             return 0

@@ -1,11 +1,11 @@
 """The webhook dispatcher: turns events into queued webhook deliveries, each exactly once.
 
 It runs in the process that delivers and tails the store's events table from a cursor the store
-keeps (`Store.webhook_cursor`). For each event and each webhook that wants it (domain/webhooks.py),
+keeps (`Events.webhook_cursor`). For each event and each webhook that wants it (domain/webhooks.py),
 it builds an outbound message — null sender, one recipient of address type WEBHOOK whose address
 is the URL, NOTIFY=NEVER, origin "webhook", class "IPM.Webhook", the event's JSON as content — and
 submits the messages of a batch of events together with the new cursor in one store write
-(`Store.enqueue_webhooks`). So a crash either queues a batch and moves the cursor, or neither: no
+(`Events.enqueue_webhooks`). So a crash either queues a batch and moves the cursor, or neither: no
 event is lost, none is posted twice by the dispatcher. From then on they are ordinary queued mail:
 the `webhook` transport POSTs them, with retries, destination health and expiry, and they survive
 restarts and show in `queue list`.
@@ -35,7 +35,7 @@ from msgspool.domain.webhooks import (
     webhook_body,
 )
 from msgspool.errors import SubmitError
-from msgspool.ports import Store
+from msgspool.ports import Events
 from msgspool.spooler.background import start_supervised, stop_task
 from msgspool.spooler.intake import Intake, Submission
 
@@ -46,7 +46,7 @@ NEVER = RecipientDSN(frozenset())  # RFC 3461 NOTIFY=NEVER: a webhook delivery o
 
 
 class WebhookDispatcher:
-    def __init__(self, store: Store, intake: Intake, targets: Sequence[WebhookTarget], *,
+    def __init__(self, store: Events, intake: Intake, targets: Sequence[WebhookTarget], *,
                  publish: Callable[[Sequence[Event]], None], deliver: Callable[[], None],
                  interval: float = CHECK_INTERVAL, batch: int = BATCH) -> None:
         self.store, self.intake, self.targets = store, intake, tuple(targets)

@@ -9,8 +9,9 @@ committed with ``synchronous=NORMAL``: in WAL mode they still survive a crash of
 a power loss could forget them, and the price of that is a duplicate delivery, never a lost
 message. The next FULL commit flushes them anyway.
 
-Reads for the daemon's API go through a second thread with its own connection; the CLI uses
-`SpoolDB` directly (same statements, its own connection), so it works with the daemon down.
+Reads go through a second thread with its own connection, so they never wait behind a commit.
+The CLI opens a `SQLiteStore` of its own around each command (`load_store`), so it works with the
+daemon down, and on any store.
 
 A write that fails for lack of space raises `StorageFull` (see `storage_error`): SQLite rolled
 it back whole, so nothing of it is stored and the same write succeeds once there is room.
@@ -32,7 +33,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from msgspool import spooldir
 from msgspool.domain.dsn import MessageDSN, RecipientDSN, Ret, notify_text, orcpt_text, recipient_dsn, report_action
@@ -53,16 +54,18 @@ from msgspool.domain.message import (
 )
 from msgspool.domain.outcome import Reply
 from msgspool.domain.recipient import TRANSITIONS, RecipientType, Status
-from msgspool.domain.tokens import Token
+from msgspool.domain.tokens import NewToken, Token
 from msgspool.domain.users import User
-from msgspool.errors import StorageFull
-from msgspool.stores.sqlite_tokens import any_token, find_token
-from msgspool.stores.sqlite_users import find_user
+from msgspool.errors import NoSpool, StorageFull
+from msgspool.ports import Store
+from msgspool.stores.sqlite_tokens import any_token, find_token, list_tokens, op_create_token, op_revoke_token
+from msgspool.stores.sqlite_users import find_user, list_users, op_add_user, op_delete_user
 
 T = TypeVar("T")
 DB_NAME = "spool.db"
 CHUNK = 5000  # rows one bulk change (flush, a released backlog) touches per transaction
-SCHEMA_VERSION = 9  # the schema script is idempotent: an older spool gets what is new in it
+NODE_RETENTION = 3600.0  # seconds a dead node's row stays (for `status`) once its work is rescued
+SCHEMA_VERSION = 10  # the schema script is idempotent: an older spool gets what is new in it
 # Priority classes, urgent first: the order refill claims in (recipients.priority holds the class).
 PRIORITY_CLASSES = (1, 0, -1)
 _PENDING_SQL = "('queued','active','deferred','held')"
@@ -181,7 +184,7 @@ def priority_class(priority: int) -> int:
 
 # --------------------------------------------------------------------------------------------
 # The statements. Every function takes a connection that is already inside a transaction (the
-# writer thread's batch, or SpoolDB's own) and returns plain data.
+# writer's batch) and returns plain data.
 
 
 def _insert_event(conn: sqlite3.Connection, event: Event) -> Event:
@@ -232,7 +235,14 @@ def op_submit(conn: sqlite3.Connection, msg: Message, copies: Sequence[Message],
               owner: str | None = None) -> list[Event]:
     """Store a submission: the outbox message with its recipients, and the local copies filed
     straight into their mailboxes (tightly coupled delivery) — one atomic step. Recipients
-    committed `active` are handed to the delivery run `owner` in the same step."""
+    committed `active` are handed to the delivery node `owner` in the same step, while that node
+    is live: a hand-over to a node whose lease ran out is refused — its recipients are committed
+    queued, due now, for whichever node claims them, and set so in `msg` (the caller must not
+    hand it on: that node may no longer deliver)."""
+    if owner is not None and not node_live(conn, owner, msg.submitted_at):
+        for r in msg.recipients:
+            if r.status is Status.ACTIVE:
+                r.status = Status.QUEUED
     content_id = _insert_content(conn, msg.content)
     _insert_message(conn, msg, content_id, read=True)  # its writer has read it (MAPI: Sent Items show read)
     conn.executemany(_INSERT_RECIPIENT, [_recipient_row(msg, r, owner) for r in msg.recipients])
@@ -348,7 +358,11 @@ def op_claim(conn: sqlite3.Connection, now: float, limit: int, whole_messages: b
     With `whole_messages` (outbound hooks run in this process), a message the hooks have not seen
     yet comes with every waiting recipient it has, past `limit`: the hooks decide once for the
     whole message (a reject, a rewrite, a split covers all its recipients), and then it is marked
-    preprocessed. Preprocessed mail is claimed as before, a row at a time by the index."""
+    preprocessed. Preprocessed mail is claimed as before, a row at a time by the index.
+
+    A node whose lease ran out claims nothing (its heartbeat will tell it it is dead)."""
+    if owner is not None and not node_live(conn, owner, now):
+        return []
     rows: list[Any] = []
     for priority in PRIORITY_CLASSES:
         if len(rows) >= limit:
@@ -410,11 +424,18 @@ def _load_message(conn: sqlite3.Connection, message_id: str, recipients: list[Re
 
 
 def op_settle(conn: sqlite3.Connection, settlements: Sequence[Settlement], now: float,
-              crash_limit: int = 0) -> list[Event]:
+              crash_limit: int = 0, owner: str | None = None) -> list[Event]:
     """Record outcomes (and the route each recipient took). A temporary failure of a held message
     leaves it held; a recipient that is no longer active (deleted, or settled already) is left
     alone. A local delivery files its copy in the same step. A message whose attempts crashed its
-    transport `crash_limit` times is held (poison isolation, as Exim freezes a message)."""
+    transport `crash_limit` times is held (poison isolation, as Exim freezes a message).
+
+    Fenced (issue 11.4): with `owner`, a recipient no longer held by that node (its lease ran out
+    and another node rescued it) is left alone too, with nothing recorded of the outcome — no
+    event, no report debt, no copy filed: the node that lost the lease can never record over the
+    work of the one that took it."""
+    settle_sql = _SETTLE_SQL if owner is None else _SETTLE_SQL.replace(" AND status = 'active'",
+                                                                        " AND status = 'active' AND owner = :owner")
     events: list[Event] = []
     touched: dict[str, None] = {}
     crashed = {s.message_id for s in settlements if s.crashed}
@@ -424,13 +445,13 @@ def op_settle(conn: sqlite3.Connection, settlements: Sequence[Settlement], now: 
             status = Status.HELD
         reply = s.reply
         warn_now = status is Status.DEFERRED and s.warn_at is not None and s.warn_at <= now
-        row = conn.execute(_SETTLE_SQL, {
+        row = conn.execute(settle_sql, {
             "status": str(status), "attempted": int(s.attempted), "next_at": s.next_attempt_at, "now": now,
             "code": reply.code if reply else None, "enhanced": reply.enhanced if reply else None,
             "text": reply.text if reply else None, "remote": s.remote, "wait": int(s.wait_destination),
             "transport": s.transport, "nexthop": s.nexthop, "report": _report_due(status, s, warn_now),
             "final": int(status.final), "warn_now": int(warn_now), "warn_at": s.warn_at,
-            "message_id": s.message_id, "idx": s.index,
+            "message_id": s.message_id, "idx": s.index, "owner": owner,
         }).fetchone()
         if row is None:
             continue
@@ -475,7 +496,8 @@ _SETTLE_SQL = (
     " report = CASE WHEN CAST(:report AS TEXT) IS NOT NULL"
     "  AND (:report <> 'delayed' OR warn_at IS NULL OR warn_at <> 0) THEN :report"
     "  WHEN :final = 1 AND report = 'delayed' THEN NULL ELSE report END,"
-    " warn_at = CASE WHEN warn_at = 0 OR :warn_now = 1 THEN 0 ELSE COALESCE(:warn_at, warn_at) END"
+    " warn_at = CASE WHEN warn_at = 0 OR :warn_now = 1 THEN 0 ELSE COALESCE(:warn_at, warn_at) END,"
+    " owner = NULL"
     " WHERE message_id = :message_id AND idx = :idx AND status = 'active' RETURNING transport")
 
 
@@ -492,11 +514,10 @@ def _is_held(conn: sqlite3.Connection, message_id: str) -> bool:
     return bool(row and row[0])
 
 
-def op_recover(conn: sqlite3.Connection) -> int:
-    """When a delivery run starts (it holds the delivery lock, so no other run is alive):
-    recipients still marked active have no recorded outcome, so they are due again now
-    (at-least-once; Postfix moves `active` back to `incoming` the same way)."""
-    return conn.execute("UPDATE recipients SET status = 'queued', owner = NULL WHERE status = 'active'").rowcount
+def _owned_by(owner: str | None) -> tuple[str, tuple[Any, ...]]:
+    """The condition "held by node `owner`" (None: by no node), without `IS ?`, which not every
+    SQL dialect takes for a value."""
+    return ("owner IS NULL", ()) if owner is None else ("owner = ?", (owner,))
 
 
 def op_unclaim(conn: sqlite3.Connection, recipients: Sequence[tuple[str, int]], now: float,
@@ -504,12 +525,13 @@ def op_unclaim(conn: sqlite3.Connection, recipients: Sequence[tuple[str, int]], 
     """Claimed recipients that the delivery process dropped from memory unattempted (their message
     was held, requeued or deleted while they waited for a connection) wait again, in one step:
     held when their message is held, else due now. Only rows still active change: one settled
-    meanwhile, or deleted with its message, is left alone; nothing else would ever move the rest
-    out of `active` but a restart (op_recover). With `owner`, only rows that run still owns: intake
-    takes back a hand-off its delivery process died before receiving, never what the next run claimed."""
+    meanwhile, or deleted with its message, is left alone. With `owner`, only rows that node still
+    holds (fenced): intake takes back a hand-over its delivery process died before receiving,
+    never what the next node claimed."""
+    owned, params = ("1 = 1", ()) if owner is None else _owned_by(owner)
     events = []
     for message_id, index in recipients:
-        row = _give_back(conn, message_id, index, now, "(CAST(? AS TEXT) IS NULL OR owner = ?)", (owner, owner))
+        row = _give_back(conn, message_id, index, now, owned, params)
         if row is not None and row[0] == Status.HELD:
             events.append(_insert_event(conn, Event(EventType.HELD, message_id, now, recipient=row[1],
                                                     detail={"transport": row[2]})))
@@ -528,22 +550,133 @@ def _give_back(conn: sqlite3.Connection, message_id: str, index: int, now: float
     return row
 
 
+def _give_back_all(conn: sqlite3.Connection, rows: Iterable[tuple[str, int, str | None]], now: float,
+                   stage: str, why: Callable[[str, str | None], str], extra: str = "",
+                   params: tuple[Any, ...] = ()) -> list[Event]:
+    """Give back each (message id, index, owner) still active and held as seen (and `extra`),
+    with a line in its message's history; the `held` events of those whose message is held."""
+    events = []
+    for message_id, index, owner in rows:
+        owned, owner_params = _owned_by(owner)
+        row = _give_back(conn, message_id, index, now, owned + extra, (*owner_params, *params))
+        if row is not None:
+            if row[0] == Status.HELD:
+                events.append(_insert_event(conn, Event(EventType.HELD, message_id, now, recipient=row[1])))
+            _insert_history(conn, message_id, now, stage, [HookRecord("", "returned", why(row[1], owner))])
+    return events
+
+
 def active_recipients(conn: sqlite3.Connection) -> list[tuple[str, int, str | None]]:
     return conn.execute("SELECT message_id, idx, owner FROM recipients WHERE status = 'active'").fetchall()
 
 
 def op_return_stuck(conn: sqlite3.Connection, rows: Sequence[tuple[str, int, str | None]], now: float) -> list[Event]:
     """The watchdog's give-back: like op_unclaim, for rows still active and still owned as seen."""
-    events = []
-    for message_id, index, owner in rows:
-        row = _give_back(conn, message_id, index, now, "(owner = ? OR (owner IS NULL AND CAST(? AS TEXT) IS NULL))",
-                         (owner, owner))
-        if row is not None:
-            if row[0] == Status.HELD:
-                events.append(_insert_event(conn, Event(EventType.HELD, message_id, now, recipient=row[1])))
-            _insert_history(conn, message_id, now, "watchdog",
-                            [HookRecord("", "returned", f"<{row[1]}> was active with no delivery holding it")])
-    return events
+    return _give_back_all(conn, rows, now, "watchdog", lambda address, _owner:
+                          f"<{address}> was active with no delivery holding it")
+
+
+# --------------------------------------------------------------------------------------------
+# Leases (issue 11.4): a node's lease covers every recipient it holds `active` (recipients.owner);
+# one heartbeat renews them all. Judged by a heartbeat that advances, never by how long a row has
+# been active (River's and Oban's time-based rescue ran live work twice); rescued by NOT EXISTS a
+# live node row, so a pruned or missing row never hides work (procrastinate#1518).
+
+_LIVE_NODE = "EXISTS (SELECT 1 FROM nodes n WHERE n.owner = {owner} AND n.lease_until >= ?)"
+
+
+def node_live(conn: sqlite3.Connection, owner: str, now: float) -> bool:
+    """Does node `owner` hold a lease at `now`? An expired one never comes back (op_heartbeat)."""
+    return bool(conn.execute(f"SELECT {_LIVE_NODE.format(owner='?')}", (owner, now)).fetchone()[0])
+
+
+def op_register_node(conn: sqlite3.Connection, owner: str, host: str, pid: int, now: float, lease_time: float,
+                     sole: bool = False) -> None:
+    """A node starts delivering, with a lease until `now + lease_time`. Its identity must be new
+    (the primary key refuses a reused one). `sole`: the caller proved that no other node of this
+    spool lives (SQLite's delivery lock): every other node's lease ends at its last heartbeat, so
+    their work is rescued at once instead of a lease time later."""
+    if sole:
+        conn.execute("UPDATE nodes SET lease_until = COALESCE(heartbeat_at, started_at, 0)"
+                     " WHERE owner <> ? AND lease_until > COALESCE(heartbeat_at, started_at, 0)", (owner,))
+    conn.execute("INSERT INTO nodes (owner, host, pid, started_at, heartbeat_at, lease_until) VALUES (?,?,?,?,?,?)",
+                 (owner, host, pid, now, now, now + lease_time))
+
+
+def op_heartbeat(conn: sqlite3.Connection, owner: str, now: float, lease_time: float) -> bool:
+    """Renew node `owner`'s lease, and with it every recipient it holds (one row written, not
+    theirs). False when its lease had run out or its row is gone: it is dead to the others, its
+    work may be someone else's already, and it must stop (a dead lease is never renewed)."""
+    return conn.execute("UPDATE nodes SET heartbeat_at = ?, lease_until = ? WHERE owner = ? AND lease_until >= ?",
+                        (now, now + lease_time, owner, now)).rowcount == 1
+
+
+def active_owners(conn: sqlite3.Connection) -> list[str | None]:
+    """The distinct owners of active recipients (None: rows no node holds), one index probe each
+    by skipping along `recipients_active_by_owner`: a few nodes holding ten thousand rows cost a
+    few probes, not a scan, on every heartbeat."""
+    owners: list[str | None] = []
+    if conn.execute("SELECT 1 FROM recipients WHERE status = 'active' AND owner IS NULL LIMIT 1").fetchone():
+        owners.append(None)
+    last = ""
+    while row := conn.execute("SELECT owner FROM recipients WHERE status = 'active' AND owner > ?"
+                              " ORDER BY owner LIMIT 1", (last,)).fetchone():
+        last = row[0]
+        owners.append(last)
+    return owners
+
+
+def rescue_due(conn: sqlite3.Connection, now: float) -> bool:
+    """Is there anything for op_rescue to do: work of a node without a live lease, or a node row
+    to prune? Read-only, so that a heartbeat with nothing to rescue takes no write lock for it."""
+    if any(owner is None or not node_live(conn, owner, now) for owner in active_owners(conn)):
+        return True
+    long_dead = conn.execute("SELECT 1 FROM nodes WHERE lease_until < ? LIMIT 1", (now - NODE_RETENTION,))
+    return long_dead.fetchone() is not None
+
+
+def op_rescue(conn: sqlite3.Connection, now: float, chunk: int = CHUNK) -> int:
+    """Active recipients whose node holds no live lease (expired, retired, pruned, never
+    registered) wait again — held if their message is, else due now — each with a line in its
+    history; a chunk per call. Once none is left, node rows dead for NODE_RETENTION are pruned."""
+    rows: list[tuple[str, int, str | None]] = []
+    for owner in active_owners(conn):
+        if len(rows) >= chunk:
+            break
+        if owner is None or not node_live(conn, owner, now):
+            owned, params = _owned_by(owner)
+            rows += conn.execute(f"SELECT message_id, idx, owner FROM recipients WHERE status = 'active' AND {owned}"
+                                 " LIMIT ?", (*params, chunk - len(rows))).fetchall()
+    still_dead = f" AND NOT {_LIVE_NODE.format(owner='recipients.owner')}"
+    _give_back_all(conn, rows, now, "rescue", lambda address, owner: f"<{address}> was active for node"
+                   f" {owner or '(none)'}, which holds no lease any more", still_dead, (now,))
+    if len(rows) < chunk:
+        conn.execute("DELETE FROM nodes WHERE lease_until < ? AND NOT EXISTS (SELECT 1 FROM recipients r"
+                     " WHERE r.status = 'active' AND r.owner = nodes.owner)", (now - NODE_RETENTION,))
+    return len(rows)
+
+
+def op_retire_node(conn: sqlite3.Connection, owner: str, now: float) -> int:
+    """A clean stop: what node `owner` still holds waits again (its transactions were cancelled:
+    their outcome is unknown), then its row goes. Returns how many recipients it gave back."""
+    rows = conn.execute("SELECT message_id, idx, owner FROM recipients WHERE status = 'active' AND owner = ?",
+                        (owner,)).fetchall()
+    _give_back_all(conn, rows, now, "rescue", lambda address, _owner: f"<{address}> was active when node"
+                   f" {owner} stopped")
+    conn.execute("DELETE FROM nodes WHERE owner = ?", (owner,))
+    return len(rows)
+
+
+def list_nodes(conn: sqlite3.Connection, now: float) -> list[dict[str, Any]]:
+    """Every node row, oldest first, with the leases it holds (active recipients) and whether it
+    is alive (its lease has not run out)."""
+    rows = conn.execute(
+        "SELECT owner, host, pid, started_at, heartbeat_at, lease_until, draining, (SELECT count(*) FROM recipients r"
+        " WHERE r.status = 'active' AND r.owner = n.owner) FROM nodes n ORDER BY started_at, owner").fetchall()
+    return [{"owner": owner, "host": host, "pid": pid, "started_at": started_at, "heartbeat_at": heartbeat_at,
+             "lease_until": lease_until, "draining": bool(draining), "leases": leases,
+             "alive": lease_until is not None and lease_until >= now}
+            for owner, host, pid, started_at, heartbeat_at, lease_until, draining, leases in rows]
 
 
 def op_release_destination(conn: sqlite3.Connection, transport: str, nexthop: str, now: float,
@@ -709,10 +842,13 @@ def pending_reports(conn: sqlite3.Connection, limit: int) -> list[PendingReport]
 
 
 def op_reported(conn: sqlite3.Connection, message_id: str, owed: Sequence[tuple[int, str]], report: Message | None,
-                copies: Sequence[Message]) -> list[Event]:
+                copies: Sequence[Message], owner: str | None = None, now: float = 0.0) -> list[Event]:
     """The report for these recipients is written (or deliberately dropped): submit it and clear
     their debt in one step. `owed` is (index, action) as `pending_reports` read it: a debt that
-    changed meanwhile (a delay notice overtaken by a failure) stays owed."""
+    changed meanwhile (a delay notice overtaken by a failure) stays owed. Fenced: with `owner`,
+    a node whose lease ran out at `now` writes nothing (the debt stays for a live node)."""
+    if owner is not None and not node_live(conn, owner, now):
+        return []
     events = op_submit(conn, report, copies) if report is not None else []
     conn.executemany("UPDATE recipients SET report = NULL WHERE message_id = ? AND idx = ? AND report = ?",
                      [(message_id, i, action) for i, action in owed])
@@ -774,13 +910,19 @@ def op_preprocessed(conn: sqlite3.Connection, message: Message, result: Preproce
     (changed content gets a content row of its own; the submitted one is kept for `requeue`), each
     further draft becomes a new message that takes its recipients along. A hook's Hold keeps the
     drafts held: the hooks are done, and release sends them as they are (Postfix postsuper -H).
-    Returns the messages to deliver now."""
-    _insert_history(conn, message.id, now, "outbound", result.history)
+    Returns the messages to deliver now.
+
+    Fenced (issue 11.4): with `owner`, when that node no longer holds every one of the message's
+    active recipients (its lease ran out and another node took them), nothing is recorded."""
     active = {r.index: r for r in message.recipients if r.status is Status.ACTIVE}
+    if owner is not None and not _holds_all(conn, owner, message.id, list(active)):
+        return [], []
+    _insert_history(conn, message.id, now, "outbound", result.history)
     if isinstance(result.verdict, Reject):
         conn.execute("UPDATE messages SET preprocessed = 1 WHERE id = ?", (message.id,))
         return [], op_settle(conn, [Settlement(message.id, r.index, r.address, Status.FAILED, result.verdict.reply,
-                                               attempted=False, dsn=r.dsn) for r in active.values()], now)
+                                               attempted=False, dsn=r.dsn) for r in active.values()], now,
+                             owner=owner)
     if isinstance(result.verdict, Hold):
         return [], _hold(conn, message.id, result.verdict.reason, now, "('active')")
     first, *others = result.drafts
@@ -793,13 +935,21 @@ def op_preprocessed(conn: sqlite3.Connection, message: Message, result: Preproce
     events = [_insert_event(conn, Event(EventType.SUBMITTED, c.id, now, detail={"sender": c.sender, "size": c.size,
                                                                                 "split_from": message.id}))
               for c in children]
-    events += op_settle(conn, dropped, now) if dropped else _finish_if_done(conn, message.id, now)
+    events += op_settle(conn, dropped, now, owner=owner) if dropped else _finish_if_done(conn, message.id, now)
     ready = [m for m in (kept, *children) if m.recipients]
     if result.hold is None:
         return ready, events
     for m in ready:  # after the dropped ones settled: they were active too
         events += _hold(conn, m.id, result.hold.reason, now, "('active')")
     return [], events
+
+
+def _holds_all(conn: sqlite3.Connection, owner: str, message_id: str, indexes: Sequence[int]) -> bool:
+    """Does node `owner` hold all these recipients of the message `active`?"""
+    marks = ",".join("?" * len(indexes))
+    held = conn.execute(f"SELECT count(*) FROM recipients WHERE message_id = ? AND idx IN ({marks})"
+                        " AND status = 'active' AND owner = ?", (message_id, *indexes, owner)).fetchone()[0]
+    return bool(held == len(indexes))
 
 
 def _hold(conn: sqlite3.Connection, message_id: str, reason: str, now: float, statuses: str) -> list[Event]:
@@ -918,9 +1068,10 @@ def _message_info(row: Sequence[Any], recipients: list[dict[str, Any]]) -> Messa
 
 
 def iter_messages(conn: sqlite3.Connection, folders: Sequence[str] = (OUTBOX,), mailbox: str | None = None,
-                  page: int = 500) -> Iterator[MessageInfo]:
-    """Stream messages in submission order, a page at a time (a million cost disk, not RAM)."""
-    after: tuple[float, str] = (-1.0, "")
+                  page: int = 500, after: tuple[float, str] | None = None) -> Iterator[MessageInfo]:
+    """Stream messages in submission order, a page at a time (a million cost disk, not RAM),
+    from just past `after` (submitted_at, id)."""
+    after = after if after is not None else (-1.0, "")
     marks = ",".join("?" * len(folders))
     where = f"folder IN ({marks})" + (" AND mailbox = ?" if mailbox is not None else "")
     params: list[Any] = [*folders] + ([mailbox] if mailbox is not None else [])
@@ -1125,8 +1276,10 @@ class SQLiteStore:
         self._writer: _GroupCommit | None = None
         self._reader: _Reader | None = None
 
-    async def open(self) -> None:
+    async def open(self, *, create: bool = True) -> None:
         loop = asyncio.get_running_loop()
+        if not create and not self.path.exists():
+            raise NoSpool(f"no spool at {self.path.parent}")
         with space_errors(self.path.parent):
             spooldir.create(self.path.parent)
             spooldir.create_file(self.path)  # 0600; SQLite gives -wal and -shm the database's mode
@@ -1161,13 +1314,12 @@ class SQLiteStore:
         return await self._write(lambda c: op_submit(c, msg, copies, owner))
 
     async def claim(self, now: float, limit: int, *, whole_messages: bool = False) -> list[Message]:
-        return await self._write(lambda c: op_claim(c, now, limit, whole_messages, self.owner), durable=False)
+        owner = self.owner
+        return await self._write(lambda c: op_claim(c, now, limit, whole_messages, owner), durable=False)
 
     async def settle(self, settlements: Sequence[Settlement], now: float) -> list[Event]:
-        return await self._write(lambda c: op_settle(c, settlements, now, self.crash_limit), durable=False)
-
-    async def recover(self) -> int:
-        return await self._write(op_recover)
+        owner = self.owner
+        return await self._write(lambda c: op_settle(c, settlements, now, self.crash_limit, owner), durable=False)
 
     async def unclaim(self, recipients: Sequence[tuple[str, int]], now: float, *,
                       owner: str | None = None) -> list[Event]:
@@ -1246,11 +1398,32 @@ class SQLiteStore:
 
     async def reported(self, message_id: str, owed: Sequence[tuple[int, str]], report: Message | None,
                        copies: Sequence[Message] = ()) -> list[Event]:
-        return await self._write(lambda c: op_reported(c, message_id, owed, report, copies))
+        owner, now = self.owner, time.time()
+        return await self._write(lambda c: op_reported(c, message_id, owed, report, copies, owner, now))
+
+    # leases (ports.Leases)
+    async def register_node(self, owner: str, host: str, pid: int, now: float, lease_time: float, *,
+                            sole: bool = False) -> None:
+        await self._write(lambda c: op_register_node(c, owner, host, pid, now, lease_time, sole))
+
+    async def heartbeat(self, owner: str, now: float, lease_time: float) -> bool:
+        return await self._write(lambda c: op_heartbeat(c, owner, now, lease_time), durable=False)
+
+    async def rescue(self, now: float) -> int:
+        if not await self.read(lambda c: rescue_due(c, now)):  # the common case: no write at all
+            return 0
+        return await self._chunked(lambda c: op_rescue(c, now), durable=False)
+
+    async def retire_node(self, owner: str, now: float) -> int:
+        return await self._write(lambda c: op_retire_node(c, owner, now), durable=False)
+
+    async def nodes(self, now: float) -> list[dict[str, Any]]:
+        return await self.read(lambda c: list_nodes(c, now))
 
     async def preprocessed(self, message: Message, result: Preprocessed,
                            now: float) -> tuple[list[Message], list[Event]]:
-        return await self._write(lambda c: op_preprocessed(c, message, result, now, self.owner))
+        owner = self.owner
+        return await self._write(lambda c: op_preprocessed(c, message, result, now, owner))
 
     async def requeue(self, ids: Sequence[str], now: float) -> list[str]:
         return await self._write(lambda c: op_requeue(c, ids, now))
@@ -1264,8 +1437,10 @@ class SQLiteStore:
     async def content(self, message_id: str) -> bytes | None:
         return await self.read(lambda c: get_content(c, message_id))
 
-    async def list_messages(self, folders: Sequence[str], mailbox: str | None, limit: int) -> list[MessageInfo]:
-        return await self.read(lambda c: list(itertools.islice(iter_messages(c, folders, mailbox), limit)))
+    async def list_messages(self, folders: Sequence[str], mailbox: str | None, limit: int, *,
+                            after: tuple[float, str] | None = None) -> list[MessageInfo]:
+        return await self.read(lambda c: list(itertools.islice(
+            iter_messages(c, folders, mailbox, page=min(limit, 500) or 1, after=after), limit)))
 
     async def counts(self) -> dict[str, int]:
         return await self.read(queue_counts)
@@ -1282,32 +1457,26 @@ class SQLiteStore:
     async def user(self, name: str) -> tuple[User, str] | None:
         return await self.read(lambda c: find_user(c, name))
 
+    # The CLI's management of tokens and users (Credentials), each in a commit of its own.
 
-class SpoolDB:
-    """Synchronous access for the CLI (`sendmail`, `queue ...`): same statements, own connection."""
+    async def tokens(self) -> list[Token]:
+        return await self.read(list_tokens)
 
-    def __init__(self, path: Path, *, create: bool = False) -> None:
-        if not create and not path.exists():
-            raise FileNotFoundError(path)
-        self.directory = path.parent
-        with space_errors(self.directory):
-            spooldir.create(self.directory)
-            spooldir.create_file(path)
-            self.conn = connect(path)
-            create_schema(self.conn)
+    async def create_token(self, new: NewToken) -> None:
+        await self._write(lambda c: op_create_token(c, new))
 
-    def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        with space_errors(self.directory):
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(self.conn)
-                self.conn.execute("COMMIT")
-            except BaseException:
-                if self.conn.in_transaction:  # SQLite rolls back itself after SQLITE_FULL
-                    self.conn.execute("ROLLBACK")
-                raise
-        return result
+    async def revoke_token(self, id_or_name: str) -> Token | None:
+        return await self._write(lambda c: op_revoke_token(c, id_or_name))
 
-    def close(self) -> None:
-        self.conn.close()
+    async def users(self) -> list[User]:
+        return await self.read(list_users)
 
+    async def add_user(self, user: User, password_hash: str, *, replace: bool = False) -> bool:
+        return await self._write(lambda c: op_add_user(c, user, password_hash, replace=replace))
+
+    async def delete_user(self, name: str) -> bool:
+        return await self._write(lambda c: op_delete_user(c, name))
+
+
+if TYPE_CHECKING:  # mypy proves the class plays every role of ports.Store
+    _conforms: type[Store] = SQLiteStore

@@ -1,5 +1,5 @@
 """The `tokens` table of the SQLite spool (domain/tokens.py says what a token is). Used by the CLI
-(`msgspool token ...`, through `SpoolDB`) and by the daemon's reader (`SQLiteStore.token`)."""
+(`msgspool token ...`) and the daemon (`SQLiteStore.token`), through `SQLiteStore`'s Credentials role."""
 
 from __future__ import annotations
 

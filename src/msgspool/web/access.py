@@ -42,7 +42,7 @@ from msgspool.domain.address import SMTP
 from msgspool.domain.routing import Router
 from msgspool.domain.tokens import ADMIN, READ, SUBMIT, Token, matches, token_id_of
 from msgspool.errors import MsgspoolError
-from msgspool.ports import Store
+from msgspool.ports import Credentials
 from msgspool.smtpd.policy import Network, parse_networks
 from msgspool.spooler.intake import Submission
 from msgspool.web.problems import Handler, Problem
@@ -59,7 +59,7 @@ def is_loopback(host: str) -> bool:
         return False  # "" (every interface) or a name: assume reachable from outside
 
 
-async def check_exposure(store: Store, host: str, port: int) -> None:
+async def check_exposure(store: Credentials, host: str, port: int) -> None:
     """Refuse an HTTP listener reachable from other hosts while no token could let anyone in."""
     if not is_loopback(host) and not await store.has_tokens():
         raise MsgspoolError(
@@ -112,7 +112,7 @@ def needed_scope(request: web.Request) -> str:
 
 
 class Access:
-    def __init__(self, store: Store, host: str, trusted_networks: Sequence[str]) -> None:
+    def __init__(self, store: Credentials, host: str, trusted_networks: Sequence[str]) -> None:
         self.store = store
         self.loopback = is_loopback(host)
         self.trusted: list[Network] = parse_networks(trusted_networks)

@@ -1,4 +1,4 @@
--- msgspool SQLite spool schema (PRAGMA user_version = 7). Every statement is idempotent.
+-- msgspool SQLite spool schema (PRAGMA user_version = 10). Every statement is idempotent.
 -- One row per message (any folder of any mailbox), its content stored once in `contents`
 -- (local copies of one submission share it), one row per recipient of an outbound message.
 
@@ -62,7 +62,7 @@ CREATE TABLE IF NOT EXISTS recipients (
     source_address      TEXT,            -- as submitted, when a hook renamed it; '' when a hook added it
     priority            INTEGER NOT NULL DEFAULT 0,  -- priority class of the message: 1 urgent, 0, -1
     warn_at             REAL,            -- when its delay notice falls due; 0 once owed (one per recipient)
-    owner               TEXT,            -- while active: the delivery process (run) that has it
+    owner               TEXT,            -- while active: the delivery node (nodes.owner) whose lease it is
     PRIMARY KEY (message_id, idx)
 );
 -- The scheduler's refill reads due recipients through this index only: one range per priority
@@ -74,7 +74,25 @@ CREATE INDEX IF NOT EXISTS recipients_due_by_priority ON recipients (priority, n
 -- Recipients waiting for a down destination, released together when it answers again.
 CREATE INDEX IF NOT EXISTS recipients_waiting ON recipients (transport, nexthop)
     WHERE status = 'deferred' AND wait_destination = 1;
-CREATE INDEX IF NOT EXISTS recipients_active ON recipients (status) WHERE status = 'active';
+-- Active recipients by the node that holds them: the rescue of a dead node's work, the leases a
+-- node holds (`status`), the watchdog's look. Replaces version 9's index on status alone.
+DROP INDEX IF EXISTS recipients_active;
+CREATE INDEX IF NOT EXISTS recipients_active_by_owner ON recipients (owner) WHERE status = 'active';
+
+-- Delivery nodes (issue 11.4): one row per start of a process that delivers. Its identity (`owner`)
+-- is fresh per start and never reused, so a restarted process can never refresh a dead one's lease
+-- (procrastinate#1518, Oban#862). Its lease covers every recipient it holds `active` and lasts
+-- until `lease_until`, renewed by its heartbeat; once past, the lease is never renewed again and
+-- any node rescues that work (NOT EXISTS a live row: a pruned row hides nothing).
+CREATE TABLE IF NOT EXISTS nodes (
+    owner           TEXT PRIMARY KEY,
+    host            TEXT,
+    pid             INTEGER,
+    started_at      REAL,
+    heartbeat_at    REAL,
+    lease_until     REAL,
+    draining        INTEGER NOT NULL DEFAULT 0
+);
 
 CREATE TABLE IF NOT EXISTS mailboxes (
     address     TEXT PRIMARY KEY,

@@ -72,7 +72,7 @@ CREATE INDEX recipients_due_by_priority ON recipients (priority, next_attempt_at
     WHERE status IN ('queued', 'deferred');
 CREATE INDEX recipients_waiting ON recipients (transport, nexthop)
     WHERE status = 'deferred' AND wait_destination = 1;
-CREATE INDEX recipients_active ON recipients (owner) WHERE status = 'active';
+CREATE INDEX recipients_active_by_owner ON recipients (owner) WHERE status = 'active';
 CREATE INDEX recipients_report ON recipients (message_id) WHERE report IS NOT NULL;
 CREATE INDEX recipients_warn ON recipients (warn_at) WHERE status = 'deferred' AND warn_at > 0;
 

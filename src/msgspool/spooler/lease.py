@@ -1,0 +1,110 @@
+"""This process as a delivery node (issue 11.4): its identity, its lease, its heartbeat, and the
+rescue of dead nodes' work.
+
+A process that delivers registers a node with an identity of its own, new at every start (a uuid4,
+with host and pid for people to read): a restarted process can never refresh a dead one's lease
+(Oban#862, procrastinate#1518). Every recipient it claims is `active` with that identity as owner,
+all under the node's one lease, which the heartbeat renews every quarter of `lease_time` — at least
+three beats per lease, so a beat that comes late is no reason to take live work (pgqueuer#323
+re-picked running jobs when beats came no more often than the timeout). A beat that finds the lease
+ran out (the process stalled longer than a lease) means the node is dead to the others and its work
+may be theirs: it stops and never beats again (`on_lost`). Each beat also rescues the work of nodes
+whose lease ran out, judged by their heartbeat and never by how long work has been active.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from typing import Protocol
+
+from msgspool.ports import Leases
+from msgspool.spooler.background import stop_task
+
+log = logging.getLogger("msgspool")
+BEATS_PER_LEASE = 4
+
+
+def new_owner() -> str:
+    """A node identity never used before: host and pid for people, a uuid4 for uniqueness."""
+    return f"{socket.gethostname() or 'localhost'}-{os.getpid()}-{uuid.uuid4().hex}"
+
+
+class NodeStore(Leases, Protocol):
+    """What a node's lease needs of the store: the Leases role, and the node it works for."""
+
+    owner: str | None
+
+
+class NodeLease:
+    def __init__(self, store: NodeStore, lease_time: float, *, on_lost: Callable[[], None],
+                 on_rescued: Callable[[int], None], clock: Callable[[], float] = time.time) -> None:
+        self.store, self.lease_time, self.clock = store, lease_time, clock
+        self.on_lost, self.on_rescued = on_lost, on_rescued
+        self.owner: str | None = None
+        self.lost = False
+        self.renewed_at = 0.0  # when the lease was last renewed (this process's clock)
+        self._beats: asyncio.Task[None] | None = None
+
+    async def start(self, *, sole: bool = False) -> int:
+        """Register a new node and hold its lease from now on; rescue what dead nodes held (with
+        `sole`, every other node is dead: SQLite's delivery lock proves it). Returns how many
+        recipients were rescued. The store's `owner` is the new node from then on."""
+        owner, now = new_owner(), self.clock()
+        await self.store.register_node(owner, socket.gethostname(), os.getpid(), now, self.lease_time, sole=sole)
+        self.owner, self.lost, self.renewed_at = owner, False, now
+        self.store.owner = owner
+        rescued = await self.store.rescue(now)
+        if rescued:
+            log.info("node %s: %d recipients of nodes that are gone are due again", owner, rescued)
+        self._beats = asyncio.create_task(self._beat_loop(), name="msgspool-heartbeat")
+        return rescued
+
+    async def _beat_loop(self) -> None:
+        """Beat until the lease is lost or the node stops. A beat the store fails (a full disk) is
+        logged and tried again at the next one: should the lease run out meanwhile, the first beat
+        that gets through finds it so."""
+        while True:
+            await asyncio.sleep(self.lease_time / BEATS_PER_LEASE)
+            try:
+                if not await self.beat():
+                    return
+            except Exception:
+                log.exception("node %s: heartbeat failed (%.1f s since the lease was renewed)", self.owner,
+                              self.clock() - self.renewed_at)
+
+    async def beat(self) -> bool:
+        """Renew the lease, then rescue dead nodes' work; False once the lease was found lost."""
+        assert self.owner is not None
+        now = self.clock()
+        if not await self.store.heartbeat(self.owner, now, self.lease_time):
+            self.lost = True
+            log.error("node %s: its lease ran out (renewed %.1f s ago, lease_time %.1f s) and other nodes may have"
+                      " taken its work: it stops delivering without recording anything more", self.owner,
+                      now - self.renewed_at, self.lease_time)
+            self.on_lost()
+            return False
+        self.renewed_at = now
+        rescued = await self.store.rescue(now)
+        if rescued:
+            log.warning("node %s: rescued %d recipients of nodes whose lease ran out; they are due again",
+                        self.owner, rescued)
+            self.on_rescued(rescued)
+        return True
+
+    async def stop(self) -> None:
+        """Stop beating; on a clean stop (the lease still held), give back what the node still
+        holds and delete its row. Called after delivery stopped."""
+        task, self._beats = self._beats, None
+        if task is not None and task is not asyncio.current_task():
+            await stop_task(task)
+        if self.owner is None or self.lost:
+            return
+        returned = await self.store.retire_node(self.owner, self.clock())
+        if returned:
+            log.info("node %s: %d recipients still active at the stop are due again", self.owner, returned)

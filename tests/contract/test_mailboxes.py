@@ -1,0 +1,115 @@
+"""Mailboxes: filing by message class, listing in order a page at a time, the read flag, and the
+one read receipt (RFC 8098 §2.1) a message may be answered with."""
+
+from __future__ import annotations
+
+import time
+
+from msgspool.domain.events import EventType
+from msgspool.domain.mdn import Disposition
+from msgspool.domain.message import Message, ReadReceipt
+from msgspool.ports import Store
+from tests.contract.conftest import build, ids, submit
+
+
+async def file(store: Store, mailbox: str = "bob@example.org", **kw: object) -> Message:
+    """Mail from afar filed into a local mailbox at submission; returns the filed copy."""
+    message, copies = build(mailbox, sender="x@example.com", **kw)  # type: ignore[arg-type]
+    await store.submit(message, copies)
+    return copies[0]
+
+
+def mdn_for(filed: Message) -> Message:
+    return build(filed.sender, sender="", message_class="REPORT.IPM.Note.IPNRN")[0]
+
+
+async def test_inbound_mail_is_filed_by_the_longest_matching_message_class(store: Store) -> None:
+    await store.set_receive_folder("bob@example.org", "IPM.Note.Alert", "alerts")
+    await store.set_receive_folder("bob@example.org", "IPM.Note.Alert.Disk", "disks")
+    disk = await file(store, message_class="IPM.Note.Alert.Disk.Full")
+    alert = await file(store, message_class="IPM.Note.Alert")
+    note = await file(store)
+    other = await file(store, "carol@example.org", message_class="IPM.Note.Alert")
+    assert ids(await store.list_messages(("disks",), "bob@example.org", 10)) == [disk.id]
+    assert ids(await store.list_messages(("alerts",), "bob@example.org", 10)) == [alert.id]
+    assert ids(await store.list_messages(("inbox",), "bob@example.org", 10)) == [note.id]
+    assert ids(await store.list_messages(("inbox",), "carol@example.org", 10)) == [other.id]
+
+
+async def test_a_receive_folder_set_again_replaces_the_old_one(store: Store) -> None:
+    await store.set_receive_folder("bob@example.org", "IPM.Note", "old")
+    await store.set_receive_folder("bob@example.org", "IPM.Note", "new")
+    filed = await file(store)
+    assert (await store.get(filed.id)).folder == "new"  # type: ignore[union-attr]
+
+
+async def test_a_listing_is_in_submission_order_and_pages_without_gaps_or_repeats(store: Store) -> None:
+    now = time.time()
+    submitted = [await submit(store, f"r{i}@example.com", now=now + i // 2) for i in range(7)]  # equal times too
+    pages, after = [], None
+    while page := await store.list_messages(("outbox",), "", 3, after=after):
+        pages.append(ids(page))
+        after = (page[-1].submitted_at, page[-1].id)
+    assert [len(p) for p in pages] == [3, 3, 1]
+    listed = [i for p in pages for i in p]
+    assert sorted(listed) == sorted(ids(submitted))
+    times = {m.id: m.submitted_at for m in submitted}
+    assert [(times[i], i) for i in listed] == sorted((times[i], i) for i in listed)
+
+
+async def test_a_listing_shows_only_the_folders_and_mailbox_asked_for(store: Store) -> None:
+    queued = await submit(store, "b@example.com")
+    filed = await file(store)
+    assert ids(await store.list_messages(("outbox",), "", 10)) == [queued.id]
+    assert ids(await store.list_messages(("inbox",), None, 10)) == [filed.id]
+    assert ids(await store.list_messages(("inbox",), "carol@example.org", 10)) == []
+    assert set(ids(await store.list_messages(("outbox", "inbox"), None, 10))) == {queued.id, filed.id}
+
+
+async def test_filed_mail_arrives_unread_and_the_flag_changes_once_per_change(store: Store) -> None:
+    now = time.time()
+    filed = await file(store)
+    assert (await store.get(filed.id)).read is False  # type: ignore[union-attr]
+    events = await store.set_read([filed.id], True, now)
+    assert [(e.type, e.message_id, e.mailbox, e.detail) for e in events] == [
+        (EventType.READ, filed.id, "bob@example.org", {"read": True})]
+    assert await store.set_read([filed.id], True, now) == []
+    assert (await store.get(filed.id)).read is True  # type: ignore[union-attr]
+    assert len(await store.set_read([filed.id], False, now)) == 1
+
+
+async def test_a_message_is_answered_with_one_read_receipt_only(store: Store) -> None:
+    now = time.time()
+    filed = await file(store)
+    first = mdn_for(filed)
+    events = await store.send_receipt(ReadReceipt(filed.id, Disposition.DISPLAYED, first), now)
+    assert {EventType.SUBMITTED, EventType.REPORT, EventType.READ} <= {e.type for e in events}
+    info = await store.get(filed.id)
+    assert info is not None and (info.read, info.mdn) == (True, "displayed")
+    assert await store.get(first.id) is not None
+    second = mdn_for(filed)
+    await store.send_receipt(ReadReceipt(filed.id, Disposition.DISPLAYED, second), now)
+    assert await store.get(second.id) is None
+
+
+async def test_a_refused_read_receipt_is_remembered_and_never_sent_later(store: Store) -> None:
+    now = time.time()
+    filed = await file(store)
+    await store.send_receipt(ReadReceipt(filed.id, Disposition.DISPLAYED, None), now)
+    info = await store.get(filed.id)
+    assert info is not None and (info.read, info.mdn) == (True, "suppressed")
+    late = mdn_for(filed)
+    await store.send_receipt(ReadReceipt(filed.id, Disposition.DISPLAYED, late), now)
+    assert await store.get(late.id) is None
+
+
+async def test_a_message_deleted_unread_is_answered_deleted_but_not_once_it_was_read(store: Store) -> None:
+    now = time.time()
+    unread, read = await file(store), await file(store)
+    await store.set_read([read.id], True, now)
+    answered, unanswered = mdn_for(unread), mdn_for(read)
+    await store.send_receipt(ReadReceipt(unread.id, Disposition.DELETED, answered), now)
+    await store.send_receipt(ReadReceipt(read.id, Disposition.DELETED, unanswered), now)
+    assert await store.get(unread.id) is None and await store.get(read.id) is None
+    assert await store.get(answered.id) is not None
+    assert await store.get(unanswered.id) is None
