@@ -31,6 +31,8 @@ async def two(url: str) -> AsyncIterator[tuple[PostgresStore, PostgresStore]]:
     await a.open()
     await b.open()
     a.owner, b.owner = "node-a", "node-b"
+    for store in (a, b):
+        await store.register_node(store.owner, "host", 1, time.time(), 60.0)
     try:
         yield a, b
     finally:

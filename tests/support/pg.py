@@ -55,3 +55,10 @@ def fresh_database() -> Iterator[str]:
         with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
             conn.execute("SET lock_timeout = '10s'")  # a node killed mid-transaction: its backend ends soon
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def table_text(url: str, table: str) -> str:
+    """Every row of `table`, as text: what someone who reads the database would see."""
+    import psycopg
+    with psycopg.connect(url) as conn:
+        return "\n".join(repr(row) for row in conn.execute(f"SELECT * FROM {table}"))

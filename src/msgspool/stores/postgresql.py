@@ -42,7 +42,7 @@ import psycopg.errors
 from psycopg_pool import ConnectionPool
 
 from msgspool.domain.recipient import TRANSITIONS
-from msgspool.errors import ConfigError
+from msgspool.errors import ConfigError, NoSpool
 from msgspool.stores import sqlite
 from msgspool.stores.sqlite import SQLiteStore, _Job, _resolve
 
@@ -277,6 +277,7 @@ class PostgresStore(SQLiteStore):
     API as the SQLite store; only how they reach the database differs."""
 
     READERS = 4
+    shared = True  # nodes on several machines: only their leases tell who lives
 
     @classmethod
     def from_settings(cls, settings: Any) -> PostgresStore:
@@ -294,13 +295,15 @@ class PostgresStore(SQLiteStore):
         self._listener: asyncio.Task[None] | None = None
         self._tag = secrets.token_hex(4)  # this store's own notices come back to it: skipped
 
-    async def open(self) -> None:
+    async def open(self, *, create: bool = True) -> None:
         pool: ConnectionPool[Any] = ConnectionPool(
             self.url, min_size=2, max_size=self.READERS + 2, open=False, name="msgspool",
             kwargs={"autocommit": True, "application_name": "msgspool"})
         await asyncio.to_thread(pool.open, True, 30.0)
         try:
             with pool.connection() as conn:
+                if not create and await asyncio.to_thread(schema_version, conn) == 0:
+                    raise NoSpool(f"no spool in the database {conn.info.dbname!r} (msgspool db upgrade makes one)")
                 names = await asyncio.to_thread(upgrade, conn)
         except BaseException:
             await asyncio.to_thread(pool.close)

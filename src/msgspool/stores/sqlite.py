@@ -1262,6 +1262,8 @@ def _resolve(jobs: list[_Job], results: list[tuple[bool, Any]]) -> None:
 class SQLiteStore:
     """The daemon's store. All methods are coroutines; writes share commits."""
 
+    shared = False  # one file on this machine: its delivery lock covers every node of the spool
+
     @classmethod
     def from_settings(cls, settings: Any) -> SQLiteStore:
         """The `msgspool.stores` entry point: `spool.db` in the data directory."""
