@@ -14,6 +14,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -170,3 +171,54 @@ def test_kill_9_of_the_whole_daemon_mid_delivery_then_the_restart_rescues_at_onc
     assert [n["alive"] for n in nodes.values()].count(True) == 1, nodes
     print(f"restart to first delivery {first:.2f} s, to all {len(tags)} rescued messages {took:.2f} s"
           " (lease_time 60 s)")
+
+
+@pytest.mark.timeout(90)
+def test_a_delivery_process_stalled_past_its_lease_stops_and_a_new_node_takes_over(
+        spool: Spool, relay: Sink, daemons: DaemonFactory, tmp_path: Path) -> None:
+    """Issue 11.4: the delivery process stalls (SIGSTOP) for three lease times while intake goes on
+    acknowledging mail. When it runs again its heartbeat finds its lease ran out: it stops without
+    recording anything more and exits (3); intake respawns it as a new node, which rescues what
+    the stalled one held. Every acknowledged message arrives."""
+    config = tmp_path / "leases.toml"
+    config.write_text("lease_time = 1.0\n")
+    daemon = daemons(spool.data, relay.address, extra_args=["--config", str(config)])
+    spool.daemon = daemon
+    relay.start()
+    daemon.start()
+    [stalled] = spool.status()["nodes"]
+
+    def send(tags: list[str]) -> None:
+        with smtplib.SMTP(*daemon.smtp_address, timeout=10) as smtp:
+            for tag in tags:
+                assert not smtp.sendmail("load@example.org", [f"{tag}@example.com"],
+                                         tagged_message(tag, to=f"{tag}@example.com"))
+
+    before = [f"stall-a{i:02d}" for i in range(10)]
+    send(before)
+    spool.wait_until(lambda: set(received_tags(relay)) >= set(before), "the first messages at the relay", 10.0)
+    os.kill(stalled["pid"], signal.SIGSTOP)
+    try:
+        during = [f"stall-b{i:02d}" for i in range(20)]
+        send(during)  # intake acknowledges; the first go to the stalled node, the rest wait queued
+        time.sleep(3.0)
+    finally:
+        os.kill(stalled["pid"], signal.SIGCONT)
+    resumed = time.monotonic()
+
+    def replaced() -> dict[str, Any] | None:
+        nodes = {n["owner"]: n for n in spool.status()["nodes"]}
+        live = [n for n in nodes.values() if n["alive"] and n["owner"] != stalled["owner"]]
+        return live[0] if live and not nodes.get(stalled["owner"], {}).get("alive") else None
+
+    successor = spool.wait_until(replaced, "a new node in place of the stalled one", 15.0)
+    spool.wait_until(lambda: set(received_tags(relay)) >= set(before + during), "every message at the relay", 15.0)
+    took = time.monotonic() - resumed
+    spool.wait_until(lambda: spool.queue() == [], "the outbox to drain", 10.0)
+    assert successor["pid"] != stalled["pid"]
+    log = daemon.log()
+    assert "its lease ran out" in log and f"delivery process {stalled['pid']} exited with 3" in log, daemon.log_tail()
+    tags = received_tags(relay)
+    duplicates = sum(n - 1 for n in Counter(tags).values())
+    assert duplicates <= len(during), duplicates
+    print(f"stalled node replaced and all delivered {took:.2f} s after it resumed; duplicates={duplicates}")
