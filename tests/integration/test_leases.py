@@ -178,3 +178,29 @@ async def test_a_clean_stop_gives_back_what_is_in_flight_and_removes_the_node(
     assert status_of(path, message_id) == [("queued", None)]
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT count(*) FROM nodes").fetchone() == (0,)
+
+
+async def test_a_node_waking_from_a_stall_past_its_lease_starts_no_transaction(
+        tmp_path: Path, flaky: FlakyTransport) -> None:
+    """The event loop blocked for three lease times (a stall) with one transaction in flight and
+    a second message queued behind it: the transaction finishes and is recorded (nobody took its
+    recipient), but the queued one never starts on the old node — by its own clock the lease ran
+    out — and the new node rescues it and sends it. Each goes once."""
+    flaky.gate = asyncio.Event()
+    spooler = spooler_with(tmp_path, flaky, lease_time=0.3, destination_concurrency=1)
+    await spooler.start()
+    try:
+        first = spooler.lease.owner
+        in_flight = await spooler.submit(submission("a@example.com"))
+        await asyncio.wait_for(flaky.sending.wait(), 5)
+        queued = await spooler.submit(submission("b@example.com"))  # waits behind it for the one connection
+        time.sleep(1.0)  # the stall: nothing of this process runs
+        flaky.gate.set()
+        await wait_status(spooler, in_flight, {"delivered"})
+        await wait_status(spooler, queued, {"delivered"})
+        assert spooler.lease.owner != first
+        stages = {m: [h["stage"] for h in (await spooler.message(m)).get("history") or []] for m in (in_flight, queued)}
+    finally:
+        await spooler.stop()
+    assert flaky.delivered == ["a@example.com", "b@example.com"]
+    assert stages == {in_flight: [], queued: ["rescue"]}, stages

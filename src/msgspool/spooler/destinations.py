@@ -61,8 +61,9 @@ class Destination:
     def __init__(self, transport: Transport, nexthop: str, limits: DestinationLimits, retry: RetryPolicy,
                  probe: ProbePolicy, settle: Settle, on_up: Callable[[Destination], Awaitable[int]],
                  clock: Callable[[], float] = time.time, *, warn_after: float = 0.0,
-                 on_status: OnStatus | None = None) -> None:
+                 on_status: OnStatus | None = None, may_start: Callable[[], bool] = lambda: True) -> None:
         self.transport, self.nexthop = transport, nexthop
+        self.may_start = may_start  # False: this node's lease may have run out, no transaction starts
         self.name = f"{transport.name}:{nexthop}"
         self.limits, self.retry, self.on_up, self.clock = limits, retry, on_up, clock
         self.on_status = on_status
@@ -221,7 +222,7 @@ class Destination:
         self.settle(settlements)
 
     async def _next_job(self) -> Job | None:
-        if self.draining:
+        if self.draining or not self.may_start():
             return None
         deadline = self.clock() + self.limits.idle_time
         while not self.jobs:
@@ -238,6 +239,8 @@ class Destination:
                 pass
             finally:
                 self.idle_workers -= 1
+        if not self.may_start():  # woken after a stall past the lease: the work may be another node's now
+            return None
         job = self.jobs.popleft()
         if job.fresh:
             self._fresh -= 1

@@ -55,6 +55,7 @@ class NodeLease:
         """Register a new node and hold its lease from now on; rescue what dead nodes held (with
         `sole`, every other node is dead: SQLite's delivery lock proves it). Returns how many
         recipients were rescued. The store's `owner` is the new node from then on."""
+        await self._stop_beats()  # a start after a lost lease: the old loop must not beat for the new node
         owner, now = new_owner(), self.clock()
         await self.store.register_node(owner, socket.gethostname(), os.getpid(), now, self.lease_time, sole=sole)
         self.owner, self.lost, self.renewed_at = owner, False, now
@@ -78,16 +79,36 @@ class NodeLease:
                 log.exception("node %s: heartbeat failed (%.1f s since the lease was renewed)", self.owner,
                               self.clock() - self.renewed_at)
 
+    def holds(self) -> bool:
+        """May this node start work now? Not once its lease ran out by its own clock — the lease
+        was renewed up to `renewed_at + lease_time` and is never renewed after — even before a
+        beat told it so: a process that wakes from a stall must not start a transaction on work
+        that may be another node's by now (the store would refuse its outcome; the mail would go
+        twice). Checked before each transaction starts; the first that finds it so declares it lost."""
+        if self.lost or self.owner is None:
+            return False
+        if self.clock() > self.renewed_at + self.lease_time:
+            self._lose(self.clock())
+            return False
+        return True
+
+    def _lose(self, now: float) -> None:
+        if self.lost:
+            return
+        self.lost = True
+        log.error("node %s: its lease ran out (renewed %.1f s ago, lease_time %.1f s) and other nodes may have"
+                  " taken its work: it stops delivering without recording anything more", self.owner,
+                  now - self.renewed_at, self.lease_time)
+        self.on_lost()
+
     async def beat(self) -> bool:
         """Renew the lease, then rescue dead nodes' work; False once the lease was found lost."""
         assert self.owner is not None
+        if self.lost:
+            return False
         now = self.clock()
         if not await self.store.heartbeat(self.owner, now, self.lease_time):
-            self.lost = True
-            log.error("node %s: its lease ran out (renewed %.1f s ago, lease_time %.1f s) and other nodes may have"
-                      " taken its work: it stops delivering without recording anything more", self.owner,
-                      now - self.renewed_at, self.lease_time)
-            self.on_lost()
+            self._lose(now)
             return False
         self.renewed_at = now
         rescued = await self.store.rescue(now)
@@ -100,11 +121,14 @@ class NodeLease:
     async def stop(self) -> None:
         """Stop beating; on a clean stop (the lease still held), give back what the node still
         holds and delete its row. Called after delivery stopped."""
-        task, self._beats = self._beats, None
-        if task is not None and task is not asyncio.current_task():
-            await stop_task(task)
+        await self._stop_beats()
         if self.owner is None or self.lost:
             return
         returned = await self.store.retire_node(self.owner, self.clock())
         if returned:
             log.info("node %s: %d recipients still active at the stop are due again", self.owner, returned)
+
+    async def _stop_beats(self) -> None:
+        task, self._beats = self._beats, None
+        if task is not None and task is not asyncio.current_task():
+            await stop_task(task)

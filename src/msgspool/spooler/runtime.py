@@ -157,8 +157,10 @@ class Spooler:
         self.preprocessor: Preprocessor | None = None
         self.postprocessor: Postprocessor | None = None
         self.intake.defer_local = has_inbound_hooks(settings)
+        self.lease = NodeLease(self.store, settings.lease_time, on_lost=self._lease_lost,
+                               on_rescued=lambda _count: self.scheduler.wakeup())
         self.scheduler = Scheduler(
-            self.store, self.transports, self.intake, self.publish, retry=self.retry,
+            self.store, self.transports, self.intake, self.publish, retry=self.retry, may_start=self.lease.holds,
             probe=ProbePolicy(settings.probe_min, settings.probe_max),
             limits=DestinationLimits(settings.destination_concurrency, settings.destination_recipient_limit,
                                      settings.connection_idle_time, settings.connection_reuse_limit),
@@ -173,8 +175,6 @@ class Spooler:
         self.delay_timer = DelayTimer(self.store, self.reporter.poke) if settings.delay_warning_time > 0 else None
         if self.delay_timer is not None:
             self.scheduler.on_warning_later = self.delay_timer.expect
-        self.lease = NodeLease(self.store, settings.lease_time, on_lost=self._lease_lost,
-                               on_rescued=lambda _count: self.scheduler.wakeup())
         # Told when this node lost its lease, after delivery stopped; None: delivery starts again
         # here as a new node. The daemon's delivery process exits instead (and is respawned).
         self.on_lease_lost: Callable[[], None] | None = None

@@ -49,12 +49,13 @@ class Scheduler:
     def __init__(self, store: Queue, transports: Mapping[str, Transport], intake: Intake,
                  publish: Callable[[Sequence[Event]], None], *, retry: RetryPolicy, probe: ProbePolicy,
                  limits: DestinationLimits, active_limit: int, preprocessor: Preprocessor | None = None,
-                 local: LocalDelivery | None = None,
+                 local: LocalDelivery | None = None, may_start: Callable[[], bool] = lambda: True,
                  warn_after: float = 0.0, clock: Callable[[], float] = time.time) -> None:
         self.store, self.transports, self.intake, self.publish = store, transports, intake, publish
         self.preprocessor, self.local = preprocessor, local
         self.retry, self.probe, self.limits, self.warn_after = retry, probe, limits, warn_after
         self.active_limit, self.clock = active_limit, clock
+        self.may_start = may_start  # this node still holds its lease: a transaction may start
         self.active = 0  # recipients in memory: dispatched and not yet settled
         self.on_settled: Callable[[int], None] | None = None  # told the window after each settlement
         self.on_reports: Callable[[], None] | None = None  # told when settled outcomes may owe reports
@@ -308,7 +309,7 @@ class Scheduler:
         if dest is None:
             dest = Destination(self.transports[transport], nexthop, self.limits, self.retry, self.probe,
                                self.settle, self._destination_up, self.clock, warn_after=self.warn_after,
-                               on_status=self._destination_status)
+                               on_status=self._destination_status, may_start=self.may_start)
             self.destinations[key] = dest
         return dest
 
