@@ -857,8 +857,8 @@ def iter_messages(tx: Tx, folders: Sequence[str] = (OUTBOX,), mailbox: str | Non
         return
     q = tx.q
     after = after if after is not None else (-1.0, "")
-    name = "list_messages" if mailbox is None else "list_mailbox_messages"
-    listing = q.expand(name, folders=len(folders))
+    listing = (q.expand("list_messages", folders=len(folders)) if mailbox is None
+               else q.expand("list_mailbox_messages", folders=len(folders)))
     params: dict[str, Any] = {**q.spread(folders=folders), "mailbox": mailbox, "limit": page}
     while True:
         rows = tx.execute(listing, {**params, "after_at": after[0], "after_id": after[1]}).fetchall()
