@@ -128,10 +128,10 @@ def op_submit(tx: Tx, msg: Message, copies: Sequence[Message], owner: str | None
     is live: a hand-over to a node whose lease ran out is refused — its recipients are committed
     queued, due now, for whichever node claims them, and set so in `msg` (the caller must not
     hand it on: that node may no longer deliver)."""
-    if owner is not None and not node_live(tx, owner, msg.submitted_at):
-        for r in msg.recipients:
-            if r.status is Status.ACTIVE:
-                r.status = Status.QUEUED
+    handed = [r for r in msg.recipients if r.status is Status.ACTIVE]
+    if handed and owner is not None and not node_live(tx, owner, msg.submitted_at):
+        for r in handed:
+            r.status = Status.QUEUED
     content_id = _insert_content(tx, msg.content)
     _insert_message(tx, msg, content_id, read=True)  # its writer has read it (MAPI: Sent Items show read)
     tx.executemany(tx.q.insert_recipient, [_recipient_row(msg, r, owner) for r in msg.recipients])
@@ -762,6 +762,8 @@ def op_preprocessed(tx: Tx, message: Message, result: Preprocessed, now: float,
 
 def _holds_all(tx: Tx, owner: str, message_id: str, indexes: Sequence[int]) -> bool:
     """Does node `owner` hold all these recipients of the message `active`?"""
+    if not indexes:
+        return True
     held = {idx for (idx,) in tx.execute(tx.q.indexes_held_by, {"message_id": message_id, "owner": owner})}
     return held.issuperset(indexes)
 
