@@ -2,7 +2,8 @@
 
 Accepts everything (PIPELINING advertised, replies in order) and appends one line per message to
 FILE the moment its final dot arrived: ``<arrival time.time()> <X-Bench-Id or -> <X-Bench-Sent or ->``,
-flushed at once, so the bench can count arrivals and compute submit -> sink latency from the stamp
+and ``#conn <time> <sessions open now>`` whenever a session opens or closes, flushed at once, so
+the bench can count arrivals and compute submit -> sink latency from the stamp
 the sending client put in the header, and `` tls`` after them when the message came over TLS
 (``--tls-cert PEM`` offers STARTTLS). `SinkProcess` starts and reads it from the bench side.
 """
@@ -28,6 +29,12 @@ class Recorder:
     def __init__(self, out: IO[str], tls: ssl.SSLContext | None = None) -> None:
         self.out = out
         self.tls = tls  # offer STARTTLS with it
+        self.open = 0  # sessions open now: what several senders together hold (issue 11.6)
+
+    def connections(self, change: int) -> None:
+        self.open += change
+        self.out.write(f"#conn {time.time():.6f} {self.open}\n")
+        self.out.flush()
 
     def record(self, data: bytes, encrypted: bool = False) -> None:
         arrival = time.time()
@@ -40,6 +47,7 @@ class Recorder:
     async def session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"220 bench-sink ESMTP\r\n")
         encrypted = False
+        self.connections(+1)
         try:
             while line := await reader.readline():
                 verb = line[:4].upper()
@@ -76,6 +84,7 @@ class Recorder:
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ssl.SSLError):
             pass
         finally:
+            self.connections(-1)
             writer.close()
 
 
@@ -127,6 +136,8 @@ class SinkProcess:
         self._partial = b""
         self._records: list[tuple[float, str, float | None]] = []
         self.encrypted = 0  # how many of them came over TLS
+        self.peak_connections = 0  # most sessions open at once
+        self.connection_samples: list[tuple[float, int]] = []
 
     def start(self) -> SinkProcess:
         from bench.procs import REPO, Group, wait_port, wait_port_free
@@ -154,6 +165,11 @@ class SinkProcess:
         lines = (self._partial + chunk).split(b"\n")
         self._partial = lines.pop()
         for line in lines:
+            if line.startswith(b"#conn "):
+                _tag, when, now_open = line.decode().split(" ")
+                self.connection_samples.append((float(when), int(now_open)))
+                self.peak_connections = max(self.peak_connections, int(now_open))
+                continue
             arrival, mid, sent, *tls = line.decode().split(" ")
             self.encrypted += tls == ["tls"]
             self._records.append((float(arrival), mid, None if sent == "-" else float(sent)))
@@ -161,6 +177,11 @@ class SinkProcess:
     def count(self) -> int:
         self._read()
         return len(self._records)
+
+    def peak(self, since: float = 0.0, until: float = float("inf")) -> int:
+        """Most sessions open at once between `since` and `until` (wall times)."""
+        self._read()
+        return max((n for when, n in self.connection_samples if since <= when <= until), default=0)
 
     def records(self) -> list[tuple[float, str, float | None]]:
         self._read()

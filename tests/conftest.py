@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -9,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from msgspool.config import Settings
+from msgspool.config import ENVIRONMENT, Settings
 from msgspool.spooler.runtime import Spooler
+from tests.support import pg
 from tests.support.receiver import Receiver
 from tests.support.sink import Sink
 
@@ -30,11 +32,40 @@ def receiver() -> Iterator[Receiver]:
     r.stop()
 
 
+# The store the in-process tests run on: SQLite, or with MSGSPOOL_TEST_STORE=postgresql a fresh
+# PostgreSQL database per test (the `_store_under_test` fixture) — so the same tests prove that
+# every part works on either store (issue 11.2; .ci/run runs tests/integration both ways).
+STORE_UNDER_TEST = os.environ.get("MSGSPOOL_TEST_STORE", "sqlite")
+sqlite_only = pytest.mark.skipif(STORE_UNDER_TEST != "sqlite", reason="about the SQLite store itself")
+_store_settings: dict[str, Any] = {}
+
+
+@pytest.fixture(autouse=True)
+def _store_under_test() -> Iterator[None]:
+    if STORE_UNDER_TEST != "postgresql":
+        yield
+        return
+    with pg.fresh_database() as url:
+        _store_settings.update(store="postgresql", database_url=url)
+        saved = {var: os.environ.get(var) for var in ENVIRONMENT.values()}
+        os.environ.update(MSGSPOOL_STORE="postgresql", MSGSPOOL_DATABASE_URL=url)  # the CLI's too
+        try:
+            yield
+        finally:
+            _store_settings.clear()
+            for var, value in saved.items():
+                if value is None:
+                    os.environ.pop(var, None)
+                else:
+                    os.environ[var] = value
+
+
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:
-    """Settings for a test spool: fast retries and probes, no listeners unless asked."""
+    """Settings for a test spool: fast retries and probes, no listeners unless asked; on the store
+    under test."""
     settings = Settings(data_dir=str(data_dir), smtp_listen="", http_listen="", hostname="mx.test",
                         min_backoff=60.0, probe_min=0.1, probe_max=0.5, connection_idle_time=0.5)
-    settings.merge(overrides, "test")
+    settings.merge({**_store_settings, **overrides}, "test")
     return settings
 
 

@@ -1,8 +1,9 @@
 """Every setting of msgspool, once, with its default and a sentence (Postfix's mail_params habit).
 
 Settings come from, in rising order of precedence: these defaults, a TOML file (``--config FILE``,
-or ``msgspool.toml`` in the data directory when present), the environment (``MSGSPOOL_DATA``), and
-the command line. The README's configuration table is checked against this module by a test.
+or ``msgspool.toml`` in the data directory when present), the environment (``MSGSPOOL_DATA``,
+``MSGSPOOL_STORE``, ``MSGSPOOL_DATABASE_URL``), and the command line. The README's configuration
+table is checked against this module by a test.
 
 Extra transports are declared as an array of tables::
 
@@ -48,7 +49,10 @@ def _doc(default: Any, doc: str) -> Any:
 @dataclass
 class Settings:
     data_dir: str = _doc(DEFAULT_DATA_DIR, "Spool directory: the SQLite store, the lock and control socket.")
-    store: str = _doc("sqlite", "Message store: an entry point of the `msgspool.stores` group.")
+    store: str = _doc("sqlite", "Message store: an entry point of the `msgspool.stores` group (sqlite, postgresql).")
+    database_url: str = _doc(
+        "", "The PostgreSQL spool of store = \"postgresql\", a libpq URL (postgresql://user@host:port/db); every"
+        " node of one spool names the same database.")
     delivery_process: bool = _doc(True, "serve delivers from a second process: intake and delivery get a core each.")
     smtp_listen: str = _doc("127.0.0.1:2525", "SMTP listener HOST:PORT; empty disables it.")
     smtps_listen: str = _doc(
@@ -192,8 +196,11 @@ def settings_doc() -> list[tuple[str, Any, str]]:
     return [(f.name, getattr(s, f.name), f.metadata["doc"]) for f in fields(Settings)]
 
 
+ENVIRONMENT = {"store": "MSGSPOOL_STORE", "database_url": "MSGSPOOL_DATABASE_URL"}
+
+
 def load(config_file: str | None = None, data_dir: str | None = None, **overrides: Any) -> Settings:
-    """Defaults, then the TOML file, then MSGSPOOL_DATA, then explicit overrides (the CLI)."""
+    """Defaults, then the TOML file, then the environment, then explicit overrides (the CLI)."""
     settings = Settings()
     data = data_dir or os.environ.get("MSGSPOOL_DATA")
     path = Path(config_file) if config_file else None
@@ -208,5 +215,8 @@ def load(config_file: str | None = None, data_dir: str | None = None, **override
             raise ConfigError(f"cannot read config {path}: {err}") from err
     if data:
         settings.data_dir = data
+    # The store may come from the environment too: a database URL often carries a password that
+    # belongs in a secret, not in a file, and every node of one spool is then started the same way.
+    settings.merge({key: os.environ[var] for key, var in ENVIRONMENT.items() if os.environ.get(var)}, "environment")
     settings.merge({k: v for k, v in overrides.items() if v is not None}, "command line")
     return settings

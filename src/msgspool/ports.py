@@ -292,6 +292,10 @@ class Leases(Protocol):
     no longer holds changes nothing; a lease that ran out is never renewed; only work of nodes
     without a live lease is rescued, by any node."""
 
+    # Whether nodes on other machines may share this spool (PostgreSQL): then the local delivery
+    # lock proves nothing about them, and a starting node must never take their work as dead.
+    shared: bool
+
     async def register_node(self, owner: str, host: str, pid: int, now: float, lease_time: float, *,
                             sole: bool = False) -> None:
         """Start node `owner` with a lease until `now + lease_time`. `sole`: the caller proved no

@@ -28,6 +28,7 @@ from msgspool.domain.routing import Router, TransportRoute
 from msgspool.ports import Store
 from msgspool.spooler.intake import Intake, Submission
 from msgspool.stores.sqlite import DB_NAME, SQLiteStore
+from tests.support import pg
 
 SpoolFactory = Callable[[Path], AsyncIterator[Callable[[], Store]]]
 
@@ -37,7 +38,15 @@ async def make_sqlite(tmp_path: Path) -> AsyncIterator[Callable[[], Store]]:
     yield lambda: SQLiteStore(path)
 
 
-STORES: dict[str, SpoolFactory] = {"sqlite": make_sqlite}
+async def make_postgresql(tmp_path: Path) -> AsyncIterator[Callable[[], Store]]:
+    """A fresh schema on the test server (tests/support/pg.py: skipped outside CI when none answers)."""
+    from msgspool.stores.postgresql import PostgresStore
+
+    with pg.fresh_database() as url:
+        yield lambda: PostgresStore(url)
+
+
+STORES: dict[str, SpoolFactory] = {"sqlite": make_sqlite, "postgresql": make_postgresql}
 
 
 @pytest.fixture(params=sorted(STORES))

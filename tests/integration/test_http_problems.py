@@ -19,7 +19,7 @@ from msgspool import cli
 from msgspool.spooler.runtime import Spooler
 from msgspool.stores.sqlite import DB_NAME
 from msgspool.web.app import start
-from tests.conftest import SpoolerFactory
+from tests.conftest import SpoolerFactory, sqlite_only
 from tests.support.sink import Sink, free_port
 
 PROBLEM = "application/problem+json"
@@ -146,6 +146,7 @@ def poison(data_dir: Path, message_id: str) -> None:
                      (message_id,))
 
 
+@sqlite_only  # an older msgspool's spool is an SQLite file
 async def test_a_stored_time_out_of_range_is_shown_clamped_everywhere(
         api: tuple[Spooler, str], capsys: pytest.CaptureFixture[str]) -> None:
     spooler, base = api

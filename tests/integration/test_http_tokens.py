@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,7 +19,8 @@ import pytest
 from msgspool import cli
 from msgspool.spooler.runtime import Spooler
 from msgspool.web.app import start
-from tests.conftest import SpoolerFactory
+from tests.conftest import STORE_UNDER_TEST, SpoolerFactory
+from tests.support import pg
 from tests.support.daemon import run_cli
 from tests.support.sink import Sink, free_port
 
@@ -193,7 +195,10 @@ def test_token_commands_show_the_secret_once_and_store_only_its_hash(tmp_path: P
     (row,) = [json.loads(line) for line in as_json.stdout.splitlines()]
     assert row["name"] == "app" and row["scopes"] == ["read", "submit"] and row["created_at"].endswith("Z")
     assert "app" in listed.stdout and row["id"] in listed.stdout
-    raw = (data / "spool.db").read_bytes() + b"".join(p.read_bytes() for p in data.glob("spool.db-*"))
+    if STORE_UNDER_TEST == "postgresql":
+        raw = pg.table_text(os.environ["MSGSPOOL_DATABASE_URL"], "tokens").encode()
+    else:
+        raw = (data / "spool.db").read_bytes() + b"".join(p.read_bytes() for p in data.glob("spool.db-*"))
     for shown in (listed.stdout, as_json.stdout, raw.decode("latin-1")):
         assert secret not in shown and secret.rsplit("_", 1)[1] not in shown
     assert run_cli("token", "create", "--scope", "read", "--name", "app", data=data).returncode == 1  # taken

@@ -22,7 +22,7 @@ from msgspool.domain.message import Message
 from msgspool.spooler.intake import mark_active
 from msgspool.spooler.runtime import Spooler
 from msgspool.stores.sqlite import DB_NAME, NODE_RETENTION, SQLiteStore
-from tests.conftest import make_settings
+from tests.conftest import make_settings, sqlite_only
 from tests.integration.test_relay import submission, wait_status
 from tests.support.flaky import FlakyTransport
 
@@ -66,6 +66,7 @@ def status_of(path: Path, message_id: str) -> list[tuple[str, str | None]]:
                             (message_id,)).fetchall()
 
 
+@sqlite_only  # it reads or writes the SQLite file itself
 async def test_a_rescue_takes_only_the_work_of_nodes_without_a_live_lease_a_row_pruned_by_hand_included(
         spool_file: Path, builder: Callable[[str], Message]) -> None:
     async with node(spool_file, "live", lease_time=60.0) as live, \
@@ -131,6 +132,7 @@ async def test_the_heartbeat_keeps_a_live_nodes_work_across_many_lease_times(
     assert not [h for h in history if h["stage"] == "rescue"]
 
 
+@sqlite_only  # it reads or writes the SQLite file itself
 async def test_a_node_that_finds_its_lease_lost_drops_its_work_and_delivers_again_as_a_new_node(
         tmp_path: Path, flaky: FlakyTransport, caplog: pytest.LogCaptureFixture) -> None:
     flaky.gate = asyncio.Event()
@@ -160,6 +162,7 @@ async def test_a_node_that_finds_its_lease_lost_drops_its_work_and_delivers_agai
     assert sorted(flaky.delivered) == ["b@example.com", "c@example.com"]
 
 
+@sqlite_only  # it reads or writes the SQLite file itself
 async def test_a_clean_stop_gives_back_what_is_in_flight_and_removes_the_node(
         tmp_path: Path, flaky: FlakyTransport) -> None:
     flaky.gate = asyncio.Event()

@@ -14,7 +14,7 @@ import pytest
 from msgspool.errors import StorageFull
 from msgspool.spooler.runtime import Spooler
 from msgspool.stores.sqlite import storage_error
-from tests.conftest import make_settings
+from tests.conftest import make_settings, sqlite_only
 from tests.integration.test_relay import submission, wait_status
 from tests.support.sink import Sink
 from tests.support.tmpfs import fill, small_tmpfs
@@ -38,6 +38,7 @@ async def spooler(small: Path, sink: Sink) -> AsyncIterator[Spooler]:
         await spooler.stop()
 
 
+@sqlite_only
 async def test_a_submission_on_a_full_disk_is_storage_full_and_leaves_nothing_behind(
         spooler: Spooler, small: Path, sink: Sink) -> None:
     fill(small / "filler")

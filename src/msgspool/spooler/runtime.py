@@ -208,9 +208,10 @@ class Spooler:
             await self.store.webhook_cursor()
         self.started_at = time.time()
         if deliver:
-            # The delivery lock is held: no other node of this spool lives, so what they held is
-            # rescued now, not a lease time later (a restart after kill -9 delivers at once).
-            await self.lease.start(sole=True)
+            # The delivery lock is held: on a spool of this machine alone no other node lives, so
+            # what they held is rescued now, not a lease time later (a restart after kill -9
+            # delivers at once). On a shared spool the others' leases decide.
+            await self.lease.start(sole=not self.store.shared)
             await self.scheduler.start()
             self.delivering = True
             self.reporter.poke()  # owed before a crash or restart
@@ -235,7 +236,7 @@ class Spooler:
             self.on_lease_lost()
             return
         try:
-            await self.lease.start(sole=self._lock is not None)
+            await self.lease.start(sole=self._lock is not None and not self.store.shared)
             await self.scheduler.start()
         except Exception:
             log.exception("delivery could not start again as a new node")

@@ -188,14 +188,18 @@ def priority_class(priority: int) -> int:
 
 
 def _insert_event(conn: sqlite3.Connection, event: Event) -> Event:
-    cur = conn.execute(
+    event.id = conn.execute(
         "INSERT INTO events (time, type, message_id, recipient, mailbox, folder, detail)"
-        " VALUES (?,?,?,?,?,?,?)",
+        " VALUES (?,?,?,?,?,?,?) RETURNING id",
         (event.time, str(event.type), event.message_id, event.recipient, event.mailbox, event.folder,
          json.dumps(event.detail) if event.detail else None),
-    )
-    event.id = cur.lastrowid
+    ).fetchone()[0]
     return event
+
+
+def _insert_content(conn: sqlite3.Connection, data: bytes) -> int:
+    content_id: int = conn.execute("INSERT INTO contents (data) VALUES (?) RETURNING id", (data,)).fetchone()[0]
+    return content_id
 
 
 def _insert_message(conn: sqlite3.Connection, msg: Message, content_id: int, *, read: bool) -> None:
@@ -239,8 +243,7 @@ def op_submit(conn: sqlite3.Connection, msg: Message, copies: Sequence[Message],
     if handed and owner is not None and not node_live(conn, owner, msg.submitted_at):
         for r in handed:
             r.status = Status.QUEUED
-    content_id = conn.execute("INSERT INTO contents (data) VALUES (?)", (msg.content,)).lastrowid
-    assert content_id is not None
+    content_id = _insert_content(conn, msg.content)
     _insert_message(conn, msg, content_id, read=True)  # its writer has read it (MAPI: Sent Items show read)
     conn.executemany(_INSERT_RECIPIENT, [_recipient_row(msg, r, owner) for r in msg.recipients])
     if token := msg.meta.get("http_token"):
@@ -275,7 +278,7 @@ def _file(conn: sqlite3.Connection, copy: Message, content_id: int) -> Event:
 
 def _file_copy(conn: sqlite3.Connection, message_id: str, copy: Message) -> Event:
     if copy.own_content:
-        content_id = conn.execute("INSERT INTO contents (data) VALUES (?)", (copy.content,)).lastrowid
+        content_id = _insert_content(conn, copy.content)
     else:
         content_id = conn.execute("SELECT content_id FROM messages WHERE id = ?", (message_id,)).fetchone()[0]
     assert content_id is not None
@@ -364,12 +367,8 @@ def op_claim(conn: sqlite3.Connection, now: float, limit: int, whole_messages: b
     for priority in PRIORITY_CLASSES:
         if len(rows) >= limit:
             break
-        rows += conn.execute(
-            "UPDATE recipients SET status = 'active', owner = ? WHERE rowid IN (SELECT rowid FROM recipients"
-            " WHERE status IN ('queued', 'deferred') AND priority = ? AND next_attempt_at <= ?"
-            f" ORDER BY next_attempt_at LIMIT ?) RETURNING {_CLAIMED_COLUMNS}",
-            (owner, priority, now, limit - len(rows)),
-        ).fetchall()
+        rows += conn.execute(CLAIM_SQL, {"owner": owner, "priority": priority, "now": now,
+                                          "limit": limit - len(rows)}).fetchall()
     by_message: dict[str, list[Recipient]] = {}
     for row in rows:
         by_message.setdefault(row[0], []).append(_claimed_recipient(row))
@@ -381,6 +380,12 @@ def op_claim(conn: sqlite3.Connection, now: float, limit: int, whole_messages: b
 
 
 _CLAIMED_COLUMNS = "message_id, idx, address, addrtype, type, transport, nexthop, attempts, notify, orcpt"
+# One priority class's due recipients, oldest due first, claimed (PostgreSQL's own spelling:
+# stores/postgresql.py, with FOR UPDATE SKIP LOCKED, so that nodes claim past each other).
+CLAIM_SQL = (
+    "UPDATE recipients SET status = 'active', owner = :owner WHERE (message_id, idx) IN (SELECT message_id, idx"
+    " FROM recipients WHERE status IN ('queued', 'deferred') AND priority = :priority AND next_attempt_at <= :now"
+    f" ORDER BY next_attempt_at LIMIT :limit) RETURNING {_CLAIMED_COLUMNS}")
 
 
 def _claimed_recipient(row: Sequence[Any]) -> Recipient:
@@ -484,13 +489,15 @@ def _count_crash(conn: sqlite3.Connection, message_id: str, limit: int, now: flo
 # notice nor repeats it.
 _SETTLE_SQL = (
     "UPDATE recipients SET status = :status, attempts = attempts + :attempted, next_attempt_at = :next_at,"
-    " last_attempt_at = CASE WHEN :attempted THEN :now ELSE last_attempt_at END,"
+    " last_attempt_at = CASE WHEN :attempted = 1 THEN :now ELSE last_attempt_at END,"
     " reply_code = COALESCE(:code, reply_code), reply_enhanced = COALESCE(:enhanced, reply_enhanced),"
     " reply_text = COALESCE(:text, reply_text), remote = COALESCE(:remote, remote), wait_destination = :wait,"
     " transport = COALESCE(:transport, transport), nexthop = COALESCE(:nexthop, nexthop),"
-    " report = CASE WHEN :report IS NOT NULL AND (:report <> 'delayed' OR warn_at IS NOT 0) THEN :report"
-    "  WHEN :final AND report = 'delayed' THEN NULL ELSE report END,"
-    " warn_at = CASE WHEN warn_at = 0 OR :warn_now THEN 0 ELSE COALESCE(:warn_at, warn_at) END, owner = NULL"
+    " report = CASE WHEN CAST(:report AS TEXT) IS NOT NULL"
+    "  AND (:report <> 'delayed' OR warn_at IS NULL OR warn_at <> 0) THEN :report"
+    "  WHEN :final = 1 AND report = 'delayed' THEN NULL ELSE report END,"
+    " warn_at = CASE WHEN warn_at = 0 OR :warn_now = 1 THEN 0 ELSE COALESCE(:warn_at, warn_at) END,"
+    " owner = NULL"
     " WHERE message_id = :message_id AND idx = :idx AND status = 'active' RETURNING transport")
 
 
@@ -536,7 +543,7 @@ def _give_back(conn: sqlite3.Connection, message_id: str, index: int, now: float
     """An active recipient waits again (held when its message is, else due now) if the `owned`
     condition still holds; returns its (status, address, transport), or None when it did not change."""
     row: tuple[str, str, str | None] | None = conn.execute(
-        "UPDATE recipients SET status = CASE WHEN (SELECT held FROM messages m WHERE m.id = recipients.message_id)"
+        "UPDATE recipients SET status = CASE WHEN (SELECT held FROM messages m WHERE m.id = recipients.message_id) = 1"
         " THEN 'held' ELSE 'queued' END, next_attempt_at = ?, wait_destination = 0, owner = NULL"
         f" WHERE message_id = ? AND idx = ? AND status = 'active' AND {owned} RETURNING status, address, transport",
         (now, message_id, index, *params)).fetchone()
@@ -677,17 +684,18 @@ def op_release_destination(conn: sqlite3.Connection, transport: str, nexthop: st
     """A destination answered again: its waiting backlog becomes due now (chunked so that intake
     commits interleave with a large release)."""
     return conn.execute(
-        "UPDATE recipients SET next_attempt_at = ?, wait_destination = 0 WHERE rowid IN (SELECT rowid"
-        " FROM recipients WHERE status = 'deferred' AND wait_destination = 1 AND transport = ? AND nexthop = ?"
-        " LIMIT ?)", (now, transport, nexthop, chunk)).rowcount
+        "UPDATE recipients SET next_attempt_at = ?, wait_destination = 0 WHERE (message_id, idx) IN"
+        " (SELECT message_id, idx FROM recipients WHERE status = 'deferred' AND wait_destination = 1"
+        " AND transport = ? AND nexthop = ? LIMIT ?)", (now, transport, nexthop, chunk)).rowcount
 
 
 def op_mark_delay_warnings(conn: sqlite3.Connection, now: float, chunk: int = CHUNK) -> int:
     """Owe the delay notice of deferred recipients whose time came while they waited without a
     new outcome (a down destination's backlog, a long backoff): by index, a chunk per call."""
     return conn.execute(
-        "UPDATE recipients SET report = COALESCE(report, 'delayed'), warn_at = 0 WHERE rowid IN (SELECT rowid"
-        " FROM recipients WHERE status = 'deferred' AND warn_at > 0 AND warn_at <= ? ORDER BY warn_at LIMIT ?)",
+        "UPDATE recipients SET report = COALESCE(report, 'delayed'), warn_at = 0 WHERE (message_id, idx) IN"
+        " (SELECT message_id, idx FROM recipients WHERE status = 'deferred' AND warn_at > 0 AND warn_at <= ?"
+        " ORDER BY warn_at LIMIT ?)",
         (now, chunk)).rowcount
 
 
@@ -742,14 +750,14 @@ def op_flush(conn: sqlite3.Connection, ids: Sequence[str] | None, now: float, ch
     update = "UPDATE recipients SET next_attempt_at = ?, wait_destination = 0 WHERE "
     waiting = "status IN ('queued', 'deferred') AND next_attempt_at > ?"
     if ids is None:  # `priority IN (...)` lets the range use recipients_due_by_priority
-        return conn.execute(f"{update} rowid IN (SELECT rowid FROM recipients WHERE {waiting}"
+        return conn.execute(f"{update} (message_id, idx) IN (SELECT message_id, idx FROM recipients WHERE {waiting}"
                             f" AND priority IN {PRIORITY_CLASSES} LIMIT ?)", (now, now, chunk)).rowcount
     return sum(conn.execute(f"{update} {waiting} AND message_id = ?", (now, now, i)).rowcount for i in ids)
 
 
 def op_set_receive_folder(conn: sqlite3.Connection, mailbox: str, message_class: str, folder: str) -> None:
     """MAPI SetReceiveFolder: file messages of `message_class` (and its subclasses) into `folder`."""
-    conn.execute("INSERT OR IGNORE INTO mailboxes (address, created_at) VALUES (?, strftime('%s'))", (mailbox,))
+    conn.execute("INSERT OR IGNORE INTO mailboxes (address, created_at) VALUES (?, ?)", (mailbox, time.time()))
     conn.execute("INSERT INTO receive_folders (mailbox, message_class, folder) VALUES (?,?,?)"
                  " ON CONFLICT (mailbox, message_class) DO UPDATE SET folder = excluded.folder",
                  (mailbox, message_class, folder))
@@ -960,7 +968,7 @@ def _apply_draft(conn: sqlite3.Connection, message: Message, draft: Draft, activ
                  owner: str | None) -> Message:
     """The stored message becomes the first draft: content, sender, recipients (renamed, added)."""
     if draft.content != message.content or draft.sender != message.sender:
-        content_id = conn.execute("INSERT INTO contents (data) VALUES (?)", (draft.content,)).lastrowid
+        content_id = _insert_content(conn, draft.content)
         old = conn.execute("SELECT content_id FROM messages WHERE id = ?", (message.id,)).fetchone()[0]
         conn.execute("UPDATE messages SET source_content_id = COALESCE(source_content_id, content_id),"
                      " source_sender = COALESCE(source_sender, sender), content_id = ?, sender = ?, size = ?"
@@ -1003,8 +1011,7 @@ def _split_off(conn: sqlite3.Connection, message: Message, draft: Draft, active:
                                                     nexthop=None))
         if d.index is not None:
             conn.execute("DELETE FROM recipients WHERE message_id = ? AND idx = ?", (message.id, d.index))
-    content_id = conn.execute("INSERT INTO contents (data) VALUES (?)", (child.content,)).lastrowid
-    assert content_id is not None
+    content_id = _insert_content(conn, child.content)
     _insert_message(conn, child, content_id, read=True)
     conn.executemany(_INSERT_RECIPIENT, [_recipient_row(child, r, owner) for r in child.recipients])
     conn.execute("UPDATE messages SET preprocessed = 1 WHERE id = ?", (child.id,))
@@ -1256,6 +1263,8 @@ def _resolve(jobs: list[_Job], results: list[tuple[bool, Any]]) -> None:
 
 class SQLiteStore:
     """The daemon's store. All methods are coroutines; writes share commits."""
+
+    shared = False  # one file on this machine: its delivery lock covers every node of the spool
 
     @classmethod
     def from_settings(cls, settings: Any) -> SQLiteStore:

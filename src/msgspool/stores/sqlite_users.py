@@ -37,7 +37,11 @@ def list_users(conn: sqlite3.Connection) -> list[User]:
 
 
 def find_user(conn: sqlite3.Connection, name: str) -> tuple[User, str] | None:
-    """The user with this name (case-insensitively) and its password hash."""
+    """The user with this name (case-insensitively) and its password hash. A name with a NUL (an
+    AUTH LOGIN payload may carry one) is nobody's: no account can have it, and PostgreSQL's text
+    cannot even hold it."""
+    if "\x00" in name:
+        return None
     row = conn.execute(f"SELECT {_COLUMNS}, password FROM users WHERE {_SAME_NAME}", (name,)).fetchone()
     return (_user(row[:3]), row[3]) if row else None
 

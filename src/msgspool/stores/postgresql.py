@@ -1,0 +1,402 @@
+"""The PostgreSQL message store: several nodes on one spool database (issue 11).
+
+The statements and the policy around them are the SQLite store's (stores/sqlite.py: plain
+functions over a transaction); this module is only the engine that runs them on PostgreSQL:
+a pool of psycopg 3 connections, the translation of the few spellings that differ
+(`PgConnection`), versioned migrations, and group commit.
+
+Durability is the same promise: a submission's future resolves only after its COMMIT returned,
+and PostgreSQL's COMMIT returns after the WAL is flushed (synchronous_commit on). Transactions
+that only record delivery outcomes commit with ``synchronous_commit = off`` (as SQLite's NORMAL):
+a crash of the database server may forget the last few hundred milliseconds of them, which costs
+a duplicate delivery, never a message.
+
+Group commit: writes that arrive while a commit is in progress share the next transaction. The
+batch runs in a helper thread on the writer connection: every statement is a round trip to the
+server, during which the thread waits without the GIL, so the event loop keeps serving clients
+(the SQLite store runs statements in the loop's thread instead, because there they cost CPU, not
+waiting). A failed batch is rolled back and each job is run again alone, so a failure stays its
+own; a deadlock or serialization failure between nodes is retried.
+
+The store's API is async; the driver calls are synchronous psycopg calls on pooled connections in
+worker threads. That is deliberate: it lets one body of statements, written as plain functions
+over a DB-API connection, serve SQLite and PostgreSQL alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import re
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+from typing import Any, TypeVar
+
+import psycopg
+import psycopg.errors
+from psycopg_pool import ConnectionPool
+
+from msgspool.domain.recipient import TRANSITIONS
+from msgspool.errors import ConfigError, NoSpool
+from msgspool.stores import sqlite
+from msgspool.stores.sqlite import SQLiteStore, _Job, _resolve
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+MIGRATIONS = "sql/postgresql"
+_SCHEMA_LOCK = 0x6D7367_5370  # pg_advisory_xact_lock key: one node migrates at a time ("msgSp")
+_RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
+RETRIES = 5
+CHANNEL = "msgspool"  # LISTEN/NOTIFY channel of the spool's nodes (issue 11.6)
+NOTIFY_LIMIT = 7000  # bytes of one payload (PostgreSQL's limit is 8000)
+
+
+# --------------------------------------------------------------------------------------------
+# The dialect: the statements are written for SQLite's DB-API (qmark and :named placeholders);
+# PostgreSQL gets them with its own placeholders and the few spellings that differ.
+
+# The statements PostgreSQL says its own way, by the SQLite statement they stand for.
+_CLAIMED = ", ".join(f"r.{column.strip()}" for column in sqlite._CLAIMED_COLUMNS.split(","))
+STATEMENTS = {
+    # Claim with SKIP LOCKED (River's and Oban's shape): rows another node is claiming right now
+    # are passed over instead of waited for, and a row it claimed meanwhile fails the recheck.
+    sqlite.CLAIM_SQL:
+        "WITH due AS (SELECT message_id, idx FROM recipients WHERE status IN ('queued', 'deferred')"
+        " AND priority = :priority AND next_attempt_at <= :now ORDER BY next_attempt_at LIMIT :limit"
+        " FOR UPDATE SKIP LOCKED) UPDATE recipients r SET status = 'active', owner = :owner FROM due"
+        f" WHERE r.message_id = due.message_id AND r.idx = due.idx RETURNING {_CLAIMED}",
+}
+_PLACEHOLDER = re.compile(r"'[^']*'|\?|(?<![:\w]):([A-Za-z_]\w*)")
+
+
+@functools.lru_cache(maxsize=1024)
+def pg_sql(sql: str) -> str:
+    """`sql` (SQLite's spelling) in PostgreSQL's: `?` -> `%s`, `:name` -> `%(name)s`, a literal
+    `%` doubled; `INSERT OR IGNORE` -> `ON CONFLICT DO NOTHING`. Cached: the statements are
+    constant strings, so each is translated once."""
+    sql = STATEMENTS.get(sql, sql)
+    ignore = sql.lstrip().upper().startswith("INSERT OR IGNORE")
+    if ignore:
+        sql = re.sub(r"(?i)^\s*INSERT OR IGNORE", "INSERT", sql)
+    sql = sql.replace("%", "%%")
+
+    def placeholder(match: re.Match[str]) -> str:
+        text = match.group(0)
+        if text.startswith("'"):
+            return text
+        if text == "?":
+            return "%s"
+        return f"%({match.group(1)})s"
+
+    sql = _PLACEHOLDER.sub(placeholder, sql)
+    if ignore:
+        sql += " ON CONFLICT DO NOTHING"
+    return sql
+
+
+class PgConnection:
+    """A psycopg connection with the face of the sqlite3 connection the statements were written
+    for: `execute` and `executemany` take SQLite's spelling and return a cursor."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+
+    def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> psycopg.Cursor[Any]:
+        return self.conn.execute(pg_sql(sql), params or None)
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> psycopg.Cursor[Any]:
+        cur = self.conn.cursor()
+        cur.executemany(pg_sql(sql), rows)
+        return cur
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+
+
+# --------------------------------------------------------------------------------------------
+# Migrations: numbered scripts in sql/postgresql/, each applied once, in order, in one
+# transaction under an advisory lock, so nodes that start together migrate once.
+
+def migrations() -> list[tuple[int, str, str]]:
+    folder = resources.files("msgspool.stores").joinpath(MIGRATIONS)
+    found = []
+    for entry in folder.iterdir():
+        name = entry.name
+        if name.endswith(".sql") and name[:4].isdigit():
+            found.append((int(name[:4]), name, entry.read_text()))
+    return sorted(found)
+
+
+def transition_guard_sql() -> str:
+    """The recipient state table (domain/recipient.py TRANSITIONS) as a trigger, as on SQLite:
+    every other change of state is refused, whatever code path attempts it. Made from the table
+    at each start, so the two cannot drift."""
+    pairs = " OR ".join(f"(OLD.status = '{old}' AND NEW.status = '{new}')"
+                        for old, targets in sorted(TRANSITIONS.items()) for new in sorted(targets))
+    return (
+        "CREATE OR REPLACE FUNCTION msgspool_recipient_transition() RETURNS trigger LANGUAGE plpgsql AS $$\n"
+        f"BEGIN IF NOT ({pairs}) THEN\n"
+        "  RAISE EXCEPTION 'recipient state change not allowed: % -> %', OLD.status, NEW.status;\n"
+        "END IF; RETURN NEW; END $$;\n"
+        "DROP TRIGGER IF EXISTS recipients_transition ON recipients;\n"
+        "CREATE TRIGGER recipients_transition BEFORE UPDATE OF status ON recipients FOR EACH ROW\n"
+        "WHEN (NEW.status IS DISTINCT FROM OLD.status) EXECUTE FUNCTION msgspool_recipient_transition();\n")
+
+
+def upgrade(conn: psycopg.Connection[Any]) -> list[str]:
+    """Apply the migrations this database lacks; returns their names (none: it was current)."""
+    applied: list[str] = []
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY,"
+                     " name TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)")
+        have = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+        for version, name, script in migrations():
+            if version in have:
+                continue
+            conn.execute(script.encode())  # several statements, no parameters: one simple query
+            conn.execute("INSERT INTO schema_migrations (version, name, applied_at) VALUES (%s, %s, %s)",
+                         (version, name, time.time()))
+            applied.append(name)
+        conn.execute(transition_guard_sql().encode())
+    return applied
+
+
+def schema_version(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()
+    if not row or not row[0]:
+        return 0
+    found = conn.execute("SELECT COALESCE(max(version), 0) FROM schema_migrations").fetchone()
+    return int(found[0]) if found else 0
+
+
+# --------------------------------------------------------------------------------------------
+# The engine.
+
+class _PgGroupCommit:
+    """Group commit on one writer connection; each batch runs in the helper thread."""
+
+    def __init__(self, pool: ConnectionPool[Any], max_batch: int) -> None:
+        self.pool, self.max_batch = pool, max_batch
+        self.conn: psycopg.Connection[Any] | None = None
+        self.jobs: deque[_Job] = deque()
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="msgspool-pg-commit")
+        self.commits = 0
+        self.committed_jobs = 0
+        self.notices: set[str] = set()  # NOTIFY payloads for the next transaction, each once
+        self._drainer: asyncio.Task[None] | None = None
+
+    def notify(self, payload: str) -> None:
+        """Send `payload` on the spool's channel with the next commit. However many writes ask for
+        it, a transaction sends each payload once, just before its COMMIT: a NOTIFY takes a
+        lock that serialises committing transactions, so it must never come per row (anchors2 §6.5)."""
+        self.notices.add(payload)
+        if not self.jobs and (self._drainer is None or self._drainer.done()):
+            self.submit(lambda tx: None, durable=False)
+
+    def submit(self, fn: Callable[[Any], T], durable: bool = True) -> asyncio.Future[T]:
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self.jobs.append(_Job(fn, durable, future))
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.ensure_future(self._drain())
+        return future
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self.jobs:
+            batch = [self.jobs.popleft() for _ in range(min(self.max_batch, len(self.jobs)))]
+            notices, self.notices = self.notices, set()
+            results, sent = await loop.run_in_executor(self.executor, self._run_batch, batch, notices)
+            if not sent:  # every transaction of the batch failed: the next one sends them
+                self.notices |= notices
+            _resolve(batch, results)
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self.conn is not None and self.conn.broken:
+            self.pool.putconn(self.conn)  # the pool discards a broken connection
+            self.conn = None
+        if self.conn is None:
+            self.conn = self.pool.getconn()
+        return self.conn
+
+    def _run_batch(self, batch: list[_Job], notices: set[str]) -> tuple[list[tuple[bool, Any]], bool]:
+        """(each job's result, whether the notices went out with a commit)."""
+        try:
+            return self._transaction(batch, notices), True
+        except Exception as err:
+            if len(batch) == 1:
+                return [(False, err)], False
+        results: list[tuple[bool, Any]] = []
+        sent = False
+        for job in batch:  # one failed: each alone, so the failure stays its own
+            try:
+                results += self._transaction([job], set() if sent else notices)
+                sent = True
+            except Exception as err:
+                results.append((False, err))
+        return results, sent
+
+    def _transaction(self, jobs: list[_Job], notices: set[str]) -> list[tuple[bool, Any]]:
+        for attempt in range(RETRIES):
+            conn = self._connection()
+            tx: Any = PgConnection(conn)  # the statements' DB-API face (they are typed for sqlite3's)
+            try:
+                with conn.transaction():
+                    if not any(job.durable for job in jobs):
+                        conn.execute("SET LOCAL synchronous_commit = off")
+                    out = [(True, job.fn(tx)) for job in jobs]
+                    for payload in sorted(notices):
+                        conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
+            except _RETRYABLE:
+                if attempt == RETRIES - 1:
+                    raise
+                time.sleep(0.005 * (attempt + 1))
+                continue
+            self.commits += 1
+            self.committed_jobs += len(jobs)
+            return out
+        raise AssertionError("unreachable")
+
+    async def close(self) -> None:
+        while self._drainer is not None and not self._drainer.done():
+            await self._drainer
+        if self.conn is not None:
+            self.pool.putconn(self.conn)
+            self.conn = None
+        self.executor.shutdown()
+
+
+class PostgresStore(SQLiteStore):
+    """The store on PostgreSQL (`store = "postgresql"`, `database_url`). Same statements and
+    API as the SQLite store; only how they reach the database differs."""
+
+    READERS = 4
+    shared = True  # nodes on several machines: only their leases tell who lives
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> PostgresStore:
+        if not settings.database_url:
+            raise ConfigError('store = "postgresql" needs database_url (e.g. postgresql://user@host/db)')
+        return cls(settings.database_url, commit_batch=settings.commit_batch, crash_limit=settings.crash_limit)
+
+    def __init__(self, url: str, *, commit_batch: int = 512, crash_limit: int = 0) -> None:
+        super().__init__(path=None, commit_batch=commit_batch, crash_limit=crash_limit)  # type: ignore[arg-type]
+        self.url = url
+        self._pool: ConnectionPool[Any] | None = None
+        self._pg_writer: _PgGroupCommit | None = None
+        self._readers: ThreadPoolExecutor | None = None
+        self._subscribers: list[Callable[[str, list[str]], None]] = []
+        self._listener: asyncio.Task[None] | None = None
+        self._tag = secrets.token_hex(4)  # this store's own notices come back to it: skipped
+
+    async def open(self, *, create: bool = True) -> None:
+        pool: ConnectionPool[Any] = ConnectionPool(
+            self.url, min_size=2, max_size=self.READERS + 2, open=False, name="msgspool",
+            kwargs={"autocommit": True, "application_name": "msgspool"})
+        await asyncio.to_thread(pool.open, True, 30.0)
+        try:
+            with pool.connection() as conn:
+                if not create and await asyncio.to_thread(schema_version, conn) == 0:
+                    raise NoSpool(f"no spool in the database {conn.info.dbname!r} (msgspool db upgrade makes one)")
+                names = await asyncio.to_thread(upgrade, conn)
+        except BaseException:
+            await asyncio.to_thread(pool.close)
+            raise
+        if names:
+            log.info("database schema upgraded: %s", ", ".join(names))
+        self._pool = pool
+        self._pg_writer = _PgGroupCommit(pool, self.commit_batch)
+        self._readers = ThreadPoolExecutor(self.READERS, thread_name_prefix="msgspool-pg-read")
+        if self._subscribers:
+            self._start_listening()
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            await asyncio.gather(self._listener, return_exceptions=True)
+            self._listener = None
+        if self._pg_writer is not None:
+            await self._pg_writer.close()
+        if self._readers is not None:
+            self._readers.shutdown()
+        if self._pool is not None:
+            await asyncio.to_thread(self._pool.close)
+        self._pg_writer = self._readers = self._pool = None
+
+    def _write(self, fn: Callable[[Any], T], durable: bool = True) -> asyncio.Future[T]:
+        assert self._pg_writer is not None, "store is not open"
+        return self._pg_writer.submit(fn, durable)
+
+    def read(self, fn: Callable[[Any], T]) -> asyncio.Future[T]:
+        assert self._pool is not None and self._readers is not None, "store is not open"
+        pool = self._pool
+
+        def run() -> T:
+            with pool.connection() as conn:
+                return fn(PgConnection(conn))
+
+        return asyncio.wrap_future(self._readers.submit(run))
+
+    # -- Notifier: wakeups between the nodes (issue 11.6) -------------------------------------
+
+    def publish(self, kind: str, ids: Sequence[str] = ()) -> None:
+        """Tell the other nodes `kind` ("due": work became due, look now; "cancel": drop these
+        messages' jobs from memory), with the next commit; a long list goes in several notices."""
+        if self._pg_writer is None:
+            return
+        head = f"{kind} {self._tag}"
+        chunk: list[str] = []
+        for message_id in ids:
+            if len(head) + sum(len(i) + 1 for i in chunk) + len(message_id) + 1 > NOTIFY_LIMIT:
+                self._pg_writer.notify(" ".join([head, *chunk]))
+                chunk = []
+            chunk.append(message_id)
+        if chunk or not ids:
+            self._pg_writer.notify(" ".join([head, *chunk]))
+
+    def subscribe(self, callback: Callable[[str, list[str]], None]) -> None:
+        """Call `callback(kind, ids)` in the event loop for each notice of another node."""
+        self._subscribers.append(callback)
+        if self._pool is not None and self._listener is None:
+            self._start_listening()
+
+    def _start_listening(self) -> None:
+        self._listener = asyncio.get_running_loop().create_task(self._listen(), name="msgspool-pg-listen")
+
+    async def _listen(self) -> None:
+        """LISTEN on a connection of its own, for as long as the store is open. After a
+        reconnection the subscribers hear "due" once: a notice lost meanwhile costs one look at
+        the store, and the poll interval bounds the loss in any case."""
+        delay = 0.5
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
+                    await conn.execute(f"LISTEN {CHANNEL}")
+                    delay = 0.5
+                    self._hear("due", [])
+                    async for notice in conn.notifies():
+                        kind, tag, *ids = notice.payload.split(" ")
+                        if tag != self._tag:
+                            self._hear(kind, ids)
+            except psycopg.Error as err:
+                log.warning("listening for other nodes failed (%s); again in %.1f s", err, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    def _hear(self, kind: str, ids: list[str]) -> None:
+        for callback in list(self._subscribers):
+            try:
+                callback(kind, ids)
+            except Exception:  # one subscriber's bug must not stop the others hearing
+                log.exception("a subscriber failed on the notice %r", kind)
+
+    @property
+    def commit_stats(self) -> tuple[int, int]:
+        w = self._pg_writer
+        return (w.commits, w.committed_jobs) if w else (0, 0)

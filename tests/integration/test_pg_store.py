@@ -1,0 +1,108 @@
+"""What is PostgreSQL's own in the PostgreSQL store (issue 11): migrations, claims of two nodes at
+once, the state table as a trigger, and the notices between nodes — on a real server (skipped
+outside CI when none answers; tests/support/pg.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import psycopg
+import pytest
+
+from msgspool.domain.ids import new_id
+from msgspool.domain.message import Message, Recipient
+from msgspool.domain.recipient import Status
+from msgspool.stores.postgresql import PostgresStore, migrations, schema_version, upgrade
+from tests.support import pg
+
+
+@pytest.fixture
+def url() -> Iterator[str]:
+    with pg.fresh_database() as found:
+        yield found
+
+
+@pytest.fixture
+async def two(url: str) -> AsyncIterator[tuple[PostgresStore, PostgresStore]]:
+    """Two stores on one database, as two nodes have."""
+    a, b = PostgresStore(url), PostgresStore(url)
+    await a.open()
+    await b.open()
+    a.owner, b.owner = "node-a", "node-b"
+    for store in (a, b):
+        await store.register_node(store.owner, "host", 1, time.time(), 60.0)
+    try:
+        yield a, b
+    finally:
+        await a.close()
+        await b.close()
+
+
+def message(n_recipients: int = 1, status: Status = Status.QUEUED) -> Message:
+    return Message(id=new_id(), sender="a@example.org", content=b"Subject: x\r\n\r\nbody\r\n",
+                   recipients=[Recipient(address=f"r{i}@example.com", addrtype="SMTP", transport="smtp",
+                                         nexthop="relay", status=status, index=i, next_attempt_at=0.0)
+                               for i in range(n_recipients)],
+                   submitted_at=time.time())
+
+
+def test_upgrade_applies_each_migration_once_and_says_which(url: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert schema_version(conn) == 0
+        first = upgrade(conn)
+        again = upgrade(conn)
+        assert first == [name for _v, name, _s in migrations()] and again == []
+        assert schema_version(conn) == max(v for v, _n, _s in migrations())
+
+
+async def test_two_nodes_claiming_at_once_never_claim_the_same_recipient(
+        two: tuple[PostgresStore, PostgresStore]) -> None:
+    a, b = two
+    for _ in range(40):
+        await a.submit(message(5))
+    got_a, got_b = await asyncio.gather(a.claim(time.time(), 20), b.claim(time.time(), 20))
+    claimed = [(m.id, r.index) for batch in (got_a, got_b) for m in batch for r in m.recipients]
+    assert len(claimed) == len(set(claimed)) == 40
+    rest = await a.claim(time.time(), 1000) + await b.claim(time.time(), 1000)
+    everything = claimed + [(m.id, r.index) for m in rest for r in m.recipients]
+    assert len(everything) == len(set(everything)) == 200
+
+
+async def test_a_state_change_outside_the_table_is_refused_by_the_database(url: str) -> None:
+    store = PostgresStore(url)
+    await store.open()
+    try:
+        msg = message(1, Status.QUEUED)
+        await store.submit(msg)
+    finally:
+        await store.close()
+    with psycopg.connect(url, autocommit=True) as conn, pytest.raises(psycopg.errors.RaiseException,
+                                                                      match="state change not allowed"):
+        conn.execute("UPDATE recipients SET status = 'deferred' WHERE message_id = %s", (msg.id,))  # queued -> deferred
+
+
+async def test_a_notice_reaches_the_other_node_once_per_commit_and_long_lists_are_split(
+        two: tuple[PostgresStore, PostgresStore]) -> None:
+    a, b = two
+    heard: list[tuple[str, list[str]]] = []
+    own: list[str] = []
+    b.subscribe(lambda kind, ids: heard.append((kind, ids)))
+    a.subscribe(lambda kind, ids: own.append(kind))
+    await asyncio.sleep(0.3)  # LISTEN is in place (its first "due" is the catch-up look)
+    heard.clear()
+    own.clear()
+    for _ in range(50):
+        a.publish("due")  # fifty asks before one commit: one notice
+    ids = [new_id() for _ in range(1000)]
+    a.publish("cancel", ids)
+    for _ in range(100):
+        if sum(len(i) for k, i in heard if k == "cancel") == len(ids):
+            break
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.2)
+    assert [k for k, _ in heard].count("due") == 1
+    cancels = [i for k, i in heard if k == "cancel"]
+    assert len(cancels) > 1 and [i for chunk in cancels for i in chunk] == ids
+    assert own == []  # a node does not hear itself
