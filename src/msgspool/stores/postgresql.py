@@ -316,6 +316,13 @@ class PostgresStore(SQLiteStore):
         if self._subscribers:
             self._start_listening()
 
+    async def upgrade(self) -> list[str]:
+        def run() -> list[str]:
+            with psycopg.connect(self.url, autocommit=True) as conn:
+                return upgrade(conn)
+
+        return await asyncio.to_thread(run)
+
     async def close(self) -> None:
         if self._listener is not None:
             self._listener.cancel()
