@@ -297,6 +297,23 @@ class SQLiteStore(SQLStore):
         self._reader = _Reader(connect(self.path), loop, name="msgspool-reader")
         self._reader.start()
 
+    async def upgrade(self) -> list[str]:
+        def run() -> list[str]:
+            with space_errors(self.path.parent):
+                spooldir.create(self.path.parent)
+                spooldir.create_file(self.path)
+                conn = connect(self.path)
+                try:
+                    before = conn.execute("PRAGMA user_version").fetchone()[0]
+                    create_schema(conn)
+                finally:
+                    conn.close()
+            if before >= SCHEMA_VERSION:
+                return []
+            return [f"schema {before} -> {SCHEMA_VERSION}" if before else f"new spool, schema {SCHEMA_VERSION}"]
+
+        return await asyncio.to_thread(run)
+
     async def close(self) -> None:
         if self._writer is not None:
             await self._writer.close()
