@@ -79,11 +79,22 @@ def test_the_scan_finds_sql_in_a_string_and_names_in_every_spelling() -> None:
     assert sorted(string_literals(module)) == ["UPDATE recipients SET x = 1", "three"]
 
 
-def test_sqlite_takes_the_files_spelling_and_postgresql_psycopgs() -> None:
+def test_sqlite_takes_positional_placeholders_and_postgresql_psycopgs_named_ones() -> None:
     sqlite, pg = Queries("sqlite"), Queries("postgresql")
-    assert ":message_id" in sqlite.delete_message
+    assert sqlite.delete_message == "DELETE FROM messages WHERE id = ?"
     assert pg.delete_message == "DELETE FROM messages WHERE id = %(message_id)s"
     assert pg["delete_message"] == pg.delete_message
+
+
+def test_sqlite_gets_the_named_parameters_in_the_statements_order_a_name_as_often_as_it_is_used() -> None:
+    q = Queries("sqlite")
+    order = q.positional[q.give_back_held_by]
+    assert order({"owner": "node", "idx": 2, "message_id": "m", "now": 5.0, "unused": 0}) == (5.0, "m", 2, "node",
+                                                                                               "node")
+    assert q.positional[q.delete_message]({"message_id": "m"}) == ("m",)
+    assert q.positional[q.any_token]({}) == ()
+    two = q.expand("recipients_of_messages", ids=2)
+    assert q.positional[two](q.spread(ids=["a", "b"])) == ("a", "b")
 
 
 def test_psycopg_spelling_doubles_a_literal_percent_and_keeps_strings_and_casts() -> None:
@@ -97,7 +108,7 @@ def test_an_in_list_is_spread_once_per_length() -> None:
     for q in (Queries("sqlite"), Queries("postgresql")):
         two = q.expand("recipients_of_messages", ids=2)
         assert two is q.expand("recipients_of_messages", ids=2)  # made once
-        assert placeholders(Queries("sqlite").expand("recipients_of_messages", ids=2)) == {"ids_0", "ids_1"}
+    assert placeholders(Queries("postgresql").source["recipients_of_messages"]) == {"ids"}
     assert Queries.spread(ids=["a", "b"]) == {"ids_0": "a", "ids_1": "b"}
     with pytest.raises(ValueError):
         Queries("sqlite").expand("recipients_of_messages", ids=0)

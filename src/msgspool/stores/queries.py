@@ -9,8 +9,9 @@ Every statement the policy functions (stores/ops.py) run is one block of `sql/qu
 written in the spelling both SQLite and PostgreSQL take, with named placeholders (`:owner`).
 `sql/postgresql_queries.sql` holds only the blocks PostgreSQL says differently, under the same
 names. `Queries(dialect)` parses the files once and hands each statement out already in the
-dialect's placeholder style (psycopg's `%(owner)s`, a literal `%` doubled), so running one costs
-an attribute lookup, never string work.
+dialect's placeholder style (psycopg's `%(owner)s`, a literal `%` doubled; SQLite's `?`, with
+the order of the names in `positional`), so running one costs an attribute lookup and, on
+SQLite, a dict lookup — never string work.
 
 One kind of statement cannot be constant: an IN list whose length the caller decides (the
 folders and page of `queue list`). Its block says `IN (:folders)`; `Queries.expand` makes the
@@ -20,8 +21,9 @@ statement for n values once per (name, n) and `spread` the parameters to go with
 from __future__ import annotations
 
 import functools
+import operator
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from importlib import resources
 from typing import Any
 
@@ -63,6 +65,35 @@ def pyformat(sql: str) -> str:
     return _PLACEHOLDER.sub(placeholder, sql.replace("%", "%%"))
 
 
+def qmark(sql: str) -> tuple[str, Callable[[Mapping[str, Any]], tuple[Any, ...]]]:
+    """`sql` with SQLite's positional placeholders (`:name` -> `?`), and the function that turns
+    the named parameters into the tuple it takes. Measured: sqlite3 binds a mapping by looking up
+    each parameter's name, ~0.2 µs a parameter more than a tuple (4 µs for a message row), while
+    itemgetter makes the tuple in a fraction of that."""
+    names: list[str] = []
+
+    def placeholder(match: re.Match[str]) -> str:
+        if match.group(1) is None:
+            return match.group(0)
+        names.append(match.group(1))
+        return "?"
+
+    positional = _PLACEHOLDER.sub(placeholder, sql)
+    if not names:
+        return positional, _no_parameters
+    if len(names) == 1:
+        return positional, functools.partial(_one_parameter, names[0])
+    return positional, operator.itemgetter(*names)
+
+
+def _no_parameters(_parameters: Mapping[str, Any]) -> tuple[Any, ...]:
+    return ()
+
+
+def _one_parameter(name: str, parameters: Mapping[str, Any]) -> tuple[Any, ...]:
+    return (parameters[name],)
+
+
 def placeholders(sql: str) -> set[str]:
     """The names of the placeholders `sql` (in the files' spelling) takes."""
     return {m.group(1) for m in _PLACEHOLDER.finditer(sql) if m.group(1) is not None}
@@ -88,9 +119,18 @@ class Queries:
                 source[name] = sql
         self.dialect = dialect
         self.source: Mapping[str, str] = source  # the files' spelling, for tests and `expand`
-        translate = pyformat if dialect == "postgresql" else str
-        self._sql = {name: translate(sql) for name, sql in source.items()}
+        # SQLite's statements take their parameters by position: `positional` maps each one to
+        # the function that makes the tuple from the named parameters (SQLiteConnection uses it).
+        self.positional: dict[str, Callable[[Mapping[str, Any]], tuple[Any, ...]]] = {}
+        self._sql = {name: self._translate(sql) for name, sql in source.items()}
         self.__dict__.update(self._sql)
+
+    def _translate(self, sql: str) -> str:
+        if self.dialect == "postgresql":
+            return pyformat(sql)
+        positional, order = qmark(sql)
+        self.positional[positional] = order
+        return positional
 
     def __getattr__(self, name: str) -> str:  # only for names not set in __init__
         raise AttributeError(f"no query named {name!r} (stores/sql/queries.sql)")
@@ -116,7 +156,7 @@ class Queries:
             if n < 1:
                 raise ValueError(f"an IN list needs a value: {key} of {name!r}")
             sql = re.sub(rf"(?<![:\w]):{key}\b", ", ".join(f":{key}_{i}" for i in range(n)), sql)
-        return pyformat(sql) if self.dialect == "postgresql" else sql
+        return self._translate(sql)
 
     @staticmethod
     def spread(**lists: Sequence[Any]) -> dict[str, Any]:
