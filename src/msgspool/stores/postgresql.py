@@ -179,6 +179,11 @@ def schema_version(conn: psycopg.Connection[Any]) -> int:
     return int(found[0]) if found else 0
 
 
+def _db_now(conn: Any) -> float:
+    """The database server's clock, in Unix seconds: the one clock every node of a spool shares."""
+    return float(conn.execute("SELECT extract(epoch FROM clock_timestamp())").fetchone()[0])
+
+
 # --------------------------------------------------------------------------------------------
 # The engine.
 
@@ -298,6 +303,7 @@ class PostgresStore(SQLiteStore):
         self._listener: asyncio.Task[None] | None = None
         self._tag = secrets.token_hex(4)  # this store's own notices come back to it: skipped
         self._channel = ""
+        self.clock: Callable[[], float] = time.time  # this node's clock (the leases use the database's)
 
     async def open(self, *, create: bool = True) -> None:
         pool: ConnectionPool[Any] = ConnectionPool(
@@ -355,6 +361,37 @@ class PostgresStore(SQLiteStore):
                 return fn(PgConnection(conn))
 
         return asyncio.wrap_future(self._readers.submit(run))
+
+    # -- Leases on the database's clock -----------------------------------------------------
+    # Nodes on several machines judge each other's leases: were each to use its own clock, one
+    # running behind would see live nodes expire early and take their work. So a time a lease is
+    # set or judged by is moved onto the database's clock: `now` (this node's clock, as callers
+    # pass it) plus how far the database's clock is from this node's, read in the same
+    # transaction. For a caller asking about the present that is the database's time; a caller
+    # that asks about a moment later (a test, a timer) keeps its distance from the present.
+
+    def _on_db_clock(self, conn: Any, now: float) -> float:
+        return now + (_db_now(conn) - self.clock())
+
+    async def register_node(self, owner: str, host: str, pid: int, now: float, lease_time: float, *,
+                            sole: bool = False) -> None:
+        await self._write(lambda c: sqlite.op_register_node(c, owner, host, pid, self._on_db_clock(c, now),
+                                                            lease_time, sole))
+
+    async def heartbeat(self, owner: str, now: float, lease_time: float) -> bool:
+        return await self._write(lambda c: sqlite.op_heartbeat(c, owner, self._on_db_clock(c, now), lease_time),
+                                 durable=False)
+
+    async def rescue(self, now: float) -> int:
+        if not await self.read(lambda c: sqlite.rescue_due(c, self._on_db_clock(c, now))):
+            return 0
+        return await self._chunked(lambda c: sqlite.op_rescue(c, self._on_db_clock(c, now)), durable=False)
+
+    async def retire_node(self, owner: str, now: float) -> int:
+        return await self._write(lambda c: sqlite.op_retire_node(c, owner, self._on_db_clock(c, now)), durable=False)
+
+    async def nodes(self, now: float) -> list[dict[str, Any]]:
+        return await self.read(lambda c: sqlite.list_nodes(c, self._on_db_clock(c, now)))
 
     # -- Notifier: wakeups between the nodes (issue 11.6) -------------------------------------
 
