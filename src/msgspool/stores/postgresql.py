@@ -333,28 +333,8 @@ class PostgresStore(SQLStore):
     # transaction. For a caller asking about the present that is the database's time; a caller
     # that asks about a moment later (a test, a timer) keeps its distance from the present.
 
-    def _on_db_clock(self, conn: Any, now: float) -> float:
-        return now + (_db_now(conn) - self.clock())
-
-    async def register_node(self, owner: str, host: str, pid: int, now: float, lease_time: float, *,
-                            sole: bool = False) -> None:
-        await self._write(lambda c: sqlite.op_register_node(c, owner, host, pid, self._on_db_clock(c, now),
-                                                            lease_time, sole))
-
-    async def heartbeat(self, owner: str, now: float, lease_time: float) -> bool:
-        return await self._write(lambda c: sqlite.op_heartbeat(c, owner, self._on_db_clock(c, now), lease_time),
-                                 durable=False)
-
-    async def rescue(self, now: float) -> int:
-        if not await self.read(lambda c: sqlite.rescue_due(c, self._on_db_clock(c, now))):
-            return 0
-        return await self._chunked(lambda c: sqlite.op_rescue(c, self._on_db_clock(c, now)), durable=False)
-
-    async def retire_node(self, owner: str, now: float) -> int:
-        return await self._write(lambda c: sqlite.op_retire_node(c, owner, self._on_db_clock(c, now)), durable=False)
-
-    async def nodes(self, now: float) -> list[dict[str, Any]]:
-        return await self.read(lambda c: sqlite.list_nodes(c, self._on_db_clock(c, now)))
+    def _lease_clock(self, tx: Tx, now: float) -> float:
+        return now + (_db_now(tx) - self.clock())
 
     # -- Notifier: wakeups between the nodes (issue 11.6) -------------------------------------
 
