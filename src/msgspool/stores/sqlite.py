@@ -667,6 +667,12 @@ def op_retire_node(conn: sqlite3.Connection, owner: str, now: float) -> int:
     return len(rows)
 
 
+def op_drain_node(conn: sqlite3.Connection, owner: str, now: float) -> bool:
+    """Ask live node `owner` to drain (it sees the flag at its next heartbeat); False when none lives."""
+    return conn.execute("UPDATE nodes SET draining = 1 WHERE owner = ? AND lease_until >= ?",
+                        (owner, now)).rowcount == 1
+
+
 def list_nodes(conn: sqlite3.Connection, now: float) -> list[dict[str, Any]]:
     """Every node row, oldest first, with the leases it holds (active recipients) and whether it
     is alive (its lease has not run out)."""
@@ -1421,6 +1427,9 @@ class SQLiteStore:
 
     async def nodes(self, now: float) -> list[dict[str, Any]]:
         return await self.read(lambda c: list_nodes(c, now))
+
+    async def drain_node(self, owner: str, now: float) -> bool:
+        return await self._write(lambda c: op_drain_node(c, owner, now))
 
     async def preprocessed(self, message: Message, result: Preprocessed,
                            now: float) -> tuple[list[Message], list[Event]]:
