@@ -190,7 +190,8 @@ async def test_a_node_asked_to_drain_gives_its_work_back_and_retires_and_the_oth
         assert owner is not None and await a.store.drain_node(owner, time.time())
         rows = {n["owner"]: n for n in await b.store.nodes(time.time())}
         assert rows[owner]["draining"] is True
-        await until(lambda: a.lease.draining, timeout=1.0)  # at its next beat (a quarter of lease_time)
+        a_dest = a.scheduler.destinations[f"relay:{NEXTHOP}"]
+        await until(lambda: a.lease.draining and a_dest.draining, timeout=1.0)  # at its next beat (lease_time / 4)
         ta.gate.set()  # the transaction in flight finishes within the drain, and is recorded
         await wait_status(b, first, {"delivered"}, timeout=3.0)
         await wait_status(b, second, {"delivered"}, timeout=3.0)  # given back by a, sent by b
