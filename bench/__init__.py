@@ -9,8 +9,8 @@ Running it
     .venv/bin/python -m bench --quick --no-postfix      # msgspool only (what the smoke test runs)
 
 Options: ``--quick`` (small counts), ``--only ROW`` (repeatable or comma-separated: relay, tls,
-latency, outage, queued, list), ``--no-postfix`` (msgspool columns only), ``--json FILE`` (the results as
-JSON), ``--queued N`` (size of the prefilled queue, default 1,000,000), ``--postfix-outage-cap S``
+latency, outage, queued, list, relay_pg, nodes), ``--no-postfix`` (msgspool columns only), ``--json FILE``
+(the results as JSON), ``--queued N`` (size of the prefilled queue, default 1,000,000), ``--postfix-outage-cap S``
 (0 skips Postfix's outage row), ``--load tools|python|auto`` (load generator for the rate rows that
 do not go through relay_bench.py). Progress goes to stderr; the table (Markdown, ready for the
 README's performance section) goes to stdout.
@@ -45,6 +45,13 @@ What each row measures
              needs minutes (queue_run_delay, minimal_backoff_time = 300 s): its wait is capped by
              ``--postfix-outage-cap`` (120 s) and reported as ">120 s"; its leftover queue is then
              deleted with ``postsuper -d ALL``.
+``relay_pg`` the relay row with msgspool on the PostgreSQL store: one node, a fresh schema in the test
+             database (MSGSPOOL_TEST_PG, else postgresql://postgres@127.0.0.1:5432/test), the same
+             relay_bench.py run against the same Postfix (issue 11).
+``nodes``    bench/nodes.py: three nodes on one PostgreSQL spool, each with its own SMTP clients,
+             one recording sink: aggregate rate, exactly once, the most connections the sink saw;
+             then one node killed -9 under load: the time until its leases were taken over, lost
+             and duplicated messages (see ``python -m bench.nodes -h``).
 ``queued``   row 5. A spool is prefilled with 1,000,000 deferred messages (``bench.prefill``: raw SQL
              matching ``src/msgspool/stores/sql/sqlite.sql`` in 50,000-message transactions, falling
              back to ``msgspool.stores.sqlite.op_submit`` when the schema has moved). Their one

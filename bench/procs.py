@@ -245,8 +245,10 @@ def wait_rusage(proc: subprocess.Popen[Any], timeout: float | None = None) -> tu
 class Daemon:
     """`msgspool serve` on free loopback ports, relaying to `relay`, as a black box."""
 
-    def __init__(self, data: Path, relay: str, name: str = "msgspool", config: str = "") -> None:
+    def __init__(self, data: Path, relay: str, name: str = "msgspool", config: str = "",
+                 env: dict[str, str] | None = None) -> None:
         self.data, self.relay, self.name, self.config = data, relay, name, config
+        self.env = env or {}  # added to the environment, e.g. MSGSPOOL_STORE and MSGSPOOL_DATABASE_URL
         self.smtp_port, self.http_port = free_port(), free_port()
         self.proc: subprocess.Popen[Any] | None = None
         self.startup = 0.0
@@ -261,7 +263,8 @@ class Daemon:
             config_path.write_text(self.config)
             argv += ["--config", str(config_path)]
         t0 = time.time()
-        self.proc = Group.start(argv, stdout=subprocess.DEVNULL, stderr=self.log_path.open("ab"))
+        self.proc = Group.start(argv, stdout=subprocess.DEVNULL, stderr=self.log_path.open("ab"),
+                                env={**os.environ, **self.env})
         try:
             wait_port(self.smtp_port, timeout, self.proc, f"{self.name} msgspool serve")
         except RuntimeError as err:

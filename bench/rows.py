@@ -77,11 +77,12 @@ def relay_median(rows: list[float]) -> float:
 LINE_RE = re.compile(r"^(postfix|msgspool)\s+accept\s+([\d.]+) msg/s\s+end-to-end\s+([\d.]+) msg/s", re.M)
 
 
-def row_relay(ctx: Context) -> dict[str, Any]:
+def row_relay(ctx: Context, store_env: dict[str, str] | None = None) -> dict[str, Any]:
+    """`store_env`: the environment that puts msgspool on another store (MSGSPOOL_STORE, ...)."""
     msgs, rounds = (1000, 1) if ctx.quick else (10000, 2)
     if not ctx.postfix:
-        return _relay_msgspool_only(ctx, 300 if ctx.quick else msgs, rounds)
-    env = {**os.environ, "MSGSPOOL_CMD": " ".join(msgspool_command())}
+        return _relay_msgspool_only(ctx, 300 if ctx.quick else msgs, rounds, store_env or {})
+    env = {**os.environ, **(store_env or {}), "MSGSPOOL_CMD": " ".join(msgspool_command())}
     argv = [sys.executable, str(RELAY_BENCH), "--msgs", str(msgs), "--rounds", str(rounds)]
     log("relay: " + " ".join(argv[1:]))
     t0 = time.monotonic()
@@ -107,12 +108,12 @@ def row_relay(ctx: Context) -> dict[str, Any]:
     return res
 
 
-def _relay_msgspool_only(ctx: Context, msgs: int, rounds: int) -> dict[str, Any]:
+def _relay_msgspool_only(ctx: Context, msgs: int, rounds: int, store_env: dict[str, str]) -> dict[str, Any]:
     """No Postfix here: msgspool alone under this suite's load (no ratio)."""
     data = ctx.tmpdir("relay-")
     rows = []
     with Load(ctx.load_kind, ctx.workdir) as load:
-        daemon = Daemon(data / "spool", load.address).start()
+        daemon = Daemon(data / "spool", load.address, env=store_env).start()
         try:
             for _ in range(rounds):
                 r = load.measure(daemon.smtp_port, msgs)
@@ -123,6 +124,39 @@ def _relay_msgspool_only(ctx: Context, msgs: int, rounds: int) -> dict[str, Any]
     return {"source": f"own load ({ctx.load_kind})", "msgs": msgs, "rounds": rounds,
             "msgspool": {"accept": relay_median([a for a, _ in rows]), "e2e": relay_median([e for _, e in rows]),
                          "rounds": rows}}
+
+
+def row_relay_pg(ctx: Context) -> dict[str, Any]:
+    """The relay row with msgspool on the PostgreSQL store (one node; a fresh schema of the test
+    database, MSGSPOOL_TEST_PG or the local one), against the same Postfix."""
+    from bench.nodes import DEFAULT_URL, Spool
+
+    spool = Spool(DEFAULT_URL)
+    try:
+        res = row_relay(ctx, {"MSGSPOOL_STORE": "postgresql", "MSGSPOOL_DATABASE_URL": spool.url})
+    finally:
+        spool.drop()
+    res["database"] = DEFAULT_URL.rsplit("@", 1)[-1]
+    return res
+
+
+def row_nodes(ctx: Context) -> dict[str, Any]:
+    """bench/nodes.py's run: three nodes on one PostgreSQL spool, healthy, then one killed -9."""
+    from dataclasses import asdict
+
+    from bench import nodes
+
+    healthy, killed_after, after_kill = (4.0, 1.5, 8.0) if ctx.quick else (20.0, 5.0, 30.0)
+    work = ctx.tmpdir("nodes-")
+    lease_time = 3.0 if ctx.quick else 0.0
+    if not lease_time:
+        from msgspool.config import Settings
+        lease_time = float(getattr(Settings(), "lease_time", 10.0))
+    r = nodes.run(3, healthy, killed_after, after_kill, lease_time, work, nodes.DEFAULT_URL)
+    out = asdict(r)
+    out["ok"] = nodes.ok(r)
+    shutil.rmtree(work, ignore_errors=True)
+    return out
 
 
 def row_tls(ctx: Context) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from bench import rows
 from bench.load import tools_available
 from bench.procs import Group, log, tree_pids
 
-ROWS = ("relay", "tls", "latency", "outage", "queued", "list")
+ROWS = ("relay", "tls", "latency", "outage", "queued", "list", "relay_pg", "nodes")
 EXTRAS = ("backlog",)  # opt-in with --only: not part of issue 5's table
 OTHER_BENCH = ("relay_bench.py", "smtp-source", "smtp-sink", "-m bench")
 
@@ -135,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
             steps.append(("latency", lambda: rows.row_latency(ctx)))
         if "outage" in a.rows:
             steps.append(("outage", lambda: rows.row_outage(ctx)))
+        if "relay_pg" in a.rows:
+            steps.append(("relay_pg", lambda: rows.row_relay_pg(ctx)))
+        if "nodes" in a.rows:
+            steps.append(("nodes", lambda: rows.row_nodes(ctx)))
         if {"queued", "list", "backlog"} & set(a.rows):
             steps.append(("queued", lambda: rows.row_queued(ctx, with_load="queued" in a.rows,
                                                             with_list="list" in a.rows,
@@ -142,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, step in steps:
             if postfix and name in ("latency", "outage") and not used_postfix:
                 rows.ensure_postfix()  # relay_bench.py's configuration, when the relay row did not run it
-            used_postfix = used_postfix or (postfix and name in ("relay", "tls", "latency", "outage"))
+            used_postfix = used_postfix or (postfix and name in ("relay", "tls", "latency", "outage", "relay_pg"))
             if name != steps[0][0]:
                 wait_quiet(a.wait_quiet, notes)  # someone else's benchmark would skew this row
             log(f"== {name}")
@@ -284,6 +288,26 @@ def render(res: dict[str, Any], errors: dict[str, str], meta: dict[str, Any], a:
     row(f"resident memory of the daemon with {q} queued (VmRSS, whole process tree)", "queued", rss, "≤ 300 MB")
     row(f"`msgspool queue list --json` over {q} messages", "queued", listing, "streams; first line in < 1 s")
 
+    def nodes_rate(r: dict[str, Any]) -> tuple[str, str, str, str, bool | None]:
+        ms = f"{_n(r['accept_rate'])} msg/s accepted, {_n(r['e2e_rate'])} end to end"
+        return (ms, "—", f"{r['healthy_duplicated']} twice, {r['healthy_lost']} lost;"
+                f" {r['sink_connections_peak']} sink connections at most", "",
+                r["healthy_duplicated"] == 0 and r["healthy_lost"] == 0)
+
+    def failover(r: dict[str, Any]) -> tuple[str, str, str, str, bool | None]:
+        bound = r["lease_time"] * 1.25
+        return (f"{r['takeover_s']:.2f} s (lease_time {r['lease_time']:g} s)", "—",
+                f"{r['lost']} lost, {r['duplicated']} twice of {r['in_flight_at_kill']} in flight", "",
+                0 <= r["takeover_s"] <= bound + 0.5 and r["lost"] == 0 and r["stuck"] == 0
+                and r["duplicated"] <= r["in_flight_at_kill"])
+
+    row("end-to-end relay rate on the PostgreSQL store, one node, msgspool / Postfix", "relay_pg",
+        relay("e2e", "ratio"), "≥ 1.5")
+    row("three nodes on one PostgreSQL spool: aggregate rate, exactly once", "nodes", nodes_rate,
+        "0 twice, 0 lost")
+    row("one of three nodes killed -9 under load: its work taken over after", "nodes", failover,
+        "≤ lease time + one heartbeat; 0 lost")
+
     head = ("| metric | msgspool | Postfix | measured | target | met |", "|---|---|---|---|---|---|")
     lines = [f"msgspool benchmark, {meta['date']}: {meta['cores']} cores ({meta['cpu']}), {meta['ram_gb']:.0f} GB,"
              f" Python {meta['python']}; `{meta['command']}` took {meta['seconds'] / 60:.1f} min", "", *head]
@@ -300,6 +324,20 @@ def _details(res: dict[str, Any], meta: dict[str, Any]) -> list[str]:
                         for name in ("msgspool", "postfix") if name in r)
         out.append(f"- relay: {r['source']}, {r['msgs']} msgs x {r['rounds']} rounds;"
                    f" accept/end-to-end per round: {per}")
+    if "relay_pg" in res:
+        r = res["relay_pg"]
+        per = "; ".join(f"{name} " + ", ".join(f"{a:.0f}/{e:.0f}" for a, e in r[name]["rounds"])
+                        for name in ("msgspool", "postfix") if name in r)
+        out.append(f"- relay_pg: msgspool on PostgreSQL ({r['database']}, a fresh schema), {r['source']},"
+                   f" {r['msgs']} msgs x {r['rounds']} rounds; accept/end-to-end per round: {per}")
+    if "nodes" in res:
+        r = res["nodes"]
+        per_node = ", ".join(str(n) for n in r["per_node_acknowledged"])
+        out.append(f"- nodes: {r['nodes']} nodes, {r['healthy_acknowledged']:,} messages in"
+                   f" {r['healthy_seconds']:.0f} s healthy (per node {per_node}); then node 0 killed -9 with"
+                   f" {r['in_flight_at_kill']} in flight: its leases taken over after {r['takeover_s']:.2f} s,"
+                   f" all it had acknowledged delivered after {r['caught_up_s']:.2f} s; {r['acknowledged']:,}"
+                   f" acknowledged in that phase, {r['lost']} lost, {r['duplicated']} twice, {r['stuck']} stuck")
     if "tls" in res:
         r = res["tls"]
         per = "; ".join(f"{name} " + ", ".join(f"{a:.0f}/{e:.0f}" for a, e in r[name]["rounds"])

@@ -141,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     route.add_argument("address")
     route.add_argument("--addrtype", default="SMTP", help="the address type (default SMTP)")
     route.add_argument("--json", action="store_true")
+    db = sub.add_parser("db", help="the spool's database")
+    dbsub = db.add_subparsers(dest="action", required=True)
+    _common(dbsub.add_parser("upgrade", help="bring the schema to this version's (serve does it too); "
+                                             "makes the spool if there is none"))
     stop = sub.add_parser("stop", help="stop the daemon: finish what is in flight (--abort: at once)")
     _common(stop)
     stop.add_argument("--abort", action="store_true", help="cancel transactions in flight (crash-safe)")
@@ -319,8 +323,8 @@ def _with_store(settings: Settings, operation: Callable[[Store], Awaitable[T]], 
         store = load_store(settings)
         try:
             await store.open(create=create)
-        except NoSpool as err:
-            raise _no_spool(settings) from err
+        except NoSpool as err:  # a shared store names its database, not this machine's directory
+            raise (CLIError(str(err)) if store.shared else _no_spool(settings)) from err
         try:
             return await operation(store)
         finally:
@@ -665,9 +669,19 @@ def cmd_user(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
+    """`db upgrade`: the migrations this version has and the spool lacks, applied (on PostgreSQL in
+    one transaction under a lock, so nodes that start meanwhile wait rather than race)."""
+    store = load_store(settings)
+    applied = asyncio.run(store.upgrade())
+    print("\n".join(f"applied {step}" for step in applied) if applied else "the schema is current")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "serve": cmd_serve, "sendmail": cmd_sendmail, "queue": cmd_queue, "status": cmd_status, "token": cmd_token,
-    "stop": cmd_stop, "route": cmd_route, "reload": cmd_reload, "user": cmd_user, "node": cmd_node,
+    "stop": cmd_stop, "route": cmd_route, "reload": cmd_reload, "user": cmd_user, "db": cmd_db,
+    "node": cmd_node,
 }
 
 if __name__ == "__main__":

@@ -74,6 +74,11 @@ class Lifecycle(Protocol):
 
     async def close(self) -> None: ...
 
+    async def upgrade(self) -> list[str]:
+        """Bring the spool's schema to this version's, making the spool if there is none (what
+        `open` does too); the steps applied, none when it was current (`msgspool db upgrade`)."""
+        ...
+
 
 class Queue(Protocol):
     """The outbox as delivery works on it: intake commits, the scheduler claims and settles.

@@ -157,6 +157,7 @@ def test_kill_9_of_the_whole_daemon_mid_delivery_then_the_restart_rescues_at_onc
 
     [dead] = spool.status()["nodes"]
     assert dead["alive"] and dead["leases"] == len(tags), dead  # its lease has most of a minute to run
+    assert f"node       {dead['owner']} alive" in spool.run("status").stdout
     relay.data_delay = 0.0
     started = time.monotonic()
     daemon.start()

@@ -106,3 +106,22 @@ async def test_a_notice_reaches_the_other_node_once_per_commit_and_long_lists_ar
     cancels = [i for k, i in heard if k == "cancel"]
     assert len(cancels) > 1 and [i for chunk in cancels for i in chunk] == ids
     assert own == []  # a node does not hear itself
+
+
+async def test_a_spool_in_another_schema_of_the_same_database_hears_nothing(
+        two: tuple[PostgresStore, PostgresStore]) -> None:
+    a, _b = two
+    with pg.fresh_database() as other_url:
+        other = PostgresStore(other_url)
+        await other.open()
+        heard: list[str] = []
+        other.subscribe(lambda kind, ids: heard.append(kind))
+        try:
+            await asyncio.sleep(0.3)
+            heard.clear()
+            a.publish("due")
+            await a.counts()
+            await asyncio.sleep(0.5)
+        finally:
+            await other.close()
+    assert heard == []

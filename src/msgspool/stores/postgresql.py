@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 
 import psycopg
 import psycopg.errors
+from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from msgspool.domain.recipient import TRANSITIONS
@@ -52,7 +53,9 @@ MIGRATIONS = "sql/postgresql"
 _SCHEMA_LOCK = 0x6D7367_5370  # pg_advisory_xact_lock key: one node migrates at a time ("msgSp")
 _RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 RETRIES = 5
-CHANNEL = "msgspool"  # LISTEN/NOTIFY channel of the spool's nodes (issue 11.6)
+# The LISTEN/NOTIFY channel of the spool's nodes (issue 11.6). Channels are per database, not per
+# schema: the spool's schema is in the name, so two spools in one database never hear each other.
+CHANNEL = "msgspool:{schema}"
 NOTIFY_LIMIT = 7000  # bytes of one payload (PostgreSQL's limit is 8000)
 
 
@@ -182,8 +185,8 @@ def schema_version(conn: psycopg.Connection[Any]) -> int:
 class _PgGroupCommit:
     """Group commit on one writer connection; each batch runs in the helper thread."""
 
-    def __init__(self, pool: ConnectionPool[Any], max_batch: int) -> None:
-        self.pool, self.max_batch = pool, max_batch
+    def __init__(self, pool: ConnectionPool[Any], max_batch: int, channel: str) -> None:
+        self.pool, self.max_batch, self.channel = pool, max_batch, channel
         self.conn: psycopg.Connection[Any] | None = None
         self.jobs: deque[_Job] = deque()
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="msgspool-pg-commit")
@@ -252,7 +255,7 @@ class _PgGroupCommit:
                         conn.execute("SET LOCAL synchronous_commit = off")
                     out = [(True, job.fn(tx)) for job in jobs]
                     for payload in sorted(notices):
-                        conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
+                        conn.execute("SELECT pg_notify(%s, %s)", (self.channel, payload))
             except _RETRYABLE:
                 if attempt == RETRIES - 1:
                     raise
@@ -294,6 +297,7 @@ class PostgresStore(SQLiteStore):
         self._subscribers: list[Callable[[str, list[str]], None]] = []
         self._listener: asyncio.Task[None] | None = None
         self._tag = secrets.token_hex(4)  # this store's own notices come back to it: skipped
+        self._channel = ""
 
     async def open(self, *, create: bool = True) -> None:
         pool: ConnectionPool[Any] = ConnectionPool(
@@ -305,16 +309,25 @@ class PostgresStore(SQLiteStore):
                 if not create and await asyncio.to_thread(schema_version, conn) == 0:
                     raise NoSpool(f"no spool in the database {conn.info.dbname!r} (msgspool db upgrade makes one)")
                 names = await asyncio.to_thread(upgrade, conn)
+                schema = conn.execute("SELECT current_schema()").fetchone()
         except BaseException:
             await asyncio.to_thread(pool.close)
             raise
         if names:
             log.info("database schema upgraded: %s", ", ".join(names))
         self._pool = pool
-        self._pg_writer = _PgGroupCommit(pool, self.commit_batch)
+        self._channel = CHANNEL.format(schema=schema[0] if schema else "public")
+        self._pg_writer = _PgGroupCommit(pool, self.commit_batch, self._channel)
         self._readers = ThreadPoolExecutor(self.READERS, thread_name_prefix="msgspool-pg-read")
         if self._subscribers:
             self._start_listening()
+
+    async def upgrade(self) -> list[str]:
+        def run() -> list[str]:
+            with psycopg.connect(self.url, autocommit=True) as conn:
+                return upgrade(conn)
+
+        return await asyncio.to_thread(run)
 
     async def close(self) -> None:
         if self._listener is not None:
@@ -377,7 +390,7 @@ class PostgresStore(SQLiteStore):
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
-                    await conn.execute(f"LISTEN {CHANNEL}")
+                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
                     delay = 0.5
                     self._hear("due", [])
                     async for notice in conn.notifies():

@@ -239,10 +239,10 @@ def op_submit(conn: sqlite3.Connection, msg: Message, copies: Sequence[Message],
     is live: a hand-over to a node whose lease ran out is refused — its recipients are committed
     queued, due now, for whichever node claims them, and set so in `msg` (the caller must not
     hand it on: that node may no longer deliver)."""
-    if owner is not None and not node_live(conn, owner, msg.submitted_at):
-        for r in msg.recipients:
-            if r.status is Status.ACTIVE:
-                r.status = Status.QUEUED
+    handed = [r for r in msg.recipients if r.status is Status.ACTIVE]
+    if handed and owner is not None and not node_live(conn, owner, msg.submitted_at):
+        for r in handed:
+            r.status = Status.QUEUED
     content_id = _insert_content(conn, msg.content)
     _insert_message(conn, msg, content_id, read=True)  # its writer has read it (MAPI: Sent Items show read)
     conn.executemany(_INSERT_RECIPIENT, [_recipient_row(msg, r, owner) for r in msg.recipients])
@@ -952,6 +952,8 @@ def op_preprocessed(conn: sqlite3.Connection, message: Message, result: Preproce
 
 def _holds_all(conn: sqlite3.Connection, owner: str, message_id: str, indexes: Sequence[int]) -> bool:
     """Does node `owner` hold all these recipients of the message `active`?"""
+    if not indexes:
+        return True
     marks = ",".join("?" * len(indexes))
     held = conn.execute(f"SELECT count(*) FROM recipients WHERE message_id = ? AND idx IN ({marks})"
                         " AND status = 'active' AND owner = ?", (message_id, *indexes, owner)).fetchone()[0]
@@ -1296,6 +1298,23 @@ class SQLiteStore:
         self._writer = _GroupCommit(wconn, self.commit_batch, self.path.parent)
         self._reader = _Reader(connect(self.path), loop, name="msgspool-reader")
         self._reader.start()
+
+    async def upgrade(self) -> list[str]:
+        def run() -> list[str]:
+            with space_errors(self.path.parent):
+                spooldir.create(self.path.parent)
+                spooldir.create_file(self.path)
+                conn = connect(self.path)
+                try:
+                    before = conn.execute("PRAGMA user_version").fetchone()[0]
+                    create_schema(conn)
+                finally:
+                    conn.close()
+            if before >= SCHEMA_VERSION:
+                return []
+            return [f"schema {before} -> {SCHEMA_VERSION}" if before else f"new spool, schema {SCHEMA_VERSION}"]
+
+        return await asyncio.to_thread(run)
 
     async def close(self) -> None:
         if self._writer is not None:
