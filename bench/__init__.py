@@ -54,7 +54,7 @@ What each row measures
              and duplicated messages (see ``python -m bench.nodes -h``).
 ``queued``   row 5. A spool is prefilled with 1,000,000 deferred messages (``bench.prefill``: raw SQL
              matching ``src/msgspool/stores/sql/sqlite.sql`` in 50,000-message transactions, falling
-             back to ``msgspool.stores.sqlite.op_submit`` when the schema has moved). Their one
+             back to ``msgspool.stores.ops.op_submit`` when the schema has moved). Their one
              recipient each waits for a destination that refuses connections (127.0.0.1:9, marked
              ``wait_destination``, next attempt a day away), so they stay deferred. Two daemons run
              side by side, one on an empty spool and one on the full one, relaying to the same sink;

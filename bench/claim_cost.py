@@ -17,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from msgspool.stores import ops
 from msgspool.stores import sqlite as store
 
 CLAIM = 1000
@@ -56,7 +57,7 @@ def measure(path: Path, now: float, urgent: int) -> tuple[list[float], int]:
     for n in range(ROUNDS):
         conn.execute("BEGIN IMMEDIATE")
         t0 = time.perf_counter()
-        messages = store.op_claim(conn, now, CLAIM)
+        messages = ops.op_claim(conn, now, CLAIM)
         times.append(time.perf_counter() - t0)
         conn.execute("ROLLBACK")
         if n == 0:

@@ -134,7 +134,7 @@ def _submit_batch(conn: sqlite3.Connection, first: int, n: int, now: float, coun
     from msgspool.domain.message import Message, Recipient
     from msgspool.domain.outcome import Reply
     from msgspool.domain.recipient import Status
-    from msgspool.stores.sqlite import op_submit
+    from msgspool.stores.ops import op_submit
 
     code, enhanced, text = REPLY
     ids = []

@@ -21,7 +21,8 @@ import pytest
 from msgspool.domain.message import Message
 from msgspool.spooler.intake import mark_active
 from msgspool.spooler.runtime import Spooler
-from msgspool.stores.sqlite import DB_NAME, NODE_RETENTION, SQLiteStore
+from msgspool.stores.ops import NODE_RETENTION
+from msgspool.stores.sqlite import DB_NAME, SQLiteStore
 from tests.conftest import make_settings, sqlite_only
 from tests.integration.test_relay import submission, wait_status
 from tests.support.flaky import FlakyTransport

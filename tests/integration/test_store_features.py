@@ -177,7 +177,8 @@ async def test_a_version_4_spool_gets_priority_classes_and_the_claim_index(tmp_p
     recipients carry their message's priority class, claims use (priority, next_attempt_at)."""
     import sqlite3
 
-    from msgspool.stores.sqlite import SCHEMA_VERSION, connect, create_schema, op_claim
+    from msgspool.stores.ops import op_claim
+    from msgspool.stores.sqlite import SCHEMA_VERSION, connect, create_schema
 
     path = tmp_path / "spool.db"
     conn = connect(path)

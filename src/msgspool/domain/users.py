@@ -1,6 +1,6 @@
 """Accounts of the submission service (RFC 6409, AUTH of RFC 4954): what a user is, how a password
 is hashed and checked, which envelope senders an account may use. Pure code; the store keeps the
-records (stores/sqlite_users.py), smtpd/policy.py asks them.
+records (stores/credentials.py), smtpd/policy.py asks them.
 
 Passwords are kept only as scrypt hashes (RFC 7914), memory-hard so that a stolen spool costs an
 attacker 32 MiB and tens of milliseconds per guess: ``scrypt$<N>$<r>$<p>$<salt>$<hash>``, the

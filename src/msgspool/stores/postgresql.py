@@ -1,9 +1,9 @@
 """The PostgreSQL message store: several nodes on one spool database (issue 11).
 
-The statements and the policy around them are the SQLite store's (stores/sqlite.py: plain
-functions over a transaction); this module is only the engine that runs them on PostgreSQL:
-a pool of psycopg 3 connections, the translation of the few spellings that differ
-(`PgConnection`), versioned migrations, and group commit.
+The steps are the SQLite store's (stores/ops.py: plain functions over a transaction, running
+the named statements of stores/sql/queries.sql, with PostgreSQL's own spelling of the few that
+differ from sql/postgresql_queries.sql); this module is only the engine that runs them on
+PostgreSQL: a pool of psycopg 3 connections, versioned migrations, and group commit.
 
 Durability is the same promise: a submission's future resolves only after its COMMIT returned,
 and PostgreSQL's COMMIT returns after the WAL is flushed (synchronous_commit on). Transactions
@@ -18,24 +18,22 @@ server, during which the thread waits without the GIL, so the event loop keeps s
 waiting). A failed batch is rolled back and each job is run again alone, so a failure stays its
 own; a deadlock or serialization failure between nodes is retried.
 
-The store's API is async; the driver calls are synchronous psycopg calls on pooled connections in
-worker threads. That is deliberate: it lets one body of statements, written as plain functions
-over a DB-API connection, serve SQLite and PostgreSQL alike.
+The store's API is async (stores/base.py's, shared with SQLite); the driver calls are synchronous
+psycopg calls on pooled connections in worker threads. That is deliberate: it lets one body of
+steps, written as plain functions over a DB-API-like `Tx`, serve SQLite and PostgreSQL alike.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
-import re
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 import psycopg.errors
@@ -44,8 +42,10 @@ from psycopg_pool import ConnectionPool
 
 from msgspool.domain.recipient import TRANSITIONS
 from msgspool.errors import ConfigError, NoSpool
-from msgspool.stores import sqlite
-from msgspool.stores.sqlite import SQLiteStore, _Job, _resolve
+from msgspool.ports import Store
+from msgspool.stores.base import SQLStore, _Job, _resolve
+from msgspool.stores.ops import Params, Tx
+from msgspool.stores.queries import Queries
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -60,66 +60,29 @@ NOTIFY_LIMIT = 7000  # bytes of one payload (PostgreSQL's limit is 8000)
 
 
 # --------------------------------------------------------------------------------------------
-# The dialect: the statements are written for SQLite's DB-API (qmark and :named placeholders);
-# PostgreSQL gets them with its own placeholders and the few spellings that differ.
+# The dialect: the statements of stores/sql/queries.sql, with PostgreSQL's own blocks of
+# sql/postgresql_queries.sql and psycopg's placeholders, translated once at import (queries.py).
 
-# The statements PostgreSQL says its own way, by the SQLite statement they stand for.
-_CLAIMED = ", ".join(f"r.{column.strip()}" for column in sqlite._CLAIMED_COLUMNS.split(","))
-STATEMENTS = {
-    # Claim with SKIP LOCKED (River's and Oban's shape): rows another node is claiming right now
-    # are passed over instead of waited for, and a row it claimed meanwhile fails the recheck.
-    sqlite.CLAIM_SQL:
-        "WITH due AS (SELECT message_id, idx FROM recipients WHERE status IN ('queued', 'deferred')"
-        " AND priority = :priority AND next_attempt_at <= :now ORDER BY next_attempt_at LIMIT :limit"
-        " FOR UPDATE SKIP LOCKED) UPDATE recipients r SET status = 'active', owner = :owner FROM due"
-        f" WHERE r.message_id = due.message_id AND r.idx = due.idx RETURNING {_CLAIMED}",
-}
-_PLACEHOLDER = re.compile(r"'[^']*'|\?|(?<![:\w]):([A-Za-z_]\w*)")
-
-
-@functools.lru_cache(maxsize=1024)
-def pg_sql(sql: str) -> str:
-    """`sql` (SQLite's spelling) in PostgreSQL's: `?` -> `%s`, `:name` -> `%(name)s`, a literal
-    `%` doubled; `INSERT OR IGNORE` -> `ON CONFLICT DO NOTHING`. Cached: the statements are
-    constant strings, so each is translated once."""
-    sql = STATEMENTS.get(sql, sql)
-    ignore = sql.lstrip().upper().startswith("INSERT OR IGNORE")
-    if ignore:
-        sql = re.sub(r"(?i)^\s*INSERT OR IGNORE", "INSERT", sql)
-    sql = sql.replace("%", "%%")
-
-    def placeholder(match: re.Match[str]) -> str:
-        text = match.group(0)
-        if text.startswith("'"):
-            return text
-        if text == "?":
-            return "%s"
-        return f"%({match.group(1)})s"
-
-    sql = _PLACEHOLDER.sub(placeholder, sql)
-    if ignore:
-        sql += " ON CONFLICT DO NOTHING"
-    return sql
+QUERIES = Queries("postgresql")
 
 
 class PgConnection:
-    """A psycopg connection with the face of the sqlite3 connection the statements were written
-    for: `execute` and `executemany` take SQLite's spelling and return a cursor."""
+    """A psycopg connection as an ops.Tx: `execute` and `executemany` take a statement of
+    `QUERIES` (already in psycopg's spelling) and return a cursor."""
+
+    q = QUERIES
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self.conn = conn
 
-    def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> psycopg.Cursor[Any]:
-        return self.conn.execute(pg_sql(sql), params or None)
+    def execute(self, sql: str, parameters: Params = {}, /) -> psycopg.Cursor[Any]:  # noqa: B006 - never mutated
+        # Always with parameters (an empty mapping too): psycopg then reads a doubled `%` as one.
+        return self.conn.execute(sql, parameters)
 
-    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> psycopg.Cursor[Any]:
+    def executemany(self, sql: str, parameters: Iterable[Params], /) -> psycopg.Cursor[Any]:
         cur = self.conn.cursor()
-        cur.executemany(pg_sql(sql), rows)
+        cur.executemany(sql, parameters)
         return cur
-
-    @property
-    def in_transaction(self) -> bool:
-        return self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
 
 
 # --------------------------------------------------------------------------------------------
@@ -203,7 +166,7 @@ class _PgGroupCommit:
         if not self.jobs and (self._drainer is None or self._drainer.done()):
             self.submit(lambda tx: None, durable=False)
 
-    def submit(self, fn: Callable[[Any], T], durable: bool = True) -> asyncio.Future[T]:
+    def submit(self, fn: Callable[[Tx], T], durable: bool = True) -> asyncio.Future[T]:
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self.jobs.append(_Job(fn, durable, future))
         if self._drainer is None or self._drainer.done():
@@ -248,7 +211,7 @@ class _PgGroupCommit:
     def _transaction(self, jobs: list[_Job], notices: set[str]) -> list[tuple[bool, Any]]:
         for attempt in range(RETRIES):
             conn = self._connection()
-            tx: Any = PgConnection(conn)  # the statements' DB-API face (they are typed for sqlite3's)
+            tx = PgConnection(conn)
             try:
                 with conn.transaction():
                     if not any(job.durable for job in jobs):
@@ -275,9 +238,9 @@ class _PgGroupCommit:
         self.executor.shutdown()
 
 
-class PostgresStore(SQLiteStore):
-    """The store on PostgreSQL (`store = "postgresql"`, `database_url`). Same statements and
-    API as the SQLite store; only how they reach the database differs."""
+class PostgresStore(SQLStore):
+    """The store on PostgreSQL (`store = "postgresql"`, `database_url`). Same steps and API as
+    the SQLite store (stores/base.py); only how they reach the database differs."""
 
     READERS = 4
     shared = True  # nodes on several machines: only their leases tell who lives
@@ -289,7 +252,7 @@ class PostgresStore(SQLiteStore):
         return cls(settings.database_url, commit_batch=settings.commit_batch, crash_limit=settings.crash_limit)
 
     def __init__(self, url: str, *, commit_batch: int = 512, crash_limit: int = 0) -> None:
-        super().__init__(path=None, commit_batch=commit_batch, crash_limit=crash_limit)  # type: ignore[arg-type]
+        super().__init__(commit_batch=commit_batch, crash_limit=crash_limit)
         self.url = url
         self._pool: ConnectionPool[Any] | None = None
         self._pg_writer: _PgGroupCommit | None = None
@@ -342,11 +305,11 @@ class PostgresStore(SQLiteStore):
             await asyncio.to_thread(self._pool.close)
         self._pg_writer = self._readers = self._pool = None
 
-    def _write(self, fn: Callable[[Any], T], durable: bool = True) -> asyncio.Future[T]:
+    def _write(self, fn: Callable[[Tx], T], durable: bool = True) -> asyncio.Future[T]:
         assert self._pg_writer is not None, "store is not open"
         return self._pg_writer.submit(fn, durable)
 
-    def read(self, fn: Callable[[Any], T]) -> asyncio.Future[T]:
+    def read(self, fn: Callable[[Tx], T]) -> asyncio.Future[T]:
         assert self._pool is not None and self._readers is not None, "store is not open"
         pool = self._pool
 
@@ -413,3 +376,8 @@ class PostgresStore(SQLiteStore):
     def commit_stats(self) -> tuple[int, int]:
         w = self._pg_writer
         return (w.commits, w.committed_jobs) if w else (0, 0)
+
+
+if TYPE_CHECKING:  # mypy proves the class plays every role of ports.Store
+    _conforms: type[Store] = PostgresStore
+    _tx: type[Tx] = PgConnection

@@ -1,0 +1,910 @@
+"""The SQL stores' steps: what each write and read of the spool does, over any SQL dialect.
+
+Every function takes a transaction `Tx` (the writer's batch, or a reader's connection) and
+returns plain data. They hold the store's side of the recipient state machine — which rows a
+step changes, under which guard ("set X where still Y"), what it records of it — and run only
+named statements (`tx.q.<name>`, stores/sql/queries.sql): no SQL is written here, so that SQLite
+(stores/sqlite.py) and PostgreSQL (stores/postgresql.py) run the same steps, each with its own
+spelling of the few statements that differ.
+
+Statements built at run time: only the IN lists of `iter_messages` (a page of ids, the folders
+asked for), from their blocks by `Queries.expand`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Protocol
+
+from msgspool.domain.dsn import MessageDSN, RecipientDSN, Ret, notify_text, orcpt_text, recipient_dsn, report_action
+from msgspool.domain.events import Event, EventType
+from msgspool.domain.hooks import Draft, Hold, HookRecord, Preprocessed, Reject
+from msgspool.domain.ids import new_id
+from msgspool.domain.mdn import Disposition
+from msgspool.domain.message import (
+    INBOX,
+    OUTBOX,
+    SENT,
+    Message,
+    MessageInfo,
+    PendingReport,
+    ReadReceipt,
+    Recipient,
+    Settlement,
+)
+from msgspool.domain.outcome import Reply
+from msgspool.domain.recipient import RecipientType, Status
+from msgspool.stores.queries import Queries
+
+CHUNK = 5000  # rows one bulk change (flush, a released backlog) touches per transaction
+NODE_RETENTION = 3600.0  # seconds a dead node's row stays (for `status`) once its work is rescued
+# Priority classes, urgent first: the order refill claims in (recipients.priority holds the class).
+PRIORITY_CLASSES = (1, 0, -1)
+_STATUS_EVENT = {
+    Status.DELIVERED: EventType.DELIVERED,
+    Status.DEFERRED: EventType.DEFERRED,
+    Status.FAILED: EventType.FAILED,
+    Status.EXPIRED: EventType.EXPIRED,
+    Status.HELD: EventType.HELD,
+}
+Params = Mapping[str, Any]
+
+
+class Cursor(Protocol):
+    """What a step reads of a statement's result (sqlite3's and psycopg's cursors both are one)."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Tx(Protocol):
+    """A connection inside a transaction, with its dialect's statements (`q`)."""
+
+    @property
+    def q(self) -> Queries: ...
+
+    def execute(self, sql: str, parameters: Params = ..., /) -> Cursor: ...
+
+    def executemany(self, sql: str, parameters: Iterable[Params], /) -> Cursor: ...
+
+
+def priority_class(priority: int) -> int:
+    """1 urgent, 0 normal, -1 non-urgent (MAPI PR_PRIORITY's three values; others fold into them)."""
+    return (priority > 0) - (priority < 0)
+
+
+# --------------------------------------------------------------------------------------------
+# Submission and filing.
+
+
+def insert_event(tx: Tx, event: Event) -> Event:
+    event.id = tx.execute(tx.q.insert_event, {
+        "time": event.time, "type": str(event.type), "message_id": event.message_id, "recipient": event.recipient,
+        "mailbox": event.mailbox, "folder": event.folder,
+        "detail": json.dumps(event.detail) if event.detail else None}).fetchone()[0]
+    return event
+
+
+def _insert_content(tx: Tx, data: bytes) -> int:
+    content_id: int = tx.execute(tx.q.insert_content, {"data": data}).fetchone()[0]
+    return content_id
+
+
+def _insert_message(tx: Tx, msg: Message, content_id: int, *, read: bool) -> None:
+    tx.execute(tx.q.insert_message, {
+        "id": msg.id, "mailbox": msg.mailbox, "folder": msg.folder, "sender": msg.sender, "size": msg.size,
+        "submitted_at": msg.submitted_at, "content_id": content_id, "headers_prefix": msg.headers_prefix or None,
+        "message_class": msg.message_class, "priority": msg.priority, "deliver_after": msg.deliver_after,
+        "expires_at": msg.expires_at, "delete_after_submit": int(msg.delete_after_submit), "held": int(msg.held),
+        "origin": msg.origin, "meta": json.dumps(msg.meta) if msg.meta else None,
+        "ret": msg.dsn.ret if msg.dsn else None, "envid": msg.dsn.envid if msg.dsn else None, "read": int(read),
+        "max_attempts": msg.max_attempts, "flags": " ".join(msg.flags)})
+
+
+def _recipient_row(msg: Message, r: Recipient, owner: str | None) -> dict[str, Any]:
+    reply = r.last_reply
+    return {"message_id": msg.id, "idx": r.index, "address": r.address, "addrtype": r.addrtype, "type": str(r.type),
+            "transport": r.transport, "nexthop": r.nexthop, "status": str(r.status), "attempts": r.attempts,
+            "next_attempt_at": r.next_attempt_at, "last_attempt_at": r.last_attempt_at,
+            "reply_code": reply.code if reply else None, "reply_enhanced": reply.enhanced if reply else None,
+            "reply_text": reply.text if reply else None, "notify": notify_text(r.dsn), "orcpt": orcpt_text(r.dsn),
+            "priority": priority_class(msg.priority), "report": r.report_owed,
+            "owner": owner if r.status is Status.ACTIVE else None}
+
+
+def op_submit(tx: Tx, msg: Message, copies: Sequence[Message], owner: str | None = None) -> list[Event]:
+    """Store a submission: the outbox message with its recipients, and the local copies filed
+    straight into their mailboxes (tightly coupled delivery) — one atomic step. Recipients
+    committed `active` are handed to the delivery node `owner` in the same step, while that node
+    is live: a hand-over to a node whose lease ran out is refused — its recipients are committed
+    queued, due now, for whichever node claims them, and set so in `msg` (the caller must not
+    hand it on: that node may no longer deliver)."""
+    handed = [r for r in msg.recipients if r.status is Status.ACTIVE]
+    if handed and owner is not None and not node_live(tx, owner, msg.submitted_at):
+        for r in handed:
+            r.status = Status.QUEUED
+    content_id = _insert_content(tx, msg.content)
+    _insert_message(tx, msg, content_id, read=True)  # its writer has read it (MAPI: Sent Items show read)
+    tx.executemany(tx.q.insert_recipient, [_recipient_row(msg, r, owner) for r in msg.recipients])
+    if token := msg.meta.get("http_token"):
+        _insert_history(tx, msg.id, msg.submitted_at, "submission",
+                        [HookRecord("", "submitted", f"over HTTP with token {token}")])
+    if user := msg.meta.get("smtp_auth_user"):
+        _insert_history(tx, msg.id, msg.submitted_at, "submission",
+                        [HookRecord("", "submitted", f"over SMTP by authenticated user {user}")])
+    events = [insert_event(tx, Event(EventType.SUBMITTED, msg.id, msg.submitted_at,
+                                     detail={"sender": msg.sender, "size": msg.size, "origin": msg.origin}))]
+    for r in msg.recipients:
+        if r.status in _STATUS_EVENT and r.status is not Status.DEFERRED:
+            events.append(insert_event(tx, _recipient_event(msg.id, r.address, r.status, r.last_reply,
+                                                            msg.submitted_at, r.transport)))
+    events += [_file(tx, copy, content_id) for copy in copies]
+    if not any(r.status.pending for r in msg.recipients):
+        events += _finish_if_done(tx, msg.id, msg.submitted_at)
+    return events
+
+
+def _file(tx: Tx, copy: Message, content_id: int) -> Event:
+    """File a local copy (sharing the submission's content row) into its mailbox's receive folder."""
+    tx.execute(tx.q.insert_mailbox, {"address": copy.mailbox, "created_at": copy.submitted_at})
+    copy.folder = copy.folder or receive_folder(tx, copy.mailbox, copy.message_class)
+    _insert_message(tx, copy, content_id, read="\\Seen" in copy.flags)
+    return insert_event(tx, Event(EventType.NEW_MAIL, copy.id, copy.submitted_at, mailbox=copy.mailbox,
+                                  folder=copy.folder,
+                                  detail={"sender": copy.sender, "message_class": copy.message_class}))
+
+
+def _file_copy(tx: Tx, message_id: str, copy: Message) -> Event:
+    if copy.own_content:
+        content_id = _insert_content(tx, copy.content)
+    else:
+        content_id = tx.execute(tx.q.content_id_of, {"message_id": message_id}).fetchone()[0]
+    assert content_id is not None
+    return _file(tx, copy, content_id)
+
+
+def receive_folder(tx: Tx, mailbox: str, message_class: str) -> str:
+    """MAPI GetReceiveFolder: the folder of the longest matching class prefix; Inbox by default."""
+    rows = tx.execute(tx.q.receive_folders_of, {"mailbox": mailbox}).fetchall()
+    best, folder = -1, INBOX
+    wanted = message_class.upper()
+    for cls, fld in rows:
+        cls = cls.upper()
+        if (wanted == cls or wanted.startswith(cls + ".") or cls == "") and len(cls) > best:
+            best, folder = len(cls), fld
+    return str(folder)
+
+
+def _recipient_event(message_id: str, address: str, status: Status, reply: Reply | None, now: float,
+                     transport: str | None, remote: str | None = None) -> Event:
+    detail: dict[str, Any] = {"transport": transport}
+    if reply is not None:
+        detail["reply"] = reply.line()
+        detail["dsn"] = reply.dsn
+    if remote:
+        detail["relay"] = remote
+    return Event(_STATUS_EVENT[status], message_id, now, recipient=address, detail=detail)
+
+
+def _finish_if_done(tx: Tx, message_id: str, now: float) -> list[Event]:
+    """MAPI FinishedMsg: once every recipient is final, the message leaves the outbox — to Sent
+    Items, or deleted when the submitter asked for delete-after-submit."""
+    row = tx.execute(tx.q.finished_in_outbox, {"message_id": message_id, "outbox": OUTBOX}).fetchone()
+    if row is None:
+        return []
+    if row[0] and not _reports_owed(tx, message_id):
+        _delete_messages(tx, [message_id])
+    else:  # delete-after-submit waits for the reports it owes: they quote the message
+        tx.execute(tx.q.move_to_sent, {"sent": SENT, "now": now, "message_id": message_id})
+    return []
+
+
+def _reports_owed(tx: Tx, message_id: str) -> bool:
+    return tx.execute(tx.q.reports_owed, {"message_id": message_id}).fetchone() is not None
+
+
+def _delete_messages(tx: Tx, ids: Sequence[str]) -> None:
+    q = tx.q
+    for message_id in ids:
+        key = {"message_id": message_id}
+        row = tx.execute(q.contents_of, key).fetchone()
+        tx.execute(q.delete_recipients_of, key)
+        tx.execute(q.delete_history_of, key)
+        tx.execute(q.delete_message, key)
+        for content_id in row or ():
+            if content_id is not None:
+                _drop_content_if_unused(tx, content_id)
+
+
+def _drop_content_if_unused(tx: Tx, content_id: int) -> None:
+    tx.execute(tx.q.drop_content_if_unused, {"content_id": content_id})
+
+
+def _insert_history(tx: Tx, message_id: str, now: float, stage: str, records: Iterable[HookRecord]) -> None:
+    tx.executemany(tx.q.insert_history, [{"message_id": message_id, "time": now, "stage": stage, "hook": r.hook,
+                                          "outcome": r.outcome, "detail": r.detail} for r in records])
+
+
+# --------------------------------------------------------------------------------------------
+# Claiming and settling delivery work.
+
+
+def op_claim(tx: Tx, now: float, limit: int, whole_messages: bool = False, owner: str | None = None) -> list[Message]:
+    """Claim due recipients (queued or deferred, next_attempt_at passed) for the delivery run
+    `owner`: mark them active and owned by it, and return their messages with only the claimed
+    recipients, urgent ones first. Bounded by `limit` rows; each priority class is one range of
+    `recipients_due_by_priority`, oldest due first, so an urgent retry is claimed before a backlog
+    of a million normal ones without reading them.
+
+    With `whole_messages` (outbound hooks run in this process), a message the hooks have not seen
+    yet comes with every waiting recipient it has, past `limit`: the hooks decide once for the
+    whole message (a reject, a rewrite, a split covers all its recipients), and then it is marked
+    preprocessed. Preprocessed mail is claimed as before, a row at a time by the index.
+
+    A node whose lease ran out claims nothing (its heartbeat will tell it it is dead)."""
+    if owner is not None and not node_live(tx, owner, now):
+        return []
+    rows: list[Any] = []
+    claim_due = tx.q.claim_due
+    for priority in PRIORITY_CLASSES:
+        if len(rows) >= limit:
+            break
+        rows += tx.execute(claim_due, {"owner": owner, "priority": priority, "now": now,
+                                       "limit": limit - len(rows)}).fetchall()
+    by_message: dict[str, list[Recipient]] = {}
+    for row in rows:
+        by_message.setdefault(row[0], []).append(_claimed_recipient(row))
+    messages = [m for m in (_load_message(tx, mid, rcpts) for mid, rcpts in by_message.items()) if m]
+    for message in messages:
+        if whole_messages and not message.preprocessed:
+            _claim_the_rest(tx, message, owner)
+    return messages
+
+
+def _claimed_recipient(row: Sequence[Any]) -> Recipient:
+    _mid, idx, address, addrtype, rtype, transport, nexthop, attempts, notify, orcpt = row
+    return Recipient(address=address, addrtype=addrtype, type=RecipientType(rtype), transport=transport,
+                     nexthop=nexthop, status=Status.ACTIVE, attempts=attempts, index=idx,
+                     dsn=recipient_dsn(notify, orcpt))
+
+
+def _claim_the_rest(tx: Tx, message: Message, owner: str | None) -> None:
+    """Claim the message's other waiting recipients too, due or not: the hooks must see them all
+    (one that was deferred before hooks were configured is tried again early, once)."""
+    rest = tx.execute(tx.q.claim_the_rest, {"owner": owner, "message_id": message.id}).fetchall()
+    message.recipients += [_claimed_recipient(row) for row in rest]
+    message.recipients.sort(key=lambda r: r.index)
+
+
+def _load_message(tx: Tx, message_id: str, recipients: list[Recipient]) -> Message | None:
+    row = tx.execute(tx.q.load_message, {"message_id": message_id}).fetchone()
+    if row is None:
+        return None
+    (sender, submitted_at, mailbox, folder, cls, priority, deliver_after, expires_at, das, held, origin,
+     prefix, data, ret, envid, preprocessed, max_attempts) = row
+    return Message(id=message_id, sender=sender, content=bytes(data), recipients=recipients,
+                   submitted_at=submitted_at, mailbox=mailbox, folder=folder, message_class=cls,
+                   priority=priority, deliver_after=deliver_after, expires_at=expires_at,
+                   delete_after_submit=bool(das), held=bool(held), origin=origin,
+                   headers_prefix=bytes(prefix or b""), preprocessed=bool(preprocessed), max_attempts=max_attempts,
+                   dsn=MessageDSN(Ret(ret) if ret else None, envid) if ret or envid else None)
+
+
+def op_settle(tx: Tx, settlements: Sequence[Settlement], now: float, crash_limit: int = 0,
+              owner: str | None = None) -> list[Event]:
+    """Record outcomes (and the route each recipient took). A temporary failure of a held message
+    leaves it held; a recipient that is no longer active (deleted, or settled already) is left
+    alone. A local delivery files its copy in the same step. A message whose attempts crashed its
+    transport `crash_limit` times is held (poison isolation, as Exim freezes a message).
+
+    Fenced (issue 11.4): with `owner`, a recipient no longer held by that node (its lease ran out
+    and another node rescued it) is left alone too, with nothing recorded of the outcome — no
+    event, no report debt, no copy filed: the node that lost the lease can never record over the
+    work of the one that took it."""
+    settle = tx.q.settle_recipient
+    events: list[Event] = []
+    touched: dict[str, None] = {}
+    crashed = {s.message_id for s in settlements if s.crashed}
+    for s in settlements:
+        status = s.status
+        if status is Status.DEFERRED and _is_held(tx, s.message_id):
+            status = Status.HELD
+        reply = s.reply
+        warn_now = status is Status.DEFERRED and s.warn_at is not None and s.warn_at <= now
+        row = tx.execute(settle, {
+            "status": str(status), "attempted": int(s.attempted), "next_at": s.next_attempt_at, "now": now,
+            "code": reply.code if reply else None, "enhanced": reply.enhanced if reply else None,
+            "text": reply.text if reply else None, "remote": s.remote, "wait": int(s.wait_destination),
+            "transport": s.transport, "nexthop": s.nexthop, "report": _report_due(status, s, warn_now),
+            "final": int(status.final), "warn_now": int(warn_now), "warn_at": s.warn_at,
+            "message_id": s.message_id, "idx": s.index, "owner": owner,
+        }).fetchone()
+        if row is None:
+            continue
+        touched[s.message_id] = None
+        events += [_file_copy(tx, s.message_id, copy) for copy in s.copies]
+        if s.history:
+            _insert_history(tx, s.message_id, now, "inbound", [dataclasses.replace(h, detail=f"<{s.address}> "
+                                                                                  f"{h.detail}") for h in s.history])
+        for spawned in s.spawn:
+            events += op_submit(tx, spawned, ())
+        if status in _STATUS_EVENT:
+            events.append(insert_event(tx, _recipient_event(s.message_id, s.address, status, reply, now,
+                                                            row[0], s.remote)))
+    for message_id in crashed & touched.keys():
+        events += _count_crash(tx, message_id, crash_limit, now)
+    for message_id in touched:
+        events += _finish_if_done(tx, message_id, now)
+    return events
+
+
+def _count_crash(tx: Tx, message_id: str, limit: int, now: float) -> list[Event]:
+    crashes = tx.execute(tx.q.count_crash, {"message_id": message_id}).fetchone()[0]
+    if not limit or crashes < limit:
+        return []
+    reason = f"crashed its transport {crashes} times"
+    _insert_history(tx, message_id, now, "transport", [HookRecord("", "held", reason)])
+    return _hold(tx, message_id, reason, now, active=False)
+
+
+def _report_due(status: Status, s: Settlement, warn_now: bool) -> str | None:
+    """The report action this outcome owes the sender (RFC 3461 NOTIFY; a delay notice only once
+    it fell due), recorded with the outcome in one step so that a crash can neither lose the
+    report nor send it twice."""
+    action = report_action(status, s.dsn or RecipientDSN(), handoff=s.handoff, warn_delays=warn_now)
+    return None if action is None else str(action)
+
+
+def _is_held(tx: Tx, message_id: str) -> bool:
+    row = tx.execute(tx.q.held_flag, {"message_id": message_id}).fetchone()
+    return bool(row and row[0])
+
+
+def op_unclaim(tx: Tx, recipients: Sequence[tuple[str, int]], now: float, owner: str | None = None) -> list[Event]:
+    """Claimed recipients that the delivery process dropped from memory unattempted (their message
+    was held, requeued or deleted while they waited for a connection) wait again, in one step:
+    held when their message is held, else due now. Only rows still active change: one settled
+    meanwhile, or deleted with its message, is left alone. With `owner`, only rows that node still
+    holds (fenced): intake takes back a hand-over its delivery process died before receiving,
+    never what the next node claimed."""
+    query = tx.q.give_back if owner is None else tx.q.give_back_held_by
+    events = []
+    for message_id, index in recipients:
+        row = tx.execute(query, {"now": now, "message_id": message_id, "idx": index, "owner": owner}).fetchone()
+        if row is not None and row[0] == Status.HELD:
+            events.append(insert_event(tx, Event(EventType.HELD, message_id, now, recipient=row[1],
+                                                 detail={"transport": row[2]})))
+    return events
+
+
+def _give_back_all(tx: Tx, rows: Iterable[tuple[str, int, str | None]], now: float, stage: str,
+                   why: Callable[[str, str | None], str], query: str) -> list[Event]:
+    """Give back (by `query`, a give_back_* statement) each (message id, index, owner) still
+    active and held as seen, with a line in its message's history; the `held` events of those
+    whose message is held."""
+    events = []
+    for message_id, index, owner in rows:
+        row = tx.execute(query, {"now": now, "message_id": message_id, "idx": index, "owner": owner}).fetchone()
+        if row is not None:
+            if row[0] == Status.HELD:
+                events.append(insert_event(tx, Event(EventType.HELD, message_id, now, recipient=row[1])))
+            _insert_history(tx, message_id, now, stage, [HookRecord("", "returned", why(row[1], owner))])
+    return events
+
+
+def active_recipients(tx: Tx) -> list[tuple[str, int, str | None]]:
+    rows: list[tuple[str, int, str | None]] = tx.execute(tx.q.active_recipients).fetchall()
+    return rows
+
+
+def op_return_stuck(tx: Tx, rows: Sequence[tuple[str, int, str | None]], now: float) -> list[Event]:
+    """The watchdog's give-back: like op_unclaim, for rows still active and still owned as seen."""
+    return _give_back_all(tx, rows, now, "watchdog", lambda address, _owner:
+                          f"<{address}> was active with no delivery holding it", tx.q.give_back_held_by)
+
+
+def op_release_destination(tx: Tx, transport: str, nexthop: str, now: float, chunk: int = CHUNK) -> int:
+    """A destination answered again: its waiting backlog becomes due now (chunked so that intake
+    commits interleave with a large release)."""
+    return tx.execute(tx.q.release_destination, {"now": now, "transport": transport, "nexthop": nexthop,
+                                                  "limit": chunk}).rowcount
+
+
+def op_mark_delay_warnings(tx: Tx, now: float, chunk: int = CHUNK) -> int:
+    """Owe the delay notice of deferred recipients whose time came while they waited without a
+    new outcome (a down destination's backlog, a long backoff): by index, a chunk per call."""
+    return tx.execute(tx.q.mark_delay_warnings, {"now": now, "limit": chunk}).rowcount
+
+
+def next_delay_warning(tx: Tx) -> float | None:
+    """When the next delay notice of a deferred recipient falls due (by index)."""
+    row = tx.execute(tx.q.next_delay_warning).fetchone()
+    return None if row is None else float(row[0])
+
+
+def next_due(tx: Tx) -> float | None:
+    """The earliest next attempt: the head of each priority class's range (one index probe each)."""
+    heads = [row[0] for priority in PRIORITY_CLASSES
+             for row in tx.execute(tx.q.next_due_in_class, {"priority": priority})]
+    return float(min(heads)) if heads else None
+
+
+def waiting_destinations(tx: Tx) -> list[tuple[str, str]]:
+    return [(t, n) for t, n in tx.execute(tx.q.waiting_destinations)]
+
+
+# --------------------------------------------------------------------------------------------
+# Leases (issue 11.4): a node's lease covers every recipient it holds `active` (recipients.owner);
+# one heartbeat renews them all. Judged by a heartbeat that advances, never by how long a row has
+# been active (River's and Oban's time-based rescue ran live work twice); rescued by NOT EXISTS a
+# live node row, so a pruned or missing row never hides work (procrastinate#1518).
+
+
+def node_live(tx: Tx, owner: str, now: float) -> bool:
+    """Does node `owner` hold a lease at `now`? An expired one never comes back (op_heartbeat)."""
+    return bool(tx.execute(tx.q.node_live, {"owner": owner, "now": now}).fetchone()[0])
+
+
+def op_register_node(tx: Tx, owner: str, host: str, pid: int, now: float, lease_time: float,
+                     sole: bool = False) -> None:
+    """A node starts delivering, with a lease until `now + lease_time`. Its identity must be new
+    (the primary key refuses a reused one). `sole`: the caller proved that no other node of this
+    spool lives (SQLite's delivery lock): every other node's lease ends at its last heartbeat, so
+    their work is rescued at once instead of a lease time later."""
+    if sole:
+        tx.execute(tx.q.end_other_leases, {"owner": owner})
+    tx.execute(tx.q.insert_node, {"owner": owner, "host": host, "pid": pid, "now": now,
+                                  "lease_until": now + lease_time})
+
+
+def op_heartbeat(tx: Tx, owner: str, now: float, lease_time: float) -> bool:
+    """Renew node `owner`'s lease, and with it every recipient it holds (one row written, not
+    theirs). False when its lease had run out or its row is gone: it is dead to the others, its
+    work may be someone else's already, and it must stop (a dead lease is never renewed)."""
+    return tx.execute(tx.q.heartbeat, {"now": now, "lease_until": now + lease_time, "owner": owner}).rowcount == 1
+
+
+def active_owners(tx: Tx) -> list[str | None]:
+    """The distinct owners of active recipients (None: rows no node holds), one index probe each
+    by skipping along `recipients_active_by_owner`: a few nodes holding ten thousand rows cost a
+    few probes, not a scan, on every heartbeat."""
+    owners: list[str | None] = []
+    if tx.execute(tx.q.any_unowned_active).fetchone():
+        owners.append(None)
+    last = ""
+    while row := tx.execute(tx.q.next_active_owner, {"after": last}).fetchone():
+        last = row[0]
+        owners.append(last)
+    return owners
+
+
+def rescue_due(tx: Tx, now: float) -> bool:
+    """Is there anything for op_rescue to do: work of a node without a live lease, or a node row
+    to prune? Read-only, so that a heartbeat with nothing to rescue takes no write lock for it."""
+    if any(owner is None or not node_live(tx, owner, now) for owner in active_owners(tx)):
+        return True
+    return tx.execute(tx.q.any_node_dead_since, {"before": now - NODE_RETENTION}).fetchone() is not None
+
+
+def op_rescue(tx: Tx, now: float, chunk: int = CHUNK) -> int:
+    """Active recipients whose node holds no live lease (expired, retired, pruned, never
+    registered) wait again — held if their message is, else due now — each with a line in its
+    history; a chunk per call. Once none is left, node rows dead for NODE_RETENTION are pruned."""
+    rows: list[tuple[str, int, str | None]] = []
+    for owner in active_owners(tx):
+        if len(rows) >= chunk:
+            break
+        if owner is None or not node_live(tx, owner, now):
+            query = tx.q.active_of_no_node if owner is None else tx.q.active_of_node
+            rows += tx.execute(query, {"owner": owner, "limit": chunk - len(rows)}).fetchall()
+    _give_back_all(tx, rows, now, "rescue", lambda address, owner: f"<{address}> was active for node"
+                   f" {owner or '(none)'}, which holds no lease any more", tx.q.give_back_unleased)
+    if len(rows) < chunk:
+        tx.execute(tx.q.prune_nodes, {"before": now - NODE_RETENTION})
+    return len(rows)
+
+
+def op_retire_node(tx: Tx, owner: str, now: float) -> int:
+    """A clean stop: what node `owner` still holds waits again (its transactions were cancelled:
+    their outcome is unknown), then its row goes. Returns how many recipients it gave back."""
+    held = tx.execute(tx.q.held_by_node, {"owner": owner}).fetchall()
+    _give_back_all(tx, held, now, "rescue", lambda address, _owner: f"<{address}> was active when node"
+                   f" {owner} stopped", tx.q.give_back_held_by)
+    tx.execute(tx.q.delete_node, {"owner": owner})
+    return len(held)
+
+
+def op_drain_node(tx: Tx, owner: str, now: float) -> bool:
+    """Ask live node `owner` to drain (`msgspool node drain --owner`); False when none lives."""
+    return tx.execute(tx.q.drain_node, {"owner": owner, "now": now}).rowcount == 1
+
+
+def list_nodes(tx: Tx, now: float) -> list[dict[str, Any]]:
+    """Every node row, oldest first, with the leases it holds (active recipients) and whether it
+    is alive (its lease has not run out)."""
+    return [{"owner": owner, "host": host, "pid": pid, "started_at": started_at, "heartbeat_at": heartbeat_at,
+             "lease_until": lease_until, "draining": bool(draining), "leases": leases,
+             "alive": lease_until is not None and lease_until >= now}
+            for owner, host, pid, started_at, heartbeat_at, lease_until, draining, leases
+            in tx.execute(tx.q.list_nodes).fetchall()]
+
+
+# --------------------------------------------------------------------------------------------
+# The operator's commands and the reader's flags.
+
+
+def _existing(tx: Tx, ids: Iterable[str]) -> list[str]:
+    return [i for i in ids if tx.execute(tx.q.message_exists, {"message_id": i}).fetchone()]
+
+
+def op_hold(tx: Tx, ids: Sequence[str], now: float) -> list[str]:
+    found = _existing(tx, ids)
+    for message_id in found:
+        tx.execute(tx.q.hold_message, {"message_id": message_id})
+        for address, transport in tx.execute(tx.q.hold_waiting_recipients, {"message_id": message_id}).fetchall():
+            insert_event(tx, Event(EventType.HELD, message_id, now, recipient=address, detail={"transport": transport}))
+    return found
+
+
+def op_release(tx: Tx, ids: Sequence[str], now: float) -> list[str]:
+    found = _existing(tx, ids)
+    for message_id in found:
+        tx.execute(tx.q.release_message, {"message_id": message_id})
+        tx.execute(tx.q.release_recipients, {"now": now, "message_id": message_id})
+    return found
+
+
+def op_flush(tx: Tx, ids: Sequence[str] | None, now: float, chunk: int = CHUNK) -> int:
+    """Make deferred (and not-yet-due queued) recipients due now: those of `ids`, or — a chunk per
+    call, so intake's commits interleave with flushing a million — all of them."""
+    if ids is None:
+        return tx.execute(tx.q.flush_all, {"now": now, "limit": chunk}).rowcount
+    return sum(tx.execute(tx.q.flush_message, {"now": now, "message_id": i}).rowcount for i in ids)
+
+
+def op_set_receive_folder(tx: Tx, mailbox: str, message_class: str, folder: str) -> None:
+    """MAPI SetReceiveFolder: file messages of `message_class` (and its subclasses) into `folder`."""
+    tx.execute(tx.q.insert_mailbox, {"address": mailbox, "created_at": time.time()})
+    tx.execute(tx.q.set_receive_folder, {"mailbox": mailbox, "message_class": message_class, "folder": folder})
+
+
+def op_delete(tx: Tx, ids: Sequence[str]) -> list[str]:
+    found = _existing(tx, ids)
+    _delete_messages(tx, found)
+    return found
+
+
+def op_cancel_recipients(tx: Tx, keep: dict[str, list[int]], now: float) -> dict[str, list[str]]:
+    """`queue delete` of messages a transport has in flight: their other waiting recipients are
+    cancelled (removed, with a line in the history); the ones in `keep` go on."""
+    cancelled: dict[str, list[str]] = {}
+    for message_id, indexes in keep.items():
+        key = {"message_id": message_id}
+        rows = [row for (idx,) in tx.execute(tx.q.pending_indexes, key).fetchall() if idx not in indexes
+                for row in tx.execute(tx.q.cancel_recipient, {**key, "idx": idx}).fetchall()]
+        cancelled[message_id] = [address for (address,) in rows]
+        if rows:
+            _insert_history(tx, message_id, now, "operator",
+                            [HookRecord("", "cancelled", f"<{address}> by queue delete; others were in flight")
+                             for (address,) in rows])
+    return cancelled
+
+
+def op_set_read(tx: Tx, ids: Sequence[str], read: bool, now: float) -> list[Event]:
+    """MAPI SetReadFlag: set or clear the read flag; a `read` event for each message it changed."""
+    events = []
+    for message_id in ids:
+        row = tx.execute(tx.q.set_read, {"read": int(read), "message_id": message_id}).fetchone()
+        if row is not None:
+            events.append(insert_event(tx, Event(EventType.READ, message_id, now, mailbox=row[0], folder=row[1],
+                                                 detail={"read": read})))
+    return events
+
+
+def op_send_receipt(tx: Tx, receipt: ReadReceipt, now: float) -> list[Event]:
+    """MAPI ReadReceipt: record the disposition and submit the MDN in one step, and only while the
+    message has none recorded (RFC 8098 §2.1: one MDN per message) and, for `deleted`, is unread;
+    so a crash or a concurrent request neither loses nor doubles it. Then apply the disposition:
+    the message is marked read, or deleted."""
+    deleted = receipt.disposition is Disposition.DELETED
+    row = tx.execute(tx.q.record_mdn, {"mdn": receipt.recorded, "message_id": receipt.message_id,
+                                       "deleted": int(deleted)}).fetchone()
+    events: list[Event] = []
+    if row is not None and receipt.mdn is not None:
+        events += op_submit(tx, receipt.mdn, receipt.copies)
+        events.append(insert_event(tx, Event(
+            EventType.REPORT, receipt.message_id, now, mailbox=row[0], folder=row[1],
+            detail={"report_id": receipt.mdn.id, "class": receipt.mdn.message_class,
+                    "disposition": str(receipt.disposition)})))
+    if deleted:
+        _delete_messages(tx, [receipt.message_id])
+    else:
+        events += op_set_read(tx, [receipt.message_id], True, now)
+    return events
+
+
+def op_requeue(tx: Tx, ids: Sequence[str], now: float) -> list[str]:
+    """`queue requeue` (Postfix postsuper -r): the message goes through the outbound hooks again,
+    from its content and sender as submitted; its held, deferred and queued recipients are due now."""
+    q = tx.q
+    found = [i for i in _existing(tx, ids)
+             if tx.execute(q.message_in_folder, {"message_id": i, "folder": OUTBOX}).fetchone()]
+    for message_id in found:
+        key = {"message_id": message_id}
+        row = tx.execute(q.contents_of, key).fetchone()
+        tx.execute(q.restore_submitted, key)
+        if row[1] is not None:
+            _drop_content_if_unused(tx, row[0])
+        tx.execute(q.delete_added_recipients, key)
+        tx.execute(q.requeue_recipients, {**key, "now": now})
+        _insert_history(tx, message_id, now, "operator", [HookRecord("", "requeued")])
+    return found
+
+
+def op_purge(tx: Tx, sent_before: float, events_before: float, chunk: int = 2000) -> int:
+    """Housekeeping: drop the spool's own finished messages and old events past their retention."""
+    ids = [r[0] for r in tx.execute(tx.q.purgeable_messages, {"before": sent_before, "limit": chunk})]
+    _delete_messages(tx, ids)
+    tx.execute(tx.q.purge_events, {"before": events_before})
+    return len(ids)
+
+
+# --------------------------------------------------------------------------------------------
+# Reports and webhooks.
+
+
+def pending_reports(tx: Tx, limit: int) -> list[PendingReport]:
+    q = tx.q
+    out = []
+    for (message_id,) in tx.execute(q.messages_owing_reports, {"limit": limit}).fetchall():
+        key = {"message_id": message_id}
+        row = tx.execute(q.report_message, key).fetchone()
+        content = get_content(tx, message_id)
+        if row is None or content is None:  # deleted meanwhile, recipients with it
+            continue
+        sender, submitted_at, message_class, ret, envid, expires_at, deliver_after = row
+        recipients = [{"index": idx, "address": address, "action": report, "remote": remote, "orcpt": orcpt,
+                       "last_attempt_at": last_at, "reply": Reply(code or 0, enhanced or "", text or "")}
+                      for idx, address, report, code, enhanced, text, remote, orcpt, last_at
+                      in tx.execute(q.reports_owed_by, key)]
+        dsn = MessageDSN(Ret(ret) if ret else None, envid) if ret or envid else None
+        out.append(PendingReport(message_id, sender, submitted_at, message_class, content, dsn, recipients,
+                                 expires_at, deliver_after))
+    return out
+
+
+def op_reported(tx: Tx, message_id: str, owed: Sequence[tuple[int, str]], report: Message | None,
+                copies: Sequence[Message], owner: str | None = None, now: float = 0.0) -> list[Event]:
+    """The report for these recipients is written (or deliberately dropped): submit it and clear
+    their debt in one step. `owed` is (index, action) as `pending_reports` read it: a debt that
+    changed meanwhile (a delay notice overtaken by a failure) stays owed. Fenced: with `owner`,
+    a node whose lease ran out at `now` writes nothing (the debt stays for a live node)."""
+    if owner is not None and not node_live(tx, owner, now):
+        return []
+    events = op_submit(tx, report, copies) if report is not None else []
+    tx.executemany(tx.q.clear_report, [{"message_id": message_id, "idx": i, "action": action} for i, action in owed])
+    if report is not None:
+        events.append(insert_event(tx, Event(EventType.REPORT, message_id, report.submitted_at,
+                                             detail={"report_id": report.id, "class": report.message_class})))
+    done = tx.execute(tx.q.sent_to_delete, {"message_id": message_id, "sent": SENT}).fetchone()
+    if done and not _reports_owed(tx, message_id):
+        _delete_messages(tx, [message_id])
+    return events
+
+
+def op_webhook_cursor(tx: Tx) -> int:
+    """The webhook cursor; the first time, the newest event: webhooks get what happens from the
+    moment they are configured, not the day of history the spool keeps."""
+    tx.execute(tx.q.start_webhook_cursor)
+    return int(tx.execute(tx.q.webhook_cursor).fetchone()[0])
+
+
+def op_enqueue_webhooks(tx: Tx, after: int, upto: int, messages: Sequence[Message]) -> list[Event] | None:
+    """Queue the webhook deliveries for the events after `after` up to `upto` and move the cursor
+    there, in one step: a crash leaves either both or neither. None (and nothing written) when the
+    cursor is no longer at `after`: another dispatcher queued these events already."""
+    if tx.execute(tx.q.move_webhook_cursor, {"upto": upto, "after": after}).rowcount != 1:
+        return None
+    return [event for msg in messages for event in op_submit(tx, msg, ())]
+
+
+# --------------------------------------------------------------------------------------------
+# Outbound hooks (MAPI preprocessing): the pipeline's answer recorded.
+
+DROPPED = Reply(550, "5.7.1", "recipient removed by an outbound hook")
+
+
+def op_preprocessed(tx: Tx, message: Message, result: Preprocessed, now: float,
+                    owner: str | None = None) -> tuple[list[Message], list[Event]]:
+    """Record what the outbound hooks made of a message's active recipients, in one step: a
+    rejection fails them (an NDR follows), a hook's failure holds the message (the hooks are not
+    done: they run again on release), drafts replace it — the first draft is the stored message
+    (changed content gets a content row of its own; the submitted one is kept for `requeue`), each
+    further draft becomes a new message that takes its recipients along. A hook's Hold keeps the
+    drafts held: the hooks are done, and release sends them as they are (Postfix postsuper -H).
+    Returns the messages to deliver now.
+
+    Fenced (issue 11.4): with `owner`, when that node no longer holds every one of the message's
+    active recipients (its lease ran out and another node took them), nothing is recorded."""
+    active = {r.index: r for r in message.recipients if r.status is Status.ACTIVE}
+    if owner is not None and not _holds_all(tx, owner, message.id, list(active)):
+        return [], []
+    _insert_history(tx, message.id, now, "outbound", result.history)
+    if isinstance(result.verdict, Reject):
+        tx.execute(tx.q.mark_preprocessed, {"message_id": message.id})
+        return [], op_settle(tx, [Settlement(message.id, r.index, r.address, Status.FAILED, result.verdict.reply,
+                                             attempted=False, dsn=r.dsn) for r in active.values()], now,
+                             owner=owner)
+    if isinstance(result.verdict, Hold):
+        return [], _hold(tx, message.id, result.verdict.reason, now, active=True)
+    first, *others = result.drafts
+    kept = _apply_draft(tx, message, first, active, owner)
+    children = [_split_off(tx, message, draft, active, now, owner) for draft in others]
+    placed = {r.index for draft in result.drafts for r in draft.recipients}
+    dropped = [Settlement(message.id, r.index, r.address, Status.FAILED, DROPPED, attempted=False,
+                          dsn=RecipientDSN(frozenset())) for i, r in active.items() if i not in placed]
+    tx.execute(tx.q.mark_preprocessed, {"message_id": message.id})
+    events = [insert_event(tx, Event(EventType.SUBMITTED, c.id, now, detail={"sender": c.sender, "size": c.size,
+                                                                             "split_from": message.id}))
+              for c in children]
+    events += op_settle(tx, dropped, now, owner=owner) if dropped else _finish_if_done(tx, message.id, now)
+    ready = [m for m in (kept, *children) if m.recipients]
+    if result.hold is None:
+        return ready, events
+    for m in ready:  # after the dropped ones settled: they were active too
+        events += _hold(tx, m.id, result.hold.reason, now, active=True)
+    return [], events
+
+
+def _holds_all(tx: Tx, owner: str, message_id: str, indexes: Sequence[int]) -> bool:
+    """Does node `owner` hold all these recipients of the message `active`?"""
+    if not indexes:
+        return True
+    held = {idx for (idx,) in tx.execute(tx.q.indexes_held_by, {"message_id": message_id, "owner": owner})}
+    return held.issuperset(indexes)
+
+
+def _hold(tx: Tx, message_id: str, reason: str, now: float, *, active: bool) -> list[Event]:
+    """Hold a message for a reason (a hook's verdict or error, a crashing transport): its
+    recipients in delivery (`active`) or waiting are held until `queue release` or `requeue`."""
+    key = {"message_id": message_id}
+    tx.execute(tx.q.hold_message, key)
+    rows = tx.execute(tx.q.hold_active_recipients if active else tx.q.hold_waiting_recipients, key).fetchall()
+    return [insert_event(tx, Event(EventType.HELD, message_id, now, recipient=address, detail={"reason": reason}))
+            for address, _transport in rows]
+
+
+def _apply_draft(tx: Tx, message: Message, draft: Draft, active: dict[int, Recipient],
+                 owner: str | None) -> Message:
+    """The stored message becomes the first draft: content, sender, recipients (renamed, added)."""
+    q = tx.q
+    if draft.content != message.content or draft.sender != message.sender:
+        content_id = _insert_content(tx, draft.content)
+        old = tx.execute(q.content_id_of, {"message_id": message.id}).fetchone()[0]
+        tx.execute(q.replace_content, {"content_id": content_id, "sender": draft.sender, "size": len(draft.content),
+                                       "message_id": message.id})
+        _drop_content_if_unused(tx, old)
+    recipients: list[Recipient] = []
+    next_index = tx.execute(q.next_recipient_index, {"message_id": message.id}).fetchone()[0]
+    for d in draft.recipients:
+        if d.index is None:
+            r = Recipient(d.address, d.addrtype.upper(), status=Status.ACTIVE, index=next_index,
+                          next_attempt_at=message.submitted_at)
+            next_index += 1
+            tx.execute(q.insert_recipient, _recipient_row(message, r, owner))
+            tx.execute(q.mark_added_recipient, {"message_id": message.id, "idx": r.index})
+        else:
+            r = active[d.index]
+            if (d.address, d.addrtype.upper()) != (r.address, r.addrtype):
+                r = dataclasses.replace(r, address=d.address, addrtype=d.addrtype.upper(), transport=None,
+                                        nexthop=None)
+                tx.execute(q.rename_recipient, {"address": r.address, "addrtype": r.addrtype,
+                                                "message_id": message.id, "idx": r.index})
+        recipients.append(r)
+    return dataclasses.replace(message, sender=draft.sender, content=draft.content, recipients=recipients,
+                               preprocessed=True)
+
+
+def _split_off(tx: Tx, message: Message, draft: Draft, active: dict[int, Recipient], now: float,
+               owner: str | None) -> Message:
+    """A further draft becomes a new outbox message; its recipients move over with their state."""
+    child = dataclasses.replace(message, id=new_id(now), sender=draft.sender, content=draft.content,
+                                recipients=[], preprocessed=True, headers_prefix=b"",
+                                meta={**message.meta, "split_from": message.id})
+    for position, d in enumerate(draft.recipients):
+        base = active[d.index] if d.index is not None else Recipient(d.address, next_attempt_at=now)
+        child.recipients.append(dataclasses.replace(base, address=d.address, addrtype=d.addrtype.upper(),
+                                                    index=position, status=Status.ACTIVE, transport=None,
+                                                    nexthop=None))
+        if d.index is not None:
+            tx.execute(tx.q.delete_recipient, {"message_id": message.id, "idx": d.index})
+    content_id = _insert_content(tx, child.content)
+    _insert_message(tx, child, content_id, read=True)
+    tx.executemany(tx.q.insert_recipient, [_recipient_row(child, r, owner) for r in child.recipients])
+    tx.execute(tx.q.mark_preprocessed, {"message_id": child.id})
+    _insert_history(tx, child.id, now, "outbound", [HookRecord("", "split", f"from {message.id}")])
+    return child
+
+
+# --------------------------------------------------------------------------------------------
+# Reads, shaped for `queue list/show --json` and the HTTP API.
+
+
+def _recipient_dict(row: Sequence[Any]) -> dict[str, Any]:
+    (_mid, idx, address, addrtype, rtype, transport, nexthop, status, attempts, next_at, last_at, code,
+     enhanced, text, remote, notify, orcpt) = row
+    reply = Reply(code, enhanced or "", text or "").line() if code is not None else None
+    return {"index": idx, "address": address, "addrtype": addrtype, "type": rtype, "transport": transport,
+            "destination": nexthop, "status": status, "attempts": attempts, "next_attempt_at": next_at,
+            "last_attempt_at": last_at, "last_reply": reply, "relay": remote, "notify": notify, "orcpt": orcpt}
+
+
+def _message_info(row: Sequence[Any], recipients: list[dict[str, Any]]) -> MessageInfo:
+    (message_id, mailbox, folder, sender, size, submitted_at, finished_at, message_class, priority, deliver_after,
+     expires_at, held, origin, ret, envid, read, mdn, max_attempts, flags) = row
+    return MessageInfo(message_id, mailbox, folder, sender, size, submitted_at, finished_at, message_class,
+                       priority, deliver_after, expires_at, bool(held), origin, recipients, ret, envid,
+                       bool(read), mdn, max_attempts, flags=tuple(flags.split()) if flags else ())
+
+
+def iter_messages(tx: Tx, folders: Sequence[str] = (OUTBOX,), mailbox: str | None = None,
+                  page: int = 500, after: tuple[float, str] | None = None) -> Iterator[MessageInfo]:
+    """Stream messages in submission order, a page at a time (a million cost disk, not RAM),
+    from just past `after` (submitted_at, id)."""
+    if not folders:
+        return
+    q = tx.q
+    after = after if after is not None else (-1.0, "")
+    listing = (q.expand("list_messages", folders=len(folders)) if mailbox is None
+               else q.expand("list_mailbox_messages", folders=len(folders)))
+    params: dict[str, Any] = {**q.spread(folders=folders), "mailbox": mailbox, "limit": page}
+    while True:
+        rows = tx.execute(listing, {**params, "after_at": after[0], "after_id": after[1]}).fetchall()
+        if not rows:
+            return
+        recipients: dict[str, list[dict[str, Any]]] = {r[0]: [] for r in rows}
+        for rrow in tx.execute(q.expand("recipients_of_messages", ids=len(recipients)),
+                               q.spread(ids=list(recipients))):
+            recipients[rrow[0]].append(_recipient_dict(rrow))
+        for row in rows:
+            yield _message_info(row, recipients[row[0]])
+        after = (rows[-1][5], rows[-1][0])
+
+
+def get_message(tx: Tx, message_id: str) -> MessageInfo | None:
+    key = {"message_id": message_id}
+    row = tx.execute(tx.q.message_info, key).fetchone()
+    if row is None:
+        return None
+    info = _message_info(row, [_recipient_dict(r) for r in tx.execute(tx.q.recipients_of, key).fetchall()])
+    info.history = [{"time": t, "stage": stage, "hook": hook or None, "outcome": outcome, "detail": detail}
+                    for t, stage, hook, outcome, detail in tx.execute(tx.q.history_of, key)]
+    return info
+
+
+def get_content(tx: Tx, message_id: str) -> bytes | None:
+    row = tx.execute(tx.q.content_of, {"message_id": message_id}).fetchone()
+    return None if row is None else bytes(row[0] or b"") + bytes(row[1])
+
+
+def queue_counts(tx: Tx) -> dict[str, int]:
+    counts = {str(s): 0 for s in Status}
+    for status, n in tx.execute(tx.q.count_outbox_by_status):
+        counts[status] = n
+    counts["messages"] = tx.execute(tx.q.count_outbox).fetchone()[0]
+    return counts
+
+
+def events_after(tx: Tx, after_id: int, limit: int = 1000) -> list[Event]:
+    rows = tx.execute(tx.q.events_after, {"after": after_id, "limit": limit}).fetchall()
+    return [Event(EventType(t), mid, tm, recipient=r, mailbox=mb, folder=f,
+                  detail=json.loads(d) if d else {}, id=i) for i, tm, t, mid, r, mb, f, d in rows]

@@ -1,0 +1,14 @@
+-- The statements PostgreSQL says its own way, by the name of the block of queries.sql they replace
+-- (stores/queries.py refuses a name queries.sql lacks). Same placeholders, same result columns.
+
+-- name: claim_due
+-- One priority class's due recipients, oldest due first, claimed for node :owner (at most :limit),
+-- with SKIP LOCKED (River's and Oban's shape): rows another node is claiming right now are passed
+-- over instead of waited for, and a row it claimed meanwhile fails the recheck.
+WITH due AS (
+    SELECT message_id, idx FROM recipients WHERE status IN ('queued', 'deferred') AND priority = :priority
+    AND next_attempt_at <= :now ORDER BY next_attempt_at LIMIT :limit FOR UPDATE SKIP LOCKED)
+UPDATE recipients r SET status = 'active', owner = :owner FROM due
+WHERE r.message_id = due.message_id AND r.idx = due.idx
+RETURNING r.message_id, r.idx, r.address, r.addrtype, r.type, r.transport, r.nexthop, r.attempts, r.notify,
+    r.orcpt;
