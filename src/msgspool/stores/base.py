@@ -45,6 +45,7 @@ from msgspool.stores.ops import (
     op_cancel_recipients,
     op_claim,
     op_delete,
+    op_drain_node,
     op_enqueue_webhooks,
     op_flush,
     op_heartbeat,
@@ -241,6 +242,9 @@ class SQLStore(ABC):
 
     async def nodes(self, now: float) -> list[dict[str, Any]]:
         return await self.read(lambda c: list_nodes(c, self._lease_clock(c, now)))
+
+    async def drain_node(self, owner: str, now: float) -> bool:
+        return await self._write(lambda c: op_drain_node(c, owner, now))
 
     async def preprocessed(self, message: Message, result: Preprocessed,
                            now: float) -> tuple[list[Message], list[Event]]:

@@ -523,6 +523,11 @@ def op_retire_node(tx: Tx, owner: str, now: float) -> int:
     return len(held)
 
 
+def op_drain_node(tx: Tx, owner: str, now: float) -> bool:
+    """Ask live node `owner` to drain (`msgspool node drain --owner`); False when none lives."""
+    return tx.execute(tx.q.drain_node, {"owner": owner, "now": now}).rowcount == 1
+
+
 def list_nodes(tx: Tx, now: float) -> list[dict[str, Any]]:
     """Every node row, oldest first, with the leases it holds (active recipients) and whether it
     is alive (its lease has not run out)."""

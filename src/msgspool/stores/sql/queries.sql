@@ -248,6 +248,10 @@ SELECT message_id, idx, owner FROM recipients WHERE status = 'active' AND owner 
 DELETE FROM nodes WHERE lease_until < :before
 AND NOT EXISTS (SELECT 1 FROM recipients r WHERE r.status = 'active' AND r.owner = nodes.owner);
 
+-- name: drain_node
+-- Ask live node :owner to drain (it sees the flag at its next heartbeat).
+UPDATE nodes SET draining = 1 WHERE owner = :owner AND lease_until >= :now;
+
 -- name: delete_node
 -- A retired node's row.
 DELETE FROM nodes WHERE owner = :owner;
