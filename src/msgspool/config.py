@@ -49,7 +49,9 @@ def _doc(default: Any, doc: str) -> Any:
 @dataclass
 class Settings:
     data_dir: str = _doc(DEFAULT_DATA_DIR, "Spool directory: the SQLite store, the lock and control socket.")
-    store: str = _doc("sqlite", "Message store: an entry point of the `msgspool.stores` group (sqlite, postgresql).")
+    store: str = _doc(
+        "sqlite", "Message store: an entry point of the `msgspool.stores` group: sqlite, postgresql,"
+        " memory (nothing kept).")
     database_url: str = _doc(
         "", "The PostgreSQL spool of store = \"postgresql\", a libpq URL (postgresql://user@host:port/db); every"
         " node of one spool names the same database.")

@@ -293,6 +293,8 @@ async def _serve(settings: Settings, ready: asyncio.Event | None,
 
     loop.add_signal_handler(signal.SIGHUP, hangup)  # never the default, which would end the daemon
     try:
+        if settings.delivery_process and settings.store == "memory":
+            raise ConfigError('store = "memory" lives in one process: serve it with delivery_process = false')
         if settings.delivery_process:
             await spooler.start(deliver=False, route=True)
             await _check_http_exposure(spooler, settings)
