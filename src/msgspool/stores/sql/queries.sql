@@ -402,6 +402,11 @@ WHERE id = :message_id;
 SELECT idx, address, report, reply_code, reply_enhanced, reply_text, remote, orcpt, last_attempt_at
 FROM recipients WHERE message_id = :message_id AND report IS NOT NULL ORDER BY idx;
 
+-- name: report_debts
+-- The report debts of a message as they stand, before a report of them is written (PostgreSQL
+-- locks them: a node writing the same report meanwhile waits, then finds them cleared).
+SELECT idx, report FROM recipients WHERE message_id = :message_id AND report IS NOT NULL;
+
 -- name: clear_report
 -- A report is written: the debt is cleared, unless it changed meanwhile.
 UPDATE recipients SET report = NULL WHERE message_id = :message_id AND idx = :idx AND report = :action;
