@@ -5,7 +5,8 @@ starts or stops (the destinations' share of connections) — and a node asked to
 work back and retires. Each node has a transport of its own that records what it sent.
 
 The refill loop's poll interval is set long here, so that only a notice can explain a node
-acting within a second. Skipped outside CI when no PostgreSQL answers (tests/support/pg.py).
+acting within a second — but in the test of what a lost notice costs: at most that interval.
+Skipped outside CI when no PostgreSQL answers (tests/support/pg.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from msgspool.domain.message import Message, Recipient
 from msgspool.domain.outcome import Reply
 from msgspool.errors import DestinationUnavailable
 from msgspool.spooler.runtime import Spooler
+from msgspool.stores.postgresql import PostgresStore
 from tests.conftest import make_settings
 from tests.integration.test_relay import submission, wait_status
 from tests.support import pg
@@ -88,7 +90,7 @@ def nodes(tmp_path: Path, url: str) -> Callable[..., Any]:
             for i in range(count):
                 transport = Recording()
                 settings = make_settings(tmp_path / f"node{i}", store="postgresql", database_url=url,
-                                         poll_interval=60.0, **overrides)
+                                         **{"poll_interval": 60.0, **overrides})
                 spooler = Spooler(settings, transports={transport.name: transport})
                 await spooler.start()
                 started.append((spooler, transport))
@@ -125,6 +127,24 @@ async def test_a_flush_on_one_node_is_acted_on_by_the_other_within_a_second(
         await b.flush()
         await until(lambda: tb.sent == ["x@example.com"])
         await wait_status(b, message_id, {"delivered"}, timeout=SOON)
+
+
+async def test_without_a_notice_a_node_still_finds_work_another_made_due_within_its_poll_interval(
+        nodes: Callable[..., Any], url: str) -> None:
+    async with nodes(2, poll_interval=1.0) as [(a, ta), (_b, tb)]:  # how long a lost notice may cost
+        ta.answer = Reply(451, "4.3.0", "try later")
+        message_id = await a.submit(submission("x@example.com"))
+        await wait_status(a, message_id, {"deferred"})
+        await a.stop()
+        await asyncio.sleep(1.2)  # b is asleep on its refill loop's bounded wait by now
+        plain = PostgresStore(url)  # a writer that tells nobody: as if its notice were lost
+        await plain.open()
+        try:
+            assert await plain.flush(None, time.time()) == 1
+        finally:
+            await plain.close()
+        waited = await until(lambda: tb.sent == ["x@example.com"], timeout=2.0)
+        assert waited <= 1.0 + 0.5, waited
 
 
 async def test_a_hold_on_one_node_drops_the_message_queued_in_the_other_s_memory(

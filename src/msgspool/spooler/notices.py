@@ -6,6 +6,8 @@ the same hints, and a store without a Notifier makes every call here a no-op.
     due      -                   release, requeue, a rescue, a      looks at the store now
                                  submission with no daemon here
     flush    -                   queue flush                        probes its down destinations, looks now
+    reports  -                   a submission with no daemon here   its reporter looks for reports owed
+                                 that owes reports at once
     cancel   message ids         hold, requeue, delete              drops their queued jobs, gives them back
     nodes    -                   a node started or stopped          counts the live nodes again (its share
                                                                     of each destination's connections)
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from msgspool.ports import Notifier
@@ -33,7 +35,7 @@ from msgspool.spooler.lease import NodeLease
 from msgspool.spooler.scheduler import Scheduler
 
 log = logging.getLogger("msgspool")
-DUE, FLUSH, CANCEL, NODES, DOWN, UP = "due", "flush", "cancel", "nodes", "down", "up"
+DUE, FLUSH, REPORTS, CANCEL, NODES, DOWN, UP = "due", "flush", "reports", "cancel", "nodes", "down", "up"
 
 
 class Notices:
@@ -44,6 +46,7 @@ class Notices:
         self._work: set[asyncio.Task[None]] = set()
         self._scheduler: Scheduler | None = None
         self._lease: NodeLease | None = None
+        self._reports: Callable[[], None] = lambda: None
         self._subscribed = False
 
     def publish(self, kind: str, ids: Sequence[str] = ()) -> None:
@@ -54,12 +57,12 @@ class Notices:
     def destination(self, transport: str, nexthop: str, down: bool) -> None:
         self.publish(DOWN if down else UP, (transport, nexthop))
 
-    def listen(self, scheduler: Scheduler, lease: NodeLease) -> None:
+    def listen(self, scheduler: Scheduler, lease: NodeLease, reports: Callable[[], None]) -> None:
         """Act on the other nodes' notices from now on (where the scheduler runs: in `serve`, the
         delivery process; the intake process only publishes)."""
         if self.notifier is None:
             return
-        self._scheduler, self._lease = scheduler, lease
+        self._scheduler, self._lease, self._reports = scheduler, lease, reports
         if not self._subscribed:
             self._subscribed = True
             self.notifier.subscribe(self.heard)
@@ -73,6 +76,8 @@ class Notices:
         elif kind == FLUSH:
             scheduler.probe_down()
             scheduler.wakeup()
+        elif kind == REPORTS:
+            self._reports()
         elif kind == CANCEL:
             self._run(scheduler.cancel_elsewhere(ids))
         elif kind == NODES:

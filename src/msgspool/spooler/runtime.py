@@ -45,7 +45,7 @@ from msgspool.spooler.intake import Intake, Submission, due_now, mark_active
 from msgspool.spooler.lease import NodeLease
 from msgspool.spooler.link import RemoteDelivery
 from msgspool.spooler.local import LocalDelivery
-from msgspool.spooler.notices import CANCEL, DUE, FLUSH, NODES, Notices
+from msgspool.spooler.notices import CANCEL, DUE, FLUSH, NODES, REPORTS, Notices
 from msgspool.spooler.receipts import Receipts
 from msgspool.spooler.reporter import Reporter
 from msgspool.spooler.scheduler import IDLE_RECHECK, Scheduler
@@ -224,7 +224,7 @@ class Spooler:
             # delivers at once). On a shared spool the others' leases decide.
             await self.lease.start(sole=not self.store.shared)
             self.notices.publish(NODES)  # the others' share of each destination shrinks now
-            self.notices.listen(self.scheduler, self.lease)
+            self.notices.listen(self.scheduler, self.lease, self.reporter.poke)
             await self.scheduler.start()
             self.delivering = True
             self.reporter.poke()  # owed before a crash or restart
@@ -491,6 +491,7 @@ class Spooler:
             self.remote.reports()
         elif not self.delivery_process:
             control.notify(self.settings.spool_path, {"op": "reports"})
+            self.notices.publish(REPORTS)
 
     async def _cancel(self, ids: Sequence[str]) -> None:
         """Drop the messages' queued jobs from memory, here or in the delivery process, which gives
