@@ -14,7 +14,8 @@ given database (default MSGSPOOL_TEST_PG, else the local test database), dropped
 ``healthy`` phase: all nodes up for a while, then the load stops and the spool drains. Every
             acknowledged message must arrive exactly once: no node may deliver what another has.
             Reported: aggregate accept rate, end-to-end rate, and the most SMTP sessions the nodes
-            held open to the sink at once (their shared connection count).
+            held open to the sink at once (their shared connection count), which must not pass
+            destination_concurrency: each node opens its share of it (spooler/destinations.py).
 ``kill``    phase: the load runs again; one node's process group gets SIGKILL. Right then the
             spool is read: the recipients active under that node's leases are its in flight, the
             most that may arrive twice. Measured: the time until none of its leases is left
@@ -58,6 +59,7 @@ class Results:
     accept_rate: float = 0.0  # msg/s over all nodes
     e2e_rate: float = 0.0
     sink_connections_peak: int = 0
+    destination_concurrency: int = 0  # the nodes' setting: the most connections they may open together
     per_node_acknowledged: list[int] = field(default_factory=list)
     acknowledged: int = 0
     lost: int = 0
@@ -187,7 +189,7 @@ def wait_drained(spool: Spool, sink: SinkProcess, acked: set[str], cap: float) -
 
 def run(nodes: int, healthy: float, killed_after: float, after_kill: float, lease_time: float,
         workdir: Path, base_url: str) -> Results:
-    r = Results(nodes=nodes, lease_time=lease_time)
+    r = Results(nodes=nodes, lease_time=lease_time, destination_concurrency=Settings().destination_concurrency)
     spool = Spool(base_url)
     sink = SinkProcess(free_port(), workdir / "sink.log").start()
     config = f"lease_time = {lease_time}\n" if lease_time and hasattr(Settings(), "lease_time") else ""
@@ -265,7 +267,8 @@ def report(r: Results) -> str:
         ("healthy: accepted per node", " ".join(str(n) for n in r.per_node_acknowledged)),
         ("healthy: aggregate accept rate", f"{r.accept_rate:.0f} msg/s"),
         ("healthy: end-to-end rate", f"{r.e2e_rate:.0f} msg/s"),
-        ("healthy: most sink connections at once", f"{r.sink_connections_peak}"),
+        ("healthy: most sink connections at once",
+         f"{r.sink_connections_peak}   target <= destination_concurrency ({r.destination_concurrency})"),
         ("kill: in flight on the killed node", f"{r.in_flight_at_kill}"),
         ("kill: its leases taken over after", f"{r.takeover_s:.2f} s   target <= lease time + one heartbeat"),
         ("kill: all it acknowledged arrived after", f"{r.caught_up_s:.2f} s"),
@@ -279,7 +282,8 @@ def report(r: Results) -> str:
 
 def ok(r: Results) -> bool:
     return (r.healthy_duplicated == 0 and r.healthy_lost == 0 and r.lost == 0 and r.stuck == 0
-            and r.duplicated <= r.in_flight_at_kill and r.twice_before_the_kill == 0 and r.takeover_s >= 0)
+            and r.duplicated <= r.in_flight_at_kill and r.twice_before_the_kill == 0 and r.takeover_s >= 0
+            and r.sink_connections_peak <= r.destination_concurrency)
 
 
 def main(argv: list[str] | None = None) -> int:

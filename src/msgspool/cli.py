@@ -11,6 +11,7 @@ SYNOPSIS
     msgspool queue read [--mdn | --no-mdn] ID... | unread ID...
     msgspool status [--json]
     msgspool stop [--abort] [--wait SECONDS]
+    msgspool node drain [--owner OWNER] [--wait SECONDS]
     msgspool reload
     msgspool route ADDRESS [--addrtype TYPE] [--json]
     msgspool token create --scope S [--scope S2]... [--name N] | list [--json] | revoke ID-or-NAME
@@ -25,7 +26,8 @@ DESCRIPTION
 EXIT STATUS
     0 success; 1 an unknown message id or a refused operation; 2 usage or configuration error;
     sendmail uses sendmail's codes (sysexits.h): 64 usage, 65 bad message, 75 temporary failure,
-    78 no spool in the data directory (without --create).
+    78 no spool in the data directory (without --create). `node drain`: 0 drained, 1 no such live
+    node (or not gone in time), 75 no daemon runs here (without --owner).
     Every command exits 75 (EX_TEMPFAIL) when the spool has no room for what it would write.
 """
 
@@ -147,6 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
     _common(stop)
     stop.add_argument("--abort", action="store_true", help="cancel transactions in flight (crash-safe)")
     stop.add_argument("--wait", type=float, default=60.0, metavar="SECONDS", help="how long to wait for the exit")
+    node = sub.add_parser("node", help="the delivery nodes of the spool")
+    _common(node)
+    nsub = node.add_subparsers(dest="action", required=True)
+    drain = nsub.add_parser("drain", help="a node hands its work back and stops (default: this daemon)")
+    _common(drain)
+    drain.add_argument("--owner", help="the node (its owner as `status` lists it, or a unique start of it)")
+    drain.add_argument("--wait", type=float, default=60.0, metavar="SECONDS", help="how long to wait for it to go")
     return parser
 
 
@@ -473,8 +482,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     now = time.time()
     for node in table.get("nodes", []):
         beat = f"{now - node['heartbeat_at']:.1f}s ago" if node["heartbeat_at"] is not None else "never"
-        print(f"node       {node['owner']} {'alive' if node['alive'] else 'dead':<5} heartbeat={beat}"
-              f" leases={node['leases']}")
+        print(f"node       {node['owner']} {'alive' if node['alive'] else 'dead':<5} host={node['host']}"
+              f" pid={node['pid']} heartbeat={beat} leases={node['leases']}{' draining' if node['draining'] else ''}")
     return 0
 
 
@@ -516,18 +525,57 @@ def cmd_route(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_stop(args: argparse.Namespace, settings: Settings) -> int:
     """Ask the daemon to stop (orderly, or --abort) and wait until it has exited: its control
     socket is gone and the serve lock is free."""
-    import time
 
     answer = control.request(settings.spool_path, {"op": "stop", "abort": args.abort})
     if answer is None:
         raise CLIError(f"no daemon runs on {settings.spool_path}")
-    deadline = time.monotonic() + args.wait
-    while control.socket_path(settings.spool_path).exists() or not _serve_lock_free(settings):
-        if time.monotonic() > deadline:
-            raise CLIError(f"the daemon (pid {answer.get('pid')}) has not exited after {args.wait:.0f} s")
-        time.sleep(0.05)
+    _wait_exited(settings, answer.get("pid"), args.wait)
     print(f"msgspool daemon (pid {answer.get('pid')}) stopped")
     return 0
+
+
+def _wait_exited(settings: Settings, pid: object, wait: float) -> None:
+    """Until the daemon's control socket is gone and the serve lock is free."""
+    deadline = time.monotonic() + wait
+    while control.socket_path(settings.spool_path).exists() or not _serve_lock_free(settings):
+        if time.monotonic() > deadline:
+            raise CLIError(f"the daemon (pid {pid}) has not exited after {wait:.0f} s")
+        time.sleep(0.05)
+
+
+# -- node -----------------------------------------------------------------------------------
+
+
+def cmd_node(args: argparse.Namespace, settings: Settings) -> int:
+    """`node drain`: without --owner, this spool's daemon stops in order (as SIGTERM: its node
+    hands back its work and retires); with --owner, any live node of the (shared) spool is asked
+    through the store, sees it at its next heartbeat, and does the same. Waits until it is gone."""
+    if args.owner is None:
+        answer = control.request(settings.spool_path, {"op": "stop", "abort": False})
+        if answer is None:
+            raise CLIError(f"no daemon runs on {settings.spool_path}", EX_TEMPFAIL)
+        _wait_exited(settings, answer.get("pid"), args.wait)
+        print(f"msgspool daemon (pid {answer.get('pid')}) drained and stopped")
+        return 0
+    owner = _with_store(settings, lambda store: _drain_node(store, args.owner, args.wait))
+    print(f"node {owner} drained and stopped")
+    return 0
+
+
+async def _drain_node(store: Store, name: str, wait: float) -> str:
+    nodes = await store.nodes(time.time())
+    found = [n for n in nodes if n["owner"] == name] or [n for n in nodes if n["owner"].startswith(name)]
+    if len(found) > 1:
+        raise CLIError(f"{len(found)} nodes start with {name!r}: {', '.join(n['owner'] for n in found)}")
+    if not found or not await store.drain_node(found[0]["owner"], time.time()):
+        raise CLIError(f"no live node {name!r} (msgspool status lists the nodes)")
+    owner = str(found[0]["owner"])
+    deadline = time.monotonic() + wait
+    while any(n["owner"] == owner for n in await store.nodes(time.time())):  # a drained node retires: its row goes
+        if time.monotonic() > deadline:
+            raise CLIError(f"node {owner} was asked to drain but has not stopped after {wait:.0f} s")
+        await asyncio.sleep(0.2)
+    return owner
 
 
 def _serve_lock_free(settings: Settings) -> bool:
@@ -633,6 +681,7 @@ def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "serve": cmd_serve, "sendmail": cmd_sendmail, "queue": cmd_queue, "status": cmd_status, "token": cmd_token,
     "stop": cmd_stop, "route": cmd_route, "reload": cmd_reload, "user": cmd_user, "db": cmd_db,
+    "node": cmd_node,
 }
 
 if __name__ == "__main__":

@@ -49,7 +49,9 @@ def _doc(default: Any, doc: str) -> Any:
 @dataclass
 class Settings:
     data_dir: str = _doc(DEFAULT_DATA_DIR, "Spool directory: the SQLite store, the lock and control socket.")
-    store: str = _doc("sqlite", "Message store: an entry point of the `msgspool.stores` group (sqlite, postgresql).")
+    store: str = _doc(
+        "sqlite", "Message store: an entry point of the `msgspool.stores` group: sqlite, postgresql,"
+        " memory (nothing kept).")
     database_url: str = _doc(
         "", "The PostgreSQL spool of store = \"postgresql\", a libpq URL (postgresql://user@host:port/db); every"
         " node of one spool names the same database.")
@@ -147,6 +149,10 @@ class Settings:
     lease_time: float = _doc(
         10.0, "Seconds a delivery node's lease on the recipients it holds lasts; its heartbeat renews it every quarter"
         " of that, and work of a node silent for longer is taken over by another.")
+    poll_interval: float = _doc(
+        5.0, "On a spool shared by several nodes (PostgreSQL): the longest a node goes without looking for due work,"
+        " so a lost wakeup between nodes costs at most this; one machine alone is woken locally and waits for"
+        " the next due time.")
     watchdog_interval: float = _doc(
         60.0, "Seconds between the watchdog's looks for active recipients no delivery holds (two looks return one).")
     webhooks: list[dict[str, Any]] = _doc([], "URLs that get a signed JSON POST per event; see [[webhooks]].")

@@ -293,12 +293,15 @@ async def _serve(settings: Settings, ready: asyncio.Event | None,
 
     loop.add_signal_handler(signal.SIGHUP, hangup)  # never the default, which would end the daemon
     try:
+        if settings.delivery_process and settings.store == "memory":
+            raise ConfigError('store = "memory" lives in one process: serve it with delivery_process = false')
         if settings.delivery_process:
             await spooler.start(deliver=False, route=True)
             await _check_http_exposure(spooler, settings)
-            delivery = DeliveryProcess(settings, spooler)
+            delivery = DeliveryProcess(settings, spooler, on_drain=shutdown.signal)
             await delivery.start()
         else:
+            spooler.on_drain = shutdown.signal  # `msgspool node drain --owner`: as on SIGTERM
             await spooler.start(deliver=True)
             await _check_http_exposure(spooler, settings)
         async def handle(request: dict[str, Any]) -> dict[str, Any]:
@@ -378,8 +381,9 @@ class DeliveryProcess:
     RESTART_DELAYS = (0.0, 0.5, 2.0, 10.0)  # by how many times in a row it died young
     YOUNG = 1.0  # seconds after it was ready: a run that lived longer was healthy, restarted at once
 
-    def __init__(self, settings: Settings, spooler: Spooler) -> None:
+    def __init__(self, settings: Settings, spooler: Spooler, *, on_drain: Callable[[], None] = lambda: None) -> None:
         self.settings, self.spooler = settings, spooler
+        self.on_drain = on_drain  # the child's node was asked to drain: the daemon stops as on SIGTERM
         self.process: asyncio.subprocess.Process | None = None
         self.link: Link | None = None
         self.ready_at: float | None = None
@@ -477,6 +481,10 @@ class DeliveryProcess:
     async def _handle(self, message: dict[str, Any]) -> dict[str, Any] | None:
         if "ready" in message:
             self._ready(str(message["ready"]))
+            return None
+        if "drain" in message:
+            log.warning("delivery node %s was asked to drain: stopping as on SIGTERM", message["drain"])
+            self.on_drain()
             return None
         if self.spooler.remote is not None:
             self.spooler.remote.reported(message)
@@ -609,6 +617,9 @@ async def deliver(fd: int, config: dict[str, Any]) -> int:
         link.close()
 
     spooler.on_lease_lost = abort  # delivery stopped already; the link's end tells intake to respawn
+    # Asked to drain (`msgspool node drain --owner`): the whole daemon stops in order, as on
+    # SIGTERM — intake closes the link, and this process drains and exits (not respawned).
+    spooler.on_drain = lambda: link.send({"drain": spooler.lease.owner})
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, abort)
     try:

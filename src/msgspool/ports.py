@@ -6,8 +6,8 @@ A transport is found by name in the ``msgspool.transports`` entry-point group an
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 from msgspool.domain.events import Event
 from msgspool.domain.hooks import Delivery, Draft, Preprocessed
@@ -322,9 +322,32 @@ class Leases(Protocol):
         """A clean stop: give back what the node still holds, then delete its row."""
         ...
 
+    async def drain_node(self, owner: str, now: float) -> bool:
+        """Ask node `owner` to drain (`msgspool node drain --owner`): its heartbeat sees the flag,
+        and it stops as on SIGTERM, handing its work back. False when no live node has that name."""
+        ...
+
     async def nodes(self, now: float) -> list[dict[str, Any]]:
         """Every node: owner, host, pid, started_at, heartbeat_at, lease_until, draining, leases
         (active recipients held), alive (its lease holds at `now`)."""
+        ...
+
+
+@runtime_checkable
+class Notifier(Protocol):
+    """Wakeups between the delivery nodes of a shared spool (issue 11.6): LISTEN/NOTIFY on
+    PostgreSQL. A store of one machine has none (its local link and control socket carry them).
+    A notice is a hint: one that is lost costs at most a poll interval (`poll_interval`), never
+    mail, because every node also looks at the store by itself. spooler/notices.py lists the kinds."""
+
+    def publish(self, kind: str, ids: Sequence[str] = ()) -> None:
+        """Tell the other nodes `kind` about these message ids, with this store's next commit
+        (each notice once per transaction, however often asked)."""
+        ...
+
+    def subscribe(self, callback: Callable[[str, list[str]], None]) -> None:
+        """Call `callback(kind, ids)` in the event loop for every notice of another node; "due"
+        once after each (re)connection, since notices sent meanwhile are lost."""
         ...
 
 

@@ -38,6 +38,14 @@ async def make_sqlite(tmp_path: Path) -> AsyncIterator[Callable[[], Store]]:
     yield lambda: SQLiteStore(path)
 
 
+async def make_memory(tmp_path: Path) -> AsyncIterator[Callable[[], Store]]:
+    from msgspool.stores import memory
+
+    name = str(tmp_path / "spool")
+    yield lambda: memory.MemoryStore(name)
+    memory.forget(name)
+
+
 async def make_postgresql(tmp_path: Path) -> AsyncIterator[Callable[[], Store]]:
     """A fresh schema on the test server (tests/support/pg.py: skipped outside CI when none answers)."""
     from msgspool.stores.postgresql import PostgresStore
@@ -46,7 +54,7 @@ async def make_postgresql(tmp_path: Path) -> AsyncIterator[Callable[[], Store]]:
         yield lambda: PostgresStore(url)
 
 
-STORES: dict[str, SpoolFactory] = {"sqlite": make_sqlite, "postgresql": make_postgresql}
+STORES: dict[str, SpoolFactory] = {"memory": make_memory, "sqlite": make_sqlite, "postgresql": make_postgresql}
 
 
 @pytest.fixture(params=sorted(STORES))

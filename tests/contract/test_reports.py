@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Callable
 
 from msgspool.domain.dsn import Notify, RecipientDSN
 from msgspool.domain.hooks import Preprocessed, Reject
@@ -121,3 +123,29 @@ async def test_a_message_deleted_after_submit_waits_for_the_reports_it_owes(stor
     assert info is not None and info.folder == "sent"  # the report quotes it
     await store.reported(message.id, [(0, "failed")], *report_for(message, now))
     assert await store.get(message.id) is None
+
+
+async def test_two_nodes_that_read_the_same_debt_write_its_report_once(new_store: Callable[[], Store]) -> None:
+    """Issue 11.5: the reporters of two nodes both find a debt and both write its report, at the
+    same moment; the spool keeps one report, whichever came first."""
+    first, second = new_store(), new_store()
+    await first.open()
+    await second.open()
+    try:
+        now = time.time()
+        message = await submit(first, "b@example.com", now=now)
+        await first.claim(now, 10)
+        await first.settle([Settlement(message.id, 0, "b@example.com", Status.FAILED, NO_SUCH_USER)], now)
+        [seen_by_first] = await first.pending_reports()
+        [seen_by_second] = await second.pending_reports()
+        assert seen_by_first.message_id == seen_by_second.message_id == message.id
+        reports = [report_for(message, now) for _ in range(2)]
+        events = await asyncio.gather(*(store.reported(message.id, [(0, "failed")], report, copies)
+                                        for store, (report, copies) in zip((first, second), reports, strict=True)))
+        written = [report.id for report, _ in reports if await first.get(report.id) is not None]
+        assert len(written) == 1 and sum(bool(e) for e in events) == 1
+        assert await first.pending_reports() == [] and await second.pending_reports() == []
+        assert len(await first.list_messages(("inbox",), "a@example.org", 10)) == 1
+    finally:
+        await first.close()
+        await second.close()

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.support.daemon import Daemon, Spool, received_tags, tagged_message
+from tests.support.daemon import Daemon, DaemonFactory, Spool, received_tags, tagged_message
 from tests.support.sink import Sink
 
 
@@ -90,3 +90,51 @@ def test_destination_counters_count_what_happened(spool: Spool, relay: Sink, dae
         return None
 
     assert spool.wait_until(counters, "the counters") == {"delivered": 1, "deferred": 2, "failed": 0}
+
+
+def test_node_drain_without_a_daemon_exits_75(spool: Spool) -> None:
+    result = spool.run("node", "drain", ok=False)
+    assert result.returncode == 75 and "no daemon runs" in result.stderr
+
+
+@pytest.mark.timeout(60)
+def test_node_drain_stops_this_daemon_in_order_after_the_transaction_in_flight(spool: Spool, relay: Sink,
+                                                                               daemon: Daemon) -> None:
+    relay.data_delay = 4.0
+    relay.start()
+    daemon.start()
+    in_flight(spool, relay, "drained")
+    result = spool.run("node", "drain")
+    assert "drained and stopped" in result.stdout
+    assert daemon.proc is not None and daemon.proc.wait(5) == 0
+    daemon.proc = None
+    assert received_tags(relay) == ["drained"] and spool.queue() == []
+    assert spool.status()["nodes"] == []  # the node retired
+
+
+@pytest.mark.timeout(60)
+def test_status_lists_the_node_and_node_drain_owner_makes_it_stop_at_its_next_heartbeat(
+        spool: Spool, relay: Sink, daemons: DaemonFactory) -> None:
+    relay.data_delay = 4.0
+    relay.start()
+    (spool.data / "msgspool.toml").write_text("lease_time = 2.0\n")
+    daemon = daemons(spool.data, relay.address)
+    spool.daemon = daemon
+    daemon.start()
+    [node] = spool.wait_until(lambda: spool.status()["nodes"], "the delivery node to register")
+    assert node["alive"] is True and node["draining"] is False and node["leases"] == 0, node
+    assert daemon.proc is not None and node["host"] and node["pid"] != daemon.proc.pid, node  # the delivery process
+    text = spool.run("status").stdout
+    line = next(line for line in text.splitlines() if line.startswith("node "))
+    assert node["owner"] in line and f"pid={node['pid']}" in line and "alive" in line and "heartbeat=" in line, text
+    unknown = spool.run("node", "drain", "--owner", "nobody-0-0", ok=False)
+    assert unknown.returncode == 1 and "no live node" in unknown.stderr
+    in_flight(spool, relay, "drained-by-owner")
+    started = time.monotonic()
+    result = spool.run("node", "drain", "--owner", node["owner"][:-8])  # a unique start of the name will do
+    assert node["owner"] in result.stdout and "drained and stopped" in result.stdout
+    assert time.monotonic() - started < 15.0
+    assert daemon.proc is not None and daemon.proc.wait(10) == 0  # the whole daemon stopped, as on SIGTERM
+    daemon.proc = None
+    assert received_tags(relay) == ["drained-by-owner"] and spool.queue() == []
+    assert spool.status()["nodes"] == []

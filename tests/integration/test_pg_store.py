@@ -125,3 +125,21 @@ async def test_a_spool_in_another_schema_of_the_same_database_hears_nothing(
         finally:
             await other.close()
     assert heard == []
+
+
+async def test_leases_are_judged_by_the_database_clock_not_by_a_node_clock_that_is_off(
+        two: tuple[PostgresStore, PostgresStore]) -> None:
+    """A node whose clock runs an hour behind keeps its lease; one an hour ahead rescues nothing of
+    a live node: on several machines only the database's clock is common to all."""
+    a, b = two
+    a.clock = lambda: time.time() - 3600  # a's clock is an hour behind
+    b.clock = lambda: time.time() + 3600  # b's an hour ahead
+    assert await a.heartbeat(a.owner or "", a.clock(), 5.0)
+    msg = message(3)
+    await a.submit(msg)
+    claimed = await a.claim(time.time(), 10)
+    assert sum(len(m.recipients) for m in claimed) == 3
+    assert await b.rescue(b.clock()) == 0
+    listed = {n["owner"]: n for n in await b.nodes(b.clock())}
+    assert listed[a.owner]["alive"] and listed[a.owner]["leases"] == 3
+    assert await b.rescue(b.clock() + 6.0) == 3  # five seconds past a's lease, by any clock moved alike

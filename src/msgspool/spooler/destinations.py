@@ -9,6 +9,13 @@ flagged as waiting for the destination, and a probe loop (health.py) tries the d
 on a short interval. The first good probe brings it up and the scheduler releases the backlog.
 Each change between down and up is told once to `on_status` (the `transport_status` event: MAPI's
 status table row changing).
+
+On a spool shared by several nodes (issue 11.6) a destination's limits hold for all of them together:
+each node opens at most its share of `concurrency` — the limit divided by the live nodes, rounded
+down, at least one (so N nodes open at most `concurrency` connections together while N <= the
+limit) — and a worker beyond the share closes when its transaction ends, should the share shrink
+because a node joined. A node that finds the destination down tells the others (`heard`): they mark
+it down too and only probe it, instead of each finding out with connections of its own.
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ class DestinationLimits:
     reuse_limit: int = 1000
 
 
+DOWN_ELSEWHERE = Reply(421, "4.4.1", "destination marked down by another node; waiting for it to come back")
 Settle = Callable[[list[Settlement]], None]
 # Told when a destination goes down (with the reply that made it so) or comes back up (with the
 # number of waiting recipients released).
@@ -61,8 +69,10 @@ class Destination:
     def __init__(self, transport: Transport, nexthop: str, limits: DestinationLimits, retry: RetryPolicy,
                  probe: ProbePolicy, settle: Settle, on_up: Callable[[Destination], Awaitable[int]],
                  clock: Callable[[], float] = time.time, *, warn_after: float = 0.0,
-                 on_status: OnStatus | None = None, may_start: Callable[[], bool] = lambda: True) -> None:
+                 on_status: OnStatus | None = None, may_start: Callable[[], bool] = lambda: True,
+                 nodes: Callable[[], int] = lambda: 1) -> None:
         self.transport, self.nexthop = transport, nexthop
+        self.nodes = nodes  # the live nodes of the spool, this one included: they share `concurrency`
         self.may_start = may_start  # False: this node's lease may have run out, no transaction starts
         self.name = f"{transport.name}:{nexthop}"
         self.limits, self.retry, self.on_up, self.clock = limits, retry, on_up, clock
@@ -109,9 +119,26 @@ class Destination:
         if self.draining:  # shutting down: they stay active; recovery retries them at the next start
             return
         self._work.set()
-        while self.workers < self.limits.concurrency and self.workers - self.idle_workers < len(self.jobs):
+        self._add_workers()
+
+    @property
+    def concurrency(self) -> int:
+        """This node's share of the destination's connections (module docstring)."""
+        limit = self.limits.concurrency
+        return max(min(1, limit), limit // max(1, self.nodes()))
+
+    def _add_workers(self) -> None:
+        """A worker per queued job that no idle worker will take, up to this node's share."""
+        limit = self.concurrency
+        while self.workers < limit and self.workers - self.idle_workers < len(self.jobs):
             self.workers += 1  # counted at spawn, not when the task first runs: the loop must see it
             self._spawn(self._worker())
+
+    def resize(self) -> None:
+        """The number of live nodes changed: a bigger share takes up waiting jobs now; workers
+        beyond a smaller one close as their transactions end (`_worker`)."""
+        if self.jobs and not self.health.down and not self.draining:
+            self._add_workers()
 
     def _head_position(self, priority: int) -> int:
         """After every head job at least as urgent: the head is short, so a scan is cheap."""
@@ -194,7 +221,7 @@ class Destination:
                 finally:
                     del self.inflight[id(job)]
         finally:
-            self.workers -= 1
+            self.workers -= 1  # before any await: the next worker to ask `_next_job` counts without this one
             if conn is not None:
                 await self._close(conn)
 
@@ -222,11 +249,13 @@ class Destination:
         self.settle(settlements)
 
     async def _next_job(self) -> Job | None:
-        if self.draining or not self.may_start():
+        """The worker's next job; None: the worker ends (idle too long, down, draining, or beyond
+        this node's share, which shrinks when a node joins the spool)."""
+        if self.draining or not self.may_start() or self.workers > self.concurrency:
             return None
         deadline = self.clock() + self.limits.idle_time
         while not self.jobs:
-            if self.health.down or self.draining:
+            if self.health.down or self.draining or self.workers > self.concurrency:
                 return None
             remaining = deadline - self.clock()
             if remaining <= 0:
@@ -354,6 +383,8 @@ class Destination:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._probe_wakeup.wait(), delay)
             self._probe_wakeup.clear()
+            if not self.health.down:  # another node found it up (`heard`) while this one waited
+                break
             try:
                 conn = await self.transport.connect(self.nexthop)
             except Exception as err:
@@ -385,6 +416,25 @@ class Destination:
             self._announced_down = down
             if self.on_status is not None:
                 self.on_status(self, down, detail)
+
+    def heard(self, down: bool) -> None:
+        """Another node of the spool found this destination down (or up again): adopt it. Down:
+        queued jobs wait for the destination and this node only probes it (on its own growing
+        interval), so the nodes do not each hammer it; no event is recorded (the other node's
+        is). Up: the probing ends; the node that found it up released the backlog in the store."""
+        if down == self.health.down:
+            return
+        self._announced_down = down
+        if down:
+            self.health.connection_failed(self.clock(), DOWN_ELSEWHERE)
+            self._defer_queued(DOWN_ELSEWHERE)
+            if self._prober is None or self._prober.done():
+                self._prober = self._spawn(self._probe_loop())
+            return
+        self.health.connection_ok()
+        self.failure = None
+        self._probe_wakeup.set()  # the probe loop sees it up and ends
+        self.resize()
 
     def probe_now(self) -> None:
         """Probe at once: after a restart (a backlog may be waiting) or on `queue flush`."""

@@ -10,6 +10,10 @@ re-picked running jobs when beats came no more often than the timeout). A beat t
 ran out (the process stalled longer than a lease) means the node is dead to the others and its work
 may be theirs: it stops and never beats again (`on_lost`). Each beat also rescues the work of nodes
 whose lease ran out, judged by their heartbeat and never by how long work has been active.
+
+Each beat also reads the nodes table (issue 11.6, 11.7): how many nodes live — each destination's
+connections are shared between them (destinations.py) — and whether an operator asked this node to
+drain (`msgspool node drain --owner`), which it then does as on SIGTERM (`on_drain`).
 """
 
 from __future__ import annotations
@@ -43,11 +47,16 @@ class NodeStore(Leases, Protocol):
 
 class NodeLease:
     def __init__(self, store: NodeStore, lease_time: float, *, on_lost: Callable[[], None],
-                 on_rescued: Callable[[int], None], clock: Callable[[], float] = time.time) -> None:
+                 on_rescued: Callable[[int], None], clock: Callable[[], float] = time.time,
+                 on_nodes: Callable[[int], None] = lambda _live: None,
+                 on_drain: Callable[[], None] = lambda: None) -> None:
         self.store, self.lease_time, self.clock = store, lease_time, clock
         self.on_lost, self.on_rescued = on_lost, on_rescued
+        self.on_nodes, self.on_drain = on_nodes, on_drain
         self.owner: str | None = None
         self.lost = False
+        self.live_nodes = 1  # nodes of the spool with a live lease, this one included (`look`)
+        self.draining = False  # asked to drain: told `on_drain` once
         self.renewed_at = 0.0  # when the lease was last renewed (this process's clock)
         self._beats: asyncio.Task[None] | None = None
 
@@ -60,11 +69,28 @@ class NodeLease:
         await self.store.register_node(owner, socket.gethostname(), os.getpid(), now, self.lease_time, sole=sole)
         self.owner, self.lost, self.renewed_at = owner, False, now
         self.store.owner = owner
+        self.draining = False
         rescued = await self.store.rescue(now)
         if rescued:
             log.info("node %s: %d recipients of nodes that are gone are due again", owner, rescued)
+        await self.look()
         self._beats = asyncio.create_task(self._beat_loop(), name="msgspool-heartbeat")
         return rescued
+
+    async def look(self) -> None:
+        """Read the nodes table: the live nodes (`on_nodes` when their number changed) and this
+        node's draining flag (`on_drain`, once). At every beat, and when another node says it
+        started or stopped (a `nodes` notice), so that shares change at once rather than a beat later."""
+        rows = await self.store.nodes(self.clock())
+        live = max(1, sum(1 for row in rows if row["alive"]))
+        if live != self.live_nodes:
+            log.info("node %s: %d live nodes share each destination's connections", self.owner, live)
+            self.live_nodes = live
+            self.on_nodes(live)
+        if not self.draining and any(row["owner"] == self.owner and row["draining"] for row in rows):
+            self.draining = True
+            log.warning("node %s: asked to drain; it hands its work back and stops", self.owner)
+            self.on_drain()
 
     async def _beat_loop(self) -> None:
         """Beat until the lease is lost or the node stops. A beat the store fails (a full disk) is
@@ -116,6 +142,7 @@ class NodeLease:
             log.warning("node %s: rescued %d recipients of nodes whose lease ran out; they are due again",
                         self.owner, rescued)
             self.on_rescued(rescued)
+        await self.look()
         return True
 
     async def stop(self) -> None:

@@ -29,6 +29,8 @@ the store. The link carries only hints and questions, as JSON lines over a socke
                          {"active": N}                          recipients in its window, after
                                                                 each settlement: the credit for
                                                                 dispatch hand-overs
+                         {"drain": OWNER}                       an operator asked node OWNER to
+                                                                drain: the daemon stops as on SIGTERM
 
 Postfix's master/qmgr wakeup FIFO plays the same part. A lost hint costs latency, never mail:
 delivery also finds its work by scanning the store.

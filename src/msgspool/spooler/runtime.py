@@ -45,9 +45,10 @@ from msgspool.spooler.intake import Intake, Submission, due_now, mark_active
 from msgspool.spooler.lease import NodeLease
 from msgspool.spooler.link import RemoteDelivery
 from msgspool.spooler.local import LocalDelivery
+from msgspool.spooler.notices import CANCEL, DUE, FLUSH, NODES, REPORTS, Notices
 from msgspool.spooler.receipts import Receipts
 from msgspool.spooler.reporter import Reporter
-from msgspool.spooler.scheduler import Scheduler
+from msgspool.spooler.scheduler import IDLE_RECHECK, Scheduler
 from msgspool.spooler.webhooks import WebhookDispatcher
 from msgspool.views import message_json
 
@@ -144,6 +145,8 @@ class Spooler:
                              message_size_limit=settings.message_size_limit, queue_minfree=settings.queue_minfree,
                              free_space=lambda: spooldir.free_bytes(spool_path))
         self.store = load_store(settings)
+        # The other nodes of a shared spool (PostgreSQL), told of work and changes (notices.py).
+        self.notices = Notices(self.store)
         self.bus = EventBus()
         targets = settings.webhook_targets
         # Without webhooks, events go straight to the bus: the delivery path pays nothing for them.
@@ -158,9 +161,12 @@ class Spooler:
         self.postprocessor: Postprocessor | None = None
         self.intake.defer_local = has_inbound_hooks(settings)
         self.lease = NodeLease(self.store, settings.lease_time, on_lost=self._lease_lost,
-                               on_rescued=lambda _count: self.scheduler.wakeup())
+                               on_rescued=self._rescued, on_nodes=lambda _live: self.scheduler.resize(),
+                               on_drain=self._drain_asked)
         self.scheduler = Scheduler(
             self.store, self.transports, self.intake, self.publish, retry=self.retry, may_start=self.lease.holds,
+            nodes=lambda: self.lease.live_nodes,
+            idle_recheck=settings.poll_interval if self.store.shared else IDLE_RECHECK,
             probe=ProbePolicy(settings.probe_min, settings.probe_max),
             limits=DestinationLimits(settings.destination_concurrency, settings.destination_recipient_limit,
                                      settings.connection_idle_time, settings.connection_reuse_limit),
@@ -169,6 +175,7 @@ class Spooler:
                                  postmaster=settings.postmaster, publish=self.publish,
                                  deliver=lambda _message: self.poke(), retry=self.retry)
         self.scheduler.on_reports = self.reporter.poke
+        self.scheduler.on_destination = self.notices.destination
         self.receipts = Receipts(self.store, self.intake, hostname=settings.host_name, publish=self.publish,
                                  deliver=self._hand_on, routing=lambda: self.routing)
         # Delay notices are off by default (Postfix delay_warning_time = 0h): then no timer runs.
@@ -178,6 +185,10 @@ class Spooler:
         # Told when this node lost its lease, after delivery stopped; None: delivery starts again
         # here as a new node. The daemon's delivery process exits instead (and is respawned).
         self.on_lease_lost: Callable[[], None] | None = None
+        # Told when an operator asked this node to drain (`msgspool node drain --owner`): the
+        # daemon stops as on SIGTERM. None: delivery here stops in order, the rest goes on.
+        self.on_drain: Callable[[], None] | None = None
+        self._draining: asyncio.Task[None] | None = None
         self._relaunch: asyncio.Task[None] | None = None
         self.delivering = False
         self.routing = False
@@ -212,6 +223,8 @@ class Spooler:
             # what they held is rescued now, not a lease time later (a restart after kill -9
             # delivers at once). On a shared spool the others' leases decide.
             await self.lease.start(sole=not self.store.shared)
+            self.notices.publish(NODES)  # the others' share of each destination shrinks now
+            self.notices.listen(self.scheduler, self.lease, self.reporter.poke)
             await self.scheduler.start()
             self.delivering = True
             self.reporter.poke()  # owed before a crash or restart
@@ -237,12 +250,25 @@ class Spooler:
             return
         try:
             await self.lease.start(sole=self._lock is not None and not self.store.shared)
+            self.notices.publish(NODES)
             await self.scheduler.start()
         except Exception:
             log.exception("delivery could not start again as a new node")
             self.delivering = False
             return
         log.warning("delivery started again as node %s", self.lease.owner)
+
+    def _rescued(self, _count: int) -> None:
+        """The heartbeat gave back dead nodes' work: due now, here and on every other node."""
+        self.scheduler.wakeup()
+        self.notices.publish(DUE)
+
+    def _drain_asked(self) -> None:
+        """An operator asked this node to drain (the flag in its node row)."""
+        if self.on_drain is not None:
+            self.on_drain()
+        elif self._draining is None:
+            self._draining = asyncio.ensure_future(self._stop_delivery(self.settings.shutdown_timeout))
 
     def reconfigure(self, settings: Settings, transports: dict[str, Transport] | None = None) -> None:
         """MAPI ValidateState: a reloaded configuration for this process's submissions — routes and
@@ -281,14 +307,9 @@ class Spooler:
             await self.webhooks.stop()
         await stop_task(self._housekeeping)
         await stop_task(self._watchdog)
-        if self.delivering:
-            await stop_task(self._relaunch)
-            if self.delay_timer is not None:
-                await self.delay_timer.stop()
-            await self.scheduler.stop(drain)
-            await self.reporter.stop()
-            await self.lease.stop()  # after the reporter: its writes are fenced by the lease
-            self.delivering = False
+        if self._draining is not None:
+            await self._draining
+        await self._stop_delivery(drain)
         for transport in self.transports.values():
             await transport.close()
         for pipeline in (self.preprocessor, self.postprocessor):
@@ -298,6 +319,22 @@ class Spooler:
         if self._lock is not None:
             self._lock.close()
             self._lock = None
+
+    async def _stop_delivery(self, drain: float) -> None:
+        """Stop delivering (`stop`; or a drain the operator asked for, after which this spooler
+        only submits): the node hands back what it holds and retires."""
+        if not self.delivering:
+            return
+        await self.notices.stop()
+        await stop_task(self._relaunch)
+        if self.delay_timer is not None:
+            await self.delay_timer.stop()
+        await self.scheduler.stop(drain)
+        await self.reporter.stop()
+        await self.lease.stop()  # after the reporter: its writes are fenced by the lease
+        self.delivering = False
+        self.notices.publish(NODES)  # the others' shares grow back now
+        self.notices.publish(DUE)  # and what this node gave back is theirs to send
 
     async def __aenter__(self) -> Spooler:
         return self
@@ -434,6 +471,7 @@ class Spooler:
             self.remote.wakeup()
         elif not self.delivery_process:
             control.notify(self.settings.spool_path, {"op": "wakeup"})
+            self.notices.publish(DUE)  # `sendmail` on a shared spool: whichever node is nearest
 
     def _hand_on(self, message: Message) -> None:
         """A message committed here by a part of the spooler (an MDN): deliver what is pending; an
@@ -453,6 +491,7 @@ class Spooler:
             self.remote.reports()
         elif not self.delivery_process:
             control.notify(self.settings.spool_path, {"op": "reports"})
+            self.notices.publish(REPORTS)
 
     async def _cancel(self, ids: Sequence[str]) -> None:
         """Drop the messages' queued jobs from memory, here or in the delivery process, which gives
@@ -465,9 +504,7 @@ class Spooler:
     def probe_down_destinations(self) -> None:
         """Probe every destination that is down now (flush), here or in the delivery process."""
         if self.delivering:
-            for dest in self.scheduler.destinations.values():
-                if dest.health.down:
-                    dest.probe_now()
+            self.scheduler.probe_down()
         elif self.remote is not None:
             self.remote.probe()
 
@@ -479,6 +516,7 @@ class Spooler:
         count = await self.store.flush(ids, time.time())
         self.probe_down_destinations()
         self.poke()
+        self.notices.publish(FLUSH)
         return count
 
     async def hold(self, ids: Sequence[str]) -> list[str]:
@@ -490,6 +528,7 @@ class Spooler:
             found = await self.store.hold(ids, time.time())
         finally:
             await self._cancel(ids)
+            self.notices.publish(CANCEL, ids)
         if in_flight:
             held = {}
             for message_id in in_flight:
@@ -502,6 +541,7 @@ class Spooler:
         await self._require(ids)
         found = await self.store.release(ids, time.time())
         self.poke()
+        self.notices.publish(DUE)
         return found
 
     async def requeue(self, ids: Sequence[str]) -> list[str]:
@@ -514,6 +554,8 @@ class Spooler:
         found = await self.store.requeue(ids, time.time())
         await self._cancel(found)
         self.poke()
+        self.notices.publish(CANCEL, found)
+        self.notices.publish(DUE)
         return found
 
     async def delete(self, ids: Sequence[str], *, mdn: bool | None = None) -> list[str]:
@@ -534,6 +576,7 @@ class Spooler:
                 {m: [index for index, _ in v] for m, v in in_flight.items()}, time.time()) if in_flight else {}
         finally:
             await self._cancel(ids)
+            self.notices.publish(CANCEL, ids)
         found = [i for i in ids if i in deleted]
         if in_flight:
             raise UnableToAbort("abort", found, _addresses(in_flight), cancelled)

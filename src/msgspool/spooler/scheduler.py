@@ -50,12 +50,20 @@ class Scheduler:
                  publish: Callable[[Sequence[Event]], None], *, retry: RetryPolicy, probe: ProbePolicy,
                  limits: DestinationLimits, active_limit: int, preprocessor: Preprocessor | None = None,
                  local: LocalDelivery | None = None, may_start: Callable[[], bool] = lambda: True,
-                 warn_after: float = 0.0, clock: Callable[[], float] = time.time) -> None:
+                 warn_after: float = 0.0, clock: Callable[[], float] = time.time,
+                 nodes: Callable[[], int] = lambda: 1, idle_recheck: float = IDLE_RECHECK) -> None:
         self.store, self.transports, self.intake, self.publish = store, transports, intake, publish
         self.preprocessor, self.local = preprocessor, local
         self.retry, self.probe, self.limits, self.warn_after = retry, probe, limits, warn_after
         self.active_limit, self.clock = active_limit, clock
         self.may_start = may_start  # this node still holds its lease: a transaction may start
+        self.nodes = nodes  # live nodes of the spool: they share each destination's connections
+        # The longest sleep of the refill loop. On a shared spool another node can make work due
+        # earlier than the store's next_due said when this one went to sleep (a flush, a release,
+        # a rescue) and its notice may be lost: the runtime passes `poll_interval` then.
+        self.idle_recheck = idle_recheck
+        # Told when a destination goes down or comes back (the runtime tells the other nodes).
+        self.on_destination: Callable[[str, str, bool], None] | None = None
         self.active = 0  # recipients in memory: dispatched and not yet settled
         self.on_settled: Callable[[int], None] | None = None  # told the window after each settlement
         self.on_reports: Callable[[], None] | None = None  # told when settled outcomes may owe reports
@@ -303,13 +311,44 @@ class Scheduler:
         self.publish(events)
         self._wakeup.set()
 
+    async def cancel_elsewhere(self, message_ids: Sequence[str]) -> None:
+        """Another node held, requeued or deleted these messages (a `cancel` notice): drop their
+        queued jobs here too and give them back, as `cancel` does — but not while an abort of
+        this node's own is under way for one of them: its own `cancel` follows, and must find
+        the transactions still stopped until then."""
+        ids = [i for i in message_ids if i not in self._aborting]
+        if any(job.message.id in ids for dest in self.destinations.values() for job in dest.jobs) \
+                or any(pair[0] in ids for pair in self._aborted):
+            await self.cancel(ids)
+
+    def probe_down(self) -> None:
+        """Probe every destination that is down now (flush)."""
+        for dest in self.destinations.values():
+            if dest.health.down:
+                dest.probe_now()
+
+    def heard_destination(self, transport: str, nexthop: str, down: bool) -> None:
+        """Another node found a destination down or up again (Destination.heard); up: look for
+        the backlog it released."""
+        if transport not in self.transports:
+            return
+        self.destination(transport, nexthop).heard(down)
+        if not down:
+            self._wakeup.set()
+
+    def resize(self) -> None:
+        """The live nodes changed: each destination takes its new share of connections."""
+        for dest in self.destinations.values():
+            dest.resize()
+
     def destination(self, transport: str, nexthop: str) -> Destination:
         key = f"{transport}:{nexthop}"
         dest = self.destinations.get(key)
         if dest is None:
             dest = Destination(self.transports[transport], nexthop, self.limits, self.retry, self.probe,
                                self.settle, self._destination_up, self.clock, warn_after=self.warn_after,
-                               on_status=self._destination_status, may_start=self.may_start)
+                               on_status=self._destination_status, may_start=self.may_start,
+                               nodes=self.nodes)
             self.destinations[key] = dest
         return dest
 
@@ -389,6 +428,8 @@ class Scheduler:
             "transport": dest.transport.name, "destination": dest.nexthop, "status": "down" if down else "up",
             **detail})
         self._track(self._record_status(event))
+        if self.on_destination is not None:
+            self.on_destination(dest.transport.name, dest.nexthop, down)
 
     async def _record_status(self, event: Event) -> None:
         try:
@@ -483,12 +524,13 @@ class Scheduler:
     async def _sleep_until_due(self) -> None:
         self._wakeup.clear()
         self._wake_at = math.inf  # a retry settled while next_due is read wakes us at once
+        longest = self.idle_recheck
         if self.active >= self.active_limit // 2:
             self._starved = True
-            timeout = IDLE_RECHECK
+            timeout = longest
         else:
             due = await self.store.next_due()
-            timeout = IDLE_RECHECK if due is None else min(IDLE_RECHECK, max(0.0, due - self.clock()))
+            timeout = longest if due is None else min(longest, max(0.0, due - self.clock()))
         self._wake_at = self.clock() + timeout
         if timeout > 0:
             with contextlib.suppress(TimeoutError):

@@ -45,6 +45,7 @@ from msgspool.stores.ops import (
     op_cancel_recipients,
     op_claim,
     op_delete,
+    op_drain_node,
     op_enqueue_webhooks,
     op_flush,
     op_heartbeat,
@@ -217,23 +218,33 @@ class SQLStore(ABC):
         return await self._write(lambda c: op_reported(c, message_id, owed, report, copies, owner, now))
 
     # leases (ports.Leases)
+    def _lease_clock(self, tx: Tx, now: float) -> float:
+        """`now` on the clock leases are set and judged by: this one's (a store of one machine);
+        a shared store moves it onto a clock every node shares (PostgresStore)."""
+        return now
+
     async def register_node(self, owner: str, host: str, pid: int, now: float, lease_time: float, *,
                             sole: bool = False) -> None:
-        await self._write(lambda c: op_register_node(c, owner, host, pid, now, lease_time, sole))
+        await self._write(lambda c: op_register_node(c, owner, host, pid, self._lease_clock(c, now), lease_time,
+                                                     sole))
 
     async def heartbeat(self, owner: str, now: float, lease_time: float) -> bool:
-        return await self._write(lambda c: op_heartbeat(c, owner, now, lease_time), durable=False)
+        return await self._write(lambda c: op_heartbeat(c, owner, self._lease_clock(c, now), lease_time),
+                                 durable=False)
 
     async def rescue(self, now: float) -> int:
-        if not await self.read(lambda c: rescue_due(c, now)):  # the common case: no write at all
+        if not await self.read(lambda c: rescue_due(c, self._lease_clock(c, now))):  # commonly: no write at all
             return 0
-        return await self._chunked(lambda c: op_rescue(c, now), durable=False)
+        return await self._chunked(lambda c: op_rescue(c, self._lease_clock(c, now)), durable=False)
 
     async def retire_node(self, owner: str, now: float) -> int:
-        return await self._write(lambda c: op_retire_node(c, owner, now), durable=False)
+        return await self._write(lambda c: op_retire_node(c, owner, self._lease_clock(c, now)), durable=False)
 
     async def nodes(self, now: float) -> list[dict[str, Any]]:
-        return await self.read(lambda c: list_nodes(c, now))
+        return await self.read(lambda c: list_nodes(c, self._lease_clock(c, now)))
+
+    async def drain_node(self, owner: str, now: float) -> bool:
+        return await self._write(lambda c: op_drain_node(c, owner, now))
 
     async def preprocessed(self, message: Message, result: Preprocessed,
                            now: float) -> tuple[list[Message], list[Event]]:

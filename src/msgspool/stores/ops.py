@@ -523,6 +523,11 @@ def op_retire_node(tx: Tx, owner: str, now: float) -> int:
     return len(held)
 
 
+def op_drain_node(tx: Tx, owner: str, now: float) -> bool:
+    """Ask live node `owner` to drain (`msgspool node drain --owner`); False when none lives."""
+    return tx.execute(tx.q.drain_node, {"owner": owner, "now": now}).rowcount == 1
+
+
 def list_nodes(tx: Tx, now: float) -> list[dict[str, Any]]:
     """Every node row, oldest first, with the leases it holds (active recipients) and whether it
     is alive (its lease has not run out)."""
@@ -680,10 +685,17 @@ def pending_reports(tx: Tx, limit: int) -> list[PendingReport]:
 def op_reported(tx: Tx, message_id: str, owed: Sequence[tuple[int, str]], report: Message | None,
                 copies: Sequence[Message], owner: str | None = None, now: float = 0.0) -> list[Event]:
     """The report for these recipients is written (or deliberately dropped): submit it and clear
-    their debt in one step. `owed` is (index, action) as `pending_reports` read it: a debt that
-    changed meanwhile (a delay notice overtaken by a failure) stays owed. Fenced: with `owner`,
+    their debt in one step. `owed` is (index, action) as `pending_reports` read it: unless every
+    one of them still stands as read, nothing is written and what is owed now stays owed (a delay
+    notice overtaken by a failure; the same report written meanwhile by another node, whose
+    debts are then cleared). Fenced: with `owner`,
     a node whose lease ran out at `now` writes nothing (the debt stays for a live node)."""
     if owner is not None and not node_live(tx, owner, now):
+        return []
+    # Exactly once across nodes: only while every debt is still owed as read. Another node that
+    # read the same debts and wrote this report first cleared them; then this one writes nothing.
+    standing = {(idx, action) for idx, action in tx.execute(tx.q.report_debts, {"message_id": message_id})}
+    if not set(owed) <= standing:
         return []
     events = op_submit(tx, report, copies) if report is not None else []
     tx.executemany(tx.q.clear_report, [{"message_id": message_id, "idx": i, "action": action} for i, action in owed])

@@ -142,6 +142,11 @@ def schema_version(conn: psycopg.Connection[Any]) -> int:
     return int(found[0]) if found else 0
 
 
+def _db_now(conn: Any) -> float:
+    """The database server's clock, in Unix seconds: the one clock every node of a spool shares."""
+    return float(conn.execute("SELECT extract(epoch FROM clock_timestamp())").fetchone()[0])
+
+
 # --------------------------------------------------------------------------------------------
 # The engine.
 
@@ -261,6 +266,7 @@ class PostgresStore(SQLStore):
         self._listener: asyncio.Task[None] | None = None
         self._tag = secrets.token_hex(4)  # this store's own notices come back to it: skipped
         self._channel = ""
+        self.clock: Callable[[], float] = time.time  # this node's clock (the leases use the database's)
 
     async def open(self, *, create: bool = True) -> None:
         pool: ConnectionPool[Any] = ConnectionPool(
@@ -318,6 +324,17 @@ class PostgresStore(SQLStore):
                 return fn(PgConnection(conn))
 
         return asyncio.wrap_future(self._readers.submit(run))
+
+    # -- Leases on the database's clock -----------------------------------------------------
+    # Nodes on several machines judge each other's leases: were each to use its own clock, one
+    # running behind would see live nodes expire early and take their work. So a time a lease is
+    # set or judged by is moved onto the database's clock: `now` (this node's clock, as callers
+    # pass it) plus how far the database's clock is from this node's, read in the same
+    # transaction. For a caller asking about the present that is the database's time; a caller
+    # that asks about a moment later (a test, a timer) keeps its distance from the present.
+
+    def _lease_clock(self, tx: Tx, now: float) -> float:
+        return now + (_db_now(tx) - self.clock())
 
     # -- Notifier: wakeups between the nodes (issue 11.6) -------------------------------------
 

@@ -12,3 +12,9 @@ UPDATE recipients r SET status = 'active', owner = :owner FROM due
 WHERE r.message_id = due.message_id AND r.idx = due.idx
 RETURNING r.message_id, r.idx, r.address, r.addrtype, r.type, r.transport, r.nexthop, r.attempts, r.notify,
     r.orcpt;
+
+-- name: report_debts
+-- The report debts of a message, locked until this transaction ends: of two nodes that read the
+-- same debts and wrote the same report, the second waits here for the first, then finds the
+-- debts cleared and writes nothing (a report is written once, issue 11.5).
+SELECT idx, report FROM recipients WHERE message_id = :message_id AND report IS NOT NULL FOR UPDATE;

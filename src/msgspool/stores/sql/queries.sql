@@ -248,6 +248,10 @@ SELECT message_id, idx, owner FROM recipients WHERE status = 'active' AND owner 
 DELETE FROM nodes WHERE lease_until < :before
 AND NOT EXISTS (SELECT 1 FROM recipients r WHERE r.status = 'active' AND r.owner = nodes.owner);
 
+-- name: drain_node
+-- Ask live node :owner to drain (it sees the flag at its next heartbeat).
+UPDATE nodes SET draining = 1 WHERE owner = :owner AND lease_until >= :now;
+
 -- name: delete_node
 -- A retired node's row.
 DELETE FROM nodes WHERE owner = :owner;
@@ -397,6 +401,11 @@ WHERE id = :message_id;
 -- The recipients of a message that owe a report, with what it says of each.
 SELECT idx, address, report, reply_code, reply_enhanced, reply_text, remote, orcpt, last_attempt_at
 FROM recipients WHERE message_id = :message_id AND report IS NOT NULL ORDER BY idx;
+
+-- name: report_debts
+-- The report debts of a message as they stand, before a report of them is written (PostgreSQL
+-- locks them: a node writing the same report meanwhile waits, then finds them cleared).
+SELECT idx, report FROM recipients WHERE message_id = :message_id AND report IS NOT NULL;
 
 -- name: clear_report
 -- A report is written: the debt is cleared, unless it changed meanwhile.

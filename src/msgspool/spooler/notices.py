@@ -1,0 +1,103 @@
+"""What the delivery nodes of a shared spool tell each other (issue 11.6), over the store's Notifier
+(ports.py; LISTEN/NOTIFY on PostgreSQL). On one machine the local link and control socket carry
+the same hints, and a store without a Notifier makes every call here a no-op.
+
+    kind     ids                 published after                    a node that hears it
+    due      -                   release, requeue, a rescue, a      looks at the store now
+                                 submission with no daemon here
+    flush    -                   queue flush                        probes its down destinations, looks now
+    reports  -                   a submission with no daemon here   its reporter looks for reports owed
+                                 that owes reports at once
+    cancel   message ids         hold, requeue, delete              drops their queued jobs, gives them back
+    nodes    -                   a node started or stopped          counts the live nodes again (its share
+                                                                    of each destination's connections)
+    down     transport nexthop   a destination found down           marks it down too, and only probes it
+    up       transport nexthop   a destination found up again       marks it up, looks now (the backlog
+                                                                    was released in the store)
+
+A notice is a hint, never the only way work is found: each node also looks at the store at least
+every `poll_interval`, renews its view of the nodes at every heartbeat, and a hold or delete
+that another node's transaction already started cannot stop it (its outcome is recorded; a
+deferral of a held message stays held). A notice sent while a node is not listening is lost;
+the listener says `due` once after each (re)connection for that reason. Unknown kinds are ignored,
+so a node of a newer version can add kinds without confusing older ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from msgspool.ports import Notifier
+from msgspool.spooler.lease import NodeLease
+from msgspool.spooler.scheduler import Scheduler
+
+log = logging.getLogger("msgspool")
+DUE, FLUSH, REPORTS, CANCEL, NODES, DOWN, UP = "due", "flush", "reports", "cancel", "nodes", "down", "up"
+
+
+class Notices:
+    """This process's end of the notices: `publish` for everyone, `listen` where the scheduler runs."""
+
+    def __init__(self, store: object) -> None:
+        self.notifier = store if isinstance(store, Notifier) else None
+        self._work: set[asyncio.Task[None]] = set()
+        self._scheduler: Scheduler | None = None
+        self._lease: NodeLease | None = None
+        self._reports: Callable[[], None] = lambda: None
+        self._subscribed = False
+
+    def publish(self, kind: str, ids: Sequence[str] = ()) -> None:
+        """Tell the other nodes, with the store's next commit (nothing on a store of one machine)."""
+        if self.notifier is not None:
+            self.notifier.publish(kind, ids)
+
+    def destination(self, transport: str, nexthop: str, down: bool) -> None:
+        self.publish(DOWN if down else UP, (transport, nexthop))
+
+    def listen(self, scheduler: Scheduler, lease: NodeLease, reports: Callable[[], None]) -> None:
+        """Act on the other nodes' notices from now on (where the scheduler runs: in `serve`, the
+        delivery process; the intake process only publishes)."""
+        if self.notifier is None:
+            return
+        self._scheduler, self._lease, self._reports = scheduler, lease, reports
+        if not self._subscribed:
+            self._subscribed = True
+            self.notifier.subscribe(self.heard)
+
+    def heard(self, kind: str, ids: list[str]) -> None:
+        scheduler, lease = self._scheduler, self._lease
+        if scheduler is None or lease is None or lease.owner is None or lease.lost:
+            return  # not delivering (yet, or any more)
+        if kind == DUE:
+            scheduler.wakeup()
+        elif kind == FLUSH:
+            scheduler.probe_down()
+            scheduler.wakeup()
+        elif kind == REPORTS:
+            self._reports()
+        elif kind == CANCEL:
+            self._run(scheduler.cancel_elsewhere(ids))
+        elif kind == NODES:
+            self._run(lease.look())
+        elif kind in (DOWN, UP) and len(ids) == 2:
+            scheduler.heard_destination(ids[0], ids[1], kind == DOWN)
+
+    def _run(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._work.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._work.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("acting on another node's notice failed", exc_info=task.exception())
+
+    async def stop(self) -> None:
+        """Stop acting on notices (delivery stops); what is under way is cancelled."""
+        self._scheduler = self._lease = None
+        for task in list(self._work):
+            task.cancel()
+        await asyncio.gather(*self._work, return_exceptions=True)
