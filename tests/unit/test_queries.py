@@ -137,3 +137,18 @@ def test_the_flush_statement_claims_by_the_priority_classes() -> None:
     listed = re.search(r"priority IN \(([^)]*)\)", Queries("sqlite").flush_all)
     assert listed is not None
     assert tuple(int(p) for p in listed.group(1).split(",")) == ops.PRIORITY_CLASSES
+
+
+def test_every_statement_compiles_on_the_sqlite_schema() -> None:
+    """SQLite prepares every block against the spool's schema (EXPLAIN: compiled, not run), so a
+    typo in a statement no other test reaches still fails here."""
+    import sqlite3
+
+    from msgspool.stores.sqlite import create_schema
+
+    conn = sqlite3.connect(":memory:")
+    create_schema(conn)
+    q = Queries("sqlite")
+    for name in q:
+        sql = q.expand(name, folders=2, ids=2) if ":folders" in q.source[name] or ":ids" in q.source[name] else q[name]
+        conn.execute(f"EXPLAIN {sql}", (None,) * sql.count("?"))
