@@ -6,7 +6,7 @@ prints what it measured.
     .venv/bin/python -m bench.nodes --quick     # seconds, same code paths (what the suite runs)
     .venv/bin/python -m bench.nodes --json FILE --nodes 3 --database-url postgresql://...
 
-Each node gets CLIENTS_PER_NODE SMTP clients submitting tagged messages (X-Bench-Id) without
+Each node gets CLIENTS_PER_NODE (``--clients``) SMTP clients submitting tagged messages (X-Bench-Id) without
 pause; a client whose node is gone goes on at the next node (as behind a load balancer). A
 message counts as acknowledged when its DATA got 250. The database is a fresh schema in the
 given database (default MSGSPOOL_TEST_PG, else the local test database), dropped afterwards.
@@ -74,13 +74,13 @@ class Results:
 class Load:
     """CLIENTS_PER_NODE SMTP clients per node, tags never reused, failing over to the next node."""
 
-    def __init__(self, ports: list[int], prefix: str) -> None:
+    def __init__(self, ports: list[int], prefix: str, per_node: int = CLIENTS_PER_NODE) -> None:
         self.ports, self.prefix = ports, prefix
         self.acked: dict[str, int] = {}  # tag -> index of the node that said 250
         self.stop = threading.Event()
         self._lock = threading.Lock()
         self.threads = [threading.Thread(target=self._client, args=(k,), daemon=True)
-                        for k in range(CLIENTS_PER_NODE * len(ports))]
+                        for k in range(per_node * len(ports))]
 
     def start(self) -> Load:
         for t in self.threads:
@@ -188,7 +188,7 @@ def wait_drained(spool: Spool, sink: SinkProcess, acked: set[str], cap: float) -
 
 
 def run(nodes: int, healthy: float, killed_after: float, after_kill: float, lease_time: float,
-        workdir: Path, base_url: str) -> Results:
+        workdir: Path, base_url: str, clients: int = CLIENTS_PER_NODE) -> Results:
     r = Results(nodes=nodes, lease_time=lease_time, destination_concurrency=Settings().destination_concurrency)
     spool = Spool(base_url)
     sink = SinkProcess(free_port(), workdir / "sink.log").start()
@@ -198,7 +198,7 @@ def run(nodes: int, healthy: float, killed_after: float, after_kill: float, leas
         for node in cluster:
             node.start()
         log(f"healthy phase: {nodes} nodes, {healthy:.0f} s of load")
-        load = Load([n.port for n in cluster], "h").start()
+        load = Load([n.port for n in cluster], "h", clients).start()
         t0 = time.time()
         time.sleep(healthy)
         load.join()
@@ -218,7 +218,7 @@ def run(nodes: int, healthy: float, killed_after: float, after_kill: float, leas
         r.per_node_acknowledged = [sum(1 for n in load.acked.values() if n == i) for i in range(nodes)]
 
         log(f"kill phase: node 0 gets SIGKILL after {killed_after:.1f} s of load")
-        load = Load([n.port for n in cluster], "k").start()
+        load = Load([n.port for n in cluster], "k", clients).start()
         time.sleep(killed_after)
         victim = cluster[0]
         owners = spool.owners_of(victim.pids())
@@ -290,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.nodes", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="a few seconds per phase, a short lease")
     ap.add_argument("--nodes", type=int, default=3)
+    ap.add_argument("--clients", type=int, default=CLIENTS_PER_NODE, help="SMTP clients per node")
     ap.add_argument("--lease-time", type=float, default=None, help="the nodes' lease_time (default: theirs; quick 3)")
     ap.add_argument("--database-url", default=DEFAULT_URL, help="where the fresh schema is made")
     ap.add_argument("--json", type=Path, help="write the results here")
@@ -300,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         lease_time = float(getattr(Settings(), "lease_time", 0.0))
     with tempfile.TemporaryDirectory(prefix="msgspool-nodes-") as tmp:
         try:
-            r = run(a.nodes, healthy, killed_after, after_kill, lease_time, Path(tmp), a.database_url)
+            r = run(a.nodes, healthy, killed_after, after_kill, lease_time, Path(tmp), a.database_url, a.clients)
         finally:
             Group.close()
     print(report(r))
