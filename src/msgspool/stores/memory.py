@@ -73,6 +73,7 @@ class MemoryStore(SQLStore):
         conn = self._conn
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         conn.execute("BEGIN IMMEDIATE")
+        conn.leases = {}
         try:
             result = fn(conn)
             conn.execute("COMMIT")

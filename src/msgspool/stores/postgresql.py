@@ -74,6 +74,7 @@ class PgConnection:
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self.conn = conn
+        self.leases: dict[str, float | None] = {}  # one PgConnection per transaction
 
     def execute(self, sql: str, parameters: Params = {}, /) -> psycopg.Cursor[Any]:  # noqa: B006 - never mutated
         # Always with parameters (an empty mapping too): psycopg then reads a doubled `%` as one.

@@ -93,6 +93,7 @@ class SQLiteConnection(sqlite3.Connection):
     Any other statement (the schema's, a test's) goes to sqlite3 as it is."""
 
     q = Queries("sqlite")
+    leases: dict[str, float | None]  # reset at each BEGIN (ops.Tx.leases)
     _positional = q.positional
     _execute = sqlite3.Connection.execute
     _executemany = sqlite3.Connection.executemany
@@ -113,6 +114,7 @@ def connect(path: Path, *, readonly: bool = False) -> SQLiteConnection:
                                check_same_thread=False, factory=SQLiteConnection)
     else:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, factory=SQLiteConnection)
+    conn.leases = {}
     conn.execute("PRAGMA busy_timeout = 10000")
     if not readonly:
         conn.execute("PRAGMA journal_mode = WAL")
@@ -238,6 +240,7 @@ class _GroupCommit:
             self.conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
             self.synchronous_full = durable
         self.conn.execute("BEGIN IMMEDIATE")
+        self.conn.leases = {}  # what this transaction read of the nodes' leases
 
     async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)

@@ -201,6 +201,10 @@ SELECT DISTINCT transport, nexthop FROM recipients WHERE status = 'deferred' AND
 -- ---------------------------------------------------------------------------------------------
 -- Leases (issue 11.4): nodes and the recipients they hold active
 
+-- name: lease_until
+-- When node :owner's lease ends (no row: it has none).
+SELECT lease_until FROM nodes WHERE owner = :owner;
+
 -- name: node_live
 -- Does node :owner hold a lease at :now?
 SELECT EXISTS (SELECT 1 FROM nodes n WHERE n.owner = :owner AND n.lease_until >= :now);
