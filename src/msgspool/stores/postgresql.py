@@ -321,7 +321,10 @@ class PostgresStore(SQLStore):
         pool = self._pool
 
         def run() -> T:
-            with pool.connection() as conn:
+            # One snapshot for the whole read (READ COMMITTED would take one per statement: a
+            # message read before a settlement committed, its recipients after it).
+            with pool.connection() as conn, conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                 return fn(PgConnection(conn))
 
         return asyncio.wrap_future(self._readers.submit(run))

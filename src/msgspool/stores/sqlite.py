@@ -275,7 +275,13 @@ class _Reader(threading.Thread):
     def run(self) -> None:
         while (job := self.jobs.get()) is not _STOP:
             try:
-                result: tuple[bool, Any] = (True, job.fn(self.conn))
+                # One snapshot for the whole read: a message and its recipients as of one commit,
+                # never the message before a settlement and its recipients after it.
+                self.conn.execute("BEGIN")
+                try:
+                    result: tuple[bool, Any] = (True, job.fn(self.conn))
+                finally:
+                    self.conn.execute("COMMIT")
             except Exception as err:  # handed to the awaiting coroutine
                 result = (False, err)
             self.loop.call_soon_threadsafe(_resolve, [job], [result])
