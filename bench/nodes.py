@@ -187,12 +187,22 @@ def wait_drained(spool: Spool, sink: SinkProcess, acked: set[str], cap: float) -
         time.sleep(0.1)
 
 
+def phases(quick: bool) -> tuple[float, float, float]:
+    """Seconds of healthy load, of load before the kill, and of the run after it."""
+    return (4.0, 1.5, 8.0) if quick else (20.0, 5.0, 30.0)
+
+
+def default_lease_time(quick: bool) -> float:
+    """The nodes' lease_time: short for --quick, else the setting's default."""
+    return 3.0 if quick else Settings().lease_time
+
+
 def run(nodes: int, healthy: float, killed_after: float, after_kill: float, lease_time: float,
         workdir: Path, base_url: str, clients: int = CLIENTS_PER_NODE) -> Results:
     r = Results(nodes=nodes, lease_time=lease_time, destination_concurrency=Settings().destination_concurrency)
     spool = Spool(base_url)
     sink = SinkProcess(free_port(), workdir / "sink.log").start()
-    config = f"lease_time = {lease_time}\n" if lease_time and hasattr(Settings(), "lease_time") else ""
+    config = f"lease_time = {lease_time}\n"
     cluster = [Node(i, workdir, sink.port, spool.url, config) for i in range(nodes)]
     try:
         for node in cluster:
@@ -295,10 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--database-url", default=DEFAULT_URL, help="where the fresh schema is made")
     ap.add_argument("--json", type=Path, help="write the results here")
     a = ap.parse_args(argv)
-    healthy, killed_after, after_kill = (4.0, 1.5, 8.0) if a.quick else (20.0, 5.0, 30.0)
-    lease_time = a.lease_time if a.lease_time is not None else (3.0 if a.quick else 0.0)
-    if not lease_time:
-        lease_time = float(getattr(Settings(), "lease_time", 0.0))
+    healthy, killed_after, after_kill = phases(a.quick)
+    lease_time = a.lease_time if a.lease_time is not None else default_lease_time(a.quick)
     with tempfile.TemporaryDirectory(prefix="msgspool-nodes-") as tmp:
         try:
             r = run(a.nodes, healthy, killed_after, after_kill, lease_time, Path(tmp), a.database_url, a.clients)

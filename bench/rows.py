@@ -146,13 +146,8 @@ def row_nodes(ctx: Context) -> dict[str, Any]:
 
     from bench import nodes
 
-    healthy, killed_after, after_kill = (4.0, 1.5, 8.0) if ctx.quick else (20.0, 5.0, 30.0)
     work = ctx.tmpdir("nodes-")
-    lease_time = 3.0 if ctx.quick else 0.0
-    if not lease_time:
-        from msgspool.config import Settings
-        lease_time = float(getattr(Settings(), "lease_time", 10.0))
-    r = nodes.run(3, healthy, killed_after, after_kill, lease_time, work, nodes.DEFAULT_URL)
+    r = nodes.run(3, *nodes.phases(ctx.quick), nodes.default_lease_time(ctx.quick), work, nodes.DEFAULT_URL)
     out = asdict(r)
     out["ok"] = nodes.ok(r)
     shutil.rmtree(work, ignore_errors=True)

@@ -41,23 +41,18 @@ _store_settings: dict[str, Any] = {}
 
 
 @pytest.fixture(autouse=True)
-def _store_under_test() -> Iterator[None]:
+def _store_under_test(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     if STORE_UNDER_TEST != "postgresql":
         yield
         return
     with pg.fresh_database() as url:
         _store_settings.update(store="postgresql", database_url=url)
-        saved = {var: os.environ.get(var) for var in ENVIRONMENT.values()}
-        os.environ.update(MSGSPOOL_STORE="postgresql", MSGSPOOL_DATABASE_URL=url)  # the CLI's too
+        monkeypatch.setenv(ENVIRONMENT["store"], "postgresql")  # the CLI's store too
+        monkeypatch.setenv(ENVIRONMENT["database_url"], url)
         try:
             yield
         finally:
             _store_settings.clear()
-            for var, value in saved.items():
-                if value is None:
-                    os.environ.pop(var, None)
-                else:
-                    os.environ[var] = value
 
 
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:

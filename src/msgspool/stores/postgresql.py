@@ -273,20 +273,26 @@ class PostgresStore(SQLStore):
         pool: ConnectionPool[Any] = ConnectionPool(
             self.url, min_size=2, max_size=self.READERS + 2, open=False, name="msgspool",
             kwargs={"autocommit": True, "application_name": "msgspool"})
-        await asyncio.to_thread(pool.open, True, 30.0)
-        try:
+
+        def prepare() -> tuple[list[str], str]:
+            """Migrations applied, and the spool's schema (its channel's name): off the loop."""
+            pool.open(True, 30.0)
             with pool.connection() as conn:
-                if not create and await asyncio.to_thread(schema_version, conn) == 0:
+                if not create and schema_version(conn) == 0:
                     raise NoSpool(f"no spool in the database {conn.info.dbname!r} (msgspool db upgrade makes one)")
-                names = await asyncio.to_thread(upgrade, conn)
-                schema = conn.execute("SELECT current_schema()").fetchone()
+                names = upgrade(conn)
+                row = conn.execute("SELECT current_schema()").fetchone()
+            return names, row[0] if row else "public"
+
+        try:
+            names, schema = await asyncio.to_thread(prepare)
         except BaseException:
             await asyncio.to_thread(pool.close)
             raise
         if names:
             log.info("database schema upgraded: %s", ", ".join(names))
         self._pool = pool
-        self._channel = CHANNEL.format(schema=schema[0] if schema else "public")
+        self._channel = CHANNEL.format(schema=schema)
         self._pg_writer = _PgGroupCommit(pool, self.commit_batch, self._channel)
         self._readers = ThreadPoolExecutor(self.READERS, thread_name_prefix="msgspool-pg-read")
         if self._subscribers:

@@ -309,31 +309,28 @@ class SQLiteStore(SQLStore):
         loop = asyncio.get_running_loop()
         if not create and not self.path.exists():
             raise NoSpool(f"no spool at {self.path.parent}")
-        with space_errors(self.path.parent):
-            spooldir.create(self.path.parent)
-            spooldir.create_file(self.path)  # 0600; SQLite gives -wal and -shm the database's mode
-            wconn = connect(self.path)
-            create_schema(wconn)
+        wconn, _before = self._make()
         self._writer = _GroupCommit(wconn, self.commit_batch, self.path.parent)
         self._reader = _Reader(connect(self.path), loop, name="msgspool-reader")
         self._reader.start()
 
-    async def upgrade(self) -> list[str]:
-        def run() -> list[str]:
-            with space_errors(self.path.parent):
-                spooldir.create(self.path.parent)
-                spooldir.create_file(self.path)
-                conn = connect(self.path)
-                try:
-                    before = conn.execute("PRAGMA user_version").fetchone()[0]
-                    create_schema(conn)
-                finally:
-                    conn.close()
-            if before >= SCHEMA_VERSION:
-                return []
-            return [f"schema {before} -> {SCHEMA_VERSION}" if before else f"new spool, schema {SCHEMA_VERSION}"]
+    def _make(self) -> tuple[SQLiteConnection, int]:
+        """The spool file (made 0600 if missing; SQLite gives -wal and -shm the database's mode)
+        with this version's schema, and the schema version it had before."""
+        with space_errors(self.path.parent):
+            spooldir.create(self.path.parent)
+            spooldir.create_file(self.path)
+            conn = connect(self.path)
+            before: int = conn.execute("PRAGMA user_version").fetchone()[0]
+            create_schema(conn)
+        return conn, before
 
-        return await asyncio.to_thread(run)
+    async def upgrade(self) -> list[str]:
+        conn, before = await asyncio.to_thread(self._make)
+        conn.close()
+        if before >= SCHEMA_VERSION:
+            return []
+        return [f"schema {before} -> {SCHEMA_VERSION}" if before else f"new spool, schema {SCHEMA_VERSION}"]
 
     async def close(self) -> None:
         if self._writer is not None:
