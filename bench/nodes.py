@@ -304,12 +304,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lease-time", type=float, default=None, help="the nodes' lease_time (default: theirs; quick 3)")
     ap.add_argument("--database-url", default=DEFAULT_URL, help="where the fresh schema is made")
     ap.add_argument("--json", type=Path, help="write the results here")
+    ap.add_argument("--keep", type=Path, help="keep the nodes' data and logs in this directory (made anew)")
     a = ap.parse_args(argv)
     healthy, killed_after, after_kill = phases(a.quick)
     lease_time = a.lease_time if a.lease_time is not None else default_lease_time(a.quick)
     with tempfile.TemporaryDirectory(prefix="msgspool-nodes-") as tmp:
+        workdir = Path(tmp)
+        if a.keep:
+            a.keep.mkdir(parents=True)
+            workdir = a.keep
         try:
-            r = run(a.nodes, healthy, killed_after, after_kill, lease_time, Path(tmp), a.database_url, a.clients)
+            r = run(a.nodes, healthy, killed_after, after_kill, lease_time, workdir, a.database_url, a.clients)
         finally:
             Group.close()
     print(report(r))

@@ -23,11 +23,15 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.mark.timeout(300)
 def test_three_nodes_deliver_once_share_the_destination_limit_and_take_over_a_killed_one(tmp_path: Path) -> None:
     pg.require()
-    out = tmp_path / "nodes.json"
-    proc = subprocess.run([sys.executable, "-m", "bench.nodes", "--quick", "--json", str(out),
+    out, kept = tmp_path / "nodes.json", tmp_path / "nodes"
+    proc = subprocess.run([sys.executable, "-m", "bench.nodes", "--quick", "--json", str(out), "--keep", str(kept),
                            "--database-url", pg.ADMIN_URL], cwd=REPO, capture_output=True, text=True,
                           timeout=280, env=cli_env())
-    context = f"\n--- stdout\n{proc.stdout}\n--- stderr (tail)\n{proc.stderr[-3000:]}"
+    # What the nodes said of their leases (a slow heartbeat, a lost lease, a rescue): why a duplicate came.
+    leases = "".join(line for log in sorted(kept.glob("node*.log")) for line in log.read_text().splitlines(True)
+                     if "lease" in line or "heartbeat" in line or "rescued" in line)
+    context = (f"\n--- stdout\n{proc.stdout}\n--- stderr (tail)\n{proc.stderr[-3000:]}"
+               f"\n--- the nodes on their leases\n{leases[-3000:]}")
     assert out.exists(), context
     r = json.loads(out.read_text())
     assert r["nodes"] == 3 and r["healthy_acknowledged"] > 50, context

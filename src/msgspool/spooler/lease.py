@@ -136,6 +136,9 @@ class NodeLease:
         if not await self.store.heartbeat(self.owner, now, self.lease_time):
             self._lose(now)
             return False
+        took = self.clock() - now
+        if took > self.lease_time / BEATS_PER_LEASE:
+            log.warning("node %s: a heartbeat took %.2f s (lease_time %.1f s)", self.owner, took, self.lease_time)
         self.renewed_at = now
         rescued = await self.store.rescue(now)
         if rescued:

@@ -229,8 +229,12 @@ class SQLStore(ABC):
                                                      sole))
 
     async def heartbeat(self, owner: str, now: float, lease_time: float) -> bool:
-        return await self._write(lambda c: op_heartbeat(c, owner, self._lease_clock(c, now), lease_time),
-                                 durable=False)
+        return await self._beat(lambda c: op_heartbeat(c, owner, self._lease_clock(c, now), lease_time))
+
+    def _beat(self, fn: Callable[[Tx], T]) -> asyncio.Future[T]:
+        """A heartbeat's write. Here the group commit's (SQLite's commits are short and local); a
+        store whose commits can wait on other machines' locks gives it a connection of its own."""
+        return self._write(fn, durable=False)
 
     async def rescue(self, now: float) -> int:
         if not await self.read(lambda c: rescue_due(c, self._lease_clock(c, now))):  # commonly: no write at all

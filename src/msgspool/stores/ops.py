@@ -391,18 +391,20 @@ def op_unclaim(tx: Tx, recipients: Sequence[tuple[str, int]], now: float, owner:
 
 
 def _give_back_all(tx: Tx, rows: Iterable[tuple[str, int, str | None]], now: float, stage: str,
-                   why: Callable[[str, str | None], str], query: str) -> list[Event]:
+                   why: Callable[[str, str | None], str], query: str) -> tuple[int, list[Event]]:
     """Give back (by `query`, a give_back_* statement) each (message id, index, owner) still
-    active and held as seen, with a line in its message's history; the `held` events of those
-    whose message is held."""
-    events = []
+    active and held as seen, with a line in its message's history. Returns how many were given
+    back (another node's rescue may have been first) and the `held` events of those whose
+    message is held."""
+    given, events = 0, []
     for message_id, index, owner in rows:
         row = tx.execute(query, {"now": now, "message_id": message_id, "idx": index, "owner": owner}).fetchone()
         if row is not None:
+            given += 1
             if row[0] == Status.HELD:
                 events.append(insert_event(tx, Event(EventType.HELD, message_id, now, recipient=row[1])))
             _insert_history(tx, message_id, now, stage, [HookRecord("", "returned", why(row[1], owner))])
-    return events
+    return given, events
 
 
 def active_recipients(tx: Tx) -> list[tuple[str, int, str | None]]:
@@ -413,7 +415,7 @@ def active_recipients(tx: Tx) -> list[tuple[str, int, str | None]]:
 def op_return_stuck(tx: Tx, rows: Sequence[tuple[str, int, str | None]], now: float) -> list[Event]:
     """The watchdog's give-back: like op_unclaim, for rows still active and still owned as seen."""
     return _give_back_all(tx, rows, now, "watchdog", lambda address, _owner:
-                          f"<{address}> was active with no delivery holding it", tx.q.give_back_held_by)
+                          f"<{address}> was active with no delivery holding it", tx.q.give_back_held_by)[1]
 
 
 def op_release_destination(tx: Tx, transport: str, nexthop: str, now: float, chunk: int = CHUNK) -> int:
@@ -521,21 +523,21 @@ def op_rescue(tx: Tx, now: float, chunk: int = CHUNK) -> int:
         if owner is None or not node_live(tx, owner, now):
             query = tx.q.active_of_no_node if owner is None else tx.q.active_of_node
             rows += tx.execute(query, {"owner": owner, "limit": chunk - len(rows)}).fetchall()
-    _give_back_all(tx, rows, now, "rescue", lambda address, owner: f"<{address}> was active for node"
-                   f" {owner or '(none)'}, which holds no lease any more", tx.q.give_back_unleased)
+    given, _ = _give_back_all(tx, rows, now, "rescue", lambda address, owner: f"<{address}> was active for"
+                              f" node {owner or '(none)'}, which holds no lease any more", tx.q.give_back_unleased)
     if len(rows) < chunk:
         tx.execute(tx.q.prune_nodes, {"before": now - NODE_RETENTION})
-    return len(rows)
+    return given
 
 
 def op_retire_node(tx: Tx, owner: str, now: float) -> int:
     """A clean stop: what node `owner` still holds waits again (its transactions were cancelled:
     their outcome is unknown), then its row goes. Returns how many recipients it gave back."""
     held = tx.execute(tx.q.held_by_node, {"owner": owner}).fetchall()
-    _give_back_all(tx, held, now, "rescue", lambda address, _owner: f"<{address}> was active when node"
-                   f" {owner} stopped", tx.q.give_back_held_by)
+    given, _ = _give_back_all(tx, held, now, "rescue", lambda address, _owner: f"<{address}> was active when"
+                              f" node {owner} stopped", tx.q.give_back_held_by)
     tx.execute(tx.q.delete_node, {"owner": owner})
-    return len(held)
+    return given
 
 
 def op_drain_node(tx: Tx, owner: str, now: float) -> bool:
