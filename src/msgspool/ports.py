@@ -162,8 +162,10 @@ class QueueControl(Protocol):
 
     async def release(self, ids: Sequence[str], now: float) -> list[str]: ...
 
-    async def flush(self, ids: Sequence[str] | None, now: float) -> int:
-        """Deferred recipients (of these messages; None: all) are due now; returns how many."""
+    async def flush(self, ids: Sequence[str] | None, now: float, *, transport: str | None = None,
+                    nexthop: str | None = None) -> int:
+        """Deferred recipients (of these messages; None: all, or those routed to `transport`
+        and/or the destination `nexthop`) are due now; returns how many."""
         ...
 
     async def requeue(self, ids: Sequence[str], now: float) -> list[str]:

@@ -33,7 +33,7 @@ from msgspool.domain.recipient import Status
 from msgspool.domain.retry import RetryPolicy
 from msgspool.domain.routing import Router, TransportRoute
 from msgspool.domain.webhooks import WEBHOOK_TRANSPORT, from_webhook
-from msgspool.errors import ConfigError, NotFound, SpoolError, StorageFull, UnableToAbort
+from msgspool.errors import ConfigError, NotFound, SpoolError, StorageFull, UnableToAbort, UnknownTransport
 from msgspool.ports import MailboxTransport, Store, Transport
 from msgspool.spooler import control
 from msgspool.spooler.background import start_supervised, stop_task
@@ -511,22 +511,31 @@ class Spooler:
         elif self.remote is not None:
             self.remote.cancel(ids)
 
-    def probe_down_destinations(self) -> None:
-        """Probe every destination that is down now (flush), here or in the delivery process."""
+    def probe_down_destinations(self, transport: str | None = None, nexthop: str | None = None) -> None:
+        """Probe every destination that is down now (flush; or those of one transport and/or
+        nexthop), here or in the delivery process."""
         if self.delivering:
-            self.scheduler.probe_down()
+            self.scheduler.probe_down(transport, nexthop)
         elif self.remote is not None:
-            self.remote.probe()
+            self.remote.probe(transport, nexthop)
 
     # -- operations (MAPI FlushQueues, AbortSubmit; Postfix postqueue/postsuper) --------------
 
-    async def flush(self, ids: Sequence[str] | None = None) -> int:
+    async def flush(self, ids: Sequence[str] | None = None, *, transport: str | None = None,
+                    destination: str | None = None) -> int:
+        """Retry now (MAPI FlushQueues; Postfix `postqueue -f`, `-i ID`, `-s SITE`): the deferred
+        recipients of `ids`, or all of them, or those routed to `transport` and/or the destination
+        `destination` (a nexthop as `status` lists it); the matching destinations that are down
+        are probed at once. Returns how many recipients became due."""
         if ids:
             await self._require(ids)
-        count = await self.store.flush(ids, time.time())
-        self.probe_down_destinations()
+        if transport is not None:
+            self._require_transport(transport)
+        route = () if transport is None and destination is None else (transport or "", destination or "")
+        count = await self.store.flush(ids or None, time.time(), transport=transport, nexthop=destination)
+        self.probe_down_destinations(transport, destination)
         self.poke()
-        self.notices.publish(FLUSH)
+        self.notices.publish(FLUSH, route)
         return count
 
     async def hold(self, ids: Sequence[str]) -> list[str]:
@@ -617,6 +626,10 @@ class Spooler:
     async def mark_unread(self, ids: Sequence[str]) -> None:
         """Clear the read flag; never sends anything."""
         await self.mark_read(ids, False)
+
+    def _require_transport(self, name: str) -> None:
+        if name not in self.transports:
+            raise UnknownTransport(f"no transport {name} (known: {', '.join(self.transports)})")
 
     async def _require(self, ids: Sequence[str]) -> None:
         for message_id in ids:

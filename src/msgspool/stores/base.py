@@ -177,10 +177,12 @@ class SQLStore(ABC):
     async def release(self, ids: Sequence[str], now: float) -> list[str]:
         return await self._write(lambda c: op_release(c, ids, now))
 
-    async def flush(self, ids: Sequence[str] | None, now: float) -> int:
+    async def flush(self, ids: Sequence[str] | None, now: float, *, transport: str | None = None,
+                    nexthop: str | None = None) -> int:
         if ids is not None:
             return await self._write(lambda c: op_flush(c, ids, now))
-        return await self._chunked(lambda c: op_flush(c, None, now), durable=True)
+        return await self._chunked(lambda c: op_flush(c, None, now, transport=transport, nexthop=nexthop),
+                                   durable=True)
 
     async def _chunked(self, op: Callable[[Tx], int], *, durable: bool, chunk: int = CHUNK) -> int:
         """Repeat a write that changes at most `chunk` rows per transaction until it is done."""

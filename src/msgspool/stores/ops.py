@@ -596,9 +596,14 @@ def op_release(tx: Tx, ids: Sequence[str], now: float) -> list[str]:
     return found
 
 
-def op_flush(tx: Tx, ids: Sequence[str] | None, now: float, chunk: int = CHUNK) -> int:
+def op_flush(tx: Tx, ids: Sequence[str] | None, now: float, chunk: int = CHUNK, *,
+             transport: str | None = None, nexthop: str | None = None) -> int:
     """Make deferred (and not-yet-due queued) recipients due now: those of `ids`, or — a chunk per
-    call, so intake's commits interleave with flushing a million — all of them."""
+    call, so intake's commits interleave with flushing a million — all of them, or all of one
+    transport and/or destination (Postfix `postqueue -s SITE`)."""
+    if ids is None and (transport is not None or nexthop is not None):
+        return tx.execute(tx.q.flush_route, {"now": now, "limit": chunk, "transport": transport,
+                                             "nexthop": nexthop}).rowcount
     if ids is None:
         return tx.execute(tx.q.flush_all, {"now": now, "limit": chunk}).rowcount
     return sum(tx.execute(tx.q.flush_message, {"now": now, "message_id": i}).rowcount for i in ids)

@@ -314,6 +314,14 @@ UPDATE recipients SET next_attempt_at = :now, wait_destination = 0 WHERE (messag
     SELECT message_id, idx FROM recipients WHERE status IN ('queued', 'deferred') AND next_attempt_at > :now
     AND priority IN (1, 0, -1) LIMIT :limit);
 
+-- name: flush_route
+-- A chunk of the waiting recipients of one transport and/or one destination (nexthop) not due yet
+-- become due now (`queue flush --transport T --destination D`; a NULL parameter matches any).
+UPDATE recipients SET next_attempt_at = :now, wait_destination = 0 WHERE (message_id, idx) IN (
+    SELECT message_id, idx FROM recipients WHERE status IN ('queued', 'deferred') AND next_attempt_at > :now
+    AND transport = COALESCE(CAST(:transport AS TEXT), transport) AND nexthop = COALESCE(CAST(:nexthop AS TEXT), nexthop)
+    LIMIT :limit);
+
 -- name: flush_message
 -- A message's waiting recipients not due yet become due now.
 UPDATE recipients SET next_attempt_at = :now, wait_destination = 0
