@@ -145,6 +145,8 @@ def op_submit(tx: Tx, msg: Message, copies: Sequence[Message], owner: str | None
     if user := msg.meta.get("smtp_auth_user"):
         _insert_history(tx, msg.id, msg.submitted_at, "submission",
                         [HookRecord("", "submitted", f"over SMTP by authenticated user {user}")])
+    if msg.history:
+        _insert_history(tx, msg.id, msg.submitted_at, "expansion", msg.history)
     events = [insert_event(tx, Event(EventType.SUBMITTED, msg.id, msg.submitted_at,
                                      detail={"sender": msg.sender, "size": msg.size, "origin": msg.origin}))]
     for r in msg.recipients:
@@ -154,6 +156,8 @@ def op_submit(tx: Tx, msg: Message, copies: Sequence[Message], owner: str | None
     events += [_file(tx, copy, content_id) for copy in copies]
     if not any(r.status.pending for r in msg.recipients):
         events += _finish_if_done(tx, msg.id, msg.submitted_at)
+    for part, part_copies in msg.parts:  # committed queued: whichever node claims them delivers them
+        events += op_submit(tx, part, part_copies)
     return events
 
 
