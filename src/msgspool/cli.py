@@ -6,7 +6,7 @@ SYNOPSIS
     msgspool sendmail [-t] [-i] [-f SENDER] [-F NAME] [-N DSN] [-R RET] [-V ENVID] [RCPT...]
     msgspool queue list [--json] [--all]
     msgspool queue show ID [--json]
-    msgspool queue flush [ID...]
+    msgspool queue flush [ID...] | [--destination HOST] [--transport NAME]
     msgspool queue hold ID... | release ID... | requeue ID... | delete ID...
     msgspool queue read [--mdn | --no-mdn] ID... | unread ID...
     msgspool status [--json]
@@ -56,6 +56,7 @@ from msgspool.errors import (
     StorageFull,
     SubmitError,
     UnableToAbort,
+    UnknownTransport,
 )
 from msgspool.ports import Store
 from msgspool.spooler import control
@@ -116,8 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     qshow = qsub.add_parser("show", help="one message with every recipient")
     qshow.add_argument("id")
     qshow.add_argument("--json", action="store_true")
-    qflush = qsub.add_parser("flush", help="retry now: all deferred, or the given messages")
+    qflush = qsub.add_parser("flush", help="retry now: all deferred, the given messages, or one destination")
     qflush.add_argument("ids", nargs="*", metavar="ID")
+    qflush.add_argument("--destination", metavar="HOST",
+                        help="only recipients for this destination (a nexthop as `status` lists it)")
+    qflush.add_argument("--transport", metavar="NAME", help="only recipients of this transport")
     for name, text in (("hold", "never send until released"), ("release", "undo hold"),
                        ("requeue", "through the outbound hooks again (postsuper -r)"),
                        ("delete", "remove from the spool")):
@@ -366,6 +370,8 @@ def _operate(settings: Settings, op: str, ids: list[str] | None, **options: Any)
     answer = control.request(settings.spool_path, {"op": op, "ids": ids, **options})
     if answer is not None:
         if not answer.get("ok"):
+            if answer.get("kind") == "UnknownTransport":
+                raise CLIError(str(answer.get("error")))
             if answer.get("kind") == "NotFound":
                 raise CLIError(f"no message {answer.get('error')}")
             if answer.get("kind") == "UnableToAbort":
@@ -377,13 +383,16 @@ def _operate(settings: Settings, op: str, ids: list[str] | None, **options: Any)
         return answer
     try:
         if op == "flush":
-            return {"ok": True, "flushed": _run(settings, lambda s: s.flush(ids))}
+            return {"ok": True, "flushed": _run(settings, lambda s: s.flush(
+                ids, transport=options.get("transport"), destination=options.get("destination")))}
         if op in ("read", "unread"):
             sent = _run(settings, lambda s: s.mark_read(ids or [], op == "read", mdn=options.get("mdn")))
             return {"ok": True, "ids": ids, "mdn": sent}
         return {"ok": True, "ids": _run(settings, lambda s: getattr(s, op)(ids))}
     except NoSpool as err:
         raise _no_spool(settings) from err
+    except UnknownTransport as err:
+        raise CLIError(str(err)) from err
     except NotFound as err:
         raise CLIError(f"no message {err}") from err
 
@@ -394,7 +403,10 @@ def cmd_queue(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "show":
         return queue_show(settings, args.id, args.json)
     if args.action == "flush":
-        answer = _operate(settings, "flush", args.ids or None)
+        if args.ids and (args.destination or args.transport):
+            raise CLIError("give message ids or --destination/--transport, not both", 2)
+        route = {k: v for k, v in (("transport", args.transport), ("destination", args.destination)) if v}
+        answer = _operate(settings, "flush", args.ids or None, **route)
         print(f"{answer['flushed']} recipients due now")
         return 0
     options = {"mdn": args.mdn} if args.action == "read" else {}

@@ -152,3 +152,12 @@ def test_every_statement_compiles_on_the_sqlite_schema() -> None:
     for name in q:
         sql = q.expand(name, folders=2, ids=2) if ":folders" in q.source[name] or ":ids" in q.source[name] else q[name]
         conn.execute(f"EXPLAIN {sql}", (None,) * sql.count("?"))
+
+
+def test_postgresql_migrations_have_one_file_per_version_numbered_from_one() -> None:
+    """Two branches that each add a migration must not land the same number: a database that has
+    version N applied would skip the second file for ever."""
+    from msgspool.stores.postgresql import migrations
+
+    versions = [version for version, _name, _script in migrations()]
+    assert versions == list(range(1, len(versions) + 1))

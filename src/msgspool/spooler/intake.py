@@ -210,11 +210,13 @@ class Intake:
             recipient.status, recipient.last_reply, recipient.next_attempt_at = Status.FAILED, NO_ROUTE, None
             return None
         recipient.transport, recipient.nexthop = route.transport, route.nexthop
-        if route.transport != LOCAL:
-            return None
-        refusal = self._check_mailbox(recipient.address)
-        if refusal is not None:
-            recipient.status, recipient.last_reply, recipient.next_attempt_at = Status.FAILED, refusal, None
+        local = route.transport == LOCAL
+        if local or self.router.is_local(recipient.address, recipient.addrtype):  # a maildir's too
+            refusal = self._check_mailbox(recipient.address)
+            if refusal is not None:
+                recipient.status, recipient.last_reply, recipient.next_attempt_at = Status.FAILED, refusal, None
+                return None
+        if not local:
             return None
         if self.defer_local or (recipient.next_attempt_at or 0) > now:  # hooks first, or not released yet
             return None
