@@ -61,7 +61,8 @@ async def control_handler(spooler: Spooler, request: dict[str, Any]) -> dict[str
         spooler.reports_owed()
         return {"ok": True}
     if op == "flush":
-        return {"ok": True, "flushed": await spooler.flush(ids or None)}
+        return {"ok": True, "flushed": await spooler.flush(ids or None, transport=request.get("transport"),
+                                                           destination=request.get("destination"))}
     if op in ("hold", "release", "requeue", "delete"):
         done = await getattr(spooler, op)(list(ids or []))
         return {"ok": True, "ids": done}
@@ -592,7 +593,7 @@ async def deliver(fd: int, config: dict[str, Any]) -> int:
         elif op == "cancel":
             await spooler.scheduler.cancel(message.get("ids") or [])
         elif op == "probe":
-            spooler.probe_down_destinations()
+            spooler.probe_down_destinations(message.get("transport"), message.get("nexthop"))
         elif op == "events":
             if message.get("on") and unsubscribe is None:
                 forwarder = EventForwarder(link)

@@ -9,6 +9,7 @@
     │                              I/O error on a file system with no room left): ``452 4.3.1``
     │                              over SMTP, 507 over HTTP, EX_TEMPFAIL from sendmail
     ├── NotFound                   an unknown message id
+    │   └── UnknownTransport       an unknown transport name (`transport offline`, `flush --transport`)
     ├── UnableToAbort              delete/hold of a message a transport has in flight (MAPI
     │                              AbortSubmit's MAPI_E_UNABLE_TO_ABORT): what was done, what was not
     ├── SubmitError(reply)         a submission refused: bad address, no recipients, too big
@@ -52,6 +53,10 @@ class StorageFull(MsgspoolError):
 
 class NotFound(MsgspoolError):
     pass
+
+
+class UnknownTransport(NotFound):
+    """str(): the whole sentence ("no transport X (known: a, b)"), not only the name."""
 
 
 class UnableToAbort(MsgspoolError):

@@ -53,6 +53,23 @@ async def test_flush_makes_deferred_recipients_due_now(store: Store) -> None:
     assert await store.flush(None, now + 3) == 0
 
 
+async def test_flush_of_one_destination_or_transport_makes_only_its_recipients_due(store: Store) -> None:
+    """`queue flush --destination HOST` / `--transport NAME` (Postfix `postqueue -s SITE`)."""
+    now = time.time()
+    routes = [("smtp", "a.test:25"), ("smtp", "b.test:25"), ("partner", "a.test:25")]
+    messages = [await submit(store, f"r{n}@example.com", now=now) for n in range(len(routes))]
+    await store.claim(now, 10)
+    await store.settle([Settlement(m.id, 0, m.recipients[0].address, Status.DEFERRED, BUSY, next_attempt_at=now + 3600,
+                                   transport=transport, nexthop=nexthop)
+                        for m, (transport, nexthop) in zip(messages, routes, strict=True)], now)
+    assert await store.flush(None, now + 1, nexthop="nowhere.test:25") == 0
+    assert await store.flush(None, now + 1, transport="smtp", nexthop="b.test:25") == 1
+    assert ids(await store.claim(now + 1, 10)) == [messages[1].id]
+    assert await store.flush(None, now + 2, nexthop="a.test:25") == 2
+    assert sorted(ids(await store.claim(now + 2, 10))) == sorted([messages[0].id, messages[2].id])
+    assert await store.flush(None, now + 3, transport="smtp") == 0  # all due (claimed) already
+
+
 async def test_requeue_sends_the_message_through_the_outbound_hooks_again_as_submitted(store: Store) -> None:
     now = time.time()
     message = await submit(store, "b@example.com", now=now)

@@ -4,7 +4,8 @@ one JSON request per line, one JSON answer per line.
 
     {"op": "wakeup"}                            new work was written into the spool
     {"op": "reports"}                           reports were left owed: write them
-    {"op": "flush", "ids": [...] | null}        retry now
+    {"op": "flush", "ids": [...] | null,        retry now (all, the messages, or one transport /
+     "transport": T, "destination": D}           destination)
     {"op": "hold" | "release" | "delete", "ids": [...]}
     {"op": "read" | "unread", "ids": [...], "mdn": true|false|null}   -> {"ids", "mdn": [MDN ids]}
     {"op": "status"}                            the live status table

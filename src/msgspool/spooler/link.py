@@ -14,7 +14,8 @@ the store. The link carries only hints and questions, as JSON lines over a socke
                          {"op": "reports"}                     reports are owed: write them
                          {"op": "cancel", "ids": [...]}         held, requeued or deleted: drop queued
                                                                 jobs, give their recipients back
-                         {"op": "probe"}                        flush: probe down destinations now
+                         {"op": "probe", "transport": T|null,   flush: probe down destinations now
+                          "nexthop": N|null}                    (of one transport / destination)
                          {"op": "abort", "ids": [...], "req": N} -> {"in_flight": {id: [[idx, addr]]}}:
                                                                 delete/hold first stops their jobs
                                                                 (until the `cancel` that follows)
@@ -158,8 +159,8 @@ class RemoteDelivery:
     def cancel(self, ids: Sequence[str]) -> None:
         self.link.send({"op": "cancel", "ids": list(ids)})
 
-    def probe(self) -> None:
-        self.link.send({"op": "probe"})
+    def probe(self, transport: str | None = None, nexthop: str | None = None) -> None:
+        self.link.send({"op": "probe", "transport": transport, "nexthop": nexthop})
 
     async def abort(self, ids: Sequence[str]) -> dict[str, list[tuple[int, str]]]:
         """Scheduler.abort in the delivery process: what of these messages is in flight there."""

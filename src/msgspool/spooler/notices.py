@@ -5,7 +5,8 @@ the same hints, and a store without a Notifier makes every call here a no-op.
     kind     ids                 published after                    a node that hears it
     due      -                   release, requeue, a rescue, a      looks at the store now
                                  submission with no daemon here
-    flush    -                   queue flush                        probes its down destinations, looks now
+    flush    - | transport       queue flush                        probes its down destinations (of that
+             nexthop                                                transport and nexthop; '' any), looks now
     reports  -                   a submission with no daemon here   its reporter looks for reports owed
                                  that owes reports at once
     cancel   message ids         hold, requeue, delete              drops their queued jobs, gives them back
@@ -74,7 +75,8 @@ class Notices:
         if kind == DUE:
             scheduler.wakeup()
         elif kind == FLUSH:
-            scheduler.probe_down()
+            transport, nexthop = (ids[0] or None, ids[1] or None) if len(ids) == 2 else (None, None)
+            scheduler.probe_down(transport, nexthop)
             scheduler.wakeup()
         elif kind == REPORTS:
             self._reports()

@@ -321,10 +321,10 @@ class Scheduler:
                 or any(pair[0] in ids for pair in self._aborted):
             await self.cancel(ids)
 
-    def probe_down(self) -> None:
-        """Probe every destination that is down now (flush)."""
+    def probe_down(self, transport: str | None = None, nexthop: str | None = None) -> None:
+        """Probe every destination that is down now (flush), or those of one transport and/or nexthop."""
         for dest in self.destinations.values():
-            if dest.health.down:
+            if dest.health.down and transport in (None, dest.transport.name) and nexthop in (None, dest.nexthop):
                 dest.probe_now()
 
     def heard_destination(self, transport: str, nexthop: str, down: bool) -> None:

@@ -35,7 +35,7 @@ from msgspool.domain.message import (
     Recipient,
     Settlement,
 )
-from msgspool.domain.outcome import Reply
+from msgspool.domain.outcome import Filed, Reply
 from msgspool.domain.recipient import RecipientType, Status
 from msgspool.stores.queries import Queries
 
@@ -154,6 +154,8 @@ def op_submit(tx: Tx, msg: Message, copies: Sequence[Message], owner: str | None
     if user := msg.meta.get("smtp_auth_user"):
         _insert_history(tx, msg.id, msg.submitted_at, "submission",
                         [HookRecord("", "submitted", f"over SMTP by authenticated user {user}")])
+    if msg.history:
+        _insert_history(tx, msg.id, msg.submitted_at, "expansion", msg.history)
     events = [insert_event(tx, Event(EventType.SUBMITTED, msg.id, msg.submitted_at,
                                      detail={"sender": msg.sender, "size": msg.size, "origin": msg.origin}))]
     for r in msg.recipients:
@@ -163,6 +165,8 @@ def op_submit(tx: Tx, msg: Message, copies: Sequence[Message], owner: str | None
     events += [_file(tx, copy, content_id) for copy in copies]
     if not any(r.status.pending for r in msg.recipients):
         events += _finish_if_done(tx, msg.id, msg.submitted_at)
+    for part, part_copies in msg.parts:  # committed queued: whichever node claims them delivers them
+        events += op_submit(tx, part, part_copies)
     return events
 
 
@@ -195,6 +199,13 @@ def receive_folder(tx: Tx, mailbox: str, message_class: str) -> str:
         if (wanted == cls or wanted.startswith(cls + ".") or cls == "") and len(cls) > best:
             best, folder = len(cls), fld
     return str(folder)
+
+
+def mailbox_folders(tx: Tx, mailbox: str) -> list[str] | None:
+    """The folders holding `mailbox`'s messages; None when there is no such mailbox."""
+    if tx.execute(tx.q.mailbox_exists, {"mailbox": mailbox}).fetchone() is None:
+        return None
+    return [str(row[0]) for row in tx.execute(tx.q.folders_of_mailbox, {"mailbox": mailbox}).fetchall()]
 
 
 def _recipient_event(message_id: str, address: str, status: Status, reply: Reply | None, now: float,
@@ -353,11 +364,20 @@ def op_settle(tx: Tx, settlements: Sequence[Settlement], now: float, crash_limit
         if status in _STATUS_EVENT:
             events.append(insert_event(tx, _recipient_event(s.message_id, s.address, status, reply, now,
                                                             row[0], s.remote)))
+        if status is Status.DELIVERED and isinstance(reply, Filed):
+            events.append(insert_event(tx, _filed_event(s.message_id, reply, now)))
     for message_id in crashed & touched.keys():
         events += _count_crash(tx, message_id, crash_limit, now)
     for message_id in touched:
         events += _finish_if_done(tx, message_id, now)
     return events
+
+
+def _filed_event(message_id: str, reply: Filed, now: float) -> Event:
+    """A transport filed the message into a mailbox outside the store (a maildir): `new_mail`, as
+    for a copy filed here, naming the outbox message (the copy is not in the store)."""
+    return Event(EventType.NEW_MAIL, message_id, now, mailbox=reply.mailbox, folder=reply.folder,
+                 detail={"sender": reply.sender, "message_class": reply.message_class, "location": reply.location})
 
 
 def _count_crash(tx: Tx, message_id: str, limit: int, now: float) -> list[Event]:
@@ -589,9 +609,14 @@ def op_release(tx: Tx, ids: Sequence[str], now: float) -> list[str]:
     return found
 
 
-def op_flush(tx: Tx, ids: Sequence[str] | None, now: float, chunk: int = CHUNK) -> int:
+def op_flush(tx: Tx, ids: Sequence[str] | None, now: float, chunk: int = CHUNK, *,
+             transport: str | None = None, nexthop: str | None = None) -> int:
     """Make deferred (and not-yet-due queued) recipients due now: those of `ids`, or — a chunk per
-    call, so intake's commits interleave with flushing a million — all of them."""
+    call, so intake's commits interleave with flushing a million — all of them, or all of one
+    transport and/or destination (Postfix `postqueue -s SITE`)."""
+    if ids is None and (transport is not None or nexthop is not None):
+        return tx.execute(tx.q.flush_route, {"now": now, "limit": chunk, "transport": transport,
+                                             "nexthop": nexthop}).rowcount
     if ids is None:
         return tx.execute(tx.q.flush_all, {"now": now, "limit": chunk}).rowcount
     return sum(tx.execute(tx.q.flush_message, {"now": now, "message_id": i}).rowcount for i in ids)

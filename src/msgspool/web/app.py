@@ -5,7 +5,8 @@ submission.py.
     GET  /api/status                        the status table
     GET  /api/queue[?folder=outbox&mailbox=] messages (JSON array), as `queue list --json`
     GET  /api/queue/{id}                    one message, as `queue show --json`
-    POST /api/queue/flush                   retry all deferred now
+    POST /api/queue/flush                   retry all deferred now; ?destination=HOST&transport=NAME
+                                            (or a JSON body with them): only those
     POST /api/queue/{id}/{flush|hold|release|requeue|delete}
     POST /api/queue/{id}/{read|unread}      the read flag (MAPI SetReadFlag) -> {ok, read, mdn: [ids]}
                                             read and delete take an optional JSON {"mdn": true|false}:
@@ -76,7 +77,8 @@ async def queue_action(request: web.Request) -> web.Response:
     spooler, action = request.app[SPOOLER], request.match_info["action"]
     message_id = request.match_info.get("id")
     if action == "flush":
-        count = await spooler.flush([message_id] if message_id else None)
+        route = {} if message_id else await _flush_route(request)
+        count = await spooler.flush([message_id] if message_id else None, **route)
         return web.json_response({"ok": True, "flushed": count})
     if message_id is None:
         raise web.HTTPNotFound()
@@ -90,6 +92,21 @@ async def queue_action(request: web.Request) -> web.Response:
     if action not in operations:
         raise web.HTTPNotFound(text=f"unknown action {action}")
     return web.json_response({"ok": True, action: await operations[action]([message_id])})
+
+
+async def _flush_route(request: web.Request) -> dict[str, str]:
+    """`transport` and `destination` of a flush: query parameters, or the optional JSON body."""
+    body = await json_body(request) if request.can_read_body else None
+    if body is not None and not isinstance(body, dict):
+        raise Problem(400, 'expected JSON {"transport": NAME, "destination": HOST}')
+    route = {}
+    for key in ("transport", "destination"):
+        value = request.query.get(key, (body or {}).get(key))
+        if value is not None and not (isinstance(value, str) and value):
+            raise Problem(400, f"{key} must be a non-empty string", field=key)
+        if value is not None:
+            route[key] = value
+    return route
 
 
 async def _mdn_consent(request: web.Request) -> bool | None:

@@ -22,7 +22,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
-from msgspool.errors import NotFound, StorageFull, SubmitError, UnableToAbort
+from msgspool.errors import NotFound, StorageFull, SubmitError, UnableToAbort, UnknownTransport
 
 log = logging.getLogger("msgspool.web")
 PROBLEM_JSON = "application/problem+json"
@@ -70,6 +70,8 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
         if err.status < 400:
             raise
         return _from_http_error(request, err)
+    except UnknownTransport as err:
+        return problem(404, "Not Found", str(err))
     except NotFound as err:
         return problem(404, "Not Found", f"no message {err}")
     except UnableToAbort as err:  # MAPI_E_UNABLE_TO_ABORT: what was done and what goes on

@@ -47,6 +47,15 @@ SELECT content_id FROM messages WHERE id = :message_id;
 -- A mailbox's receive folders by message class (MAPI SetReceiveFolder).
 SELECT message_class, folder FROM receive_folders WHERE mailbox = :mailbox;
 
+-- name: mailbox_exists
+-- A mailbox exists once something was filed into it, set for it, or sent from it.
+SELECT 1 FROM mailboxes WHERE address = :mailbox
+UNION ALL SELECT 1 FROM messages WHERE mailbox = :mailbox LIMIT 1;
+
+-- name: folders_of_mailbox
+-- The folders holding a mailbox's messages (`mailbox export`).
+SELECT DISTINCT folder FROM messages WHERE mailbox = :mailbox ORDER BY folder;
+
 -- name: set_receive_folder
 -- File `message_class` (and its subclasses) of a mailbox into `folder`, replacing an older choice.
 INSERT INTO receive_folders (mailbox, message_class, folder) VALUES (:mailbox, :message_class, :folder)
@@ -304,6 +313,14 @@ WHERE message_id = :message_id AND status = 'held';
 UPDATE recipients SET next_attempt_at = :now, wait_destination = 0 WHERE (message_id, idx) IN (
     SELECT message_id, idx FROM recipients WHERE status IN ('queued', 'deferred') AND next_attempt_at > :now
     AND priority IN (1, 0, -1) LIMIT :limit);
+
+-- name: flush_route
+-- A chunk of the waiting recipients of one transport and/or one destination (nexthop) not due yet
+-- become due now (`queue flush --transport T --destination D`; a NULL parameter matches any).
+UPDATE recipients SET next_attempt_at = :now, wait_destination = 0 WHERE (message_id, idx) IN (
+    SELECT message_id, idx FROM recipients WHERE status IN ('queued', 'deferred') AND next_attempt_at > :now
+    AND transport = COALESCE(CAST(:transport AS TEXT), transport) AND nexthop = COALESCE(CAST(:nexthop AS TEXT), nexthop)
+    LIMIT :limit);
 
 -- name: flush_message
 -- A message's waiting recipients not due yet become due now.

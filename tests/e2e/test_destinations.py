@@ -1,0 +1,105 @@
+"""Issue 12.7 through the CLI, a daemon and its HTTP API: `queue flush --destination HOST` and
+`--transport NAME` flush one destination (Postfix `postqueue -s SITE`), and a transport put
+`offline` takes no work until it is `online` again."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.support.daemon import Daemon, DaemonFactory, Spool, tagged_message
+from tests.support.sink import Sink
+
+PROMPT = 5.0
+
+
+@pytest.fixture
+def partner() -> Iterator[Sink]:
+    """The next hop of a second SMTP transport, `partner`, for the domain partner.example."""
+    sink = Sink().start()
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture
+def two_routes(spool: Spool, relay: Sink, partner: Sink, daemons: DaemonFactory) -> Daemon:
+    """A daemon with the built-in `smtp` transport on `relay` and `partner` on its own sink."""
+    (spool.data / "msgspool.toml").write_text(
+        f'[[transports]]\nname = "partner"\ntype = "smtp"\nrelay = "{partner.address}"\n'
+        'domains = ["partner.example"]\n')
+    daemon = daemons(spool.data, relay.address)
+    spool.daemon = daemon
+    return daemon
+
+
+def post(daemon: Daemon, path: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(f"http://127.0.0.1:{daemon.http_port}{path}", method="POST",
+                                     data=json.dumps(body or {}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def attempts_of(spool: Spool, message_id: str) -> int:
+    [r] = spool.show(message_id)["recipients"]
+    return int(r["attempts"]) if r["status"] == "deferred" else -1
+
+
+def test_flush_of_one_destination_or_transport_retries_only_its_recipients(
+        spool: Spool, relay: Sink, partner: Sink, two_routes: Daemon) -> None:
+    relay.start()
+    two_routes.start()
+    spool.sendmail(tagged_message("busy-main", to="fail4xx-a@example.com"), "-t")
+    spool.sendmail(tagged_message("busy-partner", to="fail4xx-b@partner.example"), "-t")
+    by_transport = {m["recipients"][0]["address"]: m["id"] for m in spool.queue()}
+    main, other = by_transport["fail4xx-a@example.com"], by_transport["fail4xx-b@partner.example"]
+    spool.wait_until(lambda: attempts_of(spool, main) == 1 and attempts_of(spool, other) == 1,
+                     "the first attempts to be deferred (minutes until the next)")
+
+    flushed = spool.run("queue", "flush", "--destination", partner.address)
+    assert flushed.stdout == "1 recipients due now\n", flushed.stdout
+    spool.wait_until(lambda: attempts_of(spool, other) == 2, "a second attempt at the flushed destination",
+                     timeout=PROMPT)
+    assert attempts_of(spool, main) == 1, "a destination that was not flushed was retried"
+
+    assert spool.run("queue", "flush", "--transport", "smtp").stdout == "1 recipients due now\n"
+    spool.wait_until(lambda: attempts_of(spool, main) == 2, "a second attempt of the flushed transport",
+                     timeout=PROMPT)
+    assert attempts_of(spool, other) == 2
+
+    status, body = post(two_routes, f"/api/queue/flush?destination={partner.address}")
+    assert (status, body) == (200, {"ok": True, "flushed": 1}), body
+    spool.wait_until(lambda: attempts_of(spool, other) == 3, "a third attempt after POST /api/queue/flush",
+                     timeout=PROMPT)
+    status, body = post(two_routes, "/api/queue/flush", {"transport": "smtp", "destination": partner.address})
+    assert (status, body) == (200, {"ok": True, "flushed": 0}), body  # partner's nexthop is not smtp's
+    assert attempts_of(spool, main) == 2
+
+    unknown = spool.run("queue", "flush", "--transport", "nosuch", ok=False)
+    assert unknown.returncode == 1 and "no transport nosuch (known: smtp, partner)" in unknown.stderr, unknown
+    status, body = post(two_routes, "/api/queue/flush", {"transport": "nosuch"})
+    assert status == 404 and "no transport nosuch" in body["detail"], body
+    both = spool.run("queue", "flush", main, "--transport", "smtp", ok=False)
+    assert both.returncode == 2, both
+
+
+def test_flush_of_one_destination_works_with_the_daemon_down(spool: Spool, relay: Sink, partner: Sink,
+                                                             two_routes: Daemon) -> None:
+    relay.start()
+    two_routes.start()
+    spool.sendmail(tagged_message("busy-partner", to="fail4xx-b@partner.example"), "-t")
+    message_id = spool.only_id()
+    spool.wait_until(lambda: attempts_of(spool, message_id) == 1, "the first attempt to be deferred")
+    two_routes.stop()
+    assert spool.run("queue", "flush", "--destination", "elsewhere:25").stdout == "0 recipients due now\n"
+    assert spool.run("queue", "flush", "--destination", partner.address).stdout == "1 recipients due now\n"
+    two_routes.start()
+    spool.wait_until(lambda: attempts_of(spool, message_id) == 2, "the attempt the flush made due", timeout=PROMPT)
