@@ -14,6 +14,7 @@ SYNOPSIS
     msgspool node drain [--owner OWNER] [--wait SECONDS]
     msgspool reload
     msgspool route ADDRESS [--addrtype TYPE] [--json]
+    msgspool aliases check [FILE] | expand ADDRESS [--json]
     msgspool token create --scope S [--scope S2]... [--name N] | list [--json] | revoke ID-or-NAME
     msgspool user add NAME [--sender PATTERN]... [--update] | delete NAME | list [--json]
 
@@ -25,6 +26,7 @@ DESCRIPTION
 
 EXIT STATUS
     0 success; 1 an unknown message id or a refused operation; 2 usage or configuration error;
+    `aliases check`: 1 when the file has problems (each printed as FILE:LINE: message).
     sendmail uses sendmail's codes (sysexits.h): 64 usage, 65 bad message, 75 temporary failure,
     78 no spool in the data directory (without --create). `node drain`: 0 drained, 1 no such live
     node (or not gone in time), 75 no daemon runs here (without --owner).
@@ -145,6 +147,16 @@ def build_parser() -> argparse.ArgumentParser:
     route.add_argument("address")
     route.add_argument("--addrtype", default="SMTP", help="the address type (default SMTP)")
     route.add_argument("--json", action="store_true")
+    aliases = sub.add_parser("aliases", help="the aliases file (the `aliases` setting)")
+    _common(aliases)
+    asub = aliases.add_subparsers(dest="action", required=True)
+    acheck = asub.add_parser("check", help="parse the aliases file and report its problems with line numbers")
+    _common(acheck)
+    acheck.add_argument("file", nargs="?", help="the file (default: the `aliases` setting)")
+    aexpand = asub.add_parser("expand", help="the recipients an address expands to, and through which aliases")
+    _common(aexpand)
+    aexpand.add_argument("address")
+    aexpand.add_argument("--json", action="store_true")
     db = sub.add_parser("db", help="the spool's database")
     dbsub = db.add_subparsers(dest="action", required=True)
     _common(dbsub.add_parser("upgrade", help="bring the schema to this version's (serve does it too); "
@@ -531,6 +543,41 @@ def cmd_route(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if route is not None else 1
 
 
+# -- aliases --------------------------------------------------------------------------------
+
+
+def cmd_aliases(args: argparse.Namespace, settings: Settings) -> int:
+    """`aliases check`: every problem of the file, FILE:LINE first (as postalias reports them);
+    `aliases expand`: what an address is expanded to at submission, as the daemon would."""
+    from msgspool.spooler.aliases import check_aliases, load_aliases
+    from msgspool.spooler.runtime import build_router, load_transports
+
+    if args.action == "check":
+        path = args.file or settings.aliases
+        if not path:
+            raise CLIError("no aliases file: give one, or set `aliases`", 2)
+        table, problems = check_aliases(path)
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        if problems:
+            return 1
+        print(f"{path}: {len(table)} aliases, no problems")
+        return 0
+    router = build_router(settings, load_transports(settings))
+    expanded = load_aliases(settings.aliases).expand(args.address, router.is_local)
+    rows: list[dict[str, Any]] = [{"address": e.address, "via": list(e.chain), "where": e.where, "sender": e.owner,
+             "refused": e.refusal.line() if e.refusal else None} for e in expanded or []]
+    if args.json:
+        print(json.dumps({"address": args.address, "alias": expanded is not None, "recipients": rows}))
+    elif expanded is None:
+        print(f"{args.address}: not an alias")
+    for row in [] if args.json else rows:
+        extra = f", sender {row['sender']}" if row["sender"] else ""
+        refused = f" REFUSED {row['refused']}" if row["refused"] else ""
+        print(f"{row['address']}: via {' -> '.join(row['via'])} ({row['where']}{extra}){refused}")
+    return 0
+
+
 # -- stop -----------------------------------------------------------------------------------
 
 
@@ -693,7 +740,7 @@ def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "serve": cmd_serve, "sendmail": cmd_sendmail, "queue": cmd_queue, "status": cmd_status, "token": cmd_token,
     "stop": cmd_stop, "route": cmd_route, "reload": cmd_reload, "user": cmd_user, "db": cmd_db,
-    "node": cmd_node,
+    "node": cmd_node, "aliases": cmd_aliases,
 }
 
 if __name__ == "__main__":

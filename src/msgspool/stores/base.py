@@ -40,6 +40,7 @@ from msgspool.stores.ops import (
     insert_event,
     iter_messages,
     list_nodes,
+    mailbox_folders,
     next_delay_warning,
     next_due,
     op_cancel_recipients,
@@ -70,6 +71,7 @@ from msgspool.stores.ops import (
     op_webhook_cursor,
     pending_reports,
     queue_counts,
+    receive_folder,
     rescue_due,
     waiting_destinations,
 )
@@ -262,6 +264,12 @@ class SQLStore(ABC):
 
     async def set_receive_folder(self, mailbox: str, message_class: str, folder: str) -> None:
         await self._write(lambda c: op_set_receive_folder(c, mailbox, message_class, folder))
+
+    async def receive_folder(self, mailbox: str, message_class: str) -> str:
+        return await self.read(lambda c: receive_folder(c, mailbox, message_class))
+
+    async def mailbox_folders(self, mailbox: str) -> list[str] | None:
+        return await self.read(lambda c: mailbox_folders(c, mailbox))
 
     async def get(self, message_id: str) -> MessageInfo | None:
         return await self.read(lambda c: get_message(c, message_id))
