@@ -436,8 +436,10 @@ def _give_back_all(tx: Tx, rows: Iterable[tuple[str, int, str | None]], now: flo
     return given, events
 
 
-def active_recipients(tx: Tx) -> list[tuple[str, int, str | None]]:
-    rows: list[tuple[str, int, str | None]] = tx.execute(tx.q.active_recipients).fetchall()
+def active_recipients(tx: Tx, owner: str | None = None) -> list[tuple[str, int, str | None]]:
+    rows: list[tuple[str, int, str | None]] = (
+        tx.execute(tx.q.active_recipients) if owner is None
+        else tx.execute(tx.q.active_recipients_of, {"owner": owner})).fetchall()
     return rows
 
 
