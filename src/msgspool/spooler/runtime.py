@@ -312,7 +312,8 @@ class Spooler:
         self.postprocessor = Postprocessor(inbound) if inbound else None
         self.scheduler.preprocessor = self.preprocessor
         # intake leaves local mail to the scheduler exactly when inbound hooks exist (defer_local)
-        self.scheduler.local = LocalDelivery(self.intake, self.postprocessor) if self.postprocessor else None
+        self.scheduler.local = (LocalDelivery(self.intake, self.postprocessor, answer_once=self.store.answer_once)
+                                if self.postprocessor else None)
 
     async def stop(self, drain: float = 0.0) -> None:
         """Stop; with `drain` seconds, delivery finishes the transactions in flight first."""
