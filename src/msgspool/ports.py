@@ -125,8 +125,9 @@ class Queue(Protocol):
         `owner` (default: this store's), are left alone."""
         ...
 
-    async def active_recipients(self) -> list[tuple[str, int, str | None]]:
-        """(message id, index, owner) of every active recipient: what the watchdog checks."""
+    async def active_recipients(self, owner: str | None = None) -> list[tuple[str, int, str | None]]:
+        """(message id, index, owner) of every active recipient, or of those node `owner` holds
+        (what the watchdog checks: on a shared spool the others' work is not its to read)."""
         ...
 
     async def return_stuck(self, rows: Sequence[tuple[str, int, str | None]], now: float) -> list[Event]:

@@ -36,6 +36,7 @@ from msgspool.domain.webhooks import WEBHOOK_TRANSPORT, from_webhook
 from msgspool.errors import ConfigError, NotFound, SpoolError, StorageFull, UnableToAbort, UnknownTransport
 from msgspool.ports import MailboxTransport, Store, Transport
 from msgspool.spooler import control
+from msgspool.spooler.aliases import load_aliases
 from msgspool.spooler.background import start_supervised, stop_task
 from msgspool.spooler.delays import DelayTimer
 from msgspool.spooler.destinations import DestinationLimits
@@ -152,6 +153,7 @@ class Spooler:
         self.intake = Intake(self.router, hopcount_limit=settings.hopcount_limit, mailboxes=settings.mailboxes,
                              message_size_limit=settings.message_size_limit, queue_minfree=settings.queue_minfree,
                              free_space=lambda: spooldir.free_bytes(spool_path))
+        self.intake.aliases = load_aliases(settings.aliases)
         self.store = load_store(settings)
         use_receive_folders(self.transports, self.store)
         # The other nodes of a shared spool (PostgreSQL), told of work and changes (notices.py).
@@ -288,7 +290,9 @@ class Spooler:
         router = build_router(settings, transports)
         use_receive_folders(transports, self.store)
         hooks = load_hooks(settings) if self.routing else None
+        aliases = load_aliases(settings.aliases)
         self.settings, self.transports, self.router = settings, transports, router
+        self.intake.aliases = aliases
         self.intake.router = router
         self.intake.hopcount_limit = settings.hopcount_limit
         self.intake.message_size_limit = settings.message_size_limit
@@ -395,6 +399,8 @@ class Spooler:
             self.poke()
         elif any(r.status.pending for r in message.recipients):
             self.poke()
+        if any(r.status.pending for part, _copies in message.parts for r in part.recipients):
+            self.poke()  # parts split off by expansion (an owner-NAME sender) are committed queued
         return message.id
 
     def _reserve(self, count: int) -> bool:

@@ -147,8 +147,8 @@ class SQLStore(ABC):
     async def cancel_recipients(self, keep: dict[str, list[int]], now: float) -> dict[str, list[str]]:
         return await self._write(lambda c: op_cancel_recipients(c, keep, now))
 
-    async def active_recipients(self) -> list[tuple[str, int, str | None]]:
-        return await self.read(active_recipients)
+    async def active_recipients(self, owner: str | None = None) -> list[tuple[str, int, str | None]]:
+        return await self.read(lambda c: active_recipients(c, owner))
 
     async def return_stuck(self, rows: Sequence[tuple[str, int, str | None]], now: float) -> list[Event]:
         return await self._write(lambda c: op_return_stuck(c, rows, now), durable=False)

@@ -127,28 +127,34 @@ def subscribe(root: Path, name: str) -> None:
             os.fsync(f.fileno())
 
 
-def write_message(directory: Path, data: bytes, name_of: Callable[[], str], subdir: str = "new") -> Path:
-    """maildir(5)'s delivery: `tmp/NAME`, write, fsync, link to `<subdir>/NAME` (rename when the
-    file system has no hard links), unlink `tmp/NAME`, fsync `<subdir>/`. `name_of()` gives a
-    fresh unique name; a name taken meanwhile is replaced by the next one. On any error the
-    `tmp/` file is removed and the error raised: nothing half-written is ever in `new/`."""
+def write_message(directory: Path, data: bytes, name_of: Callable[[], str], subdir: str = "new", *,
+                  info: str = "", unique: bool = True) -> Path:
+    """maildir(5)'s delivery: `tmp/NAME`, write, fsync, link to `<subdir>/NAME<info>` (rename when
+    the file system has no hard links), unlink `tmp/NAME`, fsync `<subdir>/`. `name_of()` gives a
+    fresh unique name; a name taken meanwhile is replaced by the next one (not `unique`: raises
+    FileExistsError). On any error the `tmp/` file is removed and the error raised: nothing
+    half-written is ever in `new/`."""
     while True:
         name = name_of()
         tmp = directory / "tmp" / name
         try:
             _write_new_file(tmp, data)
         except FileExistsError:
+            if not unique:
+                raise
             continue
         except OSError:
             _remove(tmp)
             raise
-        target = directory / subdir / name
+        target = directory / subdir / (name + info)
         try:
             try:
                 os.link(tmp, target)
                 os.unlink(tmp)
             except FileExistsError:
                 _remove(tmp)
+                if not unique:
+                    raise
                 continue
             except OSError as err:
                 if err.errno not in _NO_LINKS:

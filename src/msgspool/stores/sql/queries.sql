@@ -178,8 +178,12 @@ WHERE message_id = :message_id AND idx = :idx AND status = 'active'
 RETURNING status, address, transport;
 
 -- name: active_recipients
--- Every active recipient and the node holding it (the watchdog's view).
+-- Every active recipient and the node holding it.
 SELECT message_id, idx, owner FROM recipients WHERE status = 'active';
+
+-- name: active_recipients_of
+-- The active recipients node :owner holds (the watchdog's view of its own node; by the index).
+SELECT message_id, idx, owner FROM recipients WHERE status = 'active' AND owner = :owner;
 
 -- name: release_destination
 -- A destination answered again: (a chunk of) its waiting backlog becomes due now.
