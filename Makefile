@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: run test test-postgresql lint bench abuse abuse-disk chaos nodes clean
+.PHONY: run test test-postgresql lint dovecot bench abuse abuse-disk chaos nodes clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,15 @@ test-postgresql: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
+
+# Debian's Dovecot, the real peer of the LMTP transport and the POP3/IMAP fetch tests (issue 12):
+# installed only, never started as a service (tests/support/dovecot.py runs its own, per test).
+DOVECOT_PACKAGES = dovecot-core dovecot-lmtpd dovecot-pop3d dovecot-imapd
+dovecot:
+	@if [ -x /usr/sbin/dovecot ] && [ -x /usr/lib/dovecot/lmtp ] && [ -x /usr/lib/dovecot/pop3 ] \
+	    && [ -x /usr/lib/dovecot/imap ]; then exit 0; fi; \
+	apt-get install -y -q $(DOVECOT_PACKAGES) >/dev/null 2>&1 \
+	    || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $(DOVECOT_PACKAGES) >/dev/null; }
 
 # Issue 5's table (bench/, which runs ../shared/bench/relay_bench.py for the ratio rows; Postfix is
 # installed on first use). Postfix is stopped afterwards, since its benchmark listener takes port

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -12,7 +12,7 @@ import pytest
 
 from msgspool.config import ENVIRONMENT, Settings
 from msgspool.spooler.runtime import Spooler
-from tests.support import pg
+from tests.support import dovecot, pg
 from tests.support.receiver import Receiver
 from tests.support.sink import Sink
 
@@ -22,6 +22,26 @@ def sink() -> Iterator[Sink]:
     s = Sink().start()
     yield s
     s.stop()
+
+
+DOVECOT_USERS = {"alice": "alice-secret", "bob": "bob-secret", "carol": "carol-secret"}
+
+
+@pytest.fixture
+def dovecot_server() -> Iterator[dovecot.Dovecot]:
+    """A real Dovecot (LMTP, POP3, IMAP; tests/support/dovecot.py) with DOVECOT_USERS."""
+    with dovecot.start(DOVECOT_USERS) as server:
+        yield server
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
+    """A test that fails while a Dovecot runs shows that Dovecot's log."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        for server in dovecot.RUNNING:
+            report.sections.append((f"dovecot log ({server.directory})", server.log()[-20000:]))
 
 
 @pytest.fixture

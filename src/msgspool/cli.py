@@ -15,8 +15,10 @@ SYNOPSIS
     msgspool node drain [--owner OWNER] [--wait SECONDS]
     msgspool reload
     msgspool route ADDRESS [--addrtype TYPE] [--json]
+    msgspool aliases check [FILE] | expand ADDRESS [--json]
     msgspool token create --scope S [--scope S2]... [--name N] | list [--json] | revoke ID-or-NAME
     msgspool user add NAME [--sender PATTERN]... [--update] | delete NAME | list [--json]
+    msgspool mailbox export MAILBOX DIR
 
 DESCRIPTION
     Every command finds the spool the same way: --data, else MSGSPOOL_DATA, else ./msgspool-data
@@ -25,7 +27,8 @@ DESCRIPTION
     when there is none, so they work with the daemon down.
 
 EXIT STATUS
-    0 success; 1 an unknown message id or a refused operation; 2 usage or configuration error;
+    0 success; 1 an unknown message id or mailbox, or a refused operation; 2 usage or configuration error;
+    `aliases check`: 1 when the file has problems (each printed as FILE:LINE: message).
     sendmail uses sendmail's codes (sysexits.h): 64 usage, 65 bad message, 75 temporary failure,
     78 no spool in the data directory (without --create). `node drain`: 0 drained, 1 no such live
     node (or not gone in time), 75 no daemon runs here (without --owner).
@@ -156,6 +159,16 @@ def build_parser() -> argparse.ArgumentParser:
     route.add_argument("address")
     route.add_argument("--addrtype", default="SMTP", help="the address type (default SMTP)")
     route.add_argument("--json", action="store_true")
+    aliases = sub.add_parser("aliases", help="the aliases file (the `aliases` setting)")
+    _common(aliases)
+    asub = aliases.add_subparsers(dest="action", required=True)
+    acheck = asub.add_parser("check", help="parse the aliases file and report its problems with line numbers")
+    _common(acheck)
+    acheck.add_argument("file", nargs="?", help="the file (default: the `aliases` setting)")
+    aexpand = asub.add_parser("expand", help="the recipients an address expands to, and through which aliases")
+    _common(aexpand)
+    aexpand.add_argument("address")
+    aexpand.add_argument("--json", action="store_true")
     db = sub.add_parser("db", help="the spool's database")
     dbsub = db.add_subparsers(dest="action", required=True)
     _common(dbsub.add_parser("upgrade", help="bring the schema to this version's (serve does it too); "
@@ -164,6 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
     _common(stop)
     stop.add_argument("--abort", action="store_true", help="cancel transactions in flight (crash-safe)")
     stop.add_argument("--wait", type=float, default=60.0, metavar="SECONDS", help="how long to wait for the exit")
+    box = sub.add_parser("mailbox", help="local mailboxes in the store")
+    _common(box)
+    bsub = box.add_subparsers(dest="action", required=True)
+    export = bsub.add_parser("export", help="write a mailbox's mail as a Maildir (folders as Maildir++); "
+                                            "again later, only what is not there yet")
+    _common(export)
+    export.add_argument("mailbox", help="the mailbox, e.g. alice@example.org")
+    export.add_argument("directory", metavar="DIR", help="the maildir (made if missing)")
     node = sub.add_parser("node", help="the delivery nodes of the spool")
     _common(node)
     nsub = node.add_subparsers(dest="action", required=True)
@@ -575,6 +596,41 @@ def cmd_route(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if route is not None else 1
 
 
+# -- aliases --------------------------------------------------------------------------------
+
+
+def cmd_aliases(args: argparse.Namespace, settings: Settings) -> int:
+    """`aliases check`: every problem of the file, FILE:LINE first (as postalias reports them);
+    `aliases expand`: what an address is expanded to at submission, as the daemon would."""
+    from msgspool.spooler.aliases import check_aliases, load_aliases
+    from msgspool.spooler.runtime import build_router, load_transports
+
+    if args.action == "check":
+        path = args.file or settings.aliases
+        if not path:
+            raise CLIError("no aliases file: give one, or set `aliases`", 2)
+        table, problems = check_aliases(path)
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        if problems:
+            return 1
+        print(f"{path}: {len(table)} aliases, no problems")
+        return 0
+    router = build_router(settings, load_transports(settings))
+    expanded = load_aliases(settings.aliases).expand(args.address, router.is_local)
+    rows: list[dict[str, Any]] = [{"address": e.address, "via": list(e.chain), "where": e.where, "sender": e.owner,
+             "refused": e.refusal.line() if e.refusal else None} for e in expanded or []]
+    if args.json:
+        print(json.dumps({"address": args.address, "alias": expanded is not None, "recipients": rows}))
+    elif expanded is None:
+        print(f"{args.address}: not an alias")
+    for row in [] if args.json else rows:
+        extra = f", sender {row['sender']}" if row["sender"] else ""
+        refused = f" REFUSED {row['refused']}" if row["refused"] else ""
+        print(f"{row['address']}: via {' -> '.join(row['via'])} ({row['where']}{extra}){refused}")
+    return 0
+
+
 # -- stop -----------------------------------------------------------------------------------
 
 
@@ -725,6 +781,25 @@ def cmd_user(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_mailbox(args: argparse.Namespace, settings: Settings) -> int:
+    """`mailbox export`: straight from the store (a read: the daemon may run meanwhile)."""
+    from pathlib import Path
+
+    from msgspool.maildir_export import UnknownMailbox, export_mailbox
+
+    try:
+        result = _with_store(settings, lambda store: export_mailbox(store, args.mailbox, Path(args.directory),
+                                                                     settings.host_name))
+    except UnknownMailbox as err:
+        raise CLIError(f"no mailbox {err} in the spool") from err
+    except OSError as err:  # a full disk: what was written stays; the next export goes on from there
+        raise CLIError(f"export stopped: {err}", EX_TEMPFAIL) from err
+    folders = ", ".join(f"{name} {count}" for name, count in result.written.items())
+    print(f"{result.total} messages exported to {args.directory} ({folders or 'no folders'});"
+          f" {result.skipped} there already")
+    return 0
+
+
 def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
     """`db upgrade`: the migrations this version has and the spool lacks, applied (on PostgreSQL in
     one transaction under a lock, so nodes that start meanwhile wait rather than race)."""
@@ -738,7 +813,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "serve": cmd_serve, "sendmail": cmd_sendmail, "queue": cmd_queue, "status": cmd_status, "token": cmd_token,
     "transport": cmd_transport,
     "stop": cmd_stop, "route": cmd_route, "reload": cmd_reload, "user": cmd_user, "db": cmd_db,
-    "node": cmd_node,
+    "node": cmd_node, "aliases": cmd_aliases, "mailbox": cmd_mailbox,
 }
 
 if __name__ == "__main__":

@@ -85,6 +85,9 @@ class Settings:
         True, "A 5xx reply to outbound AUTH defers the mail (fix the password, it goes); false: it bounces.")
     local_domains: list[str] = _doc(["localhost"], "Domains whose mail is filed into local mailboxes.")
     mailboxes: list[str] = _doc([], "Local mailboxes that exist; empty = any address in a local domain.")
+    aliases: str = _doc(
+        "", "Aliases file of the local domains, Postfix aliases(5) format (name: member, ...; :include:/path;"
+        " owner-NAME); expanded at submission, read again on SIGHUP; empty = none.")
     postmaster: str = _doc("", "Where a report about mail from the null sender goes (double bounce); empty: dropped.")
     hostname: str = _doc("", "Name used in the greeting, EHLO and Received:; empty = this host's name.")
     trusted_networks: list[str] = _doc(

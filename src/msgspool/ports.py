@@ -6,7 +6,7 @@ A transport is found by name in the ``msgspool.transports`` entry-point group an
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from msgspool.domain.events import Event
@@ -50,6 +50,18 @@ class Transport(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+ReceiveFolderLookup = Callable[[str, str], Awaitable[str]]  # (mailbox, message class) -> folder
+
+
+@runtime_checkable
+class MailboxTransport(Protocol):
+    """A transport that files into local mailboxes outside the store (a maildir): the spooler hands
+    it the store's receive folders (`Mailboxes.receive_folder`) when it builds it, so a message
+    class goes to the same folder as in the store. Its success replies are `Filed`."""
+
+    def use_receive_folders(self, lookup: ReceiveFolderLookup) -> None: ...
 
 
 class TransportFactory(Protocol):
@@ -113,8 +125,9 @@ class Queue(Protocol):
         `owner` (default: this store's), are left alone."""
         ...
 
-    async def active_recipients(self) -> list[tuple[str, int, str | None]]:
-        """(message id, index, owner) of every active recipient: what the watchdog checks."""
+    async def active_recipients(self, owner: str | None = None) -> list[tuple[str, int, str | None]]:
+        """(message id, index, owner) of every active recipient, or of those node `owner` holds
+        (what the watchdog checks: on a shared spool the others' work is not its to read)."""
         ...
 
     async def return_stuck(self, rows: Sequence[tuple[str, int, str | None]], now: float) -> list[Event]:
@@ -210,6 +223,16 @@ class Mailboxes(Protocol):
     IMAPISupport::ReadReceipt)."""
 
     async def set_receive_folder(self, mailbox: str, message_class: str, folder: str) -> None: ...
+
+    async def receive_folder(self, mailbox: str, message_class: str) -> str:
+        """MAPI GetReceiveFolder: the folder `message_class` of `mailbox` is filed into (the longest
+        matching class prefix; "inbox" when none is set)."""
+        ...
+
+    async def mailbox_folders(self, mailbox: str) -> list[str] | None:
+        """The folders holding messages of `mailbox`, by name; None when no such mailbox exists
+        (nothing was ever filed into it or sent from it)."""
+        ...
 
     async def get(self, message_id: str) -> MessageInfo | None:
         """One message of any folder with every recipient and its history."""

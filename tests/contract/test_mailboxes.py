@@ -113,3 +113,20 @@ async def test_a_message_deleted_unread_is_answered_deleted_but_not_once_it_was_
     assert await store.get(unread.id) is None and await store.get(read.id) is None
     assert await store.get(answered.id) is not None
     assert await store.get(unanswered.id) is None
+
+
+async def test_the_receive_folder_of_a_class_is_the_longest_prefix_set_and_inbox_without_one(store: Store) -> None:
+    await store.set_receive_folder("bob@example.org", "IPM.Note.Alert", "alerts")
+    assert await store.receive_folder("bob@example.org", "IPM.Note.Alert.Disk") == "alerts"
+    assert await store.receive_folder("bob@example.org", "IPM.Note") == "inbox"
+    assert await store.receive_folder("nobody@example.org", "IPM.Note.Alert") == "inbox"
+
+
+async def test_the_folders_of_a_mailbox_are_those_holding_its_messages_and_none_for_an_unknown_one(
+        store: Store) -> None:
+    await store.set_receive_folder("bob@example.org", "IPM.Note.Alert", "alerts")
+    assert await store.mailbox_folders("bob@example.org") == []
+    await file(store)
+    await file(store, message_class="IPM.Note.Alert")
+    assert await store.mailbox_folders("bob@example.org") == ["alerts", "inbox"]
+    assert await store.mailbox_folders("nobody@example.org") is None

@@ -63,3 +63,18 @@ async def test_send_carries_dsn_requests(tmp_path: Path) -> None:
         info = await spool.message(queue_id)
     assert (info["ret"], info["envid"]) == ("FULL", "e1")
     assert {r["notify"] for r in info["recipients"]} == {"FAILURE"}
+
+
+async def test_send_to_an_alias_delivers_to_its_members_and_to_its_owner_as_sender(tmp_path: Path,
+                                                                                   sink: Sink) -> None:
+    aliases = tmp_path / "aliases"
+    aliases.write_text("devs: ann, ext@example.com\nowner-devs: ann\n")
+    async with msgspool.open_spool(str(tmp_path / "spool"), relay=sink.address, smtp_listen="", http_listen="",
+                                   aliases=str(aliases)) as spool:
+        queue_id = await spool.send(b"Subject: x\r\n\r\nbody\r\n", sender="app@example.org",
+                                    recipients=["devs@localhost"])
+        await asyncio.to_thread(sink.wait_for, 1)
+        info = await spool.message(queue_id)
+    [got] = sink.messages
+    assert (got.sender, got.recipients) == ("owner-devs@localhost", ["ext@example.com"])
+    assert any(h["detail"].startswith("ann@localhost: expanded from devs@localhost") for h in info["history"])

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 import psycopg
 import pytest
 
+from msgspool.domain.events import Event, EventType
 from msgspool.domain.ids import new_id
 from msgspool.domain.message import Message, Recipient
 from msgspool.domain.recipient import Status
@@ -162,3 +163,31 @@ async def test_a_heartbeat_is_never_queued_behind_a_write_that_waits_on_a_lock(
         assert not blocked.done()
         other.rollback()
     assert await asyncio.wait_for(blocked, 10.0) == [msg.id]
+
+
+async def test_event_ids_come_in_commit_order_so_a_reader_going_on_from_its_last_id_misses_none(
+        url: str, two: tuple[PostgresStore, PostgresStore]) -> None:
+    """Node a records an event in a transaction that then waits on a lock; node b records one
+    and commits. A reader going on from the last id it saw (SSE's Last-Event-ID, the webhook
+    cursor) must still get a's event once it commits: ids were taken from the sequence as events
+    were recorded, so a's id was below b's and the reader, past b's, skipped it for ever."""
+    a, b = two
+    msg = message(1)
+    await a.submit(msg)
+    seen = [e.id for e in await a.events_after(0, 10_000)]
+    last = max(seen)
+    with psycopg.connect(url) as other:
+        other.execute("SELECT 1 FROM recipients WHERE message_id = %s FOR UPDATE", (msg.id,))
+        # One batch of a's writer: an event, then a write that waits on the lock.
+        first = asyncio.ensure_future(a.record_events([Event(EventType.SUBMITTED, "from-a", time.time())]))
+        blocked = asyncio.ensure_future(a.hold([msg.id], time.time()))
+        await asyncio.sleep(0.3)
+        assert not first.done() and not blocked.done()
+        await b.record_events([Event(EventType.SUBMITTED, "from-b", time.time())])
+        read = await a.events_after(last, 10_000)
+        assert [e.message_id for e in read] == ["from-b"]
+        last = read[-1].id
+        other.rollback()
+    await asyncio.wait_for(asyncio.gather(first, blocked), 10.0)
+    after = [e.message_id for e in await a.events_after(last, 10_000)]
+    assert "from-a" in after  # not skipped: its id is above the one the reader saw

@@ -105,3 +105,37 @@ def test_explain_says_why_or_why_not() -> None:
     assert router.explain("bob@example.org")[1] == "example.org is a local domain"
     assert "any domain" in router.explain("bob@example.com")[1]
     assert router.explain("x", "FAX") == (None, "no transport takes address type FAX for x")
+
+
+def maildir_route(*domains: str, name: str = "maildir") -> TransportRoute:
+    return TransportRoute(name, frozenset({"SMTP"}), domain_of, domains, local=True)
+
+
+def test_a_local_transport_delivers_its_local_domain_and_the_store_keeps_the_others() -> None:
+    router = Router(["localhost", "example.org"], [transport("smtp", "SMTP"), maildir_route("example.org")])
+    assert router.route("Alice@Example.org") == Route("maildir", "example.org")
+    assert router.route("root@localhost") == Route(LOCAL, "root@localhost")
+    assert router.route("x@example.net") == Route("smtp", "example.net")
+
+
+def test_a_local_transport_route_makes_its_domain_local_and_never_takes_other_mail() -> None:
+    router = Router([], [maildir_route("mail.test", ".corp.test")])
+    assert router.is_local("a@mail.test") and router.is_local("b@eu.corp.test")
+    assert router.route("b@eu.corp.test") == Route("maildir", "eu.corp.test")
+    assert not router.is_local("c@example.net") and router.route("c@example.net") is None
+
+
+def test_a_local_transport_without_domains_takes_every_local_domain_but_not_a_bare_postmaster() -> None:
+    router = Router(["localhost"], [maildir_route()])
+    assert router.route("a@localhost").transport == "maildir"
+    assert router.route("postmaster") == Route(LOCAL, "postmaster")
+    assert not router.is_local("a@example.net")
+
+
+def test_a_mailbox_route_wins_over_a_domain_route() -> None:
+    router = Router(["example.org"], [maildir_route("example.org", name="all"), maildir_route("Bob@example.org",
+                                                                                              name="bob")])
+    assert router.route("bob@EXAMPLE.org").transport == "bob"
+    assert router.route("alice@example.org").transport == "all"
+    assert "mailbox bob@x.test" in Router([], [transport("smtp", "SMTP", domains=("bob@x.test",))]).explain(
+        "bob@x.test")[1]

@@ -11,6 +11,8 @@ _PRIORITY = re.compile(rb"^(priority|x-priority|importance):[ \t]*([^\r\n]*)", r
 # MAPI PR_PRIORITY values (domain/message.py): urgent 1, normal 0, non-urgent -1.
 _PRIORITY_WORDS = {b"urgent": 1, b"high": 1, b"normal": 0, b"non-urgent": -1, b"low": -1}
 
+_DELIVERED_TO = re.compile(rb"^delivered-to:[ \t]*<?([^\r\n>]+)>?[ \t]*\r?$", re.IGNORECASE | re.MULTILINE)
+
 
 def header_block(content: bytes) -> bytes:
     """The header section of an RFC 5322 message (up to the first empty line)."""
@@ -18,6 +20,13 @@ def header_block(content: bytes) -> bytes:
     if end < 0:
         end = content.find(b"\n\n")
     return content if end < 0 else content[: end + 2]
+
+
+def delivered_to(content: bytes, address: str) -> bool:
+    """Whether the header section already says it was delivered to `address` (a forwarding loop,
+    as Postfix local(8) checks)."""
+    wanted = address.lower().encode("utf-8", "replace")
+    return any(m.group(1).strip().lower() == wanted for m in _DELIVERED_TO.finditer(header_block(content)))
 
 
 def count_hops(content: bytes) -> int:

@@ -78,6 +78,11 @@ class Message:
     preprocessed: bool = False  # the outbound hooks have run on it
     flags: tuple[str, ...] = ()  # IMAP keywords of a filed copy (set by inbound hooks, e.g. \Flagged)
     own_content: bool = False  # a filed copy whose content an inbound hook changed: not shared
+    # Written with the submission: what recipient expansion did (domain/aliases.py), for the history.
+    history: tuple[HookRecord, ...] = ()
+    # Outbox messages split off at submission, committed with it in one step, each with its local
+    # copies: the members of a list with an owner-NAME go with that envelope sender.
+    parts: tuple[tuple[Message, tuple[Message, ...]], ...] = ()
 
     @property
     def size(self) -> int:

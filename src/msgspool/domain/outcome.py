@@ -97,6 +97,19 @@ class Reply:
         return self.line()
 
 
+@dataclass(frozen=True, slots=True)
+class Filed(Reply):
+    """A success that filed the message into a local mailbox outside the store (a maildir): the
+    store records a `new_mail` event of `mailbox`/`folder` with the outcome, as it does for the
+    copies it files itself. `location` says where (a file name), for the event's detail."""
+
+    mailbox: str = ""
+    folder: str = "inbox"
+    location: str = ""
+    sender: str = ""
+    message_class: str = ""
+
+
 @functools.lru_cache(maxsize=4096)
 def _wire(reply: Reply) -> bytes:
     """Cached: the listener sends the same few replies over and over."""

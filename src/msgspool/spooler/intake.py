@@ -14,8 +14,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from msgspool.domain import address as addr
+from msgspool.domain.aliases import AliasTable, Expanded
 from msgspool.domain.content import canonical, count_hops, header_priority
-from msgspool.domain.dsn import MessageDSN, RecipientDSN
+from msgspool.domain.dsn import MessageDSN, OriginalRecipient, RecipientDSN
+from msgspool.domain.hooks import HookRecord
 from msgspool.domain.ids import new_id
 from msgspool.domain.mdn import original_recipient_header
 from msgspool.domain.message import DEFAULT_CLASS, NON_URGENT, NORMAL, URGENT, Message, Recipient
@@ -60,6 +62,7 @@ class Intake:
         self.message_size_limit = message_size_limit
         self.mailboxes = frozenset(addr.mailbox_key(m) for m in mailboxes)
         self.clock = clock
+        self.aliases = AliasTable()  # the `aliases` setting, read by the Spooler (spooler/aliases.py)
         # With inbound hooks, local recipients are queued like remote ones and filed by the
         # delivering process after the hooks ran (Postfix's local(8)), not filed at submission.
         self.defer_local = False
@@ -81,6 +84,8 @@ class Intake:
         return None
 
     def _check_mailbox(self, address: str) -> Reply | None:
+        if self.aliases.lookup(address) is not None:
+            return None
         key = addr.mailbox_key(address)
         # RFC 5321 §4.5.1: postmaster exists in every local domain, listed or not.
         if self.mailboxes and key not in self.mailboxes and addr.split(key)[0] != "postmaster":
@@ -107,22 +112,66 @@ class Intake:
             deliver_after=sub.deliver_after, expires_at=sub.expires_at, max_attempts=sub.max_attempts,
             delete_after_submit=sub.delete_after_submit, origin=sub.origin, meta=dict(sub.meta), dsn=sub.dsn)
         copies: list[Message] = []
+        parts: dict[str, tuple[Message, list[Message]]] = {}  # owner-NAME -> the part with that sender
         seen: set[tuple[str, str]] = set()
         for i, address in enumerate(sub.recipients):
             addrtype = (sub.addrtypes[i] if sub.addrtypes else addr.SMTP).upper()
-            if (addrtype, address.lower()) in seen:  # MAPI ExpandRecips removes duplicates
-                continue
-            seen.add((addrtype, address.lower()))
             rtype = sub.types[i] if sub.types else RecipientType.TO
-            recipient = Recipient(address=address, addrtype=addrtype, type=rtype, index=len(message.recipients),
-                                  next_attempt_at=max(now, sub.deliver_after or now),
-                                  dsn=sub.recipient_dsn[i] if sub.recipient_dsn else None)
-            message.recipients.append(recipient)
-            if route:
-                copy = self.route(message, recipient, now)
-                if copy is not None:
-                    copies.append(copy)
+            dsn = sub.recipient_dsn[i] if sub.recipient_dsn else None
+            expanded = self.aliases.expand(address, self.router.is_local) if addrtype == addr.SMTP else None
+            if expanded is None:
+                if (addrtype, address.lower()) not in seen:  # MAPI ExpandRecips removes duplicates
+                    seen.add((addrtype, address.lower()))
+                    self._add(message, copies, Recipient(address, addrtype, rtype, dsn=dsn), now, route)
+                continue
+            for member in expanded:
+                if (addrtype, member.address.lower()) in seen:
+                    continue
+                seen.add((addrtype, member.address.lower()))
+                target, target_copies = message, copies
+                if member.owner is not None and message.sender and member.owner.lower() != message.sender.lower():
+                    target, target_copies = parts.get(member.owner) or parts.setdefault(
+                        member.owner, (self._part(message, member.owner, now), []))
+                self._add_member(target, target_copies, member, address, rtype, dsn, now, route)
+                if target is not message:  # the message the submitter knows tells it too
+                    message.history += target.history[-1:]
+        message.parts = tuple((part, tuple(part_copies)) for part, part_copies in parts.values())
+        message.history += tuple(HookRecord("aliases", "split", f"members of {owner}'s list: message {part.id}")
+                                 for owner, (part, _c) in parts.items())
         return message, copies
+
+    def _add(self, message: Message, copies: list[Message], recipient: Recipient, now: float, route: bool) -> None:
+        recipient.index = len(message.recipients)
+        recipient.next_attempt_at = max(now, message.deliver_after or now)
+        message.recipients.append(recipient)
+        if route and recipient.status is Status.QUEUED:
+            copy = self.route(message, recipient, now)
+            if copy is not None:
+                copies.append(copy)
+
+    def _add_member(self, message: Message, copies: list[Message], member: Expanded, original: str,
+                    rtype: RecipientType, dsn: RecipientDSN | None, now: float, route: bool) -> None:
+        """A recipient an alias expanded to. It keeps the original recipient as its ORCPT, so that
+        its DSN names the address the sender wrote (RFC 3461 §4.2: a relay that adds ORCPT gives
+        the address of the RCPT it received), and what the sender asked NOTIFY for."""
+        orcpt = dsn.orcpt if dsn is not None and dsn.orcpt is not None else OriginalRecipient.for_address(original)
+        recipient = Recipient(member.address, addr.SMTP, rtype, dsn=RecipientDSN(dsn.notify if dsn else None, orcpt))
+        message.history += (HookRecord("aliases", "expanded", member.describe()),)
+        if member.refusal is not None:
+            recipient.status, recipient.last_reply = Status.FAILED, member.refusal
+        self._add(message, copies, recipient, now, route)
+        if member.refusal is not None:
+            recipient.next_attempt_at = None
+
+    @staticmethod
+    def _part(message: Message, owner: str, now: float) -> Message:
+        """A message split off for a list's members: the same content, `owner` as its sender."""
+        return Message(
+            id=new_id(now), sender=owner, content=message.content, recipients=[], submitted_at=message.submitted_at,
+            mailbox=message.mailbox, message_class=message.message_class, priority=message.priority,
+            deliver_after=message.deliver_after, expires_at=message.expires_at, max_attempts=message.max_attempts,
+            delete_after_submit=message.delete_after_submit, origin=message.origin, meta=dict(message.meta),
+            dsn=message.dsn, history=(HookRecord("aliases", "split", f"from message {message.id}, sender {owner}"),))
 
     def _check(self, sub: Submission) -> None:
         if not sub.recipients:
@@ -161,11 +210,13 @@ class Intake:
             recipient.status, recipient.last_reply, recipient.next_attempt_at = Status.FAILED, NO_ROUTE, None
             return None
         recipient.transport, recipient.nexthop = route.transport, route.nexthop
-        if route.transport != LOCAL:
-            return None
-        refusal = self._check_mailbox(recipient.address)
-        if refusal is not None:
-            recipient.status, recipient.last_reply, recipient.next_attempt_at = Status.FAILED, refusal, None
+        local = route.transport == LOCAL
+        if local or self.router.is_local(recipient.address, recipient.addrtype):  # a maildir's too
+            refusal = self._check_mailbox(recipient.address)
+            if refusal is not None:
+                recipient.status, recipient.last_reply, recipient.next_attempt_at = Status.FAILED, refusal, None
+                return None
+        if not local:
             return None
         if self.defer_local or (recipient.next_attempt_at or 0) > now:  # hooks first, or not released yet
             return None

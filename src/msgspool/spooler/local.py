@@ -10,11 +10,10 @@ Without inbound hooks none of this runs: intake files local mail at submission, 
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable, Sequence
 
-from msgspool.domain.content import header_block
+from msgspool.domain.content import delivered_to
 from msgspool.domain.dsn import RecipientDSN
 from msgspool.domain.hooks import AutoReply, Delivery, File, Forward, Hold, HookRecord, Postprocessed, Reject
 from msgspool.domain.message import Message, Recipient, Settlement
@@ -25,7 +24,6 @@ from msgspool.spooler.hooks import Postprocessor
 from msgspool.spooler.intake import Intake, Submission
 
 log = logging.getLogger("msgspool.local")
-_DELIVERED_TO = re.compile(rb"^delivered-to:[ \t]*<?([^\r\n>]+)>?[ \t]*\r?$", re.IGNORECASE | re.MULTILINE)
 NEVER = RecipientDSN(frozenset())  # what a hook sends on asks for no reports
 
 
@@ -106,9 +104,3 @@ class LocalDelivery:
             log.warning("%s: an inbound hook's %s not sent: %s", message.id, type(action).__name__, err.reply.line())
             return None
         return built
-
-
-def delivered_to(content: bytes, address: str) -> bool:
-    """Whether the header section already says it was delivered to `address` (a forwarding loop)."""
-    wanted = address.lower().encode("utf-8", "replace")
-    return any(m.group(1).strip().lower() == wanted for m in _DELIVERED_TO.finditer(header_block(content)))

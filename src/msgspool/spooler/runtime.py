@@ -35,8 +35,9 @@ from msgspool.domain.routing import Router, TransportRoute
 from msgspool.domain.timefmt import iso
 from msgspool.domain.webhooks import WEBHOOK_TRANSPORT, from_webhook
 from msgspool.errors import ConfigError, NotFound, SpoolError, StorageFull, UnableToAbort, UnknownTransport
-from msgspool.ports import Store, Transport
+from msgspool.ports import MailboxTransport, Store, Transport
 from msgspool.spooler import control
+from msgspool.spooler.aliases import load_aliases
 from msgspool.spooler.background import start_supervised, stop_task
 from msgspool.spooler.delays import DelayTimer
 from msgspool.spooler.destinations import DestinationLimits
@@ -102,8 +103,16 @@ def load_store(settings: Settings) -> Store:
 
 
 def build_router(settings: Settings, transports: dict[str, Transport]) -> Router:
-    routes = [TransportRoute(t.name, t.addrtypes, t.nexthop, t.domains) for t in transports.values()]
+    routes = [TransportRoute(t.name, t.addrtypes, t.nexthop, t.domains, local=isinstance(t, MailboxTransport))
+              for t in transports.values()]
     return Router(settings.local_domains, routes)
+
+
+def use_receive_folders(transports: dict[str, Transport], store: Store) -> None:
+    """Transports that file into local mailboxes (a maildir) file by the store's receive folders."""
+    for transport in transports.values():
+        if isinstance(transport, MailboxTransport):
+            transport.use_receive_folders(store.receive_folder)
 
 
 async def take_lock(data_dir: Path, name: str, timeout: float = 0.0) -> IO[str]:
@@ -145,7 +154,9 @@ class Spooler:
         self.intake = Intake(self.router, hopcount_limit=settings.hopcount_limit, mailboxes=settings.mailboxes,
                              message_size_limit=settings.message_size_limit, queue_minfree=settings.queue_minfree,
                              free_space=lambda: spooldir.free_bytes(spool_path))
+        self.intake.aliases = load_aliases(settings.aliases)
         self.store = load_store(settings)
+        use_receive_folders(self.transports, self.store)
         # The other nodes of a shared spool (PostgreSQL), told of work and changes (notices.py).
         self.notices = Notices(self.store)
         self.bus = EventBus()
@@ -278,8 +289,11 @@ class Spooler:
         it was."""
         transports = transports if transports is not None else load_transports(settings)
         router = build_router(settings, transports)
+        use_receive_folders(transports, self.store)
         hooks = load_hooks(settings) if self.routing else None
+        aliases = load_aliases(settings.aliases)
         self.settings, self.transports, self.router = settings, transports, router
+        self.intake.aliases = aliases
         self.intake.router = router
         self.intake.hopcount_limit = settings.hopcount_limit
         self.intake.message_size_limit = settings.message_size_limit
@@ -386,6 +400,8 @@ class Spooler:
             self.poke()
         elif any(r.status.pending for r in message.recipients):
             self.poke()
+        if any(r.status.pending for part, _copies in message.parts for r in part.recipients):
+            self.poke()  # parts split off by expansion (an owner-NAME sender) are committed queued
         return message.id
 
     def _reserve(self, count: int) -> bool:

@@ -485,9 +485,9 @@ class Scheduler:
         it is held within milliseconds, long before the next pass. Other nodes' work is never
         touched here: that of dead nodes is rescued by the lease (NodeLease), that of live ones
         is theirs. Returns how many it gave back; each is an alarm in the log and the status table."""
-        rows = await self.store.active_recipients()
-        held = self._held()
         owner = self.store.owner
+        rows = await self.store.active_recipients(owner) if owner is not None else await self.store.active_recipients()
+        held = self._held()
         unknown = {row for row in rows if row[2] == owner and (row[0], row[1]) not in held
                    and row[0] not in self._busy}
         stuck, self._suspects = unknown & self._suspects, unknown - self._suspects

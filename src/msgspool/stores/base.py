@@ -40,6 +40,7 @@ from msgspool.stores.ops import (
     insert_event,
     iter_messages,
     list_nodes,
+    mailbox_folders,
     next_delay_warning,
     next_due,
     offline_transports,
@@ -73,6 +74,7 @@ from msgspool.stores.ops import (
     op_webhook_cursor,
     pending_reports,
     queue_counts,
+    receive_folder,
     rescue_due,
     waiting_destinations,
 )
@@ -148,8 +150,8 @@ class SQLStore(ABC):
     async def cancel_recipients(self, keep: dict[str, list[int]], now: float) -> dict[str, list[str]]:
         return await self._write(lambda c: op_cancel_recipients(c, keep, now))
 
-    async def active_recipients(self) -> list[tuple[str, int, str | None]]:
-        return await self.read(active_recipients)
+    async def active_recipients(self, owner: str | None = None) -> list[tuple[str, int, str | None]]:
+        return await self.read(lambda c: active_recipients(c, owner))
 
     async def return_stuck(self, rows: Sequence[tuple[str, int, str | None]], now: float) -> list[Event]:
         return await self._write(lambda c: op_return_stuck(c, rows, now), durable=False)
@@ -274,6 +276,12 @@ class SQLStore(ABC):
 
     async def set_receive_folder(self, mailbox: str, message_class: str, folder: str) -> None:
         await self._write(lambda c: op_set_receive_folder(c, mailbox, message_class, folder))
+
+    async def receive_folder(self, mailbox: str, message_class: str) -> str:
+        return await self.read(lambda c: receive_folder(c, mailbox, message_class))
+
+    async def mailbox_folders(self, mailbox: str) -> list[str] | None:
+        return await self.read(lambda c: mailbox_folders(c, mailbox))
 
     async def get(self, message_id: str) -> MessageInfo | None:
         return await self.read(lambda c: get_message(c, message_id))

@@ -35,7 +35,7 @@ from msgspool.domain.message import (
     Recipient,
     Settlement,
 )
-from msgspool.domain.outcome import Reply
+from msgspool.domain.outcome import Filed, Reply
 from msgspool.domain.recipient import RecipientType, Status
 from msgspool.stores.queries import Queries
 
@@ -80,6 +80,11 @@ class Tx(Protocol):
     # a batch hands many messages over to one node, and reads its lease once (`_holds_lease`).
     leases: dict[str, float | None]
 
+    # None: an event is inserted when recorded (one writer at a time: ids come in commit order).
+    # A list: the events the transaction records, which its engine inserts just before COMMIT
+    # with ids in commit order (PostgreSQL, whose nodes commit side by side; postgresql.py).
+    events: list[Event] | None
+
 
 def priority_class(priority: int) -> int:
     """1 urgent, 0 normal, -1 non-urgent (MAPI PR_PRIORITY's three values; others fold into them)."""
@@ -91,6 +96,10 @@ def priority_class(priority: int) -> int:
 
 
 def insert_event(tx: Tx, event: Event) -> Event:
+    """Record `event`; its id is set by the time the transaction commits (Tx.events)."""
+    if tx.events is not None:
+        tx.events.append(event)
+        return event
     event.id = tx.execute(tx.q.insert_event, {
         "time": event.time, "type": str(event.type), "message_id": event.message_id, "recipient": event.recipient,
         "mailbox": event.mailbox, "folder": event.folder,
@@ -145,6 +154,8 @@ def op_submit(tx: Tx, msg: Message, copies: Sequence[Message], owner: str | None
     if user := msg.meta.get("smtp_auth_user"):
         _insert_history(tx, msg.id, msg.submitted_at, "submission",
                         [HookRecord("", "submitted", f"over SMTP by authenticated user {user}")])
+    if msg.history:
+        _insert_history(tx, msg.id, msg.submitted_at, "expansion", msg.history)
     events = [insert_event(tx, Event(EventType.SUBMITTED, msg.id, msg.submitted_at,
                                      detail={"sender": msg.sender, "size": msg.size, "origin": msg.origin}))]
     for r in msg.recipients:
@@ -154,6 +165,8 @@ def op_submit(tx: Tx, msg: Message, copies: Sequence[Message], owner: str | None
     events += [_file(tx, copy, content_id) for copy in copies]
     if not any(r.status.pending for r in msg.recipients):
         events += _finish_if_done(tx, msg.id, msg.submitted_at)
+    for part, part_copies in msg.parts:  # committed queued: whichever node claims them delivers them
+        events += op_submit(tx, part, part_copies)
     return events
 
 
@@ -186,6 +199,13 @@ def receive_folder(tx: Tx, mailbox: str, message_class: str) -> str:
         if (wanted == cls or wanted.startswith(cls + ".") or cls == "") and len(cls) > best:
             best, folder = len(cls), fld
     return str(folder)
+
+
+def mailbox_folders(tx: Tx, mailbox: str) -> list[str] | None:
+    """The folders holding `mailbox`'s messages; None when there is no such mailbox."""
+    if tx.execute(tx.q.mailbox_exists, {"mailbox": mailbox}).fetchone() is None:
+        return None
+    return [str(row[0]) for row in tx.execute(tx.q.folders_of_mailbox, {"mailbox": mailbox}).fetchall()]
 
 
 def _recipient_event(message_id: str, address: str, status: Status, reply: Reply | None, now: float,
@@ -344,11 +364,20 @@ def op_settle(tx: Tx, settlements: Sequence[Settlement], now: float, crash_limit
         if status in _STATUS_EVENT:
             events.append(insert_event(tx, _recipient_event(s.message_id, s.address, status, reply, now,
                                                             row[0], s.remote)))
+        if status is Status.DELIVERED and isinstance(reply, Filed):
+            events.append(insert_event(tx, _filed_event(s.message_id, reply, now)))
     for message_id in crashed & touched.keys():
         events += _count_crash(tx, message_id, crash_limit, now)
     for message_id in touched:
         events += _finish_if_done(tx, message_id, now)
     return events
+
+
+def _filed_event(message_id: str, reply: Filed, now: float) -> Event:
+    """A transport filed the message into a mailbox outside the store (a maildir): `new_mail`, as
+    for a copy filed here, naming the outbox message (the copy is not in the store)."""
+    return Event(EventType.NEW_MAIL, message_id, now, mailbox=reply.mailbox, folder=reply.folder,
+                 detail={"sender": reply.sender, "message_class": reply.message_class, "location": reply.location})
 
 
 def _count_crash(tx: Tx, message_id: str, limit: int, now: float) -> list[Event]:
@@ -407,8 +436,10 @@ def _give_back_all(tx: Tx, rows: Iterable[tuple[str, int, str | None]], now: flo
     return given, events
 
 
-def active_recipients(tx: Tx) -> list[tuple[str, int, str | None]]:
-    rows: list[tuple[str, int, str | None]] = tx.execute(tx.q.active_recipients).fetchall()
+def active_recipients(tx: Tx, owner: str | None = None) -> list[tuple[str, int, str | None]]:
+    rows: list[tuple[str, int, str | None]] = (
+        tx.execute(tx.q.active_recipients) if owner is None
+        else tx.execute(tx.q.active_recipients_of, {"owner": owner})).fetchall()
     return rows
 
 

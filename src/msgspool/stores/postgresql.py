@@ -26,6 +26,7 @@ steps, written as plain functions over a DB-API-like `Tx`, serve SQLite and Post
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import secrets
 import time
@@ -40,6 +41,7 @@ import psycopg.errors
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
+from msgspool.domain.events import Event
 from msgspool.domain.recipient import TRANSITIONS
 from msgspool.errors import ConfigError, NoSpool
 from msgspool.ports import Store
@@ -51,6 +53,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 MIGRATIONS = "sql/postgresql"
 _SCHEMA_LOCK = 0x6D7367_5370  # pg_advisory_xact_lock key: one node migrates at a time ("msgSp")
+_EVENT_ORDER_LOCK = 0x6D7367_5371  # held from a transaction's event ids to its COMMIT (_insert_events)
 _RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 RETRIES = 5
 # The LISTEN/NOTIFY channel of the spool's nodes (issue 11.6). Channels are per database, not per
@@ -72,9 +75,10 @@ class PgConnection:
 
     q = QUERIES
 
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+    def __init__(self, conn: psycopg.Connection[Any], *, defer_events: bool = False) -> None:
         self.conn = conn
         self.leases: dict[str, float | None] = {}  # one PgConnection per transaction
+        self.events: list[Event] | None = [] if defer_events else None  # ops.Tx.events
 
     def execute(self, sql: str, parameters: Params = {}, /) -> psycopg.Cursor[Any]:  # noqa: B006 - never mutated
         # Always with parameters (an empty mapping too): psycopg then reads a doubled `%` as one.
@@ -141,6 +145,30 @@ def schema_version(conn: psycopg.Connection[Any]) -> int:
         return 0
     found = conn.execute("SELECT COALESCE(max(version), 0) FROM schema_migrations").fetchone()
     return int(found[0]) if found else 0
+
+
+def _insert_events(conn: psycopg.Connection[Any], events: list[Event]) -> None:
+    """Insert a transaction's events, just before its COMMIT, with ids in commit order.
+
+    Readers of the event log (SSE resumption, the webhook cursor) go on from the last id they
+    saw. Were ids taken from the sequence as events are recorded, a transaction of one node could
+    take id 5, commit after another node's id 6, and a reader that had seen 6 would skip 5 for
+    ever. So a transaction takes its ids only at its end, under a lock it holds through COMMIT
+    (PostgreSQL releases it once the commit is visible): a reader can see id N only after every
+    id below N is committed or will never be. What this serialises is the last step of the
+    nodes' batches, a few statements each; it also inserts a batch's events in one round trip."""
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_EVENT_ORDER_LOCK,))
+    ids = conn.execute("SELECT nextval(pg_get_serial_sequence('events', 'id')) FROM generate_series(1, %s)",
+                       (len(events),)).fetchall()
+    for event, (event_id,) in zip(events, ids, strict=True):
+        event.id = event_id
+    with conn.cursor() as cur:
+        cur.executemany("INSERT INTO events (id, time, type, message_id, recipient, mailbox, folder, detail)"
+                        " OVERRIDING SYSTEM VALUE VALUES (%(id)s, %(time)s, %(type)s, %(message_id)s,"
+                        " %(recipient)s, %(mailbox)s, %(folder)s, %(detail)s)", [
+            {"id": e.id, "time": e.time, "type": str(e.type), "message_id": e.message_id, "recipient": e.recipient,
+             "mailbox": e.mailbox, "folder": e.folder, "detail": json.dumps(e.detail) if e.detail else None}
+            for e in events])
 
 
 def _db_now(conn: Any) -> float:
@@ -217,12 +245,14 @@ class _PgGroupCommit:
     def _transaction(self, jobs: list[_Job], notices: set[str]) -> list[tuple[bool, Any]]:
         for attempt in range(RETRIES):
             conn = self._connection()
-            tx = PgConnection(conn)
+            tx = PgConnection(conn, defer_events=True)
             try:
                 with conn.transaction():
                     if not any(job.durable for job in jobs):
                         conn.execute("SET LOCAL synchronous_commit = off")
                     out = [(True, job.fn(tx)) for job in jobs]
+                    if tx.events:
+                        _insert_events(conn, tx.events)
                     for payload in sorted(notices):
                         conn.execute("SELECT pg_notify(%s, %s)", (self.channel, payload))
             except _RETRYABLE:

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from msgspool import spooldir
+from msgspool.domain.events import Event
 from msgspool.domain.recipient import TRANSITIONS
 from msgspool.errors import NoSpool, StorageFull
 from msgspool.ports import Store
@@ -94,6 +95,7 @@ class SQLiteConnection(sqlite3.Connection):
 
     q = Queries("sqlite")
     leases: dict[str, float | None]  # reset at each BEGIN (ops.Tx.leases)
+    events: list[Event] | None = None  # inserted at once: SQLite has one writer at a time
     _positional = q.positional
     _execute = sqlite3.Connection.execute
     _executemany = sqlite3.Connection.executemany

@@ -47,6 +47,15 @@ SELECT content_id FROM messages WHERE id = :message_id;
 -- A mailbox's receive folders by message class (MAPI SetReceiveFolder).
 SELECT message_class, folder FROM receive_folders WHERE mailbox = :mailbox;
 
+-- name: mailbox_exists
+-- A mailbox exists once something was filed into it, set for it, or sent from it.
+SELECT 1 FROM mailboxes WHERE address = :mailbox
+UNION ALL SELECT 1 FROM messages WHERE mailbox = :mailbox LIMIT 1;
+
+-- name: folders_of_mailbox
+-- The folders holding a mailbox's messages (`mailbox export`).
+SELECT DISTINCT folder FROM messages WHERE mailbox = :mailbox ORDER BY folder;
+
 -- name: set_receive_folder
 -- File `message_class` (and its subclasses) of a mailbox into `folder`, replacing an older choice.
 INSERT INTO receive_folders (mailbox, message_class, folder) VALUES (:mailbox, :message_class, :folder)
@@ -169,8 +178,12 @@ WHERE message_id = :message_id AND idx = :idx AND status = 'active'
 RETURNING status, address, transport;
 
 -- name: active_recipients
--- Every active recipient and the node holding it (the watchdog's view).
+-- Every active recipient and the node holding it.
 SELECT message_id, idx, owner FROM recipients WHERE status = 'active';
+
+-- name: active_recipients_of
+-- The active recipients node :owner holds (the watchdog's view of its own node; by the index).
+SELECT message_id, idx, owner FROM recipients WHERE status = 'active' AND owner = :owner;
 
 -- name: release_destination
 -- A destination answered again: (a chunk of) its waiting backlog becomes due now.

@@ -1,0 +1,167 @@
+"""Recipient expansion end to end (issue 12.6; MAPI ExpandRecips): an aliases(5) file named by the
+`aliases` setting is expanded at submission over SMTP, HTTP and sendmail — local members filed,
+remote ones relayed with the list's owner as the envelope sender and the alias as their ORCPT, a
+loop failed with 554 5.4.6 and reported — and read again on SIGHUP; `aliases check` reports a
+broken file's lines, and members no transport takes stop `serve` with a config error."""
+
+from __future__ import annotations
+
+import json
+import signal
+import smtplib
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.daemon import Daemon, Spool, received_tags, tagged_message
+from tests.support.sink import Sink
+
+ALIASES = """\
+# lists of the local domain
+team: alice, bob,
+    ext@partner.example
+owner-team: lead
+all: team, carol
+a: b
+b: a, ann
+"""
+
+
+def api(daemon: Daemon, path: str, body: Any = None) -> Any:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{daemon.http_port}/api/{path}", method="POST" if body is not None else "GET",
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Content-Type": "application/json"} if body is not None else {})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)
+
+
+def inbox(daemon: Daemon, mailbox: str) -> list[str]:
+    """The subjects in a local mailbox's inbox."""
+    messages = api(daemon, f"queue?folder=inbox&mailbox={mailbox}")
+    return [m["id"] for m in messages]
+
+
+def configure(spool: Spool, aliases: str) -> Path:
+    path = spool.data.parent / "aliases"
+    path.write_text(aliases)
+    (spool.data / "msgspool.toml").write_text(f'aliases = "{path}"\n')
+    return path
+
+
+@pytest.mark.timeout(90)
+def test_smtp_http_and_sendmail_mail_to_an_alias_reaches_its_members(spool: Spool, relay: Sink,
+                                                                     daemon: Daemon) -> None:
+    configure(spool, ALIASES)
+    relay.dsn = True  # so that the ORCPT the expansion keeps is sent on
+    relay.start()
+    daemon.start()
+    with smtplib.SMTP(*daemon.smtp_address, timeout=10) as session:
+        session.ehlo()
+        assert session.mail("writer@example.com")[0] == 250
+        assert session.rcpt("team@localhost")[0] == 250
+        assert session.rcpt("alice@localhost")[0] == 250  # also a member: delivered once
+        code, text = session.data(tagged_message("smtp", to="team@localhost", newline="\r\n").encode())
+        assert code == 250, text
+    spool.wait_for_sink(relay, 1)
+    [got] = relay.messages
+    assert got.sender == "owner-team@localhost" and got.recipients == ["ext@partner.example"]
+    assert any("RCPT TO:<ext@partner.example>" in c and "ORCPT=rfc822;team@localhost" in c for c in relay.commands)
+    assert len(inbox(daemon, "alice@localhost")) == 1 and len(inbox(daemon, "bob@localhost")) == 1
+
+    # the history of the message as written says what the alias became
+    [original] = [m for m in spool_messages(spool) if m["sender"] == "writer@example.com"]
+    shown = spool.show(original["id"])
+    details = [h["detail"] for h in shown["history"] if h["stage"] == "expansion"]
+    assert any(d.startswith("ext@partner.example: expanded from team@localhost") for d in details), details
+    # every recipient went with the list's owner as sender (alice too: she came first through team)
+    assert shown["recipients"] == [] and shown["folder"] == "sent"
+    [part] = [m for m in spool_messages(spool) if m["sender"] == "owner-team@localhost"]
+    assert [r["address"] for r in part["recipients"]] == ["alice@localhost", "bob@localhost", "ext@partner.example"]
+
+    # sendmail: nested (all -> team) and routed by the daemon
+    spool.sendmail(tagged_message("sendmail", to="all@localhost"), "all@localhost")
+    spool.wait_for_sink(relay, 2)
+    spool.wait_until(lambda: len(inbox(daemon, "carol@localhost")) == 1, "carol's copy")
+    assert len(inbox(daemon, "alice@localhost")) == 2
+
+    # HTTP
+    answer = api(daemon, "messages", {"sender": "app@example.com", "recipients": ["team@localhost"],
+                                      "content": tagged_message("http", to="team@localhost")})
+    assert answer["id"]
+    spool.wait_for_sink(relay, 3)
+    assert received_tags(relay) == ["smtp", "sendmail", "http"]
+    assert all(m.sender == "owner-team@localhost" for m in relay.messages)
+
+
+def spool_messages(spool: Spool) -> list[dict[str, Any]]:
+    result = spool.run("queue", "list", "--all", "--json")
+    return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+
+
+@pytest.mark.timeout(60)
+def test_a_loop_fails_that_member_with_554_and_the_sender_gets_a_report(spool: Spool, relay: Sink,
+                                                                         daemon: Daemon) -> None:
+    configure(spool, ALIASES)
+    relay.start()
+    daemon.start()
+    with smtplib.SMTP(*daemon.smtp_address, timeout=10) as session:
+        session.sendmail("writer@example.com", ["a@localhost"], tagged_message("loop", to="a@localhost",
+                                                                                newline="\r\n"))
+    spool.wait_until(lambda: len(inbox(daemon, "ann@localhost")) == 1, "ann's copy")
+    spool.wait_for_sink(relay, 1)  # the NDR for the looping member goes back to the writer
+    [ndr] = relay.messages
+    assert ndr.sender == "" and ndr.recipients == ["writer@example.com"]
+    assert b"5.4.6" in ndr.content and b"alias loop: a@localhost -> b@localhost -> a@localhost" in ndr.content
+
+
+@pytest.mark.timeout(90)
+def test_sighup_reads_the_aliases_again_and_a_broken_file_keeps_the_running_table(spool: Spool, relay: Sink,
+                                                                                   daemon: Daemon) -> None:
+    path = configure(spool, "team: alice\n")
+    relay.start()
+    daemon.start()
+    spool.sendmail(tagged_message("one", to="team@localhost"), "team@localhost")
+    spool.wait_until(lambda: len(inbox(daemon, "alice@localhost")) == 1, "alice's copy")
+
+    path.write_text("team: alice, zoe\n")
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGHUP)
+    spool.wait_until(lambda: "configuration reloaded" in daemon.log() or "reloaded" in daemon.log(), "the reload")
+    with smtplib.SMTP(*daemon.smtp_address, timeout=10) as session:
+        session.sendmail("w@example.com", ["team@localhost"], tagged_message("two", newline="\r\n"))
+    spool.wait_until(lambda: len(inbox(daemon, "zoe@localhost")) == 1, "zoe's copy after the reload")
+
+    path.write_text("team alice\n")  # broken: refused, the table read before stays
+    refused = spool.run("reload", ok=False)
+    assert refused.returncode == 1 and "aliases:" in refused.stderr and ":1:" in refused.stderr, refused
+    with smtplib.SMTP(*daemon.smtp_address, timeout=10) as session:
+        session.sendmail("w@example.com", ["team@localhost"], tagged_message("three", newline="\r\n"))
+    spool.wait_until(lambda: len(inbox(daemon, "zoe@localhost")) == 2, "zoe's copy with the kept table")
+    assert daemon.running
+
+
+def test_aliases_check_reports_problems_with_line_numbers_and_expand_shows_the_members(spool: Spool) -> None:
+    path = configure(spool, ALIASES + "broken\nx: \"|/usr/bin/true\"\n")
+    result = spool.run("aliases", "check", ok=False)
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert f"{path}:8: expected 'name: member, ...'" in lines
+    assert any(line.startswith(f"{path}:9: |/usr/bin/true: command members need a pipe transport") for line in lines)
+    assert any(line.startswith(f"{path}:6: alias loop: a@localhost -> b@localhost -> a@localhost") for line in lines)
+
+    path.write_text(ALIASES)
+    expanded = json.loads(spool.run("aliases", "expand", "all@localhost", "--json").stdout)
+    assert [(r["address"], r["sender"]) for r in expanded["recipients"]] == [
+        ("alice@localhost", "owner-team@localhost"), ("bob@localhost", "owner-team@localhost"),
+        ("ext@partner.example", "owner-team@localhost"), ("carol@localhost", None)]
+
+
+def test_serve_refuses_command_and_file_members_no_transport_takes(spool: Spool) -> None:
+    configure(spool, "deliver: \"|/usr/bin/procmail\", /var/mail/box/\n")
+    result = spool.run("serve", "--smtp", "127.0.0.1:0", "--http", "", ok=False)
+    assert result.returncode == 2, result
+    assert "command members need a pipe transport" in result.stderr
+    assert "maildir members need a maildir transport" in result.stderr

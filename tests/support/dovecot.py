@@ -1,0 +1,248 @@
+"""A real Dovecot for tests: LMTP (TCP and a Unix socket), POP3 and IMAP on free loopback ports.
+
+`start(users)` writes a dovecot.conf into a temporary directory of its own and runs
+``dovecot -F -c CONF`` as a child process, with everything Dovecot keeps (runtime sockets, state,
+mail, its log) in that directory: nothing of the machine's Dovecot is read or started. Users and
+their passwords come from a passwd-file there (plain passwords: a test peer, not a server); each
+user's mail is a Maildir, `maildir(user)`, that Python's `mailbox.Maildir` reads. No TLS.
+
+Run by a user, Dovecot runs as that user (its "rootless" setup: internal, login and mail user are
+that one account, no chroot); run by root (CI), as Debian's dovecot and dovenull accounts with the
+mail owned by nobody. Debian's dovecot-core, -lmtpd, -pop3d and -imapd are installed by `make dovecot`
+(which .ci/run calls); without them a test skips, and with CI=true it fails instead.
+
+    with dovecot.start({"alice": "secret"}) as server:
+        ... LMTP to 127.0.0.1:server.lmtp_port or server.lmtp_socket, POP3 to server.pop3_port ...
+        mailbox.Maildir(server.maildir("alice"))
+
+A test that fails while a server runs gets the server's log in its report (tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+
+import pytest
+
+PACKAGES = ("dovecot-core", "dovecot-lmtpd", "dovecot-pop3d", "dovecot-imapd")
+START_TIMEOUT = 15.0
+STOP_TIMEOUT = 2.0  # then SIGKILL: a throwaway server has nothing to save
+RUNNING: list[Dovecot] = []  # servers up now, for the failure report's log section
+
+
+def executable() -> str | None:
+    """The dovecot binary (in /usr/sbin, which a non-root PATH often lacks), or None."""
+    return shutil.which("dovecot") or shutil.which("dovecot", path="/usr/sbin:/usr/local/sbin")
+
+
+def require() -> str:
+    """The dovecot binary; skips the test without one, or fails it when CI=true."""
+    found = executable()
+    if found is not None and all(Path("/usr/lib/dovecot", part).exists() for part in ("lmtp", "pop3", "imap")):
+        return found
+    message = f"Dovecot is not installed ({', '.join(PACKAGES)}; `make dovecot` installs them)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message + ", and CI must run the Dovecot tests")
+    pytest.skip(message)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Dovecot:
+    """One running Dovecot; `stop()` (or leaving the `with`) ends it and removes its directory."""
+
+    def __init__(self, directory: Path, users: Mapping[str, str]) -> None:
+        self.directory = directory
+        self.users = dict(users)
+        self.lmtp_port, self.pop3_port, self.imap_port = free_port(), free_port(), free_port()
+        self.lmtp_socket = directory / "lmtp"
+        self.log_path = directory / "dovecot.log"
+        self.config_path = directory / "dovecot.conf"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def maildir(self, user: str) -> Path:
+        """Where `user`'s mail is: a Maildir (new/, cur/, tmp/ once something was delivered)."""
+        return self.directory / "home" / user / "Maildir"
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def start(self) -> Dovecot:
+        self._write_files()
+        with open(self.directory / "stderr", "wb") as stderr:  # the child keeps its own copy
+            self._process = subprocess.Popen([require(), "-F", "-c", str(self.config_path)],
+                                             stdout=subprocess.DEVNULL, stderr=stderr,
+                                             start_new_session=True)  # its children in a group of their own
+        RUNNING.append(self)
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop(remove=False)
+            raise
+        return self
+
+    def stop(self, *, remove: bool = True) -> None:
+        """Stop Dovecot (SIGTERM, then SIGKILL); idempotent."""
+        if self in RUNNING:
+            RUNNING.remove(self)
+        process, self._process = self._process, None
+        if process is not None:
+            if process.poll() is None:
+                process.terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(STOP_TIMEOUT)
+            with contextlib.suppress(ProcessLookupError):  # what of its group outlived the master
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        if remove:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    def __enter__(self) -> Dovecot:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.stop()
+
+    def _write_files(self) -> None:
+        self.directory.chmod(0o755)  # as root, the mail user (nobody) must reach its home
+        for part in ("run", "state", "home"):
+            (self.directory / part).mkdir()
+        _, _, (uid, gid) = _accounts()
+        for user in self.users:
+            home = self.directory / "home" / user
+            home.mkdir()
+            os.chown(home, uid, gid)
+        with open(self.directory / "passwd", "w") as passwd:
+            for user, password in self.users.items():
+                if any(c in user + password for c in ":\n"):
+                    raise ValueError(f"user {user!r}: no ':' or line break in a passwd-file entry")
+                passwd.write(f"{user}:{{PLAIN}}{password}::::::\n")
+        self.config_path.write_text(self._config())
+
+    def _config(self) -> str:
+        internal, login, (uid, gid) = _accounts()
+        d = self.directory
+        return f"""\
+# Written by tests/support/dovecot.py: a throwaway Dovecot for one test.
+instance_name = msgspool-test-{d.name}
+base_dir = {d}/run
+state_dir = {d}/state
+log_path = {self.log_path}
+info_log_path = {self.log_path}
+protocols = lmtp pop3 imap
+listen = 127.0.0.1
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+auth_failure_delay = 0
+default_internal_user = {internal[0]}
+default_internal_group = {internal[1]}
+default_login_user = {login}
+first_valid_uid = {uid}
+last_valid_uid = {uid}
+first_valid_gid = {gid}
+last_valid_gid = {gid}
+mail_location = maildir:~/Maildir
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%n {d}/passwd
+}}
+userdb {{
+  driver = passwd-file
+  args = username_format=%n {d}/passwd
+  default_fields = uid={uid} gid={gid} home={d}/home/%n
+}}
+service anvil {{
+  chroot =
+}}
+service lmtp {{
+  inet_listener lmtp {{
+    address = 127.0.0.1
+    port = {self.lmtp_port}
+  }}
+  unix_listener {self.lmtp_socket} {{
+    mode = 0666
+  }}
+}}
+service pop3-login {{
+  chroot =
+  inet_listener pop3 {{
+    port = {self.pop3_port}
+  }}
+  inet_listener pop3s {{
+    port = 0
+  }}
+}}
+service imap-login {{
+  chroot =
+  inet_listener imap {{
+    port = {self.imap_port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+"""
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        pending = {self.lmtp_port, self.pop3_port, self.imap_port}
+        while pending or not self.lmtp_socket.exists():
+            assert self._process is not None
+            if self._process.poll() is not None:
+                raise RuntimeError(f"dovecot exited with {self._process.returncode}: {self._stderr()}{self.log()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"dovecot did not listen within {START_TIMEOUT} s: {self._stderr()}{self.log()}")
+            for port in list(pending):
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    pending.discard(port)
+                except OSError:
+                    pass
+            time.sleep(0.05)
+
+    def _stderr(self) -> str:
+        try:
+            return (self.directory / "stderr").read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+
+def _accounts() -> tuple[tuple[str, str], str, tuple[int, int]]:
+    """(internal user and group, login user, mail uid and gid). As a user: that account for all
+    (Dovecot's rootless setup). As root: Debian's dovecot and dovenull accounts, and nobody for the
+    mail, since Dovecot runs neither a login process nor a mailbox as root."""
+    uid, gid = os.getuid(), os.getgid()
+    if uid != 0:
+        user, group = pwd.getpwuid(uid).pw_name, grp.getgrgid(gid).gr_name
+        return (user, group), user, (uid, gid)
+    nobody = pwd.getpwnam("nobody")
+    return ("dovecot", "dovecot"), "dovenull", (nobody.pw_uid, nobody.pw_gid)
+
+
+def start(users: Mapping[str, str]) -> Dovecot:
+    """A running Dovecot with these users (name -> password), in a fresh temporary directory (short,
+    so the Unix socket's path fits the 108-byte limit)."""
+    require()
+    directory = Path(tempfile.mkdtemp(prefix="dovecot-"))
+    return Dovecot(directory, users).start()
