@@ -436,8 +436,10 @@ def _give_back_all(tx: Tx, rows: Iterable[tuple[str, int, str | None]], now: flo
     return given, events
 
 
-def active_recipients(tx: Tx) -> list[tuple[str, int, str | None]]:
-    rows: list[tuple[str, int, str | None]] = tx.execute(tx.q.active_recipients).fetchall()
+def active_recipients(tx: Tx, owner: str | None = None) -> list[tuple[str, int, str | None]]:
+    rows: list[tuple[str, int, str | None]] = (
+        tx.execute(tx.q.active_recipients) if owner is None
+        else tx.execute(tx.q.active_recipients_of, {"owner": owner})).fetchall()
     return rows
 
 
@@ -452,6 +454,22 @@ def op_release_destination(tx: Tx, transport: str, nexthop: str, now: float, chu
     commits interleave with a large release)."""
     return tx.execute(tx.q.release_destination, {"now": now, "transport": transport, "nexthop": nexthop,
                                                   "limit": chunk}).rowcount
+
+
+def op_release_transport(tx: Tx, transport: str, now: float, chunk: int = CHUNK) -> int:
+    """A transport is online again: what waited for it is due now (chunked, as a destination's)."""
+    return tx.execute(tx.q.release_transport, {"now": now, "transport": transport, "limit": chunk}).rowcount
+
+
+def offline_transports(tx: Tx) -> dict[str, float]:
+    """The transports an operator put offline, and since when."""
+    return {name: since for name, since in tx.execute(tx.q.offline_transports)}
+
+
+def op_set_transport_offline(tx: Tx, name: str, offline: bool, now: float) -> bool:
+    """Put a transport offline or online again; True when that changed its state."""
+    query = tx.q.set_transport_offline if offline else tx.q.set_transport_online
+    return tx.execute(query, {"name": name, "now": now}).rowcount > 0
 
 
 def op_mark_delay_warnings(tx: Tx, now: float, chunk: int = CHUNK) -> int:
