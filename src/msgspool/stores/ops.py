@@ -456,6 +456,22 @@ def op_release_destination(tx: Tx, transport: str, nexthop: str, now: float, chu
                                                   "limit": chunk}).rowcount
 
 
+def op_release_transport(tx: Tx, transport: str, now: float, chunk: int = CHUNK) -> int:
+    """A transport is online again: what waited for it is due now (chunked, as a destination's)."""
+    return tx.execute(tx.q.release_transport, {"now": now, "transport": transport, "limit": chunk}).rowcount
+
+
+def offline_transports(tx: Tx) -> dict[str, float]:
+    """The transports an operator put offline, and since when."""
+    return {name: since for name, since in tx.execute(tx.q.offline_transports)}
+
+
+def op_set_transport_offline(tx: Tx, name: str, offline: bool, now: float) -> bool:
+    """Put a transport offline or online again; True when that changed its state."""
+    query = tx.q.set_transport_offline if offline else tx.q.set_transport_online
+    return tx.execute(query, {"name": name, "now": now}).rowcount > 0
+
+
 def op_mark_delay_warnings(tx: Tx, now: float, chunk: int = CHUNK) -> int:
     """Owe the delay notice of deferred recipients whose time came while they waited without a
     new outcome (a down destination's backlog, a long backoff): by index, a chunk per call."""

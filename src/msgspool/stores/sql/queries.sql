@@ -215,6 +215,24 @@ SELECT warn_at FROM recipients WHERE status = 'deferred' AND warn_at > 0 ORDER B
 SELECT next_attempt_at FROM recipients WHERE status IN ('queued', 'deferred') AND priority = :priority
 AND next_attempt_at IS NOT NULL ORDER BY next_attempt_at LIMIT 1;
 
+-- name: release_transport
+-- A transport is online again: (a chunk of) the backlog that waited while it was offline is due now.
+UPDATE recipients SET next_attempt_at = :now, wait_destination = 0 WHERE (message_id, idx) IN (
+    SELECT message_id, idx FROM recipients WHERE status = 'deferred' AND wait_destination = 1
+    AND transport = :transport LIMIT :limit);
+
+-- name: offline_transports
+-- The transports put offline, and since when.
+SELECT name, since FROM offline_transports ORDER BY name;
+
+-- name: set_transport_offline
+-- Put a transport offline (nothing changes if it is already).
+INSERT INTO offline_transports (name, since) VALUES (:name, :now) ON CONFLICT DO NOTHING;
+
+-- name: set_transport_online
+-- Put a transport online again.
+DELETE FROM offline_transports WHERE name = :name;
+
 -- name: waiting_destinations
 -- The destinations deferred recipients wait for.
 SELECT DISTINCT transport, nexthop FROM recipients WHERE status = 'deferred' AND wait_destination = 1;
