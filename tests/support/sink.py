@@ -3,8 +3,8 @@ both use it, stop it (the destination goes down) and start it again on the same 
 
 Per-recipient behaviour is scripted by local part: ``fail5xx-*`` gets 550, ``fail4xx-*`` gets 450.
 Every accepted message is kept as (sender, recipients, content), with the TLS version and the
-account of its session. `data_delay` makes it a slow next hop: each message is answered that many
-seconds after its content arrived.
+account of its session. `greeting` replaces the 220 greeting. `data_delay` makes it a slow next
+hop: each message is answered that many seconds after its content arrived.
 
 TLS and AUTH, for the outbound security tests: `tls` (an SSLContext, e.g. from a trustme
 certificate) offers STARTTLS, or with `implicit_tls` wraps every session from the first byte (port
@@ -53,6 +53,7 @@ class Sink:
     auth_in_clear: bool = False
     auth_failure: bytes = b"535 5.7.8 Authentication credentials invalid\r\n"
     verbs: list[str] = field(default_factory=list)
+    greeting: bytes = b"220 sink ESMTP\r\n"  # e.g. b"421 4.3.2 busy\r\n": a host that turns sessions away
     _loop: asyncio.AbstractEventLoop | None = None
     _server: asyncio.AbstractServer | None = None
     _thread: threading.Thread | None = None
@@ -130,7 +131,7 @@ class Sink:
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
-        writer.write(b"220 sink ESMTP\r\n")
+        writer.write(self.greeting)
         state = _SessionState(tls=_tls_version(writer))
         try:
             while line := await reader.readline():
