@@ -26,6 +26,7 @@ import os
 import pwd
 import shutil
 import signal
+import smtplib
 import socket
 import subprocess
 import tempfile
@@ -79,6 +80,11 @@ class Dovecot:
     def maildir(self, user: str) -> Path:
         """Where `user`'s mail is: a Maildir (new/, cur/, tmp/ once something was delivered)."""
         return self.directory / "home" / user / "Maildir"
+
+    def deliver(self, user: str, message: bytes, sender: str = "sender@example.net") -> None:
+        """Put `message` into `user`'s mailbox through Dovecot's own LMTP (what a fetch test reads)."""
+        with smtplib.LMTP("127.0.0.1", self.lmtp_port, timeout=10) as client:
+            client.sendmail(sender, [f"{user}@example.org"], message)
 
     def log(self) -> str:
         try:

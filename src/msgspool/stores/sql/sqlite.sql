@@ -1,4 +1,4 @@
--- msgspool SQLite spool schema (PRAGMA user_version = 10). Every statement is idempotent.
+-- msgspool SQLite spool schema (PRAGMA user_version = 11). Every statement is idempotent.
 -- One row per message (any folder of any mailbox), its content stored once in `contents`
 -- (local copies of one submission share it), one row per recipient of an outbound message.
 
@@ -158,4 +158,14 @@ CREATE TABLE IF NOT EXISTS users (
     password    TEXT NOT NULL,           -- scrypt$N$r$p$salt$hash
     senders     TEXT NOT NULL DEFAULT '', -- space-separated sender patterns; empty: the default
     created_at  REAL NOT NULL
+);
+
+-- Fetch accounts (domain/fetch.py): the unique id (POP3 UIDL, IMAP UIDVALIDITY:UID) of every message
+-- fetched and still on the server, recorded in the commit that files it, so it is never filed twice.
+CREATE TABLE IF NOT EXISTS fetched (
+    account     TEXT NOT NULL,
+    uid         TEXT NOT NULL,
+    fetched_at  REAL NOT NULL,
+    message_id  TEXT NOT NULL,           -- the queue id it was submitted as
+    PRIMARY KEY (account, uid)
 );
