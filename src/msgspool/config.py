@@ -85,6 +85,9 @@ class Settings:
         True, "A 5xx reply to outbound AUTH defers the mail (fix the password, it goes); false: it bounces.")
     local_domains: list[str] = _doc(["localhost"], "Domains whose mail is filed into local mailboxes.")
     mailboxes: list[str] = _doc([], "Local mailboxes that exist; empty = any address in a local domain.")
+    maildir: str = _doc(
+        "", "Deliver the mail of every local domain into maildirs at this path (%d domain, %u local part,"
+        " %m user@domain), not the store: a built-in transport maildir; [[transports]] of type maildir for more.")
     aliases: str = _doc(
         "", "Aliases file of the local domains, Postfix aliases(5) format (name: member, ...; :include:/path;"
         " owner-NAME); expanded at submission, read again on SIGHUP; empty = none.")

@@ -243,3 +243,14 @@ async def test_export_writes_every_folder_with_read_flags_and_a_second_export_wr
     assert all(f".X{info['id']}.mx.test," in "".join(os.listdir(target / "cur") + os.listdir(target / "new"))
                for info in inbox)
     assert not (tmp_path / "none").exists()
+
+
+async def test_the_maildir_setting_sends_every_local_domain_to_maildirs(tmp_path: Path) -> None:
+    root = tmp_path / "mail"
+    async with msgspool.open_spool(str(tmp_path / "spool"), smtp_listen="", http_listen="", delivery_process=False,
+                                   local_domains=["localhost", "example.net"], maildir=f"{root}/%d/%u") as spooler:
+        queue_id = await spooler.send(NOTE, sender="", recipients=["a@localhost", "b@example.net"])
+        info = await delivered(spooler, queue_id)
+    assert {r["transport"] for r in info["recipients"]} == {"maildir"}
+    assert len(mailbox.Maildir(root / "localhost" / "a", create=False)) == 1
+    assert len(mailbox.Maildir(root / "example.net" / "b", create=False)) == 1

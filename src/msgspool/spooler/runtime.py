@@ -69,7 +69,8 @@ def _addresses(in_flight: dict[str, list[tuple[int, str]]]) -> dict[str, list[st
 
 def load_transports(settings: Settings) -> dict[str, Transport]:
     """The configured transports, in order: the built-in `smtp` one first, `webhook` when there are
-    webhooks, then [[transports]]."""
+    webhooks, `maildir` when the `maildir` setting names a path, then [[transports]] (a table of a
+    built-in's name replaces it)."""
     factories = {ep.name: ep for ep in entry_points(group="msgspool.transports")}
     builtin: list[dict[str, Any]] = [{"name": "smtp", "type": "smtp"}]
     if settings.webhooks:
@@ -77,6 +78,8 @@ def load_transports(settings: Settings) -> dict[str, Transport]:
         if any(t.get("name") == WEBHOOK_TRANSPORT for t in settings.transports):
             raise ConfigError(f"transport {WEBHOOK_TRANSPORT}: the name is taken by the built-in one for webhooks")
         builtin.append({"name": WEBHOOK_TRANSPORT, "type": "webhook"})
+    if settings.maildir:
+        builtin.append({"name": "maildir", "type": "maildir", "path": settings.maildir})
     declared = [*builtin, *settings.transports]
     transports: dict[str, Transport] = {}
     for options in declared:
@@ -313,7 +316,8 @@ class Spooler:
         self.postprocessor = Postprocessor(inbound) if inbound else None
         self.scheduler.preprocessor = self.preprocessor
         # intake leaves local mail to the scheduler exactly when inbound hooks exist (defer_local)
-        self.scheduler.local = LocalDelivery(self.intake, self.postprocessor) if self.postprocessor else None
+        self.scheduler.local = (LocalDelivery(self.intake, self.postprocessor, answer_once=self.store.answer_once)
+                                if self.postprocessor else None)
 
     async def stop(self, drain: float = 0.0) -> None:
         """Stop; with `drain` seconds, delivery finishes the transactions in flight first."""
