@@ -10,6 +10,7 @@ SYNOPSIS
     msgspool queue hold ID... | release ID... | requeue ID... | delete ID...
     msgspool queue read [--mdn | --no-mdn] ID... | unread ID...
     msgspool status [--json]
+    msgspool transport offline NAME | online NAME [--json]
     msgspool stop [--abort] [--wait SECONDS]
     msgspool node drain [--owner OWNER] [--wait SECONDS]
     msgspool reload
@@ -48,6 +49,7 @@ from typing import Any, TypeVar
 
 from msgspool import config
 from msgspool.config import Settings
+from msgspool.domain.timefmt import iso
 from msgspool.errors import (
     ConfigError,
     MsgspoolError,
@@ -140,6 +142,15 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="the status table: spooler and transports")
     _common(status)
     status.add_argument("--json", action="store_true")
+    transport = sub.add_parser("transport", help="put a transport offline (it takes no work) or online again")
+    _common(transport)
+    xsub = transport.add_subparsers(dest="action", required=True)
+    for name, text in (("offline", "the transport takes no work: its recipients wait, deferred"),
+                       ("online", "the transport works again: what waited for it is due now")):
+        p = xsub.add_parser(name, help=text)
+        p.add_argument("name", metavar="NAME", help="a transport as `status` lists it")
+        p.add_argument("--json", action="store_true")
+        _common(p)
     _token_parser(sub.add_parser("token", help="bearer tokens of the HTTP API"))
     _user_parser(sub.add_parser("user", help="accounts of the submission service (SMTP AUTH)"))
     _common(sub.add_parser("reload", help="the daemon reads its configuration again (as on SIGHUP)"))
@@ -486,10 +497,10 @@ def queue_show(settings: Settings, message_id: str, as_json: bool) -> int:
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    async def read(store: Store) -> tuple[dict[str, int], list[dict[str, Any]]]:
-        return await store.counts(), await store.nodes(time.time())
+    async def read(store: Store) -> tuple[dict[str, int], list[dict[str, Any]], dict[str, float]]:
+        return await store.counts(), await store.nodes(time.time()), await store.offline_transports()
 
-    counts, nodes = _with_store(settings, read)
+    counts, nodes, offline = _with_store(settings, read)
     answer = control.request(settings.spool_path, {"op": "status"})
     if answer is not None and answer.get("ok"):
         table = answer["status"]
@@ -497,6 +508,10 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         table = Spooler(settings).status()
         for row in (table["spooler"], *table["transports"]):
             row["status"] = "stopped"
+        for row in table["transports"]:  # an operator's offline holds across restarts: say so
+            if row["name"] in offline:
+                row.update(offline=True, offline_since=iso(offline[row["name"]]),
+                           reason=f"transport {row['name']} is offline (since {iso(offline[row['name']])})")
         table["fetch"] = [{"name": a.name, "kind": "fetch", "protocol": a.protocol, "source": a.source,
                            "mailbox": a.mailbox, "status": "stopped", "fetched": 0, "last_poll_at": None,
                            "reason": None} for a in settings.fetch_accounts]
@@ -509,7 +524,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
           f" subscribers={table['spooler'].get('event_subscribers', 0)}  "
           + " ".join(f"{k}={v}" for k, v in counts.items() if v))
     for row in table["transports"]:
-        print(f"transport  {row['name']:<10} {row['status']:<8} addrtypes={','.join(row['addrtypes'])}")
+        why = f"  ({row['reason']})" if row.get("reason") else ""
+        print(f"transport  {row['name']:<10} {row['status']:<8} addrtypes={','.join(row['addrtypes'])}{why}")
         for dest in row["destinations"]:
             error = f"  ({dest['last_error']})" if dest["last_error"] else ""
             print(f"    {dest['name']:<30} {dest['status']:<5} connections={dest['connections']}"
@@ -525,6 +541,34 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         beat = f"{now - node['heartbeat_at']:.1f}s ago" if node["heartbeat_at"] is not None else "never"
         print(f"node       {node['owner']} {'alive' if node['alive'] else 'dead':<5} host={node['host']}"
               f" pid={node['pid']} heartbeat={beat} leases={node['leases']}{' draining' if node['draining'] else ''}")
+    return 0
+
+
+# -- transport offline / online ---------------------------------------------------------------
+
+
+def cmd_transport(args: argparse.Namespace, settings: Settings) -> int:
+    """MAPI's work offline, per transport; through the daemon when one runs, else in the spool
+    (which every node of a shared spool and the next start read)."""
+    offline = args.action == "offline"
+    answer = control.request(settings.spool_path, {"op": args.action, "transport": args.name})
+    if answer is not None and not answer.get("ok"):
+        raise CLIError(str(answer.get("error")))
+    if answer is None:
+        try:
+            answer = _run(settings, lambda s: s.set_offline(args.name, offline))
+        except NoSpool as err:
+            raise _no_spool(settings) from err
+        except UnknownTransport as err:
+            raise CLIError(str(err)) from err
+    answer.pop("ok", None)
+    if args.json:
+        print(json.dumps(answer))
+    elif not answer["changed"]:
+        print(f"transport {args.name} was {answer['status']} already")
+    else:
+        released = f"; {answer['released']} waiting recipients due now" if not offline else ""
+        print(f"transport {args.name} is {answer['status']}{released}")
     return 0
 
 
@@ -775,6 +819,7 @@ def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "serve": cmd_serve, "sendmail": cmd_sendmail, "queue": cmd_queue, "status": cmd_status, "token": cmd_token,
+    "transport": cmd_transport,
     "stop": cmd_stop, "route": cmd_route, "reload": cmd_reload, "user": cmd_user, "db": cmd_db,
     "node": cmd_node, "aliases": cmd_aliases, "mailbox": cmd_mailbox,
 }

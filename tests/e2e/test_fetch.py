@@ -24,8 +24,7 @@ def config(server: dovecot.Dovecot, tmp_path: Path) -> str:
     good, bad = tmp_path / "alice.pw", tmp_path / "bob.pw"
     good.write_text(DOVECOT_USERS["alice"] + "\n")
     bad.write_text("not-bobs-password\n")
-    account = ('protocol = "pop3"\nhost = "127.0.0.1"\nport = {port}\nsecurity = "none"\ninterval = 0.5\n'
-               .format(port=server.pop3_port))
+    account = f'protocol = "pop3"\nhost = "127.0.0.1"\nport = {server.pop3_port}\nsecurity = "none"\ninterval = 0.5\n'
     return (f'[[fetch]]\nname = "alice"\n{account}user = "alice"\npassword_file = "{good}"\n'
             f'mailbox = "alice@localhost"\n\n'
             f'[[fetch]]\nname = "bob"\n{account}user = "bob"\npassword_file = "{bad}"\nmailbox = "bob@localhost"\n')

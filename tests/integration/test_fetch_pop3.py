@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from msgspool.domain.events import EventType
-from msgspool.errors import ConfigError, LoginRefused
+from msgspool.errors import ConfigError, FetchError, LoginRefused
 from msgspool.spooler.fetch import Fetcher, build_service
 from msgspool.spooler.runtime import Spooler
 from tests.conftest import DOVECOT_USERS, SpoolerFactory
@@ -162,6 +162,6 @@ async def test_a_server_that_does_not_answer_is_a_failure(spooler_factory: Spool
              "security": "none", "user": "alice", "password_file": str(secret), "mailbox": MAILBOX}
     async with spooler_factory(fetch=[table]) as spooler:
         f = fetcher(spooler)
-        with pytest.raises(Exception, match="cannot connect to 127.0.0.1"):
+        with pytest.raises(FetchError, match=r"cannot connect to 127\.0\.0\.1"):
             await f.once()
         assert f.row()["status"] == "failure"

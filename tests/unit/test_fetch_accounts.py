@@ -49,7 +49,7 @@ def test_defaults_are_tls_on_the_protocols_implicit_port_deleting_after_the_comm
     ({"verify": "yes"}, "verify must be bool"),
 ])
 def test_a_bad_table_is_refused_naming_the_account_and_the_key(change: dict[str, Any], error: str) -> None:
-    with pytest.raises(ValueError, match="^fetch (work|1|a b): ") as caught:
+    with pytest.raises(ValueError, match=r"^fetch (work|1|a b): ") as caught:
         one(**change)
     assert error in str(caught.value)
 
