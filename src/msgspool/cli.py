@@ -10,6 +10,7 @@ SYNOPSIS
     msgspool queue hold ID... | release ID... | requeue ID... | delete ID...
     msgspool queue read [--mdn | --no-mdn] ID... | unread ID...
     msgspool status [--json]
+    msgspool transport offline NAME | online NAME [--json]
     msgspool stop [--abort] [--wait SECONDS]
     msgspool node drain [--owner OWNER] [--wait SECONDS]
     msgspool reload
@@ -18,6 +19,7 @@ SYNOPSIS
     msgspool suppression list [--json] | add ADDRESS [--reason TEXT] [--days N] | remove ADDRESS
     msgspool token create --scope S [--scope S2]... [--name N] | list [--json] | revoke ID-or-NAME
     msgspool user add NAME [--sender PATTERN]... [--update] | delete NAME | list [--json]
+    msgspool mailbox export MAILBOX DIR
 
 DESCRIPTION
     Every command finds the spool the same way: --data, else MSGSPOOL_DATA, else ./msgspool-data
@@ -26,7 +28,7 @@ DESCRIPTION
     when there is none, so they work with the daemon down.
 
 EXIT STATUS
-    0 success; 1 an unknown message id or a refused operation; 2 usage or configuration error;
+    0 success; 1 an unknown message id or mailbox, or a refused operation; 2 usage or configuration error;
     `aliases check`: 1 when the file has problems (each printed as FILE:LINE: message).
     sendmail uses sendmail's codes (sysexits.h): 64 usage, 65 bad message, 75 temporary failure,
     78 no spool in the data directory (without --create). `node drain`: 0 drained, 1 no such live
@@ -48,6 +50,7 @@ from typing import Any, TypeVar
 
 from msgspool import config
 from msgspool.config import Settings
+from msgspool.domain.timefmt import iso
 from msgspool.errors import (
     ConfigError,
     MsgspoolError,
@@ -140,6 +143,15 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="the status table: spooler and transports")
     _common(status)
     status.add_argument("--json", action="store_true")
+    transport = sub.add_parser("transport", help="put a transport offline (it takes no work) or online again")
+    _common(transport)
+    xsub = transport.add_subparsers(dest="action", required=True)
+    for name, text in (("offline", "the transport takes no work: its recipients wait, deferred"),
+                       ("online", "the transport works again: what waited for it is due now")):
+        p = xsub.add_parser(name, help=text)
+        p.add_argument("name", metavar="NAME", help="a transport as `status` lists it")
+        p.add_argument("--json", action="store_true")
+        _common(p)
     _token_parser(sub.add_parser("token", help="bearer tokens of the HTTP API"))
     _user_parser(sub.add_parser("user", help="accounts of the submission service (SMTP AUTH)"))
     _suppression_parser(sub.add_parser("suppression", help="the suppression list: addresses mail is not sent to"))
@@ -167,6 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
     _common(stop)
     stop.add_argument("--abort", action="store_true", help="cancel transactions in flight (crash-safe)")
     stop.add_argument("--wait", type=float, default=60.0, metavar="SECONDS", help="how long to wait for the exit")
+    box = sub.add_parser("mailbox", help="local mailboxes in the store")
+    _common(box)
+    bsub = box.add_subparsers(dest="action", required=True)
+    export = bsub.add_parser("export", help="write a mailbox's mail as a Maildir (folders as Maildir++); "
+                                            "again later, only what is not there yet")
+    _common(export)
+    export.add_argument("mailbox", help="the mailbox, e.g. alice@example.org")
+    export.add_argument("directory", metavar="DIR", help="the maildir (made if missing)")
     node = sub.add_parser("node", help="the delivery nodes of the spool")
     _common(node)
     nsub = node.add_subparsers(dest="action", required=True)
@@ -479,10 +499,10 @@ def queue_show(settings: Settings, message_id: str, as_json: bool) -> int:
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    async def read(store: Store) -> tuple[dict[str, int], list[dict[str, Any]]]:
-        return await store.counts(), await store.nodes(time.time())
+    async def read(store: Store) -> tuple[dict[str, int], list[dict[str, Any]], dict[str, float]]:
+        return await store.counts(), await store.nodes(time.time()), await store.offline_transports()
 
-    counts, nodes = _with_store(settings, read)
+    counts, nodes, offline = _with_store(settings, read)
     answer = control.request(settings.spool_path, {"op": "status"})
     if answer is not None and answer.get("ok"):
         table = answer["status"]
@@ -490,6 +510,10 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         table = Spooler(settings).status()
         for row in (table["spooler"], *table["transports"]):
             row["status"] = "stopped"
+        for row in table["transports"]:  # an operator's offline holds across restarts: say so
+            if row["name"] in offline:
+                row.update(offline=True, offline_since=iso(offline[row["name"]]),
+                           reason=f"transport {row['name']} is offline (since {iso(offline[row['name']])})")
         table["nodes"] = nodes
     table["queue"] = counts
     if args.json:
@@ -499,7 +523,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
           f" subscribers={table['spooler'].get('event_subscribers', 0)}  "
           + " ".join(f"{k}={v}" for k, v in counts.items() if v))
     for row in table["transports"]:
-        print(f"transport  {row['name']:<10} {row['status']:<8} addrtypes={','.join(row['addrtypes'])}")
+        why = f"  ({row['reason']})" if row.get("reason") else ""
+        print(f"transport  {row['name']:<10} {row['status']:<8} addrtypes={','.join(row['addrtypes'])}{why}")
         for dest in row["destinations"]:
             error = f"  ({dest['last_error']})" if dest["last_error"] else ""
             print(f"    {dest['name']:<30} {dest['status']:<5} connections={dest['connections']}"
@@ -510,6 +535,34 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         beat = f"{now - node['heartbeat_at']:.1f}s ago" if node["heartbeat_at"] is not None else "never"
         print(f"node       {node['owner']} {'alive' if node['alive'] else 'dead':<5} host={node['host']}"
               f" pid={node['pid']} heartbeat={beat} leases={node['leases']}{' draining' if node['draining'] else ''}")
+    return 0
+
+
+# -- transport offline / online ---------------------------------------------------------------
+
+
+def cmd_transport(args: argparse.Namespace, settings: Settings) -> int:
+    """MAPI's work offline, per transport; through the daemon when one runs, else in the spool
+    (which every node of a shared spool and the next start read)."""
+    offline = args.action == "offline"
+    answer = control.request(settings.spool_path, {"op": args.action, "transport": args.name})
+    if answer is not None and not answer.get("ok"):
+        raise CLIError(str(answer.get("error")))
+    if answer is None:
+        try:
+            answer = _run(settings, lambda s: s.set_offline(args.name, offline))
+        except NoSpool as err:
+            raise _no_spool(settings) from err
+        except UnknownTransport as err:
+            raise CLIError(str(err)) from err
+    answer.pop("ok", None)
+    if args.json:
+        print(json.dumps(answer))
+    elif not answer["changed"]:
+        print(f"transport {args.name} was {answer['status']} already")
+    else:
+        released = f"; {answer['released']} waiting recipients due now" if not offline else ""
+        print(f"transport {args.name} is {answer['status']}{released}")
     return 0
 
 
@@ -778,6 +831,25 @@ def cmd_user(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_mailbox(args: argparse.Namespace, settings: Settings) -> int:
+    """`mailbox export`: straight from the store (a read: the daemon may run meanwhile)."""
+    from pathlib import Path
+
+    from msgspool.maildir_export import UnknownMailbox, export_mailbox
+
+    try:
+        result = _with_store(settings, lambda store: export_mailbox(store, args.mailbox, Path(args.directory),
+                                                                     settings.host_name))
+    except UnknownMailbox as err:
+        raise CLIError(f"no mailbox {err} in the spool") from err
+    except OSError as err:  # a full disk: what was written stays; the next export goes on from there
+        raise CLIError(f"export stopped: {err}", EX_TEMPFAIL) from err
+    folders = ", ".join(f"{name} {count}" for name, count in result.written.items())
+    print(f"{result.total} messages exported to {args.directory} ({folders or 'no folders'});"
+          f" {result.skipped} there already")
+    return 0
+
+
 def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
     """`db upgrade`: the migrations this version has and the spool lacks, applied (on PostgreSQL in
     one transaction under a lock, so nodes that start meanwhile wait rather than race)."""
@@ -789,8 +861,9 @@ def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "serve": cmd_serve, "sendmail": cmd_sendmail, "queue": cmd_queue, "status": cmd_status, "token": cmd_token,
+    "transport": cmd_transport,
     "stop": cmd_stop, "route": cmd_route, "reload": cmd_reload, "user": cmd_user, "db": cmd_db,
-    "node": cmd_node, "aliases": cmd_aliases, "suppression": cmd_suppression,
+    "node": cmd_node, "aliases": cmd_aliases, "mailbox": cmd_mailbox, "suppression": cmd_suppression,
 }
 
 if __name__ == "__main__":

@@ -126,8 +126,9 @@ class Queue(Protocol):
         `owner` (default: this store's), are left alone."""
         ...
 
-    async def active_recipients(self) -> list[tuple[str, int, str | None]]:
-        """(message id, index, owner) of every active recipient: what the watchdog checks."""
+    async def active_recipients(self, owner: str | None = None) -> list[tuple[str, int, str | None]]:
+        """(message id, index, owner) of every active recipient, or of those node `owner` holds
+        (what the watchdog checks: on a shared spool the others' work is not its to read)."""
         ...
 
     async def return_stuck(self, rows: Sequence[tuple[str, int, str | None]], now: float) -> list[Event]:
@@ -137,6 +138,14 @@ class Queue(Protocol):
 
     async def release_destination(self, transport: str, nexthop: str, now: float) -> int:
         """A destination is up again: its recipients that waited for it are due now."""
+        ...
+
+    async def release_transport(self, transport: str, now: float) -> int:
+        """A transport is online again: its recipients waiting for it are due now; returns how many."""
+        ...
+
+    async def offline_transports(self) -> dict[str, float]:
+        """The transports an operator put offline (name -> since): every node honours them."""
         ...
 
     async def next_due(self) -> float | None: ...
@@ -167,6 +176,11 @@ class QueueControl(Protocol):
                     nexthop: str | None = None) -> int:
         """Deferred recipients (of these messages; None: all, or those routed to `transport`
         and/or the destination `nexthop`) are due now; returns how many."""
+        ...
+
+    async def set_transport_offline(self, name: str, offline: bool, now: float) -> bool:
+        """Put a transport offline (it takes no work; MAPI STATUS_OFFLINE) or online again, for
+        every node of the spool and across restarts; True when that changed its state."""
         ...
 
     async def requeue(self, ids: Sequence[str], now: float) -> list[str]:
@@ -210,6 +224,11 @@ class Mailboxes(Protocol):
     IMAPISupport::ReadReceipt)."""
 
     async def set_receive_folder(self, mailbox: str, message_class: str, folder: str) -> None: ...
+
+    async def answer_once(self, key: tuple[str, ...], now: float, period: float) -> bool:
+        """May an auto-reply with `key` (mailbox, sender, handle) go out now? True once per
+        `period` seconds, recorded in the same step: of concurrent askers, on any node, one."""
+        ...
 
     async def receive_folder(self, mailbox: str, message_class: str) -> str:
         """MAPI GetReceiveFolder: the folder `message_class` of `mailbox` is filed into (the longest

@@ -102,6 +102,16 @@ async def test_a_rescue_takes_only_the_work_of_nodes_without_a_live_lease(new_st
                                         "leases", "alive"}
 
 
+async def test_a_node_reads_the_active_recipients_it_holds_and_no_others(new_store: Callable[[], Store]) -> None:
+    async with node(new_store, "a") as a, node(new_store, "b") as b:
+        mine, theirs = handed("a1@example.com", "a2@example.com"), handed("b@example.com")
+        await a.submit(mine)
+        await b.submit(theirs)
+        assert sorted(await a.active_recipients("a")) == [(mine.id, 0, "a"), (mine.id, 1, "a")]
+        assert await a.active_recipients("b") == [(theirs.id, 0, "b")]
+        assert len(await a.active_recipients()) == 3
+
+
 async def test_a_node_without_a_row_claims_nothing_and_is_refused_a_hand_over(new_store: Callable[[], Store]) -> None:
     async with node(new_store, "gone") as store:
         await store.retire_node("gone", time.time())

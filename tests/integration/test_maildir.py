@@ -5,6 +5,7 @@ of a full disk and a read-only file system (deferred, and delivered once the dis
 from __future__ import annotations
 
 import asyncio
+import imaplib
 import mailbox
 import os
 import subprocess
@@ -15,7 +16,10 @@ import pytest
 
 import msgspool
 from msgspool import EventType
+from msgspool.maildir_export import UnknownMailbox, export_mailbox
 from msgspool.spooler.runtime import Spooler
+from tests.conftest import DOVECOT_USERS
+from tests.support import dovecot
 from tests.support.tmpfs import fill, small_tmpfs
 
 NOTE = b"From: a@example.com\r\nTo: alice@example.org\r\nSubject: hello\r\n\r\nbody line\r\n"
@@ -173,3 +177,80 @@ async def test_a_read_only_file_system_defers_the_recipient(tmp_path: Path) -> N
         recipient = info["recipients"][0]
         assert recipient["status"] == "deferred"
         assert recipient["last_reply"].startswith("451 4.3.0 maildir ") and "read-only" in recipient["last_reply"]
+
+
+async def test_dovecot_reads_the_maildir_inbox_and_its_maildirplus_folders_over_imap(
+        tmp_path: Path, dovecot_server: dovecot.Dovecot) -> None:
+    owner = "nobody" if os.getuid() == 0 else os.getuid()  # the mail user of the test Dovecot
+    transport = {"name": "maildir", "type": "maildir", "path": f"{dovecot_server.directory}/home/%u/Maildir",
+                 "domains": ["example.org"], "owner": owner}
+    async with msgspool.open_spool(str(tmp_path / "spool"), smtp_listen="", http_listen="", delivery_process=False,
+                                   transports=[transport]) as spooler:
+        await spooler.set_receive_folder("alice@example.org", "IPM.Note.Report", "Reports/Bounces")
+        await spooler.set_receive_folder("alice@example.org", "IPM.Note.Draft", "Entwürfe")
+        for message_class in ("IPM.Note", "IPM.Note.Report.DR", "IPM.Note.Draft"):
+            queue_id = await spooler.send(NOTE, sender="a@example.com", recipients=["alice@example.org"],
+                                          message_class=message_class)
+            info = await delivered(spooler, queue_id)
+            assert info["recipients"][0]["status"] == "delivered", info["recipients"]
+    imap = await asyncio.to_thread(imaplib.IMAP4, "127.0.0.1", dovecot_server.imap_port, timeout=10)
+    try:
+        imap.login("alice", DOVECOT_USERS["alice"])
+        listed = b" ".join(line for line in imap.list()[1] if isinstance(line, bytes))
+        subscribed = b" ".join(line for line in imap.lsub()[1] if isinstance(line, bytes))
+        counts = {name: imap.select(name, readonly=True)[1][0] for name in
+                  ("INBOX", "Reports.Bounces", '"Entw&APw-rfe"')}
+        imap.select("INBOX", readonly=True)
+        fetched = imap.fetch("1", "(BODY.PEEK[HEADER.FIELDS (SUBJECT DELIVERED-TO)])")[1][0]
+    finally:
+        imap.logout()
+    assert b"Reports.Bounces" in listed and b"Entw&APw-rfe" in listed
+    assert b"Reports.Bounces" in subscribed
+    assert counts == {"INBOX": b"1", "Reports.Bounces": b"1", '"Entw&APw-rfe"': b"1"}
+    assert isinstance(fetched, tuple) and b"Subject: hello" in fetched[1]
+    assert b"Delivered-To: alice@example.org" in fetched[1]
+
+
+async def test_export_writes_every_folder_with_read_flags_and_a_second_export_writes_nothing(
+        tmp_path: Path) -> None:
+    target = tmp_path / "export"
+    async with msgspool.open_spool(str(tmp_path / "spool"), smtp_listen="", http_listen="",
+                                   delivery_process=False, hostname="mx.test") as spooler:
+        await spooler.set_receive_folder("erin@localhost", "IPM.Note.Report", "Reports")
+        for message_class in ("IPM.Note", "IPM.Note", "IPM.Note.Report.NDR"):
+            await spooler.send(NOTE, sender="a@example.com", recipients=["erin@localhost"],
+                               message_class=message_class)
+        await spooler.send(NOTE, sender="erin@localhost", recipients=["erin@localhost"], mailbox="erin@localhost")
+        inbox = await spooler.folder("erin@localhost")
+        await spooler.mark_read([inbox[0]["id"]], mdn=False)
+        for _ in range(100):
+            if await spooler.folder("erin@localhost", "sent"):
+                break
+            await asyncio.sleep(0.05)
+        first = await export_mailbox(spooler.store, "Erin@localhost", target, "mx.test")
+        second = await export_mailbox(spooler.store, "erin@localhost", target, "mx.test")
+        with pytest.raises(UnknownMailbox):
+            await export_mailbox(spooler.store, "nobody@localhost", tmp_path / "none", "mx.test")
+    assert first.written == {"INBOX": 3, "Reports": 1, "Sent": 1} and first.skipped == 0
+    assert second.written == {"INBOX": 0, "Reports": 0, "Sent": 0} and second.skipped == 5
+    box = mailbox.Maildir(target, create=False)
+    assert sorted(box.list_folders()) == ["Reports", "Sent"]
+    assert len(box) == 3 and len(box.get_folder("Reports")) == 1 and len(box.get_folder("Sent")) == 1
+    by_subdir = sorted((m.get_subdir(), m.get_flags()) for m in box)
+    assert by_subdir == [("cur", "S"), ("new", ""), ("new", "")]
+    read = next(m for m in box if m.get_subdir() == "cur")
+    assert read["Return-Path"] == "<a@example.com>" and read["Delivered-To"] == "erin@localhost"
+    assert all(f".X{info['id']}.mx.test," in "".join(os.listdir(target / "cur") + os.listdir(target / "new"))
+               for info in inbox)
+    assert not (tmp_path / "none").exists()
+
+
+async def test_the_maildir_setting_sends_every_local_domain_to_maildirs(tmp_path: Path) -> None:
+    root = tmp_path / "mail"
+    async with msgspool.open_spool(str(tmp_path / "spool"), smtp_listen="", http_listen="", delivery_process=False,
+                                   local_domains=["localhost", "example.net"], maildir=f"{root}/%d/%u") as spooler:
+        queue_id = await spooler.send(NOTE, sender="", recipients=["a@localhost", "b@example.net"])
+        info = await delivered(spooler, queue_id)
+    assert {r["transport"] for r in info["recipients"]} == {"maildir"}
+    assert len(mailbox.Maildir(root / "localhost" / "a", create=False)) == 1
+    assert len(mailbox.Maildir(root / "example.net" / "b", create=False)) == 1

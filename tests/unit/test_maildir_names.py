@@ -63,3 +63,10 @@ def test_delivered_headers_are_return_path_then_delivered_to_with_lf() -> None:
 def test_every_write_error_is_a_temporary_reply(err_no: int | None, line: str) -> None:
     reply = maildir.reply_for_error(err_no, "/m", "x")
     assert reply.temporary and reply.line().startswith(line)
+
+
+def test_info_letters_come_from_the_read_flag_and_imap_flags_in_ascii_order() -> None:
+    assert maildir.info_of(False) == ""
+    assert maildir.info_of(True) == ":2,S"
+    assert maildir.info_of(False, ("\\Flagged", "\\Answered", "$Label1")) == ":2,FR"
+    assert maildir.info_of(True, ("\\Seen", "\\Draft")) == ":2,DS"

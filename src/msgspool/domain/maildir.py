@@ -27,7 +27,6 @@ SUBDIRS = ("tmp", "new", "cur")
 FOLDER_MARKER = "maildirfolder"  # Maildir++: this directory is a folder, not a root
 SUBSCRIPTIONS = "subscriptions"  # Dovecot/Courier: the folders IMAP clients see as subscribed
 INBOX = "inbox"
-SEEN_INFO = ":2,S"
 _EXPORT_ID = re.compile(r"\.X([0-9A-Za-z_-]+)\.")
 
 
@@ -55,6 +54,21 @@ def exported_id(name: str) -> str | None:
     """The queue id in a name `export_name` made; None for any other name."""
     match = _EXPORT_ID.search(name.split(":", 1)[0])
     return match.group(1) if match else None
+
+
+# IMAP system flags (RFC 3501 §2.3.2) as maildir info letters; other keywords have no letter.
+_FLAG_LETTERS = {"\\seen": "S", "\\answered": "R", "\\flagged": "F", "\\deleted": "T", "\\draft": "D"}
+# The store's folders under the names mail clients give them (Dovecot's special-use \Sent).
+EXPORT_FOLDERS = {"sent": "Sent"}
+
+
+def info_of(read: bool, flags: tuple[str, ...] | list[str] = ()) -> str:
+    """The ``:2,<letters>`` a message read or flagged carries in `cur/` (letters in ASCII order,
+    maildir(5)); "" for an unread message without flags: it belongs in `new/`."""
+    letters = {_FLAG_LETTERS[f.lower()] for f in flags if f.lower() in _FLAG_LETTERS}
+    if read:
+        letters.add("S")
+    return ":2," + "".join(sorted(letters)) if letters else ""
 
 
 class UnsafeMailbox(ValueError):

@@ -91,6 +91,9 @@ class Destination:
         # The transport raised (a bug of its own, MAPI's critical error): the status row says
         # `failure` with this reply until a connection or a transaction works again.
         self.failure: Reply | None = None
+        # Its transport is offline (an operator's `msgspool transport offline`): every job is
+        # deferred at once with this reply, nothing connects, nothing probes.
+        self.offline: Reply | None = None
         self._work = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._prober: asyncio.Task[None] | None = None
@@ -113,6 +116,9 @@ class Destination:
             else:
                 self.jobs.append(job)
 
+        if self.offline is not None:
+            self._defer_queued(self.offline)
+            return
         if self.health.down:
             self._defer_queued(DESTINATION_DOWN)
             return
@@ -137,8 +143,24 @@ class Destination:
     def resize(self) -> None:
         """The number of live nodes changed: a bigger share takes up waiting jobs now; workers
         beyond a smaller one close as their transactions end (`_worker`)."""
-        if self.jobs and not self.health.down and not self.draining:
+        if self.jobs and not self.health.down and not self.draining and self.offline is None:
             self._add_workers()
+
+    def go_offline(self, reply: Reply) -> None:
+        """Its transport went offline: queued jobs wait (deferred, no attempt counted, released
+        when it is online again), idle workers close, probing stops. A transaction in flight
+        finishes, as under Postfix's defer_transports."""
+        self.offline = reply
+        self._defer_queued(reply)
+        self._work.set()
+        self._probe_wakeup.set()  # the probe loop sees it offline and ends
+
+    def go_online(self) -> None:
+        """Its transport is online again: a destination that was down is probed at once (the
+        backlog itself is released in the store, by transport)."""
+        self.offline = None
+        if self.health.down:
+            self.probe_now()
 
     def _head_position(self, priority: int) -> int:
         """After every head job at least as urgent: the head is short, so a scan is cheap."""
@@ -251,11 +273,11 @@ class Destination:
     async def _next_job(self) -> Job | None:
         """The worker's next job; None: the worker ends (idle too long, down, draining, or beyond
         this node's share, which shrinks when a node joins the spool)."""
-        if self.draining or not self.may_start() or self.workers > self.concurrency:
+        if self.draining or not self.may_start() or self.workers > self.concurrency or self.offline is not None:
             return None
         deadline = self.clock() + self.limits.idle_time
         while not self.jobs:
-            if self.health.down or self.draining or self.workers > self.concurrency:
+            if self.health.down or self.draining or self.workers > self.concurrency or self.offline is not None:
                 return None
             remaining = deadline - self.clock()
             if remaining <= 0:
@@ -321,8 +343,10 @@ class Destination:
             return False
         now = self.clock()
         handoff = getattr(conn, "handoff", Handoff.FINAL)  # optional for a transport: final by default
-        settlements = [self._outcome(message, r, reply, now, conn.remote, handoff)
-                       for r, reply in zip(recipients, replies, strict=True)]
+        # Optional too: which next hop answered each recipient, when one send used several (MX fallback).
+        remotes = getattr(conn, "remotes", None) or [conn.remote] * len(recipients)
+        settlements = [self._outcome(message, r, reply, now, remote, handoff)
+                       for r, reply, remote in zip(recipients, replies, remotes, strict=True)]
         self._settle_job(job, settlements)
         self.failure = None
         for s in settlements:
@@ -377,13 +401,13 @@ class Destination:
             self.settle(settlements)
 
     async def _probe_loop(self) -> None:
-        while self.health.down:
+        while self.health.down and self.offline is None:
             delay = max(0.0, (self.health.probe_at or self.clock()) - self.clock())
             if not self._probe_wakeup.is_set():  # set by probe_now, perhaps during the last probe
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._probe_wakeup.wait(), delay)
             self._probe_wakeup.clear()
-            if not self.health.down:  # another node found it up (`heard`) while this one waited
+            if not self.health.down or self.offline is not None:  # found up elsewhere (`heard`), or offline
                 break
             try:
                 conn = await self.transport.connect(self.nexthop)
@@ -437,7 +461,10 @@ class Destination:
         self.resize()
 
     def probe_now(self) -> None:
-        """Probe at once: after a restart (a backlog may be waiting) or on `queue flush`."""
+        """Probe at once: after a restart (a backlog may be waiting) or on `queue flush`; never
+        while the transport is offline."""
+        if self.offline is not None:
+            return
         if not self.health.down:
             self.health.connection_failed(self.clock(), DESTINATION_DOWN)
         self.health.probe_at = self.clock()

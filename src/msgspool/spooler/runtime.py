@@ -33,6 +33,7 @@ from msgspool.domain.recipient import Status
 from msgspool.domain.retry import RetryPolicy
 from msgspool.domain.routing import Router, TransportRoute
 from msgspool.domain.suppression import OPERATOR, Suppression, suppression_key
+from msgspool.domain.timefmt import iso
 from msgspool.domain.webhooks import WEBHOOK_TRANSPORT, from_webhook
 from msgspool.errors import ConfigError, NotFound, SpoolError, StorageFull, UnableToAbort, UnknownTransport
 from msgspool.ports import MailboxTransport, Store, Transport
@@ -47,7 +48,7 @@ from msgspool.spooler.intake import Intake, Submission, due_now, mark_active
 from msgspool.spooler.lease import NodeLease
 from msgspool.spooler.link import RemoteDelivery
 from msgspool.spooler.local import LocalDelivery
-from msgspool.spooler.notices import CANCEL, DUE, FLUSH, NODES, REPORTS, Notices
+from msgspool.spooler.notices import CANCEL, DUE, FLUSH, NODES, REPORTS, TRANSPORTS, Notices
 from msgspool.spooler.receipts import Receipts
 from msgspool.spooler.reporter import Reporter
 from msgspool.spooler.scheduler import IDLE_RECHECK, Scheduler
@@ -70,7 +71,8 @@ def _addresses(in_flight: dict[str, list[tuple[int, str]]]) -> dict[str, list[st
 
 def load_transports(settings: Settings) -> dict[str, Transport]:
     """The configured transports, in order: the built-in `smtp` one first, `webhook` when there are
-    webhooks, then [[transports]]."""
+    webhooks, `maildir` when the `maildir` setting names a path, then [[transports]] (a table of a
+    built-in's name replaces it)."""
     factories = {ep.name: ep for ep in entry_points(group="msgspool.transports")}
     builtin: list[dict[str, Any]] = [{"name": "smtp", "type": "smtp"}]
     if settings.webhooks:
@@ -78,6 +80,8 @@ def load_transports(settings: Settings) -> dict[str, Transport]:
         if any(t.get("name") == WEBHOOK_TRANSPORT for t in settings.transports):
             raise ConfigError(f"transport {WEBHOOK_TRANSPORT}: the name is taken by the built-in one for webhooks")
         builtin.append({"name": WEBHOOK_TRANSPORT, "type": "webhook"})
+    if settings.maildir:
+        builtin.append({"name": "maildir", "type": "maildir", "path": settings.maildir})
     declared = [*builtin, *settings.transports]
     transports: dict[str, Transport] = {}
     for options in declared:
@@ -318,7 +322,8 @@ class Spooler:
         self.postprocessor = Postprocessor(inbound) if inbound else None
         self.scheduler.preprocessor = self.preprocessor
         # intake leaves local mail to the scheduler exactly when inbound hooks exist (defer_local)
-        self.scheduler.local = LocalDelivery(self.intake, self.postprocessor) if self.postprocessor else None
+        self.scheduler.local = (LocalDelivery(self.intake, self.postprocessor, answer_once=self.store.answer_once)
+                                if self.postprocessor else None)
 
     async def stop(self, drain: float = 0.0) -> None:
         """Stop; with `drain` seconds, delivery finishes the transactions in flight first."""
@@ -597,6 +602,30 @@ class Spooler:
         self.notices.publish(FLUSH, route)
         return count
 
+    async def set_offline(self, transport: str, offline: bool = True) -> dict[str, Any]:
+        """Put a transport offline (MAPI STATUS_OFFLINE; Postfix `defer_transports`) or online
+        again, for every node of the spool and across restarts. Offline, it takes no work: its
+        due recipients wait as `deferred` ("transport NAME is offline"), no attempt counted;
+        delay notices and the lifetime run on as for any deferral. Online, what waited for it is
+        due at once. A `transport_status` event tells of the change."""
+        self._require_transport(transport)
+        now = time.time()
+        changed = await self.store.set_transport_offline(transport, offline, now)
+        released = 0 if offline else await self.store.release_transport(transport, now)
+        if self.delivering:
+            await self.scheduler.read_offline()
+        elif self.remote is not None:
+            self.remote.transports()
+        self.notices.publish(TRANSPORTS, [transport])
+        status = "offline" if offline else "online"
+        if changed:
+            log.info("transport %s: %s (by the operator)%s", transport, status,
+                     f"; released {released} waiting recipients" if released else "")
+            event = Event(EventType.TRANSPORT_STATUS, None, now, detail={
+                "transport": transport, "status": status, "released": released, "reason": "operator"})
+            self.publish(await self.store.record_events([event]))
+        return {"transport": transport, "status": status, "changed": changed, "released": released}
+
     async def hold(self, ids: Sequence[str]) -> list[str]:
         """Hold messages. Recipients a transport has in a transaction go on (their outcome is
         recorded; a deferral stays held): then UnableToAbort says which, after holding the rest."""
@@ -712,9 +741,13 @@ class Spooler:
                 worst = next((d for d in failing if d.failure is not None), failing[0])
                 last = worst.failure or worst.health.last_reply
                 reason = f"{worst.nexthop}: {last.line()}" if last else f"{worst.nexthop}: down"
+            since = self.scheduler.offline.get(transport.name)
+            if since is not None:
+                reason = f"transport {transport.name} is offline (since {iso(since)})"
             rows.append({
                 "name": transport.name, "kind": "transport", "addrtypes": sorted(transport.addrtypes),
-                "status": "failure" if failing else "online", "reason": reason,
+                "status": "offline" if since is not None else "failure" if failing else "online", "reason": reason,
+                "offline": since is not None, "offline_since": iso(since),
                 "destinations": [{
                     "name": d.nexthop, "status": "down" if d.health.down else "up", "connections": d.workers,
                     "queued": len(d.jobs), "delivered": d.delivered, "deferred": d.deferred, "failed": d.failed,

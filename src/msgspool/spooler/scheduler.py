@@ -26,7 +26,7 @@ from typing import Any
 from msgspool.domain.events import Event, EventType
 from msgspool.domain.health import ProbePolicy
 from msgspool.domain.message import Message, Recipient, Settlement
-from msgspool.domain.outcome import EXPIRED, Reply
+from msgspool.domain.outcome import EXPIRED, Reply, transport_offline
 from msgspool.domain.recipient import Status
 from msgspool.domain.retry import RetryPolicy
 from msgspool.domain.routing import LOCAL
@@ -72,6 +72,11 @@ class Scheduler:
         self.on_reports: Callable[[], None] | None = None  # told when settled outcomes may owe reports
         self.on_warning_later: Callable[[float], None] | None = None  # told when a delay notice falls due
         self.destinations: dict[str, Destination] = {}
+        # Transports an operator put offline (name -> since), as last read from the store: their
+        # destinations take no work (Destination.go_offline). Read at start, when told of a change
+        # (link, notices), and at least every `idle_recheck` in case a notice was lost.
+        self.offline: dict[str, float] = {}
+        self._offline_read_at = -math.inf
         self._wakeup = asyncio.Event()
         self._pending: list[Settlement] = []
         self._flush_scheduled = False
@@ -92,9 +97,10 @@ class Scheduler:
         """Start delivering as the node the store works for (`store.owner`, registered by the
         runtime's NodeLease, which rescued what dead nodes held first)."""
         self._running = True
+        await self.read_offline()
         for transport, nexthop in await self.store.waiting_destinations():
             if transport in self.transports:
-                self.destination(transport, nexthop).probe_now()
+                self.destination(transport, nexthop).probe_now()  # not while offline
         self._refill = start_supervised("refill", self._refill_loop)
 
     async def stop(self, drain: float = 0.0) -> None:
@@ -339,6 +345,29 @@ class Scheduler:
         if not down:
             self._wakeup.set()
 
+    async def read_offline(self) -> None:
+        """Read which transports are offline from the store, and act on what changed: a
+        transport gone offline defers what its destinations hold; one back online releases the
+        backlog that waited for it (again, should another node have deferred some meanwhile:
+        releasing is idempotent) and probes its destinations that were down."""
+        self._offline_read_at = self.clock()
+        offline = {name: since for name, since in (await self.store.offline_transports()).items()
+                   if name in self.transports}
+        gone, back = offline.keys() - self.offline.keys(), self.offline.keys() - offline.keys()
+        self.offline = offline
+        for dest in self.destinations.values():
+            if dest.transport.name in gone:
+                dest.go_offline(transport_offline(dest.transport.name))
+            elif dest.transport.name in back:
+                dest.go_online()
+        for name in sorted(back):
+            released = await self.store.release_transport(name, self.clock())
+            log.info("transport %s is online: released %d waiting recipients", name, released)
+        for name in sorted(gone):
+            log.info("transport %s is offline: it takes no work until it is online again", name)
+        if back:
+            self._wakeup.set()
+
     def resize(self) -> None:
         """The live nodes changed: each destination takes its new share of connections."""
         for dest in self.destinations.values():
@@ -355,6 +384,8 @@ class Scheduler:
                                settle, self._destination_up, self.clock, warn_after=self.warn_after,
                                on_status=self._destination_status, may_start=self.may_start,
                                nodes=self.nodes)
+            if transport in self.offline:
+                dest.offline = transport_offline(transport)
             self.destinations[key] = dest
         return dest
 
@@ -469,9 +500,9 @@ class Scheduler:
         it is held within milliseconds, long before the next pass. Other nodes' work is never
         touched here: that of dead nodes is rescued by the lease (NodeLease), that of live ones
         is theirs. Returns how many it gave back; each is an alarm in the log and the status table."""
-        rows = await self.store.active_recipients()
-        held = self._held()
         owner = self.store.owner
+        rows = await self.store.active_recipients(owner) if owner is not None else await self.store.active_recipients()
+        held = self._held()
         unknown = {row for row in rows if row[2] == owner and (row[0], row[1]) not in held
                    and row[0] not in self._busy}
         stuck, self._suspects = unknown & self._suspects, unknown - self._suspects
@@ -500,6 +531,8 @@ class Scheduler:
     async def _refill_loop(self) -> None:
         while self._running:
             try:
+                if self.clock() - self._offline_read_at >= self.idle_recheck:
+                    await self.read_offline()
                 if await self._refill_once():
                     continue
                 await self._sleep_until_due()

@@ -44,6 +44,8 @@ from msgspool.stores.ops import (
     mailbox_folders,
     next_delay_warning,
     next_due,
+    offline_transports,
+    op_answer_once,
     op_cancel_recipients,
     op_claim,
     op_delete,
@@ -58,6 +60,7 @@ from msgspool.stores.ops import (
     op_register_node,
     op_release,
     op_release_destination,
+    op_release_transport,
     op_reported,
     op_requeue,
     op_rescue,
@@ -66,6 +69,7 @@ from msgspool.stores.ops import (
     op_send_receipt,
     op_set_read,
     op_set_receive_folder,
+    op_set_transport_offline,
     op_settle,
     op_submit,
     op_unclaim,
@@ -156,14 +160,23 @@ class SQLStore(ABC):
     async def cancel_recipients(self, keep: dict[str, list[int]], now: float) -> dict[str, list[str]]:
         return await self._write(lambda c: op_cancel_recipients(c, keep, now))
 
-    async def active_recipients(self) -> list[tuple[str, int, str | None]]:
-        return await self.read(active_recipients)
+    async def active_recipients(self, owner: str | None = None) -> list[tuple[str, int, str | None]]:
+        return await self.read(lambda c: active_recipients(c, owner))
 
     async def return_stuck(self, rows: Sequence[tuple[str, int, str | None]], now: float) -> list[Event]:
         return await self._write(lambda c: op_return_stuck(c, rows, now), durable=False)
 
     async def release_destination(self, transport: str, nexthop: str, now: float) -> int:
         return await self._chunked(lambda c: op_release_destination(c, transport, nexthop, now), durable=False)
+
+    async def release_transport(self, transport: str, now: float) -> int:
+        return await self._chunked(lambda c: op_release_transport(c, transport, now), durable=False)
+
+    async def offline_transports(self) -> dict[str, float]:
+        return await self.read(offline_transports)
+
+    async def set_transport_offline(self, name: str, offline: bool, now: float) -> bool:
+        return await self._write(lambda c: op_set_transport_offline(c, name, offline, now))
 
     async def next_due(self) -> float | None:
         return await self.read(next_due)
@@ -270,6 +283,9 @@ class SQLStore(ABC):
 
     async def requeue(self, ids: Sequence[str], now: float) -> list[str]:
         return await self._write(lambda c: op_requeue(c, ids, now))
+
+    async def answer_once(self, key: tuple[str, ...], now: float, period: float) -> bool:
+        return await self._write(lambda c: op_answer_once(c, key, now, period))
 
     async def set_receive_folder(self, mailbox: str, message_class: str, folder: str) -> None:
         await self._write(lambda c: op_set_receive_folder(c, mailbox, message_class, folder))

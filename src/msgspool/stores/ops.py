@@ -483,8 +483,10 @@ def _give_back_all(tx: Tx, rows: Iterable[tuple[str, int, str | None]], now: flo
     return given, events
 
 
-def active_recipients(tx: Tx) -> list[tuple[str, int, str | None]]:
-    rows: list[tuple[str, int, str | None]] = tx.execute(tx.q.active_recipients).fetchall()
+def active_recipients(tx: Tx, owner: str | None = None) -> list[tuple[str, int, str | None]]:
+    rows: list[tuple[str, int, str | None]] = (
+        tx.execute(tx.q.active_recipients) if owner is None
+        else tx.execute(tx.q.active_recipients_of, {"owner": owner})).fetchall()
     return rows
 
 
@@ -499,6 +501,22 @@ def op_release_destination(tx: Tx, transport: str, nexthop: str, now: float, chu
     commits interleave with a large release)."""
     return tx.execute(tx.q.release_destination, {"now": now, "transport": transport, "nexthop": nexthop,
                                                   "limit": chunk}).rowcount
+
+
+def op_release_transport(tx: Tx, transport: str, now: float, chunk: int = CHUNK) -> int:
+    """A transport is online again: what waited for it is due now (chunked, as a destination's)."""
+    return tx.execute(tx.q.release_transport, {"now": now, "transport": transport, "limit": chunk}).rowcount
+
+
+def offline_transports(tx: Tx) -> dict[str, float]:
+    """The transports an operator put offline, and since when."""
+    return {name: since for name, since in tx.execute(tx.q.offline_transports)}
+
+
+def op_set_transport_offline(tx: Tx, name: str, offline: bool, now: float) -> bool:
+    """Put a transport offline or online again; True when that changed its state."""
+    query = tx.q.set_transport_offline if offline else tx.q.set_transport_online
+    return tx.execute(query, {"name": name, "now": now}).rowcount > 0
 
 
 def op_mark_delay_warnings(tx: Tx, now: float, chunk: int = CHUNK) -> int:
@@ -667,6 +685,13 @@ def op_flush(tx: Tx, ids: Sequence[str] | None, now: float, chunk: int = CHUNK, 
     if ids is None:
         return tx.execute(tx.q.flush_all, {"now": now, "limit": chunk}).rowcount
     return sum(tx.execute(tx.q.flush_message, {"now": now, "message_id": i}).rowcount for i in ids)
+
+
+def op_answer_once(tx: Tx, key: tuple[str, ...], now: float, period: float) -> bool:
+    """An auto-reply with `key` (mailbox, sender, handle) may go now: none went within `period`."""
+    mailbox, sender, handle = key
+    return tx.execute(tx.q.answer_once, {"mailbox": mailbox, "sender": sender, "handle": handle, "now": now,
+                                         "before": now - period}).fetchone() is not None
 
 
 def op_set_receive_folder(tx: Tx, mailbox: str, message_class: str, folder: str) -> None:

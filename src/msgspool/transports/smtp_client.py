@@ -27,7 +27,7 @@ import logging
 import ssl
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, replace
-from typing import NoReturn, TypeVar
+from typing import NoReturn, Self, TypeVar
 
 from msgspool.domain.outcome import CONNECTION_LOST, CONNECTION_REFUSED, CONNECTION_TIMEOUT, Reply
 from msgspool.transports.smtp_security import CLEAR, SessionSecurity
@@ -79,11 +79,17 @@ class TransactionResult:
     mail: Reply
     rcpts: list[Reply]  # one per recipient, in order
     data: Reply | None  # None when DATA was not reached (no recipient accepted / MAIL rejected)
+    # LMTP (RFC 2033 §4.2): one reply after the content per accepted recipient, in RCPT order
+    finals: list[Reply] | None = None
 
     def outcomes(self) -> list[Reply]:
-        """Per recipient: MAIL's reply if MAIL failed; else the RCPT reply if not 2xx; else DATA's."""
+        """Per recipient: MAIL's reply if MAIL failed; else the RCPT reply if not 2xx; else DATA's
+        (in LMTP, the recipient's own reply to the content)."""
         if not self.mail.ok:
             return [self.mail] * len(self.rcpts)
+        if self.finals is not None:
+            finals = iter(self.finals)
+            return [next(finals, CONNECTION_LOST) if rcpt.ok else rcpt for rcpt in self.rcpts]
         data = self.data or CONNECTION_LOST
         return [data if rcpt.ok else rcpt for rcpt in self.rcpts]
 
@@ -114,7 +120,14 @@ def _parse_reply(code: int, texts: list[bytes]) -> Reply:
 
 
 class SMTPClient:
-    """One SMTP session; reuse it for several transactions while `usable`."""
+    """One SMTP session; reuse it for several transactions while `usable`.
+
+    A subclass speaks a dialect: `HELLO` names the greeting command and `HELO_FALLBACK` whether an
+    old-style HELO may follow its refusal; `_deliver_content` reads what the server answers to the
+    content (LMTP's per-recipient replies, lmtp_client.py)."""
+
+    HELLO = "EHLO"
+    HELO_FALLBACK = True
 
     def __init__(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeouts: ClientTimeouts, remote: str
@@ -139,27 +152,32 @@ class SMTPClient:
         timeouts: ClientTimeouts = ClientTimeouts(),
         local_address: str | None = None,
         security: SessionSecurity = CLEAR,
-    ) -> SMTPClient:
+        address: str | None = None,
+    ) -> Self:
         """Open the session: TCP (or implicit TLS) connect, greeting, EHLO (or HELO), STARTTLS and
-        EHLO again, AUTH, as `security` asks."""
+        EHLO again, AUTH, as `security` asks. `address`: the IP address of `host` to connect to
+        (an MX host's, as the transport looked it up); `host` stays the name TLS verifies."""
         try:
-            return await cls._connect(host, port, helo_name, timeouts, local_address, security, starttls=True)
+            return await cls._connect(host, port, helo_name, timeouts, local_address, security, address,
+                                      starttls=True)
         except _HandshakeFailed as err:
             if security.level.required or security.implicit_tls:
                 raise SMTPConnectionError(err.reply) from None
             # Postfix at `may`: a server that cannot finish a handshake still gets its mail, in clear.
             log.warning("%s; level may: trying again in clear", err.reply.text)
-            return await cls._connect(host, port, helo_name, timeouts, local_address, security, starttls=False)
+            return await cls._connect(host, port, helo_name, timeouts, local_address, security, address,
+                                      starttls=False)
 
     @classmethod
     async def _connect(cls, host: str, port: int, helo_name: str, timeouts: ClientTimeouts,
-                       local_address: str | None, security: SessionSecurity, *, starttls: bool) -> SMTPClient:
+                       local_address: str | None, security: SessionSecurity, address: str | None, *,
+                       starttls: bool) -> Self:
         local = (local_address, 0) if local_address else None
         implicit = security.context if security.implicit_tls else None
         try:
             async with asyncio.timeout(timeouts.connect):
                 reader, writer = await asyncio.open_connection(
-                    host, port, local_addr=local, ssl=implicit, server_hostname=host if implicit else None)
+                    address or host, port, local_addr=local, ssl=implicit, server_hostname=host if implicit else None)
         except TimeoutError:
             raise SMTPConnectionError(CONNECTION_TIMEOUT) from None
         except ssl.SSLError as err:
@@ -172,12 +190,16 @@ class SMTPClient:
         client = cls(reader, writer, timeouts, f"{host}[{peer[0] if peer else '?'}]:{port}")
         client.host, client.port = host, port
         client.tls = _describe(writer.get_extra_info("ssl_object"))
+        return await client._opened(helo_name, security if starttls else replace(security, context=None))
+
+    async def _opened(self, helo_name: str, security: SessionSecurity) -> Self:
+        """The session on a fresh connection: greeting, hello, TLS and AUTH as asked."""
         try:
-            await client._open_session(helo_name, security if starttls else replace(security, context=None))
+            await self._open_session(helo_name, security)
         except BaseException:
-            client.close()  # never leak the socket, even when cancelled
+            self.close()  # never leak the socket, even when cancelled
             raise
-        return client
+        return self
 
     async def _open_session(self, helo_name: str, security: SessionSecurity) -> None:
         greeting = await self._read(self.timeouts.greeting, "receiving the initial server greeting")
@@ -193,11 +215,11 @@ class SMTPClient:
             await self._authenticate(security)
 
     async def _hello(self, helo_name: str) -> None:
-        ehlo = await self._exchange(f"EHLO {helo_name}\r\n".encode(), self.timeouts.helo, "EHLO")
+        ehlo = await self._exchange(f"{self.HELLO} {helo_name}\r\n".encode(), self.timeouts.helo, self.HELLO)
         if ehlo.ok:
             self.extensions = _parse_extensions(ehlo.text)
             return
-        if ehlo.temporary or self.tls is not None:
+        if ehlo.temporary or self.tls is not None or not self.HELO_FALLBACK:
             await self._give_up(ehlo)
         # §3.2: a server that does not know EHLO answers 5xx; an old-style HELO session follows.
         helo = await self._exchange(f"HELO {helo_name}\r\n".encode(), self.timeouts.helo, "HELO")
@@ -343,9 +365,9 @@ class SMTPClient:
         accepted = mail.ok and any(rcpt.ok for rcpt in rcpts)
         if data is not None and data.code == 354:
             if accepted:
-                return TransactionResult(mail, rcpts, await self._send_content(dot_stuff(content)))
+                return await self._deliver_content(mail, rcpts, dot_stuff(content))
             # RFC 2920 §3.1 warns that some servers accept DATA with no valid recipient: end it empty.
-            await self._send_content(b".\r\n")
+            await self._end_empty_data()
         elif mail.ok:
             await self._reset_after_failure()
         return TransactionResult(mail, rcpts, data if accepted else None)
@@ -370,10 +392,20 @@ class SMTPClient:
             return mail, rcpts, None
         return mail, rcpts, await self._exchange(b"DATA\r\n", self.timeouts.data_init, "DATA")
 
+    async def _deliver_content(self, mail: Reply, rcpts: list[Reply], wire: bytes) -> TransactionResult:
+        """The content after a 354, and the server's answer to it: one reply for the message."""
+        return TransactionResult(mail, rcpts, await self._send_content(wire))
+
+    async def _end_empty_data(self) -> None:
+        await self._send_content(b".\r\n")
+
     async def _send_content(self, wire: bytes) -> Reply:
+        await self._write_content(wire)
+        return await self._read(self.timeouts.data_done, "receiving the reply to end of DATA")
+
+    async def _write_content(self, wire: bytes) -> None:
         self._writer.write(wire)
         await self._io(self._drained(), None, "sending message content")
-        return await self._read(self.timeouts.data_done, "receiving the reply to end of DATA")
 
     async def _drained(self) -> None:
         # §4.5.3.2.5 bounds each block sent, not the whole message: keep waiting while the peer reads.

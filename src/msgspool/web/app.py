@@ -11,6 +11,8 @@ submission.py.
     POST /api/queue/{id}/{read|unread}      the read flag (MAPI SetReadFlag) -> {ok, read, mdn: [ids]}
                                             read and delete take an optional JSON {"mdn": true|false}:
                                             the user's answer to a read receipt request (RFC 8098)
+    POST /api/transports/{name}/{offline|online}  a transport takes no work / works again ->
+                                            {ok, transport, status, changed, released}
     POST /api/messages                      submit: JSON {sender, recipients, content} -> 201 {id};
                                             optional addrtypes, priority, deliver_after,
                                             expires_at, max_attempts
@@ -93,6 +95,12 @@ async def queue_action(request: web.Request) -> web.Response:
     if action not in operations:
         raise web.HTTPNotFound(text=f"unknown action {action}")
     return web.json_response({"ok": True, action: await operations[action]([message_id])})
+
+
+async def transport_action(request: web.Request) -> web.Response:
+    spooler = request.app[SPOOLER]
+    answer = await spooler.set_offline(request.match_info["name"], request.match_info["action"] == "offline")
+    return web.json_response({"ok": True, **answer})
 
 
 async def _flush_route(request: web.Request) -> dict[str, str]:
@@ -239,6 +247,7 @@ def make_app(spooler: Spooler, host: str = "127.0.0.1", port: int = 8025) -> web
     app.router.add_post("/api/queue/{action:flush}", queue_action)
     app.router.add_get("/api/queue/{id}", queue_show)
     app.router.add_post("/api/queue/{id}/{action}", queue_action)
+    app.router.add_post("/api/transports/{name}/{action:offline|online}", transport_action)
     app.router.add_post("/api/messages", submit)
     app.router.add_get("/api/events", events)
     add_suppression_routes(app, spooler)

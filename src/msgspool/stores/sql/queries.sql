@@ -56,6 +56,15 @@ UNION ALL SELECT 1 FROM messages WHERE mailbox = :mailbox LIMIT 1;
 -- The folders holding a mailbox's messages (`mailbox export`).
 SELECT DISTINCT folder FROM messages WHERE mailbox = :mailbox ORDER BY folder;
 
+-- name: answer_once
+-- Record that an auto-reply with this key goes out now, unless one went within the period
+-- (:before = now - period): a row back means "send it". One statement, so that of two nodes (or
+-- two messages) asking at once exactly one is told yes (RFC 5230 §4.2).
+INSERT INTO vacation_replies (mailbox, sender, handle, sent_at) VALUES (:mailbox, :sender, :handle, :now)
+ON CONFLICT (mailbox, sender, handle) DO UPDATE SET sent_at = excluded.sent_at
+WHERE vacation_replies.sent_at <= :before
+RETURNING sent_at;
+
 -- name: set_receive_folder
 -- File `message_class` (and its subclasses) of a mailbox into `folder`, replacing an older choice.
 INSERT INTO receive_folders (mailbox, message_class, folder) VALUES (:mailbox, :message_class, :folder)
@@ -178,8 +187,12 @@ WHERE message_id = :message_id AND idx = :idx AND status = 'active'
 RETURNING status, address, transport;
 
 -- name: active_recipients
--- Every active recipient and the node holding it (the watchdog's view).
+-- Every active recipient and the node holding it.
 SELECT message_id, idx, owner FROM recipients WHERE status = 'active';
+
+-- name: active_recipients_of
+-- The active recipients node :owner holds (the watchdog's view of its own node; by the index).
+SELECT message_id, idx, owner FROM recipients WHERE status = 'active' AND owner = :owner;
 
 -- name: release_destination
 -- A destination answered again: (a chunk of) its waiting backlog becomes due now.
@@ -201,6 +214,24 @@ SELECT warn_at FROM recipients WHERE status = 'deferred' AND warn_at > 0 ORDER B
 -- The earliest next attempt in one priority class (the head of its index range).
 SELECT next_attempt_at FROM recipients WHERE status IN ('queued', 'deferred') AND priority = :priority
 AND next_attempt_at IS NOT NULL ORDER BY next_attempt_at LIMIT 1;
+
+-- name: release_transport
+-- A transport is online again: (a chunk of) the backlog that waited while it was offline is due now.
+UPDATE recipients SET next_attempt_at = :now, wait_destination = 0 WHERE (message_id, idx) IN (
+    SELECT message_id, idx FROM recipients WHERE status = 'deferred' AND wait_destination = 1
+    AND transport = :transport LIMIT :limit);
+
+-- name: offline_transports
+-- The transports put offline, and since when.
+SELECT name, since FROM offline_transports ORDER BY name;
+
+-- name: set_transport_offline
+-- Put a transport offline (nothing changes if it is already).
+INSERT INTO offline_transports (name, since) VALUES (:name, :now) ON CONFLICT DO NOTHING;
+
+-- name: set_transport_online
+-- Put a transport online again.
+DELETE FROM offline_transports WHERE name = :name;
 
 -- name: waiting_destinations
 -- The destinations deferred recipients wait for.

@@ -1,5 +1,5 @@
--- msgspool PostgreSQL spool, migration 2: the suppression list (domain/suppression.py; SQLite
--- schema 11): addresses that hard-bounced, or that an operator listed; new mail to one fails at
+-- msgspool PostgreSQL spool, migration 4: the suppression list (domain/suppression.py; SQLite
+-- schema 13): addresses that hard-bounced, or that an operator listed; new mail to one fails at
 -- submission while `suppressed_until` is ahead (NULL: until removed).
 
 CREATE TABLE suppressions (
