@@ -142,6 +142,9 @@ class Settings:
     smtp_mx_address_limit: int = _doc(
         5, "MX delivery: the most addresses (of the MX hosts, in preference order) one attempt connects to before"
         " the destination counts as down (Postfix smtp_mx_address_limit); 0: no limit.")
+    smtp_mx_session_limit: int = _doc(
+        2, "MX delivery: the most sessions (MX addresses) one message goes to when a session leaves recipients"
+        " with a 4xx or is lost (Postfix smtp_mx_session_limit); 0: no limit.")
     smtp_greeting_timeout: float = _doc(300.0, "Outbound wait for the 220 greeting (RFC 5321 §4.5.3.2.1).")
     smtp_mail_timeout: float = _doc(300.0, "Outbound MAIL reply timeout (§4.5.3.2.2).")
     smtp_rcpt_timeout: float = _doc(300.0, "Outbound RCPT reply timeout (§4.5.3.2.3).")

@@ -231,6 +231,11 @@ class Mailboxes(Protocol):
 
     async def set_receive_folder(self, mailbox: str, message_class: str, folder: str) -> None: ...
 
+    async def answer_once(self, key: tuple[str, ...], now: float, period: float) -> bool:
+        """May an auto-reply with `key` (mailbox, sender, handle) go out now? True once per
+        `period` seconds, recorded in the same step: of concurrent askers, on any node, one."""
+        ...
+
     async def receive_folder(self, mailbox: str, message_class: str) -> str:
         """MAPI GetReceiveFolder: the folder `message_class` of `mailbox` is filed into (the longest
         matching class prefix; "inbox" when none is set)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import mailbox
 import time
+from email import message_from_bytes
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from msgspool.spooler.intake import Submission
 from msgspool.transports.lmtp import LMTPTransport
 from tests.conftest import SpoolerFactory
 from tests.integration.test_relay import wait_status
+from tests.integration.test_reports import inbox as reports_inbox
 from tests.support import dovecot
 from tests.support.sink import free_port
 
@@ -127,6 +129,8 @@ async def test_the_spooler_delivers_through_lmtp_and_reports_the_unknown_user(
         message_id = await spooler.submit(Submission(sender="app@localhost", content=CONTENT,
                                                      recipients=["alice@example.org", "nobody@example.org"]))
         info = await wait_status(spooler, message_id, {"delivered", "failed"})
+        [ndr] = await reports_inbox(spooler, "app@localhost", 1)
+        report = message_from_bytes(await spooler.content(ndr["id"]) or b"")
     by_address = {r["address"]: r for r in info["recipients"]}
     assert by_address["alice@example.org"]["status"] == "delivered"
     assert by_address["alice@example.org"]["transport"] == "mailboxes"
@@ -134,6 +138,26 @@ async def test_the_spooler_delivers_through_lmtp_and_reports_the_unknown_user(
     assert by_address["nobody@example.org"]["last_reply"].startswith("550 5.1.1 <nobody@example.org> User doesn't")
     [received] = inbox(dovecot_server, "alice")
     assert received["Subject"] == "lmtp test"
+    assert b"Final-Recipient: rfc822; nobody@example.org" in report.as_bytes()
+    assert b"Action: failed" in report.as_bytes()
+    assert b"Final-Recipient: rfc822; alice@example.org" not in report.as_bytes()  # delivered: not reported
+
+
+async def test_a_full_mailbox_defers_only_its_recipient(spooler_factory: SpoolerFactory) -> None:
+    big = CONTENT + (b"y" * 76 + b"\r\n") * 40  # over carol's 1K
+    with dovecot.start({"alice": "a", "carol": "c"}, quotas={"carol": "1K"}) as server:
+        lmtp = {"name": "mailboxes", "type": "lmtp", "host": f"127.0.0.1:{server.lmtp_port}",
+                "domains": ["example.org"]}
+        async with spooler_factory(transports=[lmtp]) as spooler:
+            message_id = await spooler.submit(Submission(sender="app@localhost", content=big,
+                                                         recipients=["carol@example.org", "alice@example.org"]))
+            info = await wait_status(spooler, message_id, {"delivered", "deferred"})
+        by_address = {r["address"]: r for r in info["recipients"]}
+        assert by_address["alice@example.org"]["status"] == "delivered"
+        assert by_address["carol@example.org"]["status"] == "deferred"
+        assert by_address["carol@example.org"]["last_reply"] == \
+            "452 4.2.2 <carol@example.org> Quota exceeded (mailbox for user is full)"
+        assert len(inbox(server, "alice")) == 1 and inbox(server, "carol") == []
 
 
 class ScriptedLMTP:

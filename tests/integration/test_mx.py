@@ -169,3 +169,47 @@ async def test_ipv4_and_ipv6_addresses_of_an_mx_host_are_both_tried(port: int) -
         with pytest.raises(DestinationUnavailable) as caught:  # neither answers
             await transport.connect(DOMAIN)
     assert "tried mx.example.test[127.0.0.2]" in caught.value.reply.text and "[::1]" in caught.value.reply.text
+
+
+TWO_MX = {(DOMAIN, "MX"): ["10 mx1.example.test.", "20 mx2.example.test."],
+          ("mx1.example.test", "A"): ["127.0.0.2"], ("mx2.example.test", "A"): ["127.0.0.3"]}
+
+
+async def test_recipients_the_first_mx_defers_go_to_the_next_in_the_same_attempt(
+        spooler_factory: SpoolerFactory, peers: Any, port: int) -> None:
+    primary = peers("127.0.0.2", rcpt_reply=b"451 4.3.0 queue full, try the backup\r\n")
+    backup = peers("127.0.0.3")
+    r = await deliver(spooler_factory, port, TWO_MX, {"delivered"})
+    assert (primary.count(), backup.recipients()) == (0, [f"b@{DOMAIN}"])
+    assert r["relay"] == f"mx2.example.test[127.0.0.3]:{port}" and r["attempts"] == 1
+
+
+async def test_the_session_limit_stops_the_fallback(spooler_factory: SpoolerFactory, peers: Any, port: int) -> None:
+    peers("127.0.0.2", rcpt_reply=b"451 4.3.0 queue full\r\n")
+    backup = peers("127.0.0.3")
+    r = await deliver(spooler_factory, port, TWO_MX, {"deferred"}, mx_session_limit=1)
+    assert r["last_reply"] == "451 4.3.0 queue full" and backup.connections == 0
+
+
+async def test_only_the_deferred_recipients_go_to_the_next_mx_and_each_names_its_own(
+        spooler_factory: SpoolerFactory, peers: Any, port: int) -> None:
+    primary, backup = peers("127.0.0.2"), peers("127.0.0.3")  # both defer fail4xx-* (450)
+    with ZoneServer(TWO_MX) as dns:
+        async with spooler_factory(transports=[smtp_options(port, dns)]) as spooler:
+            message_id = await spooler.submit(submission(f"b@{DOMAIN}", f"fail4xx-c@{DOMAIN}"))
+            info = await wait_status(spooler, message_id, {"delivered", "deferred"})
+    by_address = {r["address"]: r for r in info["recipients"]}
+    assert primary.recipients() == [f"b@{DOMAIN}"] and backup.count() == 0
+    assert [c for c in backup.commands if c.startswith("RCPT")] == [f"RCPT TO:<fail4xx-c@{DOMAIN}>"]
+    assert by_address[f"b@{DOMAIN}"]["relay"] == f"mx1.example.test[127.0.0.2]:{port}"
+    assert by_address[f"fail4xx-c@{DOMAIN}"]["relay"] == f"mx2.example.test[127.0.0.3]:{port}"
+    assert by_address[f"fail4xx-c@{DOMAIN}"]["status"] == "deferred"
+
+
+async def test_a_session_lost_mid_transaction_goes_on_at_the_next_mx(
+        spooler_factory: SpoolerFactory, peers: Any, port: int) -> None:
+    primary = peers("127.0.0.2", hangup_on=b"MAIL")
+    backup = peers("127.0.0.3")
+    r = await deliver(spooler_factory, port, TWO_MX, {"delivered"})
+    assert primary.connections == 1 and backup.recipients() == [f"b@{DOMAIN}"]
+    assert r["relay"] == f"mx2.example.test[127.0.0.3]:{port}"

@@ -363,8 +363,10 @@ class Destination:
             return False
         now = self.clock()
         handoff = getattr(conn, "handoff", Handoff.FINAL)  # optional for a transport: final by default
-        settlements = [self._outcome(message, r, reply, now, conn.remote, handoff)
-                       for r, reply in zip(recipients, replies, strict=True)]
+        # Optional too: which next hop answered each recipient, when one send used several (MX fallback).
+        remotes = getattr(conn, "remotes", None) or [conn.remote] * len(recipients)
+        settlements = [self._outcome(message, r, reply, now, remote, handoff)
+                       for r, reply, remote in zip(recipients, replies, remotes, strict=True)]
         self._settle_job(job, settlements)
         self.failure = None
         for s in settlements:

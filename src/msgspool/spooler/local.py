@@ -17,12 +17,22 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from msgspool.domain.address import mailbox_key
 from msgspool.domain.content import delivered_to
 from msgspool.domain.dsn import RecipientDSN
-from msgspool.domain.hooks import AutoReply, Delivery, File, Forward, Hold, HookRecord, Postprocessed, Reject
+from msgspool.domain.hooks import (
+    AutoReply,
+    Delivery,
+    File,
+    Forward,
+    Hold,
+    HookRecord,
+    InboundAction,
+    Postprocessed,
+    Reject,
+)
 from msgspool.domain.message import Message, Recipient, Settlement
 from msgspool.domain.outcome import Filed, Reply
 from msgspool.domain.recipient import Status
@@ -38,8 +48,10 @@ NEVER = RecipientDSN(frozenset())  # what a hook sends on asks for no reports
 
 class LocalDelivery:
     def __init__(self, intake: Intake, postprocessor: Postprocessor, clock: Callable[[], float] = time.time, *,
+                 answer_once: Callable[[tuple[str, ...], float, float], Awaitable[bool]] | None = None,
                  mailbox_transports: Mapping[str, MailboxTransport] | None = None) -> None:
         self.intake, self.postprocessor, self.clock = intake, postprocessor, clock
+        self.answer_once = answer_once  # the store's (Mailboxes.answer_once): auto-replies sent once a period
         self.mailbox_transports = dict(mailbox_transports or {})
 
     def takes(self, transport: str | None) -> bool:
@@ -58,6 +70,8 @@ class LocalDelivery:
                 nexthop=r.nexthop)
         result = await self.postprocessor.run(Delivery(message.id, mailbox, r.address, message.sender, message.content,
                                                        message.message_class))
+        if result.verdict is None:
+            await self._once(result)
         base = Settlement(message.id, r.index, r.address, Status.DELIVERED, None, dsn=r.dsn,
                           transport=r.transport, nexthop=r.nexthop, history=tuple(result.history))
         if isinstance(result.verdict, Reject):
@@ -74,6 +88,23 @@ class LocalDelivery:
             except Exception as err:  # uncaught, it would leave the recipient active, its history silent
                 self._unfiled(message, r, result, base, err)
         return base
+
+    async def _once(self, result: Postprocessed) -> None:
+        """Drop the auto-replies whose key was answered within their period (a vacation, RFC
+        5230 §4.2). Asked before the outcome commits: a crash in between costs a reply, never
+        sends one twice."""
+        delivery = result.delivery
+        if self.answer_once is None or not any(isinstance(a, AutoReply) and a.once for a in delivery.actions):
+            return
+        kept: list[InboundAction] = []
+        for action in delivery.actions:
+            if (isinstance(action, AutoReply) and action.once is not None
+                    and not await self.answer_once(action.once, self.clock(), action.period)):
+                result.history.append(HookRecord("", "skipped", f"auto-reply to {action.to}: already"
+                                                 f" answered within {action.period:g} s"))
+                continue
+            kept.append(action)
+        delivery.actions = kept
 
     def _file(self, message: Message, r: Recipient, result: Postprocessed, base: Settlement) -> None:
         now, delivery = self.clock(), result.delivery

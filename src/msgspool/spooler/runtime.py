@@ -317,8 +317,9 @@ class Spooler:
         self.scheduler.preprocessor = self.preprocessor
         # intake leaves local mail to the scheduler exactly when inbound hooks exist (defer_local)
         mailbox_transports = {t.name: t for t in self.transports.values() if isinstance(t, MailboxTransport)}
-        self.scheduler.local = LocalDelivery(self.intake, self.postprocessor, mailbox_transports=mailbox_transports) \
-            if self.postprocessor else None
+        self.scheduler.local = (LocalDelivery(self.intake, self.postprocessor, answer_once=self.store.answer_once,
+                                              mailbox_transports=mailbox_transports)
+                                if self.postprocessor else None)
 
     async def stop(self, drain: float = 0.0) -> None:
         """Stop; with `drain` seconds, delivery finishes the transactions in flight first."""

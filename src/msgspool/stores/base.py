@@ -44,6 +44,7 @@ from msgspool.stores.ops import (
     next_delay_warning,
     next_due,
     offline_transports,
+    op_answer_once,
     op_cancel_recipients,
     op_claim,
     op_delete,
@@ -273,6 +274,9 @@ class SQLStore(ABC):
 
     async def requeue(self, ids: Sequence[str], now: float) -> list[str]:
         return await self._write(lambda c: op_requeue(c, ids, now))
+
+    async def answer_once(self, key: tuple[str, ...], now: float, period: float) -> bool:
+        return await self._write(lambda c: op_answer_once(c, key, now, period))
 
     async def set_receive_folder(self, mailbox: str, message_class: str, folder: str) -> None:
         await self._write(lambda c: op_set_receive_folder(c, mailbox, message_class, folder))

@@ -641,6 +641,13 @@ def op_flush(tx: Tx, ids: Sequence[str] | None, now: float, chunk: int = CHUNK, 
     return sum(tx.execute(tx.q.flush_message, {"now": now, "message_id": i}).rowcount for i in ids)
 
 
+def op_answer_once(tx: Tx, key: tuple[str, ...], now: float, period: float) -> bool:
+    """An auto-reply with `key` (mailbox, sender, handle) may go now: none went within `period`."""
+    mailbox, sender, handle = key
+    return tx.execute(tx.q.answer_once, {"mailbox": mailbox, "sender": sender, "handle": handle, "now": now,
+                                         "before": now - period}).fetchone() is not None
+
+
 def op_set_receive_folder(tx: Tx, mailbox: str, message_class: str, folder: str) -> None:
     """MAPI SetReceiveFolder: file messages of `message_class` (and its subclasses) into `folder`."""
     tx.execute(tx.q.insert_mailbox, {"address": mailbox, "created_at": time.time()})

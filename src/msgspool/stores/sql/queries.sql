@@ -56,6 +56,15 @@ UNION ALL SELECT 1 FROM messages WHERE mailbox = :mailbox LIMIT 1;
 -- The folders holding a mailbox's messages (`mailbox export`).
 SELECT DISTINCT folder FROM messages WHERE mailbox = :mailbox ORDER BY folder;
 
+-- name: answer_once
+-- Record that an auto-reply with this key goes out now, unless one went within the period
+-- (:before = now - period): a row back means "send it". One statement, so that of two nodes (or
+-- two messages) asking at once exactly one is told yes (RFC 5230 §4.2).
+INSERT INTO vacation_replies (mailbox, sender, handle, sent_at) VALUES (:mailbox, :sender, :handle, :now)
+ON CONFLICT (mailbox, sender, handle) DO UPDATE SET sent_at = excluded.sent_at
+WHERE vacation_replies.sent_at <= :before
+RETURNING sent_at;
+
 -- name: set_receive_folder
 -- File `message_class` (and its subclasses) of a mailbox into `folder`, replacing an older choice.
 INSERT INTO receive_folders (mailbox, message_class, folder) VALUES (:mailbox, :message_class, :folder)

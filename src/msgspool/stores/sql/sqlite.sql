@@ -146,6 +146,15 @@ CREATE TABLE IF NOT EXISTS webhook_cursor (
     event_id    INTEGER NOT NULL
 );
 
+-- When an auto-reply (a Sieve vacation) last went to a sender, per mailbox and handle (RFC 5230 §4.2).
+CREATE TABLE IF NOT EXISTS vacation_replies (
+    mailbox     TEXT NOT NULL,
+    sender      TEXT NOT NULL,
+    handle      TEXT NOT NULL,
+    sent_at     REAL NOT NULL,
+    PRIMARY KEY (mailbox, sender, handle)
+);
+
 -- Bearer tokens of the HTTP API (domain/tokens.py): only the SHA-256 of each secret is kept.
 CREATE TABLE IF NOT EXISTS tokens (
     id          TEXT PRIMARY KEY,
