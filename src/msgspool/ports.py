@@ -64,6 +64,13 @@ class MailboxTransport(Protocol):
 
     def use_receive_folders(self, lookup: ReceiveFolderLookup) -> None: ...
 
+    async def file_copy(self, message: Message, recipient: Recipient, content: bytes, *, folder: str | None = None,
+                        flags: Sequence[str] = ()) -> Reply:
+        """File one copy the inbound hooks made (`content`: their header lines on top, as they left
+        it) for `recipient` into `folder` (None: its receive folder), with IMAP `flags`: a Filed
+        reply, or the failure (temporary or permanent) as for `Connection.send`."""
+        ...
+
 
 class TransportFactory(Protocol):
     def __call__(self, name: str, settings: Any, options: dict[str, Any]) -> Transport: ...

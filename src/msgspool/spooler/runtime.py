@@ -322,7 +322,9 @@ class Spooler:
         self.postprocessor = Postprocessor(inbound) if inbound else None
         self.scheduler.preprocessor = self.preprocessor
         # intake leaves local mail to the scheduler exactly when inbound hooks exist (defer_local)
-        self.scheduler.local = (LocalDelivery(self.intake, self.postprocessor, answer_once=self.store.answer_once)
+        mailbox_transports = {t.name: t for t in self.transports.values() if isinstance(t, MailboxTransport)}
+        self.scheduler.local = (LocalDelivery(self.intake, self.postprocessor, answer_once=self.store.answer_once,
+                                              mailbox_transports=mailbox_transports)
                                 if self.postprocessor else None)
 
     async def stop(self, drain: float = 0.0) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import math
@@ -34,7 +35,7 @@ from msgspool.domain.suppression import hard_bounce
 from msgspool.errors import StorageFull
 from msgspool.ports import MailboxTransport, Queue, Transport
 from msgspool.spooler.background import start_supervised
-from msgspool.spooler.destinations import Destination, DestinationLimits
+from msgspool.spooler.destinations import Destination, DestinationLimits, deferral
 from msgspool.spooler.hooks import Preprocessor, draft_of
 from msgspool.spooler.intake import Intake
 from msgspool.spooler.local import LocalDelivery
@@ -205,7 +206,8 @@ class Scheduler:
                 decided.append(Settlement(message.id, r.index, r.address, r.status, r.last_reply, dsn=r.dsn,
                                           transport=r.transport, nexthop=r.nexthop,
                                           copies=(copy,) if copy is not None else ()))
-            elif r.transport == LOCAL:  # inbound hooks first (intake.defer_local)
+            elif r.transport == LOCAL or (self.local is not None and self.local.takes(r.transport)):
+                # inbound hooks first (intake.defer_local), also for a maildir's recipients
                 local.append(r)
             else:
                 assert r.transport is not None and r.nexthop is not None
@@ -228,10 +230,24 @@ class Scheduler:
         with self._working_on(message.id):
             try:
                 settlements = await local.deliver(message, recipients)
+                settlements = self._timed(message, recipients, settlements)
             except Exception as err:  # a bug of ours, not a hook's (those are contained)
                 log.exception("%s: local delivery failed", message.id)
                 settlements = self._crashed(message, recipients, f"local delivery raised {type(err).__name__}: {err}")
             self.settle(settlements)
+
+    def _timed(self, message: Message, recipients: list[Recipient], settlements: list[Settlement]) -> list[Settlement]:
+        """A copy a maildir could not write defers its recipient: by the retry policy, as a
+        destination's temporary failure (or given up: expired, attempts exhausted)."""
+        by_index = {r.index: r for r in recipients}
+        out = []
+        for s in settlements:
+            if s.status is Status.DEFERRED and s.next_attempt_at is None and s.reply is not None:
+                timed = deferral(self.retry, self.warn_after, self.clock(), message, by_index[s.index], s.reply,
+                                 attempted=True)
+                s = dataclasses.replace(timed, transport=s.transport, nexthop=s.nexthop, history=s.history)
+            out.append(s)
+        return out
 
     @contextlib.contextmanager
     def _working_on(self, message_id: str) -> Iterator[None]:

@@ -411,8 +411,9 @@ def op_settle(tx: Tx, settlements: Sequence[Settlement], now: float, crash_limit
         if status in _STATUS_EVENT:
             events.append(insert_event(tx, _recipient_event(s.message_id, s.address, status, reply, now,
                                                             row[0], s.remote)))
-        if status is Status.DELIVERED and isinstance(reply, Filed):
-            events.append(insert_event(tx, _filed_event(s.message_id, reply, now)))
+        if status is Status.DELIVERED:
+            filed = (reply, *s.filed) if isinstance(reply, Filed) else s.filed
+            events += [insert_event(tx, _filed_event(s.message_id, f, now)) for f in filed]
     for message_id in crashed & touched.keys():
         events += _count_crash(tx, message_id, crash_limit, now)
     for message_id in touched:
