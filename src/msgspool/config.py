@@ -128,6 +128,9 @@ class Settings:
     max_attempts: int = _doc(0, "Attempts per recipient before a temporary failure is final (554 5.4.7); 0 = no cap.")
     future_release_max: int = _doc(
         604800, "Longest SMTP FUTURERELEASE hold (RFC 4865 HOLDFOR/HOLDUNTIL), seconds; 0 disables it.")
+    suppression_time: float = _doc(
+        2592000.0, "Seconds an address that hard-bounced (a remote's 5xx about the address: 5.1.x, 5.2.0, 5.2.1)"
+        " stays on the suppression list: new mail to it fails at once (550 5.1.1); 30 days; 0 = none added.")
     delay_warning_time: float = _doc(
         0.0, "Seconds after arrival before a still-deferred recipient's sender gets one delay notice; 0 = none.")
     probe_min: float = _doc(0.5, "First probe of a down destination after this many seconds.")

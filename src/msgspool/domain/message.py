@@ -116,6 +116,7 @@ class Settlement:
     handoff: Handoff = Handoff.FINAL  # how a delivered recipient left: decides `delivered` or `relayed`
     crashed: bool = False  # the transport raised: counts towards the message's crash limit
     warn_at: float | None = None  # a deferral: when the sender's delay notice falls due (None: never)
+    suppress_until: float | None = None  # a hard bounce: its address is suppressed until then
 
 
 @dataclass(slots=True)

@@ -31,8 +31,9 @@ from msgspool.domain.outcome import EXPIRED, Reply, transport_offline
 from msgspool.domain.recipient import Status
 from msgspool.domain.retry import RetryPolicy
 from msgspool.domain.routing import LOCAL
+from msgspool.domain.suppression import hard_bounce
 from msgspool.errors import StorageFull
-from msgspool.ports import Queue, Transport
+from msgspool.ports import MailboxTransport, Queue, Transport
 from msgspool.spooler.background import start_supervised
 from msgspool.spooler.destinations import Destination, DestinationLimits, deferral
 from msgspool.spooler.hooks import Preprocessor, draft_of
@@ -52,8 +53,10 @@ class Scheduler:
                  limits: DestinationLimits, active_limit: int, preprocessor: Preprocessor | None = None,
                  local: LocalDelivery | None = None, may_start: Callable[[], bool] = lambda: True,
                  warn_after: float = 0.0, clock: Callable[[], float] = time.time,
-                 nodes: Callable[[], int] = lambda: 1, idle_recheck: float = IDLE_RECHECK) -> None:
+                 nodes: Callable[[], int] = lambda: 1, idle_recheck: float = IDLE_RECHECK,
+                 suppression_time: float = 0.0) -> None:
         self.store, self.transports, self.intake, self.publish = store, transports, intake, publish
+        self.suppression_time = suppression_time  # a hard bounce suppresses its address this long; 0: never
         self.preprocessor, self.local = preprocessor, local
         self.retry, self.probe, self.limits, self.warn_after = retry, probe, limits, warn_after
         self.active_limit, self.clock = active_limit, clock
@@ -390,8 +393,11 @@ class Scheduler:
         key = f"{transport}:{nexthop}"
         dest = self.destinations.get(key)
         if dest is None:
-            dest = Destination(self.transports[transport], nexthop, self.limits, self.retry, self.probe,
-                               self.settle, self._destination_up, self.clock, warn_after=self.warn_after,
+            provider = self.transports[transport]
+            # A local transport's refusal (no such maildir) is this site's own: it suppresses nothing.
+            settle = self.settle if isinstance(provider, MailboxTransport) else self._settle_remote
+            dest = Destination(provider, nexthop, self.limits, self.retry, self.probe,
+                               settle, self._destination_up, self.clock, warn_after=self.warn_after,
                                on_status=self._destination_status, may_start=self.may_start,
                                nodes=self.nodes)
             if transport in self.offline:
@@ -400,6 +406,15 @@ class Scheduler:
         return dest
 
     # -- settling ---------------------------------------------------------------------------
+
+    def _settle_remote(self, settlements: list[Settlement]) -> None:
+        """Outcomes from a remote: a hard bounce (domain/suppression.py) lists its address on the
+        suppression list for `suppression_time`, in the step that records it."""
+        if self.suppression_time > 0:
+            for s in settlements:
+                if s.status is Status.FAILED and s.remote and hard_bounce(s.reply):
+                    s.suppress_until = self.clock() + self.suppression_time
+        self.settle(settlements)
 
     def settle(self, settlements: list[Settlement]) -> None:
         self._pending.extend(settlements)
