@@ -75,7 +75,7 @@ async def test_messages_are_filed_once_and_deleted_on_the_server_after_the_commi
         [info] = [i for i in await spooler.folder(MAILBOX) if b".a line" in await spooler.content(i["id"])]
         content = await spooler.content(info["id"])
         assert b"\r\n.a line with a leading dot\r\n" in content  # unstuffed (RFC 1939 §3)
-        assert content.startswith(b"Return-Path: <sender@example.net>\r\nDelivered-To: alice@localhost\r\n")
+        assert content.startswith(b"Return-Path: <sender@example.org>\r\nDelivered-To: alice@localhost\r\n")
         assert b"Received: from 127.0.0.1 by mx.test with POP3 id " in content
         got = [await asyncio.wait_for(events.__anext__(), 5) for _ in range(2)]
         assert {(e.mailbox, e.folder) for e in got} == {(MAILBOX, "inbox")}
