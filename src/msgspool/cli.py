@@ -10,11 +10,13 @@ SYNOPSIS
     msgspool queue hold ID... | release ID... | requeue ID... | delete ID...
     msgspool queue read [--mdn | --no-mdn] ID... | unread ID...
     msgspool status [--json]
+    msgspool transport offline NAME | online NAME [--json]
     msgspool stop [--abort] [--wait SECONDS]
     msgspool node drain [--owner OWNER] [--wait SECONDS]
     msgspool reload
     msgspool route ADDRESS [--addrtype TYPE] [--json]
     msgspool aliases check [FILE] | expand ADDRESS [--json]
+    msgspool suppression list [--json] | add ADDRESS [--reason TEXT] [--days N] | remove ADDRESS
     msgspool token create --scope S [--scope S2]... [--name N] | list [--json] | revoke ID-or-NAME
     msgspool user add NAME [--sender PATTERN]... [--update] | delete NAME | list [--json]
     msgspool mailbox export MAILBOX DIR
@@ -48,6 +50,7 @@ from typing import Any, TypeVar
 
 from msgspool import config
 from msgspool.config import Settings
+from msgspool.domain.timefmt import iso
 from msgspool.errors import (
     ConfigError,
     MsgspoolError,
@@ -140,8 +143,18 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="the status table: spooler and transports")
     _common(status)
     status.add_argument("--json", action="store_true")
+    transport = sub.add_parser("transport", help="put a transport offline (it takes no work) or online again")
+    _common(transport)
+    xsub = transport.add_subparsers(dest="action", required=True)
+    for name, text in (("offline", "the transport takes no work: its recipients wait, deferred"),
+                       ("online", "the transport works again: what waited for it is due now")):
+        p = xsub.add_parser(name, help=text)
+        p.add_argument("name", metavar="NAME", help="a transport as `status` lists it")
+        p.add_argument("--json", action="store_true")
+        _common(p)
     _token_parser(sub.add_parser("token", help="bearer tokens of the HTTP API"))
     _user_parser(sub.add_parser("user", help="accounts of the submission service (SMTP AUTH)"))
+    _suppression_parser(sub.add_parser("suppression", help="the suppression list: addresses mail is not sent to"))
     _common(sub.add_parser("reload", help="the daemon reads its configuration again (as on SIGHUP)"))
     route = sub.add_parser("route", help="which transport and destination an address gets, and why")
     _common(route)
@@ -486,10 +499,10 @@ def queue_show(settings: Settings, message_id: str, as_json: bool) -> int:
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    async def read(store: Store) -> tuple[dict[str, int], list[dict[str, Any]]]:
-        return await store.counts(), await store.nodes(time.time())
+    async def read(store: Store) -> tuple[dict[str, int], list[dict[str, Any]], dict[str, float]]:
+        return await store.counts(), await store.nodes(time.time()), await store.offline_transports()
 
-    counts, nodes = _with_store(settings, read)
+    counts, nodes, offline = _with_store(settings, read)
     answer = control.request(settings.spool_path, {"op": "status"})
     if answer is not None and answer.get("ok"):
         table = answer["status"]
@@ -497,6 +510,10 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         table = Spooler(settings).status()
         for row in (table["spooler"], *table["transports"]):
             row["status"] = "stopped"
+        for row in table["transports"]:  # an operator's offline holds across restarts: say so
+            if row["name"] in offline:
+                row.update(offline=True, offline_since=iso(offline[row["name"]]),
+                           reason=f"transport {row['name']} is offline (since {iso(offline[row['name']])})")
         table["nodes"] = nodes
     table["queue"] = counts
     if args.json:
@@ -506,7 +523,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
           f" subscribers={table['spooler'].get('event_subscribers', 0)}  "
           + " ".join(f"{k}={v}" for k, v in counts.items() if v))
     for row in table["transports"]:
-        print(f"transport  {row['name']:<10} {row['status']:<8} addrtypes={','.join(row['addrtypes'])}")
+        why = f"  ({row['reason']})" if row.get("reason") else ""
+        print(f"transport  {row['name']:<10} {row['status']:<8} addrtypes={','.join(row['addrtypes'])}{why}")
         for dest in row["destinations"]:
             error = f"  ({dest['last_error']})" if dest["last_error"] else ""
             print(f"    {dest['name']:<30} {dest['status']:<5} connections={dest['connections']}"
@@ -517,6 +535,34 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         beat = f"{now - node['heartbeat_at']:.1f}s ago" if node["heartbeat_at"] is not None else "never"
         print(f"node       {node['owner']} {'alive' if node['alive'] else 'dead':<5} host={node['host']}"
               f" pid={node['pid']} heartbeat={beat} leases={node['leases']}{' draining' if node['draining'] else ''}")
+    return 0
+
+
+# -- transport offline / online ---------------------------------------------------------------
+
+
+def cmd_transport(args: argparse.Namespace, settings: Settings) -> int:
+    """MAPI's work offline, per transport; through the daemon when one runs, else in the spool
+    (which every node of a shared spool and the next start read)."""
+    offline = args.action == "offline"
+    answer = control.request(settings.spool_path, {"op": args.action, "transport": args.name})
+    if answer is not None and not answer.get("ok"):
+        raise CLIError(str(answer.get("error")))
+    if answer is None:
+        try:
+            answer = _run(settings, lambda s: s.set_offline(args.name, offline))
+        except NoSpool as err:
+            raise _no_spool(settings) from err
+        except UnknownTransport as err:
+            raise CLIError(str(err)) from err
+    answer.pop("ok", None)
+    if args.json:
+        print(json.dumps(answer))
+    elif not answer["changed"]:
+        print(f"transport {args.name} was {answer['status']} already")
+    else:
+        released = f"; {answer['released']} waiting recipients due now" if not offline else ""
+        print(f"transport {args.name} is {answer['status']}{released}")
     return 0
 
 
@@ -707,6 +753,54 @@ def read_password(prompt: str = "Password: ") -> str:
     return sys.stdin.readline().rstrip("\r\n")
 
 
+def _suppression_parser(parser: argparse.ArgumentParser) -> None:
+    _common(parser)
+    ssub = parser.add_subparsers(dest="action", required=True)
+    slist = ssub.add_parser("list", help="the addresses on the list now, with why and until when")
+    _common(slist)
+    slist.add_argument("--json", action="store_true", help="one JSON object per entry")
+    add = ssub.add_parser("add", help="suppress an address: new mail to it fails at once (550 5.1.1)")
+    _common(add)
+    add.add_argument("address")
+    add.add_argument("--reason", default="", help="why (shown in the reply); default: added by the operator")
+    add.add_argument("--days", type=float, help="for how long (0: until removed; default: suppression_time)")
+    add.add_argument("--json", action="store_true")
+    remove = ssub.add_parser("remove", help="take an address off the list: mail to it goes again at once")
+    _common(remove)
+    remove.add_argument("address")
+
+
+def cmd_suppression(args: argparse.Namespace, settings: Settings) -> int:
+    """The suppression list, straight in the store (a running daemon's SMTP listener sees a change
+    within a second; the store checks every submission itself)."""
+    import time
+
+    from msgspool.domain.address import valid_smtp
+    from msgspool.domain.suppression import OPERATOR, Suppression, suppression_key
+    from msgspool.views import suppression_json, suppression_line
+
+    if args.action == "list":
+        for entry in _with_store(settings, lambda store: store.suppressions(time.time())):
+            print(json.dumps(suppression_json(entry)) if args.json else suppression_line(entry))
+        return 0
+    if args.action == "add":
+        if not valid_smtp(args.address) or not args.address:
+            raise CLIError(f"not an email address: {args.address!r}", 2)
+        days = args.days if args.days is not None else settings.suppression_time / 86400
+        if days < 0:
+            raise CLIError("--days must be 0 (until removed) or more", 2)
+        now = time.time()
+        entry = Suppression(suppression_key(args.address), args.reason or "added by the operator", now,
+                            now + days * 86400 if days else None, OPERATOR)
+        _with_store(settings, lambda store: store.suppress(entry), create=True)
+        print(json.dumps(suppression_json(entry)) if args.json else f"suppressed {suppression_line(entry)}")
+        return 0
+    if not _with_store(settings, lambda store: store.unsuppress(args.address)):
+        raise CLIError(f"{args.address} is not on the suppression list")
+    print(f"{suppression_key(args.address)} removed from the suppression list")
+    return 0
+
+
 def cmd_user(args: argparse.Namespace, settings: Settings) -> int:
     import time
 
@@ -767,8 +861,9 @@ def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "serve": cmd_serve, "sendmail": cmd_sendmail, "queue": cmd_queue, "status": cmd_status, "token": cmd_token,
+    "transport": cmd_transport,
     "stop": cmd_stop, "route": cmd_route, "reload": cmd_reload, "user": cmd_user, "db": cmd_db,
-    "node": cmd_node, "aliases": cmd_aliases, "mailbox": cmd_mailbox,
+    "node": cmd_node, "aliases": cmd_aliases, "mailbox": cmd_mailbox, "suppression": cmd_suppression,
 }
 
 if __name__ == "__main__":

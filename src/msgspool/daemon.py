@@ -71,6 +71,8 @@ async def control_handler(spooler: Spooler, request: dict[str, Any]) -> dict[str
         return {"ok": True, "ids": list(ids or []), "mdn": sent}
     if op == "status":
         return {"ok": True, "status": await spooler.status_table()}
+    if op in ("offline", "online"):
+        return {"ok": True, **await spooler.set_offline(str(request.get("transport")), op == "offline")}
     return {"ok": False, "error": f"unknown op {op!r}"}
 
 
@@ -325,6 +327,8 @@ async def _serve(settings: Settings, ready: asyncio.Event | None,
                                        control.serve(settings.spool_path, handle))
         servers.append(control_server)
         if settings.smtp_listen or settings.smtps_listen or settings.submission_listen:
+            await spooler.refresh_suppressions()  # SMTP refuses a suppressed recipient at RCPT from the start
+            spooler.watch_suppressions()
             smtp = await start_smtp(spooler, settings)
             sessions = smtp.sessions
             servers.append(smtp)
@@ -601,6 +605,8 @@ async def deliver(fd: int, config: dict[str, Any]) -> int:
             return {"in_flight": spooler.scheduler.abort(message.get("ids") or [])}
         elif op == "cancel":
             await spooler.scheduler.cancel(message.get("ids") or [])
+        elif op == "transports":
+            await spooler.scheduler.read_offline()
         elif op == "probe":
             spooler.probe_down_destinations(message.get("transport"), message.get("nexthop"))
         elif op == "events":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 from msgspool.domain.events import Event, EventType
 from msgspool.domain.message import URGENT, Settlement
@@ -229,6 +230,38 @@ async def test_recipients_waiting_for_a_destination_are_released_when_it_is_up(s
     assert await store.release_destination("smtp", "relay.test:25", now) == 1
     assert await store.waiting_destinations() == []
     assert ids(await store.claim(now, 10)) == [message.id]
+
+
+async def test_a_transport_put_offline_stays_so_for_every_store_on_the_spool_until_online(
+        store: Store, new_store: Callable[[], Store]) -> None:
+    """Issue 12.7: the flag is in the store, so every node (and the next start) honours it."""
+    now = time.time()
+    assert await store.offline_transports() == {}
+    assert await store.set_transport_offline("smtp", True, now) is True
+    assert await store.set_transport_offline("smtp", True, now + 5) is False  # already: since stays
+    other = new_store()
+    await other.open()
+    try:
+        assert await other.offline_transports() == {"smtp": now}
+        assert await other.set_transport_offline("smtp", False, now + 6) is True
+        assert await store.offline_transports() == {}
+        assert await other.set_transport_offline("smtp", False, now + 7) is False
+    finally:
+        await other.close()
+
+
+async def test_recipients_waiting_for_a_transport_are_released_when_it_is_online(store: Store) -> None:
+    now = time.time()
+    waiting = await submit(store, "b@example.com", now=now)
+    busy = await submit(store, "c@example.com", now=now)
+    await store.claim(now, 10)
+    await store.settle([settled(waiting.id, 0, "b@example.com", Status.DEFERRED, BUSY, next_attempt_at=now + 3600,
+                                wait_destination=True, transport="smtp", nexthop="relay.test:25"),
+                        settled(busy.id, 0, "c@example.com", Status.DEFERRED, BUSY, next_attempt_at=now + 3600,
+                                transport="smtp", nexthop="relay.test:25")], now)
+    assert await store.release_transport("other", now) == 0
+    assert await store.release_transport("smtp", now) == 1  # not the one deferred by its next hop's 450
+    assert ids(await store.claim(now, 10)) == [waiting.id]
 
 
 async def test_events_that_change_no_state_are_recorded_with_ids_in_order(store: Store) -> None:

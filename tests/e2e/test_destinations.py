@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -12,8 +13,9 @@ from typing import Any
 
 import pytest
 
-from tests.support.daemon import Daemon, DaemonFactory, Spool, tagged_message
+from tests.support.daemon import Daemon, DaemonFactory, Spool, received_tags, tagged_message
 from tests.support.sink import Sink
+from tests.support.sse import SseClient
 
 PROMPT = 5.0
 
@@ -103,3 +105,72 @@ def test_flush_of_one_destination_works_with_the_daemon_down(spool: Spool, relay
     assert spool.run("queue", "flush", "--destination", partner.address).stdout == "1 recipients due now\n"
     two_routes.start()
     spool.wait_until(lambda: attempts_of(spool, message_id) == 2, "the attempt the flush made due", timeout=PROMPT)
+
+
+def transport_row(spool: Spool, name: str) -> dict[str, Any]:
+    [row] = [t for t in spool.status()["transports"] if t["name"] == name]
+    return row
+
+
+def test_an_offline_transport_takes_no_work_across_a_restart_until_online_releases_its_backlog(
+        spool: Spool, relay: Sink, partner: Sink, two_routes: Daemon) -> None:
+    relay.start()
+    two_routes.start()
+    went = spool.run("transport", "offline", "partner")
+    assert went.stdout == "transport partner is offline\n", went.stdout
+    assert spool.run("transport", "offline", "partner").stdout == "transport partner was offline already\n"
+    spool.sendmail(tagged_message("waits", to="bob@partner.example"), "-t")
+    spool.sendmail(tagged_message("goes", to="carol@example.com"), "-t")
+    spool.wait_for_sink(relay, 1)  # another transport is not held up
+    waiting = next(m["id"] for m in spool.queue() if m["recipients"][0]["address"] == "bob@partner.example")
+    [r] = spool.show(waiting)["recipients"]
+    assert (r["status"], r["attempts"], r["last_reply"]) == ("deferred", 0, "421 4.3.2 transport partner is offline"), r
+    row = transport_row(spool, "partner")
+    assert (row["status"], row["offline"], row["reason"].startswith("transport partner is offline")) == (
+        "offline", True, True), row
+    assert transport_row(spool, "smtp")["status"] == "online"
+
+    two_routes.stop()  # the flag is in the spool: a restart keeps it
+    stopped = transport_row(spool, "partner")
+    assert (stopped["status"], stopped["offline"]) == ("stopped", True), stopped
+    two_routes.start()
+    assert spool.run("queue", "flush").returncode == 0  # a flush does not lift an operator's offline
+    time.sleep(1.0)
+    assert partner.connections == 0 and partner.count() == 0, "an offline transport connected"
+    assert transport_row(spool, "partner")["status"] == "offline"
+
+    events = SseClient(two_routes.http_port, "types=transport_status").opened()
+    try:
+        started = time.monotonic()
+        status, body = post(two_routes, "/api/transports/partner/online")
+        assert (status, body) == (200, {"ok": True, "transport": "partner", "status": "online", "changed": True,
+                                        "released": 1}), body
+        spool.wait_for_sink(partner, 1, timeout=PROMPT)
+        assert time.monotonic() - started < PROMPT
+        [event] = [e for e in events.wait_for(1) if e.data.get("transport") == "partner"]
+        assert (event.type, event.data["status"], event.data["released"]) == ("transport_status", "online", 1)
+    finally:
+        events.close()
+    assert received_tags(partner) == ["waits"]
+    assert transport_row(spool, "partner")["offline"] is False
+
+
+def test_a_transport_put_offline_with_the_daemon_down_is_offline_when_it_starts(
+        spool: Spool, relay: Sink, partner: Sink, two_routes: Daemon) -> None:
+    relay.start()
+    spool.sendmail(tagged_message("queued-first", to="bob@partner.example"), "-t")
+    assert spool.run("transport", "offline", "partner", "--json").stdout.strip() == json.dumps(
+        {"transport": "partner", "status": "offline", "changed": True, "released": 0})
+    two_routes.start()
+    message_id = spool.only_id()
+    spool.wait_until(lambda: spool.show(message_id)["recipients"][0]["last_reply"] ==
+                     "421 4.3.2 transport partner is offline", "the message to wait for its offline transport")
+    assert partner.connections == 0
+    assert spool.run("transport", "online", "partner").stdout == \
+        "transport partner is online; 1 waiting recipients due now\n"
+    spool.wait_for_sink(partner, 1, timeout=PROMPT)
+
+    unknown = spool.run("transport", "offline", "nosuch", ok=False)
+    assert unknown.returncode == 1 and "no transport nosuch (known: smtp, partner)" in unknown.stderr, unknown
+    status, body = post(two_routes, "/api/transports/nosuch/offline")
+    assert status == 404 and "no transport nosuch" in body["detail"], body

@@ -5,6 +5,7 @@ of a full disk and a read-only file system (deferred, and delivered once the dis
 from __future__ import annotations
 
 import asyncio
+import imaplib
 import mailbox
 import os
 import subprocess
@@ -15,7 +16,10 @@ import pytest
 
 import msgspool
 from msgspool import EventType
+from msgspool.maildir_export import UnknownMailbox, export_mailbox
 from msgspool.spooler.runtime import Spooler
+from tests.conftest import DOVECOT_USERS
+from tests.support import dovecot
 from tests.support.tmpfs import fill, small_tmpfs
 
 NOTE = b"From: a@example.com\r\nTo: alice@example.org\r\nSubject: hello\r\n\r\nbody line\r\n"
@@ -173,3 +177,141 @@ async def test_a_read_only_file_system_defers_the_recipient(tmp_path: Path) -> N
         recipient = info["recipients"][0]
         assert recipient["status"] == "deferred"
         assert recipient["last_reply"].startswith("451 4.3.0 maildir ") and "read-only" in recipient["last_reply"]
+
+
+async def test_dovecot_reads_the_maildir_inbox_and_its_maildirplus_folders_over_imap(
+        tmp_path: Path, dovecot_server: dovecot.Dovecot) -> None:
+    owner = "nobody" if os.getuid() == 0 else os.getuid()  # the mail user of the test Dovecot
+    transport = {"name": "maildir", "type": "maildir", "path": f"{dovecot_server.directory}/home/%u/Maildir",
+                 "domains": ["example.org"], "owner": owner}
+    async with msgspool.open_spool(str(tmp_path / "spool"), smtp_listen="", http_listen="", delivery_process=False,
+                                   transports=[transport]) as spooler:
+        await spooler.set_receive_folder("alice@example.org", "IPM.Note.Report", "Reports/Bounces")
+        await spooler.set_receive_folder("alice@example.org", "IPM.Note.Draft", "Entwürfe")
+        for message_class in ("IPM.Note", "IPM.Note.Report.DR", "IPM.Note.Draft"):
+            queue_id = await spooler.send(NOTE, sender="a@example.com", recipients=["alice@example.org"],
+                                          message_class=message_class)
+            info = await delivered(spooler, queue_id)
+            assert info["recipients"][0]["status"] == "delivered", info["recipients"]
+    imap = await asyncio.to_thread(imaplib.IMAP4, "127.0.0.1", dovecot_server.imap_port, timeout=10)
+    try:
+        imap.login("alice", DOVECOT_USERS["alice"])
+        listed = b" ".join(line for line in imap.list()[1] if isinstance(line, bytes))
+        subscribed = b" ".join(line for line in imap.lsub()[1] if isinstance(line, bytes))
+        counts = {name: imap.select(name, readonly=True)[1][0] for name in
+                  ("INBOX", "Reports.Bounces", '"Entw&APw-rfe"')}
+        imap.select("INBOX", readonly=True)
+        fetched = imap.fetch("1", "(BODY.PEEK[HEADER.FIELDS (SUBJECT DELIVERED-TO)])")[1][0]
+    finally:
+        imap.logout()
+    assert b"Reports.Bounces" in listed and b"Entw&APw-rfe" in listed
+    assert b"Reports.Bounces" in subscribed
+    assert counts == {"INBOX": b"1", "Reports.Bounces": b"1", '"Entw&APw-rfe"': b"1"}
+    assert isinstance(fetched, tuple) and b"Subject: hello" in fetched[1]
+    assert b"Delivered-To: alice@example.org" in fetched[1]
+
+
+async def test_export_writes_every_folder_with_read_flags_and_a_second_export_writes_nothing(
+        tmp_path: Path) -> None:
+    target = tmp_path / "export"
+    async with msgspool.open_spool(str(tmp_path / "spool"), smtp_listen="", http_listen="",
+                                   delivery_process=False, hostname="mx.test") as spooler:
+        await spooler.set_receive_folder("erin@localhost", "IPM.Note.Report", "Reports")
+        for message_class in ("IPM.Note", "IPM.Note", "IPM.Note.Report.NDR"):
+            await spooler.send(NOTE, sender="a@example.com", recipients=["erin@localhost"],
+                               message_class=message_class)
+        await spooler.send(NOTE, sender="erin@localhost", recipients=["erin@localhost"], mailbox="erin@localhost")
+        inbox = await spooler.folder("erin@localhost")
+        await spooler.mark_read([inbox[0]["id"]], mdn=False)
+        for _ in range(100):
+            if await spooler.folder("erin@localhost", "sent"):
+                break
+            await asyncio.sleep(0.05)
+        first = await export_mailbox(spooler.store, "Erin@localhost", target, "mx.test")
+        second = await export_mailbox(spooler.store, "erin@localhost", target, "mx.test")
+        with pytest.raises(UnknownMailbox):
+            await export_mailbox(spooler.store, "nobody@localhost", tmp_path / "none", "mx.test")
+    assert first.written == {"INBOX": 3, "Reports": 1, "Sent": 1} and first.skipped == 0
+    assert second.written == {"INBOX": 0, "Reports": 0, "Sent": 0} and second.skipped == 5
+    box = mailbox.Maildir(target, create=False)
+    assert sorted(box.list_folders()) == ["Reports", "Sent"]
+    assert len(box) == 3 and len(box.get_folder("Reports")) == 1 and len(box.get_folder("Sent")) == 1
+    by_subdir = sorted((m.get_subdir(), m.get_flags()) for m in box)
+    assert by_subdir == [("cur", "S"), ("new", ""), ("new", "")]
+    read = next(m for m in box if m.get_subdir() == "cur")
+    assert read["Return-Path"] == "<a@example.com>" and read["Delivered-To"] == "erin@localhost"
+    assert all(f".X{info['id']}.mx.test," in "".join(os.listdir(target / "cur") + os.listdir(target / "new"))
+               for info in inbox)
+    assert not (tmp_path / "none").exists()
+
+
+async def test_the_maildir_setting_sends_every_local_domain_to_maildirs(tmp_path: Path) -> None:
+    root = tmp_path / "mail"
+    async with msgspool.open_spool(str(tmp_path / "spool"), smtp_listen="", http_listen="", delivery_process=False,
+                                   local_domains=["localhost", "example.net"], maildir=f"{root}/%d/%u") as spooler:
+        queue_id = await spooler.send(NOTE, sender="", recipients=["a@localhost", "b@example.net"])
+        info = await delivered(spooler, queue_id)
+    assert {r["transport"] for r in info["recipients"]} == {"maildir"}
+    assert len(mailbox.Maildir(root / "localhost" / "a", create=False)) == 1
+    assert len(mailbox.Maildir(root / "example.net" / "b", create=False)) == 1
+
+
+SIEVE = [{"name": "filters", "type": "sieve"}]
+
+
+def sieve_script(spooler: Spooler, mailbox_name: str, text: str) -> None:
+    folder = Path(spooler.settings.data_dir) / "sieve"
+    folder.mkdir(exist_ok=True)
+    (folder / f"{mailbox_name}.sieve").write_text(text)
+
+
+async def test_inbound_hooks_run_for_maildir_recipients_sieve_files_into_a_folder_with_flags_and_rejects(
+        tmp_path: Path) -> None:
+    root = tmp_path / "mail"
+    async with msgspool.open_spool(str(tmp_path / "spool"), smtp_listen="", http_listen="", delivery_process=False,
+                                   hooks=SIEVE, transports=[maildir_transport(root)]) as spooler:
+        sieve_script(spooler, "alice@example.org",
+                     'require ["fileinto", "imap4flags", "reject"];\r\n'
+                     'if header :contains "subject" "report" { fileinto :flags "\\\\Flagged" "Reports"; }\r\n'
+                     'elsif header :contains "subject" "offer" { reject "no offers"; }\r\n')
+        events = spooler.events(types=[EventType.NEW_MAIL])
+        report = await spooler.send(NOTE.replace(b"hello", b"weekly report"), sender="a@example.com",
+                                    recipients=["alice@example.org"])
+        plain = await spooler.send(NOTE, sender="a@example.com", recipients=["alice@example.org"])
+        offer = await spooler.send(NOTE.replace(b"hello", b"an offer"), sender="a@example.com",
+                                   recipients=["alice@example.org"])
+        infos = [await delivered(spooler, i) for i in (report, plain, offer)]
+        seen = [await asyncio.wait_for(anext(events), 5) for _ in range(2)]
+    replies = [i["recipients"][0]["last_reply"] for i in infos]
+    assert replies[0] == "250 2.0.0 delivered to maildir of alice@example.org (Reports)"
+    assert replies[1] == "250 2.0.0 delivered to maildir of alice@example.org (inbox)"
+    assert replies[2] == "550 5.7.1 no offers"
+    assert all(i["recipients"][0]["transport"] == "maildir" for i in infos)
+    box = mailbox.Maildir(root / "example.org" / "alice", create=False)
+    [filed] = list(box.get_folder("Reports"))
+    assert filed["Subject"] == "weekly report" and filed.get_subdir() == "cur" and filed.get_flags() == "F"
+    assert filed["Return-Path"] == "<a@example.com>" and filed["Delivered-To"] == "alice@example.org"
+    assert [m["Subject"] for m in box] == ["hello"]
+    assert sorted((e.folder, e.message_id) for e in seen) == sorted([("Reports", report), ("inbox", plain)])
+
+
+async def test_with_inbound_hooks_a_full_disk_still_defers_the_maildir_recipient(tmp_path: Path) -> None:
+    with small_tmpfs(tmp_path / "disk", "2m") as disk:
+        root = disk / "mail"
+        async with msgspool.open_spool(str(tmp_path / "spool"), smtp_listen="", http_listen="",
+                                       delivery_process=False, hooks=SIEVE,
+                                       transports=[maildir_transport(root)]) as spooler:
+            (root / "example.org").mkdir(parents=True)
+            mailbox.Maildir(root / "example.org" / "alice", create=True)
+            fill(disk / "ballast")
+            queue_id = await spooler.send(NOTE + b"x" * 8192 + b"\r\n", sender="a@example.com",
+                                          recipients=["alice@example.org"])
+            info = await delivered(spooler, queue_id)
+            recipient = info["recipients"][0]
+            assert recipient["status"] == "deferred", recipient
+            assert recipient["last_reply"].startswith("452 4.3.1 maildir ")
+            assert recipient["next_attempt_at"] is not None
+            (disk / "ballast").unlink()
+            await spooler.flush([queue_id])
+            info = await delivered(spooler, queue_id, wanted=("delivered",))
+        assert len(mailbox.Maildir(root / "example.org" / "alice", create=False)) == 1

@@ -219,3 +219,22 @@ async def test_a_node_asked_to_drain_gives_its_work_back_and_retires_and_the_oth
         assert [n["owner"] for n in await b.store.nodes(time.time())] == [b.lease.owner]
         assert ta.sent == ["first@example.com"] and tb.sent == ["second@example.com"]
         assert not await b.store.drain_node(owner, time.time())  # no such node any more
+
+
+async def test_a_transport_put_offline_on_one_node_takes_no_work_on_the_other_until_online_there(
+        nodes: Callable[..., Any]) -> None:
+    """Issue 12.7: the flag is in the store and a `transports` notice tells the other nodes at once."""
+    async with nodes(2) as [(a, ta), (b, tb)]:
+        await a.set_offline("relay")
+        await until(lambda: "relay" in b.scheduler.offline)
+        message_id = await b.submit(submission("x@example.com"))
+        info = await wait_status(b, message_id, {"deferred"})
+        assert info["recipients"][0]["last_reply"] == "421 4.3.2 transport relay is offline"
+        assert info["recipients"][0]["attempts"] == 0
+        assert ta.connects == tb.connects == 0
+        assert [r["status"] for r in b.status()["transports"]] == ["offline"]
+        answer = await b.set_offline("relay", False)
+        assert answer == {"transport": "relay", "status": "online", "changed": True, "released": 1}
+        await until(lambda: "relay" not in a.scheduler.offline)
+        await wait_status(a, message_id, {"delivered"}, timeout=SOON)
+        assert ta.sent + tb.sent == ["x@example.com"]

@@ -121,6 +121,12 @@ CONNECTION_REFUSED = Reply(421, "4.4.1", "connection refused")
 CONNECTION_TIMEOUT = Reply(421, "4.4.1", "connection timed out")
 CONNECTION_LOST = Reply(421, "4.4.2", "lost connection with the next hop")
 DESTINATION_DOWN = Reply(421, "4.4.1", "destination marked down; waiting for it to come back")
+
+
+def transport_offline(name: str) -> Reply:
+    """Why a recipient waits while an operator has its transport offline (Postfix's "delivery
+    temporarily suspended: deferred transport"; RFC 3463 4.3.2: system not accepting messages)."""
+    return Reply(421, "4.3.2", f"transport {name} is offline")
 NO_ROUTE = Reply(550, "5.4.4", "no transport accepts this address type or domain")
 EXPIRED = Reply(554, "5.4.7", "message expired: delivery time limit exceeded")
 LOOP_DETECTED = Reply(554, "5.4.6", "too many hops: mail loop suspected")

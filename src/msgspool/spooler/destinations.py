@@ -43,6 +43,26 @@ from msgspool.spooler.metrics import Metrics
 log = logging.getLogger("msgspool.delivery")
 
 
+def deferral(retry: RetryPolicy, warn_after: float, now: float, message: Message, r: Recipient, reply: Reply, *,
+             attempted: bool, wait: bool = False, remote: str | None = None) -> Settlement:
+    """A temporary failure: deferred with backoff, or given up (expired; failed at the cap on
+    attempts — which only an attempt made can reach, not a wait for a down destination)."""
+    give_up_at = retry.give_up_at(message.submitted_at, message.expires_at, message.deliver_after)
+    if now >= give_up_at:
+        return Settlement(message.id, r.index, r.address, Status.EXPIRED, reply, attempted=attempted, dsn=r.dsn,
+                          remote=remote)
+    if attempted and retry.exhausted(r.attempts + 1, message.max_attempts):
+        return Settlement(message.id, r.index, r.address, Status.FAILED, attempts_exhausted(r.attempts + 1, reply),
+                          remote=remote, dsn=r.dsn)
+    next_at = retry.next_attempt(now, r.attempts + 1)
+    # Waiting for a down destination counts too: a long outage is when senders want to know.
+    warn_at = delay_warning_at(r.dsn, sender=message.sender, submitted_at=message.submitted_at,
+                               warn_after=warn_after, deliver_after=message.deliver_after)
+    return Settlement(message.id, r.index, r.address, Status.DEFERRED, reply, attempted=attempted,
+                      next_attempt_at=min(next_at, give_up_at), wait_destination=wait, remote=remote, dsn=r.dsn,
+                      warn_at=warn_at)
+
+
 @dataclass(slots=True)
 class Job:
     message: Message
@@ -95,6 +115,9 @@ class Destination:
         # The transport raised (a bug of its own, MAPI's critical error): the status row says
         # `failure` with this reply until a connection or a transaction works again.
         self.failure: Reply | None = None
+        # Its transport is offline (an operator's `msgspool transport offline`): every job is
+        # deferred at once with this reply, nothing connects, nothing probes.
+        self.offline: Reply | None = None
         self._work = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._prober: asyncio.Task[None] | None = None
@@ -117,6 +140,9 @@ class Destination:
             else:
                 self.jobs.append(job)
 
+        if self.offline is not None:
+            self._defer_queued(self.offline)
+            return
         if self.health.down:
             self._defer_queued(DESTINATION_DOWN)
             return
@@ -141,8 +167,24 @@ class Destination:
     def resize(self) -> None:
         """The number of live nodes changed: a bigger share takes up waiting jobs now; workers
         beyond a smaller one close as their transactions end (`_worker`)."""
-        if self.jobs and not self.health.down and not self.draining:
+        if self.jobs and not self.health.down and not self.draining and self.offline is None:
             self._add_workers()
+
+    def go_offline(self, reply: Reply) -> None:
+        """Its transport went offline: queued jobs wait (deferred, no attempt counted, released
+        when it is online again), idle workers close, probing stops. A transaction in flight
+        finishes, as under Postfix's defer_transports."""
+        self.offline = reply
+        self._defer_queued(reply)
+        self._work.set()
+        self._probe_wakeup.set()  # the probe loop sees it offline and ends
+
+    def go_online(self) -> None:
+        """Its transport is online again: a destination that was down is probed at once (the
+        backlog itself is released in the store, by transport)."""
+        self.offline = None
+        if self.health.down:
+            self.probe_now()
 
     def _head_position(self, priority: int) -> int:
         """After every head job at least as urgent: the head is short, so a scan is cheap."""
@@ -264,11 +306,11 @@ class Destination:
     async def _next_job(self) -> Job | None:
         """The worker's next job; None: the worker ends (idle too long, down, draining, or beyond
         this node's share, which shrinks when a node joins the spool)."""
-        if self.draining or not self.may_start() or self.workers > self.concurrency:
+        if self.draining or not self.may_start() or self.workers > self.concurrency or self.offline is not None:
             return None
         deadline = self.clock() + self.limits.idle_time
         while not self.jobs:
-            if self.health.down or self.draining or self.workers > self.concurrency:
+            if self.health.down or self.draining or self.workers > self.concurrency or self.offline is not None:
                 return None
             remaining = deadline - self.clock()
             if remaining <= 0:
@@ -336,8 +378,10 @@ class Destination:
             return False
         now = self.clock()
         handoff = getattr(conn, "handoff", Handoff.FINAL)  # optional for a transport: final by default
-        settlements = [self._outcome(message, r, reply, now, conn.remote, handoff)
-                       for r, reply in zip(recipients, replies, strict=True)]
+        # Optional too: which next hop answered each recipient, when one send used several (MX fallback).
+        remotes = getattr(conn, "remotes", None) or [conn.remote] * len(recipients)
+        settlements = [self._outcome(message, r, reply, now, remote, handoff)
+                       for r, reply, remote in zip(recipients, replies, remotes, strict=True)]
         self._settle_job(job, settlements)
         self.failure = None
         for s in settlements:
@@ -358,23 +402,8 @@ class Destination:
 
     def _deferral(self, message: Message, r: Recipient, reply: Reply, *, attempted: bool,
                   wait: bool = False, remote: str | None = None) -> Settlement:
-        """A temporary failure: deferred with backoff, or given up (expired; failed at the cap on
-        attempts — which only an attempt made can reach, not a wait for a down destination)."""
-        now = self.clock()
-        give_up_at = self.retry.give_up_at(message.submitted_at, message.expires_at, message.deliver_after)
-        if now >= give_up_at:
-            return Settlement(message.id, r.index, r.address, Status.EXPIRED, reply, attempted=attempted, dsn=r.dsn,
-                              remote=remote)
-        if attempted and self.retry.exhausted(r.attempts + 1, message.max_attempts):
-            return Settlement(message.id, r.index, r.address, Status.FAILED, attempts_exhausted(r.attempts + 1, reply),
-                              remote=remote, dsn=r.dsn)
-        next_at = self.retry.next_attempt(now, r.attempts + 1)
-        # Waiting for a down destination counts too: a long outage is when senders want to know.
-        warn_at = delay_warning_at(r.dsn, sender=message.sender, submitted_at=message.submitted_at,
-                                   warn_after=self.warn_after, deliver_after=message.deliver_after)
-        return Settlement(message.id, r.index, r.address, Status.DEFERRED, reply, attempted=attempted,
-                          next_attempt_at=min(next_at, give_up_at), wait_destination=wait, remote=remote, dsn=r.dsn,
-                          warn_at=warn_at)
+        return deferral(self.retry, self.warn_after, self.clock(), message, r, reply, attempted=attempted, wait=wait,
+                        remote=remote)
 
     # -- health -----------------------------------------------------------------------------
 
@@ -394,13 +423,13 @@ class Destination:
             self.settle(settlements)
 
     async def _probe_loop(self) -> None:
-        while self.health.down:
+        while self.health.down and self.offline is None:
             delay = max(0.0, (self.health.probe_at or self.clock()) - self.clock())
             if not self._probe_wakeup.is_set():  # set by probe_now, perhaps during the last probe
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._probe_wakeup.wait(), delay)
             self._probe_wakeup.clear()
-            if not self.health.down:  # another node found it up (`heard`) while this one waited
+            if not self.health.down or self.offline is not None:  # found up elsewhere (`heard`), or offline
                 break
             try:
                 conn = await self.transport.connect(self.nexthop)
@@ -455,7 +484,10 @@ class Destination:
         self.resize()
 
     def probe_now(self) -> None:
-        """Probe at once: after a restart (a backlog may be waiting) or on `queue flush`."""
+        """Probe at once: after a restart (a backlog may be waiting) or on `queue flush`; never
+        while the transport is offline."""
+        if self.offline is not None:
+            return
         if not self.health.down:
             self.health.connection_failed(self.clock(), DESTINATION_DOWN)
         self.health.probe_at = self.clock()

@@ -14,6 +14,8 @@ the store. The link carries only hints and questions, as JSON lines over a socke
                          {"op": "reports"}                     reports are owed: write them
                          {"op": "cancel", "ids": [...]}         held, requeued or deleted: drop queued
                                                                 jobs, give their recipients back
+                         {"op": "transports"}                   a transport was put offline or online:
+                                                                read the offline transports again
                          {"op": "probe", "transport": T|null,   flush: probe down destinations now
                           "nexthop": N|null}                    (of one transport / destination)
                          {"op": "abort", "ids": [...], "req": N} -> {"in_flight": {id: [[idx, addr]]}}:
@@ -161,6 +163,10 @@ class RemoteDelivery:
 
     def cancel(self, ids: Sequence[str]) -> None:
         self.link.send({"op": "cancel", "ids": list(ids)})
+
+    def transports(self) -> None:
+        """A transport was put offline or online: the delivery process reads them again."""
+        self.link.send({"op": "transports"})
 
     def probe(self, transport: str | None = None, nexthop: str | None = None) -> None:
         self.link.send({"op": "probe", "transport": transport, "nexthop": nexthop})

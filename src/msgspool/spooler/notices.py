@@ -15,6 +15,8 @@ the same hints, and a store without a Notifier makes every call here a no-op.
     down     transport nexthop   a destination found down           marks it down too, and only probes it
     up       transport nexthop   a destination found up again       marks it up, looks now (the backlog
                                                                     was released in the store)
+    transports  name             a transport put offline or online  reads the offline transports again:
+                                                                    defers their work, or releases it
 
 A notice is a hint, never the only way work is found: each node also looks at the store at least
 every `poll_interval`, renews its view of the nodes at every heartbeat, and a hold or delete
@@ -37,6 +39,7 @@ from msgspool.spooler.scheduler import Scheduler
 
 log = logging.getLogger("msgspool")
 DUE, FLUSH, REPORTS, CANCEL, NODES, DOWN, UP = "due", "flush", "reports", "cancel", "nodes", "down", "up"
+TRANSPORTS = "transports"
 
 
 class Notices:
@@ -84,6 +87,8 @@ class Notices:
             self._run(scheduler.cancel_elsewhere(ids))
         elif kind == NODES:
             self._run(lease.look())
+        elif kind == TRANSPORTS:
+            self._run(scheduler.read_offline())
         elif kind in (DOWN, UP) and len(ids) == 2:
             scheduler.heard_destination(ids[0], ids[1], kind == DOWN)
 

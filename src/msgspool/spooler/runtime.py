@@ -32,6 +32,8 @@ from msgspool.domain.message import DEFAULT_CLASS, NORMAL, Message
 from msgspool.domain.recipient import Status
 from msgspool.domain.retry import RetryPolicy
 from msgspool.domain.routing import Router, TransportRoute
+from msgspool.domain.suppression import OPERATOR, Suppression, suppression_key
+from msgspool.domain.timefmt import iso
 from msgspool.domain.webhooks import WEBHOOK_TRANSPORT, from_webhook
 from msgspool.errors import ConfigError, NotFound, SpoolError, StorageFull, UnableToAbort, UnknownTransport
 from msgspool.ports import MailboxTransport, Store, Transport
@@ -47,7 +49,7 @@ from msgspool.spooler.lease import NodeLease
 from msgspool.spooler.link import RemoteDelivery
 from msgspool.spooler.local import LocalDelivery
 from msgspool.spooler.metrics import Metric, Metrics, counter, gauge
-from msgspool.spooler.notices import CANCEL, DUE, FLUSH, NODES, REPORTS, Notices
+from msgspool.spooler.notices import CANCEL, DUE, FLUSH, NODES, REPORTS, TRANSPORTS, Notices
 from msgspool.spooler.receipts import Receipts
 from msgspool.spooler.reporter import Reporter
 from msgspool.spooler.scheduler import IDLE_RECHECK, Scheduler
@@ -61,6 +63,7 @@ LOCK_ROLES = {LOCK_NAME: "delivering from", SERVE_LOCK_NAME: "serving"}
 SENT_RETENTION = 7 * 86400.0
 EVENT_RETENTION = 86400.0
 HOUSEKEEPING_INTERVAL = 300.0
+SUPPRESSION_REFRESH = 1.0  # seconds between looks at the suppression list for intake's RCPT-time copy
 
 
 def _addresses(in_flight: dict[str, list[tuple[int, str]]]) -> dict[str, list[str]]:
@@ -69,7 +72,8 @@ def _addresses(in_flight: dict[str, list[tuple[int, str]]]) -> dict[str, list[st
 
 def load_transports(settings: Settings) -> dict[str, Transport]:
     """The configured transports, in order: the built-in `smtp` one first, `webhook` when there are
-    webhooks, then [[transports]]."""
+    webhooks, `maildir` when the `maildir` setting names a path, then [[transports]] (a table of a
+    built-in's name replaces it)."""
     factories = {ep.name: ep for ep in entry_points(group="msgspool.transports")}
     builtin: list[dict[str, Any]] = [{"name": "smtp", "type": "smtp"}]
     if settings.webhooks:
@@ -77,6 +81,8 @@ def load_transports(settings: Settings) -> dict[str, Transport]:
         if any(t.get("name") == WEBHOOK_TRANSPORT for t in settings.transports):
             raise ConfigError(f"transport {WEBHOOK_TRANSPORT}: the name is taken by the built-in one for webhooks")
         builtin.append({"name": WEBHOOK_TRANSPORT, "type": "webhook"})
+    if settings.maildir:
+        builtin.append({"name": "maildir", "type": "maildir", "path": settings.maildir})
     declared = [*builtin, *settings.transports]
     transports: dict[str, Transport] = {}
     for options in declared:
@@ -185,7 +191,8 @@ class Spooler:
             probe=ProbePolicy(settings.probe_min, settings.probe_max),
             limits=DestinationLimits(settings.destination_concurrency, settings.destination_recipient_limit,
                                      settings.connection_idle_time, settings.connection_reuse_limit),
-            active_limit=settings.active_limit, warn_after=settings.delay_warning_time, metrics=self.metrics)
+            active_limit=settings.active_limit, warn_after=settings.delay_warning_time,
+            suppression_time=settings.suppression_time, metrics=self.metrics)
         self.reporter = Reporter(self.store, self.intake, hostname=settings.host_name,
                                  postmaster=settings.postmaster, publish=self.publish,
                                  deliver=lambda _message: self.poke(), retry=self.retry)
@@ -214,6 +221,8 @@ class Spooler:
         self.started_at: float | None = None
         self._housekeeping: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
+        self._suppressions: asyncio.Task[None] | None = None
+        self._suppression_signature: tuple[int, float | None] | None = None
         self._lock: IO[str] | None = None
 
     async def start(self, *, deliver: bool = True, route: bool | None = None, lock_timeout: float = 0.0,
@@ -303,6 +312,7 @@ class Spooler:
         self.intake.message_size_limit = settings.message_size_limit
         self.intake.mailboxes = frozenset(mailbox_key(m) for m in settings.mailboxes)
         self.intake.defer_local = has_inbound_hooks(settings)
+        self.scheduler.suppression_time = settings.suppression_time
         if hooks is not None:
             for pipeline in (self.preprocessor, self.postprocessor):
                 if pipeline is not None:
@@ -320,7 +330,10 @@ class Spooler:
                                  *((Postprocessor.STAGE, h.hook.name) for h in inbound)])
         self.scheduler.preprocessor = self.preprocessor
         # intake leaves local mail to the scheduler exactly when inbound hooks exist (defer_local)
-        self.scheduler.local = LocalDelivery(self.intake, self.postprocessor) if self.postprocessor else None
+        mailbox_transports = {t.name: t for t in self.transports.values() if isinstance(t, MailboxTransport)}
+        self.scheduler.local = (LocalDelivery(self.intake, self.postprocessor, answer_once=self.store.answer_once,
+                                              mailbox_transports=mailbox_transports)
+                                if self.postprocessor else None)
 
     async def stop(self, drain: float = 0.0) -> None:
         """Stop; with `drain` seconds, delivery finishes the transactions in flight first."""
@@ -329,6 +342,7 @@ class Spooler:
             await self.webhooks.stop()
         await stop_task(self._housekeeping)
         await stop_task(self._watchdog)
+        await stop_task(self._suppressions)
         if self._draining is not None:
             await self._draining
         await self._stop_delivery(drain)
@@ -358,6 +372,44 @@ class Spooler:
         self.notices.publish(NODES)  # the others' shares grow back now
         self.notices.publish(DUE)  # and what this node gave back is theirs to send
 
+    # -- the suppression list ------------------------------------------------------------------
+
+    def watch_suppressions(self) -> None:
+        """Keep intake's copy of the suppression list fresh (read again within SUPPRESSION_REFRESH
+        of a change by any process or node), so that SMTP refuses a suppressed recipient at RCPT."""
+        if self._suppressions is None:
+            self._suppressions = start_supervised("suppressions", self._suppressions_loop)
+
+    async def _suppressions_loop(self) -> None:
+        while True:
+            try:
+                await self.refresh_suppressions()
+            except Exception:
+                log.exception("could not read the suppression list")
+            await asyncio.sleep(SUPPRESSION_REFRESH)
+
+    async def refresh_suppressions(self, *, force: bool = False) -> None:
+        signature = await self.store.suppressions_signature()
+        if force or signature != self._suppression_signature:
+            entries = await self.store.suppressions(time.time())
+            self.intake.suppressed = {e.address: e for e in entries}
+            self._suppression_signature = signature
+
+    async def suppressions(self) -> list[Suppression]:
+        return await self.store.suppressions(time.time())
+
+    async def suppress(self, address: str, reason: str, until: float | None) -> Suppression:
+        """An operator's entry (`msgspool suppression add`, POST /api/suppressions)."""
+        entry = Suppression(suppression_key(address), reason or "added by the operator", time.time(), until, OPERATOR)
+        await self.store.suppress(entry)
+        await self.refresh_suppressions(force=True)
+        return entry
+
+    async def unsuppress(self, address: str) -> bool:
+        removed = await self.store.unsuppress(address)
+        await self.refresh_suppressions(force=True)
+        return removed
+
     async def __aenter__(self) -> Spooler:
         return self
 
@@ -367,7 +419,12 @@ class Spooler:
     # -- submission -------------------------------------------------------------------------
 
     async def submit(self, sub: Submission) -> str:
-        """Commit a message durably and return its queue id (raises SubmitError).
+        """Commit a message durably and return its queue id (raises SubmitError); see `commit`."""
+        return (await self.commit(sub)).id
+
+    async def commit(self, sub: Submission) -> Message:
+        """Commit a message durably and return it as committed (raises SubmitError): its
+        recipients' states say which failed at once (the suppression list, an alias loop).
 
         Recipients due now are committed as `active` and handed straight to delivery — the
         scheduler here, or the delivery process over the link — so the fresh message is never read
@@ -395,15 +452,18 @@ class Spooler:
         self.publish(events)
         if any(r.report_owed for r in message.recipients):
             self.reports_owed()
-        if handed and not any(r.status is Status.ACTIVE for r in message.recipients):
-            # The store refused the hand-over (that node's lease ran out): it waits, queued, for a live node.
-            if self.delivering:
-                self.scheduler.unreserve(due)
-            self.poke()
+        active = sum(1 for r in message.recipients if r.status is Status.ACTIVE)
+        if handed and active < due and self.delivering:  # failed at the commit (suppressed), or not handed
+            self.scheduler.unreserve(due - active)
+        if handed and not active:
+            # The store refused the hand-over (that node's lease ran out): it waits, queued, for a live
+            # node — or every recipient failed at the commit (the suppression list).
+            if any(r.status.pending for r in message.recipients):
+                self.poke()
         elif handed and self.delivering:
             self.scheduler.dispatch(message, fresh=True)
         elif handed and remote is not None and remote is self.remote:
-            remote.dispatch(message, due)
+            remote.dispatch(message, active)
         elif handed:
             # The delivery process it was handed to died during the commit: take it back, unless
             # the next one has claimed it already (it rescues the dead node's rows when it starts).
@@ -414,7 +474,7 @@ class Spooler:
             self.poke()
         if any(r.status.pending for part, _copies in message.parts for r in part.recipients):
             self.poke()  # parts split off by expansion (an owner-NAME sender) are committed queued
-        return message.id
+        return message
 
     def _reserve(self, count: int) -> bool:
         if self.delivering:
@@ -557,6 +617,30 @@ class Spooler:
         self.notices.publish(FLUSH, route)
         return count
 
+    async def set_offline(self, transport: str, offline: bool = True) -> dict[str, Any]:
+        """Put a transport offline (MAPI STATUS_OFFLINE; Postfix `defer_transports`) or online
+        again, for every node of the spool and across restarts. Offline, it takes no work: its
+        due recipients wait as `deferred` ("transport NAME is offline"), no attempt counted;
+        delay notices and the lifetime run on as for any deferral. Online, what waited for it is
+        due at once. A `transport_status` event tells of the change."""
+        self._require_transport(transport)
+        now = time.time()
+        changed = await self.store.set_transport_offline(transport, offline, now)
+        released = 0 if offline else await self.store.release_transport(transport, now)
+        if self.delivering:
+            await self.scheduler.read_offline()
+        elif self.remote is not None:
+            self.remote.transports()
+        self.notices.publish(TRANSPORTS, [transport])
+        status = "offline" if offline else "online"
+        if changed:
+            log.info("transport %s: %s (by the operator)%s", transport, status,
+                     f"; released {released} waiting recipients" if released else "")
+            event = Event(EventType.TRANSPORT_STATUS, None, now, detail={
+                "transport": transport, "status": status, "released": released, "reason": "operator"})
+            self.publish(await self.store.record_events([event]))
+        return {"transport": transport, "status": status, "changed": changed, "released": released}
+
     async def hold(self, ids: Sequence[str]) -> list[str]:
         """Hold messages. Recipients a transport has in a transaction go on (their outcome is
         recorded; a deferral stays held): then UnableToAbort says which, after holding the rest."""
@@ -672,9 +756,13 @@ class Spooler:
                 worst = next((d for d in failing if d.failure is not None), failing[0])
                 last = worst.failure or worst.health.last_reply
                 reason = f"{worst.nexthop}: {last.line()}" if last else f"{worst.nexthop}: down"
+            since = self.scheduler.offline.get(transport.name)
+            if since is not None:
+                reason = f"transport {transport.name} is offline (since {iso(since)})"
             rows.append({
                 "name": transport.name, "kind": "transport", "addrtypes": sorted(transport.addrtypes),
-                "status": "failure" if failing else "online", "reason": reason,
+                "status": "offline" if since is not None else "failure" if failing else "online", "reason": reason,
+                "offline": since is not None, "offline_since": iso(since),
                 "destinations": [{
                     "name": d.nexthop, "status": "down" if d.health.down else "up", "connections": d.workers,
                     "queued": len(d.jobs), "delivered": d.delivered, "deferred": d.deferred, "failed": d.failed,
@@ -729,6 +817,7 @@ class Spooler:
             now = time.time()
             try:
                 await self.store.purge(now - SENT_RETENTION, now - EVENT_RETENTION)
+                await self.store.prune_suppressions(now)
             except Exception:
                 log.exception("housekeeping failed")
 

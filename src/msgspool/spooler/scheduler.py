@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import math
@@ -26,14 +27,15 @@ from typing import Any
 from msgspool.domain.events import Event, EventType
 from msgspool.domain.health import ProbePolicy
 from msgspool.domain.message import Message, Recipient, Settlement
-from msgspool.domain.outcome import EXPIRED, Reply
+from msgspool.domain.outcome import EXPIRED, Reply, transport_offline
 from msgspool.domain.recipient import Status
 from msgspool.domain.retry import RetryPolicy
 from msgspool.domain.routing import LOCAL
+from msgspool.domain.suppression import hard_bounce
 from msgspool.errors import StorageFull
-from msgspool.ports import Queue, Transport
+from msgspool.ports import MailboxTransport, Queue, Transport
 from msgspool.spooler.background import start_supervised
-from msgspool.spooler.destinations import Destination, DestinationLimits
+from msgspool.spooler.destinations import Destination, DestinationLimits, deferral
 from msgspool.spooler.hooks import Preprocessor, draft_of
 from msgspool.spooler.intake import Intake
 from msgspool.spooler.local import LocalDelivery
@@ -53,8 +55,9 @@ class Scheduler:
                  local: LocalDelivery | None = None, may_start: Callable[[], bool] = lambda: True,
                  warn_after: float = 0.0, clock: Callable[[], float] = time.time,
                  nodes: Callable[[], int] = lambda: 1, idle_recheck: float = IDLE_RECHECK,
-                 metrics: Metrics | None = None) -> None:
+                 suppression_time: float = 0.0, metrics: Metrics | None = None) -> None:
         self.store, self.transports, self.intake, self.publish = store, transports, intake, publish
+        self.suppression_time = suppression_time  # a hard bounce suppresses its address this long; 0: never
         self.metrics = metrics if metrics is not None else Metrics()
         self.preprocessor, self.local = preprocessor, local
         self.retry, self.probe, self.limits, self.warn_after = retry, probe, limits, warn_after
@@ -72,6 +75,11 @@ class Scheduler:
         self.on_reports: Callable[[], None] | None = None  # told when settled outcomes may owe reports
         self.on_warning_later: Callable[[float], None] | None = None  # told when a delay notice falls due
         self.destinations: dict[str, Destination] = {}
+        # Transports an operator put offline (name -> since), as last read from the store: their
+        # destinations take no work (Destination.go_offline). Read at start, when told of a change
+        # (link, notices), and at least every `idle_recheck` in case a notice was lost.
+        self.offline: dict[str, float] = {}
+        self._offline_read_at = -math.inf
         self._wakeup = asyncio.Event()
         self._pending: list[Settlement] = []
         self._flush_scheduled = False
@@ -92,9 +100,10 @@ class Scheduler:
         """Start delivering as the node the store works for (`store.owner`, registered by the
         runtime's NodeLease, which rescued what dead nodes held first)."""
         self._running = True
+        await self.read_offline()
         for transport, nexthop in await self.store.waiting_destinations():
             if transport in self.transports:
-                self.destination(transport, nexthop).probe_now()
+                self.destination(transport, nexthop).probe_now()  # not while offline
         self._refill = start_supervised("refill", self._refill_loop)
 
     async def stop(self, drain: float = 0.0) -> None:
@@ -199,7 +208,8 @@ class Scheduler:
                 decided.append(Settlement(message.id, r.index, r.address, r.status, r.last_reply, dsn=r.dsn,
                                           transport=r.transport, nexthop=r.nexthop,
                                           copies=(copy,) if copy is not None else ()))
-            elif r.transport == LOCAL:  # inbound hooks first (intake.defer_local)
+            elif r.transport == LOCAL or (self.local is not None and self.local.takes(r.transport)):
+                # inbound hooks first (intake.defer_local), also for a maildir's recipients
                 local.append(r)
             else:
                 assert r.transport is not None and r.nexthop is not None
@@ -222,10 +232,24 @@ class Scheduler:
         with self._working_on(message.id):
             try:
                 settlements = await local.deliver(message, recipients)
+                settlements = self._timed(message, recipients, settlements)
             except Exception as err:  # a bug of ours, not a hook's (those are contained)
                 log.exception("%s: local delivery failed", message.id)
                 settlements = self._crashed(message, recipients, f"local delivery raised {type(err).__name__}: {err}")
             self.settle(settlements)
+
+    def _timed(self, message: Message, recipients: list[Recipient], settlements: list[Settlement]) -> list[Settlement]:
+        """A copy a maildir could not write defers its recipient: by the retry policy, as a
+        destination's temporary failure (or given up: expired, attempts exhausted)."""
+        by_index = {r.index: r for r in recipients}
+        out = []
+        for s in settlements:
+            if s.status is Status.DEFERRED and s.next_attempt_at is None and s.reply is not None:
+                timed = deferral(self.retry, self.warn_after, self.clock(), message, by_index[s.index], s.reply,
+                                 attempted=True)
+                s = dataclasses.replace(timed, transport=s.transport, nexthop=s.nexthop, history=s.history)
+            out.append(s)
+        return out
 
     @contextlib.contextmanager
     def _working_on(self, message_id: str) -> Iterator[None]:
@@ -339,6 +363,29 @@ class Scheduler:
         if not down:
             self._wakeup.set()
 
+    async def read_offline(self) -> None:
+        """Read which transports are offline from the store, and act on what changed: a
+        transport gone offline defers what its destinations hold; one back online releases the
+        backlog that waited for it (again, should another node have deferred some meanwhile:
+        releasing is idempotent) and probes its destinations that were down."""
+        self._offline_read_at = self.clock()
+        offline = {name: since for name, since in (await self.store.offline_transports()).items()
+                   if name in self.transports}
+        gone, back = offline.keys() - self.offline.keys(), self.offline.keys() - offline.keys()
+        self.offline = offline
+        for dest in self.destinations.values():
+            if dest.transport.name in gone:
+                dest.go_offline(transport_offline(dest.transport.name))
+            elif dest.transport.name in back:
+                dest.go_online()
+        for name in sorted(back):
+            released = await self.store.release_transport(name, self.clock())
+            log.info("transport %s is online: released %d waiting recipients", name, released)
+        for name in sorted(gone):
+            log.info("transport %s is offline: it takes no work until it is online again", name)
+        if back:
+            self._wakeup.set()
+
     def resize(self) -> None:
         """The live nodes changed: each destination takes its new share of connections."""
         for dest in self.destinations.values():
@@ -348,14 +395,28 @@ class Scheduler:
         key = f"{transport}:{nexthop}"
         dest = self.destinations.get(key)
         if dest is None:
-            dest = Destination(self.transports[transport], nexthop, self.limits, self.retry, self.probe,
-                               self.settle, self._destination_up, self.clock, warn_after=self.warn_after,
+            provider = self.transports[transport]
+            # A local transport's refusal (no such maildir) is this site's own: it suppresses nothing.
+            settle = self.settle if isinstance(provider, MailboxTransport) else self._settle_remote
+            dest = Destination(provider, nexthop, self.limits, self.retry, self.probe,
+                               settle, self._destination_up, self.clock, warn_after=self.warn_after,
                                on_status=self._destination_status, may_start=self.may_start,
                                nodes=self.nodes, metrics=self.metrics)
+            if transport in self.offline:
+                dest.offline = transport_offline(transport)
             self.destinations[key] = dest
         return dest
 
     # -- settling ---------------------------------------------------------------------------
+
+    def _settle_remote(self, settlements: list[Settlement]) -> None:
+        """Outcomes from a remote: a hard bounce (domain/suppression.py) lists its address on the
+        suppression list for `suppression_time`, in the step that records it."""
+        if self.suppression_time > 0:
+            for s in settlements:
+                if s.status is Status.FAILED and s.remote and hard_bounce(s.reply):
+                    s.suppress_until = self.clock() + self.suppression_time
+        self.settle(settlements)
 
     def settle(self, settlements: list[Settlement]) -> None:
         self._pending.extend(settlements)
@@ -489,6 +550,8 @@ class Scheduler:
     async def _refill_loop(self) -> None:
         while self._running:
             try:
+                if self.clock() - self._offline_read_at >= self.idle_recheck:
+                    await self.read_offline()
                 if await self._refill_once():
                     continue
                 await self._sleep_until_due()

@@ -8,6 +8,7 @@ only addresses of local domains (domain/routing.py), and its routes make their d
     path = "/var/mail/%d/%u"      # %d domain, %u local part (lower case), %m user@domain, %% a "%"
     domains = ["example.org"]     # local domains, ".parent" patterns or single mailboxes; [] = every local domain
     create = true                 # make a missing maildir; false: no maildir is an unknown mailbox (5.1.1)
+    owner = "vmail"               # optional: the user (name or uid) that gets what is written, as root
 
 Each recipient gets a file of its own: Return-Path and Delivered-To on top (Postfix local(8)),
 lines ended by LF. The steps are maildir(5)'s, with the syncs Dovecot relies on: a unique name in
@@ -29,9 +30,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import itertools
 import os
+import pwd
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -62,58 +65,77 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _make_dir(path: Path) -> bool:
-    """Make `path` (0700) and sync its parent; False when it was there."""
+Owner = tuple[int, int]  # (uid, gid) the files are given, when msgspool runs as root
+
+
+def owner_of(name: str | int) -> Owner:
+    """A user name or uid, as (uid, its primary gid); ConfigError when there is no such user."""
+    try:
+        entry = pwd.getpwuid(name) if isinstance(name, int) else pwd.getpwnam(name)
+    except KeyError as err:
+        raise ConfigError(f"maildir owner {name!r}: no such user") from err
+    return entry.pw_uid, entry.pw_gid
+
+
+def _make_dir(path: Path, owner: Owner | None = None) -> bool:
+    """Make `path` (0700, of `owner`) and sync its parent; False when it was there."""
     try:
         os.mkdir(path, 0o700)
     except FileExistsError:
         return False
+    if owner is not None:
+        os.chown(path, *owner)
     fsync_dir(path.parent)
     return True
 
 
-def make_maildir(root: Path, folder: str | None = None, *, create: bool = True) -> Path:
+def make_maildir(root: Path, folder: str | None = None, *, create: bool = True, owner: Owner | None = None) -> Path:
     """The directory holding `tmp/ new/ cur/` for `folder` (a Maildir++ directory name, None:
     the inbox) of the maildir `root`, made as needed (with `create`; else MissingMaildir when
-    the root is not a maildir yet)."""
+    the root is not a maildir yet), everything made given to `owner`."""
     if not (root / "new").is_dir():
         if not create:
             raise MissingMaildir(str(root))
         if not root.is_dir():
-            _make_dir_tree(root)
+            _make_dir_tree(root, owner)
         for sub in maildir.SUBDIRS:
-            _make_dir(root / sub)
+            _make_dir(root / sub, owner)
     if folder is None:
         return root
     target = root / folder
     if not (target / "new").is_dir():
-        _make_dir(target)
+        _make_dir(target, owner)
         for sub in maildir.SUBDIRS:
-            _make_dir(target / sub)
-        _write_new_file(target / maildir.FOLDER_MARKER, b"")
-        subscribe(root, folder[1:])
+            _make_dir(target / sub, owner)
+        with contextlib.suppress(FileExistsError):  # made by an attempt that stopped half-way
+            _write_new_file(target / maildir.FOLDER_MARKER, b"", owner)
+        subscribe(root, folder[1:], owner)
     return target
 
 
-def _make_dir_tree(path: Path) -> None:
+def _make_dir_tree(path: Path, owner: Owner | None) -> None:
     missing = []
     while not path.is_dir():
         missing.append(path)
         path = path.parent
     for directory in reversed(missing):
-        _make_dir(directory)
+        _make_dir(directory, owner)
 
 
-def _write_new_file(path: Path, data: bytes) -> None:
+def _write_new_file(path: Path, data: bytes, owner: Owner | None = None) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        os.write(fd, data)
+        if owner is not None:
+            os.fchown(fd, *owner)
+        view = memoryview(data)
+        while view:  # os.write may take less than it is given
+            view = view[os.write(fd, view):]
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
-def subscribe(root: Path, name: str) -> None:
+def subscribe(root: Path, name: str, owner: Owner | None = None) -> None:
     """List a folder in the maildir's `subscriptions` (Dovecot, Courier), once."""
     path = root / maildir.SUBSCRIPTIONS
     try:
@@ -122,13 +144,15 @@ def subscribe(root: Path, name: str) -> None:
         names = []
     if name not in names:
         with path.open("a", encoding="utf-8") as f:
+            if owner is not None:
+                os.fchown(f.fileno(), *owner)
             f.write(name + "\n")
             f.flush()
             os.fsync(f.fileno())
 
 
 def write_message(directory: Path, data: bytes, name_of: Callable[[], str], subdir: str = "new", *,
-                  info: str = "", unique: bool = True) -> Path:
+                  info: str = "", unique: bool = True, owner: Owner | None = None) -> Path:
     """maildir(5)'s delivery: `tmp/NAME`, write, fsync, link to `<subdir>/NAME<info>` (rename when
     the file system has no hard links), unlink `tmp/NAME`, fsync `<subdir>/`. `name_of()` gives a
     fresh unique name; a name taken meanwhile is replaced by the next one (not `unique`: raises
@@ -138,7 +162,7 @@ def write_message(directory: Path, data: bytes, name_of: Callable[[], str], subd
         name = name_of()
         tmp = directory / "tmp" / name
         try:
-            _write_new_file(tmp, data)
+            _write_new_file(tmp, data, owner)
         except FileExistsError:
             if not unique:
                 raise
@@ -216,6 +240,10 @@ class MaildirTransport:
         self.path = path
         self.domains: tuple[str, ...] = tuple(d.lower().rstrip(".") for d in domains)
         self.create = bool(options.get("create", True))
+        owner = options.get("owner", "")
+        if isinstance(owner, bool) or not isinstance(owner, str | int):
+            raise ConfigError(f"transport {name}: owner must be a user name or uid")
+        self.owner = owner_of(owner) if owner != "" else None
         self.host = str(getattr(settings, "host_name", "") or "localhost")
         self._receive_folder: ReceiveFolderLookup | None = None
 
@@ -231,11 +259,23 @@ class MaildirTransport:
     async def close(self) -> None:
         return None
 
-    async def plan(self, message: Message, r: Recipient) -> Drop:
+    async def file_copy(self, message: Message, recipient: Recipient, content: bytes, *, folder: str | None = None,
+                        flags: Sequence[str] = ()) -> Reply:
+        """A copy the inbound hooks made (spooler/local.py): into `folder`, with `flags` (in `cur/`
+        with their letters when there are any, maildir(5))."""
+        copy = dataclasses.replace(message, content=content, headers_prefix=b"")
+        drop = await self.plan(copy, recipient, folder=folder)
+        if drop.reply is not None:
+            return drop.reply
+        return await asyncio.to_thread(self._write, copy, drop, maildir.to_lf(content),
+                                       maildir.info_of(False, tuple(flags)))
+
+    async def plan(self, message: Message, r: Recipient, *, folder: str | None = None) -> Drop:
         mailbox = mailbox_key(r.address)
-        folder = maildir.INBOX
-        if self._receive_folder is not None:
-            folder = await self._receive_folder(mailbox, message.message_class)
+        if folder is None:
+            folder = maildir.INBOX
+            if self._receive_folder is not None:
+                folder = await self._receive_folder(mailbox, message.message_class)
         drop = Drop(r, mailbox, folder)
         try:
             drop.folder_dir = maildir.folder_dir(folder)
@@ -254,12 +294,13 @@ class MaildirTransport:
         body = maildir.to_lf(message.full_content())
         return [drop.reply or self._write(message, drop, body) for drop in drops]
 
-    def _write(self, message: Message, drop: Drop, body: bytes) -> Reply:
+    def _write(self, message: Message, drop: Drop, body: bytes, info: str = "") -> Reply:
         assert drop.root is not None
         data = maildir.delivered_headers(message.sender, drop.recipient.address) + body
         try:
-            directory = make_maildir(drop.root, drop.folder_dir, create=self.create)
-            path = write_message(directory, data, lambda: self.unique_name(len(data)))
+            directory = make_maildir(drop.root, drop.folder_dir, create=self.create, owner=self.owner)
+            path = write_message(directory, data, lambda: self.unique_name(len(data)), "cur" if info else "new",
+                                 info=info, owner=self.owner)
         except MissingMaildir:
             return maildir.unknown_mailbox(drop.recipient.address, str(drop.root))
         except OSError as err:

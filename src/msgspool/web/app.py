@@ -11,6 +11,8 @@ submission.py.
     POST /api/queue/{id}/{read|unread}      the read flag (MAPI SetReadFlag) -> {ok, read, mdn: [ids]}
                                             read and delete take an optional JSON {"mdn": true|false}:
                                             the user's answer to a read receipt request (RFC 8098)
+    POST /api/transports/{name}/{offline|online}  a transport takes no work / works again ->
+                                            {ok, transport, status, changed, released}
     POST /api/messages                      submit: JSON {sender, recipients, content} -> 201 {id};
                                             optional addrtypes, priority, deliver_after,
                                             expires_at, max_attempts
@@ -38,6 +40,7 @@ from msgspool.views import message_json
 from msgspool.web.access import Access, Browser, access_middleware, caller, check_exposure, relay_refusal
 from msgspool.web.problems import Problem, ProblemRunner, problems
 from msgspool.web.submission import json_body, submission
+from msgspool.web.suppressions import add_routes as add_suppression_routes
 
 log = logging.getLogger("msgspool.web")
 SPOOLER: web.AppKey[Spooler] = web.AppKey("spooler", Spooler)
@@ -116,6 +119,12 @@ async def queue_action(request: web.Request) -> web.Response:
     return web.json_response({"ok": True, action: await operations[action]([message_id])})
 
 
+async def transport_action(request: web.Request) -> web.Response:
+    spooler = request.app[SPOOLER]
+    answer = await spooler.set_offline(request.match_info["name"], request.match_info["action"] == "offline")
+    return web.json_response({"ok": True, **answer})
+
+
 async def _flush_route(request: web.Request) -> dict[str, str]:
     """`transport` and `destination` of a flush: query parameters, or the optional JSON body."""
     body = await json_body(request) if request.can_read_body else None
@@ -151,8 +160,12 @@ async def submit(request: web.Request) -> web.Response:
         raise refusal
     if who.token is not None:
         sub.meta["http_token"] = who.name  # the history says who submitted it
-    message_id = await spooler.submit(sub)
-    return web.json_response({"id": message_id}, status=201)
+    message = await spooler.commit(sub)
+    # Each recipient as the commit left it: one on the suppression list has failed already, with why.
+    recipients = [{"address": r.address, "status": str(r.status),
+                   "reply": r.last_reply.line() if r.last_reply else None}
+                  for part in (message, *(p for p, _c in message.parts)) for r in part.recipients]
+    return web.json_response({"id": message.id, "recipients": recipients}, status=201)
 
 
 async def events(request: web.Request) -> web.StreamResponse:
@@ -256,8 +269,10 @@ def make_app(spooler: Spooler, host: str = "127.0.0.1", port: int = 8025) -> web
     app.router.add_post("/api/queue/{action:flush}", queue_action)
     app.router.add_get("/api/queue/{id}", queue_show)
     app.router.add_post("/api/queue/{id}/{action}", queue_action)
+    app.router.add_post("/api/transports/{name}/{action:offline|online}", transport_action)
     app.router.add_post("/api/messages", submit)
     app.router.add_get("/api/events", events)
+    add_suppression_routes(app, spooler)
     app.router.add_get("/metrics", metrics)
     return app
 

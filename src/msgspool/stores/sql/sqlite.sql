@@ -1,4 +1,4 @@
--- msgspool SQLite spool schema (PRAGMA user_version = 10). Every statement is idempotent.
+-- msgspool SQLite spool schema (PRAGMA user_version = 11). Every statement is idempotent.
 -- One row per message (any folder of any mailbox), its content stored once in `contents`
 -- (local copies of one submission share it), one row per recipient of an outbound message.
 
@@ -34,10 +34,13 @@ CREATE TABLE IF NOT EXISTS messages (
     source_content_id   INTEGER,         -- the content as submitted, when hooks changed it
     source_sender       TEXT,            -- the envelope sender as submitted, when hooks changed it
     crashes             INTEGER NOT NULL DEFAULT 0,  -- attempts that crashed a transport
-    max_attempts        INTEGER          -- cap on attempts per recipient (NULL: the setting)
+    max_attempts        INTEGER,         -- cap on attempts per recipient (NULL: the setting)
+    resend_of           TEXT             -- MAPI MSGFLAG_RESEND: the message this one resends (`queue resend`)
 );
 CREATE INDEX IF NOT EXISTS messages_by_folder ON messages (mailbox, folder, submitted_at);
 CREATE INDEX IF NOT EXISTS messages_finished ON messages (finished_at) WHERE folder = 'sent';
+-- The resends of a message (`queue show` links both ways).
+CREATE INDEX IF NOT EXISTS messages_resends ON messages (resend_of) WHERE resend_of IS NOT NULL;
 
 CREATE TABLE IF NOT EXISTS recipients (
     message_id          TEXT NOT NULL,
@@ -143,6 +146,15 @@ CREATE TABLE IF NOT EXISTS webhook_cursor (
     event_id    INTEGER NOT NULL
 );
 
+-- When an auto-reply (a Sieve vacation) last went to a sender, per mailbox and handle (RFC 5230 §4.2).
+CREATE TABLE IF NOT EXISTS vacation_replies (
+    mailbox     TEXT NOT NULL,
+    sender      TEXT NOT NULL,
+    handle      TEXT NOT NULL,
+    sent_at     REAL NOT NULL,
+    PRIMARY KEY (mailbox, sender, handle)
+);
+
 -- Bearer tokens of the HTTP API (domain/tokens.py): only the SHA-256 of each secret is kept.
 CREATE TABLE IF NOT EXISTS tokens (
     id          TEXT PRIMARY KEY,
@@ -158,4 +170,23 @@ CREATE TABLE IF NOT EXISTS users (
     password    TEXT NOT NULL,           -- scrypt$N$r$p$salt$hash
     senders     TEXT NOT NULL DEFAULT '', -- space-separated sender patterns; empty: the default
     created_at  REAL NOT NULL
+);
+
+-- Transports an operator put offline (`msgspool transport offline NAME`, issue 12.7; MAPI
+-- STATUS_OFFLINE): one row while offline. In the store, so that every node of a shared spool
+-- honours it and it survives a restart.
+CREATE TABLE IF NOT EXISTS offline_transports (
+    name        TEXT PRIMARY KEY,
+    since       REAL NOT NULL
+);
+
+-- The suppression list (domain/suppression.py): addresses that hard-bounced, or that an operator
+-- listed; new mail to one fails at submission while `suppressed_until` is ahead (NULL: until removed).
+CREATE TABLE IF NOT EXISTS suppressions (
+    address          TEXT PRIMARY KEY,   -- lower case (suppression_key)
+    reason           TEXT NOT NULL,
+    source           TEXT NOT NULL,      -- bounce | operator
+    created_at       REAL NOT NULL,
+    suppressed_until REAL,
+    message_id       TEXT
 );
