@@ -321,6 +321,8 @@ async def _serve(settings: Settings, ready: asyncio.Event | None,
                                        control.serve(settings.spool_path, handle))
         servers.append(control_server)
         if settings.smtp_listen or settings.smtps_listen or settings.submission_listen:
+            await spooler.refresh_suppressions()  # SMTP refuses a suppressed recipient at RCPT from the start
+            spooler.watch_suppressions()
             smtp = await start_smtp(spooler, settings)
             sessions = smtp.sessions
             servers.append(smtp)

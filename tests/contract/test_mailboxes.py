@@ -3,7 +3,9 @@ one read receipt (RFC 8098 §2.1) a message may be answered with."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Callable
 
 from msgspool.domain.events import EventType
 from msgspool.domain.mdn import Disposition
@@ -130,3 +132,24 @@ async def test_the_folders_of_a_mailbox_are_those_holding_its_messages_and_none_
     await file(store, message_class="IPM.Note.Alert")
     assert await store.mailbox_folders("bob@example.org") == ["alerts", "inbox"]
     assert await store.mailbox_folders("nobody@example.org") is None
+
+
+async def test_an_auto_reply_key_is_answered_once_a_period_by_any_of_the_spools_stores(
+        new_store: Callable[[], Store]) -> None:
+    """A Sieve vacation's memory (RFC 5230 §4.2) is the spool's: two stores on it — two nodes, or
+    two messages at once — asking together get one yes."""
+    a, b = new_store(), new_store()
+    await a.open()
+    await b.open()
+    try:
+        key, now, day = ("you@localhost", "bob@example.com", "h1"), time.time(), 86400.0
+        answers = await asyncio.gather(*(s.answer_once(key, now, day) for s in (a, b, a, b)))
+        assert sorted(answers) == [False, False, False, True]
+        assert await a.answer_once(key, now + day / 2, day) is False  # within the period
+        assert await b.answer_once(("you@localhost", "bob@example.com", "h2"), now, day) is True  # another handle
+        assert await a.answer_once(("you@localhost", "eve@example.com", "h1"), now, day) is True  # another sender
+        assert await b.answer_once(key, now + day, day) is True  # the period is over
+        assert await a.answer_once(key, now + day + 1, day) is False  # and it began again
+    finally:
+        await a.close()
+        await b.close()

@@ -45,7 +45,7 @@ def test_serve_offers_starttls_and_implicit_tls_and_reloads_the_certificate_on_s
     smtps_port = free_port()
     relay.start()
     daemon = daemons(spool.data, relay.address, extra_args=["--config", str(tls_config(spool, certs, smtps_port))])
-    spool.daemon = daemon.start()
+    spool.daemon = daemon.start(also=[smtps_port])
     context = certs.client_context()
     context.check_hostname = False  # the renewed certificate names another host
 

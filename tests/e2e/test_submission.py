@@ -36,7 +36,7 @@ def test_serve_with_submission_listen_relays_for_a_user_who_logged_in(
     relay.start()
     daemon = daemons(spool.data, relay.address,
                      extra_args=["--config", str(submission_config(spool, certs, port))])
-    spool.daemon = daemon.start()
+    spool.daemon = daemon.start(also=[port])
 
     with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
         client.starttls(context=certs.client_context())

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import mailbox
 import time
+from email import message_from_bytes
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from msgspool.spooler.intake import Submission
 from msgspool.transports.lmtp import LMTPTransport
 from tests.conftest import SpoolerFactory
 from tests.integration.test_relay import wait_status
+from tests.integration.test_reports import inbox as reports_inbox
 from tests.support import dovecot
 from tests.support.sink import free_port
 
@@ -127,6 +129,8 @@ async def test_the_spooler_delivers_through_lmtp_and_reports_the_unknown_user(
         message_id = await spooler.submit(Submission(sender="app@localhost", content=CONTENT,
                                                      recipients=["alice@example.org", "nobody@example.org"]))
         info = await wait_status(spooler, message_id, {"delivered", "failed"})
+        [ndr] = await reports_inbox(spooler, "app@localhost", 1)
+        report = message_from_bytes(await spooler.content(ndr["id"]) or b"")
     by_address = {r["address"]: r for r in info["recipients"]}
     assert by_address["alice@example.org"]["status"] == "delivered"
     assert by_address["alice@example.org"]["transport"] == "mailboxes"
@@ -134,14 +138,35 @@ async def test_the_spooler_delivers_through_lmtp_and_reports_the_unknown_user(
     assert by_address["nobody@example.org"]["last_reply"].startswith("550 5.1.1 <nobody@example.org> User doesn't")
     [received] = inbox(dovecot_server, "alice")
     assert received["Subject"] == "lmtp test"
+    assert b"Final-Recipient: rfc822; nobody@example.org" in report.as_bytes()
+    assert b"Action: failed" in report.as_bytes()
+    assert b"Final-Recipient: rfc822; alice@example.org" not in report.as_bytes()  # delivered: not reported
+
+
+async def test_a_full_mailbox_defers_only_its_recipient(spooler_factory: SpoolerFactory) -> None:
+    big = CONTENT + (b"y" * 76 + b"\r\n") * 40  # over carol's 1K
+    with dovecot.start({"alice": "a", "carol": "c"}, quotas={"carol": "1K"}) as server:
+        lmtp = {"name": "mailboxes", "type": "lmtp", "host": f"127.0.0.1:{server.lmtp_port}",
+                "domains": ["example.org"]}
+        async with spooler_factory(transports=[lmtp]) as spooler:
+            message_id = await spooler.submit(Submission(sender="app@localhost", content=big,
+                                                         recipients=["carol@example.org", "alice@example.org"]))
+            info = await wait_status(spooler, message_id, {"delivered", "deferred"})
+        by_address = {r["address"]: r for r in info["recipients"]}
+        assert by_address["alice@example.org"]["status"] == "delivered"
+        assert by_address["carol@example.org"]["status"] == "deferred"
+        assert by_address["carol@example.org"]["last_reply"] == \
+            "452 4.2.2 <carol@example.org> Quota exceeded (mailbox for user is full)"
+        assert len(inbox(server, "alice")) == 1 and inbox(server, "carol") == []
 
 
 class ScriptedLMTP:
     """A loopback LMTP peer for what Dovecot will not do on demand: advertise DSN, or hang up after
     answering the first recipient. It records every command line it is sent."""
 
-    def __init__(self, *, dsn: bool = False, hang_up_after: int | None = None) -> None:
-        self.dsn, self.hang_up_after = dsn, hang_up_after
+    def __init__(self, *, dsn: bool = False, pipelining: bool = True, hang_up_after: int | None = None) -> None:
+        self.dsn, self.pipelining, self.hang_up_after = dsn, pipelining, hang_up_after
+        self.pipelined = False  # a command arrived before the reply to the one before it
         self.commands: list[str] = []
 
     async def __aenter__(self) -> ScriptedLMTP:
@@ -158,10 +183,13 @@ class ScriptedLMTP:
         rcpts: list[str] = []
         while line := (await reader.readline()).decode().rstrip("\r\n"):
             self.commands.append(line)
+            self.pipelined |= bool(getattr(reader, "_buffer", b""))
             verb = line.split(" ", 1)[0].split(":", 1)[0].upper()
             if verb == "LHLO":
-                writer.write(b"250-scripted\r\n250-PIPELINING\r\n" + (b"250-DSN\r\n" if self.dsn else b"")
-                             + b"250 ENHANCEDSTATUSCODES\r\n")
+                writer.write(b"250-scripted\r\n" + (b"250-PIPELINING\r\n" if self.pipelining else b"")
+                             + (b"250-DSN\r\n" if self.dsn else b"") + b"250 ENHANCEDSTATUSCODES\r\n")
+            elif verb == "RCPT" and line.startswith("RCPT TO:<no-"):
+                writer.write(b"550 5.1.1 no such user\r\n")
             elif verb == "RCPT":
                 rcpts.append(line[9:line.index(">")])
                 writer.write(b"250 2.1.5 OK\r\n")
@@ -215,3 +243,21 @@ async def test_dsn_parameters_go_to_a_server_that_offers_dsn() -> None:
     assert next(c for c in peer.commands if c.startswith("RCPT")) == \
         "RCPT TO:<a@example.org> NOTIFY=SUCCESS ORCPT=rfc822;a@example.org"
     assert peer.commands.count("RSET") == 1  # before the second message on the same connection
+
+
+async def test_without_pipelining_commands_go_one_at_a_time() -> None:
+    async with ScriptedLMTP(pipelining=False) as peer:
+        lmtp = transport(host=f"127.0.0.1:{peer.port}")
+        conn = await lmtp.connect(lmtp.nexthop("a@example.org"))
+        msg = message("a@example.org", "no-b@example.org", "c@example.org")
+        replies = await conn.send(msg, msg.recipients)
+        await conn.close()
+    assert [r.line() for r in replies] == ["250 2.0.0 <a@example.org> saved", "550 5.1.1 no such user",
+                                           "250 2.0.0 <c@example.org> saved"]
+    assert not peer.pipelined
+    async with ScriptedLMTP() as peer:  # the same with PIPELINING: one write for MAIL, RCPTs and DATA
+        lmtp = transport(host=f"127.0.0.1:{peer.port}")
+        conn = await lmtp.connect(lmtp.nexthop("a@example.org"))
+        assert [r.code for r in await conn.send(msg, msg.recipients)] == [250, 550, 250]
+        await conn.close()
+    assert peer.pipelined

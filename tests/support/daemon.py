@@ -97,7 +97,9 @@ class Daemon:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def start(self, timeout: float = 15.0) -> Daemon:
+    def start(self, timeout: float = 15.0, *, also: Sequence[int] = ()) -> Daemon:
+        """Start, and return once the SMTP port accepts connections — and the loopback ports
+        `also` (listeners the daemon binds after it, such as submission_listen's)."""
         assert not self.running, "daemon already running"
         self.starts += 1
         with self.log_path.open("ab") as log:
@@ -110,7 +112,7 @@ class Daemon:
             if self.proc.poll() is not None:
                 raise AssertionError(f"msgspool serve exited {self.proc.returncode} while starting"
                                      + self.log_tail())
-            if port_open(*self.smtp_address):
+            if port_open(*self.smtp_address) and all(port_open("127.0.0.1", port) for port in also):
                 return self
             time.sleep(0.02)
         self.kill()

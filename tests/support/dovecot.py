@@ -67,9 +67,10 @@ def free_port() -> int:
 class Dovecot:
     """One running Dovecot; `stop()` (or leaving the `with`) ends it and removes its directory."""
 
-    def __init__(self, directory: Path, users: Mapping[str, str]) -> None:
+    def __init__(self, directory: Path, users: Mapping[str, str], quotas: Mapping[str, str] | None = None) -> None:
         self.directory = directory
         self.users = dict(users)
+        self.quotas = dict(quotas or {})
         self.lmtp_port, self.pop3_port, self.imap_port = free_port(), free_port(), free_port()
         self.lmtp_socket = directory / "lmtp"
         self.log_path = directory / "dovecot.log"
@@ -136,7 +137,8 @@ class Dovecot:
             for user, password in self.users.items():
                 if any(c in user + password for c in ":\n"):
                     raise ValueError(f"user {user!r}: no ':' or line break in a passwd-file entry")
-                passwd.write(f"{user}:{{PLAIN}}{password}::::::\n")
+                quota = f"userdb_quota_rule=*:storage={self.quotas[user]}" if user in self.quotas else ""
+                passwd.write(f"{user}:{{PLAIN}}{password}::::::{quota}\n")
         self.config_path.write_text(self._config())
 
     def _config(self) -> str:
@@ -163,6 +165,12 @@ last_valid_uid = {uid}
 first_valid_gid = {gid}
 last_valid_gid = {gid}
 mail_location = maildir:~/Maildir
+# a user with a quota (start(quotas=...)) over it gets 452 4.2.2, a temporary failure
+mail_plugins = $mail_plugins quota
+quota_full_tempfail = yes
+plugin {{
+  quota = maildir:User quota
+}}
 passdb {{
   driver = passwd-file
   args = scheme=PLAIN username_format=%n {d}/passwd
@@ -240,9 +248,10 @@ def _accounts() -> tuple[tuple[str, str], str, tuple[int, int]]:
     return ("dovecot", "dovecot"), "dovenull", (nobody.pw_uid, nobody.pw_gid)
 
 
-def start(users: Mapping[str, str]) -> Dovecot:
+def start(users: Mapping[str, str], *, quotas: Mapping[str, str] | None = None) -> Dovecot:
     """A running Dovecot with these users (name -> password), in a fresh temporary directory (short,
-    so the Unix socket's path fits the 108-byte limit)."""
+    so the Unix socket's path fits the 108-byte limit). `quotas`: a storage limit per user, e.g.
+    {"carol": "1K"} (none by default)."""
     require()
     directory = Path(tempfile.mkdtemp(prefix="dovecot-"))
-    return Dovecot(directory, users).start()
+    return Dovecot(directory, users, quotas).start()

@@ -233,10 +233,15 @@ class Forward:
 
 @dataclass(frozen=True, slots=True)
 class AutoReply:
-    """Send `content` (a whole RFC 5322 message) to `to` with the null sender (RFC 3834)."""
+    """Send `content` (a whole RFC 5322 message) to `to` with the null sender (RFC 3834). With
+    `once`, a key such as (mailbox, sender, handle), it goes only if no reply with that key went
+    out in the last `period` seconds (a Sieve vacation, RFC 5230 §4.2): the runtime asks the store,
+    which every node of a spool shares, so that two nodes never both answer."""
 
     to: str
     content: bytes
+    once: tuple[str, ...] | None = None
+    period: float = 0.0
 
 
 InboundAction = File | Forward | AutoReply

@@ -13,7 +13,8 @@ file a copy (with imap4flags flags; ``\\Seen`` files it read), ``redirect`` forw
 files nothing, ``reject``/``ereject`` fail the recipient with ``550 5.7.1 <reason>`` (after the
 message was accepted, the sender learns it from the NDR, RFC 5429 §2.1), ``vacation`` sends one
 auto-reply per sender and handle per period (RFC 5230 §4.2, §4.5: the last-sent times are kept in
-``vacation.db`` in the data directory). A script that does not compile, or fails at run time, files
+the spool, so that the nodes of a shared one answer once between them; spooler/local.py asks).
+A script that does not compile, or fails at run time, files
 the message into the inbox (RFC 5228 §2.10.6, the implicit keep) and says why in the log: a broken
 filter never loses mail or stops it. Scripts are compiled once and again when their file changes.
 """
@@ -21,10 +22,8 @@ filter never loses mail or stops it. Scripts are compiled once and again when th
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +47,6 @@ class SieveFilter:
         self.max_redirects = int(options.pop("max_redirects", 4))
         if options:
             raise ConfigError(f"hook {name}: unknown options {', '.join(sorted(options))}")
-        self.vacations = VacationLog(data / "vacation.db")
         self._compiled: dict[Path, tuple[tuple[int, int], Script | None]] = {}
         self._lock = threading.Lock()
 
@@ -82,10 +80,11 @@ class SieveFilter:
         return actions
 
     def _vacation(self, vacation: Vacation, mailbox: str, message: bytes) -> list[InboundAction]:
-        now = time.time()
-        reply = self.vacations.answer_once((mailbox, *vacation.key), now, lambda last_sent: vacation_reply(
-            vacation, message, now=now, last_sent=last_sent))
-        return [] if reply is None else [AutoReply(vacation.sender, reply)]
+        """The reply, if this message calls for one; whether one already went to this sender in
+        the period is the store's to say, when the reply is sent (AutoReply.once)."""
+        reply = vacation_reply(vacation, message, now=time.time())
+        return [] if reply is None else [AutoReply(vacation.sender, reply, once=(mailbox, *vacation.key),
+                                                   period=float(vacation.seconds))]
 
     def _script(self, mailbox: str) -> Script | None:
         """The mailbox's script (else the default one), compiled; None when it has none or it
@@ -111,40 +110,3 @@ class SieveFilter:
         with self._lock:
             self._compiled[path] = (stamp, script)
         return script
-
-
-class VacationLog:
-    """When a vacation reply last went to a sender, per mailbox and handle (RFC 5230 §4.2), in an
-    SQLite file of its own: the hook's state, apart from the spool."""
-
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode = WAL")
-        self._conn.execute("CREATE TABLE IF NOT EXISTS vacation (mailbox TEXT, sender TEXT, handle TEXT,"
-                           " sent_at REAL NOT NULL, PRIMARY KEY (mailbox, sender, handle))")
-        self._lock = threading.Lock()
-
-    def answer_once(self, key: tuple[str, str, str], now: float,
-                    reply_for: Callable[[float | None], bytes | None]) -> bytes | None:
-        """`reply_for(last_sent)`, recording `now` as the key's last-sent time when it gives a reply.
-        One step: deliveries are filtered concurrently (a task per message, several hook threads),
-        and two messages from one sender must not both see "not answered yet" (RFC 5230 §4.2). The
-        write lock (BEGIN IMMEDIATE) makes it one step for another process on the same file too."""
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                reply = reply_for(self._last_sent(key))
-                if reply is not None:
-                    self._conn.execute("INSERT INTO vacation (mailbox, sender, handle, sent_at) VALUES (?,?,?,?)"
-                                       " ON CONFLICT DO UPDATE SET sent_at = excluded.sent_at", (*key, now))
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
-        return reply
-
-    def _last_sent(self, key: tuple[str, str, str]) -> float | None:
-        row = self._conn.execute("SELECT sent_at FROM vacation WHERE mailbox = ? AND sender = ? AND handle = ?",
-                                 key).fetchone()
-        return None if row is None else float(row[0])

@@ -42,6 +42,26 @@ from msgspool.ports import Connection, Transport
 log = logging.getLogger("msgspool.delivery")
 
 
+def deferral(retry: RetryPolicy, warn_after: float, now: float, message: Message, r: Recipient, reply: Reply, *,
+             attempted: bool, wait: bool = False, remote: str | None = None) -> Settlement:
+    """A temporary failure: deferred with backoff, or given up (expired; failed at the cap on
+    attempts — which only an attempt made can reach, not a wait for a down destination)."""
+    give_up_at = retry.give_up_at(message.submitted_at, message.expires_at, message.deliver_after)
+    if now >= give_up_at:
+        return Settlement(message.id, r.index, r.address, Status.EXPIRED, reply, attempted=attempted, dsn=r.dsn,
+                          remote=remote)
+    if attempted and retry.exhausted(r.attempts + 1, message.max_attempts):
+        return Settlement(message.id, r.index, r.address, Status.FAILED, attempts_exhausted(r.attempts + 1, reply),
+                          remote=remote, dsn=r.dsn)
+    next_at = retry.next_attempt(now, r.attempts + 1)
+    # Waiting for a down destination counts too: a long outage is when senders want to know.
+    warn_at = delay_warning_at(r.dsn, sender=message.sender, submitted_at=message.submitted_at,
+                               warn_after=warn_after, deliver_after=message.deliver_after)
+    return Settlement(message.id, r.index, r.address, Status.DEFERRED, reply, attempted=attempted,
+                      next_attempt_at=min(next_at, give_up_at), wait_destination=wait, remote=remote, dsn=r.dsn,
+                      warn_at=warn_at)
+
+
 @dataclass(slots=True)
 class Job:
     message: Message
@@ -343,8 +363,10 @@ class Destination:
             return False
         now = self.clock()
         handoff = getattr(conn, "handoff", Handoff.FINAL)  # optional for a transport: final by default
-        settlements = [self._outcome(message, r, reply, now, conn.remote, handoff)
-                       for r, reply in zip(recipients, replies, strict=True)]
+        # Optional too: which next hop answered each recipient, when one send used several (MX fallback).
+        remotes = getattr(conn, "remotes", None) or [conn.remote] * len(recipients)
+        settlements = [self._outcome(message, r, reply, now, remote, handoff)
+                       for r, reply, remote in zip(recipients, replies, remotes, strict=True)]
         self._settle_job(job, settlements)
         self.failure = None
         for s in settlements:
@@ -363,23 +385,8 @@ class Destination:
 
     def _deferral(self, message: Message, r: Recipient, reply: Reply, *, attempted: bool,
                   wait: bool = False, remote: str | None = None) -> Settlement:
-        """A temporary failure: deferred with backoff, or given up (expired; failed at the cap on
-        attempts — which only an attempt made can reach, not a wait for a down destination)."""
-        now = self.clock()
-        give_up_at = self.retry.give_up_at(message.submitted_at, message.expires_at, message.deliver_after)
-        if now >= give_up_at:
-            return Settlement(message.id, r.index, r.address, Status.EXPIRED, reply, attempted=attempted, dsn=r.dsn,
-                              remote=remote)
-        if attempted and self.retry.exhausted(r.attempts + 1, message.max_attempts):
-            return Settlement(message.id, r.index, r.address, Status.FAILED, attempts_exhausted(r.attempts + 1, reply),
-                              remote=remote, dsn=r.dsn)
-        next_at = self.retry.next_attempt(now, r.attempts + 1)
-        # Waiting for a down destination counts too: a long outage is when senders want to know.
-        warn_at = delay_warning_at(r.dsn, sender=message.sender, submitted_at=message.submitted_at,
-                                   warn_after=self.warn_after, deliver_after=message.deliver_after)
-        return Settlement(message.id, r.index, r.address, Status.DEFERRED, reply, attempted=attempted,
-                          next_attempt_at=min(next_at, give_up_at), wait_destination=wait, remote=remote, dsn=r.dsn,
-                          warn_at=warn_at)
+        return deferral(self.retry, self.warn_after, self.clock(), message, r, reply, attempted=attempted, wait=wait,
+                        remote=remote)
 
     # -- health -----------------------------------------------------------------------------
 

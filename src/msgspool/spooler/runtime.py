@@ -32,6 +32,7 @@ from msgspool.domain.message import DEFAULT_CLASS, NORMAL, Message
 from msgspool.domain.recipient import RecipientType, Status
 from msgspool.domain.retry import RetryPolicy
 from msgspool.domain.routing import Router, TransportRoute
+from msgspool.domain.suppression import OPERATOR, Suppression, suppression_key
 from msgspool.domain.timefmt import iso
 from msgspool.domain.webhooks import WEBHOOK_TRANSPORT, from_webhook
 from msgspool.errors import (
@@ -69,6 +70,7 @@ LOCK_ROLES = {LOCK_NAME: "delivering from", SERVE_LOCK_NAME: "serving"}
 SENT_RETENTION = 7 * 86400.0
 EVENT_RETENTION = 86400.0
 HOUSEKEEPING_INTERVAL = 300.0
+SUPPRESSION_REFRESH = 1.0  # seconds between looks at the suppression list for intake's RCPT-time copy
 
 
 def _addresses(in_flight: dict[str, list[tuple[int, str]]]) -> dict[str, list[str]]:
@@ -77,7 +79,8 @@ def _addresses(in_flight: dict[str, list[tuple[int, str]]]) -> dict[str, list[st
 
 def load_transports(settings: Settings) -> dict[str, Transport]:
     """The configured transports, in order: the built-in `smtp` one first, `webhook` when there are
-    webhooks, then [[transports]]."""
+    webhooks, `maildir` when the `maildir` setting names a path, then [[transports]] (a table of a
+    built-in's name replaces it)."""
     factories = {ep.name: ep for ep in entry_points(group="msgspool.transports")}
     builtin: list[dict[str, Any]] = [{"name": "smtp", "type": "smtp"}]
     if settings.webhooks:
@@ -85,6 +88,8 @@ def load_transports(settings: Settings) -> dict[str, Transport]:
         if any(t.get("name") == WEBHOOK_TRANSPORT for t in settings.transports):
             raise ConfigError(f"transport {WEBHOOK_TRANSPORT}: the name is taken by the built-in one for webhooks")
         builtin.append({"name": WEBHOOK_TRANSPORT, "type": "webhook"})
+    if settings.maildir:
+        builtin.append({"name": "maildir", "type": "maildir", "path": settings.maildir})
     declared = [*builtin, *settings.transports]
     transports: dict[str, Transport] = {}
     for options in declared:
@@ -190,7 +195,8 @@ class Spooler:
             probe=ProbePolicy(settings.probe_min, settings.probe_max),
             limits=DestinationLimits(settings.destination_concurrency, settings.destination_recipient_limit,
                                      settings.connection_idle_time, settings.connection_reuse_limit),
-            active_limit=settings.active_limit, warn_after=settings.delay_warning_time)
+            active_limit=settings.active_limit, warn_after=settings.delay_warning_time,
+            suppression_time=settings.suppression_time)
         self.reporter = Reporter(self.store, self.intake, hostname=settings.host_name,
                                  postmaster=settings.postmaster, publish=self.publish,
                                  deliver=lambda _message: self.poke(), retry=self.retry)
@@ -219,6 +225,8 @@ class Spooler:
         self.started_at: float | None = None
         self._housekeeping: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
+        self._suppressions: asyncio.Task[None] | None = None
+        self._suppression_signature: tuple[int, float | None] | None = None
         self._lock: IO[str] | None = None
 
     async def start(self, *, deliver: bool = True, route: bool | None = None, lock_timeout: float = 0.0,
@@ -307,6 +315,7 @@ class Spooler:
         self.intake.message_size_limit = settings.message_size_limit
         self.intake.mailboxes = frozenset(mailbox_key(m) for m in settings.mailboxes)
         self.intake.defer_local = has_inbound_hooks(settings)
+        self.scheduler.suppression_time = settings.suppression_time
         if hooks is not None:
             for pipeline in (self.preprocessor, self.postprocessor):
                 if pipeline is not None:
@@ -321,7 +330,10 @@ class Spooler:
         self.postprocessor = Postprocessor(inbound) if inbound else None
         self.scheduler.preprocessor = self.preprocessor
         # intake leaves local mail to the scheduler exactly when inbound hooks exist (defer_local)
-        self.scheduler.local = LocalDelivery(self.intake, self.postprocessor) if self.postprocessor else None
+        mailbox_transports = {t.name: t for t in self.transports.values() if isinstance(t, MailboxTransport)}
+        self.scheduler.local = (LocalDelivery(self.intake, self.postprocessor, answer_once=self.store.answer_once,
+                                              mailbox_transports=mailbox_transports)
+                                if self.postprocessor else None)
 
     async def stop(self, drain: float = 0.0) -> None:
         """Stop; with `drain` seconds, delivery finishes the transactions in flight first."""
@@ -330,6 +342,7 @@ class Spooler:
             await self.webhooks.stop()
         await stop_task(self._housekeeping)
         await stop_task(self._watchdog)
+        await stop_task(self._suppressions)
         if self._draining is not None:
             await self._draining
         await self._stop_delivery(drain)
@@ -359,6 +372,44 @@ class Spooler:
         self.notices.publish(NODES)  # the others' shares grow back now
         self.notices.publish(DUE)  # and what this node gave back is theirs to send
 
+    # -- the suppression list ------------------------------------------------------------------
+
+    def watch_suppressions(self) -> None:
+        """Keep intake's copy of the suppression list fresh (read again within SUPPRESSION_REFRESH
+        of a change by any process or node), so that SMTP refuses a suppressed recipient at RCPT."""
+        if self._suppressions is None:
+            self._suppressions = start_supervised("suppressions", self._suppressions_loop)
+
+    async def _suppressions_loop(self) -> None:
+        while True:
+            try:
+                await self.refresh_suppressions()
+            except Exception:
+                log.exception("could not read the suppression list")
+            await asyncio.sleep(SUPPRESSION_REFRESH)
+
+    async def refresh_suppressions(self, *, force: bool = False) -> None:
+        signature = await self.store.suppressions_signature()
+        if force or signature != self._suppression_signature:
+            entries = await self.store.suppressions(time.time())
+            self.intake.suppressed = {e.address: e for e in entries}
+            self._suppression_signature = signature
+
+    async def suppressions(self) -> list[Suppression]:
+        return await self.store.suppressions(time.time())
+
+    async def suppress(self, address: str, reason: str, until: float | None) -> Suppression:
+        """An operator's entry (`msgspool suppression add`, POST /api/suppressions)."""
+        entry = Suppression(suppression_key(address), reason or "added by the operator", time.time(), until, OPERATOR)
+        await self.store.suppress(entry)
+        await self.refresh_suppressions(force=True)
+        return entry
+
+    async def unsuppress(self, address: str) -> bool:
+        removed = await self.store.unsuppress(address)
+        await self.refresh_suppressions(force=True)
+        return removed
+
     async def __aenter__(self) -> Spooler:
         return self
 
@@ -368,7 +419,12 @@ class Spooler:
     # -- submission -------------------------------------------------------------------------
 
     async def submit(self, sub: Submission) -> str:
-        """Commit a message durably and return its queue id (raises SubmitError).
+        """Commit a message durably and return its queue id (raises SubmitError); see `commit`."""
+        return (await self.commit(sub)).id
+
+    async def commit(self, sub: Submission) -> Message:
+        """Commit a message durably and return it as committed (raises SubmitError): its
+        recipients' states say which failed at once (the suppression list, an alias loop).
 
         Recipients due now are committed as `active` and handed straight to delivery — the
         scheduler here, or the delivery process over the link — so the fresh message is never read
@@ -391,15 +447,18 @@ class Spooler:
         self.publish(events)
         if any(r.report_owed for r in message.recipients):
             self.reports_owed()
-        if handed and not any(r.status is Status.ACTIVE for r in message.recipients):
-            # The store refused the hand-over (that node's lease ran out): it waits, queued, for a live node.
-            if self.delivering:
-                self.scheduler.unreserve(due)
-            self.poke()
+        active = sum(1 for r in message.recipients if r.status is Status.ACTIVE)
+        if handed and active < due and self.delivering:  # failed at the commit (suppressed), or not handed
+            self.scheduler.unreserve(due - active)
+        if handed and not active:
+            # The store refused the hand-over (that node's lease ran out): it waits, queued, for a live
+            # node — or every recipient failed at the commit (the suppression list).
+            if any(r.status.pending for r in message.recipients):
+                self.poke()
         elif handed and self.delivering:
             self.scheduler.dispatch(message, fresh=True)
         elif handed and remote is not None and remote is self.remote:
-            remote.dispatch(message, due)
+            remote.dispatch(message, active)
         elif handed:
             # The delivery process it was handed to died during the commit: take it back, unless
             # the next one has claimed it already (it rescues the dead node's rows when it starts).
@@ -410,7 +469,7 @@ class Spooler:
             self.poke()
         if any(r.status.pending for part, _copies in message.parts for r in part.recipients):
             self.poke()  # parts split off by expansion (an owner-NAME sender) are committed queued
-        return message.id
+        return message
 
     def _reserve(self, count: int) -> bool:
         if self.delivering:
@@ -760,6 +819,7 @@ class Spooler:
             now = time.time()
             try:
                 await self.store.purge(now - SENT_RETENTION, now - EVENT_RETENTION)
+                await self.store.prune_suppressions(now)
             except Exception:
                 log.exception("housekeeping failed")
 

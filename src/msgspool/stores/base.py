@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from msgspool.domain.events import Event
 from msgspool.domain.hooks import Preprocessed
 from msgspool.domain.message import Message, MessageInfo, PendingReport, ReadReceipt, Settlement
+from msgspool.domain.suppression import Suppression
 from msgspool.domain.tokens import NewToken, Token
 from msgspool.domain.users import User
 from msgspool.stores.credentials import (
@@ -44,6 +45,7 @@ from msgspool.stores.ops import (
     next_delay_warning,
     next_due,
     offline_transports,
+    op_answer_once,
     op_cancel_recipients,
     op_claim,
     op_delete,
@@ -78,6 +80,14 @@ from msgspool.stores.ops import (
     rescue_due,
     submitted_content,
     waiting_destinations,
+)
+from msgspool.stores.suppressions import (
+    in_force,
+    list_suppressions,
+    op_prune_suppressions,
+    op_suppress,
+    op_unsuppress,
+    signature,
 )
 
 T = TypeVar("T")
@@ -275,6 +285,9 @@ class SQLStore(ABC):
     async def requeue(self, ids: Sequence[str], now: float) -> list[str]:
         return await self._write(lambda c: op_requeue(c, ids, now))
 
+    async def answer_once(self, key: tuple[str, ...], now: float, period: float) -> bool:
+        return await self._write(lambda c: op_answer_once(c, key, now, period))
+
     async def set_receive_folder(self, mailbox: str, message_class: str, folder: str) -> None:
         await self._write(lambda c: op_set_receive_folder(c, mailbox, message_class, folder))
 
@@ -303,6 +316,24 @@ class SQLStore(ABC):
 
     async def events_after(self, after_id: int, limit: int = 1000) -> list[Event]:
         return await self.read(lambda c: events_after(c, after_id, limit))
+
+    async def suppressions(self, now: float) -> list[Suppression]:
+        return await self.read(lambda c: list_suppressions(c, now))
+
+    async def suppressed(self, addresses: Sequence[str], now: float) -> dict[str, Suppression]:
+        return await self.read(lambda c: in_force(c, addresses, now))
+
+    async def suppressions_signature(self) -> tuple[int, float | None]:
+        return await self.read(signature)
+
+    async def suppress(self, entry: Suppression) -> None:
+        await self._write(lambda c: op_suppress(c, entry))
+
+    async def unsuppress(self, address: str) -> bool:
+        return await self._write(lambda c: op_unsuppress(c, address))
+
+    async def prune_suppressions(self, now: float) -> int:
+        return await self._write(lambda c: op_prune_suppressions(c, now), durable=False)
 
     async def token(self, token_id: str) -> tuple[Token, str] | None:
         return await self.read(lambda c: find_token(c, token_id))

@@ -152,27 +152,32 @@ class SMTPClient:
         timeouts: ClientTimeouts = ClientTimeouts(),
         local_address: str | None = None,
         security: SessionSecurity = CLEAR,
+        address: str | None = None,
     ) -> Self:
         """Open the session: TCP (or implicit TLS) connect, greeting, EHLO (or HELO), STARTTLS and
-        EHLO again, AUTH, as `security` asks."""
+        EHLO again, AUTH, as `security` asks. `address`: the IP address of `host` to connect to
+        (an MX host's, as the transport looked it up); `host` stays the name TLS verifies."""
         try:
-            return await cls._connect(host, port, helo_name, timeouts, local_address, security, starttls=True)
+            return await cls._connect(host, port, helo_name, timeouts, local_address, security, address,
+                                      starttls=True)
         except _HandshakeFailed as err:
             if security.level.required or security.implicit_tls:
                 raise SMTPConnectionError(err.reply) from None
             # Postfix at `may`: a server that cannot finish a handshake still gets its mail, in clear.
             log.warning("%s; level may: trying again in clear", err.reply.text)
-            return await cls._connect(host, port, helo_name, timeouts, local_address, security, starttls=False)
+            return await cls._connect(host, port, helo_name, timeouts, local_address, security, address,
+                                      starttls=False)
 
     @classmethod
     async def _connect(cls, host: str, port: int, helo_name: str, timeouts: ClientTimeouts,
-                       local_address: str | None, security: SessionSecurity, *, starttls: bool) -> Self:
+                       local_address: str | None, security: SessionSecurity, address: str | None, *,
+                       starttls: bool) -> Self:
         local = (local_address, 0) if local_address else None
         implicit = security.context if security.implicit_tls else None
         try:
             async with asyncio.timeout(timeouts.connect):
                 reader, writer = await asyncio.open_connection(
-                    host, port, local_addr=local, ssl=implicit, server_hostname=host if implicit else None)
+                    address or host, port, local_addr=local, ssl=implicit, server_hostname=host if implicit else None)
         except TimeoutError:
             raise SMTPConnectionError(CONNECTION_TIMEOUT) from None
         except ssl.SSLError as err:

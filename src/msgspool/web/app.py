@@ -39,6 +39,7 @@ from msgspool.views import message_json
 from msgspool.web.access import Access, Browser, access_middleware, caller, check_exposure, relay_refusal
 from msgspool.web.problems import Problem, ProblemRunner, problems
 from msgspool.web.submission import json_body, submission
+from msgspool.web.suppressions import add_routes as add_suppression_routes
 
 log = logging.getLogger("msgspool.web")
 SPOOLER: web.AppKey[Spooler] = web.AppKey("spooler", Spooler)
@@ -141,8 +142,12 @@ async def submit(request: web.Request) -> web.Response:
         raise refusal
     if who.token is not None:
         sub.meta["http_token"] = who.name  # the history says who submitted it
-    message_id = await spooler.submit(sub)
-    return web.json_response({"id": message_id}, status=201)
+    message = await spooler.commit(sub)
+    # Each recipient as the commit left it: one on the suppression list has failed already, with why.
+    recipients = [{"address": r.address, "status": str(r.status),
+                   "reply": r.last_reply.line() if r.last_reply else None}
+                  for part in (message, *(p for p, _c in message.parts)) for r in part.recipients]
+    return web.json_response({"id": message.id, "recipients": recipients}, status=201)
 
 
 async def events(request: web.Request) -> web.StreamResponse:
@@ -249,6 +254,7 @@ def make_app(spooler: Spooler, host: str = "127.0.0.1", port: int = 8025) -> web
     app.router.add_post("/api/transports/{name}/{action:offline|online}", transport_action)
     app.router.add_post("/api/messages", submit)
     app.router.add_get("/api/events", events)
+    add_suppression_routes(app, spooler)
     return app
 
 

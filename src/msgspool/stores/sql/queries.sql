@@ -56,6 +56,15 @@ UNION ALL SELECT 1 FROM messages WHERE mailbox = :mailbox LIMIT 1;
 -- The folders holding a mailbox's messages (`mailbox export`).
 SELECT DISTINCT folder FROM messages WHERE mailbox = :mailbox ORDER BY folder;
 
+-- name: answer_once
+-- Record that an auto-reply with this key goes out now, unless one went within the period
+-- (:before = now - period): a row back means "send it". One statement, so that of two nodes (or
+-- two messages) asking at once exactly one is told yes (RFC 5230 §4.2).
+INSERT INTO vacation_replies (mailbox, sender, handle, sent_at) VALUES (:mailbox, :sender, :handle, :now)
+ON CONFLICT (mailbox, sender, handle) DO UPDATE SET sent_at = excluded.sent_at
+WHERE vacation_replies.sent_at <= :before
+RETURNING sent_at;
+
 -- name: set_receive_folder
 -- File `message_class` (and its subclasses) of a mailbox into `folder`, replacing an older choice.
 INSERT INTO receive_folders (mailbox, message_class, folder) VALUES (:mailbox, :message_class, :folder)
@@ -576,3 +585,45 @@ SELECT name, senders, created_at FROM users ORDER BY name;
 -- name: find_user
 -- A user and its password hash.
 SELECT name, senders, created_at, password FROM users WHERE lower(name) = lower(:name);
+
+
+-- ---------------------------------------------------------------------------------------------
+-- The suppression list (domain/suppression.py; stores/suppressions.py runs these).
+
+-- name: suppress
+-- An operator's entry replaces whatever the address had.
+INSERT INTO suppressions (address, reason, source, created_at, suppressed_until, message_id)
+VALUES (:address, :reason, :source, :created_at, :until, :message_id)
+ON CONFLICT (address) DO UPDATE SET reason = excluded.reason, source = excluded.source,
+    created_at = excluded.created_at, suppressed_until = excluded.suppressed_until,
+    message_id = excluded.message_id;
+
+-- name: suppress_bounce
+-- A hard bounce: a new entry, or a later end for an entry that has one (one until removed stays so).
+INSERT INTO suppressions (address, reason, source, created_at, suppressed_until, message_id)
+VALUES (:address, :reason, :source, :created_at, :until, :message_id)
+ON CONFLICT (address) DO UPDATE SET reason = excluded.reason, source = excluded.source,
+    created_at = excluded.created_at, suppressed_until = excluded.suppressed_until,
+    message_id = excluded.message_id
+WHERE suppressions.suppressed_until IS NOT NULL AND suppressions.suppressed_until < excluded.suppressed_until;
+
+-- name: list_suppressions
+-- The entries in force at :now, by address.
+SELECT address, reason, source, created_at, suppressed_until, message_id FROM suppressions
+WHERE suppressed_until IS NULL OR suppressed_until > :now ORDER BY address;
+
+-- name: suppressions_among
+-- The entries in force at :now for the addresses :addresses (a list: Queries.expand).
+SELECT address, reason, source, created_at, suppressed_until, message_id FROM suppressions
+WHERE address IN (:addresses) AND (suppressed_until IS NULL OR suppressed_until > :now);
+
+-- name: delete_suppression
+DELETE FROM suppressions WHERE address = :address;
+
+-- name: prune_suppressions
+-- Entries whose time has passed (housekeeping).
+DELETE FROM suppressions WHERE suppressed_until IS NOT NULL AND suppressed_until <= :now;
+
+-- name: suppressions_signature
+-- Whether the list changed since it was last read (intake's copy for RCPT time is read again then).
+SELECT count(*), max(created_at) FROM suppressions;

@@ -1,4 +1,4 @@
--- msgspool SQLite spool schema (PRAGMA user_version = 11). Every statement is idempotent.
+-- msgspool SQLite spool schema (PRAGMA user_version = 13). Every statement is idempotent.
 -- One row per message (any folder of any mailbox), its content stored once in `contents`
 -- (local copies of one submission share it), one row per recipient of an outbound message.
 
@@ -146,6 +146,15 @@ CREATE TABLE IF NOT EXISTS webhook_cursor (
     event_id    INTEGER NOT NULL
 );
 
+-- When an auto-reply (a Sieve vacation) last went to a sender, per mailbox and handle (RFC 5230 §4.2).
+CREATE TABLE IF NOT EXISTS vacation_replies (
+    mailbox     TEXT NOT NULL,
+    sender      TEXT NOT NULL,
+    handle      TEXT NOT NULL,
+    sent_at     REAL NOT NULL,
+    PRIMARY KEY (mailbox, sender, handle)
+);
+
 -- Bearer tokens of the HTTP API (domain/tokens.py): only the SHA-256 of each secret is kept.
 CREATE TABLE IF NOT EXISTS tokens (
     id          TEXT PRIMARY KEY,
@@ -169,4 +178,15 @@ CREATE TABLE IF NOT EXISTS users (
 CREATE TABLE IF NOT EXISTS offline_transports (
     name        TEXT PRIMARY KEY,
     since       REAL NOT NULL
+);
+
+-- The suppression list (domain/suppression.py): addresses that hard-bounced, or that an operator
+-- listed; new mail to one fails at submission while `suppressed_until` is ahead (NULL: until removed).
+CREATE TABLE IF NOT EXISTS suppressions (
+    address          TEXT PRIMARY KEY,   -- lower case (suppression_key)
+    reason           TEXT NOT NULL,
+    source           TEXT NOT NULL,      -- bounce | operator
+    created_at       REAL NOT NULL,
+    suppressed_until REAL,
+    message_id       TEXT
 );
