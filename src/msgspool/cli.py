@@ -208,7 +208,7 @@ def _token_parser(token: argparse.ArgumentParser) -> None:
     tsub = token.add_subparsers(dest="action", required=True)
     create = tsub.add_parser("create", help="a new token; its secret is printed once")
     create.add_argument("--scope", action="append", required=True, metavar="SCOPE", dest="scopes",
-                        help="submit, read or admin (admin implies both); repeatable")
+                        help="submit, read, admin (implies the others), metrics (GET /metrics only); repeatable")
     create.add_argument("--name", help="a name for logs and history (default: the token's id)")
     tlist = tsub.add_parser("list", help="the tokens (never their secrets)")
     tlist.add_argument("--json", action="store_true", help="one JSON object per token")

@@ -297,6 +297,14 @@ class Admin(Protocol):
         """Outbox recipients per status, and `messages`: the messages in the outbox."""
         ...
 
+    async def destination_counts(self) -> list[tuple[str, str, str, int]]:
+        """(transport, nexthop, status, recipients) of the pending recipients (queued, active,
+        deferred, held); '' for a recipient not routed yet."""
+        ...
+
+    # Told the number of writes each commit carried (group commit), perhaps from a commit thread.
+    on_commit: Callable[[int], None] | None
+
     async def purge(self, sent_before: float, events_before: float) -> int: ...
 
     @property

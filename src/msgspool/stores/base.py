@@ -35,6 +35,7 @@ from msgspool.stores.ops import (
     CHUNK,
     Tx,
     active_recipients,
+    destination_counts,
     events_after,
     get_content,
     get_message,
@@ -121,6 +122,13 @@ class SQLStore(ABC):
         self.commit_batch = commit_batch
         self.crash_limit = crash_limit
         self.owner: str | None = None  # the delivery run this store claims for (Store.owner)
+        # Told the number of writes of each commit (the metrics' commit batch sizes); may be
+        # called from the store's commit thread.
+        self.on_commit: Callable[[int], None] | None = None
+
+    def _committed(self, writes: int) -> None:
+        if self.on_commit is not None:
+            self.on_commit(writes)
 
     @abstractmethod
     async def open(self, *, create: bool = True) -> None: ...
@@ -313,6 +321,9 @@ class SQLStore(ABC):
 
     async def counts(self) -> dict[str, int]:
         return await self.read(queue_counts)
+
+    async def destination_counts(self) -> list[tuple[str, str, str, int]]:
+        return await self.read(destination_counts)
 
     async def events_after(self, after_id: int, limit: int = 1000) -> list[Event]:
         return await self.read(lambda c: events_after(c, after_id, limit))

@@ -1049,6 +1049,11 @@ def queue_counts(tx: Tx) -> dict[str, int]:
     return counts
 
 
+def destination_counts(tx: Tx) -> list[tuple[str, str, str, int]]:
+    """(transport, nexthop, status, recipients) of the pending recipients ('' for an unrouted one)."""
+    return [(t or "", n or "", s, c) for t, n, s, c in tx.execute(tx.q.count_pending_by_destination)]
+
+
 def events_after(tx: Tx, after_id: int, limit: int = 1000) -> list[Event]:
     rows = tx.execute(tx.q.events_after, {"after": after_id, "limit": limit}).fetchall()
     return [Event(EventType(t), mid, tm, recipient=r, mailbox=mb, folder=f,

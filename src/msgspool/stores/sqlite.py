@@ -192,6 +192,7 @@ class _GroupCommit:
         self.synchronous_full = True
         self.commits = 0
         self.committed_jobs = 0
+        self.on_commit: Callable[[int], None] = lambda _writes: None
         self._drainer: asyncio.Task[None] | None = None
 
     def submit(self, fn: Callable[[Tx], T], durable: bool = True) -> asyncio.Future[T]:
@@ -235,6 +236,7 @@ class _GroupCommit:
             return results
         self.commits += 1
         self.committed_jobs += len(batch)
+        self.on_commit(len(batch))
         return out
 
     def _begin(self, durable: bool) -> None:
@@ -313,6 +315,7 @@ class SQLiteStore(SQLStore):
             raise NoSpool(f"no spool at {self.path.parent}")
         wconn, _before = self._make()
         self._writer = _GroupCommit(wconn, self.commit_batch, self.path.parent)
+        self._writer.on_commit = self._committed
         self._reader = _Reader(connect(self.path), loop, name="msgspool-reader")
         self._reader.start()
 

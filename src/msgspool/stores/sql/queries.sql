@@ -538,6 +538,11 @@ WHERE m.folder = 'outbox' GROUP BY status;
 -- name: count_outbox
 SELECT count(*) FROM messages WHERE folder = 'outbox';
 
+-- name: count_pending_by_destination
+-- The metrics' queue depth by destination: pending recipients are outbox recipients.
+SELECT transport, nexthop, status, count(*) FROM recipients
+WHERE status IN ('queued', 'active', 'deferred', 'held') GROUP BY transport, nexthop, status;
+
 -- name: events_after
 SELECT id, time, type, message_id, recipient, mailbox, folder, detail FROM events
 WHERE id > :after ORDER BY id LIMIT :limit;
