@@ -37,6 +37,7 @@ from msgspool.smtpd.policy import SpoolPolicy, parse_networks
 from msgspool.smtpd.protocol import ServerLimits, Sessions, start_server
 from msgspool.smtpd.tls import ServerTLS
 from msgspool.spooler import control, metrics
+from msgspool.spooler.fetch import FetchService, build_service
 from msgspool.spooler.link import EventForwarder, Link, RemoteDelivery, events_of, message_from_wire
 from msgspool.spooler.runtime import SERVE_LOCK_NAME, Spooler, load_transports, take_lock
 from msgspool.transports.smtp import split_hostport
@@ -246,7 +247,7 @@ def check_transports(transports: dict[str, Any]) -> None:
 
 # Settings a reload cannot change in a running daemon (its listeners, its spool): kept, and logged.
 RESTART_ONLY = ("data_dir", "store", "smtp_listen", "smtps_listen", "submission_listen", "http_listen",
-                "delivery_process")
+                "delivery_process", "fetch")
 
 
 async def _serve(settings: Settings, ready: asyncio.Event | None,
@@ -263,6 +264,7 @@ async def _serve(settings: Settings, ready: asyncio.Event | None,
     control_server = None
     delivery: DeliveryProcess | None = None
     smtp: SMTPListeners | None = None
+    fetch: FetchService | None = None
     reloading = asyncio.Lock()
 
     async def reload() -> dict[str, Any]:
@@ -340,6 +342,10 @@ async def _serve(settings: Settings, ready: asyncio.Event | None,
             host, port = split_hostport(settings.http_listen, 8025)
             runner = await _listen("HTTP", f"{host}:{port}", start_http(spooler, host, port))
             log.info("http api on %s:%d", host, port)
+        if settings.fetch:
+            fetch = build_service(spooler, settings)
+            spooler.fetch = fetch
+            fetch.start()
         log.info("msgspool %s ready: spool %s, local domains %s, relay %s", _version(), settings.spool_path,
                  ",".join(settings.local_domains), settings.relay or "(MX)")
         if ready is not None:
@@ -353,6 +359,8 @@ async def _serve(settings: Settings, ready: asyncio.Event | None,
         if delivery is not None:  # while the listeners still answer 421
             await delivery.stop(shutdown.aborting, settings.shutdown_timeout)
     finally:
+        if fetch is not None:
+            await fetch.stop()
         for server in servers:
             server.close()
         if runner is not None:

@@ -43,6 +43,7 @@ from msgspool.spooler.background import start_supervised, stop_task
 from msgspool.spooler.delays import DelayTimer
 from msgspool.spooler.destinations import DestinationLimits
 from msgspool.spooler.events import EventBus, Subscription
+from msgspool.spooler.fetch import FetchService
 from msgspool.spooler.hooks import LoadedHook, Postprocessor, Preprocessor, has_inbound_hooks, load_hooks
 from msgspool.spooler.intake import Intake, Submission, due_now, mark_active
 from msgspool.spooler.lease import NodeLease
@@ -219,6 +220,7 @@ class Spooler:
         # (restarting) hints are dropped; the next one reads the spool when it starts.
         self.delivery_process = False
         self.started_at: float | None = None
+        self.fetch: FetchService | None = None  # the fetch accounts, in the daemon's intake process
         self._housekeeping: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._suppressions: asyncio.Task[None] | None = None
@@ -769,7 +771,7 @@ class Spooler:
                     "last_error": d.failure.line() if d.failure else
                     d.health.last_reply.line() if d.health.down and d.health.last_reply else None,
                 } for d in dests]})
-        return {"spooler": rows[0], "transports": rows[1:]}
+        return {"spooler": rows[0], "transports": rows[1:], "fetch": self.fetch.rows() if self.fetch else []}
 
     async def status_table(self) -> dict[str, Any]:
         """`status()`, completed by the delivery process's part when delivery runs in another one,

@@ -581,6 +581,17 @@ SELECT name, senders, created_at FROM users ORDER BY name;
 -- A user and its password hash.
 SELECT name, senders, created_at, password FROM users WHERE lower(name) = lower(:name);
 
+-- name: insert_fetched
+-- A fetched message's unique id on its server, in the commit that files it (domain/fetch.py).
+INSERT INTO fetched (account, uid, fetched_at, message_id) VALUES (:account, :uid, :fetched_at, :message_id)
+ON CONFLICT DO NOTHING;
+
+-- name: fetched_uids
+SELECT uid FROM fetched WHERE account = :account;
+
+-- name: delete_fetched
+-- An id the server no longer lists.
+DELETE FROM fetched WHERE account = :account AND uid = :uid;
 
 -- ---------------------------------------------------------------------------------------------
 -- The suppression list (domain/suppression.py; stores/suppressions.py runs these).
