@@ -122,7 +122,7 @@ def _insert_message(tx: Tx, msg: Message, content_id: int, *, read: bool) -> Non
         "expires_at": msg.expires_at, "delete_after_submit": int(msg.delete_after_submit), "held": int(msg.held),
         "origin": msg.origin, "meta": json.dumps(msg.meta) if msg.meta else None,
         "ret": msg.dsn.ret if msg.dsn else None, "envid": msg.dsn.envid if msg.dsn else None, "read": int(read),
-        "max_attempts": msg.max_attempts, "flags": " ".join(msg.flags)})
+        "max_attempts": msg.max_attempts, "flags": " ".join(msg.flags), "resend_of": msg.resend_of})
 
 
 def _recipient_row(msg: Message, r: Recipient, owner: str | None) -> dict[str, Any]:
@@ -160,6 +160,12 @@ def op_submit(tx: Tx, msg: Message, copies: Sequence[Message], owner: str | None
     for stage, hook in (("expansion", "aliases"), ("submission", "suppression")):  # what intake, then we, did
         if records := [h for h in msg.history if h.hook == hook]:
             _insert_history(tx, msg.id, msg.submitted_at, stage, records)
+    if msg.resend_of is not None:  # MAPI MSGFLAG_RESEND: each message names the other in its history
+        to = ", ".join(f"<{r.address}>" for r in msg.recipients)
+        _insert_history(tx, msg.id, msg.submitted_at, "submission",
+                        [HookRecord("", "resend", f"resend of {msg.resend_of} to {to}")])
+        _insert_history(tx, msg.resend_of, msg.submitted_at, "operator",
+                        [HookRecord("", "resent", f"as {msg.id} to {to}")])
     if (account := msg.meta.get(FETCH_ACCOUNT)) and (uid := msg.meta.get(FETCH_UID)):
         _record_fetched(tx, msg, account, uid)
     events = [insert_event(tx, Event(EventType.SUBMITTED, msg.id, msg.submitted_at,
@@ -1003,10 +1009,10 @@ def _recipient_dict(row: Sequence[Any]) -> dict[str, Any]:
 
 def _message_info(row: Sequence[Any], recipients: list[dict[str, Any]]) -> MessageInfo:
     (message_id, mailbox, folder, sender, size, submitted_at, finished_at, message_class, priority, deliver_after,
-     expires_at, held, origin, ret, envid, read, mdn, max_attempts, flags) = row
+     expires_at, held, origin, ret, envid, read, mdn, max_attempts, flags, resend_of) = row
     return MessageInfo(message_id, mailbox, folder, sender, size, submitted_at, finished_at, message_class,
                        priority, deliver_after, expires_at, bool(held), origin, recipients, ret, envid,
-                       bool(read), mdn, max_attempts, flags=tuple(flags.split()) if flags else ())
+                       bool(read), mdn, max_attempts, flags=tuple(flags.split()) if flags else (), resend_of=resend_of)
 
 
 def iter_messages(tx: Tx, folders: Sequence[str] = (OUTBOX,), mailbox: str | None = None,
@@ -1041,7 +1047,15 @@ def get_message(tx: Tx, message_id: str) -> MessageInfo | None:
     info = _message_info(row, [_recipient_dict(r) for r in tx.execute(tx.q.recipients_of, key).fetchall()])
     info.history = [{"time": t, "stage": stage, "hook": hook or None, "outcome": outcome, "detail": detail}
                     for t, stage, hook, outcome, detail in tx.execute(tx.q.history_of, key)]
+    info.resends = [resend for (resend,) in tx.execute(tx.q.resends_of, key)]
     return info
+
+
+def submitted_content(tx: Tx, message_id: str) -> tuple[str, bytes] | None:
+    """A message's envelope sender and content as submitted, before any outbound hook changed them
+    (what `queue resend` sends again: the hooks run on the resend as on any new message)."""
+    row = tx.execute(tx.q.submitted_content, {"message_id": message_id}).fetchone()
+    return None if row is None else (row[0], bytes(row[1]))
 
 
 def get_content(tx: Tx, message_id: str) -> bytes | None:
