@@ -221,14 +221,12 @@ def _recipient_event(message_id: str, address: str, status: Status, reply: Reply
 
 def _finish_if_done(tx: Tx, message_id: str, now: float) -> list[Event]:
     """MAPI FinishedMsg: once every recipient is final, the message leaves the outbox — to Sent
-    Items, or deleted when the submitter asked for delete-after-submit."""
-    row = tx.execute(tx.q.finished_in_outbox, {"message_id": message_id, "outbox": OUTBOX}).fetchone()
-    if row is None:
-        return []
-    if row[0] and not _reports_owed(tx, message_id):
-        _delete_messages(tx, [message_id])
-    else:  # delete-after-submit waits for the reports it owes: they quote the message
-        tx.execute(tx.q.move_to_sent, {"sent": SENT, "now": now, "message_id": message_id})
+    Items, or deleted when the submitter asked for delete-after-submit. One statement on the common
+    path (a statement per settled message counts: on PostgreSQL it is a round trip)."""
+    row = tx.execute(tx.q.finish_to_sent, {"sent": SENT, "now": now, "message_id": message_id,
+                                           "outbox": OUTBOX}).fetchone()
+    if row is not None and row[0] and not _reports_owed(tx, message_id):
+        _delete_messages(tx, [message_id])  # delete-after-submit waits for the reports it owes: they quote it
     return []
 
 
