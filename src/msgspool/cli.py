@@ -16,6 +16,7 @@ SYNOPSIS
     msgspool reload
     msgspool route ADDRESS [--addrtype TYPE] [--json]
     msgspool aliases check [FILE] | expand ADDRESS [--json]
+    msgspool suppression list [--json] | add ADDRESS [--reason TEXT] [--days N] | remove ADDRESS
     msgspool token create --scope S [--scope S2]... [--name N] | list [--json] | revoke ID-or-NAME
     msgspool user add NAME [--sender PATTERN]... [--update] | delete NAME | list [--json]
     msgspool mailbox export MAILBOX DIR
@@ -153,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
         _common(p)
     _token_parser(sub.add_parser("token", help="bearer tokens of the HTTP API"))
     _user_parser(sub.add_parser("user", help="accounts of the submission service (SMTP AUTH)"))
+    _suppression_parser(sub.add_parser("suppression", help="the suppression list: addresses mail is not sent to"))
     _common(sub.add_parser("reload", help="the daemon reads its configuration again (as on SIGHUP)"))
     route = sub.add_parser("route", help="which transport and destination an address gets, and why")
     _common(route)
@@ -200,7 +202,7 @@ def _token_parser(token: argparse.ArgumentParser) -> None:
     tsub = token.add_subparsers(dest="action", required=True)
     create = tsub.add_parser("create", help="a new token; its secret is printed once")
     create.add_argument("--scope", action="append", required=True, metavar="SCOPE", dest="scopes",
-                        help="submit, read or admin (admin implies both); repeatable")
+                        help="submit, read, admin (implies the others), metrics (GET /metrics only); repeatable")
     create.add_argument("--name", help="a name for logs and history (default: the token's id)")
     tlist = tsub.add_parser("list", help="the tokens (never their secrets)")
     tlist.add_argument("--json", action="store_true", help="one JSON object per token")
@@ -751,6 +753,54 @@ def read_password(prompt: str = "Password: ") -> str:
     return sys.stdin.readline().rstrip("\r\n")
 
 
+def _suppression_parser(parser: argparse.ArgumentParser) -> None:
+    _common(parser)
+    ssub = parser.add_subparsers(dest="action", required=True)
+    slist = ssub.add_parser("list", help="the addresses on the list now, with why and until when")
+    _common(slist)
+    slist.add_argument("--json", action="store_true", help="one JSON object per entry")
+    add = ssub.add_parser("add", help="suppress an address: new mail to it fails at once (550 5.1.1)")
+    _common(add)
+    add.add_argument("address")
+    add.add_argument("--reason", default="", help="why (shown in the reply); default: added by the operator")
+    add.add_argument("--days", type=float, help="for how long (0: until removed; default: suppression_time)")
+    add.add_argument("--json", action="store_true")
+    remove = ssub.add_parser("remove", help="take an address off the list: mail to it goes again at once")
+    _common(remove)
+    remove.add_argument("address")
+
+
+def cmd_suppression(args: argparse.Namespace, settings: Settings) -> int:
+    """The suppression list, straight in the store (a running daemon's SMTP listener sees a change
+    within a second; the store checks every submission itself)."""
+    import time
+
+    from msgspool.domain.address import valid_smtp
+    from msgspool.domain.suppression import OPERATOR, Suppression, suppression_key
+    from msgspool.views import suppression_json, suppression_line
+
+    if args.action == "list":
+        for entry in _with_store(settings, lambda store: store.suppressions(time.time())):
+            print(json.dumps(suppression_json(entry)) if args.json else suppression_line(entry))
+        return 0
+    if args.action == "add":
+        if not valid_smtp(args.address) or not args.address:
+            raise CLIError(f"not an email address: {args.address!r}", 2)
+        days = args.days if args.days is not None else settings.suppression_time / 86400
+        if days < 0:
+            raise CLIError("--days must be 0 (until removed) or more", 2)
+        now = time.time()
+        entry = Suppression(suppression_key(args.address), args.reason or "added by the operator", now,
+                            now + days * 86400 if days else None, OPERATOR)
+        _with_store(settings, lambda store: store.suppress(entry), create=True)
+        print(json.dumps(suppression_json(entry)) if args.json else f"suppressed {suppression_line(entry)}")
+        return 0
+    if not _with_store(settings, lambda store: store.unsuppress(args.address)):
+        raise CLIError(f"{args.address} is not on the suppression list")
+    print(f"{suppression_key(args.address)} removed from the suppression list")
+    return 0
+
+
 def cmd_user(args: argparse.Namespace, settings: Settings) -> int:
     import time
 
@@ -813,7 +863,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "serve": cmd_serve, "sendmail": cmd_sendmail, "queue": cmd_queue, "status": cmd_status, "token": cmd_token,
     "transport": cmd_transport,
     "stop": cmd_stop, "route": cmd_route, "reload": cmd_reload, "user": cmd_user, "db": cmd_db,
-    "node": cmd_node, "aliases": cmd_aliases, "mailbox": cmd_mailbox,
+    "node": cmd_node, "aliases": cmd_aliases, "mailbox": cmd_mailbox, "suppression": cmd_suppression,
 }
 
 if __name__ == "__main__":

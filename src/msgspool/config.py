@@ -128,6 +128,9 @@ class Settings:
     max_attempts: int = _doc(0, "Attempts per recipient before a temporary failure is final (554 5.4.7); 0 = no cap.")
     future_release_max: int = _doc(
         604800, "Longest SMTP FUTURERELEASE hold (RFC 4865 HOLDFOR/HOLDUNTIL), seconds; 0 disables it.")
+    suppression_time: float = _doc(
+        2592000.0, "Seconds an address that hard-bounced (a remote's 5xx about the address: 5.1.x, 5.2.0, 5.2.1)"
+        " stays on the suppression list: new mail to it fails at once (550 5.1.1); 30 days; 0 = none added.")
     delay_warning_time: float = _doc(
         0.0, "Seconds after arrival before a still-deferred recipient's sender gets one delay notice; 0 = none.")
     probe_min: float = _doc(0.5, "First probe of a down destination after this many seconds.")
@@ -142,6 +145,9 @@ class Settings:
     smtp_mx_address_limit: int = _doc(
         5, "MX delivery: the most addresses (of the MX hosts, in preference order) one attempt connects to before"
         " the destination counts as down (Postfix smtp_mx_address_limit); 0: no limit.")
+    smtp_mx_session_limit: int = _doc(
+        2, "MX delivery: the most sessions (MX addresses) one message goes to when a session leaves recipients"
+        " with a 4xx or is lost (Postfix smtp_mx_session_limit); 0: no limit.")
     smtp_greeting_timeout: float = _doc(300.0, "Outbound wait for the 220 greeting (RFC 5321 §4.5.3.2.1).")
     smtp_mail_timeout: float = _doc(300.0, "Outbound MAIL reply timeout (§4.5.3.2.2).")
     smtp_rcpt_timeout: float = _doc(300.0, "Outbound RCPT reply timeout (§4.5.3.2.3).")

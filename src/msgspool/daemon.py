@@ -35,7 +35,7 @@ from msgspool.smtpd.limits import AuthFailures, ConnectionCounter, RateCounter
 from msgspool.smtpd.policy import SpoolPolicy, parse_networks
 from msgspool.smtpd.protocol import ServerLimits, Sessions, start_server
 from msgspool.smtpd.tls import ServerTLS
-from msgspool.spooler import control
+from msgspool.spooler import control, metrics
 from msgspool.spooler.link import EventForwarder, Link, RemoteDelivery, events_of, message_from_wire
 from msgspool.spooler.runtime import SERVE_LOCK_NAME, Spooler, load_transports, take_lock
 from msgspool.transports.smtp import split_hostport
@@ -162,6 +162,14 @@ async def start_smtp(spooler: Spooler, settings: Settings) -> SMTPListeners:
         listeners.close()
         raise
     return listeners
+
+
+def smtp_metrics(sessions: Sessions | None) -> list[metrics.Metric]:
+    """The SMTP listeners' connections (at zero without a listener)."""
+    return [metrics.counter("msgspool_smtp_connections", "SMTP connections accepted by the listeners.", (),
+                    [((), sessions.accepted if sessions else 0)]),
+            metrics.gauge("msgspool_smtp_connections_open", "SMTP sessions open now.", (),
+                  [((), sessions.open if sessions else 0)])]
 
 
 def server_limits(settings: Settings) -> ServerLimits:
@@ -319,9 +327,12 @@ async def _serve(settings: Settings, ready: asyncio.Event | None,
                                        control.serve(settings.spool_path, handle))
         servers.append(control_server)
         if settings.smtp_listen or settings.smtps_listen or settings.submission_listen:
+            await spooler.refresh_suppressions()  # SMTP refuses a suppressed recipient at RCPT from the start
+            spooler.watch_suppressions()
             smtp = await start_smtp(spooler, settings)
             sessions = smtp.sessions
             servers.append(smtp)
+        spooler.metrics.add_live(lambda: smtp_metrics(sessions))
         if settings.http_listen:
             from msgspool.web.app import start as start_http
 
@@ -607,6 +618,8 @@ async def deliver(fd: int, config: dict[str, Any]) -> int:
                 unsubscribe = None
         elif op == "status":
             return spooler.status()
+        elif op == "metrics":
+            return {"families": spooler.metrics.snapshot()}
         return None
 
     link = await Link.over(socket.socket(fileno=fd), handle)

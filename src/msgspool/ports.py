@@ -13,6 +13,7 @@ from msgspool.domain.events import Event
 from msgspool.domain.hooks import Delivery, Draft, Preprocessed
 from msgspool.domain.message import Message, MessageInfo, PendingReport, ReadReceipt, Recipient, Settlement
 from msgspool.domain.outcome import Reply
+from msgspool.domain.suppression import Suppression
 from msgspool.domain.tokens import NewToken, Token
 from msgspool.domain.users import User
 
@@ -62,6 +63,13 @@ class MailboxTransport(Protocol):
     class goes to the same folder as in the store. Its success replies are `Filed`."""
 
     def use_receive_folders(self, lookup: ReceiveFolderLookup) -> None: ...
+
+    async def file_copy(self, message: Message, recipient: Recipient, content: bytes, *, folder: str | None = None,
+                        flags: Sequence[str] = ()) -> Reply:
+        """File one copy the inbound hooks made (`content`: their header lines on top, as they left
+        it) for `recipient` into `folder` (None: its receive folder), with IMAP `flags`: a Filed
+        reply, or the failure (temporary or permanent) as for `Connection.send`."""
+        ...
 
 
 class TransportFactory(Protocol):
@@ -285,6 +293,14 @@ class Admin(Protocol):
         """Outbox recipients per status, and `messages`: the messages in the outbox."""
         ...
 
+    async def destination_counts(self) -> list[tuple[str, str, str, int]]:
+        """(transport, nexthop, status, recipients) of the pending recipients (queued, active,
+        deferred, held); '' for a recipient not routed yet."""
+        ...
+
+    # Told the number of writes each commit carried (group commit), perhaps from a commit thread.
+    on_commit: Callable[[int], None] | None
+
     async def purge(self, sent_before: float, events_before: float) -> int: ...
 
     @property
@@ -330,6 +346,37 @@ class Credentials(Protocol):
         ...
 
     async def delete_user(self, name: str) -> bool: ...
+
+
+class Suppressions(Protocol):
+    """The suppression list (Postal's; domain/suppression.py): addresses new mail is not sent to.
+    `Queue.submit` fails a recipient in force on it, in the same step, and `Queue.settle` lists
+    the address of a settlement with `suppress_until` (a hard bounce); these are the rest: what
+    `msgspool suppression` and `/api/suppressions` do, and what intake's RCPT check reads."""
+
+    async def suppressions(self, now: float) -> list[Suppression]:
+        """Every entry in force at `now`, by address."""
+        ...
+
+    async def suppressed(self, addresses: Sequence[str], now: float) -> dict[str, Suppression]:
+        """The entries in force at `now` for these addresses, by `suppression_key`."""
+        ...
+
+    async def suppressions_signature(self) -> tuple[int, float | None]:
+        """(entries, newest created_at): what a copy of the list is checked against (it changed?)."""
+        ...
+
+    async def suppress(self, entry: Suppression) -> None:
+        """Add an entry, replacing the address's old one."""
+        ...
+
+    async def unsuppress(self, address: str) -> bool:
+        """Remove the address's entry: mail to it goes again at once; False when there was none."""
+        ...
+
+    async def prune_suppressions(self, now: float) -> int:
+        """Delete the entries whose time has passed (housekeeping); how many."""
+        ...
 
 
 class Leases(Protocol):
@@ -394,7 +441,8 @@ class Notifier(Protocol):
         ...
 
 
-class Store(Lifecycle, Queue, Leases, QueueControl, Reports, Mailboxes, Events, Admin, Credentials, Protocol):
+class Store(Lifecycle, Queue, Leases, QueueControl, Reports, Mailboxes, Events, Admin, Credentials, Suppressions,
+            Protocol):
     """The durable home of messages, folders and per-recipient state (MAPI message store provider):
     every role above. `load_store` (spooler/runtime.py) builds the configured one."""
 

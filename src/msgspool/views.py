@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from msgspool.domain.message import MessageInfo
+from msgspool.domain.suppression import Suppression
 from msgspool.domain.timefmt import iso
 from msgspool.domain.tokens import Token
 from msgspool.domain.users import User
@@ -94,3 +95,13 @@ def user_line(user: User) -> str:
 
 def token_line(token: Token) -> str:
     return f"{token.id}  {token.name:<20} {' '.join(sorted(token.scopes)):<18} created {iso(token.created_at)}"
+
+
+def suppression_json(entry: Suppression) -> dict[str, Any]:
+    return {"address": entry.address, "reason": entry.reason, "source": entry.source,
+            "created_at": iso(entry.created_at), "until": iso(entry.until), "message_id": entry.message_id}
+
+
+def suppression_line(entry: Suppression) -> str:
+    until = iso(entry.until) or "until removed"
+    return f"{entry.address}  {entry.source:8}  {until}  {entry.reason}"

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.daemon import Daemon, Spool, received_tags, tagged_message
+from tests.support.daemon import Daemon, Spool, port_open, received_tags, tagged_message
 from tests.support.sink import Sink
 
 ALIASES = """\
@@ -58,6 +58,7 @@ def test_smtp_http_and_sendmail_mail_to_an_alias_reaches_its_members(spool: Spoo
     relay.dsn = True  # so that the ORCPT the expansion keeps is sent on
     relay.start()
     daemon.start()
+    spool.wait_until(lambda: port_open("127.0.0.1", daemon.http_port), "the HTTP listener")
     with smtplib.SMTP(*daemon.smtp_address, timeout=10) as session:
         session.ehlo()
         assert session.mail("writer@example.com")[0] == 250
@@ -107,6 +108,7 @@ def test_a_loop_fails_that_member_with_554_and_the_sender_gets_a_report(spool: S
     configure(spool, ALIASES)
     relay.start()
     daemon.start()
+    spool.wait_until(lambda: port_open("127.0.0.1", daemon.http_port), "the HTTP listener")
     with smtplib.SMTP(*daemon.smtp_address, timeout=10) as session:
         session.sendmail("writer@example.com", ["a@localhost"], tagged_message("loop", to="a@localhost",
                                                                                 newline="\r\n"))
@@ -123,6 +125,7 @@ def test_sighup_reads_the_aliases_again_and_a_broken_file_keeps_the_running_tabl
     path = configure(spool, "team: alice\n")
     relay.start()
     daemon.start()
+    spool.wait_until(lambda: port_open("127.0.0.1", daemon.http_port), "the HTTP listener")
     spool.sendmail(tagged_message("one", to="team@localhost"), "team@localhost")
     spool.wait_until(lambda: len(inbox(daemon, "alice@localhost")) == 1, "alice's copy")
 

@@ -24,6 +24,7 @@ from msgspool.domain.message import DEFAULT_CLASS, NON_URGENT, NORMAL, URGENT, M
 from msgspool.domain.outcome import LOOP_DETECTED, NO_ROUTE, Reply
 from msgspool.domain.recipient import RecipientType, Status
 from msgspool.domain.routing import LOCAL, Router
+from msgspool.domain.suppression import Suppression, refusal, suppression_key
 from msgspool.domain.timefmt import in_range
 from msgspool.errors import INSUFFICIENT_STORAGE, SubmitError
 
@@ -63,6 +64,9 @@ class Intake:
         self.mailboxes = frozenset(addr.mailbox_key(m) for m in mailboxes)
         self.clock = clock
         self.aliases = AliasTable()  # the `aliases` setting, read by the Spooler (spooler/aliases.py)
+        # A copy of the suppression list for RCPT time, kept fresh by the Spooler; the store checks
+        # again when it commits (what was listed a moment ago fails there all the same).
+        self.suppressed: dict[str, Suppression] = {}
         # With inbound hooks, local recipients are queued like remote ones and filed by the
         # delivering process after the hooks ran (Postfix's local(8)), not filed at submission.
         self.defer_local = False
@@ -81,6 +85,9 @@ class Intake:
             return self._check_mailbox(address)
         if self.router.route(address, addrtype) is None:
             return Reply(550, "5.1.2", f"<{address}>: no transport for this address")
+        entry = self.suppressed.get(suppression_key(address)) if self.suppressed else None
+        if entry is not None and entry.active(self.clock()):
+            return refusal(entry)
         return None
 
     def _check_mailbox(self, address: str) -> Reply | None:

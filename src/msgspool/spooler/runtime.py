@@ -32,6 +32,7 @@ from msgspool.domain.message import DEFAULT_CLASS, NORMAL, Message
 from msgspool.domain.recipient import Status
 from msgspool.domain.retry import RetryPolicy
 from msgspool.domain.routing import Router, TransportRoute
+from msgspool.domain.suppression import OPERATOR, Suppression, suppression_key
 from msgspool.domain.timefmt import iso
 from msgspool.domain.webhooks import WEBHOOK_TRANSPORT, from_webhook
 from msgspool.errors import ConfigError, NotFound, SpoolError, StorageFull, UnableToAbort, UnknownTransport
@@ -47,6 +48,7 @@ from msgspool.spooler.intake import Intake, Submission, due_now, mark_active
 from msgspool.spooler.lease import NodeLease
 from msgspool.spooler.link import RemoteDelivery
 from msgspool.spooler.local import LocalDelivery
+from msgspool.spooler.metrics import Metric, Metrics, counter, gauge
 from msgspool.spooler.notices import CANCEL, DUE, FLUSH, NODES, REPORTS, TRANSPORTS, Notices
 from msgspool.spooler.receipts import Receipts
 from msgspool.spooler.reporter import Reporter
@@ -61,6 +63,7 @@ LOCK_ROLES = {LOCK_NAME: "delivering from", SERVE_LOCK_NAME: "serving"}
 SENT_RETENTION = 7 * 86400.0
 EVENT_RETENTION = 86400.0
 HOUSEKEEPING_INTERVAL = 300.0
+SUPPRESSION_REFRESH = 1.0  # seconds between looks at the suppression list for intake's RCPT-time copy
 
 
 def _addresses(in_flight: dict[str, list[tuple[int, str]]]) -> dict[str, list[str]]:
@@ -160,6 +163,9 @@ class Spooler:
         self.intake.aliases = load_aliases(settings.aliases)
         self.store = load_store(settings)
         use_receive_folders(self.transports, self.store)
+        self.metrics = Metrics(self.transports)
+        self.metrics.add_live(self._live_metrics)
+        self.store.on_commit = self.metrics.commit_batch.observe
         # The other nodes of a shared spool (PostgreSQL), told of work and changes (notices.py).
         self.notices = Notices(self.store)
         self.bus = EventBus()
@@ -185,7 +191,8 @@ class Spooler:
             probe=ProbePolicy(settings.probe_min, settings.probe_max),
             limits=DestinationLimits(settings.destination_concurrency, settings.destination_recipient_limit,
                                      settings.connection_idle_time, settings.connection_reuse_limit),
-            active_limit=settings.active_limit, warn_after=settings.delay_warning_time)
+            active_limit=settings.active_limit, warn_after=settings.delay_warning_time,
+            suppression_time=settings.suppression_time, metrics=self.metrics)
         self.reporter = Reporter(self.store, self.intake, hostname=settings.host_name,
                                  postmaster=settings.postmaster, publish=self.publish,
                                  deliver=lambda _message: self.poke(), retry=self.retry)
@@ -214,6 +221,8 @@ class Spooler:
         self.started_at: float | None = None
         self._housekeeping: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
+        self._suppressions: asyncio.Task[None] | None = None
+        self._suppression_signature: tuple[int, float | None] | None = None
         self._lock: IO[str] | None = None
 
     async def start(self, *, deliver: bool = True, route: bool | None = None, lock_timeout: float = 0.0,
@@ -296,12 +305,14 @@ class Spooler:
         hooks = load_hooks(settings) if self.routing else None
         aliases = load_aliases(settings.aliases)
         self.settings, self.transports, self.router = settings, transports, router
+        self.metrics.know_transports(transports)
         self.intake.aliases = aliases
         self.intake.router = router
         self.intake.hopcount_limit = settings.hopcount_limit
         self.intake.message_size_limit = settings.message_size_limit
         self.intake.mailboxes = frozenset(mailbox_key(m) for m in settings.mailboxes)
         self.intake.defer_local = has_inbound_hooks(settings)
+        self.scheduler.suppression_time = settings.suppression_time
         if hooks is not None:
             for pipeline in (self.preprocessor, self.postprocessor):
                 if pipeline is not None:
@@ -312,11 +323,16 @@ class Spooler:
         self._install_hooks(*load_hooks(self.settings))
 
     def _install_hooks(self, outbound: list[LoadedHook], inbound: list[LoadedHook]) -> None:
-        self.preprocessor = Preprocessor(outbound) if outbound else None
-        self.postprocessor = Postprocessor(inbound) if inbound else None
+        count = self.metrics.hooks_ran
+        self.preprocessor = Preprocessor(outbound, count) if outbound else None
+        self.postprocessor = Postprocessor(inbound, count) if inbound else None
+        self.metrics.know_hooks([*((Preprocessor.STAGE, h.hook.name) for h in outbound),
+                                 *((Postprocessor.STAGE, h.hook.name) for h in inbound)])
         self.scheduler.preprocessor = self.preprocessor
         # intake leaves local mail to the scheduler exactly when inbound hooks exist (defer_local)
-        self.scheduler.local = (LocalDelivery(self.intake, self.postprocessor, answer_once=self.store.answer_once)
+        mailbox_transports = {t.name: t for t in self.transports.values() if isinstance(t, MailboxTransport)}
+        self.scheduler.local = (LocalDelivery(self.intake, self.postprocessor, answer_once=self.store.answer_once,
+                                              mailbox_transports=mailbox_transports)
                                 if self.postprocessor else None)
 
     async def stop(self, drain: float = 0.0) -> None:
@@ -326,6 +342,7 @@ class Spooler:
             await self.webhooks.stop()
         await stop_task(self._housekeeping)
         await stop_task(self._watchdog)
+        await stop_task(self._suppressions)
         if self._draining is not None:
             await self._draining
         await self._stop_delivery(drain)
@@ -355,6 +372,44 @@ class Spooler:
         self.notices.publish(NODES)  # the others' shares grow back now
         self.notices.publish(DUE)  # and what this node gave back is theirs to send
 
+    # -- the suppression list ------------------------------------------------------------------
+
+    def watch_suppressions(self) -> None:
+        """Keep intake's copy of the suppression list fresh (read again within SUPPRESSION_REFRESH
+        of a change by any process or node), so that SMTP refuses a suppressed recipient at RCPT."""
+        if self._suppressions is None:
+            self._suppressions = start_supervised("suppressions", self._suppressions_loop)
+
+    async def _suppressions_loop(self) -> None:
+        while True:
+            try:
+                await self.refresh_suppressions()
+            except Exception:
+                log.exception("could not read the suppression list")
+            await asyncio.sleep(SUPPRESSION_REFRESH)
+
+    async def refresh_suppressions(self, *, force: bool = False) -> None:
+        signature = await self.store.suppressions_signature()
+        if force or signature != self._suppression_signature:
+            entries = await self.store.suppressions(time.time())
+            self.intake.suppressed = {e.address: e for e in entries}
+            self._suppression_signature = signature
+
+    async def suppressions(self) -> list[Suppression]:
+        return await self.store.suppressions(time.time())
+
+    async def suppress(self, address: str, reason: str, until: float | None) -> Suppression:
+        """An operator's entry (`msgspool suppression add`, POST /api/suppressions)."""
+        entry = Suppression(suppression_key(address), reason or "added by the operator", time.time(), until, OPERATOR)
+        await self.store.suppress(entry)
+        await self.refresh_suppressions(force=True)
+        return entry
+
+    async def unsuppress(self, address: str) -> bool:
+        removed = await self.store.unsuppress(address)
+        await self.refresh_suppressions(force=True)
+        return removed
+
     async def __aenter__(self) -> Spooler:
         return self
 
@@ -364,12 +419,18 @@ class Spooler:
     # -- submission -------------------------------------------------------------------------
 
     async def submit(self, sub: Submission) -> str:
-        """Commit a message durably and return its queue id (raises SubmitError).
+        """Commit a message durably and return its queue id (raises SubmitError); see `commit`."""
+        return (await self.commit(sub)).id
+
+    async def commit(self, sub: Submission) -> Message:
+        """Commit a message durably and return it as committed (raises SubmitError): its
+        recipients' states say which failed at once (the suppression list, an alias loop).
 
         Recipients due now are committed as `active` and handed straight to delivery — the
         scheduler here, or the delivery process over the link — so the fresh message is never read
         back from the store; should delivery die first, the rescue of its node's work (its lease
         runs out, or the next start under the delivery lock ends it) makes them due again."""
+        started = time.perf_counter()
         message, copies = self.intake.build(sub, route=self.routing)
         due = due_now(message)
         remote = self.remote
@@ -384,18 +445,25 @@ class Spooler:
             if handed and self.delivering:
                 self.scheduler.unreserve(due)
             raise
+        self.metrics.intake_latency.observe(time.perf_counter() - started)
+        self.metrics.submitted(message.recipients)
+        for part, _copies in message.parts:
+            self.metrics.submitted(part.recipients)
         self.publish(events)
         if any(r.report_owed for r in message.recipients):
             self.reports_owed()
-        if handed and not any(r.status is Status.ACTIVE for r in message.recipients):
-            # The store refused the hand-over (that node's lease ran out): it waits, queued, for a live node.
-            if self.delivering:
-                self.scheduler.unreserve(due)
-            self.poke()
+        active = sum(1 for r in message.recipients if r.status is Status.ACTIVE)
+        if handed and active < due and self.delivering:  # failed at the commit (suppressed), or not handed
+            self.scheduler.unreserve(due - active)
+        if handed and not active:
+            # The store refused the hand-over (that node's lease ran out): it waits, queued, for a live
+            # node — or every recipient failed at the commit (the suppression list).
+            if any(r.status.pending for r in message.recipients):
+                self.poke()
         elif handed and self.delivering:
             self.scheduler.dispatch(message, fresh=True)
         elif handed and remote is not None and remote is self.remote:
-            remote.dispatch(message, due)
+            remote.dispatch(message, active)
         elif handed:
             # The delivery process it was handed to died during the commit: take it back, unless
             # the next one has claimed it already (it rescues the dead node's rows when it starts).
@@ -406,7 +474,7 @@ class Spooler:
             self.poke()
         if any(r.status.pending for part, _copies in message.parts for r in part.recipients):
             self.poke()  # parts split off by expansion (an owner-NAME sender) are committed queued
-        return message.id
+        return message
 
     def _reserve(self, count: int) -> bool:
         if self.delivering:
@@ -725,12 +793,31 @@ class Spooler:
         table["transports"] = remote["transports"]
         return table
 
+    def _live_metrics(self) -> list[Metric]:
+        """The destinations delivery knows here (none in the daemon's intake process)."""
+        dests = list(self.scheduler.destinations.values())
+        down = dict.fromkeys(self.transports, 0)
+        for d in dests:
+            down[d.transport.name] = down.get(d.transport.name, 0) + d.health.down
+        where = ["transport", "destination"]
+        return [
+            gauge("msgspool_destination_up", "1 while a destination is up, 0 while it is down.", where,
+                  (((d.transport.name, d.nexthop), 0 if d.health.down else 1) for d in dests)),
+            gauge("msgspool_destinations_down", "Destinations down, by transport.", ["transport"],
+                  (((name,), n) for name, n in down.items())),
+            counter("msgspool_connections_out", "Connections opened to destinations (deliveries and probes).",
+                    where, (((d.transport.name, d.nexthop), d.connections_opened) for d in dests)),
+            gauge("msgspool_connections_out_open", "Connections open to destinations now.", where,
+                  (((d.transport.name, d.nexthop), d.connections_open) for d in dests)),
+        ]
+
     async def _housekeeping_loop(self) -> None:
         while True:
             await asyncio.sleep(HOUSEKEEPING_INTERVAL)
             now = time.time()
             try:
                 await self.store.purge(now - SENT_RETENTION, now - EVENT_RETENTION)
+                await self.store.prune_suppressions(now)
             except Exception:
                 log.exception("housekeeping failed")
 

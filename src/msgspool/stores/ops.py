@@ -37,6 +37,7 @@ from msgspool.domain.message import (
 )
 from msgspool.domain.outcome import Filed, Reply
 from msgspool.domain.recipient import RecipientType, Status
+from msgspool.domain.suppression import BOUNCE, Suppression, refusal, suppression_key
 from msgspool.stores.queries import Queries
 
 CHUNK = 5000  # rows one bulk change (flush, a released backlog) touches per transaction
@@ -141,6 +142,7 @@ def op_submit(tx: Tx, msg: Message, copies: Sequence[Message], owner: str | None
     is live: a hand-over to a node whose lease ran out is refused — its recipients are committed
     queued, due now, for whichever node claims them, and set so in `msg` (the caller must not
     hand it on: that node may no longer deliver)."""
+    _refuse_suppressed(tx, msg)
     handed = [r for r in msg.recipients if r.status is Status.ACTIVE]
     if handed and owner is not None and not _holds_lease(tx, owner, msg.submitted_at):
         for r in handed:
@@ -154,8 +156,9 @@ def op_submit(tx: Tx, msg: Message, copies: Sequence[Message], owner: str | None
     if user := msg.meta.get("smtp_auth_user"):
         _insert_history(tx, msg.id, msg.submitted_at, "submission",
                         [HookRecord("", "submitted", f"over SMTP by authenticated user {user}")])
-    if msg.history:
-        _insert_history(tx, msg.id, msg.submitted_at, "expansion", msg.history)
+    for stage, hook in (("expansion", "aliases"), ("submission", "suppression")):  # what intake, then we, did
+        if records := [h for h in msg.history if h.hook == hook]:
+            _insert_history(tx, msg.id, msg.submitted_at, stage, records)
     events = [insert_event(tx, Event(EventType.SUBMITTED, msg.id, msg.submitted_at,
                                      detail={"sender": msg.sender, "size": msg.size, "origin": msg.origin}))]
     for r in msg.recipients:
@@ -168,6 +171,47 @@ def op_submit(tx: Tx, msg: Message, copies: Sequence[Message], owner: str | None
     for part, part_copies in msg.parts:  # committed queued: whichever node claims them delivers them
         events += op_submit(tx, part, part_copies)
     return events
+
+
+def _refuse_suppressed(tx: Tx, msg: Message) -> None:
+    """Recipients on the suppression list fail now, before anything is written (Postal's
+    suppression list; domain/suppression.py): no attempt is made, the sender's NDR says why."""
+    waiting = [r for r in msg.recipients if r.status in (Status.QUEUED, Status.ACTIVE) and r.addrtype == "SMTP"]
+    if not waiting:
+        return
+    found = in_force(tx, [r.address for r in waiting], msg.submitted_at)
+    for r in waiting:
+        entry = found.get(suppression_key(r.address))
+        if entry is not None:
+            reply = refusal(entry)
+            r.status, r.last_reply, r.next_attempt_at = Status.FAILED, reply, None
+            msg.history += (HookRecord("suppression", "failed", f"<{r.address}> {reply.line()}"),)
+
+
+def _suppression(row: Sequence[Any]) -> Suppression:
+    address, reason, source, created_at, until, message_id = row
+    return Suppression(address, reason, created_at, until, source, message_id)
+
+
+def suppression_params(entry: Suppression) -> dict[str, Any]:
+    return {"address": suppression_key(entry.address), "reason": entry.reason, "source": entry.source,
+            "created_at": entry.created_at, "until": entry.until, "message_id": entry.message_id}
+
+
+def in_force(tx: Tx, addresses: Sequence[str], now: float, chunk: int = 500) -> dict[str, Suppression]:
+    """The suppression entries in force at `now` for these addresses, by key."""
+    keys = sorted({suppression_key(a) for a in addresses})
+    found: dict[str, Suppression] = {}
+    for start in range(0, len(keys), chunk):
+        part = keys[start:start + chunk]
+        sql = tx.q.expand("suppressions_among", addresses=len(part))
+        for row in tx.execute(sql, {**tx.q.spread(addresses=part), "now": now}):
+            found[row[0]] = _suppression(row)
+    return found
+
+
+def list_suppressions(tx: Tx, now: float) -> list[Suppression]:
+    return [_suppression(row) for row in tx.execute(tx.q.list_suppressions, {"now": now})]
 
 
 def _file(tx: Tx, copy: Message, content_id: int) -> Event:
@@ -353,6 +397,9 @@ def op_settle(tx: Tx, settlements: Sequence[Settlement], now: float, crash_limit
         if row is None:
             continue
         touched[s.message_id] = None
+        if s.suppress_until is not None and reply is not None:  # a hard bounce (domain/suppression.py)
+            tx.execute(tx.q.suppress_bounce, suppression_params(Suppression(
+                s.address, reply.line(), now, s.suppress_until, BOUNCE, s.message_id)))
         events += [_file_copy(tx, s.message_id, copy) for copy in s.copies]
         if s.history:
             _insert_history(tx, s.message_id, now, "inbound", [dataclasses.replace(h, detail=f"<{s.address}> "
@@ -362,8 +409,9 @@ def op_settle(tx: Tx, settlements: Sequence[Settlement], now: float, crash_limit
         if status in _STATUS_EVENT:
             events.append(insert_event(tx, _recipient_event(s.message_id, s.address, status, reply, now,
                                                             row[0], s.remote)))
-        if status is Status.DELIVERED and isinstance(reply, Filed):
-            events.append(insert_event(tx, _filed_event(s.message_id, reply, now)))
+        if status is Status.DELIVERED:
+            filed = (reply, *s.filed) if isinstance(reply, Filed) else s.filed
+            events += [insert_event(tx, _filed_event(s.message_id, f, now)) for f in filed]
     for message_id in crashed & touched.keys():
         events += _count_crash(tx, message_id, crash_limit, now)
     for message_id in touched:
@@ -983,6 +1031,11 @@ def queue_counts(tx: Tx) -> dict[str, int]:
         counts[status] = n
     counts["messages"] = tx.execute(tx.q.count_outbox).fetchone()[0]
     return counts
+
+
+def destination_counts(tx: Tx) -> list[tuple[str, str, str, int]]:
+    """(transport, nexthop, status, recipients) of the pending recipients ('' for an unrouted one)."""
+    return [(t or "", n or "", s, c) for t, n, s, c in tx.execute(tx.q.count_pending_by_destination)]
 
 
 def events_after(tx: Tx, after_id: int, limit: int = 1000) -> list[Event]:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import itertools
 import os
@@ -258,11 +259,23 @@ class MaildirTransport:
     async def close(self) -> None:
         return None
 
-    async def plan(self, message: Message, r: Recipient) -> Drop:
+    async def file_copy(self, message: Message, recipient: Recipient, content: bytes, *, folder: str | None = None,
+                        flags: Sequence[str] = ()) -> Reply:
+        """A copy the inbound hooks made (spooler/local.py): into `folder`, with `flags` (in `cur/`
+        with their letters when there are any, maildir(5))."""
+        copy = dataclasses.replace(message, content=content, headers_prefix=b"")
+        drop = await self.plan(copy, recipient, folder=folder)
+        if drop.reply is not None:
+            return drop.reply
+        return await asyncio.to_thread(self._write, copy, drop, maildir.to_lf(content),
+                                       maildir.info_of(False, tuple(flags)))
+
+    async def plan(self, message: Message, r: Recipient, *, folder: str | None = None) -> Drop:
         mailbox = mailbox_key(r.address)
-        folder = maildir.INBOX
-        if self._receive_folder is not None:
-            folder = await self._receive_folder(mailbox, message.message_class)
+        if folder is None:
+            folder = maildir.INBOX
+            if self._receive_folder is not None:
+                folder = await self._receive_folder(mailbox, message.message_class)
         drop = Drop(r, mailbox, folder)
         try:
             drop.folder_dir = maildir.folder_dir(folder)
@@ -281,12 +294,13 @@ class MaildirTransport:
         body = maildir.to_lf(message.full_content())
         return [drop.reply or self._write(message, drop, body) for drop in drops]
 
-    def _write(self, message: Message, drop: Drop, body: bytes) -> Reply:
+    def _write(self, message: Message, drop: Drop, body: bytes, info: str = "") -> Reply:
         assert drop.root is not None
         data = maildir.delivered_headers(message.sender, drop.recipient.address) + body
         try:
             directory = make_maildir(drop.root, drop.folder_dir, create=self.create, owner=self.owner)
-            path = write_message(directory, data, lambda: self.unique_name(len(data)), owner=self.owner)
+            path = write_message(directory, data, lambda: self.unique_name(len(data)), "cur" if info else "new",
+                                 info=info, owner=self.owner)
         except MissingMaildir:
             return maildir.unknown_mailbox(drop.recipient.address, str(drop.root))
         except OSError as err:

@@ -526,6 +526,11 @@ WHERE m.folder = 'outbox' GROUP BY status;
 -- name: count_outbox
 SELECT count(*) FROM messages WHERE folder = 'outbox';
 
+-- name: count_pending_by_destination
+-- The metrics' queue depth by destination: pending recipients are outbox recipients.
+SELECT transport, nexthop, status, count(*) FROM recipients
+WHERE status IN ('queued', 'active', 'deferred', 'held') GROUP BY transport, nexthop, status;
+
 -- name: events_after
 SELECT id, time, type, message_id, recipient, mailbox, folder, detail FROM events
 WHERE id > :after ORDER BY id LIMIT :limit;
@@ -573,3 +578,45 @@ SELECT name, senders, created_at FROM users ORDER BY name;
 -- name: find_user
 -- A user and its password hash.
 SELECT name, senders, created_at, password FROM users WHERE lower(name) = lower(:name);
+
+
+-- ---------------------------------------------------------------------------------------------
+-- The suppression list (domain/suppression.py; stores/suppressions.py runs these).
+
+-- name: suppress
+-- An operator's entry replaces whatever the address had.
+INSERT INTO suppressions (address, reason, source, created_at, suppressed_until, message_id)
+VALUES (:address, :reason, :source, :created_at, :until, :message_id)
+ON CONFLICT (address) DO UPDATE SET reason = excluded.reason, source = excluded.source,
+    created_at = excluded.created_at, suppressed_until = excluded.suppressed_until,
+    message_id = excluded.message_id;
+
+-- name: suppress_bounce
+-- A hard bounce: a new entry, or a later end for an entry that has one (one until removed stays so).
+INSERT INTO suppressions (address, reason, source, created_at, suppressed_until, message_id)
+VALUES (:address, :reason, :source, :created_at, :until, :message_id)
+ON CONFLICT (address) DO UPDATE SET reason = excluded.reason, source = excluded.source,
+    created_at = excluded.created_at, suppressed_until = excluded.suppressed_until,
+    message_id = excluded.message_id
+WHERE suppressions.suppressed_until IS NOT NULL AND suppressions.suppressed_until < excluded.suppressed_until;
+
+-- name: list_suppressions
+-- The entries in force at :now, by address.
+SELECT address, reason, source, created_at, suppressed_until, message_id FROM suppressions
+WHERE suppressed_until IS NULL OR suppressed_until > :now ORDER BY address;
+
+-- name: suppressions_among
+-- The entries in force at :now for the addresses :addresses (a list: Queries.expand).
+SELECT address, reason, source, created_at, suppressed_until, message_id FROM suppressions
+WHERE address IN (:addresses) AND (suppressed_until IS NULL OR suppressed_until > :now);
+
+-- name: delete_suppression
+DELETE FROM suppressions WHERE address = :address;
+
+-- name: prune_suppressions
+-- Entries whose time has passed (housekeeping).
+DELETE FROM suppressions WHERE suppressed_until IS NOT NULL AND suppressed_until <= :now;
+
+-- name: suppressions_signature
+-- Whether the list changed since it was last read (intake's copy for RCPT time is read again then).
+SELECT count(*), max(created_at) FROM suppressions;

@@ -179,3 +179,14 @@ CREATE TABLE IF NOT EXISTS offline_transports (
     name        TEXT PRIMARY KEY,
     since       REAL NOT NULL
 );
+
+-- The suppression list (domain/suppression.py): addresses that hard-bounced, or that an operator
+-- listed; new mail to one fails at submission while `suppressed_until` is ahead (NULL: until removed).
+CREATE TABLE IF NOT EXISTS suppressions (
+    address          TEXT PRIMARY KEY,   -- lower case (suppression_key)
+    reason           TEXT NOT NULL,
+    source           TEXT NOT NULL,      -- bounce | operator
+    created_at       REAL NOT NULL,
+    suppressed_until REAL,
+    message_id       TEXT
+);
