@@ -605,6 +605,10 @@ WHERE suppressions.suppressed_until IS NOT NULL AND suppressions.suppressed_unti
 SELECT address, reason, source, created_at, suppressed_until, message_id FROM suppressions
 WHERE suppressed_until IS NULL OR suppressed_until > :now ORDER BY address;
 
+-- name: any_suppression_in_force
+-- Whether any entry is in force at :now (a batch of submissions asks once).
+SELECT 1 FROM suppressions WHERE suppressed_until IS NULL OR suppressed_until > :now LIMIT 1;
+
 -- name: suppressions_among
 -- The entries in force at :now for the addresses :addresses (a list: Queries.expand).
 SELECT address, reason, source, created_at, suppressed_until, message_id FROM suppressions
