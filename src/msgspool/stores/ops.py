@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from msgspool.domain.dsn import MessageDSN, RecipientDSN, Ret, notify_text, orcpt_text, recipient_dsn, report_action
 from msgspool.domain.events import Event, EventType
+from msgspool.domain.fetch import FETCH_ACCOUNT, FETCH_UID
 from msgspool.domain.hooks import Draft, Hold, HookRecord, Preprocessed, Reject
 from msgspool.domain.ids import new_id
 from msgspool.domain.mdn import Disposition
@@ -125,7 +126,7 @@ def _insert_message(tx: Tx, msg: Message, content_id: int, *, read: bool) -> Non
         "expires_at": msg.expires_at, "delete_after_submit": int(msg.delete_after_submit), "held": int(msg.held),
         "origin": msg.origin, "meta": json.dumps(msg.meta) if msg.meta else None,
         "ret": msg.dsn.ret if msg.dsn else None, "envid": msg.dsn.envid if msg.dsn else None, "read": int(read),
-        "max_attempts": msg.max_attempts, "flags": " ".join(msg.flags)})
+        "max_attempts": msg.max_attempts, "flags": " ".join(msg.flags), "resend_of": msg.resend_of})
 
 
 def _recipient_row(msg: Message, r: Recipient, owner: str | None) -> dict[str, Any]:
@@ -163,6 +164,14 @@ def op_submit(tx: Tx, msg: Message, copies: Sequence[Message], owner: str | None
     for stage, hook in (("expansion", "aliases"), ("submission", "suppression")):  # what intake, then we, did
         if records := [h for h in msg.history if h.hook == hook]:
             _insert_history(tx, msg.id, msg.submitted_at, stage, records)
+    if msg.resend_of is not None:  # MAPI MSGFLAG_RESEND: each message names the other in its history
+        to = ", ".join(f"<{r.address}>" for r in msg.recipients)
+        _insert_history(tx, msg.id, msg.submitted_at, "submission",
+                        [HookRecord("", "resend", f"resend of {msg.resend_of} to {to}")])
+        _insert_history(tx, msg.resend_of, msg.submitted_at, "operator",
+                        [HookRecord("", "resent", f"as {msg.id} to {to}")])
+    if (account := msg.meta.get(FETCH_ACCOUNT)) and (uid := msg.meta.get(FETCH_UID)):
+        _record_fetched(tx, msg, account, uid)
     events = [insert_event(tx, Event(EventType.SUBMITTED, msg.id, msg.submitted_at,
                                      detail={"sender": msg.sender, "size": msg.size, "origin": msg.origin}))]
     for r in msg.recipients:
@@ -175,6 +184,25 @@ def op_submit(tx: Tx, msg: Message, copies: Sequence[Message], owner: str | None
     for part, part_copies in msg.parts:  # committed queued: whichever node claims them delivers them
         events += op_submit(tx, part, part_copies)
     return events
+
+
+def _record_fetched(tx: Tx, msg: Message, account: str, uid: str) -> None:
+    """A fetched message's id on its server, in the commit that stores it: a fetch that runs again
+    before the server forgot it (a crash before DELE) finds it and files nothing twice."""
+    tx.execute(tx.q.insert_fetched, {"account": account, "uid": uid, "fetched_at": msg.submitted_at,
+                                     "message_id": msg.id})
+    _insert_history(tx, msg.id, msg.submitted_at, "submission",
+                    [HookRecord("", "fetched", f"by fetch {account} from {msg.meta.get('fetch_source', '')}"
+                                f" id {uid}")])
+
+
+def fetched_uids(tx: Tx, account: str) -> set[str]:
+    return {row[0] for row in tx.execute(tx.q.fetched_uids, {"account": account})}
+
+
+def op_forget_fetched(tx: Tx, account: str, uids: Sequence[str]) -> int:
+    tx.executemany(tx.q.delete_fetched, [{"account": account, "uid": uid} for uid in uids])
+    return len(uids)
 
 
 def _refuse_suppressed(tx: Tx, msg: Message) -> None:
@@ -992,10 +1020,10 @@ def _recipient_dict(row: Sequence[Any]) -> dict[str, Any]:
 
 def _message_info(row: Sequence[Any], recipients: list[dict[str, Any]]) -> MessageInfo:
     (message_id, mailbox, folder, sender, size, submitted_at, finished_at, message_class, priority, deliver_after,
-     expires_at, held, origin, ret, envid, read, mdn, max_attempts, flags) = row
+     expires_at, held, origin, ret, envid, read, mdn, max_attempts, flags, resend_of) = row
     return MessageInfo(message_id, mailbox, folder, sender, size, submitted_at, finished_at, message_class,
                        priority, deliver_after, expires_at, bool(held), origin, recipients, ret, envid,
-                       bool(read), mdn, max_attempts, flags=tuple(flags.split()) if flags else ())
+                       bool(read), mdn, max_attempts, flags=tuple(flags.split()) if flags else (), resend_of=resend_of)
 
 
 def iter_messages(tx: Tx, folders: Sequence[str] = (OUTBOX,), mailbox: str | None = None,
@@ -1030,7 +1058,15 @@ def get_message(tx: Tx, message_id: str) -> MessageInfo | None:
     info = _message_info(row, [_recipient_dict(r) for r in tx.execute(tx.q.recipients_of, key).fetchall()])
     info.history = [{"time": t, "stage": stage, "hook": hook or None, "outcome": outcome, "detail": detail}
                     for t, stage, hook, outcome, detail in tx.execute(tx.q.history_of, key)]
+    info.resends = [resend for (resend,) in tx.execute(tx.q.resends_of, key)]
     return info
+
+
+def submitted_content(tx: Tx, message_id: str) -> tuple[str, bytes] | None:
+    """A message's envelope sender and content as submitted, before any outbound hook changed them
+    (what `queue resend` sends again: the hooks run on the resend as on any new message)."""
+    row = tx.execute(tx.q.submitted_content, {"message_id": message_id}).fetchone()
+    return None if row is None else (row[0], bytes(row[1]))
 
 
 def get_content(tx: Tx, message_id: str) -> bytes | None:
