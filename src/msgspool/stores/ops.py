@@ -82,6 +82,10 @@ class Tx(Protocol):
     # a batch hands many messages over to one node, and reads its lease once (`_holds_lease`).
     leases: dict[str, float | None]
 
+    # What a transaction reads once for all the steps of its batch (e.g. whether any suppression
+    # is in force), emptied with `leases` at each transaction's start.
+    memo: dict[str, Any]
+
     # None: an event is inserted when recorded (one writer at a time: ids come in commit order).
     # A list: the events the transaction records, which its engine inserts just before COMMIT
     # with ids in commit order (PostgreSQL, whose nodes commit side by side; postgresql.py).
@@ -205,7 +209,7 @@ def _refuse_suppressed(tx: Tx, msg: Message) -> None:
     """Recipients on the suppression list fail now, before anything is written (Postal's
     suppression list; domain/suppression.py): no attempt is made, the sender's NDR says why."""
     waiting = [r for r in msg.recipients if r.status in (Status.QUEUED, Status.ACTIVE) and r.addrtype == "SMTP"]
-    if not waiting:
+    if not waiting or not _any_suppression(tx, msg.submitted_at):
         return
     found = in_force(tx, [r.address for r in waiting], msg.submitted_at)
     for r in waiting:
@@ -214,6 +218,15 @@ def _refuse_suppressed(tx: Tx, msg: Message) -> None:
             reply = refusal(entry)
             r.status, r.last_reply, r.next_attempt_at = Status.FAILED, reply, None
             msg.history += (HookRecord("suppression", "failed", f"<{r.address}> {reply.line()}"),)
+
+
+def _any_suppression(tx: Tx, now: float) -> bool:
+    """Is any suppression in force? Read once per transaction: with an empty list (the common
+    case) a batch of submissions pays one statement for the check, not one per message (on
+    PostgreSQL a round trip each; tests/integration/test_statements.py)."""
+    if "suppressing" not in tx.memo:
+        tx.memo["suppressing"] = tx.execute(tx.q.any_suppression_in_force, {"now": now}).fetchone() is not None
+    return bool(tx.memo["suppressing"])
 
 
 def _suppression(row: Sequence[Any]) -> Suppression:
@@ -293,14 +306,12 @@ def _recipient_event(message_id: str, address: str, status: Status, reply: Reply
 
 def _finish_if_done(tx: Tx, message_id: str, now: float) -> list[Event]:
     """MAPI FinishedMsg: once every recipient is final, the message leaves the outbox — to Sent
-    Items, or deleted when the submitter asked for delete-after-submit."""
-    row = tx.execute(tx.q.finished_in_outbox, {"message_id": message_id, "outbox": OUTBOX}).fetchone()
-    if row is None:
-        return []
-    if row[0] and not _reports_owed(tx, message_id):
-        _delete_messages(tx, [message_id])
-    else:  # delete-after-submit waits for the reports it owes: they quote the message
-        tx.execute(tx.q.move_to_sent, {"sent": SENT, "now": now, "message_id": message_id})
+    Items, or deleted when the submitter asked for delete-after-submit. One statement on the common
+    path (a statement per settled message counts: on PostgreSQL it is a round trip)."""
+    row = tx.execute(tx.q.finish_to_sent, {"sent": SENT, "now": now, "message_id": message_id,
+                                           "outbox": OUTBOX}).fetchone()
+    if row is not None and row[0] and not _reports_owed(tx, message_id):
+        _delete_messages(tx, [message_id])  # delete-after-submit waits for the reports it owes: they quote it
     return []
 
 

@@ -70,15 +70,13 @@ RETURNING sent_at;
 INSERT INTO receive_folders (mailbox, message_class, folder) VALUES (:mailbox, :message_class, :folder)
 ON CONFLICT (mailbox, message_class) DO UPDATE SET folder = excluded.folder;
 
--- name: finished_in_outbox
--- An outbox message with no pending recipient left, and whether it is to be deleted after submit.
-SELECT delete_after_submit FROM messages WHERE id = :message_id AND folder = :outbox AND NOT EXISTS
-    (SELECT 1 FROM recipients WHERE message_id = :message_id
-     AND status IN ('queued', 'active', 'deferred', 'held'));
-
--- name: move_to_sent
--- A finished message leaves the outbox for Sent Items (MAPI FinishedMsg).
-UPDATE messages SET folder = :sent, finished_at = :now WHERE id = :message_id;
+-- name: finish_to_sent
+-- An outbox message with no pending recipient left moves to Sent Items (MAPI FinishedMsg), and
+-- says whether it is to be deleted after submit: one statement whether or not it is finished.
+UPDATE messages SET folder = :sent, finished_at = :now WHERE id = :message_id AND folder = :outbox
+    AND NOT EXISTS (SELECT 1 FROM recipients WHERE message_id = :message_id
+                    AND status IN ('queued', 'active', 'deferred', 'held'))
+RETURNING delete_after_submit;
 
 -- name: reports_owed
 -- Does any recipient of the message still owe its sender a report?
@@ -627,6 +625,10 @@ WHERE suppressions.suppressed_until IS NOT NULL AND suppressions.suppressed_unti
 -- The entries in force at :now, by address.
 SELECT address, reason, source, created_at, suppressed_until, message_id FROM suppressions
 WHERE suppressed_until IS NULL OR suppressed_until > :now ORDER BY address;
+
+-- name: any_suppression_in_force
+-- Whether any entry is in force at :now (a batch of submissions asks once).
+SELECT 1 FROM suppressions WHERE suppressed_until IS NULL OR suppressed_until > :now LIMIT 1;
 
 -- name: suppressions_among
 -- The entries in force at :now for the addresses :addresses (a list: Queries.expand).
