@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import grp
 import logging
 import os
 import pwd
+import shlex
 import shutil
 import signal
 from collections.abc import Sequence
@@ -86,8 +88,18 @@ class Account:
         return {"USER": self.name, "LOGNAME": self.name, "HOME": self.home, "SHELL": self.shell or "/bin/sh"}
 
     def process_options(self) -> dict[str, Any]:
-        """create_subprocess_exec's: user, group and no supplementary groups of root's."""
-        return {"user": self.uid, "group": self.gid, "extra_groups": []} if self.switch else {}
+        """create_subprocess_exec's: user, group and no supplementary groups of root's. uvloop (the
+        daemon's loop) takes no user/group arguments: there the child drops them itself before exec."""
+        if not self.switch:
+            return {}
+        if type(asyncio.get_running_loop()).__module__.startswith("uvloop"):
+            return {"preexec_fn": self._drop_privileges}
+        return {"user": self.uid, "group": self.gid, "extra_groups": []}
+
+    def _drop_privileges(self) -> None:  # in the child, between fork and exec: system calls only
+        os.setgroups([])
+        os.setgid(self.gid)
+        os.setuid(self.uid)
 
 
 class PipeConnection:
@@ -95,7 +107,7 @@ class PipeConnection:
 
     def __init__(self, transport: PipeTransport, nexthop: str) -> None:
         self.transport, self.nexthop = transport, nexthop
-        self.remote = f"{transport.name}[{transport.argv[0]}]"
+        self.remote = f"{transport.name}[{transport.argv[0] if transport.argv else 'aliases'}]"
 
     @property
     def usable(self) -> bool:
@@ -123,8 +135,11 @@ class PipeTransport:
     def __init__(self, name: str, settings: Any, options: dict[str, Any]) -> None:
         self.name = name
         self.domains: tuple[str, ...] = tuple(options.get("domains", ()))
-        argv = options.get("argv")
-        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+        # The aliases' own transport (spooler/aliases.py): each recipient's address is its command line.
+        self.command_from_recipient = bool(options.get("command_from_recipient", False))
+        argv: Any = options.get("argv", [] if self.command_from_recipient else None)
+        if not isinstance(argv, list) or not (argv or self.command_from_recipient) or not all(
+                isinstance(a, str) for a in argv):
             raise ConfigError(f"transport {name}: argv must be a non-empty list of strings (it is never given"
                               " to a shell)")
         unknown = macros_in(argv) - MACROS
@@ -136,7 +151,7 @@ class PipeTransport:
             self.flags = parse_flags(str(options.get("flags", "")))
         except ValueError as err:
             raise ConfigError(f"transport {name}: {err}") from None
-        self.max_recipients = int(options.get("max_recipients", 1))
+        self.max_recipients = 1 if self.command_from_recipient else int(options.get("max_recipients", 1))
         if self.max_recipients < 1:
             raise ConfigError(f"transport {name}: max_recipients must be at least 1")
         if self.max_recipients > 1 and self.flags & {"D", "O"}:
@@ -160,6 +175,8 @@ class PipeTransport:
         return self.fixed_nexthop or domain_of(address)
 
     async def connect(self, nexthop: str) -> PipeConnection:
+        if self.command_from_recipient:  # each command is checked when it runs
+            return PipeConnection(self, nexthop)
         command = self.argv[0]
         found = shutil.which(command, path=self.base_environment["PATH"]) if "/" not in command else command
         if found is None or not os.access(found, os.X_OK) or os.path.isdir(found):
@@ -176,10 +193,17 @@ class PipeTransport:
         if self.size_limit and message.size > self.size_limit:
             return Reply(552, "5.2.3", f"message of {message.size} octets exceeds the size limit"
                                        f" ({self.size_limit}) of transport {self.name}")
+        if self.command_from_recipient:
+            # An alias's |command: its line split as sh would (never given to one); the envelope names
+            # the address the mail was for, the alias (the ORCPT expansion set), as local(8)'s does.
+            argv = shlex.split(recipients[0].address)
+            recipients = [dataclasses.replace(r, address=r.dsn.orcpt.address if r.dsn and r.dsn.orcpt else r.address)
+                          for r in recipients]
         envelope = self.envelope(message, recipients, nexthop)
         data = command_input(message.full_content(), envelope, self.flags, return_path=message.sender,
                              eol=self.eol)
-        argv = expand_argv(self.argv, envelope)
+        if not self.command_from_recipient:
+            argv = expand_argv(self.argv, envelope)
         try:
             process = await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
