@@ -202,7 +202,7 @@ def _token_parser(token: argparse.ArgumentParser) -> None:
     tsub = token.add_subparsers(dest="action", required=True)
     create = tsub.add_parser("create", help="a new token; its secret is printed once")
     create.add_argument("--scope", action="append", required=True, metavar="SCOPE", dest="scopes",
-                        help="submit, read or admin (admin implies both); repeatable")
+                        help="submit, read, admin (implies the others), metrics (GET /metrics only); repeatable")
     create.add_argument("--name", help="a name for logs and history (default: the token's id)")
     tlist = tsub.add_parser("list", help="the tokens (never their secrets)")
     tlist.add_argument("--json", action="store_true", help="one JSON object per token")
@@ -514,6 +514,9 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             if row["name"] in offline:
                 row.update(offline=True, offline_since=iso(offline[row["name"]]),
                            reason=f"transport {row['name']} is offline (since {iso(offline[row['name']])})")
+        table["fetch"] = [{"name": a.name, "kind": "fetch", "protocol": a.protocol, "source": a.source,
+                           "mailbox": a.mailbox, "status": "stopped", "fetched": 0, "last_poll_at": None,
+                           "reason": None} for a in settings.fetch_accounts]
         table["nodes"] = nodes
     table["queue"] = counts
     if args.json:
@@ -531,6 +534,11 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
                   f" queued={dest['queued']} delivered={dest['delivered']} deferred={dest.get('deferred', 0)}"
                   f" failed={dest.get('failed', 0)}{error}")
     now = time.time()
+    for row in table.get("fetch", []):
+        polled = f" polled {now - row['last_poll_at']:.0f}s ago" if row["last_poll_at"] else ""
+        reason = f"  ({row['reason']})" if row["reason"] else ""
+        print(f"fetch      {row['name']:<10} {row['status']:<8} {row['source']} -> {row['mailbox']}"
+              f" fetched={row['fetched']}{polled}{reason}")
     for node in table.get("nodes", []):
         beat = f"{now - node['heartbeat_at']:.1f}s ago" if node["heartbeat_at"] is not None else "never"
         print(f"node       {node['owner']} {'alive' if node['alive'] else 'dead':<5} host={node['host']}"

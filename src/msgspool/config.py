@@ -22,6 +22,17 @@ Webhooks, likewise (checked when loaded: an http(s) URL, a secret, known event t
     types = ["new_mail"]      # optional: the event types it wants; default all
     mailbox = ""              # optional: only events of this local mailbox
     name = "app"              # optional: for logs and the X-Msgspool-Webhook header; default the URL
+
+Fetch accounts (POP3 and IMAP mailboxes polled into a local mailbox), checked when loaded; every key
+with its default is in domain/fetch.py::
+
+    [[fetch]]
+    name = "work"
+    protocol = "imap"         # pop3 | imap
+    host = "imap.example.org"
+    user = "me@example.org"
+    password_file = "/etc/msgspool/work.password"
+    mailbox = "me@localhost"  # the local mailbox fetched mail is filed into
 """
 
 from __future__ import annotations
@@ -33,6 +44,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from msgspool.domain.fetch import FetchAccount, parse_accounts
 from msgspool.domain.webhooks import WebhookTarget, parse_targets
 from msgspool.errors import ConfigError
 
@@ -174,6 +186,8 @@ class Settings:
     watchdog_interval: float = _doc(
         60.0, "Seconds between the watchdog's looks for active recipients no delivery holds (two looks return one).")
     webhooks: list[dict[str, Any]] = _doc([], "URLs that get a signed JSON POST per event; see [[webhooks]].")
+    fetch: list[dict[str, Any]] = _doc(
+        [], "POP3/IMAP accounts polled by serve, each message filed into a local mailbox; see [[fetch]].")
 
     @property
     def spool_path(self) -> Path:
@@ -183,6 +197,13 @@ class Settings:
     def webhook_targets(self) -> list[WebhookTarget]:
         try:
             return parse_targets(self.webhooks)
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
+
+    @property
+    def fetch_accounts(self) -> list[FetchAccount]:
+        try:
+            return parse_accounts(self.fetch)
         except ValueError as err:
             raise ConfigError(str(err)) from err
 
@@ -203,6 +224,8 @@ class Settings:
                 value = float(value)
             if key == "webhooks":
                 _check_webhooks(value, source)
+            if key == "fetch":
+                _check_fetch(value, source)
             setattr(self, key, value)
 
 
@@ -210,6 +233,13 @@ def _check_webhooks(value: list[Any], source: str) -> None:
     """Checked when loaded, so that a bad webhook stops `serve` at once (exit 2), not at delivery."""
     try:
         parse_targets(value)
+    except ValueError as err:
+        raise ConfigError(f"{source}: {err}") from err
+
+
+def _check_fetch(value: list[Any], source: str) -> None:
+    try:
+        parse_accounts(value)
     except ValueError as err:
         raise ConfigError(f"{source}: {err}") from err
 

@@ -35,7 +35,8 @@ from msgspool.smtpd.limits import AuthFailures, ConnectionCounter, RateCounter
 from msgspool.smtpd.policy import SpoolPolicy, parse_networks
 from msgspool.smtpd.protocol import ServerLimits, Sessions, start_server
 from msgspool.smtpd.tls import ServerTLS
-from msgspool.spooler import control
+from msgspool.spooler import control, metrics
+from msgspool.spooler.fetch import FetchService, build_service
 from msgspool.spooler.link import EventForwarder, Link, RemoteDelivery, events_of, message_from_wire
 from msgspool.spooler.runtime import SERVE_LOCK_NAME, Spooler, load_transports, take_lock
 from msgspool.transports.smtp import split_hostport
@@ -164,6 +165,14 @@ async def start_smtp(spooler: Spooler, settings: Settings) -> SMTPListeners:
     return listeners
 
 
+def smtp_metrics(sessions: Sessions | None) -> list[metrics.Metric]:
+    """The SMTP listeners' connections (at zero without a listener)."""
+    return [metrics.counter("msgspool_smtp_connections", "SMTP connections accepted by the listeners.", (),
+                    [((), sessions.accepted if sessions else 0)]),
+            metrics.gauge("msgspool_smtp_connections_open", "SMTP sessions open now.", (),
+                  [((), sessions.open if sessions else 0)])]
+
+
 def server_limits(settings: Settings) -> ServerLimits:
     return ServerLimits(hostname=settings.host_name, max_message_size=settings.message_size_limit,
                         max_recipients=settings.recipient_limit, command_timeout=settings.smtpd_timeout,
@@ -237,7 +246,7 @@ def check_transports(transports: dict[str, Any]) -> None:
 
 # Settings a reload cannot change in a running daemon (its listeners, its spool): kept, and logged.
 RESTART_ONLY = ("data_dir", "store", "smtp_listen", "smtps_listen", "submission_listen", "http_listen",
-                "delivery_process")
+                "delivery_process", "fetch")
 
 
 async def _serve(settings: Settings, ready: asyncio.Event | None,
@@ -254,6 +263,7 @@ async def _serve(settings: Settings, ready: asyncio.Event | None,
     control_server = None
     delivery: DeliveryProcess | None = None
     smtp: SMTPListeners | None = None
+    fetch: FetchService | None = None
     reloading = asyncio.Lock()
 
     async def reload() -> dict[str, Any]:
@@ -324,12 +334,17 @@ async def _serve(settings: Settings, ready: asyncio.Event | None,
             smtp = await start_smtp(spooler, settings)
             sessions = smtp.sessions
             servers.append(smtp)
+        spooler.metrics.add_live(lambda: smtp_metrics(sessions))
         if settings.http_listen:
             from msgspool.web.app import start as start_http
 
             host, port = split_hostport(settings.http_listen, 8025)
             runner = await _listen("HTTP", f"{host}:{port}", start_http(spooler, host, port))
             log.info("http api on %s:%d", host, port)
+        if settings.fetch:
+            fetch = build_service(spooler, settings)
+            spooler.fetch = fetch
+            fetch.start()
         log.info("msgspool %s ready: spool %s, local domains %s, relay %s", _version(), settings.spool_path,
                  ",".join(settings.local_domains), settings.relay or "(MX)")
         if ready is not None:
@@ -343,6 +358,8 @@ async def _serve(settings: Settings, ready: asyncio.Event | None,
         if delivery is not None:  # while the listeners still answer 421
             await delivery.stop(shutdown.aborting, settings.shutdown_timeout)
     finally:
+        if fetch is not None:
+            await fetch.stop()
         for server in servers:
             server.close()
         if runner is not None:
@@ -609,6 +626,8 @@ async def deliver(fd: int, config: dict[str, Any]) -> int:
                 unsubscribe = None
         elif op == "status":
             return spooler.status()
+        elif op == "metrics":
+            return {"families": spooler.metrics.snapshot()}
         return None
 
     link = await Link.over(socket.socket(fileno=fd), handle)

@@ -13,9 +13,12 @@
     ├── UnableToAbort              delete/hold of a message a transport has in flight (MAPI
     │                              AbortSubmit's MAPI_E_UNABLE_TO_ABORT): what was done, what was not
     ├── SubmitError(reply)         a submission refused: bad address, no recipients, too big
-    └── DestinationUnavailable(reply)
-                                   a transport could not reach its next hop at the connection
-                                   level; the scheduler marks the destination down
+    ├── DestinationUnavailable(reply)
+    │                              a transport could not reach its next hop at the connection
+    │                              level; the scheduler marks the destination down
+    └── FetchError                 a fetch account's session failed (connection, TLS, a protocol
+        └── LoginRefused           error); the account backs off and polls again; the server
+                                   refused the user or password (the log says which account)
 """
 
 from __future__ import annotations
@@ -83,3 +86,11 @@ class DestinationUnavailable(MsgspoolError):
     def __init__(self, reply: Reply) -> None:
         super().__init__(reply.line())
         self.reply = reply
+
+
+class FetchError(MsgspoolError):
+    pass
+
+
+class LoginRefused(FetchError):
+    pass

@@ -300,3 +300,21 @@ sys.exit({"ok": 0, "busy": 75, "nouser": 67}[rcpt.split("@")[0]])
     assert by_address["nouser@pipe.test"]["last_reply"].startswith("550 5.1.1")
     assert sorted((tmp_path / "record.txt").read_text().split()) == ["busy@pipe.test", "nouser@pipe.test",
                                                                      "ok@pipe.test"]
+
+
+def test_commands_run_on_uvloop_too(tmp_path: Path) -> None:
+    """The daemon runs on uvloop when it is installed, whose subprocesses know no user or group."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def both() -> tuple[Any, Any]:
+        [ok] = await deliver(make(tmp_path, ["id", "-u"]), message("b@x.example"))
+        [slow] = await deliver(make(tmp_path, ["sleep", "30"], timeout=0.5), message("b@x.example"))
+        return ok, slow
+
+    loop = uvloop.new_event_loop()
+    try:
+        ok, slow = loop.run_until_complete(both())
+    finally:
+        loop.close()
+    assert ok.ok and ok.text.endswith(f"output: {os.geteuid()}")
+    assert slow.temporary and "time limit" in slow.text

@@ -14,6 +14,7 @@ mail owned by nobody. Debian's dovecot-core, -lmtpd, -pop3d and -imapd are insta
     with dovecot.start({"alice": "secret"}) as server:
         ... LMTP to 127.0.0.1:server.lmtp_port or server.lmtp_socket, POP3 to server.pop3_port ...
         mailbox.Maildir(server.maildir("alice"))
+        server.deliver("alice", b"Subject: hi\r\n\r\nfor fetching\r\n")  # mail to fetch over POP3/IMAP
 
 A test that fails while a server runs gets the server's log in its report (tests/conftest.py).
 """
@@ -33,6 +34,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import pytest
 
@@ -80,6 +82,24 @@ class Dovecot:
     def maildir(self, user: str) -> Path:
         """Where `user`'s mail is: a Maildir (new/, cur/, tmp/ once something was delivered)."""
         return self.directory / "home" / user / "Maildir"
+
+    def deliver(self, user: str, content: bytes, sender: str = "sender@example.org") -> None:
+        """Put one message into `user`'s INBOX through Dovecot's own LMTP socket, so that its files
+        belong to the mail user (as root, nobody): a Maildir written by the test itself would be
+        root's, and Dovecot could not move or delete its messages. `content` in CRLF form."""
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(10)
+            sock.connect(str(self.lmtp_socket))
+            stream = sock.makefile("rwb")
+            stuffed = content.replace(b"\r\n.", b"\r\n..")
+            stuffed = (b"." + stuffed if stuffed.startswith(b".") else stuffed).removesuffix(b"\r\n")
+            _expect(stream, b"220")
+            for command, reply in ((b"LHLO tests", b"250"), (f"MAIL FROM:<{sender}>".encode(), b"250"),
+                                   (f"RCPT TO:<{user}>".encode(), b"250"), (b"DATA", b"354"),
+                                   (stuffed + b"\r\n.", b"250"), (b"QUIT", b"221")):
+                stream.write(command + b"\r\n")
+                stream.flush()
+                _expect(stream, reply)
 
     def log(self) -> str:
         try:
@@ -234,6 +254,14 @@ service imap-login {{
             return (self.directory / "stderr").read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+
+def _expect(stream: Any, code: bytes) -> None:
+    lines = [stream.readline()]
+    while lines[-1][3:4] == b"-":
+        lines.append(stream.readline())
+    if not lines[-1].startswith(code):
+        raise RuntimeError(f"Dovecot LMTP answered {b''.join(lines)!r}, not {code.decode()}")
 
 
 def _accounts() -> tuple[tuple[str, str], str, tuple[int, int]]:

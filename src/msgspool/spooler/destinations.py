@@ -38,6 +38,7 @@ from msgspool.domain.recipient import Status
 from msgspool.domain.retry import RetryPolicy
 from msgspool.errors import DestinationUnavailable
 from msgspool.ports import Connection, Transport
+from msgspool.spooler.metrics import Metrics
 
 log = logging.getLogger("msgspool.delivery")
 
@@ -90,8 +91,9 @@ class Destination:
                  probe: ProbePolicy, settle: Settle, on_up: Callable[[Destination], Awaitable[int]],
                  clock: Callable[[], float] = time.time, *, warn_after: float = 0.0,
                  on_status: OnStatus | None = None, may_start: Callable[[], bool] = lambda: True,
-                 nodes: Callable[[], int] = lambda: 1) -> None:
+                 nodes: Callable[[], int] = lambda: 1, metrics: Metrics | None = None) -> None:
         self.transport, self.nexthop = transport, nexthop
+        self.metrics = metrics
         self.nodes = nodes  # the live nodes of the spool, this one included: they share `concurrency`
         self.may_start = may_start  # False: this node's lease may have run out, no transaction starts
         self.name = f"{transport.name}:{nexthop}"
@@ -108,6 +110,8 @@ class Destination:
         self.workers = 0
         self.idle_workers = 0
         self.delivered = self.deferred = self.failed = 0  # recipients, by outcome of their attempt
+        self.connections_opened = 0  # by workers and probes (the metrics' connections out)
+        self.connections_open = 0
         # The transport raised (a bug of its own, MAPI's critical error): the status row says
         # `failure` with this reply until a connection or a transaction works again.
         self.failure: Reply | None = None
@@ -267,8 +271,17 @@ class Destination:
             if conn is not None:
                 await self._close(conn)
 
+    def _opened(self) -> None:
+        self.connections_opened += 1
+        self.connections_open += 1
+
+    def _lost(self) -> None:
+        """A connection that is gone without `_close` (lost mid-transaction)."""
+        self.connections_open -= 1
+
     async def _close(self, conn: Connection) -> None:
         """Close a connection; whatever the transport raises doing so changes no outcome."""
+        self.connections_open -= 1
         try:
             await conn.close()
         except Exception as err:
@@ -338,6 +351,7 @@ class Destination:
             self._crashed(job, reply, wait=True)
             self.mark_down(reply)
             return None
+        self._opened()
         self.failure = None
         if self.health.connection_ok():
             # A connection that began before another worker marked the destination down: the
@@ -354,6 +368,7 @@ class Destination:
             # The outcome is unknown (the connection died mid-transaction): retry later.
             self._settle_job(job, [self._deferral(message, r, err.reply, attempted=True, remote=conn.remote)
                                    for r in recipients])
+            self._lost()
             self.mark_down(err.reply)
             return False
         except Exception as err:  # the transport's own bug: retry, and hold the message if it keeps crashing
@@ -372,6 +387,8 @@ class Destination:
         for s in settlements:
             _log_outcome(message, s, now)
             self.count(s.status)
+            if s.status is Status.DELIVERED and self.metrics is not None:
+                self.metrics.delivered_after(self.transport.name, now - message.submitted_at)
         return True
 
     def _outcome(self, message: Message, r: Recipient, reply: Reply, now: float, remote: str,
@@ -421,6 +438,7 @@ class Destination:
                 self.health.connection_failed(self.clock(), reply)
                 self._announce(True, reply=reply.line())  # found down after a restart or flush
                 continue
+            self._opened()
             await self._close(conn)
             self.failure = None
             self.health.connection_ok()

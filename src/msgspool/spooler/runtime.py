@@ -44,11 +44,13 @@ from msgspool.spooler.background import start_supervised, stop_task
 from msgspool.spooler.delays import DelayTimer
 from msgspool.spooler.destinations import DestinationLimits
 from msgspool.spooler.events import EventBus, Subscription
+from msgspool.spooler.fetch import FetchService
 from msgspool.spooler.hooks import LoadedHook, Postprocessor, Preprocessor, has_inbound_hooks, load_hooks
 from msgspool.spooler.intake import Intake, Submission, due_now, mark_active
 from msgspool.spooler.lease import NodeLease
 from msgspool.spooler.link import RemoteDelivery
 from msgspool.spooler.local import LocalDelivery
+from msgspool.spooler.metrics import Metric, Metrics, counter, gauge
 from msgspool.spooler.notices import CANCEL, DUE, FLUSH, NODES, REPORTS, TRANSPORTS, Notices
 from msgspool.spooler.receipts import Receipts
 from msgspool.spooler.reporter import Reporter
@@ -170,6 +172,9 @@ class Spooler:
         self.intake.aliases = load_aliases(settings.aliases)
         self.store = load_store(settings)
         use_receive_folders(self.transports, self.store)
+        self.metrics = Metrics(self.transports)
+        self.metrics.add_live(self._live_metrics)
+        self.store.on_commit = self.metrics.commit_batch.observe
         # The other nodes of a shared spool (PostgreSQL), told of work and changes (notices.py).
         self.notices = Notices(self.store)
         self.bus = EventBus()
@@ -196,7 +201,7 @@ class Spooler:
             limits=DestinationLimits(settings.destination_concurrency, settings.destination_recipient_limit,
                                      settings.connection_idle_time, settings.connection_reuse_limit),
             active_limit=settings.active_limit, warn_after=settings.delay_warning_time,
-            suppression_time=settings.suppression_time)
+            suppression_time=settings.suppression_time, metrics=self.metrics)
         self.reporter = Reporter(self.store, self.intake, hostname=settings.host_name,
                                  postmaster=settings.postmaster, publish=self.publish,
                                  deliver=lambda _message: self.poke(), retry=self.retry)
@@ -223,6 +228,7 @@ class Spooler:
         # (restarting) hints are dropped; the next one reads the spool when it starts.
         self.delivery_process = False
         self.started_at: float | None = None
+        self.fetch: FetchService | None = None  # the fetch accounts, in the daemon's intake process
         self._housekeeping: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._suppressions: asyncio.Task[None] | None = None
@@ -309,6 +315,7 @@ class Spooler:
         hooks = load_hooks(settings) if self.routing else None
         aliases = load_aliases(settings.aliases)
         self.settings, self.transports, self.router = settings, transports, router
+        self.metrics.know_transports(transports)
         self.intake.aliases = aliases
         self.intake.router = router
         self.intake.hopcount_limit = settings.hopcount_limit
@@ -326,8 +333,11 @@ class Spooler:
         self._install_hooks(*load_hooks(self.settings))
 
     def _install_hooks(self, outbound: list[LoadedHook], inbound: list[LoadedHook]) -> None:
-        self.preprocessor = Preprocessor(outbound) if outbound else None
-        self.postprocessor = Postprocessor(inbound) if inbound else None
+        count = self.metrics.hooks_ran
+        self.preprocessor = Preprocessor(outbound, count) if outbound else None
+        self.postprocessor = Postprocessor(inbound, count) if inbound else None
+        self.metrics.know_hooks([*((Preprocessor.STAGE, h.hook.name) for h in outbound),
+                                 *((Postprocessor.STAGE, h.hook.name) for h in inbound)])
         self.scheduler.preprocessor = self.preprocessor
         # intake leaves local mail to the scheduler exactly when inbound hooks exist (defer_local)
         mailbox_transports = {t.name: t for t in self.transports.values() if isinstance(t, MailboxTransport)}
@@ -430,6 +440,7 @@ class Spooler:
         scheduler here, or the delivery process over the link — so the fresh message is never read
         back from the store; should delivery die first, the rescue of its node's work (its lease
         runs out, or the next start under the delivery lock ends it) makes them due again."""
+        started = time.perf_counter()
         message, copies = self.intake.build(sub, route=self.routing)
         due = due_now(message)
         remote = self.remote
@@ -444,6 +455,10 @@ class Spooler:
             if handed and self.delivering:
                 self.scheduler.unreserve(due)
             raise
+        self.metrics.intake_latency.observe(time.perf_counter() - started)
+        self.metrics.submitted(message.recipients)
+        for part, _copies in message.parts:
+            self.metrics.submitted(part.recipients)
         self.publish(events)
         if any(r.report_owed for r in message.recipients):
             self.reports_owed()
@@ -764,7 +779,7 @@ class Spooler:
                     "last_error": d.failure.line() if d.failure else
                     d.health.last_reply.line() if d.health.down and d.health.last_reply else None,
                 } for d in dests]})
-        return {"spooler": rows[0], "transports": rows[1:]}
+        return {"spooler": rows[0], "transports": rows[1:], "fetch": self.fetch.rows() if self.fetch else []}
 
     async def status_table(self) -> dict[str, Any]:
         """`status()`, completed by the delivery process's part when delivery runs in another one,
@@ -787,6 +802,24 @@ class Spooler:
                                           ("pid", "commits", "committed_writes", "event_subscribers")})
         table["transports"] = remote["transports"]
         return table
+
+    def _live_metrics(self) -> list[Metric]:
+        """The destinations delivery knows here (none in the daemon's intake process)."""
+        dests = list(self.scheduler.destinations.values())
+        down = dict.fromkeys(self.transports, 0)
+        for d in dests:
+            down[d.transport.name] = down.get(d.transport.name, 0) + d.health.down
+        where = ["transport", "destination"]
+        return [
+            gauge("msgspool_destination_up", "1 while a destination is up, 0 while it is down.", where,
+                  (((d.transport.name, d.nexthop), 0 if d.health.down else 1) for d in dests)),
+            gauge("msgspool_destinations_down", "Destinations down, by transport.", ["transport"],
+                  (((name,), n) for name, n in down.items())),
+            counter("msgspool_connections_out", "Connections opened to destinations (deliveries and probes).",
+                    where, (((d.transport.name, d.nexthop), d.connections_opened) for d in dests)),
+            gauge("msgspool_connections_out_open", "Connections open to destinations now.", where,
+                  (((d.transport.name, d.nexthop), d.connections_open) for d in dests)),
+        ]
 
     async def _housekeeping_loop(self) -> None:
         while True:

@@ -39,6 +39,7 @@ from msgspool.spooler.destinations import Destination, DestinationLimits, deferr
 from msgspool.spooler.hooks import Preprocessor, draft_of
 from msgspool.spooler.intake import Intake
 from msgspool.spooler.local import LocalDelivery
+from msgspool.spooler.metrics import Metrics
 
 log = logging.getLogger("msgspool.scheduler")
 CLAIM_BATCH = 1000
@@ -54,9 +55,10 @@ class Scheduler:
                  local: LocalDelivery | None = None, may_start: Callable[[], bool] = lambda: True,
                  warn_after: float = 0.0, clock: Callable[[], float] = time.time,
                  nodes: Callable[[], int] = lambda: 1, idle_recheck: float = IDLE_RECHECK,
-                 suppression_time: float = 0.0) -> None:
+                 suppression_time: float = 0.0, metrics: Metrics | None = None) -> None:
         self.store, self.transports, self.intake, self.publish = store, transports, intake, publish
         self.suppression_time = suppression_time  # a hard bounce suppresses its address this long; 0: never
+        self.metrics = metrics if metrics is not None else Metrics()
         self.preprocessor, self.local = preprocessor, local
         self.retry, self.probe, self.limits, self.warn_after = retry, probe, limits, warn_after
         self.active_limit, self.clock = active_limit, clock
@@ -399,7 +401,7 @@ class Scheduler:
             dest = Destination(provider, nexthop, self.limits, self.retry, self.probe,
                                settle, self._destination_up, self.clock, warn_after=self.warn_after,
                                on_status=self._destination_status, may_start=self.may_start,
-                               nodes=self.nodes)
+                               nodes=self.nodes, metrics=self.metrics)
             if transport in self.offline:
                 dest.offline = transport_offline(transport)
             self.destinations[key] = dest
@@ -458,6 +460,7 @@ class Scheduler:
                         self._write([s])
                     return
         self.active -= len(batch)
+        self.metrics.settled(batch)
         if self._starved:  # the window was full when due work may have been waiting
             self._starved = False
             self._wakeup.set()

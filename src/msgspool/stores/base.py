@@ -35,7 +35,9 @@ from msgspool.stores.ops import (
     CHUNK,
     Tx,
     active_recipients,
+    destination_counts,
     events_after,
+    fetched_uids,
     get_content,
     get_message,
     insert_event,
@@ -52,6 +54,7 @@ from msgspool.stores.ops import (
     op_drain_node,
     op_enqueue_webhooks,
     op_flush,
+    op_forget_fetched,
     op_heartbeat,
     op_hold,
     op_mark_delay_warnings,
@@ -120,6 +123,13 @@ class SQLStore(ABC):
         self.commit_batch = commit_batch
         self.crash_limit = crash_limit
         self.owner: str | None = None  # the delivery run this store claims for (Store.owner)
+        # Told the number of writes of each commit (the metrics' commit batch sizes); may be
+        # called from the store's commit thread.
+        self.on_commit: Callable[[int], None] | None = None
+
+    def _committed(self, writes: int) -> None:
+        if self.on_commit is not None:
+            self.on_commit(writes)
 
     @abstractmethod
     async def open(self, *, create: bool = True) -> None: ...
@@ -218,6 +228,14 @@ class SQLStore(ABC):
     async def delete(self, ids: Sequence[str]) -> list[str]:
         return await self._write(lambda c: op_delete(c, ids))
 
+    async def fetched_uids(self, account: str) -> set[str]:
+        return await self.read(lambda c: fetched_uids(c, account))
+
+    async def forget_fetched(self, account: str, uids: Sequence[str]) -> int:
+        if not uids:
+            return 0
+        return await self._write(lambda c: op_forget_fetched(c, account, uids), durable=False)
+
     async def webhook_cursor(self) -> int:
         return await self._write(op_webhook_cursor)
 
@@ -309,6 +327,9 @@ class SQLStore(ABC):
 
     async def counts(self) -> dict[str, int]:
         return await self.read(queue_counts)
+
+    async def destination_counts(self) -> list[tuple[str, str, str, int]]:
+        return await self.read(destination_counts)
 
     async def events_after(self, after_id: int, limit: int = 1000) -> list[Event]:
         return await self.read(lambda c: events_after(c, after_id, limit))

@@ -83,6 +83,7 @@ class MemoryStore(SQLStore):
             future.set_exception(err)
         else:
             self._commits += 1
+            self._committed(1)
             future.set_result(result)
         return future
 

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from msgspool.domain.dsn import MessageDSN, RecipientDSN, Ret, notify_text, orcpt_text, recipient_dsn, report_action
 from msgspool.domain.events import Event, EventType
+from msgspool.domain.fetch import FETCH_ACCOUNT, FETCH_UID
 from msgspool.domain.hooks import Draft, Hold, HookRecord, Preprocessed, Reject
 from msgspool.domain.ids import new_id
 from msgspool.domain.mdn import Disposition
@@ -159,6 +160,8 @@ def op_submit(tx: Tx, msg: Message, copies: Sequence[Message], owner: str | None
     for stage, hook in (("expansion", "aliases"), ("submission", "suppression")):  # what intake, then we, did
         if records := [h for h in msg.history if h.hook == hook]:
             _insert_history(tx, msg.id, msg.submitted_at, stage, records)
+    if (account := msg.meta.get(FETCH_ACCOUNT)) and (uid := msg.meta.get(FETCH_UID)):
+        _record_fetched(tx, msg, account, uid)
     events = [insert_event(tx, Event(EventType.SUBMITTED, msg.id, msg.submitted_at,
                                      detail={"sender": msg.sender, "size": msg.size, "origin": msg.origin}))]
     for r in msg.recipients:
@@ -171,6 +174,25 @@ def op_submit(tx: Tx, msg: Message, copies: Sequence[Message], owner: str | None
     for part, part_copies in msg.parts:  # committed queued: whichever node claims them delivers them
         events += op_submit(tx, part, part_copies)
     return events
+
+
+def _record_fetched(tx: Tx, msg: Message, account: str, uid: str) -> None:
+    """A fetched message's id on its server, in the commit that stores it: a fetch that runs again
+    before the server forgot it (a crash before DELE) finds it and files nothing twice."""
+    tx.execute(tx.q.insert_fetched, {"account": account, "uid": uid, "fetched_at": msg.submitted_at,
+                                     "message_id": msg.id})
+    _insert_history(tx, msg.id, msg.submitted_at, "submission",
+                    [HookRecord("", "fetched", f"by fetch {account} from {msg.meta.get('fetch_source', '')}"
+                                f" id {uid}")])
+
+
+def fetched_uids(tx: Tx, account: str) -> set[str]:
+    return {row[0] for row in tx.execute(tx.q.fetched_uids, {"account": account})}
+
+
+def op_forget_fetched(tx: Tx, account: str, uids: Sequence[str]) -> int:
+    tx.executemany(tx.q.delete_fetched, [{"account": account, "uid": uid} for uid in uids])
+    return len(uids)
 
 
 def _refuse_suppressed(tx: Tx, msg: Message) -> None:
@@ -1033,6 +1055,11 @@ def queue_counts(tx: Tx) -> dict[str, int]:
         counts[status] = n
     counts["messages"] = tx.execute(tx.q.count_outbox).fetchone()[0]
     return counts
+
+
+def destination_counts(tx: Tx) -> list[tuple[str, str, str, int]]:
+    """(transport, nexthop, status, recipients) of the pending recipients ('' for an unrouted one)."""
+    return [(t or "", n or "", s, c) for t, n, s, c in tx.execute(tx.q.count_pending_by_destination)]
 
 
 def events_after(tx: Tx, after_id: int, limit: int = 1000) -> list[Event]:

@@ -45,7 +45,7 @@ from msgspool.stores.queries import Queries
 
 T = TypeVar("T")
 DB_NAME = "spool.db"
-SCHEMA_VERSION = 13  # the schema script is idempotent: an older spool gets what is new in it
+SCHEMA_VERSION = 14  # the schema script is idempotent: an older spool gets what is new in it
 
 
 # SQLite's primary result codes that may mean "no room": SQLITE_FULL always; SQLITE_IOERR (a WAL
@@ -192,6 +192,7 @@ class _GroupCommit:
         self.synchronous_full = True
         self.commits = 0
         self.committed_jobs = 0
+        self.on_commit: Callable[[int], None] = lambda _writes: None
         self._drainer: asyncio.Task[None] | None = None
 
     def submit(self, fn: Callable[[Tx], T], durable: bool = True) -> asyncio.Future[T]:
@@ -235,6 +236,7 @@ class _GroupCommit:
             return results
         self.commits += 1
         self.committed_jobs += len(batch)
+        self.on_commit(len(batch))
         return out
 
     def _begin(self, durable: bool) -> None:
@@ -313,6 +315,7 @@ class SQLiteStore(SQLStore):
             raise NoSpool(f"no spool at {self.path.parent}")
         wconn, _before = self._make()
         self._writer = _GroupCommit(wconn, self.commit_batch, self.path.parent)
+        self._writer.on_commit = self._committed
         self._reader = _Reader(connect(self.path), loop, name="msgspool-reader")
         self._reader.start()
 

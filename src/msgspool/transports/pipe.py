@@ -36,6 +36,7 @@ import pwd
 import shlex
 import shutil
 import signal
+import subprocess
 from collections.abc import Sequence
 from typing import Any
 
@@ -205,23 +206,21 @@ class PipeTransport:
         if not self.command_from_recipient:
             argv = expand_argv(self.argv, envelope)
         try:
-            process = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT, env={**self.base_environment, **environment(envelope)},
-                cwd=self.directory, start_new_session=True, **self.account.process_options())
+            command = await Command.start(argv, env={**self.base_environment, **environment(envelope)},
+                                          cwd=self.directory, account=self.account.process_options())
         except OSError as err:  # vanished since connect, or not executable by the account
             return Reply(451, "4.3.0", f"cannot run command {argv[0]}: {err.strerror or err}")
         output = bytearray()
         try:
             async with asyncio.timeout(self.timeout):
-                await asyncio.gather(_feed(process, data), _collect(process, output, self.output_limit))
-                returncode: int | None = await process.wait()
+                await asyncio.gather(command.feed(data), command.collect(output, self.output_limit))
+                returncode: int | None = await command.wait()
         except TimeoutError:
-            await _kill(process)
+            await command.kill()
             return exit_reply(argv[0], None, printable(bytes(output), self.output_limit), timed_out=True,
                               time_limit=self.timeout)
         except BaseException:  # cancelled (shutdown): the command must not outlive its delivery
-            await _kill(process)
+            await command.kill()
             raise
         return exit_reply(argv[0], returncode, printable(bytes(output), self.output_limit))
 
@@ -229,32 +228,86 @@ class PipeTransport:
         return None
 
 
-async def _feed(process: asyncio.subprocess.Process, data: bytes) -> None:
-    """The message to the command's stdin; a command that exits without reading it all is judged
-    by its exit status alone (Postfix ignores EPIPE the same way)."""
-    assert process.stdin is not None
-    try:
-        process.stdin.write(data)
-        await process.stdin.drain()
-    except (BrokenPipeError, ConnectionResetError):
-        pass
-    finally:
-        process.stdin.close()
+class Command:
+    """One running command: its stdin and stdout (stderr joined) as asyncio pipes, its exit awaited.
+
+    Started by `subprocess.Popen`, whose user/group switch is done in C between fork and exec (the
+    event loop's own subprocess support may lack it: uvloop has no user, group or extra_groups), in
+    a new session, so its whole process group can be killed. Its exit is awaited on a pidfd where
+    Linux has one, else in a thread."""
+
+    def __init__(self, process: subprocess.Popen[bytes], stdin: asyncio.StreamWriter,
+                 stdout: asyncio.StreamReader, stdout_pipe: asyncio.BaseTransport) -> None:
+        self.process, self.stdin, self.stdout, self.stdout_pipe = process, stdin, stdout, stdout_pipe
+
+    @classmethod
+    async def start(cls, argv: list[str], *, env: dict[str, str], cwd: str, account: dict[str, Any]) -> Command:
+        process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   env=env, cwd=cwd, start_new_session=True, close_fds=True, **account)
+        assert process.stdin is not None and process.stdout is not None
+        loop = asyncio.get_running_loop()
+        try:
+            reader = asyncio.StreamReader(limit=1 << 16)
+            stdout_pipe, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), process.stdout)
+            transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, process.stdin)
+        except BaseException:
+            _killpg(process.pid)
+            process.kill()
+            await asyncio.to_thread(process.wait)
+            raise
+        return cls(process, asyncio.StreamWriter(transport, protocol, None, loop), reader, stdout_pipe)
+
+    async def feed(self, data: bytes) -> None:
+        """The message to the command's stdin; a command that exits without reading it all is
+        judged by its exit status alone (Postfix ignores EPIPE the same way)."""
+        try:
+            self.stdin.write(data)
+            await self.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        finally:
+            self.stdin.close()
+
+    async def collect(self, output: bytearray, limit: int) -> None:
+        """stdout and stderr until they close; only the first `limit` octets are kept, the rest is
+        read and dropped so a chatty command never blocks on a full pipe."""
+        while chunk := await self.stdout.read(65536):
+            if len(output) < limit:
+                output += chunk[:limit - len(output)]
+
+    async def wait(self) -> int:
+        """The exit status (negative: the signal that killed it)."""
+        if self.process.poll() is not None:
+            return self.process.returncode
+        try:
+            pidfd = os.pidfd_open(self.process.pid)
+        except (AttributeError, OSError):  # not Linux >= 5.3: a thread waits instead
+            return await asyncio.to_thread(self.process.wait)
+        loop = asyncio.get_running_loop()
+        exited: asyncio.Future[None] = loop.create_future()
+
+        def readable() -> None:
+            if not exited.done():
+                exited.set_result(None)
+
+        loop.add_reader(pidfd, readable)
+        try:
+            await exited
+        finally:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+        return self.process.wait()
+
+    async def kill(self) -> None:
+        """SIGKILL to the command's whole process group (its offspring too), then reap it."""
+        _killpg(self.process.pid)
+        with contextlib.suppress(ProcessLookupError):
+            self.process.kill()
+        self.stdin.close()
+        self.stdout_pipe.close()  # an escaped descendant may hold it open: not our business any more
+        await self.wait()
 
 
-async def _collect(process: asyncio.subprocess.Process, output: bytearray, limit: int) -> None:
-    """stdout and stderr until they close; only the first `limit` octets are kept, the rest is read
-    and dropped so a chatty command never blocks on a full pipe."""
-    assert process.stdout is not None
-    while chunk := await process.stdout.read(65536):
-        if len(output) < limit:
-            output += chunk[:limit - len(output)]
-
-
-async def _kill(process: asyncio.subprocess.Process) -> None:
-    """SIGKILL to the command's whole process group (its offspring too), then reap it."""
+def _killpg(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
-    with contextlib.suppress(ProcessLookupError):
-        process.kill()
-    await process.wait()
+        os.killpg(pid, signal.SIGKILL)

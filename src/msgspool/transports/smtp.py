@@ -11,7 +11,9 @@ smtp_mx_address_limit); when none completes a session the destination is down (n
 another attempt may find a host). MX hosts with no address at all fail 5.4.4 (4.4.3 when a lookup
 failed only for now). Recipients a session leaves with a 4xx, or all of them when it is lost, go on
 to the next MX address in the same attempt, up to `mx_session_limit` sessions per message
-(Postfix's smtp_mx_session_limit). Not done: spotting this host among the MX hosts (RFC 5321 §5.1).
+(Postfix's smtp_mx_session_limit). An MX address that is one of this msgspool's own SMTP listeners
+(on the transport's port) is never delivered to, nor any MX of equal or worse preference (RFC 5321
+§5.1): when it is the best, the mail fails 5.4.6 (a loop), else it defers 4.4.4 (no primary).
 
 Options (from a [[transports]] table): relay (``HOST:PORT``, or ``smtps://HOST:PORT`` for implicit
 TLS), helo_name, port (default 25), tls_security_level and tls_ca_file (default the settings'
@@ -30,6 +32,7 @@ its history and the delivery's log line carry it.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import random
@@ -210,6 +213,10 @@ class SMTPTransport:
             raise ConfigError(f"transport {name}: a user and password are for a relay, and it has none")
         self.nameserver: str = options.get("nameserver", "")
         self.mx_address_limit = int(options.get("mx_address_limit", getattr(settings, "smtp_mx_address_limit", 5)))
+        # RFC 5321 §5.1: an MX that is this host itself is never delivered to (mail would loop).
+        self.own_listeners = [split_hostport(value, 25) for value in (
+            getattr(settings, "smtp_listen", ""), getattr(settings, "smtps_listen", ""),
+            getattr(settings, "submission_listen", "")) if value]
         self.mx_session_limit = int(options.get("mx_session_limit", getattr(settings, "smtp_mx_session_limit", 2)))
         self._resolver: Any = None
         self._mta_sts: MTASTS | None = None
@@ -246,9 +253,10 @@ class SMTPTransport:
                 if candidates.last is not None:
                     raise DestinationUnavailable(candidates.last) from err  # the relay's own word: a 5xx bounces
                 raise
-        hosts = await self._mx_hosts(nexthop)
-        security, hosts, note = await self._apply_mta_sts(nexthop, hosts)
-        candidates = MXCandidates(self, nexthop, await self._mx_addresses(nexthop, hosts), self.port, security)
+        records = await self._mx_records(nexthop)
+        security, hosts, note = await self._apply_mta_sts(nexthop, [host for _, host in records])
+        records = [(preference, host) for preference, host in records if host in hosts]
+        candidates = MXCandidates(self, nexthop, await self._mx_addresses(nexthop, records), self.port, security)
         return SMTPConnection(await candidates.next_session(), note, candidates, self.mx_session_limit)
 
     async def _apply_mta_sts(self, domain: str, hosts: list[str]) -> tuple[SessionSecurity, list[str], str]:
@@ -290,49 +298,85 @@ class SMTPTransport:
         return self._mta_sts
 
     async def _mx_hosts(self, domain: str) -> list[str]:
-        """The domain's mail exchangers, best first (RFC 5321 §5.1): MX records by preference, those
-        of equal preference shuffled; no MX record (NODATA) -> the domain itself, the implicit MX; no
-        such domain (NXDOMAIN) -> 550 5.1.2; a null MX (RFC 7505 §3: one record, ".") -> 556 5.1.10."""
+        return [host for _, host in await self._mx_records(domain)]
+
+    async def _mx_records(self, domain: str) -> list[tuple[int, str]]:
+        """The domain's mail exchangers (preference, host), best first (RFC 5321 §5.1): MX records
+        by preference, those of equal preference shuffled; no MX record (NODATA) -> the domain
+        itself, the implicit MX; no such domain (NXDOMAIN) -> 550 5.1.2; a null MX (RFC 7505 §3:
+        one record, ".") -> 556 5.1.10."""
         import dns.exception
         import dns.resolver
 
         if domain.startswith("[") and domain.endswith("]"):  # an address literal: no MX lookup
-            return [domain[1:-1].removeprefix("IPv6:")]
+            return [(0, domain[1:-1].removeprefix("IPv6:"))]
         try:
             answer = await self._dns().resolve(domain, "MX")
         except dns.resolver.NXDOMAIN as err:
             raise DestinationUnavailable(Reply(550, "5.1.2", f"domain {domain} does not exist")) from err
         except dns.resolver.NoAnswer:
-            return [domain]  # RFC 5321 §5.1: the implicit MX
+            return [(0, domain)]  # RFC 5321 §5.1: the implicit MX
         except dns.exception.DNSException as err:
             raise DestinationUnavailable(Reply(451, "4.4.3", f"MX lookup for {domain} failed: {err}")) from err
-        records = sorted(answer, key=lambda r: (r.preference, random.random()))
-        hosts = [str(r.exchange).rstrip(".") for r in records]
-        if "" in hosts:  # RFC 7505 §3: a null MX; §4.3: with other MX records it is still one
+        records = sorted(((r.preference, str(r.exchange).rstrip(".")) for r in answer),
+                         key=lambda record: (record[0], random.random()))
+        if any(host == "" for _, host in records):  # RFC 7505 §3: a null MX; §4.3: among others still one
             raise DestinationUnavailable(Reply(556, "5.1.10", f"{domain} accepts no mail (null MX)"))
-        return hosts
+        return records
 
-    async def _mx_addresses(self, domain: str, hosts: list[str]) -> list[tuple[str, str | None]]:
+    async def _mx_addresses(self, domain: str, records: list[tuple[int, str]]) -> list[tuple[str, str | None]]:
         """(host, address) to try, in order: each MX host's IPv4 then IPv6 addresses as the DNS
         gives them, at most `mx_address_limit` in all. An MX host without an address is passed over
         (Postfix does so too); when none has one the mail fails 5.4.4, unless a lookup failed only
-        for now (4.4.3)."""
-        candidates: list[tuple[str, str | None]] = []
+        for now (4.4.3). An MX address that is this msgspool's own SMTP listener ends the list
+        before its preference (RFC 5321 §5.1): mail to it would loop."""
+        candidates: list[tuple[int, str, str]] = []
         temporary: Reply | None = None
-        for host in hosts:
+        for preference, host in records:
             addresses, error = await self._addresses(host)
             temporary = temporary or error
-            candidates.extend((host, address) for address in addresses)
+            own = next((a for a in addresses if self._is_own_listener(a)), None)
+            if own is not None:
+                candidates = [c for c in candidates if c[0] < preference]
+                if not candidates:
+                    raise DestinationUnavailable(self._loop_reply(domain, host, own, records[0][0] == preference))
+                break
+            candidates.extend((preference, host, address) for address in addresses)
             if self.mx_address_limit and len(candidates) >= self.mx_address_limit:
-                return candidates[:self.mx_address_limit]
-        if candidates:
-            return candidates
+                break
+        found: list[tuple[str, str | None]] = [(host, address) for _, host, address in candidates]
+        if found:
+            return found[:self.mx_address_limit] if self.mx_address_limit else found
         if temporary is not None:
             raise DestinationUnavailable(temporary)
+        hosts = [host for _, host in records]
         if hosts == [domain]:
             raise DestinationUnavailable(Reply(554, "5.4.4", f"{domain} has no MX and no address record"))
         raise DestinationUnavailable(Reply(554, "5.4.4", f"no MX host of {domain} ({', '.join(hosts)}) has an"
                                            " address record (A or AAAA)"))
+
+    def _is_own_listener(self, address: str) -> bool:
+        """Whether `address` on the transport's port is one of this msgspool's SMTP listeners (a
+        wildcard listener counts for loopback addresses; its other interfaces are not known here)."""
+        ip = ipaddress.ip_address(address)
+        for host, port in self.own_listeners:
+            if port != self.port:
+                continue
+            if host in ("", "0.0.0.0", "::", "localhost") and ip.is_loopback:
+                return True
+            with contextlib.suppress(ValueError):
+                if ipaddress.ip_address(host) == ip:
+                    return True
+        return False
+
+    def _loop_reply(self, domain: str, host: str, address: str, best: bool) -> Reply:
+        """Postfix's words: the best MX is this host -> a loop (bounce); only a worse one is, and the
+        better ones have no usable address -> no primary relay for now (defer)."""
+        where = f"{host}[{address}]:{self.port} is this msgspool's SMTP listener"
+        if best:
+            return Reply(554, "5.4.6", f"mail for {domain} loops back to myself ({where})")
+        return Reply(451, "4.4.4", f"unable to find a primary relay for {domain} ({where}, and no better MX"
+                                   " host has an address)")
 
     async def _addresses(self, host: str) -> tuple[list[str], Reply | None]:
         """A host's A and AAAA addresses, looked up by the transport's resolver; a temporary

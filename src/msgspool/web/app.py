@@ -18,6 +18,8 @@ submission.py.
                                             expires_at, max_attempts
     GET  /api/events                        Server-Sent Events; ?mailbox=ADDR&types=a,b;
                                             resumes after Last-Event-ID (header or ?last_event_id=)
+    GET  /metrics                           Prometheus text format (spooler/metrics.py), both
+                                            processes' figures; token scope `metrics`
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from msgspool.domain.address import mailbox_key
 from msgspool.domain.events import Event, EventType
 from msgspool.errors import NotFound
 from msgspool.spooler.events import EventFilter, Subscription
+from msgspool.spooler.metrics import CONTENT_TYPE, Metric, exposition, from_wire, gauge, merge, store_families
 from msgspool.spooler.runtime import Spooler
 from msgspool.views import message_json
 from msgspool.web.access import Access, Browser, access_middleware, caller, check_exposure, relay_refusal
@@ -52,6 +55,25 @@ async def status(request: web.Request) -> web.Response:
     body = await spooler.status_table()
     body["queue"] = await spooler.store.counts()
     return web.json_response(body)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """This process's figures, the delivery process's (over the link) and the store's counts."""
+    spooler = request.app[SPOOLER]
+    extra: list[Metric] = []
+    remote: list[Metric] = []
+    if spooler.delivery_process:
+        try:
+            if spooler.remote is None:
+                raise ConnectionError("no delivery process")
+            remote = from_wire(await spooler.remote.metrics())
+        except (ConnectionError, TimeoutError):
+            pass  # restarting: its series are missing from this scrape, which says so
+        extra.append(gauge("msgspool_delivery_process_up", "1 while the delivery process answers.", (),
+                           [((), 1 if remote else 0)]))
+    store = store_families(await spooler.store.counts(), await spooler.store.destination_counts())
+    body = exposition(merge(spooler.metrics.collect(), remote, store, extra))
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
 async def queue_list(request: web.Request) -> web.Response:
@@ -251,6 +273,7 @@ def make_app(spooler: Spooler, host: str = "127.0.0.1", port: int = 8025) -> web
     app.router.add_post("/api/messages", submit)
     app.router.add_get("/api/events", events)
     add_suppression_routes(app, spooler)
+    app.router.add_get("/metrics", metrics)
     return app
 
 

@@ -528,6 +528,11 @@ WHERE m.folder = 'outbox' GROUP BY status;
 -- name: count_outbox
 SELECT count(*) FROM messages WHERE folder = 'outbox';
 
+-- name: count_pending_by_destination
+-- The metrics' queue depth by destination: pending recipients are outbox recipients.
+SELECT transport, nexthop, status, count(*) FROM recipients
+WHERE status IN ('queued', 'active', 'deferred', 'held') GROUP BY transport, nexthop, status;
+
 -- name: events_after
 SELECT id, time, type, message_id, recipient, mailbox, folder, detail FROM events
 WHERE id > :after ORDER BY id LIMIT :limit;
@@ -576,6 +581,17 @@ SELECT name, senders, created_at FROM users ORDER BY name;
 -- A user and its password hash.
 SELECT name, senders, created_at, password FROM users WHERE lower(name) = lower(:name);
 
+-- name: insert_fetched
+-- A fetched message's unique id on its server, in the commit that files it (domain/fetch.py).
+INSERT INTO fetched (account, uid, fetched_at, message_id) VALUES (:account, :uid, :fetched_at, :message_id)
+ON CONFLICT DO NOTHING;
+
+-- name: fetched_uids
+SELECT uid FROM fetched WHERE account = :account;
+
+-- name: delete_fetched
+-- An id the server no longer lists.
+DELETE FROM fetched WHERE account = :account AND uid = :uid;
 
 -- ---------------------------------------------------------------------------------------------
 -- The suppression list (domain/suppression.py; stores/suppressions.py runs these).
