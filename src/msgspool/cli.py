@@ -263,9 +263,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from msgspool.daemon import run
+    from msgspool.logs import configure
 
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s msgspool[%(process)d]: %(message)s", stream=sys.stderr)
+    configure(settings.log_format, logging.INFO if args.verbose else logging.WARNING, sys.stderr)
     logging.getLogger("msgspool").setLevel(logging.INFO)
     if not args.verbose:
         logging.getLogger("msgspool.delivery").setLevel(logging.WARNING)

@@ -49,6 +49,7 @@ from msgspool.domain.webhooks import WebhookTarget, parse_targets
 from msgspool.errors import ConfigError
 
 DEFAULT_DATA_DIR = "./msgspool-data"
+LOG_FORMATS = ("text", "json")
 CONFIG_NAME = "msgspool.toml"
 
 
@@ -170,6 +171,9 @@ class Settings:
     smtp_data_block_timeout: float = _doc(180.0, "Outbound timeout per data block sent (§4.5.3.2.5).")
     smtp_data_done_timeout: float = _doc(600.0, "Outbound wait for the reply after <CRLF>.<CRLF> (§4.5.3.2.6).")
     commit_batch: int = _doc(512, "Most writes that share one commit (group commit).")
+    log_format: str = _doc(
+        "text", "serve's log on stderr: text (Postfix-style lines) or json (one JSON object per line per event, the"
+        " delivery line's fields as members).")
     transports: list[dict[str, Any]] = _doc([], "Extra transports, in order; see [[transports]].")
     hooks: list[dict[str, Any]] = _doc([], "Outbound hooks (preprocessors), in order; see [[hooks]].")
     hook_timeout: float = _doc(30.0, "Seconds a hook may take before its message is held with the error.")
@@ -224,6 +228,8 @@ class Settings:
                 value = float(value)
             if key == "webhooks":
                 _check_webhooks(value, source)
+            if key == "log_format" and value not in LOG_FORMATS:
+                raise ConfigError(f"{source}: log_format must be one of {', '.join(LOG_FORMATS)}, not {value!r}")
             if key == "fetch":
                 _check_fetch(value, source)
             setattr(self, key, value)

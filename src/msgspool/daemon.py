@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 from msgspool.config import Settings
 from msgspool.errors import ConfigError, MsgspoolError
+from msgspool.logs import configure as configure_logs
 from msgspool.smtpd.accept import Listener
 from msgspool.smtpd.auth import Authenticator
 from msgspool.smtpd.limits import AuthFailures, ConnectionCounter, RateCounter
@@ -660,8 +661,7 @@ def deliver_main(argv: list[str]) -> int:
     if not raw:
         return 0  # a standby that was not needed: the daemon stops
     config = json.loads(raw)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s msgspool[%(process)d]: %(message)s",
-                        stream=sys.stderr)
+    configure_logs(config["settings"].get("log_format", "text"), logging.WARNING, sys.stderr)
     logging.getLogger("msgspool").setLevel(config.get("log_level") or logging.INFO)
     logging.getLogger("msgspool.delivery").setLevel(config.get("delivery_log_level") or logging.NOTSET)
     code = 0

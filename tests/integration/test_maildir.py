@@ -16,6 +16,7 @@ import pytest
 
 import msgspool
 from msgspool import EventType
+from msgspool.domain.dsn import OriginalRecipient, RecipientDSN
 from msgspool.maildir_export import UnknownMailbox, export_mailbox
 from msgspool.spooler.runtime import Spooler
 from tests.conftest import DOVECOT_USERS
@@ -335,3 +336,14 @@ async def test_a_new_directory_swapped_for_a_symlink_defers_and_nothing_is_writt
     assert info["recipients"][0]["status"] == "deferred"
     assert info["recipients"][0]["last_reply"].startswith("451 4.3.0 maildir ")
     assert list(elsewhere.iterdir()) == [] and os.listdir(root / "example.org" / "alice" / "tmp") == []
+
+
+async def test_an_orcpt_becomes_original_recipient_in_the_maildir_copy(tmp_path: Path) -> None:
+    root = tmp_path / "mail"
+    async with spool(tmp_path, root) as spooler:
+        queue_id = await spooler.send(NOTE, sender="a@example.com", recipients=["bob@example.org"],
+                                      notify=RecipientDSN(orcpt=OriginalRecipient("rfc822", "Bob+news@Example.org")))
+        await delivered(spooler, queue_id)
+    [message] = list(mailbox.Maildir(root / "example.org" / "bob", create=False))
+    assert message["Original-Recipient"] == "rfc822; Bob+news@Example.org"
+    assert message.keys()[:3] == ["Return-Path", "Delivered-To", "Original-Recipient"]

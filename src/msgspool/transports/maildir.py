@@ -44,6 +44,7 @@ from typing import Any
 from msgspool.domain import maildir
 from msgspool.domain.address import SMTP, domain_of, mailbox_key
 from msgspool.domain.content import delivered_to
+from msgspool.domain.mdn import original_recipient_header
 from msgspool.domain.message import Message, Recipient
 from msgspool.domain.outcome import Filed, Reply
 from msgspool.errors import ConfigError
@@ -215,6 +216,15 @@ def _remove(name: str, dir_fd: int) -> None:
         os.unlink(name, dir_fd=dir_fd)
 
 
+def _original_recipient(drop: Drop) -> bytes:
+    """Original-Recipient when the client gave an ORCPT (RFC 8098 §2.3: the delivering MTA adds it,
+    so a read receipt names the address as first given), as the store's copies have it."""
+    dsn = drop.recipient.dsn
+    if dsn is None or dsn.orcpt is None:
+        return b""
+    return maildir.to_lf(original_recipient_header(dsn.orcpt).encode("utf-8"))
+
+
 @dataclass(slots=True)
 class Drop:
     """One recipient's delivery, decided in the event loop, written in a thread."""
@@ -315,7 +325,7 @@ class MaildirTransport:
 
     def _write(self, message: Message, drop: Drop, body: bytes, info: str = "") -> Reply:
         assert drop.root is not None
-        data = maildir.delivered_headers(message.sender, drop.recipient.address) + body
+        data = maildir.delivered_headers(message.sender, drop.recipient.address) + _original_recipient(drop) + body
         try:
             directory = make_maildir(drop.root, drop.folder_dir, create=self.create, owner=self.owner)
             path = write_message(directory, data, lambda: self.unique_name(len(data)), "cur" if info else "new",
