@@ -89,18 +89,8 @@ class Account:
         return {"USER": self.name, "LOGNAME": self.name, "HOME": self.home, "SHELL": self.shell or "/bin/sh"}
 
     def process_options(self) -> dict[str, Any]:
-        """create_subprocess_exec's: user, group and no supplementary groups of root's. uvloop (the
-        daemon's loop) takes no user/group arguments: there the child drops them itself before exec."""
-        if not self.switch:
-            return {}
-        if type(asyncio.get_running_loop()).__module__.startswith("uvloop"):
-            return {"preexec_fn": self._drop_privileges}
-        return {"user": self.uid, "group": self.gid, "extra_groups": []}
-
-    def _drop_privileges(self) -> None:  # in the child, between fork and exec: system calls only
-        os.setgroups([])
-        os.setgid(self.gid)
-        os.setuid(self.uid)
+        """create_subprocess_exec's: user, group and no supplementary groups of root's."""
+        return {"user": self.uid, "group": self.gid, "extra_groups": []} if self.switch else {}
 
 
 class PipeConnection:
