@@ -73,6 +73,8 @@ async def control_handler(spooler: Spooler, request: dict[str, Any]) -> dict[str
         return {"ok": True, "ids": list(ids or []), "mdn": sent}
     if op == "status":
         return {"ok": True, "status": await spooler.status_table()}
+    if op == "resend":
+        return {"ok": True, **await spooler.resend(str((ids or [""])[0]))}
     if op in ("offline", "online"):
         return {"ok": True, **await spooler.set_offline(str(request.get("transport")), op == "offline")}
     return {"ok": False, "error": f"unknown op {op!r}"}

@@ -10,6 +10,7 @@
     │                              over SMTP, 507 over HTTP, EX_TEMPFAIL from sendmail
     ├── NotFound                   an unknown message id
     │   └── UnknownTransport       an unknown transport name (`transport offline`, `flush --transport`)
+    ├── NothingToResend            `queue resend` of a message none of whose recipients failed
     ├── UnableToAbort              delete/hold of a message a transport has in flight (MAPI
     │                              AbortSubmit's MAPI_E_UNABLE_TO_ABORT): what was done, what was not
     ├── SubmitError(reply)         a submission refused: bad address, no recipients, too big
@@ -60,6 +61,10 @@ class NotFound(MsgspoolError):
 
 class UnknownTransport(NotFound):
     """str(): the whole sentence ("no transport X (known: a, b)"), not only the name."""
+
+
+class NothingToResend(MsgspoolError):
+    """str(): the whole sentence, with the message id."""
 
 
 class UnableToAbort(MsgspoolError):

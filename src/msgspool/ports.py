@@ -305,6 +305,10 @@ class Mailboxes(Protocol):
 
     async def content(self, message_id: str) -> bytes | None: ...
 
+    async def submitted_content(self, message_id: str) -> tuple[str, bytes] | None:
+        """The envelope sender and content as submitted, before outbound hooks changed them."""
+        ...
+
     async def list_messages(self, folders: Sequence[str], mailbox: str | None, limit: int, *,
                             after: tuple[float, str] | None = None) -> list[MessageInfo]:
         """Up to `limit` messages of these folders (of `mailbox`; None: any), in submission order;

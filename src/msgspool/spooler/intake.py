@@ -51,6 +51,7 @@ class Submission:
     meta: dict[str, str] = field(default_factory=dict)
     dsn: MessageDSN | None = None  # RET / ENVID (RFC 3461)
     recipient_dsn: Sequence[RecipientDSN | None] | None = None  # NOTIFY / ORCPT, parallel to recipients
+    resend_of: str | None = None  # `queue resend`: the message this one sends again (MAPI MSGFLAG_RESEND)
 
 
 class Intake:
@@ -117,7 +118,8 @@ class Intake:
             submitted_at=now, mailbox=sub.mailbox, message_class=sub.message_class,
             priority=sub.priority if sub.priority != NORMAL else (header_priority(content) or NORMAL),
             deliver_after=sub.deliver_after, expires_at=sub.expires_at, max_attempts=sub.max_attempts,
-            delete_after_submit=sub.delete_after_submit, origin=sub.origin, meta=dict(sub.meta), dsn=sub.dsn)
+            delete_after_submit=sub.delete_after_submit, origin=sub.origin, meta=dict(sub.meta), dsn=sub.dsn,
+            resend_of=sub.resend_of)
         copies: list[Message] = []
         parts: dict[str, tuple[Message, list[Message]]] = {}  # owner-NAME -> the part with that sender
         seen: set[tuple[str, str]] = set()

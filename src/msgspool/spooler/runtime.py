@@ -26,17 +26,25 @@ from msgspool.compose import complete_headers, header_recipients, header_sender,
 from msgspool.config import Settings
 from msgspool.domain.address import mailbox_key
 from msgspool.domain.aliases import ALIAS_COMMAND
-from msgspool.domain.dsn import MessageDSN, RecipientDSN
+from msgspool.domain.dsn import MessageDSN, RecipientDSN, Ret, recipient_dsn
 from msgspool.domain.events import Event, EventType
 from msgspool.domain.health import ProbePolicy
 from msgspool.domain.message import DEFAULT_CLASS, NORMAL, Message
-from msgspool.domain.recipient import Status
+from msgspool.domain.recipient import RecipientType, Status
 from msgspool.domain.retry import RetryPolicy
 from msgspool.domain.routing import Router, TransportRoute
 from msgspool.domain.suppression import OPERATOR, Suppression, suppression_key
 from msgspool.domain.timefmt import iso
 from msgspool.domain.webhooks import WEBHOOK_TRANSPORT, from_webhook
-from msgspool.errors import ConfigError, NotFound, SpoolError, StorageFull, UnableToAbort, UnknownTransport
+from msgspool.errors import (
+    ConfigError,
+    NotFound,
+    NothingToResend,
+    SpoolError,
+    StorageFull,
+    UnableToAbort,
+    UnknownTransport,
+)
 from msgspool.ports import MailboxTransport, Store, Transport
 from msgspool.spooler import control
 from msgspool.spooler.aliases import load_aliases
@@ -626,6 +634,31 @@ class Spooler:
         self.poke()
         self.notices.publish(FLUSH, route)
         return count
+
+    async def resend(self, message_id: str) -> dict[str, Any]:
+        """MAPI MSGFLAG_RESEND (a resend of an undelivered message): a new message with the same
+        content and sender as submitted, to only the recipients that failed or expired (with
+        their type, address type and DSN requests), linked to the original: its `resend_of` names
+        the original, and the original's `resends` (and each one's history) name it. It goes
+        through the outbound hooks and routing as any new message, due now, with a lifetime of
+        its own. Raises NotFound, or NothingToResend when no recipient failed."""
+        info = await self.store.get(message_id)
+        if info is None:
+            raise NotFound(message_id)
+        failed = [r for r in info.recipients if r["status"] in (Status.FAILED, Status.EXPIRED)]
+        submitted = await self.store.submitted_content(message_id)
+        if not failed or submitted is None:
+            raise NothingToResend(f"message {message_id}: no recipient failed or expired; nothing to resend")
+        sender, content = submitted
+        dsn = MessageDSN(Ret(info.ret) if info.ret else None, info.envid) if info.ret or info.envid else None
+        new_id = await self.submit(Submission(
+            sender=sender, recipients=[r["address"] for r in failed], content=content,
+            addrtypes=[r["addrtype"] for r in failed], types=[RecipientType(r["type"]) for r in failed],
+            message_class=info.message_class, priority=info.priority, max_attempts=info.max_attempts,
+            origin="resend", resend_of=message_id, dsn=dsn,
+            recipient_dsn=[recipient_dsn(r["notify"], r["orcpt"]) for r in failed]))
+        log.info("%s: resent as %s to %d recipients", message_id, new_id, len(failed))
+        return {"id": new_id, "resend_of": message_id, "recipients": [r["address"] for r in failed]}
 
     async def set_offline(self, transport: str, offline: bool = True) -> dict[str, Any]:
         """Put a transport offline (MAPI STATUS_OFFLINE; Postfix `defer_transports`) or online

@@ -81,6 +81,7 @@ from msgspool.stores.ops import (
     queue_counts,
     receive_folder,
     rescue_due,
+    submitted_content,
     waiting_destinations,
 )
 from msgspool.stores.suppressions import (
@@ -319,6 +320,9 @@ class SQLStore(ABC):
 
     async def content(self, message_id: str) -> bytes | None:
         return await self.read(lambda c: get_content(c, message_id))
+
+    async def submitted_content(self, message_id: str) -> tuple[str, bytes] | None:
+        return await self.read(lambda c: submitted_content(c, message_id))
 
     async def list_messages(self, folders: Sequence[str], mailbox: str | None, limit: int, *,
                             after: tuple[float, str] | None = None) -> list[MessageInfo]:

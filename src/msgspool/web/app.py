@@ -8,6 +8,8 @@ submission.py.
     POST /api/queue/flush                   retry all deferred now; ?destination=HOST&transport=NAME
                                             (or a JSON body with them): only those
     POST /api/queue/{id}/{flush|hold|release|requeue|delete}
+    POST /api/queue/{id}/resend             MAPI MSGFLAG_RESEND -> 201 {ok, id, resend_of, recipients};
+                                            409 when no recipient failed
     POST /api/queue/{id}/{read|unread}      the read flag (MAPI SetReadFlag) -> {ok, read, mdn: [ids]}
                                             read and delete take an optional JSON {"mdn": true|false}:
                                             the user's answer to a read receipt request (RFC 8098)
@@ -107,6 +109,8 @@ async def queue_action(request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "flushed": count})
     if message_id is None:
         raise web.HTTPNotFound()
+    if action == "resend":
+        return web.json_response({"ok": True, **await spooler.resend(message_id)}, status=201)
     if action in ("read", "unread"):
         sent = await spooler.mark_read([message_id], action == "read", mdn=await _mdn_consent(request))
         return web.json_response({"ok": True, "read": action == "read", "mdn": sent})
