@@ -5,11 +5,13 @@ Every series, with its labels (recipients are counted as Postfix's log lines cou
 to three recipients is three):
 
     msgspool_accepted_total{transport}             recipients committed at submission, by the
-                                                   transport they were routed to (local: filed)
+                                                   transport they were routed to (local: filed),
+                                                   and those of the messages the spooler makes
+                                                   (reports, read receipts, webhook deliveries)
     msgspool_delivered_total{transport}            outcomes recorded: delivered (or relayed),
     msgspool_deferred_total{transport}             deferred (a temporary failure, or waiting for a
-    msgspool_failed_total{transport}               down destination), failed (bounced), expired
-    msgspool_expired_total{transport}
+    msgspool_failed_total{transport}               down destination), failed (bounced, or rejected
+    msgspool_expired_total{transport}              by an outbound hook), expired
     msgspool_delivery_latency_seconds{transport}   histogram: submission to delivery by a transport
     msgspool_intake_latency_seconds                histogram: a submission's checks and durable
                                                    commit (what an SMTP client waits for its 250)
@@ -149,15 +151,15 @@ class Metrics:
         for r in recipients:
             self.accept(r.transport)
             if r.status in self._outcomes:
-                self._outcome(r.status, r.transport)
+                self.outcome(r.status, r.transport)
 
     def settled(self, settlements: Sequence[Settlement]) -> None:
         """Outcomes the store recorded."""
         for s in settlements:
             if s.status in self._outcomes:  # not held (a hook's verdict) nor queued again
-                self._outcome(s.status, s.transport)
+                self.outcome(s.status, s.transport)
 
-    def _outcome(self, status: Status, transport: str | None) -> None:
+    def outcome(self, status: Status, transport: str | None) -> None:
         by_transport = self._outcomes[status]
         name = transport or NO_TRANSPORT
         child = by_transport.get(name)

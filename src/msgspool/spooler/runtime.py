@@ -190,7 +190,8 @@ class Spooler:
         # Without webhooks, events go straight to the bus: the delivery path pays nothing for them.
         self.publish: Callable[[Sequence[Event]], None] = self._publish_for_webhooks if targets else self.bus.publish
         self.webhooks = WebhookDispatcher(self.store, self.intake, targets, publish=self.publish,
-                                          deliver=lambda: self.scheduler.wakeup()) if targets else None
+                                          deliver=lambda: self.scheduler.wakeup(),
+                                          queued=self._generated) if targets else None
         self.retry = RetryPolicy(settings.min_backoff, settings.max_backoff, settings.max_lifetime,
                                  max_attempts=settings.max_attempts)
         # Hooks are built in `start`, and only by a process that routes: `sendmail` and API clients
@@ -212,7 +213,7 @@ class Spooler:
             suppression_time=settings.suppression_time, metrics=self.metrics)
         self.reporter = Reporter(self.store, self.intake, hostname=settings.host_name,
                                  postmaster=settings.postmaster, publish=self.publish,
-                                 deliver=lambda _message: self.poke(), retry=self.retry)
+                                 deliver=self._report_committed, retry=self.retry)
         self.scheduler.on_reports = self.reporter.poke
         self.scheduler.on_destination = self.notices.destination
         self.receipts = Receipts(self.store, self.intake, hostname=settings.host_name, publish=self.publish,
@@ -580,9 +581,20 @@ class Spooler:
             control.notify(self.settings.spool_path, {"op": "wakeup"})
             self.notices.publish(DUE)  # `sendmail` on a shared spool: whichever node is nearest
 
+    def _generated(self, messages: Sequence[Message]) -> None:
+        """Messages the spooler made and committed itself (reports, read receipts, webhook
+        deliveries): accepted like a submission, for the metrics."""
+        for message in messages:
+            self.metrics.submitted(message.recipients)
+
+    def _report_committed(self, message: Message) -> None:
+        self._generated([message])
+        self.poke()
+
     def _hand_on(self, message: Message) -> None:
         """A message committed here by a part of the spooler (an MDN): deliver what is pending; an
         address that failed at once (no such mailbox) is reported like any failure."""
+        self._generated([message])
         if any(r.status.pending for r in message.recipients):
             self.poke()
         if any(r.report_owed for r in message.recipients):
