@@ -8,6 +8,7 @@ SYNOPSIS
     msgspool queue show ID [--json]
     msgspool queue flush [ID...] | [--destination HOST] [--transport NAME]
     msgspool queue hold ID... | release ID... | requeue ID... | delete ID...
+    msgspool queue resend ID [--json]
     msgspool queue read [--mdn | --no-mdn] ID... | unread ID...
     msgspool status [--json]
     msgspool transport offline NAME | online NAME [--json]
@@ -28,7 +29,8 @@ DESCRIPTION
     when there is none, so they work with the daemon down.
 
 EXIT STATUS
-    0 success; 1 an unknown message id or mailbox, or a refused operation; 2 usage or configuration error;
+    0 success; 1 an unknown message id or mailbox, or a refused operation (`queue resend` of a message
+    none of whose recipients failed); 2 usage or configuration error;
     `aliases check`: 1 when the file has problems (each printed as FILE:LINE: message).
     sendmail uses sendmail's codes (sysexits.h): 64 usage, 65 bad message, 75 temporary failure,
     78 no spool in the data directory (without --create). `node drain`: 0 drained, 1 no such live
@@ -56,6 +58,7 @@ from msgspool.errors import (
     MsgspoolError,
     NoSpool,
     NotFound,
+    NothingToResend,
     SpoolError,
     StorageFull,
     SubmitError,
@@ -126,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     qflush.add_argument("--destination", metavar="HOST",
                         help="only recipients for this destination (a nexthop as `status` lists it)")
     qflush.add_argument("--transport", metavar="NAME", help="only recipients of this transport")
+    qresend = qsub.add_parser("resend", help="a new message, linked to this one, to the recipients that failed")
+    qresend.add_argument("id")
+    qresend.add_argument("--json", action="store_true")
     for name, text in (("hold", "never send until released"), ("release", "undo hold"),
                        ("requeue", "through the outbound hooks again (postsuper -r)"),
                        ("delete", "remove from the spool")):
@@ -263,9 +269,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from msgspool.daemon import run
+    from msgspool.logs import configure
 
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s msgspool[%(process)d]: %(message)s", stream=sys.stderr)
+    configure(settings.log_format, logging.INFO if args.verbose else logging.WARNING, sys.stderr)
     logging.getLogger("msgspool").setLevel(logging.INFO)
     if not args.verbose:
         logging.getLogger("msgspool.delivery").setLevel(logging.WARNING)
@@ -424,6 +430,8 @@ def cmd_queue(args: argparse.Namespace, settings: Settings) -> int:
         return queue_list(settings, args.json, args.all)
     if args.action == "show":
         return queue_show(settings, args.id, args.json)
+    if args.action == "resend":
+        return queue_resend(settings, args.id, args.json)
     if args.action == "flush":
         if args.ids and (args.destination or args.transport):
             raise CLIError("give message ids or --destination/--transport, not both", 2)
@@ -449,6 +457,30 @@ def cmd_queue(args: argparse.Namespace, settings: Settings) -> int:
         print(f"{message_id}: {past[args.action]}")
     for mdn_id in answer.get("mdn", []):
         print(f"{mdn_id}: read receipt (MDN) submitted")
+    return 0
+
+
+def queue_resend(settings: Settings, message_id: str, as_json: bool) -> int:
+    """MAPI MSGFLAG_RESEND: through the daemon when one runs (it routes and hooks the resend at
+    once), else into the spool, for the daemon to route when it starts."""
+    answer = control.request(settings.spool_path, {"op": "resend", "ids": [message_id]})
+    if answer is not None and not answer.get("ok"):
+        kind = answer.get("kind")
+        raise CLIError(f"no message {answer.get('error')}" if kind == "NotFound" else str(answer.get("error")))
+    if answer is None:
+        try:
+            answer = _run(settings, lambda s: s.resend(message_id))
+        except NoSpool as err:
+            raise _no_spool(settings) from err
+        except NotFound as err:
+            raise CLIError(f"no message {err}") from err
+        except NothingToResend as err:
+            raise CLIError(str(err)) from err
+    answer.pop("ok", None)
+    if as_json:
+        print(json.dumps(answer))
+    else:
+        print(f"{message_id}: resent as {answer['id']} to {', '.join(f'<{a}>' for a in answer['recipients'])}")
     return 0
 
 
@@ -514,6 +546,9 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             if row["name"] in offline:
                 row.update(offline=True, offline_since=iso(offline[row["name"]]),
                            reason=f"transport {row['name']} is offline (since {iso(offline[row['name']])})")
+        table["fetch"] = [{"name": a.name, "kind": "fetch", "protocol": a.protocol, "source": a.source,
+                           "mailbox": a.mailbox, "status": "stopped", "fetched": 0, "last_poll_at": None,
+                           "reason": None} for a in settings.fetch_accounts]
         table["nodes"] = nodes
     table["queue"] = counts
     if args.json:
@@ -531,6 +566,11 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
                   f" queued={dest['queued']} delivered={dest['delivered']} deferred={dest.get('deferred', 0)}"
                   f" failed={dest.get('failed', 0)}{error}")
     now = time.time()
+    for row in table.get("fetch", []):
+        polled = f" polled {now - row['last_poll_at']:.0f}s ago" if row["last_poll_at"] else ""
+        reason = f"  ({row['reason']})" if row["reason"] else ""
+        print(f"fetch      {row['name']:<10} {row['status']:<8} {row['source']} -> {row['mailbox']}"
+              f" fetched={row['fetched']}{polled}{reason}")
     for node in table.get("nodes", []):
         beat = f"{now - node['heartbeat_at']:.1f}s ago" if node["heartbeat_at"] is not None else "never"
         print(f"node       {node['owner']} {'alive' if node['alive'] else 'dead':<5} host={node['host']}"
@@ -620,8 +660,9 @@ def cmd_aliases(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     router = build_router(settings, load_transports(settings))
     expanded = load_aliases(settings.aliases).expand(args.address, router.is_local)
-    rows: list[dict[str, Any]] = [{"address": e.address, "via": list(e.chain), "where": e.where, "sender": e.owner,
-             "refused": e.refusal.line() if e.refusal else None} for e in expanded or []]
+    rows: list[dict[str, Any]] = [{"address": e.address, "addrtype": e.addrtype, "via": list(e.chain),
+                                   "where": e.where, "sender": e.owner,
+                                   "refused": e.refusal.line() if e.refusal else None} for e in expanded or []]
     if args.json:
         print(json.dumps({"address": args.address, "alias": expanded is not None, "recipients": rows}))
     elif expanded is None:

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 from msgspool.config import Settings
 from msgspool.errors import ConfigError, MsgspoolError
+from msgspool.logs import configure as configure_logs
 from msgspool.smtpd.accept import Listener
 from msgspool.smtpd.auth import Authenticator
 from msgspool.smtpd.limits import AuthFailures, ConnectionCounter, RateCounter
@@ -36,6 +37,7 @@ from msgspool.smtpd.policy import SpoolPolicy, parse_networks
 from msgspool.smtpd.protocol import ServerLimits, Sessions, start_server
 from msgspool.smtpd.tls import ServerTLS
 from msgspool.spooler import control, metrics
+from msgspool.spooler.fetch import FetchService, build_service
 from msgspool.spooler.link import EventForwarder, Link, RemoteDelivery, events_of, message_from_wire
 from msgspool.spooler.runtime import SERVE_LOCK_NAME, Spooler, load_transports, take_lock
 from msgspool.transports.smtp import split_hostport
@@ -71,6 +73,8 @@ async def control_handler(spooler: Spooler, request: dict[str, Any]) -> dict[str
         return {"ok": True, "ids": list(ids or []), "mdn": sent}
     if op == "status":
         return {"ok": True, "status": await spooler.status_table()}
+    if op == "resend":
+        return {"ok": True, **await spooler.resend(str((ids or [""])[0]))}
     if op in ("offline", "online"):
         return {"ok": True, **await spooler.set_offline(str(request.get("transport")), op == "offline")}
     return {"ok": False, "error": f"unknown op {op!r}"}
@@ -245,7 +249,7 @@ def check_transports(transports: dict[str, Any]) -> None:
 
 # Settings a reload cannot change in a running daemon (its listeners, its spool): kept, and logged.
 RESTART_ONLY = ("data_dir", "store", "smtp_listen", "smtps_listen", "submission_listen", "http_listen",
-                "delivery_process")
+                "delivery_process", "fetch")
 
 
 async def _serve(settings: Settings, ready: asyncio.Event | None,
@@ -262,6 +266,7 @@ async def _serve(settings: Settings, ready: asyncio.Event | None,
     control_server = None
     delivery: DeliveryProcess | None = None
     smtp: SMTPListeners | None = None
+    fetch: FetchService | None = None
     reloading = asyncio.Lock()
 
     async def reload() -> dict[str, Any]:
@@ -339,6 +344,10 @@ async def _serve(settings: Settings, ready: asyncio.Event | None,
             host, port = split_hostport(settings.http_listen, 8025)
             runner = await _listen("HTTP", f"{host}:{port}", start_http(spooler, host, port))
             log.info("http api on %s:%d", host, port)
+        if settings.fetch:
+            fetch = build_service(spooler, settings)
+            spooler.fetch = fetch
+            fetch.start()
         log.info("msgspool %s ready: spool %s, local domains %s, relay %s", _version(), settings.spool_path,
                  ",".join(settings.local_domains), settings.relay or "(MX)")
         if ready is not None:
@@ -352,6 +361,8 @@ async def _serve(settings: Settings, ready: asyncio.Event | None,
         if delivery is not None:  # while the listeners still answer 421
             await delivery.stop(shutdown.aborting, settings.shutdown_timeout)
     finally:
+        if fetch is not None:
+            await fetch.stop()
         for server in servers:
             server.close()
         if runner is not None:
@@ -652,8 +663,7 @@ def deliver_main(argv: list[str]) -> int:
     if not raw:
         return 0  # a standby that was not needed: the daemon stops
     config = json.loads(raw)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s msgspool[%(process)d]: %(message)s",
-                        stream=sys.stderr)
+    configure_logs(config["settings"].get("log_format", "text"), logging.WARNING, sys.stderr)
     logging.getLogger("msgspool").setLevel(config.get("log_level") or logging.INFO)
     logging.getLogger("msgspool.delivery").setLevel(config.get("delivery_log_level") or logging.NOTSET)
     code = 0

@@ -6,6 +6,7 @@ A transport is found by name in the ``msgspool.transports`` entry-point group an
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -69,6 +70,57 @@ class MailboxTransport(Protocol):
         """File one copy the inbound hooks made (`content`: their header lines on top, as they left
         it) for `recipient` into `folder` (None: its receive folder), with IMAP `flags`: a Filed
         reply, or the failure (temporary or permanent) as for `Connection.send`."""
+        ...
+
+
+class InboundSession(Protocol):
+    """One session with a remote maildrop (MAPI: the transport provider receives a message from its
+    messaging system). Its calls block (poplib, imaplib): the fetcher (spooler/fetch.py) runs them in
+    a thread, one at a time. Each raises FetchError (LoginRefused at login) when the session fails."""
+
+    # Whether a fetched message stays on the server (POP3 keep, IMAP flag): then `done` is not
+    # asked again for a message fetched before.
+    leaves_copy: bool
+
+    def uids(self) -> list[str]:
+        """The unique ids of the messages there now, in the server's order."""
+        ...
+
+    def size(self, uid: str) -> int | None:
+        """The message's size as the server counts it, when it says."""
+        ...
+
+    def retrieve(self, uid: str) -> bytes:
+        """The message (CRLF lines), leaving it unread and in place."""
+        ...
+
+    def done(self, uid: str) -> None:
+        """After the message was committed to the spool: delete, flag or move it, as configured."""
+        ...
+
+    def wait(self, timeout: float, stop: threading.Event) -> bool | None:
+        """Wait for new mail on this session (IMAP IDLE) up to `timeout`, or until `stop` is set:
+        True when the server told of some; None when this session cannot wait (close it, and poll
+        again after the interval)."""
+        ...
+
+    def close(self) -> None:
+        """End the session so that what `done` asked takes effect (POP3 QUIT, IMAP EXPUNGE)."""
+        ...
+
+
+class InboundTransport(Protocol):
+    """A fetch account's protocol (the ``msgspool.fetchers`` entry-point group: pop3, imap), built
+    with ``factory(account, settings)``."""
+
+    name: str
+
+    def check(self) -> None:
+        """What only the daemon can check at start (the password file); raises ConfigError."""
+        ...
+
+    def open(self) -> InboundSession:
+        """Connect, secure and log in (blocking)."""
         ...
 
 
@@ -253,6 +305,10 @@ class Mailboxes(Protocol):
 
     async def content(self, message_id: str) -> bytes | None: ...
 
+    async def submitted_content(self, message_id: str) -> tuple[str, bytes] | None:
+        """The envelope sender and content as submitted, before outbound hooks changed them."""
+        ...
+
     async def list_messages(self, folders: Sequence[str], mailbox: str | None, limit: int, *,
                             after: tuple[float, str] | None = None) -> list[MessageInfo]:
         """Up to `limit` messages of these folders (of `mailbox`; None: any), in submission order;
@@ -283,6 +339,20 @@ class Events(Protocol):
     async def enqueue_webhooks(self, after: int, upto: int, messages: Sequence[Message]) -> list[Event] | None:
         """Submit the webhook deliveries for the events (`after`, `upto`] and move the cursor to
         `upto`, in one durable step; None, writing nothing, when the cursor is not at `after`."""
+        ...
+
+
+class Fetched(Protocol):
+    """The messages fetch accounts took from remote maildrops (domain/fetch.py), by their unique id
+    there. `Queue.submit` records one with a message whose meta names the account and id
+    (FETCH_ACCOUNT, FETCH_UID), in the same commit."""
+
+    async def fetched_uids(self, account: str) -> set[str]:
+        """The ids recorded for `account`."""
+        ...
+
+    async def forget_fetched(self, account: str, uids: Sequence[str]) -> int:
+        """Drop ids the server no longer lists (deleted there, or an IMAP UIDVALIDITY gone)."""
         ...
 
 
@@ -442,6 +512,7 @@ class Notifier(Protocol):
 
 
 class Store(Lifecycle, Queue, Leases, QueueControl, Reports, Mailboxes, Events, Admin, Credentials, Suppressions,
+            Fetched,
             Protocol):
     """The durable home of messages, folders and per-recipient state (MAPI message store provider):
     every role above. `load_store` (spooler/runtime.py) builds the configured one."""

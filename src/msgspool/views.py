@@ -19,6 +19,8 @@ def message_json(info: MessageInfo) -> dict[str, Any]:
     out = _message_fields(info)
     if info.history is not None:
         out["history"] = [{**h, "time": iso(h["time"])} for h in info.history]
+    if info.resends is not None:
+        out["resends"] = list(info.resends)
     return out
 
 
@@ -43,6 +45,7 @@ def _message_fields(info: MessageInfo) -> dict[str, Any]:
         "read": info.read,
         "flags": list(info.flags),
         "mdn": info.mdn,
+        "resend_of": info.resend_of,
         "recipients": [recipient_json(r) for r in info.recipients],
     }
 

@@ -83,6 +83,7 @@ class Message:
     # Outbox messages split off at submission, committed with it in one step, each with its local
     # copies: the members of a list with an owner-NAME go with that envelope sender.
     parts: tuple[tuple[Message, tuple[Message, ...]], ...] = ()
+    resend_of: str | None = None  # MAPI MSGFLAG_RESEND: the queue id of the message this one resends
 
     @property
     def size(self) -> int:
@@ -144,6 +145,8 @@ class MessageInfo:
     max_attempts: int | None = None
     history: list[dict[str, Any]] | None = None  # hooks, holds, requeues: only for one message's view
     flags: tuple[str, ...] = ()  # IMAP keywords a filed copy got from the inbound hooks
+    resend_of: str | None = None  # MAPI MSGFLAG_RESEND: the message this one resends
+    resends: list[str] | None = None  # the messages that resend this one: only for one message's view
 
 
 @dataclass(slots=True)

@@ -37,6 +37,7 @@ from msgspool.domain.outcome import DESTINATION_DOWN, Reply, attempts_exhausted
 from msgspool.domain.recipient import Status
 from msgspool.domain.retry import RetryPolicy
 from msgspool.errors import DestinationUnavailable
+from msgspool.logs import fields
 from msgspool.ports import Connection, Transport
 from msgspool.spooler.metrics import Metrics
 
@@ -69,6 +70,8 @@ class Job:
     recipients: list[Recipient]
     fresh: bool = False  # in the head of the queue: new or urgent mail, ahead of retries and backlog
     settled: bool = False  # its outcomes went to the scheduler
+    queued_at: float = 0.0  # when it joined the destination's queue (the log line's delays=)
+    setup: float = 0.0  # seconds its worker spent opening a connection for it (0: one reused)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,8 +135,9 @@ class Destination:
         goes first when the queue is backed up (MAPI PR_PRIORITY)."""
         limit = self.limits.recipient_limit
         ahead = fresh or message.priority > NORMAL
+        now = self.clock()
         for start in range(0, len(recipients), limit):
-            job = Job(message, list(recipients[start:start + limit]), ahead)
+            job = Job(message, list(recipients[start:start + limit]), ahead, queued_at=now)
             if ahead:
                 self.jobs.insert(self._head_position(message.priority), job)
                 self._fresh += 1
@@ -246,7 +250,9 @@ class Destination:
                     if conn is None or not conn.usable or sent >= self.limits.reuse_limit:
                         if conn is not None:
                             await self._close(conn)
+                        began = self.clock()
                         conn, sent = await self._connect(job), 0
+                        job.setup = self.clock() - began
                         if conn is None:
                             if self.health.down:
                                 return
@@ -362,6 +368,7 @@ class Destination:
 
     async def _deliver(self, conn: Connection, job: Job) -> bool:
         message, recipients = job.message, job.recipients
+        began = self.clock()
         try:
             replies = await conn.send(message, recipients)
         except DestinationUnavailable as err:
@@ -384,8 +391,9 @@ class Destination:
                        for r, reply, remote in zip(recipients, replies, remotes, strict=True)]
         self._settle_job(job, settlements)
         self.failure = None
+        delays = _delays(now - message.submitted_at, began - job.setup - job.queued_at, job.setup, now - began)
         for s in settlements:
-            _log_outcome(message, s, now)
+            _log_outcome(message, s, now, delays)
             self.count(s.status)
             if s.status is Status.DELIVERED and self.metrics is not None:
                 self.metrics.delivered_after(self.transport.name, now - message.submitted_at)
@@ -496,10 +504,24 @@ class Destination:
             self._prober = self._spawn(self._probe_loop())
 
 
-def _log_outcome(message: Message, s: Settlement, now: float) -> None:
+def _delays(total: float, queued: float, setup: float, transmission: float) -> str:
+    """Postfix's delays=a/b/c/d: before the destination's queue (in the store: waiting to be claimed
+    or for a retry), in that queue (for a connection), connection setup (DNS, TCP, greeting, TLS,
+    AUTH; 0 for a connection reused), transmission."""
+    queued, setup, transmission = max(0.0, queued), max(0.0, setup), max(0.0, transmission)
+    before = max(0.0, total - queued - setup - transmission)
+    return f"{before:.2f}/{queued:.2f}/{setup:.2f}/{transmission:.2f}"
+
+
+def _log_outcome(message: Message, s: Settlement, now: float, delays: str) -> None:
+    """The delivery line (Postfix's smtp(8) line), with its fields for the JSON log (logs.py)."""
+    if not log.isEnabledFor(logging.INFO):
+        return
     status = {Status.DELIVERED: "sent", Status.FAILED: "bounced", Status.EXPIRED: "expired"}.get(
         s.status, "deferred")
-    if log.isEnabledFor(logging.INFO):
-        log.info("%s: to=<%s>, relay=%s, delay=%.2f, dsn=%s, status=%s (%s)", message.id, s.address, s.remote,
-                 now - message.submitted_at, s.reply.dsn if s.reply else "", status,
-                 s.reply.line() if s.reply else "")
+    delay = now - message.submitted_at
+    dsn, reply = (s.reply.dsn, s.reply.line()) if s.reply else ("", "")
+    log.info("%s: to=<%s>, relay=%s, delay=%.2f, delays=%s, dsn=%s, status=%s (%s)", message.id, s.address,
+             s.remote, delay, delays, dsn, status, reply,
+             extra=fields(queue_id=message.id, recipient=s.address, relay=s.remote, delay=round(delay, 3),
+                          delays=delays, dsn=dsn, status=status, reply=reply))

@@ -25,17 +25,26 @@ from msgspool import spooldir
 from msgspool.compose import complete_headers, header_recipients, header_sender, strip_bcc
 from msgspool.config import Settings
 from msgspool.domain.address import mailbox_key
-from msgspool.domain.dsn import MessageDSN, RecipientDSN
+from msgspool.domain.aliases import ALIAS_COMMAND
+from msgspool.domain.dsn import MessageDSN, RecipientDSN, Ret, recipient_dsn
 from msgspool.domain.events import Event, EventType
 from msgspool.domain.health import ProbePolicy
 from msgspool.domain.message import DEFAULT_CLASS, NORMAL, Message
-from msgspool.domain.recipient import Status
+from msgspool.domain.recipient import RecipientType, Status
 from msgspool.domain.retry import RetryPolicy
 from msgspool.domain.routing import Router, TransportRoute
 from msgspool.domain.suppression import OPERATOR, Suppression, suppression_key
 from msgspool.domain.timefmt import iso
 from msgspool.domain.webhooks import WEBHOOK_TRANSPORT, from_webhook
-from msgspool.errors import ConfigError, NotFound, SpoolError, StorageFull, UnableToAbort, UnknownTransport
+from msgspool.errors import (
+    ConfigError,
+    NotFound,
+    NothingToResend,
+    SpoolError,
+    StorageFull,
+    UnableToAbort,
+    UnknownTransport,
+)
 from msgspool.ports import MailboxTransport, Store, Transport
 from msgspool.spooler import control
 from msgspool.spooler.aliases import load_aliases
@@ -43,6 +52,7 @@ from msgspool.spooler.background import start_supervised, stop_task
 from msgspool.spooler.delays import DelayTimer
 from msgspool.spooler.destinations import DestinationLimits
 from msgspool.spooler.events import EventBus, Subscription
+from msgspool.spooler.fetch import FetchService
 from msgspool.spooler.hooks import LoadedHook, Postprocessor, Preprocessor, has_inbound_hooks, load_hooks
 from msgspool.spooler.intake import Intake, Submission, due_now, mark_active
 from msgspool.spooler.lease import NodeLease
@@ -63,6 +73,7 @@ LOCK_ROLES = {LOCK_NAME: "delivering from", SERVE_LOCK_NAME: "serving"}
 SENT_RETENTION = 7 * 86400.0
 EVENT_RETENTION = 86400.0
 HOUSEKEEPING_INTERVAL = 300.0
+ALIASES_TRANSPORT = "aliases"  # the built-in pipe transport of the aliases' |command members
 SUPPRESSION_REFRESH = 1.0  # seconds between looks at the suppression list for intake's RCPT-time copy
 
 
@@ -83,6 +94,12 @@ def load_transports(settings: Settings) -> dict[str, Transport]:
         builtin.append({"name": WEBHOOK_TRANSPORT, "type": "webhook"})
     if settings.maildir:
         builtin.append({"name": "maildir", "type": "maildir", "path": settings.maildir})
+    if settings.aliases and load_aliases(settings.aliases).has_commands:
+        # |command members of the aliases (local(8)'s delivery to a command): Delivered-To and
+        # Return-Path on top, final delivery, as the `aliases_user` account.
+        builtin.append({"name": ALIASES_TRANSPORT, "type": "pipe", "addrtypes": [ALIAS_COMMAND],
+                        "command_from_recipient": True, "user": settings.aliases_user, "nexthop": "aliases",
+                        "flags": "DRX"})
     declared = [*builtin, *settings.transports]
     transports: dict[str, Transport] = {}
     for options in declared:
@@ -173,7 +190,8 @@ class Spooler:
         # Without webhooks, events go straight to the bus: the delivery path pays nothing for them.
         self.publish: Callable[[Sequence[Event]], None] = self._publish_for_webhooks if targets else self.bus.publish
         self.webhooks = WebhookDispatcher(self.store, self.intake, targets, publish=self.publish,
-                                          deliver=lambda: self.scheduler.wakeup()) if targets else None
+                                          deliver=lambda: self.scheduler.wakeup(),
+                                          queued=self._generated) if targets else None
         self.retry = RetryPolicy(settings.min_backoff, settings.max_backoff, settings.max_lifetime,
                                  max_attempts=settings.max_attempts)
         # Hooks are built in `start`, and only by a process that routes: `sendmail` and API clients
@@ -195,7 +213,7 @@ class Spooler:
             suppression_time=settings.suppression_time, metrics=self.metrics)
         self.reporter = Reporter(self.store, self.intake, hostname=settings.host_name,
                                  postmaster=settings.postmaster, publish=self.publish,
-                                 deliver=lambda _message: self.poke(), retry=self.retry)
+                                 deliver=self._report_committed, retry=self.retry)
         self.scheduler.on_reports = self.reporter.poke
         self.scheduler.on_destination = self.notices.destination
         self.receipts = Receipts(self.store, self.intake, hostname=settings.host_name, publish=self.publish,
@@ -219,6 +237,7 @@ class Spooler:
         # (restarting) hints are dropped; the next one reads the spool when it starts.
         self.delivery_process = False
         self.started_at: float | None = None
+        self.fetch: FetchService | None = None  # the fetch accounts, in the daemon's intake process
         self._housekeeping: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._suppressions: asyncio.Task[None] | None = None
@@ -562,9 +581,20 @@ class Spooler:
             control.notify(self.settings.spool_path, {"op": "wakeup"})
             self.notices.publish(DUE)  # `sendmail` on a shared spool: whichever node is nearest
 
+    def _generated(self, messages: Sequence[Message]) -> None:
+        """Messages the spooler made and committed itself (reports, read receipts, webhook
+        deliveries): accepted like a submission, for the metrics."""
+        for message in messages:
+            self.metrics.submitted(message.recipients)
+
+    def _report_committed(self, message: Message) -> None:
+        self._generated([message])
+        self.poke()
+
     def _hand_on(self, message: Message) -> None:
         """A message committed here by a part of the spooler (an MDN): deliver what is pending; an
         address that failed at once (no such mailbox) is reported like any failure."""
+        self._generated([message])
         if any(r.status.pending for r in message.recipients):
             self.poke()
         if any(r.report_owed for r in message.recipients):
@@ -616,6 +646,31 @@ class Spooler:
         self.poke()
         self.notices.publish(FLUSH, route)
         return count
+
+    async def resend(self, message_id: str) -> dict[str, Any]:
+        """MAPI MSGFLAG_RESEND (a resend of an undelivered message): a new message with the same
+        content and sender as submitted, to only the recipients that failed or expired (with
+        their type, address type and DSN requests), linked to the original: its `resend_of` names
+        the original, and the original's `resends` (and each one's history) name it. It goes
+        through the outbound hooks and routing as any new message, due now, with a lifetime of
+        its own. Raises NotFound, or NothingToResend when no recipient failed."""
+        info = await self.store.get(message_id)
+        if info is None:
+            raise NotFound(message_id)
+        failed = [r for r in info.recipients if r["status"] in (Status.FAILED, Status.EXPIRED)]
+        submitted = await self.store.submitted_content(message_id)
+        if not failed or submitted is None:
+            raise NothingToResend(f"message {message_id}: no recipient failed or expired; nothing to resend")
+        sender, content = submitted
+        dsn = MessageDSN(Ret(info.ret) if info.ret else None, info.envid) if info.ret or info.envid else None
+        new_id = await self.submit(Submission(
+            sender=sender, recipients=[r["address"] for r in failed], content=content,
+            addrtypes=[r["addrtype"] for r in failed], types=[RecipientType(r["type"]) for r in failed],
+            message_class=info.message_class, priority=info.priority, max_attempts=info.max_attempts,
+            origin="resend", resend_of=message_id, dsn=dsn,
+            recipient_dsn=[recipient_dsn(r["notify"], r["orcpt"]) for r in failed]))
+        log.info("%s: resent as %s to %d recipients", message_id, new_id, len(failed))
+        return {"id": new_id, "resend_of": message_id, "recipients": [r["address"] for r in failed]}
 
     async def set_offline(self, transport: str, offline: bool = True) -> dict[str, Any]:
         """Put a transport offline (MAPI STATUS_OFFLINE; Postfix `defer_transports`) or online
@@ -769,7 +824,7 @@ class Spooler:
                     "last_error": d.failure.line() if d.failure else
                     d.health.last_reply.line() if d.health.down and d.health.last_reply else None,
                 } for d in dests]})
-        return {"spooler": rows[0], "transports": rows[1:]}
+        return {"spooler": rows[0], "transports": rows[1:], "fetch": self.fetch.rows() if self.fetch else []}
 
     async def status_table(self) -> dict[str, Any]:
         """`status()`, completed by the delivery process's part when delivery runs in another one,

@@ -284,7 +284,12 @@ class Scheduler:
             return
         self.active += sum(len(m.recipients) for m in messages) - before
         self.publish(events)
-        if self.on_reports is not None and any(e.type is EventType.FAILED for e in events):
+        failed = [e for e in events if e.type is EventType.FAILED]  # a hook's Reject
+        if failed:
+            routes = {r.address: r.transport for r in active}
+            for e in failed:
+                self.metrics.outcome(Status.FAILED, routes.get(e.recipient or ""))
+        if self.on_reports is not None and failed:
             self.on_reports()
         for m in messages:
             self.dispatch(m, fresh=fresh)

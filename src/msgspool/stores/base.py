@@ -37,6 +37,7 @@ from msgspool.stores.ops import (
     active_recipients,
     destination_counts,
     events_after,
+    fetched_uids,
     get_content,
     get_message,
     insert_event,
@@ -53,6 +54,7 @@ from msgspool.stores.ops import (
     op_drain_node,
     op_enqueue_webhooks,
     op_flush,
+    op_forget_fetched,
     op_heartbeat,
     op_hold,
     op_mark_delay_warnings,
@@ -79,6 +81,7 @@ from msgspool.stores.ops import (
     queue_counts,
     receive_folder,
     rescue_due,
+    submitted_content,
     waiting_destinations,
 )
 from msgspool.stores.suppressions import (
@@ -226,6 +229,14 @@ class SQLStore(ABC):
     async def delete(self, ids: Sequence[str]) -> list[str]:
         return await self._write(lambda c: op_delete(c, ids))
 
+    async def fetched_uids(self, account: str) -> set[str]:
+        return await self.read(lambda c: fetched_uids(c, account))
+
+    async def forget_fetched(self, account: str, uids: Sequence[str]) -> int:
+        if not uids:
+            return 0
+        return await self._write(lambda c: op_forget_fetched(c, account, uids), durable=False)
+
     async def webhook_cursor(self) -> int:
         return await self._write(op_webhook_cursor)
 
@@ -309,6 +320,9 @@ class SQLStore(ABC):
 
     async def content(self, message_id: str) -> bytes | None:
         return await self.read(lambda c: get_content(c, message_id))
+
+    async def submitted_content(self, message_id: str) -> tuple[str, bytes] | None:
+        return await self.read(lambda c: submitted_content(c, message_id))
 
     async def list_messages(self, folders: Sequence[str], mailbox: str | None, limit: int, *,
                             after: tuple[float, str] | None = None) -> list[MessageInfo]:

@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import grp
 import logging
 import os
 import pwd
+import shlex
 import shutil
 import signal
 import subprocess
@@ -96,7 +98,7 @@ class PipeConnection:
 
     def __init__(self, transport: PipeTransport, nexthop: str) -> None:
         self.transport, self.nexthop = transport, nexthop
-        self.remote = f"{transport.name}[{transport.argv[0]}]"
+        self.remote = f"{transport.name}[{transport.argv[0] if transport.argv else 'aliases'}]"
 
     @property
     def usable(self) -> bool:
@@ -124,8 +126,11 @@ class PipeTransport:
     def __init__(self, name: str, settings: Any, options: dict[str, Any]) -> None:
         self.name = name
         self.domains: tuple[str, ...] = tuple(options.get("domains", ()))
-        argv = options.get("argv")
-        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+        # The aliases' own transport (spooler/aliases.py): each recipient's address is its command line.
+        self.command_from_recipient = bool(options.get("command_from_recipient", False))
+        argv: Any = options.get("argv", [] if self.command_from_recipient else None)
+        if not isinstance(argv, list) or not (argv or self.command_from_recipient) or not all(
+                isinstance(a, str) for a in argv):
             raise ConfigError(f"transport {name}: argv must be a non-empty list of strings (it is never given"
                               " to a shell)")
         unknown = macros_in(argv) - MACROS
@@ -137,7 +142,7 @@ class PipeTransport:
             self.flags = parse_flags(str(options.get("flags", "")))
         except ValueError as err:
             raise ConfigError(f"transport {name}: {err}") from None
-        self.max_recipients = int(options.get("max_recipients", 1))
+        self.max_recipients = 1 if self.command_from_recipient else int(options.get("max_recipients", 1))
         if self.max_recipients < 1:
             raise ConfigError(f"transport {name}: max_recipients must be at least 1")
         if self.max_recipients > 1 and self.flags & {"D", "O"}:
@@ -161,6 +166,8 @@ class PipeTransport:
         return self.fixed_nexthop or domain_of(address)
 
     async def connect(self, nexthop: str) -> PipeConnection:
+        if self.command_from_recipient:  # each command is checked when it runs
+            return PipeConnection(self, nexthop)
         command = self.argv[0]
         found = shutil.which(command, path=self.base_environment["PATH"]) if "/" not in command else command
         if found is None or not os.access(found, os.X_OK) or os.path.isdir(found):
@@ -177,10 +184,17 @@ class PipeTransport:
         if self.size_limit and message.size > self.size_limit:
             return Reply(552, "5.2.3", f"message of {message.size} octets exceeds the size limit"
                                        f" ({self.size_limit}) of transport {self.name}")
+        if self.command_from_recipient:
+            # An alias's |command: its line split as sh would (never given to one); the envelope names
+            # the address the mail was for, the alias (the ORCPT expansion set), as local(8)'s does.
+            argv = shlex.split(recipients[0].address)
+            recipients = [dataclasses.replace(r, address=r.dsn.orcpt.address if r.dsn and r.dsn.orcpt else r.address)
+                          for r in recipients]
         envelope = self.envelope(message, recipients, nexthop)
         data = command_input(message.full_content(), envelope, self.flags, return_path=message.sender,
                              eol=self.eol)
-        argv = expand_argv(self.argv, envelope)
+        if not self.command_from_recipient:
+            argv = expand_argv(self.argv, envelope)
         try:
             command = await Command.start(argv, env={**self.base_environment, **environment(envelope)},
                                           cwd=self.directory, account=self.account.process_options())
