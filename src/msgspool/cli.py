@@ -660,8 +660,9 @@ def cmd_aliases(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     router = build_router(settings, load_transports(settings))
     expanded = load_aliases(settings.aliases).expand(args.address, router.is_local)
-    rows: list[dict[str, Any]] = [{"address": e.address, "via": list(e.chain), "where": e.where, "sender": e.owner,
-             "refused": e.refusal.line() if e.refusal else None} for e in expanded or []]
+    rows: list[dict[str, Any]] = [{"address": e.address, "addrtype": e.addrtype, "via": list(e.chain),
+                                   "where": e.where, "sender": e.owner,
+                                   "refused": e.refusal.line() if e.refusal else None} for e in expanded or []]
     if args.json:
         print(json.dumps({"address": args.address, "alias": expanded is not None, "recipients": rows}))
     elif expanded is None:

@@ -36,7 +36,7 @@ from msgspool.domain.address import mailbox_key
 from msgspool.domain.events import Event, EventType
 from msgspool.errors import NotFound
 from msgspool.spooler.events import EventFilter, Subscription
-from msgspool.spooler.metrics import CONTENT_TYPE, Metric, exposition, from_wire, gauge, merge, store_families
+from msgspool.spooler.metrics import CONTENT_TYPE, Metric, StoreFigures, exposition, from_wire, gauge, merge
 from msgspool.spooler.runtime import Spooler
 from msgspool.views import message_json
 from msgspool.web.access import Access, Browser, access_middleware, caller, check_exposure, relay_refusal
@@ -46,6 +46,7 @@ from msgspool.web.suppressions import add_routes as add_suppression_routes
 
 log = logging.getLogger("msgspool.web")
 SPOOLER: web.AppKey[Spooler] = web.AppKey("spooler", Spooler)
+STORE_FIGURES: web.AppKey[StoreFigures] = web.AppKey("store_figures", StoreFigures)
 KEEPALIVE = 15.0
 DISCONNECT_CHECK = 0.25  # seconds: how soon a dropped SSE client frees its subscription
 REPLAY_PAGE = 1000
@@ -73,7 +74,7 @@ async def metrics(request: web.Request) -> web.Response:
             pass  # restarting: its series are missing from this scrape, which says so
         extra.append(gauge("msgspool_delivery_process_up", "1 while the delivery process answers.", (),
                            [((), 1 if remote else 0)]))
-    store = store_families(await spooler.store.counts(), await spooler.store.destination_counts())
+    store = await request.app[STORE_FIGURES].families()
     body = exposition(merge(spooler.metrics.collect(), remote, store, extra))
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
@@ -268,6 +269,7 @@ def make_app(spooler: Spooler, host: str = "127.0.0.1", port: int = 8025) -> web
     browser = Browser(host, port, spooler.settings.http_hosts)
     app = web.Application(middlewares=[problems, access_middleware(access, browser)], client_max_size=body_limit)
     app[SPOOLER] = spooler
+    app[STORE_FIGURES] = StoreFigures(spooler.store)
     app.router.add_get("/api/status", status)
     app.router.add_get("/api/queue", queue_list)
     app.router.add_post("/api/queue/{action:flush}", queue_action)
