@@ -9,6 +9,7 @@ SYNOPSIS
     msgspool queue flush [ID...] | [--destination HOST] [--transport NAME] [--json]
     msgspool queue hold ID... | release ID... | requeue ID... | delete ID... [--json]
     msgspool queue hold|release|delete|flush|requeue --where SELECTOR [--dry-run] [--json]
+    msgspool queue resend ID [--json]
     msgspool queue read [--mdn | --no-mdn] ID... | unread ID... [--json]
     msgspool status [--json]
     msgspool transport offline NAME | online NAME [--json]
@@ -17,6 +18,7 @@ SYNOPSIS
     msgspool reload
     msgspool route ADDRESS [--addrtype TYPE] [--json]
     msgspool aliases check [FILE] | expand ADDRESS [--json]
+    msgspool suppression list [--json] | add ADDRESS [--reason TEXT] [--days N] | remove ADDRESS
     msgspool token create --scope S [--scope S2]... [--name N] | list [--json] | revoke ID-or-NAME
     msgspool user add NAME [--sender PATTERN]... [--update] | delete NAME | list [--json]
     msgspool mailbox export MAILBOX DIR
@@ -28,7 +30,8 @@ DESCRIPTION
     when there is none, so they work with the daemon down.
 
 EXIT STATUS
-    0 success; 1 an unknown message id or mailbox, or a refused operation; 2 usage or configuration error;
+    0 success; 1 an unknown message id or mailbox, or a refused operation (`queue resend` of a message
+    none of whose recipients failed); 2 usage or configuration error;
     `aliases check`: 1 when the file has problems (each printed as FILE:LINE: message).
     sendmail uses sendmail's codes (sysexits.h): 64 usage, 65 bad message, 75 temporary failure,
     78 no spool in the data directory (without --create). `node drain`: 0 drained, 1 no such live
@@ -56,6 +59,7 @@ from msgspool.errors import (
     MsgspoolError,
     NoSpool,
     NotFound,
+    NothingToResend,
     SpoolError,
     StorageFull,
     SubmitError,
@@ -127,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="only recipients for this destination (a nexthop as `status` lists it)")
     qflush.add_argument("--transport", metavar="NAME", help="only recipients of this transport")
     _bulk_options(qflush)
+    qresend = qsub.add_parser("resend", help="a new message, linked to this one, to the recipients that failed")
+    qresend.add_argument("id")
+    qresend.add_argument("--json", action="store_true")
     for name, text in (("hold", "never send until released"), ("release", "undo hold"),
                        ("requeue", "through the outbound hooks again (postsuper -r)"),
                        ("delete", "remove from the spool")):
@@ -159,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
         _common(p)
     _token_parser(sub.add_parser("token", help="bearer tokens of the HTTP API"))
     _user_parser(sub.add_parser("user", help="accounts of the submission service (SMTP AUTH)"))
+    _suppression_parser(sub.add_parser("suppression", help="the suppression list: addresses mail is not sent to"))
     _common(sub.add_parser("reload", help="the daemon reads its configuration again (as on SIGHUP)"))
     route = sub.add_parser("route", help="which transport and destination an address gets, and why")
     _common(route)
@@ -215,7 +223,7 @@ def _token_parser(token: argparse.ArgumentParser) -> None:
     tsub = token.add_subparsers(dest="action", required=True)
     create = tsub.add_parser("create", help="a new token; its secret is printed once")
     create.add_argument("--scope", action="append", required=True, metavar="SCOPE", dest="scopes",
-                        help="submit, read or admin (admin implies both); repeatable")
+                        help="submit, read, admin (implies the others), metrics (GET /metrics only); repeatable")
     create.add_argument("--name", help="a name for logs and history (default: the token's id)")
     tlist = tsub.add_parser("list", help="the tokens (never their secrets)")
     tlist.add_argument("--json", action="store_true", help="one JSON object per token")
@@ -276,9 +284,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from msgspool.daemon import run
+    from msgspool.logs import configure
 
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s msgspool[%(process)d]: %(message)s", stream=sys.stderr)
+    configure(settings.log_format, logging.INFO if args.verbose else logging.WARNING, sys.stderr)
     logging.getLogger("msgspool").setLevel(logging.INFO)
     if not args.verbose:
         logging.getLogger("msgspool.delivery").setLevel(logging.WARNING)
@@ -439,6 +447,8 @@ def cmd_queue(args: argparse.Namespace, settings: Settings) -> int:
         return queue_show(settings, args.id, args.json)
     if getattr(args, "where", None) is not None or getattr(args, "dry_run", False):
         return queue_bulk(args, settings)
+    if args.action == "resend":
+        return queue_resend(settings, args.id, args.json)
     if args.action == "flush":
         if args.ids and (args.destination or args.transport):
             raise CLIError("give message ids or --destination/--transport, not both", 2)
@@ -564,6 +574,30 @@ class ProgressBar:
             sys.stderr.flush()
 
 
+def queue_resend(settings: Settings, message_id: str, as_json: bool) -> int:
+    """MAPI MSGFLAG_RESEND: through the daemon when one runs (it routes and hooks the resend at
+    once), else into the spool, for the daemon to route when it starts."""
+    answer = control.request(settings.spool_path, {"op": "resend", "ids": [message_id]})
+    if answer is not None and not answer.get("ok"):
+        kind = answer.get("kind")
+        raise CLIError(f"no message {answer.get('error')}" if kind == "NotFound" else str(answer.get("error")))
+    if answer is None:
+        try:
+            answer = _run(settings, lambda s: s.resend(message_id))
+        except NoSpool as err:
+            raise _no_spool(settings) from err
+        except NotFound as err:
+            raise CLIError(f"no message {err}") from err
+        except NothingToResend as err:
+            raise CLIError(str(err)) from err
+    answer.pop("ok", None)
+    if as_json:
+        print(json.dumps(answer))
+    else:
+        print(f"{message_id}: resent as {answer['id']} to {', '.join(f'<{a}>' for a in answer['recipients'])}")
+    return 0
+
+
 LIST_PAGE = 500  # messages `queue list` reads at a time: a million cost pages, not memory
 
 
@@ -626,6 +660,9 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             if row["name"] in offline:
                 row.update(offline=True, offline_since=iso(offline[row["name"]]),
                            reason=f"transport {row['name']} is offline (since {iso(offline[row['name']])})")
+        table["fetch"] = [{"name": a.name, "kind": "fetch", "protocol": a.protocol, "source": a.source,
+                           "mailbox": a.mailbox, "status": "stopped", "fetched": 0, "last_poll_at": None,
+                           "reason": None} for a in settings.fetch_accounts]
         table["nodes"] = nodes
     table["queue"] = counts
     if args.json:
@@ -643,6 +680,11 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
                   f" queued={dest['queued']} delivered={dest['delivered']} deferred={dest.get('deferred', 0)}"
                   f" failed={dest.get('failed', 0)}{error}")
     now = time.time()
+    for row in table.get("fetch", []):
+        polled = f" polled {now - row['last_poll_at']:.0f}s ago" if row["last_poll_at"] else ""
+        reason = f"  ({row['reason']})" if row["reason"] else ""
+        print(f"fetch      {row['name']:<10} {row['status']:<8} {row['source']} -> {row['mailbox']}"
+              f" fetched={row['fetched']}{polled}{reason}")
     for node in table.get("nodes", []):
         beat = f"{now - node['heartbeat_at']:.1f}s ago" if node["heartbeat_at"] is not None else "never"
         print(f"node       {node['owner']} {'alive' if node['alive'] else 'dead':<5} host={node['host']}"
@@ -732,8 +774,9 @@ def cmd_aliases(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     router = build_router(settings, load_transports(settings))
     expanded = load_aliases(settings.aliases).expand(args.address, router.is_local)
-    rows: list[dict[str, Any]] = [{"address": e.address, "via": list(e.chain), "where": e.where, "sender": e.owner,
-             "refused": e.refusal.line() if e.refusal else None} for e in expanded or []]
+    rows: list[dict[str, Any]] = [{"address": e.address, "addrtype": e.addrtype, "via": list(e.chain),
+                                   "where": e.where, "sender": e.owner,
+                                   "refused": e.refusal.line() if e.refusal else None} for e in expanded or []]
     if args.json:
         print(json.dumps({"address": args.address, "alias": expanded is not None, "recipients": rows}))
     elif expanded is None:
@@ -865,6 +908,54 @@ def read_password(prompt: str = "Password: ") -> str:
     return sys.stdin.readline().rstrip("\r\n")
 
 
+def _suppression_parser(parser: argparse.ArgumentParser) -> None:
+    _common(parser)
+    ssub = parser.add_subparsers(dest="action", required=True)
+    slist = ssub.add_parser("list", help="the addresses on the list now, with why and until when")
+    _common(slist)
+    slist.add_argument("--json", action="store_true", help="one JSON object per entry")
+    add = ssub.add_parser("add", help="suppress an address: new mail to it fails at once (550 5.1.1)")
+    _common(add)
+    add.add_argument("address")
+    add.add_argument("--reason", default="", help="why (shown in the reply); default: added by the operator")
+    add.add_argument("--days", type=float, help="for how long (0: until removed; default: suppression_time)")
+    add.add_argument("--json", action="store_true")
+    remove = ssub.add_parser("remove", help="take an address off the list: mail to it goes again at once")
+    _common(remove)
+    remove.add_argument("address")
+
+
+def cmd_suppression(args: argparse.Namespace, settings: Settings) -> int:
+    """The suppression list, straight in the store (a running daemon's SMTP listener sees a change
+    within a second; the store checks every submission itself)."""
+    import time
+
+    from msgspool.domain.address import valid_smtp
+    from msgspool.domain.suppression import OPERATOR, Suppression, suppression_key
+    from msgspool.views import suppression_json, suppression_line
+
+    if args.action == "list":
+        for entry in _with_store(settings, lambda store: store.suppressions(time.time())):
+            print(json.dumps(suppression_json(entry)) if args.json else suppression_line(entry))
+        return 0
+    if args.action == "add":
+        if not valid_smtp(args.address) or not args.address:
+            raise CLIError(f"not an email address: {args.address!r}", 2)
+        days = args.days if args.days is not None else settings.suppression_time / 86400
+        if days < 0:
+            raise CLIError("--days must be 0 (until removed) or more", 2)
+        now = time.time()
+        entry = Suppression(suppression_key(args.address), args.reason or "added by the operator", now,
+                            now + days * 86400 if days else None, OPERATOR)
+        _with_store(settings, lambda store: store.suppress(entry), create=True)
+        print(json.dumps(suppression_json(entry)) if args.json else f"suppressed {suppression_line(entry)}")
+        return 0
+    if not _with_store(settings, lambda store: store.unsuppress(args.address)):
+        raise CLIError(f"{args.address} is not on the suppression list")
+    print(f"{suppression_key(args.address)} removed from the suppression list")
+    return 0
+
+
 def cmd_user(args: argparse.Namespace, settings: Settings) -> int:
     import time
 
@@ -927,7 +1018,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "serve": cmd_serve, "sendmail": cmd_sendmail, "queue": cmd_queue, "status": cmd_status, "token": cmd_token,
     "transport": cmd_transport,
     "stop": cmd_stop, "route": cmd_route, "reload": cmd_reload, "user": cmd_user, "db": cmd_db,
-    "node": cmd_node, "aliases": cmd_aliases, "mailbox": cmd_mailbox,
+    "node": cmd_node, "aliases": cmd_aliases, "mailbox": cmd_mailbox, "suppression": cmd_suppression,
 }
 
 if __name__ == "__main__":

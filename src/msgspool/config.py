@@ -22,6 +22,17 @@ Webhooks, likewise (checked when loaded: an http(s) URL, a secret, known event t
     types = ["new_mail"]      # optional: the event types it wants; default all
     mailbox = ""              # optional: only events of this local mailbox
     name = "app"              # optional: for logs and the X-Msgspool-Webhook header; default the URL
+
+Fetch accounts (POP3 and IMAP mailboxes polled into a local mailbox), checked when loaded; every key
+with its default is in domain/fetch.py::
+
+    [[fetch]]
+    name = "work"
+    protocol = "imap"         # pop3 | imap
+    host = "imap.example.org"
+    user = "me@example.org"
+    password_file = "/etc/msgspool/work.password"
+    mailbox = "me@localhost"  # the local mailbox fetched mail is filed into
 """
 
 from __future__ import annotations
@@ -33,10 +44,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from msgspool.domain.fetch import FetchAccount, parse_accounts
 from msgspool.domain.webhooks import WebhookTarget, parse_targets
 from msgspool.errors import ConfigError
 
 DEFAULT_DATA_DIR = "./msgspool-data"
+LOG_FORMATS = ("text", "json")
 CONFIG_NAME = "msgspool.toml"
 
 
@@ -91,6 +104,9 @@ class Settings:
     aliases: str = _doc(
         "", "Aliases file of the local domains, Postfix aliases(5) format (name: member, ...; :include:/path;"
         " owner-NAME); expanded at submission, read again on SIGHUP; empty = none.")
+    aliases_user: str = _doc(
+        "", "Account the aliases' command members run as (Postfix's default_privs); needed when msgspool runs as"
+        " root; empty = msgspool's own.")
     postmaster: str = _doc("", "Where a report about mail from the null sender goes (double bounce); empty: dropped.")
     hostname: str = _doc("", "Name used in the greeting, EHLO and Received:; empty = this host's name.")
     trusted_networks: list[str] = _doc(
@@ -128,6 +144,9 @@ class Settings:
     max_attempts: int = _doc(0, "Attempts per recipient before a temporary failure is final (554 5.4.7); 0 = no cap.")
     future_release_max: int = _doc(
         604800, "Longest SMTP FUTURERELEASE hold (RFC 4865 HOLDFOR/HOLDUNTIL), seconds; 0 disables it.")
+    suppression_time: float = _doc(
+        2592000.0, "Seconds an address that hard-bounced (a remote's 5xx about the address: 5.1.x, 5.2.0, 5.2.1)"
+        " stays on the suppression list: new mail to it fails at once (550 5.1.1); 30 days; 0 = none added.")
     delay_warning_time: float = _doc(
         0.0, "Seconds after arrival before a still-deferred recipient's sender gets one delay notice; 0 = none.")
     probe_min: float = _doc(0.5, "First probe of a down destination after this many seconds.")
@@ -142,6 +161,9 @@ class Settings:
     smtp_mx_address_limit: int = _doc(
         5, "MX delivery: the most addresses (of the MX hosts, in preference order) one attempt connects to before"
         " the destination counts as down (Postfix smtp_mx_address_limit); 0: no limit.")
+    smtp_mx_session_limit: int = _doc(
+        2, "MX delivery: the most sessions (MX addresses) one message goes to when a session leaves recipients"
+        " with a 4xx or is lost (Postfix smtp_mx_session_limit); 0: no limit.")
     smtp_greeting_timeout: float = _doc(300.0, "Outbound wait for the 220 greeting (RFC 5321 §4.5.3.2.1).")
     smtp_mail_timeout: float = _doc(300.0, "Outbound MAIL reply timeout (§4.5.3.2.2).")
     smtp_rcpt_timeout: float = _doc(300.0, "Outbound RCPT reply timeout (§4.5.3.2.3).")
@@ -149,6 +171,9 @@ class Settings:
     smtp_data_block_timeout: float = _doc(180.0, "Outbound timeout per data block sent (§4.5.3.2.5).")
     smtp_data_done_timeout: float = _doc(600.0, "Outbound wait for the reply after <CRLF>.<CRLF> (§4.5.3.2.6).")
     commit_batch: int = _doc(512, "Most writes that share one commit (group commit).")
+    log_format: str = _doc(
+        "text", "serve's log on stderr: text (Postfix-style lines) or json (one JSON object per line per event, the"
+        " delivery line's fields as members).")
     transports: list[dict[str, Any]] = _doc([], "Extra transports, in order; see [[transports]].")
     hooks: list[dict[str, Any]] = _doc([], "Outbound hooks (preprocessors), in order; see [[hooks]].")
     hook_timeout: float = _doc(30.0, "Seconds a hook may take before its message is held with the error.")
@@ -165,6 +190,8 @@ class Settings:
     watchdog_interval: float = _doc(
         60.0, "Seconds between the watchdog's looks for active recipients no delivery holds (two looks return one).")
     webhooks: list[dict[str, Any]] = _doc([], "URLs that get a signed JSON POST per event; see [[webhooks]].")
+    fetch: list[dict[str, Any]] = _doc(
+        [], "POP3/IMAP accounts polled by serve, each message filed into a local mailbox; see [[fetch]].")
 
     @property
     def spool_path(self) -> Path:
@@ -174,6 +201,13 @@ class Settings:
     def webhook_targets(self) -> list[WebhookTarget]:
         try:
             return parse_targets(self.webhooks)
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
+
+    @property
+    def fetch_accounts(self) -> list[FetchAccount]:
+        try:
+            return parse_accounts(self.fetch)
         except ValueError as err:
             raise ConfigError(str(err)) from err
 
@@ -194,6 +228,10 @@ class Settings:
                 value = float(value)
             if key == "webhooks":
                 _check_webhooks(value, source)
+            if key == "log_format" and value not in LOG_FORMATS:
+                raise ConfigError(f"{source}: log_format must be one of {', '.join(LOG_FORMATS)}, not {value!r}")
+            if key == "fetch":
+                _check_fetch(value, source)
             setattr(self, key, value)
 
 
@@ -201,6 +239,13 @@ def _check_webhooks(value: list[Any], source: str) -> None:
     """Checked when loaded, so that a bad webhook stops `serve` at once (exit 2), not at delivery."""
     try:
         parse_targets(value)
+    except ValueError as err:
+        raise ConfigError(f"{source}: {err}") from err
+
+
+def _check_fetch(value: list[Any], source: str) -> None:
+    try:
+        parse_accounts(value)
     except ValueError as err:
         raise ConfigError(f"{source}: {err}") from err
 

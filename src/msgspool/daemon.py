@@ -29,13 +29,15 @@ from typing import Any, TypeVar
 
 from msgspool.config import Settings
 from msgspool.errors import ConfigError, MsgspoolError
+from msgspool.logs import configure as configure_logs
 from msgspool.smtpd.accept import Listener
 from msgspool.smtpd.auth import Authenticator
 from msgspool.smtpd.limits import AuthFailures, ConnectionCounter, RateCounter
 from msgspool.smtpd.policy import SpoolPolicy, parse_networks
 from msgspool.smtpd.protocol import ServerLimits, Sessions, start_server
 from msgspool.smtpd.tls import ServerTLS
-from msgspool.spooler import bulk, control
+from msgspool.spooler import bulk, control, metrics
+from msgspool.spooler.fetch import FetchService, build_service
 from msgspool.spooler.link import EventForwarder, Link, RemoteDelivery, events_of, message_from_wire
 from msgspool.spooler.runtime import SERVE_LOCK_NAME, Spooler, load_transports, take_lock
 from msgspool.transports.smtp import split_hostport
@@ -73,6 +75,8 @@ async def control_handler(spooler: Spooler, request: dict[str, Any]) -> dict[str
         return {"ok": True, "ids": list(ids or []), "mdn": sent}
     if op == "status":
         return {"ok": True, "status": await spooler.status_table()}
+    if op == "resend":
+        return {"ok": True, **await spooler.resend(str((ids or [""])[0]))}
     if op in ("offline", "online"):
         return {"ok": True, **await spooler.set_offline(str(request.get("transport")), op == "offline")}
     return {"ok": False, "error": f"unknown op {op!r}"}
@@ -166,6 +170,14 @@ async def start_smtp(spooler: Spooler, settings: Settings) -> SMTPListeners:
     return listeners
 
 
+def smtp_metrics(sessions: Sessions | None) -> list[metrics.Metric]:
+    """The SMTP listeners' connections (at zero without a listener)."""
+    return [metrics.counter("msgspool_smtp_connections", "SMTP connections accepted by the listeners.", (),
+                    [((), sessions.accepted if sessions else 0)]),
+            metrics.gauge("msgspool_smtp_connections_open", "SMTP sessions open now.", (),
+                  [((), sessions.open if sessions else 0)])]
+
+
 def server_limits(settings: Settings) -> ServerLimits:
     return ServerLimits(hostname=settings.host_name, max_message_size=settings.message_size_limit,
                         max_recipients=settings.recipient_limit, command_timeout=settings.smtpd_timeout,
@@ -239,7 +251,7 @@ def check_transports(transports: dict[str, Any]) -> None:
 
 # Settings a reload cannot change in a running daemon (its listeners, its spool): kept, and logged.
 RESTART_ONLY = ("data_dir", "store", "smtp_listen", "smtps_listen", "submission_listen", "http_listen",
-                "delivery_process")
+                "delivery_process", "fetch")
 
 
 async def _serve(settings: Settings, ready: asyncio.Event | None,
@@ -256,6 +268,7 @@ async def _serve(settings: Settings, ready: asyncio.Event | None,
     control_server = None
     delivery: DeliveryProcess | None = None
     smtp: SMTPListeners | None = None
+    fetch: FetchService | None = None
     reloading = asyncio.Lock()
 
     async def reload() -> dict[str, Any]:
@@ -321,15 +334,22 @@ async def _serve(settings: Settings, ready: asyncio.Event | None,
                                        control.serve(settings.spool_path, handle))
         servers.append(control_server)
         if settings.smtp_listen or settings.smtps_listen or settings.submission_listen:
+            await spooler.refresh_suppressions()  # SMTP refuses a suppressed recipient at RCPT from the start
+            spooler.watch_suppressions()
             smtp = await start_smtp(spooler, settings)
             sessions = smtp.sessions
             servers.append(smtp)
+        spooler.metrics.add_live(lambda: smtp_metrics(sessions))
         if settings.http_listen:
             from msgspool.web.app import start as start_http
 
             host, port = split_hostport(settings.http_listen, 8025)
             runner = await _listen("HTTP", f"{host}:{port}", start_http(spooler, host, port))
             log.info("http api on %s:%d", host, port)
+        if settings.fetch:
+            fetch = build_service(spooler, settings)
+            spooler.fetch = fetch
+            fetch.start()
         log.info("msgspool %s ready: spool %s, local domains %s, relay %s", _version(), settings.spool_path,
                  ",".join(settings.local_domains), settings.relay or "(MX)")
         if ready is not None:
@@ -343,6 +363,8 @@ async def _serve(settings: Settings, ready: asyncio.Event | None,
         if delivery is not None:  # while the listeners still answer 421
             await delivery.stop(shutdown.aborting, settings.shutdown_timeout)
     finally:
+        if fetch is not None:
+            await fetch.stop()
         for server in servers:
             server.close()
         if runner is not None:
@@ -609,6 +631,8 @@ async def deliver(fd: int, config: dict[str, Any]) -> int:
                 unsubscribe = None
         elif op == "status":
             return spooler.status()
+        elif op == "metrics":
+            return {"families": spooler.metrics.snapshot()}
         return None
 
     link = await Link.over(socket.socket(fileno=fd), handle)
@@ -641,8 +665,7 @@ def deliver_main(argv: list[str]) -> int:
     if not raw:
         return 0  # a standby that was not needed: the daemon stops
     config = json.loads(raw)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s msgspool[%(process)d]: %(message)s",
-                        stream=sys.stderr)
+    configure_logs(config["settings"].get("log_format", "text"), logging.WARNING, sys.stderr)
     logging.getLogger("msgspool").setLevel(config.get("log_level") or logging.INFO)
     logging.getLogger("msgspool.delivery").setLevel(config.get("delivery_log_level") or logging.NOTSET)
     code = 0

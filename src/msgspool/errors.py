@@ -10,12 +10,16 @@
     │                              over SMTP, 507 over HTTP, EX_TEMPFAIL from sendmail
     ├── NotFound                   an unknown message id
     │   └── UnknownTransport       an unknown transport name (`transport offline`, `flush --transport`)
+    ├── NothingToResend            `queue resend` of a message none of whose recipients failed
     ├── UnableToAbort              delete/hold of a message a transport has in flight (MAPI
     │                              AbortSubmit's MAPI_E_UNABLE_TO_ABORT): what was done, what was not
     ├── SubmitError(reply)         a submission refused: bad address, no recipients, too big
-    └── DestinationUnavailable(reply)
-                                   a transport could not reach its next hop at the connection
-                                   level; the scheduler marks the destination down
+    ├── DestinationUnavailable(reply)
+    │                              a transport could not reach its next hop at the connection
+    │                              level; the scheduler marks the destination down
+    └── FetchError                 a fetch account's session failed (connection, TLS, a protocol
+        └── LoginRefused           error); the account backs off and polls again; the server
+                                   refused the user or password (the log says which account)
 """
 
 from __future__ import annotations
@@ -59,6 +63,10 @@ class UnknownTransport(NotFound):
     """str(): the whole sentence ("no transport X (known: a, b)"), not only the name."""
 
 
+class NothingToResend(MsgspoolError):
+    """str(): the whole sentence, with the message id."""
+
+
 class UnableToAbort(MsgspoolError):
     """`done`: the ids the operation took whole; `in_flight`: per message, the recipients a
     transport has in a transaction (they go on); `cancelled`: per message, the recipients that
@@ -83,3 +91,11 @@ class DestinationUnavailable(MsgspoolError):
     def __init__(self, reply: Reply) -> None:
         super().__init__(reply.line())
         self.reply = reply
+
+
+class FetchError(MsgspoolError):
+    pass
+
+
+class LoginRefused(FetchError):
+    pass

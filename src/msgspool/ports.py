@@ -6,6 +6,7 @@ A transport is found by name in the ``msgspool.transports`` entry-point group an
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -14,6 +15,7 @@ from msgspool.domain.hooks import Delivery, Draft, Preprocessed
 from msgspool.domain.message import Message, MessageInfo, PendingReport, ReadReceipt, Recipient, Settlement
 from msgspool.domain.outcome import Reply
 from msgspool.domain.selector import Selector
+from msgspool.domain.suppression import Suppression
 from msgspool.domain.tokens import NewToken, Token
 from msgspool.domain.users import User
 
@@ -63,6 +65,64 @@ class MailboxTransport(Protocol):
     class goes to the same folder as in the store. Its success replies are `Filed`."""
 
     def use_receive_folders(self, lookup: ReceiveFolderLookup) -> None: ...
+
+    async def file_copy(self, message: Message, recipient: Recipient, content: bytes, *, folder: str | None = None,
+                        flags: Sequence[str] = ()) -> Reply:
+        """File one copy the inbound hooks made (`content`: their header lines on top, as they left
+        it) for `recipient` into `folder` (None: its receive folder), with IMAP `flags`: a Filed
+        reply, or the failure (temporary or permanent) as for `Connection.send`."""
+        ...
+
+
+class InboundSession(Protocol):
+    """One session with a remote maildrop (MAPI: the transport provider receives a message from its
+    messaging system). Its calls block (poplib, imaplib): the fetcher (spooler/fetch.py) runs them in
+    a thread, one at a time. Each raises FetchError (LoginRefused at login) when the session fails."""
+
+    # Whether a fetched message stays on the server (POP3 keep, IMAP flag): then `done` is not
+    # asked again for a message fetched before.
+    leaves_copy: bool
+
+    def uids(self) -> list[str]:
+        """The unique ids of the messages there now, in the server's order."""
+        ...
+
+    def size(self, uid: str) -> int | None:
+        """The message's size as the server counts it, when it says."""
+        ...
+
+    def retrieve(self, uid: str) -> bytes:
+        """The message (CRLF lines), leaving it unread and in place."""
+        ...
+
+    def done(self, uid: str) -> None:
+        """After the message was committed to the spool: delete, flag or move it, as configured."""
+        ...
+
+    def wait(self, timeout: float, stop: threading.Event) -> bool | None:
+        """Wait for new mail on this session (IMAP IDLE) up to `timeout`, or until `stop` is set:
+        True when the server told of some; None when this session cannot wait (close it, and poll
+        again after the interval)."""
+        ...
+
+    def close(self) -> None:
+        """End the session so that what `done` asked takes effect (POP3 QUIT, IMAP EXPUNGE)."""
+        ...
+
+
+class InboundTransport(Protocol):
+    """A fetch account's protocol (the ``msgspool.fetchers`` entry-point group: pop3, imap), built
+    with ``factory(account, settings)``."""
+
+    name: str
+
+    def check(self) -> None:
+        """What only the daemon can check at start (the password file); raises ConfigError."""
+        ...
+
+    def open(self) -> InboundSession:
+        """Connect, secure and log in (blocking)."""
+        ...
 
 
 class TransportFactory(Protocol):
@@ -252,6 +312,10 @@ class Mailboxes(Protocol):
 
     async def content(self, message_id: str) -> bytes | None: ...
 
+    async def submitted_content(self, message_id: str) -> tuple[str, bytes] | None:
+        """The envelope sender and content as submitted, before outbound hooks changed them."""
+        ...
+
     async def list_messages(self, folders: Sequence[str], mailbox: str | None, limit: int, *,
                             after: tuple[float, str] | None = None) -> list[MessageInfo]:
         """Up to `limit` messages of these folders (of `mailbox`; None: any), in submission order;
@@ -285,12 +349,34 @@ class Events(Protocol):
         ...
 
 
+class Fetched(Protocol):
+    """The messages fetch accounts took from remote maildrops (domain/fetch.py), by their unique id
+    there. `Queue.submit` records one with a message whose meta names the account and id
+    (FETCH_ACCOUNT, FETCH_UID), in the same commit."""
+
+    async def fetched_uids(self, account: str) -> set[str]:
+        """The ids recorded for `account`."""
+        ...
+
+    async def forget_fetched(self, account: str, uids: Sequence[str]) -> int:
+        """Drop ids the server no longer lists (deleted there, or an IMAP UIDVALIDITY gone)."""
+        ...
+
+
 class Admin(Protocol):
     """What the status table and housekeeping ask of a store."""
 
     async def counts(self) -> dict[str, int]:
         """Outbox recipients per status, and `messages`: the messages in the outbox."""
         ...
+
+    async def destination_counts(self) -> list[tuple[str, str, str, int]]:
+        """(transport, nexthop, status, recipients) of the pending recipients (queued, active,
+        deferred, held); '' for a recipient not routed yet."""
+        ...
+
+    # Told the number of writes each commit carried (group commit), perhaps from a commit thread.
+    on_commit: Callable[[int], None] | None
 
     async def purge(self, sent_before: float, events_before: float) -> int: ...
 
@@ -337,6 +423,37 @@ class Credentials(Protocol):
         ...
 
     async def delete_user(self, name: str) -> bool: ...
+
+
+class Suppressions(Protocol):
+    """The suppression list (Postal's; domain/suppression.py): addresses new mail is not sent to.
+    `Queue.submit` fails a recipient in force on it, in the same step, and `Queue.settle` lists
+    the address of a settlement with `suppress_until` (a hard bounce); these are the rest: what
+    `msgspool suppression` and `/api/suppressions` do, and what intake's RCPT check reads."""
+
+    async def suppressions(self, now: float) -> list[Suppression]:
+        """Every entry in force at `now`, by address."""
+        ...
+
+    async def suppressed(self, addresses: Sequence[str], now: float) -> dict[str, Suppression]:
+        """The entries in force at `now` for these addresses, by `suppression_key`."""
+        ...
+
+    async def suppressions_signature(self) -> tuple[int, float | None]:
+        """(entries, newest created_at): what a copy of the list is checked against (it changed?)."""
+        ...
+
+    async def suppress(self, entry: Suppression) -> None:
+        """Add an entry, replacing the address's old one."""
+        ...
+
+    async def unsuppress(self, address: str) -> bool:
+        """Remove the address's entry: mail to it goes again at once; False when there was none."""
+        ...
+
+    async def prune_suppressions(self, now: float) -> int:
+        """Delete the entries whose time has passed (housekeeping); how many."""
+        ...
 
 
 class Leases(Protocol):
@@ -401,7 +518,9 @@ class Notifier(Protocol):
         ...
 
 
-class Store(Lifecycle, Queue, Leases, QueueControl, Reports, Mailboxes, Events, Admin, Credentials, Protocol):
+class Store(Lifecycle, Queue, Leases, QueueControl, Reports, Mailboxes, Events, Admin, Credentials, Suppressions,
+            Fetched,
+            Protocol):
     """The durable home of messages, folders and per-recipient state (MAPI message store provider):
     every role above. `load_store` (spooler/runtime.py) builds the configured one."""
 

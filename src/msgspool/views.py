@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from msgspool.domain.message import MessageInfo
+from msgspool.domain.suppression import Suppression
 from msgspool.domain.timefmt import iso
 from msgspool.domain.tokens import Token
 from msgspool.domain.users import User
@@ -18,6 +19,8 @@ def message_json(info: MessageInfo) -> dict[str, Any]:
     out = _message_fields(info)
     if info.history is not None:
         out["history"] = [{**h, "time": iso(h["time"])} for h in info.history]
+    if info.resends is not None:
+        out["resends"] = list(info.resends)
     return out
 
 
@@ -42,6 +45,7 @@ def _message_fields(info: MessageInfo) -> dict[str, Any]:
         "read": info.read,
         "flags": list(info.flags),
         "mdn": info.mdn,
+        "resend_of": info.resend_of,
         "recipients": [recipient_json(r) for r in info.recipients],
     }
 
@@ -94,3 +98,13 @@ def user_line(user: User) -> str:
 
 def token_line(token: Token) -> str:
     return f"{token.id}  {token.name:<20} {' '.join(sorted(token.scopes)):<18} created {iso(token.created_at)}"
+
+
+def suppression_json(entry: Suppression) -> dict[str, Any]:
+    return {"address": entry.address, "reason": entry.reason, "source": entry.source,
+            "created_at": iso(entry.created_at), "until": iso(entry.until), "message_id": entry.message_id}
+
+
+def suppression_line(entry: Suppression) -> str:
+    until = iso(entry.until) or "until removed"
+    return f"{entry.address}  {entry.source:8}  {until}  {entry.reason}"

@@ -8,7 +8,7 @@ from msgspool.domain.message import Settlement
 from msgspool.domain.outcome import Reply
 from msgspool.domain.recipient import Status
 from msgspool.ports import Store
-from tests.contract.conftest import build, submit
+from tests.contract.conftest import RELAY, build, submit
 
 OK = Reply(250, "2.0.0", "ok")
 
@@ -51,3 +51,28 @@ async def test_commit_stats_count_what_was_committed(store: Store) -> None:
     await submit(store, "b@example.com")
     commits, writes = store.commit_stats
     assert 1 <= commits <= writes
+
+
+async def test_destination_counts_are_of_pending_recipients_by_route_and_status(store: Store) -> None:
+    now = time.time()
+    assert await store.destination_counts() == []
+    done = await submit(store, "b@example.com", now=now)
+    await submit(store, "c@example.com", "https://hooks.test/in", addrtypes=["SMTP", "HTTP"], now=now)
+    held = await submit(store, "e@example.com", now=now)
+    await store.hold([held.id], now)
+    await store.claim(now, 10)
+    await store.settle([Settlement(done.id, 0, "b@example.com", Status.DELIVERED, OK)], now)
+    await submit(store, "f@example.com", now=now)
+    assert sorted(await store.destination_counts()) == [
+        ("http", "hooks.test", "active", 1), ("smtp", RELAY, "active", 1), ("smtp", RELAY, "held", 1),
+        ("smtp", RELAY, "queued", 1)]
+
+
+async def test_commits_are_told_how_many_writes_they_carried(store: Store) -> None:
+    sizes: list[int] = []
+    store.on_commit = sizes.append
+    await submit(store, "b@example.com")
+    assert sizes and all(size >= 1 for size in sizes)
+    store.on_commit = None
+    await submit(store, "c@example.com")
+    assert len(sizes) == 1

@@ -264,6 +264,26 @@ async def test_recipients_waiting_for_a_transport_are_released_when_it_is_online
     assert ids(await store.claim(now, 10)) == [waiting.id]
 
 
+async def test_a_resend_names_its_original_and_the_original_lists_it(store: Store) -> None:
+    """MAPI MSGFLAG_RESEND (`queue resend`): the link is stored both ways, and the content sent
+    again is the one submitted."""
+    now = time.time()
+    original = await submit(store, "b@example.com", "c@example.com", now=now)
+    assert await store.submitted_content(original.id) == (original.sender, original.content)
+    assert await store.submitted_content("no-such-id") is None
+    resend = await submit(store, "c@example.com", now=now + 1, resend_of=original.id)
+    again = await submit(store, "c@example.com", now=now + 2, resend_of=original.id)
+    info, resent = await store.get(original.id), await store.get(resend.id)
+    assert info is not None and resent is not None
+    assert (info.resend_of, info.resends) == (None, [resend.id, again.id])
+    assert (resent.resend_of, resent.resends) == (original.id, [])
+    assert resent.history is not None and info.history is not None
+    assert [h["outcome"] for h in resent.history] == ["resend"] and original.id in resent.history[0]["detail"]
+    assert [h["outcome"] for h in info.history] == ["resent", "resent"]
+    [listed] = [m for m in await store.list_messages(("outbox",), "", 10) if m.id == resend.id]
+    assert listed.resend_of == original.id
+
+
 async def test_events_that_change_no_state_are_recorded_with_ids_in_order(store: Store) -> None:
     now = time.time()
     down = Event(EventType.TRANSPORT_STATUS, None, now, detail={"destination": "relay.test:25", "status": "down"})

@@ -81,3 +81,20 @@ def test_stop_ends_the_server_and_removes_its_directory() -> None:
     assert not directory.exists()
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+def test_deliver_puts_mail_where_pop3_can_fetch_and_delete_it(dovecot_server: dovecot.Dovecot) -> None:
+    dovecot_server.deliver("carol", b"Subject: one\r\n\r\n.leading dot\r\n")
+    dovecot_server.deliver("carol", MESSAGE)
+    pop = poplib.POP3("127.0.0.1", dovecot_server.pop3_port, timeout=10)
+    pop.user("carol")
+    pop.pass_(DOVECOT_USERS["carol"])
+    assert pop.stat()[0] == 2
+    assert pop.retr(1)[1][-1] == b".leading dot"  # through LMTP and POP3, each dot-stuffed on the wire
+    assert pop.uidl()[0].startswith(b"+OK")
+    pop.dele(1)
+    pop.quit()
+    [left] = mailbox.Maildir(dovecot_server.maildir("carol"), create=False)
+    assert left["Subject"] == "peer"
+    with pytest.raises(RuntimeError, match="550"):
+        dovecot_server.deliver("nobody", MESSAGE)

@@ -164,8 +164,9 @@ class ScriptedLMTP:
     """A loopback LMTP peer for what Dovecot will not do on demand: advertise DSN, or hang up after
     answering the first recipient. It records every command line it is sent."""
 
-    def __init__(self, *, dsn: bool = False, hang_up_after: int | None = None) -> None:
-        self.dsn, self.hang_up_after = dsn, hang_up_after
+    def __init__(self, *, dsn: bool = False, pipelining: bool = True, hang_up_after: int | None = None) -> None:
+        self.dsn, self.pipelining, self.hang_up_after = dsn, pipelining, hang_up_after
+        self.pipelined = False  # a command arrived before the reply to the one before it
         self.commands: list[str] = []
 
     async def __aenter__(self) -> ScriptedLMTP:
@@ -182,10 +183,13 @@ class ScriptedLMTP:
         rcpts: list[str] = []
         while line := (await reader.readline()).decode().rstrip("\r\n"):
             self.commands.append(line)
+            self.pipelined |= bool(getattr(reader, "_buffer", b""))
             verb = line.split(" ", 1)[0].split(":", 1)[0].upper()
             if verb == "LHLO":
-                writer.write(b"250-scripted\r\n250-PIPELINING\r\n" + (b"250-DSN\r\n" if self.dsn else b"")
-                             + b"250 ENHANCEDSTATUSCODES\r\n")
+                writer.write(b"250-scripted\r\n" + (b"250-PIPELINING\r\n" if self.pipelining else b"")
+                             + (b"250-DSN\r\n" if self.dsn else b"") + b"250 ENHANCEDSTATUSCODES\r\n")
+            elif verb == "RCPT" and line.startswith("RCPT TO:<no-"):
+                writer.write(b"550 5.1.1 no such user\r\n")
             elif verb == "RCPT":
                 rcpts.append(line[9:line.index(">")])
                 writer.write(b"250 2.1.5 OK\r\n")
@@ -239,3 +243,21 @@ async def test_dsn_parameters_go_to_a_server_that_offers_dsn() -> None:
     assert next(c for c in peer.commands if c.startswith("RCPT")) == \
         "RCPT TO:<a@example.org> NOTIFY=SUCCESS ORCPT=rfc822;a@example.org"
     assert peer.commands.count("RSET") == 1  # before the second message on the same connection
+
+
+async def test_without_pipelining_commands_go_one_at_a_time() -> None:
+    async with ScriptedLMTP(pipelining=False) as peer:
+        lmtp = transport(host=f"127.0.0.1:{peer.port}")
+        conn = await lmtp.connect(lmtp.nexthop("a@example.org"))
+        msg = message("a@example.org", "no-b@example.org", "c@example.org")
+        replies = await conn.send(msg, msg.recipients)
+        await conn.close()
+    assert [r.line() for r in replies] == ["250 2.0.0 <a@example.org> saved", "550 5.1.1 no such user",
+                                           "250 2.0.0 <c@example.org> saved"]
+    assert not peer.pipelined
+    async with ScriptedLMTP() as peer:  # the same with PIPELINING: one write for MAIL, RCPTs and DATA
+        lmtp = transport(host=f"127.0.0.1:{peer.port}")
+        conn = await lmtp.connect(lmtp.nexthop("a@example.org"))
+        assert [r.code for r in await conn.send(msg, msg.recipients)] == [250, 550, 250]
+        await conn.close()
+    assert peer.pipelined

@@ -46,9 +46,12 @@ def smtp_options(port: int, dns: ZoneServer, **options: Any) -> dict[str, Any]:
 
 
 async def deliver(spooler_factory: SpoolerFactory, port: int, zone: dict[tuple[str, str], list[str]],
-                  wanted: set[str], address: str = f"b@{DOMAIN}", **options: Any) -> dict[str, Any]:
+                  wanted: set[str], address: str = f"b@{DOMAIN}", settings: dict[str, Any] | None = None,
+                  **options: Any) -> dict[str, Any]:
+    """Submit one message for `address` to a spool whose smtp transport has these options (and the
+    spool these settings); the recipient once its status is one of `wanted`."""
     with ZoneServer(zone) as dns:
-        async with spooler_factory(transports=[smtp_options(port, dns, **options)]) as spooler:
+        async with spooler_factory(transports=[smtp_options(port, dns, **options)], **(settings or {})) as spooler:
             message_id = await spooler.submit(submission(address))
             info = await wait_status(spooler, message_id, wanted)
     recipient: dict[str, Any] = info["recipients"][0]
@@ -164,8 +167,98 @@ async def test_ipv4_and_ipv6_addresses_of_an_mx_host_are_both_tried(port: int) -
             ("mx.example.test", "AAAA"): ["::1"]}
     with ZoneServer(zone) as dns:
         transport = SMTPTransport("smtp", Settings(hostname="mx.test"), smtp_options(port, dns))
-        assert await transport._mx_addresses(DOMAIN, ["mx.example.test"]) == [
+        assert await transport._mx_addresses(DOMAIN, [(10, "mx.example.test")]) == [
             ("mx.example.test", "127.0.0.2"), ("mx.example.test", "::1")]
         with pytest.raises(DestinationUnavailable) as caught:  # neither answers
             await transport.connect(DOMAIN)
     assert "tried mx.example.test[127.0.0.2]" in caught.value.reply.text and "[::1]" in caught.value.reply.text
+
+
+TWO_MX = {(DOMAIN, "MX"): ["10 mx1.example.test.", "20 mx2.example.test."],
+          ("mx1.example.test", "A"): ["127.0.0.2"], ("mx2.example.test", "A"): ["127.0.0.3"]}
+
+
+async def test_recipients_the_first_mx_defers_go_to_the_next_in_the_same_attempt(
+        spooler_factory: SpoolerFactory, peers: Any, port: int) -> None:
+    primary = peers("127.0.0.2", rcpt_reply=b"451 4.3.0 queue full, try the backup\r\n")
+    backup = peers("127.0.0.3")
+    r = await deliver(spooler_factory, port, TWO_MX, {"delivered"})
+    assert (primary.count(), backup.recipients()) == (0, [f"b@{DOMAIN}"])
+    assert r["relay"] == f"mx2.example.test[127.0.0.3]:{port}" and r["attempts"] == 1
+
+
+async def test_the_session_limit_stops_the_fallback(spooler_factory: SpoolerFactory, peers: Any, port: int) -> None:
+    peers("127.0.0.2", rcpt_reply=b"451 4.3.0 queue full\r\n")
+    backup = peers("127.0.0.3")
+    r = await deliver(spooler_factory, port, TWO_MX, {"deferred"}, mx_session_limit=1)
+    assert r["last_reply"] == "451 4.3.0 queue full" and backup.connections == 0
+
+
+async def test_only_the_deferred_recipients_go_to_the_next_mx_and_each_names_its_own(
+        spooler_factory: SpoolerFactory, peers: Any, port: int) -> None:
+    primary, backup = peers("127.0.0.2"), peers("127.0.0.3")  # both defer fail4xx-* (450)
+    with ZoneServer(TWO_MX) as dns:
+        async with spooler_factory(transports=[smtp_options(port, dns)]) as spooler:
+            message_id = await spooler.submit(submission(f"b@{DOMAIN}", f"fail4xx-c@{DOMAIN}"))
+            info = await wait_status(spooler, message_id, {"delivered", "deferred"})
+    by_address = {r["address"]: r for r in info["recipients"]}
+    assert primary.recipients() == [f"b@{DOMAIN}"] and backup.count() == 0
+    assert [c for c in backup.commands if c.startswith("RCPT")] == [f"RCPT TO:<fail4xx-c@{DOMAIN}>"]
+    assert by_address[f"b@{DOMAIN}"]["relay"] == f"mx1.example.test[127.0.0.2]:{port}"
+    assert by_address[f"fail4xx-c@{DOMAIN}"]["relay"] == f"mx2.example.test[127.0.0.3]:{port}"
+    assert by_address[f"fail4xx-c@{DOMAIN}"]["status"] == "deferred"
+
+
+async def test_a_session_lost_mid_transaction_goes_on_at_the_next_mx(
+        spooler_factory: SpoolerFactory, peers: Any, port: int) -> None:
+    primary = peers("127.0.0.2", hangup_on=b"MAIL")
+    backup = peers("127.0.0.3")
+    r = await deliver(spooler_factory, port, TWO_MX, {"delivered"})
+    assert primary.connections == 1 and backup.recipients() == [f"b@{DOMAIN}"]
+    assert r["relay"] == f"mx2.example.test[127.0.0.3]:{port}"
+
+
+def own_mx(port: int, *others: str) -> dict[tuple[str, str], list[str]]:
+    """MX 10 is this msgspool (its listener's address and port); `others` are "PREF NAME ADDRESS"."""
+    zone = {(DOMAIN, "MX"): ["10 self.example.test."], ("self.example.test", "A"): ["127.0.0.2"]}
+    for other in others:
+        preference, name, address = other.split()
+        zone[(DOMAIN, "MX")].append(f"{preference} {name}.")
+        if address != "-":
+            zone[(name, "A")] = [address]
+        else:
+            zone[(name, "TXT")] = ['"no address"']
+    return zone
+
+
+async def test_mail_for_a_domain_whose_best_mx_is_this_host_fails_as_a_loop(
+        spooler_factory: SpoolerFactory, peers: Any, port: int) -> None:
+    worse = peers("127.0.0.3")
+    r = await deliver(spooler_factory, port, own_mx(port, "20 backup.example.test 127.0.0.3"), {"failed"},
+                      settings={"smtp_listen": f"127.0.0.2:{port}"})
+    assert r["last_reply"].startswith(f"554 5.4.6 mail for {DOMAIN} loops back to myself (self.example.test"
+                                      f"[127.0.0.2]:{port} is this msgspool's SMTP listener)")
+    assert worse.connections == 0  # RFC 5321 §5.1: no MX of equal or worse preference than this host
+
+
+async def test_a_better_mx_than_this_host_gets_the_mail(spooler_factory: SpoolerFactory, peers: Any,
+                                                        port: int) -> None:
+    better = peers("127.0.0.3")
+    await deliver(spooler_factory, port, own_mx(port, "5 primary.example.test 127.0.0.3"), {"delivered"},
+                  settings={"smtp_listen": f"127.0.0.2:{port}"})
+    assert better.count() == 1
+
+
+async def test_a_better_mx_without_an_address_defers_rather_than_loop(spooler_factory: SpoolerFactory,
+                                                                      port: int) -> None:
+    r = await deliver(spooler_factory, port, own_mx(port, "5 primary.example.test -"), {"deferred"},
+                      settings={"smtp_listen": f"127.0.0.2:{port}"})
+    assert r["last_reply"].startswith(f"451 4.4.4 unable to find a primary relay for {DOMAIN}")
+
+
+async def test_a_listener_on_another_port_is_not_this_mx(spooler_factory: SpoolerFactory, peers: Any,
+                                                         port: int) -> None:
+    mx = peers("127.0.0.2")  # a Postfix beside msgspool: same address, the MX port; msgspool on another
+    await deliver(spooler_factory, port, own_mx(port), {"delivered"},
+                  settings={"smtp_listen": f"127.0.0.2:{free_port()}"})
+    assert mx.count() == 1

@@ -4,7 +4,8 @@
 ``dovecot -F -c CONF`` as a child process, with everything Dovecot keeps (runtime sockets, state,
 mail, its log) in that directory: nothing of the machine's Dovecot is read or started. Users and
 their passwords come from a passwd-file there (plain passwords: a test peer, not a server); each
-user's mail is a Maildir, `maildir(user)`, that Python's `mailbox.Maildir` reads. No TLS.
+user's mail is a Maildir, `maildir(user)`, that Python's `mailbox.Maildir` reads. No TLS unless
+`start(..., tls=(cert, key))` asks for it.
 
 Run by a user, Dovecot runs as that user (its "rootless" setup: internal, login and mail user are
 that one account, no chroot); run by root (CI), as Debian's dovecot and dovenull accounts with the
@@ -14,6 +15,7 @@ mail owned by nobody. Debian's dovecot-core, -lmtpd, -pop3d and -imapd are insta
     with dovecot.start({"alice": "secret"}) as server:
         ... LMTP to 127.0.0.1:server.lmtp_port or server.lmtp_socket, POP3 to server.pop3_port ...
         mailbox.Maildir(server.maildir("alice"))
+        server.deliver("alice", b"Subject: hi\r\n\r\nfor fetching\r\n")  # mail to fetch over POP3/IMAP
 
 A test that fails while a server runs gets the server's log in its report (tests/conftest.py).
 """
@@ -33,6 +35,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import pytest
 
@@ -67,11 +70,14 @@ def free_port() -> int:
 class Dovecot:
     """One running Dovecot; `stop()` (or leaving the `with`) ends it and removes its directory."""
 
-    def __init__(self, directory: Path, users: Mapping[str, str], quotas: Mapping[str, str] | None = None) -> None:
+    def __init__(self, directory: Path, users: Mapping[str, str], quotas: Mapping[str, str] | None = None,
+                 tls: tuple[Path, Path] | None = None) -> None:
         self.directory = directory
         self.users = dict(users)
         self.quotas = dict(quotas or {})
+        self.tls = tls  # (certificate chain, key), PEM: STARTTLS/STLS offered, POP3S and IMAPS listen
         self.lmtp_port, self.pop3_port, self.imap_port = free_port(), free_port(), free_port()
+        self.pop3s_port, self.imaps_port = (free_port(), free_port()) if tls else (0, 0)
         self.lmtp_socket = directory / "lmtp"
         self.log_path = directory / "dovecot.log"
         self.config_path = directory / "dovecot.conf"
@@ -80,6 +86,24 @@ class Dovecot:
     def maildir(self, user: str) -> Path:
         """Where `user`'s mail is: a Maildir (new/, cur/, tmp/ once something was delivered)."""
         return self.directory / "home" / user / "Maildir"
+
+    def deliver(self, user: str, content: bytes, sender: str = "sender@example.org") -> None:
+        """Put one message into `user`'s INBOX through Dovecot's own LMTP socket, so that its files
+        belong to the mail user (as root, nobody): a Maildir written by the test itself would be
+        root's, and Dovecot could not move or delete its messages. `content` in CRLF form."""
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(10)
+            sock.connect(str(self.lmtp_socket))
+            stream = sock.makefile("rwb")
+            stuffed = content.replace(b"\r\n.", b"\r\n..")
+            stuffed = (b"." + stuffed if stuffed.startswith(b".") else stuffed).removesuffix(b"\r\n")
+            _expect(stream, b"220")
+            for command, reply in ((b"LHLO tests", b"250"), (f"MAIL FROM:<{sender}>".encode(), b"250"),
+                                   (f"RCPT TO:<{user}>".encode(), b"250"), (b"DATA", b"354"),
+                                   (stuffed + b"\r\n.", b"250"), (b"QUIT", b"221")):
+                stream.write(command + b"\r\n")
+                stream.flush()
+                _expect(stream, reply)
 
     def log(self) -> str:
         try:
@@ -153,7 +177,7 @@ log_path = {self.log_path}
 info_log_path = {self.log_path}
 protocols = lmtp pop3 imap
 listen = 127.0.0.1
-ssl = no
+{self._ssl()}
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 auth_failure_delay = 0
@@ -198,7 +222,7 @@ service pop3-login {{
     port = {self.pop3_port}
   }}
   inet_listener pop3s {{
-    port = 0
+    port = {self.pop3s_port}
   }}
 }}
 service imap-login {{
@@ -207,14 +231,20 @@ service imap-login {{
     port = {self.imap_port}
   }}
   inet_listener imaps {{
-    port = 0
+    port = {self.imaps_port}
   }}
 }}
 """
 
+    def _ssl(self) -> str:
+        if self.tls is None:
+            return "ssl = no"
+        cert, key = self.tls
+        return f"ssl = yes\nssl_cert = <{cert}\nssl_key = <{key}"
+
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT
-        pending = {self.lmtp_port, self.pop3_port, self.imap_port}
+        pending = {self.lmtp_port, self.pop3_port, self.imap_port, self.pop3s_port, self.imaps_port} - {0}
         while pending or not self.lmtp_socket.exists():
             assert self._process is not None
             if self._process.poll() is not None:
@@ -236,6 +266,14 @@ service imap-login {{
             return ""
 
 
+def _expect(stream: Any, code: bytes) -> None:
+    lines = [stream.readline()]
+    while lines[-1][3:4] == b"-":
+        lines.append(stream.readline())
+    if not lines[-1].startswith(code):
+        raise RuntimeError(f"Dovecot LMTP answered {b''.join(lines)!r}, not {code.decode()}")
+
+
 def _accounts() -> tuple[tuple[str, str], str, tuple[int, int]]:
     """(internal user and group, login user, mail uid and gid). As a user: that account for all
     (Dovecot's rootless setup). As root: Debian's dovecot and dovenull accounts, and nobody for the
@@ -248,10 +286,12 @@ def _accounts() -> tuple[tuple[str, str], str, tuple[int, int]]:
     return ("dovecot", "dovecot"), "dovenull", (nobody.pw_uid, nobody.pw_gid)
 
 
-def start(users: Mapping[str, str], *, quotas: Mapping[str, str] | None = None) -> Dovecot:
+def start(users: Mapping[str, str], *, quotas: Mapping[str, str] | None = None,
+          tls: tuple[Path, Path] | None = None) -> Dovecot:
     """A running Dovecot with these users (name -> password), in a fresh temporary directory (short,
     so the Unix socket's path fits the 108-byte limit). `quotas`: a storage limit per user, e.g.
-    {"carol": "1K"} (none by default)."""
+    {"carol": "1K"} (none by default). `tls`: PEM files (certificate chain, key) that turn TLS on:
+    STARTTLS and STLS offered, POP3S on `pop3s_port` and IMAPS on `imaps_port` (off by default)."""
     require()
     directory = Path(tempfile.mkdtemp(prefix="dovecot-"))
-    return Dovecot(directory, users, quotas).start()
+    return Dovecot(directory, users, quotas, tls).start()

@@ -3,7 +3,8 @@ both use it, stop it (the destination goes down) and start it again on the same 
 
 Per-recipient behaviour is scripted by local part: ``fail5xx-*`` gets 550, ``fail4xx-*`` gets 450.
 Every accepted message is kept as (sender, recipients, content), with the TLS version and the
-account of its session. `greeting` replaces the 220 greeting. `data_delay` makes it a slow next
+account of its session. `greeting` replaces the 220 greeting, `rcpt_reply` every RCPT's answer;
+`hangup_on` drops the session at that verb. `data_delay` makes it a slow next
 hop: each message is answered that many seconds after its content arrived.
 
 TLS and AUTH, for the outbound security tests: `tls` (an SSLContext, e.g. from a trustme
@@ -54,6 +55,8 @@ class Sink:
     auth_failure: bytes = b"535 5.7.8 Authentication credentials invalid\r\n"
     verbs: list[str] = field(default_factory=list)
     greeting: bytes = b"220 sink ESMTP\r\n"  # e.g. b"421 4.3.2 busy\r\n": a host that turns sessions away
+    rcpt_reply: bytes = b""  # when set, the answer to every RCPT (e.g. b"451 4.3.0 try later\r\n")
+    hangup_on: bytes = b""  # a verb (e.g. b"MAIL") at which the sink drops the connection unanswered
     _loop: asyncio.AbstractEventLoop | None = None
     _server: asyncio.AbstractServer | None = None
     _thread: threading.Thread | None = None
@@ -139,6 +142,8 @@ class Sink:
                 self.verbs.append(line.split(b" ", 1)[0].strip().upper().decode())
                 if verb in (b"MAIL", b"RCPT"):
                     self.commands.append(line.decode().rstrip("\r\n"))
+                if self.hangup_on and verb == self.hangup_on[:4].upper():
+                    break
                 if verb in (b"EHLO", b"HELO"):
                     writer.write(self._ehlo_reply(state))
                 elif verb == b"STAR":
@@ -155,7 +160,9 @@ class Sink:
                         writer.write(b"250 2.1.0 Ok\r\n")
                 elif verb == b"RCPT":
                     rcpt = line.decode().split("<", 1)[1].split(">", 1)[0]
-                    if rcpt.startswith("fail5xx"):
+                    if self.rcpt_reply:
+                        writer.write(self.rcpt_reply)
+                    elif rcpt.startswith("fail5xx"):
                         writer.write(b"550 5.1.1 No such user here\r\n")
                     elif rcpt.startswith("fail4xx"):
                         writer.write(b"450 4.2.1 Mailbox busy, try later\r\n")

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from msgspool.stores import credentials, ops
+from msgspool.stores import credentials, ops, suppressions
 from msgspool.stores.queries import FILES, Queries, parse, placeholders, pyformat
 
-STEPS = [Path(ops.__file__), Path(credentials.__file__)]  # the modules that run named statements
+STEPS = [Path(ops.__file__), Path(credentials.__file__), Path(suppressions.__file__)]  # they run named statements
 NOT_QUERIES = {"expand", "spread", "dialect", "source"}  # Queries' own members
 SQL_WORDS = re.compile(r"\b(SELECT|UPDATE|INSERT|DELETE|WITH|CREATE|DROP|ALTER|PRAGMA)\s")
 

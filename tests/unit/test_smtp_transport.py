@@ -50,3 +50,15 @@ async def test_relay_nexthop_is_connected_to_and_a_refusal_is_a_connection_level
     with pytest.raises(DestinationUnavailable):
         await transport("relay.example:587").connect("relay.example:587")
     assert attempts == [("relay.example", 587)]
+
+
+def test_lmtp_replies_after_the_content_go_to_the_accepted_recipients_in_order() -> None:
+    from msgspool.domain.outcome import Reply
+    from msgspool.transports.smtp_client import TransactionResult
+
+    ok, unknown = Reply(250, "2.1.5", "OK"), Reply(550, "5.1.1", "no such user")
+    first, full = Reply(250, "2.0.0", "<a> saved"), Reply(452, "4.2.2", "<c> quota exceeded")
+    result = TransactionResult(Reply(250, "2.1.0", "OK"), [ok, unknown, ok], full, [first, full])
+    assert result.outcomes() == [first, unknown, full]
+    smtp_result = TransactionResult(Reply(250, "2.1.0", "OK"), [ok, unknown, ok], first)
+    assert smtp_result.outcomes() == [first, unknown, first]  # SMTP: one reply for the message

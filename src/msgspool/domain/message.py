@@ -10,7 +10,7 @@ from msgspool.domain.address import SMTP
 from msgspool.domain.dsn import Action, Handoff, MessageDSN, RecipientDSN, report_action
 from msgspool.domain.hooks import HookRecord
 from msgspool.domain.mdn import Disposition
-from msgspool.domain.outcome import Reply
+from msgspool.domain.outcome import Filed, Reply
 from msgspool.domain.recipient import RecipientType, Status
 
 # Folders every mailbox has (MAPI: Outbox, Sent Items, Inbox).
@@ -83,6 +83,7 @@ class Message:
     # Outbox messages split off at submission, committed with it in one step, each with its local
     # copies: the members of a list with an owner-NAME go with that envelope sender.
     parts: tuple[tuple[Message, tuple[Message, ...]], ...] = ()
+    resend_of: str | None = None  # MAPI MSGFLAG_RESEND: the queue id of the message this one resends
 
     @property
     def size(self) -> int:
@@ -109,12 +110,14 @@ class Settlement:
     transport: str | None = None  # the responsible transport, recorded with the outcome
     nexthop: str | None = None
     copies: tuple[Message, ...] = ()  # local delivery: the copies to file into the recipient's mailbox
+    filed: tuple[Filed, ...] = ()  # local delivery: the copies a mailbox transport filed (maildir): new_mail each
     spawn: tuple[Message, ...] = ()  # messages an inbound hook sends (forwards, auto-replies), unrouted
     history: tuple[HookRecord, ...] = ()  # what the inbound hooks did, for the message's history
     dsn: RecipientDSN | None = None  # what the sender asked to be told (decides the report)
     handoff: Handoff = Handoff.FINAL  # how a delivered recipient left: decides `delivered` or `relayed`
     crashed: bool = False  # the transport raised: counts towards the message's crash limit
     warn_at: float | None = None  # a deferral: when the sender's delay notice falls due (None: never)
+    suppress_until: float | None = None  # a hard bounce: its address is suppressed until then
 
 
 @dataclass(slots=True)
@@ -142,6 +145,8 @@ class MessageInfo:
     max_attempts: int | None = None
     history: list[dict[str, Any]] | None = None  # hooks, holds, requeues: only for one message's view
     flags: tuple[str, ...] = ()  # IMAP keywords a filed copy got from the inbound hooks
+    resend_of: str | None = None  # MAPI MSGFLAG_RESEND: the message this one resends
+    resends: list[str] | None = None  # the messages that resend this one: only for one message's view
 
 
 @dataclass(slots=True)

@@ -19,7 +19,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 SUBMIT, READ, ADMIN = "submit", "read", "admin"
-SCOPES = (SUBMIT, READ, ADMIN)
+METRICS = "metrics"  # GET /metrics only: what a Prometheus server is given (read implies it)
+SCOPES = (SUBMIT, READ, ADMIN, METRICS)
 PREFIX = "msgspool_"
 _SECRET = re.compile(r"msgspool_([0-9a-f]{12})_[A-Za-z0-9_-]{43}")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
@@ -33,7 +34,7 @@ class Token:
     created_at: float
 
     def allows(self, scope: str) -> bool:
-        return scope in self.scopes or ADMIN in self.scopes
+        return scope in self.scopes or ADMIN in self.scopes or (scope == METRICS and READ in self.scopes)
 
 
 @dataclass(frozen=True, slots=True)

@@ -128,6 +128,7 @@ class Sessions:
         self.live: weakref.WeakSet[SMTPServerProtocol] = weakref.WeakSet()
         self.draining = False
         self.limits: ServerLimits | None = None  # a reloaded configuration's, for new sessions
+        self.accepted = 0  # connections accepted so far (the metrics' connections in)
 
     def drain(self) -> None:
         self.draining = True
@@ -307,6 +308,7 @@ class SMTPServerProtocol(asyncio.Protocol):
         self.session.tls = describe(transport.get_extra_info("ssl_object"))  # an implicit-TLS listener
         if self.sessions is not None:
             self.sessions.live.add(self)
+            self.sessions.accepted += 1
             self._draining = self.sessions.draining
         refusal = SHUTTING_DOWN if self._draining else self.policy.connect(self.session)
         if refusal is not None:

@@ -11,6 +11,7 @@ one JSON request per line, one JSON answer per line.
                                                 {"ids": taken, "in_flight": {id: [addresses]}, "flushed"}
     {"op": "read" | "unread", "ids": [...], "mdn": true|false|null}   -> {"ids", "mdn": [MDN ids]}
     {"op": "status"}                            the live status table
+    {"op": "resend", "ids": [ID]}               -> {"id": NEW, "resend_of": ID, "recipients": [...]}
     {"op": "offline" | "online", "transport": NAME}  -> {"transport", "status", "changed", "released"}
 
 When no daemon listens, the CLI changes the spool directly; the daemon then finds the change when

@@ -37,9 +37,31 @@ from msgspool.domain.outcome import DESTINATION_DOWN, Reply, attempts_exhausted
 from msgspool.domain.recipient import Status
 from msgspool.domain.retry import RetryPolicy
 from msgspool.errors import DestinationUnavailable
+from msgspool.logs import fields
 from msgspool.ports import Connection, Transport
+from msgspool.spooler.metrics import Metrics
 
 log = logging.getLogger("msgspool.delivery")
+
+
+def deferral(retry: RetryPolicy, warn_after: float, now: float, message: Message, r: Recipient, reply: Reply, *,
+             attempted: bool, wait: bool = False, remote: str | None = None) -> Settlement:
+    """A temporary failure: deferred with backoff, or given up (expired; failed at the cap on
+    attempts — which only an attempt made can reach, not a wait for a down destination)."""
+    give_up_at = retry.give_up_at(message.submitted_at, message.expires_at, message.deliver_after)
+    if now >= give_up_at:
+        return Settlement(message.id, r.index, r.address, Status.EXPIRED, reply, attempted=attempted, dsn=r.dsn,
+                          remote=remote)
+    if attempted and retry.exhausted(r.attempts + 1, message.max_attempts):
+        return Settlement(message.id, r.index, r.address, Status.FAILED, attempts_exhausted(r.attempts + 1, reply),
+                          remote=remote, dsn=r.dsn)
+    next_at = retry.next_attempt(now, r.attempts + 1)
+    # Waiting for a down destination counts too: a long outage is when senders want to know.
+    warn_at = delay_warning_at(r.dsn, sender=message.sender, submitted_at=message.submitted_at,
+                               warn_after=warn_after, deliver_after=message.deliver_after)
+    return Settlement(message.id, r.index, r.address, Status.DEFERRED, reply, attempted=attempted,
+                      next_attempt_at=min(next_at, give_up_at), wait_destination=wait, remote=remote, dsn=r.dsn,
+                      warn_at=warn_at)
 
 
 @dataclass(slots=True)
@@ -48,6 +70,8 @@ class Job:
     recipients: list[Recipient]
     fresh: bool = False  # in the head of the queue: new or urgent mail, ahead of retries and backlog
     settled: bool = False  # its outcomes went to the scheduler
+    queued_at: float = 0.0  # when it joined the destination's queue (the log line's delays=)
+    setup: float = 0.0  # seconds its worker spent opening a connection for it (0: one reused)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +94,9 @@ class Destination:
                  probe: ProbePolicy, settle: Settle, on_up: Callable[[Destination], Awaitable[int]],
                  clock: Callable[[], float] = time.time, *, warn_after: float = 0.0,
                  on_status: OnStatus | None = None, may_start: Callable[[], bool] = lambda: True,
-                 nodes: Callable[[], int] = lambda: 1) -> None:
+                 nodes: Callable[[], int] = lambda: 1, metrics: Metrics | None = None) -> None:
         self.transport, self.nexthop = transport, nexthop
+        self.metrics = metrics
         self.nodes = nodes  # the live nodes of the spool, this one included: they share `concurrency`
         self.may_start = may_start  # False: this node's lease may have run out, no transaction starts
         self.name = f"{transport.name}:{nexthop}"
@@ -88,6 +113,8 @@ class Destination:
         self.workers = 0
         self.idle_workers = 0
         self.delivered = self.deferred = self.failed = 0  # recipients, by outcome of their attempt
+        self.connections_opened = 0  # by workers and probes (the metrics' connections out)
+        self.connections_open = 0
         # The transport raised (a bug of its own, MAPI's critical error): the status row says
         # `failure` with this reply until a connection or a transaction works again.
         self.failure: Reply | None = None
@@ -108,8 +135,9 @@ class Destination:
         goes first when the queue is backed up (MAPI PR_PRIORITY)."""
         limit = self.limits.recipient_limit
         ahead = fresh or message.priority > NORMAL
+        now = self.clock()
         for start in range(0, len(recipients), limit):
-            job = Job(message, list(recipients[start:start + limit]), ahead)
+            job = Job(message, list(recipients[start:start + limit]), ahead, queued_at=now)
             if ahead:
                 self.jobs.insert(self._head_position(message.priority), job)
                 self._fresh += 1
@@ -222,7 +250,9 @@ class Destination:
                     if conn is None or not conn.usable or sent >= self.limits.reuse_limit:
                         if conn is not None:
                             await self._close(conn)
+                        began = self.clock()
                         conn, sent = await self._connect(job), 0
+                        job.setup = self.clock() - began
                         if conn is None:
                             if self.health.down:
                                 return
@@ -247,8 +277,17 @@ class Destination:
             if conn is not None:
                 await self._close(conn)
 
+    def _opened(self) -> None:
+        self.connections_opened += 1
+        self.connections_open += 1
+
+    def _lost(self) -> None:
+        """A connection that is gone without `_close` (lost mid-transaction)."""
+        self.connections_open -= 1
+
     async def _close(self, conn: Connection) -> None:
         """Close a connection; whatever the transport raises doing so changes no outcome."""
+        self.connections_open -= 1
         try:
             await conn.close()
         except Exception as err:
@@ -318,6 +357,7 @@ class Destination:
             self._crashed(job, reply, wait=True)
             self.mark_down(reply)
             return None
+        self._opened()
         self.failure = None
         if self.health.connection_ok():
             # A connection that began before another worker marked the destination down: the
@@ -328,12 +368,14 @@ class Destination:
 
     async def _deliver(self, conn: Connection, job: Job) -> bool:
         message, recipients = job.message, job.recipients
+        began = self.clock()
         try:
             replies = await conn.send(message, recipients)
         except DestinationUnavailable as err:
             # The outcome is unknown (the connection died mid-transaction): retry later.
             self._settle_job(job, [self._deferral(message, r, err.reply, attempted=True, remote=conn.remote)
                                    for r in recipients])
+            self._lost()
             self.mark_down(err.reply)
             return False
         except Exception as err:  # the transport's own bug: retry, and hold the message if it keeps crashing
@@ -343,13 +385,18 @@ class Destination:
             return False
         now = self.clock()
         handoff = getattr(conn, "handoff", Handoff.FINAL)  # optional for a transport: final by default
-        settlements = [self._outcome(message, r, reply, now, conn.remote, handoff)
-                       for r, reply in zip(recipients, replies, strict=True)]
+        # Optional too: which next hop answered each recipient, when one send used several (MX fallback).
+        remotes = getattr(conn, "remotes", None) or [conn.remote] * len(recipients)
+        settlements = [self._outcome(message, r, reply, now, remote, handoff)
+                       for r, reply, remote in zip(recipients, replies, remotes, strict=True)]
         self._settle_job(job, settlements)
         self.failure = None
+        delays = _delays(now - message.submitted_at, began - job.setup - job.queued_at, job.setup, now - began)
         for s in settlements:
-            _log_outcome(message, s, now)
+            _log_outcome(message, s, now, delays)
             self.count(s.status)
+            if s.status is Status.DELIVERED and self.metrics is not None:
+                self.metrics.delivered_after(self.transport.name, now - message.submitted_at)
         return True
 
     def _outcome(self, message: Message, r: Recipient, reply: Reply, now: float, remote: str,
@@ -363,23 +410,8 @@ class Destination:
 
     def _deferral(self, message: Message, r: Recipient, reply: Reply, *, attempted: bool,
                   wait: bool = False, remote: str | None = None) -> Settlement:
-        """A temporary failure: deferred with backoff, or given up (expired; failed at the cap on
-        attempts — which only an attempt made can reach, not a wait for a down destination)."""
-        now = self.clock()
-        give_up_at = self.retry.give_up_at(message.submitted_at, message.expires_at, message.deliver_after)
-        if now >= give_up_at:
-            return Settlement(message.id, r.index, r.address, Status.EXPIRED, reply, attempted=attempted, dsn=r.dsn,
-                              remote=remote)
-        if attempted and self.retry.exhausted(r.attempts + 1, message.max_attempts):
-            return Settlement(message.id, r.index, r.address, Status.FAILED, attempts_exhausted(r.attempts + 1, reply),
-                              remote=remote, dsn=r.dsn)
-        next_at = self.retry.next_attempt(now, r.attempts + 1)
-        # Waiting for a down destination counts too: a long outage is when senders want to know.
-        warn_at = delay_warning_at(r.dsn, sender=message.sender, submitted_at=message.submitted_at,
-                                   warn_after=self.warn_after, deliver_after=message.deliver_after)
-        return Settlement(message.id, r.index, r.address, Status.DEFERRED, reply, attempted=attempted,
-                          next_attempt_at=min(next_at, give_up_at), wait_destination=wait, remote=remote, dsn=r.dsn,
-                          warn_at=warn_at)
+        return deferral(self.retry, self.warn_after, self.clock(), message, r, reply, attempted=attempted, wait=wait,
+                        remote=remote)
 
     # -- health -----------------------------------------------------------------------------
 
@@ -414,6 +446,7 @@ class Destination:
                 self.health.connection_failed(self.clock(), reply)
                 self._announce(True, reply=reply.line())  # found down after a restart or flush
                 continue
+            self._opened()
             await self._close(conn)
             self.failure = None
             self.health.connection_ok()
@@ -471,10 +504,24 @@ class Destination:
             self._prober = self._spawn(self._probe_loop())
 
 
-def _log_outcome(message: Message, s: Settlement, now: float) -> None:
+def _delays(total: float, queued: float, setup: float, transmission: float) -> str:
+    """Postfix's delays=a/b/c/d: before the destination's queue (in the store: waiting to be claimed
+    or for a retry), in that queue (for a connection), connection setup (DNS, TCP, greeting, TLS,
+    AUTH; 0 for a connection reused), transmission."""
+    queued, setup, transmission = max(0.0, queued), max(0.0, setup), max(0.0, transmission)
+    before = max(0.0, total - queued - setup - transmission)
+    return f"{before:.2f}/{queued:.2f}/{setup:.2f}/{transmission:.2f}"
+
+
+def _log_outcome(message: Message, s: Settlement, now: float, delays: str) -> None:
+    """The delivery line (Postfix's smtp(8) line), with its fields for the JSON log (logs.py)."""
+    if not log.isEnabledFor(logging.INFO):
+        return
     status = {Status.DELIVERED: "sent", Status.FAILED: "bounced", Status.EXPIRED: "expired"}.get(
         s.status, "deferred")
-    if log.isEnabledFor(logging.INFO):
-        log.info("%s: to=<%s>, relay=%s, delay=%.2f, dsn=%s, status=%s (%s)", message.id, s.address, s.remote,
-                 now - message.submitted_at, s.reply.dsn if s.reply else "", status,
-                 s.reply.line() if s.reply else "")
+    delay = now - message.submitted_at
+    dsn, reply = (s.reply.dsn, s.reply.line()) if s.reply else ("", "")
+    log.info("%s: to=<%s>, relay=%s, delay=%.2f, delays=%s, dsn=%s, status=%s (%s)", message.id, s.address,
+             s.remote, delay, delays, dsn, status, reply,
+             extra=fields(queue_id=message.id, recipient=s.address, relay=s.remote, delay=round(delay, 3),
+                          delays=delays, dsn=dsn, status=status, reply=reply))

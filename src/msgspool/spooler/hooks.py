@@ -108,8 +108,12 @@ def draft_of(message: Message) -> Draft:
 class Pipeline:
     """Calls hooks safely: in a worker thread or awaited, within their timeout, errors contained."""
 
-    def __init__(self, hooks: Sequence[LoadedHook]) -> None:
+    STAGE = ""
+
+    def __init__(self, hooks: Sequence[LoadedHook],
+                 on_history: Callable[[str, list[HookRecord]], None] | None = None) -> None:
         self.hooks = list(hooks)
+        self.on_history = on_history  # told what the hooks did on each run (the metrics' hook outcomes)
         self._threads = ThreadPoolExecutor(HOOK_THREADS, thread_name_prefix="msgspool-hook")
 
     async def _call(self, loaded: LoadedHook, method: Callable[[Any], Any], arg: object) -> object:
@@ -155,7 +159,15 @@ class Preprocessor(Pipeline):
     after a header_checks HOLD, the hooks after it still do their part (a DKIM signature), so that
     `queue release` can send the message as it is without running the hooks again."""
 
+    STAGE = "preprocess"
+
     async def run(self, draft: Draft) -> Preprocessed:
+        result = await self._run(draft)
+        if self.on_history is not None:
+            self.on_history(self.STAGE, result.history)
+        return result
+
+    async def _run(self, draft: Draft) -> Preprocessed:
         result = Preprocessed([draft])
         for loaded in self.hooks:
             drafts: list[Draft] = []
@@ -195,7 +207,15 @@ class Preprocessor(Pipeline):
 class Postprocessor(Pipeline):
     """The inbound pipeline: every hook in turn on one local recipient's copy."""
 
+    STAGE = "postprocess"
+
     async def run(self, delivery: Delivery) -> Postprocessed:
+        result = await self._run(delivery)
+        if self.on_history is not None:
+            self.on_history(self.STAGE, result.history)
+        return result
+
+    async def _run(self, delivery: Delivery) -> Postprocessed:
         result = Postprocessed(delivery)
         for loaded in self.hooks:
             if not loaded.scope.applies([DraftRecipient(delivery.mailbox)]):

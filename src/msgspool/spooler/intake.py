@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from msgspool.domain import address as addr
-from msgspool.domain.aliases import AliasTable, Expanded
+from msgspool.domain.aliases import ALIAS_COMMAND, AliasTable, Expanded
 from msgspool.domain.content import canonical, count_hops, header_priority
 from msgspool.domain.dsn import MessageDSN, OriginalRecipient, RecipientDSN
 from msgspool.domain.hooks import HookRecord
@@ -24,6 +24,7 @@ from msgspool.domain.message import DEFAULT_CLASS, NON_URGENT, NORMAL, URGENT, M
 from msgspool.domain.outcome import LOOP_DETECTED, NO_ROUTE, Reply
 from msgspool.domain.recipient import RecipientType, Status
 from msgspool.domain.routing import LOCAL, Router
+from msgspool.domain.suppression import Suppression, refusal, suppression_key
 from msgspool.domain.timefmt import in_range
 from msgspool.errors import INSUFFICIENT_STORAGE, SubmitError
 
@@ -50,6 +51,7 @@ class Submission:
     meta: dict[str, str] = field(default_factory=dict)
     dsn: MessageDSN | None = None  # RET / ENVID (RFC 3461)
     recipient_dsn: Sequence[RecipientDSN | None] | None = None  # NOTIFY / ORCPT, parallel to recipients
+    resend_of: str | None = None  # `queue resend`: the message this one sends again (MAPI MSGFLAG_RESEND)
 
 
 class Intake:
@@ -63,6 +65,9 @@ class Intake:
         self.mailboxes = frozenset(addr.mailbox_key(m) for m in mailboxes)
         self.clock = clock
         self.aliases = AliasTable()  # the `aliases` setting, read by the Spooler (spooler/aliases.py)
+        # A copy of the suppression list for RCPT time, kept fresh by the Spooler; the store checks
+        # again when it commits (what was listed a moment ago fails there all the same).
+        self.suppressed: dict[str, Suppression] = {}
         # With inbound hooks, local recipients are queued like remote ones and filed by the
         # delivering process after the hooks ran (Postfix's local(8)), not filed at submission.
         self.defer_local = False
@@ -81,6 +86,9 @@ class Intake:
             return self._check_mailbox(address)
         if self.router.route(address, addrtype) is None:
             return Reply(550, "5.1.2", f"<{address}>: no transport for this address")
+        entry = self.suppressed.get(suppression_key(address)) if self.suppressed else None
+        if entry is not None and entry.active(self.clock()):
+            return refusal(entry)
         return None
 
     def _check_mailbox(self, address: str) -> Reply | None:
@@ -110,7 +118,8 @@ class Intake:
             submitted_at=now, mailbox=sub.mailbox, message_class=sub.message_class,
             priority=sub.priority if sub.priority != NORMAL else (header_priority(content) or NORMAL),
             deliver_after=sub.deliver_after, expires_at=sub.expires_at, max_attempts=sub.max_attempts,
-            delete_after_submit=sub.delete_after_submit, origin=sub.origin, meta=dict(sub.meta), dsn=sub.dsn)
+            delete_after_submit=sub.delete_after_submit, origin=sub.origin, meta=dict(sub.meta), dsn=sub.dsn,
+            resend_of=sub.resend_of)
         copies: list[Message] = []
         parts: dict[str, tuple[Message, list[Message]]] = {}  # owner-NAME -> the part with that sender
         seen: set[tuple[str, str]] = set()
@@ -125,9 +134,9 @@ class Intake:
                     self._add(message, copies, Recipient(address, addrtype, rtype, dsn=dsn), now, route)
                 continue
             for member in expanded:
-                if (addrtype, member.address.lower()) in seen:
+                if (member.addrtype, member.address.lower()) in seen:
                     continue
-                seen.add((addrtype, member.address.lower()))
+                seen.add((member.addrtype, member.address.lower()))
                 target, target_copies = message, copies
                 if member.owner is not None and message.sender and member.owner.lower() != message.sender.lower():
                     target, target_copies = parts.get(member.owner) or parts.setdefault(
@@ -155,7 +164,8 @@ class Intake:
         its DSN names the address the sender wrote (RFC 3461 §4.2: a relay that adds ORCPT gives
         the address of the RCPT it received), and what the sender asked NOTIFY for."""
         orcpt = dsn.orcpt if dsn is not None and dsn.orcpt is not None else OriginalRecipient.for_address(original)
-        recipient = Recipient(member.address, addr.SMTP, rtype, dsn=RecipientDSN(dsn.notify if dsn else None, orcpt))
+        recipient = Recipient(member.address, member.addrtype, rtype, dsn=RecipientDSN(dsn.notify if dsn else None,
+                                                                                           orcpt))
         message.history += (HookRecord("aliases", "expanded", member.describe()),)
         if member.refusal is not None:
             recipient.status, recipient.last_reply = Status.FAILED, member.refusal
@@ -182,6 +192,8 @@ class Intake:
                 raise SubmitError(Reply(501, "5.5.4", f"{name} must have one entry per recipient"))
         if sub.sender and not addr.valid_smtp(sub.sender):
             raise SubmitError(Reply(501, "5.1.7", f"<{sub.sender}>: Bad sender address syntax"))
+        if sub.addrtypes and any(a.upper() == ALIAS_COMMAND for a in sub.addrtypes):  # it would run a command
+            raise SubmitError(Reply(550, "5.7.1", f"address type {ALIAS_COMMAND} comes from the aliases file only"))
         for i, address in enumerate(sub.recipients):
             if not addr.valid_recipient(address, sub.addrtypes[i] if sub.addrtypes else addr.SMTP):
                 raise SubmitError(Reply(501, "5.1.3", f"<{address!r}>: Bad recipient address syntax"))

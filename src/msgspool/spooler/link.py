@@ -23,6 +23,9 @@ the store. The link carries only hints and questions, as JSON lines over a socke
                                                                 (until the `cancel` that follows)
                          {"op": "events", "on": true|false}     someone listens: forward events
                          {"op": "status", "req": N}             -> {"reply": N, "body": {...}}
+                         {"op": "metrics", "req": N}            -> {"reply": N, "body": {"families":
+                                                                [...]}}: its Prometheus samples
+                                                                (spooler/metrics.py)
                          {"op": "sync", "req": N}               -> {"reply": N, "body": {}}: every
                                                                 earlier message has been handled
     delivery -> intake   {"ready": OWNER}                       registered as node OWNER, dead
@@ -178,6 +181,12 @@ class RemoteDelivery:
 
     async def status(self) -> dict[str, Any]:
         return await self.link.request({"op": "status"})
+
+    async def metrics(self) -> list[list[Any]]:
+        """The delivery process's metric families, in the wire form of Metrics.snapshot."""
+        body = await self.link.request({"op": "metrics"}, timeout=5.0)
+        families: list[list[Any]] = body.get("families", [])
+        return families
 
     async def sync(self) -> None:
         """A round trip: the delivery process has handled everything sent before (it answers any

@@ -5,14 +5,21 @@ held (a hook failed), plus the messages they send on (forwards, auto-replies), w
 submits in the same step as the outcome.
 
 Without inbound hooks none of this runs: intake files local mail at submission, in the same commit.
+
+A recipient a mailbox transport delivers (a maildir, transports/maildir.py) goes through the same
+hooks; its copies are then filed by that transport (`file_copy`) instead of the store. A copy it
+cannot write decides the recipient's outcome (temporary: deferred, the scheduler times the retry;
+permanent: failed), and nothing is sent on; copies written before it stay, so a retry of a
+recipient with several `File` actions may write those again.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
+from msgspool.domain.address import mailbox_key
 from msgspool.domain.content import delivered_to
 from msgspool.domain.dsn import RecipientDSN
 from msgspool.domain.hooks import (
@@ -27,9 +34,11 @@ from msgspool.domain.hooks import (
     Reject,
 )
 from msgspool.domain.message import Message, Recipient, Settlement
-from msgspool.domain.outcome import Reply
+from msgspool.domain.outcome import Filed, Reply
 from msgspool.domain.recipient import Status
+from msgspool.domain.routing import LOCAL
 from msgspool.errors import SubmitError
+from msgspool.ports import MailboxTransport
 from msgspool.spooler.hooks import Postprocessor
 from msgspool.spooler.intake import Intake, Submission
 
@@ -39,15 +48,22 @@ NEVER = RecipientDSN(frozenset())  # what a hook sends on asks for no reports
 
 class LocalDelivery:
     def __init__(self, intake: Intake, postprocessor: Postprocessor, clock: Callable[[], float] = time.time, *,
-                 answer_once: Callable[[tuple[str, ...], float, float], Awaitable[bool]] | None = None) -> None:
+                 answer_once: Callable[[tuple[str, ...], float, float], Awaitable[bool]] | None = None,
+                 mailbox_transports: Mapping[str, MailboxTransport] | None = None) -> None:
         self.intake, self.postprocessor, self.clock = intake, postprocessor, clock
         self.answer_once = answer_once  # the store's (Mailboxes.answer_once): auto-replies sent once a period
+        self.mailbox_transports = dict(mailbox_transports or {})
+
+    def takes(self, transport: str | None) -> bool:
+        """Whether recipients of this transport come here (the store's mailboxes, or a maildir's)."""
+        return transport == LOCAL or transport in self.mailbox_transports
 
     async def deliver(self, message: Message, recipients: Sequence[Recipient]) -> list[Settlement]:
         return [await self._one(message, r) for r in recipients]
 
     async def _one(self, message: Message, r: Recipient) -> Settlement:
-        mailbox = r.nexthop or r.address
+        # The store's mailbox is the route's nexthop; a maildir's nexthop is the domain.
+        mailbox = mailbox_key(r.address) if r.transport in self.mailbox_transports else (r.nexthop or r.address)
         if delivered_to(message.content, r.address):  # Postfix local(8)'s loop check
             return Settlement(message.id, r.index, r.address, Status.FAILED, Reply(
                 554, "5.4.6", f"mail forwarding loop for <{r.address}>"), dsn=r.dsn, transport=r.transport,
@@ -64,7 +80,11 @@ class LocalDelivery:
             base.status, base.reply = Status.HELD, Reply(451, "4.3.0", result.verdict.reason)
         else:
             try:
-                self._file(message, r, result, base)
+                outside = self.mailbox_transports.get(r.transport or "")
+                if outside is None:
+                    self._file(message, r, result, base)
+                else:
+                    await self._file_outside(outside, message, r, result, base)
             except Exception as err:  # uncaught, it would leave the recipient active, its history silent
                 self._unfiled(message, r, result, base, err)
         return base
@@ -90,9 +110,31 @@ class LocalDelivery:
         now, delivery = self.clock(), result.delivery
         files = [a for a in delivery.actions if isinstance(a, File)]
         base.copies = tuple(self._copy(message, r, delivery, f, now) for f in files)
+        self._done(message, r, delivery, files, base, now, f"mailbox {r.nexthop}")
+
+    async def _file_outside(self, transport: MailboxTransport, message: Message, r: Recipient,
+                            result: Postprocessed, base: Settlement) -> None:
+        delivery = result.delivery
+        files = [a for a in delivery.actions if isinstance(a, File)]
+        content = delivery.with_added_headers()
+        filed: list[Filed] = []
+        for action in files:
+            reply = await transport.file_copy(message, r, content, folder=action.folder, flags=action.flags)
+            if not isinstance(reply, Filed):
+                base.status = Status.DEFERRED if reply.temporary else Status.FAILED
+                base.reply = reply
+                return
+            filed.append(reply)
+        base.filed = tuple(filed)
+        self._done(message, r, delivery, files, base, self.clock(), f"maildir of {mailbox_key(r.address)}",
+                   folders=[f.folder for f in filed])
+
+    def _done(self, message: Message, r: Recipient, delivery: Delivery, files: list[File], base: Settlement,
+              now: float, where: str, folders: Sequence[str] | None = None) -> None:
+        """What a recipient filed (or discarded) sends on, and its reply."""
         base.spawn = tuple(m for m in (self._spawn(message, r, a, now) for a in delivery.actions) if m is not None)
-        folders = ", ".join(f.folder or "inbox" for f in files)
-        done = f"delivered to mailbox {r.nexthop} ({folders})" if files else f"discarded for mailbox {r.nexthop}"
+        names = ", ".join(folders if folders is not None else [f.folder or "inbox" for f in files])
+        done = f"delivered to {where} ({names})" if files else f"discarded for {where}"
         sent = [a.address if isinstance(a, Forward) else f"auto-reply to {a.to}" for a in delivery.actions
                 if isinstance(a, Forward | AutoReply)]
         base.reply = Reply(250, "2.0.0", done + (f"; forwarded to {', '.join(sent)}" if sent else ""))

@@ -25,16 +25,26 @@ from msgspool import spooldir
 from msgspool.compose import complete_headers, header_recipients, header_sender, strip_bcc
 from msgspool.config import Settings
 from msgspool.domain.address import mailbox_key
-from msgspool.domain.dsn import MessageDSN, RecipientDSN
+from msgspool.domain.aliases import ALIAS_COMMAND
+from msgspool.domain.dsn import MessageDSN, RecipientDSN, Ret, recipient_dsn
 from msgspool.domain.events import Event, EventType
 from msgspool.domain.health import ProbePolicy
 from msgspool.domain.message import DEFAULT_CLASS, NORMAL, Message
-from msgspool.domain.recipient import Status
+from msgspool.domain.recipient import RecipientType, Status
 from msgspool.domain.retry import RetryPolicy
 from msgspool.domain.routing import Router, TransportRoute
+from msgspool.domain.suppression import OPERATOR, Suppression, suppression_key
 from msgspool.domain.timefmt import iso
 from msgspool.domain.webhooks import WEBHOOK_TRANSPORT, from_webhook
-from msgspool.errors import ConfigError, NotFound, SpoolError, StorageFull, UnableToAbort, UnknownTransport
+from msgspool.errors import (
+    ConfigError,
+    NotFound,
+    NothingToResend,
+    SpoolError,
+    StorageFull,
+    UnableToAbort,
+    UnknownTransport,
+)
 from msgspool.ports import MailboxTransport, Store, Transport
 from msgspool.spooler import control
 from msgspool.spooler.aliases import load_aliases
@@ -42,11 +52,13 @@ from msgspool.spooler.background import start_supervised, stop_task
 from msgspool.spooler.delays import DelayTimer
 from msgspool.spooler.destinations import DestinationLimits
 from msgspool.spooler.events import EventBus, Subscription
+from msgspool.spooler.fetch import FetchService
 from msgspool.spooler.hooks import LoadedHook, Postprocessor, Preprocessor, has_inbound_hooks, load_hooks
 from msgspool.spooler.intake import Intake, Submission, due_now, mark_active
 from msgspool.spooler.lease import NodeLease
 from msgspool.spooler.link import RemoteDelivery
 from msgspool.spooler.local import LocalDelivery
+from msgspool.spooler.metrics import Metric, Metrics, counter, gauge
 from msgspool.spooler.notices import CANCEL, DUE, FLUSH, NODES, REPORTS, TRANSPORTS, Notices
 from msgspool.spooler.receipts import Receipts
 from msgspool.spooler.reporter import Reporter
@@ -61,6 +73,8 @@ LOCK_ROLES = {LOCK_NAME: "delivering from", SERVE_LOCK_NAME: "serving"}
 SENT_RETENTION = 7 * 86400.0
 EVENT_RETENTION = 86400.0
 HOUSEKEEPING_INTERVAL = 300.0
+ALIASES_TRANSPORT = "aliases"  # the built-in pipe transport of the aliases' |command members
+SUPPRESSION_REFRESH = 1.0  # seconds between looks at the suppression list for intake's RCPT-time copy
 
 
 def _addresses(in_flight: dict[str, list[tuple[int, str]]]) -> dict[str, list[str]]:
@@ -80,6 +94,12 @@ def load_transports(settings: Settings) -> dict[str, Transport]:
         builtin.append({"name": WEBHOOK_TRANSPORT, "type": "webhook"})
     if settings.maildir:
         builtin.append({"name": "maildir", "type": "maildir", "path": settings.maildir})
+    if settings.aliases and load_aliases(settings.aliases).has_commands:
+        # |command members of the aliases (local(8)'s delivery to a command): Delivered-To and
+        # Return-Path on top, final delivery, as the `aliases_user` account.
+        builtin.append({"name": ALIASES_TRANSPORT, "type": "pipe", "addrtypes": [ALIAS_COMMAND],
+                        "command_from_recipient": True, "user": settings.aliases_user, "nexthop": "aliases",
+                        "flags": "DRX"})
     declared = [*builtin, *settings.transports]
     transports: dict[str, Transport] = {}
     for options in declared:
@@ -160,6 +180,9 @@ class Spooler:
         self.intake.aliases = load_aliases(settings.aliases)
         self.store = load_store(settings)
         use_receive_folders(self.transports, self.store)
+        self.metrics = Metrics(self.transports)
+        self.metrics.add_live(self._live_metrics)
+        self.store.on_commit = self.metrics.commit_batch.observe
         # The other nodes of a shared spool (PostgreSQL), told of work and changes (notices.py).
         self.notices = Notices(self.store)
         self.bus = EventBus()
@@ -167,7 +190,8 @@ class Spooler:
         # Without webhooks, events go straight to the bus: the delivery path pays nothing for them.
         self.publish: Callable[[Sequence[Event]], None] = self._publish_for_webhooks if targets else self.bus.publish
         self.webhooks = WebhookDispatcher(self.store, self.intake, targets, publish=self.publish,
-                                          deliver=lambda: self.scheduler.wakeup()) if targets else None
+                                          deliver=lambda: self.scheduler.wakeup(),
+                                          queued=self._generated) if targets else None
         self.retry = RetryPolicy(settings.min_backoff, settings.max_backoff, settings.max_lifetime,
                                  max_attempts=settings.max_attempts)
         # Hooks are built in `start`, and only by a process that routes: `sendmail` and API clients
@@ -185,10 +209,11 @@ class Spooler:
             probe=ProbePolicy(settings.probe_min, settings.probe_max),
             limits=DestinationLimits(settings.destination_concurrency, settings.destination_recipient_limit,
                                      settings.connection_idle_time, settings.connection_reuse_limit),
-            active_limit=settings.active_limit, warn_after=settings.delay_warning_time)
+            active_limit=settings.active_limit, warn_after=settings.delay_warning_time,
+            suppression_time=settings.suppression_time, metrics=self.metrics)
         self.reporter = Reporter(self.store, self.intake, hostname=settings.host_name,
                                  postmaster=settings.postmaster, publish=self.publish,
-                                 deliver=lambda _message: self.poke(), retry=self.retry)
+                                 deliver=self._report_committed, retry=self.retry)
         self.scheduler.on_reports = self.reporter.poke
         self.scheduler.on_destination = self.notices.destination
         self.receipts = Receipts(self.store, self.intake, hostname=settings.host_name, publish=self.publish,
@@ -212,8 +237,11 @@ class Spooler:
         # (restarting) hints are dropped; the next one reads the spool when it starts.
         self.delivery_process = False
         self.started_at: float | None = None
+        self.fetch: FetchService | None = None  # the fetch accounts, in the daemon's intake process
         self._housekeeping: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
+        self._suppressions: asyncio.Task[None] | None = None
+        self._suppression_signature: tuple[int, float | None] | None = None
         self._lock: IO[str] | None = None
 
     async def start(self, *, deliver: bool = True, route: bool | None = None, lock_timeout: float = 0.0,
@@ -296,12 +324,14 @@ class Spooler:
         hooks = load_hooks(settings) if self.routing else None
         aliases = load_aliases(settings.aliases)
         self.settings, self.transports, self.router = settings, transports, router
+        self.metrics.know_transports(transports)
         self.intake.aliases = aliases
         self.intake.router = router
         self.intake.hopcount_limit = settings.hopcount_limit
         self.intake.message_size_limit = settings.message_size_limit
         self.intake.mailboxes = frozenset(mailbox_key(m) for m in settings.mailboxes)
         self.intake.defer_local = has_inbound_hooks(settings)
+        self.scheduler.suppression_time = settings.suppression_time
         if hooks is not None:
             for pipeline in (self.preprocessor, self.postprocessor):
                 if pipeline is not None:
@@ -312,11 +342,16 @@ class Spooler:
         self._install_hooks(*load_hooks(self.settings))
 
     def _install_hooks(self, outbound: list[LoadedHook], inbound: list[LoadedHook]) -> None:
-        self.preprocessor = Preprocessor(outbound) if outbound else None
-        self.postprocessor = Postprocessor(inbound) if inbound else None
+        count = self.metrics.hooks_ran
+        self.preprocessor = Preprocessor(outbound, count) if outbound else None
+        self.postprocessor = Postprocessor(inbound, count) if inbound else None
+        self.metrics.know_hooks([*((Preprocessor.STAGE, h.hook.name) for h in outbound),
+                                 *((Postprocessor.STAGE, h.hook.name) for h in inbound)])
         self.scheduler.preprocessor = self.preprocessor
         # intake leaves local mail to the scheduler exactly when inbound hooks exist (defer_local)
-        self.scheduler.local = (LocalDelivery(self.intake, self.postprocessor, answer_once=self.store.answer_once)
+        mailbox_transports = {t.name: t for t in self.transports.values() if isinstance(t, MailboxTransport)}
+        self.scheduler.local = (LocalDelivery(self.intake, self.postprocessor, answer_once=self.store.answer_once,
+                                              mailbox_transports=mailbox_transports)
                                 if self.postprocessor else None)
 
     async def stop(self, drain: float = 0.0) -> None:
@@ -326,6 +361,7 @@ class Spooler:
             await self.webhooks.stop()
         await stop_task(self._housekeeping)
         await stop_task(self._watchdog)
+        await stop_task(self._suppressions)
         if self._draining is not None:
             await self._draining
         await self._stop_delivery(drain)
@@ -355,6 +391,44 @@ class Spooler:
         self.notices.publish(NODES)  # the others' shares grow back now
         self.notices.publish(DUE)  # and what this node gave back is theirs to send
 
+    # -- the suppression list ------------------------------------------------------------------
+
+    def watch_suppressions(self) -> None:
+        """Keep intake's copy of the suppression list fresh (read again within SUPPRESSION_REFRESH
+        of a change by any process or node), so that SMTP refuses a suppressed recipient at RCPT."""
+        if self._suppressions is None:
+            self._suppressions = start_supervised("suppressions", self._suppressions_loop)
+
+    async def _suppressions_loop(self) -> None:
+        while True:
+            try:
+                await self.refresh_suppressions()
+            except Exception:
+                log.exception("could not read the suppression list")
+            await asyncio.sleep(SUPPRESSION_REFRESH)
+
+    async def refresh_suppressions(self, *, force: bool = False) -> None:
+        signature = await self.store.suppressions_signature()
+        if force or signature != self._suppression_signature:
+            entries = await self.store.suppressions(time.time())
+            self.intake.suppressed = {e.address: e for e in entries}
+            self._suppression_signature = signature
+
+    async def suppressions(self) -> list[Suppression]:
+        return await self.store.suppressions(time.time())
+
+    async def suppress(self, address: str, reason: str, until: float | None) -> Suppression:
+        """An operator's entry (`msgspool suppression add`, POST /api/suppressions)."""
+        entry = Suppression(suppression_key(address), reason or "added by the operator", time.time(), until, OPERATOR)
+        await self.store.suppress(entry)
+        await self.refresh_suppressions(force=True)
+        return entry
+
+    async def unsuppress(self, address: str) -> bool:
+        removed = await self.store.unsuppress(address)
+        await self.refresh_suppressions(force=True)
+        return removed
+
     async def __aenter__(self) -> Spooler:
         return self
 
@@ -364,12 +438,18 @@ class Spooler:
     # -- submission -------------------------------------------------------------------------
 
     async def submit(self, sub: Submission) -> str:
-        """Commit a message durably and return its queue id (raises SubmitError).
+        """Commit a message durably and return its queue id (raises SubmitError); see `commit`."""
+        return (await self.commit(sub)).id
+
+    async def commit(self, sub: Submission) -> Message:
+        """Commit a message durably and return it as committed (raises SubmitError): its
+        recipients' states say which failed at once (the suppression list, an alias loop).
 
         Recipients due now are committed as `active` and handed straight to delivery — the
         scheduler here, or the delivery process over the link — so the fresh message is never read
         back from the store; should delivery die first, the rescue of its node's work (its lease
         runs out, or the next start under the delivery lock ends it) makes them due again."""
+        started = time.perf_counter()
         message, copies = self.intake.build(sub, route=self.routing)
         due = due_now(message)
         remote = self.remote
@@ -384,18 +464,25 @@ class Spooler:
             if handed and self.delivering:
                 self.scheduler.unreserve(due)
             raise
+        self.metrics.intake_latency.observe(time.perf_counter() - started)
+        self.metrics.submitted(message.recipients)
+        for part, _copies in message.parts:
+            self.metrics.submitted(part.recipients)
         self.publish(events)
         if any(r.report_owed for r in message.recipients):
             self.reports_owed()
-        if handed and not any(r.status is Status.ACTIVE for r in message.recipients):
-            # The store refused the hand-over (that node's lease ran out): it waits, queued, for a live node.
-            if self.delivering:
-                self.scheduler.unreserve(due)
-            self.poke()
+        active = sum(1 for r in message.recipients if r.status is Status.ACTIVE)
+        if handed and active < due and self.delivering:  # failed at the commit (suppressed), or not handed
+            self.scheduler.unreserve(due - active)
+        if handed and not active:
+            # The store refused the hand-over (that node's lease ran out): it waits, queued, for a live
+            # node — or every recipient failed at the commit (the suppression list).
+            if any(r.status.pending for r in message.recipients):
+                self.poke()
         elif handed and self.delivering:
             self.scheduler.dispatch(message, fresh=True)
         elif handed and remote is not None and remote is self.remote:
-            remote.dispatch(message, due)
+            remote.dispatch(message, active)
         elif handed:
             # The delivery process it was handed to died during the commit: take it back, unless
             # the next one has claimed it already (it rescues the dead node's rows when it starts).
@@ -406,7 +493,7 @@ class Spooler:
             self.poke()
         if any(r.status.pending for part, _copies in message.parts for r in part.recipients):
             self.poke()  # parts split off by expansion (an owner-NAME sender) are committed queued
-        return message.id
+        return message
 
     def _reserve(self, count: int) -> bool:
         if self.delivering:
@@ -494,9 +581,20 @@ class Spooler:
             control.notify(self.settings.spool_path, {"op": "wakeup"})
             self.notices.publish(DUE)  # `sendmail` on a shared spool: whichever node is nearest
 
+    def _generated(self, messages: Sequence[Message]) -> None:
+        """Messages the spooler made and committed itself (reports, read receipts, webhook
+        deliveries): accepted like a submission, for the metrics."""
+        for message in messages:
+            self.metrics.submitted(message.recipients)
+
+    def _report_committed(self, message: Message) -> None:
+        self._generated([message])
+        self.poke()
+
     def _hand_on(self, message: Message) -> None:
         """A message committed here by a part of the spooler (an MDN): deliver what is pending; an
         address that failed at once (no such mailbox) is reported like any failure."""
+        self._generated([message])
         if any(r.status.pending for r in message.recipients):
             self.poke()
         if any(r.report_owed for r in message.recipients):
@@ -548,6 +646,31 @@ class Spooler:
         self.poke()
         self.notices.publish(FLUSH, route)
         return count
+
+    async def resend(self, message_id: str) -> dict[str, Any]:
+        """MAPI MSGFLAG_RESEND (a resend of an undelivered message): a new message with the same
+        content and sender as submitted, to only the recipients that failed or expired (with
+        their type, address type and DSN requests), linked to the original: its `resend_of` names
+        the original, and the original's `resends` (and each one's history) name it. It goes
+        through the outbound hooks and routing as any new message, due now, with a lifetime of
+        its own. Raises NotFound, or NothingToResend when no recipient failed."""
+        info = await self.store.get(message_id)
+        if info is None:
+            raise NotFound(message_id)
+        failed = [r for r in info.recipients if r["status"] in (Status.FAILED, Status.EXPIRED)]
+        submitted = await self.store.submitted_content(message_id)
+        if not failed or submitted is None:
+            raise NothingToResend(f"message {message_id}: no recipient failed or expired; nothing to resend")
+        sender, content = submitted
+        dsn = MessageDSN(Ret(info.ret) if info.ret else None, info.envid) if info.ret or info.envid else None
+        new_id = await self.submit(Submission(
+            sender=sender, recipients=[r["address"] for r in failed], content=content,
+            addrtypes=[r["addrtype"] for r in failed], types=[RecipientType(r["type"]) for r in failed],
+            message_class=info.message_class, priority=info.priority, max_attempts=info.max_attempts,
+            origin="resend", resend_of=message_id, dsn=dsn,
+            recipient_dsn=[recipient_dsn(r["notify"], r["orcpt"]) for r in failed]))
+        log.info("%s: resent as %s to %d recipients", message_id, new_id, len(failed))
+        return {"id": new_id, "resend_of": message_id, "recipients": [r["address"] for r in failed]}
 
     async def set_offline(self, transport: str, offline: bool = True) -> dict[str, Any]:
         """Put a transport offline (MAPI STATUS_OFFLINE; Postfix `defer_transports`) or online
@@ -701,7 +824,7 @@ class Spooler:
                     "last_error": d.failure.line() if d.failure else
                     d.health.last_reply.line() if d.health.down and d.health.last_reply else None,
                 } for d in dests]})
-        return {"spooler": rows[0], "transports": rows[1:]}
+        return {"spooler": rows[0], "transports": rows[1:], "fetch": self.fetch.rows() if self.fetch else []}
 
     async def status_table(self) -> dict[str, Any]:
         """`status()`, completed by the delivery process's part when delivery runs in another one,
@@ -725,12 +848,31 @@ class Spooler:
         table["transports"] = remote["transports"]
         return table
 
+    def _live_metrics(self) -> list[Metric]:
+        """The destinations delivery knows here (none in the daemon's intake process)."""
+        dests = list(self.scheduler.destinations.values())
+        down = dict.fromkeys(self.transports, 0)
+        for d in dests:
+            down[d.transport.name] = down.get(d.transport.name, 0) + d.health.down
+        where = ["transport", "destination"]
+        return [
+            gauge("msgspool_destination_up", "1 while a destination is up, 0 while it is down.", where,
+                  (((d.transport.name, d.nexthop), 0 if d.health.down else 1) for d in dests)),
+            gauge("msgspool_destinations_down", "Destinations down, by transport.", ["transport"],
+                  (((name,), n) for name, n in down.items())),
+            counter("msgspool_connections_out", "Connections opened to destinations (deliveries and probes).",
+                    where, (((d.transport.name, d.nexthop), d.connections_opened) for d in dests)),
+            gauge("msgspool_connections_out_open", "Connections open to destinations now.", where,
+                  (((d.transport.name, d.nexthop), d.connections_open) for d in dests)),
+        ]
+
     async def _housekeeping_loop(self) -> None:
         while True:
             await asyncio.sleep(HOUSEKEEPING_INTERVAL)
             now = time.time()
             try:
                 await self.store.purge(now - SENT_RETENTION, now - EVENT_RETENTION)
+                await self.store.prune_suppressions(now)
             except Exception:
                 log.exception("housekeeping failed")
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import math
@@ -30,13 +31,15 @@ from msgspool.domain.outcome import EXPIRED, Reply, transport_offline
 from msgspool.domain.recipient import Status
 from msgspool.domain.retry import RetryPolicy
 from msgspool.domain.routing import LOCAL
+from msgspool.domain.suppression import hard_bounce
 from msgspool.errors import StorageFull
-from msgspool.ports import Queue, Transport
+from msgspool.ports import MailboxTransport, Queue, Transport
 from msgspool.spooler.background import start_supervised
-from msgspool.spooler.destinations import Destination, DestinationLimits
+from msgspool.spooler.destinations import Destination, DestinationLimits, deferral
 from msgspool.spooler.hooks import Preprocessor, draft_of
 from msgspool.spooler.intake import Intake
 from msgspool.spooler.local import LocalDelivery
+from msgspool.spooler.metrics import Metrics
 
 log = logging.getLogger("msgspool.scheduler")
 CLAIM_BATCH = 1000
@@ -51,8 +54,11 @@ class Scheduler:
                  limits: DestinationLimits, active_limit: int, preprocessor: Preprocessor | None = None,
                  local: LocalDelivery | None = None, may_start: Callable[[], bool] = lambda: True,
                  warn_after: float = 0.0, clock: Callable[[], float] = time.time,
-                 nodes: Callable[[], int] = lambda: 1, idle_recheck: float = IDLE_RECHECK) -> None:
+                 nodes: Callable[[], int] = lambda: 1, idle_recheck: float = IDLE_RECHECK,
+                 suppression_time: float = 0.0, metrics: Metrics | None = None) -> None:
         self.store, self.transports, self.intake, self.publish = store, transports, intake, publish
+        self.suppression_time = suppression_time  # a hard bounce suppresses its address this long; 0: never
+        self.metrics = metrics if metrics is not None else Metrics()
         self.preprocessor, self.local = preprocessor, local
         self.retry, self.probe, self.limits, self.warn_after = retry, probe, limits, warn_after
         self.active_limit, self.clock = active_limit, clock
@@ -202,7 +208,8 @@ class Scheduler:
                 decided.append(Settlement(message.id, r.index, r.address, r.status, r.last_reply, dsn=r.dsn,
                                           transport=r.transport, nexthop=r.nexthop,
                                           copies=(copy,) if copy is not None else ()))
-            elif r.transport == LOCAL:  # inbound hooks first (intake.defer_local)
+            elif r.transport == LOCAL or (self.local is not None and self.local.takes(r.transport)):
+                # inbound hooks first (intake.defer_local), also for a maildir's recipients
                 local.append(r)
             else:
                 assert r.transport is not None and r.nexthop is not None
@@ -225,10 +232,24 @@ class Scheduler:
         with self._working_on(message.id):
             try:
                 settlements = await local.deliver(message, recipients)
+                settlements = self._timed(message, recipients, settlements)
             except Exception as err:  # a bug of ours, not a hook's (those are contained)
                 log.exception("%s: local delivery failed", message.id)
                 settlements = self._crashed(message, recipients, f"local delivery raised {type(err).__name__}: {err}")
             self.settle(settlements)
+
+    def _timed(self, message: Message, recipients: list[Recipient], settlements: list[Settlement]) -> list[Settlement]:
+        """A copy a maildir could not write defers its recipient: by the retry policy, as a
+        destination's temporary failure (or given up: expired, attempts exhausted)."""
+        by_index = {r.index: r for r in recipients}
+        out = []
+        for s in settlements:
+            if s.status is Status.DEFERRED and s.next_attempt_at is None and s.reply is not None:
+                timed = deferral(self.retry, self.warn_after, self.clock(), message, by_index[s.index], s.reply,
+                                 attempted=True)
+                s = dataclasses.replace(timed, transport=s.transport, nexthop=s.nexthop, history=s.history)
+            out.append(s)
+        return out
 
     @contextlib.contextmanager
     def _working_on(self, message_id: str) -> Iterator[None]:
@@ -263,7 +284,12 @@ class Scheduler:
             return
         self.active += sum(len(m.recipients) for m in messages) - before
         self.publish(events)
-        if self.on_reports is not None and any(e.type is EventType.FAILED for e in events):
+        failed = [e for e in events if e.type is EventType.FAILED]  # a hook's Reject
+        if failed:
+            routes = {r.address: r.transport for r in active}
+            for e in failed:
+                self.metrics.outcome(Status.FAILED, routes.get(e.recipient or ""))
+        if self.on_reports is not None and failed:
             self.on_reports()
         for m in messages:
             self.dispatch(m, fresh=fresh)
@@ -374,16 +400,28 @@ class Scheduler:
         key = f"{transport}:{nexthop}"
         dest = self.destinations.get(key)
         if dest is None:
-            dest = Destination(self.transports[transport], nexthop, self.limits, self.retry, self.probe,
-                               self.settle, self._destination_up, self.clock, warn_after=self.warn_after,
+            provider = self.transports[transport]
+            # A local transport's refusal (no such maildir) is this site's own: it suppresses nothing.
+            settle = self.settle if isinstance(provider, MailboxTransport) else self._settle_remote
+            dest = Destination(provider, nexthop, self.limits, self.retry, self.probe,
+                               settle, self._destination_up, self.clock, warn_after=self.warn_after,
                                on_status=self._destination_status, may_start=self.may_start,
-                               nodes=self.nodes)
+                               nodes=self.nodes, metrics=self.metrics)
             if transport in self.offline:
                 dest.offline = transport_offline(transport)
             self.destinations[key] = dest
         return dest
 
     # -- settling ---------------------------------------------------------------------------
+
+    def _settle_remote(self, settlements: list[Settlement]) -> None:
+        """Outcomes from a remote: a hard bounce (domain/suppression.py) lists its address on the
+        suppression list for `suppression_time`, in the step that records it."""
+        if self.suppression_time > 0:
+            for s in settlements:
+                if s.status is Status.FAILED and s.remote and hard_bounce(s.reply):
+                    s.suppress_until = self.clock() + self.suppression_time
+        self.settle(settlements)
 
     def settle(self, settlements: list[Settlement]) -> None:
         self._pending.extend(settlements)
@@ -427,6 +465,7 @@ class Scheduler:
                         self._write([s])
                     return
         self.active -= len(batch)
+        self.metrics.settled(batch)
         if self._starved:  # the window was full when due work may have been waiting
             self._starved = False
             self._wakeup.set()

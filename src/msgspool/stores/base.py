@@ -18,6 +18,7 @@ from msgspool.domain.events import Event
 from msgspool.domain.hooks import Preprocessed
 from msgspool.domain.message import Message, MessageInfo, PendingReport, ReadReceipt, Settlement
 from msgspool.domain.selector import Selector
+from msgspool.domain.suppression import Suppression
 from msgspool.domain.tokens import NewToken, Token
 from msgspool.domain.users import User
 from msgspool.stores.credentials import (
@@ -36,7 +37,9 @@ from msgspool.stores.ops import (
     MESSAGE_CHUNK,
     Tx,
     active_recipients,
+    destination_counts,
     events_after,
+    fetched_uids,
     get_content,
     get_message,
     insert_event,
@@ -54,6 +57,7 @@ from msgspool.stores.ops import (
     op_drain_node,
     op_enqueue_webhooks,
     op_flush,
+    op_forget_fetched,
     op_heartbeat,
     op_hold,
     op_mark_delay_warnings,
@@ -80,7 +84,16 @@ from msgspool.stores.ops import (
     queue_counts,
     receive_folder,
     rescue_due,
+    submitted_content,
     waiting_destinations,
+)
+from msgspool.stores.suppressions import (
+    in_force,
+    list_suppressions,
+    op_prune_suppressions,
+    op_suppress,
+    op_unsuppress,
+    signature,
 )
 
 T = TypeVar("T")
@@ -114,6 +127,13 @@ class SQLStore(ABC):
         self.commit_batch = commit_batch
         self.crash_limit = crash_limit
         self.owner: str | None = None  # the delivery run this store claims for (Store.owner)
+        # Told the number of writes of each commit (the metrics' commit batch sizes); may be
+        # called from the store's commit thread.
+        self.on_commit: Callable[[int], None] | None = None
+
+    def _committed(self, writes: int) -> None:
+        if self.on_commit is not None:
+            self.on_commit(writes)
 
     @abstractmethod
     async def open(self, *, create: bool = True) -> None: ...
@@ -212,6 +232,14 @@ class SQLStore(ABC):
     async def delete(self, ids: Sequence[str]) -> list[str]:
         return await self._write(lambda c: op_delete(c, ids))
 
+    async def fetched_uids(self, account: str) -> set[str]:
+        return await self.read(lambda c: fetched_uids(c, account))
+
+    async def forget_fetched(self, account: str, uids: Sequence[str]) -> int:
+        if not uids:
+            return 0
+        return await self._write(lambda c: op_forget_fetched(c, account, uids), durable=False)
+
     async def webhook_cursor(self) -> int:
         return await self._write(op_webhook_cursor)
 
@@ -296,6 +324,9 @@ class SQLStore(ABC):
     async def content(self, message_id: str) -> bytes | None:
         return await self.read(lambda c: get_content(c, message_id))
 
+    async def submitted_content(self, message_id: str) -> tuple[str, bytes] | None:
+        return await self.read(lambda c: submitted_content(c, message_id))
+
     async def list_messages(self, folders: Sequence[str], mailbox: str | None, limit: int, *,
                             after: tuple[float, str] | None = None) -> list[MessageInfo]:
         return await self.read(lambda c: list(itertools.islice(
@@ -307,8 +338,29 @@ class SQLStore(ABC):
     async def counts(self) -> dict[str, int]:
         return await self.read(queue_counts)
 
+    async def destination_counts(self) -> list[tuple[str, str, str, int]]:
+        return await self.read(destination_counts)
+
     async def events_after(self, after_id: int, limit: int = 1000) -> list[Event]:
         return await self.read(lambda c: events_after(c, after_id, limit))
+
+    async def suppressions(self, now: float) -> list[Suppression]:
+        return await self.read(lambda c: list_suppressions(c, now))
+
+    async def suppressed(self, addresses: Sequence[str], now: float) -> dict[str, Suppression]:
+        return await self.read(lambda c: in_force(c, addresses, now))
+
+    async def suppressions_signature(self) -> tuple[int, float | None]:
+        return await self.read(signature)
+
+    async def suppress(self, entry: Suppression) -> None:
+        await self._write(lambda c: op_suppress(c, entry))
+
+    async def unsuppress(self, address: str) -> bool:
+        return await self._write(lambda c: op_unsuppress(c, address))
+
+    async def prune_suppressions(self, now: float) -> int:
+        return await self._write(lambda c: op_prune_suppressions(c, now), durable=False)
 
     async def token(self, token_id: str) -> tuple[Token, str] | None:
         return await self.read(lambda c: find_token(c, token_id))

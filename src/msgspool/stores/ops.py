@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from msgspool.domain.dsn import MessageDSN, RecipientDSN, Ret, notify_text, orcpt_text, recipient_dsn, report_action
 from msgspool.domain.events import Event, EventType
+from msgspool.domain.fetch import FETCH_ACCOUNT, FETCH_UID
 from msgspool.domain.hooks import Draft, Hold, HookRecord, Preprocessed, Reject
 from msgspool.domain.ids import new_id
 from msgspool.domain.mdn import Disposition
@@ -38,6 +39,7 @@ from msgspool.domain.message import (
 from msgspool.domain.outcome import Filed, Reply
 from msgspool.domain.recipient import RecipientType, Status
 from msgspool.domain.selector import Selector
+from msgspool.domain.suppression import BOUNCE, Suppression, refusal, suppression_key
 from msgspool.stores.queries import Queries
 
 CHUNK = 5000  # rows one bulk change (flush, a released backlog) touches per transaction
@@ -84,6 +86,10 @@ class Tx(Protocol):
     # a batch hands many messages over to one node, and reads its lease once (`_holds_lease`).
     leases: dict[str, float | None]
 
+    # What a transaction reads once for all the steps of its batch (e.g. whether any suppression
+    # is in force), emptied with `leases` at each transaction's start.
+    memo: dict[str, Any]
+
     # None: an event is inserted when recorded (one writer at a time: ids come in commit order).
     # A list: the events the transaction records, which its engine inserts just before COMMIT
     # with ids in commit order (PostgreSQL, whose nodes commit side by side; postgresql.py).
@@ -124,7 +130,7 @@ def _insert_message(tx: Tx, msg: Message, content_id: int, *, read: bool) -> Non
         "expires_at": msg.expires_at, "delete_after_submit": int(msg.delete_after_submit), "held": int(msg.held),
         "origin": msg.origin, "meta": json.dumps(msg.meta) if msg.meta else None,
         "ret": msg.dsn.ret if msg.dsn else None, "envid": msg.dsn.envid if msg.dsn else None, "read": int(read),
-        "max_attempts": msg.max_attempts, "flags": " ".join(msg.flags)})
+        "max_attempts": msg.max_attempts, "flags": " ".join(msg.flags), "resend_of": msg.resend_of})
 
 
 def _recipient_row(msg: Message, r: Recipient, owner: str | None) -> dict[str, Any]:
@@ -145,6 +151,7 @@ def op_submit(tx: Tx, msg: Message, copies: Sequence[Message], owner: str | None
     is live: a hand-over to a node whose lease ran out is refused — its recipients are committed
     queued, due now, for whichever node claims them, and set so in `msg` (the caller must not
     hand it on: that node may no longer deliver)."""
+    _refuse_suppressed(tx, msg)
     handed = [r for r in msg.recipients if r.status is Status.ACTIVE]
     if handed and owner is not None and not _holds_lease(tx, owner, msg.submitted_at):
         for r in handed:
@@ -158,8 +165,17 @@ def op_submit(tx: Tx, msg: Message, copies: Sequence[Message], owner: str | None
     if user := msg.meta.get("smtp_auth_user"):
         _insert_history(tx, msg.id, msg.submitted_at, "submission",
                         [HookRecord("", "submitted", f"over SMTP by authenticated user {user}")])
-    if msg.history:
-        _insert_history(tx, msg.id, msg.submitted_at, "expansion", msg.history)
+    for stage, hook in (("expansion", "aliases"), ("submission", "suppression")):  # what intake, then we, did
+        if records := [h for h in msg.history if h.hook == hook]:
+            _insert_history(tx, msg.id, msg.submitted_at, stage, records)
+    if msg.resend_of is not None:  # MAPI MSGFLAG_RESEND: each message names the other in its history
+        to = ", ".join(f"<{r.address}>" for r in msg.recipients)
+        _insert_history(tx, msg.id, msg.submitted_at, "submission",
+                        [HookRecord("", "resend", f"resend of {msg.resend_of} to {to}")])
+        _insert_history(tx, msg.resend_of, msg.submitted_at, "operator",
+                        [HookRecord("", "resent", f"as {msg.id} to {to}")])
+    if (account := msg.meta.get(FETCH_ACCOUNT)) and (uid := msg.meta.get(FETCH_UID)):
+        _record_fetched(tx, msg, account, uid)
     events = [insert_event(tx, Event(EventType.SUBMITTED, msg.id, msg.submitted_at,
                                      detail={"sender": msg.sender, "size": msg.size, "origin": msg.origin}))]
     for r in msg.recipients:
@@ -172,6 +188,75 @@ def op_submit(tx: Tx, msg: Message, copies: Sequence[Message], owner: str | None
     for part, part_copies in msg.parts:  # committed queued: whichever node claims them delivers them
         events += op_submit(tx, part, part_copies)
     return events
+
+
+def _record_fetched(tx: Tx, msg: Message, account: str, uid: str) -> None:
+    """A fetched message's id on its server, in the commit that stores it: a fetch that runs again
+    before the server forgot it (a crash before DELE) finds it and files nothing twice."""
+    tx.execute(tx.q.insert_fetched, {"account": account, "uid": uid, "fetched_at": msg.submitted_at,
+                                     "message_id": msg.id})
+    _insert_history(tx, msg.id, msg.submitted_at, "submission",
+                    [HookRecord("", "fetched", f"by fetch {account} from {msg.meta.get('fetch_source', '')}"
+                                f" id {uid}")])
+
+
+def fetched_uids(tx: Tx, account: str) -> set[str]:
+    return {row[0] for row in tx.execute(tx.q.fetched_uids, {"account": account})}
+
+
+def op_forget_fetched(tx: Tx, account: str, uids: Sequence[str]) -> int:
+    tx.executemany(tx.q.delete_fetched, [{"account": account, "uid": uid} for uid in uids])
+    return len(uids)
+
+
+def _refuse_suppressed(tx: Tx, msg: Message) -> None:
+    """Recipients on the suppression list fail now, before anything is written (Postal's
+    suppression list; domain/suppression.py): no attempt is made, the sender's NDR says why."""
+    waiting = [r for r in msg.recipients if r.status in (Status.QUEUED, Status.ACTIVE) and r.addrtype == "SMTP"]
+    if not waiting or not _any_suppression(tx, msg.submitted_at):
+        return
+    found = in_force(tx, [r.address for r in waiting], msg.submitted_at)
+    for r in waiting:
+        entry = found.get(suppression_key(r.address))
+        if entry is not None:
+            reply = refusal(entry)
+            r.status, r.last_reply, r.next_attempt_at = Status.FAILED, reply, None
+            msg.history += (HookRecord("suppression", "failed", f"<{r.address}> {reply.line()}"),)
+
+
+def _any_suppression(tx: Tx, now: float) -> bool:
+    """Is any suppression in force? Read once per transaction: with an empty list (the common
+    case) a batch of submissions pays one statement for the check, not one per message (on
+    PostgreSQL a round trip each; tests/integration/test_statements.py)."""
+    if "suppressing" not in tx.memo:
+        tx.memo["suppressing"] = tx.execute(tx.q.any_suppression_in_force, {"now": now}).fetchone() is not None
+    return bool(tx.memo["suppressing"])
+
+
+def _suppression(row: Sequence[Any]) -> Suppression:
+    address, reason, source, created_at, until, message_id = row
+    return Suppression(address, reason, created_at, until, source, message_id)
+
+
+def suppression_params(entry: Suppression) -> dict[str, Any]:
+    return {"address": suppression_key(entry.address), "reason": entry.reason, "source": entry.source,
+            "created_at": entry.created_at, "until": entry.until, "message_id": entry.message_id}
+
+
+def in_force(tx: Tx, addresses: Sequence[str], now: float, chunk: int = 500) -> dict[str, Suppression]:
+    """The suppression entries in force at `now` for these addresses, by key."""
+    keys = sorted({suppression_key(a) for a in addresses})
+    found: dict[str, Suppression] = {}
+    for start in range(0, len(keys), chunk):
+        part = keys[start:start + chunk]
+        sql = tx.q.expand("suppressions_among", addresses=len(part))
+        for row in tx.execute(sql, {**tx.q.spread(addresses=part), "now": now}):
+            found[row[0]] = _suppression(row)
+    return found
+
+
+def list_suppressions(tx: Tx, now: float) -> list[Suppression]:
+    return [_suppression(row) for row in tx.execute(tx.q.list_suppressions, {"now": now})]
 
 
 def _file(tx: Tx, copy: Message, content_id: int) -> Event:
@@ -225,14 +310,12 @@ def _recipient_event(message_id: str, address: str, status: Status, reply: Reply
 
 def _finish_if_done(tx: Tx, message_id: str, now: float) -> list[Event]:
     """MAPI FinishedMsg: once every recipient is final, the message leaves the outbox — to Sent
-    Items, or deleted when the submitter asked for delete-after-submit."""
-    row = tx.execute(tx.q.finished_in_outbox, {"message_id": message_id, "outbox": OUTBOX}).fetchone()
-    if row is None:
-        return []
-    if row[0] and not _reports_owed(tx, message_id):
-        _delete_messages(tx, [message_id])
-    else:  # delete-after-submit waits for the reports it owes: they quote the message
-        tx.execute(tx.q.move_to_sent, {"sent": SENT, "now": now, "message_id": message_id})
+    Items, or deleted when the submitter asked for delete-after-submit. One statement on the common
+    path (a statement per settled message counts: on PostgreSQL it is a round trip)."""
+    row = tx.execute(tx.q.finish_to_sent, {"sent": SENT, "now": now, "message_id": message_id,
+                                           "outbox": OUTBOX}).fetchone()
+    if row is not None and row[0] and not _reports_owed(tx, message_id):
+        _delete_messages(tx, [message_id])  # delete-after-submit waits for the reports it owes: they quote it
     return []
 
 
@@ -359,6 +442,9 @@ def op_settle(tx: Tx, settlements: Sequence[Settlement], now: float, crash_limit
         if row is None:
             continue
         touched[s.message_id] = None
+        if s.suppress_until is not None and reply is not None:  # a hard bounce (domain/suppression.py)
+            tx.execute(tx.q.suppress_bounce, suppression_params(Suppression(
+                s.address, reply.line(), now, s.suppress_until, BOUNCE, s.message_id)))
         events += [_file_copy(tx, s.message_id, copy) for copy in s.copies]
         if s.history:
             _insert_history(tx, s.message_id, now, "inbound", [dataclasses.replace(h, detail=f"<{s.address}> "
@@ -368,8 +454,9 @@ def op_settle(tx: Tx, settlements: Sequence[Settlement], now: float, crash_limit
         if status in _STATUS_EVENT:
             events.append(insert_event(tx, _recipient_event(s.message_id, s.address, status, reply, now,
                                                             row[0], s.remote)))
-        if status is Status.DELIVERED and isinstance(reply, Filed):
-            events.append(insert_event(tx, _filed_event(s.message_id, reply, now)))
+        if status is Status.DELIVERED:
+            filed = (reply, *s.filed) if isinstance(reply, Filed) else s.filed
+            events += [insert_event(tx, _filed_event(s.message_id, f, now)) for f in filed]
     for message_id in crashed & touched.keys():
         events += _count_crash(tx, message_id, crash_limit, now)
     for message_id in touched:
@@ -937,10 +1024,10 @@ def _recipient_dict(row: Sequence[Any]) -> dict[str, Any]:
 
 def _message_info(row: Sequence[Any], recipients: list[dict[str, Any]]) -> MessageInfo:
     (message_id, mailbox, folder, sender, size, submitted_at, finished_at, message_class, priority, deliver_after,
-     expires_at, held, origin, ret, envid, read, mdn, max_attempts, flags) = row
+     expires_at, held, origin, ret, envid, read, mdn, max_attempts, flags, resend_of) = row
     return MessageInfo(message_id, mailbox, folder, sender, size, submitted_at, finished_at, message_class,
                        priority, deliver_after, expires_at, bool(held), origin, recipients, ret, envid,
-                       bool(read), mdn, max_attempts, flags=tuple(flags.split()) if flags else ())
+                       bool(read), mdn, max_attempts, flags=tuple(flags.split()) if flags else (), resend_of=resend_of)
 
 
 def iter_messages(tx: Tx, folders: Sequence[str] = (OUTBOX,), mailbox: str | None = None,
@@ -975,7 +1062,15 @@ def get_message(tx: Tx, message_id: str) -> MessageInfo | None:
     info = _message_info(row, [_recipient_dict(r) for r in tx.execute(tx.q.recipients_of, key).fetchall()])
     info.history = [{"time": t, "stage": stage, "hook": hook or None, "outcome": outcome, "detail": detail}
                     for t, stage, hook, outcome, detail in tx.execute(tx.q.history_of, key)]
+    info.resends = [resend for (resend,) in tx.execute(tx.q.resends_of, key)]
     return info
+
+
+def submitted_content(tx: Tx, message_id: str) -> tuple[str, bytes] | None:
+    """A message's envelope sender and content as submitted, before any outbound hook changed them
+    (what `queue resend` sends again: the hooks run on the resend as on any new message)."""
+    row = tx.execute(tx.q.submitted_content, {"message_id": message_id}).fetchone()
+    return None if row is None else (row[0], bytes(row[1]))
 
 
 def get_content(tx: Tx, message_id: str) -> bytes | None:
@@ -999,6 +1094,11 @@ def queue_counts(tx: Tx) -> dict[str, int]:
         counts[status] = n
     counts["messages"] = tx.execute(tx.q.count_outbox).fetchone()[0]
     return counts
+
+
+def destination_counts(tx: Tx) -> list[tuple[str, str, str, int]]:
+    """(transport, nexthop, status, recipients) of the pending recipients ('' for an unrouted one)."""
+    return [(t or "", n or "", s, c) for t, n, s, c in tx.execute(tx.q.count_pending_by_destination)]
 
 
 def events_after(tx: Tx, after_id: int, limit: int = 1000) -> list[Event]:

@@ -78,6 +78,7 @@ class PgConnection:
     def __init__(self, conn: psycopg.Connection[Any], *, defer_events: bool = False) -> None:
         self.conn = conn
         self.leases: dict[str, float | None] = {}  # one PgConnection per transaction
+        self.memo: dict[str, Any] = {}
         self.events: list[Event] | None = [] if defer_events else None  # ops.Tx.events
 
     def execute(self, sql: str, parameters: Params = {}, /) -> psycopg.Cursor[Any]:  # noqa: B006 - never mutated
@@ -189,6 +190,7 @@ class _PgGroupCommit:
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="msgspool-pg-commit")
         self.commits = 0
         self.committed_jobs = 0
+        self.on_commit: Callable[[int], None] = lambda _writes: None  # called in the commit thread
         self.notices: set[str] = set()  # NOTIFY payloads for the next transaction, each once
         self._drainer: asyncio.Task[None] | None = None
 
@@ -262,6 +264,7 @@ class _PgGroupCommit:
                 continue
             self.commits += 1
             self.committed_jobs += len(jobs)
+            self.on_commit(len(jobs))
             return out
         raise AssertionError("unreachable")
 
@@ -325,6 +328,7 @@ class PostgresStore(SQLStore):
         self._pool = pool
         self._channel = CHANNEL.format(schema=schema)
         self._pg_writer = _PgGroupCommit(pool, self.commit_batch, self._channel)
+        self._pg_writer.on_commit = self._committed
         self._readers = ThreadPoolExecutor(self.READERS, thread_name_prefix="msgspool-pg-read")
         self._beats = ThreadPoolExecutor(1, thread_name_prefix="msgspool-pg-beat")
         if self._subscribers:

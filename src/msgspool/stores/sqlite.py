@@ -45,7 +45,7 @@ from msgspool.stores.queries import Queries
 
 T = TypeVar("T")
 DB_NAME = "spool.db"
-SCHEMA_VERSION = 12  # the schema script is idempotent: an older spool gets what is new in it
+SCHEMA_VERSION = 14  # the schema script is idempotent: an older spool gets what is new in it
 
 
 # SQLite's primary result codes that may mean "no room": SQLITE_FULL always; SQLITE_IOERR (a WAL
@@ -94,7 +94,8 @@ class SQLiteConnection(sqlite3.Connection):
     Any other statement (the schema's, a test's) goes to sqlite3 as it is."""
 
     q = Queries("sqlite")
-    leases: dict[str, float | None]  # reset at each BEGIN (ops.Tx.leases)
+    leases: dict[str, float | None]  # reset at each BEGIN (ops.Tx.leases, ops.Tx.memo)
+    memo: dict[str, Any]
     events: list[Event] | None = None  # inserted at once: SQLite has one writer at a time
     _positional = q.positional
     _execute = sqlite3.Connection.execute
@@ -116,7 +117,7 @@ def connect(path: Path, *, readonly: bool = False) -> SQLiteConnection:
                                check_same_thread=False, factory=SQLiteConnection)
     else:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, factory=SQLiteConnection)
-    conn.leases = {}
+    conn.leases, conn.memo = {}, {}
     conn.execute("PRAGMA busy_timeout = 10000")
     if not readonly:
         conn.execute("PRAGMA journal_mode = WAL")
@@ -192,6 +193,7 @@ class _GroupCommit:
         self.synchronous_full = True
         self.commits = 0
         self.committed_jobs = 0
+        self.on_commit: Callable[[int], None] = lambda _writes: None
         self._drainer: asyncio.Task[None] | None = None
 
     def submit(self, fn: Callable[[Tx], T], durable: bool = True) -> asyncio.Future[T]:
@@ -235,6 +237,7 @@ class _GroupCommit:
             return results
         self.commits += 1
         self.committed_jobs += len(batch)
+        self.on_commit(len(batch))
         return out
 
     def _begin(self, durable: bool) -> None:
@@ -242,7 +245,7 @@ class _GroupCommit:
             self.conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
             self.synchronous_full = durable
         self.conn.execute("BEGIN IMMEDIATE")
-        self.conn.leases = {}  # what this transaction read of the nodes' leases
+        self.conn.leases, self.conn.memo = {}, {}  # what this transaction read of the nodes' leases, ...
 
     async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -313,6 +316,7 @@ class SQLiteStore(SQLStore):
             raise NoSpool(f"no spool at {self.path.parent}")
         wconn, _before = self._make()
         self._writer = _GroupCommit(wconn, self.commit_batch, self.path.parent)
+        self._writer.on_commit = self._committed
         self._reader = _Reader(connect(self.path), loop, name="msgspool-reader")
         self._reader.start()
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import itertools
 import os
@@ -43,6 +44,7 @@ from typing import Any
 from msgspool.domain import maildir
 from msgspool.domain.address import SMTP, domain_of, mailbox_key
 from msgspool.domain.content import delivered_to
+from msgspool.domain.mdn import original_recipient_header
 from msgspool.domain.message import Message, Recipient
 from msgspool.domain.outcome import Filed, Reply
 from msgspool.errors import ConfigError
@@ -121,8 +123,8 @@ def _make_dir_tree(path: Path, owner: Owner | None) -> None:
         _make_dir(directory, owner)
 
 
-def _write_new_file(path: Path, data: bytes, owner: Owner | None = None) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+def _write_new_file(path: Path | str, data: bytes, owner: Owner | None = None, *, dir_fd: int | None = None) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=dir_fd)
     try:
         if owner is not None:
             os.fchown(fd, *owner)
@@ -156,43 +158,71 @@ def write_message(directory: Path, data: bytes, name_of: Callable[[], str], subd
     the file system has no hard links), unlink `tmp/NAME`, fsync `<subdir>/`. `name_of()` gives a
     fresh unique name; a name taken meanwhile is replaced by the next one (not `unique`: raises
     FileExistsError). On any error the `tmp/` file is removed and the error raised: nothing
-    half-written is ever in `new/`."""
+    half-written is ever in `new/`.
+
+    `tmp/` and `<subdir>/` are opened once, never through a symbolic link, and every step is
+    relative to them: a mailbox owner who swaps a directory for a link to elsewhere cannot make a
+    daemon that runs as root write there (ELOOP: deferred like any write error)."""
+    tmp_fd = _open_dir(directory / "tmp")
+    try:
+        target_fd = _open_dir(directory / subdir)
+        try:
+            return directory / subdir / _deliver_in(tmp_fd, target_fd, data, name_of, info, unique, owner)
+        finally:
+            os.close(target_fd)
+    finally:
+        os.close(tmp_fd)
+
+
+def _open_dir(path: Path) -> int:
+    return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+
+
+def _deliver_in(tmp_fd: int, target_fd: int, data: bytes, name_of: Callable[[], str], info: str, unique: bool,
+                owner: Owner | None) -> str:
     while True:
         name = name_of()
-        tmp = directory / "tmp" / name
         try:
-            _write_new_file(tmp, data, owner)
+            _write_new_file(name, data, owner, dir_fd=tmp_fd)
         except FileExistsError:
             if not unique:
                 raise
             continue
         except OSError:
-            _remove(tmp)
+            _remove(name, tmp_fd)
             raise
-        target = directory / subdir / (name + info)
         try:
             try:
-                os.link(tmp, target)
-                os.unlink(tmp)
+                os.link(name, name + info, src_dir_fd=tmp_fd, dst_dir_fd=target_fd, follow_symlinks=False)
+                os.unlink(name, dir_fd=tmp_fd)
             except FileExistsError:
-                _remove(tmp)
+                _remove(name, tmp_fd)
                 if not unique:
                     raise
                 continue
             except OSError as err:
                 if err.errno not in _NO_LINKS:
                     raise
-                os.rename(tmp, target)
-            fsync_dir(directory / subdir)
+                os.rename(name, name + info, src_dir_fd=tmp_fd, dst_dir_fd=target_fd)
+            os.fsync(target_fd)
         except OSError:
-            _remove(tmp)
+            _remove(name, tmp_fd)
             raise
-        return target
+        return name + info
 
 
-def _remove(path: Path) -> None:
+def _remove(name: str, dir_fd: int) -> None:
     with contextlib.suppress(OSError):
-        os.unlink(path)
+        os.unlink(name, dir_fd=dir_fd)
+
+
+def _original_recipient(drop: Drop) -> bytes:
+    """Original-Recipient when the client gave an ORCPT (RFC 8098 §2.3: the delivering MTA adds it,
+    so a read receipt names the address as first given), as the store's copies have it."""
+    dsn = drop.recipient.dsn
+    if dsn is None or dsn.orcpt is None:
+        return b""
+    return maildir.to_lf(original_recipient_header(dsn.orcpt).encode("utf-8"))
 
 
 @dataclass(slots=True)
@@ -233,6 +263,8 @@ class MaildirTransport:
         path = options.get("path")
         if not isinstance(path, str) or not path:
             raise ConfigError(f"transport {name}: a maildir transport needs path, e.g. \"/var/mail/%d/%u\"")
+        if not path.startswith("/"):  # relative to whatever directory the daemon was started in: a surprise
+            raise ConfigError(f"transport {name}: path {path!r} must be absolute")
         domains = options.get("domains", [])
         if not isinstance(domains, list) or not all(isinstance(d, str) and d for d in domains):
             raise ConfigError(f"transport {name}: domains must be a list of domains or mailboxes")
@@ -258,11 +290,23 @@ class MaildirTransport:
     async def close(self) -> None:
         return None
 
-    async def plan(self, message: Message, r: Recipient) -> Drop:
+    async def file_copy(self, message: Message, recipient: Recipient, content: bytes, *, folder: str | None = None,
+                        flags: Sequence[str] = ()) -> Reply:
+        """A copy the inbound hooks made (spooler/local.py): into `folder`, with `flags` (in `cur/`
+        with their letters when there are any, maildir(5))."""
+        copy = dataclasses.replace(message, content=content, headers_prefix=b"")
+        drop = await self.plan(copy, recipient, folder=folder)
+        if drop.reply is not None:
+            return drop.reply
+        return await asyncio.to_thread(self._write, copy, drop, maildir.to_lf(content),
+                                       maildir.info_of(False, tuple(flags)))
+
+    async def plan(self, message: Message, r: Recipient, *, folder: str | None = None) -> Drop:
         mailbox = mailbox_key(r.address)
-        folder = maildir.INBOX
-        if self._receive_folder is not None:
-            folder = await self._receive_folder(mailbox, message.message_class)
+        if folder is None:
+            folder = maildir.INBOX
+            if self._receive_folder is not None:
+                folder = await self._receive_folder(mailbox, message.message_class)
         drop = Drop(r, mailbox, folder)
         try:
             drop.folder_dir = maildir.folder_dir(folder)
@@ -281,12 +325,13 @@ class MaildirTransport:
         body = maildir.to_lf(message.full_content())
         return [drop.reply or self._write(message, drop, body) for drop in drops]
 
-    def _write(self, message: Message, drop: Drop, body: bytes) -> Reply:
+    def _write(self, message: Message, drop: Drop, body: bytes, info: str = "") -> Reply:
         assert drop.root is not None
-        data = maildir.delivered_headers(message.sender, drop.recipient.address) + body
+        data = maildir.delivered_headers(message.sender, drop.recipient.address) + _original_recipient(drop) + body
         try:
             directory = make_maildir(drop.root, drop.folder_dir, create=self.create, owner=self.owner)
-            path = write_message(directory, data, lambda: self.unique_name(len(data)), owner=self.owner)
+            path = write_message(directory, data, lambda: self.unique_name(len(data)), "cur" if info else "new",
+                                 info=info, owner=self.owner)
         except MissingMaildir:
             return maildir.unknown_mailbox(drop.recipient.address, str(drop.root))
         except OSError as err:

@@ -28,12 +28,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import grp
 import logging
 import os
 import pwd
+import shlex
 import shutil
 import signal
+import subprocess
 from collections.abc import Sequence
 from typing import Any
 
@@ -95,7 +98,7 @@ class PipeConnection:
 
     def __init__(self, transport: PipeTransport, nexthop: str) -> None:
         self.transport, self.nexthop = transport, nexthop
-        self.remote = f"{transport.name}[{transport.argv[0]}]"
+        self.remote = f"{transport.name}[{transport.argv[0] if transport.argv else 'aliases'}]"
 
     @property
     def usable(self) -> bool:
@@ -123,8 +126,11 @@ class PipeTransport:
     def __init__(self, name: str, settings: Any, options: dict[str, Any]) -> None:
         self.name = name
         self.domains: tuple[str, ...] = tuple(options.get("domains", ()))
-        argv = options.get("argv")
-        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+        # The aliases' own transport (spooler/aliases.py): each recipient's address is its command line.
+        self.command_from_recipient = bool(options.get("command_from_recipient", False))
+        argv: Any = options.get("argv", [] if self.command_from_recipient else None)
+        if not isinstance(argv, list) or not (argv or self.command_from_recipient) or not all(
+                isinstance(a, str) for a in argv):
             raise ConfigError(f"transport {name}: argv must be a non-empty list of strings (it is never given"
                               " to a shell)")
         unknown = macros_in(argv) - MACROS
@@ -136,7 +142,7 @@ class PipeTransport:
             self.flags = parse_flags(str(options.get("flags", "")))
         except ValueError as err:
             raise ConfigError(f"transport {name}: {err}") from None
-        self.max_recipients = int(options.get("max_recipients", 1))
+        self.max_recipients = 1 if self.command_from_recipient else int(options.get("max_recipients", 1))
         if self.max_recipients < 1:
             raise ConfigError(f"transport {name}: max_recipients must be at least 1")
         if self.max_recipients > 1 and self.flags & {"D", "O"}:
@@ -160,6 +166,8 @@ class PipeTransport:
         return self.fixed_nexthop or domain_of(address)
 
     async def connect(self, nexthop: str) -> PipeConnection:
+        if self.command_from_recipient:  # each command is checked when it runs
+            return PipeConnection(self, nexthop)
         command = self.argv[0]
         found = shutil.which(command, path=self.base_environment["PATH"]) if "/" not in command else command
         if found is None or not os.access(found, os.X_OK) or os.path.isdir(found):
@@ -176,28 +184,33 @@ class PipeTransport:
         if self.size_limit and message.size > self.size_limit:
             return Reply(552, "5.2.3", f"message of {message.size} octets exceeds the size limit"
                                        f" ({self.size_limit}) of transport {self.name}")
+        if self.command_from_recipient:
+            # An alias's |command: its line split as sh would (never given to one); the envelope names
+            # the address the mail was for, the alias (the ORCPT expansion set), as local(8)'s does.
+            argv = shlex.split(recipients[0].address)
+            recipients = [dataclasses.replace(r, address=r.dsn.orcpt.address if r.dsn and r.dsn.orcpt else r.address)
+                          for r in recipients]
         envelope = self.envelope(message, recipients, nexthop)
         data = command_input(message.full_content(), envelope, self.flags, return_path=message.sender,
                              eol=self.eol)
-        argv = expand_argv(self.argv, envelope)
+        if not self.command_from_recipient:
+            argv = expand_argv(self.argv, envelope)
         try:
-            process = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT, env={**self.base_environment, **environment(envelope)},
-                cwd=self.directory, start_new_session=True, **self.account.process_options())
+            command = await Command.start(argv, env={**self.base_environment, **environment(envelope)},
+                                          cwd=self.directory, account=self.account.process_options())
         except OSError as err:  # vanished since connect, or not executable by the account
             return Reply(451, "4.3.0", f"cannot run command {argv[0]}: {err.strerror or err}")
         output = bytearray()
         try:
             async with asyncio.timeout(self.timeout):
-                await asyncio.gather(_feed(process, data), _collect(process, output, self.output_limit))
-                returncode: int | None = await process.wait()
+                await asyncio.gather(command.feed(data), command.collect(output, self.output_limit))
+                returncode: int | None = await command.wait()
         except TimeoutError:
-            await _kill(process)
+            await command.kill()
             return exit_reply(argv[0], None, printable(bytes(output), self.output_limit), timed_out=True,
                               time_limit=self.timeout)
         except BaseException:  # cancelled (shutdown): the command must not outlive its delivery
-            await _kill(process)
+            await command.kill()
             raise
         return exit_reply(argv[0], returncode, printable(bytes(output), self.output_limit))
 
@@ -205,32 +218,106 @@ class PipeTransport:
         return None
 
 
-async def _feed(process: asyncio.subprocess.Process, data: bytes) -> None:
-    """The message to the command's stdin; a command that exits without reading it all is judged
-    by its exit status alone (Postfix ignores EPIPE the same way)."""
-    assert process.stdin is not None
+class Command:
+    """One running command: its stdin and stdout (stderr joined) as asyncio pipes, its exit awaited.
+
+    Started by `subprocess.Popen`, whose user/group switch is done in C between fork and exec (the
+    event loop's own subprocess support may lack it: uvloop has no user, group or extra_groups), in
+    a new session, so its whole process group can be killed. Its exit is awaited on a pidfd where
+    Linux has one, else in a thread."""
+
+    def __init__(self, process: subprocess.Popen[bytes], stdin: asyncio.StreamWriter,
+                 stdout: asyncio.StreamReader, stdout_pipe: asyncio.BaseTransport, pidfd: int | None) -> None:
+        self.process, self.stdin, self.stdout, self.stdout_pipe = process, stdin, stdout, stdout_pipe
+        self.pidfd = pidfd  # closed by the first `wait`
+
+    @classmethod
+    async def start(cls, argv: list[str], *, env: dict[str, str], cwd: str, account: dict[str, Any]) -> Command:
+        process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   env=env, cwd=cwd, start_new_session=True, close_fds=True, **account)
+        assert process.stdin is not None and process.stdout is not None
+        try:  # opened now, while the pipes hold their numbers: it can never share one with them
+            pidfd: int | None = os.pidfd_open(process.pid)
+        except (AttributeError, OSError):  # not Linux >= 5.3: a thread waits instead
+            pidfd = None
+        loop = asyncio.get_running_loop()
+        try:
+            reader = asyncio.StreamReader(limit=1 << 16)
+            stdout_pipe, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), process.stdout)
+            transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, process.stdin)
+        except BaseException:
+            _killpg(process.pid)
+            process.kill()
+            await asyncio.to_thread(process.wait)
+            if pidfd is not None:
+                os.close(pidfd)
+            raise
+        return cls(process, asyncio.StreamWriter(transport, protocol, None, loop), reader, stdout_pipe, pidfd)
+
+    async def feed(self, data: bytes) -> None:
+        """The message to the command's stdin; a command that exits without reading it all is
+        judged by its exit status alone (Postfix ignores EPIPE the same way)."""
+        try:
+            # A command that has already exited without reading may have had its stdin closed by
+            # the loop (uvloop does so as soon as the pipe's far end goes): nothing is left to write.
+            if not self.stdin.transport.is_closing():
+                self.stdin.write(data)
+                await self.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        finally:
+            self.stdin.close()
+
+    async def collect(self, output: bytearray, limit: int) -> None:
+        """stdout and stderr until they close; only the first `limit` octets are kept, the rest is
+        read and dropped so a chatty command never blocks on a full pipe."""
+        while chunk := await self.stdout.read(65536):
+            if len(output) < limit:
+                output += chunk[:limit - len(output)]
+        self.stdout_pipe.close()  # at EOF uvloop keeps a pipe open (StreamReaderProtocol asks it to)
+
+    async def wait(self) -> int:
+        """The exit status (negative: the signal that killed it)."""
+        pidfd, self.pidfd = self.pidfd, None
+        try:
+            if self.process.poll() is None and (pidfd is None or not await _exit_seen(pidfd)):
+                return await asyncio.to_thread(self.process.wait)
+            return self.process.wait()
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
+
+    async def kill(self) -> None:
+        """SIGKILL to the command's whole process group (its offspring too), then reap it."""
+        _killpg(self.process.pid)
+        with contextlib.suppress(ProcessLookupError):
+            self.process.kill()
+        self.stdin.close()
+        self.stdout_pipe.close()  # an escaped descendant may hold it open: not our business any more
+        await self.wait()
+
+
+async def _exit_seen(pidfd: int) -> bool:
+    """Until the process of `pidfd` exits (it becomes readable); False when the loop cannot watch
+    it (uvloop may still count the number as a closed pipe's), so a thread waits instead."""
+    loop = asyncio.get_running_loop()
+    exited: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        if not exited.done():
+            exited.set_result(None)
+
     try:
-        process.stdin.write(data)
-        await process.stdin.drain()
-    except (BrokenPipeError, ConnectionResetError):
-        pass
+        loop.add_reader(pidfd, readable)
+    except (RuntimeError, OSError):
+        return False
+    try:
+        await exited
     finally:
-        process.stdin.close()
+        loop.remove_reader(pidfd)
+    return True
 
 
-async def _collect(process: asyncio.subprocess.Process, output: bytearray, limit: int) -> None:
-    """stdout and stderr until they close; only the first `limit` octets are kept, the rest is read
-    and dropped so a chatty command never blocks on a full pipe."""
-    assert process.stdout is not None
-    while chunk := await process.stdout.read(65536):
-        if len(output) < limit:
-            output += chunk[:limit - len(output)]
-
-
-async def _kill(process: asyncio.subprocess.Process) -> None:
-    """SIGKILL to the command's whole process group (its offspring too), then reap it."""
+def _killpg(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
-    with contextlib.suppress(ProcessLookupError):
-        process.kill()
-    await process.wait()
+        os.killpg(pid, signal.SIGKILL)

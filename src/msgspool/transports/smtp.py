@@ -9,8 +9,11 @@ addresses are tried in turn, the next on a refused or timed-out connection or a 
 or EHLO, then the next MX host, at most `mx_address_limit` addresses per attempt (Postfix's
 smtp_mx_address_limit); when none completes a session the destination is down (never a bounce:
 another attempt may find a host). MX hosts with no address at all fail 5.4.4 (4.4.3 when a lookup
-failed only for now). Not done: Postfix's smtp_mx_session_limit (a transaction's 4xx is not retried
-on the next MX within the attempt) and spotting this host among the MX hosts (RFC 5321 §5.1).
+failed only for now). Recipients a session leaves with a 4xx, or all of them when it is lost, go on
+to the next MX address in the same attempt, up to `mx_session_limit` sessions per message
+(Postfix's smtp_mx_session_limit). An MX address that is one of this msgspool's own SMTP listeners
+(on the transport's port) is never delivered to, nor any MX of equal or worse preference (RFC 5321
+§5.1): when it is the best, the mail fails 5.4.6 (a loop), else it defers 4.4.4 (no primary).
 
 Options (from a [[transports]] table): relay (``HOST:PORT``, or ``smtps://HOST:PORT`` for implicit
 TLS), helo_name, port (default 25), tls_security_level and tls_ca_file (default the settings'
@@ -18,7 +21,8 @@ smtp_tls_security_level and smtp_tls_ca_file), user and password_file (smarthost
 that takes the settings' relay takes relay_user and relay_password_file with it), mta_sts (default
 smtp_mta_sts: MX delivery honours RFC 8461 policies, mta_sts.py), nameserver (HOST[:PORT] for the MX,
 MTA-STS, MX address and policy host lookups; default the system's resolver), mx_address_limit
-(default smtp_mx_address_limit), and the timeouts of config.py. The
+(default smtp_mx_address_limit), mx_session_limit (default smtp_mx_session_limit), and the timeouts
+of config.py. The
 security policy itself is smtp_security.py's.
 
 A connection's `remote` names the TLS version it used and the account, e.g.
@@ -28,6 +32,7 @@ its history and the delivery's log line carry it.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import random
@@ -66,16 +71,25 @@ def split_hostport(value: str, default_port: int = 25) -> tuple[str, int]:
 
 
 class SMTPConnection:
-    """One SMTP session, reused for several messages."""
+    """One SMTP session, reused for several messages. For MX delivery it keeps the destination's
+    other addresses: recipients a transaction leaves with a 4xx (or all of them, when the session is
+    lost) go to the next MX address at once, in a new session, up to `session_limit` sessions per
+    message (Postfix's smtp_mx_session_limit); the connection goes on with the last session."""
 
-    def __init__(self, client: SMTPClient, note: str = "") -> None:
+    def __init__(self, client: SMTPClient, note: str = "", candidates: MXCandidates | None = None,
+                 session_limit: int = 1) -> None:
+        self.note, self.candidates, self.session_limit = note, candidates, session_limit
+        self._use(client)
+        self.remotes: list[str] = []  # per recipient of the last send: the session that answered
+
+    def _use(self, client: SMTPClient) -> None:
         self.client = client
         self.remote = client.remote
         if client.tls is not None:
             self.remote += f" tls={client.tls[0]}"
         if client.user is not None:
             self.remote += f" user={client.user}"
-        self.remote += note  # e.g. " mta-sts=enforce"
+        self.remote += self.note  # e.g. " mta-sts=enforce"
 
     @property
     def usable(self) -> bool:
@@ -88,6 +102,30 @@ class SMTPConnection:
         return Handoff.DSN_RELAY if "DSN" in self.client.extensions else Handoff.RELAY
 
     async def send(self, message: Message, recipients: Sequence[Recipient]) -> list[Reply]:
+        replies: list[Reply | None] = [None] * len(recipients)
+        self.remotes = [self.remote] * len(recipients)
+        pending, sessions = list(range(len(recipients))), 1
+        while True:
+            try:
+                got = await self._transaction(message, [recipients[i] for i in pending])
+            except DestinationUnavailable as err:
+                if not (self._may_fall_back(sessions) and await self._next_session()):
+                    if all(r is None for r in replies):
+                        raise  # nothing is known of any recipient: the destination's health decides
+                    return [err.reply if r is None else r for r in replies]
+                sessions += 1
+                continue
+            for i, reply in zip(pending, got, strict=True):
+                replies[i], self.remotes[i] = reply, self.remote
+            pending = [i for i, reply in zip(pending, got, strict=True) if reply.temporary]
+            if not (pending and self._may_fall_back(sessions) and await self._next_session()):
+                return [r for r in replies if r is not None]
+            sessions += 1
+
+    def _may_fall_back(self, sessions: int) -> bool:
+        return self.candidates is not None and (self.session_limit == 0 or sessions < self.session_limit)
+
+    async def _transaction(self, message: Message, recipients: Sequence[Recipient]) -> list[Reply]:
         mail_params, rcpt_params = self._dsn_params(message, recipients)
         try:
             result = await self.client.send(message.sender, [r.address for r in recipients], message.full_content(),
@@ -95,6 +133,19 @@ class SMTPConnection:
         except SMTPConnectionError as err:
             raise DestinationUnavailable(err.reply) from err
         return result.outcomes()
+
+    async def _next_session(self) -> bool:
+        """Move to a session with the destination's next MX address; False when none is left."""
+        if self.candidates is None or not self.candidates.remaining:
+            return False
+        try:
+            client = await self.candidates.next_session()
+        except DestinationUnavailable:
+            return False
+        log.info("%s: going on with the next MX, %s", self.candidates.nexthop, client.remote)
+        await self.client.quit()
+        self._use(client)
+        return True
 
     def _dsn_params(self, message: Message,
                     recipients: Sequence[Recipient]) -> tuple[list[str], list[list[str]] | None]:
@@ -111,6 +162,34 @@ class SMTPConnection:
 
     async def close(self) -> None:
         await self.client.quit()
+
+
+class MXCandidates:
+    """The addresses of one destination still to try, in order: `connect` takes the first that
+    completes a session, a connection's fallback the next (RFC 5321 §5.1)."""
+
+    def __init__(self, transport: SMTPTransport, nexthop: str, candidates: list[tuple[str, str | None]], port: int,
+                 security: SessionSecurity) -> None:
+        self.transport, self.nexthop, self.port, self.security = transport, nexthop, port, security
+        self.remaining = list(candidates)
+        self.tried: list[str] = []
+        self.last: Reply | None = None
+
+    async def next_session(self) -> SMTPClient:
+        """A session with the next address that completes one; DestinationUnavailable, naming
+        every host tried, when none is left."""
+        t = self.transport
+        while self.remaining:
+            host, address = self.remaining.pop(0)
+            try:
+                return await SMTPClient.connect(host, self.port, helo_name=t.helo_name, timeouts=t.timeouts,
+                                                security=self.security, address=address)
+            except SMTPConnectionError as err:
+                self.last = err.reply
+                self.tried.append(f"{host}[{address}]:{self.port}" if address else f"{host}:{self.port}")
+                if self.remaining:
+                    log.info("%s: %s: %s; trying the next one", self.nexthop, self.tried[-1], err.reply.line())
+        raise DestinationUnavailable(_none_answered(self.nexthop, self.tried, self.last))
 
 
 class SMTPTransport:
@@ -134,6 +213,11 @@ class SMTPTransport:
             raise ConfigError(f"transport {name}: a user and password are for a relay, and it has none")
         self.nameserver: str = options.get("nameserver", "")
         self.mx_address_limit = int(options.get("mx_address_limit", getattr(settings, "smtp_mx_address_limit", 5)))
+        # RFC 5321 §5.1: an MX that is this host itself is never delivered to (mail would loop).
+        self.own_listeners = [split_hostport(value, 25) for value in (
+            getattr(settings, "smtp_listen", ""), getattr(settings, "smtps_listen", ""),
+            getattr(settings, "submission_listen", "")) if value]
+        self.mx_session_limit = int(options.get("mx_session_limit", getattr(settings, "smtp_mx_session_limit", 2)))
         self._resolver: Any = None
         self._mta_sts: MTASTS | None = None
         self._sts_security: SessionSecurity | None = None
@@ -157,31 +241,23 @@ class SMTPTransport:
     async def connect(self, nexthop: str) -> SMTPConnection:
         """A session with the relay, or with the first MX address that completes one (RFC 5321
         §5.1): a host that refuses, times out, or greets or answers EHLO with 4xx/5xx is passed over
-        for the next address, then the next MX host, up to `mx_address_limit` addresses."""
+        for the next address, then the next MX host, up to `mx_address_limit` addresses. The MX
+        addresses not tried yet stay with the connection for its fallback (`mx_session_limit`)."""
         security, note = self.security, ""
         if self.relay:
             host, port = split_hostport(nexthop, self.port)
-            candidates: list[tuple[str, str | None]] = [(host, None)]
-        else:
-            hosts = await self._mx_hosts(nexthop)
-            security, hosts, note = await self._apply_mta_sts(nexthop, hosts)
-            candidates, port = await self._mx_addresses(nexthop, hosts), self.port
-        tried: list[str] = []
-        last: Reply | None = None
-        for host, address in candidates:
+            candidates = MXCandidates(self, nexthop, [(host, None)], port, security)
             try:
-                client = await SMTPClient.connect(host, port, helo_name=self.helo_name, timeouts=self.timeouts,
-                                                  security=security, address=address)
-            except SMTPConnectionError as err:
-                last = err.reply
-                tried.append(f"{host}[{address}]:{port}" if address else f"{host}:{port}")
-                if len(candidates) > 1:
-                    log.info("%s: %s: %s; trying the next one", nexthop, tried[-1], err.reply.line())
-                continue
-            return SMTPConnection(client, note)
-        if self.relay and last is not None and len(tried) == 1:
-            raise DestinationUnavailable(last)  # the relay's own word: a 5xx (say, AUTH refused) bounces
-        raise DestinationUnavailable(_none_answered(nexthop, tried, last))
+                return SMTPConnection(await candidates.next_session(), note)
+            except DestinationUnavailable as err:
+                if candidates.last is not None:
+                    raise DestinationUnavailable(candidates.last) from err  # the relay's own word: a 5xx bounces
+                raise
+        records = await self._mx_records(nexthop)
+        security, hosts, note = await self._apply_mta_sts(nexthop, [host for _, host in records])
+        records = [(preference, host) for preference, host in records if host in hosts]
+        candidates = MXCandidates(self, nexthop, await self._mx_addresses(nexthop, records), self.port, security)
+        return SMTPConnection(await candidates.next_session(), note, candidates, self.mx_session_limit)
 
     async def _apply_mta_sts(self, domain: str, hosts: list[str]) -> tuple[SessionSecurity, list[str], str]:
         """RFC 8461 §5: in `enforce` mode only the MX hosts the policy names, each with a verified
@@ -222,49 +298,85 @@ class SMTPTransport:
         return self._mta_sts
 
     async def _mx_hosts(self, domain: str) -> list[str]:
-        """The domain's mail exchangers, best first (RFC 5321 §5.1): MX records by preference, those
-        of equal preference shuffled; no MX record (NODATA) -> the domain itself, the implicit MX; no
-        such domain (NXDOMAIN) -> 550 5.1.2; a null MX (RFC 7505 §3: one record, ".") -> 556 5.1.10."""
+        return [host for _, host in await self._mx_records(domain)]
+
+    async def _mx_records(self, domain: str) -> list[tuple[int, str]]:
+        """The domain's mail exchangers (preference, host), best first (RFC 5321 §5.1): MX records
+        by preference, those of equal preference shuffled; no MX record (NODATA) -> the domain
+        itself, the implicit MX; no such domain (NXDOMAIN) -> 550 5.1.2; a null MX (RFC 7505 §3:
+        one record, ".") -> 556 5.1.10."""
         import dns.exception
         import dns.resolver
 
         if domain.startswith("[") and domain.endswith("]"):  # an address literal: no MX lookup
-            return [domain[1:-1].removeprefix("IPv6:")]
+            return [(0, domain[1:-1].removeprefix("IPv6:"))]
         try:
             answer = await self._dns().resolve(domain, "MX")
         except dns.resolver.NXDOMAIN as err:
             raise DestinationUnavailable(Reply(550, "5.1.2", f"domain {domain} does not exist")) from err
         except dns.resolver.NoAnswer:
-            return [domain]  # RFC 5321 §5.1: the implicit MX
+            return [(0, domain)]  # RFC 5321 §5.1: the implicit MX
         except dns.exception.DNSException as err:
             raise DestinationUnavailable(Reply(451, "4.4.3", f"MX lookup for {domain} failed: {err}")) from err
-        records = sorted(answer, key=lambda r: (r.preference, random.random()))
-        hosts = [str(r.exchange).rstrip(".") for r in records]
-        if "" in hosts:  # RFC 7505 §3: a null MX; §4.3: with other MX records it is still one
+        records = sorted(((r.preference, str(r.exchange).rstrip(".")) for r in answer),
+                         key=lambda record: (record[0], random.random()))
+        if any(host == "" for _, host in records):  # RFC 7505 §3: a null MX; §4.3: among others still one
             raise DestinationUnavailable(Reply(556, "5.1.10", f"{domain} accepts no mail (null MX)"))
-        return hosts
+        return records
 
-    async def _mx_addresses(self, domain: str, hosts: list[str]) -> list[tuple[str, str | None]]:
+    async def _mx_addresses(self, domain: str, records: list[tuple[int, str]]) -> list[tuple[str, str | None]]:
         """(host, address) to try, in order: each MX host's IPv4 then IPv6 addresses as the DNS
         gives them, at most `mx_address_limit` in all. An MX host without an address is passed over
         (Postfix does so too); when none has one the mail fails 5.4.4, unless a lookup failed only
-        for now (4.4.3)."""
-        candidates: list[tuple[str, str | None]] = []
+        for now (4.4.3). An MX address that is this msgspool's own SMTP listener ends the list
+        before its preference (RFC 5321 §5.1): mail to it would loop."""
+        candidates: list[tuple[int, str, str]] = []
         temporary: Reply | None = None
-        for host in hosts:
+        for preference, host in records:
             addresses, error = await self._addresses(host)
             temporary = temporary or error
-            candidates.extend((host, address) for address in addresses)
+            own = next((a for a in addresses if self._is_own_listener(a)), None)
+            if own is not None:
+                candidates = [c for c in candidates if c[0] < preference]
+                if not candidates:
+                    raise DestinationUnavailable(self._loop_reply(domain, host, own, records[0][0] == preference))
+                break
+            candidates.extend((preference, host, address) for address in addresses)
             if self.mx_address_limit and len(candidates) >= self.mx_address_limit:
-                return candidates[:self.mx_address_limit]
-        if candidates:
-            return candidates
+                break
+        found: list[tuple[str, str | None]] = [(host, address) for _, host, address in candidates]
+        if found:
+            return found[:self.mx_address_limit] if self.mx_address_limit else found
         if temporary is not None:
             raise DestinationUnavailable(temporary)
+        hosts = [host for _, host in records]
         if hosts == [domain]:
             raise DestinationUnavailable(Reply(554, "5.4.4", f"{domain} has no MX and no address record"))
         raise DestinationUnavailable(Reply(554, "5.4.4", f"no MX host of {domain} ({', '.join(hosts)}) has an"
                                            " address record (A or AAAA)"))
+
+    def _is_own_listener(self, address: str) -> bool:
+        """Whether `address` on the transport's port is one of this msgspool's SMTP listeners (a
+        wildcard listener counts for loopback addresses; its other interfaces are not known here)."""
+        ip = ipaddress.ip_address(address)
+        for host, port in self.own_listeners:
+            if port != self.port:
+                continue
+            if host in ("", "0.0.0.0", "::", "localhost") and ip.is_loopback:
+                return True
+            with contextlib.suppress(ValueError):
+                if ipaddress.ip_address(host) == ip:
+                    return True
+        return False
+
+    def _loop_reply(self, domain: str, host: str, address: str, best: bool) -> Reply:
+        """Postfix's words: the best MX is this host -> a loop (bounce); only a worse one is, and the
+        better ones have no usable address -> no primary relay for now (defer)."""
+        where = f"{host}[{address}]:{self.port} is this msgspool's SMTP listener"
+        if best:
+            return Reply(554, "5.4.6", f"mail for {domain} loops back to myself ({where})")
+        return Reply(451, "4.4.4", f"unable to find a primary relay for {domain} ({where}, and no better MX"
+                                   " host has an address)")
 
     async def _addresses(self, host: str) -> tuple[list[str], Reply | None]:
         """A host's A and AAAA addresses, looked up by the transport's resolver; a temporary

@@ -2,8 +2,13 @@
 
 Every request under /api/ carries a bearer token (RFC 6750) whose scopes cover what it asks:
 ``read`` for GET, ``submit`` for POST /api/messages, ``admin`` for the queue operations (admin
-implies the others). Without a valid token: 401 with ``WWW-Authenticate: Bearer``; with a token
-whose scopes fall short: 403.
+implies the others). ``GET /metrics`` needs ``metrics`` (implied by read and admin): the scope to
+give a Prometheus server, which sends a bearer token as its scrape configuration's
+``authorization`` says, and which should see the figures, not the mail. No separate open endpoint:
+destination names and queue sizes are not for anyone who can reach the port; on loopback the rule
+below lets a local Prometheus scrape without a token while none exists, as any API client.
+Without a valid token: 401 with ``WWW-Authenticate: Bearer``; with a token whose scopes fall
+short: 403.
 
 One exception keeps `make run` and scripts on the same host working: a listener bound to loopback
 serves token-less requests from its (loopback or `trusted_networks`) clients while no token exists
@@ -40,7 +45,7 @@ from aiohttp.typedefs import Middleware
 
 from msgspool.domain.address import SMTP
 from msgspool.domain.routing import Router
-from msgspool.domain.tokens import ADMIN, READ, SUBMIT, Token, matches, token_id_of
+from msgspool.domain.tokens import ADMIN, METRICS, READ, SUBMIT, Token, matches, token_id_of
 from msgspool.errors import MsgspoolError
 from msgspool.ports import Credentials
 from msgspool.smtpd.policy import Network, parse_networks
@@ -104,6 +109,8 @@ def caller(request: web.Request) -> Caller:
 
 
 def needed_scope(request: web.Request) -> str:
+    if request.path == "/metrics":
+        return METRICS
     if request.method in ("GET", "HEAD"):
         return READ
     if request.path.rstrip("/") == "/api/messages":

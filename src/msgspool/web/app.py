@@ -8,6 +8,8 @@ submission.py.
     POST /api/queue/flush                   retry all deferred now; ?destination=HOST&transport=NAME
                                             (or a JSON body with them): only those
     POST /api/queue/{id}/{flush|hold|release|requeue|delete}
+    POST /api/queue/{id}/resend             MAPI MSGFLAG_RESEND -> 201 {ok, id, resend_of, recipients};
+                                            409 when no recipient failed
     POST /api/queue/{id}/{read|unread}      the read flag (MAPI SetReadFlag) -> {ok, read, mdn: [ids]}
                                             read and delete take an optional JSON {"mdn": true|false}:
                                             the user's answer to a read receipt request (RFC 8098)
@@ -22,6 +24,8 @@ submission.py.
                                             expires_at, max_attempts
     GET  /api/events                        Server-Sent Events; ?mailbox=ADDR&types=a,b;
                                             resumes after Last-Event-ID (header or ?last_event_id=)
+    GET  /metrics                           Prometheus text format (spooler/metrics.py), both
+                                            processes' figures; token scope `metrics`
 """
 
 from __future__ import annotations
@@ -38,14 +42,17 @@ from msgspool.domain.events import Event, EventType
 from msgspool.errors import NotFound
 from msgspool.spooler import bulk
 from msgspool.spooler.events import EventFilter, Subscription
+from msgspool.spooler.metrics import CONTENT_TYPE, Metric, StoreFigures, exposition, from_wire, gauge, merge
 from msgspool.spooler.runtime import Spooler
 from msgspool.views import message_json
 from msgspool.web.access import Access, Browser, access_middleware, caller, check_exposure, relay_refusal
 from msgspool.web.problems import Problem, ProblemRunner, problems
 from msgspool.web.submission import json_body, submission
+from msgspool.web.suppressions import add_routes as add_suppression_routes
 
 log = logging.getLogger("msgspool.web")
 SPOOLER: web.AppKey[Spooler] = web.AppKey("spooler", Spooler)
+STORE_FIGURES: web.AppKey[StoreFigures] = web.AppKey("store_figures", StoreFigures)
 KEEPALIVE = 15.0
 DISCONNECT_CHECK = 0.25  # seconds: how soon a dropped SSE client frees its subscription
 REPLAY_PAGE = 1000
@@ -57,6 +64,25 @@ async def status(request: web.Request) -> web.Response:
     body = await spooler.status_table()
     body["queue"] = await spooler.store.counts()
     return web.json_response(body)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """This process's figures, the delivery process's (over the link) and the store's counts."""
+    spooler = request.app[SPOOLER]
+    extra: list[Metric] = []
+    remote: list[Metric] = []
+    if spooler.delivery_process:
+        try:
+            if spooler.remote is None:
+                raise ConnectionError("no delivery process")
+            remote = from_wire(await spooler.remote.metrics())
+        except (ConnectionError, TimeoutError):
+            pass  # restarting: its series are missing from this scrape, which says so
+        extra.append(gauge("msgspool_delivery_process_up", "1 while the delivery process answers.", (),
+                           [((), 1 if remote else 0)]))
+    store = await request.app[STORE_FIGURES].families()
+    body = exposition(merge(spooler.metrics.collect(), remote, store, extra))
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
 async def queue_list(request: web.Request) -> web.Response:
@@ -90,6 +116,8 @@ async def queue_action(request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "flushed": count})
     if message_id is None:
         raise web.HTTPNotFound()
+    if action == "resend":
+        return web.json_response({"ok": True, **await spooler.resend(message_id)}, status=201)
     if action in ("read", "unread"):
         sent = await spooler.mark_read([message_id], action == "read", mdn=await _mdn_consent(request))
         return web.json_response({"ok": True, "read": action == "read", "mdn": sent})
@@ -162,8 +190,12 @@ async def submit(request: web.Request) -> web.Response:
         raise refusal
     if who.token is not None:
         sub.meta["http_token"] = who.name  # the history says who submitted it
-    message_id = await spooler.submit(sub)
-    return web.json_response({"id": message_id}, status=201)
+    message = await spooler.commit(sub)
+    # Each recipient as the commit left it: one on the suppression list has failed already, with why.
+    recipients = [{"address": r.address, "status": str(r.status),
+                   "reply": r.last_reply.line() if r.last_reply else None}
+                  for part in (message, *(p for p, _c in message.parts)) for r in part.recipients]
+    return web.json_response({"id": message.id, "recipients": recipients}, status=201)
 
 
 async def events(request: web.Request) -> web.StreamResponse:
@@ -262,6 +294,7 @@ def make_app(spooler: Spooler, host: str = "127.0.0.1", port: int = 8025) -> web
     browser = Browser(host, port, spooler.settings.http_hosts)
     app = web.Application(middlewares=[problems, access_middleware(access, browser)], client_max_size=body_limit)
     app[SPOOLER] = spooler
+    app[STORE_FIGURES] = StoreFigures(spooler.store)
     app.router.add_get("/api/status", status)
     app.router.add_get("/api/queue", queue_list)
     app.router.add_post("/api/queue/{action:flush}", queue_action)
@@ -271,6 +304,8 @@ def make_app(spooler: Spooler, host: str = "127.0.0.1", port: int = 8025) -> web
     app.router.add_post("/api/transports/{name}/{action:offline|online}", transport_action)
     app.router.add_post("/api/messages", submit)
     app.router.add_get("/api/events", events)
+    add_suppression_routes(app, spooler)
+    app.router.add_get("/metrics", metrics)
     return app
 
 

@@ -22,7 +22,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
-from msgspool.errors import NotFound, StorageFull, SubmitError, UnableToAbort, UnknownTransport
+from msgspool.errors import NotFound, NothingToResend, StorageFull, SubmitError, UnableToAbort, UnknownTransport
 
 log = logging.getLogger("msgspool.web")
 PROBLEM_JSON = "application/problem+json"
@@ -72,6 +72,8 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
         return _from_http_error(request, err)
     except UnknownTransport as err:
         return problem(404, "Not Found", str(err))
+    except NothingToResend as err:
+        return problem(409, "Conflict", str(err))
     except NotFound as err:
         return problem(404, "Not Found", f"no message {err}")
     except UnableToAbort as err:  # MAPI_E_UNABLE_TO_ABORT: what was done and what goes on

@@ -21,10 +21,10 @@ INSERT INTO contents (data) VALUES (:data) RETURNING id;
 -- One message in a folder of a mailbox (the spool's own outbox: mailbox '').
 INSERT INTO messages (id, mailbox, folder, sender, size, submitted_at, content_id, headers_prefix,
     message_class, priority, deliver_after, expires_at, delete_after_submit, held, origin, meta, ret,
-    envid, read, max_attempts, flags)
+    envid, read, max_attempts, flags, resend_of)
 VALUES (:id, :mailbox, :folder, :sender, :size, :submitted_at, :content_id, :headers_prefix,
     :message_class, :priority, :deliver_after, :expires_at, :delete_after_submit, :held, :origin, :meta,
-    :ret, :envid, :read, :max_attempts, :flags);
+    :ret, :envid, :read, :max_attempts, :flags, :resend_of);
 
 -- name: insert_recipient
 -- One recipient of an outbound message; `owner` is the node holding it when it comes in active.
@@ -70,15 +70,13 @@ RETURNING sent_at;
 INSERT INTO receive_folders (mailbox, message_class, folder) VALUES (:mailbox, :message_class, :folder)
 ON CONFLICT (mailbox, message_class) DO UPDATE SET folder = excluded.folder;
 
--- name: finished_in_outbox
--- An outbox message with no pending recipient left, and whether it is to be deleted after submit.
-SELECT delete_after_submit FROM messages WHERE id = :message_id AND folder = :outbox AND NOT EXISTS
-    (SELECT 1 FROM recipients WHERE message_id = :message_id
-     AND status IN ('queued', 'active', 'deferred', 'held'));
-
--- name: move_to_sent
--- A finished message leaves the outbox for Sent Items (MAPI FinishedMsg).
-UPDATE messages SET folder = :sent, finished_at = :now WHERE id = :message_id;
+-- name: finish_to_sent
+-- An outbox message with no pending recipient left moves to Sent Items (MAPI FinishedMsg), and
+-- says whether it is to be deleted after submit: one statement whether or not it is finished.
+UPDATE messages SET folder = :sent, finished_at = :now WHERE id = :message_id AND folder = :outbox
+    AND NOT EXISTS (SELECT 1 FROM recipients WHERE message_id = :message_id
+                    AND status IN ('queued', 'active', 'deferred', 'held'))
+RETURNING delete_after_submit;
 
 -- name: reports_owed
 -- Does any recipient of the message still owe its sender a report?
@@ -487,14 +485,14 @@ UPDATE webhook_cursor SET event_id = :upto WHERE id = 1 AND event_id = :after;
 -- name: list_messages
 -- A page of the messages in :folders (a list: Queries.expand), in submission order, after a position.
 SELECT id, mailbox, folder, sender, size, submitted_at, finished_at, message_class, priority, deliver_after,
-    expires_at, held, origin, ret, envid, read, mdn, max_attempts, flags
+    expires_at, held, origin, ret, envid, read, mdn, max_attempts, flags, resend_of
 FROM messages WHERE folder IN (:folders) AND (submitted_at, id) > (:after_at, :after_id)
 ORDER BY submitted_at, id LIMIT :limit;
 
 -- name: list_mailbox_messages
 -- As list_messages, in one mailbox.
 SELECT id, mailbox, folder, sender, size, submitted_at, finished_at, message_class, priority, deliver_after,
-    expires_at, held, origin, ret, envid, read, mdn, max_attempts, flags
+    expires_at, held, origin, ret, envid, read, mdn, max_attempts, flags, resend_of
 FROM messages WHERE folder IN (:folders) AND mailbox = :mailbox AND (submitted_at, id) > (:after_at, :after_id)
 ORDER BY submitted_at, id LIMIT :limit;
 
@@ -506,8 +504,18 @@ FROM recipients WHERE message_id IN (:ids) ORDER BY message_id, idx;
 
 -- name: message_info
 SELECT id, mailbox, folder, sender, size, submitted_at, finished_at, message_class, priority, deliver_after,
-    expires_at, held, origin, ret, envid, read, mdn, max_attempts, flags
+    expires_at, held, origin, ret, envid, read, mdn, max_attempts, flags, resend_of
 FROM messages WHERE id = :message_id;
+
+-- name: resends_of
+-- The messages that resend this one (`queue resend`), oldest first.
+SELECT id FROM messages WHERE resend_of = :message_id ORDER BY submitted_at, id;
+
+-- name: submitted_content
+-- A message's envelope sender and content as submitted (before outbound hooks changed them).
+SELECT COALESCE(m.source_sender, m.sender), COALESCE(s.data, c.data)
+FROM messages m JOIN contents c ON c.id = m.content_id LEFT JOIN contents s ON s.id = m.source_content_id
+WHERE m.id = :message_id;
 
 -- name: recipients_of
 SELECT message_id, idx, address, addrtype, type, transport, nexthop, status, attempts, next_attempt_at,
@@ -527,6 +535,11 @@ WHERE m.folder = 'outbox' GROUP BY status;
 
 -- name: count_outbox
 SELECT count(*) FROM messages WHERE folder = 'outbox';
+
+-- name: count_pending_by_destination
+-- The metrics' queue depth by destination: pending recipients are outbox recipients.
+SELECT transport, nexthop, status, count(*) FROM recipients
+WHERE status IN ('queued', 'active', 'deferred', 'held') GROUP BY transport, nexthop, status;
 
 -- name: events_after
 SELECT id, time, type, message_id, recipient, mailbox, folder, detail FROM events
@@ -589,3 +602,60 @@ WHERE m.folder = 'outbox' AND m.id > :after AND m.submitted_at <= :before
       AND (CAST(:transport AS TEXT) IS NULL OR lower(r.transport) = CAST(:transport AS TEXT))
       AND (CAST(:status AS TEXT) IS NULL OR r.status = CAST(:status AS TEXT)))
 ORDER BY m.id LIMIT :limit;
+
+-- name: insert_fetched
+-- A fetched message's unique id on its server, in the commit that files it (domain/fetch.py).
+INSERT INTO fetched (account, uid, fetched_at, message_id) VALUES (:account, :uid, :fetched_at, :message_id)
+ON CONFLICT DO NOTHING;
+
+-- name: fetched_uids
+SELECT uid FROM fetched WHERE account = :account;
+
+-- name: delete_fetched
+-- An id the server no longer lists.
+DELETE FROM fetched WHERE account = :account AND uid = :uid;
+
+-- ---------------------------------------------------------------------------------------------
+-- The suppression list (domain/suppression.py; stores/suppressions.py runs these).
+
+-- name: suppress
+-- An operator's entry replaces whatever the address had.
+INSERT INTO suppressions (address, reason, source, created_at, suppressed_until, message_id)
+VALUES (:address, :reason, :source, :created_at, :until, :message_id)
+ON CONFLICT (address) DO UPDATE SET reason = excluded.reason, source = excluded.source,
+    created_at = excluded.created_at, suppressed_until = excluded.suppressed_until,
+    message_id = excluded.message_id;
+
+-- name: suppress_bounce
+-- A hard bounce: a new entry, or a later end for an entry that has one (one until removed stays so).
+INSERT INTO suppressions (address, reason, source, created_at, suppressed_until, message_id)
+VALUES (:address, :reason, :source, :created_at, :until, :message_id)
+ON CONFLICT (address) DO UPDATE SET reason = excluded.reason, source = excluded.source,
+    created_at = excluded.created_at, suppressed_until = excluded.suppressed_until,
+    message_id = excluded.message_id
+WHERE suppressions.suppressed_until IS NOT NULL AND suppressions.suppressed_until < excluded.suppressed_until;
+
+-- name: list_suppressions
+-- The entries in force at :now, by address.
+SELECT address, reason, source, created_at, suppressed_until, message_id FROM suppressions
+WHERE suppressed_until IS NULL OR suppressed_until > :now ORDER BY address;
+
+-- name: any_suppression_in_force
+-- Whether any entry is in force at :now (a batch of submissions asks once).
+SELECT 1 FROM suppressions WHERE suppressed_until IS NULL OR suppressed_until > :now LIMIT 1;
+
+-- name: suppressions_among
+-- The entries in force at :now for the addresses :addresses (a list: Queries.expand).
+SELECT address, reason, source, created_at, suppressed_until, message_id FROM suppressions
+WHERE address IN (:addresses) AND (suppressed_until IS NULL OR suppressed_until > :now);
+
+-- name: delete_suppression
+DELETE FROM suppressions WHERE address = :address;
+
+-- name: prune_suppressions
+-- Entries whose time has passed (housekeeping).
+DELETE FROM suppressions WHERE suppressed_until IS NOT NULL AND suppressed_until <= :now;
+
+-- name: suppressions_signature
+-- Whether the list changed since it was last read (intake's copy for RCPT time is read again then).
+SELECT count(*), max(created_at) FROM suppressions;

@@ -1,4 +1,4 @@
--- msgspool SQLite spool schema (PRAGMA user_version = 11). Every statement is idempotent.
+-- msgspool SQLite spool schema (PRAGMA user_version = 14). Every statement is idempotent.
 -- One row per message (any folder of any mailbox), its content stored once in `contents`
 -- (local copies of one submission share it), one row per recipient of an outbound message.
 
@@ -178,4 +178,25 @@ CREATE TABLE IF NOT EXISTS users (
 CREATE TABLE IF NOT EXISTS offline_transports (
     name        TEXT PRIMARY KEY,
     since       REAL NOT NULL
+);
+
+-- The suppression list (domain/suppression.py): addresses that hard-bounced, or that an operator
+-- listed; new mail to one fails at submission while `suppressed_until` is ahead (NULL: until removed).
+CREATE TABLE IF NOT EXISTS suppressions (
+    address          TEXT PRIMARY KEY,   -- lower case (suppression_key)
+    reason           TEXT NOT NULL,
+    source           TEXT NOT NULL,      -- bounce | operator
+    created_at       REAL NOT NULL,
+    suppressed_until REAL,
+    message_id       TEXT
+);
+
+-- Fetch accounts (domain/fetch.py): the unique id (POP3 UIDL, IMAP UIDVALIDITY:UID) of every message
+-- fetched and still on the server, recorded in the commit that files it, so it is never filed twice.
+CREATE TABLE IF NOT EXISTS fetched (
+    account     TEXT NOT NULL,
+    uid         TEXT NOT NULL,
+    fetched_at  REAL NOT NULL,
+    message_id  TEXT NOT NULL,           -- the queue id it was submitted as
+    PRIMARY KEY (account, uid)
 );

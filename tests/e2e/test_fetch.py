@@ -1,0 +1,132 @@
+"""Fetch as a user runs it: `msgspool serve` with [[fetch]] accounts in msgspool.toml polls a real
+Dovecot, files each message once into the local mailbox with a new_mail event on the SSE stream,
+deletes it there, shows each account in `msgspool status`, and keeps running with a wrong password
+(that account in failure, with a log line). A restart fetches only what came since."""
+
+from __future__ import annotations
+
+import imaplib
+import json
+import mailbox
+import poplib
+import time
+import urllib.request
+from pathlib import Path
+
+from tests.conftest import DOVECOT_USERS
+from tests.support import dovecot
+from tests.support.daemon import Daemon, Spool, port_open
+from tests.support.sse import SseClient
+
+
+def message(subject: str) -> bytes:
+    return f"From: sender@example.net\r\nTo: alice@example.org\r\nSubject: {subject}\r\n\r\nhello\r\n".encode()
+
+
+def config(server: dovecot.Dovecot, tmp_path: Path) -> str:
+    good, bad = tmp_path / "alice.pw", tmp_path / "bob.pw"
+    good.write_text(DOVECOT_USERS["alice"] + "\n")
+    bad.write_text("not-bobs-password\n")
+    account = f'protocol = "pop3"\nhost = "127.0.0.1"\nport = {server.pop3_port}\nsecurity = "none"\ninterval = 0.5\n'
+    return (f'[[fetch]]\nname = "alice"\n{account}user = "alice"\npassword_file = "{good}"\n'
+            f'mailbox = "alice@localhost"\n\n'
+            f'[[fetch]]\nname = "bob"\n{account}user = "bob"\npassword_file = "{bad}"\nmailbox = "bob@localhost"\n')
+
+
+def on_server(server: dovecot.Dovecot) -> int:
+    pop = poplib.POP3("127.0.0.1", server.pop3_port, timeout=10)
+    pop.user("alice")
+    pop.pass_(DOVECOT_USERS["alice"])
+    count = int(pop.stat()[0])
+    pop.quit()
+    return count
+
+
+def exported(spool: Spool, tmp_path: Path) -> list[str]:
+    target = tmp_path / "export"
+    spool.run("mailbox", "export", "alice@localhost", str(target))
+    return sorted(str(m["Subject"]) for m in mailbox.Maildir(target, create=False))
+
+
+def test_serve_fetches_over_pop3_once_deletes_after_the_commit_and_survives_a_wrong_password(
+        tmp_path: Path, spool: Spool, daemon: Daemon, dovecot_server: dovecot.Dovecot) -> None:
+    dovecot_server.deliver("alice", message("one"))
+    dovecot_server.deliver("alice", message("two"))
+    (spool.data / "msgspool.toml").write_text(config(dovecot_server, tmp_path))
+    daemon.start()
+    deadline = time.monotonic() + 15
+    while not port_open("127.0.0.1", daemon.http_port) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    events = SseClient(daemon.http_port, "types=new_mail&mailbox=alice@localhost", last_event_id="0").opened()
+    try:
+        seen = events.wait_for(2, timeout=20)
+    finally:
+        events.close()
+    assert {e.data["folder"] for e in seen} == {"inbox"}
+    spool.wait_until(lambda: on_server(dovecot_server) == 0, "the fetched mail deleted on the server")
+    spool.wait_until(lambda: {r["name"]: r for r in spool.status()["fetch"]}["bob"]["status"] == "failure",
+                     "bob's account in failure")
+    rows = {r["name"]: r for r in spool.status()["fetch"]}
+    assert rows["alice"]["status"] == "online" and rows["alice"]["fetched"] == 2
+    assert "refused the login of bob" in rows["bob"]["reason"]
+    assert "fetch bob: status=failure login refused" in daemon.log()
+    assert "not-bobs-password" not in daemon.log() and "not-bobs-password" not in str(rows)
+    text = spool.run("status").stdout
+    assert "fetch      alice      online" in text and "fetch      bob        failure" in text
+    assert daemon.stop() == 0
+    dovecot_server.deliver("alice", message("three"))
+    daemon.start()
+    spool.wait_until(lambda: on_server(dovecot_server) == 0, "the new message fetched after the restart")
+    daemon.stop()
+    assert exported(spool, tmp_path) == ["one", "three", "two"]
+    stopped = {r["name"]: r["status"] for r in spool.status()["fetch"]}
+    assert stopped == {"alice": "stopped", "bob": "stopped"}
+
+
+def test_serve_fetches_over_imap_with_idle_and_moves_the_mail_after_the_commit(
+        tmp_path: Path, spool: Spool, daemon: Daemon, dovecot_server: dovecot.Dovecot) -> None:
+    password = tmp_path / "alice.pw"
+    password.write_text(DOVECOT_USERS["alice"] + "\n")
+    (spool.data / "msgspool.toml").write_text(
+        f'[[fetch]]\nname = "imap"\nprotocol = "imap"\nhost = "127.0.0.1"\nport = {dovecot_server.imap_port}\n'
+        f'security = "none"\nuser = "alice"\npassword_file = "{password}"\nmailbox = "alice@localhost"\n'
+        f'after = "move:Archive"\ninterval = 300\n')
+    dovecot_server.deliver("alice", message("waiting"))
+    daemon.start()
+    spool.wait_until(lambda: spool.status()["fetch"][0]["idle"], "the account idling", timeout=20)
+    dovecot_server.deliver("alice", message("pushed"))  # IDLE: long before the 300 s interval
+    spool.wait_until(lambda: spool.status()["fetch"][0]["fetched"] == 2, "the new message fetched", timeout=20)
+    daemon.stop()
+    assert exported(spool, tmp_path) == ["pushed", "waiting"]
+    imap = imaplib.IMAP4("127.0.0.1", dovecot_server.imap_port, timeout=10)
+    imap.login("alice", DOVECOT_USERS["alice"])
+    assert imap.select("INBOX", readonly=True)[1] == [b"0"]
+    assert imap.select("Archive", readonly=True)[1] == [b"2"]
+    imap.logout()
+
+
+def test_fetched_mail_goes_through_the_inbound_hooks_a_sieve_script_files_it(
+        tmp_path: Path, spool: Spool, daemon: Daemon, dovecot_server: dovecot.Dovecot) -> None:
+    password = tmp_path / "alice.pw"
+    password.write_text(DOVECOT_USERS["alice"] + "\n")
+    (spool.data / "msgspool.toml").write_text(
+        f'[[hooks]]\nname = "filters"\ntype = "sieve"\n\n'
+        f'[[fetch]]\nname = "pop"\nprotocol = "pop3"\nhost = "127.0.0.1"\nport = {dovecot_server.pop3_port}\n'
+        f'security = "none"\nuser = "alice"\npassword_file = "{password}"\nmailbox = "alice@localhost"\n'
+        f'interval = 0.5\n')
+    (spool.data / "sieve").mkdir()
+    (spool.data / "sieve" / "alice@localhost.sieve").write_text(
+        'require ["fileinto"];\r\nif header :contains "subject" "report" { fileinto "Reports"; }\r\n')
+    dovecot_server.deliver("alice", message("monthly report"))
+    dovecot_server.deliver("alice", message("hello"))
+    daemon.start()
+    spool.wait_until(lambda: port_open("127.0.0.1", daemon.http_port), "the HTTP API")
+
+    def folder(name: str) -> list[str]:
+        url = f"http://127.0.0.1:{daemon.http_port}/api/queue?folder={name}&mailbox=alice@localhost"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return [str(m["id"]) for m in json.load(response)]
+
+    spool.wait_until(lambda: len(folder("Reports")) == 1 and len(folder("inbox")) == 1,
+                     "the script to file both fetched messages", timeout=20)
+    spool.wait_until(lambda: on_server(dovecot_server) == 0, "both deleted on the server")
