@@ -71,8 +71,9 @@ async def control_handler(spooler: Spooler, request: dict[str, Any]) -> dict[str
     if op == "bulk":  # one chunk of a bulk action by selector (spooler/bulk.py)
         return {"ok": True, **await bulk.apply_chunk(spooler, str(request.get("action")), list(ids or []))}
     if op in ("read", "unread"):
+        targets = await spooler.read_targets(list(ids or []))
         sent = await spooler.mark_read(list(ids or []), op == "read", mdn=request.get("mdn"))
-        return {"ok": True, "ids": list(ids or []), "mdn": sent}
+        return {"ok": True, "ids": list(ids or []), "targets": targets, "mdn": sent}
     if op == "status":
         return {"ok": True, "status": await spooler.status_table()}
     if op == "resend":

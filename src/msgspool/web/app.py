@@ -10,7 +10,8 @@ submission.py.
     POST /api/queue/{id}/{flush|hold|release|requeue|delete}
     POST /api/queue/{id}/resend             MAPI MSGFLAG_RESEND -> 201 {ok, id, resend_of, recipients};
                                             409 when no recipient failed
-    POST /api/queue/{id}/{read|unread}      the read flag (MAPI SetReadFlag) -> {ok, read, mdn: [ids]}
+    POST /api/queue/{id}/{read|unread}      the read flag (MAPI SetReadFlag) -> {ok, read, targets: [{id,
+                                            mailbox}] (a submission's id: its local copies), mdn: [ids]}
                                             read and delete take an optional JSON {"mdn": true|false}:
                                             the user's answer to a read receipt request (RFC 8098)
     POST /api/queue/actions                 a bulk action by selector: JSON {action: hold|release|delete|
@@ -19,7 +20,8 @@ submission.py.
                                             ids, in_flight[, flushed]} (spooler/bulk.py)
     POST /api/transports/{name}/{offline|online}  a transport takes no work / works again ->
                                             {ok, transport, status, changed, released}
-    POST /api/messages                      submit: JSON {sender, recipients, content} -> 201 {id};
+    POST /api/messages                      submit: JSON {sender, recipients, content} -> 201 {id,
+                                            recipients, copies: [{recipient, mailbox, id}]};
                                             optional addrtypes, priority, deliver_after,
                                             expires_at, max_attempts
     GET  /api/events                        Server-Sent Events; ?mailbox=ADDR&types=a,b;
@@ -119,8 +121,10 @@ async def queue_action(request: web.Request) -> web.Response:
     if action == "resend":
         return web.json_response({"ok": True, **await spooler.resend(message_id)}, status=201)
     if action in ("read", "unread"):
-        sent = await spooler.mark_read([message_id], action == "read", mdn=await _mdn_consent(request))
-        return web.json_response({"ok": True, "read": action == "read", "mdn": sent})
+        consent = await _mdn_consent(request)
+        targets = (await spooler.read_targets([message_id]))[message_id]  # a submission's id: its copies
+        sent = await spooler.mark_read([message_id], action == "read", mdn=consent)
+        return web.json_response({"ok": True, "read": action == "read", "targets": targets, "mdn": sent})
     if action == "delete":
         return web.json_response({"ok": True, "delete": await spooler.delete([message_id],
                                                                          mdn=await _mdn_consent(request))})
@@ -195,7 +199,9 @@ async def submit(request: web.Request) -> web.Response:
     recipients = [{"address": r.address, "status": str(r.status),
                    "reply": r.last_reply.line() if r.last_reply else None}
                   for part in (message, *(p for p, _c in message.parts)) for r in part.recipients]
-    return web.json_response({"id": message.id, "recipients": recipients}, status=201)
+    # The id story (issue 13.2): the queue id, and the id of each copy filed for a local recipient.
+    copies = [{"recipient": c.copy_for, "mailbox": c.mailbox, "id": c.id} for c in message.filed]
+    return web.json_response({"id": message.id, "recipients": recipients, "copies": copies}, status=201)
 
 
 async def events(request: web.Request) -> web.StreamResponse:
