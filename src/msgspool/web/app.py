@@ -29,12 +29,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from typing import Any
 
 from aiohttp import web
 
 from msgspool.domain.address import mailbox_key
 from msgspool.domain.events import Event, EventType
 from msgspool.errors import NotFound
+from msgspool.listeners import HTTPCounts
 from msgspool.spooler.events import EventFilter, Subscription
 from msgspool.spooler.metrics import CONTENT_TYPE, Metric, exposition, from_wire, gauge, merge, store_families
 from msgspool.spooler.runtime import Spooler
@@ -46,6 +48,7 @@ from msgspool.web.suppressions import add_routes as add_suppression_routes
 
 log = logging.getLogger("msgspool.web")
 SPOOLER: web.AppKey[Spooler] = web.AppKey("spooler", Spooler)
+HTTP_COUNTS: web.AppKey[HTTPCounts] = web.AppKey("http_counts", HTTPCounts)  # the status table's http row
 KEEPALIVE = 15.0
 DISCONNECT_CHECK = 0.25  # seconds: how soon a dropped SSE client frees its subscription
 REPLAY_PAGE = 1000
@@ -259,6 +262,22 @@ def _sse(event: Event) -> bytes:
     return f"id: {event.id}\nevent: {event.type}\ndata: {json.dumps(event.to_json())}\n\n".encode()
 
 
+def _counting(counts: HTTPCounts) -> Any:
+    """Requests so far and open now, for the status table (listeners.py)."""
+
+    @web.middleware
+    async def count(request: web.Request, handler: Any) -> web.StreamResponse:
+        counts.requests += 1
+        counts.open += 1
+        try:
+            response: web.StreamResponse = await handler(request)
+            return response
+        finally:
+            counts.open -= 1
+
+    return count
+
+
 def make_app(spooler: Spooler, host: str = "127.0.0.1", port: int = 8025) -> web.Application:
     """The API as served on host:port (web/access.py's rules depend on where it listens)."""
     # A message's JSON can take twice its size (CRLF is four characters): the size limit itself is
@@ -266,8 +285,11 @@ def make_app(spooler: Spooler, host: str = "127.0.0.1", port: int = 8025) -> web
     body_limit = max(1 << 20, 2 * spooler.settings.message_size_limit + (64 << 10))
     access = Access(spooler.store, host, spooler.settings.trusted_networks)
     browser = Browser(host, port, spooler.settings.http_hosts)
-    app = web.Application(middlewares=[problems, access_middleware(access, browser)], client_max_size=body_limit)
+    counts = HTTPCounts()
+    app = web.Application(middlewares=[_counting(counts), problems, access_middleware(access, browser)],
+                          client_max_size=body_limit)
     app[SPOOLER] = spooler
+    app[HTTP_COUNTS] = counts
     app.router.add_get("/api/status", status)
     app.router.add_get("/api/queue", queue_list)
     app.router.add_post("/api/queue/{action:flush}", queue_action)
