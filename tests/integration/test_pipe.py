@@ -4,6 +4,7 @@ through the spooler with a [[transports]] table as an operator writes it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import pwd
@@ -318,3 +319,26 @@ def test_commands_run_on_uvloop_too(tmp_path: Path) -> None:
         loop.close()
     assert ok.ok and ok.text.endswith(f"output: {os.geteuid()}")
     assert slow.temporary and "time limit" in slow.text
+
+
+def test_on_uvloop_a_command_that_exits_before_reading_is_judged_by_its_exit(tmp_path: Path) -> None:
+    """uvloop closes the stdin pipe of a command that is gone before the message is written."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def quick() -> list[Any]:
+        big = message("b@x.example")
+        big.content = CONTENT + b"y" * 1_000_000 + b"\r\n"
+        transport = make(tmp_path, ["true"])
+        replies = []
+        for _ in range(20):
+            conn = await transport.connect("x.example")
+            await asyncio.sleep(0)
+            replies += await conn.send(big, big.recipients)
+        return replies
+
+    loop = uvloop.new_event_loop()
+    try:
+        replies = loop.run_until_complete(quick())
+    finally:
+        loop.close()
+    assert all(r.ok for r in replies)

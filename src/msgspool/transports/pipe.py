@@ -227,14 +227,19 @@ class Command:
     Linux has one, else in a thread."""
 
     def __init__(self, process: subprocess.Popen[bytes], stdin: asyncio.StreamWriter,
-                 stdout: asyncio.StreamReader, stdout_pipe: asyncio.BaseTransport) -> None:
+                 stdout: asyncio.StreamReader, stdout_pipe: asyncio.BaseTransport, pidfd: int | None) -> None:
         self.process, self.stdin, self.stdout, self.stdout_pipe = process, stdin, stdout, stdout_pipe
+        self.pidfd = pidfd  # closed by the first `wait`
 
     @classmethod
     async def start(cls, argv: list[str], *, env: dict[str, str], cwd: str, account: dict[str, Any]) -> Command:
         process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    env=env, cwd=cwd, start_new_session=True, close_fds=True, **account)
         assert process.stdin is not None and process.stdout is not None
+        try:  # opened now, while the pipes hold their numbers: it can never share one with them
+            pidfd: int | None = os.pidfd_open(process.pid)
+        except (AttributeError, OSError):  # not Linux >= 5.3: a thread waits instead
+            pidfd = None
         loop = asyncio.get_running_loop()
         try:
             reader = asyncio.StreamReader(limit=1 << 16)
@@ -244,15 +249,20 @@ class Command:
             _killpg(process.pid)
             process.kill()
             await asyncio.to_thread(process.wait)
+            if pidfd is not None:
+                os.close(pidfd)
             raise
-        return cls(process, asyncio.StreamWriter(transport, protocol, None, loop), reader, stdout_pipe)
+        return cls(process, asyncio.StreamWriter(transport, protocol, None, loop), reader, stdout_pipe, pidfd)
 
     async def feed(self, data: bytes) -> None:
         """The message to the command's stdin; a command that exits without reading it all is
         judged by its exit status alone (Postfix ignores EPIPE the same way)."""
         try:
-            self.stdin.write(data)
-            await self.stdin.drain()
+            # A command that has already exited without reading may have had its stdin closed by
+            # the loop (uvloop does so as soon as the pipe's far end goes): nothing is left to write.
+            if not self.stdin.transport.is_closing():
+                self.stdin.write(data)
+                await self.stdin.drain()
         except (BrokenPipeError, ConnectionResetError):
             pass
         finally:
@@ -264,29 +274,18 @@ class Command:
         while chunk := await self.stdout.read(65536):
             if len(output) < limit:
                 output += chunk[:limit - len(output)]
+        self.stdout_pipe.close()  # at EOF uvloop keeps a pipe open (StreamReaderProtocol asks it to)
 
     async def wait(self) -> int:
         """The exit status (negative: the signal that killed it)."""
-        if self.process.poll() is not None:
-            return self.process.returncode
+        pidfd, self.pidfd = self.pidfd, None
         try:
-            pidfd = os.pidfd_open(self.process.pid)
-        except (AttributeError, OSError):  # not Linux >= 5.3: a thread waits instead
-            return await asyncio.to_thread(self.process.wait)
-        loop = asyncio.get_running_loop()
-        exited: asyncio.Future[None] = loop.create_future()
-
-        def readable() -> None:
-            if not exited.done():
-                exited.set_result(None)
-
-        loop.add_reader(pidfd, readable)
-        try:
-            await exited
+            if self.process.poll() is None and (pidfd is None or not await _exit_seen(pidfd)):
+                return await asyncio.to_thread(self.process.wait)
+            return self.process.wait()
         finally:
-            loop.remove_reader(pidfd)
-            os.close(pidfd)
-        return self.process.wait()
+            if pidfd is not None:
+                os.close(pidfd)
 
     async def kill(self) -> None:
         """SIGKILL to the command's whole process group (its offspring too), then reap it."""
@@ -296,6 +295,27 @@ class Command:
         self.stdin.close()
         self.stdout_pipe.close()  # an escaped descendant may hold it open: not our business any more
         await self.wait()
+
+
+async def _exit_seen(pidfd: int) -> bool:
+    """Until the process of `pidfd` exits (it becomes readable); False when the loop cannot watch
+    it (uvloop may still count the number as a closed pipe's), so a thread waits instead."""
+    loop = asyncio.get_running_loop()
+    exited: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        if not exited.done():
+            exited.set_result(None)
+
+    try:
+        loop.add_reader(pidfd, readable)
+    except (RuntimeError, OSError):
+        return False
+    try:
+        await exited
+    finally:
+        loop.remove_reader(pidfd)
+    return True
 
 
 def _killpg(pid: int) -> None:
