@@ -130,10 +130,10 @@ async def submit_queued(store: Store) -> Message:
 
 
 async def test_long_dead_nodes_are_pruned_once_their_work_is_rescued(new_store: Callable[[], Store]) -> None:
-    async with node(new_store, "dead", lease_time=0.1) as dead:
+    async with node(new_store, "dead", lease_time=0.5) as dead:
         message = handed("b@example.com")
         await dead.submit(message)
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.6)
         later = time.time() + RETENTION
         assert await dead.rescue(later) == 1
         assert await dead.nodes(later) == []
@@ -141,11 +141,11 @@ async def test_long_dead_nodes_are_pruned_once_their_work_is_rescued(new_store: 
 
 
 async def test_the_rescue_gives_back_a_held_message_held(new_store: Callable[[], Store]) -> None:
-    async with node(new_store, "dead", lease_time=0.1) as dead:
+    async with node(new_store, "dead", lease_time=0.5) as dead:
         message = handed("b@example.com")
         await dead.submit(message)
         await dead.hold([message.id], time.time())
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.6)
         async with node(new_store, "other") as other:
             assert await other.rescue(time.time()) == 1
             assert await statuses(other, message.id) == ["held"]
@@ -194,13 +194,13 @@ async def test_a_retired_node_gives_back_what_it_still_holds_and_leaves_no_row(n
 
 
 async def test_a_node_whose_lease_ran_out_writes_no_report(new_store: Callable[[], Store]) -> None:
-    async with node(new_store, "dead", lease_time=0.1) as dead:
+    async with node(new_store, "dead", lease_time=0.5) as dead:
         message = handed("fail@example.com")
         await dead.submit(message)
         failed = [Settlement(message.id, 0, "fail@example.com", Status.FAILED, Reply(550, "5.1.1", "no such user"))]
         await dead.settle(failed, time.time())
         [owed] = await dead.pending_reports()
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.6)
         debt = [(r["index"], r["action"]) for r in owed.recipients]
         assert await dead.reported(message.id, debt, None) == []
         assert [p.message_id for p in await dead.pending_reports()] == [message.id]  # still owed, for a live node

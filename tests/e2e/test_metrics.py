@@ -10,10 +10,11 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.daemon import Daemon, Spool, port_open
-from tests.support.sink import Sink
+from tests.support.sink import Sink, free_port
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -72,14 +73,20 @@ def wait_for(check: Callable[[], bool], timeout: float = 10.0) -> None:
         time.sleep(0.1)
 
 
+@pytest.mark.parametrize("two_processes", [True, False], ids=["delivery-process", "one-process"])
 def test_metrics_are_there_at_zero_and_move_with_a_delivered_smtp_message(
-        spool: Spool, relay: Sink, daemon: Daemon) -> None:
+        spool: Spool, relay: Sink, daemon: Daemon, two_processes: bool) -> None:
+    if not two_processes:
+        (spool.data / "msgspool.toml").write_text("delivery_process = false\n")
     relay.start()
     started(daemon)
     _text, fresh = scrape(daemon)
     for name, labels in AT_ZERO:
         assert value(fresh, name, **labels) == 0, (name, labels)
-    assert value(fresh, "msgspool_delivery_process_up") == 1
+    if two_processes:
+        assert value(fresh, "msgspool_delivery_process_up") == 1
+    else:
+        assert not any(name == "msgspool_delivery_process_up" for name, _labels in fresh)
     connections = value(fresh, "msgspool_smtp_connections_total")  # the test harness's port probes
     commits = value(fresh, "msgspool_commit_batch_size_count")  # node registration, heartbeats
 
@@ -144,3 +151,54 @@ def test_metrics_need_a_token_with_the_metrics_scope_once_tokens_exist(spool: Sp
         raise AssertionError("a metrics token read the queue")
     except urllib.error.HTTPError as err:
         assert err.code == 403
+
+
+def hook_outcome(samples: Samples, hook: str, outcome: str) -> float:
+    return value(samples, "msgspool_hook_outcomes_total", stage="preprocess", hook=hook, outcome=outcome)
+
+
+def test_metrics_count_hook_outcomes_and_the_webhook_backlog(spool: Spool, relay: Sink, daemon: Daemon) -> None:
+    closed = free_port()  # the webhook receiver is down: its deliveries wait
+    (spool.data / "msgspool.toml").write_text(f"""
+[[hooks]]
+name = "checks"
+type = "header_checks"
+rules = [{{ pattern = "^Subject: spam", action = "reject", text = "no spam here" }}]
+
+[[hooks]]
+name = "headers"
+type = "complete_headers"
+
+[[webhooks]]
+url = "http://127.0.0.1:{closed}/hook"
+secret = "k"
+types = ["delivered"]
+""")
+    relay.start()
+    started(daemon)
+    _text, fresh = scrape(daemon)
+    for hook in ("checks", "headers"):
+        for outcome in ("unchanged", "changed", "rejected", "held", "error"):
+            assert hook_outcome(fresh, hook, outcome) == 0, (hook, outcome)
+    assert value(fresh, "msgspool_webhook_backlog") == 0
+    assert value(fresh, "msgspool_accepted_total", transport="webhook") == 0
+
+    with smtplib.SMTP(*daemon.smtp_address, timeout=10) as smtp:
+        smtp.sendmail("alice@example.org", ["bob@example.net"], b"Subject: fine\r\n\r\nhello\r\n")
+        smtp.sendmail("alice@example.org", ["bob@example.net"], b"Subject: spam\r\n\r\nbuy\r\n")
+    spool.wait_for_sink(relay, 1)
+
+    def webhook_waiting() -> bool:
+        return value(scrape(daemon)[1], "msgspool_webhook_backlog") >= 1
+
+    wait_for(webhook_waiting)
+    _text, after = scrape(daemon)
+    # The hooks run on everything that goes out: the fine message, the non-delivery report to alice,
+    # the webhook deliveries.
+    assert hook_outcome(after, "checks", "unchanged") >= 1
+    assert hook_outcome(after, "checks", "rejected") == 1
+    assert hook_outcome(after, "headers", "changed") >= 1  # Message-ID and Date added; never on the spam
+    assert hook_outcome(after, "headers", "rejected") == 0
+    assert value(after, "msgspool_failed_total", transport="smtp") == 1  # the rejected one
+    assert value(after, "msgspool_accepted_total", transport="webhook") >= 1
+    assert value(after, "msgspool_delivered_total", transport="webhook") == 0

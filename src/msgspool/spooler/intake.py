@@ -14,13 +14,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from msgspool.domain import address as addr
-from msgspool.domain.aliases import AliasTable, Expanded
+from msgspool.domain.aliases import ALIAS_COMMAND, AliasTable, Expanded
 from msgspool.domain.content import canonical, count_hops, header_priority
-from msgspool.domain.dsn import MessageDSN, OriginalRecipient, RecipientDSN
+from msgspool.domain.dsn import Handoff, MessageDSN, OriginalRecipient, RecipientDSN
 from msgspool.domain.hooks import HookRecord
 from msgspool.domain.ids import new_id
 from msgspool.domain.mdn import original_recipient_header
-from msgspool.domain.message import DEFAULT_CLASS, NON_URGENT, NORMAL, URGENT, Message, Recipient
+from msgspool.domain.message import DEFAULT_CLASS, NON_URGENT, NORMAL, URGENT, Message, Recipient, Settlement
 from msgspool.domain.outcome import LOOP_DETECTED, NO_ROUTE, Reply
 from msgspool.domain.recipient import RecipientType, Status
 from msgspool.domain.routing import LOCAL, Router
@@ -28,6 +28,7 @@ from msgspool.domain.suppression import Suppression, refusal, suppression_key
 from msgspool.domain.timefmt import in_range
 from msgspool.errors import INSUFFICIENT_STORAGE, SubmitError
 
+ALIASES_ORIGIN = "aliases"  # the origin of a message of an alias's members expanded at delivery: not again
 MAX_ATTEMPTS_CAP = 1_000_000  # a larger cap is no cap; 0 says that
 PRIORITIES = (URGENT, NORMAL, NON_URGENT)  # MAPI PR_PRIORITY's values
 
@@ -100,15 +101,18 @@ class Intake:
             return Reply(550, "5.1.1", f"<{address}>: Recipient address rejected: User unknown")
         return None
 
-    def build(self, sub: Submission, now: float | None = None, *,
-              route: bool = True) -> tuple[Message, list[Message]]:
+    def build(self, sub: Submission, now: float | None = None, *, route: bool = True,
+              expand: bool | None = None) -> tuple[Message, list[Message]]:
         """The outbox message and the local copies of a submission; raises SubmitError.
 
         With `route`, recipients are routed now and local ones filed at once (the delivering
         process). Without it they stay unrouted and the delivering process routes them when it
         claims them, with its own configuration — as Postfix's sendmail leaves routing to the
-        daemon (a `sendmail` run does not know the daemon's --relay or --local-domain)."""
+        daemon (a `sendmail` run does not know the daemon's --relay or --local-domain). Aliases
+        are expanded with the routing (`expand`, default `route`): without it, by the delivering
+        process when it claims them (`expand_later`), with the daemon's aliases."""
         now = self.clock() if now is None else now
+        expand = route if expand is None else expand
         self._check(sub)
         content = canonical(sub.content)
         if self.message_size_limit and len(content) > self.message_size_limit:
@@ -127,16 +131,16 @@ class Intake:
             addrtype = (sub.addrtypes[i] if sub.addrtypes else addr.SMTP).upper()
             rtype = sub.types[i] if sub.types else RecipientType.TO
             dsn = sub.recipient_dsn[i] if sub.recipient_dsn else None
-            expanded = self.aliases.expand(address, self.router.is_local) if addrtype == addr.SMTP else None
+            expanded = self.aliases.expand(address, self.router.is_local) if expand and addrtype == addr.SMTP else None
             if expanded is None:
                 if (addrtype, address.lower()) not in seen:  # MAPI ExpandRecips removes duplicates
                     seen.add((addrtype, address.lower()))
                     self._add(message, copies, Recipient(address, addrtype, rtype, dsn=dsn), now, route)
                 continue
             for member in expanded:
-                if (addrtype, member.address.lower()) in seen:
+                if (member.addrtype, member.address.lower()) in seen:
                     continue
-                seen.add((addrtype, member.address.lower()))
+                seen.add((member.addrtype, member.address.lower()))
                 target, target_copies = message, copies
                 if member.owner is not None and message.sender and member.owner.lower() != message.sender.lower():
                     target, target_copies = parts.get(member.owner) or parts.setdefault(
@@ -164,13 +168,36 @@ class Intake:
         its DSN names the address the sender wrote (RFC 3461 §4.2: a relay that adds ORCPT gives
         the address of the RCPT it received), and what the sender asked NOTIFY for."""
         orcpt = dsn.orcpt if dsn is not None and dsn.orcpt is not None else OriginalRecipient.for_address(original)
-        recipient = Recipient(member.address, addr.SMTP, rtype, dsn=RecipientDSN(dsn.notify if dsn else None, orcpt))
+        recipient = Recipient(member.address, member.addrtype, rtype, dsn=RecipientDSN(dsn.notify if dsn else None,
+                                                                                           orcpt))
         message.history += (HookRecord("aliases", "expanded", member.describe()),)
         if member.refusal is not None:
             recipient.status, recipient.last_reply = Status.FAILED, member.refusal
         self._add(message, copies, recipient, now, route)
         if member.refusal is not None:
             recipient.next_attempt_at = None
+
+    def expand_later(self, message: Message, r: Recipient, now: float) -> Settlement | None:
+        """An alias the submitter did not expand (`sendmail`: routing is the daemon's), expanded by
+        the delivering process when it claims it, as Postfix's local(8) does: the recipient is done
+        (`expanded`: RFC 3464 §2.3.3 — a report if NOTIFY asked for SUCCESS) and its members go in a
+        message of their own, committed with that outcome. None: `r` is no alias here."""
+        if r.addrtype != addr.SMTP or message.origin == ALIASES_ORIGIN or self.aliases.lookup(r.address) is None \
+                or not self.router.is_local(r.address):
+            return None
+        sub = Submission(message.sender, [r.address], message.content, types=[r.type], mailbox=message.mailbox,
+                         recipient_dsn=[r.dsn], message_class=message.message_class, priority=message.priority,
+                         expires_at=message.expires_at, max_attempts=message.max_attempts, origin=ALIASES_ORIGIN,
+                         meta={"expanded_from": message.id}, dsn=message.dsn)
+        try:
+            members, _copies = self.build(sub, now, route=False, expand=True)
+        except SubmitError as err:
+            return Settlement(message.id, r.index, r.address, Status.FAILED, err.reply, attempted=False, dsn=r.dsn)
+        named = ", ".join(m.address for part in (members, *(p for p, _c in members.parts)) for m in part.recipients)
+        return Settlement(message.id, r.index, r.address, Status.DELIVERED,
+                          Reply(250, "2.0.0", f"expanded by aliases into message {members.id}"), dsn=r.dsn,
+                          transport=LOCAL, nexthop="aliases", handoff=Handoff.EXPANDED, spawn=(members,),
+                          history=(HookRecord("aliases", "expanded", f"into message {members.id}: {named}"),))
 
     @staticmethod
     def _part(message: Message, owner: str, now: float) -> Message:
@@ -191,6 +218,8 @@ class Intake:
                 raise SubmitError(Reply(501, "5.5.4", f"{name} must have one entry per recipient"))
         if sub.sender and not addr.valid_smtp(sub.sender):
             raise SubmitError(Reply(501, "5.1.7", f"<{sub.sender}>: Bad sender address syntax"))
+        if sub.addrtypes and any(a.upper() == ALIAS_COMMAND for a in sub.addrtypes):  # it would run a command
+            raise SubmitError(Reply(550, "5.7.1", f"address type {ALIAS_COMMAND} comes from the aliases file only"))
         for i, address in enumerate(sub.recipients):
             if not addr.valid_recipient(address, sub.addrtypes[i] if sub.addrtypes else addr.SMTP):
                 raise SubmitError(Reply(501, "5.1.3", f"<{address!r}>: Bad recipient address syntax"))

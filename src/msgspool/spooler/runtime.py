@@ -27,6 +27,7 @@ from msgspool.compose import complete_headers, header_recipients, header_sender,
 from msgspool.config import Settings
 from msgspool.domain import status as status_row
 from msgspool.domain.address import mailbox_key
+from msgspool.domain.aliases import ALIAS_COMMAND
 from msgspool.domain.dsn import MessageDSN, RecipientDSN, Ret, recipient_dsn
 from msgspool.domain.events import Event, EventType
 from msgspool.domain.health import ProbePolicy
@@ -75,6 +76,7 @@ SENT_RETENTION = 7 * 86400.0
 EVENT_RETENTION = 86400.0
 HOUSEKEEPING_INTERVAL = 300.0
 STATUS_WATCH_INTERVAL = 1.0  # seconds between looks for status table changes to push (watch_status)
+ALIASES_TRANSPORT = "aliases"  # the built-in pipe transport of the aliases' |command members
 SUPPRESSION_REFRESH = 1.0  # seconds between looks at the suppression list for intake's RCPT-time copy
 
 
@@ -95,6 +97,12 @@ def load_transports(settings: Settings) -> dict[str, Transport]:
         builtin.append({"name": WEBHOOK_TRANSPORT, "type": "webhook"})
     if settings.maildir:
         builtin.append({"name": "maildir", "type": "maildir", "path": settings.maildir})
+    if settings.aliases and load_aliases(settings.aliases).has_commands:
+        # |command members of the aliases (local(8)'s delivery to a command): Delivered-To and
+        # Return-Path on top, final delivery, as the `aliases_user` account.
+        builtin.append({"name": ALIASES_TRANSPORT, "type": "pipe", "addrtypes": [ALIAS_COMMAND],
+                        "command_from_recipient": True, "user": settings.aliases_user, "nexthop": "aliases",
+                        "flags": "DRX"})
     declared = [*builtin, *settings.transports]
     transports: dict[str, Transport] = {}
     for options in declared:
@@ -185,7 +193,8 @@ class Spooler:
         # Without webhooks, events go straight to the bus: the delivery path pays nothing for them.
         self.publish: Callable[[Sequence[Event]], None] = self._publish_for_webhooks if targets else self.bus.publish
         self.webhooks = WebhookDispatcher(self.store, self.intake, targets, publish=self.publish,
-                                          deliver=lambda: self.scheduler.wakeup()) if targets else None
+                                          deliver=lambda: self.scheduler.wakeup(),
+                                          queued=self._generated) if targets else None
         self.retry = RetryPolicy(settings.min_backoff, settings.max_backoff, settings.max_lifetime,
                                  max_attempts=settings.max_attempts)
         # Hooks are built in `start`, and only by a process that routes: `sendmail` and API clients
@@ -207,7 +216,7 @@ class Spooler:
             suppression_time=settings.suppression_time, metrics=self.metrics)
         self.reporter = Reporter(self.store, self.intake, hostname=settings.host_name,
                                  postmaster=settings.postmaster, publish=self.publish,
-                                 deliver=lambda _message: self.poke(), retry=self.retry)
+                                 deliver=self._report_committed, retry=self.retry)
         self.scheduler.on_reports = self.reporter.poke
         self.scheduler.on_destination = self.notices.destination
         self.receipts = Receipts(self.store, self.intake, hostname=settings.host_name, publish=self.publish,
@@ -580,9 +589,20 @@ class Spooler:
             control.notify(self.settings.spool_path, {"op": "wakeup"})
             self.notices.publish(DUE)  # `sendmail` on a shared spool: whichever node is nearest
 
+    def _generated(self, messages: Sequence[Message]) -> None:
+        """Messages the spooler made and committed itself (reports, read receipts, webhook
+        deliveries): accepted like a submission, for the metrics."""
+        for message in messages:
+            self.metrics.submitted(message.recipients)
+
+    def _report_committed(self, message: Message) -> None:
+        self._generated([message])
+        self.poke()
+
     def _hand_on(self, message: Message) -> None:
         """A message committed here by a part of the spooler (an MDN): deliver what is pending; an
         address that failed at once (no such mailbox) is reported like any failure."""
+        self._generated([message])
         if any(r.status.pending for r in message.recipients):
             self.poke()
         if any(r.report_owed for r in message.recipients):

@@ -203,6 +203,9 @@ class Scheduler:
                 decided.append(Settlement(message.id, r.index, r.address, Status.EXPIRED, EXPIRED, attempted=False,
                                           dsn=r.dsn))
                 continue
+            if r.transport is None and (expanded := self.intake.expand_later(message, r, now)) is not None:
+                decided.append(expanded)  # an alias the submitter left to us (sendmail)
+                continue
             copy = self.intake.route(message, r, now)
             if r.status is not Status.ACTIVE:  # failed (no route, unknown mailbox) or filed locally
                 decided.append(Settlement(message.id, r.index, r.address, r.status, r.last_reply, dsn=r.dsn,
@@ -284,7 +287,12 @@ class Scheduler:
             return
         self.active += sum(len(m.recipients) for m in messages) - before
         self.publish(events)
-        if self.on_reports is not None and any(e.type is EventType.FAILED for e in events):
+        failed = [e for e in events if e.type is EventType.FAILED]  # a hook's Reject
+        if failed:
+            routes = {r.address: r.transport for r in active}
+            for e in failed:
+                self.metrics.outcome(Status.FAILED, routes.get(e.recipient or ""))
+        if self.on_reports is not None and failed:
             self.on_reports()
         for m in messages:
             self.dispatch(m, fresh=fresh)

@@ -48,9 +48,11 @@ NEVER = RecipientDSN(frozenset())  # RFC 3461 NOTIFY=NEVER: a webhook delivery o
 class WebhookDispatcher:
     def __init__(self, store: Events, intake: Intake, targets: Sequence[WebhookTarget], *,
                  publish: Callable[[Sequence[Event]], None], deliver: Callable[[], None],
+                 queued: Callable[[Sequence[Message]], None] = lambda _messages: None,
                  interval: float = CHECK_INTERVAL, batch: int = BATCH) -> None:
         self.store, self.intake, self.targets = store, intake, tuple(targets)
         self.publish, self.deliver = publish, deliver
+        self.queued = queued  # told the deliveries committed (the metrics count them accepted)
         self.interval, self.batch = interval, batch
         self.cursor = 0
         self._wakeup = asyncio.Event()
@@ -92,6 +94,7 @@ class WebhookDispatcher:
             self.cursor = upto
             queued += len(messages)
             if messages:
+                self.queued(messages)
                 self.publish(written)
                 self.deliver()
             if len(events) < self.batch:

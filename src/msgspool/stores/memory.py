@@ -73,7 +73,7 @@ class MemoryStore(SQLStore):
         conn = self._conn
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         conn.execute("BEGIN IMMEDIATE")
-        conn.leases = {}
+        conn.leases, conn.memo = {}, {}
         try:
             result = fn(conn)
             conn.execute("COMMIT")

@@ -38,10 +38,14 @@ from msgspool.domain.message import (
 )
 from msgspool.domain.outcome import Filed, Reply
 from msgspool.domain.recipient import RecipientType, Status
+from msgspool.domain.selector import Selector
 from msgspool.domain.suppression import BOUNCE, Suppression, refusal, suppression_key
 from msgspool.stores.queries import Queries
 
 CHUNK = 5000  # rows one bulk change (flush, a released backlog) touches per transaction
+# Messages one step of a bulk action by selector (`queue hold --where`) reads and changes: a
+# message is several rows (its recipients, events, history), so a tenth of CHUNK per transaction.
+MESSAGE_CHUNK = CHUNK // 10
 NODE_RETENTION = 3600.0  # seconds a dead node's row stays (for `status`) once its work is rescued
 # Priority classes, urgent first: the order refill claims in (recipients.priority holds the class).
 PRIORITY_CLASSES = (1, 0, -1)
@@ -81,6 +85,10 @@ class Tx(Protocol):
     # Each node's lease end as this transaction read it (None: no lease), filled on first use:
     # a batch hands many messages over to one node, and reads its lease once (`_holds_lease`).
     leases: dict[str, float | None]
+
+    # What a transaction reads once for all the steps of its batch (e.g. whether any suppression
+    # is in force), emptied with `leases` at each transaction's start.
+    memo: dict[str, Any]
 
     # None: an event is inserted when recorded (one writer at a time: ids come in commit order).
     # A list: the events the transaction records, which its engine inserts just before COMMIT
@@ -205,7 +213,7 @@ def _refuse_suppressed(tx: Tx, msg: Message) -> None:
     """Recipients on the suppression list fail now, before anything is written (Postal's
     suppression list; domain/suppression.py): no attempt is made, the sender's NDR says why."""
     waiting = [r for r in msg.recipients if r.status in (Status.QUEUED, Status.ACTIVE) and r.addrtype == "SMTP"]
-    if not waiting:
+    if not waiting or not _any_suppression(tx, msg.submitted_at):
         return
     found = in_force(tx, [r.address for r in waiting], msg.submitted_at)
     for r in waiting:
@@ -214,6 +222,15 @@ def _refuse_suppressed(tx: Tx, msg: Message) -> None:
             reply = refusal(entry)
             r.status, r.last_reply, r.next_attempt_at = Status.FAILED, reply, None
             msg.history += (HookRecord("suppression", "failed", f"<{r.address}> {reply.line()}"),)
+
+
+def _any_suppression(tx: Tx, now: float) -> bool:
+    """Is any suppression in force? Read once per transaction: with an empty list (the common
+    case) a batch of submissions pays one statement for the check, not one per message (on
+    PostgreSQL a round trip each; tests/integration/test_statements.py)."""
+    if "suppressing" not in tx.memo:
+        tx.memo["suppressing"] = tx.execute(tx.q.any_suppression_in_force, {"now": now}).fetchone() is not None
+    return bool(tx.memo["suppressing"])
 
 
 def _suppression(row: Sequence[Any]) -> Suppression:
@@ -293,14 +310,12 @@ def _recipient_event(message_id: str, address: str, status: Status, reply: Reply
 
 def _finish_if_done(tx: Tx, message_id: str, now: float) -> list[Event]:
     """MAPI FinishedMsg: once every recipient is final, the message leaves the outbox — to Sent
-    Items, or deleted when the submitter asked for delete-after-submit."""
-    row = tx.execute(tx.q.finished_in_outbox, {"message_id": message_id, "outbox": OUTBOX}).fetchone()
-    if row is None:
-        return []
-    if row[0] and not _reports_owed(tx, message_id):
-        _delete_messages(tx, [message_id])
-    else:  # delete-after-submit waits for the reports it owes: they quote the message
-        tx.execute(tx.q.move_to_sent, {"sent": SENT, "now": now, "message_id": message_id})
+    Items, or deleted when the submitter asked for delete-after-submit. One statement on the common
+    path (a statement per settled message counts: on PostgreSQL it is a round trip)."""
+    row = tx.execute(tx.q.finish_to_sent, {"sent": SENT, "now": now, "message_id": message_id,
+                                           "outbox": OUTBOX}).fetchone()
+    if row is not None and row[0] and not _reports_owed(tx, message_id):
+        _delete_messages(tx, [message_id])  # delete-after-submit waits for the reports it owes: they quote it
     return []
 
 
@@ -1061,6 +1076,16 @@ def submitted_content(tx: Tx, message_id: str) -> tuple[str, bytes] | None:
 def get_content(tx: Tx, message_id: str) -> bytes | None:
     row = tx.execute(tx.q.content_of, {"message_id": message_id}).fetchone()
     return None if row is None else bytes(row[0] or b"") + bytes(row[1])
+
+
+def matching_messages(tx: Tx, where: Selector, now: float, after: str = "", limit: int = MESSAGE_CHUNK) -> list[str]:
+    """A page of the ids of the outbox messages `where` picks, in id order after `after`, among
+    those submitted by `now` (a bulk run pins it at its start: what arrives meanwhile is not in it)."""
+    before = now - where.older_than if where.older_than is not None else now
+    return [str(row[0]) for row in tx.execute(tx.q.matching_messages, {
+        "after": after, "before": before, "limit": limit, "sender": where.like(where.sender),
+        "recipient": where.like(where.recipient), "destination": where.destination, "transport": where.transport,
+        "status": where.status})]
 
 
 def queue_counts(tx: Tx) -> dict[str, int]:

@@ -78,6 +78,7 @@ class PgConnection:
     def __init__(self, conn: psycopg.Connection[Any], *, defer_events: bool = False) -> None:
         self.conn = conn
         self.leases: dict[str, float | None] = {}  # one PgConnection per transaction
+        self.memo: dict[str, Any] = {}
         self.events: list[Event] | None = [] if defer_events else None  # ops.Tx.events
 
     def execute(self, sql: str, parameters: Params = {}, /) -> psycopg.Cursor[Any]:  # noqa: B006 - never mutated

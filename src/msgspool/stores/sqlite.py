@@ -94,7 +94,8 @@ class SQLiteConnection(sqlite3.Connection):
     Any other statement (the schema's, a test's) goes to sqlite3 as it is."""
 
     q = Queries("sqlite")
-    leases: dict[str, float | None]  # reset at each BEGIN (ops.Tx.leases)
+    leases: dict[str, float | None]  # reset at each BEGIN (ops.Tx.leases, ops.Tx.memo)
+    memo: dict[str, Any]
     events: list[Event] | None = None  # inserted at once: SQLite has one writer at a time
     _positional = q.positional
     _execute = sqlite3.Connection.execute
@@ -116,7 +117,7 @@ def connect(path: Path, *, readonly: bool = False) -> SQLiteConnection:
                                check_same_thread=False, factory=SQLiteConnection)
     else:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, factory=SQLiteConnection)
-    conn.leases = {}
+    conn.leases, conn.memo = {}, {}
     conn.execute("PRAGMA busy_timeout = 10000")
     if not readonly:
         conn.execute("PRAGMA journal_mode = WAL")
@@ -244,7 +245,7 @@ class _GroupCommit:
             self.conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
             self.synchronous_full = durable
         self.conn.execute("BEGIN IMMEDIATE")
-        self.conn.leases = {}  # what this transaction read of the nodes' leases
+        self.conn.leases, self.conn.memo = {}, {}  # what this transaction read of the nodes' leases, ...
 
     async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)

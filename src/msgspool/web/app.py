@@ -13,6 +13,10 @@ submission.py.
     POST /api/queue/{id}/{read|unread}      the read flag (MAPI SetReadFlag) -> {ok, read, mdn: [ids]}
                                             read and delete take an optional JSON {"mdn": true|false}:
                                             the user's answer to a read receipt request (RFC 8098)
+    POST /api/queue/actions                 a bulk action by selector: JSON {action: hold|release|delete|
+                                            flush|requeue, where: "destination=HOST,..." or {term: value},
+                                            dry_run: bool} -> {action, where, dry_run, matched, count,
+                                            ids, in_flight[, flushed]} (spooler/bulk.py)
     POST /api/transports/{name}/{offline|online}  a transport takes no work / works again ->
                                             {ok, transport, status, changed, released}
     POST /api/messages                      submit: JSON {sender, recipients, content} -> 201 {id};
@@ -33,12 +37,14 @@ from typing import Any
 
 from aiohttp import web
 
+from msgspool.domain import selector
 from msgspool.domain.address import mailbox_key
 from msgspool.domain.events import Event, EventType
 from msgspool.errors import NotFound
 from msgspool.listeners import HTTPCounts
+from msgspool.spooler import bulk
 from msgspool.spooler.events import EventFilter, Subscription
-from msgspool.spooler.metrics import CONTENT_TYPE, Metric, exposition, from_wire, gauge, merge, store_families
+from msgspool.spooler.metrics import CONTENT_TYPE, Metric, StoreFigures, exposition, from_wire, gauge, merge
 from msgspool.spooler.runtime import Spooler
 from msgspool.views import message_json
 from msgspool.web.access import Access, Browser, access_middleware, caller, check_exposure, relay_refusal
@@ -49,6 +55,7 @@ from msgspool.web.suppressions import add_routes as add_suppression_routes
 log = logging.getLogger("msgspool.web")
 SPOOLER: web.AppKey[Spooler] = web.AppKey("spooler", Spooler)
 HTTP_COUNTS: web.AppKey[HTTPCounts] = web.AppKey("http_counts", HTTPCounts)  # the status table's http row
+STORE_FIGURES: web.AppKey[StoreFigures] = web.AppKey("store_figures", StoreFigures)
 KEEPALIVE = 15.0
 DISCONNECT_CHECK = 0.25  # seconds: how soon a dropped SSE client frees its subscription
 REPLAY_PAGE = 1000
@@ -76,7 +83,7 @@ async def metrics(request: web.Request) -> web.Response:
             pass  # restarting: its series are missing from this scrape, which says so
         extra.append(gauge("msgspool_delivery_process_up", "1 while the delivery process answers.", (),
                            [((), 1 if remote else 0)]))
-    store = store_families(await spooler.store.counts(), await spooler.store.destination_counts())
+    store = await request.app[STORE_FIGURES].families()
     body = exposition(merge(spooler.metrics.collect(), remote, store, extra))
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
@@ -124,6 +131,25 @@ async def queue_action(request: web.Request) -> web.Response:
     if action not in operations:
         raise web.HTTPNotFound(text=f"unknown action {action}")
     return web.json_response({"ok": True, action: await operations[action]([message_id])})
+
+
+async def bulk_action(request: web.Request) -> web.Response:
+    spooler = request.app[SPOOLER]
+    body = await json_body(request)
+    if not isinstance(body, dict):
+        raise Problem(400, 'expected JSON {"action": "hold", "where": "destination=example.com", "dry_run": true}')
+    action, dry_run = body.get("action"), body.get("dry_run", False)
+    if action not in bulk.ACTIONS:
+        raise Problem(400, f"action must be one of {', '.join(bulk.ACTIONS)}", field="action")
+    if not isinstance(dry_run, bool):
+        raise Problem(400, "dry_run must be true or false", field="dry_run")
+    try:
+        where = selector.from_json(body.get("where"))
+    except selector.SelectorError as err:
+        raise Problem(400, f"where: {err}", field="where") from err
+    result = await bulk.run(spooler.store, lambda a, ids: bulk.apply_chunk(spooler, a, ids), action, where,
+                            dry_run=dry_run)
+    return web.json_response({"ok": True, **result.to_json()})
 
 
 async def transport_action(request: web.Request) -> web.Response:
@@ -290,9 +316,11 @@ def make_app(spooler: Spooler, host: str = "127.0.0.1", port: int = 8025) -> web
                           client_max_size=body_limit)
     app[SPOOLER] = spooler
     app[HTTP_COUNTS] = counts
+    app[STORE_FIGURES] = StoreFigures(spooler.store)
     app.router.add_get("/api/status", status)
     app.router.add_get("/api/queue", queue_list)
     app.router.add_post("/api/queue/{action:flush}", queue_action)
+    app.router.add_post("/api/queue/actions", bulk_action)
     app.router.add_get("/api/queue/{id}", queue_show)
     app.router.add_post("/api/queue/{id}/{action}", queue_action)
     app.router.add_post("/api/transports/{name}/{action:offline|online}", transport_action)

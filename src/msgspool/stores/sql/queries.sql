@@ -70,15 +70,13 @@ RETURNING sent_at;
 INSERT INTO receive_folders (mailbox, message_class, folder) VALUES (:mailbox, :message_class, :folder)
 ON CONFLICT (mailbox, message_class) DO UPDATE SET folder = excluded.folder;
 
--- name: finished_in_outbox
--- An outbox message with no pending recipient left, and whether it is to be deleted after submit.
-SELECT delete_after_submit FROM messages WHERE id = :message_id AND folder = :outbox AND NOT EXISTS
-    (SELECT 1 FROM recipients WHERE message_id = :message_id
-     AND status IN ('queued', 'active', 'deferred', 'held'));
-
--- name: move_to_sent
--- A finished message leaves the outbox for Sent Items (MAPI FinishedMsg).
-UPDATE messages SET folder = :sent, finished_at = :now WHERE id = :message_id;
+-- name: finish_to_sent
+-- An outbox message with no pending recipient left moves to Sent Items (MAPI FinishedMsg), and
+-- says whether it is to be deleted after submit: one statement whether or not it is finished.
+UPDATE messages SET folder = :sent, finished_at = :now WHERE id = :message_id AND folder = :outbox
+    AND NOT EXISTS (SELECT 1 FROM recipients WHERE message_id = :message_id
+                    AND status IN ('queued', 'active', 'deferred', 'held'))
+RETURNING delete_after_submit;
 
 -- name: reports_owed
 -- Does any recipient of the message still owe its sender a report?
@@ -591,6 +589,20 @@ SELECT name, senders, created_at FROM users ORDER BY name;
 -- A user and its password hash.
 SELECT name, senders, created_at, password FROM users WHERE lower(name) = lower(:name);
 
+-- name: matching_messages
+-- A page of the outbox messages a selector picks (domain/selector.py; `queue hold --where`), by id
+-- after :after, submitted no later than :before. A NULL parameter is a term not given; the
+-- recipient terms must hold for one recipient. Addresses come as LIKE patterns (@domain: a suffix).
+SELECT m.id FROM messages m
+WHERE m.folder = 'outbox' AND m.id > :after AND m.submitted_at <= :before
+  AND (CAST(:sender AS TEXT) IS NULL OR lower(m.sender) LIKE CAST(:sender AS TEXT) ESCAPE '\')
+  AND EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id
+      AND (CAST(:recipient AS TEXT) IS NULL OR lower(r.address) LIKE CAST(:recipient AS TEXT) ESCAPE '\')
+      AND (CAST(:destination AS TEXT) IS NULL OR lower(r.nexthop) = CAST(:destination AS TEXT))
+      AND (CAST(:transport AS TEXT) IS NULL OR lower(r.transport) = CAST(:transport AS TEXT))
+      AND (CAST(:status AS TEXT) IS NULL OR r.status = CAST(:status AS TEXT)))
+ORDER BY m.id LIMIT :limit;
+
 -- name: insert_fetched
 -- A fetched message's unique id on its server, in the commit that files it (domain/fetch.py).
 INSERT INTO fetched (account, uid, fetched_at, message_id) VALUES (:account, :uid, :fetched_at, :message_id)
@@ -627,6 +639,10 @@ WHERE suppressions.suppressed_until IS NOT NULL AND suppressions.suppressed_unti
 -- The entries in force at :now, by address.
 SELECT address, reason, source, created_at, suppressed_until, message_id FROM suppressions
 WHERE suppressed_until IS NULL OR suppressed_until > :now ORDER BY address;
+
+-- name: any_suppression_in_force
+-- Whether any entry is in force at :now (a batch of submissions asks once).
+SELECT 1 FROM suppressions WHERE suppressed_until IS NULL OR suppressed_until > :now LIMIT 1;
 
 -- name: suppressions_among
 -- The entries in force at :now for the addresses :addresses (a list: Queries.expand).
