@@ -104,6 +104,9 @@ class Settings:
     aliases: str = _doc(
         "", "Aliases file of the local domains, Postfix aliases(5) format (name: member, ...; :include:/path;"
         " owner-NAME); expanded at submission, read again on SIGHUP; empty = none.")
+    aliases_user: str = _doc(
+        "", "Account the aliases' command members run as (Postfix's default_privs); needed when msgspool runs as"
+        " root; empty = msgspool's own.")
     postmaster: str = _doc("", "Where a report about mail from the null sender goes (double bounce); empty: dropped.")
     hostname: str = _doc("", "Name used in the greeting, EHLO and Received:; empty = this host's name.")
     trusted_networks: list[str] = _doc(

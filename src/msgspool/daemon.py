@@ -36,7 +36,7 @@ from msgspool.smtpd.limits import AuthFailures, ConnectionCounter, RateCounter
 from msgspool.smtpd.policy import SpoolPolicy, parse_networks
 from msgspool.smtpd.protocol import ServerLimits, Sessions, start_server
 from msgspool.smtpd.tls import ServerTLS
-from msgspool.spooler import control, metrics
+from msgspool.spooler import bulk, control, metrics
 from msgspool.spooler.fetch import FetchService, build_service
 from msgspool.spooler.link import EventForwarder, Link, RemoteDelivery, events_of, message_from_wire
 from msgspool.spooler.runtime import SERVE_LOCK_NAME, Spooler, load_transports, take_lock
@@ -68,6 +68,8 @@ async def control_handler(spooler: Spooler, request: dict[str, Any]) -> dict[str
     if op in ("hold", "release", "requeue", "delete"):
         done = await getattr(spooler, op)(list(ids or []))
         return {"ok": True, "ids": done}
+    if op == "bulk":  # one chunk of a bulk action by selector (spooler/bulk.py)
+        return {"ok": True, **await bulk.apply_chunk(spooler, str(request.get("action")), list(ids or []))}
     if op in ("read", "unread"):
         sent = await spooler.mark_read(list(ids or []), op == "read", mdn=request.get("mdn"))
         return {"ok": True, "ids": list(ids or []), "mdn": sent}

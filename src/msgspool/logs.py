@@ -53,3 +53,5 @@ def configure(log_format: str, level: int, stream: IO[str]) -> None:
     handler.setFormatter(formatter(log_format))
     root.addHandler(handler)
     root.setLevel(level)
+    if log_format == "json":  # a Python warning is a record too, not a line of its own on stderr
+        logging.captureWarnings(True)

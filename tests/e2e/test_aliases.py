@@ -7,8 +7,12 @@ broken file's lines, and members no transport takes stop `serve` with a config e
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import signal
 import smtplib
+import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -18,6 +22,7 @@ import pytest
 from tests.support.daemon import Daemon, Spool, port_open, received_tags, tagged_message
 from tests.support.sink import Sink
 
+ME = pwd.getpwuid(os.geteuid()).pw_name
 ALIASES = """\
 # lists of the local domain
 team: alice, bob,
@@ -147,12 +152,14 @@ def test_sighup_reads_the_aliases_again_and_a_broken_file_keeps_the_running_tabl
 
 
 def test_aliases_check_reports_problems_with_line_numbers_and_expand_shows_the_members(spool: Spool) -> None:
-    path = configure(spool, ALIASES + "broken\nx: \"|/usr/bin/true\"\n")
+    path = configure(spool, ALIASES + "broken\nx: \"|procmail -a x\", \"|/no/such/command\"\n")
     result = spool.run("aliases", "check", ok=False)
     assert result.returncode == 1
     lines = result.stderr.splitlines()
     assert f"{path}:8: expected 'name: member, ...'" in lines
-    assert any(line.startswith(f"{path}:9: |/usr/bin/true: command members need a pipe transport") for line in lines)
+    assert f"{path}:9: |procmail -a x: the command needs an absolute path (it is run without a shell or PATH" \
+           " search)" in lines
+    assert f"{path}:9: |/no/such/command: /no/such/command is not an executable file" in lines
     assert any(line.startswith(f"{path}:6: alias loop: a@localhost -> b@localhost -> a@localhost") for line in lines)
 
     path.write_text(ALIASES)
@@ -162,9 +169,50 @@ def test_aliases_check_reports_problems_with_line_numbers_and_expand_shows_the_m
         ("ext@partner.example", "owner-team@localhost"), ("carol@localhost", None)]
 
 
-def test_serve_refuses_command_and_file_members_no_transport_takes(spool: Spool) -> None:
-    configure(spool, "deliver: \"|/usr/bin/procmail\", /var/mail/box/\n")
+def test_serve_refuses_commands_it_cannot_run_and_file_members(spool: Spool) -> None:
+    configure(spool, "deliver: \"|procmail\", /var/mail/box/\n")
     result = spool.run("serve", "--smtp", "127.0.0.1:0", "--http", "", ok=False)
     assert result.returncode == 2, result
-    assert "command members need a pipe transport" in result.stderr
-    assert "maildir members need a maildir transport" in result.stderr
+    assert "|procmail: the command needs an absolute path" in result.stderr
+    assert "/var/mail/box/: file and maildir members are not supported" in result.stderr
+
+
+@pytest.mark.timeout(60)
+def test_a_command_member_runs_with_the_message_on_stdin_and_the_alias_as_recipient(
+        spool: Spool, relay: Sink, daemon: Daemon, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir(mode=0o777)
+    hook = tmp_path / "hook.py"
+    hook.write_text(f"#!{sys.executable}\nimport os, sys\n"
+                    "with open(os.path.join(sys.argv[1], 'mail'), 'wb') as f: f.write(sys.stdin.buffer.read())\n"
+                    "with open(os.path.join(sys.argv[1], 'env'), 'w') as f:\n"
+                    "    f.write(os.environ['RECIPIENT'] + ' ' + os.environ['SENDER'] + ' ' + sys.argv[2])\n")
+    hook.chmod(0o755)
+    path = configure(spool, f'tickets: "|{hook} {out} \'two words\'", alice\n')
+    (spool.data / "msgspool.toml").write_text(f'aliases = "{path}"\naliases_user = "{ME}"\n')
+    relay.start()
+    daemon.start()
+    spool.wait_until(lambda: port_open("127.0.0.1", daemon.http_port), "the HTTP listener")
+    with smtplib.SMTP(*daemon.smtp_address, timeout=10) as session:
+        session.sendmail("writer@example.com", ["tickets@localhost"], tagged_message("cmd", newline="\r\n"))
+    spool.wait_until(lambda: (out / "env").exists(), "the command's run")
+    assert (out / "env").read_text() == "tickets@localhost writer@example.com two words"
+    mail = (out / "mail").read_bytes()
+    assert mail.startswith(b"Return-Path: <writer@example.com>\nDelivered-To: tickets@localhost\n")
+    assert b"X-E2E-Tag: cmd" in mail
+    [message] = [m for m in spool_messages(spool) if m["sender"] == "writer@example.com"]
+    command = next(r for r in message["recipients"] if r["addrtype"] == "ALIAS-PIPE")
+    spool.wait_until(lambda: spool.recipient_statuses(message["id"]) == ["delivered", "delivered"], "delivered")
+    assert command["transport"] == "aliases" and command["orcpt"] == "rfc822;tickets@localhost"
+
+    # nobody may hand the aliases' transport a command of their own
+    status, problem = post(daemon, "messages", {"sender": "a@example.com", "recipients": ["/bin/sh -c id"],
+                                                "addrtypes": ["ALIAS-PIPE"], "content": "Subject: x\r\n\r\nx\r\n"})
+    assert status == 422 and "5.7.1" in problem["detail"], problem
+
+
+def post(daemon: Daemon, path: str, body: Any) -> tuple[int, Any]:
+    try:
+        return 201, api(daemon, path, body)
+    except urllib.error.HTTPError as err:
+        return err.code, json.load(err)

@@ -10,6 +10,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.daemon import Daemon, Spool, port_open
@@ -72,14 +73,20 @@ def wait_for(check: Callable[[], bool], timeout: float = 10.0) -> None:
         time.sleep(0.1)
 
 
+@pytest.mark.parametrize("two_processes", [True, False], ids=["delivery-process", "one-process"])
 def test_metrics_are_there_at_zero_and_move_with_a_delivered_smtp_message(
-        spool: Spool, relay: Sink, daemon: Daemon) -> None:
+        spool: Spool, relay: Sink, daemon: Daemon, two_processes: bool) -> None:
+    if not two_processes:
+        (spool.data / "msgspool.toml").write_text("delivery_process = false\n")
     relay.start()
     started(daemon)
     _text, fresh = scrape(daemon)
     for name, labels in AT_ZERO:
         assert value(fresh, name, **labels) == 0, (name, labels)
-    assert value(fresh, "msgspool_delivery_process_up") == 1
+    if two_processes:
+        assert value(fresh, "msgspool_delivery_process_up") == 1
+    else:
+        assert not any(name == "msgspool_delivery_process_up" for name, _labels in fresh)
     connections = value(fresh, "msgspool_smtp_connections_total")  # the test harness's port probes
     commits = value(fresh, "msgspool_commit_batch_size_count")  # node registration, heartbeats
 

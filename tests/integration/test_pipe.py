@@ -4,6 +4,7 @@ through the spooler with a [[transports]] table as an operator writes it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import pwd
@@ -241,6 +242,32 @@ async def test_as_root_the_command_runs_as_the_configured_user(tmp_path: Path) -
         PipeTransport("pipe", Settings(), {"argv": ["cat"]})
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching to another account needs root")
+def test_as_root_under_uvloop_the_daemons_loop_the_command_runs_as_the_configured_user(tmp_path: Path) -> None:
+    import uvloop  # the daemon's loop takes no user/group arguments for a child: it drops them itself
+
+    nobody = pwd.getpwnam("nobody")
+    argv = ["/bin/sh", "-c", "echo $(id -u) $(id -g) $(id -G)"]  # the test's own command: no address in it
+    [reply] = uvloop.run(deliver(make(tmp_path, argv, user="nobody"), message("b@x.example")))
+    gid = nobody.pw_gid
+    assert reply.ok and reply.text.endswith(f"output: {nobody.pw_uid} {gid} {gid}"), reply  # root's groups dropped
+
+
+async def test_the_aliases_transport_runs_each_recipients_command_line_without_a_shell(tmp_path: Path) -> None:
+    recorder = script(tmp_path, "rec.py", RECORDER)
+    transport = PipeTransport("aliases", Settings(data_dir=str(tmp_path)), {
+        "command_from_recipient": True, "user": ME, "flags": "DRX", "nexthop": "aliases",
+        "environment": {"RECORD_TO": str(tmp_path / "record.jsonl")}})
+    msg = message(f"{recorder} 'two words' $HOME;id", orcpt="list@localhost")
+    [reply] = await deliver(transport, msg)
+    assert reply.ok, reply
+    [run] = runs(tmp_path / "record.jsonl")
+    assert run["argv"] == ["two words", "$HOME;id"]  # split as sh would, but nothing expanded or run
+    assert run["env"]["RECIPIENT"] == "list@localhost" and run["env"]["ORIGINAL_RECIPIENT"] == "list@localhost"
+    assert run["stdin"].startswith("Delivered-To: list@localhost\nReturn-Path: <a@example.org>\n") or \
+        run["stdin"].startswith("Return-Path: <a@example.org>\nDelivered-To: list@localhost\n")
+
+
 @pytest.mark.parametrize(("options", "error"), [
     ({"argv": "/usr/bin/cmd -f ${sender}"}, "list of strings"),
     ({"argv": ["cat", "${client_address}"]}, "unknown macro"),
@@ -292,3 +319,26 @@ def test_commands_run_on_uvloop_too(tmp_path: Path) -> None:
         loop.close()
     assert ok.ok and ok.text.endswith(f"output: {os.geteuid()}")
     assert slow.temporary and "time limit" in slow.text
+
+
+def test_on_uvloop_a_command_that_exits_before_reading_is_judged_by_its_exit(tmp_path: Path) -> None:
+    """uvloop closes the stdin pipe of a command that is gone before the message is written."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def quick() -> list[Any]:
+        big = message("b@x.example")
+        big.content = CONTENT + b"y" * 1_000_000 + b"\r\n"
+        transport = make(tmp_path, ["true"])
+        replies = []
+        for _ in range(20):
+            conn = await transport.connect("x.example")
+            await asyncio.sleep(0)
+            replies += await conn.send(big, big.recipients)
+        return replies
+
+    loop = uvloop.new_event_loop()
+    try:
+        replies = loop.run_until_complete(quick())
+    finally:
+        loop.close()
+    assert all(r.ok for r in replies)

@@ -4,10 +4,13 @@ ORCPT, owner-NAME as the envelope sender of a list's members, the history writte
 
 from __future__ import annotations
 
+import pytest
+
 from msgspool.domain.address import domain_of
-from msgspool.domain.aliases import AliasTable, MemberKind, parse_aliases, parse_include
+from msgspool.domain.aliases import ALIAS_COMMAND, AliasTable, MemberKind, parse_aliases, parse_include
 from msgspool.domain.recipient import Status
 from msgspool.domain.routing import LOCAL, Router, TransportRoute
+from msgspool.errors import SubmitError
 from msgspool.spooler.intake import Intake, Submission
 
 NOW = 1_700_000_000.0
@@ -171,3 +174,23 @@ def test_an_alias_is_a_known_recipient_at_rcpt_time_when_mailboxes_are_listed() 
 def test_unrouted_submission_expands_too() -> None:
     message, copies = intake().build(Submission("", ["team@localhost"], CONTENT), route=False)
     assert [r.status for r in message.recipients] == [Status.QUEUED] * 3 and copies == []
+
+
+def test_a_command_member_expands_to_the_aliases_pipe_address_type_once() -> None:
+    aliases, problems = parse_aliases('hook: "|/usr/bin/handler --x", alice\nboth: hook, "|/usr/bin/handler --x"\n')
+    assert problems == []
+    expanded = AliasTable.of(aliases).expand("both@localhost", local) or []
+    assert [(e.address, e.addrtype) for e in expanded] == [
+        ("/usr/bin/handler --x", ALIAS_COMMAND), ("alice@localhost", "SMTP")]
+    assert AliasTable.of(aliases).has_commands and not table().has_commands
+
+
+def test_intake_gives_a_command_member_its_address_type_and_refuses_that_type_from_submitters() -> None:
+    i = intake('hook: "|/usr/bin/handler"\n')
+    message, _copies = i.build(Submission("app@example.org", ["hook@localhost"], CONTENT))
+    [command] = message.recipients
+    assert (command.address, command.addrtype, command.transport) == ("/usr/bin/handler", ALIAS_COMMAND, None)
+    assert command.status is Status.FAILED  # this router has no transport for it: no route
+    with pytest.raises(SubmitError) as refused:
+        i.build(Submission("app@example.org", ["/bin/sh -c id"], CONTENT, addrtypes=[ALIAS_COMMAND]))
+    assert refused.value.reply.code == 550

@@ -70,3 +70,19 @@ def test_info_letters_come_from_the_read_flag_and_imap_flags_in_ascii_order() ->
     assert maildir.info_of(True) == ":2,S"
     assert maildir.info_of(False, ("\\Flagged", "\\Answered", "$Label1")) == ":2,FR"
     assert maildir.info_of(True, ("\\Seen", "\\Draft")) == ":2,DS"
+
+
+@pytest.mark.parametrize(("options", "error"), [
+    ({}, "needs path"),
+    ({"path": "mail/%d/%u"}, "must be absolute"),
+    ({"path": "/m/%u", "domains": "x.org"}, "domains must be a list"),
+    ({"path": "/m/%u", "owner": True}, "owner must be"),
+    ({"path": "/m/%u", "owner": "no-such-user-here"}, "no such user"),
+])
+def test_a_maildir_transport_with_bad_options_is_a_config_error(options: dict[str, object], error: str) -> None:
+    from msgspool.config import Settings
+    from msgspool.errors import ConfigError
+    from msgspool.transports.maildir import MaildirTransport
+
+    with pytest.raises(ConfigError, match=error):
+        MaildirTransport("maildir", Settings(), dict(options))

@@ -3,6 +3,8 @@ processes' figures add up into one exposition that prometheus-client's own parse
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client.parser import text_string_to_metric_families
 
 from msgspool.domain.hooks import HookRecord
@@ -76,3 +78,37 @@ def test_two_processes_add_up_series_by_series_over_the_wire_form() -> None:
     assert samples[("msgspool_queue_recipients", (("status", "queued"),))] == 2
     assert samples[("msgspool_webhook_backlog", ())] == 4
     assert b"_created" not in body
+
+
+async def test_store_figures_are_read_again_only_after_nine_times_the_last_read() -> None:
+    from msgspool.domain.address import SMTP
+    from msgspool.domain.routing import Router, TransportRoute
+    from msgspool.spooler.intake import Intake, Submission
+    from msgspool.spooler.metrics import StoreFigures
+    from msgspool.stores.memory import MemoryStore, forget
+
+    now = [0.0]
+
+    def clock() -> float:  # each look at the clock takes a second: the read took 1 s
+        now[0] += 1.0
+        return now[0]
+
+    def messages(families: list[Any]) -> float:
+        return parsed(exposition(families))[("msgspool_queue_messages", ())]
+
+    store = MemoryStore("test-store-figures")
+    await store.open()
+    try:
+        figures = StoreFigures(store, clock)
+        assert messages(await figures.families()) == 0  # read from t=1 to t=2: fresh until t=11
+        router = Router(["example.org"], [TransportRoute("smtp", frozenset({SMTP}), lambda _a: "relay:25")])
+        message, copies = Intake(router).build(Submission(sender="a@example.org", recipients=["b@example.com"],
+                                                          content=b"Subject: x\r\n\r\n"))
+        await store.submit(message, copies)
+        cached = await figures.families()
+        assert messages(cached) == 0
+        assert parsed(exposition(cached))[("msgspool_queue_figures_age_seconds", ())] > 0
+        now[0] = 20.0
+        assert messages(await figures.families()) == 1
+    finally:
+        forget("test-store-figures")

@@ -11,7 +11,8 @@ The format (aliases(5))::
 
 A name is a local part, folded to lower case; a member is an address (a bare name is a local
 address of the domain being expanded), ``:include:/path`` (more members, one or more per line,
-read from that file), ``|command`` (the pipe transport) or ``/path/`` (a file or maildir).
+read from that file), ``|command`` (run by the aliases' own pipe transport: the command line
+split as a shell would, but never given to one) or ``/path/`` (a file or maildir: not supported).
 
 Expansion, as Postfix's local(8) does it: a member that is itself an alias is expanded in turn
 (nested); an alias that reaches itself directly (``bob: bob, bob@elsewhere``) delivers to its own
@@ -33,6 +34,9 @@ from msgspool.domain.address import split
 from msgspool.domain.outcome import Reply
 
 MAX_DEPTH = 100  # aliases within aliases (Postfix local(8) stops at 100 too)
+# The address type of a `|command` member: its address is the command line, and only the built-in
+# pipe transport of the aliases takes it. Intake refuses it from any submitter (it would run a command).
+ALIAS_COMMAND = "ALIAS-PIPE"
 OWNER_PREFIX, REQUEST_SUFFIX = "owner-", "-request"
 
 
@@ -221,6 +225,7 @@ class Expanded:
     where: str = ""  # the file and line of the member that named it
     owner: str | None = None  # owner-NAME@domain of the innermost list with an owner: its envelope sender
     refusal: Reply | None = None  # a loop (or too deep): it fails with this instead of being delivered
+    addrtype: str = "SMTP"  # ALIAS_COMMAND for a |command member (`address` is the command line)
 
     def describe(self) -> str:
         via = " -> ".join(self.chain)
@@ -248,6 +253,10 @@ class AliasTable:
 
     def __len__(self) -> int:
         return len(self.aliases)
+
+    @property
+    def has_commands(self) -> bool:
+        return any(m.kind is MemberKind.COMMAND for a in self.aliases.values() for m in a.members)
 
     def lookup(self, address: str) -> Alias | None:
         """The alias a local address names (its local part), NAME-request falling back to owner-NAME."""
@@ -291,6 +300,11 @@ class AliasTable:
         domain = split(address)[1]
         owner = self.owner_of(alias.name, domain) or owner
         for member in alias.members:
+            if member.kind is MemberKind.COMMAND:  # run by the aliases' pipe transport
+                if f"|{member.value}" not in seen:
+                    seen.add(f"|{member.value}")
+                    out.append(Expanded(member.value, (*chain, address), member.where, owner, addrtype=ALIAS_COMMAND))
+                continue
             target = member.value if "@" in member.value else f"{member.value}@{domain}"
             self._expand(target, (*chain, address), member.where, owner, is_local, out, seen)
 

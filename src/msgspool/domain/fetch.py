@@ -18,6 +18,8 @@ An account is one ``[[fetch]]`` table, checked when the configuration is loaded:
     folder = "INBOX"            # IMAP: the folder fetched from
     interval = 60               # seconds between polls (IMAP IDLE wakes a fetch at once)
     after = "delete"            # POP3: delete | keep; IMAP: delete | flag | move:FOLDER
+    idle = true                 # IMAP: wait with IDLE (RFC 2177) when offered
+    timeout = 60                # seconds a server may stay silent
 
 A message is new while its unique id is not among those recorded for the account: the POP3 UIDL
 (RFC 1939 §7), or ``UIDVALIDITY:UID`` for IMAP (RFC 3501 §2.3.1.1). The id is recorded in the same

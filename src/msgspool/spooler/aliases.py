@@ -6,6 +6,8 @@ the running table as it was (a reload), and `msgspool aliases check` prints ever
 
 from __future__ import annotations
 
+import os
+import shlex
 from pathlib import Path
 
 from msgspool.domain.aliases import (
@@ -58,6 +60,12 @@ def _resolve(members: tuple[Member, ...] | list[Member], depth: int,
     for member in members:
         if member.kind is MemberKind.ADDRESS:
             out.append(member)
+        elif member.kind is MemberKind.COMMAND:
+            error = _command_problem(member.value)
+            if error:
+                problems.append(Problem(member.source, member.line, error))
+            else:
+                out.append(member)
         elif member.kind is MemberKind.INCLUDE:
             found, errors = _include(member, depth, files)
             out += found
@@ -79,8 +87,21 @@ def _include(member: Member, depth: int, files: tuple[str, ...]) -> tuple[list[M
     return resolved, problems + errors
 
 
+def _command_problem(command: str) -> str:
+    """Why a |command cannot run (checked when the file is read, so a typo stops `serve`)."""
+    try:
+        argv = shlex.split(command)
+    except ValueError as err:
+        return f"|{command}: {err}"
+    if not argv or not argv[0].startswith("/"):
+        return f"|{command}: the command needs an absolute path (it is run without a shell or PATH search)"
+    if not os.access(argv[0], os.X_OK) or os.path.isdir(argv[0]):
+        return f"|{command}: {argv[0]} is not an executable file"
+    return ""
+
+
 def _unsupported(member: Member) -> str:
-    # Only addresses are delivered for now: no pipe(8) or maildir transport takes |command or /path/.
-    if member.kind is MemberKind.COMMAND:
-        return f"|{member.value}: command members need a pipe transport, which this msgspool does not have"
-    return f"{member.value}: file and maildir members need a maildir transport, which this msgspool does not have"
+    # local(8) appends to a file or writes a maildir named in an alias; msgspool's maildir transport
+    # delivers by mailbox (its path template), not to a path an alias names.
+    return (f"{member.value}: file and maildir members are not supported; give the alias a mailbox and route it"
+            " to a maildir transport")

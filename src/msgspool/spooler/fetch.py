@@ -50,6 +50,7 @@ log = logging.getLogger("msgspool.fetch")
 BACKOFF_MIN = 5.0  # seconds before the first retry of a failed account (or its interval, if shorter)
 BACKOFF_MAX = 1800.0
 ORIGIN = "fetch"
+STOP_WAIT = 5.0
 
 
 def load_fetchers(accounts: Sequence[FetchAccount], settings: Any) -> dict[str, InboundTransport]:
@@ -86,6 +87,8 @@ class Fetcher:
                 delay = self.account.interval
             except Exception as err:  # never stops the other accounts, nor this one
                 delay = self._failed(err)
+            if self._stop.is_set():
+                return
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
@@ -120,7 +123,9 @@ class Fetcher:
         session = await asyncio.to_thread(self.transport.open)
         try:
             filed = await self._serve(session, wait)
-        except BaseException:
+        except asyncio.CancelledError:
+            raise  # a call of this session may still run in its thread: the session is not ours to end
+        except Exception:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(session.close)
             raise
@@ -237,8 +242,13 @@ class FetchService:
         return len(chosen)
 
     async def stop(self) -> None:
+        """Ask every account to stop — an IDLE ends within WAIT_SLICE, a poll after the call it is
+        in — and wait up to STOP_WAIT for them to end their sessions (POP3 QUIT: the DELEs of what
+        was filed take effect); then cancel what still runs (it is fetched again and not filed)."""
         for fetcher in self.fetchers:
             fetcher.stop()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=STOP_WAIT)
         for task in self._tasks:
             await stop_task(task)
         for fetcher in self.fetchers:

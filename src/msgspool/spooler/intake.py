@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from msgspool.domain import address as addr
-from msgspool.domain.aliases import AliasTable, Expanded
+from msgspool.domain.aliases import ALIAS_COMMAND, AliasTable, Expanded
 from msgspool.domain.content import canonical, count_hops, header_priority
 from msgspool.domain.dsn import MessageDSN, OriginalRecipient, RecipientDSN
 from msgspool.domain.hooks import HookRecord
@@ -134,9 +134,9 @@ class Intake:
                     self._add(message, copies, Recipient(address, addrtype, rtype, dsn=dsn), now, route)
                 continue
             for member in expanded:
-                if (addrtype, member.address.lower()) in seen:
+                if (member.addrtype, member.address.lower()) in seen:
                     continue
-                seen.add((addrtype, member.address.lower()))
+                seen.add((member.addrtype, member.address.lower()))
                 target, target_copies = message, copies
                 if member.owner is not None and message.sender and member.owner.lower() != message.sender.lower():
                     target, target_copies = parts.get(member.owner) or parts.setdefault(
@@ -164,7 +164,8 @@ class Intake:
         its DSN names the address the sender wrote (RFC 3461 §4.2: a relay that adds ORCPT gives
         the address of the RCPT it received), and what the sender asked NOTIFY for."""
         orcpt = dsn.orcpt if dsn is not None and dsn.orcpt is not None else OriginalRecipient.for_address(original)
-        recipient = Recipient(member.address, addr.SMTP, rtype, dsn=RecipientDSN(dsn.notify if dsn else None, orcpt))
+        recipient = Recipient(member.address, member.addrtype, rtype, dsn=RecipientDSN(dsn.notify if dsn else None,
+                                                                                           orcpt))
         message.history += (HookRecord("aliases", "expanded", member.describe()),)
         if member.refusal is not None:
             recipient.status, recipient.last_reply = Status.FAILED, member.refusal
@@ -191,6 +192,8 @@ class Intake:
                 raise SubmitError(Reply(501, "5.5.4", f"{name} must have one entry per recipient"))
         if sub.sender and not addr.valid_smtp(sub.sender):
             raise SubmitError(Reply(501, "5.1.7", f"<{sub.sender}>: Bad sender address syntax"))
+        if sub.addrtypes and any(a.upper() == ALIAS_COMMAND for a in sub.addrtypes):  # it would run a command
+            raise SubmitError(Reply(550, "5.7.1", f"address type {ALIAS_COMMAND} comes from the aliases file only"))
         for i, address in enumerate(sub.recipients):
             if not addr.valid_recipient(address, sub.addrtypes[i] if sub.addrtypes else addr.SMTP):
                 raise SubmitError(Reply(501, "5.1.3", f"<{address!r}>: Bad recipient address syntax"))

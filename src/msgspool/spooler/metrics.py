@@ -35,6 +35,9 @@ to three recipients is three):
                                                    recipients of the webhook transport)
     msgspool_delivery_process_up                   1 while the delivery process answers (serve
                                                    with delivery_process = true)
+    msgspool_queue_figures_age_seconds             how old the store's figures above are
+                                                   (StoreFigures: a large queue is not counted at
+                                                   every scrape)
 
 Series whose labels are known at start (transports, hooks, statuses) are there at zero from the
 first scrape; a destination's appear with the destination (MX destinations are not known before
@@ -60,7 +63,9 @@ The hot path pays a counter increment per outcome: children for known labels are
 
 from __future__ import annotations
 
+import asyncio
 import math
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -68,11 +73,13 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import Metric
 
-__all__ = ["Metric", "Metrics", "counter", "exposition", "from_wire", "gauge", "merge", "store_families"]
+__all__ = ["Metric", "Metrics", "StoreFigures", "counter", "exposition", "from_wire", "gauge", "merge",
+           "store_families"]
 
 from msgspool.domain.hooks import HookRecord
 from msgspool.domain.message import Recipient, Settlement
 from msgspool.domain.recipient import Status
+from msgspool.ports import Admin
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # the classic text format every Prometheus reads
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
@@ -253,6 +260,39 @@ def store_families(counts: dict[str, int], by_destination: Sequence[tuple[str, s
               (((transport, dest, status), n) for transport, dest, status, n in by_destination)),
         gauge("msgspool_webhook_backlog", "Webhook deliveries not done yet.", (), [((), webhooks)]),
     ]
+
+
+class StoreFigures:
+    """The queue figures of the store for the metrics, read again only when they are older than
+    nine times what the last read took: scrapes keep the store's reader busy at most a tenth of the
+    time, however large the queue (measured on SQLite with 1,000,000 queued: `counts` 2.7 s and
+    `destination_counts` 3.8 s; a few ms with thousands), and concurrent scrapes share one read.
+    `msgspool_queue_figures_age_seconds` says how old the figures served are."""
+
+    SHARE = 0.1
+
+    def __init__(self, store: Admin, clock: Callable[[], float] = time.monotonic) -> None:
+        self.store, self.clock = store, clock
+        self._families: list[Metric] = []
+        self._read_at = 0.0
+        self._fresh_until = -math.inf
+        self._reading: asyncio.Task[None] | None = None
+
+    async def families(self) -> list[Metric]:
+        if self.clock() >= self._fresh_until:
+            if self._reading is None or self._reading.done():
+                self._reading = asyncio.ensure_future(self._read())
+            await asyncio.shield(self._reading)
+        age = gauge("msgspool_queue_figures_age_seconds", "Seconds since the queue figures were read from the store.",
+                    (), [((), max(0.0, self.clock() - self._read_at))])
+        return [*self._families, age]
+
+    async def _read(self) -> None:
+        began = self.clock()
+        families = store_families(await self.store.counts(), await self.store.destination_counts())
+        self._read_at = self.clock()
+        took = self._read_at - began
+        self._families, self._fresh_until = families, self._read_at + took * (1 / self.SHARE - 1)
 
 
 def exposition(families: Iterable[Metric]) -> bytes:

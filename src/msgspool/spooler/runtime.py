@@ -25,6 +25,7 @@ from msgspool import spooldir
 from msgspool.compose import complete_headers, header_recipients, header_sender, strip_bcc
 from msgspool.config import Settings
 from msgspool.domain.address import mailbox_key
+from msgspool.domain.aliases import ALIAS_COMMAND
 from msgspool.domain.dsn import MessageDSN, RecipientDSN, Ret, recipient_dsn
 from msgspool.domain.events import Event, EventType
 from msgspool.domain.health import ProbePolicy
@@ -72,6 +73,7 @@ LOCK_ROLES = {LOCK_NAME: "delivering from", SERVE_LOCK_NAME: "serving"}
 SENT_RETENTION = 7 * 86400.0
 EVENT_RETENTION = 86400.0
 HOUSEKEEPING_INTERVAL = 300.0
+ALIASES_TRANSPORT = "aliases"  # the built-in pipe transport of the aliases' |command members
 SUPPRESSION_REFRESH = 1.0  # seconds between looks at the suppression list for intake's RCPT-time copy
 
 
@@ -92,6 +94,12 @@ def load_transports(settings: Settings) -> dict[str, Transport]:
         builtin.append({"name": WEBHOOK_TRANSPORT, "type": "webhook"})
     if settings.maildir:
         builtin.append({"name": "maildir", "type": "maildir", "path": settings.maildir})
+    if settings.aliases and load_aliases(settings.aliases).has_commands:
+        # |command members of the aliases (local(8)'s delivery to a command): Delivered-To and
+        # Return-Path on top, final delivery, as the `aliases_user` account.
+        builtin.append({"name": ALIASES_TRANSPORT, "type": "pipe", "addrtypes": [ALIAS_COMMAND],
+                        "command_from_recipient": True, "user": settings.aliases_user, "nexthop": "aliases",
+                        "flags": "DRX"})
     declared = [*builtin, *settings.transports]
     transports: dict[str, Transport] = {}
     for options in declared:

@@ -263,6 +263,8 @@ class MaildirTransport:
         path = options.get("path")
         if not isinstance(path, str) or not path:
             raise ConfigError(f"transport {name}: a maildir transport needs path, e.g. \"/var/mail/%d/%u\"")
+        if not path.startswith("/"):  # relative to whatever directory the daemon was started in: a surprise
+            raise ConfigError(f"transport {name}: path {path!r} must be absolute")
         domains = options.get("domains", [])
         if not isinstance(domains, list) or not all(isinstance(d, str) and d for d in domains):
             raise ConfigError(f"transport {name}: domains must be a list of domains or mailboxes")

@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import grp
 import logging
 import os
 import pwd
+import shlex
 import shutil
 import signal
 import subprocess
@@ -96,7 +98,7 @@ class PipeConnection:
 
     def __init__(self, transport: PipeTransport, nexthop: str) -> None:
         self.transport, self.nexthop = transport, nexthop
-        self.remote = f"{transport.name}[{transport.argv[0]}]"
+        self.remote = f"{transport.name}[{transport.argv[0] if transport.argv else 'aliases'}]"
 
     @property
     def usable(self) -> bool:
@@ -124,8 +126,11 @@ class PipeTransport:
     def __init__(self, name: str, settings: Any, options: dict[str, Any]) -> None:
         self.name = name
         self.domains: tuple[str, ...] = tuple(options.get("domains", ()))
-        argv = options.get("argv")
-        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+        # The aliases' own transport (spooler/aliases.py): each recipient's address is its command line.
+        self.command_from_recipient = bool(options.get("command_from_recipient", False))
+        argv: Any = options.get("argv", [] if self.command_from_recipient else None)
+        if not isinstance(argv, list) or not (argv or self.command_from_recipient) or not all(
+                isinstance(a, str) for a in argv):
             raise ConfigError(f"transport {name}: argv must be a non-empty list of strings (it is never given"
                               " to a shell)")
         unknown = macros_in(argv) - MACROS
@@ -137,7 +142,7 @@ class PipeTransport:
             self.flags = parse_flags(str(options.get("flags", "")))
         except ValueError as err:
             raise ConfigError(f"transport {name}: {err}") from None
-        self.max_recipients = int(options.get("max_recipients", 1))
+        self.max_recipients = 1 if self.command_from_recipient else int(options.get("max_recipients", 1))
         if self.max_recipients < 1:
             raise ConfigError(f"transport {name}: max_recipients must be at least 1")
         if self.max_recipients > 1 and self.flags & {"D", "O"}:
@@ -161,6 +166,8 @@ class PipeTransport:
         return self.fixed_nexthop or domain_of(address)
 
     async def connect(self, nexthop: str) -> PipeConnection:
+        if self.command_from_recipient:  # each command is checked when it runs
+            return PipeConnection(self, nexthop)
         command = self.argv[0]
         found = shutil.which(command, path=self.base_environment["PATH"]) if "/" not in command else command
         if found is None or not os.access(found, os.X_OK) or os.path.isdir(found):
@@ -177,10 +184,17 @@ class PipeTransport:
         if self.size_limit and message.size > self.size_limit:
             return Reply(552, "5.2.3", f"message of {message.size} octets exceeds the size limit"
                                        f" ({self.size_limit}) of transport {self.name}")
+        if self.command_from_recipient:
+            # An alias's |command: its line split as sh would (never given to one); the envelope names
+            # the address the mail was for, the alias (the ORCPT expansion set), as local(8)'s does.
+            argv = shlex.split(recipients[0].address)
+            recipients = [dataclasses.replace(r, address=r.dsn.orcpt.address if r.dsn and r.dsn.orcpt else r.address)
+                          for r in recipients]
         envelope = self.envelope(message, recipients, nexthop)
         data = command_input(message.full_content(), envelope, self.flags, return_path=message.sender,
                              eol=self.eol)
-        argv = expand_argv(self.argv, envelope)
+        if not self.command_from_recipient:
+            argv = expand_argv(self.argv, envelope)
         try:
             command = await Command.start(argv, env={**self.base_environment, **environment(envelope)},
                                           cwd=self.directory, account=self.account.process_options())
@@ -213,14 +227,19 @@ class Command:
     Linux has one, else in a thread."""
 
     def __init__(self, process: subprocess.Popen[bytes], stdin: asyncio.StreamWriter,
-                 stdout: asyncio.StreamReader, stdout_pipe: asyncio.BaseTransport) -> None:
+                 stdout: asyncio.StreamReader, stdout_pipe: asyncio.BaseTransport, pidfd: int | None) -> None:
         self.process, self.stdin, self.stdout, self.stdout_pipe = process, stdin, stdout, stdout_pipe
+        self.pidfd = pidfd  # closed by the first `wait`
 
     @classmethod
     async def start(cls, argv: list[str], *, env: dict[str, str], cwd: str, account: dict[str, Any]) -> Command:
         process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    env=env, cwd=cwd, start_new_session=True, close_fds=True, **account)
         assert process.stdin is not None and process.stdout is not None
+        try:  # opened now, while the pipes hold their numbers: it can never share one with them
+            pidfd: int | None = os.pidfd_open(process.pid)
+        except (AttributeError, OSError):  # not Linux >= 5.3: a thread waits instead
+            pidfd = None
         loop = asyncio.get_running_loop()
         try:
             reader = asyncio.StreamReader(limit=1 << 16)
@@ -230,15 +249,20 @@ class Command:
             _killpg(process.pid)
             process.kill()
             await asyncio.to_thread(process.wait)
+            if pidfd is not None:
+                os.close(pidfd)
             raise
-        return cls(process, asyncio.StreamWriter(transport, protocol, None, loop), reader, stdout_pipe)
+        return cls(process, asyncio.StreamWriter(transport, protocol, None, loop), reader, stdout_pipe, pidfd)
 
     async def feed(self, data: bytes) -> None:
         """The message to the command's stdin; a command that exits without reading it all is
         judged by its exit status alone (Postfix ignores EPIPE the same way)."""
         try:
-            self.stdin.write(data)
-            await self.stdin.drain()
+            # A command that has already exited without reading may have had its stdin closed by
+            # the loop (uvloop does so as soon as the pipe's far end goes): nothing is left to write.
+            if not self.stdin.transport.is_closing():
+                self.stdin.write(data)
+                await self.stdin.drain()
         except (BrokenPipeError, ConnectionResetError):
             pass
         finally:
@@ -250,29 +274,18 @@ class Command:
         while chunk := await self.stdout.read(65536):
             if len(output) < limit:
                 output += chunk[:limit - len(output)]
+        self.stdout_pipe.close()  # at EOF uvloop keeps a pipe open (StreamReaderProtocol asks it to)
 
     async def wait(self) -> int:
         """The exit status (negative: the signal that killed it)."""
-        if self.process.poll() is not None:
-            return self.process.returncode
+        pidfd, self.pidfd = self.pidfd, None
         try:
-            pidfd = os.pidfd_open(self.process.pid)
-        except (AttributeError, OSError):  # not Linux >= 5.3: a thread waits instead
-            return await asyncio.to_thread(self.process.wait)
-        loop = asyncio.get_running_loop()
-        exited: asyncio.Future[None] = loop.create_future()
-
-        def readable() -> None:
-            if not exited.done():
-                exited.set_result(None)
-
-        loop.add_reader(pidfd, readable)
-        try:
-            await exited
+            if self.process.poll() is None and (pidfd is None or not await _exit_seen(pidfd)):
+                return await asyncio.to_thread(self.process.wait)
+            return self.process.wait()
         finally:
-            loop.remove_reader(pidfd)
-            os.close(pidfd)
-        return self.process.wait()
+            if pidfd is not None:
+                os.close(pidfd)
 
     async def kill(self) -> None:
         """SIGKILL to the command's whole process group (its offspring too), then reap it."""
@@ -282,6 +295,27 @@ class Command:
         self.stdin.close()
         self.stdout_pipe.close()  # an escaped descendant may hold it open: not our business any more
         await self.wait()
+
+
+async def _exit_seen(pidfd: int) -> bool:
+    """Until the process of `pidfd` exits (it becomes readable); False when the loop cannot watch
+    it (uvloop may still count the number as a closed pipe's), so a thread waits instead."""
+    loop = asyncio.get_running_loop()
+    exited: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        if not exited.done():
+            exited.set_result(None)
+
+    try:
+        loop.add_reader(pidfd, readable)
+    except (RuntimeError, OSError):
+        return False
+    try:
+        await exited
+    finally:
+        loop.remove_reader(pidfd)
+    return True
 
 
 def _killpg(pid: int) -> None:

@@ -22,13 +22,15 @@ from urllib.parse import quote
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
+from msgspool.domain import selector
 from msgspool.domain.address import mailbox_key
 from msgspool.domain.events import Event, EventType
 from msgspool.domain.message import MessageInfo
 from msgspool.domain.tokens import ADMIN, METRICS, READ, SUBMIT
 from msgspool.errors import NotFound
+from msgspool.spooler import bulk
 from msgspool.spooler.events import EventFilter, Subscription
-from msgspool.spooler.metrics import CONTENT_TYPE, Metric, exposition, from_wire, gauge, merge, store_families
+from msgspool.spooler.metrics import CONTENT_TYPE, Metric, StoreFigures, exposition, from_wire, gauge, merge
 from msgspool.spooler.runtime import Spooler
 from msgspool.views import message_json
 from msgspool.web import content, models, openapi
@@ -42,6 +44,7 @@ from msgspool.web.suppressions import routes as suppression_routes
 log = logging.getLogger("msgspool.web")
 SPOOLER: web.AppKey[Spooler] = web.AppKey("spooler", Spooler)
 DOCUMENT: web.AppKey[bytes] = web.AppKey("openapi", bytes)
+STORE_FIGURES: web.AppKey[StoreFigures] = web.AppKey("store_figures", StoreFigures)
 KEEPALIVE = 15.0
 DISCONNECT_CHECK = 0.25  # seconds: how soon a dropped SSE client frees its subscription
 REPLAY_PAGE = 1000
@@ -100,7 +103,7 @@ async def metrics(request: web.Request) -> web.Response:
             pass  # restarting: its series are missing from this scrape, which says so
         extra.append(gauge("msgspool_delivery_process_up", "1 while the delivery process answers.", (),
                            [((), 1 if remote else 0)]))
-    store = store_families(await spooler.store.counts(), await spooler.store.destination_counts())
+    store = await request.app[STORE_FIGURES].families()
     body = exposition(merge(spooler.metrics.collect(), remote, store, extra))
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
@@ -252,6 +255,26 @@ def operation(action: str) -> Handler:
         return {"ok": True, action: await act([request.match_info["id"]])}
 
     return handle
+
+
+async def bulk_action(request: web.Request) -> Any:
+    """An action on every message a selector matches (spooler/bulk.py), or with dry_run their count."""
+    spooler = request.app[SPOOLER]
+    body = await json_body(request)
+    if not isinstance(body, dict):
+        raise Problem(400, 'expected JSON {"action": "hold", "where": "destination=example.com", "dry_run": true}')
+    action, dry_run = body.get("action"), body.get("dry_run", False)
+    if action not in bulk.ACTIONS:
+        raise Problem(400, f"action must be one of {', '.join(bulk.ACTIONS)}", field="action")
+    if not isinstance(dry_run, bool):
+        raise Problem(400, "dry_run must be true or false", field="dry_run")
+    try:
+        where = selector.from_json(body.get("where"))
+    except selector.SelectorError as err:
+        raise Problem(400, f"where: {err}", field="where") from err
+    result = await bulk.run(spooler.store, lambda a, ids: bulk.apply_chunk(spooler, a, ids), action, where,
+                            dry_run=dry_run)
+    return {"ok": True, **result.to_json()}
 
 
 async def transport_offline(request: web.Request) -> Any:
@@ -409,6 +432,9 @@ def api_routes() -> list[Route]:
               list[models.MessageView], query=QueueQuery, headers=("Next-Cursor", "Link")),
         Route("POST", "/api/queue/flush", flush_all, "Retry deferred recipients now", ADMIN, models.Flushed,
               query=FlushQuery, body=models.FlushRoute, tag=A, errors=(404,)),
+        Route("POST", "/api/queue/actions", bulk_action, "hold, release, delete, flush or requeue the messages a"
+              " selector matches (dry_run: count them)", ADMIN, models.BulkResult, body=models.BulkAction,
+              body_required=True, tag=A),
         Route("GET", "/api/queue/{id}", queue_show, "One message with every recipient and its history", READ,
               msg, errors=ERR_ID),
         Route("GET", "/api/queue/{id}/content", raw_content, "The message as stored (RFC 5322)", READ,
@@ -468,6 +494,7 @@ def make_app(spooler: Spooler, host: str = "127.0.0.1", port: int = 8025) -> web
     app = web.Application(middlewares=[problems, access_middleware(access, browser, declared)],
                           client_max_size=body_limit)
     app[SPOOLER] = app[SUPPRESSION_SPOOLER] = spooler
+    app[STORE_FIGURES] = StoreFigures(spooler.store)
     routes = api_routes()
     app[DOCUMENT] = json.dumps(openapi.document(routes)).encode()
     install(app, routes)

@@ -172,6 +172,28 @@ class ReadConsent(BaseModel):
     mdn: bool | None = Field(None, description="whether the user agrees to send the read receipt asked for")
 
 
+class BulkAction(BaseModel):
+    """POST /api/queue/actions (spooler/bulk.py; the selector's terms are domain/selector.py's)."""
+
+    model_config = ConfigDict(extra="allow", title="BulkAction")
+    action: Literal["hold", "release", "delete", "flush", "requeue"]
+    where: str | dict[str, str | int | float] = Field(
+        description='a selector: "destination=HOST,sender=ADDR,status=S,older-than=1h" or {term: value}')
+    dry_run: bool = Field(False, description="only count (and list) the messages it matches")
+
+
+class BulkResult(Answer):
+    ok: bool
+    action: str
+    where: Any
+    dry_run: bool
+    matched: int
+    count: int | None = Field(None, description="the messages acted on (absent in a dry run)")
+    ids: list[str] | None
+    in_flight: dict[str, list[str]] | None = None
+    flushed: int | None = None
+
+
 class Flushed(Answer):
     ok: bool
     flushed: int

@@ -1,0 +1,233 @@
+"""IMAP fetch (RFC 3501; RFC 9051 keeps what is used here) with imaplib: the ``imap`` entry point of
+``msgspool.fetchers``.
+
+A session: connect (implicit TLS, or STARTTLS before LOGIN, §6.2.1), LOGIN, SELECT the folder, and
+then, as often as the server has news: UID SEARCH ALL for the messages there, each known by
+``UIDVALIDITY:UID`` (§2.3.1.1: a UID means the same message only under the same UIDVALIDITY), UID
+FETCH BODY.PEEK[] for each new one (PEEK: \\Seen is not set by reading, §6.4.5), and once it is
+committed to the spool the account's ``after``:
+
+    delete       UID STORE +FLAGS.SILENT (\\Deleted), then UID EXPUNGE (RFC 4315 UIDPLUS) or EXPUNGE
+    flag         UID STORE +FLAGS.SILENT (\\Seen): the message stays, read
+    move:FOLDER  UID MOVE (RFC 6851) when offered, else UID COPY + \\Deleted + expunge as above;
+                 a FOLDER the server does not have ([TRYCREATE]) is created once; its levels
+                 separated by "/", written with the server's hierarchy delimiter (LIST "" "")
+
+When UIDVALIDITY changes (the folder was recreated), every message there is new again: it is fetched
+once more. No Message-ID de-duplication is attempted (Message-ID is optional and not unique, RFC 5322
+§3.6.4); with ``delete`` or ``move`` the folder only ever holds what was not fetched yet, so only
+``flag`` may see copies after such a change, which servers make only when a folder's UIDs were lost.
+
+With IDLE offered (RFC 2177) and ``idle = true``, the session stays open and waits: an EXISTS ends
+the wait at once, else it is renewed every ``interval`` seconds (well under the 29 minutes RFC 2177
+§3 allows), each time with a new look at the folder.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import itertools
+import re
+import select
+import ssl
+import threading
+import time
+from typing import Any
+
+from msgspool.domain.fetch import FetchAccount
+from msgspool.domain.maildir import mutf7
+from msgspool.errors import FetchError, LoginRefused
+from msgspool.transports import fetch_account
+
+WAIT_SLICE = 0.25  # seconds between looks at the stop flag during IDLE
+_TAGS = itertools.count(1)
+_UIDVALIDITY = re.compile(rb"UIDVALIDITY (\d+)")
+_SIZE = re.compile(rb"RFC822\.SIZE (\d+)")
+_DELIMITER = re.compile(rb'\) "(\\?.)" ')
+
+
+def _text(err: BaseException) -> str:
+    """The server's words (poplib and imaplib keep them as bytes), or the error's own."""
+    arg = err.args[0] if err.args else None
+    return arg.decode("utf-8", "replace") if isinstance(arg, bytes) else str(err) or type(err).__name__
+
+
+def quoted(folder: str) -> str:
+    """A folder name as an IMAP quoted string, in modified UTF-7 (RFC 3501 §5.1.3)."""
+    name = mutf7(folder) if folder.upper() != "INBOX" else folder
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class IMAPSession:
+    def __init__(self, account: FetchAccount, imap: imaplib.IMAP4, validity: str) -> None:
+        self.account, self.imap, self.validity = account, imap, validity
+        self.leaves_copy = account.after == "flag"
+        # imaplib keeps the capabilities of before LOGIN; a server may offer more after it (RFC 3501 §6.2.3).
+        _typ, data = imap.capability()
+        self.capabilities = {c.upper() for c in (data[0] or b"").decode("ascii", "replace").split()}
+        self._created = False
+        self._separator: str | None = None
+
+    def uids(self) -> list[str]:
+        data = self._ok("UID SEARCH", self.imap.uid("SEARCH", "ALL"))
+        return [f"{self.validity}:{uid}" for uid in b" ".join(d for d in data if d).decode().split()]
+
+    def size(self, key: str) -> int | None:
+        data = self._ok("UID FETCH", self.imap.uid("FETCH", self._uid(key), "(RFC822.SIZE)"))
+        for item in data:
+            match = _SIZE.search(item if isinstance(item, bytes) else item[0])
+            if match:
+                return int(match.group(1))
+        return None
+
+    def retrieve(self, key: str) -> bytes:
+        data = self._ok("UID FETCH", self.imap.uid("FETCH", self._uid(key), "(BODY.PEEK[])"))
+        for item in data:
+            if isinstance(item, tuple) and b"BODY[]" in item[0]:
+                return bytes(item[1])
+        raise FetchError(f"UID FETCH {self._uid(key)}: the server sent no message (expunged meanwhile?)")
+
+    def done(self, key: str) -> None:
+        uid, after = self._uid(key), self.account.after
+        if after == "flag":
+            self._ok("UID STORE", self.imap.uid("STORE", uid, "+FLAGS.SILENT", "(\\Seen)"))
+        elif after == "delete":
+            self._delete(uid)
+        elif "MOVE" in self.capabilities:
+            self._to_folder("MOVE", uid)
+        else:
+            self._to_folder("COPY", uid)
+            self._delete(uid)
+
+    def _to_folder(self, command: str, uid: str) -> None:
+        folder = quoted((self.account.move_to or "").replace("/", self._delimiter()))
+        typ, data = self.imap.uid(command, uid, folder)
+        if typ != "OK" and b"TRYCREATE" in b" ".join(d for d in data if isinstance(d, bytes)) and not self._created:
+            self._created = True
+            self.imap.create(folder)  # RFC 3501 §6.4.7: [TRYCREATE] says a CREATE may help
+            typ, data = self.imap.uid(command, uid, folder)
+        self._ok(f"UID {command}", (typ, data))
+
+    def _delimiter(self) -> str:
+        """The server's hierarchy delimiter (RFC 3501 §6.3.8: LIST "" "" answers with it), "/" if none."""
+        if self._separator is None:
+            typ, data = self.imap.list('""', '""')
+            match = _DELIMITER.search(data[0]) if typ == "OK" and data and isinstance(data[0], bytes) else None
+            self._separator = match.group(1).decode() if match else "/"
+        return self._separator
+
+    def _delete(self, uid: str) -> None:
+        self._ok("UID STORE", self.imap.uid("STORE", uid, "+FLAGS.SILENT", "(\\Deleted)"))
+        if "UIDPLUS" in self.capabilities:  # RFC 4315: only this message, not others marked \Deleted
+            self._ok("UID EXPUNGE", self.imap.uid("EXPUNGE", uid))
+        else:
+            self._ok("EXPUNGE", self.imap.expunge())
+
+    def wait(self, timeout: float, stop: threading.Event) -> bool | None:
+        """RFC 2177 IDLE until an EXISTS, `timeout`, or `stop`; then DONE and the tagged reply."""
+        if not self.account.idle or "IDLE" not in self.capabilities:
+            return None
+        tag = f"M{next(_TAGS)}".encode()
+        self.imap.send(tag + b" IDLE\r\n")
+        line = self.imap.readline()
+        if not line.startswith(b"+"):
+            raise FetchError(f"IDLE refused: {line.decode('utf-8', 'replace').strip()}")
+        woken = self._idle_until(time.monotonic() + timeout, stop)
+        self.imap.send(b"DONE\r\n")
+        while not line.startswith(tag + b" "):
+            line = self.imap.readline()
+            if not line:
+                raise FetchError("the server closed the connection during IDLE")
+        if not line.startswith(tag + b" OK"):
+            raise FetchError(f"IDLE ended with {line.decode('utf-8', 'replace').strip()}")
+        return woken
+
+    def _idle_until(self, deadline: float, stop: threading.Event) -> bool:
+        # Reading only when the socket has data, so a timeout never lands inside imaplib's buffered
+        # reader (a timed-out socket file cannot be read again). Data already buffered there before
+        # the wait would only be seen at the next renewal: Dovecot sends nothing after "+ idling"
+        # until there is news.
+        sock = self.imap.sock
+        while not stop.is_set() and time.monotonic() < deadline:
+            pending = isinstance(sock, ssl.SSLSocket) and sock.pending()
+            if not pending and not select.select([sock], [], [], min(WAIT_SLICE, deadline - time.monotonic()))[0]:
+                continue
+            line = self.imap.readline()
+            if not line:
+                raise FetchError("the server closed the connection during IDLE")
+            if line.startswith(b"* ") and line.rstrip().upper().endswith((b" EXISTS", b" RECENT")):
+                return True
+        return False
+
+    def close(self) -> None:
+        try:
+            self.imap.logout()
+        except (imaplib.IMAP4.error, OSError) as err:
+            raise FetchError(f"LOGOUT failed: {_text(err)}") from None
+
+    def _uid(self, key: str) -> str:
+        return key.partition(":")[2]
+
+    def _ok(self, what: str, answer: tuple[str, list[Any]]) -> list[Any]:
+        typ, data = answer
+        if typ != "OK":
+            text = b" ".join(d for d in data if isinstance(d, bytes)).decode("utf-8", "replace")
+            raise FetchError(f"{what} refused: {typ} {text}")
+        return data
+
+
+class IMAPFetcher:
+    """The account's sessions; `open` runs in the fetcher's thread."""
+
+    def __init__(self, account: FetchAccount, settings: Any = None) -> None:
+        self.account, self.name = account, account.name
+        self.context = fetch_account.tls_context(account)
+
+    def check(self) -> None:
+        fetch_account.check(self.account)
+
+    def open(self) -> IMAPSession:
+        a = self.account
+        try:
+            imap = self._connect()
+        except (OSError, imaplib.IMAP4.error) as err:
+            raise FetchError(f"cannot connect to {a.host}:{a.port}: {_text(err)}") from None
+        try:
+            return self._start(imap)
+        except BaseException:
+            imap.shutdown()
+            raise
+
+    def _connect(self) -> imaplib.IMAP4:
+        a = self.account
+        if a.security == "tls":
+            return imaplib.IMAP4_SSL(a.host, a.port, ssl_context=self.context, timeout=a.timeout)
+        return imaplib.IMAP4(a.host, a.port, timeout=a.timeout)
+
+    def _start(self, imap: imaplib.IMAP4) -> IMAPSession:
+        a = self.account
+        try:
+            if a.security == "starttls":
+                imap.starttls(ssl_context=self.context)  # before LOGIN: no password in clear
+        except (imaplib.IMAP4.error, OSError) as err:
+            raise FetchError(f"{a.host}:{a.port}: STARTTLS failed: {_text(err)}") from None
+        try:
+            password = fetch_account.credentials(a).password()
+        except (OSError, ValueError) as err:
+            raise FetchError(f"{a.host}:{a.port}: {err}") from None
+        try:
+            imap.login(a.user, password)
+        except imaplib.IMAP4.error as err:
+            raise LoginRefused(f"{a.host}:{a.port} refused the login of {a.user}: {_text(err)}") from None
+        except OSError as err:
+            raise FetchError(f"{a.host}:{a.port}: {_text(err)}") from None
+        try:
+            typ, data = imap.select(quoted(a.folder))
+            if typ != "OK":
+                raise FetchError(f"{a.host}:{a.port}: SELECT {a.folder} refused: {_text(FetchError(*data))}")
+            _typ, validity = imap.response("UIDVALIDITY")
+        except (imaplib.IMAP4.error, OSError) as err:
+            raise FetchError(f"{a.host}:{a.port}: SELECT {a.folder}: {_text(err)}") from None
+        if not validity or validity[0] is None:
+            raise FetchError(f"{a.host}:{a.port}: SELECT {a.folder} gave no UIDVALIDITY (RFC 3501 §2.3.1.1)")
+        return IMAPSession(a, imap, validity[0].decode())
