@@ -168,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     _user_parser(sub.add_parser("user", help="accounts of the submission service (SMTP AUTH)"))
     _suppression_parser(sub.add_parser("suppression", help="the suppression list: addresses mail is not sent to"))
     _common(sub.add_parser("reload", help="the daemon reads its configuration again (as on SIGHUP)"))
+    fetch = sub.add_parser("fetch", help="poll the fetch accounts now (all, or the one named)")
+    fetch.add_argument("name", nargs="?", metavar="NAME", help="a [[fetch]] account as `status` lists it")
+    _common(fetch)
     route = sub.add_parser("route", help="which transport and destination an address gets, and why")
     _common(route)
     route.add_argument("address")
@@ -733,6 +736,17 @@ def cmd_reload(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_fetch(args: argparse.Namespace, settings: Settings) -> int:
+    """Wake the daemon's fetch accounts (fetchmail's wake-up of a running daemon): they poll now."""
+    answer = control.request(settings.spool_path, {"op": "fetch", "name": args.name})
+    if answer is None:
+        raise CLIError(f"no daemon runs on {settings.spool_path}")
+    if not answer.get("ok"):
+        raise CLIError(str(answer.get("error")))
+    print(f"{answer['accounts']} fetch account(s) polling now")
+    return 0
+
+
 # -- route ----------------------------------------------------------------------------------
 
 
@@ -1017,7 +1031,7 @@ def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "serve": cmd_serve, "sendmail": cmd_sendmail, "queue": cmd_queue, "status": cmd_status, "token": cmd_token,
     "transport": cmd_transport,
-    "stop": cmd_stop, "route": cmd_route, "reload": cmd_reload, "user": cmd_user, "db": cmd_db,
+    "stop": cmd_stop, "route": cmd_route, "reload": cmd_reload, "fetch": cmd_fetch, "user": cmd_user, "db": cmd_db,
     "node": cmd_node, "aliases": cmd_aliases, "mailbox": cmd_mailbox, "suppression": cmd_suppression,
 }
 
