@@ -6,9 +6,11 @@ deletes it there, shows each account in `msgspool status`, and keeps running wit
 from __future__ import annotations
 
 import imaplib
+import json
 import mailbox
 import poplib
 import time
+import urllib.request
 from pathlib import Path
 
 from tests.conftest import DOVECOT_USERS
@@ -101,3 +103,30 @@ def test_serve_fetches_over_imap_with_idle_and_moves_the_mail_after_the_commit(
     assert imap.select("INBOX", readonly=True)[1] == [b"0"]
     assert imap.select("Archive", readonly=True)[1] == [b"2"]
     imap.logout()
+
+
+def test_fetched_mail_goes_through_the_inbound_hooks_a_sieve_script_files_it(
+        tmp_path: Path, spool: Spool, daemon: Daemon, dovecot_server: dovecot.Dovecot) -> None:
+    password = tmp_path / "alice.pw"
+    password.write_text(DOVECOT_USERS["alice"] + "\n")
+    (spool.data / "msgspool.toml").write_text(
+        f'[[hooks]]\nname = "filters"\ntype = "sieve"\n\n'
+        f'[[fetch]]\nname = "pop"\nprotocol = "pop3"\nhost = "127.0.0.1"\nport = {dovecot_server.pop3_port}\n'
+        f'security = "none"\nuser = "alice"\npassword_file = "{password}"\nmailbox = "alice@localhost"\n'
+        f'interval = 0.5\n')
+    (spool.data / "sieve").mkdir()
+    (spool.data / "sieve" / "alice@localhost.sieve").write_text(
+        'require ["fileinto"];\r\nif header :contains "subject" "report" { fileinto "Reports"; }\r\n')
+    dovecot_server.deliver("alice", message("monthly report"))
+    dovecot_server.deliver("alice", message("hello"))
+    daemon.start()
+    spool.wait_until(lambda: port_open("127.0.0.1", daemon.http_port), "the HTTP API")
+
+    def folder(name: str) -> list[str]:
+        url = f"http://127.0.0.1:{daemon.http_port}/api/queue?folder={name}&mailbox=alice@localhost"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return [str(m["id"]) for m in json.load(response)]
+
+    spool.wait_until(lambda: len(folder("Reports")) == 1 and len(folder("inbox")) == 1,
+                     "the script to file both fetched messages", timeout=20)
+    spool.wait_until(lambda: on_server(dovecot_server) == 0, "both deleted on the server")

@@ -4,7 +4,8 @@
 ``dovecot -F -c CONF`` as a child process, with everything Dovecot keeps (runtime sockets, state,
 mail, its log) in that directory: nothing of the machine's Dovecot is read or started. Users and
 their passwords come from a passwd-file there (plain passwords: a test peer, not a server); each
-user's mail is a Maildir, `maildir(user)`, that Python's `mailbox.Maildir` reads. No TLS.
+user's mail is a Maildir, `maildir(user)`, that Python's `mailbox.Maildir` reads. No TLS unless
+`start(..., tls=(cert, key))` asks for it.
 
 Run by a user, Dovecot runs as that user (its "rootless" setup: internal, login and mail user are
 that one account, no chroot); run by root (CI), as Debian's dovecot and dovenull accounts with the
@@ -69,11 +70,14 @@ def free_port() -> int:
 class Dovecot:
     """One running Dovecot; `stop()` (or leaving the `with`) ends it and removes its directory."""
 
-    def __init__(self, directory: Path, users: Mapping[str, str], quotas: Mapping[str, str] | None = None) -> None:
+    def __init__(self, directory: Path, users: Mapping[str, str], quotas: Mapping[str, str] | None = None,
+                 tls: tuple[Path, Path] | None = None) -> None:
         self.directory = directory
         self.users = dict(users)
         self.quotas = dict(quotas or {})
+        self.tls = tls  # (certificate chain, key), PEM: STARTTLS/STLS offered, POP3S and IMAPS listen
         self.lmtp_port, self.pop3_port, self.imap_port = free_port(), free_port(), free_port()
+        self.pop3s_port, self.imaps_port = (free_port(), free_port()) if tls else (0, 0)
         self.lmtp_socket = directory / "lmtp"
         self.log_path = directory / "dovecot.log"
         self.config_path = directory / "dovecot.conf"
@@ -173,7 +177,7 @@ log_path = {self.log_path}
 info_log_path = {self.log_path}
 protocols = lmtp pop3 imap
 listen = 127.0.0.1
-ssl = no
+{self._ssl()}
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 auth_failure_delay = 0
@@ -218,7 +222,7 @@ service pop3-login {{
     port = {self.pop3_port}
   }}
   inet_listener pop3s {{
-    port = 0
+    port = {self.pop3s_port}
   }}
 }}
 service imap-login {{
@@ -227,14 +231,20 @@ service imap-login {{
     port = {self.imap_port}
   }}
   inet_listener imaps {{
-    port = 0
+    port = {self.imaps_port}
   }}
 }}
 """
 
+    def _ssl(self) -> str:
+        if self.tls is None:
+            return "ssl = no"
+        cert, key = self.tls
+        return f"ssl = yes\nssl_cert = <{cert}\nssl_key = <{key}"
+
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT
-        pending = {self.lmtp_port, self.pop3_port, self.imap_port}
+        pending = {self.lmtp_port, self.pop3_port, self.imap_port, self.pop3s_port, self.imaps_port} - {0}
         while pending or not self.lmtp_socket.exists():
             assert self._process is not None
             if self._process.poll() is not None:
@@ -276,10 +286,12 @@ def _accounts() -> tuple[tuple[str, str], str, tuple[int, int]]:
     return ("dovecot", "dovecot"), "dovenull", (nobody.pw_uid, nobody.pw_gid)
 
 
-def start(users: Mapping[str, str], *, quotas: Mapping[str, str] | None = None) -> Dovecot:
+def start(users: Mapping[str, str], *, quotas: Mapping[str, str] | None = None,
+          tls: tuple[Path, Path] | None = None) -> Dovecot:
     """A running Dovecot with these users (name -> password), in a fresh temporary directory (short,
     so the Unix socket's path fits the 108-byte limit). `quotas`: a storage limit per user, e.g.
-    {"carol": "1K"} (none by default)."""
+    {"carol": "1K"} (none by default). `tls`: PEM files (certificate chain, key) that turn TLS on:
+    STARTTLS and STLS offered, POP3S on `pop3s_port` and IMAPS on `imaps_port` (off by default)."""
     require()
     directory = Path(tempfile.mkdtemp(prefix="dovecot-"))
-    return Dovecot(directory, users, quotas).start()
+    return Dovecot(directory, users, quotas, tls).start()

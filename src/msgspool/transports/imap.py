@@ -47,8 +47,9 @@ _DELIMITER = re.compile(rb'\) "(\\?.)" ')
 
 
 def _text(err: BaseException) -> str:
-    arg = err.args[0] if err.args else err
-    return arg.decode("utf-8", "replace") if isinstance(arg, bytes) else str(arg)
+    """The server's words (poplib and imaplib keep them as bytes), or the error's own."""
+    arg = err.args[0] if err.args else None
+    return arg.decode("utf-8", "replace") if isinstance(arg, bytes) else str(err) or type(err).__name__
 
 
 def quoted(folder: str) -> str:
