@@ -6,10 +6,11 @@ SYNOPSIS
     msgspool sendmail [-t] [-i] [-f SENDER] [-F NAME] [-N DSN] [-R RET] [-V ENVID] [RCPT...]
     msgspool queue list [--json] [--all]
     msgspool queue show ID [--json]
-    msgspool queue flush [ID...] | [--destination HOST] [--transport NAME]
-    msgspool queue hold ID... | release ID... | requeue ID... | delete ID...
+    msgspool queue flush [ID...] | [--destination HOST] [--transport NAME] [--json]
+    msgspool queue hold ID... | release ID... | requeue ID... | delete ID... [--json]
+    msgspool queue hold|release|delete|flush|requeue --where SELECTOR [--dry-run] [--json]
     msgspool queue resend ID [--json]
-    msgspool queue read [--mdn | --no-mdn] ID... | unread ID...
+    msgspool queue read [--mdn | --no-mdn] ID... | unread ID... [--json]
     msgspool status [--json]
     msgspool transport offline NAME | online NAME [--json]
     msgspool stop [--abort] [--wait SECONDS]
@@ -129,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     qflush.add_argument("--destination", metavar="HOST",
                         help="only recipients for this destination (a nexthop as `status` lists it)")
     qflush.add_argument("--transport", metavar="NAME", help="only recipients of this transport")
+    _bulk_options(qflush)
     qresend = qsub.add_parser("resend", help="a new message, linked to this one, to the recipients that failed")
     qresend.add_argument("id")
     qresend.add_argument("--json", action="store_true")
@@ -136,12 +138,16 @@ def build_parser() -> argparse.ArgumentParser:
                        ("requeue", "through the outbound hooks again (postsuper -r)"),
                        ("delete", "remove from the spool")):
         p = qsub.add_parser(name, help=text)
-        p.add_argument("ids", nargs="+", metavar="ID")
+        p.add_argument("ids", nargs="*", metavar="ID")
+        _bulk_options(p)
     qread = qsub.add_parser("read", help="mark mailbox messages read, answering their read receipt requests")
     qread.add_argument("ids", nargs="+", metavar="ID")
     qread.add_argument("--mdn", action=argparse.BooleanOptionalAction, default=None,
                        help="the user agrees to (or refuses) a read receipt that needs consent (RFC 8098)")
-    qsub.add_parser("unread", help="mark mailbox messages unread").add_argument("ids", nargs="+", metavar="ID")
+    qread.add_argument("--json", action="store_true", help="one JSON object with what was done")
+    qunread = qsub.add_parser("unread", help="mark mailbox messages unread")
+    qunread.add_argument("ids", nargs="+", metavar="ID")
+    qunread.add_argument("--json", action="store_true", help="one JSON object with what was done")
 
     for action_parser in qsub.choices.values():
         _common(action_parser)
@@ -162,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     _user_parser(sub.add_parser("user", help="accounts of the submission service (SMTP AUTH)"))
     _suppression_parser(sub.add_parser("suppression", help="the suppression list: addresses mail is not sent to"))
     _common(sub.add_parser("reload", help="the daemon reads its configuration again (as on SIGHUP)"))
+    fetch = sub.add_parser("fetch", help="poll the fetch accounts now (all, or the one named)")
+    fetch.add_argument("name", nargs="?", metavar="NAME", help="a [[fetch]] account as `status` lists it")
+    _common(fetch)
     route = sub.add_parser("route", help="which transport and destination an address gets, and why")
     _common(route)
     route.add_argument("address")
@@ -201,6 +210,15 @@ def build_parser() -> argparse.ArgumentParser:
     drain.add_argument("--owner", help="the node (its owner as `status` lists it, or a unique start of it)")
     drain.add_argument("--wait", type=float, default=60.0, metavar="SECONDS", help="how long to wait for it to go")
     return parser
+
+
+def _bulk_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--where", metavar="SELECTOR",
+                        help="the messages a selector picks instead of ids: destination=HOST,sender=ADDR,"
+                             "recipient=ADDR,status=S,transport=T,older-than=DURATION (1h, 2d); ADDR may be @DOMAIN")
+    parser.add_argument("--dry-run", action="store_true", help="with --where: only count (and, with --json, list)"
+                                                                " what would be changed")
+    parser.add_argument("--json", action="store_true", help="one JSON object with what was done")
 
 
 def _token_parser(token: argparse.ArgumentParser) -> None:
@@ -430,6 +448,8 @@ def cmd_queue(args: argparse.Namespace, settings: Settings) -> int:
         return queue_list(settings, args.json, args.all)
     if args.action == "show":
         return queue_show(settings, args.id, args.json)
+    if getattr(args, "where", None) is not None or getattr(args, "dry_run", False):
+        return queue_bulk(args, settings)
     if args.action == "resend":
         return queue_resend(settings, args.id, args.json)
     if args.action == "flush":
@@ -437,14 +457,23 @@ def cmd_queue(args: argparse.Namespace, settings: Settings) -> int:
             raise CLIError("give message ids or --destination/--transport, not both", 2)
         route = {k: v for k, v in (("transport", args.transport), ("destination", args.destination)) if v}
         answer = _operate(settings, "flush", args.ids or None, **route)
-        print(f"{answer['flushed']} recipients due now")
+        if args.json:
+            print(json.dumps({"action": "flush", "ids": args.ids or None, **route, "flushed": answer["flushed"]}))
+        else:
+            print(f"{answer['flushed']} recipients due now")
         return 0
+    if not args.ids:
+        raise CLIError(f"queue {args.action}: give message ids, or --where SELECTOR", 2)
     options = {"mdn": args.mdn} if args.action == "read" else {}
     past = {"hold": "held", "release": "released", "requeue": "requeued", "delete": "deleted", "read": "read",
             "unread": "unread"}
     try:
         answer = _operate(settings, args.action, args.ids, **options)
     except UnableToAbort as err:  # MAPI_E_UNABLE_TO_ABORT: say what was done and what was not
+        if args.json:
+            print(json.dumps({"action": args.action, "ids": err.done, "in_flight": err.in_flight,
+                              "cancelled": err.cancelled, "error": str(err)}))
+            return 1
         for message_id in err.done:
             print(f"{message_id}: {past[args.action]}")
         for message_id, addresses in err.in_flight.items():
@@ -453,11 +482,99 @@ def cmd_queue(args: argparse.Namespace, settings: Settings) -> int:
                   + (f"; {past[args.action] if args.action == 'hold' else 'cancelled'}:"
                      f" {', '.join(f'<{a}>' for a in done)}" if done else ""))
         return 1
+    if args.json:
+        print(json.dumps({"action": args.action, "ids": answer["ids"], "in_flight": {},
+                          **({"mdn": answer.get("mdn", [])} if args.action in ("read", "unread") else {})}))
+        return 0
     for message_id in answer["ids"]:
         print(f"{message_id}: {past[args.action]}")
     for mdn_id in answer.get("mdn", []):
         print(f"{mdn_id}: read receipt (MDN) submitted")
     return 0
+
+
+BULK_PAST = {"hold": "held", "release": "released", "requeue": "requeued", "delete": "deleted", "flush": "flushed"}
+
+
+def queue_bulk(args: argparse.Namespace, settings: Settings) -> int:
+    """`queue ACTION --where SELECTOR [--dry-run]`: select, then act a chunk at a time
+    (spooler/bulk.py) — through the daemon when one runs, else on the spool — with a progress
+    bar on stderr when it is a terminal."""
+    from msgspool.domain.selector import SelectorError, parse_selector
+
+    if args.where is None:
+        raise CLIError("--dry-run goes with --where SELECTOR", 2)
+    if args.ids or getattr(args, "destination", None) or getattr(args, "transport", None):
+        raise CLIError("give message ids (or --destination/--transport) or --where, not both", 2)
+    try:
+        where = parse_selector(args.where)
+    except SelectorError as err:
+        raise CLIError(f"--where: {err}", 2) from err
+    progress = ProgressBar(BULK_PAST[args.action]) if sys.stderr.isatty() and not args.dry_run else None
+    try:
+        result = _bulk_run(settings, args.action, where, args.dry_run, progress)
+    except NoSpool as err:
+        raise _no_spool(settings) from err
+    finally:
+        if progress is not None:
+            progress.close()
+    if args.json:
+        print(json.dumps(result.to_json()))
+    elif args.dry_run:
+        print(f"{len(result.selected)} messages match {where.text} (dry run: nothing changed;"
+              f" `queue {args.action} --where ...` without --dry-run would {args.action} them)")
+    else:
+        flushed = f", {result.flushed} recipients due now" if args.action == "flush" else ""
+        print(f"{len(result.done)} of {len(result.selected)} messages matching {where.text}"
+              f" {BULK_PAST[args.action]}{flushed}")
+        for message_id, addresses in result.in_flight.items():
+            print(f"{message_id}: {', '.join(f'<{a}>' for a in addresses)} in a transaction: they go on")
+    return 1 if result.in_flight else 0
+
+
+def _bulk_run(settings: Settings, action: str, where: Any, dry_run: bool, progress: Any) -> Any:
+    from msgspool.spooler import bulk
+
+    probe = None if dry_run else control.request(settings.spool_path, {"op": "bulk", "action": action, "ids": []})
+    if dry_run or probe is not None:  # selecting is a read: straight from the store, as `queue list`
+
+        async def through_daemon(spooler_store: Store) -> Any:
+            async def apply(act: str, ids: list[str]) -> dict[str, Any]:
+                answer = await asyncio.to_thread(control.request, settings.spool_path,
+                                                 {"op": "bulk", "action": act, "ids": ids})
+                if answer is None:
+                    raise CLIError("the daemon went away during the run: run the command again")
+                if not answer.get("ok"):
+                    raise CLIError(str(answer.get("error")))
+                return answer
+
+            return await bulk.run(spooler_store, apply, action, where, dry_run=dry_run, progress=progress)
+
+        if probe is not None and not probe.get("ok"):
+            raise CLIError(str(probe.get("error")))
+        return _with_store(settings, through_daemon)
+    return _run(settings, lambda s: bulk.run(s.store, lambda act, ids: bulk.apply_chunk(s, act, ids), action,
+                                             where, progress=progress))
+
+
+class ProgressBar:
+    """`[#####.....] 1500/3000 messages held` on stderr, redrawn in place (only on a terminal)."""
+
+    WIDTH = 30
+
+    def __init__(self, verb: str) -> None:
+        self.verb, self.drawn = verb, False
+
+    def __call__(self, done: int, total: int) -> None:
+        filled = self.WIDTH * done // total if total else self.WIDTH
+        sys.stderr.write(f"\r[{'#' * filled}{'.' * (self.WIDTH - filled)}] {done}/{total} messages {self.verb}")
+        sys.stderr.flush()
+        self.drawn = True
+
+    def close(self) -> None:
+        if self.drawn:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
 
 
 def queue_resend(settings: Settings, message_id: str, as_json: bool) -> int:
@@ -616,6 +733,17 @@ def cmd_reload(args: argparse.Namespace, settings: Settings) -> int:
     if not answer.get("ok"):
         raise CLIError(str(answer.get("error")))
     print("configuration reloaded")
+    return 0
+
+
+def cmd_fetch(args: argparse.Namespace, settings: Settings) -> int:
+    """Wake the daemon's fetch accounts (fetchmail's wake-up of a running daemon): they poll now."""
+    answer = control.request(settings.spool_path, {"op": "fetch", "name": args.name})
+    if answer is None:
+        raise CLIError(f"no daemon runs on {settings.spool_path}")
+    if not answer.get("ok"):
+        raise CLIError(str(answer.get("error")))
+    print(f"{answer['accounts']} fetch account(s) polling now")
     return 0
 
 
@@ -903,7 +1031,7 @@ def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "serve": cmd_serve, "sendmail": cmd_sendmail, "queue": cmd_queue, "status": cmd_status, "token": cmd_token,
     "transport": cmd_transport,
-    "stop": cmd_stop, "route": cmd_route, "reload": cmd_reload, "user": cmd_user, "db": cmd_db,
+    "stop": cmd_stop, "route": cmd_route, "reload": cmd_reload, "fetch": cmd_fetch, "user": cmd_user, "db": cmd_db,
     "node": cmd_node, "aliases": cmd_aliases, "mailbox": cmd_mailbox, "suppression": cmd_suppression,
 }
 

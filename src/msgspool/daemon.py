@@ -36,7 +36,7 @@ from msgspool.smtpd.limits import AuthFailures, ConnectionCounter, RateCounter
 from msgspool.smtpd.policy import SpoolPolicy, parse_networks
 from msgspool.smtpd.protocol import ServerLimits, Sessions, start_server
 from msgspool.smtpd.tls import ServerTLS
-from msgspool.spooler import control, metrics
+from msgspool.spooler import bulk, control, metrics
 from msgspool.spooler.fetch import FetchService, build_service
 from msgspool.spooler.link import EventForwarder, Link, RemoteDelivery, events_of, message_from_wire
 from msgspool.spooler.runtime import SERVE_LOCK_NAME, Spooler, load_transports, take_lock
@@ -68,6 +68,8 @@ async def control_handler(spooler: Spooler, request: dict[str, Any]) -> dict[str
     if op in ("hold", "release", "requeue", "delete"):
         done = await getattr(spooler, op)(list(ids or []))
         return {"ok": True, "ids": done}
+    if op == "bulk":  # one chunk of a bulk action by selector (spooler/bulk.py)
+        return {"ok": True, **await bulk.apply_chunk(spooler, str(request.get("action")), list(ids or []))}
     if op in ("read", "unread"):
         sent = await spooler.mark_read(list(ids or []), op == "read", mdn=request.get("mdn"))
         return {"ok": True, "ids": list(ids or []), "mdn": sent}
@@ -77,6 +79,12 @@ async def control_handler(spooler: Spooler, request: dict[str, Any]) -> dict[str
         return {"ok": True, **await spooler.resend(str((ids or [""])[0]))}
     if op in ("offline", "online"):
         return {"ok": True, **await spooler.set_offline(str(request.get("transport")), op == "offline")}
+    if op == "fetch":
+        name = request.get("name")
+        woken = spooler.fetch.poke(name) if spooler.fetch is not None else 0
+        if name and not woken:
+            return {"ok": False, "error": f"no fetch account {name}"}
+        return {"ok": True, "accounts": woken}
     return {"ok": False, "error": f"unknown op {op!r}"}
 
 
@@ -249,7 +257,7 @@ def check_transports(transports: dict[str, Any]) -> None:
 
 # Settings a reload cannot change in a running daemon (its listeners, its spool): kept, and logged.
 RESTART_ONLY = ("data_dir", "store", "smtp_listen", "smtps_listen", "submission_listen", "http_listen",
-                "delivery_process", "fetch")
+                "delivery_process")
 
 
 async def _serve(settings: Settings, ready: asyncio.Event | None,
@@ -292,6 +300,7 @@ async def _serve(settings: Settings, ready: asyncio.Event | None,
             except Exception as err:  # a bad file, a bad value, a hook that cannot load: nothing changed
                 log.error("configuration not reloaded, the running one stays: %s", err)
                 return {"ok": False, "error": f"configuration not reloaded: {err}"}
+            await reload_fetch(new)
             if smtp is not None:
                 smtp.reconfigure(new)
             if delivery is not None:
@@ -299,6 +308,25 @@ async def _serve(settings: Settings, ready: asyncio.Event | None,
             log.info("configuration reloaded")
             return {"ok": True}
 
+    async def reload_fetch(new: Settings) -> None:
+        """Changed [[fetch]] accounts: the old ones end their sessions, the new ones start. A new set
+        that cannot start (an unreadable password file) is logged and the running one stays."""
+        nonlocal fetch
+        if new.fetch == old_fetch[0]:
+            return
+        try:
+            replacement = build_service(spooler, new) if new.fetch else None
+        except ConfigError as err:
+            log.error("fetch accounts not reloaded, the running ones stay: %s", err)
+            return
+        if fetch is not None:
+            await fetch.stop()
+        fetch, spooler.fetch, old_fetch[0] = replacement, replacement, new.fetch
+        if replacement is not None:
+            replacement.start()
+        log.info("fetch accounts reloaded: %s", ", ".join(a.name for a in new.fetch_accounts) or "none")
+
+    old_fetch = [settings.fetch]
     reloads: set[asyncio.Task[dict[str, Any]]] = set()
 
     def hangup() -> None:

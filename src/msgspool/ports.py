@@ -14,6 +14,7 @@ from msgspool.domain.events import Event
 from msgspool.domain.hooks import Delivery, Draft, Preprocessed
 from msgspool.domain.message import Message, MessageInfo, PendingReport, ReadReceipt, Recipient, Settlement
 from msgspool.domain.outcome import Reply
+from msgspool.domain.selector import Selector
 from msgspool.domain.suppression import Suppression
 from msgspool.domain.tokens import NewToken, Token
 from msgspool.domain.users import User
@@ -247,6 +248,12 @@ class QueueControl(Protocol):
         ...
 
     async def delete(self, ids: Sequence[str]) -> list[str]: ...
+
+    async def matching(self, where: Selector, now: float, *, after: str = "", limit: int = ...) -> list[str]:
+        """Up to `limit` ids of the outbox messages the selector picks (domain/selector.py), in id
+        order after `after`, among those submitted by `now`: a bulk action pages through them,
+        changing a page per transaction, so that intake commits in between."""
+        ...
 
     async def cancel_recipients(self, keep: dict[str, list[int]], now: float) -> dict[str, list[str]]:
         """Per message, remove the waiting recipients not in `keep` (those are in flight); returns

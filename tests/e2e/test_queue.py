@@ -215,3 +215,16 @@ def test_delete_and_hold_of_a_message_in_flight_say_unable_to_abort(spool: Spool
     spool.wait_until(lambda: received_tags(relay) == ["inflight"], "the delivery the transport had", timeout=15)
     spool.wait_until(lambda: spool.queue() == [], "the message to finish")
     assert received_tags(relay) == ["inflight"]
+
+
+def test_an_empty_queue_lists_as_nothing_in_json_and_says_so_in_text(spool: Spool, daemon: Daemon) -> None:
+    """`queue list --json` on an empty queue prints nothing at all and exits 0 (a stream of
+    objects with none in it: `jq`, `wc -l` and `while read` see zero messages); the text form says so."""
+    daemon.start()
+    for args in (("queue", "list", "--json"), ("queue", "list", "--json", "--all")):
+        result = spool.run(*args)
+        assert (result.returncode, result.stdout, result.stderr) == (0, "", ""), result
+    assert spool.run("queue", "list").stdout == "Mail queue is empty\n"
+    spool.sendmail(tagged_message("one"), "-f", "one@example.org", "a@example.com")
+    assert len(spool.run("queue", "list", "--json").stdout.splitlines()) == 1
+    assert spool.run("queue", "list").stdout.endswith("-- 1 messages\n")

@@ -7,6 +7,8 @@ one JSON request per line, one JSON answer per line.
     {"op": "flush", "ids": [...] | null,        retry now (all, the messages, or one transport /
      "transport": T, "destination": D}           destination)
     {"op": "hold" | "release" | "delete", "ids": [...]}
+    {"op": "bulk", "action": A, "ids": [...]}   one chunk of a bulk action (spooler/bulk.py) ->
+                                                {"ids": taken, "in_flight": {id: [addresses]}, "flushed"}
     {"op": "read" | "unread", "ids": [...], "mdn": true|false|null}   -> {"ids", "mdn": [MDN ids]}
     {"op": "status"}                            the live status table
     {"op": "resend", "ids": [ID]}               -> {"id": NEW, "resend_of": ID, "recipients": [...]}

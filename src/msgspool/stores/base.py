@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from msgspool.domain.events import Event
 from msgspool.domain.hooks import Preprocessed
 from msgspool.domain.message import Message, MessageInfo, PendingReport, ReadReceipt, Settlement
+from msgspool.domain.selector import Selector
 from msgspool.domain.suppression import Suppression
 from msgspool.domain.tokens import NewToken, Token
 from msgspool.domain.users import User
@@ -33,6 +34,7 @@ from msgspool.stores.credentials import (
 )
 from msgspool.stores.ops import (
     CHUNK,
+    MESSAGE_CHUNK,
     Tx,
     active_recipients,
     destination_counts,
@@ -44,6 +46,7 @@ from msgspool.stores.ops import (
     iter_messages,
     list_nodes,
     mailbox_folders,
+    matching_messages,
     next_delay_warning,
     next_due,
     offline_transports,
@@ -328,6 +331,9 @@ class SQLStore(ABC):
                             after: tuple[float, str] | None = None) -> list[MessageInfo]:
         return await self.read(lambda c: list(itertools.islice(
             iter_messages(c, folders, mailbox, page=min(limit, 500) or 1, after=after), limit)))
+
+    async def matching(self, where: Selector, now: float, *, after: str = "", limit: int = MESSAGE_CHUNK) -> list[str]:
+        return await self.read(lambda c: matching_messages(c, where, now, after, limit))
 
     async def counts(self) -> dict[str, int]:
         return await self.read(queue_counts)

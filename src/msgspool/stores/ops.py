@@ -38,10 +38,14 @@ from msgspool.domain.message import (
 )
 from msgspool.domain.outcome import Filed, Reply
 from msgspool.domain.recipient import RecipientType, Status
+from msgspool.domain.selector import Selector
 from msgspool.domain.suppression import BOUNCE, Suppression, refusal, suppression_key
 from msgspool.stores.queries import Queries
 
 CHUNK = 5000  # rows one bulk change (flush, a released backlog) touches per transaction
+# Messages one step of a bulk action by selector (`queue hold --where`) reads and changes: a
+# message is several rows (its recipients, events, history), so a tenth of CHUNK per transaction.
+MESSAGE_CHUNK = CHUNK // 10
 NODE_RETENTION = 3600.0  # seconds a dead node's row stays (for `status`) once its work is rescued
 # Priority classes, urgent first: the order refill claims in (recipients.priority holds the class).
 PRIORITY_CLASSES = (1, 0, -1)
@@ -1072,6 +1076,16 @@ def submitted_content(tx: Tx, message_id: str) -> tuple[str, bytes] | None:
 def get_content(tx: Tx, message_id: str) -> bytes | None:
     row = tx.execute(tx.q.content_of, {"message_id": message_id}).fetchone()
     return None if row is None else bytes(row[0] or b"") + bytes(row[1])
+
+
+def matching_messages(tx: Tx, where: Selector, now: float, after: str = "", limit: int = MESSAGE_CHUNK) -> list[str]:
+    """A page of the ids of the outbox messages `where` picks, in id order after `after`, among
+    those submitted by `now` (a bulk run pins it at its start: what arrives meanwhile is not in it)."""
+    before = now - where.older_than if where.older_than is not None else now
+    return [str(row[0]) for row in tx.execute(tx.q.matching_messages, {
+        "after": after, "before": before, "limit": limit, "sender": where.like(where.sender),
+        "recipient": where.like(where.recipient), "destination": where.destination, "transport": where.transport,
+        "status": where.status})]
 
 
 def queue_counts(tx: Tx) -> dict[str, int]:

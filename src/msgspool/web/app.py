@@ -13,6 +13,10 @@ submission.py.
     POST /api/queue/{id}/{read|unread}      the read flag (MAPI SetReadFlag) -> {ok, read, mdn: [ids]}
                                             read and delete take an optional JSON {"mdn": true|false}:
                                             the user's answer to a read receipt request (RFC 8098)
+    POST /api/queue/actions                 a bulk action by selector: JSON {action: hold|release|delete|
+                                            flush|requeue, where: "destination=HOST,..." or {term: value},
+                                            dry_run: bool} -> {action, where, dry_run, matched, count,
+                                            ids, in_flight[, flushed]} (spooler/bulk.py)
     POST /api/transports/{name}/{offline|online}  a transport takes no work / works again ->
                                             {ok, transport, status, changed, released}
     POST /api/messages                      submit: JSON {sender, recipients, content} -> 201 {id};
@@ -32,9 +36,11 @@ import logging
 
 from aiohttp import web
 
+from msgspool.domain import selector
 from msgspool.domain.address import mailbox_key
 from msgspool.domain.events import Event, EventType
 from msgspool.errors import NotFound
+from msgspool.spooler import bulk
 from msgspool.spooler.events import EventFilter, Subscription
 from msgspool.spooler.metrics import CONTENT_TYPE, Metric, StoreFigures, exposition, from_wire, gauge, merge
 from msgspool.spooler.runtime import Spooler
@@ -122,6 +128,25 @@ async def queue_action(request: web.Request) -> web.Response:
     if action not in operations:
         raise web.HTTPNotFound(text=f"unknown action {action}")
     return web.json_response({"ok": True, action: await operations[action]([message_id])})
+
+
+async def bulk_action(request: web.Request) -> web.Response:
+    spooler = request.app[SPOOLER]
+    body = await json_body(request)
+    if not isinstance(body, dict):
+        raise Problem(400, 'expected JSON {"action": "hold", "where": "destination=example.com", "dry_run": true}')
+    action, dry_run = body.get("action"), body.get("dry_run", False)
+    if action not in bulk.ACTIONS:
+        raise Problem(400, f"action must be one of {', '.join(bulk.ACTIONS)}", field="action")
+    if not isinstance(dry_run, bool):
+        raise Problem(400, "dry_run must be true or false", field="dry_run")
+    try:
+        where = selector.from_json(body.get("where"))
+    except selector.SelectorError as err:
+        raise Problem(400, f"where: {err}", field="where") from err
+    result = await bulk.run(spooler.store, lambda a, ids: bulk.apply_chunk(spooler, a, ids), action, where,
+                            dry_run=dry_run)
+    return web.json_response({"ok": True, **result.to_json()})
 
 
 async def transport_action(request: web.Request) -> web.Response:
@@ -273,6 +298,7 @@ def make_app(spooler: Spooler, host: str = "127.0.0.1", port: int = 8025) -> web
     app.router.add_get("/api/status", status)
     app.router.add_get("/api/queue", queue_list)
     app.router.add_post("/api/queue/{action:flush}", queue_action)
+    app.router.add_post("/api/queue/actions", bulk_action)
     app.router.add_get("/api/queue/{id}", queue_show)
     app.router.add_post("/api/queue/{id}/{action}", queue_action)
     app.router.add_post("/api/transports/{name}/{action:offline|online}", transport_action)

@@ -589,6 +589,20 @@ SELECT name, senders, created_at FROM users ORDER BY name;
 -- A user and its password hash.
 SELECT name, senders, created_at, password FROM users WHERE lower(name) = lower(:name);
 
+-- name: matching_messages
+-- A page of the outbox messages a selector picks (domain/selector.py; `queue hold --where`), by id
+-- after :after, submitted no later than :before. A NULL parameter is a term not given; the
+-- recipient terms must hold for one recipient. Addresses come as LIKE patterns (@domain: a suffix).
+SELECT m.id FROM messages m
+WHERE m.folder = 'outbox' AND m.id > :after AND m.submitted_at <= :before
+  AND (CAST(:sender AS TEXT) IS NULL OR lower(m.sender) LIKE CAST(:sender AS TEXT) ESCAPE '\')
+  AND EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id
+      AND (CAST(:recipient AS TEXT) IS NULL OR lower(r.address) LIKE CAST(:recipient AS TEXT) ESCAPE '\')
+      AND (CAST(:destination AS TEXT) IS NULL OR lower(r.nexthop) = CAST(:destination AS TEXT))
+      AND (CAST(:transport AS TEXT) IS NULL OR lower(r.transport) = CAST(:transport AS TEXT))
+      AND (CAST(:status AS TEXT) IS NULL OR r.status = CAST(:status AS TEXT)))
+ORDER BY m.id LIMIT :limit;
+
 -- name: insert_fetched
 -- A fetched message's unique id on its server, in the commit that files it (domain/fetch.py).
 INSERT INTO fetched (account, uid, fetched_at, message_id) VALUES (:account, :uid, :fetched_at, :message_id)
