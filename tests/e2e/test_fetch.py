@@ -130,3 +130,35 @@ def test_fetched_mail_goes_through_the_inbound_hooks_a_sieve_script_files_it(
     spool.wait_until(lambda: len(folder("Reports")) == 1 and len(folder("inbox")) == 1,
                      "the script to file both fetched messages", timeout=20)
     spool.wait_until(lambda: on_server(dovecot_server) == 0, "both deleted on the server")
+
+
+def test_msgspool_fetch_polls_now_and_a_reload_starts_a_new_account(
+        tmp_path: Path, spool: Spool, daemon: Daemon, dovecot_server: dovecot.Dovecot) -> None:
+    password = tmp_path / "alice.pw"
+    password.write_text(DOVECOT_USERS["alice"] + "\n")
+    bob = tmp_path / "bob.pw"
+    bob.write_text(DOVECOT_USERS["bob"] + "\n")
+
+    def table(name: str, user: str, secret: Path) -> str:
+        return (f'[[fetch]]\nname = "{name}"\nprotocol = "pop3"\nhost = "127.0.0.1"\n'
+                f'port = {dovecot_server.pop3_port}\nsecurity = "none"\nuser = "{user}"\n'
+                f'password_file = "{secret}"\nmailbox = "{user}@localhost"\ninterval = 300\n\n')
+
+    (spool.data / "msgspool.toml").write_text(table("alice", "alice", password))
+    daemon.start()
+
+    def fetched() -> dict[str, int]:
+        return {r["name"]: r["fetched"] for r in spool.status()["fetch"] if r["last_poll_at"]}
+
+    spool.wait_until(lambda: fetched() == {"alice": 0}, "the first poll")
+    dovecot_server.deliver("alice", message("now"))
+    woke = spool.run("fetch", "alice")
+    assert "1 fetch account(s) polling now" in woke.stdout
+    spool.wait_until(lambda: fetched() == {"alice": 1}, "the poll asked for, long before the 300 s interval")
+    unknown = spool.run("fetch", "nobody", ok=False)
+    assert unknown.returncode == 1 and "no fetch account nobody" in unknown.stderr
+    dovecot_server.deliver("bob", message("for bob"))
+    (spool.data / "msgspool.toml").write_text(table("alice", "alice", password) + table("bob", "bob", bob))
+    assert spool.run("reload").returncode == 0
+    spool.wait_until(lambda: fetched() == {"alice": 0, "bob": 1}, "the new account started by the reload")
+    assert "fetch accounts reloaded: alice, bob" in daemon.log()
