@@ -70,7 +70,8 @@ def info(**history: Any) -> MessageInfo:
                        finished_at=None, message_class="IPM.Note", priority=0, deliver_after=None, expires_at=None,
                        held=False, origin="http", recipients=[recipient],
                        history=[{"time": 1.0, "stage": "hold", "hook": None, "outcome": "held", "detail": None}],
-                       resends=[], **history)
+                       resends=[], copies=[{"id": "M2", "mailbox": "b@example.org", "folder": "inbox",
+                                            "recipient": "b@example.org"}], **history)
 
 
 def test_the_answer_models_name_exactly_the_fields_views_writes() -> None:
