@@ -121,6 +121,7 @@ async def test_a_wrong_password_is_a_failure_with_a_log_line_and_the_other_accou
                 account(dovecot_server, tmp_path, user="bob", name="bobs", mailbox="bob@localhost", interval=0.2)]
     caplog.set_level(logging.INFO, logger="msgspool.fetch")
     async with spooler_factory(fetch=accounts) as spooler:
+        news = spooler.events(types=[EventType.TRANSPORT_STATUS])
         service = build_service(spooler, spooler.settings)
         spooler.fetch = service
         with pytest.raises(LoginRefused, match="refused the login of alice"):
@@ -137,6 +138,9 @@ async def test_a_wrong_password_is_a_failure_with_a_log_line_and_the_other_accou
         assert rows["work"]["status"] == "failure" and "refused the login of alice" in rows["work"]["reason"]
         assert rows["bobs"]["status"] == "online" and rows["bobs"]["fetched"] == 1
         assert await subjects(spooler, "bob@localhost") == ["for bob"]
+        told = [await asyncio.wait_for(news.__anext__(), 5) for _ in range(2)]
+        assert {(e.detail["fetch"], e.detail["status"]) for e in told} == {("work", "failure"), ("bobs", "online")}
+        assert all(e.id for e in told)  # recorded: a client resuming by event id sees them too
     lines = [r.getMessage() for r in caplog.records]
     assert any("fetch work: status=failure login refused" in line for line in lines)
     assert not any(wrong in line for line in lines)
