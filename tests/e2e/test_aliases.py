@@ -216,3 +216,32 @@ def post(daemon: Daemon, path: str, body: Any) -> tuple[int, Any]:
         return 201, api(daemon, path, body)
     except urllib.error.HTTPError as err:
         return err.code, json.load(err)
+
+
+@pytest.mark.timeout(60)
+def test_sendmail_without_the_daemons_config_leaves_the_alias_to_the_daemon(spool: Spool, relay: Sink,
+                                                                            daemons: Any) -> None:
+    aliases = spool.data.parent / "aliases"
+    aliases.write_text("team: alice, ext@partner.example\n")
+    config = spool.data.parent / "daemon.toml"  # the daemon's alone: sendmail reads no aliases
+    config.write_text(f'aliases = "{aliases}"\n')
+    daemon = daemons(spool.data, relay.address, extra_args=["--config", str(config)])
+    spool.daemon = daemon
+    relay.start()
+    daemon.start()
+    spool.wait_until(lambda: port_open("127.0.0.1", daemon.http_port), "the HTTP listener")
+    spool.sendmail(tagged_message("late", to="team@localhost"), "-f", "writer@example.org", "-N", "success,failure",
+                   "team@localhost")
+
+    def expanded_report() -> Any:
+        return next((m for m in list(relay.messages) if m.sender == "" and b"Action: expanded" in m.content), None)
+
+    report = spool.wait_until(expanded_report, "the `expanded` report the sender asked for")
+    assert report.recipients == ["writer@example.org"] and b"Final-Recipient: rfc822; team@localhost" in report.content
+    [member] = [m for m in relay.messages if m.recipients == ["ext@partner.example"]]
+    assert b"X-E2E-Tag: late" in member.content and member.sender == "writer@example.org"
+    spool.wait_until(lambda: len(inbox(daemon, "alice@localhost")) == 1, "alice's copy")
+    assert inbox(daemon, "team@localhost") == []  # never filed under the alias's own name
+    [original] = [m for m in spool_messages(spool) if m["origin"] == "sendmail"]
+    [team] = original["recipients"]
+    assert team["status"] == "delivered" and "expanded by aliases into message" in team["last_reply"]

@@ -262,3 +262,23 @@ async def test_a_listener_on_another_port_is_not_this_mx(spooler_factory: Spoole
     await deliver(spooler_factory, port, own_mx(port), {"delivered"},
                   settings={"smtp_listen": f"127.0.0.2:{free_port()}"})
     assert mx.count() == 1
+
+
+async def test_an_mx_lookup_that_fails_for_now_defers(spooler_factory: SpoolerFactory, port: int) -> None:
+    with ZoneServer({(DOMAIN, "MX"): ["10 mx.example.test."]}, servfail={DOMAIN}) as dns:
+        async with spooler_factory(transports=[smtp_options(port, dns)]) as spooler:
+            message_id = await spooler.submit(submission(f"b@{DOMAIN}"))
+            info = await wait_status(spooler, message_id, {"deferred"})
+    assert info["recipients"][0]["last_reply"].startswith(f"451 4.4.3 MX lookup for {DOMAIN} failed")
+
+
+async def test_an_address_lookup_that_fails_for_now_defers_unless_another_mx_has_an_address(port: int) -> None:
+    zone = {(DOMAIN, "MX"): ["10 mx1.example.test.", "20 mx2.example.test."], ("mx2.example.test", "A"): ["127.0.0.3"]}
+    with ZoneServer(zone, servfail={"mx1.example.test"}) as dns:
+        transport = SMTPTransport("smtp", Settings(hostname="mx.test"), smtp_options(port, dns))
+        # mx1's lookup fails; mx2 still gets the mail (Postfix: any address found is used)
+        assert await transport._mx_addresses(DOMAIN, [(10, "mx1.example.test"), (20, "mx2.example.test")]) == [
+            ("mx2.example.test", "127.0.0.3")]
+        with pytest.raises(DestinationUnavailable) as caught:  # mx1 alone: no address, for now
+            await transport._mx_addresses(DOMAIN, [(10, "mx1.example.test")])
+    assert caught.value.reply.code == 451 and caught.value.reply.dsn == "4.4.3"

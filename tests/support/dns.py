@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import threading
+from collections.abc import Iterable
 from types import TracebackType
 
 import dns.flags
@@ -60,18 +61,22 @@ class TXTServer:
 class ZoneServer(TXTServer):
     """As TXTServer, for any record type: ``{(name, type): [rdata, ...]}``, e.g.
     ``{("example.test", "MX"): ["10 mx.example.test."], ("mx.example.test", "A"): ["127.0.0.1"]}``.
-    A known name without records of the type asked gets an empty answer (NOERROR), an unknown one NXDOMAIN."""
+    A known name without records of the type asked gets an empty answer (NOERROR), an unknown one NXDOMAIN;
+    a name in `servfail` gets SERVFAIL (a lookup that fails for now)."""
 
-    def __init__(self, zone: dict[tuple[str, str], list[str]]) -> None:
+    def __init__(self, zone: dict[tuple[str, str], list[str]], servfail: Iterable[str] = ()) -> None:
         super().__init__({})
         self.zone = {(name.rstrip(".").lower() + ".", rtype.upper()): rdata for (name, rtype), rdata in zone.items()}
+        self.servfail = {name.rstrip(".").lower() + "." for name in servfail}  # names whose every lookup fails
 
     def _answer(self, query: dns.message.Message) -> dns.message.Message:
         response = dns.message.make_response(query)
         question = query.question[0]
         name, rtype = question.name.to_text().lower(), dns.rdatatype.to_text(question.rdtype)
         rdata = self.zone.get((name, rtype))
-        if rdata:
+        if name in self.servfail:
+            response.set_rcode(dns.rcode.SERVFAIL)
+        elif rdata:
             response.answer.append(dns.rrset.from_text_list(name, 60, "IN", rtype, rdata))
         elif not any(known == name for known, _ in self.zone):
             response.set_rcode(dns.rcode.NXDOMAIN)

@@ -8,6 +8,8 @@ import pytest
 
 from msgspool.domain.address import domain_of
 from msgspool.domain.aliases import ALIAS_COMMAND, AliasTable, MemberKind, parse_aliases, parse_include
+from msgspool.domain.dsn import Action, Handoff, Notify, RecipientDSN, report_action
+from msgspool.domain.message import Recipient
 from msgspool.domain.recipient import Status
 from msgspool.domain.routing import LOCAL, Router, TransportRoute
 from msgspool.errors import SubmitError
@@ -171,9 +173,25 @@ def test_an_alias_is_a_known_recipient_at_rcpt_time_when_mailboxes_are_listed() 
     assert refusal is not None and refusal.code == 550
 
 
-def test_unrouted_submission_expands_too() -> None:
-    message, copies = intake().build(Submission("", ["team@localhost"], CONTENT), route=False)
-    assert [r.status for r in message.recipients] == [Status.QUEUED] * 3 and copies == []
+def test_an_unrouted_submission_leaves_expansion_to_the_delivering_process() -> None:
+    i = intake()
+    message, copies = i.build(Submission("app@example.org", ["team@localhost"], CONTENT,
+                                         recipient_dsn=[RecipientDSN(frozenset({Notify.SUCCESS}))]), route=False)
+    [team] = message.recipients
+    assert (team.address, team.status, team.transport, copies) == ("team@localhost", Status.QUEUED, None, [])
+    outcome = i.expand_later(message, team, NOW)  # what the delivering process does when it claims it
+    assert outcome is not None and outcome.status is Status.DELIVERED and outcome.handoff is Handoff.EXPANDED
+    [members] = outcome.spawn
+    assert outcome.reply is not None and members.id in outcome.reply.text
+    assert members.recipients == [] and members.origin == "aliases"  # all of team's: the owner's part
+    [(part, part_copies)] = members.parts
+    assert part.sender == "owner-team@localhost" and part_copies == ()
+    assert [(r.address, r.status, r.transport) for r in part.recipients] == [
+        ("alice@localhost", Status.QUEUED, None), ("bob@localhost", Status.QUEUED, None),
+        ("carol@example.org", Status.QUEUED, None)]
+    assert part.origin == "aliases" and i.expand_later(part, part.recipients[0], NOW) is None  # never twice
+    assert report_action(outcome.status, team.dsn or RecipientDSN(), handoff=outcome.handoff) is Action.EXPANDED
+    assert i.expand_later(message, Recipient("nobody@localhost"), NOW) is None
 
 
 def test_a_command_member_expands_to_the_aliases_pipe_address_type_once() -> None:

@@ -77,6 +77,7 @@ class Handoff(StrEnum):
     FINAL = "final"  # into a mailbox (or a system that is the end of the line): report `delivered`
     DSN_RELAY = "dsn-relay"  # to a next hop that took the DSN parameters: it reports from now on
     RELAY = "relay"  # to a next hop without DSN: report `relayed` (RFC 3461 §5.2.2)
+    EXPANDED = "expanded"  # an alias expanded at delivery into new recipients: report `expanded` (RFC 3464 §2.3.3)
 
 
 # -- xtext (RFC 3461 §4) ------------------------------------------------------------------------
@@ -294,6 +295,7 @@ def report_action(status: Status, request: RecipientDSN, *, handoff: Handoff = H
 
 _SUCCESS_ACTION: dict[Handoff, Action | None] = {
     Handoff.FINAL: Action.DELIVERED, Handoff.DSN_RELAY: None, Handoff.RELAY: Action.RELAYED,
+    Handoff.EXPANDED: Action.EXPANDED,
 }
 
 

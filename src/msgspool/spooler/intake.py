@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from msgspool.domain import address as addr
 from msgspool.domain.aliases import ALIAS_COMMAND, AliasTable, Expanded
 from msgspool.domain.content import canonical, count_hops, header_priority
-from msgspool.domain.dsn import MessageDSN, OriginalRecipient, RecipientDSN
+from msgspool.domain.dsn import Handoff, MessageDSN, OriginalRecipient, RecipientDSN
 from msgspool.domain.hooks import HookRecord
 from msgspool.domain.ids import new_id
 from msgspool.domain.mdn import original_recipient_header
-from msgspool.domain.message import DEFAULT_CLASS, NON_URGENT, NORMAL, URGENT, Message, Recipient
+from msgspool.domain.message import DEFAULT_CLASS, NON_URGENT, NORMAL, URGENT, Message, Recipient, Settlement
 from msgspool.domain.outcome import LOOP_DETECTED, NO_ROUTE, Reply
 from msgspool.domain.recipient import RecipientType, Status
 from msgspool.domain.routing import LOCAL, Router
@@ -28,6 +28,7 @@ from msgspool.domain.suppression import Suppression, refusal, suppression_key
 from msgspool.domain.timefmt import in_range
 from msgspool.errors import INSUFFICIENT_STORAGE, SubmitError
 
+ALIASES_ORIGIN = "aliases"  # the origin of a message of an alias's members expanded at delivery: not again
 MAX_ATTEMPTS_CAP = 1_000_000  # a larger cap is no cap; 0 says that
 PRIORITIES = (URGENT, NORMAL, NON_URGENT)  # MAPI PR_PRIORITY's values
 
@@ -100,15 +101,18 @@ class Intake:
             return Reply(550, "5.1.1", f"<{address}>: Recipient address rejected: User unknown")
         return None
 
-    def build(self, sub: Submission, now: float | None = None, *,
-              route: bool = True) -> tuple[Message, list[Message]]:
+    def build(self, sub: Submission, now: float | None = None, *, route: bool = True,
+              expand: bool | None = None) -> tuple[Message, list[Message]]:
         """The outbox message and the local copies of a submission; raises SubmitError.
 
         With `route`, recipients are routed now and local ones filed at once (the delivering
         process). Without it they stay unrouted and the delivering process routes them when it
         claims them, with its own configuration — as Postfix's sendmail leaves routing to the
-        daemon (a `sendmail` run does not know the daemon's --relay or --local-domain)."""
+        daemon (a `sendmail` run does not know the daemon's --relay or --local-domain). Aliases
+        are expanded with the routing (`expand`, default `route`): without it, by the delivering
+        process when it claims them (`expand_later`), with the daemon's aliases."""
         now = self.clock() if now is None else now
+        expand = route if expand is None else expand
         self._check(sub)
         content = canonical(sub.content)
         if self.message_size_limit and len(content) > self.message_size_limit:
@@ -127,7 +131,7 @@ class Intake:
             addrtype = (sub.addrtypes[i] if sub.addrtypes else addr.SMTP).upper()
             rtype = sub.types[i] if sub.types else RecipientType.TO
             dsn = sub.recipient_dsn[i] if sub.recipient_dsn else None
-            expanded = self.aliases.expand(address, self.router.is_local) if addrtype == addr.SMTP else None
+            expanded = self.aliases.expand(address, self.router.is_local) if expand and addrtype == addr.SMTP else None
             if expanded is None:
                 if (addrtype, address.lower()) not in seen:  # MAPI ExpandRecips removes duplicates
                     seen.add((addrtype, address.lower()))
@@ -172,6 +176,28 @@ class Intake:
         self._add(message, copies, recipient, now, route)
         if member.refusal is not None:
             recipient.next_attempt_at = None
+
+    def expand_later(self, message: Message, r: Recipient, now: float) -> Settlement | None:
+        """An alias the submitter did not expand (`sendmail`: routing is the daemon's), expanded by
+        the delivering process when it claims it, as Postfix's local(8) does: the recipient is done
+        (`expanded`: RFC 3464 §2.3.3 — a report if NOTIFY asked for SUCCESS) and its members go in a
+        message of their own, committed with that outcome. None: `r` is no alias here."""
+        if r.addrtype != addr.SMTP or message.origin == ALIASES_ORIGIN or self.aliases.lookup(r.address) is None \
+                or not self.router.is_local(r.address):
+            return None
+        sub = Submission(message.sender, [r.address], message.content, types=[r.type], mailbox=message.mailbox,
+                         recipient_dsn=[r.dsn], message_class=message.message_class, priority=message.priority,
+                         expires_at=message.expires_at, max_attempts=message.max_attempts, origin=ALIASES_ORIGIN,
+                         meta={"expanded_from": message.id}, dsn=message.dsn)
+        try:
+            members, _copies = self.build(sub, now, route=False, expand=True)
+        except SubmitError as err:
+            return Settlement(message.id, r.index, r.address, Status.FAILED, err.reply, attempted=False, dsn=r.dsn)
+        named = ", ".join(m.address for part in (members, *(p for p, _c in members.parts)) for m in part.recipients)
+        return Settlement(message.id, r.index, r.address, Status.DELIVERED,
+                          Reply(250, "2.0.0", f"expanded by aliases into message {members.id}"), dsn=r.dsn,
+                          transport=LOCAL, nexthop="aliases", handoff=Handoff.EXPANDED, spawn=(members,),
+                          history=(HookRecord("aliases", "expanded", f"into message {members.id}: {named}"),))
 
     @staticmethod
     def _part(message: Message, owner: str, now: float) -> Message:

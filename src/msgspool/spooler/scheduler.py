@@ -203,6 +203,9 @@ class Scheduler:
                 decided.append(Settlement(message.id, r.index, r.address, Status.EXPIRED, EXPIRED, attempted=False,
                                           dsn=r.dsn))
                 continue
+            if r.transport is None and (expanded := self.intake.expand_later(message, r, now)) is not None:
+                decided.append(expanded)  # an alias the submitter left to us (sendmail)
+                continue
             copy = self.intake.route(message, r, now)
             if r.status is not Status.ACTIVE:  # failed (no route, unknown mailbox) or filed locally
                 decided.append(Settlement(message.id, r.index, r.address, r.status, r.last_reply, dsn=r.dsn,

@@ -36,8 +36,9 @@ API's own origin (`Browser`):
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -247,24 +248,43 @@ def _show(authority: tuple[str, int | None]) -> str:
     return f"{shown}:{port}" if port else shown
 
 
-def require_json(request: web.Request) -> None:
-    if request.method in STATE_CHANGING and request.content_type != "application/json":
-        raise Problem(415, f"{request.method} needs Content-Type: application/json, not"
-                      f" {request.headers.get('Content-Type', 'none')!r}", headers={"Accept-Post": "application/json"})
+def require_json(request: web.Request, types: Sequence[str] = ("application/json",)) -> None:
+    """A state-changing request's body is of one of `types`: JSON, or (POST /api/messages) a raw
+    message/rfc822, which a page cannot send across origins without asking either."""
+    if request.method in STATE_CHANGING and request.content_type not in types:
+        raise Problem(415, f"{request.method} needs Content-Type: {' or '.join(types)}, not"
+                      f" {request.headers.get('Content-Type', 'none')!r}", headers={"Accept-Post": ", ".join(types)})
 
 
-def access_middleware(access: Access, browser: Browser) -> Middleware:
+class Declared(Protocol):
+    """What the route registry (web/routes.py) declares of a route that access needs."""
+
+    @property
+    def scope(self) -> str | None: ...
+
+    @property
+    def body_types(self) -> tuple[str, ...]: ...
+
+
+def access_middleware(access: Access, browser: Browser,
+                      declared: Callable[[web.Request], Declared | None] | None = None) -> Middleware:
+    """The checks above; `declared` gives the route's own scope (None: no token needed, as for the
+    OpenAPI document) and body types, else needed_scope and JSON."""
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.match_info.http_exception is not None:  # no such route (404, 405): nothing to guard
             return await handler(request)
         browser.check(request)
+        route = declared(request) if declared is not None else None
+        if route is not None and route.scope is None:
+            request[CALLER] = Caller(None, access.is_trusted(request.remote))  # may do nothing that needs one
+            return await handler(request)
         who = await access.identify(request)
-        scope = needed_scope(request)
+        scope = route.scope if route is not None and route.scope else needed_scope(request)
         if not who.allows(scope):
             raise Problem(403, f"token {who.name!r} lacks the {scope!r} scope for {request.method} {request.path}",
                           headers={"WWW-Authenticate": f'{REALM}, error="insufficient_scope", scope="{scope}"'})
-        require_json(request)
+        require_json(request, route.body_types if route is not None else ("application/json",))
         request[CALLER] = who
         return await handler(request)
 

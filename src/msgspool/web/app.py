@@ -1,57 +1,49 @@
-"""The HTTP API, all under /api/ (aiohttp). Errors are RFC 9457 problem documents (problems.py);
-who may call what, and the same-origin checks, are access.py's; a submission's body is read by
-submission.py.
+"""The HTTP API, all under /api/ (aiohttp), declared once in `api_routes` (web/routes.py's
+registry: the aiohttp routes and the OpenAPI 3.1 document at GET /api/openapi.json are both made
+from it; the answers' shapes are web/models.py's). Errors are RFC 9457 problem documents
+(problems.py); who may call what, and the same-origin checks, are access.py's; a submission's
+body is read by submission.py, a message's MIME tree by content.py. The README's HTTP API
+section lists the routes; the document describes each.
 
-    GET  /api/status                        the status table
-    GET  /api/queue[?folder=outbox&mailbox=] messages (JSON array), as `queue list --json`
-    GET  /api/queue/{id}                    one message, as `queue show --json`
-    POST /api/queue/flush                   retry all deferred now; ?destination=HOST&transport=NAME
-                                            (or a JSON body with them): only those
-    POST /api/queue/{id}/{flush|hold|release|requeue|delete}
-    POST /api/queue/{id}/resend             MAPI MSGFLAG_RESEND -> 201 {ok, id, resend_of, recipients};
-                                            409 when no recipient failed
-    POST /api/queue/{id}/{read|unread}      the read flag (MAPI SetReadFlag) -> {ok, read, mdn: [ids]}
-                                            read and delete take an optional JSON {"mdn": true|false}:
-                                            the user's answer to a read receipt request (RFC 8098)
-    POST /api/queue/actions                 a bulk action by selector: JSON {action: hold|release|delete|
-                                            flush|requeue, where: "destination=HOST,..." or {term: value},
-                                            dry_run: bool} -> {action, where, dry_run, matched, count,
-                                            ids, in_flight[, flushed]} (spooler/bulk.py)
-    POST /api/transports/{name}/{offline|online}  a transport takes no work / works again ->
-                                            {ok, transport, status, changed, released}
-    POST /api/messages                      submit: JSON {sender, recipients, content} -> 201 {id};
-                                            optional addrtypes, priority, deliver_after,
-                                            expires_at, max_attempts
-    GET  /api/events                        Server-Sent Events; ?mailbox=ADDR&types=a,b;
-                                            resumes after Last-Event-ID (header or ?last_event_id=)
-    GET  /metrics                           Prometheus text format (spooler/metrics.py), both
-                                            processes' figures; token scope `metrics`
+Lists page by cursor (`?limit=&cursor=` -> `next_cursor`, and the Next-Cursor and RFC 8288 Link
+headers), through the store's `Mailboxes.list_messages(after=)` and `Events.events_after`, so on
+SQLite and PostgreSQL alike a page costs an index range, not the whole list.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
+from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
 
 from msgspool.domain import selector
 from msgspool.domain.address import mailbox_key
 from msgspool.domain.events import Event, EventType
+from msgspool.domain.message import MessageInfo
+from msgspool.domain.tokens import ADMIN, METRICS, READ, SUBMIT
 from msgspool.errors import NotFound
 from msgspool.spooler import bulk
 from msgspool.spooler.events import EventFilter, Subscription
 from msgspool.spooler.metrics import CONTENT_TYPE, Metric, StoreFigures, exposition, from_wire, gauge, merge
 from msgspool.spooler.runtime import Spooler
 from msgspool.views import message_json
+from msgspool.web import content, models, openapi
 from msgspool.web.access import Access, Browser, access_middleware, caller, check_exposure, relay_refusal
-from msgspool.web.problems import Problem, ProblemRunner, problems
-from msgspool.web.submission import json_body, submission
-from msgspool.web.suppressions import add_routes as add_suppression_routes
+from msgspool.web.problems import Handler, Problem, ProblemRunner, problems
+from msgspool.web.routes import JSON, Answered, Route, declared, install, params
+from msgspool.web.submission import RFC822, json_body, raw_submission, submission
+from msgspool.web.suppressions import SPOOLER as SUPPRESSION_SPOOLER
+from msgspool.web.suppressions import routes as suppression_routes
 
 log = logging.getLogger("msgspool.web")
 SPOOLER: web.AppKey[Spooler] = web.AppKey("spooler", Spooler)
+DOCUMENT: web.AppKey[bytes] = web.AppKey("openapi", bytes)
 STORE_FIGURES: web.AppKey[StoreFigures] = web.AppKey("store_figures", StoreFigures)
 KEEPALIVE = 15.0
 DISCONNECT_CHECK = 0.25  # seconds: how soon a dropped SSE client frees its subscription
@@ -59,11 +51,42 @@ REPLAY_PAGE = 1000
 MAX_LIMIT = 100_000  # messages one GET /api/queue returns at most
 
 
-async def status(request: web.Request) -> web.Response:
+class QueueQuery(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    folder: str = Field("outbox", description="folders, comma-separated (outbox, inbox, sent, ...)")
+    mailbox: str | None = Field(None, description="only the messages of this mailbox")
+    limit: int = Field(1000, ge=0, le=MAX_LIMIT, description="messages per page")
+    cursor: str | None = Field(None, description="next_cursor of the previous page")
+
+
+class PageQuery(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    limit: int = Field(1000, ge=0, le=MAX_LIMIT, description="items per page")
+    cursor: str | None = Field(None, description="next_cursor of the previous page")
+
+
+class FlushQuery(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    transport: str | None = Field(None, min_length=1, description="only recipients routed to this transport")
+    destination: str | None = Field(None, min_length=1, description="only recipients for this destination")
+
+
+class EventsQuery(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    mailbox: str | None = Field(None, description="only the events of this mailbox")
+    types: str | None = Field(None, description="event types, comma-separated")
+    last_event_id: str | None = Field(None, description="resume after this id (as the Last-Event-ID header)")
+
+
+async def status(request: web.Request) -> Any:
     spooler = request.app[SPOOLER]
     body = await spooler.status_table()
     body["queue"] = await spooler.store.counts()
-    return web.json_response(body)
+    return body
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[DOCUMENT], content_type="application/json")
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -85,52 +108,157 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
-async def queue_list(request: web.Request) -> web.Response:
-    spooler = request.app[SPOOLER]
-    folders = tuple(request.query.get("folder", "outbox").split(","))
-    mailbox = request.query.get("mailbox")
-    limit = _limit(request.query.get("limit", "1000"))
-    infos = await spooler.store.list_messages(folders, mailbox_key(mailbox) if mailbox else mailbox, limit)
-    return web.json_response([message_json(info) for info in infos])
+def encode_cursor(info: MessageInfo) -> str:
+    """An opaque cursor: the (submitted_at, id) of a page's last message (Mailboxes.list_messages)."""
+    return base64.urlsafe_b64encode(json.dumps([info.submitted_at, info.id]).encode()).decode().rstrip("=")
 
 
-def _limit(value: str) -> int:
-    if not (value.isascii() and value.isdigit() and int(value) <= MAX_LIMIT):
-        raise Problem(400, f"limit must be a whole number from 0 to {MAX_LIMIT}", field="limit")
-    return int(value)
+def decode_cursor(cursor: str | None) -> tuple[float, str] | None:
+    if cursor is None:
+        return None
+    try:
+        value = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if (isinstance(value, list) and len(value) == 2 and isinstance(value[0], int | float)
+                and not isinstance(value[0], bool) and isinstance(value[1], str)):
+            return float(value[0]), value[1]
+    except (ValueError, UnicodeDecodeError):
+        pass
+    raise Problem(400, "cursor is not one this API gave (next_cursor of a page)", field="cursor")
 
 
-async def queue_show(request: web.Request) -> web.Response:
+def next_page(request: web.Request, cursor: str | None) -> dict[str, str]:
+    """The headers that point at the next page: Next-Cursor and an RFC 8288 Link."""
+    if cursor is None:
+        return {}
+    url = request.rel_url.update_query(cursor=cursor)
+    return {"Next-Cursor": cursor, "Link": f'<{url}>; rel="next"'}
+
+
+async def _page(request: web.Request, folders: tuple[str, ...], mailbox: str | None, limit: int,
+                cursor: str | None) -> tuple[list[MessageInfo], str | None]:
+    store = request.app[SPOOLER].store
+    infos = await store.list_messages(folders, mailbox_key(mailbox) if mailbox else mailbox, limit + 1,
+                                      after=decode_cursor(cursor))
+    more = len(infos) > limit
+    infos = infos[:limit]
+    return infos, encode_cursor(infos[-1]) if more and infos else None
+
+
+async def queue_list(request: web.Request) -> Answered:
+    """The array `queue list --json` prints (DESIGN.md); a next page's cursor is in the headers."""
+    query = params(request, QueueQuery)
+    infos, cursor = await _page(request, tuple(query.folder.split(",")), query.mailbox, query.limit, query.cursor)
+    return Answered([message_json(info) for info in infos], next_page(request, cursor))
+
+
+async def mailbox_folders(request: web.Request) -> Any:
+    mailbox = request.match_info["mailbox"]
+    folders = await request.app[SPOOLER].store.mailbox_folders(mailbox_key(mailbox))
+    if folders is None:
+        raise Problem(404, f"no mailbox {mailbox} (nothing was filed into it or sent from it)")
+    return {"mailbox": mailbox, "folders": folders}
+
+
+async def folder_messages(request: web.Request) -> Answered:
+    query = params(request, PageQuery)
+    mailbox, folder = request.match_info["mailbox"], request.match_info["folder"]
+    infos, cursor = await _page(request, (folder,), mailbox, query.limit, query.cursor)
+    return Answered({"messages": [message_json(i) for i in infos], "next_cursor": cursor}, next_page(request, cursor))
+
+
+async def event_log(request: web.Request) -> Answered:
+    """The stored events after the cursor (an event id), oldest first: what SSE replays, as pages."""
+    query = params(request, PageQuery)
+    after = query.cursor or "0"
+    if not (after.isascii() and after.isdigit() and len(after) <= 18):
+        raise Problem(400, "cursor must be an event id (next_cursor of a page)", field="cursor")
+    page = await request.app[SPOOLER].store.events_after(int(after), query.limit + 1)
+    more = len(page) > query.limit
+    page = page[:query.limit]
+    cursor = str(page[-1].id) if more and page and page[-1].id is not None else None
+    return Answered({"events": [e.to_json() for e in page], "next_cursor": cursor}, next_page(request, cursor))
+
+
+async def queue_show(request: web.Request) -> Any:
     info = await request.app[SPOOLER].store.get(request.match_info["id"])
     if info is None:
         raise NotFound(request.match_info["id"])
-    return web.json_response(message_json(info))
+    return message_json(info)
 
 
-async def queue_action(request: web.Request) -> web.Response:
-    spooler, action = request.app[SPOOLER], request.match_info["action"]
-    message_id = request.match_info.get("id")
-    if action == "flush":
-        route = {} if message_id else await _flush_route(request)
-        count = await spooler.flush([message_id] if message_id else None, **route)
-        return web.json_response({"ok": True, "flushed": count})
-    if message_id is None:
-        raise web.HTTPNotFound()
-    if action == "resend":
-        return web.json_response({"ok": True, **await spooler.resend(message_id)}, status=201)
-    if action in ("read", "unread"):
-        sent = await spooler.mark_read([message_id], action == "read", mdn=await _mdn_consent(request))
-        return web.json_response({"ok": True, "read": action == "read", "mdn": sent})
-    if action == "delete":
-        return web.json_response({"ok": True, "delete": await spooler.delete([message_id],
-                                                                         mdn=await _mdn_consent(request))})
-    operations = {"hold": spooler.hold, "release": spooler.release, "requeue": spooler.requeue}
-    if action not in operations:
-        raise web.HTTPNotFound(text=f"unknown action {action}")
-    return web.json_response({"ok": True, action: await operations[action]([message_id])})
+async def _content(request: web.Request) -> bytes:
+    message_id = request.match_info["id"]
+    raw = await request.app[SPOOLER].store.content(message_id)
+    if raw is None:
+        raise NotFound(message_id)
+    return raw
 
 
-async def bulk_action(request: web.Request) -> web.Response:
+async def raw_content(request: web.Request) -> web.Response:
+    """The message as stored (RFC 5322), as message/rfc822 (RFC 2046 §5.2.1)."""
+    return web.Response(body=await _content(request), content_type="message/rfc822")
+
+
+async def parsed_content(request: web.Request) -> Any:
+    return content.parsed(await _content(request))
+
+
+async def attachment(request: web.Request) -> web.Response:
+    index = request.match_info["index"]
+    if not (index.isascii() and index.isdigit() and len(index) <= 6):
+        raise Problem(400, "index must be a whole number (an attachment's index in .../parsed)", field="index")
+    part = content.attachment(await _content(request), int(index))
+    if part is None:
+        raise Problem(404, f"message {request.match_info['id']} has no attachment {index}")
+    disposition = f"attachment; filename*=UTF-8''{quote(part.filename)}" if part.filename else "attachment"
+    return web.Response(body=part.payload, headers={"Content-Type": part.content_type,
+                                                    "Content-Disposition": disposition})
+
+
+async def flush_all(request: web.Request) -> Any:
+    """Retry deferred recipients now: all, or those of a transport and/or destination (query
+    parameters, or the optional JSON body with them)."""
+    route = await _flush_route(request)
+    return {"ok": True, "flushed": await request.app[SPOOLER].flush(None, **route)}
+
+
+async def flush_one(request: web.Request) -> Any:
+    return {"ok": True, "flushed": await request.app[SPOOLER].flush([request.match_info["id"]])}
+
+
+async def resend(request: web.Request) -> Any:
+    return {"ok": True, **await request.app[SPOOLER].resend(request.match_info["id"])}
+
+
+async def read(request: web.Request) -> Any:
+    return await _read_flag(request, True)
+
+
+async def unread(request: web.Request) -> Any:
+    return await _read_flag(request, False)
+
+
+async def _read_flag(request: web.Request, flag: bool) -> Any:
+    sent = await request.app[SPOOLER].mark_read([request.match_info["id"]], flag, mdn=await _mdn_consent(request))
+    return {"ok": True, "read": flag, "mdn": sent}
+
+
+async def delete(request: web.Request) -> Any:
+    spooler = request.app[SPOOLER]
+    return {"ok": True, "delete": await spooler.delete([request.match_info["id"]], mdn=await _mdn_consent(request))}
+
+
+def operation(action: str) -> Handler:
+    async def handle(request: web.Request) -> Any:
+        spooler = request.app[SPOOLER]
+        act = {"hold": spooler.hold, "release": spooler.release, "requeue": spooler.requeue}[action]
+        return {"ok": True, action: await act([request.match_info["id"]])}
+
+    return handle
+
+
+async def bulk_action(request: web.Request) -> Any:
+    """An action on every message a selector matches (spooler/bulk.py), or with dry_run their count."""
     spooler = request.app[SPOOLER]
     body = await json_body(request)
     if not isinstance(body, dict):
@@ -146,13 +274,15 @@ async def bulk_action(request: web.Request) -> web.Response:
         raise Problem(400, f"where: {err}", field="where") from err
     result = await bulk.run(spooler.store, lambda a, ids: bulk.apply_chunk(spooler, a, ids), action, where,
                             dry_run=dry_run)
-    return web.json_response({"ok": True, **result.to_json()})
+    return {"ok": True, **result.to_json()}
 
 
-async def transport_action(request: web.Request) -> web.Response:
-    spooler = request.app[SPOOLER]
-    answer = await spooler.set_offline(request.match_info["name"], request.match_info["action"] == "offline")
-    return web.json_response({"ok": True, **answer})
+async def transport_offline(request: web.Request) -> Any:
+    return {"ok": True, **await request.app[SPOOLER].set_offline(request.match_info["name"], True)}
+
+
+async def transport_online(request: web.Request) -> Any:
+    return {"ok": True, **await request.app[SPOOLER].set_offline(request.match_info["name"], False)}
 
 
 async def _flush_route(request: web.Request) -> dict[str, str]:
@@ -181,9 +311,12 @@ async def _mdn_consent(request: web.Request) -> bool | None:
     return consent
 
 
-async def submit(request: web.Request) -> web.Response:
+async def submit(request: web.Request) -> Any:
     spooler, who = request.app[SPOOLER], caller(request)
-    sub = submission(await json_body(request))
+    if request.content_type == RFC822:
+        sub = raw_submission(request.query, await request.read())
+    else:
+        sub = submission(await json_body(request))
     if (refusal := relay_refusal(who, sub, spooler.intake.router)) is not None:
         log.warning("http relay refused: client=%s token=%s recipients=%d", request.remote, who.name or "-",
                     len(sub.recipients))
@@ -195,7 +328,7 @@ async def submit(request: web.Request) -> web.Response:
     recipients = [{"address": r.address, "status": str(r.status),
                    "reply": r.last_reply.line() if r.last_reply else None}
                   for part in (message, *(p for p, _c in message.parts)) for r in part.recipients]
-    return web.json_response({"id": message.id, "recipients": recipients}, status=201)
+    return {"id": message.id, "recipients": recipients}
 
 
 async def events(request: web.Request) -> web.StreamResponse:
@@ -285,6 +418,72 @@ def _sse(event: Event) -> bytes:
     return f"id: {event.id}\nevent: {event.type}\ndata: {json.dumps(event.to_json())}\n\n".encode()
 
 
+Q, A, M = "queue", "actions", "mailboxes"
+ERR_ID = (404,)
+
+
+def api_routes() -> list[Route]:
+    """Every route of the API (and /metrics), in the order aiohttp tries them: fixed paths first."""
+    msg, ok = models.MessageView, models.Done
+    return [
+        Route("GET", "/api/openapi.json", openapi_json, "This document (OpenAPI 3.1)", None, tag="meta"),
+        Route("GET", "/api/status", status, "The status table", READ, models.StatusTable, tag="status"),
+        Route("GET", "/api/queue", queue_list, "Messages of folders (outbox by default), a page at a time", READ,
+              list[models.MessageView], query=QueueQuery, headers=("Next-Cursor", "Link")),
+        Route("POST", "/api/queue/flush", flush_all, "Retry deferred recipients now", ADMIN, models.Flushed,
+              query=FlushQuery, body=models.FlushRoute, tag=A, errors=(404,)),
+        Route("POST", "/api/queue/actions", bulk_action, "hold, release, delete, flush or requeue the messages a"
+              " selector matches (dry_run: count them)", ADMIN, models.BulkResult, body=models.BulkAction,
+              body_required=True, tag=A),
+        Route("GET", "/api/queue/{id}", queue_show, "One message with every recipient and its history", READ,
+              msg, errors=ERR_ID),
+        Route("GET", "/api/queue/{id}/content", raw_content, "The message as stored (RFC 5322)", READ,
+              produces=RFC822, errors=ERR_ID),
+        Route("GET", "/api/queue/{id}/parsed", parsed_content, "Headers, text, HTML and the attachments list",
+              READ, models.ParsedContent, errors=ERR_ID),
+        Route("GET", "/api/queue/{id}/attachments/{index}", attachment, "One attachment, decoded", READ,
+              produces="application/octet-stream", path_types={"index": int}, errors=ERR_ID),
+        Route("POST", "/api/queue/{id}/flush", flush_one, "Retry this message's deferred recipients now", ADMIN,
+              models.Flushed, tag=A),
+        *(Route("POST", f"/api/queue/{{id}}/{name}", operation(name), text, ADMIN, ok, tag=A)
+          for name, text in (("hold", "Hold the message (postsuper -h)"), ("release", "Release a held message"),
+                             ("requeue", "Through the outbound hooks again (postsuper -r)"))),
+        Route("POST", "/api/queue/{id}/delete", delete, "Delete the message (with the user's read receipt answer)",
+              ADMIN, ok, body=models.ReadConsent, tag=A, errors=(409,)),
+        Route("POST", "/api/queue/{id}/resend", resend, "Send again to the recipients that failed (MAPI RESEND)",
+              ADMIN, models.Resent, status=201, tag=A, errors=(404, 409)),
+        Route("POST", "/api/queue/{id}/read", read, "Mark read (MAPI SetReadFlag), answering a read receipt",
+              ADMIN, models.ReadAnswer, body=models.ReadConsent, tag=A),
+        Route("POST", "/api/queue/{id}/unread", unread, "Mark unread", ADMIN, models.ReadAnswer,
+              body=models.ReadConsent, tag=A),
+        Route("POST", "/api/transports/{name}/offline", transport_offline, "The transport takes no work", ADMIN,
+              models.TransportState, tag="status", errors=(404,)),
+        Route("POST", "/api/transports/{name}/online", transport_online, "The transport works again", ADMIN,
+              models.TransportState, tag="status", errors=(404,)),
+        Route("POST", "/api/messages", submit, "Submit a message (JSON, or the raw message as message/rfc822)",
+              SUBMIT, models.Submitted, status=201, body=models.Submit, body_required=True,
+              body_types=(JSON, RFC822), query=RawQuery, tag="submit", errors=(403, 422, 503, 507)),
+        Route("GET", "/api/mailboxes/{mailbox}/folders", mailbox_folders, "A mailbox's folders", READ,
+              models.Folders, tag=M, errors=(404,)),
+        Route("GET", "/api/mailboxes/{mailbox}/folders/{folder}/messages", folder_messages,
+              "The messages of a mailbox's folder, a page at a time", READ, models.MessagePage, query=PageQuery,
+              tag=M, headers=("Next-Cursor", "Link")),
+        Route("GET", "/api/events", events, "Server-Sent Events, live (and replayed after Last-Event-ID)", READ,
+              query=EventsQuery, produces="text/event-stream", tag="events"),
+        Route("GET", "/api/events/log", event_log, "The stored events after a cursor, a page at a time", READ,
+              models.EventPage, query=PageQuery, tag="events", headers=("Next-Cursor", "Link")),
+        *suppression_routes(),
+        Route("GET", "/metrics", metrics, "Prometheus text format, both processes' figures", METRICS,
+              produces="text/plain", tag="status"),
+    ]
+
+
+class RawQuery(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    sender: str | None = Field(None, description="message/rfc822 only: the envelope sender")
+    recipient: list[str] | None = Field(None, description="message/rfc822 only: the recipients (else To/Cc/Bcc)")
+
+
 def make_app(spooler: Spooler, host: str = "127.0.0.1", port: int = 8025) -> web.Application:
     """The API as served on host:port (web/access.py's rules depend on where it listens)."""
     # A message's JSON can take twice its size (CRLF is four characters): the size limit itself is
@@ -292,20 +491,13 @@ def make_app(spooler: Spooler, host: str = "127.0.0.1", port: int = 8025) -> web
     body_limit = max(1 << 20, 2 * spooler.settings.message_size_limit + (64 << 10))
     access = Access(spooler.store, host, spooler.settings.trusted_networks)
     browser = Browser(host, port, spooler.settings.http_hosts)
-    app = web.Application(middlewares=[problems, access_middleware(access, browser)], client_max_size=body_limit)
-    app[SPOOLER] = spooler
+    app = web.Application(middlewares=[problems, access_middleware(access, browser, declared)],
+                          client_max_size=body_limit)
+    app[SPOOLER] = app[SUPPRESSION_SPOOLER] = spooler
     app[STORE_FIGURES] = StoreFigures(spooler.store)
-    app.router.add_get("/api/status", status)
-    app.router.add_get("/api/queue", queue_list)
-    app.router.add_post("/api/queue/{action:flush}", queue_action)
-    app.router.add_post("/api/queue/actions", bulk_action)
-    app.router.add_get("/api/queue/{id}", queue_show)
-    app.router.add_post("/api/queue/{id}/{action}", queue_action)
-    app.router.add_post("/api/transports/{name}/{action:offline|online}", transport_action)
-    app.router.add_post("/api/messages", submit)
-    app.router.add_get("/api/events", events)
-    add_suppression_routes(app, spooler)
-    app.router.add_get("/metrics", metrics)
+    routes = api_routes()
+    app[DOCUMENT] = json.dumps(openapi.document(routes)).encode()
+    install(app, routes)
     return app
 
 

@@ -9,17 +9,22 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
+from multidict import MultiMapping
 
+from msgspool.compose import header_recipients, strip_bcc
 from msgspool.domain.message import NON_URGENT, NORMAL, URGENT
+from msgspool.domain.recipient import RecipientType
 from msgspool.domain.timefmt import OutOfRange, parse_time
 from msgspool.spooler.intake import MAX_ATTEMPTS_CAP, Submission
 from msgspool.web.problems import Problem
 
 PRIORITIES = {"urgent": URGENT, "normal": NORMAL, "non-urgent": NON_URGENT}
 _ADDRTYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
+RFC822 = "message/rfc822"
 SHAPE = "expected a JSON object {sender, recipients, content}"
 
 
@@ -66,7 +71,40 @@ def submission(body: Any, origin: str = "http") -> Submission:
     if addrtypes is not None and not all(_ADDRTYPE.fullmatch(a) for a in addrtypes):
         raise malformed("addrtypes", "addrtypes must be address type names such as \"SMTP\" (letters, digits, - _ .)")
     return Submission(sender=sender, recipients=recipients, content=data, origin=origin, addrtypes=addrtypes,
-                      **scheduling(body))
+                      **_placement(body), **scheduling(body))
+
+
+def _placement(body: dict[str, Any]) -> dict[str, Any]:
+    """`types` (to, cc, bcc per recipient), `mailbox` (sent from) and `message_class` (MAPI)."""
+    fields: dict[str, Any] = {}
+    types = _strings(body, "types")
+    if types is not None:
+        if not all(t in RecipientType.__members__.values() for t in types):
+            raise malformed("types", 'types must be "to", "cc" or "bcc", one per recipient')
+        fields["types"] = [RecipientType(t) for t in types]
+    for name in ("mailbox", "message_class"):
+        value = body.get(name)
+        if value is not None and not (isinstance(value, str) and value and value.isprintable()):
+            raise malformed(name, f"{name} must be a non-empty string")
+        if value is not None:
+            fields[name] = value
+    return fields
+
+
+def raw_submission(query: Mapping[str, str], content: bytes, origin: str = "http") -> Submission:
+    """POST /api/messages with Content-Type message/rfc822: the body is the message as it is;
+    ?sender= and ?recipient= (repeated) give the envelope, else (as sendmail -t) the recipients are
+    its To, Cc and Bcc, and the Bcc field is removed (RFC 5322 §3.6.3)."""
+    sender = query.get("sender", "")
+    recipients = list(query.getall("recipient", [])) if isinstance(query, MultiMapping) else []
+    if not content.strip():
+        raise malformed(None, "the body is empty: expected an RFC 5322 message")
+    if not recipients:
+        recipients = header_recipients(content)
+        content = strip_bcc(content)
+    if not recipients:
+        raise malformed("recipient", "no recipients: give ?recipient=ADDRESS or To/Cc/Bcc fields")
+    return Submission(sender=sender, recipients=recipients, content=content, origin=origin)
 
 
 def _strings(body: dict[str, Any], name: str, *, required: bool = False) -> list[str] | None:

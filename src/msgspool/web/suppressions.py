@@ -18,20 +18,22 @@ from aiohttp import web
 
 from msgspool.domain.address import valid_smtp
 from msgspool.domain.timefmt import OutOfRange, parse_time
+from msgspool.domain.tokens import ADMIN, READ
 from msgspool.spooler.runtime import Spooler
 from msgspool.views import suppression_json
+from msgspool.web.models import NewSuppression, SuppressionView, Unsuppressed
 from msgspool.web.problems import Problem
+from msgspool.web.routes import Route
 from msgspool.web.submission import json_body, malformed, out_of_range
 
 SPOOLER: web.AppKey[Spooler] = web.AppKey("suppression_spooler", Spooler)
 
 
-async def list_suppressions(request: web.Request) -> web.Response:
-    entries = await request.app[SPOOLER].suppressions()
-    return web.json_response([suppression_json(e) for e in entries])
+async def list_suppressions(request: web.Request) -> Any:
+    return [suppression_json(e) for e in await request.app[SPOOLER].suppressions()]
 
 
-async def add_suppression(request: web.Request) -> web.Response:
+async def add_suppression(request: web.Request) -> Any:
     spooler = request.app[SPOOLER]
     body = await json_body(request)
     if not isinstance(body, dict):
@@ -43,7 +45,7 @@ async def add_suppression(request: web.Request) -> web.Response:
         raise malformed("reason", "reason must be a string")
     until = _until(body, spooler.settings.suppression_time)
     entry = await spooler.suppress(address, reason, until)
-    return web.json_response(suppression_json(entry), status=201)
+    return suppression_json(entry)
 
 
 def _until(body: dict[str, Any], default: float) -> float | None:
@@ -64,15 +66,20 @@ def _until(body: dict[str, Any], default: float) -> float | None:
     return time.time() + default if default > 0 else None
 
 
-async def remove_suppression(request: web.Request) -> web.Response:
+async def remove_suppression(request: web.Request) -> Any:
     address = request.match_info["address"]
     if not await request.app[SPOOLER].unsuppress(address):
         raise Problem(404, f"{address} is not on the suppression list", title="Not found")
-    return web.json_response({"ok": True, "address": address})
+    return {"ok": True, "address": address}
 
 
-def add_routes(app: web.Application, spooler: Spooler) -> None:
-    app[SPOOLER] = spooler
-    app.router.add_get("/api/suppressions", list_suppressions)
-    app.router.add_post("/api/suppressions", add_suppression)
-    app.router.add_delete("/api/suppressions/{address}", remove_suppression)
+def routes() -> list[Route]:
+    """The routes, for web/app.py's registry (app[SPOOLER] set by make_app)."""
+    return [
+        Route("GET", "/api/suppressions", list_suppressions, "The suppression list's entries in force", READ,
+              list[SuppressionView], tag="suppressions"),
+        Route("POST", "/api/suppressions", add_suppression, "Suppress an address", ADMIN, SuppressionView,
+              status=201, body=NewSuppression, body_required=True, tag="suppressions", errors=(422,)),
+        Route("DELETE", "/api/suppressions/{address}", remove_suppression, "Mail to the address goes again",
+              ADMIN, Unsuppressed, tag="suppressions", errors=(404,)),
+    ]

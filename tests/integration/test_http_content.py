@@ -1,0 +1,141 @@
+"""A message's content over the HTTP API (issue 13.1): raw as message/rfc822, parsed (headers,
+text, HTML, the attachments with their sizes), one attachment by index; a mailbox's folders and
+a folder's messages, paged by cursor; the queue list and the event log paged by cursor too."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from email.message import EmailMessage
+from typing import Any
+
+import aiohttp
+import pytest
+
+from msgspool.spooler.runtime import Spooler
+from msgspool.web.app import start
+from tests.conftest import SpoolerFactory
+from tests.support.sink import Sink, free_port
+
+PDF = bytes(range(256)) * 40  # 10,240 bytes that no text codec would leave alone
+
+
+def rich_message() -> bytes:
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = "a@example.org", "user@example.org", "Caf\u00e9 report"
+    msg.set_content("plain words\n")
+    msg.add_alternative("<p>html words</p>\n", subtype="html")
+    msg.add_attachment(PDF, maintype="application", subtype="pdf", filename="r\u00e9sum\u00e9.pdf")
+    msg.add_attachment("a,b\n1,2\n", subtype="csv", filename="table.csv")
+    return msg.as_bytes().replace(b"\n", b"\r\n")
+
+
+@pytest.fixture
+async def api(spooler_factory: SpoolerFactory, sink: Sink) -> AsyncIterator[tuple[Spooler, str]]:
+    port = free_port()
+    async with spooler_factory(relay=sink.address, local_domains=["example.org"]) as spooler:
+        runner = await start(spooler, "127.0.0.1", port)
+        try:
+            yield spooler, f"http://127.0.0.1:{port}/api"
+        finally:
+            await runner.cleanup()
+
+
+async def submit(http: aiohttp.ClientSession, base: str, content: bytes, to: str = "user@example.org") -> Any:
+    created = await http.post(f"{base}/messages", json={"sender": "a@example.org", "recipients": [to],
+                                                        "content": content.decode()})
+    assert created.status == 201, await created.text()
+    return await created.json()
+
+
+async def test_a_message_content_raw_parsed_and_an_attachment(api: tuple[Spooler, str]) -> None:
+    spooler, base = api
+    raw = rich_message()
+    async with aiohttp.ClientSession() as http:
+        message_id = (await submit(http, base, raw))["id"]
+        got = await http.get(f"{base}/queue/{message_id}/content")
+        assert got.status == 200, await got.text()  # was 405: no GET route for content
+        assert got.content_type == "message/rfc822"
+        stored = await got.read()
+        assert stored == await spooler.store.content(message_id) and b"plain words" in stored
+        parsed = await (await http.get(f"{base}/queue/{message_id}/parsed")).json()
+        pdf = await http.get(f"{base}/queue/{message_id}/attachments/0")
+        csv = await http.get(f"{base}/queue/{message_id}/attachments/1")
+        missing = await http.get(f"{base}/queue/{message_id}/attachments/2")
+        unknown = await http.get(f"{base}/queue/NOSUCHID/parsed")
+    assert parsed["subject"] == "Caf\u00e9 report" and ["Subject", "Caf\u00e9 report"] in parsed["headers"]
+    assert parsed["text"] == "plain words\r\n" or parsed["text"].strip() == "plain words"
+    assert parsed["html"].strip() == "<p>html words</p>"
+    assert parsed["attachments"] == [
+        {"index": 0, "filename": "r\u00e9sum\u00e9.pdf", "content_type": "application/pdf", "size": len(PDF)},
+        {"index": 1, "filename": "table.csv", "content_type": "text/csv", "size": len(b"a,b\r\n1,2\r\n")}]
+    assert pdf.status == 200 and pdf.content_type == "application/pdf" and await pdf.read() == PDF
+    assert "attachment" in pdf.headers["Content-Disposition"]
+    assert csv.status == 200 and (await csv.read()).replace(b"\r\n", b"\n") == b"a,b\n1,2\n"
+    assert missing.status == 404 and missing.content_type == "application/problem+json"
+    assert unknown.status == 404 and unknown.content_type == "application/problem+json"
+
+
+async def test_a_mailbox_lists_its_folders_and_pages_through_one(api: tuple[Spooler, str]) -> None:
+    _spooler, base = api
+    async with aiohttp.ClientSession() as http:
+        ids = [(await submit(http, base, f"Subject: n{i}\r\n\r\nbody {i}\r\n".encode()))["id"] for i in range(5)]
+        folders = await (await http.get(f"{base}/mailboxes/user@example.org/folders")).json()
+        assert "inbox" in folders["folders"] and folders["mailbox"] == "user@example.org"
+        seen: list[str] = []
+        cursor: str | None = None
+        pages = 0
+        while True:
+            query = {"limit": "2", **({"cursor": cursor} if cursor else {})}
+            page = await http.get(f"{base}/mailboxes/user@example.org/folders/inbox/messages", params=query)
+            assert page.status == 200, await page.text()
+            body = await page.json()
+            seen += [m["id"] for m in body["messages"]]
+            pages += 1
+            cursor = body["next_cursor"]
+            assert page.headers.get("Next-Cursor") == cursor
+            if cursor is None:
+                break
+        nobody = await http.get(f"{base}/mailboxes/nobody@example.org/folders")
+        bad = await http.get(f"{base}/mailboxes/user@example.org/folders/inbox/messages", params={"cursor": "zz"})
+    assert pages == 3 and len(seen) == 5 and len(set(seen)) == 5
+    filed = await _filed_ids(base, ids)
+    assert set(seen) == filed
+    assert nobody.status == 404
+    assert bad.status == 400 and (await bad.json())["field"] == "cursor"
+
+
+async def _filed_ids(base: str, ids: list[str]) -> set[str]:
+    """The ids of the inbox copies, as the outbox message shows them (a local recipient is filed)."""
+    async with aiohttp.ClientSession() as http:
+        listed = await (await http.get(f"{base}/queue", params={"folder": "inbox"})).json()
+    return {m["id"] for m in listed}
+
+
+async def test_the_queue_list_and_the_event_log_page_by_cursor(api: tuple[Spooler, str]) -> None:
+    spooler, base = api
+    async with aiohttp.ClientSession() as http:
+        for i in range(5):
+            await submit(http, base, f"Subject: n{i}\r\n\r\nx\r\n".encode(), to="far@example.net")
+        everything = [m["id"] for m in await (await http.get(f"{base}/queue", params={"folder": "outbox,sent"}))
+                      .json()]
+        paged: list[str] = []
+        url: str | None = f"{base}/queue?folder=outbox,sent&limit=2"
+        while url:
+            page = await http.get(url)
+            paged += [m["id"] for m in await page.json()]
+            link = page.headers.get("Link")
+            url = link[1:link.index(">")] if link else None
+            if url and url.startswith("/"):
+                url = base.removesuffix("/api") + url
+        events: list[int] = []
+        cursor: str | None = None
+        while True:
+            page = await (await http.get(f"{base}/events/log", params={"limit": "3", **(
+                {"cursor": cursor} if cursor else {})})).json()
+            events += [e["id"] for e in page["events"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+    assert len(everything) == 5 and paged == everything
+    stored = [e.id for e in await spooler.store.events_after(0, 1000)]
+    assert events == stored and len(events) >= 5
