@@ -296,5 +296,14 @@ def start(users: Mapping[str, str], *, quotas: Mapping[str, str] | None = None,
     STARTTLS and STLS offered, POP3S on `pop3s_port` and IMAPS on `imaps_port` (off by default).
     `config`: more dovecot.conf settings, e.g. 'imap_capability = IMAP4rev1' (a server offering less)."""
     require()
-    directory = Path(tempfile.mkdtemp(prefix="dovecot-"))
-    return Dovecot(directory, users, quotas, tls, config).start()
+    for attempt in range(3):
+        directory = Path(tempfile.mkdtemp(prefix="dovecot-"))
+        try:
+            return Dovecot(directory, users, quotas, tls, config).start()
+        except RuntimeError as err:
+            # A free port taken by another process between the probe and Dovecot's bind (tests
+            # run side by side): new ports, a new directory.
+            shutil.rmtree(directory, ignore_errors=True)
+            if "Address already in use" not in str(err) or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
