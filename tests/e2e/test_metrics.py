@@ -122,8 +122,10 @@ def test_metrics_count_a_down_destination_and_its_deferrals(spool: Spool, relay:
     with smtplib.SMTP(*daemon.smtp_address, timeout=10) as smtp:
         smtp.sendmail("alice@example.org", ["bob@example.net"], b"Subject: later\r\n\r\nhello\r\n")
 
-    def deferred() -> bool:
-        return value(scrape(daemon)[1], "msgspool_deferred_total", transport="smtp") >= 1
+    def deferred() -> bool:  # counted by delivery, and in the store's figures (which may be a moment old)
+        samples = scrape(daemon)[1]
+        return (value(samples, "msgspool_deferred_total", transport="smtp") >= 1
+                and value(samples, "msgspool_queue_recipients", status="deferred") == 1)
 
     wait_for(deferred)
     _text, down = scrape(daemon)
@@ -188,8 +190,10 @@ types = ["delivered"]
         smtp.sendmail("alice@example.org", ["bob@example.net"], b"Subject: spam\r\n\r\nbuy\r\n")
     spool.wait_for_sink(relay, 1)
 
-    def webhook_waiting() -> bool:
-        return value(scrape(daemon)[1], "msgspool_webhook_backlog") >= 1
+    def webhook_waiting() -> bool:  # and the spam's rejection recorded
+        samples = scrape(daemon)[1]
+        return (value(samples, "msgspool_webhook_backlog") >= 1
+                and value(samples, "msgspool_failed_total", transport="smtp") == 1)
 
     wait_for(webhook_waiting)
     _text, after = scrape(daemon)

@@ -38,7 +38,9 @@ def check_aliases(path: str) -> tuple[AliasTable, list[Problem]]:
         problems += errors
         resolved.append(Alias(alias.name, tuple(members), alias.source, alias.line))
     table = AliasTable.of(resolved)
-    return table, problems + find_loops(table)
+    problems += find_loops(table)
+    # the file's own lines in order, then those of its :include: files
+    return table, sorted(problems, key=lambda p: (p.source != path, p.source, p.line))
 
 
 def load_aliases(path: str) -> AliasTable:

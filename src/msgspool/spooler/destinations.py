@@ -391,7 +391,9 @@ class Destination:
                        for r, reply, remote in zip(recipients, replies, remotes, strict=True)]
         self._settle_job(job, settlements)
         self.failure = None
-        delays = _delays(now - message.submitted_at, began - job.setup - job.queued_at, job.setup, now - began)
+        logged = log.isEnabledFor(logging.INFO)  # without -v: no line, and nothing formatted for one
+        delays = _delays(now - message.submitted_at, began - job.setup - job.queued_at, job.setup,
+                         now - began) if logged else ""
         for s in settlements:
             _log_outcome(message, s, now, delays)
             self.count(s.status)

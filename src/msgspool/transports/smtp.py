@@ -80,7 +80,7 @@ class SMTPConnection:
                  session_limit: int = 1) -> None:
         self.note, self.candidates, self.session_limit = note, candidates, session_limit
         self._use(client)
-        self.remotes: list[str] = []  # per recipient of the last send: the session that answered
+        self.remotes: list[str] = []  # per recipient of the last MX send: the session that answered (empty: `remote`)
 
     def _use(self, client: SMTPClient) -> None:
         self.client = client
@@ -102,6 +102,8 @@ class SMTPConnection:
         return Handoff.DSN_RELAY if "DSN" in self.client.extensions else Handoff.RELAY
 
     async def send(self, message: Message, recipients: Sequence[Recipient]) -> list[Reply]:
+        if self.candidates is None:  # a relay: one session, the hot path of relaying
+            return await self._transaction(message, recipients)
         replies: list[Reply | None] = [None] * len(recipients)
         self.remotes = [self.remote] * len(recipients)
         pending, sessions = list(range(len(recipients))), 1
