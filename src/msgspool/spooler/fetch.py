@@ -32,7 +32,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from importlib.metadata import entry_points
 from typing import Any
 
-from msgspool.domain.events import Event, EventType
 from msgspool.domain.fetch import (
     FETCH_ACCOUNT,
     FETCH_SOURCE,
@@ -219,11 +218,10 @@ class Fetcher:
                 "after": a.after, "interval": a.interval}
 
 
-async def _record_status(spooler: Any, name: str, status: str, reason: str | None) -> None:
-    """A `transport_status` event for SSE and webhooks: an account went online or into failure."""
-    event = Event(EventType.TRANSPORT_STATUS, None, time.time(), detail={"fetch": name, "status": status,
-                                                                         "reason": reason})
-    spooler.publish(await spooler.store.record_events([event]))
+async def _status_changed(spooler: Any, _name: str, _status: str, _reason: str | None) -> None:
+    """An account went online or into failure: the status watch (Spooler.watch_status) looks now,
+    and tells it as a `transport_status` event of the account's row."""
+    spooler.poke_status()
 
 
 def build_service(spooler: Any, settings: Any) -> FetchService:
@@ -240,7 +238,7 @@ def build_service(spooler: Any, settings: Any) -> FetchService:
             raise ConfigError(f"fetch {account.name}: mailbox {account.mailbox}: {refusal.line()}")
         fetchers.append(Fetcher(account, transports[account.name], spooler.store, spooler.submit,
                                 hostname=settings.host_name, size_limit=settings.message_size_limit,
-                                on_status=functools.partial(_record_status, spooler)))
+                                on_status=functools.partial(_status_changed, spooler)))
     service = FetchService(fetchers)
     service.check()
     return service
