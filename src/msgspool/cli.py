@@ -648,40 +648,53 @@ def queue_show(settings: Settings, message_id: str, as_json: bool) -> int:
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    async def read(store: Store) -> tuple[dict[str, int], list[dict[str, Any]], dict[str, float]]:
-        return await store.counts(), await store.nodes(time.time()), await store.offline_transports()
+    from msgspool.domain.status import stopped
+    from msgspool.listeners import configured
+    from msgspool.spooler.runtime import add_backlog
 
-    counts, nodes, offline = _with_store(settings, read)
+    async def read(store: Store) -> tuple[dict[str, int], list[dict[str, Any]], dict[str, float],
+                                          list[tuple[str, str, str, int]]]:
+        return (await store.counts(), await store.nodes(time.time()), await store.offline_transports(),
+                await store.destination_counts())
+
+    counts, nodes, offline, backlog = _with_store(settings, read)
     answer = control.request(settings.spool_path, {"op": "status"})
     if answer is not None and answer.get("ok"):
         table = answer["status"]
     else:  # the daemon is down: nothing runs, whatever the configuration says (issue 10.8)
         table = Spooler(settings).status()
-        for row in (table["spooler"], *table["transports"]):
-            row["status"] = "stopped"
         for row in table["transports"]:  # an operator's offline holds across restarts: say so
             if row["name"] in offline:
                 row.update(offline=True, offline_since=iso(offline[row["name"]]),
                            reason=f"transport {row['name']} is offline (since {iso(offline[row['name']])})")
-        table["fetch"] = [{"name": a.name, "kind": "fetch", "protocol": a.protocol, "source": a.source,
-                           "mailbox": a.mailbox, "status": "stopped", "fetched": 0, "last_poll_at": None,
-                           "reason": None} for a in settings.fetch_accounts]
+        for row in (table["spooler"], *table["transports"]):
+            stopped(row)
+        table["listeners"] = configured(settings)
+        table["fetch"] = [stopped({"name": a.name, "kind": "fetch", "protocol": a.protocol, "source": a.source,
+                                   "mailbox": a.mailbox, "status": "stopped", "fetched": 0, "last_poll_at": None,
+                                   "reason": None, "inbound": {"enabled": True, "active": False}})
+                          for a in settings.fetch_accounts]
         table["nodes"] = nodes
+        add_backlog(table["transports"], backlog)
     table["queue"] = counts
     if args.json:
         print(json.dumps(table, indent=2))
         return 0
-    print(f"spooler    {table['spooler']['status']:<8} active={table['spooler']['active']}"
-          f" subscribers={table['spooler'].get('event_subscribers', 0)}  "
+    print(f"spooler    {table['spooler']['status']:<8} {_directions(table['spooler'])}"
+          f" active={table['spooler']['active']} subscribers={table['spooler'].get('event_subscribers', 0)}  "
           + " ".join(f"{k}={v}" for k, v in counts.items() if v))
     for row in table["transports"]:
-        why = f"  ({row['reason']})" if row.get("reason") else ""
-        print(f"transport  {row['name']:<10} {row['status']:<8} addrtypes={','.join(row['addrtypes'])}{why}")
+        print(f"transport  {row['name']:<10} {row['status']:<8} {_directions(row)}"
+              f" addrtypes={','.join(row['addrtypes'])}  ({row.get('status_string') or row.get('reason')})")
         for dest in row["destinations"]:
             error = f"  ({dest['last_error']})" if dest["last_error"] else ""
+            waiting = dest.get("backlog", {}).get("total", 0)
             print(f"    {dest['name']:<30} {dest['status']:<5} connections={dest['connections']}"
                   f" queued={dest['queued']} delivered={dest['delivered']} deferred={dest.get('deferred', 0)}"
-                  f" failed={dest.get('failed', 0)}{error}")
+                  f" failed={dest.get('failed', 0)} backlog={waiting}{error}")
+    for row in table.get("listeners", []):
+        print(f"listener   {row['name']:<10} {row['status']:<8} {_directions(row)} {row['address']}"
+              f"  ({row['status_string']})")
     now = time.time()
     for row in table.get("fetch", []):
         polled = f" polled {now - row['last_poll_at']:.0f}s ago" if row["last_poll_at"] else ""
@@ -693,6 +706,13 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         print(f"node       {node['owner']} {'alive' if node['alive'] else 'dead':<5} host={node['host']}"
               f" pid={node['pid']} heartbeat={beat} leases={node['leases']}{' draining' if node['draining'] else ''}")
     return 0
+
+
+def _directions(row: dict[str, Any]) -> str:
+    """in=on/active out=off: a row's inbound and outbound, as `status` prints them."""
+    def one(d: dict[str, bool] | None) -> str:
+        return "off" if not d or not d.get("enabled") else "active" if d.get("active") else "on"
+    return f"in={one(row.get('inbound'))} out={one(row.get('outbound'))}"
 
 
 # -- transport offline / online ---------------------------------------------------------------

@@ -27,8 +27,10 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
+from msgspool import spooldir
 from msgspool.config import Settings
 from msgspool.errors import ConfigError, MsgspoolError
+from msgspool.listeners import Row, http_row, sendmail_row, smtp_row
 from msgspool.logs import configure as configure_logs
 from msgspool.smtpd.accept import Listener
 from msgspool.smtpd.auth import Authenticator
@@ -98,6 +100,12 @@ class SMTPListeners:
     policy: SpoolPolicy
     submission: SpoolPolicy | None = None  # the submission listener's copy of `policy`
     sessions: Sessions = dataclasses.field(default_factory=Sessions)
+    names: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (name, HOST:PORT) of each server
+
+    def status_rows(self) -> list[Row]:
+        """The status table's row of each listener (listeners.py)."""
+        return [smtp_row(name, address, self.sessions, _shed_of(server))
+                for (name, address), server in zip(self.names, self.servers, strict=True)]
 
     def reconfigure(self, settings: Settings) -> None:
         """A reloaded configuration: trusted networks, FUTURERELEASE, connection and rate limits, AUTH
@@ -129,6 +137,10 @@ class SMTPListeners:
             server.close()
 
 
+def _shed_of(server: Listener) -> Callable[[], int]:
+    return lambda: server.shed
+
+
 async def start_smtp(spooler: Spooler, settings: Settings) -> SMTPListeners:
     """The SMTP listeners on `settings.smtp_listen`, `settings.smtps_listen` and
     `settings.submission_listen`, submitting into `spooler`."""
@@ -158,16 +170,19 @@ async def start_smtp(spooler: Spooler, settings: Settings) -> SMTPListeners:
             listeners.servers.append(await _listen("SMTP", f"{host}:{port}",
                                                    start_server(policy, host, port, limits, tls=context,
                                                                 sessions=listeners.sessions)))
+            listeners.names.append(("smtp", f"{host}:{port}"))
             log.info("smtp listener on %s:%d%s", host, port, " (STARTTLS)" if tls is not None else "")
         if settings.smtps_listen:
             host, port = split_hostport(settings.smtps_listen, 465)
             listeners.servers.append(await _listen("SMTPS", f"{host}:{port}", start_server(
                 policy, host, port, limits, tls=context, implicit_tls=True, sessions=listeners.sessions)))
+            listeners.names.append(("smtps", f"{host}:{port}"))
             log.info("smtps listener (implicit TLS) on %s:%d", host, port)
         if settings.submission_listen:
             host, port = split_hostport(settings.submission_listen, 587)
             listeners.servers.append(await _listen("submission", f"{host}:{port}", start_server(
                 submission, host, port, limits, tls=context, sessions=listeners.sessions)))
+            listeners.names.append(("submission", f"{host}:{port}"))
             log.info("submission listener (AUTH required) on %s:%d%s", host, port,
                      " (STARTTLS)" if tls is not None else "")
     except BaseException:
@@ -256,8 +271,9 @@ def check_transports(transports: dict[str, Any]) -> None:
 
 
 # Settings a reload cannot change in a running daemon (its listeners, its spool): kept, and logged.
+# log_format too: the intake process's log is set up once, and both processes' lines must agree.
 RESTART_ONLY = ("data_dir", "store", "smtp_listen", "smtps_listen", "submission_listen", "http_listen",
-                "delivery_process")
+                "delivery_process", "log_format")
 
 
 async def _serve(settings: Settings, ready: asyncio.Event | None,
@@ -365,17 +381,23 @@ async def _serve(settings: Settings, ready: asyncio.Event | None,
             smtp = await start_smtp(spooler, settings)
             sessions = smtp.sessions
             servers.append(smtp)
+            spooler.listeners += smtp.status_rows()
         spooler.metrics.add_live(lambda: smtp_metrics(sessions))
         if settings.http_listen:
+            from msgspool.web.app import HTTP_COUNTS
             from msgspool.web.app import start as start_http
 
             host, port = split_hostport(settings.http_listen, 8025)
             runner = await _listen("HTTP", f"{host}:{port}", start_http(spooler, host, port))
+            spooler.listeners.append(http_row(f"{host}:{port}", runner.app[HTTP_COUNTS], lambda: spooler.bus.listeners))
             log.info("http api on %s:%d", host, port)
         if settings.fetch:
             fetch = build_service(spooler, settings)
             spooler.fetch = fetch
             fetch.start()
+        spooler.listeners.append(sendmail_row(str(settings.spool_path), spooler.intake.check_space,
+                                              lambda: spooldir.free_bytes(settings.spool_path)))
+        spooler.watch_status()  # transport_status events for the rows that change
         log.info("msgspool %s ready: spool %s, local domains %s, relay %s", _version(), settings.spool_path,
                  ",".join(settings.local_domains), settings.relay or "(MX)")
         if ready is not None:
@@ -529,6 +551,7 @@ class DeliveryProcess:
         self._started.set()
         self.ready_at = asyncio.get_running_loop().time()
         self._standby_task = asyncio.ensure_future(self._keep_standby())
+        self.spooler.poke_status()
         log.info("delivery process %d started", self.process.pid)
 
     async def _handle(self, message: dict[str, Any]) -> dict[str, Any] | None:
@@ -561,6 +584,7 @@ class DeliveryProcess:
                 log.exception("supervising the delivery process failed")
                 self._kill()
             self.spooler.remote = None
+            self.spooler.poke_status()  # the spooler's row is in failure until the next one is ready
             if self._stopping:
                 return
             if self._reloading:

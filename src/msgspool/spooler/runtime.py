@@ -10,6 +10,7 @@ daemon that delivers, which is how `msgspool sendmail` and client applications s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import logging
 import os
@@ -24,6 +25,7 @@ from typing import IO, Any
 from msgspool import spooldir
 from msgspool.compose import complete_headers, header_recipients, header_sender, strip_bcc
 from msgspool.config import Settings
+from msgspool.domain import status as status_row
 from msgspool.domain.address import mailbox_key
 from msgspool.domain.aliases import ALIAS_COMMAND
 from msgspool.domain.dsn import MessageDSN, RecipientDSN, Ret, recipient_dsn
@@ -73,6 +75,7 @@ LOCK_ROLES = {LOCK_NAME: "delivering from", SERVE_LOCK_NAME: "serving"}
 SENT_RETENTION = 7 * 86400.0
 EVENT_RETENTION = 86400.0
 HOUSEKEEPING_INTERVAL = 300.0
+STATUS_WATCH_INTERVAL = 1.0  # seconds between looks for status table changes to push (watch_status)
 ALIASES_TRANSPORT = "aliases"  # the built-in pipe transport of the aliases' |command members
 SUPPRESSION_REFRESH = 1.0  # seconds between looks at the suppression list for intake's RCPT-time copy
 
@@ -238,7 +241,11 @@ class Spooler:
         self.delivery_process = False
         self.started_at: float | None = None
         self.fetch: FetchService | None = None  # the fetch accounts, in the daemon's intake process
+        # Rows of the status table the daemon adds: its listeners (SMTP, HTTP, sendmail intake).
+        self.listeners: list[Callable[[], dict[str, Any]]] = []
         self._housekeeping: asyncio.Task[None] | None = None
+        self._status_watch: asyncio.Task[None] | None = None
+        self._status_poked = asyncio.Event()
         self._watchdog: asyncio.Task[None] | None = None
         self._suppressions: asyncio.Task[None] | None = None
         self._suppression_signature: tuple[int, float | None] | None = None
@@ -360,6 +367,7 @@ class Spooler:
         if self.webhooks is not None:
             await self.webhooks.stop()
         await stop_task(self._housekeeping)
+        await stop_task(self._status_watch)
         await stop_task(self._watchdog)
         await stop_task(self._suppressions)
         if self._draining is not None:
@@ -795,58 +803,120 @@ class Spooler:
                 raise NotFound(message_id)
 
     def status(self) -> dict[str, Any]:
-        """The status table: the spooler's row and one per transport with its destinations."""
+        """The status table of this process (MAPI's; domain/status.py): the spooler's row, one per
+        transport with its destinations, one per listener the daemon registered (`listeners`)
+        and one per fetch account. Every row has status, inbound, outbound, counts,
+        status_string and status_code."""
+        active = self.scheduler.active
         rows: list[dict[str, Any]] = [{
             "name": "spooler", "kind": "spooler", "status": "online" if self.delivering else "offline",
-            "pid": os.getpid(), "started_at": self.started_at, "active": self.scheduler.active,
+            "pid": os.getpid(), "started_at": self.started_at, "active": active,
             "commits": self.store.commit_stats[0], "committed_writes": self.store.commit_stats[1],
             "event_subscribers": self.bus.listeners, "stuck_returned": self.scheduler.stuck_returned,
             "alarm": (f"watchdog gave back {self.scheduler.stuck_returned} stuck recipients"
-                      if self.scheduler.stuck_returned else None)}]
-        for transport in self.transports.values():
-            dests = [d for d in self.scheduler.destinations.values() if d.transport is transport]
-            failing = [d for d in dests if d.health.down or d.failure is not None]
-            reason = None
-            if failing:  # MAPI's status row in FAILURE: say why (the transport's error first)
-                worst = next((d for d in failing if d.failure is not None), failing[0])
-                last = worst.failure or worst.health.last_reply
-                reason = f"{worst.nexthop}: {last.line()}" if last else f"{worst.nexthop}: down"
-            since = self.scheduler.offline.get(transport.name)
-            if since is not None:
-                reason = f"transport {transport.name} is offline (since {iso(since)})"
-            rows.append({
-                "name": transport.name, "kind": "transport", "addrtypes": sorted(transport.addrtypes),
-                "status": "offline" if since is not None else "failure" if failing else "online", "reason": reason,
-                "offline": since is not None, "offline_since": iso(since),
-                "destinations": [{
-                    "name": d.nexthop, "status": "down" if d.health.down else "up", "connections": d.workers,
-                    "queued": len(d.jobs), "delivered": d.delivered, "deferred": d.deferred, "failed": d.failed,
-                    "last_error": d.failure.line() if d.failure else
-                    d.health.last_reply.line() if d.health.down and d.health.last_reply else None,
-                } for d in dests]})
-        return {"spooler": rows[0], "transports": rows[1:], "fetch": self.fetch.rows() if self.fetch else []}
+                      if self.scheduler.stuck_returned else None),
+            "inbound": status_row.direction(True), "outbound": status_row.direction(self.delivering, active > 0)}]
+        rows += [self._transport_row(transport) for transport in self.transports.values()]
+        return {"spooler": _spooler_complete(rows[0]), "transports": [status_row.complete(r) for r in rows[1:]],
+                "listeners": [status_row.complete(row()) for row in self.listeners],
+                "fetch": [_fetch_complete(r) for r in (self.fetch.rows() if self.fetch else [])]}
 
-    async def status_table(self) -> dict[str, Any]:
+    def _transport_row(self, transport: Transport) -> dict[str, Any]:
+        dests = [d for d in self.scheduler.destinations.values() if d.transport is transport]
+        failing = [d for d in dests if d.health.down or d.failure is not None]
+        reason = None
+        if failing:  # MAPI's status row in FAILURE: say why (the transport's error first)
+            worst = next((d for d in failing if d.failure is not None), failing[0])
+            last = worst.failure or worst.health.last_reply
+            reason = f"{worst.nexthop}: {last.line()}" if last else f"{worst.nexthop}: down"
+        since = self.scheduler.offline.get(transport.name)
+        if since is not None:
+            reason = f"transport {transport.name} is offline (since {iso(since)})"
+        sending = sum(len(d.inflight) for d in dests)
+        counts = {key: sum(getattr(d, key) for d in dests) for key in ("delivered", "deferred", "failed")}
+        counts.update(connections=sum(d.workers for d in dests), queued=sum(len(d.jobs) for d in dests),
+                      transactions=sending, destinations_down=sum(d.health.down for d in dests))
+        return {
+            "name": transport.name, "kind": "transport", "addrtypes": sorted(transport.addrtypes),
+            "status": "offline" if since is not None else "failure" if failing else "online", "reason": reason,
+            "offline": since is not None, "offline_since": iso(since),
+            "inbound": status_row.direction(False),
+            "outbound": status_row.direction(since is None and self.delivering, sending > 0), "counts": counts,
+            "destinations": [{
+                "name": d.nexthop, "status": "down" if d.health.down else "up",
+                "health": "down" if d.health.down else "up", "connections": d.workers,
+                "queued": len(d.jobs), "delivered": d.delivered, "deferred": d.deferred, "failed": d.failed,
+                "transactions": len(d.inflight),
+                "last_error": d.failure.line() if d.failure else
+                d.health.last_reply.line() if d.health.down and d.health.last_reply else None,
+            } for d in dests]}
+
+    async def status_table(self, *, backlog: bool = True) -> dict[str, Any]:
         """`status()`, completed by the delivery process's part when delivery runs in another one,
-        and the delivery nodes of the spool (`nodes`: the live ones, and the dead ones not yet pruned)."""
+        the delivery nodes of the spool (`nodes`: the live ones, and the dead ones not yet pruned)
+        and, with `backlog`, each destination's pending recipients in the store by status (also
+        of destinations delivery has not touched since it started)."""
         table = self.status()
         table["nodes"] = await self.store.nodes(time.time())
-        if self.remote is None:
-            return table
-        try:
-            remote = await self.remote.status()
-        except (ConnectionError, TimeoutError):
-            table["spooler"]["status"] = "failure"
-            table["spooler"]["delivery"] = "not answering"
-            return table
-        # The delivery process's event_subscribers is its forwarder to this process: 1 while
-        # someone listens here, else 0.
-        table["spooler"].update(status=remote["spooler"]["status"], active=remote["spooler"]["active"],
-                                stuck_returned=remote["spooler"].get("stuck_returned", 0),
-                                alarm=remote["spooler"].get("alarm"), delivery={k: remote["spooler"].get(k) for k in
-                                          ("pid", "commits", "committed_writes", "event_subscribers")})
-        table["transports"] = remote["transports"]
+        if self.remote is None and self.delivery_process:
+            table["spooler"].update(status="failure", outbound=status_row.direction(True),
+                                    status_string="the delivery process is starting")
+            _spooler_complete(table["spooler"])
+        if self.remote is not None:
+            try:
+                remote = await self.remote.status()
+            except (ConnectionError, TimeoutError):
+                table["spooler"].update(status="failure", delivery="not answering", outbound=status_row.direction(True),
+                                        status_string="the delivery process is not answering")
+                _spooler_complete(table["spooler"])
+                remote = None
+            if remote is not None:
+                # The delivery process's event_subscribers is its forwarder to this process: 1 while
+                # someone listens here, else 0.
+                table["spooler"].update(
+                    status=remote["spooler"]["status"], active=remote["spooler"]["active"],
+                    stuck_returned=remote["spooler"].get("stuck_returned", 0), alarm=remote["spooler"].get("alarm"),
+                    outbound=remote["spooler"].get("outbound", status_row.direction(True)), status_string="",
+                    delivery={k: remote["spooler"].get(k) for k in ("pid", "commits", "committed_writes",
+                                                                    "event_subscribers")})
+                _spooler_complete(table["spooler"])
+                table["transports"] = remote["transports"]
+        if backlog:
+            add_backlog(table["transports"], await self.store.destination_counts())
         return table
+
+    def watch_status(self, interval: float = STATUS_WATCH_INTERVAL) -> None:
+        """Push the status table's changes as `transport_status` events (MAPI's status table
+        notifications): every `interval` the rows of the spooler, the listeners and the fetch
+        accounts are compared with the last look, and each whose state or enabled directions
+        changed is told (`{"row", "kind", "name", "status", "previous", "status_code",
+        "status_string"}`). Transport rows tell their own changes: a destination down or up
+        again (Scheduler), offline or online (`set_offline`). Sessions and transactions that
+        merely start and end are not news."""
+        if self._status_watch is None:
+            self._status_watch = start_supervised("status-watch", lambda: self._status_loop(interval))
+
+    def poke_status(self) -> None:
+        """A row may have changed now (the delivery process died or is ready): look at once."""
+        self._status_poked.set()
+
+    async def _status_loop(self, interval: float) -> None:
+        seen: dict[str, tuple[str, int]] | None = None
+        while True:
+            self._status_poked.clear()
+            table = await self.status_table(backlog=False)
+            rows = [table["spooler"], *table["listeners"], *table["fetch"]]
+            if seen is not None:
+                now = time.time()
+                events = [Event(EventType.TRANSPORT_STATUS, None, now, detail={
+                    "row": status_row.key(row), "kind": row["kind"], "name": row["name"], "status": row["status"],
+                    "previous": seen.get(status_row.key(row), (None,))[0], "status_code": row["status_code"],
+                    "status_string": row["status_string"]}) for row in status_row.changes(seen, rows)]
+                if events:
+                    self.publish(await self.store.record_events(events))
+            seen = status_row.snapshot(rows)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._status_poked.wait(), interval)
 
     def _live_metrics(self) -> list[Metric]:
         """The destinations delivery knows here (none in the daemon's intake process)."""
@@ -888,3 +958,42 @@ class Spooler:
             self.remote.webhooks()
         elif not self.routing:  # `sendmail` or an API client: the daemon's dispatcher, if one runs
             control.notify(self.settings.spool_path, {"op": "wakeup"})
+
+
+def _spooler_complete(row: dict[str, Any]) -> dict[str, Any]:
+    """The spooler's row: its status string says whether it delivers and how much it holds."""
+    if not row.get("status_string") and row["status"] == "online":
+        row["status_string"] = f"delivering: {row['active']} recipients in hand"
+    elif not row.get("status_string") and row["status"] == "offline":
+        row["status_string"] = "not delivering in this process"
+    return status_row.complete(row)
+
+
+def _fetch_complete(row: dict[str, Any]) -> dict[str, Any]:
+    """A fetch account's row (spooler/fetch.py): an inbound transport, enabled unless stopped."""
+    row["inbound"] = status_row.direction(bool(row.get("inbound", True)))
+    row["outbound"] = status_row.direction(False)
+    row.setdefault("counts", {"fetched": row.get("fetched", 0)})
+    return status_row.complete(row)
+
+
+def add_backlog(transports: list[dict[str, Any]], counts: Sequence[tuple[str, str, str, int]]) -> None:
+    """Each destination's pending recipients in the store (`backlog`: by status, and `total`),
+    adding rows for destinations with a backlog that delivery holds nothing of (health unknown:
+    reported as up, never seen down); each transport gets its `backlog` total in `counts`."""
+    by_destination: dict[tuple[str, str], dict[str, int]] = {}
+    for transport, nexthop, status, n in counts:
+        by_destination.setdefault((transport, nexthop), {})[status] = n
+    for row in transports:
+        known = {d["name"]: d for d in row["destinations"]}
+        for transport, nexthop in sorted(by_destination):
+            if transport == row["name"] and nexthop and nexthop not in known:
+                known[nexthop] = {"name": nexthop, "status": "up", "health": "unknown", "connections": 0,
+                                  "queued": 0, "delivered": 0, "deferred": 0, "failed": 0, "transactions": 0,
+                                  "last_error": None}
+                row["destinations"].append(known[nexthop])
+        for name, dest in known.items():
+            backlog = dict(by_destination.get((row["name"], name), {}))
+            backlog["total"] = sum(backlog.values())
+            dest["backlog"] = backlog
+        row.setdefault("counts", {})["backlog"] = sum(d["backlog"]["total"] for d in row["destinations"])

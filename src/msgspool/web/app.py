@@ -28,6 +28,7 @@ from msgspool.domain.events import Event, EventType
 from msgspool.domain.message import MessageInfo
 from msgspool.domain.tokens import ADMIN, METRICS, READ, SUBMIT
 from msgspool.errors import NotFound
+from msgspool.listeners import HTTPCounts
 from msgspool.spooler import bulk
 from msgspool.spooler.events import EventFilter, Subscription
 from msgspool.spooler.metrics import CONTENT_TYPE, Metric, StoreFigures, exposition, from_wire, gauge, merge
@@ -43,6 +44,7 @@ from msgspool.web.suppressions import routes as suppression_routes
 
 log = logging.getLogger("msgspool.web")
 SPOOLER: web.AppKey[Spooler] = web.AppKey("spooler", Spooler)
+HTTP_COUNTS: web.AppKey[HTTPCounts] = web.AppKey("http_counts", HTTPCounts)  # the status table's http row
 DOCUMENT: web.AppKey[bytes] = web.AppKey("openapi", bytes)
 STORE_FIGURES: web.AppKey[StoreFigures] = web.AppKey("store_figures", StoreFigures)
 KEEPALIVE = 15.0
@@ -418,6 +420,22 @@ def _sse(event: Event) -> bytes:
     return f"id: {event.id}\nevent: {event.type}\ndata: {json.dumps(event.to_json())}\n\n".encode()
 
 
+def _counting(counts: HTTPCounts) -> Any:
+    """Requests so far and open now, for the status table (listeners.py)."""
+
+    @web.middleware
+    async def count(request: web.Request, handler: Any) -> web.StreamResponse:
+        counts.requests += 1
+        counts.open += 1
+        try:
+            response: web.StreamResponse = await handler(request)
+            return response
+        finally:
+            counts.open -= 1
+
+    return count
+
+
 Q, A, M = "queue", "actions", "mailboxes"
 ERR_ID = (404,)
 
@@ -491,9 +509,11 @@ def make_app(spooler: Spooler, host: str = "127.0.0.1", port: int = 8025) -> web
     body_limit = max(1 << 20, 2 * spooler.settings.message_size_limit + (64 << 10))
     access = Access(spooler.store, host, spooler.settings.trusted_networks)
     browser = Browser(host, port, spooler.settings.http_hosts)
-    app = web.Application(middlewares=[problems, access_middleware(access, browser, declared)],
+    counts = HTTPCounts()
+    app = web.Application(middlewares=[_counting(counts), problems, access_middleware(access, browser, declared)],
                           client_max_size=body_limit)
     app[SPOOLER] = app[SUPPRESSION_SPOOLER] = spooler
+    app[HTTP_COUNTS] = counts
     app[STORE_FIGURES] = StoreFigures(spooler.store)
     routes = api_routes()
     app[DOCUMENT] = json.dumps(openapi.document(routes)).encode()

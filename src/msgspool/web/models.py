@@ -227,11 +227,14 @@ class TransportState(Answer):
 
 
 class StatusTable(Answer):
-    """MAPI's status table: the spooler's row, one per transport with its destinations, the fetch
-    accounts, the delivery nodes, and the queue's counts by status."""
+    """MAPI's status table: the spooler's row, one per transport with its destinations, one per
+    listener (SMTP, HTTP, the sendmail intake), the fetch accounts, the delivery nodes, and the
+    queue's counts by status. Every row has status, inbound, outbound, counts, status_string and
+    status_code (domain/status.py)."""
 
     spooler: dict[str, Any]
     transports: list[dict[str, Any]]
+    listeners: list[dict[str, Any]]
     fetch: list[dict[str, Any]]
     nodes: list[dict[str, Any]]
     queue: dict[str, int]
