@@ -271,8 +271,9 @@ def check_transports(transports: dict[str, Any]) -> None:
 
 
 # Settings a reload cannot change in a running daemon (its listeners, its spool): kept, and logged.
+# log_format too: the intake process's log is set up once, and both processes' lines must agree.
 RESTART_ONLY = ("data_dir", "store", "smtp_listen", "smtps_listen", "submission_listen", "http_listen",
-                "delivery_process")
+                "delivery_process", "log_format")
 
 
 async def _serve(settings: Settings, ready: asyncio.Event | None,

@@ -71,3 +71,23 @@ def test_json_log_has_one_object_per_line_and_the_delivery_line_fields(
     pids = {e["pid"] for e in entries}
     assert len(pids) >= 2  # intake's lines and the delivery process's, in one format
     assert any(e["logger"] == "msgspool" and "ready" in e["message"] for e in entries)
+
+
+def test_a_reload_keeps_the_log_format_of_the_start(spool: Spool, relay: Sink, daemon: Daemon) -> None:
+    config = spool.data / "msgspool.toml"
+    config.write_text('log_format = "json"\n')
+    relay.start()
+    daemon.start()
+    config.write_text('log_format = "text"\n')
+    assert "reloaded" in spool.run("reload").stdout  # the delivery process is replaced by a new one
+    with smtplib.SMTP(*daemon.smtp_address, timeout=10) as smtp:
+        smtp.sendmail("alice@example.org", ["bob@example.net"], b"Subject: after\r\n\r\nhello\r\n")
+    spool.wait_for_sink(relay, 1)
+    wait_until(lambda: '"queue_id"' in daemon.log(), daemon)
+    assert daemon.stop() == 0, daemon.log_tail()
+    entries = json_lines(daemon)  # the new delivery process's lines too
+    assert any("log_format can only change with a restart" in e["message"] for e in entries)
+    children = [int(e["message"].split()[2]) for e in entries if e["message"].startswith("delivery process ")
+                and e["message"].endswith(" started")]
+    [line] = [e for e in entries if "queue_id" in e]
+    assert len(children) == 2 and line["pid"] == children[1], daemon.log_tail()  # the one started by the reload

@@ -62,9 +62,18 @@ def require() -> str:
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` distinct free loopback ports: all probes are held open until every port is chosen
+    (one probe at a time, the kernel may hand out one port twice: Dovecot then refuses to start,
+    "duplicate listener")."""
+    with contextlib.ExitStack() as stack:
+        probes = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [int(probe.getsockname()[1]) for probe in probes]
 
 
 class Dovecot:
@@ -77,12 +86,16 @@ class Dovecot:
         self.users = dict(users)
         self.quotas = dict(quotas or {})
         self.tls = tls  # (certificate chain, key), PEM: STARTTLS/STLS offered, POP3S and IMAPS listen
-        self.lmtp_port, self.pop3_port, self.imap_port = free_port(), free_port(), free_port()
-        self.pop3s_port, self.imaps_port = (free_port(), free_port()) if tls else (0, 0)
+        self._choose_ports()
         self.lmtp_socket = directory / "lmtp"
         self.log_path = directory / "dovecot.log"
         self.config_path = directory / "dovecot.conf"
         self._process: subprocess.Popen[bytes] | None = None
+
+    def _choose_ports(self) -> None:
+        ports = free_ports(5 if self.tls else 3)
+        self.lmtp_port, self.pop3_port, self.imap_port = ports[:3]
+        self.pop3s_port, self.imaps_port = (ports[3], ports[4]) if self.tls else (0, 0)
 
     def maildir(self, user: str) -> Path:
         """Where `user`'s mail is: a Maildir (new/, cur/, tmp/ once something was delivered)."""
@@ -112,19 +125,26 @@ class Dovecot:
         except FileNotFoundError:
             return ""
 
-    def start(self) -> Dovecot:
-        self._write_files()
-        with open(self.directory / "stderr", "wb") as stderr:  # the child keeps its own copy
-            self._process = subprocess.Popen([require(), "-F", "-c", str(self.config_path)],
-                                             stdout=subprocess.DEVNULL, stderr=stderr,
-                                             start_new_session=True)  # its children in a group of their own
-        RUNNING.append(self)
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop(remove=False)
-            raise
-        return self
+    def start(self, attempts: int = 3) -> Dovecot:
+        """Start; on ports another process took meanwhile (a free port is only free when chosen),
+        again on new ones, up to `attempts` times."""
+        for attempt in range(attempts):
+            self._write_files()
+            with open(self.directory / "stderr", "wb") as stderr:  # the child keeps its own copy
+                self._process = subprocess.Popen([require(), "-F", "-c", str(self.config_path)],
+                                                 stdout=subprocess.DEVNULL, stderr=stderr,
+                                                 start_new_session=True)  # its children in a group of their own
+            RUNNING.append(self)
+            try:
+                self._wait_ready()
+                return self
+            except BaseException:
+                self.stop(remove=False)
+                said = self.log() + (self.directory / "stderr").read_text(errors="replace")
+                if attempt == attempts - 1 or not ("Address already in use" in said or "duplicate listener" in said):
+                    raise
+                self._choose_ports()
+        raise AssertionError("unreachable")
 
     def stop(self, *, remove: bool = True) -> None:
         """Stop Dovecot (SIGTERM, then SIGKILL); idempotent."""

@@ -39,6 +39,8 @@ def common_errors(route: Route) -> list[int]:
         codes |= {403, 415}  # cross-origin; a body not declared JSON (CORS "simple requests")
     if route.query is not None or route.body is not None or PATH_PARAM.search(route.path):
         codes.add(400)
+    if PATH_PARAM.search(route.path):
+        codes.add(404)  # no such message, transport, mailbox, entry
     if route.body is not None:
         codes.add(413)
     return sorted(codes | set(route.errors))
@@ -150,8 +152,10 @@ def _responses(route: Route, schemas: dict[Any, Any]) -> dict[str, Any]:
     ok: dict[str, Any] = {"description": phrase(route.status)}
     if route.answer is not None:
         ok["content"] = {JSON: {"schema": schemas[_key(route, "answer")]}}
+    elif route.produces == JSON:  # made by hand (this document): an object
+        ok["content"] = {JSON: {"schema": {"type": "object"}}}
     elif route.produces:
-        ok["content"] = {route.produces: {"schema": {"type": "string"}}}
+        ok["content"] = {route.produces: {"schema": {"type": "string", "contentMediaType": route.produces}}}
     if headers:
         ok["headers"] = headers
     responses: dict[str, Any] = {str(route.status): ok}
