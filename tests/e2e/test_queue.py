@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -191,7 +192,7 @@ def test_delete_and_hold_of_a_message_in_flight_say_unable_to_abort(spool: Spool
     import urllib.error
     import urllib.request
 
-    relay.data_delay = 6.0  # the transaction waits at the end of data (CLI calls take ~0.4 s each)
+    relay.data_gate = threading.Event()  # the transaction waits at the end of data until the checks are done
     relay.start()
     daemon.start()
     spool.sendmail(tagged_message("inflight"), "-t")
@@ -212,6 +213,7 @@ def test_delete_and_hold_of_a_message_in_flight_say_unable_to_abort(spool: Spool
     assert caught.value.headers["Content-Type"].startswith("application/problem+json")
     body = json.loads(caught.value.read())
     assert body["detail"] == "unable to abort: in flight" and body["in_flight"] == {message_id: ["rcpt@example.com"]}
+    relay.data_gate.set()
     spool.wait_until(lambda: received_tags(relay) == ["inflight"], "the delivery the transport had", timeout=15)
     spool.wait_until(lambda: spool.queue() == [], "the message to finish")
     assert received_tags(relay) == ["inflight"]

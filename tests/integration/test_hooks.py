@@ -359,3 +359,24 @@ async def _wait_folder(spooler: Any, mailbox: str) -> list[dict[str, Any]]:
             return found
         await asyncio.sleep(0.02)
     raise AssertionError(f"nothing filed for {mailbox}")
+
+
+async def test_a_resend_sends_the_content_as_submitted_through_the_hooks_once_more(
+        spooler_factory: SpoolerFactory, demo_distribution: None) -> None:
+    """`queue resend` (issue 12.7): the resend starts from what was submitted, not from what the
+    hooks made of it, so a hook's edit is in the resent message once, not twice."""
+    down = Sink()  # not started: the first message expires waiting for it
+    async with spooler_factory(relay=down.address, hooks=hooks("in_place"), max_lifetime=2) as spooler:
+        original = await spooler.submit(submission("b@example.com", content=mail("again")))
+        await wait_status(spooler, original, {"expired"}, timeout=8.0)
+        assert (await spooler.content(original)).count(b"X-Edited: in place") == 1
+        down.start()
+        try:
+            resent = await spooler.resend(original)
+            info = await wait_status(spooler, resent["id"], {"delivered"})
+            [got] = [m for m in down.messages if m.recipients == ["b@example.com"]]
+        finally:
+            down.stop()
+    assert got.content.count(b"X-Edited: in place") == 1 and b"Subject: again" in got.content
+    assert info["resend_of"] == original
+    assert [(h["stage"], h["outcome"]) for h in info["history"]] == [("submission", "resend"), ("outbound", "changed")]

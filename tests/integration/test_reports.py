@@ -367,3 +367,23 @@ async def test_a_report_that_cannot_be_written_does_not_hold_up_the_others(spool
         assert block["Final-Recipient"] == "rfc822; other@example.org"
         assert await spooler.store.pending_reports() == []  # the broken one is dropped, not retried forever
     assert broken != fine
+
+
+async def test_mail_waiting_for_an_offline_transport_gets_its_delay_notice_then_expires(
+        spooler_factory: SpoolerFactory, sink: Sink) -> None:
+    """Issue 12.7, as Postfix's defer_transports: waiting for an offline transport is a deferral
+    like any other — no attempt is counted, but the delay notice and the lifetime run on."""
+    async with spooler_factory(relay=sink.address, local_domains=["example.org"], delay_warning_time=1,
+                               max_lifetime=4) as spooler:
+        await spooler.set_offline("smtp")
+        message_id = await spooler.submit(submission("a@example.org", "b@example.com"))
+        (notice,) = await inbox(spooler, "a@example.org", 1, timeout=4.0)
+        [r] = (await spooler.message(message_id))["recipients"]
+        (block,) = status_blocks(await report_of(spooler, notice))
+        await wait_status(spooler, message_id, {"expired"}, timeout=8.0)
+        delayed, ndr = await no_more_reports(spooler, "a@example.org", 2, wait=0.3)
+    assert (r["status"], r["attempts"], r["last_reply"]) == ("deferred", 0, "421 4.3.2 transport smtp is offline")
+    assert notice["message_class"] == "REPORT.IPM.Note.Delayed" and delayed["id"] == notice["id"]
+    assert (block["Action"], block["Status"]) == ("delayed", "4.3.2")
+    assert ndr["message_class"] == "REPORT.IPM.Note.NDR"
+    assert sink.connections == 0 and sink.count() == 0

@@ -62,26 +62,40 @@ def require() -> str:
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` distinct free loopback ports: all probes are held open until every port is chosen
+    (one probe at a time, the kernel may hand out one port twice: Dovecot then refuses to start,
+    "duplicate listener")."""
+    with contextlib.ExitStack() as stack:
+        probes = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [int(probe.getsockname()[1]) for probe in probes]
 
 
 class Dovecot:
     """One running Dovecot; `stop()` (or leaving the `with`) ends it and removes its directory."""
 
     def __init__(self, directory: Path, users: Mapping[str, str], quotas: Mapping[str, str] | None = None,
-                 tls: tuple[Path, Path] | None = None) -> None:
+                 tls: tuple[Path, Path] | None = None, config: str = "") -> None:
         self.directory = directory
+        self.extra_config = config  # settings appended to the generated dovecot.conf (later ones win)
         self.users = dict(users)
         self.quotas = dict(quotas or {})
         self.tls = tls  # (certificate chain, key), PEM: STARTTLS/STLS offered, POP3S and IMAPS listen
-        self.lmtp_port, self.pop3_port, self.imap_port = free_port(), free_port(), free_port()
-        self.pop3s_port, self.imaps_port = (free_port(), free_port()) if tls else (0, 0)
+        self._choose_ports()
         self.lmtp_socket = directory / "lmtp"
         self.log_path = directory / "dovecot.log"
         self.config_path = directory / "dovecot.conf"
         self._process: subprocess.Popen[bytes] | None = None
+
+    def _choose_ports(self) -> None:
+        ports = free_ports(5 if self.tls else 3)
+        self.lmtp_port, self.pop3_port, self.imap_port = ports[:3]
+        self.pop3s_port, self.imaps_port = (ports[3], ports[4]) if self.tls else (0, 0)
 
     def maildir(self, user: str) -> Path:
         """Where `user`'s mail is: a Maildir (new/, cur/, tmp/ once something was delivered)."""
@@ -111,19 +125,26 @@ class Dovecot:
         except FileNotFoundError:
             return ""
 
-    def start(self) -> Dovecot:
-        self._write_files()
-        with open(self.directory / "stderr", "wb") as stderr:  # the child keeps its own copy
-            self._process = subprocess.Popen([require(), "-F", "-c", str(self.config_path)],
-                                             stdout=subprocess.DEVNULL, stderr=stderr,
-                                             start_new_session=True)  # its children in a group of their own
-        RUNNING.append(self)
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop(remove=False)
-            raise
-        return self
+    def start(self, attempts: int = 3) -> Dovecot:
+        """Start; on ports another process took meanwhile (a free port is only free when chosen),
+        again on new ones, up to `attempts` times."""
+        for attempt in range(attempts):
+            self._write_files()
+            with open(self.directory / "stderr", "wb") as stderr:  # the child keeps its own copy
+                self._process = subprocess.Popen([require(), "-F", "-c", str(self.config_path)],
+                                                 stdout=subprocess.DEVNULL, stderr=stderr,
+                                                 start_new_session=True)  # its children in a group of their own
+            RUNNING.append(self)
+            try:
+                self._wait_ready()
+                return self
+            except BaseException:
+                self.stop(remove=False)
+                said = self.log() + (self.directory / "stderr").read_text(errors="replace")
+                if attempt == attempts - 1 or not ("Address already in use" in said or "duplicate listener" in said):
+                    raise
+                self._choose_ports()
+        raise AssertionError("unreachable")
 
     def stop(self, *, remove: bool = True) -> None:
         """Stop Dovecot (SIGTERM, then SIGKILL); idempotent."""
@@ -234,6 +255,7 @@ service imap-login {{
     port = {self.imaps_port}
   }}
 }}
+{self.extra_config}
 """
 
     def _ssl(self) -> str:
@@ -287,11 +309,21 @@ def _accounts() -> tuple[tuple[str, str], str, tuple[int, int]]:
 
 
 def start(users: Mapping[str, str], *, quotas: Mapping[str, str] | None = None,
-          tls: tuple[Path, Path] | None = None) -> Dovecot:
+          tls: tuple[Path, Path] | None = None, config: str = "") -> Dovecot:
     """A running Dovecot with these users (name -> password), in a fresh temporary directory (short,
     so the Unix socket's path fits the 108-byte limit). `quotas`: a storage limit per user, e.g.
     {"carol": "1K"} (none by default). `tls`: PEM files (certificate chain, key) that turn TLS on:
-    STARTTLS and STLS offered, POP3S on `pop3s_port` and IMAPS on `imaps_port` (off by default)."""
+    STARTTLS and STLS offered, POP3S on `pop3s_port` and IMAPS on `imaps_port` (off by default).
+    `config`: more dovecot.conf settings, e.g. 'imap_capability = IMAP4rev1' (a server offering less)."""
     require()
-    directory = Path(tempfile.mkdtemp(prefix="dovecot-"))
-    return Dovecot(directory, users, quotas, tls).start()
+    for attempt in range(3):
+        directory = Path(tempfile.mkdtemp(prefix="dovecot-"))
+        try:
+            return Dovecot(directory, users, quotas, tls, config).start()
+        except RuntimeError as err:
+            # A free port taken by another process between the probe and Dovecot's bind (tests
+            # run side by side): new ports, a new directory.
+            shutil.rmtree(directory, ignore_errors=True)
+            if "Address already in use" not in str(err) or attempt == 2:
+                raise
+    raise AssertionError("unreachable")

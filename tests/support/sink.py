@@ -5,7 +5,8 @@ Per-recipient behaviour is scripted by local part: ``fail5xx-*`` gets 550, ``fai
 Every accepted message is kept as (sender, recipients, content), with the TLS version and the
 account of its session. `greeting` replaces the 220 greeting, `rcpt_reply` every RCPT's answer;
 `hangup_on` drops the session at that verb. `data_delay` makes it a slow next
-hop: each message is answered that many seconds after its content arrived.
+hop: each message is answered that many seconds after its content arrived; `data_gate` (a
+threading.Event) holds each answer until the test sets it (at most 60 s).
 
 TLS and AUTH, for the outbound security tests: `tls` (an SSLContext, e.g. from a trustme
 certificate) offers STARTTLS, or with `implicit_tls` wraps every session from the first byte (port
@@ -45,6 +46,7 @@ class Sink:
     smtputf8: bool = False  # advertise SMTPUTF8 (RFC 6531)
     commands: list[str] = field(default_factory=list)  # every MAIL and RCPT line, as received
     data_delay: float = 0.0  # seconds before the reply to the end of data
+    data_gate: threading.Event | None = None  # with it: the reply to the end of data waits until it is set
     tls: ssl.SSLContext | None = None  # offer STARTTLS with this server context
     implicit_tls: bool = False  # with `tls`: every session is TLS from the start
     starttls_reply: bytes = b"220 2.0.0 Ready to start TLS\r\n"
@@ -91,6 +93,8 @@ class Sink:
     def stop(self) -> None:
         if self._loop is None:
             return
+        if self.data_gate is not None:
+            self.data_gate.set()  # a session waiting at the gate ends with the rest
         loop = self._loop
 
         async def shutdown() -> None:
@@ -178,6 +182,8 @@ class Sink:
                     content = data[:-3].replace(b"\r\n..", b"\r\n.")
                     if self.data_delay:
                         await asyncio.sleep(self.data_delay)
+                    if self.data_gate is not None:
+                        await asyncio.to_thread(self.data_gate.wait, 60.0)
                     with self._lock:
                         self.messages.append(Received(state.sender, state.recipients, content, state.tls, state.user))
                     writer.write(b"250 2.0.0 Ok: queued\r\n")
