@@ -212,3 +212,18 @@ def test_intake_gives_a_command_member_its_address_type_and_refuses_that_type_fr
     with pytest.raises(SubmitError) as refused:
         i.build(Submission("app@example.org", ["/bin/sh -c id"], CONTENT, addrtypes=[ALIAS_COMMAND]))
     assert refused.value.reply.code == 550
+
+
+def test_a_sender_asking_for_success_gets_expanded_for_the_alias_and_its_members_are_not_asked_again() -> None:
+    success_failure = RecipientDSN(frozenset({Notify.SUCCESS, Notify.FAILURE}))
+    message, _copies = intake().build(Submission("", ["root@localhost"], CONTENT, recipient_dsn=[success_failure]))
+    [alias, ops] = message.recipients
+    assert (alias.address, alias.status, alias.next_attempt_at, alias.report_owed) == (
+        "root@localhost", Status.DELIVERED, None, Action.EXPANDED)
+    assert ops.address == "ops@example.org" and ops.dsn is not None
+    assert ops.dsn.notify == frozenset({Notify.FAILURE}) and ops.dsn.orcpt is not None  # RFC 3461 6.2.7.3
+    only_success = RecipientDSN(frozenset({Notify.SUCCESS}))
+    message, _copies = intake().build(Submission("", ["root@localhost"], CONTENT, recipient_dsn=[only_success]))
+    assert message.recipients[1].dsn is not None and message.recipients[1].dsn.never  # SUCCESS alone: NEVER
+    message, _copies = intake().build(Submission("", ["root@localhost"], CONTENT))  # nothing asked: no row
+    assert [r.address for r in message.recipients] == ["ops@example.org"]

@@ -173,6 +173,15 @@ class RecipientDSN:
         return self.notify is not None and event in self.notify
 
 
+def without_success(request: RecipientDSN | None) -> RecipientDSN | None:
+    """What the members of an alias are asked for: the alias's NOTIFY minus SUCCESS (SUCCESS alone
+    becomes NEVER), since the alias itself reports `expanded` — RFC 3461 §6.2.7.3's second way,
+    Postfix's too; ORCPT stays."""
+    if request is None or request.notify is None or Notify.SUCCESS not in request.notify:
+        return request
+    return RecipientDSN(request.notify - {Notify.SUCCESS}, request.orcpt)
+
+
 @dataclass(frozen=True, slots=True)
 class MessageDSN:
     """The message's request: ``ret`` (None when not given) and ``envid`` (decoded)."""

@@ -40,6 +40,7 @@ class Recipient:
     last_attempt_at: float | None = None
     index: int = 0  # position within the message; with the message id, the recipient's key
     dsn: RecipientDSN | None = None  # RFC 3461 NOTIFY / ORCPT, when the submitter gave them
+    handoff: Handoff = Handoff.FINAL  # how one final at submission left: an alias expanded there says EXPANDED
 
     @property
     def destination(self) -> str | None:
@@ -52,7 +53,8 @@ class Recipient:
         """The report a recipient that is final already when submitted owes its sender: filed into
         a local mailbox (a DR when NOTIFY asked for SUCCESS), or failed (no route, no such mailbox).
         Outcomes reached later are judged when they are settled."""
-        return report_action(self.status, self.dsn or RecipientDSN()) if self.status.final else None
+        return report_action(self.status, self.dsn or RecipientDSN(), handoff=self.handoff) if self.status.final \
+            else None
 
 
 @dataclass(slots=True)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from msgspool.domain import address as addr
 from msgspool.domain.aliases import ALIAS_COMMAND, AliasTable, Expanded
 from msgspool.domain.content import canonical, count_hops, header_priority
-from msgspool.domain.dsn import Handoff, MessageDSN, OriginalRecipient, RecipientDSN
+from msgspool.domain.dsn import Handoff, MessageDSN, Notify, OriginalRecipient, RecipientDSN, without_success
 from msgspool.domain.hooks import HookRecord
 from msgspool.domain.ids import new_id
 from msgspool.domain.mdn import original_recipient_header
@@ -137,6 +137,9 @@ class Intake:
                     seen.add((addrtype, address.lower()))
                     self._add(message, copies, Recipient(address, addrtype, rtype, dsn=dsn), now, route)
                 continue
+            if dsn is not None and dsn.asks(Notify.SUCCESS) and (addrtype, address.lower()) not in seen:
+                seen.add((addrtype, address.lower()))  # the alias itself reports `expanded` (RFC 3461 §6.2.7.3)
+                self._add(message, copies, self._expanded(address, rtype, dsn, len(expanded), now), now, route)
             for member in expanded:
                 if (member.addrtype, member.address.lower()) in seen:
                     continue
@@ -155,7 +158,8 @@ class Intake:
 
     def _add(self, message: Message, copies: list[Message], recipient: Recipient, now: float, route: bool) -> None:
         recipient.index = len(message.recipients)
-        recipient.next_attempt_at = max(now, message.deliver_after or now)
+        waiting = recipient.status is Status.QUEUED
+        recipient.next_attempt_at = max(now, message.deliver_after or now) if waiting else None
         message.recipients.append(recipient)
         if route and recipient.status is Status.QUEUED:
             copy = self.route(message, recipient, now)
@@ -168,14 +172,20 @@ class Intake:
         its DSN names the address the sender wrote (RFC 3461 §4.2: a relay that adds ORCPT gives
         the address of the RCPT it received), and what the sender asked NOTIFY for."""
         orcpt = dsn.orcpt if dsn is not None and dsn.orcpt is not None else OriginalRecipient.for_address(original)
-        recipient = Recipient(member.address, member.addrtype, rtype, dsn=RecipientDSN(dsn.notify if dsn else None,
-                                                                                           orcpt))
+        request = without_success(dsn)
+        notify = request.notify if request is not None else None
+        recipient = Recipient(member.address, member.addrtype, rtype, dsn=RecipientDSN(notify, orcpt))
         message.history += (HookRecord("aliases", "expanded", member.describe()),)
         if member.refusal is not None:
             recipient.status, recipient.last_reply = Status.FAILED, member.refusal
         self._add(message, copies, recipient, now, route)
-        if member.refusal is not None:
-            recipient.next_attempt_at = None
+
+    @staticmethod
+    def _expanded(address: str, rtype: RecipientType, dsn: RecipientDSN, members: int, now: float) -> Recipient:
+        """The alias itself, kept when its sender asked for SUCCESS: done, owing an `expanded` report."""
+        return Recipient(address, addr.SMTP, rtype, transport=LOCAL, nexthop="aliases", status=Status.DELIVERED,
+                         last_reply=Reply(250, "2.0.0", f"alias expanded to {members} recipients"),
+                         last_attempt_at=now, attempts=1, dsn=dsn, handoff=Handoff.EXPANDED)
 
     def expand_later(self, message: Message, r: Recipient, now: float) -> Settlement | None:
         """An alias the submitter did not expand (`sendmail`: routing is the daemon's), expanded by
@@ -186,7 +196,8 @@ class Intake:
                 or not self.router.is_local(r.address):
             return None
         sub = Submission(message.sender, [r.address], message.content, types=[r.type], mailbox=message.mailbox,
-                         recipient_dsn=[r.dsn], message_class=message.message_class, priority=message.priority,
+                         recipient_dsn=[without_success(r.dsn)], message_class=message.message_class,
+                         priority=message.priority,
                          expires_at=message.expires_at, max_attempts=message.max_attempts, origin=ALIASES_ORIGIN,
                          meta={"expanded_from": message.id}, dsn=message.dsn)
         try:

@@ -687,7 +687,9 @@ class Spooler:
         due recipients wait as `deferred` ("transport NAME is offline"), no attempt counted;
         delay notices and the lifetime run on as for any deferral. Online, what waited for it is
         due at once. A `transport_status` event tells of the change."""
-        self._require_transport(transport)
+        # `online` also clears the flag of a transport the configuration no longer has.
+        if offline or transport not in await self.store.offline_transports():
+            self._require_transport(transport)
         now = time.time()
         changed = await self.store.set_transport_offline(transport, offline, now)
         released = 0 if offline else await self.store.release_transport(transport, now)
