@@ -174,3 +174,14 @@ def test_a_transport_put_offline_with_the_daemon_down_is_offline_when_it_starts(
     assert unknown.returncode == 1 and "no transport nosuch (known: smtp, partner)" in unknown.stderr, unknown
     status, body = post(two_routes, "/api/transports/nosuch/offline")
     assert status == 404 and "no transport nosuch" in body["detail"], body
+
+
+def test_a_transport_left_offline_and_then_removed_from_the_configuration_can_be_put_online(
+        spool: Spool, relay: Sink, partner: Sink, two_routes: Daemon) -> None:
+    spool.sendmail(tagged_message("makes-the-spool"), "-t")
+    assert spool.run("transport", "offline", "partner").returncode == 0
+    (spool.data / "msgspool.toml").write_text("")  # partner is gone from the configuration
+    assert transport_row(spool, "smtp")["offline"] is False
+    assert spool.run("transport", "offline", "partner", ok=False).returncode == 1  # unknown now
+    assert spool.run("transport", "online", "partner").stdout.startswith("transport partner is online")
+    assert spool.run("transport", "online", "partner", ok=False).returncode == 1  # and now it is gone

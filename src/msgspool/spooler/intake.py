@@ -299,7 +299,8 @@ class Intake:
             id=new_id(now), sender=message.sender, content=message.content, recipients=[],
             submitted_at=now, mailbox=mailbox, folder=folder, message_class=message.message_class,
             priority=message.priority, origin=message.origin,
-            headers_prefix="".join(f"{h}\r\n" for h in lines).encode(), flags=tuple(flags))
+            headers_prefix="".join(f"{h}\r\n" for h in lines).encode(), flags=tuple(flags),
+            copy_of=message.id, copy_for=recipient.address)
 
 
 def mark_active(message: Message) -> None:
