@@ -73,8 +73,9 @@ async def control_handler(spooler: Spooler, request: dict[str, Any]) -> dict[str
     if op == "bulk":  # one chunk of a bulk action by selector (spooler/bulk.py)
         return {"ok": True, **await bulk.apply_chunk(spooler, str(request.get("action")), list(ids or []))}
     if op in ("read", "unread"):
+        targets = await spooler.read_targets(list(ids or []))
         sent = await spooler.mark_read(list(ids or []), op == "read", mdn=request.get("mdn"))
-        return {"ok": True, "ids": list(ids or []), "mdn": sent}
+        return {"ok": True, "ids": list(ids or []), "targets": targets, "mdn": sent}
     if op == "status":
         return {"ok": True, "status": await spooler.status_table()}
     if op == "resend":
@@ -364,6 +365,10 @@ async def _serve(settings: Settings, ready: asyncio.Event | None,
             spooler.on_drain = shutdown.signal  # `msgspool node drain --owner`: as on SIGTERM
             await spooler.start(deliver=True)
             await _check_http_exposure(spooler, settings)
+        if settings.fetch:  # checked before anything listens; started once everything does
+            fetch = build_service(spooler, settings)
+            spooler.fetch = fetch
+
         async def handle(request: dict[str, Any]) -> dict[str, Any]:
             if request.get("op") == "reload":
                 return await reload()
@@ -391,9 +396,7 @@ async def _serve(settings: Settings, ready: asyncio.Event | None,
             runner = await _listen("HTTP", f"{host}:{port}", start_http(spooler, host, port))
             spooler.listeners.append(http_row(f"{host}:{port}", runner.app[HTTP_COUNTS], lambda: spooler.bus.listeners))
             log.info("http api on %s:%d", host, port)
-        if settings.fetch:
-            fetch = build_service(spooler, settings)
-            spooler.fetch = fetch
+        if fetch is not None:
             fetch.start()
         spooler.listeners.append(sendmail_row(str(settings.spool_path), lambda: spooler.intake.check_space(LOW_ROOM),
                                               lambda: spooldir.free_bytes(settings.spool_path)))

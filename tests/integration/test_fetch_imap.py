@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import imaplib
+import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +84,7 @@ async def test_move_puts_them_into_the_folder_creating_it_and_a_flagged_copy_is_
         assert await fetcher(spooler).once() == 0
         assert folder_state(dovecot_server) == []
         assert len(folder_state(dovecot_server, "Fetched.Done")) == 2  # Dovecot's Maildir++ delimiter
+        assert deleted_by_sessions(dovecot_server) == 0  # UID MOVE, offered by Dovecot
         assert await subjects(spooler) == ["one", "two"]
 
 
@@ -118,3 +121,43 @@ async def test_a_wrong_password_is_login_refused(
         with pytest.raises(LoginRefused, match="refused the login of alice"):
             await f.once()
         assert f.row()["status"] == "failure"
+
+
+@pytest.fixture
+def plain_imap() -> Iterator[dovecot.Dovecot]:
+    """A Dovecot that offers IMAP4rev1 alone: no MOVE, UIDPLUS or IDLE (it accepts them all the same,
+    so only what the client chose to send shows what it read from CAPABILITY)."""
+    with dovecot.start(DOVECOT_USERS, config="imap_capability = IMAP4rev1 LITERAL+\n") as server:
+        yield server
+
+
+async def test_without_move_and_uidplus_a_move_is_copy_delete_expunge_and_without_idle_a_poll(
+        spooler_factory: SpoolerFactory, plain_imap: dovecot.Dovecot, tmp_path: Path) -> None:
+    plain_imap.deliver("alice", message("copied"))
+    async with spooler_factory(fetch=[account(plain_imap, tmp_path, after="move:Archive", interval=0.3)]) as spooler:
+        service = build_service(spooler, spooler.settings)
+        service.start()
+        try:
+            f = service.fetchers[0]
+            for _ in range(200):
+                if f.fetched == 1:
+                    break
+                await asyncio.sleep(0.05)
+            plain_imap.deliver("alice", message("polled"))
+            for _ in range(200):  # no IDLE: the next poll, an interval later, takes it
+                if f.fetched == 2:
+                    break
+                assert not f.idling
+                await asyncio.sleep(0.05)
+            assert f.fetched == 2
+        finally:
+            await service.stop()
+        assert await subjects(spooler) == ["copied", "polled"]
+    assert folder_state(plain_imap) == []
+    assert len(folder_state(plain_imap, "Archive")) == 2
+    assert deleted_by_sessions(plain_imap) == 2  # COPY, then \Deleted and EXPUNGE: a MOVE deletes nothing
+
+
+def deleted_by_sessions(server: dovecot.Dovecot) -> int:
+    r"""The messages Dovecot's IMAP sessions of alice flagged \Deleted and expunged (its log's summary)."""
+    return sum(int(n) for n in re.findall(r"imap\(alice\).*Logged out .* deleted=(\d+)", server.log()))

@@ -121,8 +121,11 @@ async def test_a_wrong_password_is_a_failure_with_a_log_line_and_the_other_accou
                 account(dovecot_server, tmp_path, user="bob", name="bobs", mailbox="bob@localhost", interval=0.2)]
     caplog.set_level(logging.INFO, logger="msgspool.fetch")
     async with spooler_factory(fetch=accounts) as spooler:
+        news = spooler.events(types=[EventType.TRANSPORT_STATUS])
         service = build_service(spooler, spooler.settings)
         spooler.fetch = service
+        spooler.watch_status(interval=60)  # as serve does; an account's change makes it look at once
+        await asyncio.sleep(0.1)  # its first look: what all rows are before the accounts start
         with pytest.raises(LoginRefused, match="refused the login of alice"):
             await service.fetchers[0].once()
         service.start()
@@ -137,6 +140,10 @@ async def test_a_wrong_password_is_a_failure_with_a_log_line_and_the_other_accou
         assert rows["work"]["status"] == "failure" and "refused the login of alice" in rows["work"]["reason"]
         assert rows["bobs"]["status"] == "online" and rows["bobs"]["fetched"] == 1
         assert await subjects(spooler, "bob@localhost") == ["for bob"]
+        told = [await asyncio.wait_for(news.__anext__(), 5) for _ in range(2)]
+        assert {(e.detail["kind"], e.detail["name"], e.detail["status"]) for e in told} == {
+            ("fetch", "work", "failure"), ("fetch", "bobs", "online")}
+        assert all(e.id for e in told)  # recorded: a client resuming by event id sees them too
     lines = [r.getMessage() for r in caplog.records]
     assert any("fetch work: status=failure login refused" in line for line in lines)
     assert not any(wrong in line for line in lines)

@@ -80,8 +80,9 @@ class Dovecot:
     """One running Dovecot; `stop()` (or leaving the `with`) ends it and removes its directory."""
 
     def __init__(self, directory: Path, users: Mapping[str, str], quotas: Mapping[str, str] | None = None,
-                 tls: tuple[Path, Path] | None = None) -> None:
+                 tls: tuple[Path, Path] | None = None, config: str = "") -> None:
         self.directory = directory
+        self.extra_config = config  # settings appended to the generated dovecot.conf (later ones win)
         self.users = dict(users)
         self.quotas = dict(quotas or {})
         self.tls = tls  # (certificate chain, key), PEM: STARTTLS/STLS offered, POP3S and IMAPS listen
@@ -254,6 +255,7 @@ service imap-login {{
     port = {self.imaps_port}
   }}
 }}
+{self.extra_config}
 """
 
     def _ssl(self) -> str:
@@ -307,11 +309,21 @@ def _accounts() -> tuple[tuple[str, str], str, tuple[int, int]]:
 
 
 def start(users: Mapping[str, str], *, quotas: Mapping[str, str] | None = None,
-          tls: tuple[Path, Path] | None = None) -> Dovecot:
+          tls: tuple[Path, Path] | None = None, config: str = "") -> Dovecot:
     """A running Dovecot with these users (name -> password), in a fresh temporary directory (short,
     so the Unix socket's path fits the 108-byte limit). `quotas`: a storage limit per user, e.g.
     {"carol": "1K"} (none by default). `tls`: PEM files (certificate chain, key) that turn TLS on:
-    STARTTLS and STLS offered, POP3S on `pop3s_port` and IMAPS on `imaps_port` (off by default)."""
+    STARTTLS and STLS offered, POP3S on `pop3s_port` and IMAPS on `imaps_port` (off by default).
+    `config`: more dovecot.conf settings, e.g. 'imap_capability = IMAP4rev1' (a server offering less)."""
     require()
-    directory = Path(tempfile.mkdtemp(prefix="dovecot-"))
-    return Dovecot(directory, users, quotas, tls).start()
+    for attempt in range(3):
+        directory = Path(tempfile.mkdtemp(prefix="dovecot-"))
+        try:
+            return Dovecot(directory, users, quotas, tls, config).start()
+        except RuntimeError as err:
+            # A free port taken by another process between the probe and Dovecot's bind (tests
+            # run side by side): new ports, a new directory.
+            shutil.rmtree(directory, ignore_errors=True)
+            if "Address already in use" not in str(err) or attempt == 2:
+                raise
+    raise AssertionError("unreachable")

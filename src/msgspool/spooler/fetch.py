@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -50,6 +51,7 @@ log = logging.getLogger("msgspool.fetch")
 BACKOFF_MIN = 5.0  # seconds before the first retry of a failed account (or its interval, if shorter)
 BACKOFF_MAX = 1800.0
 ORIGIN = "fetch"
+StatusReport = Callable[[str, str, "str | None"], Awaitable[None]]  # (account, status, reason)
 STOP_WAIT = 5.0
 
 
@@ -67,8 +69,10 @@ class Fetcher:
     """One account's loop, and its row in the status table."""
 
     def __init__(self, account: FetchAccount, transport: InboundTransport, store: Fetched,
-                 submit: Callable[[Submission], Awaitable[str]], *, hostname: str, size_limit: int = 0) -> None:
+                 submit: Callable[[Submission], Awaitable[str]], *, hostname: str, size_limit: int = 0,
+                 on_status: StatusReport | None = None) -> None:
         self.account, self.transport, self.store, self.submit = account, transport, store, submit
+        self.on_status = on_status  # told when the account goes online or into failure
         self.hostname, self.size_limit = hostname, size_limit
         self.status = "offline"  # online | failure | offline (not connected yet, or stopped)
         self.last_error: str | None = None
@@ -86,7 +90,7 @@ class Fetcher:
                 await self._session()
                 delay = self.account.interval
             except Exception as err:  # never stops the other accounts, nor this one
-                delay = self._failed(err)
+                delay = await self._failed(err)
             if self._stop.is_set():
                 return
             self._wake.clear()
@@ -101,14 +105,25 @@ class Fetcher:
         self._stop.set()  # ends an IDLE wait within a moment
         self._wake.set()
 
-    def _failed(self, err: Exception) -> float:
+    async def _changed(self, status: str) -> None:
+        if status == self.status:
+            return
+        self.status = status
+        if self.on_status is not None:
+            try:
+                await self.on_status(self.account.name, status, self.last_error)
+            except Exception:  # news only: the state itself is in the status table
+                log.exception("fetch %s: could not record its transport_status event", self.account.name)
+
+    async def _failed(self, err: Exception) -> float:
         self.failures += 1
-        self.status, self.idling = "failure", False
+        self.idling = False
         self.last_error = str(err) if isinstance(err, MsgspoolError) else f"{type(err).__name__}: {err}"
         first = min(BACKOFF_MIN, self.account.interval)
         delay: float = min(max(first * 2.0 ** (self.failures - 1), 0.1), BACKOFF_MAX)
         what = "login refused" if isinstance(err, LoginRefused) else "failed"
         log.warning("fetch %s: status=failure %s (%s); next try in %.0f s", self.account.name, what, err, delay)
+        await self._changed("failure")
         return delay
 
     async def once(self) -> int:
@@ -116,7 +131,7 @@ class Fetcher:
         try:
             return await self._session(wait=False)
         except Exception as err:
-            self._failed(err)
+            await self._failed(err)
             raise
 
     async def _session(self, *, wait: bool = True) -> int:
@@ -138,7 +153,8 @@ class Fetcher:
             filed += await self.poll(session)
             if self.failures or self.status != "online":
                 log.info("fetch %s: status=online %s", self.account.name, self.account.source)
-            self.status, self.failures, self.last_error = "online", 0, None
+            self.failures, self.last_error = 0, None
+            await self._changed("online")
             if not wait or not self.account.idle or self._stop.is_set():
                 return filed
             self.idling = True
@@ -202,6 +218,12 @@ class Fetcher:
                 "after": a.after, "interval": a.interval}
 
 
+async def _status_changed(spooler: Any, _name: str, _status: str, _reason: str | None) -> None:
+    """An account went online or into failure: the status watch (Spooler.watch_status) looks now,
+    and tells it as a `transport_status` event of the account's row."""
+    spooler.poke_status()
+
+
 def build_service(spooler: Any, settings: Any) -> FetchService:
     """The fetchers of `settings.fetch` for this spooler; ConfigError when an account's mailbox is not
     a local one intake accepts, or its password file cannot be read (`serve` stops, exit 2)."""
@@ -215,7 +237,8 @@ def build_service(spooler: Any, settings: Any) -> FetchService:
         if refusal is not None:
             raise ConfigError(f"fetch {account.name}: mailbox {account.mailbox}: {refusal.line()}")
         fetchers.append(Fetcher(account, transports[account.name], spooler.store, spooler.submit,
-                                hostname=settings.host_name, size_limit=settings.message_size_limit))
+                                hostname=settings.host_name, size_limit=settings.message_size_limit,
+                                on_status=functools.partial(_status_changed, spooler)))
     service = FetchService(fetchers)
     service.check()
     return service
