@@ -432,8 +432,13 @@ def _operate(settings: Settings, op: str, ids: list[str] | None, **options: Any)
             return {"ok": True, "flushed": _run(settings, lambda s: s.flush(
                 ids, transport=options.get("transport"), destination=options.get("destination")))}
         if op in ("read", "unread"):
-            sent = _run(settings, lambda s: s.mark_read(ids or [], op == "read", mdn=options.get("mdn")))
-            return {"ok": True, "ids": ids, "mdn": sent}
+            async def read(s: Spooler) -> dict[str, Any]:
+                targets = await s.read_targets(ids or [])
+                sent = await s.mark_read(ids or [], op == "read", mdn=options.get("mdn"))
+                return {"ok": True, "ids": ids, "targets": targets, "mdn": sent}
+
+            done: dict[str, Any] = _run(settings, read)
+            return done
         return {"ok": True, "ids": _run(settings, lambda s: getattr(s, op)(ids))}
     except NoSpool as err:
         raise _no_spool(settings) from err
@@ -482,15 +487,39 @@ def cmd_queue(args: argparse.Namespace, settings: Settings) -> int:
                   + (f"; {past[args.action] if args.action == 'hold' else 'cancelled'}:"
                      f" {', '.join(f'<{a}>' for a in done)}" if done else ""))
         return 1
+    if args.action in ("read", "unread"):
+        return _said_read(args, answer)
     if args.json:
-        print(json.dumps({"action": args.action, "ids": answer["ids"], "in_flight": {},
-                          **({"mdn": answer.get("mdn", [])} if args.action in ("read", "unread") else {})}))
+        print(json.dumps({"action": args.action, "ids": answer["ids"], "in_flight": {}}))
         return 0
     for message_id in answer["ids"]:
         print(f"{message_id}: {past[args.action]}")
     for mdn_id in answer.get("mdn", []):
         print(f"{mdn_id}: read receipt (MDN) submitted")
     return 0
+
+
+def _said_read(args: argparse.Namespace, answer: dict[str, Any]) -> int:
+    """What `queue read|unread` did for each id it was given: the message itself, or — for a
+    submission's queue id — each copy filed for its local recipients (issue 13.2); exit 1 when
+    an id stands for no mailbox message at all (a submission with only remote recipients)."""
+    targets: dict[str, list[dict[str, str]]] = answer.get("targets") or {}
+    empty = [i for i in answer["ids"] if not targets.get(i)]
+    if args.json:
+        print(json.dumps({"action": args.action, "ids": answer["ids"], "targets": targets,
+                          "mdn": answer.get("mdn", []), "nothing_for": empty}))
+        return 1 if empty else 0
+    for message_id in answer["ids"]:
+        for target in targets.get(message_id, []):
+            if target["id"] == message_id:
+                print(f"{message_id}: {args.action}")
+            else:
+                print(f"{message_id}: copy {target['id']} in {target['mailbox']}: {args.action}")
+    for message_id in empty:
+        print(f"{message_id}: no copy of it was filed in a local mailbox: nothing marked {args.action}")
+    for mdn_id in answer.get("mdn", []):
+        print(f"{mdn_id}: read receipt (MDN) submitted")
+    return 1 if empty else 0
 
 
 BULK_PAST = {"hold": "held", "release": "released", "requeue": "requeued", "delete": "deleted", "flush": "flushed"}

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 from msgspool import spooldir
 from msgspool.config import Settings
 from msgspool.errors import ConfigError, MsgspoolError
-from msgspool.listeners import Row, http_row, sendmail_row, smtp_row
+from msgspool.listeners import LOW_ROOM, Row, http_row, sendmail_row, smtp_row
 from msgspool.logs import configure as configure_logs
 from msgspool.smtpd.accept import Listener
 from msgspool.smtpd.auth import Authenticator
@@ -73,8 +73,9 @@ async def control_handler(spooler: Spooler, request: dict[str, Any]) -> dict[str
     if op == "bulk":  # one chunk of a bulk action by selector (spooler/bulk.py)
         return {"ok": True, **await bulk.apply_chunk(spooler, str(request.get("action")), list(ids or []))}
     if op in ("read", "unread"):
+        targets = await spooler.read_targets(list(ids or []))
         sent = await spooler.mark_read(list(ids or []), op == "read", mdn=request.get("mdn"))
-        return {"ok": True, "ids": list(ids or []), "mdn": sent}
+        return {"ok": True, "ids": list(ids or []), "targets": targets, "mdn": sent}
     if op == "status":
         return {"ok": True, "status": await spooler.status_table()}
     if op == "resend":
@@ -397,7 +398,7 @@ async def _serve(settings: Settings, ready: asyncio.Event | None,
             log.info("http api on %s:%d", host, port)
         if fetch is not None:
             fetch.start()
-        spooler.listeners.append(sendmail_row(str(settings.spool_path), spooler.intake.check_space,
+        spooler.listeners.append(sendmail_row(str(settings.spool_path), lambda: spooler.intake.check_space(LOW_ROOM),
                                               lambda: spooldir.free_bytes(settings.spool_path)))
         spooler.watch_status()  # transport_status events for the rows that change
         log.info("msgspool %s ready: spool %s, local domains %s, relay %s", _version(), settings.spool_path,

@@ -21,6 +21,8 @@ def message_json(info: MessageInfo) -> dict[str, Any]:
         out["history"] = [{**h, "time": iso(h["time"])} for h in info.history]
     if info.resends is not None:
         out["resends"] = list(info.resends)
+    if info.copies is not None:
+        out["copies"] = [dict(c) for c in info.copies]
     return out
 
 
@@ -46,6 +48,8 @@ def _message_fields(info: MessageInfo) -> dict[str, Any]:
         "flags": list(info.flags),
         "mdn": info.mdn,
         "resend_of": info.resend_of,
+        "copy_of": info.copy_of,
+        "copy_for": info.copy_for,
         "recipients": [recipient_json(r) for r in info.recipients],
     }
 
@@ -77,6 +81,10 @@ def message_line(info: MessageInfo) -> str:
     for r in info.recipients:
         reply = f"  ({r['last_reply']})" if r["last_reply"] and r["status"] != "delivered" else ""
         lines.append(f"    {r['status']:<9} {r['address']}{reply}")
+    if info.copy_of is not None:
+        lines.append(f"    copy of {info.copy_of}" + (f" for {info.copy_for}" if info.copy_for else ""))
+    for c in info.copies or ():
+        lines.append(f"    copy {c['id']} in {c['mailbox']} ({c['folder']}) for {c['recipient']}")
     for h in info.history or ():
         who = f"{h['stage']} hook {h['hook']}" if h["hook"] else h["stage"]
         lines.append(f"  {iso(h['time'])} {who}: {h['outcome']}" + (f" ({h['detail']})" if h["detail"] else ""))

@@ -136,6 +136,48 @@ async def test_the_queue_list_and_the_event_log_page_by_cursor(api: tuple[Spoole
             cursor = page["next_cursor"]
             if cursor is None:
                 break
+        submitted = await (await http.get(f"{base}/events/log", params={"types": "submitted"})).json()
+        unknown = await http.get(f"{base}/events/log", params={"types": "nonsense"})
     assert len(everything) == 5 and paged == everything
+    assert len(submitted["events"]) == 5 and {e["type"] for e in submitted["events"]} == {"submitted"}
+    assert unknown.status == 400 and (await unknown.json())["field"] == "types"
     stored = [e.id for e in await spooler.store.events_after(0, 1000)]
     assert events == stored and len(events) >= 5
+
+
+async def test_the_queue_list_filters_by_selector_server_side_and_pages(
+        spooler_factory: SpoolerFactory) -> None:
+    port = free_port()
+    async with spooler_factory(deliver=False, local_domains=["example.org"]) as spooler:
+        runner = await start(spooler, "127.0.0.1", port)
+        base = f"http://127.0.0.1:{port}/api"
+        try:
+            async with aiohttp.ClientSession() as http:
+                net = [(await submit(http, base, b"Subject: a\r\n\r\nx\r\n", to=f"u{i}@example.net"))["id"]
+                       for i in range(5)]
+                com = [(await submit(http, base, b"Subject: b\r\n\r\nx\r\n", to="v@example.com"))["id"]
+                       for _ in range(2)]
+                await spooler.hold(com[:1])
+                by_term = await (await http.get(f"{base}/queue", params={"recipient": "@example.net"})).json()
+                by_where = await (await http.get(f"{base}/queue", params={"where": "recipient=@example.com"})).json()
+                both = await (await http.get(f"{base}/queue", params={"where": "recipient=@example.com",
+                                                                      "status": "held"})).json()
+                paged: list[str] = []
+                cursor: str | None = None
+                while True:
+                    page = await http.get(f"{base}/queue", params={"recipient": "@example.net", "limit": "2",
+                                                                   **({"cursor": cursor} if cursor else {})})
+                    paged += [m["id"] for m in await page.json()]
+                    cursor = page.headers.get("Next-Cursor")
+                    if cursor is None:
+                        break
+                bad = await http.get(f"{base}/queue", params={"where": "colour=blue"})
+                mixed = await http.get(f"{base}/queue", params={"status": "held", "folder": "inbox"})
+        finally:
+            await runner.cleanup()
+    assert sorted(m["id"] for m in by_term) == sorted(net) and "history" not in by_term[0]
+    assert sorted(m["id"] for m in by_where) == sorted(com)
+    assert [m["id"] for m in both] == com[:1]
+    assert paged == sorted(net)
+    assert bad.status == 400 and (await bad.json())["field"] == "where"
+    assert mixed.status == 400

@@ -86,6 +86,12 @@ class Message:
     # copies: the members of a list with an owner-NAME go with that envelope sender.
     parts: tuple[tuple[Message, tuple[Message, ...]], ...] = ()
     resend_of: str | None = None  # MAPI MSGFLAG_RESEND: the queue id of the message this one resends
+    # A copy filed into a local mailbox: the queue id of the message it is a copy of (the id SMTP
+    # answered "queued as"), and the recipient it was filed for (issue 13.2: one id story).
+    copy_of: str | None = None
+    copy_for: str | None = None
+    # The local copies committed with it (Spooler.commit sets them): what a submitter is told.
+    filed: tuple[Message, ...] = ()
 
     @property
     def size(self) -> int:
@@ -149,6 +155,11 @@ class MessageInfo:
     flags: tuple[str, ...] = ()  # IMAP keywords a filed copy got from the inbound hooks
     resend_of: str | None = None  # MAPI MSGFLAG_RESEND: the message this one resends
     resends: list[str] | None = None  # the messages that resend this one: only for one message's view
+    copy_of: str | None = None  # a filed copy: the message it is a copy of
+    copy_for: str | None = None  # a filed copy: the recipient it was filed for
+    # The copies of this message filed into local mailboxes, {id, mailbox, folder, recipient}: only
+    # for one message's view.
+    copies: list[dict[str, Any]] | None = None
 
 
 @dataclass(slots=True)

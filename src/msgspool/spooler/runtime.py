@@ -31,7 +31,7 @@ from msgspool.domain.aliases import ALIAS_COMMAND
 from msgspool.domain.dsn import MessageDSN, RecipientDSN, Ret, recipient_dsn
 from msgspool.domain.events import Event, EventType
 from msgspool.domain.health import ProbePolicy
-from msgspool.domain.message import DEFAULT_CLASS, NORMAL, Message
+from msgspool.domain.message import DEFAULT_CLASS, NORMAL, OUTBOX, SENT, Message
 from msgspool.domain.recipient import RecipientType, Status
 from msgspool.domain.retry import RetryPolicy
 from msgspool.domain.routing import Router, TransportRoute
@@ -459,6 +459,7 @@ class Spooler:
         runs out, or the next start under the delivery lock ends it) makes them due again."""
         started = time.perf_counter()
         message, copies = self.intake.build(sub, route=self.routing)
+        message.filed = (*copies, *(c for _part, part_copies in message.parts for c in part_copies))
         due = due_now(message)
         remote = self.remote
         handed = due > 0 and self._reserve(due)
@@ -787,9 +788,27 @@ class Spooler:
         """Mark messages read (or unread) and return the queue ids of the read receipts (RFC 8098
         MDNs) this sent. A message filed into a mailbox that asked for one is answered once, when
         first marked read: with `mdn` None only when RFC 8098 §2.1 needs no consent of the user,
-        with True when the user consents, never with False (recorded: none is sent later)."""
-        await self._require(ids)
-        return await self.receipts.mark_read(ids, read, mdn)
+        with True when the user consents, never with False (recorded: none is sent later).
+        Either id will do (issue 13.2): a submission's queue id stands for the copies filed for
+        its local recipients; see `read_targets`."""
+        targets = await self.read_targets(ids)
+        return await self.receipts.mark_read([t["id"] for copies in targets.values() for t in copies], read, mdn)
+
+    async def read_targets(self, ids: Sequence[str]) -> dict[str, list[dict[str, str]]]:
+        """Per id, the mailbox messages marking it read acts on: a message filed in a mailbox is
+        itself; a submission (the id SMTP answered "queued as", in the outbox or Sent Items) stands
+        for the copies filed for its local recipients — none when it has no local recipient.
+        Each target is {id, mailbox}. NotFound for an unknown id."""
+        targets: dict[str, list[dict[str, str]]] = {}
+        for message_id in ids:
+            info = await self.store.get(message_id)
+            if info is None:
+                raise NotFound(message_id)
+            copies = [{"id": c["id"], "mailbox": c["mailbox"]} for c in info.copies or ()]
+            # A mailbox's own sent message without local copies is still its own to flag.
+            source = info.copy_of is None and info.folder in (OUTBOX, SENT) and bool(copies or not info.mailbox)
+            targets[message_id] = copies if source else [{"id": message_id, "mailbox": info.mailbox}]
+        return targets
 
     async def mark_unread(self, ids: Sequence[str]) -> None:
         """Clear the read flag; never sends anything."""

@@ -130,7 +130,8 @@ def _insert_message(tx: Tx, msg: Message, content_id: int, *, read: bool) -> Non
         "expires_at": msg.expires_at, "delete_after_submit": int(msg.delete_after_submit), "held": int(msg.held),
         "origin": msg.origin, "meta": json.dumps(msg.meta) if msg.meta else None,
         "ret": msg.dsn.ret if msg.dsn else None, "envid": msg.dsn.envid if msg.dsn else None, "read": int(read),
-        "max_attempts": msg.max_attempts, "flags": " ".join(msg.flags), "resend_of": msg.resend_of})
+        "max_attempts": msg.max_attempts, "flags": " ".join(msg.flags), "resend_of": msg.resend_of,
+        "copy_of": msg.copy_of, "copy_for": msg.copy_for})
 
 
 def _recipient_row(msg: Message, r: Recipient, owner: str | None) -> dict[str, Any]:
@@ -182,7 +183,7 @@ def op_submit(tx: Tx, msg: Message, copies: Sequence[Message], owner: str | None
         if r.status in _STATUS_EVENT and r.status is not Status.DEFERRED:
             events.append(insert_event(tx, _recipient_event(msg.id, r.address, r.status, r.last_reply,
                                                             msg.submitted_at, r.transport)))
-    events += [_file(tx, copy, content_id) for copy in copies]
+    events += [_file(tx, copy, content_id, msg.id) for copy in copies]
     if not any(r.status.pending for r in msg.recipients):
         events += _finish_if_done(tx, msg.id, msg.submitted_at)
     for part, part_copies in msg.parts:  # committed queued: whichever node claims them delivers them
@@ -259,8 +260,10 @@ def list_suppressions(tx: Tx, now: float) -> list[Suppression]:
     return [_suppression(row) for row in tx.execute(tx.q.list_suppressions, {"now": now})]
 
 
-def _file(tx: Tx, copy: Message, content_id: int) -> Event:
-    """File a local copy (sharing the submission's content row) into its mailbox's receive folder."""
+def _file(tx: Tx, copy: Message, content_id: int, source: str) -> Event:
+    """File a local copy (sharing the submission's content row) into its mailbox's receive folder,
+    linked to its `source` message (the one whose queue id the submitter got)."""
+    copy.copy_of = copy.copy_of or source
     tx.execute(tx.q.insert_mailbox, {"address": copy.mailbox, "created_at": copy.submitted_at})
     copy.folder = copy.folder or receive_folder(tx, copy.mailbox, copy.message_class)
     _insert_message(tx, copy, content_id, read="\\Seen" in copy.flags)
@@ -275,7 +278,7 @@ def _file_copy(tx: Tx, message_id: str, copy: Message) -> Event:
     else:
         content_id = tx.execute(tx.q.content_id_of, {"message_id": message_id}).fetchone()[0]
     assert content_id is not None
-    return _file(tx, copy, content_id)
+    return _file(tx, copy, content_id, message_id)
 
 
 def receive_folder(tx: Tx, mailbox: str, message_class: str) -> str:
@@ -1024,10 +1027,11 @@ def _recipient_dict(row: Sequence[Any]) -> dict[str, Any]:
 
 def _message_info(row: Sequence[Any], recipients: list[dict[str, Any]]) -> MessageInfo:
     (message_id, mailbox, folder, sender, size, submitted_at, finished_at, message_class, priority, deliver_after,
-     expires_at, held, origin, ret, envid, read, mdn, max_attempts, flags, resend_of) = row
+     expires_at, held, origin, ret, envid, read, mdn, max_attempts, flags, resend_of, copy_of, copy_for) = row
     return MessageInfo(message_id, mailbox, folder, sender, size, submitted_at, finished_at, message_class,
                        priority, deliver_after, expires_at, bool(held), origin, recipients, ret, envid,
-                       bool(read), mdn, max_attempts, flags=tuple(flags.split()) if flags else (), resend_of=resend_of)
+                       bool(read), mdn, max_attempts, flags=tuple(flags.split()) if flags else (), resend_of=resend_of,
+                       copy_of=copy_of, copy_for=copy_for)
 
 
 def iter_messages(tx: Tx, folders: Sequence[str] = (OUTBOX,), mailbox: str | None = None,
@@ -1063,6 +1067,8 @@ def get_message(tx: Tx, message_id: str) -> MessageInfo | None:
     info.history = [{"time": t, "stage": stage, "hook": hook or None, "outcome": outcome, "detail": detail}
                     for t, stage, hook, outcome, detail in tx.execute(tx.q.history_of, key)]
     info.resends = [resend for (resend,) in tx.execute(tx.q.resends_of, key)]
+    info.copies = [{"id": copy_id, "mailbox": mailbox, "folder": folder, "recipient": recipient}
+                   for copy_id, mailbox, folder, recipient in tx.execute(tx.q.copies_of, key)]
     return info
 
 

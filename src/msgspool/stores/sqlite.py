@@ -45,7 +45,7 @@ from msgspool.stores.queries import Queries
 
 T = TypeVar("T")
 DB_NAME = "spool.db"
-SCHEMA_VERSION = 14  # the schema script is idempotent: an older spool gets what is new in it
+SCHEMA_VERSION = 15  # the schema script is idempotent: an older spool gets what is new in it
 
 
 # SQLite's primary result codes that may mean "no room": SQLITE_FULL always; SQLITE_IOERR (a WAL
@@ -131,7 +131,8 @@ _ADDED_COLUMNS = {
                    "priority INTEGER NOT NULL DEFAULT 0", "warn_at REAL", "owner TEXT"),
     "messages": ("ret TEXT", "envid TEXT", "read INTEGER NOT NULL DEFAULT 0", "mdn TEXT",
                  "preprocessed INTEGER NOT NULL DEFAULT 0", "source_content_id INTEGER", "source_sender TEXT",
-                 "crashes INTEGER NOT NULL DEFAULT 0", "max_attempts INTEGER", "resend_of TEXT")}
+                 "crashes INTEGER NOT NULL DEFAULT 0", "max_attempts INTEGER", "resend_of TEXT",
+                 "copy_of TEXT", "copy_for TEXT")}
 # What the rows of an older spool hold in a column added to it: mail it submitted was read by its writer.
 _BACKFILL = {"read": "UPDATE messages SET read = 1 WHERE folder IN ('outbox', 'sent')"}
 

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import logging
+import time
 from typing import Any
 from urllib.parse import quote
 
@@ -59,12 +61,37 @@ class QueueQuery(BaseModel):
     mailbox: str | None = Field(None, description="only the messages of this mailbox")
     limit: int = Field(1000, ge=0, le=MAX_LIMIT, description="messages per page")
     cursor: str | None = Field(None, description="next_cursor of the previous page")
+    # The selector of `queue ... --where` (domain/selector.py), term by term or whole: any of them
+    # lists the outbox messages it picks, in id order (Queue.matching, an index range per page).
+    where: str | None = Field(None, description="a selector: destination=HOST,sender=ADDR,status=S,...")
+    destination: str | None = Field(None, description="only messages with a recipient for this destination")
+    sender: str | None = Field(None, description="ADDRESS or @DOMAIN; <> for the null sender")
+    recipient: str | None = Field(None, description="ADDRESS or @DOMAIN")
+    status: str | None = Field(None, description="only messages with a recipient in this status")
+    transport: str | None = Field(None, description="only messages with a recipient routed to this transport")
+    older_than: str | None = Field(None, description="submitted longer ago than this: 90s, 30m, 1h, 2d, 1w")
+
+    def picks(self) -> selector.Selector | None:
+        terms = {name: getattr(self, name.replace("-", "_")) for name in selector.TERMS}
+        given = {name: value for name, value in terms.items() if value is not None}
+        if self.where is None and not given:
+            return None
+        text = ",".join(filter(None, [self.where, *(f"{k}={v}" for k, v in given.items())]))
+        try:
+            return selector.parse_selector(text)
+        except selector.SelectorError as err:
+            raise Problem(400, f"where: {err}", field="where") from err
 
 
 class PageQuery(BaseModel):
     model_config = ConfigDict(extra="ignore")
     limit: int = Field(1000, ge=0, le=MAX_LIMIT, description="items per page")
     cursor: str | None = Field(None, description="next_cursor of the previous page")
+
+
+class EventLogQuery(PageQuery):
+    mailbox: str | None = Field(None, description="only the events of this mailbox")
+    types: str | None = Field(None, description="event types, comma-separated")
 
 
 class FlushQuery(BaseModel):
@@ -149,8 +176,27 @@ async def _page(request: web.Request, folders: tuple[str, ...], mailbox: str | N
 async def queue_list(request: web.Request) -> Answered:
     """The array `queue list --json` prints (DESIGN.md); a next page's cursor is in the headers."""
     query = params(request, QueueQuery)
-    infos, cursor = await _page(request, tuple(query.folder.split(",")), query.mailbox, query.limit, query.cursor)
+    where = query.picks()
+    if where is not None:
+        infos, cursor = await _selected(request, query, where)
+    else:
+        infos, cursor = await _page(request, tuple(query.folder.split(",")), query.mailbox, query.limit,
+                                    query.cursor)
     return Answered([message_json(info) for info in infos], next_page(request, cursor))
+
+
+async def _selected(request: web.Request, query: QueueQuery, where: selector.Selector) -> tuple[
+        list[MessageInfo], str | None]:
+    """A page of the outbox messages a selector picks, by id (the cursor: the last id, marked ~)."""
+    if query.folder != "outbox" or query.mailbox is not None:
+        raise Problem(400, "a selector lists the outbox only (no folder or mailbox with it)", field="folder")
+    if query.cursor is not None and not query.cursor.startswith("~"):
+        raise Problem(400, "cursor is not one this API gave (next_cursor of a page)", field="cursor")
+    store = request.app[SPOOLER].store
+    ids = await store.matching(where, time.time(), after=(query.cursor or "~")[1:], limit=query.limit + 1)
+    infos = [info for info in [await store.get(i) for i in ids[:query.limit]] if info is not None]
+    listed = [dataclasses.replace(info, history=None, resends=None) for info in infos]  # as in a listing
+    return listed, f"~{ids[query.limit - 1]}" if len(ids) > query.limit and query.limit else None
 
 
 async def mailbox_folders(request: web.Request) -> Any:
@@ -169,8 +215,10 @@ async def folder_messages(request: web.Request) -> Answered:
 
 
 async def event_log(request: web.Request) -> Answered:
-    """The stored events after the cursor (an event id), oldest first: what SSE replays, as pages."""
-    query = params(request, PageQuery)
+    """The stored events after the cursor (an event id), oldest first: what SSE replays, as pages.
+    A page holds the matching ones of `limit` stored events (fewer, perhaps none, with a filter)."""
+    query = params(request, EventLogQuery)
+    flt = EventFilter(_parse_types(query.types), query.mailbox)
     after = query.cursor or "0"
     if not (after.isascii() and after.isdigit() and len(after) <= 18):
         raise Problem(400, "cursor must be an event id (next_cursor of a page)", field="cursor")
@@ -178,7 +226,8 @@ async def event_log(request: web.Request) -> Answered:
     more = len(page) > query.limit
     page = page[:query.limit]
     cursor = str(page[-1].id) if more and page and page[-1].id is not None else None
-    return Answered({"events": [e.to_json() for e in page], "next_cursor": cursor}, next_page(request, cursor))
+    return Answered({"events": [e.to_json() for e in page if flt.matches(e)], "next_cursor": cursor},
+                    next_page(request, cursor))
 
 
 async def queue_show(request: web.Request) -> Any:
@@ -241,8 +290,10 @@ async def unread(request: web.Request) -> Any:
 
 
 async def _read_flag(request: web.Request, flag: bool) -> Any:
-    sent = await request.app[SPOOLER].mark_read([request.match_info["id"]], flag, mdn=await _mdn_consent(request))
-    return {"ok": True, "read": flag, "mdn": sent}
+    spooler, message_id, consent = request.app[SPOOLER], request.match_info["id"], await _mdn_consent(request)
+    targets = (await spooler.read_targets([message_id]))[message_id]  # a submission's id: its local copies
+    sent = await spooler.mark_read([message_id], flag, mdn=consent)
+    return {"ok": True, "read": flag, "targets": targets, "mdn": sent}
 
 
 async def delete(request: web.Request) -> Any:
@@ -330,7 +381,9 @@ async def submit(request: web.Request) -> Any:
     recipients = [{"address": r.address, "status": str(r.status),
                    "reply": r.last_reply.line() if r.last_reply else None}
                   for part in (message, *(p for p, _c in message.parts)) for r in part.recipients]
-    return {"id": message.id, "recipients": recipients}
+    # The id story (issue 13.2): the queue id, and the id of each copy filed for a local recipient.
+    copies = [{"recipient": c.copy_for, "mailbox": c.mailbox, "id": c.id} for c in message.filed]
+    return {"id": message.id, "recipients": recipients, "copies": copies}
 
 
 async def events(request: web.Request) -> web.StreamResponse:
@@ -489,7 +542,7 @@ def api_routes() -> list[Route]:
         Route("GET", "/api/events", events, "Server-Sent Events, live (and replayed after Last-Event-ID)", READ,
               query=EventsQuery, produces="text/event-stream", tag="events"),
         Route("GET", "/api/events/log", event_log, "The stored events after a cursor, a page at a time", READ,
-              models.EventPage, query=PageQuery, tag="events", headers=("Next-Cursor", "Link")),
+              models.EventPage, query=EventLogQuery, tag="events", headers=("Next-Cursor", "Link")),
         *suppression_routes(),
         Route("GET", "/metrics", metrics, "Prometheus text format, both processes' figures", METRICS,
               produces="text/plain", tag="status"),

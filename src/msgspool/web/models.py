@@ -63,6 +63,15 @@ class HistoryEntry(Answer):
     detail: str | None = None
 
 
+class CopyLink(Answer):
+    """A copy of a submission filed in a local mailbox (the one id story: issue 13.2)."""
+
+    id: str
+    mailbox: str
+    folder: str
+    recipient: str | None
+
+
 class MessageView(Answer):
     """A message of any folder, as `queue list --json` and `queue show --json` print it."""
 
@@ -86,9 +95,13 @@ class MessageView(Answer):
     flags: list[str]
     mdn: str | None
     resend_of: str | None
+    copy_of: str | None = Field(description="a copy filed in a local mailbox: the queue id of the message it copies")
+    copy_for: str | None = Field(description="a copy filed in a local mailbox: the recipient it was filed for")
     recipients: list[RecipientView]
     history: list[HistoryEntry] | None = Field(None, description="only in one message's view: hooks, holds, ...")
     resends: list[str] | None = Field(None, description="only in one message's view: the messages resending it")
+    copies: list[CopyLink] | None = Field(None, description="only in one message's view: its copies filed in"
+                                                            " local mailboxes")
 
 
 class MessagePage(Answer):
@@ -138,9 +151,16 @@ class SubmittedRecipient(Answer):
     reply: str | None
 
 
+class FiledCopy(Answer):
+    recipient: str | None
+    mailbox: str
+    id: str
+
+
 class Submitted(Answer):
     id: str
     recipients: list[SubmittedRecipient]
+    copies: list[FiledCopy] = Field(description="the copies filed at once for local recipients, with their ids")
 
 
 class Submit(BaseModel):
@@ -205,9 +225,16 @@ class Done(Answer):
     ok: bool
 
 
+class ReadTarget(Answer):
+    id: str
+    mailbox: str
+
+
 class ReadAnswer(Answer):
     ok: bool
     read: bool
+    targets: list[ReadTarget] = Field(description="the mailbox messages it marked: the message itself, or for a"
+                                                  " submission's queue id its local copies")
     mdn: list[str] = Field(description="the queue ids of the read receipts sent")
 
 

@@ -99,7 +99,7 @@ def endpoint(route: Route) -> Callable[[web.Request], Awaitable[web.StreamRespon
         if isinstance(result, Answered):
             result, headers = result.data, result.headers
         assert adapter is not None, f"{route.method} {route.path} declares no answer model"
-        body = adapter.dump_json(adapter.validate_python(result), exclude_unset=False)
+        body = adapter.dump_json(adapter.validate_python(result), exclude_unset=True)  # as views.py made it
         return web.Response(body=body, status=route.status, content_type=JSON, headers=headers)
 
     return handle

@@ -21,10 +21,10 @@ INSERT INTO contents (data) VALUES (:data) RETURNING id;
 -- One message in a folder of a mailbox (the spool's own outbox: mailbox '').
 INSERT INTO messages (id, mailbox, folder, sender, size, submitted_at, content_id, headers_prefix,
     message_class, priority, deliver_after, expires_at, delete_after_submit, held, origin, meta, ret,
-    envid, read, max_attempts, flags, resend_of)
+    envid, read, max_attempts, flags, resend_of, copy_of, copy_for)
 VALUES (:id, :mailbox, :folder, :sender, :size, :submitted_at, :content_id, :headers_prefix,
     :message_class, :priority, :deliver_after, :expires_at, :delete_after_submit, :held, :origin, :meta,
-    :ret, :envid, :read, :max_attempts, :flags, :resend_of);
+    :ret, :envid, :read, :max_attempts, :flags, :resend_of, :copy_of, :copy_for);
 
 -- name: insert_recipient
 -- One recipient of an outbound message; `owner` is the node holding it when it comes in active.
@@ -485,14 +485,14 @@ UPDATE webhook_cursor SET event_id = :upto WHERE id = 1 AND event_id = :after;
 -- name: list_messages
 -- A page of the messages in :folders (a list: Queries.expand), in submission order, after a position.
 SELECT id, mailbox, folder, sender, size, submitted_at, finished_at, message_class, priority, deliver_after,
-    expires_at, held, origin, ret, envid, read, mdn, max_attempts, flags, resend_of
+    expires_at, held, origin, ret, envid, read, mdn, max_attempts, flags, resend_of, copy_of, copy_for
 FROM messages WHERE folder IN (:folders) AND (submitted_at, id) > (:after_at, :after_id)
 ORDER BY submitted_at, id LIMIT :limit;
 
 -- name: list_mailbox_messages
 -- As list_messages, in one mailbox.
 SELECT id, mailbox, folder, sender, size, submitted_at, finished_at, message_class, priority, deliver_after,
-    expires_at, held, origin, ret, envid, read, mdn, max_attempts, flags, resend_of
+    expires_at, held, origin, ret, envid, read, mdn, max_attempts, flags, resend_of, copy_of, copy_for
 FROM messages WHERE folder IN (:folders) AND mailbox = :mailbox AND (submitted_at, id) > (:after_at, :after_id)
 ORDER BY submitted_at, id LIMIT :limit;
 
@@ -504,8 +504,12 @@ FROM recipients WHERE message_id IN (:ids) ORDER BY message_id, idx;
 
 -- name: message_info
 SELECT id, mailbox, folder, sender, size, submitted_at, finished_at, message_class, priority, deliver_after,
-    expires_at, held, origin, ret, envid, read, mdn, max_attempts, flags, resend_of
+    expires_at, held, origin, ret, envid, read, mdn, max_attempts, flags, resend_of, copy_of, copy_for
 FROM messages WHERE id = :message_id;
+
+-- name: copies_of
+-- The copies of a message filed into local mailboxes (issue 13.2), oldest first.
+SELECT id, mailbox, folder, copy_for FROM messages WHERE copy_of = :message_id ORDER BY submitted_at, id;
 
 -- name: resends_of
 -- The messages that resend this one (`queue resend`), oldest first.

@@ -1,4 +1,4 @@
--- msgspool SQLite spool schema (PRAGMA user_version = 14). Every statement is idempotent.
+-- msgspool SQLite spool schema (PRAGMA user_version = 15). Every statement is idempotent.
 -- One row per message (any folder of any mailbox), its content stored once in `contents`
 -- (local copies of one submission share it), one row per recipient of an outbound message.
 
@@ -35,12 +35,16 @@ CREATE TABLE IF NOT EXISTS messages (
     source_sender       TEXT,            -- the envelope sender as submitted, when hooks changed it
     crashes             INTEGER NOT NULL DEFAULT 0,  -- attempts that crashed a transport
     max_attempts        INTEGER,         -- cap on attempts per recipient (NULL: the setting)
-    resend_of           TEXT             -- MAPI MSGFLAG_RESEND: the message this one resends (`queue resend`)
+    resend_of           TEXT,            -- MAPI MSGFLAG_RESEND: the message this one resends (`queue resend`)
+    copy_of             TEXT,            -- a copy filed in a local mailbox: the message it copies (13.2)
+    copy_for            TEXT             -- ... and the recipient it was filed for
 );
 CREATE INDEX IF NOT EXISTS messages_by_folder ON messages (mailbox, folder, submitted_at);
 CREATE INDEX IF NOT EXISTS messages_finished ON messages (finished_at) WHERE folder = 'sent';
 -- The resends of a message (`queue show` links both ways).
 CREATE INDEX IF NOT EXISTS messages_resends ON messages (resend_of) WHERE resend_of IS NOT NULL;
+-- The copies of a message in local mailboxes (`queue show` and `queue read` link both ways).
+CREATE INDEX IF NOT EXISTS messages_copies ON messages (copy_of) WHERE copy_of IS NOT NULL;
 
 CREATE TABLE IF NOT EXISTS recipients (
     message_id          TEXT NOT NULL,
