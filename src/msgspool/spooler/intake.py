@@ -93,7 +93,7 @@ class Intake:
         return None
 
     def _check_mailbox(self, address: str) -> Reply | None:
-        if self.aliases.lookup(address) is not None:
+        if self.aliases and self.aliases.lookup(address) is not None:
             return None
         key = addr.mailbox_key(address)
         # RFC 5321 §4.5.1: postmaster exists in every local domain, listed or not.
@@ -131,7 +131,8 @@ class Intake:
             addrtype = (sub.addrtypes[i] if sub.addrtypes else addr.SMTP).upper()
             rtype = sub.types[i] if sub.types else RecipientType.TO
             dsn = sub.recipient_dsn[i] if sub.recipient_dsn else None
-            expanded = self.aliases.expand(address, self.router.is_local) if expand and addrtype == addr.SMTP else None
+            expanded = (self.aliases.expand(address, self.router.is_local)
+                        if expand and self.aliases and addrtype == addr.SMTP else None)
             if expanded is None:
                 if (addrtype, address.lower()) not in seen:  # MAPI ExpandRecips removes duplicates
                     seen.add((addrtype, address.lower()))
@@ -141,20 +142,26 @@ class Intake:
                 seen.add((addrtype, address.lower()))  # the alias itself reports `expanded` (RFC 3461 §6.2.7.3)
                 self._add(message, copies, self._expanded(address, rtype, dsn, len(expanded), now), now, route)
             for member in expanded:
-                if (member.addrtype, member.address.lower()) in seen:
-                    continue
-                seen.add((member.addrtype, member.address.lower()))
-                target, target_copies = message, copies
-                if member.owner is not None and message.sender and member.owner.lower() != message.sender.lower():
-                    target, target_copies = parts.get(member.owner) or parts.setdefault(
-                        member.owner, (self._part(message, member.owner, now), []))
-                self._add_member(target, target_copies, member, address, rtype, dsn, now, route)
-                if target is not message:  # the message the submitter knows tells it too
-                    message.history += target.history[-1:]
+                if (member.addrtype, member.address.lower()) not in seen:
+                    seen.add((member.addrtype, member.address.lower()))
+                    target, target_copies = self._target(message, copies, parts, member.owner, now)
+                    self._add_member(target, target_copies, member, address, rtype, dsn, now, route)
+                    if target is not message:  # the message the submitter knows tells it too
+                        message.history += target.history[-1:]
         message.parts = tuple((part, tuple(part_copies)) for part, part_copies in parts.values())
         message.history += tuple(HookRecord("aliases", "split", f"members of {owner}'s list: message {part.id}")
                                  for owner, (part, _c) in parts.items())
         return message, copies
+
+    def _target(self, message: Message, copies: list[Message], parts: dict[str, tuple[Message, list[Message]]],
+                owner: str | None, now: float) -> tuple[Message, list[Message]]:
+        """Where a member goes: the message itself, or the part of its list's owner (owner-NAME is
+        its envelope sender; the null sender of a report stays null)."""
+        if owner is None or not message.sender or owner.lower() == message.sender.lower():
+            return message, copies
+        if owner not in parts:
+            parts[owner] = (self._part(message, owner, now), [])
+        return parts[owner]
 
     def _add(self, message: Message, copies: list[Message], recipient: Recipient, now: float, route: bool) -> None:
         recipient.index = len(message.recipients)
@@ -192,7 +199,8 @@ class Intake:
         the delivering process when it claims it, as Postfix's local(8) does: the recipient is done
         (`expanded`: RFC 3464 §2.3.3 — a report if NOTIFY asked for SUCCESS) and its members go in a
         message of their own, committed with that outcome. None: `r` is no alias here."""
-        if r.addrtype != addr.SMTP or message.origin == ALIASES_ORIGIN or self.aliases.lookup(r.address) is None \
+        if not self.aliases or r.addrtype != addr.SMTP or message.origin == ALIASES_ORIGIN \
+                or self.aliases.lookup(r.address) is None \
                 or not self.router.is_local(r.address):
             return None
         sub = Submission(message.sender, [r.address], message.content, types=[r.type], mailbox=message.mailbox,
