@@ -406,6 +406,8 @@ async def _serve(settings: Settings, ready: asyncio.Event | None,
         if ready is not None:
             ready.set()
         await shutdown.stopping.wait()
+        if fetch is not None:  # first: no new mail taken in while the rest winds down
+            await fetch.stop()
         # Orderly: new SMTP sessions get 421, open ones finish their transaction (the listeners
         # stay open meanwhile, so a client is told rather than refused).
         if sessions is not None:
