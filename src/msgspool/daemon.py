@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 from msgspool import spooldir
 from msgspool.config import Settings
 from msgspool.errors import ConfigError, MsgspoolError
-from msgspool.listeners import Row, http_row, sendmail_row, smtp_row
+from msgspool.listeners import LOW_ROOM, Row, http_row, sendmail_row, smtp_row
 from msgspool.logs import configure as configure_logs
 from msgspool.smtpd.accept import Listener
 from msgspool.smtpd.auth import Authenticator
@@ -398,7 +398,7 @@ async def _serve(settings: Settings, ready: asyncio.Event | None,
             log.info("http api on %s:%d", host, port)
         if fetch is not None:
             fetch.start()
-        spooler.listeners.append(sendmail_row(str(settings.spool_path), spooler.intake.check_space,
+        spooler.listeners.append(sendmail_row(str(settings.spool_path), lambda: spooler.intake.check_space(LOW_ROOM),
                                               lambda: spooldir.free_bytes(settings.spool_path)))
         spooler.watch_status()  # transport_status events for the rows that change
         log.info("msgspool %s ready: spool %s, local domains %s, relay %s", _version(), settings.spool_path,
@@ -406,6 +406,8 @@ async def _serve(settings: Settings, ready: asyncio.Event | None,
         if ready is not None:
             ready.set()
         await shutdown.stopping.wait()
+        if fetch is not None:  # first: no new mail taken in while the rest winds down
+            await fetch.stop()
         # Orderly: new SMTP sessions get 421, open ones finish their transaction (the listeners
         # stay open meanwhile, so a client is told rather than refused).
         if sessions is not None:

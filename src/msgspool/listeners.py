@@ -6,8 +6,8 @@ the daemon down, `status` shows the configured ones as `stopped`.
     name        smtp | smtps | submission | http | sendmail
     kind        listener
     address     HOST:PORT (sendmail: the spool directory)
-    status      online; offline once the daemon stops taking new sessions (draining); failure when
-                the spool has no room (every intake answers 452 4.3.1 then)
+    status      online; offline once the daemon stops taking new sessions (draining); sendmail:
+                failure while the spool has less than queue_minfree + 1 MB free (LOW_ROOM)
     inbound     enabled while it takes mail, active while it has a session or request open
     counts      smtp*: sessions open and accepted so far (the SMTP listeners share one count),
                 connections shed for lack of descriptors; http: requests so far and open, event
@@ -25,6 +25,9 @@ from msgspool.domain.outcome import Reply
 from msgspool.domain.status import complete, direction, stopped
 
 Row = Callable[[], dict[str, Any]]
+# The sendmail intake's row is in failure while the spool has less than queue_minfree and this
+# much free: the next submission of any size may be refused (452 4.3.1, exit 75).
+LOW_ROOM = 1 << 20
 SMTP_KINDS = (("smtp", "smtp_listen", 25), ("smtps", "smtps_listen", 465), ("submission", "submission_listen", 587))
 
 

@@ -128,6 +128,8 @@ def test_a_full_disk_refuses_on_every_way_in_and_loses_nothing_acknowledged(
     refused = until_refused(by_sendmail, tags, acknowledged)
     assert refused.startswith("75 msgspool sendmail: 452 4.3.1 Insufficient system storage"), refused
     assert daemon.running, daemon.log_tail()
+    intake = {row["name"]: row for row in spool.status()["listeners"]}["sendmail"]  # the status table says so
+    assert (intake["status"], intake["status_string"]) == ("failure", "452 4.3.1 Insufficient system storage"), intake
 
     (small / "filler").unlink()
     freed = time.monotonic()
@@ -137,6 +139,7 @@ def test_a_full_disk_refuses_on_every_way_in_and_loses_nothing_acknowledged(
         time.sleep(0.2)
     assert sorted(set(received_tags(relay))) == sorted(acknowledged)
     assert smtp_submit(daemon, "after") == (250, "")
+    assert {row["name"]: row for row in spool.status()["listeners"]}["sendmail"]["status"] == "online"
     assert "Traceback" not in daemon.log(), daemon.log_tail(200)
     assert daemon.stop() == 0
 

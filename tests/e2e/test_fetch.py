@@ -162,3 +162,24 @@ def test_msgspool_fetch_polls_now_and_a_reload_starts_a_new_account(
     assert spool.run("reload").returncode == 0
     spool.wait_until(lambda: fetched() == {"alice": 0, "bob": 1}, "the new account started by the reload")
     assert "fetch accounts reloaded: alice, bob" in daemon.log()
+
+
+def test_a_daemon_killed_in_the_middle_of_a_fetch_files_every_message_exactly_once_after_the_restart(
+        tmp_path: Path, spool: Spool, daemon: Daemon, dovecot_server: dovecot.Dovecot) -> None:
+    """kill -9 while messages are being filed and deleted (DELEs not yet committed by QUIT): the
+    restarted daemon finds the ids it recorded, deletes those messages, fetches the rest."""
+    count = 300
+    for n in range(count):
+        dovecot_server.deliver("alice", message(f"m{n:03d}"))
+    (spool.data / "msgspool.toml").write_text(config(dovecot_server, tmp_path))
+    daemon.start()
+    spool.wait_until(lambda: "fetch=alice uid=" in daemon.log(), "the first message filed", interval=0.01)
+    daemon.kill()
+    first_run = daemon.log().count("fetch=alice uid=")
+    assert 0 < first_run < count, "the kill came after the whole fetch: nothing tested"
+    assert on_server(dovecot_server) == count  # QUIT never came: nothing deleted there yet
+    daemon.start()
+    spool.wait_until(lambda: on_server(dovecot_server) == 0, "the rest fetched after the restart", timeout=60)
+    daemon.stop()
+    subjects = exported(spool, tmp_path)
+    assert subjects == [f"m{n:03d}" for n in range(count)]  # each once: none lost, none twice

@@ -169,6 +169,8 @@ class Fetcher:
         seen = await self.store.fetched_uids(self.account.name)
         filed = 0
         for uid in new_uids(present, seen):
+            if self._stop.is_set():  # the rest waits for the next start; the session still ends in order
+                break
             if uid in self.refused or not self._fits(session, uid):
                 continue
             content = await asyncio.to_thread(session.retrieve, uid)

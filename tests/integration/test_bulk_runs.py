@@ -1,0 +1,43 @@
+"""spooler/bulk.py on a real spool (SQLite, through the Spooler's own operations): chunks, progress,
+a message gone between selecting and acting, and what a run leaves alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspool
+from msgspool.domain.selector import parse_selector
+from msgspool.spooler import bulk
+from msgspool.spooler.intake import Submission
+
+
+def message(n: int, rcpt: str = "x@one.test") -> Submission:
+    return Submission(sender=f"s{n}@alpha.test", recipients=[rcpt], content=f"Subject: {n}\r\n\r\nbody\r\n".encode())
+
+
+async def test_a_run_acts_a_chunk_at_a_time_skipping_what_went_meanwhile(tmp_path: Path) -> None:
+    async with msgspool.open_spool(str(tmp_path / "spool"), deliver=False, relay="127.0.0.1:9") as spooler:
+        ids = [await spooler.submit(message(n)) for n in range(7)]
+        other = await spooler.submit(message(99, "y@two.test"))
+        where = parse_selector("recipient=@one.test")
+        selected = await bulk.select(spooler.store, where, chunk=3)
+        assert selected == sorted(ids)
+        await spooler.delete([selected[4]])  # gone between the selection and its chunk
+        seen: list[tuple[int, int]] = []
+
+        async def apply(action: str, chunk: list[str]) -> dict[str, object]:
+            return await bulk.apply_chunk(spooler, action, chunk)
+
+        # A run selects again from the start: the deleted one is not among its 6.
+        result = await bulk.run(spooler.store, apply, "hold", where, chunk=4,
+                                progress=lambda done, total: seen.append((done, total)))
+        assert (len(result.selected), sorted(result.done), seen) == (6, sorted(set(ids) - {selected[4]}),
+                                                                     [(4, 6), (6, 6)])
+        # A chunk naming a message deleted since: the rest is done, the missing one skipped.
+        answer = await bulk.apply_chunk(spooler, "release", selected)
+        assert sorted(answer["ids"]) == sorted(set(ids) - {selected[4]})
+        info = await spooler.message(other)
+        assert [r["status"] for r in info["recipients"]] == ["queued"] and info["held"] is False
+        dry = await bulk.run(spooler.store, apply, "delete", where, dry_run=True)
+        assert dry.to_json()["matched"] == 6 and dry.done == []
+        assert len(await bulk.select(spooler.store, where)) == 6  # a dry run changed nothing
