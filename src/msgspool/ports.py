@@ -338,6 +338,11 @@ class Events(Protocol):
 
     async def events_after(self, after_id: int, limit: int = 1000) -> list[Event]: ...
 
+    async def message_events(self, message_id: str, *, after: int = 0, limit: int = 1000) -> list[Event]:
+        """The events of one message after event id `after`, in id order: its submission, every
+        attempt of each recipient with its reply (deferred, delivered, failed), holds, reports."""
+        ...
+
     async def webhook_cursor(self) -> int:
         """The id of the last event whose webhook deliveries are queued (set to the newest event
         the first time it is asked)."""

@@ -6,6 +6,9 @@ from __future__ import annotations
 import time
 
 from msgspool.domain.events import Event, EventType
+from msgspool.domain.message import Settlement
+from msgspool.domain.outcome import Reply
+from msgspool.domain.recipient import Status
 from msgspool.ports import Store
 from tests.contract.conftest import build, submit
 
@@ -44,3 +47,25 @@ async def test_webhook_deliveries_are_queued_with_the_cursor_once(store: Store) 
     assert await store.enqueue_webhooks(cursor, event.id, [again]) is None  # another dispatcher was first
     assert await store.get(again.id) is None
     assert await store.webhook_cursor() == event.id
+
+
+async def test_one_message_s_events_are_every_attempt_of_each_recipient_in_order(store: Store) -> None:
+    now = time.time()
+    message = await submit(store, "b@example.com", "c@example.net", now=now)
+    other = await submit(store, "d@example.com", now=now)
+    await store.claim(now, 10)
+    busy, ok = Reply(450, "4.2.1", "Mailbox busy"), Reply(250, "2.0.0", "ok")
+    await store.settle([Settlement(message.id, 0, "b@example.com", Status.DEFERRED, busy, next_attempt_at=now),
+                        Settlement(message.id, 1, "c@example.net", Status.DELIVERED, ok)], now)
+    await store.claim(now + 1, 10)
+    await store.settle([Settlement(message.id, 0, "b@example.com", Status.DELIVERED, ok)], now + 1)
+    events = await store.message_events(message.id)
+    assert [(e.type, e.recipient) for e in events] == [
+        (EventType.SUBMITTED, None), (EventType.DEFERRED, "b@example.com"), (EventType.DELIVERED, "c@example.net"),
+        (EventType.DELIVERED, "b@example.com")]
+    assert events[1].detail["reply"] == "450 4.2.1 Mailbox busy"
+    assert [e.id for e in events] == sorted(e.id or 0 for e in events)
+    page = await store.message_events(message.id, after=events[1].id or 0, limit=1)
+    assert [e.id for e in page] == [events[2].id]
+    assert [e.message_id for e in await store.message_events(other.id)] == [other.id]
+    assert await store.message_events("NOSUCHID") == []

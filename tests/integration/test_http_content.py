@@ -4,6 +4,7 @@ a folder's messages, paged by cursor; the queue list and the event log paged by 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from email.message import EmailMessage
 from typing import Any
@@ -181,3 +182,22 @@ async def test_the_queue_list_filters_by_selector_server_side_and_pages(
     assert paged == sorted(net)
     assert bad.status == 400 and (await bad.json())["field"] == "where"
     assert mixed.status == 400
+
+
+async def test_a_message_s_events_give_each_recipient_s_attempts_with_the_reply(
+        api: tuple[Spooler, str], sink: Sink) -> None:
+    _spooler, base = api
+    async with aiohttp.ClientSession() as http:
+        message_id = (await submit(http, base, b"Subject: a\r\n\r\nx\r\n", to="far@example.net"))["id"]
+        await sink.async_wait_for(1)
+        for _ in range(100):
+            body = await (await http.get(f"{base}/queue/{message_id}/events")).json()
+            if "delivered" in {e["type"] for e in body["events"]}:
+                break
+            await asyncio.sleep(0.05)
+        unknown = await http.get(f"{base}/queue/NOSUCHID/events")
+    assert [e["type"] for e in body["events"]][:1] == ["submitted"]
+    (delivered,) = body["recipients"]["far@example.net"]
+    assert delivered["type"] == "delivered" and delivered["reply"].startswith("250")
+    assert body["message_id"] == message_id and body["next_cursor"] is None
+    assert unknown.status == 404

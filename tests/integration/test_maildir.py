@@ -347,3 +347,23 @@ async def test_an_orcpt_becomes_original_recipient_in_the_maildir_copy(tmp_path:
     [message] = list(mailbox.Maildir(root / "example.org" / "bob", create=False))
     assert message["Original-Recipient"] == "rfc822; Bob+news@Example.org"
     assert message.keys()[:3] == ["Return-Path", "Delivered-To", "Original-Recipient"]
+
+
+@pytest.mark.parametrize("hooks", [[], SIEVE], ids=["plain", "inbound-hooks"])
+async def test_an_offline_maildir_transport_writes_nothing_until_it_is_online(tmp_path: Path,
+                                                                             hooks: list[Any]) -> None:
+    """Issue 12.7 for a mailbox transport, also when inbound hooks route its recipients past the
+    destinations (local delivery)."""
+    root = tmp_path / "mail"
+    async with msgspool.open_spool(str(tmp_path / "spool"), smtp_listen="", http_listen="", delivery_process=False,
+                                   hooks=hooks, transports=[maildir_transport(root)]) as spooler:
+        await spooler.set_offline("maildir")
+        queue_id = await spooler.send(NOTE, sender="a@example.com", recipients=["alice@example.org"])
+        info = await delivered(spooler, queue_id)
+        recipient = info["recipients"][0]
+        assert (recipient["status"], recipient["attempts"], recipient["last_reply"]) == (
+            "deferred", 0, "421 4.3.2 transport maildir is offline")
+        assert not (root / "example.org" / "alice").exists()
+        assert (await spooler.set_offline("maildir", False))["released"] == 1
+        await delivered(spooler, queue_id, wanted=("delivered",))
+    assert [m["Subject"] for m in mailbox.Maildir(root / "example.org" / "alice", create=False)] == ["hello"]

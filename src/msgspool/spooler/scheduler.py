@@ -211,6 +211,10 @@ class Scheduler:
                 decided.append(Settlement(message.id, r.index, r.address, r.status, r.last_reply, dsn=r.dsn,
                                           transport=r.transport, nexthop=r.nexthop,
                                           copies=(copy,) if copy is not None else ()))
+            elif r.transport in self.offline:  # a mailbox transport's recipients too, which bypass destinations
+                decided.append(dataclasses.replace(
+                    deferral(self.retry, self.warn_after, now, message, r, transport_offline(r.transport),
+                             attempted=False, wait=True), transport=r.transport, nexthop=r.nexthop))
             elif r.transport == LOCAL or (self.local is not None and self.local.takes(r.transport)):
                 # inbound hooks first (intake.defer_local), also for a maildir's recipients
                 local.append(r)

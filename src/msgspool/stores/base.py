@@ -47,6 +47,7 @@ from msgspool.stores.ops import (
     list_nodes,
     mailbox_folders,
     matching_messages,
+    message_events,
     next_delay_warning,
     next_due,
     offline_transports,
@@ -343,6 +344,9 @@ class SQLStore(ABC):
 
     async def events_after(self, after_id: int, limit: int = 1000) -> list[Event]:
         return await self.read(lambda c: events_after(c, after_id, limit))
+
+    async def message_events(self, message_id: str, *, after: int = 0, limit: int = 1000) -> list[Event]:
+        return await self.read(lambda c: message_events(c, message_id, after, limit))
 
     async def suppressions(self, now: float) -> list[Suppression]:
         return await self.read(lambda c: list_suppressions(c, now))

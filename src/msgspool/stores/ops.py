@@ -1108,6 +1108,14 @@ def destination_counts(tx: Tx) -> list[tuple[str, str, str, int]]:
 
 
 def events_after(tx: Tx, after_id: int, limit: int = 1000) -> list[Event]:
-    rows = tx.execute(tx.q.events_after, {"after": after_id, "limit": limit}).fetchall()
+    return _events(tx.execute(tx.q.events_after, {"after": after_id, "limit": limit}).fetchall())
+
+
+def message_events(tx: Tx, message_id: str, after_id: int = 0, limit: int = 1000) -> list[Event]:
+    return _events(tx.execute(tx.q.message_events, {"message_id": message_id, "after": after_id,
+                                                    "limit": limit}).fetchall())
+
+
+def _events(rows: Any) -> list[Event]:
     return [Event(EventType(t), mid, tm, recipient=r, mailbox=mb, folder=f,
                   detail=json.loads(d) if d else {}, id=i) for i, tm, t, mid, r, mb, f, d in rows]

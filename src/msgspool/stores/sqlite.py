@@ -45,7 +45,7 @@ from msgspool.stores.queries import Queries
 
 T = TypeVar("T")
 DB_NAME = "spool.db"
-SCHEMA_VERSION = 15  # the schema script is idempotent: an older spool gets what is new in it
+SCHEMA_VERSION = 16  # the schema script is idempotent: an older spool gets what is new in it
 
 
 # SQLite's primary result codes that may mean "no room": SQLITE_FULL always; SQLITE_IOERR (a WAL

@@ -237,6 +237,28 @@ async def queue_show(request: web.Request) -> Any:
     return message_json(info)
 
 
+async def message_events(request: web.Request) -> Answered:
+    """Every attempt of each recipient of one message, with its reply (Events.message_events)."""
+    query = params(request, PageQuery)
+    message_id, after = request.match_info["id"], query.cursor or "0"
+    if not (after.isascii() and after.isdigit() and len(after) <= 18):
+        raise Problem(400, "cursor must be an event id (next_cursor of a page)", field="cursor")
+    store = request.app[SPOOLER].store
+    page = await store.message_events(message_id, after=int(after), limit=query.limit + 1)
+    if not page and int(after) == 0 and await store.get(message_id) is None:
+        raise NotFound(message_id)
+    more = len(page) > query.limit
+    page = page[:query.limit]
+    cursor = str(page[-1].id) if more and page and page[-1].id is not None else None
+    events = [e.to_json() for e in page]
+    recipients: dict[str, list[dict[str, Any]]] = {}
+    for event in events:
+        if event.get("recipient"):
+            recipients.setdefault(event["recipient"], []).append(event)
+    return Answered({"message_id": message_id, "events": events, "recipients": recipients, "next_cursor": cursor},
+                    next_page(request, cursor))
+
+
 async def _content(request: web.Request) -> bytes:
     message_id = request.match_info["id"]
     raw = await request.app[SPOOLER].store.content(message_id)
@@ -508,6 +530,8 @@ def api_routes() -> list[Route]:
               body_required=True, tag=A),
         Route("GET", "/api/queue/{id}", queue_show, "One message with every recipient and its history", READ,
               msg, errors=ERR_ID),
+        Route("GET", "/api/queue/{id}/events", message_events, "Every attempt of each recipient, with its reply",
+              READ, models.MessageEvents, query=PageQuery, headers=("Next-Cursor", "Link"), errors=ERR_ID),
         Route("GET", "/api/queue/{id}/content", raw_content, "The message as stored (RFC 5322)", READ,
               produces=RFC822, errors=ERR_ID),
         Route("GET", "/api/queue/{id}/parsed", parsed_content, "Headers, text, HTML and the attachments list",

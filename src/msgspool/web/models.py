@@ -123,6 +123,16 @@ class EventPage(Answer):
     next_cursor: str | None
 
 
+class MessageEvents(Answer):
+    """One message's history as events: its submission, every attempt of each recipient with its
+    reply (deferred, delivered, failed), holds, reports; `recipients` groups them by address."""
+
+    message_id: str
+    events: list[EventView]
+    recipients: dict[str, list[EventView]]
+    next_cursor: str | None
+
+
 class Folders(Answer):
     mailbox: str
     folders: list[str]

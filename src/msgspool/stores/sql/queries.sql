@@ -549,6 +549,10 @@ WHERE status IN ('queued', 'active', 'deferred', 'held') GROUP BY transport, nex
 SELECT id, time, type, message_id, recipient, mailbox, folder, detail FROM events
 WHERE id > :after ORDER BY id LIMIT :limit;
 
+-- name: message_events
+SELECT id, time, type, message_id, recipient, mailbox, folder, detail FROM events
+WHERE message_id = :message_id AND id > :after ORDER BY id LIMIT :limit;
+
 
 -- ---------------------------------------------------------------------------------------------
 -- Credentials: HTTP API tokens and SMTP AUTH users. A user name is one account whatever its case

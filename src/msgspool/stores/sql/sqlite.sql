@@ -126,6 +126,8 @@ CREATE TABLE IF NOT EXISTS events (
 );
 -- Housekeeping drops events past their retention by time.
 CREATE INDEX IF NOT EXISTS events_by_time ON events (time);
+-- One message's events (GET /api/queue/ID/events: every attempt of each recipient, with its reply).
+CREATE INDEX IF NOT EXISTS events_by_message ON events (message_id, id);
 -- Recipients whose report is owed (reporter.py writes them).
 CREATE INDEX IF NOT EXISTS recipients_report ON recipients (message_id) WHERE report IS NOT NULL;
 -- Deferred recipients whose delay notice is still to come, by when it falls due: the delay timer
