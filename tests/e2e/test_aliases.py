@@ -249,3 +249,13 @@ def test_sendmail_without_the_daemons_config_leaves_the_alias_to_the_daemon(spoo
     [original] = [m for m in spool_messages(spool) if m["origin"] == "sendmail"]
     [team] = original["recipients"]
     assert team["status"] == "delivered" and "expanded by aliases into message" in team["last_reply"]
+
+
+def test_a_broken_aliases_file_stops_serve_but_never_sendmail(spool: Spool) -> None:
+    configure(spool, "team alice\n")
+    accepted = spool.sendmail(tagged_message("kept", to="team@localhost"), "team@localhost")
+    assert accepted.returncode == 0, accepted  # queued for the daemon, which expands (or refuses) later
+    [queued] = spool.queue()
+    assert [r["address"] for r in queued["recipients"]] == ["team@localhost"]
+    result = spool.run("serve", "--smtp", "127.0.0.1:0", "--http", "", ok=False)
+    assert result.returncode == 2 and "aliases:1: expected 'name: member, ...'" in result.stderr, result

@@ -97,7 +97,7 @@ def load_transports(settings: Settings) -> dict[str, Transport]:
         builtin.append({"name": WEBHOOK_TRANSPORT, "type": "webhook"})
     if settings.maildir:
         builtin.append({"name": "maildir", "type": "maildir", "path": settings.maildir})
-    if settings.aliases and load_aliases(settings.aliases).has_commands:
+    if settings.aliases and _aliases_have_commands(settings.aliases):
         # |command members of the aliases (local(8)'s delivery to a command): Delivered-To and
         # Return-Path on top, final delivery, as the `aliases_user` account.
         builtin.append({"name": ALIASES_TRANSPORT, "type": "pipe", "addrtypes": [ALIAS_COMMAND],
@@ -117,6 +117,15 @@ def load_transports(settings: Settings) -> dict[str, Transport]:
             transport.addrtypes = frozenset(a.upper() for a in options["addrtypes"])
         transports[name] = transport
     return transports
+
+
+def _aliases_have_commands(path: str) -> bool:
+    """Whether the aliases need their pipe transport. A broken file says no here: it is reported
+    where the aliases are loaded for routing (Spooler.start, reconfigure), not in a `sendmail`."""
+    try:
+        return load_aliases(path).has_commands
+    except ConfigError:
+        return False
 
 
 def load_store(settings: Settings) -> Store:
@@ -180,7 +189,6 @@ class Spooler:
         self.intake = Intake(self.router, hopcount_limit=settings.hopcount_limit, mailboxes=settings.mailboxes,
                              message_size_limit=settings.message_size_limit, queue_minfree=settings.queue_minfree,
                              free_space=lambda: spooldir.free_bytes(spool_path))
-        self.intake.aliases = load_aliases(settings.aliases)
         self.store = load_store(settings)
         use_receive_folders(self.transports, self.store)
         self.metrics = Metrics(self.transports)
@@ -261,6 +269,9 @@ class Spooler:
             self._lock = await take_lock(self.settings.spool_path, LOCK_NAME, lock_timeout)
         self.routing = deliver if route is None else route
         if self.routing:
+            # Only a process that routes expands aliases (sendmail leaves both to the daemon, and a
+            # typo in the aliases file must not stop it taking mail): a bad file stops `serve`, exit 2.
+            self.intake.aliases = load_aliases(self.settings.aliases)
             self._build_hooks()  # a bad hook (an unsafe key file) stops `serve` at start: exit 2
         await self.store.open(create=create)
         if self.webhooks is not None and self.routing:
@@ -329,7 +340,7 @@ class Spooler:
         router = build_router(settings, transports)
         use_receive_folders(transports, self.store)
         hooks = load_hooks(settings) if self.routing else None
-        aliases = load_aliases(settings.aliases)
+        aliases = load_aliases(settings.aliases) if self.routing else self.intake.aliases
         self.settings, self.transports, self.router = settings, transports, router
         self.metrics.know_transports(transports)
         self.intake.aliases = aliases
