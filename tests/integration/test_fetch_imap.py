@@ -161,3 +161,35 @@ async def test_without_move_and_uidplus_a_move_is_copy_delete_expunge_and_withou
 def deleted_by_sessions(server: dovecot.Dovecot) -> int:
     r"""The messages Dovecot's IMAP sessions of alice flagged \Deleted and expunged (its log's summary)."""
     return sum(int(n) for n in re.findall(r"imap\(alice\).*Logged out .* deleted=(\d+)", server.log()))
+
+
+async def test_a_message_someone_marked_deleted_is_not_fetched(
+        spooler_factory: SpoolerFactory, dovecot_server: dovecot.Dovecot, tmp_path: Path) -> None:
+    dovecot_server.deliver("alice", message("going"))
+    dovecot_server.deliver("alice", message("staying"))
+    imap = imaplib.IMAP4("127.0.0.1", dovecot_server.imap_port, timeout=10)
+    imap.login("alice", DOVECOT_USERS["alice"])
+    imap.select("INBOX")
+    imap.store("1", "+FLAGS", "(\\Deleted)")  # a client deleted it, not expunged yet
+    imap.logout()
+    async with spooler_factory(fetch=[account(dovecot_server, tmp_path, after="flag")]) as spooler:
+        assert await fetcher(spooler).once() == 1
+        assert await subjects(spooler) == ["staying"]
+
+
+@pytest.mark.parametrize("protocol", ["pop3", "imap"])
+async def test_a_message_over_the_size_limit_is_left_on_the_server_and_logged_once(
+        spooler_factory: SpoolerFactory, dovecot_server: dovecot.Dovecot, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture, protocol: str) -> None:
+    dovecot_server.deliver("alice", message("big", "x" * 5000))
+    dovecot_server.deliver("alice", message("small"))
+    port = dovecot_server.pop3_port if protocol == "pop3" else dovecot_server.imap_port
+    table = {**account(dovecot_server, tmp_path), "protocol": protocol, "port": port}
+    async with spooler_factory(fetch=[table], message_size_limit=2000) as spooler:
+        f = fetcher(spooler)
+        assert await f.once() == 1
+        assert await f.once() == 0
+        assert await subjects(spooler) == ["small"]
+    assert len(folder_state(dovecot_server)) == 1  # the big one, still there
+    lines = [r.getMessage() for r in caplog.records if "more than message_size_limit" in r.getMessage()]
+    assert len(lines) == 1 and "left on the server" in lines[0]

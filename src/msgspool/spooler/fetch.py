@@ -171,7 +171,7 @@ class Fetcher:
         for uid in new_uids(present, seen):
             if self._stop.is_set():  # the rest waits for the next start; the session still ends in order
                 break
-            if uid in self.refused or not self._fits(session, uid):
+            if uid in self.refused or not await self._fits(session, uid):
                 continue
             content = await asyncio.to_thread(session.retrieve, uid)
             if await self._file(uid, content):
@@ -186,8 +186,10 @@ class Fetcher:
         self.fetched += filed
         return filed
 
-    def _fits(self, session: InboundSession, uid: str) -> bool:
-        size = session.size(uid)
+    async def _fits(self, session: InboundSession, uid: str) -> bool:
+        if not self.size_limit:
+            return True
+        size = await asyncio.to_thread(session.size, uid)  # IMAP asks the server
         if self.size_limit and size is not None and size > self.size_limit:
             self.refused.add(uid)
             log.warning("fetch %s: id %s not fetched: %d bytes, more than message_size_limit; left on the server",

@@ -2,7 +2,7 @@
 ``msgspool.fetchers``.
 
 A session: connect (implicit TLS, or STARTTLS before LOGIN, §6.2.1), LOGIN, SELECT the folder, and
-then, as often as the server has news: UID SEARCH ALL for the messages there, each known by
+then, as often as the server has news: UID SEARCH UNDELETED for the messages there, each known by
 ``UIDVALIDITY:UID`` (§2.3.1.1: a UID means the same message only under the same UIDVALIDITY), UID
 FETCH BODY.PEEK[] for each new one (PEEK: \\Seen is not set by reading, §6.4.5), and once it is
 committed to the spool the account's ``after``:
@@ -69,7 +69,9 @@ class IMAPSession:
         self._separator: str | None = None
 
     def uids(self) -> list[str]:
-        data = self._ok("UID SEARCH", self.imap.uid("SEARCH", "ALL"))
+        # UNDELETED: a message someone marked \Deleted is on its way out, not new mail (and one of
+        # ours whose EXPUNGE a crash prevented is not asked about again)
+        data = self._ok("UID SEARCH", self.imap.uid("SEARCH", "UNDELETED"))
         return [f"{self.validity}:{uid}" for uid in b" ".join(d for d in data if d).decode().split()]
 
     def size(self, key: str) -> int | None:
