@@ -1,22 +1,38 @@
-"""spooler/bulk.py on a real spool (SQLite, through the Spooler's own operations): chunks, progress,
-a message gone between selecting and acting, and what a run leaves alone."""
+"""spooler/bulk.py on a real spool (SQLite and PostgreSQL, through the Spooler's own operations):
+chunks, progress, a message gone between selecting and acting, and what a run leaves alone."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 import msgspool
 from msgspool.domain.selector import parse_selector
 from msgspool.spooler import bulk
 from msgspool.spooler.intake import Submission
+from tests.support import pg
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_settings(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    if request.param == "sqlite":
+        yield {}
+        return
+    with pg.fresh_database() as url:
+        yield {"store": "postgresql", "database_url": url}
 
 
 def message(n: int, rcpt: str = "x@one.test") -> Submission:
     return Submission(sender=f"s{n}@alpha.test", recipients=[rcpt], content=f"Subject: {n}\r\n\r\nbody\r\n".encode())
 
 
-async def test_a_run_acts_a_chunk_at_a_time_skipping_what_went_meanwhile(tmp_path: Path) -> None:
-    async with msgspool.open_spool(str(tmp_path / "spool"), deliver=False, relay="127.0.0.1:9") as spooler:
+async def test_a_run_acts_a_chunk_at_a_time_skipping_what_went_meanwhile(tmp_path: Path,
+                                                                        store_settings: dict[str, Any]) -> None:
+    async with msgspool.open_spool(str(tmp_path / "spool"), deliver=False, relay="127.0.0.1:9",
+                                   **store_settings) as spooler:
         ids = [await spooler.submit(message(n)) for n in range(7)]
         other = await spooler.submit(message(99, "y@two.test"))
         where = parse_selector("recipient=@one.test")
