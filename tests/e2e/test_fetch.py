@@ -10,8 +10,11 @@ import json
 import mailbox
 import poplib
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
+
+import pytest
 
 from tests.conftest import DOVECOT_USERS
 from tests.support import dovecot
@@ -157,6 +160,17 @@ def test_msgspool_fetch_polls_now_and_a_reload_starts_a_new_account(
     spool.wait_until(lambda: fetched() == {"alice": 1}, "the poll asked for, long before the 300 s interval")
     unknown = spool.run("fetch", "nobody", ok=False)
     assert unknown.returncode == 1 and "no fetch account nobody" in unknown.stderr
+    dovecot_server.deliver("alice", message("over http"))
+    request = urllib.request.Request(f"http://127.0.0.1:{daemon.http_port}/api/fetch/alice", method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        assert json.load(response) == {"ok": True, "accounts": 1}
+    spool.wait_until(lambda: fetched() == {"alice": 2}, "the poll asked for over HTTP")
+    missing = urllib.request.Request(f"http://127.0.0.1:{daemon.http_port}/api/fetch/nobody", method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(missing, timeout=5)
+    assert refused.value.code == 404
     dovecot_server.deliver("bob", message("for bob"))
     (spool.data / "msgspool.toml").write_text(table("alice", "alice", password) + table("bob", "bob", bob))
     assert spool.run("reload").returncode == 0

@@ -5,6 +5,7 @@ a folder's messages, paged by cursor; the queue list and the event log paged by 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from email.message import EmailMessage
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from msgspool.domain.tokens import NewToken, mint
 from msgspool.spooler.runtime import Spooler
 from msgspool.web.app import start
 from tests.conftest import SpoolerFactory
@@ -201,3 +203,24 @@ async def test_a_message_s_events_give_each_recipient_s_attempts_with_the_reply(
     assert delivered["type"] == "delivered" and delivered["reply"].startswith("250")
     assert body["message_id"] == message_id and body["next_cursor"] is None
     assert unknown.status == 404
+
+
+async def test_api_v1_is_the_same_api_and_the_document_needs_no_token(api: tuple[Spooler, str]) -> None:
+    spooler, base = api
+    root = base.removesuffix("/api")
+    async with aiohttp.ClientSession() as http:
+        created = await http.post(f"{root}/api/v1/messages", json={
+            "sender": "a@example.org", "recipients": ["user@example.org"], "content": "Subject: v1\r\n\r\nx\r\n"})
+        assert created.status == 201
+        message_id = (await created.json())["id"]
+        same = [await (await http.get(f"{root}{prefix}/queue/{message_id}")).json() for prefix in ("/api", "/api/v1")]
+        await spooler.store.create_token(_new_token())
+        refused = await http.get(f"{root}/api/v1/queue/{message_id}")
+        document = await http.get(f"{root}/api/openapi.json")
+    assert same[0] == same[1] and same[0]["id"] == message_id
+    assert refused.status == 401  # once a token exists, every route but the document wants one
+    assert document.status == 200 and (await document.json())["openapi"] == "3.1.0"
+
+
+def _new_token() -> NewToken:
+    return mint(frozenset({"read"}), "doc-test", time.time())

@@ -58,7 +58,8 @@ def document(routes: Sequence[Route]) -> dict[str, Any]:
         "openapi": "3.1.0",
         "jsonSchemaDialect": "https://spec.openapis.org/oas/3.1/dialect/base",
         "info": {"title": "msgspool HTTP API", "version": API_VERSION,
-                 "description": "The spooler's HTTP API (msgspool serve --http). Every error is an RFC 9457"
+                 "description": "The spooler's HTTP API (msgspool serve --http). Every path under /api/ is"
+                                " also served under /api/v1/, the same. Every error is an RFC 9457"
                                 " problem document. Lists page by cursor: ?limit=N&cursor=C, the next page's"
                                 " cursor in next_cursor (or the Next-Cursor header)."},
         "servers": [{"url": "/"}],

@@ -105,16 +105,26 @@ def endpoint(route: Route) -> Callable[[web.Request], Awaitable[web.StreamRespon
     return handle
 
 
+API, V1 = "/api/", "/api/v1/"
+
+
+def versioned(path: str) -> str | None:
+    """The /api/v1/ twin of an /api/ path (None for others, such as /metrics)."""
+    return V1 + path.removeprefix(API) if path.startswith(API) else None
+
+
 def install(app: web.Application, routes: list[Route]) -> None:
-    """Add the routes to the app (GET ones answer HEAD too, as aiohttp's add_get does)."""
+    """Add the routes to the app, each /api/ one also under /api/v1/ (the same route: v1 is what
+    /api/ serves; a v2 would get a prefix of its own). GET ones answer HEAD too, as add_get does."""
     table = app.get(ROUTES)
     if table is None:
         table = app[ROUTES] = {}
     for route in routes:
-        added = app.router.add_route(route.method, route.path, endpoint(route))
-        table[added] = route
-        if route.method == "GET":
-            table[app.router.add_route("HEAD", route.path, endpoint(route))] = route
+        handler = endpoint(route)
+        for path in filter(None, (route.path, versioned(route.path))):
+            table[app.router.add_route(route.method, path, handler)] = route
+            if route.method == "GET":
+                table[app.router.add_route("HEAD", path, handler)] = route
 
 
 def declared(request: web.Request) -> Route | None:
