@@ -91,12 +91,15 @@ def _log_filed(message: Message) -> None:
     story, issue 13.2: the line starts with the queue id SMTP answered, `copy=` is the mailbox's)."""
     if not delivery_log.isEnabledFor(logging.INFO):
         return
+    delay = round(max(0.0, time.time() - message.submitted_at), 3)
     for copy in message.filed:
         log_id = message.id if copy.copy_of is None else copy.copy_of
-        delivery_log.info("%s: to=<%s>, relay=local, mailbox=%s, copy=%s, dsn=2.0.0, status=sent (filed in %s)",
-                          log_id, copy.copy_for, copy.mailbox, copy.id, copy.folder or "its receive folder",
-                          extra=fields(queue_id=log_id, recipient=copy.copy_for, relay="local", mailbox=copy.mailbox,
-                                       copy_id=copy.id, dsn="2.0.0", status="sent"))
+        folder = copy.folder or "its receive folder"
+        delivery_log.info("%s: to=<%s>, relay=local, delay=%.2f, mailbox=%s, copy=%s, dsn=2.0.0, status=sent"
+                          " (filed in %s)", log_id, copy.copy_for, delay, copy.mailbox, copy.id, folder,
+                          extra=fields(queue_id=log_id, recipient=copy.copy_for, relay="local", delay=delay,
+                                       mailbox=copy.mailbox, copy_id=copy.id, dsn="2.0.0", status="sent",
+                                       reply=f"250 2.0.0 filed in {folder} of {copy.mailbox}"))
 
 
 def load_transports(settings: Settings) -> dict[str, Transport]:

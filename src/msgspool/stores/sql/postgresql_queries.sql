@@ -18,3 +18,14 @@ RETURNING r.message_id, r.idx, r.address, r.addrtype, r.type, r.transport, r.nex
 -- same debts and wrote the same report, the second waits here for the first, then finds the
 -- debts cleared and writes nothing (a report is written once, issue 11.5).
 SELECT idx, report FROM recipients WHERE message_id = :message_id AND report IS NOT NULL FOR UPDATE;
+
+-- name: kept_outbox_counts
+-- Not kept yet on PostgreSQL: computed from the rows.
+SELECT status, count(*) FROM recipients r JOIN messages m ON m.id = r.message_id
+WHERE m.folder = 'outbox' GROUP BY status
+UNION ALL SELECT 'messages', count(*) FROM messages WHERE folder = 'outbox';
+
+-- name: kept_destination_counts
+SELECT coalesce(transport, ''), coalesce(nexthop, ''), status, count(*) FROM recipients
+WHERE status IN ('queued', 'active', 'deferred', 'held')
+GROUP BY coalesce(transport, ''), coalesce(nexthop, ''), status;
