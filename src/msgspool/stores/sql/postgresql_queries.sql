@@ -20,12 +20,9 @@ RETURNING r.message_id, r.idx, r.address, r.addrtype, r.type, r.transport, r.nex
 SELECT idx, report FROM recipients WHERE message_id = :message_id AND report IS NOT NULL FOR UPDATE;
 
 -- name: kept_outbox_counts
--- Not kept yet on PostgreSQL: computed from the rows.
-SELECT status, count(*) FROM recipients r JOIN messages m ON m.id = r.message_id
-WHERE m.folder = 'outbox' GROUP BY status
-UNION ALL SELECT 'messages', count(*) FROM messages WHERE folder = 'outbox';
+-- The counts as the triggers keep them (sql/postgresql/0008_counts.sql): the sum of the deltas.
+SELECT key, sum(n) FROM outbox_count_deltas GROUP BY key;
 
 -- name: kept_destination_counts
-SELECT coalesce(transport, ''), coalesce(nexthop, ''), status, count(*) FROM recipients
-WHERE status IN ('queued', 'active', 'deferred', 'held')
-GROUP BY coalesce(transport, ''), coalesce(nexthop, ''), status;
+SELECT transport, nexthop, status, sum(n) FROM destination_count_deltas
+GROUP BY transport, nexthop, status HAVING sum(n) <> 0;
