@@ -993,7 +993,7 @@ def cmd_suppression(args: argparse.Namespace, settings: Settings) -> int:
     within a second; the store checks every submission itself)."""
     import time
 
-    from msgspool.domain.address import valid_smtp
+    from msgspool.domain.address import domain_of, valid_smtp
     from msgspool.domain.suppression import OPERATOR, Suppression, suppression_key
     from msgspool.views import suppression_json, suppression_line
 
@@ -1004,6 +1004,9 @@ def cmd_suppression(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "add":
         if not valid_smtp(args.address) or not args.address:
             raise CLIError(f"not an email address: {args.address!r}", 2)
+        if domain_of(args.address) in {d.lower() for d in settings.local_domains}:
+            raise CLIError(f"{args.address} is in a local domain: the list is for mail that leaves (refuse a local"
+                           " mailbox with `mailboxes`)", 2)
         days = args.days if args.days is not None else settings.suppression_time / 86400
         if days < 0:
             raise CLIError("--days must be 0 (until removed) or more", 2)

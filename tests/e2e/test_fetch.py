@@ -10,8 +10,12 @@ import json
 import mailbox
 import poplib
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import DOVECOT_USERS
 from tests.support import dovecot
@@ -73,6 +77,12 @@ def test_serve_fetches_over_pop3_once_deletes_after_the_commit_and_survives_a_wr
     assert "not-bobs-password" not in daemon.log() and "not-bobs-password" not in str(rows)
     text = spool.run("status").stdout
     assert "fetch      alice      online" in text and "fetch      bob        failure" in text
+    with urllib.request.urlopen(f"http://127.0.0.1:{daemon.http_port}/metrics", timeout=10) as response:
+        samples = {(s.name, tuple(s.labels.items())): s.value
+                   for family in text_string_to_metric_families(response.read().decode()) for s in family.samples}
+    assert samples[("msgspool_fetched_total", (("account", "alice"),))] == 2
+    assert samples[("msgspool_fetch_up", (("account", "alice"),))] == 1
+    assert samples[("msgspool_fetch_up", (("account", "bob"),))] == 0
     assert daemon.stop() == 0
     dovecot_server.deliver("alice", message("three"))
     daemon.start()
@@ -157,6 +167,17 @@ def test_msgspool_fetch_polls_now_and_a_reload_starts_a_new_account(
     spool.wait_until(lambda: fetched() == {"alice": 1}, "the poll asked for, long before the 300 s interval")
     unknown = spool.run("fetch", "nobody", ok=False)
     assert unknown.returncode == 1 and "no fetch account nobody" in unknown.stderr
+    dovecot_server.deliver("alice", message("over http"))
+    request = urllib.request.Request(f"http://127.0.0.1:{daemon.http_port}/api/fetch/alice", method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        assert json.load(response) == {"ok": True, "accounts": 1}
+    spool.wait_until(lambda: fetched() == {"alice": 2}, "the poll asked for over HTTP")
+    missing = urllib.request.Request(f"http://127.0.0.1:{daemon.http_port}/api/fetch/nobody", method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(missing, timeout=5)
+    assert refused.value.code == 404
     dovecot_server.deliver("bob", message("for bob"))
     (spool.data / "msgspool.toml").write_text(table("alice", "alice", password) + table("bob", "bob", bob))
     assert spool.run("reload").returncode == 0

@@ -51,6 +51,9 @@ def test_queue_read_on_the_id_smtp_answered_marks_the_local_copies_read_and_says
     bob = spool.show(copies["bob@localhost"]["id"])
     assert (bob["mailbox"], bob["folder"], bob["read"]) == ("bob@localhost", "inbox", False)
     assert bob["copy_of"] == queue_id and bob["copy_for"] == "bob@localhost"
+    # The log's delivery line starts with the id SMTP answered and names the copy's own.
+    assert re.search(rf"{queue_id}: to=<bob@localhost>, relay=local, delay=[\d.]+, mailbox=bob@localhost,"
+                     rf" copy={bob['id']}, dsn=2.0.0, status=sent \(filed in inbox\)", daemon.log()), daemon.log_tail()
 
     result = spool.run("queue", "read", queue_id)
     assert f"{queue_id}: copy {copies['bob@localhost']['id']} in bob@localhost: read" in result.stdout, result.stdout

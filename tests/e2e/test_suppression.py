@@ -148,3 +148,7 @@ def test_a_local_failure_suppresses_nothing_and_the_cli_adds_with_a_time(spool: 
     assert added["source"] == "operator" and added["reason"] == "added by the operator"
     assert list(listed(spool)) == ["x@example.com"]
     assert spool.run("suppression", "add", "not-an-address", ok=False).returncode == 2
+    local = spool.run("suppression", "add", "bob@localhost", ok=False)
+    assert local.returncode == 2 and "local domain" in local.stderr
+    status, problem = api(daemon, "suppressions", {"address": "Bob@LocalHost"})
+    assert status == 422 and problem["field"] == "address" and "local domain" in problem["detail"]

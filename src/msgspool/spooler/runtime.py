@@ -47,6 +47,7 @@ from msgspool.errors import (
     UnableToAbort,
     UnknownTransport,
 )
+from msgspool.logs import fields
 from msgspool.ports import MailboxTransport, Store, Transport
 from msgspool.spooler import control
 from msgspool.spooler.aliases import load_aliases
@@ -69,6 +70,7 @@ from msgspool.spooler.webhooks import WebhookDispatcher
 from msgspool.views import message_json
 
 log = logging.getLogger("msgspool")
+delivery_log = logging.getLogger("msgspool.delivery")
 LOCK_NAME = "msgspool.lock"
 SERVE_LOCK_NAME = "serve.lock"
 LOCK_ROLES = {LOCK_NAME: "delivering from", SERVE_LOCK_NAME: "serving"}
@@ -82,6 +84,22 @@ SUPPRESSION_REFRESH = 1.0  # seconds between looks at the suppression list for i
 
 def _addresses(in_flight: dict[str, list[tuple[int, str]]]) -> dict[str, list[str]]:
     return {message_id: [address for _, address in recipients] for message_id, recipients in in_flight.items()}
+
+
+def _log_filed(message: Message) -> None:
+    """The delivery line of each copy filed at submission, naming the copy's own id (the one id
+    story, issue 13.2: the line starts with the queue id SMTP answered, `copy=` is the mailbox's)."""
+    if not delivery_log.isEnabledFor(logging.INFO):
+        return
+    delay = round(max(0.0, time.time() - message.submitted_at), 3)
+    for copy in message.filed:
+        log_id = message.id if copy.copy_of is None else copy.copy_of
+        folder = copy.folder or "its receive folder"
+        delivery_log.info("%s: to=<%s>, relay=local, delay=%.2f, mailbox=%s, copy=%s, dsn=2.0.0, status=sent"
+                          " (filed in %s)", log_id, copy.copy_for, delay, copy.mailbox, copy.id, folder,
+                          extra=fields(queue_id=log_id, recipient=copy.copy_for, relay="local", delay=delay,
+                                       mailbox=copy.mailbox, copy_id=copy.id, dsn="2.0.0", status="sent",
+                                       reply=f"250 2.0.0 filed in {folder} of {copy.mailbox}"))
 
 
 def load_transports(settings: Settings) -> dict[str, Transport]:
@@ -485,6 +503,7 @@ class Spooler:
                 self.scheduler.unreserve(due)
             raise
         self.metrics.intake_latency.observe(time.perf_counter() - started)
+        _log_filed(message)
         self.metrics.submitted(message.recipients)
         for part, _copies in message.parts:
             self.metrics.submitted(part.recipients)

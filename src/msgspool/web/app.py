@@ -360,6 +360,15 @@ async def transport_online(request: web.Request) -> Any:
     return {"ok": True, **await request.app[SPOOLER].set_offline(request.match_info["name"], False)}
 
 
+async def fetch_now(request: web.Request) -> Any:
+    """`msgspool fetch [NAME]`: the fetch accounts (or the one named) poll now."""
+    spooler, name = request.app[SPOOLER], request.match_info.get("name")
+    woken = spooler.fetch.poke(name) if spooler.fetch is not None else 0
+    if name and not woken:
+        raise Problem(404, f"no fetch account {name}")
+    return {"ok": True, "accounts": woken}
+
+
 async def _flush_route(request: web.Request) -> dict[str, str]:
     """`transport` and `destination` of a flush: query parameters, or the optional JSON body."""
     body = await json_body(request) if request.can_read_body else None
@@ -555,6 +564,10 @@ def api_routes() -> list[Route]:
               models.TransportState, tag="status", errors=(404,)),
         Route("POST", "/api/transports/{name}/online", transport_online, "The transport works again", ADMIN,
               models.TransportState, tag="status", errors=(404,)),
+        Route("POST", "/api/fetch", fetch_now, "The fetch accounts poll their servers now", ADMIN,
+              models.FetchPolled, tag="status"),
+        Route("POST", "/api/fetch/{name}", fetch_now, "This fetch account polls its server now", ADMIN,
+              models.FetchPolled, tag="status", errors=(404,)),
         Route("POST", "/api/messages", submit, "Submit a message (JSON, or the raw message as message/rfc822)",
               SUBMIT, models.Submitted, status=201, body=models.Submit, body_required=True,
               body_types=(JSON, RFC822), query=RawQuery, tag="submit", errors=(403, 422, 503, 507)),

@@ -267,6 +267,11 @@ class TransportState(Answer):
     released: int
 
 
+class FetchPolled(Answer):
+    ok: bool
+    accounts: int = Field(description="the fetch accounts that poll now")
+
+
 class StatusTable(Answer):
     """MAPI's status table: the spooler's row, one per transport with its destinations, one per
     listener (SMTP, HTTP, the sendmail intake), the fetch accounts, the delivery nodes, and the

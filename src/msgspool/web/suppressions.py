@@ -43,6 +43,9 @@ async def add_suppression(request: web.Request) -> Any:
         raise malformed("address", "address must be an email address")
     if not isinstance(reason, str):
         raise malformed("reason", "reason must be a string")
+    if spooler.router.is_local(address):
+        raise out_of_range("address", f"{address} is in a local domain: the list is for mail that leaves (refuse a"
+                                      " local mailbox with `mailboxes`)")
     until = _until(body, spooler.settings.suppression_time)
     entry = await spooler.suppress(address, reason, until)
     return suppression_json(entry)
