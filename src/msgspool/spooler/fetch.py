@@ -44,6 +44,7 @@ from msgspool.domain.fetch import (
 )
 from msgspool.errors import ConfigError, LoginRefused, MsgspoolError, SubmitError
 from msgspool.ports import Fetched, InboundSession, InboundTransport
+from msgspool.spooler import metrics
 from msgspool.spooler.background import stop_task
 from msgspool.spooler.intake import Submission
 
@@ -283,3 +284,12 @@ class FetchService:
 
     def rows(self) -> list[dict[str, Any]]:
         return [f.row() for f in self.fetchers]
+
+
+def fetch_metrics(service: FetchService | None) -> list[metrics.Metric]:
+    """Each account's messages filed since serve started, and whether its last session worked."""
+    fetchers = service.fetchers if service is not None else []
+    return [metrics.counter("msgspool_fetched", "Messages fetch accounts filed into local mailboxes.", ("account",),
+                            [((f.account.name,), f.fetched) for f in fetchers]),
+            metrics.gauge("msgspool_fetch_up", "1 while the fetch account's sessions work, 0 in failure or stopped.",
+                          ("account",), [((f.account.name,), int(f.status == "online")) for f in fetchers])]
