@@ -156,7 +156,7 @@ class Fetcher:
                 log.info("fetch %s: status=online %s", self.account.name, self.account.source)
             self.failures, self.last_error = 0, None
             await self._changed("online")
-            if not wait or not self.account.idle or self._stop.is_set():
+            if not wait or not session.can_wait or self._stop.is_set():
                 return filed
             self.idling = True
             woken = await asyncio.to_thread(session.wait, self.account.interval, self._stop)
