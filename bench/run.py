@@ -21,7 +21,7 @@ from bench import rows
 from bench.load import tools_available
 from bench.procs import Group, log, tree_pids
 
-ROWS = ("relay", "tls", "latency", "outage", "queued", "list", "relay_pg", "nodes")
+ROWS = ("relay", "tls", "latency", "outage", "queued", "list", "status", "relay_pg", "nodes")
 EXTRAS = ("backlog",)  # opt-in with --only: not part of issue 5's table
 OTHER_BENCH = ("relay_bench.py", "smtp-source", "smtp-sink", "-m bench")
 
@@ -139,10 +139,11 @@ def main(argv: list[str] | None = None) -> int:
             steps.append(("relay_pg", lambda: rows.row_relay_pg(ctx)))
         if "nodes" in a.rows:
             steps.append(("nodes", lambda: rows.row_nodes(ctx)))
-        if {"queued", "list", "backlog"} & set(a.rows):
+        if {"queued", "list", "status", "backlog"} & set(a.rows):
             steps.append(("queued", lambda: rows.row_queued(ctx, with_load="queued" in a.rows,
                                                             with_list="list" in a.rows,
-                                                            with_backlog="backlog" in a.rows)))
+                                                            with_backlog="backlog" in a.rows,
+                                                            with_status="status" in a.rows)))
         for name, step in steps:
             if postfix and name in ("latency", "outage") and not used_postfix:
                 rows.ensure_postfix()  # relay_bench.py's configuration, when the relay row did not run it
@@ -287,6 +288,19 @@ def render(res: dict[str, Any], errors: dict[str, str], meta: dict[str, Any], a:
         "within 20 % of the empty-queue rate")
     row(f"resident memory of the daemon with {q} queued (VmRSS, whole process tree)", "queued", rss, "≤ 300 MB")
     row(f"`msgspool queue list --json` over {q} messages", "queued", listing, "streams; first line in < 1 s")
+
+    def status(r: dict[str, Any]) -> tuple[str, str, str, str, bool | None]:
+        st = r.get("status")
+        if not st:
+            return "not run", "—", "", "", None
+        ms = (f"GET /api/status p50 {st['http_ms']['p50']:.1f} ms (max {st['http_ms']['max']:.1f});"
+              f" `msgspool status --json` p50 {st['cli_ms']['p50']:.0f} ms")
+        measured = (f"CLI {st['cli_over_empty_ms']:+.0f} ms over the empty spool's {st['cli_empty_ms']:.0f} ms"
+                    " (Python's start and imports)")
+        ok = st["http_ms"]["p50"] <= 50 and st["cli_over_empty_ms"] <= 50 and st["queue_messages"] == [r["queued"]]
+        return ms, "—", measured, "", ok
+
+    row(f"status with {q} queued (`GET /api/status`, `msgspool status --json`)", "queued", status, "≤ 50 ms")
 
     def nodes_rate(r: dict[str, Any]) -> tuple[str, str, str, str, bool | None]:
         ms = f"{_n(r['accept_rate'])} msg/s accepted, {_n(r['e2e_rate'])} end to end"

@@ -39,7 +39,7 @@ from msgspool.smtpd.policy import SpoolPolicy, parse_networks
 from msgspool.smtpd.protocol import ServerLimits, Sessions, start_server
 from msgspool.smtpd.tls import ServerTLS
 from msgspool.spooler import bulk, control, metrics
-from msgspool.spooler.fetch import FetchService, build_service
+from msgspool.spooler.fetch import FetchService, build_service, fetch_metrics
 from msgspool.spooler.link import EventForwarder, Link, RemoteDelivery, events_of, message_from_wire
 from msgspool.spooler.runtime import SERVE_LOCK_NAME, Spooler, load_transports, take_lock
 from msgspool.transports.smtp import split_hostport
@@ -388,6 +388,7 @@ async def _serve(settings: Settings, ready: asyncio.Event | None,
             servers.append(smtp)
             spooler.listeners += smtp.status_rows()
         spooler.metrics.add_live(lambda: smtp_metrics(sessions))
+        spooler.metrics.add_live(lambda: fetch_metrics(spooler.fetch))
         if settings.http_listen:
             from msgspool.web.app import HTTP_COUNTS
             from msgspool.web.app import start as start_http

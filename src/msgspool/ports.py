@@ -82,6 +82,8 @@ class InboundSession(Protocol):
     # Whether a fetched message stays on the server (POP3 keep, IMAP flag): then `done` is not
     # asked again for a message fetched before.
     leaves_copy: bool
+    # Whether `wait` can be told of new mail on this session (IMAP IDLE offered and wanted).
+    can_wait: bool
 
     def uids(self) -> list[str]:
         """The unique ids of the messages there now, in the server's order."""

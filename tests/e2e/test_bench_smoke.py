@@ -18,7 +18,7 @@ QUEUED = 5000
 def test_bench_quick_runs_every_row_against_msgspool(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     argv = [sys.executable, "-m", "bench", "--quick", "--no-postfix", "--load", "python", "--queued", str(QUEUED),
-            "--only", "relay,tls,latency,outage,queued,list,backlog",  # every row, and the opt-in extra
+            "--only", "relay,tls,latency,outage,queued,list,status,backlog",  # every row, and the opt-in extra
             "--json", str(out)]  # spools under /tmp: pytest's tmp_path is too long for a control socket
     proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=100, env=cli_env())
     context = f"\n--- stdout\n{proc.stdout}\n--- stderr (tail)\n{proc.stderr[-4000:]}"
@@ -53,6 +53,10 @@ def test_bench_quick_runs_every_row_against_msgspool(tmp_path: Path) -> None:
     assert listing["exit"] == 0 and not listing["capped"], context
     assert listing["lines"] == QUEUED and listing["first_status"] == "deferred", context
     assert listing["first_line_s"] is not None and listing["rss_max_mb"] > 0, context
+
+    status = queued["status"]
+    assert status["queue_messages"] == [QUEUED], context  # the kept counts, from the daemon and the CLI
+    assert 0 < status["http_ms"]["p50"] <= status["http_ms"]["max"] and status["cli_ms"]["p50"] > 0, context
 
     backlog = queued["backlog"]
     assert "recipients due now" in backlog["flush_output"], context

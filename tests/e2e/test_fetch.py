@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import DOVECOT_USERS
 from tests.support import dovecot
@@ -76,6 +77,12 @@ def test_serve_fetches_over_pop3_once_deletes_after_the_commit_and_survives_a_wr
     assert "not-bobs-password" not in daemon.log() and "not-bobs-password" not in str(rows)
     text = spool.run("status").stdout
     assert "fetch      alice      online" in text and "fetch      bob        failure" in text
+    with urllib.request.urlopen(f"http://127.0.0.1:{daemon.http_port}/metrics", timeout=10) as response:
+        samples = {(s.name, tuple(s.labels.items())): s.value
+                   for family in text_string_to_metric_families(response.read().decode()) for s in family.samples}
+    assert samples[("msgspool_fetched_total", (("account", "alice"),))] == 2
+    assert samples[("msgspool_fetch_up", (("account", "alice"),))] == 1
+    assert samples[("msgspool_fetch_up", (("account", "bob"),))] == 0
     assert daemon.stop() == 0
     dovecot_server.deliver("alice", message("three"))
     daemon.start()

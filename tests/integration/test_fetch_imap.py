@@ -97,13 +97,13 @@ async def test_idle_wakes_the_account_when_new_mail_arrives(
         service.start()
         try:
             f = service.fetchers[0]
-            for _ in range(200):
+            for _ in range(400):
                 if f.fetched == 1 and f.idling:
                     break
                 await asyncio.sleep(0.05)
             assert f.row()["idle"] is True and f.row()["status"] == "online"
             dovecot_server.deliver("alice", message("during idle"))
-            for _ in range(200):  # well before the 120 s interval
+            for _ in range(400):  # well before the 120 s interval
                 if f.fetched == 2:
                     break
                 await asyncio.sleep(0.05)
@@ -139,12 +139,12 @@ async def test_without_move_and_uidplus_a_move_is_copy_delete_expunge_and_withou
         service.start()
         try:
             f = service.fetchers[0]
-            for _ in range(200):
+            for _ in range(400):
                 if f.fetched == 1:
                     break
                 await asyncio.sleep(0.05)
             plain_imap.deliver("alice", message("polled"))
-            for _ in range(200):  # no IDLE: the next poll, an interval later, takes it
+            for _ in range(400):  # no IDLE: the next poll, an interval later, takes it
                 if f.fetched == 2:
                     break
                 assert not f.idling

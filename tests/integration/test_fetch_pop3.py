@@ -125,12 +125,12 @@ async def test_a_wrong_password_is_a_failure_with_a_log_line_and_the_other_accou
         service = build_service(spooler, spooler.settings)
         spooler.fetch = service
         spooler.watch_status(interval=60)  # as serve does; an account's change makes it look at once
-        await asyncio.sleep(0.1)  # its first look: what all rows are before the accounts start
+        await asyncio.sleep(0.5)  # its first look: what all rows are before the accounts start
         with pytest.raises(LoginRefused, match="refused the login of alice"):
             await service.fetchers[0].once()
         service.start()
         try:
-            for _ in range(200):
+            for _ in range(400):
                 rows = {r["name"]: r for r in spooler.status()["fetch"]}
                 if rows["bobs"]["fetched"] == 1 and service.fetchers[0].failures >= 2:
                     break

@@ -44,6 +44,7 @@ from msgspool.domain.fetch import (
 )
 from msgspool.errors import ConfigError, LoginRefused, MsgspoolError, SubmitError
 from msgspool.ports import Fetched, InboundSession, InboundTransport
+from msgspool.spooler import metrics
 from msgspool.spooler.background import stop_task
 from msgspool.spooler.intake import Submission
 
@@ -155,7 +156,7 @@ class Fetcher:
                 log.info("fetch %s: status=online %s", self.account.name, self.account.source)
             self.failures, self.last_error = 0, None
             await self._changed("online")
-            if not wait or not self.account.idle or self._stop.is_set():
+            if not wait or not session.can_wait or self._stop.is_set():
                 return filed
             self.idling = True
             woken = await asyncio.to_thread(session.wait, self.account.interval, self._stop)
@@ -283,3 +284,12 @@ class FetchService:
 
     def rows(self) -> list[dict[str, Any]]:
         return [f.row() for f in self.fetchers]
+
+
+def fetch_metrics(service: FetchService | None) -> list[metrics.Metric]:
+    """Each account's messages filed since serve started, and whether its last session worked."""
+    fetchers = service.fetchers if service is not None else []
+    return [metrics.counter("msgspool_fetched", "Messages fetch accounts filed into local mailboxes.", ("account",),
+                            [((f.account.name,), f.fetched) for f in fetchers]),
+            metrics.gauge("msgspool_fetch_up", "1 while the fetch account's sessions work, 0 in failure or stopped.",
+                          ("account",), [((f.account.name,), int(f.status == "online")) for f in fetchers])]

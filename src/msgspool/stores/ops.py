@@ -1095,6 +1095,22 @@ def matching_messages(tx: Tx, where: Selector, now: float, after: str = "", limi
 
 
 def queue_counts(tx: Tx) -> dict[str, int]:
+    """Outbox recipients by status and (`messages`) outbox messages, as the store's triggers keep
+    them with every write (issue 13.7): a read of a few rows, whatever the queue holds."""
+    counts = {str(s): 0 for s in Status}
+    counts["messages"] = 0
+    for key, n in tx.execute(tx.q.kept_outbox_counts):
+        counts[key] = int(n)
+    return counts
+
+
+def destination_counts(tx: Tx) -> list[tuple[str, str, str, int]]:
+    """(transport, nexthop, status, recipients) of the pending recipients ('' for an unrouted one)."""
+    return [(t, n, s, int(c)) for t, n, s, c in tx.execute(tx.q.kept_destination_counts)]
+
+
+def scanned_queue_counts(tx: Tx) -> dict[str, int]:
+    """`queue_counts` computed from the rows (a scan): what the kept counts must equal."""
     counts = {str(s): 0 for s in Status}
     for status, n in tx.execute(tx.q.count_outbox_by_status):
         counts[status] = n
@@ -1102,9 +1118,9 @@ def queue_counts(tx: Tx) -> dict[str, int]:
     return counts
 
 
-def destination_counts(tx: Tx) -> list[tuple[str, str, str, int]]:
-    """(transport, nexthop, status, recipients) of the pending recipients ('' for an unrouted one)."""
-    return [(t or "", n or "", s, c) for t, n, s, c in tx.execute(tx.q.count_pending_by_destination)]
+def scanned_destination_counts(tx: Tx) -> list[tuple[str, str, str, int]]:
+    """`destination_counts` computed from the rows (a scan)."""
+    return [(t, n, s, c) for t, n, s, c in tx.execute(tx.q.count_pending_by_destination)]
 
 
 def events_after(tx: Tx, after_id: int, limit: int = 1000) -> list[Event]:

@@ -277,6 +277,32 @@ class _PgGroupCommit:
         self.executor.shutdown()
 
 
+# The kept counts' deltas (sql/postgresql/0008_counts.sql) summed into one row per key, by one node
+# at a time (the others skip, they do not wait): the rows deleted are those of the snapshot, so a
+# delta another node writes meanwhile stays for the next time, and the counts never move.
+COMPACT_COUNTS = (
+    "WITH gone AS (DELETE FROM outbox_count_deltas RETURNING key, n)"
+    " INSERT INTO outbox_count_deltas (key, n) SELECT key, sum(n) FROM gone GROUP BY key HAVING sum(n) <> 0",
+    "WITH gone AS (DELETE FROM destination_count_deltas RETURNING transport, nexthop, status, n)"
+    " INSERT INTO destination_count_deltas (transport, nexthop, status, n)"
+    " SELECT transport, nexthop, status, sum(n) FROM gone GROUP BY transport, nexthop, status HAVING sum(n) <> 0")
+COMPACT_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext('msgspool.counts.' || current_schema()))"
+COMPACT_INTERVAL = 5.0  # seconds: a node that reads the counts compacts them first at most this often
+
+
+def compact_counts(conn: psycopg.Connection[Any]) -> int:
+    """Compact the count deltas in one transaction, unless another node is at it: the delta rows
+    folded (0 when skipped)."""
+    with conn.transaction():
+        row = conn.execute(COMPACT_LOCK).fetchone()
+        if not row or not row[0]:
+            return 0
+        folded = 0
+        for sql in COMPACT_COUNTS:
+            folded += conn.execute(sql).rowcount
+        return folded
+
+
 class PostgresStore(SQLStore):
     """The store on PostgreSQL (`store = "postgresql"`, `database_url`). Same steps and API as
     the SQLite store (stores/base.py); only how they reach the database differs."""
@@ -302,6 +328,7 @@ class PostgresStore(SQLStore):
         self._tag = secrets.token_hex(4)  # this store's own notices come back to it: skipped
         self._channel = ""
         self.clock: Callable[[], float] = time.time  # this node's clock (the leases use the database's)
+        self._compacted_at = -COMPACT_INTERVAL
 
     async def open(self, *, create: bool = True) -> None:
         pool: ConnectionPool[Any] = ConnectionPool(
@@ -386,6 +413,42 @@ class PostgresStore(SQLStore):
                 return fn(PgConnection(conn))
 
         return asyncio.wrap_future(self._readers.submit(run))
+
+    # -- The kept counts ----------------------------------------------------------------------
+    # A count is the sum of its deltas (one row per statement that changed it): any node that
+    # reads them folds them first, at most every COMPACT_INTERVAL, and housekeeping does too, so
+    # the sum stays short. Off the writer: a long fold never holds up the group commit.
+
+    async def compact_counts(self) -> int:
+        assert self._pool is not None and self._readers is not None, "store is not open"
+        pool = self._pool
+        self._compacted_at = time.monotonic()
+
+        def run() -> int:
+            with pool.connection() as conn:
+                return compact_counts(conn)
+
+        return await asyncio.wrap_future(self._readers.submit(run))
+
+    async def _fold_now_and_then(self) -> None:
+        if time.monotonic() - self._compacted_at >= COMPACT_INTERVAL:
+            try:
+                await self.compact_counts()
+            except psycopg.Error as err:  # the sum is right either way, only longer
+                log.warning("count deltas not compacted: %s", err)
+
+    async def counts(self) -> dict[str, int]:
+        await self._fold_now_and_then()
+        return await super().counts()
+
+    async def destination_counts(self) -> list[tuple[str, str, str, int]]:
+        await self._fold_now_and_then()
+        return await super().destination_counts()
+
+    async def purge(self, sent_before: float, events_before: float) -> int:
+        purged = await super().purge(sent_before, events_before)
+        await self._fold_now_and_then()
+        return purged
 
     # -- Leases on the database's clock -----------------------------------------------------
     # Nodes on several machines judge each other's leases: were each to use its own clock, one

@@ -45,7 +45,7 @@ from msgspool.stores.queries import Queries
 
 T = TypeVar("T")
 DB_NAME = "spool.db"
-SCHEMA_VERSION = 16  # the schema script is idempotent: an older spool gets what is new in it
+SCHEMA_VERSION = 17  # the schema script is idempotent: an older spool gets what is new in it
 
 
 # SQLite's primary result codes that may mean "no room": SQLITE_FULL always; SQLITE_IOERR (a WAL
@@ -154,9 +154,35 @@ def create_schema(conn: sqlite3.Connection) -> None:
         conn.execute("UPDATE recipients SET priority = (SELECT CASE WHEN m.priority > 0 THEN 1 ELSE -1 END"
                      " FROM messages m WHERE m.id = recipients.message_id) WHERE status IN ('queued','deferred','held')"
                      " AND message_id IN (SELECT id FROM messages WHERE priority != 0)")
+    counted = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'outbox_counts'").fetchone() is not None
     conn.executescript(resources.files("msgspool.stores").joinpath("sql/sqlite.sql").read_text())
     conn.executescript(transition_guard_sql())
+    if not counted:
+        backfill_counts(conn)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def backfill_counts(conn: sqlite3.Connection) -> None:
+    """The kept counts (sql/sqlite.sql outbox_counts, destination_counts) of a spool made before
+    they were kept, computed from its rows once (schema 17), in one transaction: the triggers are
+    in place already, so a write by another process meanwhile is counted either way."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("UPDATE outbox_counts SET n = 0")
+        conn.execute("DELETE FROM destination_counts")
+        conn.execute("UPDATE outbox_counts SET n = (SELECT count(*) FROM messages WHERE folder = 'outbox')"
+                     " WHERE key = 'messages'")
+        conn.execute("INSERT INTO outbox_counts (key, n) SELECT r.status, count(*) FROM recipients r"
+                     " JOIN messages m ON m.id = r.message_id WHERE m.folder = 'outbox' GROUP BY r.status"
+                     " ON CONFLICT (key) DO UPDATE SET n = excluded.n")
+        conn.execute("INSERT INTO destination_counts (transport, nexthop, status, n)"
+                     " SELECT coalesce(transport, ''), coalesce(nexthop, ''), status, count(*) FROM recipients"
+                     " WHERE status IN ('queued', 'active', 'deferred', 'held')"
+                     " GROUP BY coalesce(transport, ''), coalesce(nexthop, ''), status")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 def transition_guard_sql() -> str:

@@ -65,6 +65,7 @@ class IMAPSession:
         # imaplib keeps the capabilities of before LOGIN; a server may offer more after it (RFC 3501 §6.2.3).
         _typ, data = imap.capability()
         self.capabilities = {c.upper() for c in (data[0] or b"").decode("ascii", "replace").split()}
+        self.can_wait = account.idle and "IDLE" in self.capabilities
         self._created = False
         self._separator: str | None = None
 
@@ -127,7 +128,7 @@ class IMAPSession:
 
     def wait(self, timeout: float, stop: threading.Event) -> bool | None:
         """RFC 2177 IDLE until an EXISTS, `timeout`, or `stop`; then DONE and the tagged reply."""
-        if not self.account.idle or "IDLE" not in self.capabilities:
+        if not self.can_wait:
             return None
         tag = f"M{next(_TAGS)}".encode()
         self.imap.send(tag + b" IDLE\r\n")

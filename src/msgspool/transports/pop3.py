@@ -57,6 +57,7 @@ class POP3Session:
     def __init__(self, account: FetchAccount, pop: poplib.POP3) -> None:
         self.account, self.pop = account, pop
         self.leaves_copy = account.after == "keep"
+        self.can_wait = False  # POP3 has no way to be told of new mail: polled on the interval
         self._numbers: dict[str, int] = {}
         self._sizes: dict[int, int] = {}
 

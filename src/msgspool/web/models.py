@@ -3,8 +3,9 @@ which), and from which the OpenAPI 3.1 document is generated (web/openapi.py).
 
 Pydantic v2, because its JSON Schema output is draft 2020-12, the dialect OpenAPI 3.1 uses as it
 is (no translation layer to drift), and because its validation runs in compiled code: every JSON
-answer goes through its route's model on the way out (web/routes.py), so what the document says
-is what is sent, and an answer that strays from it is a 500 a test sees, not a silent drift.
+answer is checked, strictly, against its route's model on the way out (web/routes.py; of a long
+list, its first 100 items), so what the document says is what is sent, and an answer that strays
+from it is a 500 a test sees, not a silent drift.
 msgspec would be faster still but its schemas need more hand work for 3.1; dataclasses have no
 schema generator of their own.
 
@@ -16,7 +17,7 @@ not name (`extra="allow"`): a field added to views.py reaches clients at once, a
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -145,10 +146,13 @@ class Attachment(Answer):
     size: int = Field(description="decoded, in bytes")
 
 
+HeaderField = Annotated[list[str], Field(min_length=2, max_length=2)]  # [name, value]
+
+
 class ParsedContent(Answer):
     """A message's content as a mail reader shows it (RFC 5322 headers, MIME parts: RFC 2045/2046)."""
 
-    headers: list[tuple[str, str]] = Field(description="[name, value] in order, RFC 2047 words decoded")
+    headers: list[HeaderField] = Field(description="[name, value] in order, RFC 2047 words decoded")
     subject: str | None
     text: str | None = Field(description="the first text/plain part not an attachment")
     html: str | None = Field(description="the first text/html part not an attachment")

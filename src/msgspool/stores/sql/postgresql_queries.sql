@@ -18,3 +18,11 @@ RETURNING r.message_id, r.idx, r.address, r.addrtype, r.type, r.transport, r.nex
 -- same debts and wrote the same report, the second waits here for the first, then finds the
 -- debts cleared and writes nothing (a report is written once, issue 11.5).
 SELECT idx, report FROM recipients WHERE message_id = :message_id AND report IS NOT NULL FOR UPDATE;
+
+-- name: kept_outbox_counts
+-- The counts as the triggers keep them (sql/postgresql/0008_counts.sql): the sum of the deltas.
+SELECT key, sum(n) FROM outbox_count_deltas GROUP BY key;
+
+-- name: kept_destination_counts
+SELECT transport, nexthop, status, sum(n) FROM destination_count_deltas
+GROUP BY transport, nexthop, status HAVING sum(n) <> 0;

@@ -1,4 +1,4 @@
--- msgspool SQLite spool schema (PRAGMA user_version = 15). Every statement is idempotent.
+-- msgspool SQLite spool schema (PRAGMA user_version = 17). Every statement is idempotent.
 -- One row per message (any folder of any mailbox), its content stored once in `contents`
 -- (local copies of one submission share it), one row per recipient of an outbound message.
 
@@ -206,3 +206,83 @@ CREATE TABLE IF NOT EXISTS fetched (
     message_id  TEXT NOT NULL,           -- the queue id it was submitted as
     PRIMARY KEY (account, uid)
 );
+
+-- The queue's counts (issue 13.7: `status` and GET /api/status in milliseconds with 1,000,000
+-- queued), kept by the triggers below with every write, so that they are read, not computed:
+-- `outbox_counts` holds the recipients of outbox messages by status, and under the key 'messages'
+-- the outbox messages; `destination_counts` the pending recipients (any folder) by route and status
+-- ('' for an unrouted one). An older spool gets them filled from its rows once, when opened
+-- (stores/sqlite.py create_schema). SQLite has one writer: a hot counter row costs nothing there.
+CREATE TABLE IF NOT EXISTS outbox_counts (
+    key     TEXT PRIMARY KEY,                -- a recipient status, or 'messages'
+    n       INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS destination_counts (
+    transport   TEXT NOT NULL,
+    nexthop     TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    n           INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (transport, nexthop, status)
+) WITHOUT ROWID;
+
+-- A recipient counts in `outbox_counts` while its message is in the outbox; a message row counts
+-- its recipients when it enters or leaves the outbox, so either may be written first.
+CREATE TRIGGER IF NOT EXISTS counts_recipient_insert AFTER INSERT ON recipients
+BEGIN
+    INSERT INTO outbox_counts (key, n) SELECT NEW.status, 1 FROM messages
+        WHERE id = NEW.message_id AND folder = 'outbox'
+        ON CONFLICT (key) DO UPDATE SET n = n + 1;
+    INSERT INTO destination_counts (transport, nexthop, status, n)
+        SELECT coalesce(NEW.transport, ''), coalesce(NEW.nexthop, ''), NEW.status, 1
+        WHERE NEW.status IN ('queued', 'active', 'deferred', 'held')
+        ON CONFLICT (transport, nexthop, status) DO UPDATE SET n = n + 1;
+END;
+
+CREATE TRIGGER IF NOT EXISTS counts_recipient_delete AFTER DELETE ON recipients
+BEGIN
+    UPDATE outbox_counts SET n = n - 1 WHERE key = OLD.status
+        AND EXISTS (SELECT 1 FROM messages WHERE id = OLD.message_id AND folder = 'outbox');
+    UPDATE destination_counts SET n = n - 1 WHERE OLD.status IN ('queued', 'active', 'deferred', 'held')
+        AND transport = coalesce(OLD.transport, '') AND nexthop = coalesce(OLD.nexthop, '') AND status = OLD.status;
+END;
+
+CREATE TRIGGER IF NOT EXISTS counts_recipient_update AFTER UPDATE OF status, transport, nexthop ON recipients
+WHEN OLD.status IS NOT NEW.status OR OLD.transport IS NOT NEW.transport OR OLD.nexthop IS NOT NEW.nexthop
+BEGIN
+    UPDATE outbox_counts SET n = n - 1 WHERE key = OLD.status AND OLD.status IS NOT NEW.status
+        AND EXISTS (SELECT 1 FROM messages WHERE id = OLD.message_id AND folder = 'outbox');
+    INSERT INTO outbox_counts (key, n) SELECT NEW.status, 1 FROM messages
+        WHERE id = NEW.message_id AND folder = 'outbox' AND OLD.status IS NOT NEW.status
+        ON CONFLICT (key) DO UPDATE SET n = n + 1;
+    UPDATE destination_counts SET n = n - 1 WHERE OLD.status IN ('queued', 'active', 'deferred', 'held')
+        AND transport = coalesce(OLD.transport, '') AND nexthop = coalesce(OLD.nexthop, '') AND status = OLD.status;
+    INSERT INTO destination_counts (transport, nexthop, status, n)
+        SELECT coalesce(NEW.transport, ''), coalesce(NEW.nexthop, ''), NEW.status, 1
+        WHERE NEW.status IN ('queued', 'active', 'deferred', 'held')
+        ON CONFLICT (transport, nexthop, status) DO UPDATE SET n = n + 1;
+END;
+
+CREATE TRIGGER IF NOT EXISTS counts_message_insert AFTER INSERT ON messages WHEN NEW.folder = 'outbox'
+BEGIN
+    INSERT INTO outbox_counts (key, n) VALUES ('messages', 1) ON CONFLICT (key) DO UPDATE SET n = n + 1;
+    INSERT INTO outbox_counts (key, n) SELECT status, count(*) FROM recipients WHERE message_id = NEW.id
+        GROUP BY status ON CONFLICT (key) DO UPDATE SET n = n + excluded.n;
+END;
+
+CREATE TRIGGER IF NOT EXISTS counts_message_delete AFTER DELETE ON messages WHEN OLD.folder = 'outbox'
+BEGIN
+    UPDATE outbox_counts SET n = n - 1 WHERE key = 'messages';
+    UPDATE outbox_counts SET n = n - (SELECT count(*) FROM recipients
+        WHERE message_id = OLD.id AND status = outbox_counts.key) WHERE key <> 'messages';
+END;
+
+CREATE TRIGGER IF NOT EXISTS counts_message_folder AFTER UPDATE OF folder ON messages
+WHEN (OLD.folder = 'outbox') <> (NEW.folder = 'outbox')
+BEGIN
+    UPDATE outbox_counts SET n = n + CASE WHEN NEW.folder = 'outbox' THEN 1 ELSE -1 END WHERE key = 'messages';
+    INSERT INTO outbox_counts (key, n)
+        SELECT status, CASE WHEN NEW.folder = 'outbox' THEN 1 ELSE -1 END * count(*) FROM recipients
+        WHERE message_id = NEW.id GROUP BY status ON CONFLICT (key) DO UPDATE SET n = n + excluded.n;
+END;
+INSERT OR IGNORE INTO outbox_counts (key, n) VALUES ('messages', 0), ('queued', 0), ('active', 0), ('deferred', 0),
+    ('held', 0), ('delivered', 0), ('failed', 0), ('expired', 0);
