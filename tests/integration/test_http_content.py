@@ -225,3 +225,26 @@ async def test_api_v1_is_the_same_api_and_the_document_needs_no_token(api: tuple
 
 def _new_token() -> NewToken:
     return mint(frozenset({"read"}), "doc-test", time.time())
+
+
+async def test_a_raw_message_is_submitted_as_message_rfc822(api: tuple[Spooler, str]) -> None:
+    spooler, base = api
+    raw = (b"From: a@example.org\r\nTo: user@example.org\r\nCc: far@example.net\r\nBcc: hidden@example.org\r\n"
+           b"Subject: raw\r\n\r\nraw body\r\n")
+    headers = {"Content-Type": "message/rfc822"}
+    async with aiohttp.ClientSession() as http:
+        from_headers = await http.post(f"{base}/messages", data=raw, headers=headers,
+                                       params={"sender": "a@example.org"})
+        body = await from_headers.json()
+        explicit = await http.post(f"{base}/messages", data=raw, headers=headers,
+                                   params=[("sender", "a@example.org"), ("recipient", "user@example.org")])
+        explicit_body = await explicit.json()
+        empty = await http.post(f"{base}/messages", data=b"", headers=headers)
+        plain = await http.post(f"{base}/messages", data=raw, headers={"Content-Type": "text/plain"})
+    assert from_headers.status == 201, body
+    assert sorted(r["address"] for r in body["recipients"]) == [
+        "far@example.net", "hidden@example.org", "user@example.org"]
+    stored = await spooler.store.content(body["id"])
+    assert stored is not None and b"raw body" in stored and b"hidden@example.org" not in stored  # Bcc removed
+    assert explicit.status == 201 and [r["address"] for r in explicit_body["recipients"]] == ["user@example.org"]
+    assert empty.status == 400 and plain.status == 415
