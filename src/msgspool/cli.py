@@ -33,6 +33,9 @@ EXIT STATUS
     0 success; 1 an unknown message id or mailbox, or a refused operation (`queue resend` of a message
     none of whose recipients failed); 2 usage or configuration error;
     `aliases check`: 1 when the file has problems (each printed as FILE:LINE: message).
+    `queue ACTION --where`: 2 for a bad selector (the message names the term), 1 when recipients
+    were in flight; `queue read|unread`: 1 when an id stands for no mailbox message (a submission
+    without local copies).
     sendmail uses sendmail's codes (sysexits.h): 64 usage, 65 bad message, 75 temporary failure,
     78 no spool in the data directory (without --create). `node drain`: 0 drained, 1 no such live
     node (or not gone in time), 75 no daemon runs here (without --owner).
