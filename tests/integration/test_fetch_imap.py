@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import imaplib
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -193,3 +194,33 @@ async def test_a_message_over_the_size_limit_is_left_on_the_server_and_logged_on
     assert len(folder_state(dovecot_server)) == 1  # the big one, still there
     lines = [r.getMessage() for r in caplog.records if "more than message_size_limit" in r.getMessage()]
     assert len(lines) == 1 and "left on the server" in lines[0]
+
+
+async def test_a_folder_with_a_new_uidvalidity_is_fetched_again_and_the_old_ids_forgotten(
+        spooler_factory: SpoolerFactory, dovecot_server: dovecot.Dovecot, tmp_path: Path) -> None:
+    """RFC 3501 §2.3.1.1: a changed UIDVALIDITY says the UIDs mean other messages now. The folder is
+    fetched again, as documented (no Message-ID matching)."""
+    imap = imaplib.IMAP4("127.0.0.1", dovecot_server.imap_port, timeout=10)
+    imap.login("alice", DOVECOT_USERS["alice"])
+
+    def recreate() -> None:
+        imap.delete("Work")
+        imap.create("Work")
+        time.sleep(1.1)  # Dovecot's UIDVALIDITY is the folder's creation time, in seconds
+        imap.append("Work", "", imaplib.Time2Internaldate(time.time()), message("kept"))
+
+    imap.create("Work")
+    imap.append("Work", "", imaplib.Time2Internaldate(time.time()), message("kept"))
+    try:
+        async with spooler_factory(fetch=[account(dovecot_server, tmp_path, folder="Work", after="flag")]) as spooler:
+            f = fetcher(spooler)
+            assert await f.once() == 1
+            [before] = await spooler.store.fetched_uids("work")
+            assert await f.once() == 0
+            recreate()
+            assert await f.once() == 1
+            [after] = await spooler.store.fetched_uids("work")
+            assert before.split(":")[0] != after.split(":")[0]
+            assert await subjects(spooler) == ["kept", "kept"]
+    finally:
+        imap.logout()

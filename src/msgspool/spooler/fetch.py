@@ -178,20 +178,20 @@ class Fetcher:
             if await self._file(uid, content):
                 await asyncio.to_thread(session.done, uid)  # only now: the message is in the spool
                 filed += 1
+                self.fetched += 1
         if not session.leaves_copy:  # filed before, still there: the session ended before the server acted
             for uid in present:
                 if uid in seen:
                     await asyncio.to_thread(session.done, uid)
         await self.store.forget_fetched(self.account.name, gone_uids(present, seen))
         self.last_poll_at = time.time()
-        self.fetched += filed
         return filed
 
     async def _fits(self, session: InboundSession, uid: str) -> bool:
         if not self.size_limit:
             return True
         size = await asyncio.to_thread(session.size, uid)  # IMAP asks the server
-        if self.size_limit and size is not None and size > self.size_limit:
+        if size is not None and size > self.size_limit:
             self.refused.add(uid)
             log.warning("fetch %s: id %s not fetched: %d bytes, more than message_size_limit; left on the server",
                         self.account.name, uid, size)

@@ -536,7 +536,7 @@ def api_routes() -> list[Route]:
               query=FlushQuery, body=models.FlushRoute, tag=A, errors=(404,)),
         Route("POST", "/api/queue/actions", bulk_action, "hold, release, delete, flush or requeue the messages a"
               " selector matches (dry_run: count them)", ADMIN, models.BulkResult, body=models.BulkAction,
-              body_required=True, tag=A),
+              tag=A),
         Route("GET", "/api/queue/{id}", queue_show, "One message with every recipient and its history", READ,
               msg, errors=ERR_ID),
         Route("GET", "/api/queue/{id}/events", message_events, "Every attempt of each recipient, with its reply",
@@ -569,7 +569,7 @@ def api_routes() -> list[Route]:
         Route("POST", "/api/fetch/{name}", fetch_now, "This fetch account polls its server now", ADMIN,
               models.FetchPolled, tag="status", errors=(404,)),
         Route("POST", "/api/messages", submit, "Submit a message (JSON, or the raw message as message/rfc822)",
-              SUBMIT, models.Submitted, status=201, body=models.Submit, body_required=True,
+              SUBMIT, models.Submitted, status=201, body=models.Submit,
               body_types=(JSON, RFC822), query=RawQuery, tag="submit", errors=(403, 422, 503, 507)),
         Route("GET", "/api/mailboxes/{mailbox}/folders", mailbox_folders, "A mailbox's folders", READ,
               models.Folders, tag=M, errors=(404,)),

@@ -49,7 +49,6 @@ class Route:
     status: int = 200
     query: type[BaseModel] | None = None
     body: type[BaseModel] | None = None  # the JSON body (POST, DELETE with one)
-    body_required: bool = False
     body_types: tuple[str, ...] = (JSON,)  # the media types the body may have
     produces: str = JSON  # the answer's media type when `answer` is None
     errors: tuple[int, ...] = ()  # the route's own error statuses (web/openapi.py adds the common ones)

@@ -82,7 +82,7 @@ def routes() -> list[Route]:
         Route("GET", "/api/suppressions", list_suppressions, "The suppression list's entries in force", READ,
               list[SuppressionView], tag="suppressions"),
         Route("POST", "/api/suppressions", add_suppression, "Suppress an address", ADMIN, SuppressionView,
-              status=201, body=NewSuppression, body_required=True, tag="suppressions", errors=(422,)),
+              status=201, body=NewSuppression, tag="suppressions", errors=(422,)),
         Route("DELETE", "/api/suppressions/{address}", remove_suppression, "Mail to the address goes again",
               ADMIN, Unsuppressed, tag="suppressions", errors=(404,)),
     ]
