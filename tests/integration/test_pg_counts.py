@@ -98,3 +98,21 @@ async def test_a_spool_from_before_the_counts_gets_them_from_its_rows() -> None:
             assert (counts["messages"], counts["queued"]) == (4, 8)
         finally:
             await store.close()
+
+
+async def test_a_node_that_writes_folds_the_deltas_though_nobody_reads_the_counts() -> None:
+    with pg.fresh_database() as url:
+        store = PostgresStore(url)
+        store.compact_every = 50
+        await store.open()
+        try:
+            now = time.time()
+            for i in range(300):
+                await submit(store, f"r{i}@example.com", now=now)
+            deadline = time.monotonic() + 10
+            while delta_rows(url) > 150 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert delta_rows(url) <= 150  # unfolded: 3 rows a message (the message, its recipient twice)
+            assert (await assert_counts_match_rows(store))["messages"] == 300
+        finally:
+            await store.close()

@@ -288,6 +288,7 @@ COMPACT_COUNTS = (
     " SELECT transport, nexthop, status, sum(n) FROM gone GROUP BY transport, nexthop, status HAVING sum(n) <> 0")
 COMPACT_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext('msgspool.counts.' || current_schema()))"
 COMPACT_INTERVAL = 5.0  # seconds: a node that reads the counts compacts them first at most this often
+COMPACT_WRITES = 4096  # and a node compacts them (in the background) after this many writes of its own
 
 
 def compact_counts(conn: psycopg.Connection[Any]) -> int:
@@ -329,6 +330,9 @@ class PostgresStore(SQLStore):
         self._channel = ""
         self.clock: Callable[[], float] = time.time  # this node's clock (the leases use the database's)
         self._compacted_at = -COMPACT_INTERVAL
+        self.compact_every = COMPACT_WRITES
+        self._writes_since_fold = 0
+        self._folding = False
 
     async def open(self, *, create: bool = True) -> None:
         pool: ConnectionPool[Any] = ConnectionPool(
@@ -416,8 +420,9 @@ class PostgresStore(SQLStore):
 
     # -- The kept counts ----------------------------------------------------------------------
     # A count is the sum of its deltas (one row per statement that changed it): any node that
-    # reads them folds them first, at most every COMPACT_INTERVAL, and housekeeping does too, so
-    # the sum stays short. Off the writer: a long fold never holds up the group commit.
+    # reads them folds them first, at most every COMPACT_INTERVAL; every node folds them after
+    # COMPACT_WRITES writes of its own, and at housekeeping; so the sum stays short. Off the
+    # writer: a fold never holds up the group commit.
 
     async def compact_counts(self) -> int:
         assert self._pool is not None and self._readers is not None, "store is not open"
@@ -429,6 +434,29 @@ class PostgresStore(SQLStore):
                 return compact_counts(conn)
 
         return await asyncio.wrap_future(self._readers.submit(run))
+
+    def _committed(self, writes: int) -> None:
+        """In the commit thread: after `compact_every` writes, fold the deltas on a reader thread,
+        so that a spool whose counts nobody reads (no `status`, no scrape) keeps its sums short."""
+        super()._committed(writes)
+        self._writes_since_fold += writes
+        if self._writes_since_fold < self.compact_every or self._folding:
+            return
+        pool, readers = self._pool, self._readers
+        if pool is None or readers is None:
+            return
+        self._writes_since_fold, self._folding = 0, True
+
+        def run() -> None:
+            try:
+                with pool.connection() as conn:
+                    compact_counts(conn)
+            except psycopg.Error as err:
+                log.warning("count deltas not compacted: %s", err)
+            finally:
+                self._folding = False
+
+        readers.submit(run)
 
     async def _fold_now_and_then(self) -> None:
         if time.monotonic() - self._compacted_at >= COMPACT_INTERVAL:
