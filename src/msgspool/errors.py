@@ -93,6 +93,11 @@ class DestinationUnavailable(MsgspoolError):
         self.reply = reply
 
 
+class AlreadyFetched(MsgspoolError):
+    """A fetched message whose id on its server is recorded already: another node filed it
+    (two nodes of a shared spool polling one account), so this submission stored nothing."""
+
+
 class FetchError(MsgspoolError):
     pass
 

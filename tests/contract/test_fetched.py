@@ -4,9 +4,12 @@ server forgot are forgotten, per account."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from msgspool.domain.fetch import FETCH_ACCOUNT, FETCH_SOURCE, FETCH_UID
+from msgspool.domain.message import Message
+from msgspool.errors import AlreadyFetched
 from msgspool.ports import Store
 from tests.contract.conftest import submit
 
@@ -46,7 +49,25 @@ async def test_ids_the_server_forgot_are_forgotten_for_that_account_only(store: 
     assert await store.fetched_uids("home") == {"a"}
 
 
-async def test_the_same_id_submitted_again_is_recorded_once(store: Store) -> None:
-    await submit(store, "me@example.org", meta=fetched("work", "x"))
-    await submit(store, "me@example.org", meta=fetched("work", "x"))
-    assert await store.fetched_uids("work") == {"x"}
+async def test_an_id_filed_already_is_refused_and_stores_nothing_even_from_two_stores_at_once(
+        new_store: Callable[[], Store]) -> None:
+    """Two nodes of a shared spool polling one account fetch the same message: one files it, the
+    other's submission raises AlreadyFetched and leaves no message behind."""
+    a, b = new_store(), new_store()
+    await a.open()
+    await b.open()
+    try:
+        results = await asyncio.gather(
+            *(submit(s, "me@example.org", meta=fetched("work", "x"), origin="fetch") for s in (a, b, a, b)),
+            return_exceptions=True)
+        filed = [r for r in results if isinstance(r, Message)]
+        assert len(filed) == 1 and all(isinstance(r, AlreadyFetched) for r in results if r not in filed), results
+        assert await a.fetched_uids("work") == {"x"}
+        refused = [m for m in results if isinstance(m, AlreadyFetched)]
+        assert len(refused) == 3
+        present = await b.list_messages(("outbox", "sent", "inbox"), None, 100)
+        assert filed[0].id in {info.id for info in present}
+        assert all(info.id == filed[0].id or info.copy_of == filed[0].id for info in present), present
+    finally:
+        await a.close()
+        await b.close()

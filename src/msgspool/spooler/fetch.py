@@ -42,7 +42,7 @@ from msgspool.domain.fetch import (
     new_uids,
     received_header,
 )
-from msgspool.errors import ConfigError, LoginRefused, MsgspoolError, SubmitError
+from msgspool.errors import AlreadyFetched, ConfigError, LoginRefused, MsgspoolError, SubmitError
 from msgspool.ports import Fetched, InboundSession, InboundTransport
 from msgspool.spooler import metrics
 from msgspool.spooler.background import stop_task
@@ -207,6 +207,9 @@ class Fetcher:
                          meta={FETCH_ACCOUNT: a.name, FETCH_UID: uid, FETCH_SOURCE: a.source})
         try:
             queue_id = await self.submit(sub)
+        except AlreadyFetched:  # another node of the spool polls this account too, and filed it first
+            log.info("fetch %s: id %s was filed by another node; its after-step is that node's", a.name, uid)
+            return False
         except SubmitError as err:
             self.refused.add(uid)
             log.warning("fetch %s: id %s refused by intake: %s; left on the server", a.name, uid, err.reply.line())

@@ -40,6 +40,7 @@ from msgspool.domain.outcome import Filed, Reply
 from msgspool.domain.recipient import RecipientType, Status
 from msgspool.domain.selector import Selector
 from msgspool.domain.suppression import BOUNCE, Suppression, refusal, suppression_key
+from msgspool.errors import AlreadyFetched
 from msgspool.stores.queries import Queries
 
 CHUNK = 5000  # rows one bulk change (flush, a released backlog) touches per transaction
@@ -152,6 +153,7 @@ def op_submit(tx: Tx, msg: Message, copies: Sequence[Message], owner: str | None
     is live: a hand-over to a node whose lease ran out is refused — its recipients are committed
     queued, due now, for whichever node claims them, and set so in `msg` (the caller must not
     hand it on: that node may no longer deliver)."""
+    fetched = _claim_fetched(tx, msg)  # first: a message another node filed stores nothing here
     _refuse_suppressed(tx, msg)
     handed = [r for r in msg.recipients if r.status is Status.ACTIVE]
     if handed and owner is not None and not _holds_lease(tx, owner, msg.submitted_at):
@@ -175,8 +177,8 @@ def op_submit(tx: Tx, msg: Message, copies: Sequence[Message], owner: str | None
                         [HookRecord("", "resend", f"resend of {msg.resend_of} to {to}")])
         _insert_history(tx, msg.resend_of, msg.submitted_at, "operator",
                         [HookRecord("", "resent", f"as {msg.id} to {to}")])
-    if (account := msg.meta.get(FETCH_ACCOUNT)) and (uid := msg.meta.get(FETCH_UID)):
-        _record_fetched(tx, msg, account, uid)
+    if fetched:
+        _insert_history(tx, msg.id, msg.submitted_at, "submission", [HookRecord("", "fetched", fetched)])
     events = [insert_event(tx, Event(EventType.SUBMITTED, msg.id, msg.submitted_at,
                                      detail={"sender": msg.sender, "size": msg.size, "origin": msg.origin}))]
     for r in msg.recipients:
@@ -191,14 +193,19 @@ def op_submit(tx: Tx, msg: Message, copies: Sequence[Message], owner: str | None
     return events
 
 
-def _record_fetched(tx: Tx, msg: Message, account: str, uid: str) -> None:
-    """A fetched message's id on its server, in the commit that stores it: a fetch that runs again
-    before the server forgot it (a crash before DELE) finds it and files nothing twice."""
-    tx.execute(tx.q.insert_fetched, {"account": account, "uid": uid, "fetched_at": msg.submitted_at,
-                                     "message_id": msg.id})
-    _insert_history(tx, msg.id, msg.submitted_at, "submission",
-                    [HookRecord("", "fetched", f"by fetch {account} from {msg.meta.get('fetch_source', '')}"
-                                f" id {uid}")])
+def _claim_fetched(tx: Tx, msg: Message) -> str:
+    """A fetched message's id on its server, recorded in the commit that stores it: a fetch that
+    runs again before the server forgot it (a crash before DELE) finds it and files nothing twice.
+    Recorded already — another node polling the same account filed it a moment ago (on PostgreSQL
+    this insert waits on the key for that node's commit) — AlreadyFetched: the step stores
+    nothing. Returns the line for the message's history ("" for mail that was not fetched)."""
+    account, uid = msg.meta.get(FETCH_ACCOUNT), msg.meta.get(FETCH_UID)
+    if not account or not uid:
+        return ""
+    if tx.execute(tx.q.insert_fetched, {"account": account, "uid": uid, "fetched_at": msg.submitted_at,
+                                        "message_id": msg.id}).fetchone() is None:
+        raise AlreadyFetched(f"fetch {account}: id {uid} was filed already (by another node)")
+    return f"by fetch {account} from {msg.meta.get('fetch_source', '')} id {uid}"
 
 
 def fetched_uids(tx: Tx, account: str) -> set[str]:

@@ -625,7 +625,7 @@ ORDER BY m.id LIMIT :limit;
 -- name: insert_fetched
 -- A fetched message's unique id on its server, in the commit that files it (domain/fetch.py).
 INSERT INTO fetched (account, uid, fetched_at, message_id) VALUES (:account, :uid, :fetched_at, :message_id)
-ON CONFLICT DO NOTHING;
+ON CONFLICT DO NOTHING RETURNING uid;
 
 -- name: fetched_uids
 SELECT uid FROM fetched WHERE account = :account;
