@@ -426,7 +426,8 @@ class Scheduler:
         suppression list for `suppression_time`, in the step that records it."""
         if self.suppression_time > 0:
             for s in settlements:
-                if s.status is Status.FAILED and s.remote and hard_bounce(s.reply):
+                if (s.status is Status.FAILED and s.remote and hard_bounce(s.reply)
+                        and getattr(self.transports.get(s.transport or ""), "bounces_suppress", False)):
                     s.suppress_until = self.clock() + self.suppression_time
         self.settle(settlements)
 

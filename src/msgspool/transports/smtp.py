@@ -196,6 +196,10 @@ class MXCandidates:
 
 class SMTPTransport:
     addrtypes = frozenset({SMTP})
+    # Its hard bounces come from other organisations' servers: they list the address on the
+    # suppression list (scheduler._settle_remote). A local one's (LMTP's 550 5.1.1 for a user not
+    # made yet, a pipe's EX_NOUSER) must not keep that user's mail away for suppression_time.
+    bounces_suppress = True
 
     def __init__(self, name: str, settings: Any, options: dict[str, Any]) -> None:
         self.name = name
