@@ -39,6 +39,8 @@ from typing import Any
 
 import pytest
 
+from tests.support import sink
+
 PACKAGES = ("dovecot-core", "dovecot-lmtpd", "dovecot-pop3d", "dovecot-imapd")
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 2.0  # then SIGKILL: a throwaway server has nothing to save
@@ -62,18 +64,13 @@ def require() -> str:
 
 
 def free_port() -> int:
-    return free_ports(1)[0]
+    return sink.free_port()
 
 
 def free_ports(n: int) -> list[int]:
-    """`n` distinct free loopback ports: all probes are held open until every port is chosen
-    (one probe at a time, the kernel may hand out one port twice: Dovecot then refuses to start,
-    "duplicate listener")."""
-    with contextlib.ExitStack() as stack:
-        probes = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for probe in probes:
-            probe.bind(("127.0.0.1", 0))
-        return [int(probe.getsockname()[1]) for probe in probes]
+    """`n` distinct free loopback ports, none handed out before in this run (sink.free_port): one
+    port twice and Dovecot refuses to start ("duplicate listener")."""
+    return [sink.free_port() for _ in range(n)]
 
 
 class Dovecot:

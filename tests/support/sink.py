@@ -273,7 +273,17 @@ def _tls_version(writer: asyncio.StreamWriter) -> str | None:
     return ssl_object.version() if ssl_object is not None else None
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free loopback port never handed out before in this test run: a port is chosen before
+    its user binds it (a sink not started yet, a daemon's --smtp and --http), and the kernel may
+    offer the same one again meanwhile — seen: a daemon given its relay's port as its own."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
