@@ -533,7 +533,7 @@ class Scheduler:
         touched here: that of dead nodes is rescued by the lease (NodeLease), that of live ones
         is theirs. Returns how many it gave back; each is an alarm in the log and the status table."""
         owner = self.store.owner
-        rows = await self.store.active_recipients(owner) if owner is not None else await self.store.active_recipients()
+        rows = await self.store.active_recipients(owner)  # None: a store without nodes, every active one
         held = self._held()
         unknown = {row for row in rows if row[2] == owner and (row[0], row[1]) not in held
                    and row[0] not in self._busy}
