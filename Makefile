@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: run test test-postgresql lint dovecot bench abuse abuse-disk chaos nodes clean
+.PHONY: run test test-e2e test-in-process test-postgresql lint dovecot browser bench abuse abuse-disk chaos nodes clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,13 +18,26 @@ run: $(STAMP)
 # The whole suite on SQLite (the PostgreSQL store's own tests and the contract suite on both
 # stores included), then the in-process integration tests again on PostgreSQL: every part of the
 # spooler on either store (issue 11). Without a PostgreSQL server the second run skips; in CI
-# (CI=true) it fails instead.
+# (CI=true) it fails instead. The tests mostly wait on sockets and child processes, not on the
+# CPU, so two jobs run side by side, each on loopback ports of its own: the daemon end-to-end
+# tests (tests/e2e, one at a time: they time respawns and wakeups), and the rest on TEST_WORKERS
+# pytest-xdist workers (each with its share of the job's ports, tests/support/sink.free_port) —
+# the in-process tests on SQLite, then tests/integration again on PostgreSQL. PYTEST_ARGS (flags,
+# not paths) goes to every run; TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 3
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist worksteal)
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(MAKE) -j2 --output-sync=target test-e2e test-in-process
+
+test-e2e: $(STAMP)
+	MSGSPOOL_TEST_PORTS=10000-15999 $(BIN)/python -m pytest -q tests/e2e $(PYTEST_ARGS)
+
+test-in-process: $(STAMP)
+	MSGSPOOL_TEST_PORTS=16000-32767 $(BIN)/python -m pytest -q $(XDIST) --ignore=tests/e2e $(PYTEST_ARGS)
 	$(MAKE) test-postgresql
 
 test-postgresql: $(STAMP)
-	MSGSPOOL_TEST_STORE=postgresql $(BIN)/python -m pytest -q tests/integration $(PYTEST_ARGS)
+	MSGSPOOL_TEST_STORE=postgresql MSGSPOOL_TEST_PORTS=16000-32767 $(BIN)/python -m pytest -q $(XDIST) tests/integration $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
@@ -38,6 +51,13 @@ dovecot:
 	    && [ -x /usr/lib/dovecot/imap ]; then exit 0; fi; \
 	apt-get install -y -q $(DOVECOT_PACKAGES) >/dev/null 2>&1 \
 	    || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $(DOVECOT_PACKAGES) >/dev/null; }
+
+# Debian's Chromium, the browser of the dashboard's end-to-end tests (tests/support/browser.py drives
+# it with Playwright for Python, from the dev extras; `playwright install` is never run).
+browser:
+	@if [ -x /usr/bin/chromium ]; then exit 0; fi; \
+	apt-get install -y -q chromium >/dev/null 2>&1 \
+	    || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null; }
 
 # Issue 5's table (bench/, which runs ../shared/bench/relay_bench.py for the ratio rows; Postfix is
 # installed on first use). Postfix is stopped afterwards, since its benchmark listener takes port

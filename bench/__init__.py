@@ -9,7 +9,7 @@ Running it
     .venv/bin/python -m bench --quick --no-postfix      # msgspool only (what the smoke test runs)
 
 Options: ``--quick`` (small counts), ``--only ROW`` (repeatable or comma-separated: relay, tls,
-latency, outage, queued, list, relay_pg, nodes), ``--no-postfix`` (msgspool columns only), ``--json FILE``
+latency, outage, queued, list, search, relay_pg, nodes), ``--no-postfix`` (msgspool columns only), ``--json FILE``
 (the results as JSON), ``--queued N`` (size of the prefilled queue, default 1,000,000), ``--postfix-outage-cap S``
 (0 skips Postfix's outage row), ``--load tools|python|auto`` (load generator for the rate rows that
 do not go through relay_bench.py). Progress goes to stderr; the table (Markdown, ready for the
@@ -71,6 +71,13 @@ What each row measures
 ``list``     row 6. ``msgspool queue list --json`` over the full spool while its daemon runs: time
              to the first line, lines per second, total time (capped), and the CLI's peak RSS
              (``wait4`` ru_maxrss), which stays small only if it streams.
+
+``search``   on the full spool of ``queued`` while its daemon runs (issue 13.4): GET /api/queue, a
+             page of 50, 20 times each after a warm-up: the first page, the next page through the
+             cursor, and pages filtered by an exact sender (1 in 1,000 messages), an exact
+             recipient (1 message), a sender's domain, a destination, a status, an age, and a
+             subject (no index of its own: one page reads at most 1,000 candidates). Target
+             <= 50 ms p50 each, wall time through HTTP.
 
 msgspool is treated as a black box: its CLI, SMTP, HTTP API and spool files. Only ``bench.prefill``
 touches its internals (the store's schema and statements), to write a million messages in seconds.

@@ -2,7 +2,7 @@
 
 The only part of the bench that knows msgspool's insides. It writes what the daemon would have
 written for N one-recipient messages (about 1 KB each) that were submitted over the last hours and
-whose destination then refused connections: the message, its content, one recipient in state
+whose destination then refused connections: the message (with its subject), its content, one recipient in state
 `deferred` with one attempt, the last reply, `wait_destination` set (waiting for a down
 destination) and the next attempt a day away, plus the `submitted` and `deferred` events. The
 destination is ``smtp:127.0.0.1:9`` (nothing listens there), so a daemon that probes it finds it
@@ -113,7 +113,8 @@ def _raw_batch(conn: sqlite3.Connection, first: int, n: int, now: float, count: 
         address = f"user{i}@{DOMAIN}"
         sender = f"sender{i % 1000}@sender.example"
         contents.append((cid, data))
-        messages.append((mid, "", "outbox", sender, len(data), submitted, cid, "IPM.Note", 0, "smtp"))
+        messages.append((mid, "", "outbox", sender, len(data), submitted, cid, "IPM.Note", 0, "smtp",
+                         f"deferred message {i}"))
         recipients.append((mid, 0, address, "SMTP", "to", "smtp", NEXTHOP, "deferred", 1, next_at, attempted,
                            code, enhanced, text, 1))
         events.append((submitted, "submitted", mid, None, None, None,
@@ -121,7 +122,7 @@ def _raw_batch(conn: sqlite3.Connection, first: int, n: int, now: float, count: 
         events.append((attempted, "deferred", mid, address, None, None, deferred_detail))
     conn.executemany("INSERT INTO contents (id, data) VALUES (?,?)", contents)
     conn.executemany("INSERT INTO messages (id, mailbox, folder, sender, size, submitted_at, content_id,"
-                     " message_class, priority, origin) VALUES (?,?,?,?,?,?,?,?,?,?)", messages)
+                     " message_class, priority, origin, subject) VALUES (?,?,?,?,?,?,?,?,?,?,?)", messages)
     conn.executemany("INSERT INTO recipients (message_id, idx, address, addrtype, type, transport, nexthop,"
                      " status, attempts, next_attempt_at, last_attempt_at, reply_code, reply_enhanced,"
                      " reply_text, wait_destination) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", recipients)

@@ -335,7 +335,7 @@ def _outage(sink_log: Path, sink_port: int, smtp_port: int, n: int, down: float,
 
 
 def row_queued(ctx: Context, with_load: bool = True, with_list: bool = True,
-               with_backlog: bool = False, with_status: bool = True) -> dict[str, Any]:
+               with_backlog: bool = False, with_status: bool = True, with_search: bool = True) -> dict[str, Any]:
     from bench.prefill import prefill
 
     n = ctx.queued
@@ -356,6 +356,8 @@ def row_queued(ctx: Context, with_load: bool = True, with_list: bool = True,
                 _, res["status_s"] = full.status(timeout=120)
                 if with_status:
                     res["status"] = _status_timings(full, empty, n, runs=5 if ctx.quick else 20)
+                if with_search:
+                    res["search"] = _search_timings(full, n, runs=5 if ctx.quick else 20)
                 if with_load:
                     res.update(_queued_load(ctx, load, empty, full, msgs, rounds))
                 if with_list:
@@ -432,6 +434,58 @@ def _status_timings(full: Daemon, empty: Daemon, expected: int, runs: int) -> di
     log(f"status: HTTP p50 {res['http_ms']['p50']:.1f} ms, CLI p50 {res['cli_ms']['p50']:.0f} ms"
         f" ({res['cli_empty_ms']:.0f} ms on the empty spool), messages counted {res['queue_messages']}")
     return res
+
+
+def search_cases(n: int) -> list[tuple[str, dict[str, str], int]]:
+    """(name, GET /api/queue parameters, the least messages its page must hold) over the prefilled
+    spool of `n` (bench.prefill: message i from sender{i % 1000}@sender.example to
+    user{i}@deferred.example, Subject "deferred message {i}", submitted over the last two hours)."""
+    last = n - 1
+    return [
+        ("first page", {}, 50),
+        ("sender (1 in 1,000)", {"sender": "sender7@sender.example"}, min(50, n // 1000)),
+        ("recipient (1 message)", {"recipient": f"user{last}@deferred.example"}, 1),
+        ("sender domain", {"sender": "@sender.example"}, 50),
+        ("destination", {"destination": "127.0.0.1:9"}, 50),
+        ("status", {"status": "deferred"}, 50),
+        ("older than 1h", {"older_than": "1h"}, 50),
+        ("status + sender + newer than 1h", {"status": "deferred", "sender": "sender7@sender.example",
+                                             "newer_than": "1h"}, 1),
+        ("subject (bounded read)", {"subject": f"deferred message {last}"}, 0),
+    ]
+
+
+def _search_timings(full: Daemon, n: int, runs: int) -> dict[str, Any]:
+    """GET /api/queue with a page of 50 on the prefilled spool, per search (issue 13.4: <= 50 ms),
+    each `runs` times after one warm-up; and the next page through the first page's cursor."""
+    import urllib.parse
+    import urllib.request
+
+    def get(query: dict[str, str]) -> tuple[list[Any], str | None, float]:
+        url = f"http://127.0.0.1:{full.http_port}/api/queue?" + urllib.parse.urlencode({"limit": "50", **query})
+        t0 = time.monotonic()
+        with urllib.request.urlopen(url, timeout=120) as answer:
+            body = json.loads(answer.read())
+            cursor = answer.headers.get("Next-Cursor")
+        return body, cursor, (time.monotonic() - t0) * 1000
+
+    log(f"search: GET /api/queue, a page of 50, {runs} times per search, {n:,} queued")
+    cases = search_cases(n)
+    _, first_cursor, _ = get({})
+    if first_cursor:
+        cases.insert(1, ("next page (cursor)", {"cursor": first_cursor}, 50))
+    out: dict[str, Any] = {}
+    for name, query, least in cases:
+        get(query)
+        times, found, more = [], 0, False
+        for _ in range(runs):
+            body, cursor, ms = get(query)
+            times.append(ms)
+            found, more = len(body), cursor is not None
+        out[name] = {"p50_ms": statistics.median(times), "max_ms": max(times), "found": found, "least": least,
+                     "next_cursor": more, "query": query}
+        log(f"search: {name}: p50 {out[name]['p50_ms']:.1f} ms (max {out[name]['max_ms']:.1f}), {found} on the page")
+    return out
 
 
 def _queue_list(data: Path, expected: int, cap: float) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from bench import rows
 from bench.load import tools_available
 from bench.procs import Group, log, tree_pids
 
-ROWS = ("relay", "tls", "latency", "outage", "queued", "list", "status", "relay_pg", "nodes")
+ROWS = ("relay", "tls", "latency", "outage", "queued", "list", "status", "search", "relay_pg", "nodes")
 EXTRAS = ("backlog",)  # opt-in with --only: not part of issue 5's table
 OTHER_BENCH = ("relay_bench.py", "smtp-source", "smtp-sink", "-m bench")
 
@@ -139,11 +139,12 @@ def main(argv: list[str] | None = None) -> int:
             steps.append(("relay_pg", lambda: rows.row_relay_pg(ctx)))
         if "nodes" in a.rows:
             steps.append(("nodes", lambda: rows.row_nodes(ctx)))
-        if {"queued", "list", "status", "backlog"} & set(a.rows):
+        if {"queued", "list", "status", "search", "backlog"} & set(a.rows):
             steps.append(("queued", lambda: rows.row_queued(ctx, with_load="queued" in a.rows,
                                                             with_list="list" in a.rows,
                                                             with_backlog="backlog" in a.rows,
-                                                            with_status="status" in a.rows)))
+                                                            with_status="status" in a.rows,
+                                                            with_search="search" in a.rows)))
         for name, step in steps:
             if postfix and name in ("latency", "outage") and not used_postfix:
                 rows.ensure_postfix()  # relay_bench.py's configuration, when the relay row did not run it
@@ -302,6 +303,19 @@ def render(res: dict[str, Any], errors: dict[str, str], meta: dict[str, Any], a:
 
     row(f"status with {q} queued (`GET /api/status`, `msgspool status --json`)", "queued", status, "≤ 50 ms")
 
+    def searched(r: dict[str, Any]) -> tuple[str, str, str, str, bool | None]:
+        se = r.get("search")
+        if not se:
+            return "not run", "—", "", "", None
+        worst = max(se.values(), key=lambda c: c["p50_ms"])
+        ms = (f"first page p50 {se['first page']['p50_ms']:.1f} ms; slowest search p50 {worst['p50_ms']:.1f} ms"
+              f" ({next(k for k, v in se.items() if v is worst)})")
+        ok = all(c["p50_ms"] <= 50 and c["found"] >= c["least"] for c in se.values())
+        return ms, "—", f"{len(se)} searches, a page of 50 each", "", ok
+
+    row(f"queue search with {q} queued (`GET /api/queue`, first and filtered pages)", "queued", searched,
+        "≤ 50 ms")
+
     def nodes_rate(r: dict[str, Any]) -> tuple[str, str, str, str, bool | None]:
         ms = f"{_n(r['accept_rate'])} msg/s accepted, {_n(r['e2e_rate'])} end to end"
         return (ms, "—", f"{r['healthy_duplicated']} twice, {r['healthy_lost']} lost;"
@@ -408,6 +422,10 @@ def _details(res: dict[str, Any], meta: dict[str, Any]) -> list[str]:
             lst = r["list"]
             out.append(f"- queue list: exit {lst['exit']}, first recipient status {lst['first_status']!r}"
                        + (f", stderr: {lst['stderr'].strip()}" if lst["stderr"].strip() else ""))
+        if r.get("search"):
+            each = "; ".join(f"{k} {v['p50_ms']:.1f} ms ({v['found']} found{', more' if v['next_cursor'] else ''})"
+                             for k, v in r["search"].items())
+            out.append(f"- queue search, p50 per search (a page of 50): {each}")
     out.append(f"- machine load average before/after: {meta['loadavg_before'][0]:.1f} / {meta['loadavg_after'][0]:.1f};"
                f" own-rate load generator: {meta['load']}")
     out += [f"- note: {n}" for n in meta["notes"]]

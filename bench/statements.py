@@ -50,15 +50,17 @@ def counting(store: str) -> Iterator[Counter[str]]:
         cls = SQLiteConnection
     execute, executemany = cls.execute, cls.executemany
 
-    def counted_execute(self: Any, *args: Any, **kw: Any) -> Any:
+    def counted_execute(self: Any, query: Any, *args: Any, **kw: Any) -> Any:
         counts["statements"] += 1
-        return execute(self, *args, **kw)
+        counts[f"  {_shape(query)}"] += 1
+        return execute(self, query, *args, **kw)
 
     def counted_executemany(self: Any, query: Any, params: Any, *args: Any, **kw: Any) -> Any:
         params = list(params)
         counts["statements"] += len(params)
         counts["executemany rows"] += len(params)
         counts["executemany"] += 1  # pipelined by psycopg: one round trip
+        counts[f"  {_shape(query)} (executemany)"] += 1
         return executemany(self, query, params, *args, **kw)
 
     cls.execute, cls.executemany = counted_execute, counted_executemany
@@ -66,6 +68,12 @@ def counting(store: str) -> Iterator[Counter[str]]:
         yield counts
     finally:
         cls.execute, cls.executemany = execute, executemany
+
+
+def _shape(query: Any) -> str:
+    """A statement's first words, to tell the statements apart in `--by-statement`."""
+    text = query.as_string(None) if hasattr(query, "as_string") else str(query)
+    return " ".join(text.split())[:90]
 
 
 def fresh_schema(base_url: str) -> tuple[str, str]:
@@ -105,10 +113,11 @@ async def relay(settings: Settings, sink: SinkProcess, n: int, counts: Counter[s
         spent = Counter(counts)
         spent.subtract(before)
         singles = spent["statements"] - spent["executemany rows"]
+        by_statement = {k: v / n for k, v in spent.most_common() if k.startswith("  ") and v}
         return {"statements": spent["statements"] / n,
                 "round trips": (singles + spent["executemany"] + 2 * (commits1 - commits0)) / n,
                 "transactions": (commits1 - commits0) / n,
-                "writes per transaction": (jobs1 - jobs0) / max(1, commits1 - commits0)}
+                "writes per transaction": (jobs1 - jobs0) / max(1, commits1 - commits0), **by_statement}
     finally:
         await spooler.stop()
 
@@ -136,11 +145,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite")
     ap.add_argument("-n", type=int, default=1000, help="messages to relay")
     ap.add_argument("--database-url", default=DEFAULT_URL, help="where a fresh schema is made (postgresql)")
+    ap.add_argument("--by-statement", action="store_true", help="also each statement's count per message")
     a = ap.parse_args(argv)
     figures = measure(a.store, a.n, a.database_url)
     print(f"{a.store}: {a.n} messages relayed; per message:")
     for name, value in figures.items():
-        print(f"  {name:<24} {value:.2f}")
+        if a.by_statement or not name.startswith("  "):
+            print(f"  {name:<24} {value:.2f}")
     return 0
 
 

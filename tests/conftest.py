@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import os
+import sys
+import threading
+import traceback
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -96,9 +101,37 @@ def spooler_factory(tmp_path: Path) -> SpoolerFactory:
         try:
             yield spooler
         finally:
-            await spooler.stop()
+            await stop_within(spooler, STOP_WITHIN)
 
     return factory
+
+
+STOP_WITHIN = 30.0  # far more than a stop takes; below pytest's timeout, so a hang shows where it is
+
+
+async def stop_within(spooler: Spooler, seconds: float) -> None:
+    """Stop the spooler; one that does not stop in time fails the test with every task's and
+    thread's stack (a stop that hung once on PostgreSQL left only pytest's timeout to go on)."""
+    stopping = asyncio.ensure_future(spooler.stop())
+    done, _ = await asyncio.wait({stopping}, timeout=seconds)
+    if not done:
+        where = stacks()
+        stopping.cancel()
+        raise AssertionError(f"Spooler.stop did not end within {seconds:g} s\n{where}")
+    stopping.result()
+
+
+def stacks() -> str:
+    """Where every asyncio task of this loop and every thread is."""
+    out = io.StringIO()
+    for task in asyncio.all_tasks():
+        print(f"--- task {task.get_name()}", file=out)
+        task.print_stack(file=out)
+    names = {t.ident: t.name for t in threading.enumerate()}
+    for ident, frame in sys._current_frames().items():
+        print(f"--- thread {names.get(ident, ident)}", file=out)
+        traceback.print_stack(frame, file=out)
+    return out.getvalue()
 
 
 GUARD = "recipient state change not allowed"  # the store's trigger (stores/sqlite.py transition_guard_sql)

@@ -4,7 +4,7 @@ SYNOPSIS
     msgspool serve [--config FILE] [--data DIR] [--smtp HOST:PORT] [--http HOST:PORT]
                    [--relay HOST:PORT] [--local-domain DOMAIN]... [-v]
     msgspool sendmail [-t] [-i] [-f SENDER] [-F NAME] [-N DSN] [-R RET] [-V ENVID] [RCPT...]
-    msgspool queue list [--json] [--all]
+    msgspool queue list [--json] [--all] [--where SELECTOR]
     msgspool queue show ID [--json]
     msgspool queue flush [ID...] | [--destination HOST] [--transport NAME] [--json]
     msgspool queue hold ID... | release ID... | requeue ID... | delete ID... [--json]
@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import getpass
 import json
 import logging
@@ -71,7 +72,8 @@ from msgspool.errors import (
 )
 from msgspool.ports import Store
 from msgspool.spooler import control
-from msgspool.spooler.runtime import Spooler, load_store
+from msgspool.spooler.runtime import Spooler
+from msgspool.spooler.wiring import load_store
 
 EX_USAGE, EX_DATAERR, EX_TEMPFAIL, EX_CONFIG = 64, 65, 75, 78
 T = TypeVar("T")
@@ -125,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     qlist = qsub.add_parser("list", help="messages in the outbox")
     qlist.add_argument("--json", action="store_true", help="one JSON object per message")
     qlist.add_argument("--all", action="store_true", help="include finished (sent) messages")
+    qlist.add_argument("--where", metavar="SELECTOR",
+                       help="only the messages the selector picks: TERM=VALUE,... with destination, sender,"
+                            " recipient, subject, status, transport, older-than, newer-than, folder (F|G, or *"
+                            " for any), mailbox (the terms of `queue hold --where`)")
     qshow = qsub.add_parser("show", help="one message with every recipient")
     qshow.add_argument("id")
     qshow.add_argument("--json", action="store_true")
@@ -453,7 +459,7 @@ def _operate(settings: Settings, op: str, ids: list[str] | None, **options: Any)
 
 def cmd_queue(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "list":
-        return queue_list(settings, args.json, args.all)
+        return queue_list(settings, args.json, args.all, args.where)
     if args.action == "show":
         return queue_show(settings, args.id, args.json)
     if getattr(args, "where", None) is not None or getattr(args, "dry_run", False):
@@ -542,6 +548,9 @@ def queue_bulk(args: argparse.Namespace, settings: Settings) -> int:
         where = parse_selector(args.where)
     except SelectorError as err:
         raise CLIError(f"--where: {err}", 2) from err
+    if not where.in_outbox_only():
+        raise CLIError(f"--where: queue {args.action} works on the outbox: no folder or mailbox term"
+                       " (but folder=outbox)", 2)
     progress = ProgressBar(BULK_PAST[args.action]) if sys.stderr.isatty() and not args.dry_run else None
     try:
         result = _bulk_run(settings, args.action, where, args.dry_run, progress)
@@ -636,11 +645,23 @@ def queue_resend(settings: Settings, message_id: str, as_json: bool) -> int:
 LIST_PAGE = 500  # messages `queue list` reads at a time: a million cost pages, not memory
 
 
-def queue_list(settings: Settings, as_json: bool, include_sent: bool) -> int:
+def queue_list(settings: Settings, as_json: bool, include_sent: bool, where_text: str | None = None) -> int:
+    from msgspool.domain.selector import SelectorError, parse_selector
     from msgspool.views import message_json, message_line
 
     folders = ("outbox", "sent") if include_sent else ("outbox",)
     out = sys.stdout
+    where = None
+    if where_text is not None:
+        try:
+            where = parse_selector(where_text)
+        except SelectorError as err:
+            raise CLIError(f"--where: {err}", 2) from err
+        if include_sent and where.folders is None:
+            where = dataclasses.replace(where, folders=folders)
+
+    def write(info: Any) -> None:
+        out.write((json.dumps(message_json(info)) if as_json else message_line(info)) + "\n")
 
     async def write_pages(store: Store) -> int:
         count = 0
@@ -648,15 +669,28 @@ def queue_list(settings: Settings, as_json: bool, include_sent: bool) -> int:
         while page := await store.list_messages(folders, "", LIST_PAGE, after=after):
             for info in page:
                 count += 1
-                out.write((json.dumps(message_json(info)) if as_json else message_line(info)) + "\n")
+                write(info)
                 if count % 100 == 0:
                     out.flush()
             after = (page[-1].submitted_at, page[-1].id)
         return count
 
-    count = _with_store(settings, write_pages)
+    async def write_search(store: Store) -> int:
+        assert where is not None
+        count, now = 0, time.time()
+        cursor: str | None = ""
+        while cursor is not None:  # a sparse search's page may be short or empty: go on to the end
+            page, cursor = await store.search(where, now, after=cursor, limit=LIST_PAGE)
+            for info in page:
+                write(info)
+            count += len(page)
+            out.flush()
+        return count
+
+    count = _with_store(settings, write_pages if where is None else write_search)
     if not as_json:
-        out.write("Mail queue is empty\n" if count == 0 else f"-- {count} messages\n")
+        out.write(("Mail queue is empty\n" if where is None else f"No message matches {where.text}\n") if count == 0
+                  else f"-- {count} messages\n")
     return 0
 
 
@@ -804,7 +838,7 @@ def cmd_fetch(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_route(args: argparse.Namespace, settings: Settings) -> int:
     """The route the configuration gives an address (the daemon's, read from the same files)."""
-    from msgspool.spooler.runtime import build_router, load_transports
+    from msgspool.spooler.wiring import build_router, load_transports
 
     route, why = build_router(settings, load_transports(settings)).explain(args.address, args.addrtype)
     if args.json:
@@ -824,14 +858,14 @@ def cmd_route(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_aliases(args: argparse.Namespace, settings: Settings) -> int:
     """`aliases check`: every problem of the file, FILE:LINE first (as postalias reports them);
     `aliases expand`: what an address is expanded to at submission, as the daemon would."""
-    from msgspool.spooler.aliases import check_aliases, load_aliases
-    from msgspool.spooler.runtime import build_router, load_transports
+    from msgspool.spooler.aliases import Trust, check_aliases, configured_aliases
+    from msgspool.spooler.wiring import build_router, load_transports
 
     if args.action == "check":
         path = args.file or settings.aliases
         if not path:
             raise CLIError("no aliases file: give one, or set `aliases`", 2)
-        table, problems = check_aliases(path)
+        table, problems = check_aliases(path, Trust.of(settings))
         for problem in problems:
             print(problem, file=sys.stderr)
         if problems:
@@ -839,7 +873,7 @@ def cmd_aliases(args: argparse.Namespace, settings: Settings) -> int:
         print(f"{path}: {len(table)} aliases, no problems")
         return 0
     router = build_router(settings, load_transports(settings))
-    expanded = load_aliases(settings.aliases).expand(args.address, router.is_local)
+    expanded = configured_aliases(settings).expand(args.address, router.is_local)
     rows: list[dict[str, Any]] = [{"address": e.address, "addrtype": e.addrtype, "via": list(e.chain),
                                    "where": e.where, "sender": e.owner,
                                    "refused": e.refusal.line() if e.refusal else None} for e in expanded or []]

@@ -105,8 +105,14 @@ class Settings:
         "", "Aliases file of the local domains, Postfix aliases(5) format (name: member, ...; :include:/path;"
         " owner-NAME); expanded at submission, read again on SIGHUP; empty = none.")
     aliases_user: str = _doc(
-        "", "Account the aliases' command members run as (Postfix's default_privs); needed when msgspool runs as"
-        " root; empty = msgspool's own.")
+        "", "Account the aliases' command, file and maildir members run and are written as (Postfix's"
+        " default_privs); needed when msgspool runs as root; empty = msgspool's own.")
+    allow_mail_to_commands: list[str] = _doc(
+        ["alias"], "Where the aliases' |command members may be written (Postfix's allow_mail_to_commands): \"alias\""
+        " the aliases file, \"include\" its :include: files too; [] = nowhere.")
+    allow_mail_to_files: list[str] = _doc(
+        ["alias"], "Where the aliases' /file (mbox) and /maildir/ members may be written (Postfix's"
+        " allow_mail_to_files): \"alias\" the aliases file, \"include\" its :include: files too; [] = nowhere.")
     postmaster: str = _doc("", "Where a report about mail from the null sender goes (double bounce); empty: dropped.")
     hostname: str = _doc("", "Name used in the greeting, EHLO and Received:; empty = this host's name.")
     trusted_networks: list[str] = _doc(
@@ -232,6 +238,8 @@ class Settings:
                 raise ConfigError(f"{source}: log_format must be one of {', '.join(LOG_FORMATS)}, not {value!r}")
             if key == "fetch":
                 _check_fetch(value, source)
+            if key in ("allow_mail_to_commands", "allow_mail_to_files") and not set(value) <= {"alias", "include"}:
+                raise ConfigError(f"{source}: {key} may hold only \"alias\" and \"include\", not {value!r}")
             setattr(self, key, value)
 
 

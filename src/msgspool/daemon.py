@@ -41,7 +41,8 @@ from msgspool.smtpd.tls import ServerTLS
 from msgspool.spooler import bulk, control, metrics
 from msgspool.spooler.fetch import FetchService, build_service, fetch_metrics
 from msgspool.spooler.link import EventForwarder, Link, RemoteDelivery, events_of, message_from_wire
-from msgspool.spooler.runtime import SERVE_LOCK_NAME, Spooler, load_transports, take_lock
+from msgspool.spooler.runtime import SERVE_LOCK_NAME, Spooler, take_lock
+from msgspool.spooler.wiring import load_transports
 from msgspool.transports.smtp import split_hostport
 
 log = logging.getLogger("msgspool")
@@ -279,9 +280,11 @@ RESTART_ONLY = ("data_dir", "store", "smtp_listen", "smtps_listen", "submission_
 
 async def _serve(settings: Settings, ready: asyncio.Event | None,
                  read_settings: Callable[[], Settings] | None = None) -> None:
-    spooler = Spooler(settings)
-    check_transports(spooler.transports)
     shutdown = Shutdown()
+    # Without a delivery process, this one delivers: asked to drain (`msgspool node drain
+    # --owner`), it stops as on SIGTERM.
+    spooler = Spooler(settings, on_drain=None if settings.delivery_process else shutdown.signal)
+    check_transports(spooler.transports)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, shutdown.signal)
@@ -362,7 +365,6 @@ async def _serve(settings: Settings, ready: asyncio.Event | None,
             delivery = DeliveryProcess(settings, spooler, on_drain=shutdown.signal)
             await delivery.start()
         else:
-            spooler.on_drain = shutdown.signal  # `msgspool node drain --owner`: as on SIGTERM
             await spooler.start(deliver=True)
             await _check_http_exposure(spooler, settings)
         if settings.fetch:  # checked before anything listens; started once everything does
@@ -479,7 +481,7 @@ class DeliveryProcess:
         """Spawn the child and wait (up to `wait` seconds) until it runs: the listeners open after
         it, so that the status table is complete from the first session on. Intake works without
         it (what it commits waits in the spool), so a slow start is logged, not fatal."""
-        self.spooler.delivery_process = True
+        self.spooler.hints.supervise()
         await self._spawn()
         self._supervisor = asyncio.create_task(self._supervise(), name="msgspool-delivery-supervisor")
         try:
@@ -541,7 +543,7 @@ class DeliveryProcess:
         and exits (the link closes), and the one that replaces it starts with `settings`."""
         self.settings = settings
         self._reloading = True
-        self.spooler.remote = None  # from now on intake commits new mail for the next process
+        self.spooler.hints.attach(None)  # from now on intake commits new mail for the next process
         if self.link is not None:
             self.link.close()
 
@@ -549,10 +551,7 @@ class DeliveryProcess:
         """The child registered as node `owner` and runs: hand-overs may begin, committed as its own."""
         assert self.link is not None and self.process is not None
         remote = RemoteDelivery(self.link, window=self.settings.active_limit, owner=owner)
-        self.spooler.remote = remote
-        self.spooler.bus.on_listeners = remote.want_events
-        if self.spooler.bus.listened:
-            remote.want_events(True)
+        self.spooler.hints.attach(remote)  # told at once whether anyone here listens to events
         remote.wakeup()  # whatever was committed while no deliverer ran
         self._started.set()
         self.ready_at = asyncio.get_running_loop().time()
@@ -589,7 +588,7 @@ class DeliveryProcess:
             except Exception:
                 log.exception("supervising the delivery process failed")
                 self._kill()
-            self.spooler.remote = None
+            self.spooler.hints.attach(None)
             self.spooler.poke_status()  # the spooler's row is in failure until the next one is ready
             if self._stopping:
                 return
@@ -643,7 +642,7 @@ class DeliveryProcess:
             self._supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._supervisor
-        self.spooler.remote = None
+        self.spooler.hints.attach(None)
 
 
 LEASE_LOST_EXIT = 3  # the delivery process's exit code when it found its lease lost
@@ -653,7 +652,30 @@ async def deliver(fd: int, config: dict[str, Any]) -> int:
     """The delivery process: run the scheduler until the link to the intake process closes (0),
     or until it finds its lease lost (LEASE_LOST_EXIT: intake respawns it as a new node)."""
     settings = Settings(**config["settings"])
-    spooler = Spooler(settings)
+    link: Link | None = None  # made once delivery runs (below)
+    aborting = drain_asked = False
+
+    def abort() -> None:  # SIGTERM from intake's abort: cancel what is in flight at once
+        nonlocal aborting
+        aborting = True
+        spooler.scheduler.abort_drain()
+        if link is not None:
+            link.close()
+
+    def settled(active: int) -> None:  # the window after each settlement: intake's credit for hand-overs
+        if link is not None:
+            link.send({"active": active})
+
+    def drain() -> None:
+        # Asked to drain (`msgspool node drain --owner`): the whole daemon stops in order, as on
+        # SIGTERM — intake closes the link, and this process drains and exits (not respawned).
+        nonlocal drain_asked
+        drain_asked = True
+        if link is not None:
+            link.send({"drain": spooler.lease.owner})
+
+    # A lost lease: delivery stopped already; the link's end tells intake to respawn this process.
+    spooler = Spooler(settings, on_lease_lost=abort, on_drain=drain, on_settled=settled)
     # The old deliverer of a daemon killed a moment ago may still hold the lock until it notices.
     await spooler.start(deliver=True, lock_timeout=30.0)
     forwarder: EventForwarder | None = None
@@ -661,6 +683,7 @@ async def deliver(fd: int, config: dict[str, Any]) -> int:
 
     async def handle(message: dict[str, Any]) -> dict[str, Any] | None:
         nonlocal forwarder, unsubscribe
+        assert link is not None
         op = message.get("op")
         if op == "dispatch":
             spooler.scheduler.adopt(message_from_wire(message["message"]))
@@ -692,21 +715,12 @@ async def deliver(fd: int, config: dict[str, Any]) -> int:
         return None
 
     link = await Link.over(socket.socket(fileno=fd), handle)
-    spooler.scheduler.on_settled = lambda active: link.send({"active": active})
     link.send({"ready": spooler.store.owner})  # registered, dead nodes' work rescued: hand-overs may begin
-    loop = asyncio.get_running_loop()
-    aborting = False
-
-    def abort() -> None:  # SIGTERM from intake's abort: cancel what is in flight at once
-        nonlocal aborting
-        aborting = True
-        spooler.scheduler.abort_drain()
+    if drain_asked:  # while the link was being made
+        link.send({"drain": spooler.lease.owner})
+    if aborting:
         link.close()
-
-    spooler.on_lease_lost = abort  # delivery stopped already; the link's end tells intake to respawn
-    # Asked to drain (`msgspool node drain --owner`): the whole daemon stops in order, as on
-    # SIGTERM — intake closes the link, and this process drains and exits (not respawned).
-    spooler.on_drain = lambda: link.send({"drain": spooler.lease.owner})
+    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, abort)
     try:

@@ -12,7 +12,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from msgspool.domain.events import Event
 from msgspool.domain.hooks import Delivery, Draft, Preprocessed
-from msgspool.domain.message import Message, MessageInfo, PendingReport, ReadReceipt, Recipient, Settlement
+from msgspool.domain.message import MailboxInfo, Message, MessageInfo, PendingReport, ReadReceipt, Recipient, Settlement
 from msgspool.domain.outcome import Reply
 from msgspool.domain.selector import Selector
 from msgspool.domain.suppression import Suppression
@@ -308,8 +308,23 @@ class Mailboxes(Protocol):
         (nothing was ever filed into it or sent from it)."""
         ...
 
+    async def list_mailboxes(self, limit: int, *, after: str = "") -> list[MailboxInfo]:
+        """Up to `limit` local mailboxes, by address, those after `after` (the address of the last
+        one of the previous page), each with its folders: one range of the mailboxes and one of
+        their messages' folders a page, however many mailboxes there are."""
+        ...
+
     async def get(self, message_id: str) -> MessageInfo | None:
         """One message of any folder with every recipient and its history."""
+        ...
+
+    async def existing(self, ids: Sequence[str]) -> set[str]:
+        """Which of these messages are stored (any folder): one read for a whole chunk."""
+        ...
+
+    async def messages(self, ids: Sequence[str]) -> list[MessageInfo]:
+        """Those of these messages that are stored, as a listing shows them (no history), in id
+        order: one read for a whole chunk."""
         ...
 
     async def content(self, message_id: str) -> bytes | None: ...
@@ -323,6 +338,15 @@ class Mailboxes(Protocol):
         """Up to `limit` messages of these folders (of `mailbox`; None: any), in submission order;
         `after`: the (submitted_at, id) of the last one of the previous page, so a listing of a
         million messages costs pages, not memory."""
+        ...
+
+    async def search(self, where: Selector, now: float, *, after: str = "", limit: int = ...) -> tuple[
+            list[MessageInfo], str | None]:
+        """A page of the messages the selector picks (domain/selector.py; no folder term: the
+        outbox) among those submitted by `now`, in id order after `after` (as a listing shows them:
+        no history), and the cursor of the next page, None at the end. A page reads a bounded part
+        of an index (stores/search.py), so that of a sparse search may be short, even empty, with a
+        cursor: its reader goes on until the cursor is None."""
         ...
 
     async def set_read(self, ids: Sequence[str], read: bool, now: float) -> list[Event]:
@@ -452,6 +476,17 @@ class Suppressions(Protocol):
 
     async def suppress(self, entry: Suppression) -> None:
         """Add an entry, replacing the address's old one."""
+        ...
+
+    async def suppress_bounce(self, entry: Suppression) -> None:
+        """A hard bounce's entry: added, or a later end for an entry that has one (an entry until
+        removed stays so), as a settled hard bounce lists it."""
+        ...
+
+    async def relayed_to(self, sender: str, recipient: str, since: float) -> list[tuple[str, str]]:
+        """(message id, transport) of the messages of `sender`, submitted since `since`, whose
+        recipient `recipient` was handed on (delivered), newest first: what a report received
+        later as mail may be about."""
         ...
 
     async def unsuppress(self, address: str) -> bool:

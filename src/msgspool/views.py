@@ -30,6 +30,7 @@ def _message_fields(info: MessageInfo) -> dict[str, Any]:
     return {
         "id": info.id,
         "sender": info.sender,
+        "subject": info.subject,
         "size": info.size,
         "submitted_at": iso(info.submitted_at),
         "finished_at": iso(info.finished_at),

@@ -61,24 +61,24 @@ async def history(store: Store, message_id: str) -> list[tuple[str, str]]:
 
 async def test_a_settlement_is_refused_once_the_nodes_work_was_rescued(new_store: Callable[[], Store]) -> None:
     async with node(new_store, "node-a", lease_time=0.2) as a:
-        message = handed("b@example.com")
+        message = handed("b@example.com", "c@example.com")  # two outcomes: one statement on PostgreSQL
         await a.submit(message)
-        assert await owners(a, message) == ["node-a"]
+        assert await owners(a, message) == ["node-a"] * 2
         await asyncio.sleep(0.3)  # node-a stalls past its lease
         async with node(new_store, "node-b") as b:
-            assert await b.rescue(time.time()) == 1
-            assert await statuses(b, message.id) == ["queued"]
+            assert await b.rescue(time.time()) == 2
+            assert await statuses(b, message.id) == ["queued"] * 2
             [claimed] = await b.claim(time.time(), 10)
-            assert await owners(b, message) == ["node-b"]
-            # node-a wakes up and records its outcome: refused, nothing written, no event
+            assert await owners(b, message) == ["node-b"] * 2
+            # node-a wakes up and records its outcomes: refused, nothing written, no event
             assert await a.settle(delivered(message), time.time()) == []
             assert await a.unclaim([(message.id, 0)], time.time()) == []
-            assert await owners(b, message) == ["node-b"]
+            assert await owners(b, message) == ["node-b"] * 2
             assert await a.heartbeat("node-a", time.time(), 0.2) is False  # a dead lease is never renewed
             assert await a.claim(time.time(), 10) == []  # and a dead node claims nothing
             events = await b.settle(delivered(claimed), time.time())
-            assert [e.type for e in events] == [EventType.DELIVERED]
-            assert await statuses(b, message.id) == ["delivered"]
+            assert [e.type for e in events] == [EventType.DELIVERED] * 2
+            assert await statuses(b, message.id) == ["delivered"] * 2
             assert any(stage == "rescue" and "node-a" in detail for stage, detail in await history(b, message.id))
 
 

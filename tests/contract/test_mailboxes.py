@@ -153,3 +153,24 @@ async def test_an_auto_reply_key_is_answered_once_a_period_by_any_of_the_spools_
     finally:
         await a.close()
         await b.close()
+
+
+async def test_the_mailboxes_are_listed_by_address_a_page_at_a_time_each_with_its_folders(store: Store) -> None:
+    assert await store.list_mailboxes(10) == []
+    await store.set_receive_folder("dave@example.org", "IPM.Note.Alert", "alerts")
+    for mailbox in ("carol@example.org", "bob@example.org", "erin@example.org", "ann@example.org"):
+        await file(store, mailbox)
+    await file(store, "bob@example.org", message_class="IPM.Note.Alert")
+    await store.set_receive_folder("bob@example.org", "IPM.Note.Alert", "alerts")
+    await file(store, "bob@example.org", message_class="IPM.Note.Alert")
+    await submit(store, "x@example.com")  # the spool's own outbox is no mailbox
+    pages, after = [], ""
+    while page := await store.list_mailboxes(2, after=after):
+        pages.append([(m.address, m.folders) for m in page])
+        after = page[-1].address
+    assert pages == [[("ann@example.org", ["inbox"]), ("bob@example.org", ["alerts", "inbox"])],
+                     [("carol@example.org", ["inbox"]), ("dave@example.org", [])],
+                     [("erin@example.org", ["inbox"])]]
+    listed = await store.list_mailboxes(10, after="bob@example.org")
+    assert [m.address for m in listed] == ["carol@example.org", "dave@example.org", "erin@example.org"]
+    assert all(m.created_at > 0 for m in listed)

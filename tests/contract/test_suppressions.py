@@ -89,3 +89,21 @@ async def test_the_signature_changes_with_every_change_of_the_list(store: Store)
     one = await store.suppressions_signature()
     await store.unsuppress("a@example.com")
     assert empty != one and await store.suppressions_signature() == empty
+
+
+async def test_relayed_to_finds_the_senders_messages_whose_recipient_was_handed_on(store: Store) -> None:
+    """What a report received later as mail is matched against (spooler/bounces.py)."""
+    now = time.time()
+    old = await submit(store, "Bob@Remote.example", sender="Alice@example.org", now=now - 10 * DAY)
+    new = await submit(store, "bob@remote.example", "carol@remote.example", sender="alice@example.org", now=now)
+    other = await submit(store, "bob@remote.example", sender="zed@example.org", now=now)
+    await store.claim(now, 10)
+    relayed = Reply(250, "2.0.0", "queued as X")
+    await store.settle([Settlement(m.id, 0, m.recipients[0].address, Status.DELIVERED, relayed, transport="smtp",
+                                   remote="mx.remote.example[192.0.2.1]") for m in (old, new, other)]
+                       + [Settlement(new.id, 1, "carol@remote.example", Status.FAILED, NO_SUCH_USER,
+                                     transport="smtp", remote="mx.remote.example[192.0.2.1]")], now)
+    assert await store.relayed_to("ALICE@example.org", "BOB@remote.example", now - 30 * DAY) == [
+        (new.id, "smtp"), (old.id, "smtp")]  # newest first, whatever the case
+    assert await store.relayed_to("alice@example.org", "bob@remote.example", now - DAY) == [(new.id, "smtp")]
+    assert await store.relayed_to("alice@example.org", "carol@remote.example", now - DAY) == []  # not handed on

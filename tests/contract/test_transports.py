@@ -154,6 +154,16 @@ async def live_pipe(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator
                received=lambda: out.read_bytes().count(b"The transport contract."))
 
 
+@asynccontextmanager
+async def live_file(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Peer]:
+    # the aliases' file transport: a maildir and an mbox file, each named by its recipient's address
+    box, file = tmp / "box", tmp / "archive.mbox"
+    yield Peer({"transports": [{"name": "files", "type": "file", "user": pwd.getpwuid(os.geteuid()).pw_name,
+                                "addrtypes": ["ALIAS-FILE"]}]}, "files", [f"{box}/", str(file)],
+               addrtype="ALIAS-FILE",
+               received=lambda: maildir_files(box) + (file.read_bytes().count(b"\nFrom ") + 1 if file.exists() else 0))
+
+
 def dead_pipe(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> Peer:
     return Peer({"transports": [_pipe([str(tmp / "no-such-command")])]}, "command", ["alice@example.org"])
 
@@ -262,6 +272,7 @@ CASES: dict[str, tuple[Live, Dead]] = {
     "lmtp": (live_lmtp, dead_lmtp),
     "maildir": (live_maildir, None),  # writes to local disk: no peer that can be down
     "pipe": (live_pipe, dead_pipe),
+    "file": (live_file, None),  # writes to local disk: no peer that can be down
     "third-party": (live_line, dead_line),
 }
 

@@ -2,11 +2,13 @@
 `aliases` setting is expanded at submission over SMTP, HTTP and sendmail — local members filed,
 remote ones relayed with the list's owner as the envelope sender and the alias as their ORCPT, a
 loop failed with 554 5.4.6 and reported — and read again on SIGHUP; `aliases check` reports a
-broken file's lines, and members no transport takes stop `serve` with a config error."""
+broken file's lines, and members it may not take stop `serve` with a config error; /maildir/ and
+/file members are written, read back with Python's `mailbox`."""
 
 from __future__ import annotations
 
 import json
+import mailbox
 import os
 import pwd
 import signal
@@ -20,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.daemon import Daemon, Spool, port_open, received_tags, tagged_message
+from tests.support.daemon import Daemon, Spool, port_open, post, received_tags, tagged_message
 from tests.support.sink import Sink
 
 ME = pwd.getpwuid(os.geteuid()).pw_name
@@ -170,12 +172,55 @@ def test_aliases_check_reports_problems_with_line_numbers_and_expand_shows_the_m
         ("ext@partner.example", "owner-team@localhost"), ("carol@localhost", None)]
 
 
-def test_serve_refuses_commands_it_cannot_run_and_file_members(spool: Spool) -> None:
-    configure(spool, "deliver: \"|procmail\", /var/mail/box/\n")
+def test_serve_refuses_commands_it_cannot_run_and_files_from_include_files(spool: Spool) -> None:
+    listed = spool.data.parent / "list"
+    listed.write_text("ann, /var/mail/box/\n")
+    configure(spool, f"deliver: \"|procmail\", :include:{listed}\n")
     result = spool.run("serve", "--smtp", "127.0.0.1:0", "--http", "", ok=False)
     assert result.returncode == 2, result
     assert "|procmail: the command needs an absolute path" in result.stderr
-    assert "/var/mail/box/: file and maildir members are not supported" in result.stderr
+    assert (f"{listed}:1: /var/mail/box/: files and maildirs are not allowed in :include: files (add \"include\""
+            " to allow_mail_to_files to allow them)") in result.stderr
+
+
+@pytest.mark.timeout(60)
+def test_mail_over_smtp_to_an_alias_with_a_maildir_and_a_file_member_is_written_into_both(
+        spool: Spool, relay: Sink, daemon: Daemon, tmp_path: Path) -> None:
+    box, file = tmp_path / "archive" / "Maildir", tmp_path / "archive.mbox"
+    path = configure(spool, f"archive: {box}/, {file}, alice\n")
+    (spool.data / "msgspool.toml").write_text(f'aliases = "{path}"\naliases_user = "{ME}"\n')
+    relay.start()
+    daemon.start()
+    spool.wait_until(lambda: port_open("127.0.0.1", daemon.http_port), "the HTTP listener")
+    body = "From: w@example.com\r\nSubject: filed\r\n\r\nFrom the archive's point of view\r\n"
+    with smtplib.SMTP(*daemon.smtp_address, timeout=10) as session:
+        session.sendmail("w@example.com", ["archive@localhost"], body)
+        session.sendmail("", ["archive@localhost"], body.replace("filed", "bounce"))
+    spool.wait_until(lambda: len(inbox(daemon, "alice@localhost")) == 2, "alice's copies")
+    messages = [m for m in spool_messages(spool) if m["origin"] == "smtp"]
+    for message in messages:
+        spool.wait_until(lambda m=message: spool.recipient_statuses(m["id"]) == ["delivered"] * 3, "delivered")
+    shown = json.loads(spool.run("queue", "show", messages[0]["id"], "--json").stdout)
+    files = [r for r in shown["recipients"] if r["addrtype"] == "ALIAS-FILE"]
+    assert [(r["address"], r["transport"], r["orcpt"]) for r in files] == [
+        (f"{box}/", "aliases-file", "rfc822;archive@localhost"),
+        (str(file), "aliases-file", "rfc822;archive@localhost")]
+    assert files[1]["last_reply"] == f"250 2.0.0 delivered to file {file}"
+    assert any(f"{file}: expanded from archive@localhost ({path}:1)" in json.dumps(h) for h in shown["history"])
+
+    maildir = sorted(mailbox.Maildir(box, create=False), key=lambda m: str(m["Subject"]))
+    assert [(m["Subject"], m["Return-Path"], m["Delivered-To"]) for m in maildir] == [
+        ("bounce", "<>", "archive@localhost"), ("filed", "<w@example.com>", "archive@localhost")]
+    mbox = mailbox.mbox(file, create=False).values()
+    assert [m["Subject"] for m in mbox] == ["filed", "bounce"]
+    assert mbox[0].get_from().startswith("w@example.com  ") and mbox[1].get_from().startswith("MAILER-DAEMON  ")
+    assert mbox[0].get_payload() == ">From the archive's point of view\n"
+    assert maildir[1].get_payload() == "From the archive's point of view\n"
+
+    # nobody may hand the aliases' file transport a path of their own
+    status, problem = post(daemon, "/api/messages", {"sender": "a@example.com", "recipients": ["/etc/passwd"],
+                                                "addrtypes": ["ALIAS-FILE"], "content": "Subject: x\r\n\r\nx\r\n"})
+    assert status == 422 and "5.7.1" in problem["detail"], problem
 
 
 @pytest.mark.timeout(60)
@@ -207,16 +252,9 @@ def test_a_command_member_runs_with_the_message_on_stdin_and_the_alias_as_recipi
     assert command["transport"] == "aliases" and command["orcpt"] == "rfc822;tickets@localhost"
 
     # nobody may hand the aliases' transport a command of their own
-    status, problem = post(daemon, "messages", {"sender": "a@example.com", "recipients": ["/bin/sh -c id"],
+    status, problem = post(daemon, "/api/messages", {"sender": "a@example.com", "recipients": ["/bin/sh -c id"],
                                                 "addrtypes": ["ALIAS-PIPE"], "content": "Subject: x\r\n\r\nx\r\n"})
     assert status == 422 and "5.7.1" in problem["detail"], problem
-
-
-def post(daemon: Daemon, path: str, body: Any) -> tuple[int, Any]:
-    try:
-        return 201, api(daemon, path, body)
-    except urllib.error.HTTPError as err:
-        return err.code, json.load(err)
 
 
 @pytest.mark.timeout(60)

@@ -18,7 +18,7 @@ QUEUED = 5000
 def test_bench_quick_runs_every_row_against_msgspool(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     argv = [sys.executable, "-m", "bench", "--quick", "--no-postfix", "--load", "python", "--queued", str(QUEUED),
-            "--only", "relay,tls,latency,outage,queued,list,status,backlog",  # every row, and the opt-in extra
+            "--only", "relay,tls,latency,outage,queued,list,status,search,backlog",  # every row, and the opt-in extra
             "--json", str(out)]  # spools under /tmp: pytest's tmp_path is too long for a control socket
     proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=100, env=cli_env())
     context = f"\n--- stdout\n{proc.stdout}\n--- stderr (tail)\n{proc.stderr[-4000:]}"
@@ -58,6 +58,9 @@ def test_bench_quick_runs_every_row_against_msgspool(tmp_path: Path) -> None:
     assert status["queue_messages"] == [QUEUED], context  # the kept counts, from the daemon and the CLI
     assert 0 < status["http_ms"]["p50"] <= status["http_ms"]["max"] and status["cli_ms"]["p50"] > 0, context
 
+    search = queued["search"]  # every search found what its page must hold (the prefill's messages)
+    assert all(case["found"] >= case["least"] and case["p50_ms"] > 0 for case in search.values()), search
+    assert search["first page"]["found"] == 50 and search["recipient (1 message)"]["found"] == 1, search
     backlog = queued["backlog"]
     assert "recipients due now" in backlog["flush_output"], context
     assert backlog["errors"] == 0 and backlog["sent"] > 0 and backlog["drained"] > 0, context

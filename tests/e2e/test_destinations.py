@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.support.daemon import Daemon, DaemonFactory, Spool, received_tags, tagged_message
+from tests.support.daemon import Daemon, DaemonFactory, Spool, post, received_tags, tagged_message
 from tests.support.sink import Sink
 from tests.support.sse import SseClient
 
@@ -37,17 +35,6 @@ def two_routes(spool: Spool, relay: Sink, partner: Sink, daemons: DaemonFactory)
     daemon = daemons(spool.data, relay.address)
     spool.daemon = daemon
     return daemon
-
-
-def post(daemon: Daemon, path: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
-    request = urllib.request.Request(f"http://127.0.0.1:{daemon.http_port}{path}", method="POST",
-                                     data=json.dumps(body or {}).encode(),
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
 
 
 def attempts_of(spool: Spool, message_id: str) -> int:

@@ -197,9 +197,7 @@ def test_delete_and_hold_of_a_message_in_flight_say_unable_to_abort(spool: Spool
     daemon.start()
     spool.sendmail(tagged_message("inflight"), "-t")
     message_id = spool.only_id()
-    spool.wait_until(lambda: relay.connections > 0 and spool.recipient_statuses(message_id) == ["active"],
-                     "the transaction to start")
-    time.sleep(0.3)  # DATA is under way
+    spool.wait_until(lambda: relay.in_data > 0, "the transaction to start")  # the sink holds its reply
     deleted = spool.run("queue", "delete", message_id, ok=False)
     assert deleted.returncode == 1, deleted
     assert "unable to abort: in flight" in deleted.stdout and "<rcpt@example.com>" in deleted.stdout, deleted
@@ -230,3 +228,21 @@ def test_an_empty_queue_lists_as_nothing_in_json_and_says_so_in_text(spool: Spoo
     spool.sendmail(tagged_message("one"), "-f", "one@example.org", "a@example.com")
     assert len(spool.run("queue", "list", "--json").stdout.splitlines()) == 1
     assert spool.run("queue", "list").stdout.endswith("-- 1 messages\n")
+
+
+def test_queue_list_where_searches_with_the_selector_and_refuses_a_bad_term(spool: Spool, daemon: Daemon) -> None:
+    """`queue list --where`: the terms of the HTTP search (domain/selector.py), a subject too; no
+    match says so (and --json prints nothing); a bad term is exit 2 naming it."""
+    daemon.start()
+    spool.sendmail(b"Subject: Invoice 42\r\n\r\nx\r\n", "-f", "billing@shop.example", "a@example.com")
+    spool.sendmail(b"Subject: hello\r\n\r\nx\r\n", "-f", "one@example.org", "b@example.com")
+    found = [json.loads(line) for line in spool.run("queue", "list", "--json", "--where",
+                                                     "subject=INVOICE,newer-than=1h").stdout.splitlines()]
+    assert [(m["sender"], m["subject"]) for m in found] == [("billing@shop.example", "Invoice 42")]
+    assert spool.run("queue", "list", "--where", "sender=@shop.example").stdout.endswith("-- 1 messages\n")
+    assert spool.run("queue", "list", "--where", "older-than=1d").stdout == "No message matches older-than=1d\n"
+    assert spool.run("queue", "list", "--json", "--where", "folder=inbox").stdout == ""
+    bad = spool.run("queue", "list", "--where", "colour=blue", ok=False)
+    assert bad.returncode == 2 and "'colour'" in bad.stderr
+    bulk = spool.run("queue", "hold", "--where", "folder=inbox", ok=False)
+    assert bulk.returncode == 2 and "outbox" in bulk.stderr

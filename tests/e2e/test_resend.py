@@ -10,24 +10,10 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from tests.support.daemon import Daemon, Spool, port_open, received_tags, tagged_message
+from tests.support.daemon import Daemon, Spool, post, received_tags, tagged_message
 from tests.support.sink import Sink
 
 PROMPT = 5.0
-
-
-def post(daemon: Daemon, path: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
-    deadline = time.monotonic() + 10  # the daemon listens for SMTP first
-    while not port_open("127.0.0.1", daemon.http_port) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    request = urllib.request.Request(f"http://127.0.0.1:{daemon.http_port}{path}", method="POST",
-                                     data=json.dumps(body or {}).encode(),
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
 
 
 def get(daemon: Daemon, path: str) -> dict[str, Any]:
@@ -43,7 +29,7 @@ def finished(spool: Spool, message_id: str) -> bool:
 def test_resend_sends_again_only_to_the_recipients_that_failed_linked_both_ways(spool: Spool, relay: Sink,
                                                                                 daemon: Daemon) -> None:
     relay.start()
-    daemon.start()
+    daemon.start(also=[daemon.http_port])  # the daemon listens for SMTP first
     status, body = post(daemon, "/api/messages", {
         "sender": "alice@example.org", "recipients": ["ok@example.com", "fail5xx-gone@example.com"],
         "content": tagged_message("first", to="ok@example.com").replace("\n", "\r\n")})
@@ -80,7 +66,7 @@ def test_resend_sends_again_only_to_the_recipients_that_failed_linked_both_ways(
 
 def test_an_expired_message_resent_over_http_is_delivered_with_the_same_content(spool: Spool, relay: Sink,
                                                                               daemon: Daemon) -> None:
-    daemon.start()  # the relay is down: the message waits, then expires
+    daemon.start(also=[daemon.http_port])  # the relay is down: the message waits, then expires
     status, body = post(daemon, "/api/messages", {
         "sender": "alice@example.org", "recipients": ["late@example.com"],
         "content": tagged_message("late", to="late@example.com").replace("\n", "\r\n"),

@@ -57,3 +57,30 @@ async def test_a_run_acts_a_chunk_at_a_time_skipping_what_went_meanwhile(tmp_pat
         dry = await bulk.run(spooler.store, apply, "delete", where, dry_run=True)
         assert dry.to_json()["matched"] == 6 and dry.done == []
         assert len(await bulk.select(spooler.store, where)) == 6  # a dry run changed nothing
+
+
+async def test_a_run_reads_each_chunk_once_before_acting_not_each_message_whole(
+        tmp_path: Path, store_settings: dict[str, Any]) -> None:
+    """A chunk of an action asks the store which of its messages exist in one read; no message
+    is read whole (five statements each) on the way."""
+    async with msgspool.open_spool(str(tmp_path / "spool"), deliver=False, relay="127.0.0.1:9",
+                                   **store_settings) as spooler:
+        ids = [await spooler.submit(message(n)) for n in range(12)]
+        store = spooler.store
+        reads = {"get": 0, "existing": 0}
+        get, existing = store.get, store.existing
+
+        async def counted_get(message_id: str) -> Any:
+            reads["get"] += 1
+            return await get(message_id)
+
+        async def counted_existing(chunk: Any) -> set[str]:
+            reads["existing"] += 1
+            return await existing(chunk)
+
+        store.get, store.existing = counted_get, counted_existing  # type: ignore[method-assign]
+        for action in ("hold", "release", "requeue", "flush", "delete"):
+            result = await bulk.run(store, lambda a, chunk: bulk.apply_chunk(spooler, a, chunk), action,
+                                    parse_selector("recipient=@one.test"), chunk=5)
+            assert sorted(result.done) == sorted(ids), action
+        assert reads == {"get": 0, "existing": 5 * 3}, reads  # five actions, three chunks each, one read a chunk

@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from yarl import URL
 
 from msgspool.spooler.runtime import Spooler
 from msgspool.web.app import start
@@ -73,6 +74,32 @@ async def test_errors_are_problem_documents(api: tuple[Spooler, str]) -> None:
     assert body["status"] == 404 and "NOSUCH" in body["detail"]
     assert bad.status == 400
     assert refused.status == 422
+
+
+async def test_the_mailboxes_are_listed_by_address_with_their_folders_following_the_link_header(
+        api: tuple[Spooler, str]) -> None:
+    spooler, base = api
+    note = b"Subject: x\r\n\r\nhi\r\n"
+    for name in ("dave", "bob", "carol"):
+        await spooler.send(note, sender="a@example.com", recipients=[f"{name}@example.org"])
+    pages: list[list[tuple[str, list[str]]]] = []
+    url: str | None = f"{base}/mailboxes?limit=2"
+    async with aiohttp.ClientSession() as http:
+        while url is not None:
+            response = await http.get(url)
+            assert response.status == 200
+            body = await response.json()
+            pages.append([(m["address"], m["folders"]) for m in body["mailboxes"]])
+            assert body["next_cursor"] == response.headers.get("Next-Cursor")
+            link = response.headers.get("Link")
+            url = None if link is None else str(response.url.join(URL(link[1:link.index(">")])))
+        bad = await http.get(f"{base}/mailboxes", params={"limit": "0"})
+        problem = await bad.json(content_type=None)
+        control = await http.get(f"{base}/mailboxes", params={"cursor": "bob\x00"})
+    assert pages == [[("bob@example.org", ["inbox"]), ("carol@example.org", ["inbox"])],
+                     [("dave@example.org", ["inbox"])]]
+    assert (bad.status, bad.content_type, problem["status"]) == (400, "application/problem+json", 400)
+    assert (control.status, control.content_type) == (400, "application/problem+json")
 
 
 async def test_event_stream_filters_by_mailbox_and_type_and_resumes(api: tuple[Spooler, str]) -> None:

@@ -110,16 +110,18 @@ def spooler_with(tmp_path: Path, flaky: FlakyTransport, **overrides: Any) -> Spo
 async def test_the_heartbeat_keeps_a_live_nodes_work_across_many_lease_times(
         tmp_path: Path, flaky: FlakyTransport) -> None:
     """A transaction that lasts ten lease times, while another node rescues every few ms: the
-    heartbeat keeps the lease, nothing is taken, the message goes once."""
+    heartbeat keeps the lease, nothing is taken, the message goes once. (A lease of 0.5 s: with
+    0.2 s, on PostgreSQL on a loaded machine, a beat came late enough to lose the lease now and
+    then, which is the right answer to a late beat but not this test's question.)"""
     flaky.gate = asyncio.Event()
-    spooler = spooler_with(tmp_path, flaky, lease_time=0.2)
+    spooler = spooler_with(tmp_path, flaky, lease_time=0.5)
     await spooler.start()
     rescued: list[int] = []
     try:
         message_id = await spooler.submit(submission("b@example.com"))
         await asyncio.wait_for(flaky.sending.wait(), 5)
         async with node(spooler.settings.spool_path / DB_NAME, "rescuer") as other:
-            end = time.monotonic() + 2.0
+            end = time.monotonic() + 5.0
             while time.monotonic() < end:
                 rescued.append(await other.rescue(time.time()))
                 await asyncio.sleep(0.01)

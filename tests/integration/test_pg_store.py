@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -15,7 +16,7 @@ from msgspool.domain.events import Event, EventType
 from msgspool.domain.ids import new_id
 from msgspool.domain.message import Message, Recipient
 from msgspool.domain.recipient import Status
-from msgspool.stores.postgresql import PostgresStore, migrations, schema_version, upgrade
+from msgspool.stores.postgresql import _EVENT_ORDER_LOCK, PostgresStore, migrations, schema_version, upgrade
 from tests.support import pg
 
 
@@ -191,3 +192,50 @@ async def test_event_ids_come_in_commit_order_so_a_reader_going_on_from_its_last
     await asyncio.wait_for(asyncio.gather(first, blocked), 10.0)
     after = [e.message_id for e in await a.events_after(last, 10_000)]
     assert "from-a" in after  # not skipped: its id is above the one the reader saw
+
+
+async def test_a_transaction_draws_its_event_ids_only_once_it_holds_the_event_order_lock(
+        url: str, two: tuple[PostgresStore, PostgresStore]) -> None:
+    """The lock and the insert of a batch's events are one statement: the id drawn must still
+    come after the lock is granted. Were it drawn while the statement waits, an event committed
+    meanwhile with a higher id would be read first and a's event, lower, skipped by the reader."""
+    a, _b = two
+    with psycopg.connect(url, autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(%s)", (_EVENT_ORDER_LOCK,))
+        waiting = asyncio.ensure_future(a.record_events([Event(EventType.SUBMITTED, "waited", time.time())]))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()  # a waits on the lock
+        row = other.execute("INSERT INTO events (time, type, message_id) VALUES (%s, 'submitted', 'meanwhile')"
+                            " RETURNING id", (time.time(),)).fetchone()
+        assert row is not None
+        other.execute("SELECT pg_advisory_unlock(%s)", (_EVENT_ORDER_LOCK,))
+        await asyncio.wait_for(waiting, 10.0)
+    [waited] = [e for e in await a.events_after(0, 10_000) if e.message_id == "waited"]
+    assert waited.id is not None and waited.id > row[0]
+
+
+async def test_a_durable_write_commits_with_synchronous_commit_on_whatever_ran_before_it(url: str) -> None:
+    """Outcomes commit with synchronous_commit off, set on the writer's session only when a batch
+    needs the other setting; a submission (durable: its 250 waits for the WAL flush) must never
+    inherit `off`, also not after a failed transaction undid a SET."""
+    store = PostgresStore(url)
+    await store.open()
+
+    def setting(tx: Any) -> str:
+        return str(tx.execute("SHOW synchronous_commit").fetchone()[0])
+
+    def failing(tx: Any) -> None:
+        tx.execute("SET synchronous_commit = off")
+        raise RuntimeError("the batch fails after its SET")
+
+    try:
+        seen = []
+        for durable in (False, False, True, True, False, True):
+            seen.append(await store._write(setting, durable=durable))
+        assert seen == ["off", "off", "on", "on", "off", "on"]
+        with pytest.raises(RuntimeError):
+            await store._write(failing, durable=True)
+        assert await store._write(setting, durable=True) == "on"
+        assert [await store._write(setting, durable=d) for d in (False, True)] == ["off", "on"]
+    finally:
+        await store.close()

@@ -16,6 +16,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -63,6 +65,19 @@ def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
             return True
     except OSError:
         return False
+
+
+def post(daemon: Daemon, path: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+    """POST `body` (default {}) as JSON to the daemon's HTTP API: the status and the JSON answer,
+    an error's problem+json too (urllib's HTTPError is turned into its status and body)."""
+    request = urllib.request.Request(f"http://127.0.0.1:{daemon.http_port}{path}", method="POST",
+                                     data=json.dumps(body or {}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
 
 
 class Daemon:

@@ -73,6 +73,20 @@ def free_ports(n: int) -> list[int]:
     return [sink.free_port() for _ in range(n)]
 
 
+def live_in_group(group: int) -> list[int]:
+    """The pids of processes in process group `group` that still run (zombies do not count: an
+    orphan's zombie stays until this machine's pid 1 reaps it, which a container's may never do)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                # /proc/PID/stat: "pid (comm) state ppid pgrp ..."; comm may hold spaces and parentheses
+                state, _, pgrp = (entry / "stat").read_text().rpartition(")")[2].split()[:3]
+                if int(pgrp) == group and state != "Z":
+                    pids.append(int(entry.name))
+    return pids
+
+
 class Dovecot:
     """One running Dovecot; `stop()` (or leaving the `with`) ends it and removes its directory."""
 
@@ -143,6 +157,11 @@ class Dovecot:
                 self._choose_ports()
         raise AssertionError("unreachable")
 
+    @property
+    def pid(self) -> int | None:
+        """The master's pid, also its process group's id; None once stopped."""
+        return None if self._process is None else self._process.pid
+
     def stop(self, *, remove: bool = True) -> None:
         """Stop Dovecot (SIGTERM, then SIGKILL); idempotent."""
         if self in RUNNING:
@@ -156,6 +175,9 @@ class Dovecot:
             with contextlib.suppress(ProcessLookupError):  # what of its group outlived the master
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+            deadline = time.monotonic() + STOP_TIMEOUT
+            while live_in_group(process.pid) and time.monotonic() < deadline:
+                time.sleep(0.02)  # a SIGKILLed child ends soon after, not at once
         if remove:
             shutil.rmtree(self.directory, ignore_errors=True)
 

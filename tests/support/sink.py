@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
+import random
 import socket
 import ssl
 import threading
@@ -46,6 +48,7 @@ class Sink:
     smtputf8: bool = False  # advertise SMTPUTF8 (RFC 6531)
     commands: list[str] = field(default_factory=list)  # every MAIL and RCPT line, as received
     data_delay: float = 0.0  # seconds before the reply to the end of data
+    in_data: int = 0  # transactions whose data has arrived and whose reply is held back (data_delay, data_gate)
     data_gate: threading.Event | None = None  # with it: the reply to the end of data waits until it is set
     tls: ssl.SSLContext | None = None  # offer STARTTLS with this server context
     implicit_tls: bool = False  # with `tls`: every session is TLS from the start
@@ -180,10 +183,14 @@ class Sink:
                     writer.write(b"354 go ahead\r\n")
                     data = await reader.readuntil(b"\r\n.\r\n")
                     content = data[:-3].replace(b"\r\n..", b"\r\n.")
-                    if self.data_delay:
-                        await asyncio.sleep(self.data_delay)
-                    if self.data_gate is not None:
-                        await asyncio.to_thread(self.data_gate.wait, 60.0)
+                    self.in_data += 1
+                    try:
+                        if self.data_delay:
+                            await asyncio.sleep(self.data_delay)
+                        if self.data_gate is not None:
+                            await asyncio.to_thread(self.data_gate.wait, 60.0)
+                    finally:
+                        self.in_data -= 1
                     with self._lock:
                         self.messages.append(Received(state.sender, state.recipients, content, state.tls, state.user))
                     writer.write(b"250 2.0.0 Ok: queued\r\n")
@@ -274,16 +281,39 @@ def _tls_version(writer: asyncio.StreamWriter) -> str | None:
 
 
 _HANDED_OUT: set[int] = set()
+# Below the kernel's ephemeral range (32768-60999 by default): a port handed out here is never
+# also given to a socket bound to port 0 (a client's, or a daemon started on 127.0.0.1:0).
+# MSGSPOOL_TEST_PORTS=LOW-HIGH gives a test run a range of its own (make test runs two at once).
+_low, _, _high = os.environ.get("MSGSPOOL_TEST_PORTS", "10000-32767").partition("-")
+_PORTS = range(int(_low), int(_high) + 1)
+_random = random.Random()
+
+
+def _port_share() -> tuple[int, int]:
+    """(this process's index, how many processes share the ports): under pytest-xdist each worker
+    takes only the ports ≡ its index (mod the number of workers), so two workers never hand out
+    the same port between its choice and its bind."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
+    return index % count, count
 
 
 def free_port() -> int:
     """A free loopback port never handed out before in this test run: a port is chosen before
     its user binds it (a sink not started yet, a daemon's --smtp and --http), and the kernel may
-    offer the same one again meanwhile — seen: a daemon given its relay's port as its own."""
+    offer the same one again meanwhile — seen: a daemon given its relay's port as its own. The
+    port is chosen here, not by the kernel (whose port-0 binds all share one parity, so they
+    cannot be split among workers), and tried for a bind before it is handed out."""
+    index, count = _port_share()
     while True:
+        port = _random.randrange(_PORTS.start + index, _PORTS.stop, count)
+        if port in _HANDED_OUT:
+            continue
         with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
-            return port
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from msgspool.domain.address import domain_of
-from msgspool.domain.aliases import ALIAS_COMMAND, AliasTable, MemberKind, parse_aliases, parse_include
+from msgspool.domain.aliases import ALIAS_COMMAND, ALIAS_FILE, AliasTable, MemberKind, parse_aliases, parse_include
 from msgspool.domain.dsn import Action, Handoff, Notify, RecipientDSN, report_action
 from msgspool.domain.message import Recipient
 from msgspool.domain.recipient import Status
@@ -212,6 +212,20 @@ def test_intake_gives_a_command_member_its_address_type_and_refuses_that_type_fr
     with pytest.raises(SubmitError) as refused:
         i.build(Submission("app@example.org", ["/bin/sh -c id"], CONTENT, addrtypes=[ALIAS_COMMAND]))
     assert refused.value.reply.code == 550
+
+
+def test_file_members_get_the_file_address_type_with_the_alias_as_orcpt_and_submitters_may_not_use_it() -> None:
+    i = intake("archive: /var/mail/Archive/, /var/mail/archive.mbox, alice\n")
+    message, _copies = i.build(Submission("app@example.org", ["archive@localhost", "alice@localhost"], CONTENT))
+    assert [(r.address, r.addrtype) for r in message.recipients] == [
+        ("/var/mail/Archive/", ALIAS_FILE), ("/var/mail/archive.mbox", ALIAS_FILE), ("alice@localhost", "SMTP")]
+    orcpt = message.recipients[0].dsn.orcpt if message.recipients[0].dsn else None
+    assert orcpt is not None and orcpt.address == "archive@localhost"
+    assert "/var/mail/Archive/: expanded from archive@localhost (aliases:1)" in [h.detail for h in message.history]
+    for addrtype in (ALIAS_FILE, "alias-file"):
+        with pytest.raises(SubmitError) as refused:
+            i.build(Submission("app@example.org", ["/etc/passwd"], CONTENT, addrtypes=[addrtype]))
+        assert (refused.value.reply.code, refused.value.reply.enhanced) == (550, "5.7.1")
 
 
 def test_a_sender_asking_for_success_gets_expanded_for_the_alias_and_its_members_are_not_asked_again() -> None:

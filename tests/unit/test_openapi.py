@@ -16,7 +16,7 @@ from msgspool.domain.message import MessageInfo
 from msgspool.domain.suppression import Suppression
 from msgspool.spooler.runtime import Spooler
 from msgspool.views import message_json, suppression_json
-from msgspool.web import models, openapi
+from msgspool.web import dashboard, models, openapi
 from msgspool.web.app import api_routes, make_app
 from msgspool.web.submission import submission
 from tests.conftest import make_settings
@@ -34,8 +34,10 @@ def document() -> dict[str, Any]:
 
 
 def test_every_aiohttp_route_is_in_the_document_and_every_operation_is_a_route(app: web.Application) -> None:
+    pages = {(r.method.lower(), r.path) for r in dashboard.page_routes()}  # the dashboard's: not API operations
     served = {(r.method.lower(), r.resource.canonical) for r in app.router.routes()
-              if r.method != "HEAD" and r.resource is not None}
+              if r.method != "HEAD" and r.resource is not None} - pages
+    assert all(not path.startswith("/api/") for _method, path in pages)
     described = {(method, path) for path, item in document()["paths"].items() for method in item if method in METHODS}
     v1 = {(m, p) for m, p in served if p.startswith("/api/v1/")}
     assert served - v1 == described

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from msgspool.stores import credentials, ops, suppressions
-from msgspool.stores.queries import FILES, Queries, parse, placeholders, pyformat
+from msgspool.stores import credentials, ops, search, suppressions
+from msgspool.stores.queries import FILES, ROWS, Queries, parse, placeholders, pyformat
 
-STEPS = [Path(ops.__file__), Path(credentials.__file__), Path(suppressions.__file__)]  # they run named statements
+# they run named statements
+STEPS = [Path(ops.__file__), Path(credentials.__file__), Path(suppressions.__file__), Path(search.__file__)]
 NOT_QUERIES = {"expand", "spread", "dialect", "source"}  # Queries' own members
 SQL_WORDS = re.compile(r"\b(SELECT|UPDATE|INSERT|DELETE|WITH|CREATE|DROP|ALTER|PRAGMA)\s")
 
@@ -44,13 +45,14 @@ def string_literals(source: str) -> list[str]:
 
 
 def test_every_statement_the_steps_run_is_a_block_of_queries_sql() -> None:
-    blocks = set(Queries("sqlite"))
+    blocks = set(Queries("postgresql"))  # queries.sql's, and PostgreSQL's many-rows forms (`<name>_rows`)
     for path in STEPS:
         assert used_names(path.read_text(encoding="utf-8")) - blocks == set(), path.name
+    assert set(ops.WRITES) - blocks == set()  # the state writers, run by name through ops._set_status
 
 
 def test_every_block_of_queries_sql_is_run_by_a_step() -> None:
-    used = set().union(*(used_names(path.read_text(encoding="utf-8")) for path in STEPS))
+    used = set().union(set(ops.WRITES), *(used_names(path.read_text(encoding="utf-8")) for path in STEPS))
     assert set(Queries("sqlite")) - used == set()
 
 
@@ -61,8 +63,14 @@ def test_every_postgresql_block_respells_an_existing_one_with_the_same_placehold
         own = parse(text, path)
         assert own, f"{path} has no block"
         for name, sql in own.items():
-            assert name in portable, f"{path}: {name} respells no block of queries.sql"
-            assert placeholders(sql) == placeholders(portable[name]), name
+            one = name.removesuffix(ROWS)
+            assert one in portable, f"{path}: {name} respells no block of queries.sql"
+            if name == one:
+                assert placeholders(sql) == placeholders(portable[one]), name
+            else:  # the many-rows form: the rows as one JSON array, each with the one-row form's names
+                columns = set(re.findall(r"(\w+) (?:text|integer|bigint|double precision)\b", sql))
+                assert "rows" in placeholders(sql), name
+                assert (placeholders(sql) - {"rows"}) | columns == placeholders(portable[one]), name
     assert Queries("postgresql").claim_due != Queries("sqlite").claim_due
 
 
@@ -89,8 +97,8 @@ def test_sqlite_takes_positional_placeholders_and_postgresql_psycopgs_named_ones
 def test_sqlite_gets_the_named_parameters_in_the_statements_order_a_name_as_often_as_it_is_used() -> None:
     q = Queries("sqlite")
     order = q.positional[q.give_back_held_by]
-    assert order({"owner": "node", "idx": 2, "message_id": "m", "now": 5.0, "unused": 0}) == (5.0, "m", 2, "node",
-                                                                                               "node")
+    assert order({"owner": "node", "idx": 2, "message_id": "m", "now": 5.0, "held": 0, "status": "queued",
+                  "unused": 0}) == ("queued", 5.0, "m", 2, 0, "node", "node")
     assert q.positional[q.delete_message]({"message_id": "m"}) == ("m",)
     assert q.positional[q.any_token]({}) == ()
     two = q.expand("recipients_of_messages", ids=2)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from msgspool.domain.address import domain_of
-from msgspool.domain.routing import LOCAL, Route, Router, TransportRoute, domain_matches
+from msgspool.domain.routing import LOCAL, ROUTES_KEPT, Route, Router, TransportRoute, domain_matches
 
 
 def transport(name: str, *addrtypes: str, domains: tuple[str, ...] = (), nexthop: str | None = None) -> TransportRoute:
@@ -139,3 +139,15 @@ def test_a_mailbox_route_wins_over_a_domain_route() -> None:
     assert router.route("alice@example.org").transport == "all"
     assert "mailbox bob@x.test" in Router([], [transport("smtp", "SMTP", domains=("bob@x.test",))]).explain(
         "bob@x.test")[1]
+
+
+def test_a_router_remembers_routes_as_explain_gives_them_within_a_bound() -> None:
+    router = Router(["example.org"], [TransportRoute("smtp", frozenset({"SMTP"}), lambda a: domain_of(a)),
+                                      TransportRoute("http", frozenset({"HTTP"}), lambda url: url.split("/")[2])])
+    for address, addrtype in (("b@Example.COM", "SMTP"), ("bob@example.org", "SMTP"), ("https://h.test/x", "HTTP"),
+                              ("b@example.com", "X400")):
+        assert router.route(address, addrtype) == router.route(address, addrtype) == router.explain(address,
+                                                                                                     addrtype)[0]
+    for n in range(ROUTES_KEPT + 10):
+        assert router.route(f"u{n}@d{n}.test") == Route("smtp", f"d{n}.test")
+    assert len(router._routes) <= ROUTES_KEPT

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from msgspool.domain.selector import Selector, SelectorError, from_json, parse_duration, parse_selector
+from msgspool.domain.selector import Selector, SelectorError, from_json, make, parse_duration, parse_selector
 
 
 def test_every_term_parses_and_values_compare_in_lower_case() -> None:
@@ -23,11 +23,19 @@ def test_durations(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
-def test_an_address_term_is_exact_or_a_domain_as_a_like_pattern_with_wildcards_escaped() -> None:
-    where = parse_selector("sender=a_b%c@example.org,recipient=@ex_ample.org")
-    assert where.like(where.sender) == "a\\_b\\%c@example.org"
-    assert where.like(where.recipient) == "%@ex\\_ample.org"
+def test_the_search_terms_parse_folders_mailbox_subject_and_ages() -> None:
+    where = parse_selector("folder=Inbox|sent,mailbox=Bob@example.org,subject=Invoice 42,newer-than=1h,older-than=90s")
+    assert where.folders == ("inbox", "sent") and where.mailbox == "bob@example.org"
+    assert where.subject == "invoice 42" and where.window(1000.0) == (910.0, -2600.0)
+    assert parse_selector("folder=*").folders == () and parse_selector("status=held").folders is None
+    assert parse_selector("folder=Reports|OUTBOX").folders == ("Reports", "outbox")  # a user's folder as named
     assert parse_selector("sender=<>").sender == ""  # the null sender (bounces)
+    assert parse_selector("mailbox=<>").mailbox == ""  # the spool's own outbox
+    assert not parse_selector("sender=a@b.c").recipient_terms and parse_selector("transport=smtp").recipient_terms
+    assert parse_selector("folder=outbox").in_outbox_only() and not parse_selector("folder=*").in_outbox_only()
+    assert parse_selector("mailbox=bob@example.org").searched_folders() == ()  # every folder of the mailbox
+    assert parse_selector("status=held").in_outbox_only()
+    assert make([("subject", "a, b"), ("older_than", "1h")]).subject == "a, b"  # the HTTP query's terms
 
 
 @pytest.mark.parametrize(("text", "named"), [
@@ -39,6 +47,10 @@ def test_an_address_term_is_exact_or_a_domain_as_a_like_pattern_with_wildcards_e
     ("older-than=5", "'older-than'"),
     ("sender=", "'sender'"),
     ("sender=nobody", "'sender'"),
+    ("recipient=@", "'recipient'"),
+    ("newer-than=soon", "'newer-than'"),
+    ("folder=in box", "'folder'"),
+    ("subject=" + "x" * 201, "'subject'"),
     ("status=held,status=queued", "'status' given twice"),
 ])
 def test_a_bad_selector_is_refused_naming_the_term(text: str, named: str) -> None:

@@ -12,7 +12,12 @@ The format (aliases(5))::
 A name is a local part, folded to lower case; a member is an address (a bare name is a local
 address of the domain being expanded), ``:include:/path`` (more members, one or more per line,
 read from that file), ``|command`` (run by the aliases' own pipe transport: the command line
-split as a shell would, but never given to one) or ``/path/`` (a file or maildir: not supported).
+split as a shell would, but never given to one), ``/path/`` (a maildir: the trailing slash says so)
+or ``/path`` (an mbox file the message is appended to): both written by the aliases' own file
+transport (transports/file.py), as Postfix's local(8) delivers to them. Commands and files are
+allowed only where the operator's settings allow them (spooler/aliases.py: the aliases file
+itself by default, not its ``:include:`` files, as Postfix's allow_mail_to_commands and
+allow_mail_to_files).
 
 Expansion, as Postfix's local(8) does it: a member that is itself an alias is expanded in turn
 (nested); an alias that reaches itself directly (``bob: bob, bob@elsewhere``) delivers to its own
@@ -37,6 +42,10 @@ MAX_DEPTH = 100  # aliases within aliases (Postfix local(8) stops at 100 too)
 # The address type of a `|command` member: its address is the command line, and only the built-in
 # pipe transport of the aliases takes it. Intake refuses it from any submitter (it would run a command).
 ALIAS_COMMAND = "ALIAS-PIPE"
+# The address type of a `/path` or `/path/` member: its address is the path, and only the aliases'
+# file transport takes it. Intake refuses it from any submitter too (it would write that file).
+ALIAS_FILE = "ALIAS-FILE"
+ALIAS_ONLY = frozenset({ALIAS_COMMAND, ALIAS_FILE})  # address types only the aliases file gives
 OWNER_PREFIX, REQUEST_SUFFIX = "owner-", "-request"
 
 
@@ -44,7 +53,7 @@ class MemberKind(StrEnum):
     ADDRESS = "address"
     INCLUDE = "include"  # :include:/path
     COMMAND = "command"  # |command: the pipe transport
-    FILE = "file"  # /path (a file) or /path/ (a maildir)
+    FILE = "file"  # /path (an mbox file) or /path/ (a maildir): the aliases' file transport
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +215,8 @@ def _member(value: str, source: str, line_no: int) -> tuple[Member, str]:
         command = value[1:].strip()
         return Member(MemberKind.COMMAND, command, source, line_no), "" if command else "empty |command"
     if value.startswith("/"):
+        if value.strip("/") == "" or "\0" in value:
+            return Member(MemberKind.FILE, value), f"{value!r} names no file or maildir"
         return Member(MemberKind.FILE, value, source, line_no), ""
     local, domain = split(value)
     if not local or any(c.isspace() for c in value) or (("@" in value) and not domain):
@@ -225,7 +236,8 @@ class Expanded:
     where: str = ""  # the file and line of the member that named it
     owner: str | None = None  # owner-NAME@domain of the innermost list with an owner: its envelope sender
     refusal: Reply | None = None  # a loop (or too deep): it fails with this instead of being delivered
-    addrtype: str = "SMTP"  # ALIAS_COMMAND for a |command member (`address` is the command line)
+    addrtype: str = "SMTP"  # ALIAS_COMMAND for a |command member (`address` is the command line),
+    # ALIAS_FILE for a /path or /path/ member (`address` is the path)
 
     def describe(self) -> str:
         via = " -> ".join(self.chain)
@@ -242,8 +254,8 @@ TOO_DEEP = Reply(554, "5.4.6", f"aliases nested more than {MAX_DEPTH} deep")
 @dataclass(slots=True)
 class AliasTable:
     """The aliases of the local domains, by name (a local part, lower case): every member an
-    address by now (the loader inlines :include: files and refuses commands and files when no
-    transport takes them)."""
+    address, a command or a file by now (the loader inlines :include: files and refuses the
+    commands and files its settings do not allow)."""
 
     aliases: dict[str, Alias] = field(default_factory=dict)
 
@@ -257,6 +269,10 @@ class AliasTable:
     @property
     def has_commands(self) -> bool:
         return any(m.kind is MemberKind.COMMAND for a in self.aliases.values() for m in a.members)
+
+    @property
+    def has_files(self) -> bool:
+        return any(m.kind is MemberKind.FILE for a in self.aliases.values() for m in a.members)
 
     def lookup(self, address: str) -> Alias | None:
         """The alias a local address names (its local part), NAME-request falling back to owner-NAME."""
@@ -300,13 +316,18 @@ class AliasTable:
         domain = split(address)[1]
         owner = self.owner_of(alias.name, domain) or owner
         for member in alias.members:
-            if member.kind is MemberKind.COMMAND:  # run by the aliases' pipe transport
-                if f"|{member.value}" not in seen:
-                    seen.add(f"|{member.value}")
-                    out.append(Expanded(member.value, (*chain, address), member.where, owner, addrtype=ALIAS_COMMAND))
+            if member.kind in _SPECIAL:  # run or written by the aliases' own pipe or file transport
+                key = f"{_SPECIAL[member.kind]}:{member.value}"  # paths and commands are case-sensitive
+                if key not in seen:
+                    seen.add(key)
+                    out.append(Expanded(member.value, (*chain, address), member.where, owner,
+                                        addrtype=_SPECIAL[member.kind]))
                 continue
             target = member.value if "@" in member.value else f"{member.value}@{domain}"
             self._expand(target, (*chain, address), member.where, owner, is_local, out, seen)
+
+
+_SPECIAL = {MemberKind.COMMAND: ALIAS_COMMAND, MemberKind.FILE: ALIAS_FILE}
 
 
 def find_loops(table: AliasTable, domain: str = "localhost") -> list[Problem]:

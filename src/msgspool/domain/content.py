@@ -3,7 +3,9 @@ RFC 5322 text; the body is never parsed."""
 
 from __future__ import annotations
 
+import contextlib
 import re
+from email.header import decode_header, make_header
 
 _RECEIVED = re.compile(rb"^received:", re.IGNORECASE | re.MULTILINE)
 _LINE_END = re.compile(rb"\r?\n")
@@ -51,3 +53,19 @@ def header_priority(content: bytes) -> int | None:
         if word in _PRIORITY_WORDS:
             return _PRIORITY_WORDS[word]
     return None
+
+
+_SUBJECT = re.compile(rb"^subject:[ \t]*([^\r\n]*(?:\r?\n[ \t][^\r\n]*)*)", re.IGNORECASE | re.MULTILINE)
+
+
+def subject(content: bytes, limit: int = 200) -> str | None:
+    """The Subject of a message, unfolded and decoded (RFC 5322 §2.2.3, RFC 2047 encoded words),
+    cut at `limit` characters: what a queue search looks in. None when there is none."""
+    match = _SUBJECT.search(header_block(content))
+    if match is None:
+        return None
+    raw = _LINE_END.sub(b"", match.group(1)).decode("utf-8", "replace").strip()
+    if "=?" in raw:
+        with contextlib.suppress(ValueError, LookupError, UnicodeError):  # a broken encoded word stays as it is
+            raw = str(make_header(decode_header(raw)))
+    return raw[:limit]

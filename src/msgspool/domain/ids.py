@@ -24,3 +24,8 @@ def _b32(value: int, width: int) -> str:
 def new_id(now: float | None = None) -> str:
     ms = int((now if now is not None else time.time()) * 1000)
     return _b32(ms, 10) + _b32(int.from_bytes(os.urandom(5), "big"), 8)
+
+
+def id_floor(t: float) -> str:
+    """The least id of a message whose id was made at time `t` (ids compare as strings)."""
+    return _b32(max(0, int(t * 1000)), 10)

@@ -161,11 +161,12 @@ _TEMPORARY = {
 }
 
 
-def reply_for_error(err_no: int | None, path: str, detail: str) -> Reply:
-    """The reply a failed write into a maildir gives its recipient: always temporary (the disk
-    fills, a permission is fixed, the mail waits in the spool meanwhile), never a loss."""
-    code, enhanced, what = _TEMPORARY.get(err_no or 0, (451, "4.3.0", "maildir delivery failed"))
-    return Reply(code, enhanced, f"maildir {path}: {what}: {detail}")
+def reply_for_error(err_no: int | None, path: str, detail: str, kind: str = "maildir") -> Reply:
+    """The reply a failed write into a maildir (or a mailbox file, `kind`) gives its recipient:
+    always temporary (the disk fills, a permission is fixed, the mail waits in the spool
+    meanwhile), never a loss."""
+    code, enhanced, what = _TEMPORARY.get(err_no or 0, (451, "4.3.0", f"{kind} delivery failed"))
+    return Reply(code, enhanced, f"{kind} {path}: {what}: {detail}")
 
 
 def unknown_mailbox(address: str, path: str) -> Reply:

@@ -160,6 +160,17 @@ class MessageInfo:
     # The copies of this message filed into local mailboxes, {id, mailbox, folder, recipient}: only
     # for one message's view.
     copies: list[dict[str, Any]] | None = None
+    subject: str | None = None  # decoded, as stored at submission for queue searches
+
+
+@dataclass(slots=True)
+class MailboxInfo:
+    """A local mailbox as a listing shows it: its address, when it came to exist (its first
+    message or setting), and the folders holding its messages, by name."""
+
+    address: str
+    created_at: float
+    folders: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)

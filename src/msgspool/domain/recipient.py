@@ -1,8 +1,8 @@
 """Recipient states and the allowed transitions between them.
 
-Every recipient of an outbound message is in exactly one state. The store is the only place that
-changes it, and only along these edges (qmail's INTERNALS habit: the states and the single step
-between two, written down):
+Every recipient of an outbound message is in exactly one state. It changes only along these edges
+(qmail's INTERNALS habit: the states and the single step between two, written down), by the named
+steps of domain/transitions.py, which decide each change; the store only applies them:
 
     state       meaning                                   next states
     ---------   ---------------------------------------   -------------------------------------------

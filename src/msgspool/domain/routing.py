@@ -87,6 +87,9 @@ def domain_specificity(domain: str, patterns: Iterable[str]) -> tuple[int, int] 
     return best
 
 
+ROUTES_KEPT = 4096  # addresses a Router remembers the route of (all forgotten when it is full)
+
+
 class Router:
     def __init__(self, local_domains: Iterable[str], transports: Sequence[TransportRoute]) -> None:
         self.local_domains = frozenset(d.lower().rstrip(".") for d in local_domains)
@@ -94,6 +97,7 @@ class Router:
         self.local_transports = tuple(t for t in transports if t.local)
         # What local transports' routes make local besides local_domains ("*" adds nothing).
         self.local_routes = tuple(p.lower() for t in self.local_transports for p in t.domains if p != "*")
+        self._routes: dict[tuple[str, str], Route | None] = {}  # route(): a Router's routes never change
 
     def is_local(self, address: str, addrtype: str = SMTP) -> bool:
         if addrtype.upper() != SMTP:
@@ -117,7 +121,19 @@ class Router:
         return best[2] if best else None
 
     def route(self, address: str, addrtype: str = SMTP) -> Route | None:
-        return self.explain(address, addrtype)[0]
+        """`explain`'s route, remembered: intake routes a recipient at RCPT and again when it
+        builds the message, the delivery process once more, and bulk mail repeats its addresses
+        (a reload of the settings builds a new Router)."""
+        key = (address, addrtype)
+        try:
+            return self._routes[key]
+        except KeyError:
+            pass
+        found = self.explain(address, addrtype)[0]
+        if len(self._routes) >= ROUTES_KEPT:
+            self._routes.clear()
+        self._routes[key] = found
+        return found
 
     def explain(self, address: str, addrtype: str = SMTP) -> tuple[Route | None, str]:
         """The route of an address and why it was chosen (`msgspool route`)."""

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from msgspool.domain.selector import Selector
+from msgspool.domain.selector import Selector, SelectorError
 from msgspool.errors import NotFound, UnableToAbort
 from msgspool.ports import Store
 from msgspool.stores.ops import MESSAGE_CHUNK
@@ -57,7 +57,10 @@ class BulkResult:
 
 async def select(store: Store, where: Selector, now: float | None = None,
                  chunk: int = MESSAGE_CHUNK) -> list[str]:
-    """Every id the selector picks among the outbox messages submitted by `now`, in id order."""
+    """Every id the selector picks among the outbox messages submitted by `now`, in id order;
+    SelectorError for a selector of other folders (the actions act on the queue: the outbox)."""
+    if not where.in_outbox_only():
+        raise SelectorError("a bulk action works on the outbox: give no folder or mailbox term but folder=outbox")
     now = time.time() if now is None else now
     selected: list[str] = []
     while page := await store.matching(where, now, after=selected[-1] if selected else "", limit=chunk):

@@ -72,12 +72,12 @@ class Subscription:
 
 
 class EventBus:
-    def __init__(self) -> None:
+    def __init__(self, on_listeners: Callable[[bool], None] | None = None) -> None:
         self._callbacks: list[tuple[EventFilter, Callable[[Event], object]]] = []
         self._subscriptions: set[Subscription] = set()
         # Told when the bus gains its first listener or loses its last: the daemon's intake process
         # asks its delivery process for events only while someone listens.
-        self.on_listeners: Callable[[bool], None] | None = None
+        self.on_listeners = on_listeners
 
     @property
     def listened(self) -> bool:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from msgspool.domain import address as addr
-from msgspool.domain.aliases import ALIAS_COMMAND, AliasTable, Expanded
+from msgspool.domain.aliases import ALIAS_ONLY, AliasTable, Expanded
 from msgspool.domain.content import canonical, count_hops, header_priority
 from msgspool.domain.dsn import Handoff, MessageDSN, Notify, OriginalRecipient, RecipientDSN, without_success
 from msgspool.domain.hooks import HookRecord
@@ -58,20 +58,39 @@ class Submission:
 class Intake:
     def __init__(self, router: Router, *, hopcount_limit: int = 50, mailboxes: Sequence[str] = (),
                  message_size_limit: int = 0, clock: Callable[[], float] = time.time,
-                 free_space: Callable[[], int] | None = None, queue_minfree: int = 0) -> None:
+                 free_space: Callable[[], int] | None = None, queue_minfree: int = 0,
+                 defer_local: bool = False) -> None:
         self.router = router
         self.free_space, self.queue_minfree = free_space, queue_minfree
         self.hopcount_limit = hopcount_limit
         self.message_size_limit = message_size_limit
         self.mailboxes = frozenset(addr.mailbox_key(m) for m in mailboxes)
         self.clock = clock
-        self.aliases = AliasTable()  # the `aliases` setting, read by the Spooler (spooler/aliases.py)
-        # A copy of the suppression list for RCPT time, kept fresh by the Spooler; the store checks
+        self.aliases = AliasTable()  # the `aliases` setting, read where mail is routed (`use_aliases`)
+        # A copy of the suppression list for RCPT time, kept fresh by spooler/suppressions.py; the store checks
         # again when it commits (what was listed a moment ago fails there all the same).
         self.suppressed: dict[str, Suppression] = {}
         # With inbound hooks, local recipients are queued like remote ones and filed by the
         # delivering process after the hooks ran (Postfix's local(8)), not filed at submission.
-        self.defer_local = False
+        self.defer_local = defer_local
+
+    def use_aliases(self, aliases: AliasTable) -> None:
+        """The aliases to expand at submission (read by a process that routes, at start and reload)."""
+        self.aliases = aliases
+
+    def use_suppressions(self, entries: Sequence[Suppression]) -> None:
+        """The suppression list as last read, for RCPT time."""
+        self.suppressed = {e.address: e for e in entries}
+
+    def reconfigure(self, router: Router, *, hopcount_limit: int, message_size_limit: int, mailboxes: Sequence[str],
+                    defer_local: bool) -> None:
+        """A reloaded configuration: routes, limits, local mailboxes, whether local mail waits for the
+        inbound hooks."""
+        self.router = router
+        self.hopcount_limit = hopcount_limit
+        self.message_size_limit = message_size_limit
+        self.mailboxes = frozenset(addr.mailbox_key(m) for m in mailboxes)
+        self.defer_local = defer_local
 
     def check_space(self, size: int = 0) -> Reply | None:
         """``452 4.3.1`` when the spool has less room than `queue_minfree` plus `size` (a message's
@@ -142,8 +161,10 @@ class Intake:
                 seen.add((addrtype, address.lower()))  # the alias itself reports `expanded` (RFC 3461 §6.2.7.3)
                 self._add(message, copies, self._expanded(address, rtype, dsn, len(expanded), now), now, route)
             for member in expanded:
-                if (member.addrtype, member.address.lower()) not in seen:
-                    seen.add((member.addrtype, member.address.lower()))
+                # a path or a command is case-sensitive, an address is not
+                key = (member.addrtype, member.address if member.addrtype in ALIAS_ONLY else member.address.lower())
+                if key not in seen:
+                    seen.add(key)
                     target, target_copies = self._target(message, copies, parts, member.owner, now)
                     self._add_member(target, target_copies, member, address, rtype, dsn, now, route)
                     if target is not message:  # the message the submitter knows tells it too
@@ -237,8 +258,10 @@ class Intake:
                 raise SubmitError(Reply(501, "5.5.4", f"{name} must have one entry per recipient"))
         if sub.sender and not addr.valid_smtp(sub.sender):
             raise SubmitError(Reply(501, "5.1.7", f"<{sub.sender}>: Bad sender address syntax"))
-        if sub.addrtypes and any(a.upper() == ALIAS_COMMAND for a in sub.addrtypes):  # it would run a command
-            raise SubmitError(Reply(550, "5.7.1", f"address type {ALIAS_COMMAND} comes from the aliases file only"))
+        # It would run a command or write a file: only the operator's aliases file names those.
+        special = sorted({a.upper() for a in sub.addrtypes or ()} & ALIAS_ONLY)
+        if special:
+            raise SubmitError(Reply(550, "5.7.1", f"address type {special[0]} comes from the aliases file only"))
         for i, address in enumerate(sub.recipients):
             if not addr.valid_recipient(address, sub.addrtypes[i] if sub.addrtypes else addr.SMTP):
                 raise SubmitError(Reply(501, "5.1.3", f"<{address!r}>: Bad recipient address syntax"))

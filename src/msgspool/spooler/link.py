@@ -81,13 +81,14 @@ class Link:
 
     async def request(self, message: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
         self._next += 1
+        number = self._next  # its own: `_next` has moved on if another request began meanwhile
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._requests[self._next] = future
-        self.send({**message, "req": self._next})
+        self._requests[number] = future
+        self.send({**message, "req": number})
         try:
             return await asyncio.wait_for(future, timeout)
         finally:
-            self._requests.pop(self._next, None)
+            self._requests.pop(number, None)
 
     async def run(self) -> None:
         """Handle incoming messages until the other end goes away."""

@@ -43,15 +43,10 @@ TRANSPORTS = "transports"
 
 
 class Notices:
-    """This process's end of the notices: `publish` for everyone, `listen` where the scheduler runs."""
+    """This process's end of the notices for everyone: `publish` (NoticeListener acts on them)."""
 
     def __init__(self, store: object) -> None:
         self.notifier = store if isinstance(store, Notifier) else None
-        self._work: set[asyncio.Task[None]] = set()
-        self._scheduler: Scheduler | None = None
-        self._lease: NodeLease | None = None
-        self._reports: Callable[[], None] = lambda: None
-        self._subscribed = False
 
     def publish(self, kind: str, ids: Sequence[str] = ()) -> None:
         """Tell the other nodes, with the store's next commit (nothing on a store of one machine)."""
@@ -61,19 +56,30 @@ class Notices:
     def destination(self, transport: str, nexthop: str, down: bool) -> None:
         self.publish(DOWN if down else UP, (transport, nexthop))
 
-    def listen(self, scheduler: Scheduler, lease: NodeLease, reports: Callable[[], None]) -> None:
-        """Act on the other nodes' notices from now on (where the scheduler runs: in `serve`, the
-        delivery process; the intake process only publishes)."""
+
+class NoticeListener:
+    """Where the scheduler runs (in `serve`, the delivery process; the intake process only
+    publishes): acts on the other nodes' notices while delivery runs (`start` .. `stop`)."""
+
+    def __init__(self, notices: Notices, scheduler: Scheduler, lease: NodeLease, reports: Callable[[], None]) -> None:
+        self.notifier = notices.notifier
+        self.scheduler, self.lease, self.reports = scheduler, lease, reports
+        self._work: set[asyncio.Task[None]] = set()
+        self._listening = False
+        self._subscribed = False
+
+    def start(self) -> None:
+        """Act on the other nodes' notices from now on."""
         if self.notifier is None:
             return
-        self._scheduler, self._lease, self._reports = scheduler, lease, reports
+        self._listening = True
         if not self._subscribed:
             self._subscribed = True
             self.notifier.subscribe(self.heard)
 
     def heard(self, kind: str, ids: list[str]) -> None:
-        scheduler, lease = self._scheduler, self._lease
-        if scheduler is None or lease is None or lease.owner is None or lease.lost:
+        scheduler, lease = self.scheduler, self.lease
+        if not self._listening or lease.owner is None or lease.lost:
             return  # not delivering (yet, or any more)
         if kind == DUE:
             scheduler.wakeup()
@@ -82,7 +88,7 @@ class Notices:
             scheduler.probe_down(transport, nexthop)
             scheduler.wakeup()
         elif kind == REPORTS:
-            self._reports()
+            self.reports()
         elif kind == CANCEL:
             self._run(scheduler.cancel_elsewhere(ids))
         elif kind == NODES:
@@ -104,7 +110,7 @@ class Notices:
 
     async def stop(self) -> None:
         """Stop acting on notices (delivery stops); what is under way is cancelled."""
-        self._scheduler = self._lease = None
+        self._listening = False
         for task in list(self._work):
             task.cancel()
         await asyncio.gather(*self._work, return_exceptions=True)

@@ -39,6 +39,7 @@ from msgspool.domain.retry import RetryPolicy
 from msgspool.errors import SubmitError
 from msgspool.ports import Reports
 from msgspool.spooler.intake import Intake, Submission
+from msgspool.spooler.signals import Signal
 
 log = logging.getLogger("msgspool.reports")
 
@@ -46,12 +47,15 @@ log = logging.getLogger("msgspool.reports")
 class Reporter:
     def __init__(self, store: Reports, intake: Intake, *, hostname: str, postmaster: str,
                  publish: Callable[[Sequence[Event]], None], deliver: Callable[[Message], None],
-                 retry: RetryPolicy | None = None, clock: Callable[[], float] = time.time) -> None:
+                 retry: RetryPolicy | None = None, clock: Callable[[], float] = time.time,
+                 poked_by: Signal[[]] | None = None) -> None:
         self.store, self.intake, self.hostname, self.postmaster = store, intake, hostname, postmaster
         self.publish, self.deliver, self.clock = publish, deliver, clock
         self.retry = retry or RetryPolicy()
         self._task: asyncio.Task[None] | None = None
         self._again = False
+        if poked_by is not None:  # reports may be owed (wiring.Signals.reports)
+            poked_by.connect(self.poke)
 
     def poke(self) -> None:
         """Reports may be owed: write them soon (one run at a time)."""

@@ -1,6 +1,6 @@
-"""The spooler runtime: one object that owns the store, the transports, intake, the scheduler, the
-event bus and the webhook dispatcher, and the operations on them (MAPI: the spooler session and
-its status object).
+"""The spooler runtime: the operations on a spool — submit, flush, hold, delete, resend, offline,
+read flags, the status table — over the parts the composition root builds (wiring.py), which
+this object holds (MAPI: the spooler session and its status object).
 
 `Spooler.start(deliver=True)` runs delivery in this process (the daemon, or an application that
 embeds msgspool). With ``deliver=False`` the spooler only writes into the spool and wakes the
@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable, Sequence
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import IO, Any
 
@@ -27,19 +26,14 @@ from msgspool.compose import complete_headers, header_recipients, header_sender,
 from msgspool.config import Settings
 from msgspool.domain import status as status_row
 from msgspool.domain.address import mailbox_key
-from msgspool.domain.aliases import ALIAS_COMMAND
+from msgspool.domain.bounces import looks_like_report
 from msgspool.domain.dsn import MessageDSN, RecipientDSN, Ret, recipient_dsn
 from msgspool.domain.events import Event, EventType
-from msgspool.domain.health import ProbePolicy
 from msgspool.domain.message import DEFAULT_CLASS, NORMAL, OUTBOX, SENT, Message
 from msgspool.domain.recipient import RecipientType, Status
-from msgspool.domain.retry import RetryPolicy
-from msgspool.domain.routing import Router, TransportRoute
-from msgspool.domain.suppression import OPERATOR, Suppression, suppression_key
-from msgspool.domain.timefmt import iso
-from msgspool.domain.webhooks import WEBHOOK_TRANSPORT, from_webhook
+from msgspool.domain.suppression import Suppression
+from msgspool.domain.webhooks import WEBHOOK_TRANSPORT as WEBHOOK_TRANSPORT  # re-exported for older imports
 from msgspool.errors import (
-    ConfigError,
     NotFound,
     NothingToResend,
     SpoolError,
@@ -48,25 +42,22 @@ from msgspool.errors import (
     UnknownTransport,
 )
 from msgspool.logs import fields
-from msgspool.ports import MailboxTransport, Store, Transport
+from msgspool.ports import MailboxTransport, Transport
 from msgspool.spooler import control
-from msgspool.spooler.aliases import load_aliases
+from msgspool.spooler.aliases import configured_aliases
 from msgspool.spooler.background import start_supervised, stop_task
-from msgspool.spooler.delays import DelayTimer
-from msgspool.spooler.destinations import DestinationLimits
-from msgspool.spooler.events import EventBus, Subscription
+from msgspool.spooler.events import Subscription
 from msgspool.spooler.fetch import FetchService
 from msgspool.spooler.hooks import LoadedHook, Postprocessor, Preprocessor, has_inbound_hooks, load_hooks
-from msgspool.spooler.intake import Intake, Submission, due_now, mark_active
-from msgspool.spooler.lease import NodeLease
+from msgspool.spooler.intake import Submission, due_now, mark_active
 from msgspool.spooler.link import RemoteDelivery
 from msgspool.spooler.local import LocalDelivery
-from msgspool.spooler.metrics import Metric, Metrics, counter, gauge
-from msgspool.spooler.notices import CANCEL, DUE, FLUSH, NODES, REPORTS, TRANSPORTS, Notices
-from msgspool.spooler.receipts import Receipts
-from msgspool.spooler.reporter import Reporter
-from msgspool.spooler.scheduler import IDLE_RECHECK, Scheduler
-from msgspool.spooler.webhooks import WebhookDispatcher
+from msgspool.spooler.metrics import Metric, counter, gauge
+from msgspool.spooler.notices import CANCEL, DUE, FLUSH, TRANSPORTS
+from msgspool.spooler.status_table import add_backlog as add_backlog  # re-exported: the CLI imports it here
+from msgspool.spooler.status_table import fetch_complete, merge_delivery, spooler_complete, transport_row
+from msgspool.spooler.wiring import build_parts, build_router, load_transports, use_receive_folders
+from msgspool.spooler.wiring import load_store as load_store  # re-exported: older imports name this module
 from msgspool.views import message_json
 
 log = logging.getLogger("msgspool")
@@ -74,12 +65,7 @@ delivery_log = logging.getLogger("msgspool.delivery")
 LOCK_NAME = "msgspool.lock"
 SERVE_LOCK_NAME = "serve.lock"
 LOCK_ROLES = {LOCK_NAME: "delivering from", SERVE_LOCK_NAME: "serving"}
-SENT_RETENTION = 7 * 86400.0
-EVENT_RETENTION = 86400.0
-HOUSEKEEPING_INTERVAL = 300.0
 STATUS_WATCH_INTERVAL = 1.0  # seconds between looks for status table changes to push (watch_status)
-ALIASES_TRANSPORT = "aliases"  # the built-in pipe transport of the aliases' |command members
-SUPPRESSION_REFRESH = 1.0  # seconds between looks at the suppression list for intake's RCPT-time copy
 
 
 def _addresses(in_flight: dict[str, list[tuple[int, str]]]) -> dict[str, list[str]]:
@@ -101,71 +87,6 @@ def _log_filed(message: Message) -> None:
                                        mailbox=copy.mailbox, copy_id=copy.id, dsn="2.0.0", status="sent",
                                        reply=f"250 2.0.0 filed in {folder} of {copy.mailbox}"))
 
-
-def load_transports(settings: Settings) -> dict[str, Transport]:
-    """The configured transports, in order: the built-in `smtp` one first, `webhook` when there are
-    webhooks, `maildir` when the `maildir` setting names a path, then [[transports]] (a table of a
-    built-in's name replaces it)."""
-    factories = {ep.name: ep for ep in entry_points(group="msgspool.transports")}
-    builtin: list[dict[str, Any]] = [{"name": "smtp", "type": "smtp"}]
-    if settings.webhooks:
-        # The name marks the events of webhook deliveries (domain/webhooks.py): it must be ours.
-        if any(t.get("name") == WEBHOOK_TRANSPORT for t in settings.transports):
-            raise ConfigError(f"transport {WEBHOOK_TRANSPORT}: the name is taken by the built-in one for webhooks")
-        builtin.append({"name": WEBHOOK_TRANSPORT, "type": "webhook"})
-    if settings.maildir:
-        builtin.append({"name": "maildir", "type": "maildir", "path": settings.maildir})
-    if settings.aliases and _aliases_have_commands(settings.aliases):
-        # |command members of the aliases (local(8)'s delivery to a command): Delivered-To and
-        # Return-Path on top, final delivery, as the `aliases_user` account.
-        builtin.append({"name": ALIASES_TRANSPORT, "type": "pipe", "addrtypes": [ALIAS_COMMAND],
-                        "command_from_recipient": True, "user": settings.aliases_user, "nexthop": "aliases",
-                        "flags": "DRX"})
-    declared = [*builtin, *settings.transports]
-    transports: dict[str, Transport] = {}
-    for options in declared:
-        options = dict(options)
-        name, kind = options.pop("name", None), options.pop("type", None)
-        if not name or not kind:
-            raise ConfigError(f"transport {options!r}: needs a name and a type")
-        if kind not in factories:
-            raise ConfigError(f"transport {name}: unknown type {kind!r} (known: {', '.join(sorted(factories))})")
-        transport = factories[kind].load()(name, settings, options)
-        if "addrtypes" in options:
-            transport.addrtypes = frozenset(a.upper() for a in options["addrtypes"])
-        transports[name] = transport
-    return transports
-
-
-def _aliases_have_commands(path: str) -> bool:
-    """Whether the aliases need their pipe transport. A broken file says no here: it is reported
-    where the aliases are loaded for routing (Spooler.start, reconfigure), not in a `sendmail`."""
-    try:
-        return load_aliases(path).has_commands
-    except ConfigError:
-        return False
-
-
-def load_store(settings: Settings) -> Store:
-    """The message store named by `settings.store`, from the `msgspool.stores` entry points."""
-    factories = {ep.name: ep for ep in entry_points(group="msgspool.stores")}
-    if settings.store not in factories:
-        raise ConfigError(f"unknown store {settings.store!r} (known: {', '.join(sorted(factories))})")
-    store: Store = factories[settings.store].load()(settings)
-    return store
-
-
-def build_router(settings: Settings, transports: dict[str, Transport]) -> Router:
-    routes = [TransportRoute(t.name, t.addrtypes, t.nexthop, t.domains, local=isinstance(t, MailboxTransport))
-              for t in transports.values()]
-    return Router(settings.local_domains, routes)
-
-
-def use_receive_folders(transports: dict[str, Transport], store: Store) -> None:
-    """Transports that file into local mailboxes (a maildir) file by the store's receive folders."""
-    for transport in transports.values():
-        if isinstance(transport, MailboxTransport):
-            transport.use_receive_folders(store.receive_folder)
 
 
 async def take_lock(data_dir: Path, name: str, timeout: float = 0.0) -> IO[str]:
@@ -199,83 +120,55 @@ async def take_lock(data_dir: Path, name: str, timeout: float = 0.0) -> IO[str]:
 
 
 class Spooler:
-    def __init__(self, settings: Settings, transports: dict[str, Transport] | None = None) -> None:
-        self.settings = settings
-        self.transports = transports if transports is not None else load_transports(settings)
-        self.router = build_router(settings, self.transports)
-        spool_path = settings.spool_path
-        self.intake = Intake(self.router, hopcount_limit=settings.hopcount_limit, mailboxes=settings.mailboxes,
-                             message_size_limit=settings.message_size_limit, queue_minfree=settings.queue_minfree,
-                             free_space=lambda: spooldir.free_bytes(spool_path))
-        self.store = load_store(settings)
-        use_receive_folders(self.transports, self.store)
-        self.metrics = Metrics(self.transports)
+    """The operations on a spool (the Python API; the CLI and HTTP call these), over the parts the
+    composition root builds (wiring.py: `build_parts`). `on_lease_lost`, `on_drain` and
+    `on_settled` are the owner's: the daemon's delivery process tells intake over its link."""
+
+    def __init__(self, settings: Settings, transports: dict[str, Transport] | None = None, *,
+                 on_lease_lost: Callable[[], None] | None = None, on_drain: Callable[[], None] | None = None,
+                 on_settled: Callable[[int], None] | None = None) -> None:
+        parts = build_parts(settings, transports, on_lease_lost=on_lease_lost, on_drain=on_drain,
+                            on_settled=on_settled)
+        self.parts = parts
+        self.settings, self.transports, self.router = settings, parts.transports, parts.router
+        self.intake, self.store, self.metrics, self.notices = parts.intake, parts.store, parts.metrics, parts.notices
+        self.bus, self.hints, self.retry = parts.bus, parts.hints, parts.retry
+        self.webhooks, self.lease, self.reporter = parts.webhooks, parts.lease, parts.reporter
+        self.delay_timer, self.scheduler, self.receipts = parts.delay_timer, parts.scheduler, parts.receipts
+        self.delivery, self.suppression_list = parts.delivery, parts.suppressions
+        self.publish = parts.hints.publish
         self.metrics.add_live(self._live_metrics)
-        self.store.on_commit = self.metrics.commit_batch.observe
-        # The other nodes of a shared spool (PostgreSQL), told of work and changes (notices.py).
-        self.notices = Notices(self.store)
-        self.bus = EventBus()
-        targets = settings.webhook_targets
-        # Without webhooks, events go straight to the bus: the delivery path pays nothing for them.
-        self.publish: Callable[[Sequence[Event]], None] = self._publish_for_webhooks if targets else self.bus.publish
-        self.webhooks = WebhookDispatcher(self.store, self.intake, targets, publish=self.publish,
-                                          deliver=lambda: self.scheduler.wakeup(),
-                                          queued=self._generated) if targets else None
-        self.retry = RetryPolicy(settings.min_backoff, settings.max_backoff, settings.max_lifetime,
-                                 max_attempts=settings.max_attempts)
         # Hooks are built in `start`, and only by a process that routes: `sendmail` and API clients
         # leave hooks (and the DKIM keys they read) to the daemon, as Postfix's sendmail does.
         self.preprocessor: Preprocessor | None = None
         self.postprocessor: Postprocessor | None = None
-        self.intake.defer_local = has_inbound_hooks(settings)
-        self.lease = NodeLease(self.store, settings.lease_time, on_lost=self._lease_lost,
-                               on_rescued=self._rescued, on_nodes=lambda _live: self.scheduler.resize(),
-                               on_drain=self._drain_asked)
-        self.scheduler = Scheduler(
-            self.store, self.transports, self.intake, self.publish, retry=self.retry, may_start=self.lease.holds,
-            nodes=lambda: self.lease.live_nodes,
-            idle_recheck=settings.poll_interval if self.store.shared else IDLE_RECHECK,
-            probe=ProbePolicy(settings.probe_min, settings.probe_max),
-            limits=DestinationLimits(settings.destination_concurrency, settings.destination_recipient_limit,
-                                     settings.connection_idle_time, settings.connection_reuse_limit),
-            active_limit=settings.active_limit, warn_after=settings.delay_warning_time,
-            suppression_time=settings.suppression_time, metrics=self.metrics)
-        self.reporter = Reporter(self.store, self.intake, hostname=settings.host_name,
-                                 postmaster=settings.postmaster, publish=self.publish,
-                                 deliver=self._report_committed, retry=self.retry)
-        self.scheduler.on_reports = self.reporter.poke
-        self.scheduler.on_destination = self.notices.destination
-        self.receipts = Receipts(self.store, self.intake, hostname=settings.host_name, publish=self.publish,
-                                 deliver=self._hand_on, routing=lambda: self.routing)
-        # Delay notices are off by default (Postfix delay_warning_time = 0h): then no timer runs.
-        self.delay_timer = DelayTimer(self.store, self.reporter.poke) if settings.delay_warning_time > 0 else None
-        if self.delay_timer is not None:
-            self.scheduler.on_warning_later = self.delay_timer.expect
-        # Told when this node lost its lease, after delivery stopped; None: delivery starts again
-        # here as a new node. The daemon's delivery process exits instead (and is respawned).
-        self.on_lease_lost: Callable[[], None] | None = None
-        # Told when an operator asked this node to drain (`msgspool node drain --owner`): the
-        # daemon stops as on SIGTERM. None: delivery here stops in order, the rest goes on.
-        self.on_drain: Callable[[], None] | None = None
-        self._draining: asyncio.Task[None] | None = None
-        self._relaunch: asyncio.Task[None] | None = None
-        self.delivering = False
-        self.routing = False
-        self.remote: RemoteDelivery | None = None  # set in the daemon's intake process
-        # In the daemon's intake process: a delivery process is supervised, so while none runs
-        # (restarting) hints are dropped; the next one reads the spool when it starts.
-        self.delivery_process = False
         self.started_at: float | None = None
         self.fetch: FetchService | None = None  # the fetch accounts, in the daemon's intake process
         # Rows of the status table the daemon adds: its listeners (SMTP, HTTP, sendmail intake).
         self.listeners: list[Callable[[], dict[str, Any]]] = []
-        self._housekeeping: asyncio.Task[None] | None = None
         self._status_watch: asyncio.Task[None] | None = None
         self._status_poked = asyncio.Event()
-        self._watchdog: asyncio.Task[None] | None = None
-        self._suppressions: asyncio.Task[None] | None = None
-        self._suppression_signature: tuple[int, float | None] | None = None
         self._lock: IO[str] | None = None
+
+    @property
+    def delivering(self) -> bool:
+        """This process delivers now."""
+        return self.hints.delivering
+
+    @property
+    def routing(self) -> bool:
+        """This process routes recipients at submission (`start`)."""
+        return self.hints.routing
+
+    @property
+    def remote(self) -> RemoteDelivery | None:
+        """In the daemon's intake process: the delivery process that runs now (hints.attach)."""
+        return self.hints.remote
+
+    @property
+    def delivery_process(self) -> bool:
+        """This is the daemon's intake process, whose delivery runs in a child (hints.supervise)."""
+        return self.hints.delivery_process
 
     async def start(self, *, deliver: bool = True, route: bool | None = None, lock_timeout: float = 0.0,
                     create: bool = True) -> None:
@@ -285,12 +178,12 @@ class Spooler:
         `create`, a spool that was never made raises NoSpool instead of being made (the CLI)."""
         if deliver:
             self._lock = await take_lock(self.settings.spool_path, LOCK_NAME, lock_timeout)
-        self.routing = deliver if route is None else route
+        self.hints.route(deliver if route is None else route)
         if self.routing:
             # Only a process that routes expands aliases (sendmail leaves both to the daemon, and a
             # typo in the aliases file must not stop it taking mail): a bad file stops `serve`, exit 2.
-            self.intake.aliases = load_aliases(self.settings.aliases)
-            self._build_hooks()  # a bad hook (an unsafe key file) stops `serve` at start: exit 2
+            self.intake.use_aliases(configured_aliases(self.settings))
+            self._install_hooks(*load_hooks(self.settings))  # a bad hook (an unsafe key file) stops `serve`: exit 2
         await self.store.open(create=create)
         if self.webhooks is not None and self.routing:
             # Fix the event webhooks start from before intake accepts anything: in `serve` the
@@ -298,56 +191,8 @@ class Spooler:
             await self.store.webhook_cursor()
         self.started_at = time.time()
         if deliver:
-            # The delivery lock is held: on a spool of this machine alone no other node lives, so
-            # what they held is rescued now, not a lease time later (a restart after kill -9
-            # delivers at once). On a shared spool the others' leases decide.
-            await self.lease.start(sole=not self.store.shared)
-            self.notices.publish(NODES)  # the others' share of each destination shrinks now
-            self.notices.listen(self.scheduler, self.lease, self.reporter.poke)
-            await self.scheduler.start()
-            self.delivering = True
-            self.reporter.poke()  # owed before a crash or restart
-            if self.webhooks is not None:
-                await self.webhooks.start()
-            if self.delay_timer is not None:
-                self.delay_timer.start()
-            self._housekeeping = start_supervised("housekeeping", self._housekeeping_loop)
-            if self.settings.watchdog_interval > 0:
-                interval = self.settings.watchdog_interval
-                self._watchdog = start_supervised("watchdog", lambda: self.scheduler.watchdog_loop(interval))
-
-    def _lease_lost(self) -> None:
-        """The heartbeat found this node's lease ran out: stop delivering now, without recording
-        anything more (the store refuses it anyway), then start again as a new node, or tell the
-        owner of this spooler (`on_lease_lost`)."""
-        self._relaunch = asyncio.ensure_future(self._after_lease_lost())
-
-    async def _after_lease_lost(self) -> None:
-        await self.scheduler.abandon()
-        if self.on_lease_lost is not None:
-            self.on_lease_lost()
-            return
-        try:
-            await self.lease.start(sole=self._lock is not None and not self.store.shared)
-            self.notices.publish(NODES)
-            await self.scheduler.start()
-        except Exception:
-            log.exception("delivery could not start again as a new node")
-            self.delivering = False
-            return
-        log.warning("delivery started again as node %s", self.lease.owner)
-
-    def _rescued(self, _count: int) -> None:
-        """The heartbeat gave back dead nodes' work: due now, here and on every other node."""
-        self.scheduler.wakeup()
-        self.notices.publish(DUE)
-
-    def _drain_asked(self) -> None:
-        """An operator asked this node to drain (the flag in its node row)."""
-        if self.on_drain is not None:
-            self.on_drain()
-        elif self._draining is None:
-            self._draining = asyncio.ensure_future(self._stop_delivery(self.settings.shutdown_timeout))
+            # The delivery lock is held: on a spool of this machine alone no other node lives.
+            await self.delivery.start(sole=not self.store.shared)
 
     def reconfigure(self, settings: Settings, transports: dict[str, Transport] | None = None) -> None:
         """MAPI ValidateState: a reloaded configuration for this process's submissions — routes and
@@ -358,24 +203,19 @@ class Spooler:
         router = build_router(settings, transports)
         use_receive_folders(transports, self.store)
         hooks = load_hooks(settings) if self.routing else None
-        aliases = load_aliases(settings.aliases) if self.routing else self.intake.aliases
+        aliases = configured_aliases(settings) if self.routing else self.intake.aliases
         self.settings, self.transports, self.router = settings, transports, router
         self.metrics.know_transports(transports)
-        self.intake.aliases = aliases
-        self.intake.router = router
-        self.intake.hopcount_limit = settings.hopcount_limit
-        self.intake.message_size_limit = settings.message_size_limit
-        self.intake.mailboxes = frozenset(mailbox_key(m) for m in settings.mailboxes)
-        self.intake.defer_local = has_inbound_hooks(settings)
-        self.scheduler.suppression_time = settings.suppression_time
+        self.intake.use_aliases(aliases)
+        self.intake.reconfigure(router, hopcount_limit=settings.hopcount_limit,
+                                message_size_limit=settings.message_size_limit, mailboxes=settings.mailboxes,
+                                defer_local=has_inbound_hooks(settings))
+        self.scheduler.reconfigure(suppression_time=settings.suppression_time)
         if hooks is not None:
             for pipeline in (self.preprocessor, self.postprocessor):
                 if pipeline is not None:
                     pipeline.close()
             self._install_hooks(*hooks)
-
-    def _build_hooks(self) -> None:
-        self._install_hooks(*load_hooks(self.settings))
 
     def _install_hooks(self, outbound: list[LoadedHook], inbound: list[LoadedHook]) -> None:
         count = self.metrics.hooks_ran
@@ -383,25 +223,18 @@ class Spooler:
         self.postprocessor = Postprocessor(inbound, count) if inbound else None
         self.metrics.know_hooks([*((Preprocessor.STAGE, h.hook.name) for h in outbound),
                                  *((Postprocessor.STAGE, h.hook.name) for h in inbound)])
-        self.scheduler.preprocessor = self.preprocessor
         # intake leaves local mail to the scheduler exactly when inbound hooks exist (defer_local)
         mailbox_transports = {t.name: t for t in self.transports.values() if isinstance(t, MailboxTransport)}
-        self.scheduler.local = (LocalDelivery(self.intake, self.postprocessor, answer_once=self.store.answer_once,
-                                              mailbox_transports=mailbox_transports)
-                                if self.postprocessor else None)
+        local = (LocalDelivery(self.intake, self.postprocessor, answer_once=self.store.answer_once,
+                               mailbox_transports=mailbox_transports) if self.postprocessor else None)
+        self.scheduler.use_hooks(self.preprocessor, local)
 
     async def stop(self, drain: float = 0.0) -> None:
         """Stop; with `drain` seconds, delivery finishes the transactions in flight first."""
         await control.sent()  # a client's wakeups reach the daemon before its loop ends
-        if self.webhooks is not None:
-            await self.webhooks.stop()
-        await stop_task(self._housekeeping)
         await stop_task(self._status_watch)
-        await stop_task(self._watchdog)
-        await stop_task(self._suppressions)
-        if self._draining is not None:
-            await self._draining
-        await self._stop_delivery(drain)
+        await self.suppression_list.stop()
+        await self.delivery.stop(drain)
         for transport in self.transports.values():
             await transport.close()
         for pipeline in (self.preprocessor, self.postprocessor):
@@ -412,65 +245,44 @@ class Spooler:
             self._lock.close()
             self._lock = None
 
-    async def _stop_delivery(self, drain: float) -> None:
-        """Stop delivering (`stop`; or a drain the operator asked for, after which this spooler
-        only submits): the node hands back what it holds and retires."""
-        if not self.delivering:
-            return
-        await self.notices.stop()
-        await stop_task(self._relaunch)
-        if self.delay_timer is not None:
-            await self.delay_timer.stop()
-        await self.scheduler.stop(drain)
-        await self.reporter.stop()
-        await self.lease.stop()  # after the reporter: its writes are fenced by the lease
-        self.delivering = False
-        self.notices.publish(NODES)  # the others' shares grow back now
-        self.notices.publish(DUE)  # and what this node gave back is theirs to send
+    # -- the suppression list (spooler/suppressions.py) ------------------------------------------
 
-    # -- the suppression list ------------------------------------------------------------------
+    def _maybe_report(self, message: Message) -> None:
+        """A message from the null sender for local addresses may be a delivery status report that
+        came back later for one of their messages: its hard bounces suppress (spooler/bounces.py)."""
+        if message.sender or not self.routing or self.settings.suppression_time <= 0 \
+                or not looks_like_report(message.content):
+            return
+        local = (r.address for r in message.recipients if self.router.is_local(r.address, r.addrtype))
+        owners = list(dict.fromkeys(local))
+        if owners:
+            self.suppression_list.report_received(message.content, owners, self.transports,
+                                                  self.settings.suppression_time)
 
     def watch_suppressions(self) -> None:
-        """Keep intake's copy of the suppression list fresh (read again within SUPPRESSION_REFRESH
-        of a change by any process or node), so that SMTP refuses a suppressed recipient at RCPT."""
-        if self._suppressions is None:
-            self._suppressions = start_supervised("suppressions", self._suppressions_loop)
-
-    async def _suppressions_loop(self) -> None:
-        while True:
-            try:
-                await self.refresh_suppressions()
-            except Exception:
-                log.exception("could not read the suppression list")
-            await asyncio.sleep(SUPPRESSION_REFRESH)
+        """Keep intake's copy of the suppression list fresh (read again within a second of a
+        change by any process or node), so that SMTP refuses a suppressed recipient at RCPT."""
+        self.suppression_list.watch()
 
     async def refresh_suppressions(self, *, force: bool = False) -> None:
-        signature = await self.store.suppressions_signature()
-        if force or signature != self._suppression_signature:
-            entries = await self.store.suppressions(time.time())
-            self.intake.suppressed = {e.address: e for e in entries}
-            self._suppression_signature = signature
+        await self.suppression_list.refresh(force=force)
 
     async def suppressions(self) -> list[Suppression]:
-        return await self.store.suppressions(time.time())
+        return await self.suppression_list.entries()
 
     async def suppress(self, address: str, reason: str, until: float | None) -> Suppression:
         """An operator's entry (`msgspool suppression add`, POST /api/suppressions)."""
-        entry = Suppression(suppression_key(address), reason or "added by the operator", time.time(), until, OPERATOR)
-        await self.store.suppress(entry)
-        await self.refresh_suppressions(force=True)
-        return entry
+        return await self.suppression_list.add(address, reason, until)
 
     async def unsuppress(self, address: str) -> bool:
-        removed = await self.store.unsuppress(address)
-        await self.refresh_suppressions(force=True)
-        return removed
+        return await self.suppression_list.remove(address)
 
     async def __aenter__(self) -> Spooler:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
 
     # -- submission -------------------------------------------------------------------------
 
@@ -510,6 +322,7 @@ class Spooler:
         self.publish(events)
         if any(r.report_owed for r in message.recipients):
             self.reports_owed()
+        self._maybe_report(message)
         active = sum(1 for r in message.recipients if r.status is Status.ACTIVE)
         if handed and active < due and self.delivering:  # failed at the commit (suppressed), or not handed
             self.scheduler.unreserve(due - active)
@@ -610,46 +423,11 @@ class Spooler:
 
     def poke(self) -> None:
         """Tell whoever delivers that there is work: ourselves, or the daemon of this spool."""
-        if self.delivering:
-            self.scheduler.wakeup()
-            if self.webhooks is not None:  # a client's wakeup may be about events too
-                self.webhooks.poke()
-        elif self.remote is not None:
-            self.remote.wakeup()
-        elif not self.delivery_process:
-            control.notify(self.settings.spool_path, {"op": "wakeup"})
-            self.notices.publish(DUE)  # `sendmail` on a shared spool: whichever node is nearest
-
-    def _generated(self, messages: Sequence[Message]) -> None:
-        """Messages the spooler made and committed itself (reports, read receipts, webhook
-        deliveries): accepted like a submission, for the metrics."""
-        for message in messages:
-            self.metrics.submitted(message.recipients)
-
-    def _report_committed(self, message: Message) -> None:
-        self._generated([message])
-        self.poke()
-
-    def _hand_on(self, message: Message) -> None:
-        """A message committed here by a part of the spooler (an MDN): deliver what is pending; an
-        address that failed at once (no such mailbox) is reported like any failure."""
-        self._generated([message])
-        if any(r.status.pending for r in message.recipients):
-            self.poke()
-        if any(r.report_owed for r in message.recipients):
-            self.reports_owed()
+        self.hints.poke()
 
     def reports_owed(self) -> None:
-        """A commit outside delivery (a submission settling local or unroutable recipients at once)
-        left reports owed: the one process that writes reports should look now. Only one does,
-        so that no report is written twice."""
-        if self.delivering:
-            self.reporter.poke()
-        elif self.remote is not None:
-            self.remote.reports()
-        elif not self.delivery_process:
-            control.notify(self.settings.spool_path, {"op": "reports"})
-            self.notices.publish(REPORTS)
+        """Reports are owed: the one process that writes reports should look now (hints.py)."""
+        self.hints.reports_owed()
 
     async def _cancel(self, ids: Sequence[str]) -> None:
         """Drop the messages' queued jobs from memory, here or in the delivery process, which gives
@@ -849,8 +627,13 @@ class Spooler:
             raise UnknownTransport(f"no transport {name} (known: {', '.join(self.transports)})")
 
     async def _require(self, ids: Sequence[str]) -> None:
+        """NotFound for the first of `ids` not stored; one read however many (a bulk chunk of 500
+        read each message whole before, five statements apiece, only to know it was there)."""
+        if not ids:
+            return
+        found = await self.store.existing(ids)
         for message_id in ids:
-            if await self.store.get(message_id) is None:
+            if message_id not in found:
                 raise NotFound(message_id)
 
     def status(self) -> dict[str, Any]:
@@ -867,40 +650,11 @@ class Spooler:
             "alarm": (f"watchdog gave back {self.scheduler.stuck_returned} stuck recipients"
                       if self.scheduler.stuck_returned else None),
             "inbound": status_row.direction(True), "outbound": status_row.direction(self.delivering, active > 0)}]
-        rows += [self._transport_row(transport) for transport in self.transports.values()]
-        return {"spooler": _spooler_complete(rows[0]), "transports": [status_row.complete(r) for r in rows[1:]],
+        rows += [transport_row(t, self.scheduler.destinations.values(), self.scheduler.offline.get(t.name),
+                               self.delivering) for t in self.transports.values()]
+        return {"spooler": spooler_complete(rows[0]), "transports": [status_row.complete(r) for r in rows[1:]],
                 "listeners": [status_row.complete(row()) for row in self.listeners],
-                "fetch": [_fetch_complete(r) for r in (self.fetch.rows() if self.fetch else [])]}
-
-    def _transport_row(self, transport: Transport) -> dict[str, Any]:
-        dests = [d for d in self.scheduler.destinations.values() if d.transport is transport]
-        failing = [d for d in dests if d.health.down or d.failure is not None]
-        reason = None
-        if failing:  # MAPI's status row in FAILURE: say why (the transport's error first)
-            worst = next((d for d in failing if d.failure is not None), failing[0])
-            last = worst.failure or worst.health.last_reply
-            reason = f"{worst.nexthop}: {last.line()}" if last else f"{worst.nexthop}: down"
-        since = self.scheduler.offline.get(transport.name)
-        if since is not None:
-            reason = f"transport {transport.name} is offline (since {iso(since)})"
-        sending = sum(len(d.inflight) for d in dests)
-        counts = {key: sum(getattr(d, key) for d in dests) for key in ("delivered", "deferred", "failed")}
-        counts.update(connections=sum(d.workers for d in dests), queued=sum(len(d.jobs) for d in dests),
-                      transactions=sending, destinations_down=sum(d.health.down for d in dests))
-        return {
-            "name": transport.name, "kind": "transport", "addrtypes": sorted(transport.addrtypes),
-            "status": "offline" if since is not None else "failure" if failing else "online", "reason": reason,
-            "offline": since is not None, "offline_since": iso(since),
-            "inbound": status_row.direction(False),
-            "outbound": status_row.direction(since is None and self.delivering, sending > 0), "counts": counts,
-            "destinations": [{
-                "name": d.nexthop, "status": "down" if d.health.down else "up",
-                "health": "down" if d.health.down else "up", "connections": d.workers,
-                "queued": len(d.jobs), "delivered": d.delivered, "deferred": d.deferred, "failed": d.failed,
-                "transactions": len(d.inflight),
-                "last_error": d.failure.line() if d.failure else
-                d.health.last_reply.line() if d.health.down and d.health.last_reply else None,
-            } for d in dests]}
+                "fetch": [fetch_complete(r) for r in (self.fetch.rows() if self.fetch else [])]}
 
     async def status_table(self, *, backlog: bool = True) -> dict[str, Any]:
         """`status()`, completed by the delivery process's part when delivery runs in another one,
@@ -909,29 +663,7 @@ class Spooler:
         of destinations delivery has not touched since it started)."""
         table = self.status()
         table["nodes"] = await self.store.nodes(time.time())
-        if self.remote is None and self.delivery_process:
-            table["spooler"].update(status="failure", outbound=status_row.direction(True),
-                                    status_string="the delivery process is starting")
-            _spooler_complete(table["spooler"])
-        if self.remote is not None:
-            try:
-                remote = await self.remote.status()
-            except (ConnectionError, TimeoutError):
-                table["spooler"].update(status="failure", delivery="not answering", outbound=status_row.direction(True),
-                                        status_string="the delivery process is not answering")
-                _spooler_complete(table["spooler"])
-                remote = None
-            if remote is not None:
-                # The delivery process's event_subscribers is its forwarder to this process: 1 while
-                # someone listens here, else 0.
-                table["spooler"].update(
-                    status=remote["spooler"]["status"], active=remote["spooler"]["active"],
-                    stuck_returned=remote["spooler"].get("stuck_returned", 0), alarm=remote["spooler"].get("alarm"),
-                    outbound=remote["spooler"].get("outbound", status_row.direction(True)), status_string="",
-                    delivery={k: remote["spooler"].get(k) for k in ("pid", "commits", "committed_writes",
-                                                                    "event_subscribers")})
-                _spooler_complete(table["spooler"])
-                table["transports"] = remote["transports"]
+        await merge_delivery(table, self.remote, self.delivery_process)
         if backlog:
             add_backlog(table["transports"], await self.store.destination_counts())
         return table
@@ -986,65 +718,3 @@ class Spooler:
             gauge("msgspool_connections_out_open", "Connections open to destinations now.", where,
                   (((d.transport.name, d.nexthop), d.connections_open) for d in dests)),
         ]
-
-    async def _housekeeping_loop(self) -> None:
-        while True:
-            await asyncio.sleep(HOUSEKEEPING_INTERVAL)
-            now = time.time()
-            try:
-                await self.store.purge(now - SENT_RETENTION, now - EVENT_RETENTION)
-                await self.store.prune_suppressions(now)
-            except Exception:
-                log.exception("housekeeping failed")
-
-    def _publish_for_webhooks(self, events: Sequence[Event]) -> None:
-        """Publish, and tell the dispatcher (here, or in the delivery process) when some of the
-        events may be for webhooks; those about webhook deliveries never are."""
-        self.bus.publish(events)
-        if not events or all(from_webhook(e) for e in events):
-            return
-        if self.delivering and self.webhooks is not None:
-            self.webhooks.poke()
-        elif self.remote is not None:
-            self.remote.webhooks()
-        elif not self.routing:  # `sendmail` or an API client: the daemon's dispatcher, if one runs
-            control.notify(self.settings.spool_path, {"op": "wakeup"})
-
-
-def _spooler_complete(row: dict[str, Any]) -> dict[str, Any]:
-    """The spooler's row: its status string says whether it delivers and how much it holds."""
-    if not row.get("status_string") and row["status"] == "online":
-        row["status_string"] = f"delivering: {row['active']} recipients in hand"
-    elif not row.get("status_string") and row["status"] == "offline":
-        row["status_string"] = "not delivering in this process"
-    return status_row.complete(row)
-
-
-def _fetch_complete(row: dict[str, Any]) -> dict[str, Any]:
-    """A fetch account's row (spooler/fetch.py): an inbound transport, enabled unless stopped."""
-    row["inbound"] = status_row.direction(bool(row.get("inbound", True)))
-    row["outbound"] = status_row.direction(False)
-    row.setdefault("counts", {"fetched": row.get("fetched", 0)})
-    return status_row.complete(row)
-
-
-def add_backlog(transports: list[dict[str, Any]], counts: Sequence[tuple[str, str, str, int]]) -> None:
-    """Each destination's pending recipients in the store (`backlog`: by status, and `total`),
-    adding rows for destinations with a backlog that delivery holds nothing of (health unknown:
-    reported as up, never seen down); each transport gets its `backlog` total in `counts`."""
-    by_destination: dict[tuple[str, str], dict[str, int]] = {}
-    for transport, nexthop, status, n in counts:
-        by_destination.setdefault((transport, nexthop), {})[status] = n
-    for row in transports:
-        known = {d["name"]: d for d in row["destinations"]}
-        for transport, nexthop in sorted(by_destination):
-            if transport == row["name"] and nexthop and nexthop not in known:
-                known[nexthop] = {"name": nexthop, "status": "up", "health": "unknown", "connections": 0,
-                                  "queued": 0, "delivered": 0, "deferred": 0, "failed": 0, "transactions": 0,
-                                  "last_error": None}
-                row["destinations"].append(known[nexthop])
-        for name, dest in known.items():
-            backlog = dict(by_destination.get((row["name"], name), {}))
-            backlog["total"] = sum(backlog.values())
-            dest["backlog"] = backlog
-        row.setdefault("counts", {})["backlog"] = sum(d["backlog"]["total"] for d in row["destinations"])

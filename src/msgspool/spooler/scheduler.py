@@ -40,6 +40,7 @@ from msgspool.spooler.hooks import Preprocessor, draft_of
 from msgspool.spooler.intake import Intake
 from msgspool.spooler.local import LocalDelivery
 from msgspool.spooler.metrics import Metrics
+from msgspool.spooler.signals import Signal
 
 log = logging.getLogger("msgspool.scheduler")
 CLAIM_BATCH = 1000
@@ -55,7 +56,11 @@ class Scheduler:
                  local: LocalDelivery | None = None, may_start: Callable[[], bool] = lambda: True,
                  warn_after: float = 0.0, clock: Callable[[], float] = time.time,
                  nodes: Callable[[], int] = lambda: 1, idle_recheck: float = IDLE_RECHECK,
-                 suppression_time: float = 0.0, metrics: Metrics | None = None) -> None:
+                 suppression_time: float = 0.0, metrics: Metrics | None = None,
+                 on_destination: Callable[[str, str, bool], None] | None = None,
+                 on_settled: Callable[[int], None] | None = None, on_reports: Callable[[], None] | None = None,
+                 on_warning_later: Callable[[float], None] | None = None,
+                 woken_by: Signal[[]] | None = None, resized_by: Signal[[int]] | None = None) -> None:
         self.store, self.transports, self.intake, self.publish = store, transports, intake, publish
         self.suppression_time = suppression_time  # a hard bounce suppresses its address this long; 0: never
         self.metrics = metrics if metrics is not None else Metrics()
@@ -69,11 +74,11 @@ class Scheduler:
         # a rescue) and its notice may be lost: the runtime passes `poll_interval` then.
         self.idle_recheck = idle_recheck
         # Told when a destination goes down or comes back (the runtime tells the other nodes).
-        self.on_destination: Callable[[str, str, bool], None] | None = None
+        self.on_destination = on_destination
         self.active = 0  # recipients in memory: dispatched and not yet settled
-        self.on_settled: Callable[[int], None] | None = None  # told the window after each settlement
-        self.on_reports: Callable[[], None] | None = None  # told when settled outcomes may owe reports
-        self.on_warning_later: Callable[[float], None] | None = None  # told when a delay notice falls due
+        self.on_settled = on_settled  # told the window after each settlement
+        self.on_reports = on_reports  # told when settled outcomes may owe reports
+        self.on_warning_later = on_warning_later  # told when a delay notice falls due
         self.destinations: dict[str, Destination] = {}
         # Transports an operator put offline (name -> since), as last read from the store: their
         # destinations take no work (Destination.go_offline). Read at start, when told of a change
@@ -95,6 +100,10 @@ class Scheduler:
         self._running = False
         self._starved = False
         self._wake_at = 0.0  # when the refill loop means to look at the store again
+        if woken_by is not None:  # work is due here (wiring.Signals.due)
+            woken_by.connect(self.wakeup)
+        if resized_by is not None:  # the number of live nodes changed (wiring.Signals.nodes)
+            resized_by.connect(lambda _live: self.resize())
 
     async def start(self) -> None:
         """Start delivering as the node the store works for (`store.owner`, registered by the
@@ -397,6 +406,15 @@ class Scheduler:
             log.info("transport %s is offline: it takes no work until it is online again", name)
         if back:
             self._wakeup.set()
+
+    def use_hooks(self, preprocessor: Preprocessor | None, local: LocalDelivery | None) -> None:
+        """The outbound hooks, and the local delivery that runs the inbound ones (None: none), as
+        the runtime built them at start or after a reload."""
+        self.preprocessor, self.local = preprocessor, local
+
+    def reconfigure(self, *, suppression_time: float) -> None:
+        """What a reloaded configuration changes here."""
+        self.suppression_time = suppression_time
 
     def resize(self) -> None:
         """The live nodes changed: each destination takes its new share of connections."""

@@ -38,6 +38,7 @@ from msgspool.errors import SubmitError
 from msgspool.ports import Events
 from msgspool.spooler.background import start_supervised, stop_task
 from msgspool.spooler.intake import Intake, Submission
+from msgspool.spooler.signals import Signal
 
 log = logging.getLogger("msgspool.webhooks")
 CHECK_INTERVAL = 5.0  # seconds between looks at the events table when nobody pokes
@@ -49,7 +50,7 @@ class WebhookDispatcher:
     def __init__(self, store: Events, intake: Intake, targets: Sequence[WebhookTarget], *,
                  publish: Callable[[Sequence[Event]], None], deliver: Callable[[], None],
                  queued: Callable[[Sequence[Message]], None] = lambda _messages: None,
-                 interval: float = CHECK_INTERVAL, batch: int = BATCH) -> None:
+                 interval: float = CHECK_INTERVAL, batch: int = BATCH, poked_by: Signal[[]] | None = None) -> None:
         self.store, self.intake, self.targets = store, intake, tuple(targets)
         self.publish, self.deliver = publish, deliver
         self.queued = queued  # told the deliveries committed (the metrics count them accepted)
@@ -57,6 +58,8 @@ class WebhookDispatcher:
         self.cursor = 0
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        if poked_by is not None:  # events were committed (wiring.Signals.events)
+            poked_by.connect(self.poke)
 
     async def start(self) -> None:
         self.cursor = await self.store.webhook_cursor()

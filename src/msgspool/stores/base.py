@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from msgspool.domain.events import Event
 from msgspool.domain.hooks import Preprocessed
-from msgspool.domain.message import Message, MessageInfo, PendingReport, ReadReceipt, Settlement
+from msgspool.domain.message import MailboxInfo, Message, MessageInfo, PendingReport, ReadReceipt, Settlement
 from msgspool.domain.selector import Selector
 from msgspool.domain.suppression import Suppression
 from msgspool.domain.tokens import NewToken, Token
@@ -44,9 +44,9 @@ from msgspool.stores.ops import (
     get_message,
     insert_event,
     iter_messages,
+    list_mailboxes,
     list_nodes,
     mailbox_folders,
-    matching_messages,
     message_events,
     next_delay_warning,
     next_due,
@@ -77,8 +77,8 @@ from msgspool.stores.ops import (
     op_set_read,
     op_set_receive_folder,
     op_set_transport_offline,
-    op_settle,
-    op_submit,
+    op_settle_many,
+    op_submit_many,
     op_unclaim,
     op_webhook_cursor,
     pending_reports,
@@ -88,12 +88,15 @@ from msgspool.stores.ops import (
     submitted_content,
     waiting_destinations,
 )
+from msgspool.stores.search import existing_messages, matching_messages, messages_by_ids, search_messages
 from msgspool.stores.suppressions import (
     in_force,
     list_suppressions,
     op_prune_suppressions,
     op_suppress,
+    op_suppress_bounce,
     op_unsuppress,
+    relayed_to,
     signature,
 )
 
@@ -101,10 +104,30 @@ T = TypeVar("T")
 
 
 class _Job:
-    __slots__ = ("durable", "fn", "future")
+    """One write of a group commit: `fn(tx)`, or an `item` for `many(tx, items)`, which a run of
+    jobs of the same `many` shares (`run_jobs`)."""
 
-    def __init__(self, fn: Callable[[Any], Any], durable: bool, future: asyncio.Future[Any] | None) -> None:
-        self.fn, self.durable, self.future = fn, durable, future
+    __slots__ = ("durable", "fn", "future", "item", "many")
+
+    def __init__(self, fn: Callable[[Any], Any] | None, durable: bool, future: asyncio.Future[Any] | None,
+                 many: Callable[[Any, list[Any]], list[Any]] | None = None, item: Any = None) -> None:
+        self.fn, self.durable, self.future, self.many, self.item = fn, durable, future, many, item
+
+
+def run_jobs(tx: Any, jobs: Sequence[_Job]) -> list[tuple[bool, Any]]:
+    """Run a batch's jobs in order in one transaction, each run of consecutive jobs with the same
+    `many` as one call of it (op_submit_many, op_settle_many: one statement per table for the
+    submissions or outcomes of a whole batch, where the engine has the many-rows statements). An
+    exception fails the batch; the engines then run each job alone, so it stays its own."""
+    out: list[tuple[bool, Any]] = []
+    for many, run in itertools.groupby(jobs, key=lambda job: job.many):
+        if many is not None:
+            out += [(True, result) for result in many(tx, [job.item for job in run])]
+            continue
+        for job in run:
+            assert job.fn is not None
+            out.append((True, job.fn(tx)))
+    return out
 
 
 def _resolve(jobs: list[_Job], results: list[tuple[bool, Any]]) -> None:
@@ -124,13 +147,14 @@ class SQLStore(ABC):
 
     shared = False  # may nodes on other machines share the spool? (ports.Leases.shared)
 
-    def __init__(self, *, commit_batch: int = 512, crash_limit: int = 0) -> None:
+    def __init__(self, *, commit_batch: int = 512, crash_limit: int = 0,
+                 on_commit: Callable[[int], None] | None = None) -> None:
         self.commit_batch = commit_batch
         self.crash_limit = crash_limit
         self.owner: str | None = None  # the delivery run this store claims for (Store.owner)
         # Told the number of writes of each commit (the metrics' commit batch sizes); may be
         # called from the store's commit thread.
-        self.on_commit: Callable[[int], None] | None = None
+        self.on_commit = on_commit
 
     def _committed(self, writes: int) -> None:
         if self.on_commit is not None:
@@ -147,6 +171,12 @@ class SQLStore(ABC):
         """Run `fn` in the next group commit; the future resolves after its COMMIT."""
 
     @abstractmethod
+    def _write_item(self, many: Callable[[Tx, list[Any]], list[T]], item: Any,
+                    durable: bool = True) -> asyncio.Future[T]:
+        """Write `item` in the next group commit, by one call of `many` for it and the items of
+        the same `many` queued next to it; the future resolves with its own result after COMMIT."""
+
+    @abstractmethod
     def read(self, fn: Callable[[Tx], T]) -> asyncio.Future[T]:
         """Run `fn` on a reader connection (never behind a commit)."""
 
@@ -157,7 +187,7 @@ class SQLStore(ABC):
 
     async def submit(self, msg: Message, copies: Sequence[Message] = (), *, owner: str | None = None) -> list[Event]:
         owner = owner if owner is not None else self.owner
-        return await self._write(lambda c: op_submit(c, msg, copies, owner))
+        return await self._write_item(op_submit_many, (msg, copies, owner))
 
     async def claim(self, now: float, limit: int, *, whole_messages: bool = False) -> list[Message]:
         owner = self.owner
@@ -165,7 +195,7 @@ class SQLStore(ABC):
 
     async def settle(self, settlements: Sequence[Settlement], now: float) -> list[Event]:
         owner = self.owner
-        return await self._write(lambda c: op_settle(c, settlements, now, self.crash_limit, owner), durable=False)
+        return await self._write_item(op_settle_many, (settlements, now, self.crash_limit, owner), durable=False)
 
     async def unclaim(self, recipients: Sequence[tuple[str, int]], now: float, *,
                       owner: str | None = None) -> list[Event]:
@@ -319,8 +349,17 @@ class SQLStore(ABC):
     async def mailbox_folders(self, mailbox: str) -> list[str] | None:
         return await self.read(lambda c: mailbox_folders(c, mailbox))
 
+    async def list_mailboxes(self, limit: int, *, after: str = "") -> list[MailboxInfo]:
+        return await self.read(lambda c: list_mailboxes(c, limit, after))
+
     async def get(self, message_id: str) -> MessageInfo | None:
         return await self.read(lambda c: get_message(c, message_id))
+
+    async def existing(self, ids: Sequence[str]) -> set[str]:
+        return await self.read(lambda c: existing_messages(c, ids))
+
+    async def messages(self, ids: Sequence[str]) -> list[MessageInfo]:
+        return await self.read(lambda c: messages_by_ids(c, ids))
 
     async def content(self, message_id: str) -> bytes | None:
         return await self.read(lambda c: get_content(c, message_id))
@@ -335,6 +374,14 @@ class SQLStore(ABC):
 
     async def matching(self, where: Selector, now: float, *, after: str = "", limit: int = MESSAGE_CHUNK) -> list[str]:
         return await self.read(lambda c: matching_messages(c, where, now, after, limit))
+
+    async def search(self, where: Selector, now: float, *, after: str = "", limit: int = 1000) -> tuple[
+            list[MessageInfo], str | None]:
+        def page(c: Tx) -> tuple[list[MessageInfo], str | None]:
+            ids, cursor = search_messages(c, where, now, after, limit)
+            return messages_by_ids(c, ids), cursor
+
+        return await self.read(page)
 
     async def counts(self) -> dict[str, int]:
         return await self.read(queue_counts)
@@ -359,6 +406,12 @@ class SQLStore(ABC):
 
     async def suppress(self, entry: Suppression) -> None:
         await self._write(lambda c: op_suppress(c, entry))
+
+    async def suppress_bounce(self, entry: Suppression) -> None:
+        await self._write(lambda c: op_suppress_bounce(c, entry))
+
+    async def relayed_to(self, sender: str, recipient: str, since: float) -> list[tuple[str, str]]:
+        return await self.read(lambda c: relayed_to(c, sender, recipient, since))
 
     async def unsuppress(self, address: str) -> bool:
         return await self._write(lambda c: op_unsuppress(c, address))

@@ -37,13 +37,14 @@ def forget(name: str) -> None:
 
 class MemoryStore(SQLStore):
     @classmethod
-    def from_settings(cls, settings: Any) -> MemoryStore:
+    def from_settings(cls, settings: Any, *, on_commit: Callable[[int], None] | None = None) -> MemoryStore:
         """The `msgspool.stores` entry point: the memory spool of the data directory's name."""
         return cls(str(Path(settings.data_dir).resolve()), commit_batch=settings.commit_batch,
-                   crash_limit=settings.crash_limit)
+                   crash_limit=settings.crash_limit, on_commit=on_commit)
 
-    def __init__(self, name: str = "default", *, commit_batch: int = 512, crash_limit: int = 0) -> None:
-        super().__init__(commit_batch=commit_batch, crash_limit=crash_limit)
+    def __init__(self, name: str = "default", *, commit_batch: int = 512, crash_limit: int = 0,
+                 on_commit: Callable[[int], None] | None = None) -> None:
+        super().__init__(commit_batch=commit_batch, crash_limit=crash_limit, on_commit=on_commit)
         self.name = name
         self._conn: SQLiteConnection | None = None
         self._commits = 0
@@ -73,7 +74,7 @@ class MemoryStore(SQLStore):
         conn = self._conn
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         conn.execute("BEGIN IMMEDIATE")
-        conn.leases, conn.memo = {}, {}
+        conn.memo = {}
         try:
             result = fn(conn)
             conn.execute("COMMIT")
@@ -86,6 +87,10 @@ class MemoryStore(SQLStore):
             self._committed(1)
             future.set_result(result)
         return future
+
+    def _write_item(self, many: Callable[[Tx, list[Any]], list[T]], item: Any,
+                    durable: bool = True) -> asyncio.Future[T]:
+        return self._write(lambda c: many(c, [item])[0], durable)  # one at a time: nothing to share
 
     def read(self, fn: Callable[[Tx], T]) -> asyncio.Future[T]:
         assert self._conn is not None, "store is not open"

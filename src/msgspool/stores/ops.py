@@ -1,9 +1,12 @@
 """The SQL stores' steps: what each write and read of the spool does, over any SQL dialect.
 
 Every function takes a transaction `Tx` (the writer's batch, or a reader's connection) and
-returns plain data. They hold the store's side of the recipient state machine — which rows a
-step changes, under which guard ("set X where still Y"), what it records of it — and run only
-named statements (`tx.q.<name>`, stores/sql/queries.sql): no SQL is written here, so that SQLite
+returns plain data. The decisions are the domain's (domain/transitions.py: a recipient's new
+state, its event, its report debt, poison counting, whether a finished message goes); a step here
+reads what a decision needs, applies it as guarded writes ("set X where still Y [and the node
+still holds it]") and records what the guard let through. A recipient's state is written only by
+`_set_status`, through the statements of WRITES, each bound to one domain step. Only named
+statements run (`tx.q.<name>`, stores/sql/queries.sql): no SQL is written here, so that SQLite
 (stores/sqlite.py) and PostgreSQL (stores/postgresql.py) run the same steps, each with its own
 spelling of the few statements that differ.
 
@@ -13,22 +16,26 @@ asked for), from their blocks by `Queries.expand`.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
-from msgspool.domain.dsn import MessageDSN, RecipientDSN, Ret, notify_text, orcpt_text, recipient_dsn, report_action
+from msgspool.domain import transitions
+from msgspool.domain.content import subject as content_subject
+from msgspool.domain.dsn import MessageDSN, Ret, notify_text, orcpt_text, recipient_dsn
 from msgspool.domain.events import Event, EventType
 from msgspool.domain.fetch import FETCH_ACCOUNT, FETCH_UID
-from msgspool.domain.hooks import Draft, Hold, HookRecord, Preprocessed, Reject
+from msgspool.domain.hooks import Draft, HookRecord, Preprocessed
 from msgspool.domain.ids import new_id
 from msgspool.domain.mdn import Disposition
 from msgspool.domain.message import (
     INBOX,
     OUTBOX,
     SENT,
+    MailboxInfo,
     Message,
     MessageInfo,
     PendingReport,
@@ -38,11 +45,14 @@ from msgspool.domain.message import (
 )
 from msgspool.domain.outcome import Filed, Reply
 from msgspool.domain.recipient import RecipientType, Status
-from msgspool.domain.selector import Selector
+from msgspool.domain.selector import SUBJECT_MAX
 from msgspool.domain.suppression import BOUNCE, Suppression, refusal, suppression_key
 from msgspool.errors import AlreadyFetched
-from msgspool.stores.queries import Queries
+from msgspool.stores.queries import ROWS, Queries
 
+# Bytes of message content one many-rows statement carries at most (PostgreSQL, `_insert_contents`):
+# the batch's contents travel in one JSON parameter, base64 inside, so big mail goes alone.
+CONTENTS_PER_STATEMENT = 4 * 1024 * 1024
 CHUNK = 5000  # rows one bulk change (flush, a released backlog) touches per transaction
 # Messages one step of a bulk action by selector (`queue hold --where`) reads and changes: a
 # message is several rows (its recipients, events, history), so a tenth of CHUNK per transaction.
@@ -50,14 +60,22 @@ MESSAGE_CHUNK = CHUNK // 10
 NODE_RETENTION = 3600.0  # seconds a dead node's row stays (for `status`) once its work is rescued
 # Priority classes, urgent first: the order refill claims in (recipients.priority holds the class).
 PRIORITY_CLASSES = (1, 0, -1)
-_STATUS_EVENT = {
-    Status.DELIVERED: EventType.DELIVERED,
-    Status.DEFERRED: EventType.DEFERRED,
-    Status.FAILED: EventType.FAILED,
-    Status.EXPIRED: EventType.EXPIRED,
-    Status.HELD: EventType.HELD,
-}
 Params = Mapping[str, Any]
+# The statements that write a recipient's state, each bound to the domain step it applies: the
+# only writers of `recipients.status` (tests/unit/test_transition_writes.py reads the SQL).
+WRITES: Mapping[str, transitions.Step] = {
+    "claim_due": transitions.CLAIM,
+    "claim_the_rest": transitions.CLAIM,
+    "settle_recipient": transitions.SETTLE,
+    "settle_recipient_rows": transitions.SETTLE,
+    "give_back": transitions.GIVE_BACK,
+    "give_back_held_by": transitions.GIVE_BACK,
+    "give_back_unleased": transitions.GIVE_BACK,
+    "hold_waiting_recipients": transitions.HOLD,
+    "hold_active_recipients": transitions.HOLD_IN_DELIVERY,
+    "release_recipients": transitions.RELEASE,
+    "requeue_recipients": transitions.REQUEUE,
+}
 
 
 class Cursor(Protocol):
@@ -83,13 +101,11 @@ class Tx(Protocol):
 
     def executemany(self, sql: str, parameters: Iterable[Params], /) -> Cursor: ...
 
-    # Each node's lease end as this transaction read it (None: no lease), filled on first use:
-    # a batch hands many messages over to one node, and reads its lease once (`_holds_lease`).
-    leases: dict[str, float | None]
-
-    # What a transaction reads once for all the steps of its batch (e.g. whether any suppression
-    # is in force), emptied with `leases` at each transaction's start.
-    memo: dict[str, Any]
+    # What a transaction reads once for all the steps of its batch, emptied at each transaction's
+    # start: whether any suppression is in force ("suppressing"), and each node's lease end as
+    # read (("lease", owner) -> float, or None: no lease): a batch hands many messages over to
+    # one node, and reads its lease once (`_holds_lease`).
+    memo: dict[Any, Any]
 
     # None: an event is inserted when recorded (one writer at a time: ids come in commit order).
     # A list: the events the transaction records, which its engine inserts just before COMMIT
@@ -100,6 +116,13 @@ class Tx(Protocol):
 def priority_class(priority: int) -> int:
     """1 urgent, 0 normal, -1 non-urgent (MAPI PR_PRIORITY's three values; others fold into them)."""
     return (priority > 0) - (priority < 0)
+
+
+def _set_status(tx: Tx, name: str, status: Status, parameters: Params) -> Cursor:
+    """Apply a decided state: statement `name` of WRITES sets `status` where its guard still holds
+    (its rows: those the guard let through). A state its step cannot reach is refused before
+    anything is written (TransitionRefused), as the table's trigger would refuse it after."""
+    return tx.execute(tx.q[name], {**parameters, "status": str(WRITES[name].to(status))})
 
 
 # --------------------------------------------------------------------------------------------
@@ -123,8 +146,64 @@ def _insert_content(tx: Tx, data: bytes) -> int:
     return content_id
 
 
+def _insert_contents(tx: Tx, contents: Sequence[bytes]) -> list[int]:
+    """The content rows of a batch, their ids in order: on PostgreSQL one statement for each run
+    of contents of at most CONTENTS_PER_STATEMENT bytes together (the ids it returns are taken in
+    the order of the rows, so sorted they are the rows' order; a bigger content goes alone, never
+    copied into a parameter of many), one per content on SQLite."""
+    if len(contents) < 2 or "insert_content_rows" not in tx.q:
+        return [_insert_content(tx, data) for data in contents]
+    runs: list[list[bytes]] = [[]]
+    size = 0
+    for data in contents:
+        if runs[-1] and size + len(data) > CONTENTS_PER_STATEMENT:
+            runs.append([])
+            size = 0
+        runs[-1].append(data)
+        size += len(data)
+    ids: list[int] = []
+    for run in runs:
+        if len(run) == 1:
+            ids.append(_insert_content(tx, run[0]))
+        else:
+            ids += sorted(row[0] for row in tx.execute(tx.q.insert_content_rows,
+                                                       {"rows": _json_rows([{"data": data} for data in run])}))
+    return ids
+
+
+def _many(tx: Tx, name: str, rows: Sequence[Params]) -> None:
+    """Statement `name` (an INSERT) for each of `rows`. Where the dialect has its many-rows form
+    (`<name>_rows`, stores/queries.py: the rows as one JSON parameter), one statement for all of
+    them: on PostgreSQL a statement is a round trip and a run of the count triggers
+    (sql/postgresql/0008_counts.sql), so a batch of 20 messages costs one of each instead of 20.
+    Else executemany of the one-row form (SQLite: a call into the library each)."""
+    if not rows:
+        return
+    many = name + ROWS
+    if len(rows) > 1 and many in tx.q:
+        tx.execute(tx.q[many], {"rows": _json_rows(rows)})
+    else:
+        tx.executemany(tx.q[name], rows)
+
+
+def _json_rows(rows: Sequence[Params]) -> str:
+    """Rows of named parameters as the :rows of a many-rows statement: a JSON array, bytes in
+    base64 (the statement decodes them)."""
+    return json.dumps(rows, separators=(",", ":"), default=_base64)
+
+
+def _base64(value: Any) -> str:
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    raise TypeError(f"{type(value).__name__} is not a statement parameter")
+
+
 def _insert_message(tx: Tx, msg: Message, content_id: int, *, read: bool) -> None:
-    tx.execute(tx.q.insert_message, {
+    tx.execute(tx.q.insert_message, _message_row(msg, content_id, read=read))
+
+
+def _message_row(msg: Message, content_id: int, *, read: bool) -> dict[str, Any]:
+    return {
         "id": msg.id, "mailbox": msg.mailbox, "folder": msg.folder, "sender": msg.sender, "size": msg.size,
         "submitted_at": msg.submitted_at, "content_id": content_id, "headers_prefix": msg.headers_prefix or None,
         "message_class": msg.message_class, "priority": msg.priority, "deliver_after": msg.deliver_after,
@@ -132,18 +211,23 @@ def _insert_message(tx: Tx, msg: Message, content_id: int, *, read: bool) -> Non
         "origin": msg.origin, "meta": json.dumps(msg.meta) if msg.meta else None,
         "ret": msg.dsn.ret if msg.dsn else None, "envid": msg.dsn.envid if msg.dsn else None, "read": int(read),
         "max_attempts": msg.max_attempts, "flags": " ".join(msg.flags), "resend_of": msg.resend_of,
-        "copy_of": msg.copy_of, "copy_for": msg.copy_for})
+        "copy_of": msg.copy_of, "copy_for": msg.copy_for,
+        "subject": content_subject(msg.content, SUBJECT_MAX)}
 
 
 def _recipient_row(msg: Message, r: Recipient, owner: str | None) -> dict[str, Any]:
     reply = r.last_reply
     return {"message_id": msg.id, "idx": r.index, "address": r.address, "addrtype": r.addrtype, "type": str(r.type),
-            "transport": r.transport, "nexthop": r.nexthop, "status": str(r.status), "attempts": r.attempts,
+            "transport": r.transport, "nexthop": r.nexthop, "status": str(transitions.born(r.status)),
+            "attempts": r.attempts,
             "next_attempt_at": r.next_attempt_at, "last_attempt_at": r.last_attempt_at,
             "reply_code": reply.code if reply else None, "reply_enhanced": reply.enhanced if reply else None,
             "reply_text": reply.text if reply else None, "notify": notify_text(r.dsn), "orcpt": orcpt_text(r.dsn),
             "priority": priority_class(msg.priority), "report": r.report_owed,
             "owner": owner if r.status is Status.ACTIVE else None}
+
+
+Submitted = tuple[Message, Sequence[Message], str | None]  # a submission, its local copies, the node
 
 
 def op_submit(tx: Tx, msg: Message, copies: Sequence[Message], owner: str | None = None) -> list[Event]:
@@ -153,15 +237,53 @@ def op_submit(tx: Tx, msg: Message, copies: Sequence[Message], owner: str | None
     is live: a hand-over to a node whose lease ran out is refused — its recipients are committed
     queued, due now, for whichever node claims them, and set so in `msg` (the caller must not
     hand it on: that node may no longer deliver)."""
+    return op_submit_many(tx, [(msg, copies, owner)])[0]
+
+
+def op_submit_many(tx: Tx, items: Sequence[Submitted]) -> list[list[Event]]:
+    """`op_submit` of each item (the submissions of one group commit: stores/base.py `run_jobs`),
+    with the rows of all of them written by one statement per table (`_many`). The checks of
+    each come first, then the rows, then what each files and records: no item reads what another
+    writes, so the order across items does not matter."""
+    _read_checks(tx, items)
+    notes = [_before_submit(tx, msg, owner) for msg, _copies, owner in items]
+    content_ids = _insert_contents(tx, [msg.content for msg, _copies, _owner in items])
+    # Its writer has read it (MAPI: Sent Items show read).
+    _many(tx, "insert_message", [_message_row(msg, content_id, read=True)
+                                 for (msg, _copies, _owner), content_id in zip(items, content_ids, strict=True)])
+    _many(tx, "insert_recipient", [_recipient_row(msg, r, owner) for msg, _copies, owner in items
+                                   for r in msg.recipients])
+    return [_after_submit(tx, msg, copies, content_id, fetched)
+            for (msg, copies, _owner), content_id, fetched in zip(items, content_ids, notes, strict=True)]
+
+
+def _read_checks(tx: Tx, items: Sequence[Submitted]) -> None:
+    """The lease of the node a batch is handed to and whether any suppression is in force, read
+    for the whole batch in one statement into what `_holds_lease` and `_any_suppression` read
+    once per transaction. On PostgreSQL each statement is a round trip, about a millisecond on a
+    busy machine, and every 250 of the batch waits for all of them."""
+    owner = next((owner for _msg, _copies, owner in items if owner is not None), None)
+    if owner is None or ("lease", owner) in tx.memo or "suppressing" in tx.memo:
+        return
+    row = tx.execute(tx.q.submission_checks, {"owner": owner, "now": items[0][0].submitted_at}).fetchone()
+    tx.memo[("lease", owner)], tx.memo["suppressing"] = row[0], bool(row[1])
+
+
+def _before_submit(tx: Tx, msg: Message, owner: str | None) -> str:
+    """A submission's checks, before anything of it is written: a fetched message is recorded (or
+    refused: another node filed it), suppressed recipients fail, a hand-over to a node that is no
+    longer live is refused. Returns the line for the history of a fetched message."""
     fetched = _claim_fetched(tx, msg)  # first: a message another node filed stores nothing here
     _refuse_suppressed(tx, msg)
     handed = [r for r in msg.recipients if r.status is Status.ACTIVE]
     if handed and owner is not None and not _holds_lease(tx, owner, msg.submitted_at):
         for r in handed:
-            r.status = Status.QUEUED
-    content_id = _insert_content(tx, msg.content)
-    _insert_message(tx, msg, content_id, read=True)  # its writer has read it (MAPI: Sent Items show read)
-    tx.executemany(tx.q.insert_recipient, [_recipient_row(msg, r, owner) for r in msg.recipients])
+            r.status = transitions.handed_over(node_live=False)
+    return fetched
+
+
+def _after_submit(tx: Tx, msg: Message, copies: Sequence[Message], content_id: int, fetched: str) -> list[Event]:
+    """What a stored submission records: its history, its events, its local copies, its parts."""
     if token := msg.meta.get("http_token"):
         _insert_history(tx, msg.id, msg.submitted_at, "submission",
                         [HookRecord("", "submitted", f"over HTTP with token {token}")])
@@ -182,8 +304,8 @@ def op_submit(tx: Tx, msg: Message, copies: Sequence[Message], owner: str | None
     events = [insert_event(tx, Event(EventType.SUBMITTED, msg.id, msg.submitted_at,
                                      detail={"sender": msg.sender, "size": msg.size, "origin": msg.origin}))]
     for r in msg.recipients:
-        if r.status in _STATUS_EVENT and r.status is not Status.DEFERRED:
-            events.append(insert_event(tx, _recipient_event(msg.id, r.address, r.status, r.last_reply,
+        if transitions.birth_event(r.status) is not None:
+            events.append(insert_event(tx, transitions.recipient_event(msg.id, r.address, r.status, r.last_reply,
                                                             msg.submitted_at, r.transport)))
     events += [_file(tx, copy, content_id, msg.id) for copy in copies]
     if not any(r.status.pending for r in msg.recipients):
@@ -228,7 +350,7 @@ def _refuse_suppressed(tx: Tx, msg: Message) -> None:
         entry = found.get(suppression_key(r.address))
         if entry is not None:
             reply = refusal(entry)
-            r.status, r.last_reply, r.next_attempt_at = Status.FAILED, reply, None
+            r.status, r.last_reply, r.next_attempt_at = transitions.born(Status.FAILED), reply, None
             msg.history += (HookRecord("suppression", "failed", f"<{r.address}> {reply.line()}"),)
 
 
@@ -307,26 +429,41 @@ def mailbox_folders(tx: Tx, mailbox: str) -> list[str] | None:
     return [str(row[0]) for row in tx.execute(tx.q.folders_of_mailbox, {"mailbox": mailbox}).fetchall()]
 
 
-def _recipient_event(message_id: str, address: str, status: Status, reply: Reply | None, now: float,
-                     transport: str | None, remote: str | None = None) -> Event:
-    detail: dict[str, Any] = {"transport": transport}
-    if reply is not None:
-        detail["reply"] = reply.line()
-        detail["dsn"] = reply.dsn
-    if remote:
-        detail["relay"] = remote
-    return Event(_STATUS_EVENT[status], message_id, now, recipient=address, detail=detail)
+def list_mailboxes(tx: Tx, limit: int, after: str) -> list[MailboxInfo]:
+    """A page of the mailboxes by address after `after`, each with its folders (two queries)."""
+    rows = tx.execute(tx.q.list_mailboxes, {"after": after, "limit": limit}).fetchall()
+    page = {str(address): MailboxInfo(str(address), float(created_at)) for address, created_at in rows}
+    if page:
+        last = str(rows[-1][0])
+        for mailbox, folder in tx.execute(tx.q.folders_of_mailbox_range, {"after": after, "last": last}):
+            if (info := page.get(str(mailbox))) is not None:  # a mailbox of messages only has no row here
+                info.folders.append(str(folder))
+    return list(page.values())
 
 
 def _finish_if_done(tx: Tx, message_id: str, now: float) -> list[Event]:
     """MAPI FinishedMsg: once every recipient is final, the message leaves the outbox — to Sent
-    Items, or deleted when the submitter asked for delete-after-submit. One statement on the common
-    path (a statement per settled message counts: on PostgreSQL it is a round trip)."""
-    row = tx.execute(tx.q.finish_to_sent, {"sent": SENT, "now": now, "message_id": message_id,
-                                           "outbox": OUTBOX}).fetchone()
-    if row is not None and row[0] and not _reports_owed(tx, message_id):
-        _delete_messages(tx, [message_id])  # delete-after-submit waits for the reports it owes: they quote it
+    Items, or deleted when the submitter asked for delete-after-submit."""
+    _finish(tx, {message_id: now})
     return []
+
+
+def _finish(tx: Tx, messages: Mapping[str, float]) -> None:
+    """`_finish_if_done` of each message (id: when): one statement on the common path whether or
+    not they are finished (a statement per settled message counts: on PostgreSQL it is a round
+    trip); PostgreSQL's many-rows form takes a whole batch's in one."""
+    outbox, sent = transitions.FINISH
+    if len(messages) > 1 and "finish_to_sent_rows" in tx.q:
+        rows = tx.execute(tx.q.finish_to_sent_rows, {"sent": sent, "outbox": outbox, "rows": _json_rows(
+            [{"message_id": message_id, "now": now} for message_id, now in messages.items()])}).fetchall()
+    else:
+        rows = [(message_id, row[0]) for message_id, now in messages.items()
+                if (row := tx.execute(tx.q.finish_to_sent, {"sent": sent, "now": now, "message_id": message_id,
+                                                            "outbox": outbox}).fetchone()) is not None]
+    for message_id, delete_after_submit in rows:
+        if delete_after_submit and transitions.deleted_when_finished(
+                delete_after_submit=True, reports_owed=_reports_owed(tx, message_id)):
+            _delete_messages(tx, [message_id])
 
 
 def _reports_owed(tx: Tx, message_id: str) -> bool:
@@ -375,12 +512,12 @@ def op_claim(tx: Tx, now: float, limit: int, whole_messages: bool = False, owner
     if owner is not None and not node_live(tx, owner, now):
         return []
     rows: list[Any] = []
-    claim_due = tx.q.claim_due
+    active = transitions.claim()
     for priority in PRIORITY_CLASSES:
         if len(rows) >= limit:
             break
-        rows += tx.execute(claim_due, {"owner": owner, "priority": priority, "now": now,
-                                       "limit": limit - len(rows)}).fetchall()
+        rows += _set_status(tx, "claim_due", active, {"owner": owner, "priority": priority, "now": now,
+                                                      "limit": limit - len(rows)}).fetchall()
     by_message: dict[str, list[Recipient]] = {}
     for row in rows:
         by_message.setdefault(row[0], []).append(_claimed_recipient(row))
@@ -401,7 +538,7 @@ def _claimed_recipient(row: Sequence[Any]) -> Recipient:
 def _claim_the_rest(tx: Tx, message: Message, owner: str | None) -> None:
     """Claim the message's other waiting recipients too, due or not: the hooks must see them all
     (one that was deferred before hooks were configured is tried again early, once)."""
-    rest = tx.execute(tx.q.claim_the_rest, {"owner": owner, "message_id": message.id}).fetchall()
+    rest = _set_status(tx, "claim_the_rest", transitions.claim(), {"owner": owner, "message_id": message.id}).fetchall()
     message.recipients += [_claimed_recipient(row) for row in rest]
     message.recipients.sort(key=lambda r: r.index)
 
@@ -420,57 +557,109 @@ def _load_message(tx: Tx, message_id: str, recipients: list[Recipient]) -> Messa
                    dsn=MessageDSN(Ret(ret) if ret else None, envid) if ret or envid else None)
 
 
+Outcomes = tuple[Sequence[Settlement], float, int, str | None]  # outcomes, now, crash_limit, owner
+
+
 def op_settle(tx: Tx, settlements: Sequence[Settlement], now: float, crash_limit: int = 0,
               owner: str | None = None) -> list[Event]:
-    """Record outcomes (and the route each recipient took). A temporary failure of a held message
-    leaves it held; a recipient that is no longer active (deleted, or settled already) is left
-    alone. A local delivery files its copy in the same step. A message whose attempts crashed its
-    transport `crash_limit` times is held (poison isolation, as Exim freezes a message).
+    """Record outcomes (and the route each recipient took), as the domain decides each one
+    (transitions.settle: a temporary failure of a held message leaves it held; the report debt;
+    the event); a recipient that is no longer active (deleted, or settled already) is left alone
+    by the guard. A local delivery files its copy in the same step. A message whose attempts
+    crashed its transport `crash_limit` times is held (transitions.poisoned: poison isolation, as
+    Exim freezes a message).
 
     Fenced (issue 11.4): with `owner`, a recipient no longer held by that node (its lease ran out
     and another node rescued it) is left alone too, with nothing recorded of the outcome — no
     event, no report debt, no copy filed: the node that lost the lease can never record over the
     work of the one that took it."""
-    settle = tx.q.settle_recipient
-    events: list[Event] = []
-    touched: dict[str, None] = {}
-    crashed = {s.message_id for s in settlements if s.crashed}
-    for s in settlements:
-        status = s.status
-        if status is Status.DEFERRED and _is_held(tx, s.message_id):
-            status = Status.HELD
+    return op_settle_many(tx, [(settlements, now, crash_limit, owner)])[0]
+
+
+def op_settle_many(tx: Tx, parts: Sequence[Outcomes]) -> list[list[Event]]:
+    """`op_settle` of each part (the settlements of one group commit: stores/base.py `run_jobs`):
+    every outcome decided first, then written by one statement per new state (`_apply_settled`),
+    then what each recorded outcome files and records, in order; the messages they finished
+    leave the outbox together at the end."""
+    decided: list[tuple[int, Settlement, transitions.Settled, float, str | None]] = []
+    for n, (settlements, now, _limit, owner) in enumerate(parts):
+        for s in settlements:
+            held = transitions.needs_held_flag(s) and _is_held(tx, s.message_id)
+            decided.append((n, s, transitions.settle(s, held=held, now=now), now, owner))
+    applied = _apply_settled(tx, decided)
+    events: list[list[Event]] = [[] for _ in parts]
+    touched: list[dict[str, None]] = [{} for _ in parts]
+    for n, s, outcome, now, _owner in decided:
+        transport = applied.pop((s.message_id, s.index), _UNTOUCHED)
+        if transport is _UNTOUCHED:  # the guard: no longer active, or (fenced) no longer this node's
+            continue
+        touched[n][s.message_id] = None
+        events[n] += _record_settled(tx, s, outcome, now, transport)
+    finished: dict[str, float] = {}
+    for n, (settlements, now, crash_limit, _owner) in enumerate(parts):
+        for message_id in {s.message_id for s in settlements if s.crashed} & touched[n].keys():
+            events[n] += _count_crash(tx, message_id, crash_limit, now)
+        finished.update(dict.fromkeys(touched[n], now))
+    _finish(tx, finished)
+    return events
+
+
+_UNTOUCHED = object()
+
+
+def _apply_settled(tx: Tx, decided: Sequence[tuple[int, Settlement, transitions.Settled, float, str | None]]
+                   ) -> dict[tuple[str, int], Any]:
+    """Write the decided outcomes where the guard still holds; the (message id, index) of each
+    written, with its recipient's transport. PostgreSQL: one statement per new state for all of
+    them (`settle_recipient_rows`); SQLite: one per outcome. A recipient given twice is written
+    once, by its first outcome (the second would find it settled)."""
+    rows: dict[tuple[str, int], tuple[Status, dict[str, Any]]] = {}
+    for _n, s, outcome, now, owner in decided:
         reply = s.reply
-        warn_now = status is Status.DEFERRED and s.warn_at is not None and s.warn_at <= now
-        row = tx.execute(settle, {
-            "status": str(status), "attempted": int(s.attempted), "next_at": s.next_attempt_at, "now": now,
+        rows.setdefault((s.message_id, s.index), (outcome.status, {
+            "attempted": int(s.attempted), "next_at": s.next_attempt_at, "now": now,
             "code": reply.code if reply else None, "enhanced": reply.enhanced if reply else None,
             "text": reply.text if reply else None, "remote": s.remote, "wait": int(s.wait_destination),
-            "transport": s.transport, "nexthop": s.nexthop, "report": _report_due(status, s, warn_now),
-            "final": int(status.final), "warn_now": int(warn_now), "warn_at": s.warn_at,
-            "message_id": s.message_id, "idx": s.index, "owner": owner,
-        }).fetchone()
-        if row is None:
-            continue
-        touched[s.message_id] = None
-        if s.suppress_until is not None and reply is not None:  # a hard bounce (domain/suppression.py)
-            tx.execute(tx.q.suppress_bounce, suppression_params(Suppression(
-                s.address, reply.line(), now, s.suppress_until, BOUNCE, s.message_id)))
-        events += [_file_copy(tx, s.message_id, copy) for copy in s.copies]
-        if s.history:
-            _insert_history(tx, s.message_id, now, "inbound", [dataclasses.replace(h, detail=f"<{s.address}> "
-                                                                                  f"{h.detail}") for h in s.history])
-        for spawned in s.spawn:
-            events += op_submit(tx, spawned, ())
-        if status in _STATUS_EVENT:
-            events.append(insert_event(tx, _recipient_event(s.message_id, s.address, status, reply, now,
-                                                            row[0], s.remote)))
-        if status is Status.DELIVERED:
-            filed = (reply, *s.filed) if isinstance(reply, Filed) else s.filed
-            events += [insert_event(tx, _filed_event(s.message_id, f, now)) for f in filed]
-    for message_id in crashed & touched.keys():
-        events += _count_crash(tx, message_id, crash_limit, now)
-    for message_id in touched:
-        events += _finish_if_done(tx, message_id, now)
+            "transport": s.transport, "nexthop": s.nexthop, "report": outcome.report,
+            "once": int(outcome.report_once), "void": outcome.void_report, "warn_at": outcome.warn_at,
+            "message_id": s.message_id, "idx": s.index, "owner": owner}))
+    applied: dict[tuple[str, int], Any] = {}
+    if len(rows) > 1 and "settle_recipient_rows" in tx.q:
+        by_status: dict[Status, list[dict[str, Any]]] = {}
+        for status, params in rows.values():
+            by_status.setdefault(status, []).append(params)
+        for status, group in by_status.items():
+            for message_id, idx, transport in _set_status(tx, "settle_recipient_rows", status,
+                                                          {"rows": _json_rows(group)}):
+                applied[(message_id, idx)] = transport
+        return applied
+    for key, (status, params) in rows.items():
+        row = _set_status(tx, "settle_recipient", status, params).fetchone()
+        if row is not None:
+            applied[key] = row[0]
+    return applied
+
+
+def _record_settled(tx: Tx, s: Settlement, outcome: transitions.Settled, now: float, transport: Any) -> list[Event]:
+    """What a written outcome records besides its row: a hard bounce's suppression, the copies
+    filed, the inbound hooks' history, the messages it spawned, its events."""
+    events: list[Event] = []
+    status, reply = outcome.status, s.reply
+    if s.suppress_until is not None and reply is not None:  # a hard bounce (domain/suppression.py)
+        tx.execute(tx.q.suppress_bounce, suppression_params(Suppression(
+            s.address, reply.line(), now, s.suppress_until, BOUNCE, s.message_id)))
+    events += [_file_copy(tx, s.message_id, copy) for copy in s.copies]
+    if s.history:
+        _insert_history(tx, s.message_id, now, "inbound", [dataclasses.replace(h, detail=f"<{s.address}> "
+                                                                              f"{h.detail}") for h in s.history])
+    for spawned in s.spawn:
+        events += op_submit(tx, spawned, ())
+    if outcome.event is not None:
+        events.append(insert_event(tx, transitions.recipient_event(s.message_id, s.address, status, reply, now,
+                                                                   transport, s.remote)))
+    if status is Status.DELIVERED:
+        filed = (reply, *s.filed) if isinstance(reply, Filed) else s.filed
+        events += [insert_event(tx, _filed_event(s.message_id, f, now)) for f in filed]
     return events
 
 
@@ -483,19 +672,11 @@ def _filed_event(message_id: str, reply: Filed, now: float) -> Event:
 
 def _count_crash(tx: Tx, message_id: str, limit: int, now: float) -> list[Event]:
     crashes = tx.execute(tx.q.count_crash, {"message_id": message_id}).fetchone()[0]
-    if not limit or crashes < limit:
+    reason = transitions.poisoned(crashes, limit)
+    if reason is None:
         return []
-    reason = f"crashed its transport {crashes} times"
     _insert_history(tx, message_id, now, "transport", [HookRecord("", "held", reason)])
     return _hold(tx, message_id, reason, now, active=False)
-
-
-def _report_due(status: Status, s: Settlement, warn_now: bool) -> str | None:
-    """The report action this outcome owes the sender (RFC 3461 NOTIFY; a delay notice only once
-    it fell due), recorded with the outcome in one step so that a crash can neither lose the
-    report nor send it twice."""
-    action = report_action(status, s.dsn or RecipientDSN(), handoff=s.handoff, warn_delays=warn_now)
-    return None if action is None else str(action)
 
 
 def _is_held(tx: Tx, message_id: str) -> bool:
@@ -510,30 +691,70 @@ def op_unclaim(tx: Tx, recipients: Sequence[tuple[str, int]], now: float, owner:
     meanwhile, or deleted with its message, is left alone. With `owner`, only rows that node still
     holds (fenced): intake takes back a hand-over its delivery process died before receiving,
     never what the next node claimed."""
-    query = tx.q.give_back if owner is None else tx.q.give_back_held_by
+    query = "give_back" if owner is None else "give_back_held_by"
     events = []
-    for message_id, index in recipients:
-        row = tx.execute(query, {"now": now, "message_id": message_id, "idx": index, "owner": owner}).fetchone()
-        if row is not None and row[0] == Status.HELD:
-            events.append(insert_event(tx, Event(EventType.HELD, message_id, now, recipient=row[1],
-                                                 detail={"transport": row[2]})))
+    for (message_id, _index, _owner), (status, address, transport) in _give_back(
+            tx, query, [(message_id, index, owner) for message_id, index in recipients], now):
+        if status == Status.HELD:
+            events.append(insert_event(tx, Event(EventType.HELD, message_id, now, recipient=address,
+                                                 detail={"transport": transport})))
     return events
 
 
-def _give_back_all(tx: Tx, rows: Iterable[tuple[str, int, str | None]], now: float, stage: str,
+def _give_back(tx: Tx, query: str, rows: Sequence[tuple[str, int, str | None]],
+               now: float) -> list[tuple[tuple[str, int, str | None], Any]]:
+    """Give back each (message id, index, owner) by `query` (a give_back_* statement of WRITES)
+    as the domain decides from its message's held flag (transitions.give_back), guarded by that
+    flag as read. Returns each row given back with what the statement returned (status, address,
+    transport). On PostgreSQL an operator may hold or release the message between the read and
+    the write: a guard that failed so is tried once more with the flag read again (a row settled
+    or taken meanwhile fails again, and stays as it is)."""
+    done: list[tuple[tuple[str, int, str | None], Any]] = []
+    held = _held_flags(tx, [message_id for message_id, _index, _owner in rows])
+    for attempt in range(2):
+        missed = []
+        for row in rows:
+            message_id, index, owner = row
+            if message_id not in held:  # deleted, recipients with it
+                continue
+            got = _set_status(tx, query, transitions.give_back(held=held[message_id]), {
+                "now": now, "message_id": message_id, "idx": index, "owner": owner,
+                "held": int(held[message_id])}).fetchone()
+            if got is not None:
+                done.append((row, got))
+            else:
+                missed.append(row)
+        if not missed or attempt:
+            break
+        again = _held_flags(tx, [message_id for message_id, _index, _owner in missed])
+        rows = [row for row in missed if row[0] in again and again[row[0]] != held[row[0]]]
+        held = again
+    return done
+
+
+def _held_flags(tx: Tx, message_ids: Iterable[str], chunk: int = 500) -> dict[str, bool]:
+    """Whether each message (of those that exist) is held: a statement per `chunk` messages."""
+    ids = sorted(set(message_ids))
+    flags: dict[str, bool] = {}
+    for start in range(0, len(ids), chunk):
+        part = ids[start:start + chunk]
+        sql = tx.q.expand("held_flags", ids=len(part))
+        flags.update((str(message_id), bool(held)) for message_id, held in tx.execute(sql, tx.q.spread(ids=part)))
+    return flags
+
+
+def _give_back_all(tx: Tx, rows: Sequence[tuple[str, int, str | None]], now: float, stage: str,
                    why: Callable[[str, str | None], str], query: str) -> tuple[int, list[Event]]:
     """Give back (by `query`, a give_back_* statement) each (message id, index, owner) still
     active and held as seen, with a line in its message's history. Returns how many were given
     back (another node's rescue may have been first) and the `held` events of those whose
     message is held."""
     given, events = 0, []
-    for message_id, index, owner in rows:
-        row = tx.execute(query, {"now": now, "message_id": message_id, "idx": index, "owner": owner}).fetchone()
-        if row is not None:
-            given += 1
-            if row[0] == Status.HELD:
-                events.append(insert_event(tx, Event(EventType.HELD, message_id, now, recipient=row[1])))
-            _insert_history(tx, message_id, now, stage, [HookRecord("", "returned", why(row[1], owner))])
+    for (message_id, _index, owner), (status, address, _transport) in _give_back(tx, query, rows, now):
+        given += 1
+        if status == Status.HELD:
+            events.append(insert_event(tx, Event(EventType.HELD, message_id, now, recipient=address)))
+        _insert_history(tx, message_id, now, stage, [HookRecord("", "returned", why(address, owner))])
     return given, events
 
 
@@ -547,7 +768,7 @@ def active_recipients(tx: Tx, owner: str | None = None) -> list[tuple[str, int, 
 def op_return_stuck(tx: Tx, rows: Sequence[tuple[str, int, str | None]], now: float) -> list[Event]:
     """The watchdog's give-back: like op_unclaim, for rows still active and still owned as seen."""
     return _give_back_all(tx, rows, now, "watchdog", lambda address, _owner:
-                          f"<{address}> was active with no delivery holding it", tx.q.give_back_held_by)[1]
+                          f"<{address}> was active with no delivery holding it", "give_back_held_by")[1]
 
 
 def op_release_destination(tx: Tx, transport: str, nexthop: str, now: float, chunk: int = CHUNK) -> int:
@@ -576,7 +797,8 @@ def op_set_transport_offline(tx: Tx, name: str, offline: bool, now: float) -> bo
 def op_mark_delay_warnings(tx: Tx, now: float, chunk: int = CHUNK) -> int:
     """Owe the delay notice of deferred recipients whose time came while they waited without a
     new outcome (a down destination's backlog, a long backoff): by index, a chunk per call."""
-    return tx.execute(tx.q.mark_delay_warnings, {"now": now, "limit": chunk}).rowcount
+    return tx.execute(tx.q.mark_delay_warnings, {"now": now, "limit": chunk,
+                                                 "report": transitions.delay_notice_owed()}).rowcount
 
 
 def next_delay_warning(tx: Tx) -> float | None:
@@ -607,10 +829,11 @@ def _holds_lease(tx: Tx, owner: str, now: float) -> bool:
     """`node_live`, with the lease read once per transaction: a hand-over per submission would
     otherwise cost a statement per message (a tenth of a relayed message's). A lease renewed by
     another transaction meanwhile is not seen: the hand-over is refused, the safe way round."""
-    if owner not in tx.leases:
+    key = ("lease", owner)
+    if key not in tx.memo:
         row = tx.execute(tx.q.lease_until, {"owner": owner}).fetchone()
-        tx.leases[owner] = None if row is None else row[0]
-    until = tx.leases[owner]
+        tx.memo[key] = None if row is None else row[0]
+    until = tx.memo[key]
     return until is not None and until >= now
 
 
@@ -672,7 +895,7 @@ def op_rescue(tx: Tx, now: float, chunk: int = CHUNK) -> int:
             query = tx.q.active_of_no_node if owner is None else tx.q.active_of_node
             rows += tx.execute(query, {"owner": owner, "limit": chunk - len(rows)}).fetchall()
     given, _ = _give_back_all(tx, rows, now, "rescue", lambda address, owner: f"<{address}> was active for"
-                              f" node {owner or '(none)'}, which holds no lease any more", tx.q.give_back_unleased)
+                              f" node {owner or '(none)'}, which holds no lease any more", "give_back_unleased")
     if len(rows) < chunk:
         tx.execute(tx.q.prune_nodes, {"before": now - NODE_RETENTION})
     return given
@@ -683,7 +906,7 @@ def op_retire_node(tx: Tx, owner: str, now: float) -> int:
     their outcome is unknown), then its row goes. Returns how many recipients it gave back."""
     held = tx.execute(tx.q.held_by_node, {"owner": owner}).fetchall()
     given, _ = _give_back_all(tx, held, now, "rescue", lambda address, _owner: f"<{address}> was active when"
-                              f" node {owner} stopped", tx.q.give_back_held_by)
+                              f" node {owner} stopped", "give_back_held_by")
     tx.execute(tx.q.delete_node, {"owner": owner})
     return given
 
@@ -715,7 +938,8 @@ def op_hold(tx: Tx, ids: Sequence[str], now: float) -> list[str]:
     found = _existing(tx, ids)
     for message_id in found:
         tx.execute(tx.q.hold_message, {"message_id": message_id})
-        for address, transport in tx.execute(tx.q.hold_waiting_recipients, {"message_id": message_id}).fetchall():
+        for address, transport in _set_status(tx, "hold_waiting_recipients", transitions.hold(),
+                                              {"message_id": message_id}).fetchall():
             insert_event(tx, Event(EventType.HELD, message_id, now, recipient=address, detail={"transport": transport}))
     return found
 
@@ -724,7 +948,7 @@ def op_release(tx: Tx, ids: Sequence[str], now: float) -> list[str]:
     found = _existing(tx, ids)
     for message_id in found:
         tx.execute(tx.q.release_message, {"message_id": message_id})
-        tx.execute(tx.q.release_recipients, {"now": now, "message_id": message_id})
+        _set_status(tx, "release_recipients", transitions.release(), {"now": now, "message_id": message_id})
     return found
 
 
@@ -822,7 +1046,7 @@ def op_requeue(tx: Tx, ids: Sequence[str], now: float) -> list[str]:
         if row[1] is not None:
             _drop_content_if_unused(tx, row[0])
         tx.execute(q.delete_added_recipients, key)
-        tx.execute(q.requeue_recipients, {**key, "now": now})
+        _set_status(tx, "requeue_recipients", transitions.requeue(), {**key, "now": now})
         _insert_history(tx, message_id, now, "operator", [HookRecord("", "requeued")])
     return found
 
@@ -872,7 +1096,7 @@ def op_reported(tx: Tx, message_id: str, owed: Sequence[tuple[int, str]], report
     # Exactly once across nodes: only while every debt is still owed as read. Another node that
     # read the same debts and wrote this report first cleared them; then this one writes nothing.
     standing = {(idx, action) for idx, action in tx.execute(tx.q.report_debts, {"message_id": message_id})}
-    if not set(owed) <= standing:
+    if not transitions.report_stands(owed, standing):
         return []
     events = op_submit(tx, report, copies) if report is not None else []
     tx.executemany(tx.q.clear_report, [{"message_id": message_id, "idx": i, "action": action} for i, action in owed])
@@ -880,7 +1104,8 @@ def op_reported(tx: Tx, message_id: str, owed: Sequence[tuple[int, str]], report
         events.append(insert_event(tx, Event(EventType.REPORT, message_id, report.submitted_at,
                                              detail={"report_id": report.id, "class": report.message_class})))
     done = tx.execute(tx.q.sent_to_delete, {"message_id": message_id, "sent": SENT}).fetchone()
-    if done and not _reports_owed(tx, message_id):
+    if done and transitions.deleted_when_finished(delete_after_submit=True,
+                                                  reports_owed=_reports_owed(tx, message_id)):
         _delete_messages(tx, [message_id])
     return events
 
@@ -904,17 +1129,15 @@ def op_enqueue_webhooks(tx: Tx, after: int, upto: int, messages: Sequence[Messag
 # --------------------------------------------------------------------------------------------
 # Outbound hooks (MAPI preprocessing): the pipeline's answer recorded.
 
-DROPPED = Reply(550, "5.7.1", "recipient removed by an outbound hook")
-
-
 def op_preprocessed(tx: Tx, message: Message, result: Preprocessed, now: float,
                     owner: str | None = None) -> tuple[list[Message], list[Event]]:
-    """Record what the outbound hooks made of a message's active recipients, in one step: a
-    rejection fails them (an NDR follows), a hook's failure holds the message (the hooks are not
-    done: they run again on release), drafts replace it — the first draft is the stored message
-    (changed content gets a content row of its own; the submitted one is kept for `requeue`), each
-    further draft becomes a new message that takes its recipients along. A hook's Hold keeps the
-    drafts held: the hooks are done, and release sends them as they are (Postfix postsuper -H).
+    """Record what the outbound hooks made of a message's active recipients, as the domain decides
+    it (transitions.hooks_decided), in one step: a rejection fails them (an NDR follows), a hook's
+    failure holds the message (the hooks are not done: they run again on release), drafts replace
+    it — the first draft is the stored message (changed content gets a content row of its own; the
+    submitted one is kept for `requeue`), each further draft becomes a new message that takes its
+    recipients along. A hook's Hold keeps the drafts held: the hooks are done, and release sends
+    them as they are (Postfix postsuper -H).
     Returns the messages to deliver now.
 
     Fenced (issue 11.4): with `owner`, when that node no longer holds every one of the message's
@@ -923,29 +1146,26 @@ def op_preprocessed(tx: Tx, message: Message, result: Preprocessed, now: float,
     if owner is not None and not _holds_all(tx, owner, message.id, list(active)):
         return [], []
     _insert_history(tx, message.id, now, "outbound", result.history)
-    if isinstance(result.verdict, Reject):
+    decided = transitions.hooks_decided(message.id, result, active)
+    if decided.hold is not None:
+        return [], _hold(tx, message.id, decided.hold, now, active=True)
+    if not decided.drafts:  # rejected
         tx.execute(tx.q.mark_preprocessed, {"message_id": message.id})
-        return [], op_settle(tx, [Settlement(message.id, r.index, r.address, Status.FAILED, result.verdict.reply,
-                                             attempted=False, dsn=r.dsn) for r in active.values()], now,
-                             owner=owner)
-    if isinstance(result.verdict, Hold):
-        return [], _hold(tx, message.id, result.verdict.reason, now, active=True)
-    first, *others = result.drafts
+        return [], op_settle(tx, decided.failed, now, owner=owner)
+    first, *others = decided.drafts
     kept = _apply_draft(tx, message, first, active, owner)
     children = [_split_off(tx, message, draft, active, now, owner) for draft in others]
-    placed = {r.index for draft in result.drafts for r in draft.recipients}
-    dropped = [Settlement(message.id, r.index, r.address, Status.FAILED, DROPPED, attempted=False,
-                          dsn=RecipientDSN(frozenset())) for i, r in active.items() if i not in placed]
     tx.execute(tx.q.mark_preprocessed, {"message_id": message.id})
     events = [insert_event(tx, Event(EventType.SUBMITTED, c.id, now, detail={"sender": c.sender, "size": c.size,
                                                                              "split_from": message.id}))
               for c in children]
-    events += op_settle(tx, dropped, now, owner=owner) if dropped else _finish_if_done(tx, message.id, now)
+    events += op_settle(tx, decided.failed, now, owner=owner) if decided.failed else _finish_if_done(tx, message.id,
+                                                                                                     now)
     ready = [m for m in (kept, *children) if m.recipients]
-    if result.hold is None:
+    if decided.hold_drafts is None:
         return ready, events
     for m in ready:  # after the dropped ones settled: they were active too
-        events += _hold(tx, m.id, result.hold.reason, now, active=True)
+        events += _hold(tx, m.id, decided.hold_drafts, now, active=True)
     return [], events
 
 
@@ -962,7 +1182,8 @@ def _hold(tx: Tx, message_id: str, reason: str, now: float, *, active: bool) -> 
     recipients in delivery (`active`) or waiting are held until `queue release` or `requeue`."""
     key = {"message_id": message_id}
     tx.execute(tx.q.hold_message, key)
-    rows = tx.execute(tx.q.hold_active_recipients if active else tx.q.hold_waiting_recipients, key).fetchall()
+    rows = (_set_status(tx, "hold_active_recipients", transitions.hold_in_delivery(), key) if active
+            else _set_status(tx, "hold_waiting_recipients", transitions.hold(), key)).fetchall()
     return [insert_event(tx, Event(EventType.HELD, message_id, now, recipient=address, detail={"reason": reason}))
             for address, _transport in rows]
 
@@ -1034,11 +1255,12 @@ def _recipient_dict(row: Sequence[Any]) -> dict[str, Any]:
 
 def _message_info(row: Sequence[Any], recipients: list[dict[str, Any]]) -> MessageInfo:
     (message_id, mailbox, folder, sender, size, submitted_at, finished_at, message_class, priority, deliver_after,
-     expires_at, held, origin, ret, envid, read, mdn, max_attempts, flags, resend_of, copy_of, copy_for) = row
+     expires_at, held, origin, ret, envid, read, mdn, max_attempts, flags, resend_of, copy_of, copy_for,
+     subject) = row
     return MessageInfo(message_id, mailbox, folder, sender, size, submitted_at, finished_at, message_class,
                        priority, deliver_after, expires_at, bool(held), origin, recipients, ret, envid,
                        bool(read), mdn, max_attempts, flags=tuple(flags.split()) if flags else (), resend_of=resend_of,
-                       copy_of=copy_of, copy_for=copy_for)
+                       copy_of=copy_of, copy_for=copy_for, subject=subject)
 
 
 def iter_messages(tx: Tx, folders: Sequence[str] = (OUTBOX,), mailbox: str | None = None,
@@ -1056,13 +1278,19 @@ def iter_messages(tx: Tx, folders: Sequence[str] = (OUTBOX,), mailbox: str | Non
         rows = tx.execute(listing, {**params, "after_at": after[0], "after_id": after[1]}).fetchall()
         if not rows:
             return
-        recipients: dict[str, list[dict[str, Any]]] = {r[0]: [] for r in rows}
-        for rrow in tx.execute(q.expand("recipients_of_messages", ids=len(recipients)),
-                               q.spread(ids=list(recipients))):
-            recipients[rrow[0]].append(_recipient_dict(rrow))
-        for row in rows:
-            yield _message_info(row, recipients[row[0]])
+        yield from message_infos(tx, rows)
         after = (rows[-1][5], rows[-1][0])
+
+
+def message_infos(tx: Tx, rows: Sequence[Sequence[Any]]) -> list[MessageInfo]:
+    """The listing's MessageInfo of message rows (`list_messages`' columns), recipients read at once."""
+    if not rows:
+        return []
+    q = tx.q
+    recipients: dict[str, list[dict[str, Any]]] = {r[0]: [] for r in rows}
+    for rrow in tx.execute(q.expand("recipients_of_messages", ids=len(recipients)), q.spread(ids=list(recipients))):
+        recipients[rrow[0]].append(_recipient_dict(rrow))
+    return [_message_info(row, recipients[row[0]]) for row in rows]
 
 
 def get_message(tx: Tx, message_id: str) -> MessageInfo | None:
@@ -1089,16 +1317,6 @@ def submitted_content(tx: Tx, message_id: str) -> tuple[str, bytes] | None:
 def get_content(tx: Tx, message_id: str) -> bytes | None:
     row = tx.execute(tx.q.content_of, {"message_id": message_id}).fetchone()
     return None if row is None else bytes(row[0] or b"") + bytes(row[1])
-
-
-def matching_messages(tx: Tx, where: Selector, now: float, after: str = "", limit: int = MESSAGE_CHUNK) -> list[str]:
-    """A page of the ids of the outbox messages `where` picks, in id order after `after`, among
-    those submitted by `now` (a bulk run pins it at its start: what arrives meanwhile is not in it)."""
-    before = now - where.older_than if where.older_than is not None else now
-    return [str(row[0]) for row in tx.execute(tx.q.matching_messages, {
-        "after": after, "before": before, "limit": limit, "sender": where.like(where.sender),
-        "recipient": where.like(where.recipient), "destination": where.destination, "transport": where.transport,
-        "status": where.status})]
 
 
 def queue_counts(tx: Tx) -> dict[str, int]:

@@ -45,7 +45,7 @@ from msgspool.domain.events import Event
 from msgspool.domain.recipient import TRANSITIONS
 from msgspool.errors import ConfigError, NoSpool
 from msgspool.ports import Store
-from msgspool.stores.base import SQLStore, _Job, _resolve
+from msgspool.stores.base import SQLStore, _Job, _resolve, run_jobs
 from msgspool.stores.ops import Params, Tx
 from msgspool.stores.queries import Queries
 
@@ -77,8 +77,7 @@ class PgConnection:
 
     def __init__(self, conn: psycopg.Connection[Any], *, defer_events: bool = False) -> None:
         self.conn = conn
-        self.leases: dict[str, float | None] = {}  # one PgConnection per transaction
-        self.memo: dict[str, Any] = {}
+        self.memo: dict[Any, Any] = {}  # ops.Tx.memo: one PgConnection per transaction
         self.events: list[Event] | None = [] if defer_events else None  # ops.Tx.events
 
     def execute(self, sql: str, parameters: Params = {}, /) -> psycopg.Cursor[Any]:  # noqa: B006 - never mutated
@@ -157,19 +156,29 @@ def _insert_events(conn: psycopg.Connection[Any], events: list[Event]) -> None:
     ever. So a transaction takes its ids only at its end, under a lock it holds through COMMIT
     (PostgreSQL releases it once the commit is visible): a reader can see id N only after every
     id below N is committed or will never be. What this serialises is the last step of the
-    nodes' batches, a few statements each; it also inserts a batch's events in one round trip."""
-    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_EVENT_ORDER_LOCK,))
-    ids = conn.execute("SELECT nextval(pg_get_serial_sequence('events', 'id')) FROM generate_series(1, %s)",
-                       (len(events),)).fetchall()
-    for event, (event_id,) in zip(events, ids, strict=True):
-        event.id = event_id
-    with conn.cursor() as cur:
-        cur.executemany("INSERT INTO events (id, time, type, message_id, recipient, mailbox, folder, detail)"
-                        " OVERRIDING SYSTEM VALUE VALUES (%(id)s, %(time)s, %(type)s, %(message_id)s,"
-                        " %(recipient)s, %(mailbox)s, %(folder)s, %(detail)s)", [
-            {"id": e.id, "time": e.time, "type": str(e.type), "message_id": e.message_id, "recipient": e.recipient,
+    nodes' batches: the one statement that takes the lock and inserts a batch's events, then the
+    COMMIT."""
+    rows = [{"time": e.time, "type": str(e.type), "message_id": e.message_id, "recipient": e.recipient,
              "mailbox": e.mailbox, "folder": e.folder, "detail": json.dumps(e.detail) if e.detail else None}
-            for e in events])
+            for e in events]
+    ids = sorted(row[0] for row in conn.execute(INSERT_EVENTS, (_EVENT_ORDER_LOCK,
+                                                                json.dumps(rows, separators=(",", ":")))))
+    for event, event_id in zip(events, ids, strict=True):
+        event.id = event_id
+
+
+# A transaction's events in one statement, from a JSON array (stores/sql/postgresql_queries.sql says
+# why JSON), with the event-order lock: the lock is a materialised CTE joined to the rows, so it is
+# taken before the first row reaches the insert and draws an id (the ORDER BY sorts all rows
+# first); the ids are drawn in the order of the rows (ORDER BY i), so sorted they are the events'
+# order. One round trip fewer under the lock than a SELECT of the lock first.
+INSERT_EVENTS = (
+    "WITH turn AS MATERIALIZED (SELECT pg_advisory_xact_lock(%s))"
+    " INSERT INTO events (time, type, message_id, recipient, mailbox, folder, detail)"
+    " SELECT e.time, e.type, e.message_id, e.recipient, e.mailbox, e.folder, e.detail FROM turn,"
+    " ROWS FROM (json_to_recordset(CAST(%s AS json)) AS (time double precision, type text, message_id text,"
+    " recipient text, mailbox text, folder text, detail text)) WITH ORDINALITY"
+    " AS e(time, type, message_id, recipient, mailbox, folder, detail, i) ORDER BY e.i RETURNING id")
 
 
 def _db_now(conn: Any) -> float:
@@ -192,6 +201,10 @@ class _PgGroupCommit:
         self.committed_jobs = 0
         self.on_commit: Callable[[int], None] = lambda _writes: None  # called in the commit thread
         self.notices: set[str] = set()  # NOTIFY payloads for the next transaction, each once
+        # The writer connection's synchronous_commit, as last set in a committed transaction
+        # (None: unknown). A session setting changed only when a batch needs the other one: the
+        # delivery process's batches (outcomes only) would each pay a `SET LOCAL` round trip.
+        self._sync_commit: bool | None = None
         self._drainer: asyncio.Task[None] | None = None
 
     def notify(self, payload: str) -> None:
@@ -202,9 +215,10 @@ class _PgGroupCommit:
         if not self.jobs and (self._drainer is None or self._drainer.done()):
             self.submit(lambda tx: None, durable=False)
 
-    def submit(self, fn: Callable[[Tx], T], durable: bool = True) -> asyncio.Future[T]:
+    def submit(self, fn: Callable[[Tx], T] | None, durable: bool = True,
+               many: Callable[[Tx, list[Any]], list[T]] | None = None, item: Any = None) -> asyncio.Future[T]:
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self.jobs.append(_Job(fn, durable, future))
+        self.jobs.append(_Job(fn, durable, future, many, item))
         if self._drainer is None or self._drainer.done():
             self._drainer = asyncio.ensure_future(self._drain())
         return future
@@ -225,6 +239,7 @@ class _PgGroupCommit:
             self.conn = None
         if self.conn is None:
             self.conn = self.pool.getconn()
+            self._sync_commit = None
         return self.conn
 
     def _run_batch(self, batch: list[_Job], notices: set[str]) -> tuple[list[tuple[bool, Any]], bool]:
@@ -248,11 +263,12 @@ class _PgGroupCommit:
         for attempt in range(RETRIES):
             conn = self._connection()
             tx = PgConnection(conn, defer_events=True)
+            durable = any(job.durable for job in jobs)
             try:
                 with conn.transaction():
-                    if not any(job.durable for job in jobs):
-                        conn.execute("SET LOCAL synchronous_commit = off")
-                    out = [(True, job.fn(tx)) for job in jobs]
+                    if self._sync_commit is not durable:  # known only once committed: a rollback undoes a SET
+                        conn.execute("SET synchronous_commit = on" if durable else "SET synchronous_commit = off")
+                    out = run_jobs(tx, jobs)
                     if tx.events:
                         _insert_events(conn, tx.events)
                     for payload in sorted(notices):
@@ -262,6 +278,7 @@ class _PgGroupCommit:
                     raise
                 time.sleep(0.005 * (attempt + 1))
                 continue
+            self._sync_commit = durable
             self.commits += 1
             self.committed_jobs += len(jobs)
             self.on_commit(len(jobs))
@@ -312,13 +329,15 @@ class PostgresStore(SQLStore):
     shared = True  # nodes on several machines: only their leases tell who lives
 
     @classmethod
-    def from_settings(cls, settings: Any) -> PostgresStore:
+    def from_settings(cls, settings: Any, *, on_commit: Callable[[int], None] | None = None) -> PostgresStore:
         if not settings.database_url:
             raise ConfigError('store = "postgresql" needs database_url (e.g. postgresql://user@host/db)')
-        return cls(settings.database_url, commit_batch=settings.commit_batch, crash_limit=settings.crash_limit)
+        return cls(settings.database_url, commit_batch=settings.commit_batch, crash_limit=settings.crash_limit,
+                   on_commit=on_commit)
 
-    def __init__(self, url: str, *, commit_batch: int = 512, crash_limit: int = 0) -> None:
-        super().__init__(commit_batch=commit_batch, crash_limit=crash_limit)
+    def __init__(self, url: str, *, commit_batch: int = 512, crash_limit: int = 0,
+                 on_commit: Callable[[int], None] | None = None) -> None:
+        super().__init__(commit_batch=commit_batch, crash_limit=crash_limit, on_commit=on_commit)
         self.url = url
         self._pool: ConnectionPool[Any] | None = None
         self._pg_writer: _PgGroupCommit | None = None
@@ -389,6 +408,11 @@ class PostgresStore(SQLStore):
     def _write(self, fn: Callable[[Tx], T], durable: bool = True) -> asyncio.Future[T]:
         assert self._pg_writer is not None, "store is not open"
         return self._pg_writer.submit(fn, durable)
+
+    def _write_item(self, many: Callable[[Tx, list[Any]], list[T]], item: Any,
+                    durable: bool = True) -> asyncio.Future[T]:
+        assert self._pg_writer is not None, "store is not open"
+        return self._pg_writer.submit(None, durable, many, item)
 
     def _beat(self, fn: Callable[[Tx], T]) -> asyncio.Future[T]:
         """A heartbeat on a connection and thread of its own, never queued behind the group

@@ -8,10 +8,10 @@ Every statement the policy functions (stores/ops.py) run is one block of `sql/qu
 
 written in the spelling both SQLite and PostgreSQL take, with named placeholders (`:owner`).
 `sql/postgresql_queries.sql` holds only the blocks PostgreSQL says differently, under the same
-names. `Queries(dialect)` parses the files once and hands each statement out already in the
-dialect's placeholder style (psycopg's `%(owner)s`, a literal `%` doubled; SQLite's `?`, with
-the order of the names in `positional`), so running one costs an attribute lookup and, on
-SQLite, a dict lookup — never string work.
+names, and the many-rows forms (`<name>_rows`) of a few. `Queries(dialect)` parses the files
+once and hands each statement out already in the dialect's placeholder style (psycopg's
+`%(owner)s`, a literal `%` doubled; SQLite's `?`, with the order of the names in `positional`),
+so running one costs an attribute lookup and, on SQLite, a dict lookup — never string work.
 
 One kind of statement cannot be constant: an IN list whose length the caller decides (the
 folders and page of `queue list`). Its block says `IN (:folders)`; `Queries.expand` makes the
@@ -27,6 +27,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from importlib import resources
 from typing import Any
 
+# A dialect file may also add the many-rows form of a portable statement, as `<name>_rows`: one
+# statement for the rows of a whole group commit (stores/ops.py `_many`), where a statement costs
+# a round trip and a run of the triggers (PostgreSQL); SQLite runs the one-row form per row.
+ROWS = "_rows"
 FILES = {"sqlite": ("sql/queries.sql",), "postgresql": ("sql/queries.sql", "sql/postgresql_queries.sql")}
 _HEADER = re.compile(r"^--\s*name:\s*(\w+)\s*$")
 # A string literal (left alone), a PostgreSQL cast `::`, or a named placeholder.
@@ -114,7 +118,7 @@ class Queries:
         source = dict(portable)
         for path in overrides:
             for name, sql in parse(_read(path), path).items():
-                if name not in portable:
+                if name not in portable and not (name.endswith(ROWS) and name[:-len(ROWS)] in portable):
                     raise ValueError(f"{path}: {name!r} overrides no query of {common}")
                 source[name] = sql
         self.dialect = dialect
@@ -143,6 +147,9 @@ class Queries:
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._sql)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._sql
 
     def expand(self, name: str, **sizes: int) -> str:
         """Query `name` with each list placeholder `:x` of `sizes` spread into `:x_0, ..., :x_{n-1}`

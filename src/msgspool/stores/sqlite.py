@@ -39,13 +39,13 @@ from msgspool.domain.events import Event
 from msgspool.domain.recipient import TRANSITIONS
 from msgspool.errors import NoSpool, StorageFull
 from msgspool.ports import Store
-from msgspool.stores.base import SQLStore, _Job, _resolve
+from msgspool.stores.base import SQLStore, _Job, _resolve, run_jobs
 from msgspool.stores.ops import Tx
 from msgspool.stores.queries import Queries
 
 T = TypeVar("T")
 DB_NAME = "spool.db"
-SCHEMA_VERSION = 17  # the schema script is idempotent: an older spool gets what is new in it
+SCHEMA_VERSION = 18  # the schema script is idempotent: an older spool gets what is new in it
 
 
 # SQLite's primary result codes that may mean "no room": SQLITE_FULL always; SQLITE_IOERR (a WAL
@@ -94,8 +94,7 @@ class SQLiteConnection(sqlite3.Connection):
     Any other statement (the schema's, a test's) goes to sqlite3 as it is."""
 
     q = Queries("sqlite")
-    leases: dict[str, float | None]  # reset at each BEGIN (ops.Tx.leases, ops.Tx.memo)
-    memo: dict[str, Any]
+    memo: dict[Any, Any]  # reset at each BEGIN (ops.Tx.memo)
     events: list[Event] | None = None  # inserted at once: SQLite has one writer at a time
     _positional = q.positional
     _execute = sqlite3.Connection.execute
@@ -117,7 +116,7 @@ def connect(path: Path, *, readonly: bool = False) -> SQLiteConnection:
                                check_same_thread=False, factory=SQLiteConnection)
     else:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, factory=SQLiteConnection)
-    conn.leases, conn.memo = {}, {}
+    conn.memo = {}
     conn.execute("PRAGMA busy_timeout = 10000")
     if not readonly:
         conn.execute("PRAGMA journal_mode = WAL")
@@ -132,7 +131,7 @@ _ADDED_COLUMNS = {
     "messages": ("ret TEXT", "envid TEXT", "read INTEGER NOT NULL DEFAULT 0", "mdn TEXT",
                  "preprocessed INTEGER NOT NULL DEFAULT 0", "source_content_id INTEGER", "source_sender TEXT",
                  "crashes INTEGER NOT NULL DEFAULT 0", "max_attempts INTEGER", "resend_of TEXT",
-                 "copy_of TEXT", "copy_for TEXT")}
+                 "copy_of TEXT", "copy_for TEXT", "subject TEXT")}
 # What the rows of an older spool hold in a column added to it: mail it submitted was read by its writer.
 _BACKFILL = {"read": "UPDATE messages SET read = 1 WHERE folder IN ('outbox', 'sent')"}
 
@@ -223,9 +222,10 @@ class _GroupCommit:
         self.on_commit: Callable[[int], None] = lambda _writes: None
         self._drainer: asyncio.Task[None] | None = None
 
-    def submit(self, fn: Callable[[Tx], T], durable: bool = True) -> asyncio.Future[T]:
+    def submit(self, fn: Callable[[Tx], T] | None, durable: bool = True,
+               many: Callable[[Tx, list[Any]], list[T]] | None = None, item: Any = None) -> asyncio.Future[T]:
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self.jobs.append(_Job(fn, durable, future))
+        self.jobs.append(_Job(fn, durable, future, many, item))
         if self._drainer is None or self._drainer.done():
             self._drainer = asyncio.ensure_future(self._drain())
         return future
@@ -250,7 +250,7 @@ class _GroupCommit:
         rolled back and each job runs again in a transaction of its own, so the failure stays its
         own (a SAVEPOINT per job would also isolate it, at two more statements per job)."""
         try:
-            out = [(True, job.fn(self.conn)) for job in batch]
+            out = run_jobs(self.conn, batch)
             await self._in_thread(self.conn.execute, "COMMIT")
         except Exception as err:
             if self.conn.in_transaction:
@@ -272,7 +272,7 @@ class _GroupCommit:
             self.conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
             self.synchronous_full = durable
         self.conn.execute("BEGIN IMMEDIATE")
-        self.conn.leases, self.conn.memo = {}, {}  # what this transaction read of the nodes' leases, ...
+        self.conn.memo = {}  # what this transaction read once for its batch (ops.Tx.memo)
 
     async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -326,13 +326,14 @@ class SQLiteStore(SQLStore):
     shared = False  # one file on this machine: its delivery lock covers every node of the spool
 
     @classmethod
-    def from_settings(cls, settings: Any) -> SQLiteStore:
+    def from_settings(cls, settings: Any, *, on_commit: Callable[[int], None] | None = None) -> SQLiteStore:
         """The `msgspool.stores` entry point: `spool.db` in the data directory."""
         return cls(Path(settings.data_dir) / DB_NAME, commit_batch=settings.commit_batch,
-                   crash_limit=settings.crash_limit)
+                   crash_limit=settings.crash_limit, on_commit=on_commit)
 
-    def __init__(self, path: Path, *, commit_batch: int = 512, crash_limit: int = 0) -> None:
-        super().__init__(commit_batch=commit_batch, crash_limit=crash_limit)
+    def __init__(self, path: Path, *, commit_batch: int = 512, crash_limit: int = 0,
+                 on_commit: Callable[[int], None] | None = None) -> None:
+        super().__init__(commit_batch=commit_batch, crash_limit=crash_limit, on_commit=on_commit)
         self.path = path
         self._writer: _GroupCommit | None = None
         self._reader: _Reader | None = None
@@ -375,6 +376,11 @@ class SQLiteStore(SQLStore):
     def _write(self, fn: Callable[[Tx], T], durable: bool = True) -> asyncio.Future[T]:
         assert self._writer is not None, "store is not open"
         return self._writer.submit(fn, durable)
+
+    def _write_item(self, many: Callable[[Tx, list[Any]], list[T]], item: Any,
+                    durable: bool = True) -> asyncio.Future[T]:
+        assert self._writer is not None, "store is not open"
+        return self._writer.submit(None, durable, many, item)
 
     def read(self, fn: Callable[[Tx], T]) -> asyncio.Future[T]:
         assert self._reader is not None, "store is not open"

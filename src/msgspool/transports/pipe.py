@@ -73,8 +73,8 @@ class Account:
         except KeyError:
             raise ConfigError(f"transport {transport}: no such user {user!r}") from None
         if self.switch and not user:
-            raise ConfigError(f"transport {transport}: msgspool runs as root, so a pipe transport needs a `user`"
-                              " to run its command as (user = \"root\" only if you mean it)")
+            raise ConfigError(f"transport {transport}: msgspool runs as root, so the transport needs a `user`"
+                              " to run as (user = \"root\" only if you mean it)")
         if not self.switch and entry.pw_uid != os.geteuid():
             raise ConfigError(f"transport {transport}: user {user!r} needs msgspool to run as root")
         try:

@@ -31,10 +31,23 @@ API's own origin (`Browser`):
 - a state-changing request (POST, PUT, PATCH, DELETE) declares ``Content-Type: application/json``,
   else 415: a page can send ``text/plain`` across origins without asking (a CORS "simple
   request"), never JSON.
+
+The dashboard (web/dashboard.py) signs in a browser, which cannot send a bearer token with a page
+load or an EventSource, by a cookie: POST /login checks a token and sets it as ``msgspool_session``
+(HttpOnly, SameSite=Strict, RFC 6265bis), the same token, so its scopes, its revocation and the
+API's answers are the token's. A request without an Authorization header is identified by that
+cookie. Cookies travel with requests a browser makes on any page's behalf, so a state-changing
+request signed in by cookie must also carry ``X-CSRF-Token``: the session's CSRF token (OWASP's
+signed double-submit cookie), an HMAC of the session's secret that the login sets as the
+``msgspool_csrf`` cookie, readable by the dashboard's script and by no other origin's; else 403.
+A request with an Authorization header is not looked at for cookies: the API's bearer tokens work
+as before.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import ipaddress
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -54,6 +67,22 @@ from msgspool.spooler.intake import Submission
 from msgspool.web.problems import Handler, Problem
 
 REALM = 'Bearer realm="msgspool"'
+SESSION_COOKIE = "msgspool_session"
+CSRF_COOKIE = "msgspool_csrf"
+CSRF_HEADER = "X-CSRF-Token"
+
+
+def csrf_token(secret: str) -> str:
+    """The CSRF token of a session signed in with `secret`: only who knows the secret can make it."""
+    return hmac.new(secret.encode("utf-8"), b"msgspool dashboard csrf", hashlib.sha256).hexdigest()
+
+
+def check_csrf(request: web.Request, secret: str) -> None:
+    """A state-changing request signed in by cookie carries the session's CSRF token (403 if not)."""
+    given = request.headers.get(CSRF_HEADER, "")
+    if not hmac.compare_digest(given.encode("utf-8", "replace"), csrf_token(secret).encode()):
+        raise Problem(403, f"{request.method} {request.path} signed in by the dashboard's cookie needs the"
+                      f" {CSRF_HEADER} header (the {CSRF_COOKIE} cookie's value)", title="CSRF token missing or wrong")
 
 
 def is_loopback(host: str) -> bool:
@@ -138,6 +167,9 @@ class Access:
         """The caller of a request; Problem 401 when it may not use the API at all."""
         trusted = self.is_trusted(request.remote)
         header = request.headers.get("Authorization")
+        session = request.cookies.get(SESSION_COOKIE)
+        if header is None and session:
+            return Caller(await self.session(request, session), trusted)
         if header is None:
             local = trusted or self.is_loopback_client(request.remote)
             if self.loopback and local and not await self.store.has_tokens():
@@ -149,6 +181,21 @@ class Access:
             raise Problem(401, "the Authorization header must be: Bearer <token>",
                           headers={"WWW-Authenticate": f'{REALM}, error="invalid_request"'})
         return Caller(await self._token(secret.strip()), trusted)
+
+    async def session(self, request: web.Request, secret: str) -> Token:
+        """The token a dashboard session's cookie holds (401 when it no longer works: revoked)."""
+        try:
+            token = await self._token(secret)
+        except Problem as err:
+            raise Problem(401, "the dashboard session has ended (its token was revoked?): log in again at /login",
+                          headers={"WWW-Authenticate": REALM}) from err
+        if request.method in STATE_CHANGING:
+            check_csrf(request, secret)
+        return token
+
+    async def check_secret(self, secret: str) -> Token:
+        """The token of a secret given to the login page; Problem 401 when it is not one."""
+        return await self._token(secret)
 
     async def _token(self, secret: str) -> Token:
         token_id = token_id_of(secret)

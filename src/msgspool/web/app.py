@@ -36,7 +36,7 @@ from msgspool.spooler.events import EventFilter, Subscription
 from msgspool.spooler.metrics import CONTENT_TYPE, Metric, StoreFigures, exposition, from_wire, gauge, merge
 from msgspool.spooler.runtime import Spooler
 from msgspool.views import message_json
-from msgspool.web import content, models, openapi
+from msgspool.web import content, dashboard, models, openapi
 from msgspool.web.access import Access, Browser, access_middleware, caller, check_exposure, relay_refusal
 from msgspool.web.problems import Handler, Problem, ProblemRunner, problems
 from msgspool.web.routes import JSON, Answered, Route, declared, install, params
@@ -56,37 +56,64 @@ MAX_LIMIT = 100_000  # messages one GET /api/queue returns at most
 
 
 class QueueQuery(BaseModel):
+    """GET /api/queue: a queue search. Its terms are the selector's (domain/selector.py), the same
+    as `queue list --where` and the bulk actions take, given one by one or whole as `where`."""
+
     model_config = ConfigDict(extra="ignore")
-    folder: str = Field("outbox", description="folders, comma-separated (outbox, inbox, sent, ...)")
-    mailbox: str | None = Field(None, description="only the messages of this mailbox")
     limit: int = Field(1000, ge=0, le=MAX_LIMIT, description="messages per page")
-    cursor: str | None = Field(None, description="next_cursor of the previous page")
-    # The selector of `queue ... --where` (domain/selector.py), term by term or whole: any of them
-    # lists the outbox messages it picks, in id order (Queue.matching, an index range per page).
-    where: str | None = Field(None, description="a selector: destination=HOST,sender=ADDR,status=S,...")
-    destination: str | None = Field(None, description="only messages with a recipient for this destination")
-    sender: str | None = Field(None, description="ADDRESS or @DOMAIN; <> for the null sender")
-    recipient: str | None = Field(None, description="ADDRESS or @DOMAIN")
-    status: str | None = Field(None, description="only messages with a recipient in this status")
+    cursor: str | None = Field(None, description="next_cursor of the previous page (the Next-Cursor header)")
+    where: str | None = Field(None, description="a selector: TERM=VALUE,... with the terms below"
+                                                " (e.g. destination=example.com,status=deferred,older-than=1h)")
+    folder: str | None = Field(None, description="folders, comma-separated (outbox, inbox, sent, ...), or * for"
+                                                 " every folder; default: outbox")
+    mailbox: str | None = Field(None, description="only the messages of this local mailbox (<>: the spool's own"
+                                                  " outbox)")
+    sender: str | None = Field(None, description="the envelope sender: ADDRESS or @DOMAIN; <> for the null sender")
+    recipient: str | None = Field(None, description="a recipient: ADDRESS or @DOMAIN")
+    subject: str | None = Field(None, description="the Subject contains this text (case-insensitive, at most"
+                                                  " 200 characters)")
+    status: models.RecipientStatus | None = Field(None, description="only messages with a recipient in this status")
+    destination: str | None = Field(None, description="only messages with a recipient for this destination (a"
+                                                      " nexthop as the status table lists it)")
     transport: str | None = Field(None, description="only messages with a recipient routed to this transport")
     older_than: str | None = Field(None, description="submitted longer ago than this: 90s, 30m, 1h, 2d, 1w")
+    newer_than: str | None = Field(None, description="submitted less long ago than this: 90s, 30m, 1h, 2d, 1w")
 
-    def picks(self) -> selector.Selector | None:
-        terms = {name: getattr(self, name.replace("-", "_")) for name in selector.TERMS}
-        given = {name: value for name, value in terms.items() if value is not None}
-        if self.where is None and not given:
-            return None
-        text = ",".join(filter(None, [self.where, *(f"{k}={v}" for k, v in given.items())]))
+    def selector(self) -> selector.Selector:
+        """The search these parameters ask for (a Problem 400 naming the bad term)."""
+        pairs = [(name, str(value)) for name in SEARCH_TERMS if (value := getattr(self, name)) is not None]
         try:
-            return selector.parse_selector(text)
+            where = selector.parse_selector(self.where) if self.where is not None else None
+            given = selector.make(pairs) if pairs else selector.Selector()
         except selector.SelectorError as err:
-            raise Problem(400, f"where: {err}", field="where") from err
+            raise Problem(400, str(err), field="where" if self.where is not None and not pairs else None) from err
+        if where is None:
+            return given
+        twice = set(where.to_json()) & set(given.to_json())
+        if twice:
+            name = sorted(twice)[0]
+            raise Problem(400, f"term {name!r} given twice (in where and as a parameter)", field=name.replace("-", "_"))
+        merged = {**{k: v for k, v in dataclasses.asdict(where).items() if v is not None},
+                  **{k: v for k, v in dataclasses.asdict(given).items() if v is not None and k != "text"}}
+        merged["text"] = ",".join(filter(None, [where.text, given.text]))
+        return selector.Selector(**merged)
+
+
+SEARCH_TERMS = ("folder", "mailbox", "sender", "recipient", "subject", "status", "destination", "transport",
+                "older_than", "newer_than")
 
 
 class PageQuery(BaseModel):
     model_config = ConfigDict(extra="ignore")
     limit: int = Field(1000, ge=0, le=MAX_LIMIT, description="items per page")
     cursor: str | None = Field(None, description="next_cursor of the previous page")
+
+
+class MailboxesQuery(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    limit: int = Field(100, ge=1, le=1000, description="mailboxes per page")
+    cursor: str | None = Field(None, min_length=1, max_length=1000,
+                               description="next_cursor of the previous page (the address it ended with)")
 
 
 class EventLogQuery(PageQuery):
@@ -174,29 +201,30 @@ async def _page(request: web.Request, folders: tuple[str, ...], mailbox: str | N
 
 
 async def queue_list(request: web.Request) -> Answered:
-    """The array `queue list --json` prints (DESIGN.md); a next page's cursor is in the headers."""
+    """A page of a queue search (Queue.search), in id order (that is, of submission): the array
+    `queue list --json` prints (DESIGN.md); a next page's cursor is in the headers."""
     query = params(request, QueueQuery)
-    where = query.picks()
-    if where is not None:
-        infos, cursor = await _selected(request, query, where)
-    else:
-        infos, cursor = await _page(request, tuple(query.folder.split(",")), query.mailbox, query.limit,
-                                    query.cursor)
-    return Answered([message_json(info) for info in infos], next_page(request, cursor))
-
-
-async def _selected(request: web.Request, query: QueueQuery, where: selector.Selector) -> tuple[
-        list[MessageInfo], str | None]:
-    """A page of the outbox messages a selector picks, by id (the cursor: the last id, marked ~)."""
-    if query.folder != "outbox" or query.mailbox is not None:
-        raise Problem(400, "a selector lists the outbox only (no folder or mailbox with it)", field="folder")
-    if query.cursor is not None and not query.cursor.startswith("~"):
+    where = query.selector()
+    cursor = query.cursor
+    if cursor is not None and not (cursor.startswith("~") and 1 < len(cursor) <= 201 and cursor.isascii()
+                                   and cursor.isprintable() and " " not in cursor):
         raise Problem(400, "cursor is not one this API gave (next_cursor of a page)", field="cursor")
-    store = request.app[SPOOLER].store
-    ids = await store.matching(where, time.time(), after=(query.cursor or "~")[1:], limit=query.limit + 1)
-    infos = [info for info in [await store.get(i) for i in ids[:query.limit]] if info is not None]
-    listed = [dataclasses.replace(info, history=None, resends=None) for info in infos]  # as in a listing
-    return listed, f"~{ids[query.limit - 1]}" if len(ids) > query.limit and query.limit else None
+    infos, after = await request.app[SPOOLER].store.search(where, time.time(), after=(cursor or "~")[1:],
+                                                           limit=query.limit)
+    return Answered([message_json(info) for info in infos], next_page(request, None if after is None else f"~{after}"))
+
+
+async def mailboxes(request: web.Request) -> Answered:
+    """The local mailboxes by address, a page at a time, each with its folders (Mailboxes.list_mailboxes)."""
+    query = params(request, MailboxesQuery)
+    if query.cursor is not None and not query.cursor.isprintable():  # no NUL into PostgreSQL's text
+        raise Problem(400, "cursor is not one this API gave (next_cursor of a page)", field="cursor")
+    page = await request.app[SPOOLER].store.list_mailboxes(query.limit + 1, after=query.cursor or "")
+    more = len(page) > query.limit
+    page = page[:query.limit]
+    cursor = page[-1].address if more and page else None
+    return Answered({"mailboxes": [{"address": m.address, "created_at": m.created_at, "folders": m.folders}
+                                   for m in page], "next_cursor": cursor}, next_page(request, cursor))
 
 
 async def mailbox_folders(request: web.Request) -> Any:
@@ -347,6 +375,9 @@ async def bulk_action(request: web.Request) -> Any:
         where = selector.from_json(body.get("where"))
     except selector.SelectorError as err:
         raise Problem(400, f"where: {err}", field="where") from err
+    if not where.in_outbox_only():
+        raise Problem(400, "where: a bulk action works on the outbox: no folder or mailbox term (but folder=outbox)",
+                      field="where")
     result = await bulk.run(spooler.store, lambda a, ids: bulk.apply_chunk(spooler, a, ids), action, where,
                             dry_run=dry_run)
     return {"ok": True, **result.to_json()}
@@ -376,11 +407,11 @@ async def _flush_route(request: web.Request) -> dict[str, str]:
         raise Problem(400, 'expected JSON {"transport": NAME, "destination": HOST}')
     route = {}
     for key in ("transport", "destination"):
-        value = request.query.get(key, (body or {}).get(key))
-        if value is not None and not (isinstance(value, str) and value):
-            raise Problem(400, f"{key} must be a non-empty string", field=key)
-        if value is not None:
-            route[key] = value
+        for value in ((body or {}).get(key), request.query.get(key)):  # both checked: the query's wins
+            if value is not None and not (isinstance(value, str) and value):
+                raise Problem(400, f"{key} must be a non-empty string", field=key)
+            if value is not None:
+                route[key] = value
     return route
 
 
@@ -521,6 +552,12 @@ def _counting(counts: HTTPCounts) -> Any:
 
 
 Q, A, M = "queue", "actions", "mailboxes"
+SEARCH_DESCRIPTION = (
+    "Every term narrows the search (they all must hold; the recipient terms for one and the same recipient),"
+    " the same terms as `msgspool queue list --where` and POST /api/queue/actions take. Messages come in id"
+    " order, which is their order of submission. A page reads a bounded part of an index, so the page of a"
+    " sparse search (a subject, terms that rarely meet) may hold fewer than `limit` messages, even none,"
+    " and still have a next page: go on while the answer has a Next-Cursor header.")
 ERR_ID = (404,)
 
 
@@ -530,8 +567,9 @@ def api_routes() -> list[Route]:
     return [
         Route("GET", "/api/openapi.json", openapi_json, "This document (OpenAPI 3.1)", None, tag="meta"),
         Route("GET", "/api/status", status, "The status table", READ, models.StatusTable, tag="status"),
-        Route("GET", "/api/queue", queue_list, "Messages of folders (outbox by default), a page at a time", READ,
-              list[models.MessageView], query=QueueQuery, headers=("Next-Cursor", "Link")),
+        Route("GET", "/api/queue", queue_list, "Search the messages of any folder (the outbox by default), a page"
+              " at a time", READ, list[models.MessageView], query=QueueQuery, headers=("Next-Cursor", "Link"),
+              description=SEARCH_DESCRIPTION),
         Route("POST", "/api/queue/flush", flush_all, "Retry deferred recipients now", ADMIN, models.Flushed,
               query=FlushQuery, body=models.FlushRoute, tag=A, errors=(404,)),
         Route("POST", "/api/queue/actions", bulk_action, "hold, release, delete, flush or requeue the messages a"
@@ -571,6 +609,8 @@ def api_routes() -> list[Route]:
         Route("POST", "/api/messages", submit, "Submit a message (JSON, or the raw message as message/rfc822)",
               SUBMIT, models.Submitted, status=201, body=models.Submit,
               body_types=(JSON, RFC822), query=RawQuery, tag="submit", errors=(403, 422, 503, 507)),
+        Route("GET", "/api/mailboxes", mailboxes, "The local mailboxes by address, each with its folders, a page"
+              " at a time", READ, models.MailboxPage, query=MailboxesQuery, tag=M, headers=("Next-Cursor", "Link")),
         Route("GET", "/api/mailboxes/{mailbox}/folders", mailbox_folders, "A mailbox's folders", READ,
               models.Folders, tag=M, errors=(404,)),
         Route("GET", "/api/mailboxes/{mailbox}/folders/{folder}/messages", folder_messages,
@@ -600,14 +640,15 @@ def make_app(spooler: Spooler, host: str = "127.0.0.1", port: int = 8025) -> web
     access = Access(spooler.store, host, spooler.settings.trusted_networks)
     browser = Browser(host, port, spooler.settings.http_hosts)
     counts = HTTPCounts()
-    app = web.Application(middlewares=[_counting(counts), problems, access_middleware(access, browser, declared)],
-                          client_max_size=body_limit)
-    app[SPOOLER] = app[SUPPRESSION_SPOOLER] = spooler
+    app = web.Application(middlewares=[_counting(counts), problems, dashboard.login_redirect,
+                                       access_middleware(access, browser, declared)], client_max_size=body_limit)
+    app[SPOOLER] = app[SUPPRESSION_SPOOLER] = app[dashboard.SPOOLER] = spooler
+    app[dashboard.ACCESS] = access
     app[HTTP_COUNTS] = counts
     app[STORE_FIGURES] = StoreFigures(spooler.store)
     routes = api_routes()
     app[DOCUMENT] = json.dumps(openapi.document(routes)).encode()
-    install(app, routes)
+    install(app, routes + dashboard.page_routes())  # the dashboard's pages: not in the document
     return app
 
 

@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 Status = Literal["queued", "active", "deferred", "delivered", "failed", "held", "expired", "cancelled"]
+RecipientStatus = Literal["queued", "active", "deferred", "held", "delivered", "failed", "expired"]  # domain Status
 Time = str | None  # ISO 8601 UTC, as views.py writes them ("2026-12-01T08:00:00Z"); None: not set
 
 
@@ -78,6 +79,8 @@ class MessageView(Answer):
 
     id: str
     sender: str
+    subject: str | None = Field(description="the Subject, decoded (at most 200 characters); null: none, or"
+                                            " stored before msgspool kept subjects")
     size: int
     submitted_at: Time
     finished_at: Time
@@ -137,6 +140,19 @@ class MessageEvents(Answer):
 class Folders(Answer):
     mailbox: str
     folders: list[str]
+
+
+class MailboxView(Answer):
+    address: str
+    created_at: float = Field(description="when it came to exist (its first message or setting), Unix time")
+    folders: list[str] = Field(description="the folders holding its messages (GET .../folders/{folder}/messages)")
+
+
+class MailboxPage(Answer):
+    """A page of the mailboxes by address; `next_cursor` asks for the next one (null: the last)."""
+
+    mailboxes: list[MailboxView]
+    next_cursor: str | None
 
 
 class Attachment(Answer):

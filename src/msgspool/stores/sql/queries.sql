@@ -21,10 +21,10 @@ INSERT INTO contents (data) VALUES (:data) RETURNING id;
 -- One message in a folder of a mailbox (the spool's own outbox: mailbox '').
 INSERT INTO messages (id, mailbox, folder, sender, size, submitted_at, content_id, headers_prefix,
     message_class, priority, deliver_after, expires_at, delete_after_submit, held, origin, meta, ret,
-    envid, read, max_attempts, flags, resend_of, copy_of, copy_for)
+    envid, read, max_attempts, flags, resend_of, copy_of, copy_for, subject)
 VALUES (:id, :mailbox, :folder, :sender, :size, :submitted_at, :content_id, :headers_prefix,
     :message_class, :priority, :deliver_after, :expires_at, :delete_after_submit, :held, :origin, :meta,
-    :ret, :envid, :read, :max_attempts, :flags, :resend_of, :copy_of, :copy_for);
+    :ret, :envid, :read, :max_attempts, :flags, :resend_of, :copy_of, :copy_for, :subject);
 
 -- name: insert_recipient
 -- One recipient of an outbound message; `owner` is the node holding it when it comes in active.
@@ -55,6 +55,23 @@ UNION ALL SELECT 1 FROM messages WHERE mailbox = :mailbox LIMIT 1;
 -- name: folders_of_mailbox
 -- The folders holding a mailbox's messages (`mailbox export`).
 SELECT DISTINCT folder FROM messages WHERE mailbox = :mailbox ORDER BY folder;
+
+-- name: list_mailboxes
+-- A page of the mailboxes by address (the dashboard's Mailboxes page, GET /api/mailboxes).
+SELECT address, created_at FROM mailboxes WHERE address > :after ORDER BY address LIMIT :limit;
+
+-- name: folders_of_mailbox_range
+-- The folders of the mailboxes of one page (after :after up to :last): a loose index scan of
+-- messages_by_folder, one MIN seek per folder to the next, so a mailbox of a million messages in
+-- two folders costs three seeks, not a million rows (as a DISTINCT would read).
+WITH RECURSIVE pairs(mailbox, folder) AS (
+    SELECT b.address, (SELECT MIN(m.folder) FROM messages m WHERE m.mailbox = b.address)
+    FROM mailboxes b WHERE b.address > :after AND b.address <= :last
+    UNION ALL
+    SELECT p.mailbox, (SELECT MIN(m.folder) FROM messages m WHERE m.mailbox = p.mailbox AND m.folder > p.folder)
+    FROM pairs p WHERE p.folder IS NOT NULL
+)
+SELECT mailbox, folder FROM pairs WHERE folder IS NOT NULL ORDER BY mailbox, folder;
 
 -- name: answer_once
 -- Record that an auto-reply with this key goes out now, unless one went within the period
@@ -114,14 +131,14 @@ VALUES (:message_id, :time, :stage, :hook, :outcome, :detail);
 
 -- name: claim_due
 -- One priority class's due recipients, oldest due first, claimed for node :owner (at most :limit).
-UPDATE recipients SET status = 'active', owner = :owner WHERE (message_id, idx) IN (
+UPDATE recipients SET status = :status, owner = :owner WHERE (message_id, idx) IN (
     SELECT message_id, idx FROM recipients WHERE status IN ('queued', 'deferred') AND priority = :priority
     AND next_attempt_at <= :now ORDER BY next_attempt_at LIMIT :limit)
 RETURNING message_id, idx, address, addrtype, type, transport, nexthop, attempts, notify, orcpt;
 
 -- name: claim_the_rest
 -- A message's other waiting recipients, due or not, claimed with it (its hooks must see them all).
-UPDATE recipients SET status = 'active', owner = :owner
+UPDATE recipients SET status = :status, owner = :owner
 WHERE message_id = :message_id AND status IN ('queued', 'deferred')
 RETURNING message_id, idx, address, addrtype, type, transport, nexthop, attempts, notify, orcpt;
 
@@ -137,20 +154,20 @@ FROM messages m JOIN contents c ON c.id = m.content_id WHERE m.id = :message_id;
 SELECT held FROM messages WHERE id = :message_id;
 
 -- name: settle_recipient
--- One outcome, on a recipient still active (and, with :owner, still held by that node: fenced).
--- `report`: a new debt wins, except a delay notice the recipient had already (warn_at = 0: one per
--- recipient); a delay notice not yet written is void once the recipient is final (the notice would
--- be untrue). `warn_at` keeps when the notice falls due for the delay timer, and becomes 0 once it
--- is owed, in the same step: a crash neither loses the notice nor repeats it.
+-- One outcome as the domain decided it (domain/transitions.py settle), on a recipient still active
+-- (and, with :owner, still held by that node: fenced). The report columns are written relative to
+-- the row, as the decision says, since the reporter may clear an older debt meanwhile: :report is
+-- owed, unless :once and the recipient was owed its one delay notice already (warn_at = 0); a debt
+-- :void still unwritten goes; warn_at = 0 stays 0 (one notice per recipient), else takes :warn_at.
+-- One step with the outcome: a crash neither loses the notice nor repeats it.
 UPDATE recipients SET status = :status, attempts = attempts + :attempted, next_attempt_at = :next_at,
     last_attempt_at = CASE WHEN :attempted = 1 THEN :now ELSE last_attempt_at END,
     reply_code = COALESCE(:code, reply_code), reply_enhanced = COALESCE(:enhanced, reply_enhanced),
     reply_text = COALESCE(:text, reply_text), remote = COALESCE(:remote, remote), wait_destination = :wait,
     transport = COALESCE(:transport, transport), nexthop = COALESCE(:nexthop, nexthop),
-    report = CASE WHEN CAST(:report AS TEXT) IS NOT NULL
-        AND (:report <> 'delayed' OR warn_at IS NULL OR warn_at <> 0) THEN :report
-        WHEN :final = 1 AND report = 'delayed' THEN NULL ELSE report END,
-    warn_at = CASE WHEN warn_at = 0 OR :warn_now = 1 THEN 0 ELSE COALESCE(:warn_at, warn_at) END,
+    report = CASE WHEN CAST(:report AS TEXT) IS NOT NULL AND (:once = 0 OR warn_at IS NULL OR warn_at <> 0)
+        THEN :report WHEN report = CAST(:void AS TEXT) THEN NULL ELSE report END,
+    warn_at = CASE WHEN warn_at = 0 THEN 0 ELSE COALESCE(:warn_at, warn_at) END,
     owner = NULL
 WHERE message_id = :message_id AND idx = :idx AND status = 'active'
     AND (CAST(:owner AS TEXT) IS NULL OR owner = :owner)
@@ -160,26 +177,31 @@ RETURNING transport;
 -- One more attempt of the message crashed its transport.
 UPDATE messages SET crashes = crashes + 1 WHERE id = :message_id RETURNING crashes;
 
+-- name: held_flags
+-- Whether each of these messages is held (what giving their recipients back decides on).
+SELECT id, held FROM messages WHERE id IN (:ids);
+
 -- name: give_back
--- An active recipient waits again: held when its message is, else due now.
-UPDATE recipients SET status = CASE WHEN (SELECT held FROM messages m WHERE m.id = recipients.message_id) = 1
-    THEN 'held' ELSE 'queued' END, next_attempt_at = :now, wait_destination = 0, owner = NULL
+-- An active recipient waits again, due now, as :status (domain/transitions.py give_back: held when
+-- its message is, else queued), while its message is still held as that decision read it (:held).
+UPDATE recipients SET status = :status, next_attempt_at = :now, wait_destination = 0, owner = NULL
 WHERE message_id = :message_id AND idx = :idx AND status = 'active'
+    AND (SELECT held FROM messages m WHERE m.id = recipients.message_id) = :held
 RETURNING status, address, transport;
 
 -- name: give_back_held_by
 -- As give_back, only while node :owner (NULL: no node) still holds the recipient.
-UPDATE recipients SET status = CASE WHEN (SELECT held FROM messages m WHERE m.id = recipients.message_id) = 1
-    THEN 'held' ELSE 'queued' END, next_attempt_at = :now, wait_destination = 0, owner = NULL
+UPDATE recipients SET status = :status, next_attempt_at = :now, wait_destination = 0, owner = NULL
 WHERE message_id = :message_id AND idx = :idx AND status = 'active'
+    AND (SELECT held FROM messages m WHERE m.id = recipients.message_id) = :held
     AND (owner = :owner OR (owner IS NULL AND CAST(:owner AS TEXT) IS NULL))
 RETURNING status, address, transport;
 
 -- name: give_back_unleased
 -- As give_back_held_by, only while that node holds no live lease (the rescue's recheck).
-UPDATE recipients SET status = CASE WHEN (SELECT held FROM messages m WHERE m.id = recipients.message_id) = 1
-    THEN 'held' ELSE 'queued' END, next_attempt_at = :now, wait_destination = 0, owner = NULL
+UPDATE recipients SET status = :status, next_attempt_at = :now, wait_destination = 0, owner = NULL
 WHERE message_id = :message_id AND idx = :idx AND status = 'active'
+    AND (SELECT held FROM messages m WHERE m.id = recipients.message_id) = :held
     AND (owner = :owner OR (owner IS NULL AND CAST(:owner AS TEXT) IS NULL))
     AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.owner = recipients.owner AND n.lease_until >= :now)
 RETURNING status, address, transport;
@@ -199,8 +221,9 @@ UPDATE recipients SET next_attempt_at = :now, wait_destination = 0 WHERE (messag
     AND transport = :transport AND nexthop = :nexthop LIMIT :limit);
 
 -- name: mark_delay_warnings
--- Deferred recipients whose delay notice fell due while they waited owe it now (a chunk, by index).
-UPDATE recipients SET report = COALESCE(report, 'delayed'), warn_at = 0 WHERE (message_id, idx) IN (
+-- Deferred recipients whose delay notice fell due while they waited owe it (:report, the domain's
+-- delay_notice_owed) now, unless they owe a report already (a chunk, by index).
+UPDATE recipients SET report = COALESCE(report, :report), warn_at = 0 WHERE (message_id, idx) IN (
     SELECT message_id, idx FROM recipients WHERE status = 'deferred' AND warn_at > 0 AND warn_at <= :now
     ORDER BY warn_at LIMIT :limit);
 
@@ -242,6 +265,12 @@ SELECT DISTINCT transport, nexthop FROM recipients WHERE status = 'deferred' AND
 -- name: lease_until
 -- When node :owner's lease ends (no row: it has none).
 SELECT lease_until FROM nodes WHERE owner = :owner;
+
+-- name: submission_checks
+-- What a batch of submissions handed to node :owner checks, read in one statement: when that
+-- node's lease ends (NULL: it has none), and whether any suppression is in force at :now.
+SELECT (SELECT lease_until FROM nodes WHERE owner = :owner),
+       EXISTS (SELECT 1 FROM suppressions WHERE suppressed_until IS NULL OR suppressed_until > :now);
 
 -- name: node_live
 -- Does node :owner hold a lease at :now?
@@ -320,12 +349,12 @@ UPDATE messages SET held = 1 WHERE id = :message_id;
 
 -- name: hold_waiting_recipients
 -- A held message's waiting recipients are held too.
-UPDATE recipients SET status = 'held' WHERE message_id = :message_id AND status IN ('queued', 'deferred')
+UPDATE recipients SET status = :status WHERE message_id = :message_id AND status IN ('queued', 'deferred')
 RETURNING address, transport;
 
 -- name: hold_active_recipients
 -- A message held by its hooks: its recipients in delivery are held.
-UPDATE recipients SET status = 'held' WHERE message_id = :message_id AND status = 'active'
+UPDATE recipients SET status = :status WHERE message_id = :message_id AND status = 'active'
 RETURNING address, transport;
 
 -- name: release_message
@@ -333,7 +362,7 @@ UPDATE messages SET held = 0 WHERE id = :message_id;
 
 -- name: release_recipients
 -- A released message's held recipients are due now.
-UPDATE recipients SET status = 'queued', next_attempt_at = :now, wait_destination = 0
+UPDATE recipients SET status = :status, next_attempt_at = :now, wait_destination = 0
 WHERE message_id = :message_id AND status = 'held';
 
 -- name: flush_all
@@ -389,7 +418,7 @@ AND source_address = '';
 
 -- name: requeue_recipients
 -- `queue requeue`: waiting recipients are queued, due now, at their address as submitted.
-UPDATE recipients SET status = 'queued', next_attempt_at = :now, wait_destination = 0,
+UPDATE recipients SET status = :status, next_attempt_at = :now, wait_destination = 0,
     address = COALESCE(source_address, address), source_address = NULL
 WHERE message_id = :message_id AND status IN ('held', 'deferred', 'queued');
 
@@ -485,14 +514,14 @@ UPDATE webhook_cursor SET event_id = :upto WHERE id = 1 AND event_id = :after;
 -- name: list_messages
 -- A page of the messages in :folders (a list: Queries.expand), in submission order, after a position.
 SELECT id, mailbox, folder, sender, size, submitted_at, finished_at, message_class, priority, deliver_after,
-    expires_at, held, origin, ret, envid, read, mdn, max_attempts, flags, resend_of, copy_of, copy_for
+    expires_at, held, origin, ret, envid, read, mdn, max_attempts, flags, resend_of, copy_of, copy_for, subject
 FROM messages WHERE folder IN (:folders) AND (submitted_at, id) > (:after_at, :after_id)
 ORDER BY submitted_at, id LIMIT :limit;
 
 -- name: list_mailbox_messages
 -- As list_messages, in one mailbox.
 SELECT id, mailbox, folder, sender, size, submitted_at, finished_at, message_class, priority, deliver_after,
-    expires_at, held, origin, ret, envid, read, mdn, max_attempts, flags, resend_of, copy_of, copy_for
+    expires_at, held, origin, ret, envid, read, mdn, max_attempts, flags, resend_of, copy_of, copy_for, subject
 FROM messages WHERE folder IN (:folders) AND mailbox = :mailbox AND (submitted_at, id) > (:after_at, :after_id)
 ORDER BY submitted_at, id LIMIT :limit;
 
@@ -504,7 +533,7 @@ FROM recipients WHERE message_id IN (:ids) ORDER BY message_id, idx;
 
 -- name: message_info
 SELECT id, mailbox, folder, sender, size, submitted_at, finished_at, message_class, priority, deliver_after,
-    expires_at, held, origin, ret, envid, read, mdn, max_attempts, flags, resend_of, copy_of, copy_for
+    expires_at, held, origin, ret, envid, read, mdn, max_attempts, flags, resend_of, copy_of, copy_for, subject
 FROM messages WHERE id = :message_id;
 
 -- name: copies_of
@@ -608,19 +637,72 @@ SELECT name, senders, created_at FROM users ORDER BY name;
 -- A user and its password hash.
 SELECT name, senders, created_at, password FROM users WHERE lower(name) = lower(:name);
 
--- name: matching_messages
--- A page of the outbox messages a selector picks (domain/selector.py; `queue hold --where`), by id
--- after :after, submitted no later than :before. A NULL parameter is a term not given; the
--- recipient terms must hold for one recipient. Addresses come as LIKE patterns (@domain: a suffix).
+-- Queue search (domain/selector.py; ops.search_messages). Each `search_by_*` statement reads one
+-- index's range (stores/sql/sqlite.sql, "Queue search") in id order, after :after and before :upto,
+-- :limit candidates at most; `search_check` keeps the candidates (a JSON array) that every term
+-- holds for. A NULL parameter is a term not given; the recipient terms must hold for one recipient.
+
+-- name: search_by_folder
+SELECT id FROM messages WHERE folder = :folder AND id > :after AND id < :upto ORDER BY id LIMIT :limit;
+
+-- name: search_by_mailbox
+SELECT id FROM messages WHERE mailbox = :mailbox AND id > :after AND id < :upto ORDER BY id LIMIT :limit;
+
+-- name: search_by_any_folder
+SELECT id FROM messages WHERE id > :after AND id < :upto ORDER BY id LIMIT :limit;
+
+-- name: search_by_sender
+SELECT id FROM messages WHERE lower(sender) = :sender AND id > :after AND id < :upto ORDER BY id LIMIT :limit;
+
+-- name: search_by_sender_domain
+SELECT id FROM messages WHERE lower(substr(sender, instr(sender, '@') + 1)) = :sender_domain
+    AND id > :after AND id < :upto ORDER BY id LIMIT :limit;
+
+-- name: search_by_recipient
+SELECT DISTINCT message_id FROM recipients WHERE lower(address) = :recipient
+    AND message_id > :after AND message_id < :upto ORDER BY message_id LIMIT :limit;
+
+-- name: search_by_recipient_domain
+SELECT DISTINCT message_id FROM recipients WHERE lower(substr(address, instr(address, '@') + 1)) = :recipient_domain
+    AND message_id > :after AND message_id < :upto ORDER BY message_id LIMIT :limit;
+
+-- name: search_by_destination
+SELECT DISTINCT message_id FROM recipients WHERE lower(nexthop) = :destination
+    AND message_id > :after AND message_id < :upto ORDER BY message_id LIMIT :limit;
+
+-- name: search_by_status
+SELECT DISTINCT message_id FROM recipients WHERE status = :status
+    AND message_id > :after AND message_id < :upto ORDER BY message_id LIMIT :limit;
+
+-- name: search_check
+-- Of the :candidates (a JSON array of ids), those every term holds for, in id order.
 SELECT m.id FROM messages m
-WHERE m.folder = 'outbox' AND m.id > :after AND m.submitted_at <= :before
-  AND (CAST(:sender AS TEXT) IS NULL OR lower(m.sender) LIKE CAST(:sender AS TEXT) ESCAPE '\')
-  AND EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id
-      AND (CAST(:recipient AS TEXT) IS NULL OR lower(r.address) LIKE CAST(:recipient AS TEXT) ESCAPE '\')
+WHERE m.id IN (SELECT value FROM json_each(:candidates))
+  AND (CAST(:folder_list AS TEXT) IS NULL OR m.folder IN (SELECT value FROM json_each(:folder_list)))
+  AND (CAST(:mailbox AS TEXT) IS NULL OR m.mailbox = CAST(:mailbox AS TEXT))
+  AND m.submitted_at <= :latest AND m.submitted_at > :earliest
+  AND (CAST(:sender AS TEXT) IS NULL OR lower(m.sender) = CAST(:sender AS TEXT))
+  AND (CAST(:sender_domain AS TEXT) IS NULL
+       OR lower(substr(m.sender, instr(m.sender, '@') + 1)) = CAST(:sender_domain AS TEXT))
+  AND (CAST(:subject AS TEXT) IS NULL OR lower(m.subject) LIKE CAST(:subject AS TEXT) ESCAPE '\')
+  AND (:recipient_terms = 0 OR EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id
+      AND (CAST(:recipient AS TEXT) IS NULL OR lower(r.address) = CAST(:recipient AS TEXT))
+      AND (CAST(:recipient_domain AS TEXT) IS NULL
+           OR lower(substr(r.address, instr(r.address, '@') + 1)) = CAST(:recipient_domain AS TEXT))
       AND (CAST(:destination AS TEXT) IS NULL OR lower(r.nexthop) = CAST(:destination AS TEXT))
       AND (CAST(:transport AS TEXT) IS NULL OR lower(r.transport) = CAST(:transport AS TEXT))
-      AND (CAST(:status AS TEXT) IS NULL OR r.status = CAST(:status AS TEXT)))
-ORDER BY m.id LIMIT :limit;
+      AND (CAST(:status AS TEXT) IS NULL OR r.status = CAST(:status AS TEXT))))
+ORDER BY m.id;
+
+-- name: existing_messages
+-- Which of the messages :page_ids (a JSON array of ids) exist: one read for a chunk of an action.
+SELECT id FROM messages WHERE id IN (SELECT value FROM json_each(:page_ids));
+
+-- name: messages_by_ids
+-- The messages :page_ids (a JSON array of ids), in id order: a page of a search.
+SELECT id, mailbox, folder, sender, size, submitted_at, finished_at, message_class, priority, deliver_after,
+    expires_at, held, origin, ret, envid, read, mdn, max_attempts, flags, resend_of, copy_of, copy_for, subject
+FROM messages WHERE id IN (SELECT value FROM json_each(:page_ids)) ORDER BY id;
 
 -- name: insert_fetched
 -- A fetched message's unique id on its server, in the commit that files it (domain/fetch.py).
@@ -653,6 +735,15 @@ ON CONFLICT (address) DO UPDATE SET reason = excluded.reason, source = excluded.
     created_at = excluded.created_at, suppressed_until = excluded.suppressed_until,
     message_id = excluded.message_id
 WHERE suppressions.suppressed_until IS NOT NULL AND suppressions.suppressed_until < excluded.suppressed_until;
+
+-- name: relayed_to
+-- Messages of :sender (the outbox, or Sent once done) submitted since :since whose recipient
+-- :recipient (lower case) was handed on, with that recipient's transport: what a report that
+-- came back later as mail may be about (spooler/bounces.py). Newest first.
+SELECT m.id, r.transport FROM messages m JOIN recipients r ON r.message_id = m.id
+WHERE lower(m.sender) = :sender AND lower(r.address) = :recipient AND r.status = 'delivered'
+  AND m.submitted_at >= :since
+ORDER BY m.submitted_at DESC LIMIT :limit;
 
 -- name: list_suppressions
 -- The entries in force at :now, by address.

@@ -1,4 +1,4 @@
--- msgspool SQLite spool schema (PRAGMA user_version = 17). Every statement is idempotent.
+-- msgspool SQLite spool schema (PRAGMA user_version = 18). Every statement is idempotent.
 -- One row per message (any folder of any mailbox), its content stored once in `contents`
 -- (local copies of one submission share it), one row per recipient of an outbound message.
 
@@ -37,7 +37,8 @@ CREATE TABLE IF NOT EXISTS messages (
     max_attempts        INTEGER,         -- cap on attempts per recipient (NULL: the setting)
     resend_of           TEXT,            -- MAPI MSGFLAG_RESEND: the message this one resends (`queue resend`)
     copy_of             TEXT,            -- a copy filed in a local mailbox: the message it copies (13.2)
-    copy_for            TEXT             -- ... and the recipient it was filed for
+    copy_for            TEXT,            -- ... and the recipient it was filed for
+    subject             TEXT             -- the Subject, decoded, for queue searches (domain/content.py)
 );
 CREATE INDEX IF NOT EXISTS messages_by_folder ON messages (mailbox, folder, submitted_at);
 CREATE INDEX IF NOT EXISTS messages_finished ON messages (finished_at) WHERE folder = 'sent';
@@ -85,6 +86,20 @@ CREATE INDEX IF NOT EXISTS recipients_waiting ON recipients (transport, nexthop)
 -- node holds (`status`), the watchdog's look. Replaces version 9's index on status alone.
 DROP INDEX IF EXISTS recipients_active;
 CREATE INDEX IF NOT EXISTS recipients_active_by_owner ON recipients (owner) WHERE status = 'active';
+
+-- Queue search (domain/selector.py; stores/ops.py search_messages): each selective term has an
+-- index whose range is read in id order (ids sort by submission time), a page at a time; the other
+-- terms are checked on the page's candidates only. Address terms compare in lower case, a @DOMAIN
+-- term with the part after the first '@' (the same expression in the queries: stores/sql/queries.sql).
+CREATE INDEX IF NOT EXISTS messages_search_folder ON messages (folder, id);
+CREATE INDEX IF NOT EXISTS messages_search_mailbox ON messages (mailbox, id);
+CREATE INDEX IF NOT EXISTS messages_search_sender ON messages (lower(sender), id);
+CREATE INDEX IF NOT EXISTS messages_search_sender_domain ON messages (lower(substr(sender, instr(sender, '@') + 1)), id);
+CREATE INDEX IF NOT EXISTS recipients_search_status ON recipients (status, message_id);
+CREATE INDEX IF NOT EXISTS recipients_search_destination ON recipients (lower(nexthop), message_id);
+CREATE INDEX IF NOT EXISTS recipients_search_address ON recipients (lower(address), message_id);
+CREATE INDEX IF NOT EXISTS recipients_search_domain ON recipients
+    (lower(substr(address, instr(address, '@') + 1)), message_id);
 
 -- Delivery nodes (issue 11.4): one row per start of a process that delivers. Its identity (`owner`)
 -- is fresh per start and never reused, so a restarted process can never refresh a dead one's lease
