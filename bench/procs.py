@@ -1,7 +1,7 @@
 """Processes of the bench: msgspool daemons, sinks, load tools — each in its own process group,
 registered so that everything is killed at the end, whatever happens.
 
-Also: free ports, waiting for a port, the resident memory of a process tree (from /proc), and the
+Also: waiting for a port, the resident memory of a process tree (from /proc), and the
 peak RSS of a finished child (wait4)."""
 
 from __future__ import annotations
@@ -21,17 +21,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.ports import free_port as free_port  # the rows take it from here
+
 REPO = Path(__file__).resolve().parent.parent
 
 
 def log(*parts: object) -> None:
     print(time.strftime("%H:%M:%S"), *parts, file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
@@ -242,6 +238,9 @@ def wait_rusage(proc: subprocess.Popen[Any], timeout: float | None = None) -> tu
 # -- msgspool -----------------------------------------------------------------------------------
 
 
+STOP_TIMEOUT = 30.0  # seconds a daemon has for an orderly stop before the bench kills it
+
+
 class Daemon:
     """`msgspool serve` on free loopback ports, relaying to `relay`, as a black box."""
 
@@ -265,8 +264,9 @@ class Daemon:
         t0 = time.time()
         self.proc = Group.start(argv, stdout=subprocess.DEVNULL, stderr=self.log_path.open("ab"),
                                 env={**os.environ, **self.env})
-        try:
-            wait_port(self.smtp_port, timeout, self.proc, f"{self.name} msgspool serve")
+        try:  # the HTTP API opens after SMTP (daemon.py): both, or the first GET may be refused
+            for port in (self.smtp_port, self.http_port):
+                wait_port(port, timeout, self.proc, f"{self.name} msgspool serve")
         except RuntimeError as err:
             self.stop()
             raise RuntimeError(f"{err}; its log:\n{self.log_tail()}") from None
@@ -286,8 +286,11 @@ class Daemon:
         import json
 
         t0 = time.monotonic()
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/api/status", timeout=timeout) as r:
-            body = json.loads(r.read())
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/api/status", timeout=timeout) as r:
+                body = json.loads(r.read())
+        except OSError as err:  # what the daemon said is the clue (a CI run once found its port refused)
+            raise OSError(f"GET /api/status of {self.name}: {err}; its log:\n{self.log_tail()}") from err
         return body, time.monotonic() - t0
 
     def destination(self, nexthop: str) -> dict[str, Any] | None:
@@ -305,7 +308,10 @@ class Daemon:
         if self.proc is None:
             return 0.0
         proc, self.proc = self.proc, None
-        return Group.stop(proc)
+        took = Group.stop(proc, timeout=STOP_TIMEOUT)
+        if took >= STOP_TIMEOUT:  # killed: what it was doing meanwhile is in its log
+            log(f"{self.name} msgspool serve, its log:\n{self.log_tail()}")
+        return took
 
     def log_tail(self, lines: int = 20) -> str:
         try:

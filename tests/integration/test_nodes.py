@@ -180,7 +180,9 @@ async def test_nodes_share_a_destination_s_connections_and_take_the_share_of_one
 
 async def test_a_destination_one_node_finds_down_is_down_on_the_other_and_up_again_with_it(
         nodes: Callable[..., Any]) -> None:
-    async with nodes(2) as started:
+    # Probes only when asked (probe_now below): with the suite's 0.1 s probe_min the other node
+    # probed on its own before the assert below could see that it had not tried (seen in CI).
+    async with nodes(2, probe_min=60.0, probe_max=60.0) as started:
         (a, ta), (_b, tb) = started
         ta.down = tb.down = True
         message_id = await a.submit(submission("x@example.com"))
@@ -196,9 +198,11 @@ async def test_a_destination_one_node_finds_down_is_down_on_the_other_and_up_aga
         later = await other.submit(submission("y@example.com"))  # waits for the destination there too
         await wait_status(other, later, {"deferred"})
         assert ta.sent == tb.sent == []
-        ta.down = tb.down = False  # whichever probe gets through first releases both
-        await until(lambda: not other_dest.health.down
-                    and not tried.scheduler.destination("relay", NEXTHOP).health.down, timeout=3.0)
+        assert t_other.connects == 0  # it only waits for a probe of its own, 60 s away
+        ta.down = tb.down = False
+        tried_dest = tried.scheduler.destination("relay", NEXTHOP)
+        tried_dest.probe_now()  # its probe gets through: that releases both
+        await until(lambda: not other_dest.health.down and not tried_dest.health.down, timeout=3.0)
         await wait_status(a, message_id, {"delivered"}, timeout=3.0)
         await wait_status(a, later, {"delivered"}, timeout=3.0)
         assert sorted(ta.sent + tb.sent) == ["x@example.com", "y@example.com"]

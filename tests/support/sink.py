@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
-import random
-import socket
 import ssl
 import threading
 import time
 from dataclasses import dataclass, field
+
+from bench.ports import free_port
 
 
 @dataclass
@@ -280,40 +279,3 @@ def _tls_version(writer: asyncio.StreamWriter) -> str | None:
     return ssl_object.version() if ssl_object is not None else None
 
 
-_HANDED_OUT: set[int] = set()
-# Below the kernel's ephemeral range (32768-60999 by default): a port handed out here is never
-# also given to a socket bound to port 0 (a client's, or a daemon started on 127.0.0.1:0).
-# MSGSPOOL_TEST_PORTS=LOW-HIGH gives a test run a range of its own (make test runs two at once).
-_low, _, _high = os.environ.get("MSGSPOOL_TEST_PORTS", "10000-32767").partition("-")
-_PORTS = range(int(_low), int(_high) + 1)
-_random = random.Random()
-
-
-def _port_share() -> tuple[int, int]:
-    """(this process's index, how many processes share the ports): under pytest-xdist each worker
-    takes only the ports ≡ its index (mod the number of workers), so two workers never hand out
-    the same port between its choice and its bind."""
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
-    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
-    index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
-    return index % count, count
-
-
-def free_port() -> int:
-    """A free loopback port never handed out before in this test run: a port is chosen before
-    its user binds it (a sink not started yet, a daemon's --smtp and --http), and the kernel may
-    offer the same one again meanwhile — seen: a daemon given its relay's port as its own. The
-    port is chosen here, not by the kernel (whose port-0 binds all share one parity, so they
-    cannot be split among workers), and tried for a bind before it is handed out."""
-    index, count = _port_share()
-    while True:
-        port = _random.randrange(_PORTS.start + index, _PORTS.stop, count)
-        if port in _HANDED_OUT:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        _HANDED_OUT.add(port)
-        return port
