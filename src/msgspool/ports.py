@@ -340,11 +340,12 @@ class Mailboxes(Protocol):
         million messages costs pages, not memory."""
         ...
 
-    async def search(self, where: Selector, now: float, *, after: str = "", limit: int = ...) -> tuple[
-            list[MessageInfo], str | None]:
+    async def search(self, where: Selector, now: float, *, after: str = "", limit: int = ...,
+                     newest_first: bool = False) -> tuple[list[MessageInfo], str | None]:
         """A page of the messages the selector picks (domain/selector.py; no folder term: the
-        outbox) among those submitted by `now`, in id order after `after` (as a listing shows them:
-        no history), and the cursor of the next page, None at the end. A page reads a bounded part
+        outbox) among those submitted by `now`, in id order after `after` (`newest_first`: in
+        reverse id order, before it; as a listing shows them: no history), and the cursor of the
+        next page, None at the end. A page reads a bounded part
         of an index (stores/search.py), so that of a sparse search may be short, even empty, with a
         cursor: its reader goes on until the cursor is None."""
         ...

@@ -7,18 +7,19 @@ import time
 
 import pytest
 
-from msgspool.domain.selector import parse_selector
+from msgspool.domain.selector import Selector, parse_selector
 from msgspool.ports import Store
 from msgspool.stores import search
 from tests.contract.conftest import submit
 
 
-async def found(store: Store, where: str, now: float, limit: int = 100) -> list[str]:
-    """Every id the search finds, page after page to the end."""
+async def found(store: Store, where: str, now: float, limit: int = 100, newest_first: bool = False) -> list[str]:
+    """Every id the search finds, page after page to the end ("": no term, the outbox)."""
     out: list[str] = []
     cursor: str | None = ""
     while cursor is not None:
-        page, cursor = await store.search(parse_selector(where), now, after=cursor, limit=limit)
+        page, cursor = await store.search(parse_selector(where) if where else Selector(), now, after=cursor,
+                                          limit=limit, newest_first=newest_first)
         out += [info.id for info in page]
     return out
 
@@ -73,6 +74,25 @@ async def test_pages_follow_the_cursor_in_id_order(store: Store) -> None:
     assert await store.existing([]) == set() and await store.messages([]) == []
 
 
+async def test_newest_first_pages_go_backwards_from_the_cursor_with_every_term(store: Store) -> None:
+    now = time.time()
+    sent = sorted([(await submit(store, f"r{i}@example.com", content=mail(f"note {i % 2}"), now=now - 100 + i)).id
+                   for i in range(7)])
+    newest = sent[::-1]
+    where = parse_selector("destination=relay.test:25")
+    first, cursor = await store.search(where, now, limit=3, newest_first=True)
+    assert [m.id for m in first] == newest[:3] and cursor == newest[2]
+    after, cursor = await store.search(where, now, after=cursor, limit=3, newest_first=True)
+    assert [m.id for m in after] == newest[3:6] and cursor == newest[5]
+    last, end = await store.search(where, now, after=cursor, limit=3, newest_first=True)
+    assert [m.id for m in last] == newest[6:] and end is None
+    for text in ("", "destination=relay.test:25", "status=queued", "recipient=@example.com", "folder=*",
+                 "subject=note 1", "newer-than=1h", "older-than=50s", "sender=a@example.org"):
+        forwards = await found(store, text, now, limit=2)
+        assert forwards and await found(store, text, now, limit=2, newest_first=True) == forwards[::-1], text
+    assert await found(store, "recipient=r3@example.com", now, newest_first=True) == [sent[3]]
+
+
 async def test_a_sparse_search_reads_a_bounded_window_per_page_and_goes_on(
         store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     now = time.time()
@@ -84,3 +104,7 @@ async def test_a_sparse_search_reads_a_bounded_window_per_page_and_goes_on(
     assert page == [] and cursor == ids[3]  # four candidates read, none matched: go on from the fourth
     assert await found(store, "subject=note 8", now, limit=10) == [ids[8]]
     assert await found(store, "subject=note", now, limit=10) == ids  # every page short, none lost
+    page, cursor = await store.search(parse_selector("subject=note 0"), now, limit=10, newest_first=True)
+    assert page == [] and cursor == ids[5]  # newest first: the four newest read, none matched
+    assert await found(store, "subject=note 0", now, limit=10, newest_first=True) == [ids[0]]
+    assert await found(store, "subject=note", now, limit=10, newest_first=True) == ids[::-1]

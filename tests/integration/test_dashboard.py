@@ -137,21 +137,39 @@ async def test_login_with_a_token_then_the_queue_pages_by_cursor(dash: Dash, chr
 
     await page.goto(dash.base + "/")
     await page.wait_for_selector("body[data-ready=true]")
+    oldest = sorted(ids)  # id order (two sent within one id tick may sort either way)
+    newest = oldest[::-1]  # the queue page's order unless asked otherwise
     first = await rows(page)
-    assert first == ids[:50]
+    assert first == newest[:50]
     await page.wait_for_function("() => document.querySelector('[data-count=messages] b').textContent === '120'")
     await shot(page, dash, "queue")
     await page.click("#next-page")
     await page.wait_for_selector("body[data-ready=true]")
-    assert "cursor=" in page.url and await rows(page) == ids[50:100]
+    assert "cursor=" in page.url and await rows(page) == newest[50:100]
     await page.click("#next-page")
     await page.wait_for_selector("body[data-ready=true]")
-    assert await rows(page) == ids[100:] and await page.query_selector("#next-page") is None
+    assert await rows(page) == newest[100:] and await page.query_selector("#next-page") is None
+
+    await page.select_option("select[name=order]", "oldest")  # the form's order, kept by the pager
+    await page.click("form.search button[type=submit]")
+    await page.wait_for_selector("body[data-ready=true]")
+    assert "order=oldest" in page.url and await rows(page) == oldest[:50]
+    await page.click("#next-page")
+    await page.wait_for_selector("body[data-ready=true]")
+    assert await rows(page) == oldest[50:100]
+
+    # With more than a page queued, new mail shows live at the top of the first page.
+    await page.goto(dash.base + "/")
+    await page.wait_for_selector("body[data-ready=true]")
+    await page.wait_for_selector("#live.on")
+    new = await dash.send("on a full queue")
+    await page.wait_for_selector(f"#queue-list tr[data-id='{new}'].new", timeout=10_000)
+    assert (await rows(page))[:2] == [new, newest[0]]
 
 
 async def test_the_queue_is_searched_by_sender_recipient_destination_and_status(dash: Dash, chromium: Any) -> None:
     ann = [await dash.send(f"from ann {i}") for i in range(3)]
-    carl = [await dash.send(f"from carl {i}", sender="carl@example.net") for i in range(2)]
+    carl = sorted([await dash.send(f"from carl {i}", sender="carl@example.net") for i in range(2)], reverse=True)
     held = await dash.send("to be held", sender="dora@example.net", to="fail4xx-dora@elsewhere.test")
     await dash.tried(held)
     await dash.spooler.hold([held])

@@ -57,12 +57,16 @@ async def test_the_queue_search_takes_every_term_across_folders(spooler_factory:
                 page = await http.get(f"{base}/queue", params={"limit": "1", "folder": "*"})
                 listed = (await page.json())[0]
                 rest = await ids(folder="*", cursor=page.headers["Next-Cursor"])
+                newest = await http.get(f"{base}/queue", params={"limit": "2", "folder": "*", "order": "newest"})
+                newest_first = [m["id"] for m in await newest.json()]
+                link = newest.headers["Link"].split(">")[0].lstrip("<")  # goes on in the same order
+                older = [m["id"] for m in await (await http.get(f"http://127.0.0.1:{port}{link}")).json()]
                 bad = {name: await http.get(f"{base}/queue", params=query) for name, query in {
                     "status": {"status": "lost"}, "older_than": {"older_than": "soon"},
                     "newer_than": {"newer_than": "5"}, "sender": {"sender": "nobody"},
                     "folder": {"folder": "in box"}, "subject": {"subject": "x" * 201},
                     "twice": {"where": "status=held", "status": "held"}, "where": {"where": "colour=blue"},
-                    "cursor": {"cursor": "not-ours"}}.items()}
+                    "cursor": {"cursor": "not-ours"}, "order": {"order": "random"}}.items()}
                 problems = {name: (answer.status, answer.content_type, (await answer.json())["detail"])
                             for name, answer in bad.items()}
                 document = await (await http.get(f"{base}/openapi.json")).json()
@@ -75,6 +79,7 @@ async def test_the_queue_search_takes_every_term_across_folders(spooler_factory:
     assert where == [other]
     assert listed["id"] == min(invoice, hello, other, copy) and "subject" in listed
     assert sorted([listed["id"], *rest]) == sorted([invoice, hello, other, copy])
+    assert newest_first + older == sorted([invoice, hello, other, copy], reverse=True)
     for name, (status, kind, detail) in problems.items():
         assert status == 400 and kind == "application/problem+json", (name, detail)
     assert "status" in problems["status"][2] and "older-than" in problems["older_than"][2]
@@ -82,4 +87,5 @@ async def test_the_queue_search_takes_every_term_across_folders(spooler_factory:
     documented = {p["name"]: p for p in document["paths"]["/api/queue"]["get"]["parameters"]}
     for term in SEARCH_TERMS:
         assert documented[term].get("description"), term
+    assert documented["order"]["schema"]["enum"] == ["oldest", "newest"] and "order" in problems["order"][2]
     assert set(documented["status"]["schema"]["enum"]) == {str(s) for s in Status}

@@ -50,14 +50,18 @@ EVERY_ROW = {"", "transport=smtp", "subject=invoice", "older-than=1h", "newer-th
 CANDIDATES = "[" + ",".join(f'"{n:018x}"' for n in range(5000, 5064)) + "]"  # a window of 64
 
 
-def statements(conn: Any, text: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    """The driver's statement for the selector `text`, its parameters, and those of search_check."""
+def statements(conn: Any, text: str, newest_first: bool = False) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """The driver's statement for the selector `text` (read upwards, or newest first), its
+    parameters, and those of search_check."""
     where = parse_selector(text) if text else Selector()
     now = time.time()
     params = search.search_params(where, now)
-    after, upto = search.id_range(where, now, "")
-    return search.driver(conn, params), {**params, "after": after, "upto": upto, "limit": 50}, {
+    after, upto = search.id_range(where, now)
+    return search.driver(conn, params, newest_first), {**params, "after": after, "upto": upto, "limit": 50}, {
         **params, "candidates": CANDIDATES}
+
+
+DIRECTIONS = pytest.mark.parametrize("newest_first", [False, True], ids=["oldest-first", "newest-first"])
 
 
 def sqlite_plan(conn: Any, sql: str, params: dict[str, Any]) -> str:
@@ -104,9 +108,10 @@ def pg_plan(conn: Any, sql: str, params: dict[str, Any], *, seqscan: bool = True
     return "\n".join(row[0] for row in conn.execute(f"EXPLAIN {sql}", params))
 
 
+@DIRECTIONS
 @pytest.mark.parametrize("text", sorted(DRIVEN))
-def test_each_term_s_pages_read_its_index_on_sqlite(sqlite_conn: Any, text: str) -> None:
-    sql, params, check = statements(sqlite_conn, text)
+def test_each_term_s_pages_read_its_index_on_sqlite(sqlite_conn: Any, text: str, newest_first: bool) -> None:
+    sql, params, check = statements(sqlite_conn, text, newest_first)
     plan = sqlite_plan(sqlite_conn, sql, params)
     index = PRIMARY["sqlite"] if DRIVEN[text] == "PRIMARY" else DRIVEN[text]
     assert f"INDEX {index} (" in plan, plan
@@ -122,19 +127,21 @@ def test_a_page_is_read_by_key_on_sqlite(sqlite_conn: Any) -> None:
     assert "SEARCH messages USING INDEX sqlite_autoindex_messages_1 (id=?)" in plan, plan
 
 
+@DIRECTIONS
 @pytest.mark.parametrize("text", sorted(DRIVEN))
-def test_each_term_s_pages_read_its_index_on_postgresql(pg_conn: Any, text: str) -> None:
+def test_each_term_s_pages_read_its_index_on_postgresql(pg_conn: Any, text: str, newest_first: bool) -> None:
     class Tx:
         q = QUERIES
 
-    sql, params, check = statements(Tx, text)
+    sql, params, check = statements(Tx, text, newest_first)
     # Sequential scans priced out: on these 20,000 rows one could be cheaper than an index for
     # the terms every row meets, where it never is on the millions the index is for.
     plan = pg_plan(pg_conn, sql, params, seqscan=False)
     indexes = {PRIMARY["postgresql"] if DRIVEN[text] == "PRIMARY" else DRIVEN[text]}
     if text in EVERY_ROW:
         indexes.add(PRIMARY["postgresql"])
-    assert any(f"Scan using {index} on" in plan for index in indexes), plan
+    scan = "Scan Backward using" if newest_first else "Scan using"
+    assert any(f"{scan} {index} on" in plan for index in indexes), plan
     assert "Seq Scan" not in plan and "Sort" not in plan, plan
     checked = pg_plan(pg_conn, QUERIES.search_check, check)
     # by the candidates' keys, or by a term's own index where statistics say it is narrower

@@ -15,7 +15,7 @@ from msgspool.stores.queries import FILES, ROWS, Queries, parse, placeholders, p
 
 # they run named statements
 STEPS = [Path(ops.__file__), Path(credentials.__file__), Path(suppressions.__file__), Path(search.__file__)]
-NOT_QUERIES = {"expand", "spread", "dialect", "source"}  # Queries' own members
+NOT_QUERIES = {"expand", "spread", "descending", "dialect", "source"}  # Queries' own members
 SQL_WORDS = re.compile(r"\b(SELECT|UPDATE|INSERT|DELETE|WITH|CREATE|DROP|ALTER|PRAGMA)\s")
 
 
@@ -120,6 +120,18 @@ def test_an_in_list_is_spread_once_per_length() -> None:
     assert Queries.spread(ids=["a", "b"]) == {"ids_0": "a", "ids_1": "b"}
     with pytest.raises(ValueError):
         Queries("sqlite").expand("recipients_of_messages", ids=0)
+
+
+def test_a_range_read_turns_around_once_per_statement_with_its_parameters_in_the_same_order() -> None:
+    for q in (Queries("sqlite"), Queries("postgresql")):
+        down = q.descending(q.search_by_status)
+        assert down is q.descending(q.search_by_status)  # made once
+        assert down == q.search_by_status.replace("ORDER BY message_id LIMIT", "ORDER BY message_id DESC LIMIT")
+        with pytest.raises(ValueError):
+            q.descending(q.search_check)  # its ORDER BY has no LIMIT: not a range read
+    sqlite = Queries("sqlite")
+    params = {"status": "held", "after": "A", "upto": "B", "limit": 5}
+    assert sqlite.positional[sqlite.descending(sqlite.search_by_status)](params) == ("held", "A", "B", 5)
 
 
 def test_a_name_twice_or_sql_outside_a_block_is_refused() -> None:

@@ -375,11 +375,12 @@ class SQLStore(ABC):
     async def matching(self, where: Selector, now: float, *, after: str = "", limit: int = MESSAGE_CHUNK) -> list[str]:
         return await self.read(lambda c: matching_messages(c, where, now, after, limit))
 
-    async def search(self, where: Selector, now: float, *, after: str = "", limit: int = 1000) -> tuple[
-            list[MessageInfo], str | None]:
+    async def search(self, where: Selector, now: float, *, after: str = "", limit: int = 1000,
+                     newest_first: bool = False) -> tuple[list[MessageInfo], str | None]:
         def page(c: Tx) -> tuple[list[MessageInfo], str | None]:
-            ids, cursor = search_messages(c, where, now, after, limit)
-            return messages_by_ids(c, ids), cursor
+            ids, cursor = search_messages(c, where, now, after, limit, newest_first=newest_first)
+            infos = messages_by_ids(c, ids)
+            return infos[::-1] if newest_first else infos, cursor
 
         return await self.read(page)
 

@@ -15,7 +15,9 @@ so running one costs an attribute lookup and, on SQLite, a dict lookup — never
 
 One kind of statement cannot be constant: an IN list whose length the caller decides (the
 folders and page of `queue list`). Its block says `IN (:folders)`; `Queries.expand` makes the
-statement for n values once per (name, n) and `spread` the parameters to go with it.
+statement for n values once per (name, n) and `spread` the parameters to go with it. Nor is
+the direction of a range read (a queue search newest first): `Queries.descending` turns a
+statement's one `ORDER BY x LIMIT` around.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ FILES = {"sqlite": ("sql/queries.sql",), "postgresql": ("sql/queries.sql", "sql/
 _HEADER = re.compile(r"^--\s*name:\s*(\w+)\s*$")
 # A string literal (left alone), a PostgreSQL cast `::`, or a named placeholder.
 _PLACEHOLDER = re.compile(r"'[^']*'|::|(?<![:\w]):([A-Za-z_]\w*)")
+_ORDER_LIMIT = re.compile(r"\bORDER BY (\w+) LIMIT\b")
 
 
 def parse(text: str, source: str = "queries.sql") -> dict[str, str]:
@@ -164,6 +167,21 @@ class Queries:
                 raise ValueError(f"an IN list needs a value: {key} of {name!r}")
             sql = re.sub(rf"(?<![:\w]):{key}\b", ", ".join(f":{key}_{i}" for i in range(n)), sql)
         return self._translate(sql)
+
+    def descending(self, sql: str) -> str:
+        """A statement of these (as handed out) that reads one range in one `ORDER BY x LIMIT`,
+        reading it from its top (`ORDER BY x DESC LIMIT`; SQLite and PostgreSQL walk the same
+        index backwards): a queue search newest first (stores/search.py). Made once per statement."""
+        return self._descending(sql)
+
+    @functools.lru_cache(maxsize=64)  # noqa: B019 - as _expand
+    def _descending(self, sql: str) -> str:
+        turned, count = _ORDER_LIMIT.subn(r"ORDER BY \1 DESC LIMIT", sql)
+        if count != 1:
+            raise ValueError(f"no single ORDER BY ... LIMIT to read backwards in: {sql}")
+        if self.dialect == "sqlite":
+            self.positional[turned] = self.positional[sql]  # the same placeholders, in the same order
+        return turned
 
     @staticmethod
     def spread(**lists: Sequence[Any]) -> dict[str, Any]:

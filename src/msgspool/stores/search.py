@@ -2,16 +2,17 @@
 messages a selector picks, in id order (ids sort by submission time, domain/ids.py), fast with
 millions stored (issue 13.4).
 
-How a page is found. Of the selector's terms the most selective one that has an index is the
-page's *driver* (`_DRIVERS`, in order of preference: an exact recipient, an exact sender, a
-recipient's domain, a sender's domain, a destination, a status, a mailbox, one folder; else any
-folder, by the primary key). Its index range is read in id order after the cursor, a window of
-candidates at a time, and `search_check` keeps those every term holds for (the driver's own again:
-cheap, and it keeps the check in one place). Windows grow (64, 128, ... candidates) until the page
-is full, the range ends, or SEARCH_BUDGET candidates were read: a page of a sparse search (a
-subject, a transport, terms that rarely meet) may so come back short, even empty, with a cursor
-that goes on from the last candidate read. Every page costs at most the budget, never a scan of
-the spool; tests/integration/test_search_plans.py holds each driver to its index.
+How a page is found. Of the selector's terms the most selective one that has an index is the page's
+*driver* (`_DRIVERS`, in order of preference: an exact recipient, an exact sender, a recipient's
+domain, a sender's domain, a destination, a status, a mailbox, one folder; else any folder, by the
+primary key). Its index range is read in id order after the cursor (newest first: backwards, before
+it), a window of candidates at a time, and `search_check` keeps those every term holds for (the
+driver's own again: cheap, and it keeps the check in one place). Windows grow (64, 128, ...
+candidates) until the page is full, the range ends, or SEARCH_BUDGET candidates were read: a page
+of a sparse search (a subject, a transport, terms that rarely meet) may so come back short, even
+empty, with a cursor that goes on from the last candidate read. Every page costs at most the
+budget, never a scan of the spool; tests/integration/test_search_plans.py holds each driver to its
+index.
 
 The age terms bound the range by id too (an id's time is within seconds of its submission: SMTP
 makes it at MAIL, a copy when it is filed), with a margin; `search_check` compares `submitted_at`.
@@ -70,45 +71,52 @@ _DRIVERS: tuple[tuple[str, Callable[[Any], str]], ...] = (
 )
 
 
-def driver(tx: Tx, params: dict[str, Any]) -> str:
-    """The statement whose index range a search with `params` reads (see the module docstring)."""
-    for key, statement in _DRIVERS:
-        if params[key] is not None:
-            return statement(tx.q)
-    return str(tx.q.search_by_any_folder)
+def driver(tx: Tx, params: dict[str, Any], newest_first: bool = False) -> str:
+    """The statement whose index range a search with `params` reads (see the module docstring),
+    upwards from :after, or downwards from :upto when `newest_first`."""
+    found = next((statement(tx.q) for key, statement in _DRIVERS if params[key] is not None),
+                 tx.q.search_by_any_folder)
+    return tx.q.descending(found) if newest_first else found
 
 
-def id_range(where: Selector, now: float, after: str) -> tuple[str, str]:
-    """(after, upto): the ids a search may find lie strictly between them."""
+def id_range(where: Selector, now: float, after: str = "", newest_first: bool = False) -> tuple[str, str]:
+    """(low, high): the ids a search may find lie strictly between them; `after`, a cursor,
+    bounds the range from below, or from above when `newest_first`."""
     latest, earliest = where.window(now)
-    low = max(after, id_floor(earliest - AGE_MARGIN)) if earliest is not None else after
-    return low, id_floor(latest + AGE_MARGIN) + TOP
+    low = id_floor(earliest - AGE_MARGIN) if earliest is not None else ""
+    high = id_floor(latest + AGE_MARGIN) + TOP
+    if after:
+        low, high = (low, min(after, high)) if newest_first else (max(after, low), high)
+    return low, high
 
 
 def search_messages(tx: Tx, where: Selector, now: float, after: str = "", limit: int = 1000,
-                    budget: int | None = None) -> tuple[list[str], str | None]:
+                    budget: int | None = None, newest_first: bool = False) -> tuple[list[str], str | None]:
     """A page of at most `limit` ids of the messages `where` picks among those submitted by `now`,
-    in id order after `after`, and the cursor of the next page (None: there is none). Short
-    pages are possible, see the module docstring."""
+    in id order after the cursor `after` (newest first: in reverse id order, before it), and the
+    cursor of the next page (None: there is none). Short pages are possible, see the module
+    docstring."""
     if limit <= 0:
         return [], None
     budget = SEARCH_BUDGET if budget is None else budget
     params = search_params(where, now)
-    statement = driver(tx, params)
-    position, upto = id_range(where, now, after)
+    statement = driver(tx, params, newest_first)
+    low, high = id_range(where, now, after, newest_first)
+    position = high if newest_first else low
     found: list[str] = []
     read, window = 0, FIRST_WINDOW
     while len(found) <= limit:
         if read >= budget:
             return found, position
         size = min(max(window, limit + 1 - len(found)), budget - read)
-        candidates = [str(row[0]) for row in tx.execute(statement, {**params, "after": position, "upto": upto,
-                                                                    "limit": size})]
+        bounds = {"after": low, "upto": position} if newest_first else {"after": position, "upto": high}
+        candidates = [str(row[0]) for row in tx.execute(statement, {**params, **bounds, "limit": size})]
         if candidates:
             read += len(candidates)
             position = candidates[-1]
-            checked = tx.execute(tx.q.search_check, {**params, "candidates": json.dumps(candidates)})
-            found += [str(row[0]) for row in checked]
+            checked = [str(row[0]) for row in
+                       tx.execute(tx.q.search_check, {**params, "candidates": json.dumps(candidates)})]
+            found += checked[::-1] if newest_first else checked  # search_check answers in id order
         if len(candidates) < size:
             return found[:limit], found[limit - 1] if len(found) > limit and limit else None
         window *= 2

@@ -18,7 +18,7 @@ import dataclasses
 import json
 import logging
 import time
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 
 from aiohttp import web
@@ -78,6 +78,8 @@ class QueueQuery(BaseModel):
     transport: str | None = Field(None, description="only messages with a recipient routed to this transport")
     older_than: str | None = Field(None, description="submitted longer ago than this: 90s, 30m, 1h, 2d, 1w")
     newer_than: str | None = Field(None, description="submitted less long ago than this: 90s, 30m, 1h, 2d, 1w")
+    order: Literal["oldest", "newest"] = Field("oldest", description="oldest first (submission order) or newest"
+                                                                     " first; a cursor goes on in its page's order")
 
     def selector(self) -> selector.Selector:
         """The search these parameters ask for (a Problem 400 naming the bad term)."""
@@ -201,8 +203,8 @@ async def _page(request: web.Request, folders: tuple[str, ...], mailbox: str | N
 
 
 async def queue_list(request: web.Request) -> Answered:
-    """A page of a queue search (Queue.search), in id order (that is, of submission): the array
-    `queue list --json` prints (DESIGN.md); a next page's cursor is in the headers."""
+    """A page of a queue search (Queue.search), in id order (that is, of submission; or newest
+    first): the array `queue list --json` prints (DESIGN.md); a next page's cursor is in the headers."""
     query = params(request, QueueQuery)
     where = query.selector()
     cursor = query.cursor
@@ -210,7 +212,7 @@ async def queue_list(request: web.Request) -> Answered:
                                    and cursor.isprintable() and " " not in cursor):
         raise Problem(400, "cursor is not one this API gave (next_cursor of a page)", field="cursor")
     infos, after = await request.app[SPOOLER].store.search(where, time.time(), after=(cursor or "~")[1:],
-                                                           limit=query.limit)
+                                                           limit=query.limit, newest_first=query.order == "newest")
     return Answered([message_json(info) for info in infos], next_page(request, None if after is None else f"~{after}"))
 
 

@@ -279,12 +279,18 @@ async function queuePage() {
   const params = new URLSearchParams(location.search);
   const filters = queueFilters();
   const terms = await searchTerms();
+  // Newest first unless asked otherwise: new mail, live, lands on the first page (not a filter:
+  // the bulk panel still acts on every message the search matches).
+  const order = params.get("order") === "oldest" ? "oldest" : "newest";
   const form = h("form", {class: "search", method: "get", action: "/"},
     SEARCH_TERMS.filter(([name]) => terms.has(name)).map(([name, label, hint]) => h("label", {}, label,
       name === "status"
         ? h("select", {name}, h("option", {value: ""}, "any"),
             STATUSES.map((s) => h("option", {value: s, selected: filters.status === s}, s)))
         : h("input", {name, value: filters[name] || "", placeholder: hint, size: name === "subject" ? 18 : 14}))),
+    terms.has("order") ? h("label", {}, "Order", h("select", {name: "order"},
+      h("option", {value: "newest", selected: order === "newest"}, "newest first"),
+      h("option", {value: "oldest", selected: order === "oldest"}, "oldest first"))) : null,
     h("button", {type: "submit", class: "primary"}, "Search"),
     Object.keys(filters).length ? h("a", {href: "/"}, "clear") : null);
   const list = h("div", {id: "queue-list"});
@@ -298,6 +304,7 @@ async function queuePage() {
   let seen = null;
   const load = async () => {
     const query = new URLSearchParams({limit: String(PAGE_SIZE), ...filters});
+    if (terms.has("order")) query.set("order", order);
     if (params.get("cursor")) query.set("cursor", params.get("cursor"));
     try {
       const {data, headers} = await api(`/api/queue?${query}`);
