@@ -131,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="only the messages the selector picks: TERM=VALUE,... with destination, sender,"
                             " recipient, subject, status, transport, older-than, newer-than, folder (F|G, or *"
                             " for any), mailbox (the terms of `queue hold --where`)")
+    qlist.add_argument("--newest-first", action="store_true",
+                       help="the newest message first (default: the oldest, in submission order)")
     qshow = qsub.add_parser("show", help="one message with every recipient")
     qshow.add_argument("id")
     qshow.add_argument("--json", action="store_true")
@@ -459,7 +461,7 @@ def _operate(settings: Settings, op: str, ids: list[str] | None, **options: Any)
 
 def cmd_queue(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "list":
-        return queue_list(settings, args.json, args.all, args.where)
+        return queue_list(settings, args.json, args.all, args.where, args.newest_first)
     if args.action == "show":
         return queue_show(settings, args.id, args.json)
     if getattr(args, "where", None) is not None or getattr(args, "dry_run", False):
@@ -645,8 +647,9 @@ def queue_resend(settings: Settings, message_id: str, as_json: bool) -> int:
 LIST_PAGE = 500  # messages `queue list` reads at a time: a million cost pages, not memory
 
 
-def queue_list(settings: Settings, as_json: bool, include_sent: bool, where_text: str | None = None) -> int:
-    from msgspool.domain.selector import SelectorError, parse_selector
+def queue_list(settings: Settings, as_json: bool, include_sent: bool, where_text: str | None = None,
+               newest_first: bool = False) -> int:
+    from msgspool.domain.selector import Selector, SelectorError, parse_selector
     from msgspool.views import message_json, message_line
 
     folders = ("outbox", "sent") if include_sent else ("outbox",)
@@ -657,8 +660,10 @@ def queue_list(settings: Settings, as_json: bool, include_sent: bool, where_text
             where = parse_selector(where_text)
         except SelectorError as err:
             raise CLIError(f"--where: {err}", 2) from err
-        if include_sent and where.folders is None:
-            where = dataclasses.replace(where, folders=folders)
+    if newest_first and where is None:  # the search reads its range backwards; a listing cannot
+        where = Selector()
+    if where is not None and include_sent and where.folders is None:
+        where = dataclasses.replace(where, folders=folders)
 
     def write(info: Any) -> None:
         out.write((json.dumps(message_json(info)) if as_json else message_line(info)) + "\n")
@@ -680,7 +685,7 @@ def queue_list(settings: Settings, as_json: bool, include_sent: bool, where_text
         count, now = 0, time.time()
         cursor: str | None = ""
         while cursor is not None:  # a sparse search's page may be short or empty: go on to the end
-            page, cursor = await store.search(where, now, after=cursor, limit=LIST_PAGE)
+            page, cursor = await store.search(where, now, after=cursor, limit=LIST_PAGE, newest_first=newest_first)
             for info in page:
                 write(info)
             count += len(page)
@@ -689,8 +694,9 @@ def queue_list(settings: Settings, as_json: bool, include_sent: bool, where_text
 
     count = _with_store(settings, write_pages if where is None else write_search)
     if not as_json:
-        out.write(("Mail queue is empty\n" if where is None else f"No message matches {where.text}\n") if count == 0
-                  else f"-- {count} messages\n")
+        asked = where.text if where is not None else ""  # "": none asked (or only --newest-first)
+        out.write(("Mail queue is empty\n" if not asked else f"No message matches {asked}\n")
+                  if count == 0 else f"-- {count} messages\n")
     return 0
 
 

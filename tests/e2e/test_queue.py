@@ -232,7 +232,8 @@ def test_an_empty_queue_lists_as_nothing_in_json_and_says_so_in_text(spool: Spoo
 
 def test_queue_list_where_searches_with_the_selector_and_refuses_a_bad_term(spool: Spool, daemon: Daemon) -> None:
     """`queue list --where`: the terms of the HTTP search (domain/selector.py), a subject too; no
-    match says so (and --json prints nothing); a bad term is exit 2 naming it."""
+    match says so (and --json prints nothing); a bad term is exit 2 naming it. --newest-first
+    turns the order around, with a selector or without."""
     daemon.start()
     spool.sendmail(b"Subject: Invoice 42\r\n\r\nx\r\n", "-f", "billing@shop.example", "a@example.com")
     spool.sendmail(b"Subject: hello\r\n\r\nx\r\n", "-f", "one@example.org", "b@example.com")
@@ -242,6 +243,15 @@ def test_queue_list_where_searches_with_the_selector_and_refuses_a_bad_term(spoo
     assert spool.run("queue", "list", "--where", "sender=@shop.example").stdout.endswith("-- 1 messages\n")
     assert spool.run("queue", "list", "--where", "older-than=1d").stdout == "No message matches older-than=1d\n"
     assert spool.run("queue", "list", "--json", "--where", "folder=inbox").stdout == ""
+    def listed(*flags: str, field: str = "id") -> list[str]:
+        return [json.loads(line)[field] for line in spool.run("queue", "list", "--json", *flags).stdout.splitlines()]
+
+    oldest = listed()
+    assert len(oldest) == 2 and listed("--newest-first") == oldest[::-1]
+    assert listed("--newest-first", "--where", "recipient=@example.com", field="sender") == [
+        "one@example.org", "billing@shop.example"]
+    assert spool.run("queue", "list", "--newest-first", "--where", "older-than=1d").stdout == (
+        "No message matches older-than=1d\n")
     bad = spool.run("queue", "list", "--where", "colour=blue", ok=False)
     assert bad.returncode == 2 and "'colour'" in bad.stderr
     bulk = spool.run("queue", "hold", "--where", "folder=inbox", ok=False)
