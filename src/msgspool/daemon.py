@@ -329,8 +329,9 @@ async def _serve(settings: Settings, ready: asyncio.Event | None,
             return {"ok": True}
 
     async def reload_fetch(new: Settings) -> None:
-        """Changed [[fetch]] accounts: the old ones end their sessions, the new ones start. A new set
-        that cannot start (an unreadable password file) is logged and the running one stays."""
+        """Changed [[fetch]] accounts: the removed and changed ones end their sessions, the new and
+        changed ones start, the others go on undisturbed (FetchService.adopt). A new set that
+        cannot start (an unreadable password file) is logged and the running one stays."""
         nonlocal fetch
         if new.fetch == old_fetch[0]:
             return
@@ -339,12 +340,18 @@ async def _serve(settings: Settings, ready: asyncio.Event | None,
         except ConfigError as err:
             log.error("fetch accounts not reloaded, the running ones stay: %s", err)
             return
-        if fetch is not None:
-            await fetch.stop()
-        fetch, spooler.fetch, old_fetch[0] = replacement, replacement, new.fetch
-        if replacement is not None:
-            replacement.start()
-        log.info("fetch accounts reloaded: %s", ", ".join(a.name for a in new.fetch_accounts) or "none")
+        if fetch is not None and replacement is not None:
+            started = await fetch.adopt(replacement)
+        else:
+            if fetch is not None:
+                await fetch.stop()
+            fetch = spooler.fetch = replacement
+            if replacement is not None:
+                replacement.start()
+            started = [a.name for a in new.fetch_accounts]
+        old_fetch[0] = new.fetch
+        log.info("fetch accounts reloaded: %s (started: %s)", ", ".join(a.name for a in new.fetch_accounts) or "none",
+                 ", ".join(started) or "none")
 
     old_fetch = [settings.fetch]
     reloads: set[asyncio.Task[dict[str, Any]]] = set()

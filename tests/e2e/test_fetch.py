@@ -149,10 +149,10 @@ def test_msgspool_fetch_polls_now_and_a_reload_starts_a_new_account(
     bob = tmp_path / "bob.pw"
     bob.write_text(DOVECOT_USERS["bob"] + "\n")
 
-    def table(name: str, user: str, secret: Path) -> str:
+    def table(name: str, user: str, secret: Path, interval: int = 300) -> str:
         return (f'[[fetch]]\nname = "{name}"\nprotocol = "pop3"\nhost = "127.0.0.1"\n'
                 f'port = {dovecot_server.pop3_port}\nsecurity = "none"\nuser = "{user}"\n'
-                f'password_file = "{secret}"\nmailbox = "{user}@localhost"\ninterval = 300\n\n')
+                f'password_file = "{secret}"\nmailbox = "{user}@localhost"\ninterval = {interval}\n\n')
 
     (spool.data / "msgspool.toml").write_text(table("alice", "alice", password))
     daemon.start()
@@ -181,8 +181,14 @@ def test_msgspool_fetch_polls_now_and_a_reload_starts_a_new_account(
     dovecot_server.deliver("bob", message("for bob"))
     (spool.data / "msgspool.toml").write_text(table("alice", "alice", password) + table("bob", "bob", bob))
     assert spool.run("reload").returncode == 0
-    spool.wait_until(lambda: fetched() == {"alice": 0, "bob": 1}, "the new account started by the reload")
-    assert "fetch accounts reloaded: alice, bob" in daemon.log()
+    # alice's settings did not change: her Fetcher goes on (its count too), only bob's starts
+    spool.wait_until(lambda: fetched() == {"alice": 2, "bob": 1}, "the new account started by the reload")
+    assert "fetch accounts reloaded: alice, bob (started: bob)" in daemon.log()
+    (spool.data / "msgspool.toml").write_text(table("bob", "bob", bob, interval=301))  # alice gone, bob changed
+    assert spool.run("reload").returncode == 0
+    spool.wait_until(lambda: fetched() == {"bob": 0}, "bob restarted with his new settings, alice stopped")
+    assert [r["name"] for r in spool.status()["fetch"]] == ["bob"]
+    assert "fetch accounts reloaded: bob (started: bob)" in daemon.log()
 
 
 def test_a_daemon_killed_in_the_middle_of_a_fetch_files_every_message_exactly_once_after_the_restart(

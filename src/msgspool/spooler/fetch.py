@@ -257,14 +257,18 @@ class FetchService:
 
     def __init__(self, fetchers: Sequence[Fetcher]) -> None:
         self.fetchers = list(fetchers)
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: dict[Fetcher, asyncio.Task[None]] = {}
 
     def check(self) -> None:
         for fetcher in self.fetchers:
             fetcher.transport.check()
 
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(f.run(), name=f"msgspool-fetch-{f.account.name}") for f in self.fetchers]
+        for fetcher in self.fetchers:
+            self._start(fetcher)
+
+    def _start(self, fetcher: Fetcher) -> None:
+        self._tasks[fetcher] = asyncio.create_task(fetcher.run(), name=f"msgspool-fetch-{fetcher.account.name}")
 
     def poke(self, name: str | None = None) -> int:
         chosen = [f for f in self.fetchers if name is None or f.account.name == name]
@@ -276,14 +280,32 @@ class FetchService:
         """Ask every account to stop — an IDLE ends within WAIT_SLICE, a poll after the call it is
         in — and wait up to STOP_WAIT for them to end their sessions (POP3 QUIT: the DELEs of what
         was filed take effect); then cancel what still runs (it is fetched again and not filed)."""
-        for fetcher in self.fetchers:
+        await self._stop(self.fetchers)
+
+    async def _stop(self, fetchers: Sequence[Fetcher]) -> None:
+        for fetcher in fetchers:
             fetcher.stop()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=STOP_WAIT)
-        for task in self._tasks:
+        tasks = [task for f in fetchers if (task := self._tasks.pop(f, None)) is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=STOP_WAIT)
+        for task in tasks:
             await stop_task(task)
-        for fetcher in self.fetchers:
+        for fetcher in fetchers:
             fetcher.status = "offline"
+
+    async def adopt(self, new: FetchService) -> list[str]:
+        """A reload's accounts (`new`, not started): an account whose settings are the same keeps
+        its running Fetcher — its session, its IDLE, its counts (a password file is read at each
+        login, so a changed password is used from the next one); the others end their sessions as
+        in `stop`, and the new and changed ones start. Returns the names of the accounts started."""
+        kept = [old for old in self.fetchers if old.account in [f.account for f in new.fetchers]]
+        await self._stop([old for old in self.fetchers if old not in kept])
+        same = {f.account.name: f for f in kept}
+        self.fetchers = [same.get(f.account.name, f) for f in new.fetchers]
+        started = [f for f in self.fetchers if f not in kept]
+        for fetcher in started:
+            self._start(fetcher)
+        return [f.account.name for f in started]
 
     def rows(self) -> list[dict[str, Any]]:
         return [f.row() for f in self.fetchers]
