@@ -641,6 +641,8 @@ def queue_resend(settings: Settings, message_id: str, as_json: bool) -> int:
         print(json.dumps(answer))
     else:
         print(f"{message_id}: resent as {answer['id']} to {', '.join(f'<{a}>' for a in answer['recipients'])}")
+        if answer.get("skipped"):
+            print(f"not resent (only the aliases file may name them): {', '.join(answer['skipped'])}")
     return 0
 
 

@@ -22,6 +22,7 @@ import pytest
 
 import msgspool
 from msgspool.domain.mbox import entry
+from msgspool.errors import NothingToResend
 from msgspool.spooler.runtime import Spooler
 from msgspool.transports.file import append_mbox, write_maildir
 from tests.support.tmpfs import fill, small_tmpfs
@@ -119,6 +120,30 @@ async def test_a_symbolic_link_is_refused_and_the_file_it_names_untouched(tmp_pa
     assert recipient["status"] == "failed"
     assert recipient["last_reply"] == f"554 5.2.0 file {link}: is a symbolic link"
     assert target.read_text() == "root:x:0:0\n"
+
+
+async def test_a_resend_leaves_out_the_failed_commands_and_files_of_the_aliases_and_says_so(tmp_path: Path) -> None:
+    """Only the aliases file may name a command or a file (intake refuses one from anyone else), so a
+    resend (MAPI RESEND) of a message whose alias members failed sends to its other failed
+    recipients and names the members it left out, each with its alias; with nothing else, it says so."""
+    command = tmp_path / "fails.sh"
+    command.write_text("#!/bin/sh\nexit 67\n")  # EX_NOUSER: failed, 5.1.1
+    command.chmod(0o755)
+    link = tmp_path / "archive.mbox"
+    link.symlink_to(tmp_path / "elsewhere")  # a symbolic link: failed, 5.2.0
+    async with spool(tmp_path, f'tickets: "|{command}", {link}\n') as spooler:
+        await spooler.suppress("gone@example.com", "a hard bounce", None)  # fails at once, unsent
+        alone = await spooler.send(NOTE, sender="a@example.com", recipients=["tickets@localhost"])
+        mixed = await spooler.send(NOTE, sender="a@example.com", recipients=["tickets@localhost", "gone@example.com"])
+        assert [r["status"] for r in await settled(spooler, alone)] == ["failed", "failed"]
+        assert [r["status"] for r in await settled(spooler, mixed)] == ["failed", "failed", "failed"]
+        with pytest.raises(NothingToResend) as nothing:
+            await spooler.resend(alone)
+        answer = await spooler.resend(mixed)
+    assert str(nothing.value) == (f"message {alone}: what failed is '{command}' (of tickets@localhost), '{link}' (of"
+                                  " tickets@localhost), which only the aliases file may name; send to the alias"
+                                  " again instead")
+    assert answer["recipients"] == ["gone@example.com"] and answer["skipped"] == [str(command), str(link)]
 
 
 def test_append_waits_for_the_fcntl_lock_of_another_process_and_gives_up_with_451(tmp_path: Path) -> None:

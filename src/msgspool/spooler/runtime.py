@@ -26,6 +26,7 @@ from msgspool.compose import complete_headers, header_recipients, header_sender,
 from msgspool.config import Settings
 from msgspool.domain import status as status_row
 from msgspool.domain.address import mailbox_key
+from msgspool.domain.aliases import ALIAS_ONLY
 from msgspool.domain.bounces import looks_like_report
 from msgspool.domain.dsn import MessageDSN, RecipientDSN, Ret, recipient_dsn
 from msgspool.domain.events import Event, EventType
@@ -475,7 +476,14 @@ class Spooler:
         if info is None:
             raise NotFound(message_id)
         failed = [r for r in info.recipients if r["status"] in (Status.FAILED, Status.EXPIRED)]
+        # A command or file of the aliases file: only that file may name one (intake refuses it from
+        # anyone else), and it may say otherwise by now. Left out: resend to the alias instead.
+        skipped = [r for r in failed if str(r["addrtype"]).upper() in ALIAS_ONLY]
+        failed = [r for r in failed if r not in skipped]
         submitted = await self.store.submitted_content(message_id)
+        if skipped and not failed:
+            raise NothingToResend(f"message {message_id}: what failed is {_aliased(skipped)}, which only the aliases"
+                                  " file may name; send to the alias again instead")
         if not failed or submitted is None:
             raise NothingToResend(f"message {message_id}: no recipient failed or expired; nothing to resend")
         sender, content = submitted
@@ -486,8 +494,10 @@ class Spooler:
             message_class=info.message_class, priority=info.priority, max_attempts=info.max_attempts,
             origin="resend", resend_of=message_id, dsn=dsn,
             recipient_dsn=[recipient_dsn(r["notify"], r["orcpt"]) for r in failed]))
-        log.info("%s: resent as %s to %d recipients", message_id, new_id, len(failed))
-        return {"id": new_id, "resend_of": message_id, "recipients": [r["address"] for r in failed]}
+        log.info("%s: resent as %s to %d recipients%s", message_id, new_id, len(failed),
+                 f"; not to {_aliased(skipped)} (the aliases file's)" if skipped else "")
+        return {"id": new_id, "resend_of": message_id, "recipients": [r["address"] for r in failed],
+                "skipped": [r["address"] for r in skipped]}
 
     async def set_offline(self, transport: str, offline: bool = True) -> dict[str, Any]:
         """Put a transport offline (MAPI STATUS_OFFLINE; Postfix `defer_transports`) or online
@@ -718,3 +728,14 @@ class Spooler:
             gauge("msgspool_connections_out_open", "Connections open to destinations now.", where,
                   (((d.transport.name, d.nexthop), d.connections_open) for d in dests)),
         ]
+
+
+def _aliased(recipients: Sequence[dict[str, Any]]) -> str:
+    """The command and file members of an alias, each with the alias it came from (its ORCPT)."""
+    def one(r: dict[str, Any]) -> str:
+        orcpt = str(r.get("orcpt") or "")
+        alias = orcpt.split(";", 1)[1] if ";" in orcpt else ""
+        return f"{r['address']!r}" + (f" (of {alias})" if alias else "")
+
+    return ", ".join(one(r) for r in recipients)
+

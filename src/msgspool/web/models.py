@@ -273,6 +273,8 @@ class Resent(Answer):
     id: str
     resend_of: str
     recipients: list[Any]
+    skipped: list[str] = Field(default_factory=list, description="failed commands and files of the aliases file:"
+                                                                  " not resent (only that file may name them)")
 
 
 class TransportState(Answer):
