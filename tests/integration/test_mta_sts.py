@@ -212,3 +212,14 @@ async def test_a_policy_served_as_another_media_type_is_not_taken(policy_server:
         context = client_context(TLSLevel.VERIFY, ca_file)
         assert context is not None
         assert await MTASTS(resolver, context, 5.0, http_via_resolver=True).policy(DOMAIN) is None
+
+
+async def test_a_policy_host_that_refuses_the_connection_gives_no_policy_and_no_error(ca_file: str) -> None:
+    """aiohttp's connection errors are the lookup's failed fetch (logged), never the caller's."""
+    records = {**zone("1"), (f"mta-sts.{DOMAIN}", "A"): ["127.0.0.2"]}  # nothing listens on 127.0.0.2:443
+    with ZoneServer(records) as dns_server:
+        resolver = dns.asyncresolver.Resolver(configure=False)
+        resolver.nameservers, resolver.port = ["127.0.0.1"], int(dns_server.address.split(":")[1])
+        context = client_context(TLSLevel.VERIFY, ca_file)
+        assert context is not None
+        assert await MTASTS(resolver, context, 5.0, http_via_resolver=True).policy(DOMAIN) is None

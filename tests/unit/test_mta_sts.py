@@ -60,3 +60,14 @@ def test_a_policy_allows_only_the_hosts_it_names() -> None:
     policy = parse_policy(POLICY)
     assert policy.allowed(["mx.example.net", "evil.example.org", "mail.example.com"]) == \
         ["mx.example.net", "mail.example.com"]
+
+
+def test_the_daemon_imports_no_https_client_until_a_policy_is_fetched() -> None:
+    """aiohttp is 0.3 s of the daemon's imports, paid by every (re)start of the delivery process;
+    only an MTA-STS fetch needs it there (transports/mta_sts.py)."""
+    import subprocess
+    import sys
+
+    probe = "import sys, msgspool.daemon, msgspool.transports.smtp; print('aiohttp' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"
