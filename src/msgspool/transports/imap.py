@@ -40,16 +40,76 @@ from msgspool.errors import FetchError, LoginRefused
 from msgspool.transports import fetch_account
 
 WAIT_SLICE = 0.25  # seconds between looks at the stop flag during IDLE
+MAX_LINE = 1_000_000  # imaplib's own cap on a line (its _MAXLINE), kept by _OwnBuffer
 _TAGS = itertools.count(1)
 _UIDVALIDITY = re.compile(rb"UIDVALIDITY (\d+)")
 _SIZE = re.compile(rb"RFC822\.SIZE (\d+)")
 _DELIMITER = re.compile(rb'\) "(\\?.)" ')
 
 
+class _OwnBuffer:
+    """imaplib's `read` and `readline` (its documented places to override) from a buffer of our
+    own over the socket instead of the socket file's: so that an IDLE wait can see a line that came
+    with the one before it ("+ idling" and "* 2 EXISTS" in one segment; the socket then has nothing
+    more to say, and a line in a buffered reader it cannot look into would wait for the renewal —
+    seen: a message that arrived as the IDLE began waited 120 s)."""
+
+    sock: Any
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._pending = bytearray()
+        super().__init__(*args, **kwargs)
+
+    def _more(self) -> bool:
+        data = self.sock.recv(65536)
+        self._pending += data
+        return bool(data)
+
+    def readline(self) -> bytes:
+        while (end := self._pending.find(b"\n")) < 0:
+            if len(self._pending) > MAX_LINE:
+                raise imaplib.IMAP4.error(f"got more than {MAX_LINE} bytes")
+            if not self._more():
+                end = len(self._pending) - 1  # the connection closed: what is left
+                break
+        line = bytes(self._pending[:end + 1])
+        del self._pending[:end + 1]
+        return line
+
+    def read(self, size: int) -> bytes:
+        while len(self._pending) < size and self._more():
+            pass
+        data = bytes(self._pending[:size])
+        del self._pending[:size]
+        return data
+
+    def has_line(self) -> bool:
+        """A whole line is here already: readline() will not wait for the socket."""
+        return b"\n" in self._pending
+
+    def starttls(self, *args: Any, **kwargs: Any) -> Any:
+        answer = super().starttls(*args, **kwargs)  # type: ignore[misc]
+        self._pending.clear()  # what came before the handshake came in clear: never read as TLS's
+        return answer
+
+
+class _IMAP4(_OwnBuffer, imaplib.IMAP4):
+    pass
+
+
+class _IMAP4_SSL(_OwnBuffer, imaplib.IMAP4_SSL):
+    pass
+
+
 def _text(err: BaseException) -> str:
     """The server's words (poplib and imaplib keep them as bytes), or the error's own."""
     arg = err.args[0] if err.args else None
     return arg.decode("utf-8", "replace") if isinstance(arg, bytes) else str(err) or type(err).__name__
+
+
+def _is_news(line: bytes) -> bool:
+    """An untagged EXISTS or RECENT: new mail in the selected folder."""
+    return line.startswith(b"* ") and line.rstrip().upper().endswith((b" EXISTS", b" RECENT"))
 
 
 def quoted(folder: str) -> str:
@@ -132,33 +192,36 @@ class IMAPSession:
             return None
         tag = f"M{next(_TAGS)}".encode()
         self.imap.send(tag + b" IDLE\r\n")
-        line = self.imap.readline()
+        line, woken = self.imap.readline(), False
+        while line.startswith(b"* "):  # news of before the IDLE may come ahead of its "+" (RFC 2177 §3)
+            woken = woken or _is_news(line)
+            line = self.imap.readline()
         if not line.startswith(b"+"):
             raise FetchError(f"IDLE refused: {line.decode('utf-8', 'replace').strip()}")
-        woken = self._idle_until(time.monotonic() + timeout, stop)
+        woken = woken or self._idle_until(time.monotonic() + timeout, stop)
         self.imap.send(b"DONE\r\n")
         while not line.startswith(tag + b" "):
             line = self.imap.readline()
             if not line:
                 raise FetchError("the server closed the connection during IDLE")
+            woken = woken or _is_news(line)
         if not line.startswith(tag + b" OK"):
             raise FetchError(f"IDLE ended with {line.decode('utf-8', 'replace').strip()}")
         return woken
 
     def _idle_until(self, deadline: float, stop: threading.Event) -> bool:
-        # Reading only when the socket has data, so a timeout never lands inside imaplib's buffered
-        # reader (a timed-out socket file cannot be read again). Data already buffered there before
-        # the wait would only be seen at the next renewal: Dovecot sends nothing after "+ idling"
-        # until there is news.
-        sock = self.imap.sock
+        # A line is read when one is here already (in _OwnBuffer's buffer, or decrypted in the TLS
+        # layer) or the socket has data, so that the stop flag is looked at every WAIT_SLICE.
+        sock, imap = self.imap.sock, self.imap
         while not stop.is_set() and time.monotonic() < deadline:
-            pending = isinstance(sock, ssl.SSLSocket) and sock.pending()
-            if not pending and not select.select([sock], [], [], min(WAIT_SLICE, deadline - time.monotonic()))[0]:
+            here = (isinstance(imap, _OwnBuffer) and imap.has_line()) or (
+                isinstance(sock, ssl.SSLSocket) and sock.pending())
+            if not here and not select.select([sock], [], [], min(WAIT_SLICE, deadline - time.monotonic()))[0]:
                 continue
             line = self.imap.readline()
             if not line:
                 raise FetchError("the server closed the connection during IDLE")
-            if line.startswith(b"* ") and line.rstrip().upper().endswith((b" EXISTS", b" RECENT")):
+            if _is_news(line):
                 return True
         return False
 
@@ -204,8 +267,8 @@ class IMAPFetcher:
     def _connect(self) -> imaplib.IMAP4:
         a = self.account
         if a.security == "tls":
-            return imaplib.IMAP4_SSL(a.host, a.port, ssl_context=self.context, timeout=a.timeout)
-        return imaplib.IMAP4(a.host, a.port, timeout=a.timeout)
+            return _IMAP4_SSL(a.host, a.port, ssl_context=self.context, timeout=a.timeout)
+        return _IMAP4(a.host, a.port, timeout=a.timeout)
 
     def _start(self, imap: imaplib.IMAP4) -> IMAPSession:
         a = self.account
