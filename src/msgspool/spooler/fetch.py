@@ -298,11 +298,11 @@ class FetchService:
         its running Fetcher — its session, its IDLE, its counts (a password file is read at each
         login, so a changed password is used from the next one); the others end their sessions as
         in `stop`, and the new and changed ones start. Returns the names of the accounts started."""
-        kept = [old for old in self.fetchers if old.account in [f.account for f in new.fetchers]]
-        await self._stop([old for old in self.fetchers if old not in kept])
-        same = {f.account.name: f for f in kept}
-        self.fetchers = [same.get(f.account.name, f) for f in new.fetchers]
-        started = [f for f in self.fetchers if f not in kept]
+        running = {f.account: f for f in self.fetchers}
+        chosen = [running.get(f.account, f) for f in new.fetchers]
+        await self._stop([f for f in self.fetchers if f not in chosen])
+        started = [f for f in chosen if f not in self.fetchers]
+        self.fetchers = chosen
         for fetcher in started:
             self._start(fetcher)
         return [f.account.name for f in started]
